@@ -1,0 +1,245 @@
+/**
+ * Struct layouts and constants for Linux x86_64 with glibc, in one place.
+ * Each field is listed with its byte offset.
+ *
+ * @module
+ */
+
+/** Open and fd flags. */
+export const O = {
+  RDONLY: 0,
+  WRONLY: 1,
+  RDWR: 2,
+  ACCMODE: 3,
+  CREAT: 0o100,
+  EXCL: 0o200,
+  TRUNC: 0o1000,
+  NONBLOCK: 0o4000,
+  CLOEXEC: 0o2000000,
+} as const;
+
+/** fcntl commands. */
+export const F = {
+  DUPFD_CLOEXEC: 1030,
+  GETFD: 1,
+  SETFD: 2,
+  GETFL: 3,
+  SETPIPE_SZ: 1031,
+  GETPIPE_SZ: 1032,
+  FD_CLOEXEC: 1,
+} as const;
+
+/** preadv2/pwritev2 flag: fail with EAGAIN instead of blocking. */
+export const RWF_NOWAIT = 8;
+
+/** epoll constants. */
+export const EPOLL = {
+  CLOEXEC: 0o2000000,
+  CTL_ADD: 1,
+  CTL_DEL: 2,
+  CTL_MOD: 3,
+  IN: 0x001,
+  OUT: 0x004,
+  ERR: 0x008,
+  HUP: 0x010,
+  RDHUP: 0x2000,
+  ONESHOT: 1 << 30,
+} as const;
+
+/**
+ * `struct epoll_event` is packed on x86_64: 12 bytes.
+ * 0 events u32, 4 data u64.
+ */
+export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;
+
+/** eventfd flags. */
+export const EFD = { CLOEXEC: 0o2000000, NONBLOCK: 0o4000 } as const;
+
+/** Socket constants. */
+export const SOCK = {
+  AF_UNIX: 1,
+  STREAM: 1,
+  DGRAM: 2,
+  SEQPACKET: 5,
+  NONBLOCK: 0o4000,
+  CLOEXEC: 0o2000000,
+  SOL_SOCKET: 1,
+  SO_TYPE: 3,
+  SO_ERROR: 4,
+  SO_SNDBUF: 7,
+  SO_RCVBUF: 8,
+  SO_PEERCRED: 17,
+  SO_ACCEPTCONN: 30,
+  SCM_RIGHTS: 1,
+  SHUT_RD: 0,
+  SHUT_WR: 1,
+  SHUT_RDWR: 2,
+} as const;
+
+/** send/recv flags. */
+export const MSG = {
+  PEEK: 0x02,
+  CTRUNC: 0x08,
+  TRUNC: 0x20,
+  DONTWAIT: 0x40,
+  EOR: 0x80,
+  WAITALL: 0x100,
+  NOSIGNAL: 0x4000,
+  CMSG_CLOEXEC: 0x40000000,
+} as const;
+
+/** `struct iovec`: 16 bytes. 0 base pointer, 8 len u64. */
+export const IOVEC = { size: 16, base: 0, len: 8 } as const;
+
+/**
+ * `struct msghdr`: 56 bytes. 0 name, 8 namelen u32, 16 iov, 24 iovlen u64,
+ * 32 control, 40 controllen u64, 48 flags i32.
+ */
+export const MSGHDR = {
+  size: 56,
+  name: 0,
+  namelen: 8,
+  iov: 16,
+  iovlen: 24,
+  control: 32,
+  controllen: 40,
+  flags: 48,
+} as const;
+
+/**
+ * `struct cmsghdr`: a 16-byte header, 0 len u64, 8 level i32, 12 type i32,
+ * then the data (for SCM_RIGHTS, the int fds).
+ */
+export const CMSGHDR = { size: 16, len: 0, level: 8, type: 12 } as const;
+
+/** CMSG_SPACE for `n` bytes of data: the header plus the data, 8-aligned. */
+export function cmsgSpace(n: number): number {
+  return CMSGHDR.size + ((n + 7) & ~7);
+}
+
+/** CMSG_LEN for `n` bytes of data: the header plus the data, unaligned. */
+export function cmsgLen(n: number): number {
+  return CMSGHDR.size + n;
+}
+
+/** `struct sockaddr_un`: 110 bytes. 0 family u16, 2 path (108 bytes). */
+export const SOCKADDR_UN = {
+  size: 110,
+  family: 0,
+  path: 2,
+  pathMax: 108,
+} as const;
+
+/** `struct ucred`: 12 bytes. 0 pid i32, 4 uid u32, 8 gid u32. */
+export const UCRED = { size: 12, pid: 0, uid: 4, gid: 8 } as const;
+
+/**
+ * `struct stat`: 144 bytes. 16 nlink u64, 24 mode u32, 28 uid u32,
+ * 32 gid u32, 48 size i64.
+ */
+export const STAT = {
+  size: 144,
+  mode: 24,
+  uid: 28,
+  gid: 32,
+  fsize: 48,
+} as const;
+
+/** File type bits of `st_mode`. */
+export const S = {
+  IFMT: 0o170000,
+  IFSOCK: 0o140000,
+  IFREG: 0o100000,
+  IFIFO: 0o010000,
+  IFCHR: 0o020000,
+} as const;
+
+/**
+ * `siginfo_t` as `waitid` fills it: 128 bytes. 0 signo i32, 4 errno i32,
+ * 8 code i32, 16 pid i32, 20 uid u32, 24 status i32.
+ */
+export const SIGINFO = {
+  size: 128,
+  signo: 0,
+  code: 8,
+  pid: 16,
+  status: 24,
+} as const;
+
+/** `si_code` values for SIGCHLD. */
+export const CLD = { EXITED: 1, KILLED: 2, DUMPED: 3 } as const;
+
+/** waitid constants. */
+export const WAIT = { P_PIDFD: 3, WEXITED: 4, WNOHANG: 1 } as const;
+
+/** Opaque glibc x86_64 sizes. */
+export const SIZEOF = {
+  posix_spawn_file_actions_t: 80,
+  posix_spawnattr_t: 336,
+  sigset_t: 128,
+  rlimit: 16,
+} as const;
+
+/** posix_spawnattr flags. */
+export const POSIX_SPAWN = { SETSIGDEF: 0x04, SETSIGMASK: 0x08 } as const;
+
+/** mmap and memfd constants. */
+export const MMAP = {
+  PROT_READ: 1,
+  PROT_WRITE: 2,
+  MAP_SHARED: 1,
+  MFD_CLOEXEC: 1,
+  MFD_ALLOW_SEALING: 2,
+} as const;
+
+/** Futex operations (without FUTEX_PRIVATE_FLAG: they work across processes). */
+export const FUTEX = { WAIT: 0, WAKE: 1 } as const;
+
+/** getrlimit resources. */
+export const RLIMIT = { NOFILE: 7 } as const;
+
+/** Signal numbers on Linux x86_64. */
+export const SIGNALS = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGILL: 4,
+  SIGTRAP: 5,
+  SIGABRT: 6,
+  SIGBUS: 7,
+  SIGFPE: 8,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+  SIGSTKFLT: 16,
+  SIGCHLD: 17,
+  SIGCONT: 18,
+  SIGSTOP: 19,
+  SIGTSTP: 20,
+  SIGTTIN: 21,
+  SIGTTOU: 22,
+  SIGURG: 23,
+  SIGXCPU: 24,
+  SIGXFSZ: 25,
+  SIGVTALRM: 26,
+  SIGPROF: 27,
+  SIGWINCH: 28,
+  SIGIO: 29,
+  SIGPWR: 30,
+  SIGSYS: 31,
+} as const;
+
+/** A signal name such as `"SIGTERM"`. */
+export type SignalName = keyof typeof SIGNALS;
+
+/** The name of a signal number, or `undefined` when it has none. */
+export function signalName(signo: number): SignalName | undefined {
+  for (const [name, value] of Object.entries(SIGNALS)) {
+    if (value === signo) return name as SignalName;
+  }
+  return undefined;
+}

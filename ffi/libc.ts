@@ -1,0 +1,234 @@
+/**
+ * The libc symbol table: every C function the module calls, loaded once on
+ * first use. Each entry carries its C prototype as a comment. Functions that
+ * glibc does not wrap are reached through `syscall(2)` under an alias.
+ *
+ * @module
+ */
+
+const symbols = {
+  // int *__errno_location(void);
+  __errno_location: { parameters: [], result: "pointer" },
+  // int close(int fd);
+  close: { parameters: ["i32"], result: "i32" },
+  // int pipe2(int pipefd[2], int flags);
+  pipe2: { parameters: ["buffer", "i32"], result: "i32" },
+  // int fcntl(int fd, int cmd, ... /* int arg */);
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // int dup3(int oldfd, int newfd, int flags);
+  dup3: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // ssize_t read(int fd, void *buf, size_t count);
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t write(int fd, const void *buf, size_t count);
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t preadv2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags);
+  preadv2: {
+    parameters: ["i32", "pointer", "i32", "i64", "i32"],
+    result: "isize",
+  },
+  // ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags);
+  pwritev2: {
+    parameters: ["i32", "pointer", "i32", "i64", "i32"],
+    result: "isize",
+  },
+  // int fstat(int fd, struct stat *statbuf);
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
+  // int ftruncate(int fd, off_t length);
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+
+  // int epoll_create1(int flags);
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  // int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout);
+  epoll_wait: {
+    parameters: ["i32", "pointer", "i32", "i32"],
+    result: "i32",
+  },
+  // The same function run on a blocking-pool thread: the poller's one wait.
+  epoll_wait_nb: {
+    name: "epoll_wait",
+    parameters: ["i32", "pointer", "i32", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  // int eventfd(unsigned int initval, int flags);
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+
+  // int socket(int domain, int type, int protocol);
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // int socketpair(int domain, int type, int protocol, int sv[2]);
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  // int bind(int sockfd, const struct sockaddr *addr, socklen_t addrlen);
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // int listen(int sockfd, int backlog);
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  // int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+  accept4: {
+    parameters: ["i32", "pointer", "pointer", "i32"],
+    result: "i32",
+  },
+  // int connect(int sockfd, const struct sockaddr *addr, socklen_t addrlen);
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // int shutdown(int sockfd, int how);
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  // int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen);
+  getsockopt: {
+    parameters: ["i32", "i32", "i32", "buffer", "buffer"],
+    result: "i32",
+  },
+  // int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen);
+  setsockopt: {
+    parameters: ["i32", "i32", "i32", "buffer", "u32"],
+    result: "i32",
+  },
+  // int getsockname(int sockfd, struct sockaddr *addr, socklen_t *addrlen);
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // ssize_t send(int sockfd, const void *buf, size_t len, int flags);
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  // ssize_t recv(int sockfd, void *buf, size_t len, int flags);
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  // ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);
+  sendmsg: { parameters: ["i32", "pointer", "i32"], result: "isize" },
+  // ssize_t recvmsg(int sockfd, struct msghdr *msg, int flags);
+  recvmsg: { parameters: ["i32", "pointer", "i32"], result: "isize" },
+  // int unlink(const char *pathname);
+  unlink: { parameters: ["buffer"], result: "i32" },
+  // int chmod(const char *pathname, mode_t mode);
+  chmod: { parameters: ["buffer", "u32"], result: "i32" },
+  // int rename(const char *oldpath, const char *newpath);
+  rename: { parameters: ["buffer", "buffer"], result: "i32" },
+
+  // int posix_spawnp(pid_t *pid, const char *file,
+  //   const posix_spawn_file_actions_t *file_actions,
+  //   const posix_spawnattr_t *attrp, char *const argv[], char *const envp[]);
+  posix_spawnp: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  // int posix_spawn_file_actions_init(posix_spawn_file_actions_t *fa);
+  posix_spawn_file_actions_init: { parameters: ["buffer"], result: "i32" },
+  // int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa);
+  posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
+  // int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *fa, int fd, int newfd);
+  posix_spawn_file_actions_adddup2: {
+    parameters: ["buffer", "i32", "i32"],
+    result: "i32",
+  },
+  // int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *fa, int fd,
+  //   const char *path, int oflag, mode_t mode);
+  posix_spawn_file_actions_addopen: {
+    parameters: ["buffer", "i32", "buffer", "i32", "u32"],
+    result: "i32",
+  },
+  // int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *fa, const char *path);
+  posix_spawn_file_actions_addchdir_np: {
+    parameters: ["buffer", "buffer"],
+    result: "i32",
+  },
+  // int posix_spawnattr_init(posix_spawnattr_t *attr);
+  posix_spawnattr_init: { parameters: ["buffer"], result: "i32" },
+  // int posix_spawnattr_destroy(posix_spawnattr_t *attr);
+  posix_spawnattr_destroy: { parameters: ["buffer"], result: "i32" },
+  // int posix_spawnattr_setflags(posix_spawnattr_t *attr, short flags);
+  posix_spawnattr_setflags: { parameters: ["buffer", "i16"], result: "i32" },
+  // int posix_spawnattr_setsigdefault(posix_spawnattr_t *attr, const sigset_t *sigdefault);
+  posix_spawnattr_setsigdefault: {
+    parameters: ["buffer", "buffer"],
+    result: "i32",
+  },
+  // int posix_spawnattr_setsigmask(posix_spawnattr_t *attr, const sigset_t *sigmask);
+  posix_spawnattr_setsigmask: {
+    parameters: ["buffer", "buffer"],
+    result: "i32",
+  },
+  // int sigemptyset(sigset_t *set);
+  sigemptyset: { parameters: ["buffer"], result: "i32" },
+  // int sigaddset(sigset_t *set, int signum);
+  sigaddset: { parameters: ["buffer", "i32"], result: "i32" },
+
+  // int pidfd_open(pid_t pid, unsigned int flags): syscall 434.
+  pidfd_open: {
+    name: "syscall",
+    parameters: ["i64", "i64", "i64"],
+    result: "i32",
+  },
+  // int pidfd_send_signal(int pidfd, int sig, siginfo_t *info, unsigned int flags): syscall 424.
+  pidfd_send_signal: {
+    name: "syscall",
+    parameters: ["i64", "i64", "i64", "i64", "i64"],
+    result: "i32",
+  },
+  // int waitid(idtype_t idtype, id_t id, siginfo_t *infop, int options, struct rusage *ru): syscall 247.
+  waitid: {
+    name: "syscall",
+    parameters: ["i64", "i64", "i64", "buffer", "i64", "i64"],
+    result: "i32",
+  },
+  // long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *timeout,
+  //   uint32_t *uaddr2, uint32_t val3): syscall 202.
+  futex: {
+    name: "syscall",
+    parameters: ["i64", "pointer", "i64", "i64", "pointer", "i64", "i64"],
+    result: "i32",
+  },
+
+  // int memfd_create(const char *name, unsigned int flags);
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  // int shm_open(const char *name, int oflag, mode_t mode);
+  shm_open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  // int shm_unlink(const char *name);
+  shm_unlink: { parameters: ["buffer"], result: "i32" },
+  // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+  mmap: {
+    parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
+    result: "pointer",
+  },
+  // int munmap(void *addr, size_t length);
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+
+  // pid_t getpid(void);
+  getpid: { parameters: [], result: "i32" },
+  // uid_t getuid(void);
+  getuid: { parameters: [], result: "u32" },
+  // int getrlimit(int resource, struct rlimit *rlim);
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The loaded libc symbols. */
+export type Libc = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+let loaded: Libc | undefined;
+
+/**
+ * Returns the libc symbols, opening `libc.so.6` on the first call.
+ *
+ * A missing `--allow-ffi` surfaces as the runtime's own `NotCapable` error;
+ * any other load failure is wrapped with its cause.
+ */
+export function libc(): Libc {
+  if (loaded !== undefined) return loaded;
+  try {
+    loaded = Deno.dlopen("libc.so.6", symbols).symbols;
+  } catch (error) {
+    if (
+      error instanceof Deno.errors.NotCapable ||
+      error instanceof Deno.errors.PermissionDenied
+    ) {
+      throw error;
+    }
+    throw new Error(
+      "Cannot load libc.so.6: @conduit/ipc needs glibc on Linux and --allow-ffi",
+      { cause: error },
+    );
+  }
+  return loaded;
+}
+
+/** Linux x86_64 syscall numbers used through `syscall(2)`. */
+export const SYS = {
+  futex: 202,
+  waitid: 247,
+  pidfd_send_signal: 424,
+  pidfd_open: 434,
+} as const;

@@ -1,0 +1,52 @@
+/**
+ * Memory helpers for FFI calls: C strings, stable buffers and pointers.
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder();
+
+/** Encodes a string as a NUL-terminated C string. */
+export function cstr(value: string): Uint8Array<ArrayBuffer> {
+  if (value.includes("\0")) {
+    throw new TypeError(
+      `Cannot pass string to C: it contains a NUL byte: ${
+        JSON.stringify(value)
+      }`,
+    );
+  }
+  const bytes = encoder.encode(value);
+  const out = new Uint8Array(new ArrayBuffer(bytes.length + 1));
+  out.set(bytes);
+  return out;
+}
+
+/**
+ * Allocates a zeroed buffer that V8 keeps off-heap at a stable address (an
+ * `ArrayBuffer` of at least 64 bytes), so its address may be stored inside a
+ * struct passed to C.
+ */
+export function stableBuffer(size: number): ArrayBuffer {
+  return new ArrayBuffer(Math.max(size, 64));
+}
+
+/** The address of a stable buffer, as a bigint. */
+export function addressOf(buffer: ArrayBuffer | ArrayBufferView): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+}
+
+/** A pointer object for a stable buffer. */
+export function pointerOf(
+  buffer: ArrayBuffer | ArrayBufferView,
+): Deno.PointerValue {
+  return Deno.UnsafePointer.of(buffer);
+}
+
+/**
+ * Whether a view's memory may move under the garbage collector: V8 keeps
+ * typed arrays of 64 bytes or less inside its heap, where a scavenge can move
+ * them, so their address must not be stored in a struct.
+ */
+export function mayMove(view: ArrayBufferView): boolean {
+  return view.buffer.byteLength <= 64;
+}

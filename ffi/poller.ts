@@ -1,0 +1,330 @@
+/**
+ * The poller: one per process (and per Worker). It keeps a single
+ * nonblocking `epoll_wait` in flight over every fd that anyone waits on, plus
+ * a private eventfd to cancel that wait. All real I/O happens synchronously on
+ * the JS thread; this only says when to retry.
+ *
+ * - Interest is armed per fd with EPOLLONESHOT and re-armed while waiters
+ *   remain; epoll_ctl from the JS thread is seen by the in-flight wait.
+ * - Each registration carries a fresh token in `epoll_data`, so an event that
+ *   was already collected for a closed fd can never reach a later fd that
+ *   reuses its number.
+ * - While only unref'd waiters are left, no call is in flight (a pending call
+ *   keeps the process alive); an unref'd timer polls with a zero timeout
+ *   instead, so the process can exit by itself.
+ *
+ * @module
+ */
+
+import { libc } from "./libc.ts";
+import { check, closedError, ERRNO, errno, systemError } from "./errors.ts";
+import { EFD, EPOLL, EPOLL_EVENT } from "./layout.ts";
+import { pointerOf, stableBuffer } from "./mem.ts";
+
+const MAX_EVENTS = 256;
+const UNREF_POLL_MS = 10;
+const EVENTFD_TOKEN = 0;
+
+const READ_READY = EPOLL.IN | EPOLL.HUP | EPOLL.ERR | EPOLL.RDHUP;
+const WRITE_READY = EPOLL.OUT | EPOLL.HUP | EPOLL.ERR;
+
+interface Waiter {
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+/** Which readiness a caller waits for. */
+export type Interest = "read" | "write";
+
+/**
+ * One fd's place in the poller. The owner of the fd creates it, waits on it,
+ * and closes it before closing the fd.
+ */
+export class PollHandle {
+  readonly fd: number;
+  readonly token: number;
+  #poller: Poller;
+  #readers: Waiter[] = [];
+  #writers: Waiter[] = [];
+  #ref = true;
+  #inSet = false;
+  #closed = false;
+
+  constructor(poller: Poller, fd: number, token: number) {
+    this.#poller = poller;
+    this.fd = fd;
+    this.token = token;
+  }
+
+  /** Whether waits on this handle keep the process alive. */
+  get refed(): boolean {
+    return this.#ref;
+  }
+
+  /** Number of pending waits. */
+  get pending(): number {
+    return this.#readers.length + this.#writers.length;
+  }
+
+  /**
+   * Resolves once the fd may be ready for `interest` (or has hung up or
+   * failed: the caller retries its sync call and sees which).
+   */
+  wait(interest: Interest): Promise<void> {
+    if (this.#closed) return Promise.reject(closedError(`fd ${this.fd}`));
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    (interest === "read" ? this.#readers : this.#writers).push({
+      resolve,
+      reject,
+    });
+    this.#arm();
+    this.#poller.waitersChanged(this, 1);
+    return promise;
+  }
+
+  /** Makes pending and later waits keep the process alive (the default). */
+  ref(): void {
+    if (this.#ref) return;
+    this.#ref = true;
+    this.#poller.refChanged(this);
+  }
+
+  /** Lets the process exit while waits on this handle are pending. */
+  unref(): void {
+    if (!this.#ref) return;
+    this.#ref = false;
+    this.#poller.refChanged(this);
+  }
+
+  /**
+   * Removes the fd from the poller and rejects pending waits with `error`.
+   * Call before closing the fd. Idempotent.
+   */
+  close(error?: Error): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#inSet) {
+      this.#poller.ctl(EPOLL.CTL_DEL, this.fd, 0, this.token);
+      this.#inSet = false;
+    }
+    const waiters = [...this.#readers, ...this.#writers];
+    this.#readers = [];
+    this.#writers = [];
+    this.#poller.forget(this, waiters.length);
+    const reason = error ?? closedError(`fd ${this.fd}`);
+    for (const waiter of waiters) waiter.reject(reason);
+  }
+
+  /** Called by the poller with the events epoll reported for this handle. */
+  dispatch(events: number): void {
+    let woken = 0;
+    if (events & READ_READY && this.#readers.length > 0) {
+      const readers = this.#readers;
+      this.#readers = [];
+      woken += readers.length;
+      for (const waiter of readers) waiter.resolve();
+    }
+    if (events & WRITE_READY && this.#writers.length > 0) {
+      const writers = this.#writers;
+      this.#writers = [];
+      woken += writers.length;
+      for (const waiter of writers) waiter.resolve();
+    }
+    // EPOLLONESHOT disarmed the fd; arm again for whoever still waits.
+    this.#arm();
+    if (woken > 0) this.#poller.waitersChanged(this, -woken);
+  }
+
+  #arm(): void {
+    let mask = 0;
+    if (this.#readers.length > 0) mask |= EPOLL.IN | EPOLL.RDHUP;
+    if (this.#writers.length > 0) mask |= EPOLL.OUT;
+    if (mask === 0) return;
+    mask |= EPOLL.ONESHOT;
+    if (this.#inSet) {
+      this.#poller.ctl(EPOLL.CTL_MOD, this.fd, mask, this.token);
+    } else {
+      this.#poller.ctl(EPOLL.CTL_ADD, this.fd, mask, this.token);
+      this.#inSet = true;
+    }
+  }
+}
+
+/** The per-process poller. Use {@linkcode poller} to get it. */
+export class Poller {
+  #epfd: number;
+  #evfd: number;
+  #events: ArrayBuffer;
+  #eventsView: DataView;
+  #eventsPtr: Deno.PointerValue;
+  #ctlBuf = new Uint8Array(new ArrayBuffer(64));
+  #ctlView = new DataView(this.#ctlBuf.buffer);
+  #evBuf = new Uint8Array(new ArrayBuffer(64));
+  #handles = new Map<number, PollHandle>();
+  #nextToken = 1;
+  #refWaiting = 0;
+  #waiting = 0;
+  #inFlight = false;
+  #kicked = false;
+  #timer: number | undefined;
+
+  constructor() {
+    const lib = libc();
+    this.#epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
+    this.#evfd = check(
+      "eventfd",
+      lib.eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK),
+    );
+    this.#events = stableBuffer(MAX_EVENTS * EPOLL_EVENT.size);
+    this.#eventsView = new DataView(this.#events);
+    this.#eventsPtr = pointerOf(this.#events);
+    this.ctl(EPOLL.CTL_ADD, this.#evfd, EPOLL.IN, EVENTFD_TOKEN);
+  }
+
+  /** Registers an fd; the returned handle must be closed before the fd. */
+  register(fd: number): PollHandle {
+    const token = this.#nextToken++;
+    const handle = new PollHandle(this, fd, token);
+    this.#handles.set(token, handle);
+    return handle;
+  }
+
+  /** Number of fds registered (for tests and diagnostics). */
+  get size(): number {
+    return this.#handles.size;
+  }
+
+  /** Whether a nonblocking wait is in flight (for tests and diagnostics). */
+  get busy(): boolean {
+    return this.#inFlight;
+  }
+
+  /** @internal */
+  ctl(op: number, fd: number, events: number, token: number): void {
+    const view = this.#ctlView;
+    view.setUint32(EPOLL_EVENT.events, events, true);
+    view.setUint32(EPOLL_EVENT.data, token % 0x1_0000_0000, true);
+    view.setUint32(
+      EPOLL_EVENT.data + 4,
+      Math.floor(token / 0x1_0000_0000),
+      true,
+    );
+    const result = libc().epoll_ctl(this.#epfd, op, fd, this.#ctlBuf);
+    if (result === -1) {
+      const code = errno();
+      // The fd may already be gone from the set when its last reference
+      // closed; removing it again is not an error.
+      if (
+        op === EPOLL.CTL_DEL && (code === ERRNO.ENOENT || code === ERRNO.EBADF)
+      ) {
+        return;
+      }
+      throw systemError("epoll_ctl", code, `fd ${fd}`);
+    }
+  }
+
+  /** @internal */
+  waitersChanged(handle: PollHandle, delta: number): void {
+    this.#waiting += delta;
+    if (handle.refed) this.#refWaiting += delta;
+    this.#schedule();
+  }
+
+  /** @internal */
+  refChanged(handle: PollHandle): void {
+    const n = handle.pending;
+    this.#refWaiting += handle.refed ? n : -n;
+    this.#schedule();
+  }
+
+  /** @internal */
+  forget(handle: PollHandle, pending: number): void {
+    this.#handles.delete(handle.token);
+    this.#waiting -= pending;
+    if (handle.refed) this.#refWaiting -= pending;
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#refWaiting > 0) {
+      this.#clearTimer();
+      if (!this.#inFlight) this.#loop();
+      return;
+    }
+    if (this.#inFlight && !this.#kicked) {
+      // Nothing ref'd waits: end the in-flight wait so the process may exit.
+      this.#kicked = true;
+      const one = new BigUint64Array(this.#evBuf.buffer, 0, 1);
+      one[0] = 1n;
+      libc().write(this.#evfd, this.#evBuf, 8);
+    }
+    if (this.#waiting > 0 && !this.#inFlight && this.#timer === undefined) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.#dispatch(
+          libc().epoll_wait(
+            this.#epfd,
+            this.#eventsPtr,
+            MAX_EVENTS,
+            0,
+          ),
+        );
+        this.#schedule();
+      }, UNREF_POLL_MS);
+      Deno.unrefTimer(this.#timer);
+    }
+  }
+
+  #clearTimer(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  async #loop(): Promise<void> {
+    this.#inFlight = true;
+    const lib = libc();
+    try {
+      while (this.#refWaiting > 0 && !this.#kicked) {
+        const n = await lib.epoll_wait_nb(
+          this.#epfd,
+          this.#eventsPtr,
+          MAX_EVENTS,
+          -1,
+        );
+        // errno of a pool thread is meaningless; -1 is EINTR in practice and
+        // the loop simply waits again.
+        this.#dispatch(n);
+      }
+    } finally {
+      this.#inFlight = false;
+      this.#kicked = false;
+      this.#drainEventfd();
+      this.#schedule();
+    }
+  }
+
+  #drainEventfd(): void {
+    libc().read(this.#evfd, this.#evBuf, 8);
+  }
+
+  #dispatch(n: number): void {
+    const view = this.#eventsView;
+    for (let i = 0; i < n; i++) {
+      const at = i * EPOLL_EVENT.size;
+      const events = view.getUint32(at + EPOLL_EVENT.events, true);
+      const token = view.getUint32(at + EPOLL_EVENT.data, true) +
+        view.getUint32(at + EPOLL_EVENT.data + 4, true) * 0x1_0000_0000;
+      if (token === EVENTFD_TOKEN) continue;
+      this.#handles.get(token)?.dispatch(events);
+    }
+  }
+}
+
+let instance: Poller | undefined;
+
+/** The poller of this process (or Worker), created on first use. */
+export function poller(): Poller {
+  return instance ??= new Poller();
+}
