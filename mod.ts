@@ -4,3 +4,5 @@
  */
 
 export * from "./pipe.ts";
+export * from "./spawn.ts";
+export * from "./from_fd.ts";

@@ -103,7 +103,7 @@ const symbols = {
   //   const posix_spawn_file_actions_t *file_actions,
   //   const posix_spawnattr_t *attrp, char *const argv[], char *const envp[]);
   posix_spawnp: {
-    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "pointer"],
     result: "i32",
   },
   // int posix_spawn_file_actions_init(posix_spawn_file_actions_t *fa);
@@ -191,6 +191,8 @@ const symbols = {
   getpid: { parameters: [], result: "i32" },
   // uid_t getuid(void);
   getuid: { parameters: [], result: "u32" },
+  // extern char **environ; (the address of the variable, read at each use)
+  environ: { type: "pointer" },
   // int getrlimit(int resource, struct rlimit *rlim);
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;

@@ -166,7 +166,7 @@ export class Poller {
   #waiting = 0;
   #inFlight = false;
   #kicked = false;
-  #timer: number | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor() {
     const lib = libc();
@@ -256,7 +256,7 @@ export class Poller {
       this.#kicked = true;
       const one = new BigUint64Array(this.#evBuf.buffer, 0, 1);
       one[0] = 1n;
-      libc().write(this.#evfd, this.#evBuf, 8);
+      libc().write(this.#evfd, this.#evBuf, 8n);
     }
     if (this.#waiting > 0 && !this.#inFlight && this.#timer === undefined) {
       this.#timer = setTimeout(() => {
@@ -271,7 +271,7 @@ export class Poller {
         );
         this.#schedule();
       }, UNREF_POLL_MS);
-      Deno.unrefTimer(this.#timer);
+      Deno.unrefTimer(this.#timer as unknown as number);
     }
   }
 
@@ -306,7 +306,7 @@ export class Poller {
   }
 
   #drainEventfd(): void {
-    libc().read(this.#evfd, this.#evBuf, 8);
+    libc().read(this.#evfd, this.#evBuf, 8n);
   }
 
   #dispatch(n: number): void {
