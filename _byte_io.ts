@@ -83,11 +83,14 @@ export const DEFAULT_CHUNK = 64 * 1024;
 /**
  * A `ReadableStream` of type "bytes" over a read function. BYOB readers get
  * their buffer filled directly; default readers get chunks of `chunkSize`
- * (trimmed to what was read). Cancelling the stream calls `cancel`.
+ * (trimmed to what was read). Cancelling the stream calls `cancel`; reaching
+ * EOF calls `eof` when given (a pipe end is done then; a socket may still
+ * write).
  */
 export function byteReadable(
   read: (into: Uint8Array) => Promise<number | null>,
   cancel: () => void,
+  eof?: () => void,
   chunkSize = DEFAULT_CHUNK,
 ): ReadableStream<Uint8Array> {
   return new ReadableStream({
@@ -103,6 +106,7 @@ export function byteReadable(
       );
       const n = await read(into);
       if (n === null) {
+        eof?.();
         controller.close();
         request.respond(0);
       } else {

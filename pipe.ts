@@ -107,11 +107,12 @@ export class PipeReader implements Disposable {
 
   /**
    * A byte stream of everything read until EOF. BYOB readers are filled in
-   * place. Cancelling the stream closes the reader.
+   * place. Reaching EOF or cancelling the stream closes the reader.
    */
   get readable(): ReadableStream<Uint8Array> {
     return this.#readable ??= byteReadable(
       (into) => this.read(into),
+      () => this.close(),
       () => this.close(),
     );
   }

@@ -4,8 +4,8 @@
  * Children start through `posix_spawnp` (never `fork`, which crashes every
  * child of a Deno process), with SIGPIPE back at its default and an empty
  * signal mask. Each endpoint given in `fds` becomes fd 3, 4, ... in the
- * child; nothing else leaks in, since every fd this module creates is
- * CLOEXEC. The child is watched and signalled through a pidfd, so a recycled
+ * child, and nothing else leaks in: every fd above those is closed in the
+ * child, even one this process inherited without CLOEXEC. The child is watched and signalled through a pidfd, so a recycled
  * pid is never signalled and no other code's children are ever reaped.
  *
  * @example Hand a pipe's write end to a child as fd 3
@@ -209,12 +209,17 @@ export class ChildProcess implements AsyncDisposable {
         ? new Uint8Array(0)
         : new Uint8Array(await new Response(reader.readable).arrayBuffer());
     this.#stdin?.close();
-    const [stdout, stderr, status] = await Promise.all([
-      collect(this.#stdout),
-      collect(this.#stderr),
-      this.status,
-    ]);
-    return { ...status, stdout, stderr };
+    try {
+      const [stdout, stderr, status] = await Promise.all([
+        collect(this.#stdout),
+        collect(this.#stderr),
+        this.status,
+      ]);
+      return { ...status, stdout, stderr };
+    } finally {
+      this.#stdout?.close();
+      this.#stderr?.close();
+    }
   }
 
   /** Kills the child if it still runs (SIGKILL), reaps it, closes its pipes. */
@@ -433,6 +438,12 @@ export function spawn(
         lib.posix_spawn_file_actions_adddup2(fa, source, target),
       );
     }
+    // Close everything else in the child, including fds this process
+    // inherited without CLOEXEC from its own parent.
+    checkReturn(
+      "posix_spawn_file_actions_addclosefrom_np",
+      lib.posix_spawn_file_actions_addclosefrom_np(fa, floor),
+    );
     if (options.cwd !== undefined) {
       const dir = options.cwd instanceof URL
         ? decodeURIComponent(options.cwd.pathname)

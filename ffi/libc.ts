@@ -92,12 +92,24 @@ const symbols = {
   sendmsg: { parameters: ["i32", "pointer", "i32"], result: "isize" },
   // ssize_t recvmsg(int sockfd, struct msghdr *msg, int flags);
   recvmsg: { parameters: ["i32", "pointer", "i32"], result: "isize" },
+  // ssize_t readlink(const char *pathname, char *buf, size_t bufsiz);
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // int open(const char *pathname, int flags, ... /* mode_t mode */);
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   // int unlink(const char *pathname);
   unlink: { parameters: ["buffer"], result: "i32" },
   // int chmod(const char *pathname, mode_t mode);
   chmod: { parameters: ["buffer", "u32"], result: "i32" },
   // int rename(const char *oldpath, const char *newpath);
   rename: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int link(const char *oldpath, const char *newpath);
+  link: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int lstat(const char *pathname, struct stat *statbuf);
+  lstat: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int flock(int fd, int operation);
+  flock: { parameters: ["i32", "i32"], result: "i32" },
+  // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 
   // int posix_spawnp(pid_t *pid, const char *file,
   //   const posix_spawn_file_actions_t *file_actions,
@@ -124,6 +136,11 @@ const symbols = {
   // int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *fa, const char *path);
   posix_spawn_file_actions_addchdir_np: {
     parameters: ["buffer", "buffer"],
+    result: "i32",
+  },
+  // int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *fa, int from);
+  posix_spawn_file_actions_addclosefrom_np: {
+    parameters: ["buffer", "i32"],
     result: "i32",
   },
   // int posix_spawnattr_init(posix_spawnattr_t *attr);

@@ -1,0 +1,345 @@
+/**
+ * Helpers shared by the test files: fd and zombie accounting, bounded waits,
+ * and the poller's idle state.
+ *
+ * Importing this module loads libc and creates the poller, so that neither
+ * the dynamic library nor the poller's own two fds (epoll, eventfd) is
+ * counted against the first test that happens to use them. It needs
+ * `--allow-ffi` and `--allow-read` on the command line.
+ *
+ * @module
+ */
+
+import { libc } from "../ffi/libc.ts";
+import { poller } from "../ffi/poller.ts";
+import { F, O } from "../ffi/layout.ts";
+import { cstr } from "../ffi/mem.ts";
+
+libc();
+poller();
+
+/** The Deno binary running the tests, for child processes. */
+export const DENO: string = Deno.execPath();
+
+/** Read permission that covers `/proc`, for tests that check fds or zombies. */
+export const PROC_READ: string[] = ["/proc"];
+
+// /proc/self is only readable with --allow-all in Deno 2, which a test with
+// its own narrow permissions cannot have; these helpers read it through libc
+// (the tests already hold --allow-ffi).
+const lib = libc();
+const linkBuf = new Uint8Array(4096);
+const textDecoder = new TextDecoder();
+
+/** Lists the open fds of this process. */
+export function openFds(): number[] {
+  const fds: number[] = [];
+  for (let fd = 0; fd < 4096; fd++) {
+    if (lib.fcntl(fd, F.GETFD, 0) !== -1) fds.push(fd);
+  }
+  return fds;
+}
+
+/** What an fd points to (`/proc/self/fd/<fd>`), or `undefined` if closed. */
+export function fdTarget(fd: number): string | undefined {
+  const n = Number(
+    lib.readlink(cstr(`/proc/self/fd/${fd}`), linkBuf, BigInt(linkBuf.length)),
+  );
+  return n < 0 ? undefined : textDecoder.decode(linkBuf.subarray(0, n));
+}
+
+/** The open fds of another process of this user, from `/proc/<pid>/fd`. */
+export function procFds(pid: number, below = 256): number[] {
+  const fds: number[] = [];
+  for (let fd = 0; fd < below; fd++) {
+    const n = Number(
+      lib.readlink(
+        cstr(`/proc/${pid}/fd/${fd}`),
+        linkBuf,
+        BigInt(linkBuf.length),
+      ),
+    );
+    if (n >= 0) fds.push(fd);
+  }
+  return fds;
+}
+
+/** What another process's fd points to, or `undefined`. */
+export function procFdTarget(pid: number, fd: number): string | undefined {
+  const n = Number(
+    lib.readlink(
+      cstr(`/proc/${pid}/fd/${fd}`),
+      linkBuf,
+      BigInt(linkBuf.length),
+    ),
+  );
+  return n < 0 ? undefined : textDecoder.decode(linkBuf.subarray(0, n));
+}
+
+/** Reads a small text file through libc (for /proc), or `undefined`. */
+export function readProcText(path: string): string | undefined {
+  const fd = lib.open(cstr(path), O.RDONLY | O.CLOEXEC, 0);
+  if (fd === -1) return undefined;
+  try {
+    const chunks: string[] = [];
+    const buf = new Uint8Array(4096);
+    for (;;) {
+      const n = Number(lib.read(fd, buf, BigInt(buf.length)));
+      if (n <= 0) break;
+      chunks.push(textDecoder.decode(buf.subarray(0, n)));
+    }
+    return chunks.join("");
+  } finally {
+    lib.close(fd);
+  }
+}
+
+/** A snapshot of the fd table, as fd number to link target. */
+export type FdSnapshot = Map<number, string>;
+
+/** Records every open fd and what it points to. */
+export function fdSnapshot(): FdSnapshot {
+  const snapshot: FdSnapshot = new Map();
+  for (const fd of openFds()) {
+    const target = fdTarget(fd);
+    if (target !== undefined) snapshot.set(fd, target);
+  }
+  return snapshot;
+}
+
+/**
+ * Throws if the fd table differs from `before`: names each fd that appeared
+ * or disappeared, with its link target (such as `pipe:[1234]`).
+ */
+export function assertFdsUnchanged(before: FdSnapshot, what = "test"): void {
+  const after = fdSnapshot();
+  const appeared: string[] = [];
+  const vanished: string[] = [];
+  for (const [fd, target] of after) {
+    if (before.get(fd) !== target) appeared.push(`${fd} -> ${target}`);
+  }
+  for (const [fd, target] of before) {
+    if (after.get(fd) !== target) vanished.push(`${fd} -> ${target}`);
+  }
+  if (appeared.length > 0 || vanished.length > 0) {
+    throw new Error(
+      `The fd table changed during ${what}: ` +
+        `opened [${appeared.join(", ")}], closed [${vanished.join(", ")}]`,
+    );
+  }
+}
+
+/**
+ * Runs `fn`, then waits for the poller to go idle and checks that the fd
+ * table is exactly as before. A failure in `fn` wins over a leak report.
+ */
+export async function assertNoFdLeak(
+  fn: () => void | Promise<void>,
+  what = "test",
+): Promise<void> {
+  const before = fdSnapshot();
+  await fn();
+  await pollerIdle();
+  assertFdsUnchanged(before, what);
+}
+
+/**
+ * Resolves with `promise`'s value, or rejects once `ms` have passed with an
+ * error that names `what`. The timer is always cleared.
+ */
+export async function withTimeout<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`Timed out after ${ms} ms: ${what}`)),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Resolves after `ms` milliseconds. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Whether `promise` is still pending after `ms` milliseconds. The promise
+ * keeps running; attach handlers to it separately if it may reject.
+ */
+export async function stillPending(
+  promise: Promise<unknown>,
+  ms = 0,
+): Promise<boolean> {
+  const pending = Symbol("pending");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const marker = new Promise<symbol>((resolve) => {
+    timer = setTimeout(() => resolve(pending), ms);
+  });
+  try {
+    const winner = await Promise.race([
+      promise.then(() => undefined, () => undefined),
+      marker,
+    ]);
+    return winner === pending;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Waits until the poller has no call in flight (after the last ref'd waiter
+ * left it cancels its wait through its eventfd; the call returns a moment
+ * later). Needed before a test ends so the op sanitizer sees no pending op.
+ * Throws after `ms` milliseconds.
+ */
+export async function pollerIdle(ms = 2000): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (poller().busy) {
+    if (performance.now() > deadline) {
+      throw new Error(
+        `The poller was still waiting ${ms} ms after its last ref'd waiter ` +
+          `left (size ${poller().size})`,
+      );
+    }
+    await delay(1);
+  }
+}
+
+/**
+ * Waits until `condition()` holds, polling every millisecond; throws after
+ * `ms` milliseconds with `what` in the message.
+ */
+export async function until(
+  condition: () => boolean,
+  ms: number,
+  what: string,
+): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!condition()) {
+    if (performance.now() > deadline) {
+      throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
+    }
+    await delay(1);
+  }
+}
+
+/**
+ * The pids of this process's children started from the main thread (where
+ * `spawn()` runs), from `/proc/self/task/<pid>/children`.
+ */
+export function childPids(): number[] {
+  const text = readProcText(`/proc/self/task/${Deno.pid}/children`) ?? "";
+  return text.split(/\s+/).filter((word) => word !== "").map(Number);
+}
+
+/** The pids of this process's children that have exited but not been reaped. */
+export function zombieChildren(): number[] {
+  return childPids().filter((pid) => {
+    const stat = readProcText(`/proc/${pid}/stat`);
+    // The state follows the parenthesised command name.
+    return stat !== undefined &&
+      stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z";
+  });
+}
+
+/** Bytes `start ..< start + length` of a fixed pseudo-random sequence. */
+export function pattern(length: number, start = 0): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) out[i] = patternByte(start + i);
+  return out;
+}
+
+/** Byte `i` of the sequence used by {@linkcode pattern}. */
+export function patternByte(i: number): number {
+  // Mixes the high bits in, so a repeated or swapped chunk is detected.
+  return (i ^ (i >>> 8) ^ (i >>> 16) ^ (i >>> 24) ^ 0x5a) & 0xff;
+}
+
+/**
+ * Checks `chunk` against the sequence of {@linkcode pattern} from `offset`;
+ * throws naming the first wrong position.
+ */
+export function assertPattern(chunk: Uint8Array, offset: number): void {
+  for (let i = 0; i < chunk.length; i++) {
+    if (chunk[i] !== patternByte(offset + i)) {
+      throw new Error(
+        `Wrong byte at offset ${offset + i}: got ${chunk[i]}, expected ${
+          patternByte(offset + i)
+        }`,
+      );
+    }
+  }
+}
+
+/** What {@linkcode runDeno} reports about a finished child. */
+export interface DenoRun {
+  /** The exit code. */
+  code: number;
+  /** The signal that ended it, if any. */
+  signal: Deno.Signal | null;
+  /** Everything it printed on stdout. */
+  stdout: string;
+  /** Everything it printed on stderr. */
+  stderr: string;
+  /** Wall time from start to exit, in milliseconds. */
+  ms: number;
+}
+
+/**
+ * Runs the Deno binary with `args` through `Deno.Command` (not the module's
+ * own spawn, so it also serves tests of code that spawn depends on) and waits
+ * for it to exit. After `ms` milliseconds the child is killed with SIGKILL,
+ * reaped, and an error naming `what`, with the child's output, is thrown.
+ */
+export async function runDeno(
+  args: string[],
+  ms: number,
+  what: string,
+): Promise<DenoRun> {
+  const started = performance.now();
+  const child = new Deno.Command(DENO, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const output = child.output();
+  const decoder = new TextDecoder();
+  try {
+    const result = await withTimeout(output, ms, what);
+    return {
+      code: result.code,
+      signal: result.signal,
+      stdout: decoder.decode(result.stdout),
+      stderr: decoder.decode(result.stderr),
+      ms: performance.now() - started,
+    };
+  } catch (error) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // It exited meanwhile.
+    }
+    const late = await output;
+    throw new Error(
+      `${(error as Error).message}; stdout: ${
+        JSON.stringify(decoder.decode(late.stdout))
+      }, stderr: ${JSON.stringify(decoder.decode(late.stderr))}`,
+      { cause: error },
+    );
+  }
+}
+
+/** The path of a script under `tests/fixtures/`. */
+export function fixture(name: string): string {
+  return new URL(`./fixtures/${name}`, import.meta.url).pathname;
+}

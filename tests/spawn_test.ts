@@ -1,0 +1,340 @@
+import assert from "node:assert/strict";
+import { pipe, type PipeReader, spawn } from "../mod.ts";
+import {
+  assertNoFdLeak,
+  childPids,
+  DENO,
+  fdTarget,
+  pollerIdle,
+  procFds,
+  procFdTarget,
+  readProcText,
+  withTimeout,
+} from "./_util.ts";
+
+const CHILD = new URL("./fixtures/spawn_child.ts", import.meta.url).pathname;
+const perms = { ffi: true, read: true, run: true, env: true } as const;
+const decoder = new TextDecoder();
+
+async function readAll(reader: PipeReader, what: string): Promise<string> {
+  return await withTimeout(new Response(reader.readable).text(), 10_000, what);
+}
+
+Deno.test({
+  name:
+    "spawn() hands endpoints to the child as fd 3, 4, ... in order, even when fd numbers collide",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      // Target i gets writer i % 24, with as many targets as it takes to
+      // cover every writer's own fd number: installing one target must not
+      // clobber a source that a later target still needs.
+      const pipes = Array.from({ length: 24 }, () => pipe());
+      const top = Math.max(...pipes.map((p) => p.writer.rawFd));
+      const count = top - 2;
+      const fds = Array.from({ length: count }, (_, i) => pipes[i % 24].writer);
+      const child = spawn(DENO, {
+        args: ["run", "--allow-ffi", CHILD, "write-index", String(count)],
+        fds,
+      });
+      for (const p of pipes) p.writer.close();
+      const got = await Promise.all(
+        pipes.map((p, i) => readAll(p.reader, `pipe ${i}`)),
+      );
+      const expected = pipes.map((_, j) =>
+        Array.from({ length: count }, (_, i) => i)
+          .filter((i) => i % 24 === j).join("")
+      );
+      assert.deepEqual(got, expected);
+      assert.deepEqual(await withTimeout(child.status, 10_000, "child"), {
+        success: true,
+        code: 0,
+        signal: null,
+      });
+      for (const p of pipes) p.reader.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "spawn() passes the child nothing but stdio and the listed fds",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const { reader, writer } = pipe();
+      const extra = pipe(); // open in the parent, not listed: must not leak
+      await using child = spawn("sleep", { args: ["30"], fds: [writer] });
+      assert.deepEqual(procFds(child.pid), [0, 1, 2, 3]);
+      assert.equal(procFdTarget(child.pid, 3), fdTarget(writer.rawFd));
+      writer.close();
+      reader.close();
+      extra[Symbol.dispose]();
+    });
+  },
+});
+
+Deno.test({
+  name: "spawn() connects piped, null and endpoint stdio",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const child = spawn("sh", {
+        args: ["-c", "cat; echo err >&2"],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      });
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode("through stdin\n"));
+      await w.close();
+      const out = await withTimeout(child.output(), 10_000, "output");
+      assert.equal(decoder.decode(out.stdout), "through stdin\n");
+      assert.equal(decoder.decode(out.stderr), "err\n");
+      assert.equal(out.success, true);
+
+      const sink = pipe();
+      const quiet = spawn("sh", {
+        args: ["-c", "cat; echo to-endpoint"],
+        stdin: "null",
+        stdout: sink.writer,
+      });
+      sink.writer.close();
+      assert.equal(
+        await readAll(sink.reader, "endpoint stdout"),
+        "to-endpoint\n",
+      );
+      assert.equal((await quiet.status).code, 0);
+      sink.reader.close();
+      assert.throws(() => quiet.stdout, TypeError);
+    });
+  },
+});
+
+Deno.test({
+  name: "spawn() sets env, clearEnv and cwd",
+  permissions: perms,
+  async fn() {
+    const a = await spawn("sh", {
+      args: ["-c", 'printf "%s|%s|%s" "$CONDUIT_X" "$HOME" "$(pwd)"'],
+      env: { CONDUIT_X: "one two" },
+      cwd: "/tmp",
+      stdout: "piped",
+    }).output();
+    assert.equal(
+      decoder.decode(a.stdout),
+      `one two|${Deno.env.get("HOME") ?? ""}|/tmp`,
+    );
+    const b = await spawn("/usr/bin/env", {
+      clearEnv: true,
+      env: { ONLY: "this" },
+      stdout: "piped",
+    }).output();
+    assert.equal(decoder.decode(b.stdout), "ONLY=this\n");
+    assert.throws(
+      () => spawn("true", { env: { "A=B": "x" } }),
+      TypeError,
+    );
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() of a command that does not exist throws NotFound and leaves no zombie or fd",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(() => {
+      const p = pipe();
+      assert.throws(
+        () =>
+          spawn("conduit-no-such-command", {
+            fds: [p.writer],
+            stdout: "piped",
+          }),
+        (e: unknown) =>
+          e instanceof Deno.errors.NotFound &&
+          e.message.includes("conduit-no-such-command"),
+      );
+      assert.deepEqual(childPids(), []);
+      p[Symbol.dispose]();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "ChildProcess.kill() signals through the pidfd and status reports the signal",
+  permissions: perms,
+  async fn() {
+    const child = spawn("sleep", { args: ["30"] });
+    child.kill("SIGKILL");
+    assert.deepEqual(await withTimeout(child.status, 5000, "status"), {
+      success: false,
+      code: 137,
+      signal: "SIGKILL",
+    });
+    assert.throws(() => child.kill(), TypeError);
+    assert.throws(() => spawn("true").kill("SIGNOPE" as "SIGTERM"), TypeError);
+    const exit3 = await spawn("sh", { args: ["-c", "exit 3"] }).status;
+    assert.deepEqual(exit3, { success: false, code: 3, signal: null });
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name: "spawn() kills the child with SIGTERM when its AbortSignal fires",
+  permissions: perms,
+  async fn() {
+    const controller = new AbortController();
+    const child = spawn("sleep", { args: ["30"], signal: controller.signal });
+    setTimeout(() => controller.abort(), 20);
+    const status = await withTimeout(child.status, 5000, "aborted child");
+    assert.equal(status.signal, "SIGTERM");
+    assert.throws(
+      () => spawn("true", { signal: AbortSignal.abort(new Error("early")) }),
+      /early/,
+    );
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name: "await using kills a running child and reaps it",
+  permissions: perms,
+  async fn() {
+    let pid = 0;
+    {
+      await using child = spawn("sleep", { args: ["30"], stdout: "piped" });
+      pid = child.pid;
+    }
+    assert.ok(!childPids().includes(pid), "the child must be reaped");
+    assert.equal(readProcText(`/proc/${pid}/stat`), undefined);
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name: "spawn() restores SIGPIPE's default, so `yes | head` ends quietly",
+  permissions: perms,
+  async fn() {
+    const out = await withTimeout(
+      spawn("sh", {
+        args: ["-c", "yes | head -n 2"],
+        stdout: "piped",
+        stderr: "piped",
+      }).output(),
+      10_000,
+      "yes | head",
+    );
+    assert.equal(decoder.decode(out.stdout), "y\ny\n");
+    assert.equal(decoder.decode(out.stderr), "");
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name: "1,000 spawn-and-reap cycles leave no zombie and no extra fd",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      for (let i = 0; i < 1000; i++) {
+        const status = await withTimeout(
+          spawn("/bin/true").status,
+          5000,
+          `spawn ${i}`,
+        );
+        assert.equal(status.success, true);
+      }
+      assert.deepEqual(childPids(), []);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a child killed with SIGKILL mid-stream gives the parent EOF, and a writer BrokenPipe",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      // The child writes; the parent reads until the kill gives EOF.
+      const down = pipe();
+      const writer = spawn(DENO, {
+        args: ["run", "--allow-ffi", CHILD, "stream-forever"],
+        fds: [down.writer],
+        stdout: "piped",
+      });
+      down.writer.close();
+      const buf = new Uint8Array(64 * 1024);
+      let total = 0;
+      while (total < 1 << 20) {
+        const n = await withTimeout(down.reader.read(buf), 10_000, "stream");
+        assert.notEqual(n, null);
+        total += n!;
+      }
+      writer.kill("SIGKILL");
+      let n: number | null = 0;
+      while (n !== null) {
+        n = await withTimeout(down.reader.read(buf), 5000, "EOF after kill");
+      }
+      assert.equal((await writer.status).signal, "SIGKILL");
+      down.reader.close();
+      await writer.stdout.cancel();
+
+      // The child reads; the parent's writes fail with BrokenPipe once killed.
+      const up = pipe();
+      const reader = spawn(DENO, {
+        args: ["run", "--allow-ffi", CHILD, "read-forever"],
+        fds: [up.reader],
+        stdout: "piped",
+      });
+      up.reader.close();
+      const started = reader.stdout.getReader();
+      await withTimeout(started.read(), 10_000, "child start");
+      started.releaseLock();
+      reader.kill("SIGKILL");
+      await reader.status;
+      await assert.rejects(
+        withTimeout(
+          (async () => {
+            for (;;) await up.writer.write(new Uint8Array(64 * 1024));
+          })(),
+          5000,
+          "BrokenPipe after kill",
+        ),
+        Deno.errors.BrokenPipe,
+      );
+      up.writer.close();
+      await reader.stdout.cancel();
+    });
+  },
+});
+
+Deno.test({
+  name: "an unref'd child does not keep the process alive",
+  permissions: perms,
+  async fn() {
+    const script = `
+      import { spawn } from ${
+      JSON.stringify(new URL("../mod.ts", import.meta.url).href)
+    };
+      const child = spawn("sleep", { args: ["30"], stdout: "null", stderr: "null" });
+      child.unref();
+      console.log(child.pid);
+    `;
+    const out = await withTimeout(
+      new Deno.Command(DENO, {
+        args: ["eval", script],
+        stdout: "piped",
+        stderr: "inherit",
+      }).output(),
+      10_000,
+      "script with an unref'd child",
+    );
+    assert.equal(out.code, 0);
+    const pid = Number(decoder.decode(out.stdout).trim());
+    assert.ok(pid > 0);
+    // The orphaned sleep keeps running; end it so it does not outlive the test.
+    Deno.kill(pid, "SIGKILL");
+    await pollerIdle();
+  },
+});
