@@ -1,0 +1,451 @@
+/**
+ * Statistics, the results table, the JSON report and the SVG bar chart of
+ * `cli.ts bench`. Pure functions with no I/O, so they are unit-tested
+ * (tests/bench_report_test.ts) and area benchmarks can build their results
+ * with {@linkcode result}.
+ *
+ * @example Build a result from samples and print the table
+ * ```ts
+ * import { formatTable, result } from "./_report.ts";
+ *
+ * const r = result({
+ *   id: "pipe.stream",
+ *   mechanism: "pipe() reader.readable",
+ *   unit: "MiB/s",
+ *   higherIsBetter: true,
+ *   samples: [2400, 2500, 2450],
+ *   baseline: { mechanism: "Deno.Command stdout", samples: [1800, 1900, 1850] },
+ * });
+ * console.log(formatTable([r]));
+ * ```
+ *
+ * @module
+ */
+
+import type { BenchResult } from "./_types.ts";
+
+/** The machine a report was measured on. */
+export interface MachineInfo {
+  /** Logical CPUs (`navigator.hardwareConcurrency`). */
+  cores: number;
+  /** CPU model from /proc/cpuinfo, when readable. */
+  cpu?: string;
+  /** Kernel release (`Deno.osRelease()` or `uname -r`). */
+  kernel: string;
+  /** `Deno.build.os`. */
+  os: string;
+  /** `Deno.build.arch`. */
+  arch: string;
+  /** Deno version. */
+  deno: string;
+  /** V8 version. */
+  v8: string;
+  /** Total memory in GiB, when readable. */
+  memoryGiB?: number;
+  /** The C compiler used for the C baselines, if any. */
+  cc?: string;
+}
+
+/** An area that was not run, and why. */
+export interface SkippedArea {
+  /** The area name, such as `"socketpair"`. */
+  area: string;
+  /** Why it was skipped, such as `"not built yet"`. */
+  reason: string;
+}
+
+/** A case that threw instead of returning results. */
+export interface FailedCase {
+  /** The case id. */
+  id: string;
+  /** The error message. */
+  error: string;
+}
+
+/** Everything one `bench` run measured: what `--json FILE` writes. */
+export interface BenchReport {
+  /** Format version of this JSON document. */
+  version: 1;
+  /** When the run started, ISO 8601. */
+  date: string;
+  /** The machine. */
+  machine: MachineInfo;
+  /** How the run was configured. */
+  options: { runs: number; quick: boolean; areas: string[] };
+  /** Every figure, in the order measured. */
+  results: BenchResult[];
+  /** Areas not run. */
+  skipped: SkippedArea[];
+  /** Cases that failed. */
+  failed: FailedCase[];
+}
+
+function assertSamples(values: readonly number[], what: string): void {
+  if (values.length === 0) {
+    throw new RangeError(`Cannot compute ${what}: no samples`);
+  }
+  for (const v of values) {
+    if (!Number.isFinite(v)) {
+      throw new RangeError(
+        `Cannot compute ${what}: sample is not finite: ${v}`,
+      );
+    }
+  }
+}
+
+/**
+ * The median: the middle value, or the mean of the two middle values.
+ *
+ * @param values At least one finite number, in any order.
+ * @returns The median.
+ */
+export function median(values: readonly number[]): number {
+  return percentile(values, 50);
+}
+
+/**
+ * A percentile by linear interpolation between the closest ranks (the
+ * default of NumPy and of R type 7): rank = p/100 * (n - 1).
+ *
+ * @param values At least one finite number, in any order.
+ * @param p The percentile, 0 to 100.
+ * @returns The interpolated value.
+ */
+export function percentile(values: readonly number[], p: number): number {
+  assertSamples(values, `percentile ${p}`);
+  if (!(p >= 0 && p <= 100)) {
+    throw new RangeError(
+      `Cannot compute percentile: p must be 0-100, got ${p}`,
+    );
+  }
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = (p / 100) * (sorted.length - 1);
+  const low = Math.floor(rank);
+  const high = Math.min(low + 1, sorted.length - 1);
+  return sorted[low] + (sorted[high] - sorted[low]) * (rank - low);
+}
+
+/**
+ * How many times better a value is than its baseline: value / baseline when
+ * higher is better (throughput), baseline / value when lower is better
+ * (latency). `undefined` when either is not a positive number.
+ *
+ * @param value The mechanism's figure.
+ * @param baseline The baseline's figure.
+ * @param higherIsBetter Whether larger figures are better.
+ * @returns The ratio, above 1 when the mechanism wins.
+ */
+export function ratio(
+  value: number,
+  baseline: number,
+  higherIsBetter: boolean,
+): number | undefined {
+  if (!(value > 0) || !(baseline > 0)) return undefined;
+  if (!Number.isFinite(value) || !Number.isFinite(baseline)) return undefined;
+  return higherIsBetter ? value / baseline : baseline / value;
+}
+
+/** Input of {@linkcode result}: the samples, from which medians are taken. */
+export interface ResultInput {
+  /** Stable identifier, such as `"pipe.stream_1gib"`. */
+  id: string;
+  /** What was measured. */
+  mechanism: string;
+  /** Unit of the samples. */
+  unit: BenchResult["unit"];
+  /** Whether a larger value is better. */
+  higherIsBetter: boolean;
+  /** One figure per measured run. */
+  samples: number[];
+  /** Individual operation times in µs, for p50 and p99 (latency figures). */
+  operations?: number[];
+  /** The baseline measured in the same run. */
+  baseline?: {
+    mechanism: string;
+    samples: number[];
+    operations?: number[];
+  };
+}
+
+/**
+ * Builds a {@linkcode BenchResult}: the median of the samples, p50 and p99 of
+ * the individual operations when given, and the ratio against the baseline.
+ *
+ * @param input The samples.
+ * @returns The result as the runner reports it.
+ */
+export function result(input: ResultInput): BenchResult {
+  const out: BenchResult = {
+    id: input.id,
+    mechanism: input.mechanism,
+    unit: input.unit,
+    higherIsBetter: input.higherIsBetter,
+    value: median(input.samples),
+    samples: [...input.samples],
+  };
+  if (input.operations !== undefined && input.operations.length > 0) {
+    out.p50 = percentile(input.operations, 50);
+    out.p99 = percentile(input.operations, 99);
+  }
+  if (input.baseline !== undefined) {
+    const b = input.baseline;
+    out.baseline = {
+      mechanism: b.mechanism,
+      value: median(b.samples),
+      samples: [...b.samples],
+    };
+    if (b.operations !== undefined && b.operations.length > 0) {
+      out.baseline.p50 = percentile(b.operations, 50);
+      out.baseline.p99 = percentile(b.operations, 99);
+    }
+    out.ratio = ratio(out.value, out.baseline.value, out.higherIsBetter);
+  }
+  return out;
+}
+
+/**
+ * Formats a figure with a precision that suits its size: `2417 MiB/s`,
+ * `12.3 µs`, `84,210 msg/s`.
+ *
+ * @param value The figure.
+ * @param unit Its unit.
+ * @returns The figure and unit as text.
+ */
+export function formatValue(value: number, unit: string): string {
+  return `${formatNumber(value)} ${unit}`;
+}
+
+/**
+ * Formats a number: integers with thousands separators at 1000 and above,
+ * three significant digits below.
+ *
+ * @param value The number.
+ * @returns The text.
+ */
+export function formatNumber(value: number | undefined): string {
+  if (value === undefined || !Number.isFinite(value)) return "-";
+  const abs = Math.abs(value);
+  if (abs >= 1000) {
+    return Math.round(value).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+  if (abs >= 100) return value.toFixed(0);
+  if (abs >= 10) return value.toFixed(1);
+  if (abs >= 1) return value.toFixed(2);
+  return value.toPrecision(3);
+}
+
+/**
+ * Formats a ratio as `1.42×`, or `-` when there is none.
+ *
+ * @param value The ratio.
+ * @returns The text.
+ */
+export function formatRatio(value: number | undefined): string {
+  if (value === undefined || !Number.isFinite(value)) return "-";
+  return `${value.toFixed(2)}×`;
+}
+
+/**
+ * One line describing the machine, for the report header.
+ *
+ * @param machine The machine.
+ * @returns Such as `2 cores (AMD EPYC), Linux 6.1.0 x86_64, Deno 2.9.6, V8 15.0`.
+ */
+export function formatMachine(machine: MachineInfo): string {
+  const cpu = machine.cpu ? ` (${machine.cpu})` : "";
+  const memory = machine.memoryGiB
+    ? `, ${machine.memoryGiB.toFixed(1)} GiB`
+    : "";
+  const cc = machine.cc ? `, C baseline: ${machine.cc}` : ", no C compiler";
+  return `${machine.cores} cores${cpu}${memory}, ${machine.os} ${machine.kernel} ${machine.arch}, Deno ${machine.deno}, V8 ${machine.v8}${cc}`;
+}
+
+function pad(text: string, width: number, right: boolean): string {
+  const gap = Math.max(0, width - [...text].length);
+  return right ? " ".repeat(gap) + text : text + " ".repeat(gap);
+}
+
+/**
+ * The results as an aligned plain-text table: mechanism, figure, p50 and
+ * p99, the baseline and its figure, and the ratio.
+ *
+ * @param results The results.
+ * @returns The table, one line per result, with a header line.
+ */
+export function formatTable(results: readonly BenchResult[]): string {
+  const header = [
+    "mechanism",
+    "figure",
+    "p50 µs",
+    "p99 µs",
+    "baseline (same run)",
+    "figure",
+    "p50 µs",
+    "p99 µs",
+    "ratio",
+  ];
+  const right = [false, true, true, true, false, true, true, true, true];
+  const rows = results.map((r) => [
+    r.mechanism,
+    formatValue(r.value, r.unit),
+    formatNumber(r.p50),
+    formatNumber(r.p99),
+    r.baseline?.mechanism ?? "-",
+    r.baseline ? formatValue(r.baseline.value, r.unit) : "-",
+    formatNumber(r.baseline?.p50),
+    formatNumber(r.baseline?.p99),
+    formatRatio(r.ratio),
+  ]);
+  const widths = header.map((h, i) =>
+    Math.max([...h].length, ...rows.map((row) => [...row[i]].length))
+  );
+  const line = (cells: string[]) =>
+    cells.map((c, i) => pad(c, widths[i], right[i])).join("  ").trimEnd();
+  return [
+    line(header),
+    line(widths.map((w) => "-".repeat(w))),
+    ...rows.map(line),
+  ].join("\n");
+}
+
+/**
+ * The report as JSON text (two-space indented, with a final newline).
+ *
+ * @param report The report.
+ * @returns The JSON document.
+ */
+export function toJson(report: BenchReport): string {
+  return JSON.stringify(report, null, 2) + "\n";
+}
+
+/**
+ * Escapes text for SVG (XML) content and attribute values.
+ *
+ * @param text Any text.
+ * @returns The escaped text.
+ */
+export function escapeXml(text: string): string {
+  return text.replace(
+    /[&<>"']/g,
+    (c) =>
+      ({
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "'": "&apos;",
+      })[
+        c
+      ]!,
+  );
+}
+
+function truncate(text: string, max: number): string {
+  const chars = [...text];
+  return chars.length <= max ? text : chars.slice(0, max - 1).join("") + "…";
+}
+
+/** Options for {@linkcode renderSvg}. */
+export interface SvgOptions {
+  /** Chart title. Default `"@conduit/ipc: cross-process benchmarks"`. */
+  title?: string;
+  /** A second line under the title, such as the machine. */
+  subtitle?: string;
+  /** Total width in pixels. Default 960. */
+  width?: number;
+}
+
+const LABEL_WIDTH = 380;
+const RATIO_WIDTH = 90;
+const BAR_HEIGHT = 16;
+const GROUP_GAP = 14;
+const OURS = "#2f6fb0";
+const BASE = "#a3acb9";
+
+/**
+ * Draws the results as a horizontal bar chart in plain SVG text: for each
+ * result, a bar for the mechanism and one for its baseline, scaled to the
+ * larger of the two (units differ between rows), each labelled with its
+ * figure, and the ratio at the right.
+ *
+ * @param results The results.
+ * @param options Title and size.
+ * @returns A standalone SVG document.
+ */
+export function renderSvg(
+  results: readonly BenchResult[],
+  options: SvgOptions = {},
+): string {
+  const width = options.width ?? 960;
+  const title = options.title ?? "@conduit/ipc: cross-process benchmarks";
+  const barMax = Math.max(100, width - LABEL_WIDTH - RATIO_WIDTH - 130);
+  const top = options.subtitle ? 78 : 58;
+  const parts: string[] = [];
+  let y = top;
+  for (const r of results) {
+    const rows: { label: string; value: number; color: string }[] = [
+      { label: r.mechanism, value: r.value, color: OURS },
+    ];
+    if (r.baseline) {
+      rows.push({
+        label: r.baseline.mechanism,
+        value: r.baseline.value,
+        color: BASE,
+      });
+    }
+    const scale = Math.max(...rows.map((row) => row.value), 0);
+    const groupTop = y;
+    for (const row of rows) {
+      const length = scale > 0 && row.value > 0
+        ? Math.max(1, (row.value / scale) * barMax)
+        : 0;
+      const better = r.higherIsBetter ? "" : " (lower is better)";
+      parts.push(
+        `<text x="${LABEL_WIDTH - 8}" y="${y + 12}" text-anchor="end">${
+          escapeXml(truncate(row.label, 58))
+        }</text>`,
+        `<rect x="${LABEL_WIDTH}" y="${y}" width="${
+          length.toFixed(1)
+        }" height="${BAR_HEIGHT}" fill="${row.color}"/>`,
+        `<text x="${(LABEL_WIDTH + length + 6).toFixed(1)}" y="${y + 12}">${
+          escapeXml(formatValue(row.value, r.unit) + better)
+        }</text>`,
+      );
+      y += BAR_HEIGHT + 4;
+    }
+    if (r.ratio !== undefined) {
+      parts.push(
+        `<text x="${width - 12}" y="${
+          groupTop + 12 + (rows.length - 1) * 10
+        }" text-anchor="end" font-weight="bold">${
+          escapeXml(formatRatio(r.ratio))
+        }</text>`,
+      );
+    }
+    y += GROUP_GAP - 4;
+  }
+  const height = y + 30;
+  const legendY = height - 16;
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
+    `<text x="12" y="26" font-size="16" font-weight="bold">${
+      escapeXml(title)
+    }</text>`,
+    options.subtitle
+      ? `<text x="12" y="46" fill="#555555">${
+        escapeXml(options.subtitle)
+      }</text>`
+      : "",
+    `<text x="${width - 12}" y="${
+      top - 8
+    }" text-anchor="end" fill="#555555">× baseline</text>`,
+    ...parts,
+    `<rect x="12" y="${legendY - 10}" width="12" height="12" fill="${OURS}"/>`,
+    `<text x="30" y="${legendY}">@conduit/ipc</text>`,
+    `<rect x="130" y="${legendY - 10}" width="12" height="12" fill="${BASE}"/>`,
+    `<text x="148" y="${legendY}">baseline, same run (bars scaled per pair)</text>`,
+    `</svg>`,
+    "",
+  ].filter((line) => line !== "").join("\n") + "\n";
+}
