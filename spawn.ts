@@ -40,6 +40,8 @@ import { cstr } from "./ffi/mem.ts";
 import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
 import { pipe, type PipeReader, type PipeWriter } from "./pipe.ts";
 
+export type { SignalName } from "./ffi/layout.ts";
+
 /** Anything that owns an fd: every endpoint of this module. */
 export interface FdEndpoint {
   /** The fd the endpoint owns. */
