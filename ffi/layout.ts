@@ -15,8 +15,12 @@ export const O = {
   EXCL: 0o200,
   TRUNC: 0o1000,
   NONBLOCK: 0o4000,
+  DIRECTORY: 0o200000,
   CLOEXEC: 0o2000000,
 } as const;
+
+/** flock operations. */
+export const LOCK = { EX: 2, UN: 8 } as const;
 
 /** fcntl commands. */
 export const F = {
@@ -24,6 +28,7 @@ export const F = {
   GETFD: 1,
   SETFD: 2,
   GETFL: 3,
+  SETFL: 4,
   SETPIPE_SZ: 1031,
   GETPIPE_SZ: 1032,
   FD_CLOEXEC: 1,
@@ -69,6 +74,7 @@ export const SOCK = {
   SO_SNDBUF: 7,
   SO_RCVBUF: 8,
   SO_PEERCRED: 17,
+  SO_DOMAIN: 39,
   SO_ACCEPTCONN: 30,
   SCM_RIGHTS: 1,
   SHUT_RD: 0,
@@ -134,11 +140,13 @@ export const SOCKADDR_UN = {
 export const UCRED = { size: 12, pid: 0, uid: 4, gid: 8 } as const;
 
 /**
- * `struct stat`: 144 bytes. 16 nlink u64, 24 mode u32, 28 uid u32,
- * 32 gid u32, 48 size i64.
+ * `struct stat`: 144 bytes. 0 dev u64, 8 ino u64, 16 nlink u64, 24 mode u32,
+ * 28 uid u32, 32 gid u32, 48 size i64.
  */
 export const STAT = {
   size: 144,
+  dev: 0,
+  ino: 8,
   mode: 24,
   uid: 28,
   gid: 32,
@@ -198,8 +206,42 @@ export const FUTEX = { WAIT: 0, WAKE: 1 } as const;
 /** getrlimit resources. */
 export const RLIMIT = { NOFILE: 7 } as const;
 
+/** A signal name such as `"SIGTERM"`. */
+export type SignalName =
+  | "SIGHUP"
+  | "SIGINT"
+  | "SIGQUIT"
+  | "SIGILL"
+  | "SIGTRAP"
+  | "SIGABRT"
+  | "SIGBUS"
+  | "SIGFPE"
+  | "SIGKILL"
+  | "SIGUSR1"
+  | "SIGSEGV"
+  | "SIGUSR2"
+  | "SIGPIPE"
+  | "SIGALRM"
+  | "SIGTERM"
+  | "SIGSTKFLT"
+  | "SIGCHLD"
+  | "SIGCONT"
+  | "SIGSTOP"
+  | "SIGTSTP"
+  | "SIGTTIN"
+  | "SIGTTOU"
+  | "SIGURG"
+  | "SIGXCPU"
+  | "SIGXFSZ"
+  | "SIGVTALRM"
+  | "SIGPROF"
+  | "SIGWINCH"
+  | "SIGIO"
+  | "SIGPWR"
+  | "SIGSYS";
+
 /** Signal numbers on Linux x86_64. */
-export const SIGNALS = {
+export const SIGNALS: Readonly<Record<SignalName, number>> = {
   SIGHUP: 1,
   SIGINT: 2,
   SIGQUIT: 3,
@@ -231,10 +273,7 @@ export const SIGNALS = {
   SIGIO: 29,
   SIGPWR: 30,
   SIGSYS: 31,
-} as const;
-
-/** A signal name such as `"SIGTERM"`. */
-export type SignalName = keyof typeof SIGNALS;
+};
 
 /** The name of a signal number, or `undefined` when it has none. */
 export function signalName(signo: number): SignalName | undefined {
