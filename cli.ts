@@ -117,6 +117,7 @@ Options:
                    pipe, spawn, socketpair, ...)
   --json FILE      Write the results as JSON
   --svg FILE       Draw the results as an SVG bar chart
+  --dir DIR        Run the area files (<area>_bench.ts) in DIR instead of bench/
   -h, --help       Show this help
 
 Permissions: --allow-ffi --allow-run --allow-read --allow-write --allow-env
@@ -327,11 +328,11 @@ async function demo(args: string[]): Promise<number> {
     console.log(`$ deno run --allow-ffi --allow-run ${file}`);
     const start = performance.now();
     const outcome = await runExample(file, timeout);
-    const seconds = ((performance.now() - start) / 1000).toFixed(1);
+    const took = `${Math.round(performance.now() - start)} ms`;
     if (outcome === null) {
-      console.log(`--- ${name}: ok (${seconds} s)`);
+      console.log(`--- ${name}: ok (${took})`);
     } else {
-      console.log(`--- ${name}: FAILED, ${outcome} (${seconds} s)`);
+      console.log(`--- ${name}: FAILED, ${outcome} (${took})`);
       failed.push(name);
     }
   }
@@ -385,6 +386,7 @@ interface Runner {
     only: string[];
     json?: string;
     svg?: string;
+    dir?: URL;
   }): Promise<number>;
 }
 
@@ -400,6 +402,7 @@ async function bench(args: string[]): Promise<number> {
       only: { type: "string", multiple: true },
       json: { type: "string" },
       svg: { type: "string" },
+      dir: { type: "string" },
     },
   });
   if (values.help) {
@@ -445,6 +448,7 @@ async function bench(args: string[]): Promise<number> {
     only,
     json: values.json,
     svg: values.svg,
+    dir: values.dir === undefined ? undefined : dirUrl(values.dir),
   });
 }
 

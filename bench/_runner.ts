@@ -47,6 +47,8 @@ export interface RunnerOptions {
   json?: string;
   /** Where to write the SVG chart. */
   svg?: string;
+  /** The directory of the area files. Default bench/. */
+  dir?: URL;
 }
 
 /** An area file found in bench/. */
@@ -167,8 +169,11 @@ class Progress {
   }
 }
 
+/** The first line of an error message, without terminal colours. */
 function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  const text = error instanceof Error ? error.message : String(error);
+  // deno-lint-ignore no-control-regex
+  return text.split("\n")[0].replace(/\x1b\[[0-9;]*m/g, "").trim();
 }
 
 /**
@@ -180,8 +185,10 @@ function message(error: unknown): string {
  * @returns The exit code.
  */
 export async function runBench(options: RunnerOptions): Promise<number> {
-  const files = await discoverAreas();
-  const known = new Set([...PLANNED_AREAS, ...files.map((f) => f.area)]);
+  const dir = options.dir ?? BENCH_DIR;
+  const planned = options.dir === undefined ? PLANNED_AREAS : [];
+  const files = await discoverAreas(dir);
+  const known = new Set([...planned, ...files.map((f) => f.area)]);
   const unknown = options.only.filter((a) => !known.has(a));
   if (unknown.length > 0) {
     console.error(
@@ -206,7 +213,7 @@ export async function runBench(options: RunnerOptions): Promise<number> {
   const failed: FailedCase[] = [];
   const results: BenchResult[] = [];
   const areas: string[] = [];
-  for (const area of PLANNED_AREAS) {
+  for (const area of planned) {
     if (wanted(area) && !files.some((f) => f.area === area)) {
       skipped.push({
         area,
