@@ -50,14 +50,17 @@ export class OwnedFd {
     if (this.#closed) throw closedError(this.#what);
   }
 
-  /** Waits until the fd may be ready; rejects with `BadResource` on close. */
-  wait(interest: Interest): Promise<void> {
+  /**
+   * Waits until the fd may be ready; rejects with `BadResource` on close,
+   * or with the signal's reason when `signal` is aborted.
+   */
+  wait(interest: Interest, signal?: AbortSignal): Promise<void> {
     if (this.#closed) return Promise.reject(closedError(this.#what));
     if (this.#handle === undefined) {
       this.#handle = poller().register(this.#fd);
       if (!this.#ref) this.#handle.unref();
     }
-    return this.#handle.wait(interest);
+    return this.#handle.wait(interest, signal);
   }
 
   /** Pending waits keep the process alive (the default). */
