@@ -27,7 +27,7 @@
  * deno task demo                 # every example
  * deno task demo random_byte     # one example
  * deno task bench --quick        # a smoke run of the benchmarks
- * deno task bench --json bench.json --svg bench.svg
+ * deno task bench --json bench.json --svg bench.svg --markdown bench.md
  * ```
  *
  * @module
@@ -117,6 +117,7 @@ Options:
                    pipe, spawn, socketpair, ...)
   --json FILE      Write the results as JSON
   --svg FILE       Draw the results as an SVG bar chart
+  --markdown FILE  Write the table as Markdown (for the README)
   --dir DIR        Run the area files (<area>_bench.ts) in DIR instead of bench/
   -h, --help       Show this help
 
@@ -386,6 +387,7 @@ interface Runner {
     only: string[];
     json?: string;
     svg?: string;
+    markdown?: string;
     dir?: URL;
   }): Promise<number>;
 }
@@ -402,6 +404,7 @@ async function bench(args: string[]): Promise<number> {
       only: { type: "string", multiple: true },
       json: { type: "string" },
       svg: { type: "string" },
+      markdown: { type: "string" },
       dir: { type: "string" },
     },
   });
@@ -448,6 +451,7 @@ async function bench(args: string[]): Promise<number> {
     only,
     json: values.json,
     svg: values.svg,
+    markdown: values.markdown,
     dir: values.dir === undefined ? undefined : dirUrl(values.dir),
   });
 }

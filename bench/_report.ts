@@ -309,6 +309,39 @@ export function formatTable(results: readonly BenchResult[]): string {
 }
 
 /**
+ * The results as a Markdown table (for the README): mechanism, figure, p50
+ * and p99, the baseline and its figure, and the ratio.
+ *
+ * @param results The results.
+ * @returns The table, with a header and a separator line.
+ */
+export function formatMarkdown(results: readonly BenchResult[]): string {
+  const cell = (text: string) => text.replace(/\|/g, "\\|");
+  const lines = [
+    "| mechanism | figure | p50 / p99 µs | baseline (same run) | figure | p50 / p99 µs | ratio |",
+    "|---|--:|--:|---|--:|--:|--:|",
+  ];
+  const percentiles = (p50?: number, p99?: number) =>
+    p50 === undefined ? "-" : `${formatNumber(p50)} / ${formatNumber(p99)}`;
+  for (const r of results) {
+    lines.push(
+      `| ${
+        [
+          cell(r.mechanism),
+          formatValue(r.value, r.unit),
+          percentiles(r.p50, r.p99),
+          cell(r.baseline?.mechanism ?? "-"),
+          r.baseline ? formatValue(r.baseline.value, r.unit) : "-",
+          percentiles(r.baseline?.p50, r.baseline?.p99),
+          formatRatio(r.ratio),
+        ].join(" | ")
+      } |`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+/**
  * The report as JSON text (two-space indented, with a final newline).
  *
  * @param report The report.

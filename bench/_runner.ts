@@ -24,6 +24,7 @@ import {
   type BenchReport,
   type FailedCase,
   formatMachine,
+  formatMarkdown,
   formatTable,
   type MachineInfo,
   renderSvg,
@@ -47,6 +48,8 @@ export interface RunnerOptions {
   json?: string;
   /** Where to write the SVG chart. */
   svg?: string;
+  /** Where to write the table as Markdown, with the machine line. */
+  markdown?: string;
   /** The directory of the area files. Default bench/. */
   dir?: URL;
 }
@@ -279,6 +282,17 @@ export async function runBench(options: RunnerOptions): Promise<number> {
       renderSvg(results, { subtitle: formatMachine(machine) }),
     );
     console.log(`Wrote ${options.svg}`);
+  }
+  if (options.markdown !== undefined) {
+    await Deno.writeTextFile(
+      options.markdown,
+      `${formatMarkdown(results)}\nMachine: ${
+        formatMachine(machine)
+      }; ${options.runs} runs after 1 warm-up, medians${
+        options.quick ? " (quick run)" : ""
+      }.\n`,
+    );
+    console.log(`Wrote ${options.markdown}`);
   }
   if (failed.length > 0) return 1;
   if (results.length === 0) {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   type BenchReport,
   escapeXml,
+  formatMarkdown,
   formatNumber,
   formatRatio,
   formatTable,
@@ -147,6 +148,32 @@ Deno.test("formatTable() prints one aligned row per result with the baseline and
   // The figure column is right-aligned: every row's figure ends at one column.
   const end = (line: string, text: string) => line.indexOf(text) + text.length;
   assert.equal(end(lines[2], "2,500 MiB/s"), end(lines[3], "9.00 µs"));
+});
+
+Deno.test("formatMarkdown() writes a Markdown table with right-aligned figures and escaped pipes", () => {
+  const text = formatMarkdown([
+    ...SAMPLE,
+    result({
+      id: "pipes",
+      mechanism: "a | b",
+      unit: "MiB/s",
+      higherIsBetter: true,
+      samples: [1],
+    }),
+  ]);
+  const lines = text.trimEnd().split("\n");
+  assert.equal(lines.length, 2 + SAMPLE.length + 1);
+  assert.match(lines[0], /^\| mechanism \| figure \|.*\| ratio \|$/);
+  assert.equal(lines[1], "|---|--:|--:|---|--:|--:|--:|");
+  assert.equal(
+    lines[2],
+    "| pipe() reader.readable | 2,500 MiB/s | - | Deno.Command stdout | 1,900 MiB/s | - | 1.32× |",
+  );
+  assert.match(lines[3], /\| 9\.00 µs \| 8\.50 \/ 29\.4 \|/);
+  assert.match(lines[5], /^\| a \\\| b \|/);
+  // Every row has the same number of cells as the header.
+  const cells = (line: string) => line.replace(/\\\|/g, "").split("|").length;
+  for (const line of lines) assert.equal(cells(line), cells(lines[0]));
 });
 
 Deno.test("toJson() writes a report that parses back to the same value", () => {

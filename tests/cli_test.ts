@@ -261,6 +261,7 @@ Deno.test({
     try {
       const json = `${dir}/bench.json`;
       const svg = `${dir}/bench.svg`;
+      const md = `${dir}/bench.md`;
       const r = await cli(ALL, [
         "bench",
         "--quick",
@@ -272,6 +273,8 @@ Deno.test({
         json,
         "--svg",
         svg,
+        "--markdown",
+        md,
       ], 45_000);
       assert.equal(r.code, 0, r.stdout + r.stderr);
       assert.match(
@@ -317,6 +320,14 @@ Deno.test({
           spawnResult.ratio - spawnResult.baseline.value / spawnResult.value,
         ) < 1e-9,
       );
+
+      const table = await Deno.readTextFile(md);
+      assert.match(table, /^\| mechanism \| figure \|/);
+      assert.match(
+        table,
+        /\n\| spawn\(\) \+ status, \/bin\/true \| [\d,.]+ µs \|/,
+      );
+      assert.match(table, /Machine: \d+ cores/);
 
       const chart = await Deno.readTextFile(svg);
       assert.match(
