@@ -14,7 +14,15 @@ import {
   toJson,
 } from "../bench/_report.ts";
 import { discoverAreas } from "../bench/_runner.ts";
-import { readAllByob } from "../bench/_baselines.ts";
+import {
+  commandStdout,
+  cPingPong,
+  cThroughput,
+  ddWriter,
+  findCompiler,
+  forkPingPong,
+  readAllByob,
+} from "../bench/_baselines.ts";
 import type { BenchResult } from "../bench/_types.ts";
 
 Deno.test("median() takes the middle value, or the mean of the two middle values", () => {
@@ -294,4 +302,53 @@ Deno.test("readAllByob() reads a byte stream to its end into one reused buffer",
   // reallocated smaller or bigger).
   assert.deepEqual([...sizes], [1024]);
   assert.equal(buffers.size, chunks.length + 1);
+});
+
+Deno.test({
+  name:
+    "forkPingPong() times every round trip with json and advanced serialization",
+  permissions: { run: true, read: true, env: true },
+  async fn() {
+    for (const serialization of ["json", "advanced"] as const) {
+      const r = await forkPingPong({
+        serialization,
+        count: 40,
+        payload: new Uint8Array(64).fill(7),
+      });
+      assert.equal(r.rtts.length, 40);
+      assert.ok(r.rtts.every((t) => t > 0 && Number.isFinite(t)));
+      assert.ok(r.msgPerSec > 0);
+    }
+  },
+});
+
+Deno.test({
+  name: "commandStdout() reads all of dd's output through a BYOB reader",
+  permissions: { run: true },
+  async fn() {
+    const dd = ddWriter(8);
+    const r = await commandStdout(dd.cmd, dd.args);
+    assert.equal(r.bytes, 8 << 20);
+    assert.ok(r.mibps > 0 && r.ms > 0);
+  },
+});
+
+Deno.test({
+  name: "the C baselines build with cc and report throughput and round trips",
+  permissions: { run: true, read: true, write: true, env: true },
+  async fn() {
+    const cc = await findCompiler();
+    const through = await cThroughput("pipe", 8 << 20);
+    const rtt = await cPingPong("seqpacket", 100);
+    if (cc === null) {
+      assert.equal(through, null);
+      assert.equal(rtt, null);
+      return;
+    }
+    assert.equal(through?.bytes, 8 << 20);
+    assert.ok(through!.mibps > 0);
+    assert.ok(rtt!.p50 > 0 && rtt!.p99 >= rtt!.p50 && rtt!.msgPerSec > 0);
+    const stream = await cThroughput("socketpair", 8 << 20, 65536);
+    assert.equal(stream?.bytes, 8 << 20);
+  },
 });
