@@ -153,7 +153,12 @@ class Progress {
 
   show(text: string): void {
     if (this.#tty) {
-      const width = Deno.consoleSize?.().columns ?? 100;
+      let width = 100;
+      try {
+        width = Deno.consoleSize().columns || width;
+      } catch {
+        // No terminal size known: keep the default.
+      }
       const line = [...text].slice(0, Math.max(10, width - 1)).join("");
       this.#write(`\r\x1b[2K${line}`);
       this.#shown = true;
