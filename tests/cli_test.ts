@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "../mod.ts";
-import { DENO, withTimeout } from "./_util.ts";
+import { DENO, pollerIdle, withTimeout } from "./_util.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
@@ -36,6 +36,9 @@ async function cli(flags: string[], args: string[], ms = 20_000): Promise<Run> {
     };
   } finally {
     await child[Symbol.asyncDispose]();
+    // The poller's last wait returns after the child's pipes close: let it
+    // finish inside the test, for the op sanitizer.
+    await pollerIdle();
   }
 }
 
