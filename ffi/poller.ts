@@ -172,8 +172,8 @@ export class PollHandle {
 
 /** The per-process poller. Use {@linkcode poller} to get it. */
 export class Poller {
-  #epfd: number;
-  #evfd: number;
+  #epfd = -1;
+  #evfd = -1;
   #events: ArrayBuffer;
   #eventsView: DataView;
   #eventsPtr: Deno.PointerValue;
@@ -186,23 +186,44 @@ export class Poller {
   #waiting = 0;
   #inFlight = false;
   #kicked = false;
+  #dispatching = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor() {
-    const lib = libc();
-    this.#epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
-    this.#evfd = check(
-      "eventfd",
-      lib.eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK),
-    );
     this.#events = stableBuffer(MAX_EVENTS * EPOLL_EVENT.size);
     this.#eventsView = new DataView(this.#events);
     this.#eventsPtr = pointerOf(this.#events);
-    this.ctl(EPOLL.CTL_ADD, this.#evfd, EPOLL.IN, EVENTFD_TOKEN);
+  }
+
+  // The epoll fd and the eventfd exist only while some fd is registered: a
+  // Worker that closed its endpoints leaves nothing open behind when it ends.
+  #open(): void {
+    if (this.#epfd !== -1) return;
+    const lib = libc();
+    const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
+    const evfd = lib.eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
+    if (evfd === -1) {
+      const error = systemError("eventfd", errno());
+      lib.close(epfd);
+      throw error;
+    }
+    this.#epfd = epfd;
+    this.#evfd = evfd;
+    this.ctl(EPOLL.CTL_ADD, evfd, EPOLL.IN, EVENTFD_TOKEN);
+  }
+
+  #release(): void {
+    if (this.#epfd === -1) return;
+    const lib = libc();
+    lib.close(this.#evfd);
+    lib.close(this.#epfd);
+    this.#epfd = -1;
+    this.#evfd = -1;
   }
 
   /** Registers an fd; the returned handle must be closed before the fd. */
   register(fd: number): PollHandle {
+    this.#open();
     const token = this.#nextToken++;
     const handle = new PollHandle(this, fd, token);
     this.#handles.set(token, handle);
@@ -266,6 +287,7 @@ export class Poller {
   }
 
   #schedule(): void {
+    if (this.#dispatching) return;
     if (this.#refWaiting > 0) {
       this.#clearTimer();
       if (!this.#inFlight) this.#startWait();
@@ -281,6 +303,10 @@ export class Poller {
     // The last waiter left: a pending poll timer would only fire for nothing
     // (and shows up as a leaked timer in a test with sanitizeOps).
     if (this.#waiting === 0) this.#clearTimer();
+    if (this.#handles.size === 0 && !this.#inFlight) {
+      this.#release();
+      return;
+    }
     if (this.#waiting > 0 && !this.#inFlight && this.#timer === undefined) {
       this.#timer = setTimeout(() => {
         this.#timer = undefined;
@@ -317,7 +343,8 @@ export class Poller {
           this.#drainEventfd();
         }
         // errno of a pool thread is meaningless; -1 is EINTR in practice,
-        // and the next wait simply starts again.
+        // and the next wait simply starts again. (No wait starts while the
+        // events buffer is being read: the next call writes into it.)
         this.#dispatch(n);
         this.#schedule();
       },
@@ -329,6 +356,15 @@ export class Poller {
   }
 
   #dispatch(n: number): void {
+    this.#dispatching = true;
+    try {
+      this.#dispatchEvents(n);
+    } finally {
+      this.#dispatching = false;
+    }
+  }
+
+  #dispatchEvents(n: number): void {
     const view = this.#eventsView;
     for (let i = 0; i < n; i++) {
       const at = i * EPOLL_EVENT.size;

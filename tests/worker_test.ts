@@ -1,0 +1,54 @@
+import assert from "node:assert/strict";
+import { pipe } from "../mod.ts";
+import { poller } from "../ffi/poller.ts";
+import { assertFdsUnchanged, fdSnapshot, withTimeout } from "./_util.ts";
+
+Deno.test({
+  name:
+    "a Worker waits in its own poller, and leaves no fd behind once its endpoints are closed",
+  permissions: { ffi: true, read: true },
+  async fn() {
+    const worker = new Worker(
+      new URL("./fixtures/worker_pipe.ts", import.meta.url),
+      { type: "module" },
+    );
+    const next = () =>
+      new Promise<unknown>((resolve) => {
+        worker.onmessage = (e) => resolve(e.data);
+      });
+    try {
+      let message = next();
+      worker.postMessage({ ping: true });
+      assert.deepEqual(await withTimeout(message, 10_000, "worker start"), {
+        ready: true,
+      });
+      // The runtime's own fds for the worker exist now; count from here.
+      const before = fdSnapshot();
+      const { reader, writer } = pipe();
+      message = next();
+      worker.postMessage({ fd: reader.rawFd });
+      assert.deepEqual(await withTimeout(message, 10_000, "worker waiting"), {
+        waiting: true,
+        busy: true,
+      });
+      // The worker's wait is its own: nothing is in flight here.
+      assert.equal(poller().busy, false);
+      message = next();
+      await writer.write(new TextEncoder().encode("to the worker"));
+      assert.deepEqual(await withTimeout(message, 10_000, "worker read"), {
+        text: "to the worker",
+      });
+      message = next();
+      assert.deepEqual(await withTimeout(message, 10_000, "worker idle"), {
+        registered: 0,
+        busy: false,
+      });
+      reader.close();
+      writer.close();
+      // The worker's epoll fd and eventfd are gone with its last endpoint.
+      assertFdsUnchanged(before, "the worker's use of a pipe");
+    } finally {
+      worker.terminate();
+    }
+  },
+});
