@@ -2,10 +2,10 @@
  * Helpers shared by the test files: fd and zombie accounting, bounded waits,
  * and the poller's idle state.
  *
- * Importing this module loads libc and creates the poller, so that neither
- * the dynamic library nor the poller's own two fds (epoll, eventfd) is
- * counted against the first test that happens to use them. It needs
- * `--allow-ffi` and `--allow-read` on the command line.
+ * Importing this module loads libc and creates the poller, so that the
+ * dynamic library is not counted against the first test that uses it (the
+ * poller opens its epoll fd and eventfd only while some fd is registered).
+ * It needs `--allow-ffi` on the command line.
  *
  * @module
  */
@@ -342,4 +342,149 @@ export async function runDeno(
 /** The path of a script under `tests/fixtures/`. */
 export function fixture(name: string): string {
   return new URL(`./fixtures/${name}`, import.meta.url).pathname;
+}
+
+/**
+ * Deno 2.9 runs tests with the op, resource and exit sanitizers off unless
+ * `--sanitize-ops`/`--sanitize-resources` are given; spread this into a
+ * `Deno.test` definition to turn them on for that test.
+ */
+export const SANITIZE = {
+  sanitizeOps: true,
+  sanitizeResources: true,
+  sanitizeExit: true,
+} as const;
+
+// Directory listing through libc, for /proc/self/task (see above). A test
+// helper only, so it has its own small symbol table.
+const dirLib = Deno.dlopen(
+  "libc.so.6",
+  {
+    // DIR *opendir(const char *name);
+    opendir: { parameters: ["buffer"], result: "pointer" },
+    // struct dirent *readdir(DIR *dirp);
+    readdir: { parameters: ["pointer"], result: "pointer" },
+    // int closedir(DIR *dirp);
+    closedir: { parameters: ["pointer"], result: "i32" },
+  } as const,
+).symbols;
+
+/** `struct dirent` on x86_64: the name starts at byte 19. */
+const DIRENT_NAME = 19;
+
+/** The names in a directory (without `.` and `..`), read through libc. */
+export function listDir(path: string): string[] {
+  const dir = dirLib.opendir(cstr(path));
+  if (dir === null) throw new Error(`Cannot list ${path}`);
+  const names: string[] = [];
+  try {
+    for (;;) {
+      const entry = dirLib.readdir(dir);
+      if (entry === null) break;
+      const name = new Deno.UnsafePointerView(entry).getCString(DIRENT_NAME);
+      if (name !== "." && name !== "..") names.push(name);
+    }
+  } finally {
+    dirLib.closedir(dir);
+  }
+  return names;
+}
+
+const SYS_EPOLL_WAIT = 232;
+const SYS_EPOLL_PWAIT = 281;
+const EPOLLET = 0x8000_0000;
+
+/** One fd in an epoll set, from `/proc/self/fdinfo/<epfd>`. */
+export interface EpollEntry {
+  /** The fd number it was added under. */
+  fd: number;
+  /** The armed event mask (0 once a one-shot event fired). */
+  events: number;
+  /** `epoll_data` (for the poller: its token). */
+  data: bigint;
+  /** The inode of the open file behind it (`pipe:[<ino>]`). */
+  ino: number;
+}
+
+/** The fds in the epoll set of `epfd`, as the kernel reports them. */
+export function epollEntries(epfd: number): EpollEntry[] {
+  const text = readProcText(`/proc/self/fdinfo/${epfd}`) ?? "";
+  const entries: EpollEntry[] = [];
+  for (const line of text.split("\n")) {
+    const match = line.match(
+      /^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+).*\bino:\s*([0-9a-f]+)/,
+    );
+    if (match === null) continue;
+    entries.push({
+      fd: Number(match[1]),
+      events: parseInt(match[2], 16),
+      data: BigInt(`0x${match[3]}`),
+      ino: parseInt(match[4], 16),
+    });
+  }
+  return entries;
+}
+
+function isPollerEventfd(entry: EpollEntry): boolean {
+  // Deno's own reactor (mio) also watches an eventfd under data 0, but
+  // edge-triggered; the poller's is level-triggered.
+  return entry.data === 0n && (entry.events & EPOLLET) === 0 &&
+    fdTarget(entry.fd) === "anon_inode:[eventfd]";
+}
+
+let lastEpfd: number | undefined;
+
+/**
+ * The poller's epoll fd, or `undefined` while it has none (it holds one only
+ * while some fd is registered). Found as the epoll fd that watches a
+ * level-triggered eventfd under token 0.
+ */
+export function pollerEpfd(): number | undefined {
+  const isPoller = (fd: number) =>
+    fdTarget(fd) === "anon_inode:[eventpoll]" &&
+    epollEntries(fd).some(isPollerEventfd);
+  if (lastEpfd !== undefined && isPoller(lastEpfd)) return lastEpfd;
+  lastEpfd = openFds().find(isPoller);
+  return lastEpfd;
+}
+
+/**
+ * The fds in the poller's epoll set other than its own eventfd. An fd closed
+ * without being removed stays listed while its open file lives on elsewhere
+ * (a dup, a child).
+ */
+export function pollerInterest(): EpollEntry[] {
+  const epfd = pollerEpfd();
+  if (epfd === undefined) return [];
+  return epollEntries(epfd).filter((entry) => !isPollerEventfd(entry));
+}
+
+/**
+ * How many threads of this process are blocked in `epoll_wait` on the
+ * poller's epoll fd right now, from `/proc/self/task/<tid>/syscall`. The
+ * design allows at most one. A call on its way into or out of the kernel is
+ * not counted, so a sample can undercount but never overcount.
+ */
+export function pollerWaits(): number {
+  const epfd = pollerEpfd();
+  if (epfd === undefined) return 0;
+  let count = 0;
+  for (const tid of listDir("/proc/self/task")) {
+    const fields = readProcText(`/proc/self/task/${tid}/syscall`)?.split(" ");
+    if (fields === undefined || fields.length < 2) continue;
+    const nr = Number(fields[0]);
+    if (
+      (nr === SYS_EPOLL_WAIT || nr === SYS_EPOLL_PWAIT) &&
+      Number(fields[1]) === epfd
+    ) {
+      count++;
+    }
+  }
+  return count;
+}
+
+/** The inode number of a pipe or socket fd (`pipe:[<ino>]`), or `undefined`. */
+export function fdInode(fd: number): number | undefined {
+  const match = fdTarget(fd)?.match(/\[(\d+)\]$/);
+  return match ? Number(match[1]) : undefined;
 }

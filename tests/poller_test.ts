@@ -1,0 +1,479 @@
+import assert from "node:assert/strict";
+import { pipe } from "../pipe.ts";
+import { libc } from "../ffi/libc.ts";
+import { poller } from "../ffi/poller.ts";
+import { readNoWait } from "../ffi/fd.ts";
+import { cstr } from "../ffi/mem.ts";
+import {
+  check,
+  checkReturn,
+  closedError,
+  ERRNO,
+  errno,
+  errnoName,
+  retry,
+  systemError,
+  tryIo,
+} from "../ffi/errors.ts";
+import {
+  assertNoFdLeak,
+  delay,
+  fixture,
+  pollerIdle,
+  pollerInterest,
+  pollerWaits,
+  runDeno,
+  SANITIZE,
+  stillPending,
+  until,
+  withTimeout,
+} from "./_util.ts";
+
+/**
+ * A test that needs FFI, run under the fd leak check with Deno's sanitizers
+ * on (Deno 2.9 turns them off by default).
+ */
+function test(
+  name: string,
+  fn: () => Promise<void> | void,
+  permissions: Deno.PermissionOptionsObject = {},
+): void {
+  Deno.test({
+    name,
+    permissions: { ffi: true, ...permissions },
+    ...SANITIZE,
+    fn: () => assertNoFdLeak(fn, name),
+  });
+}
+
+/** Sets the calling thread's errno, as a failing libc call would. */
+function setErrno(code: number): void {
+  const location = libc().__errno_location();
+  assert.ok(location !== null);
+  new Int32Array(Deno.UnsafePointerView.getArrayBuffer(location, 4))[0] = code;
+}
+
+const THIS_FILE = new URL(import.meta.url).pathname;
+
+test(
+  "200 readers waiting at once in one process are all served while Deno.readTextFile still completes promptly",
+  async () => {
+    const count = 200;
+    const pipes = Array.from({ length: count }, () => pipe());
+    try {
+      const buffers = pipes.map(() => new Uint8Array(4));
+      const reads = pipes.map((p, i) => p.reader.read(buffers[i]));
+      for (const read of reads) read.catch(() => {});
+      assert.ok(await stillPending(Promise.race(reads), 30), "a read resolved");
+      assert.equal(poller().size, count);
+      assert.equal(pollerInterest().length, count, "not every fd is in epoll");
+      assert.ok(pollerWaits() <= 1, `${pollerWaits()} waits in flight`);
+
+      // With one pool thread per waiter, 200 waits would take every thread of
+      // Deno's blocking pool and async file reads would queue behind them.
+      const started = performance.now();
+      const text = await withTimeout(
+        Deno.readTextFile(THIS_FILE),
+        2000,
+        "Deno.readTextFile while 200 reads wait",
+      );
+      const ms = performance.now() - started;
+      assert.ok(text.includes("200 readers waiting"));
+      assert.ok(ms < 1000, `Deno.readTextFile took ${ms} ms`);
+
+      for (let i = 0; i < count; i++) {
+        pipes[i].writer.writeSync(new Uint8Array([i, 255 - (i & 0xff)]));
+      }
+      const results = await withTimeout(
+        Promise.all(reads),
+        5000,
+        "all 200 reads",
+      );
+      for (let i = 0; i < count; i++) {
+        assert.equal(results[i], 2, `read ${i}`);
+        assert.deepEqual([...buffers[i].subarray(0, 2)], [i, 255 - i], `${i}`);
+      }
+    } finally {
+      for (const p of pipes) {
+        p.reader.close();
+        p.writer.close();
+      }
+    }
+    assert.equal(poller().size, 0);
+  },
+  { read: [THIS_FILE] },
+);
+
+test("the poller keeps at most one epoll_wait in flight, however many fds wait", async () => {
+  const count = 64;
+  const pipes = Array.from({ length: count }, () => pipe({ capacity: 4096 }));
+  let maxWaits = 0;
+  let samples = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const waits = pollerWaits();
+      maxWaits = Math.max(maxWaits, waits);
+      if (waits > 0) samples++;
+      await delay(2);
+    }
+  })();
+  try {
+    // Every reader and every writer waits at some point: 64 KiB each way
+    // through pipes that hold 4 KiB.
+    const total = 64 * 1024;
+    const work = pipes.flatMap((p, i) => [
+      p.writer.write(new Uint8Array(total).fill(i)),
+      (async () => {
+        const buffer = new Uint8Array(1000);
+        let got = 0;
+        while (got < total) {
+          const n = await p.reader.read(buffer);
+          assert.ok(n !== null);
+          assert.ok(buffer.subarray(0, n).every((b) => b === i));
+          got += n;
+          if (got % 7 === 0) await delay(1);
+        }
+      })(),
+    ]);
+    await withTimeout(Promise.all(work), 10_000, "64 pipes each way");
+    // Park every reader at once and sample the steady state.
+    const reads = pipes.map((p) => p.reader.read(new Uint8Array(1)));
+    await until(() => pollerWaits() === 1, 2000, "the one wait to start");
+    for (let i = 0; i < 20; i++) {
+      maxWaits = Math.max(maxWaits, pollerWaits());
+      await delay(2);
+    }
+    for (const p of pipes) p.writer.writeSync(new Uint8Array([1]));
+    await withTimeout(Promise.all(reads), 2000, "the parked reads");
+  } finally {
+    sampling = false;
+    await sampler;
+    for (const p of pipes) {
+      p.reader.close();
+      p.writer.close();
+    }
+  }
+  assert.ok(samples > 0, "the sampler never saw the poller wait");
+  assert.equal(maxWaits, 1, `${maxWaits} epoll_wait calls were in flight`);
+});
+
+test("300 fds ready at once (more than one epoll_wait returns) all wake their readers", async () => {
+  const count = 300;
+  const pipes = Array.from({ length: count }, () => pipe());
+  try {
+    const reads = pipes.map((p) => p.reader.read(new Uint8Array(1)));
+    for (const read of reads) read.catch(() => {});
+    await until(() => pollerWaits() === 1, 2000, "the poller to wait");
+    for (const p of pipes) p.writer.writeSync(new Uint8Array([7]));
+    const results = await withTimeout(Promise.all(reads), 5000, "300 reads");
+    assert.ok(results.every((n) => n === 1));
+  } finally {
+    for (const p of pipes) {
+      p.reader.close();
+      p.writer.close();
+    }
+  }
+});
+
+test("every fd in one batch of events wakes its reader, round after round", async () => {
+  // A wait started while a batch is being dispatched would overwrite the
+  // events buffer and lose the rest of the batch (one-shot interest is then
+  // disarmed, so those readers would wait forever).
+  const pipes = Array.from({ length: 50 }, () => pipe());
+  try {
+    for (let round = 0; round < 100; round++) {
+      let woken = 0;
+      const reads = pipes.map((p) =>
+        p.reader.read(new Uint8Array(1)).then((n) => {
+          woken++;
+          return n;
+        })
+      );
+      for (const read of reads) read.catch(() => {});
+      await until(() => pollerWaits() === 1, 2000, "the poller to wait");
+      for (const p of pipes) p.writer.writeSync(new Uint8Array([round]));
+      const results = await withTimeout(
+        Promise.all(reads),
+        2000,
+        `round ${round}`,
+      ).catch(() => {
+        throw new Error(
+          `Round ${round}: ${pipes.length - woken} of ${pipes.length} ` +
+            "readers were never woken",
+        );
+      });
+      assert.ok(results.every((n) => n === 1));
+    }
+  } finally {
+    for (const p of pipes) {
+      p.reader.close();
+      p.writer.close();
+    }
+  }
+});
+
+test("once every endpoint is closed the poller registers nothing and stops waiting", async () => {
+  const pipes = Array.from({ length: 20 }, () => pipe({ capacity: 4096 }));
+  try {
+    const waits: Promise<unknown>[] = [];
+    for (const [i, p] of pipes.entries()) {
+      if (i % 2 === 0) {
+        waits.push(p.reader.read(new Uint8Array(16)));
+      } else {
+        waits.push(p.writer.write(new Uint8Array(8192)));
+      }
+    }
+    for (const wait of waits) wait.catch(() => {});
+    await until(() => pollerWaits() === 1, 2000, "the poller to wait");
+    assert.equal(poller().size, 20);
+    assert.equal(poller().busy, true);
+    assert.equal(pollerInterest().length, 20);
+
+    for (const p of pipes) {
+      p.reader.close();
+      p.writer.close();
+    }
+    const results = await withTimeout(
+      Promise.allSettled(waits),
+      1000,
+      "the waits to be rejected",
+    );
+    assert.ok(results.every((r) => r.status === "rejected"));
+    assert.equal(poller().size, 0);
+    assert.deepEqual(pollerInterest(), []);
+    await pollerIdle(1000);
+    assert.equal(pollerWaits(), 0);
+  } finally {
+    for (const p of pipes) {
+      p.reader.close();
+      p.writer.close();
+    }
+  }
+
+  // The poller serves the next waiter as before.
+  using p = pipe();
+  const buffer = new Uint8Array(4);
+  const read = p.reader.read(buffer);
+  await delay(5);
+  p.writer.writeSync(new Uint8Array([9]));
+  assert.equal(await withTimeout(read, 2000, "a read after idling"), 1);
+  assert.equal(buffer[0], 9);
+});
+
+test("a ref'd wait that starts while the poller cancels its wait is still served", async () => {
+  using a = pipe();
+  using b = pipe();
+  const first = a.reader.read(new Uint8Array(4));
+  first.catch(() => {});
+  await until(() => pollerWaits() === 1, 2000, "the poller to wait");
+  // Closing the only waiter kicks the in-flight wait; the next waiter
+  // arrives before that wait has returned.
+  a.reader.close();
+  assert.equal(poller().busy, true, "the cancelled wait returned at once");
+  const buffer = new Uint8Array(4);
+  const second = b.reader.read(buffer);
+  await assert.rejects(first, Deno.errors.BadResource);
+  await delay(20);
+  assert.equal(poller().busy, true, "nothing waits for the second reader");
+  b.writer.writeSync(new Uint8Array([42]));
+  assert.equal(await withTimeout(second, 2000, "the second read"), 1);
+  assert.equal(buffer[0], 42);
+});
+
+test("unref'd waiters are served by zero-timeout polls with no epoll_wait in flight", async () => {
+  const pipes = Array.from({ length: 10 }, () => pipe());
+  try {
+    for (const p of pipes) p.reader.unref();
+    const buffers = pipes.map(() => new Uint8Array(4));
+    const reads = pipes.map((p, i) => p.reader.read(buffers[i]));
+    for (const read of reads) read.catch(() => {});
+    assert.ok(await stillPending(Promise.race(reads), 30));
+    assert.equal(poller().busy, false);
+    assert.equal(pollerWaits(), 0);
+    pipes.forEach((p, i) => p.writer.writeSync(new Uint8Array([i])));
+    const results = await withTimeout(
+      Promise.all(reads),
+      2000,
+      "unref'd reads",
+    );
+    results.forEach((n, i) => {
+      assert.equal(n, 1);
+      assert.equal(buffers[i][0], i);
+    });
+    assert.equal(poller().busy, false);
+  } finally {
+    for (const p of pipes) {
+      p.reader.close();
+      p.writer.close();
+    }
+  }
+});
+
+test("closing an unref'd waiter leaves no poll timer behind", async () => {
+  // Runs with the op sanitizer on: a leftover timer fails the test.
+  using p = pipe();
+  p.reader.unref();
+  const read = p.reader.read(new Uint8Array(4));
+  read.catch(() => {});
+  assert.ok(await stillPending(read, 15));
+  p.reader.close();
+  await assert.rejects(read, Deno.errors.BadResource);
+});
+
+test("a script whose endpoints are all closed exits by itself", async () => {
+  const run = await runDeno(
+    ["run", "--allow-ffi", fixture("pending_read.ts"), "closed"],
+    10_000,
+    "the script with closed endpoints",
+  );
+  assert.equal(run.code, 0, run.stderr);
+  assert.equal(run.stdout, "rejected 50 size 0\n");
+  assert.ok(run.ms < 5000, `took ${run.ms} ms`);
+}, { run: true });
+
+test("systemError() maps errno values to the matching Deno.errors classes", () => {
+  const cases: [keyof typeof ERRNO, new (...args: never[]) => Error][] = [
+    ["EPIPE", Deno.errors.BrokenPipe],
+    ["EBADF", Deno.errors.BadResource],
+    ["EAGAIN", Deno.errors.WouldBlock],
+    ["ENOENT", Deno.errors.NotFound],
+    ["EACCES", Deno.errors.PermissionDenied],
+    ["EPERM", Deno.errors.PermissionDenied],
+    ["ECONNREFUSED", Deno.errors.ConnectionRefused],
+    ["ECONNRESET", Deno.errors.ConnectionReset],
+    ["EADDRINUSE", Deno.errors.AddrInUse],
+    ["EEXIST", Deno.errors.AlreadyExists],
+    ["EINTR", Deno.errors.Interrupted],
+    ["ENOTCONN", Deno.errors.NotConnected],
+  ];
+  for (const [name, Class] of cases) {
+    const error = systemError("sendmsg", ERRNO[name]);
+    assert.ok(error instanceof Class, `${name} gave ${error.constructor.name}`);
+    assert.equal(error.code, name);
+    assert.equal(error.errno, ERRNO[name]);
+    assert.equal(error.syscall, "sendmsg");
+    assert.match(error.message, new RegExp(`^sendmsg failed: ${name}: `));
+  }
+  const detailed = systemError("fcntl", ERRNO.EPERM, "capacity 9");
+  assert.match(detailed.message, /^fcntl failed: EPERM: .*\(capacity 9\)$/);
+});
+
+test("systemError() gives a plain Error naming the errno when no class fits", () => {
+  const unknown = systemError("ioctl", 9999);
+  assert.equal(unknown.constructor, Error);
+  assert.equal(unknown.code, "E9999");
+  assert.equal(unknown.errno, 9999);
+  assert.match(unknown.message, /ioctl/);
+  assert.match(unknown.message, /E9999/);
+  assert.match(unknown.message, /9999/);
+  const einval = systemError("ioctl", ERRNO.EINVAL);
+  assert.equal(einval.constructor, Error);
+  assert.equal(einval.code, "EINVAL");
+  assert.match(einval.message, /^ioctl failed: EINVAL: invalid argument$/);
+  assert.equal(errnoName(32), "EPIPE");
+  assert.equal(errnoName(9999), "E9999");
+});
+
+test("check() throws BadResource naming the call for close(-1)", () => {
+  assert.throws(
+    () => check("close", libc().close(-1)),
+    (error: unknown) => {
+      assert.ok(error instanceof Deno.errors.BadResource);
+      assert.match(error.message, /^close failed: EBADF/);
+      assert.equal((error as unknown as { errno: number }).errno, 9);
+      return true;
+    },
+  );
+  assert.equal(errno(), ERRNO.EBADF, "errno after a failed sync call");
+});
+
+test("check() maps a real ENOENT from unlink() to NotFound and passes results through", () => {
+  assert.throws(
+    () => check("unlink", libc().unlink(cstr("/nonexistent/conduit-test"))),
+    (error: unknown) =>
+      error instanceof Deno.errors.NotFound &&
+      error.message.startsWith("unlink failed: ENOENT"),
+  );
+  // isize results arrive as bigint.
+  assert.throws(
+    () => check("read", libc().read(-1, new Uint8Array(1), 1n)),
+    Deno.errors.BadResource,
+  );
+  assert.equal(check("getpid", libc().getpid()), Deno.pid);
+  assert.equal(check("x", 0), 0);
+  assert.equal(check("x", 7n), 7);
+});
+
+test("retry() calls again on EINTR and throws on any other errno", () => {
+  let calls = 0;
+  const value = retry("fake", () => {
+    calls++;
+    if (calls < 3) {
+      setErrno(ERRNO.EINTR);
+      return -1;
+    }
+    return 42n;
+  });
+  assert.equal(value, 42);
+  assert.equal(calls, 3);
+
+  calls = 0;
+  assert.throws(
+    () =>
+      retry("fake", () => {
+        calls++;
+        setErrno(ERRNO.EBADF);
+        return -1;
+      }),
+    (error: unknown) =>
+      error instanceof Deno.errors.BadResource && /^fake failed/.test(
+        (error as Error).message,
+      ),
+  );
+  assert.equal(calls, 1, "retried an error other than EINTR");
+  assert.throws(
+    () => retry("close", () => libc().close(-1)),
+    Deno.errors.BadResource,
+  );
+});
+
+test("tryIo() returns -1 on EAGAIN, retries EINTR and throws on other errors", () => {
+  using p = pipe();
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(1000)), -1);
+
+  let calls = 0;
+  assert.equal(
+    tryIo("fake", () => {
+      calls++;
+      setErrno(calls === 1 ? ERRNO.EINTR : ERRNO.EAGAIN);
+      return -1;
+    }),
+    -1,
+  );
+  assert.equal(calls, 2);
+  assert.equal(tryIo("fake", () => 5n), 5);
+  assert.equal(tryIo("fake", () => 0), 0);
+  assert.throws(
+    () =>
+      tryIo("pwritev2", () => {
+        setErrno(ERRNO.EPIPE);
+        return -1;
+      }),
+    Deno.errors.BrokenPipe,
+  );
+});
+
+test("checkReturn() throws for a nonzero error number and closedError() names the endpoint", () => {
+  checkReturn("posix_spawnp", 0);
+  assert.throws(
+    () => checkReturn("posix_spawnp", ERRNO.ENOENT),
+    (error: unknown) =>
+      error instanceof Deno.errors.NotFound &&
+      /^posix_spawnp failed: ENOENT/.test((error as Error).message),
+  );
+  const closed = closedError("UnixSocket");
+  assert.ok(closed instanceof Deno.errors.BadResource);
+  assert.equal(closed.message, "Cannot use UnixSocket: it is closed");
+});
