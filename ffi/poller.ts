@@ -187,6 +187,7 @@ export class Poller {
   #inFlight = false;
   #kicked = false;
   #dispatching = false;
+  #idleWaiters: (() => void)[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor() {
@@ -238,6 +239,17 @@ export class Poller {
   /** Whether a nonblocking wait is in flight (for tests and diagnostics). */
   get busy(): boolean {
     return this.#inFlight;
+  }
+
+  /**
+   * Resolves once no wait is in flight: after the last ref'd waiter left,
+   * the cancelled wait still takes a moment to return.
+   */
+  idle(): Promise<void> {
+    if (!this.#inFlight) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#idleWaiters.push(resolve);
+    return promise;
   }
 
   /** @internal */
@@ -347,6 +359,11 @@ export class Poller {
         // events buffer is being read: the next call writes into it.)
         this.#dispatch(n);
         this.#schedule();
+        if (!this.#inFlight && this.#idleWaiters.length > 0) {
+          const waiters = this.#idleWaiters;
+          this.#idleWaiters = [];
+          for (const resolve of waiters) resolve();
+        }
       },
     );
   }
@@ -382,4 +399,26 @@ let instance: Poller | undefined;
 /** The poller of this process (or Worker), created on first use. */
 export function poller(): Poller {
   return instance ??= new Poller();
+}
+
+/**
+ * Resolves once this process's poller has no wait in flight. After the last
+ * endpoint with a pending read or write is closed, the cancelled wait takes a
+ * moment to return; a test run with Deno's op sanitizer awaits this before it
+ * ends.
+ *
+ * @example In a test with `--sanitize-ops`
+ * ```ts
+ * import { pipe, settled } from "@conduit/ipc";
+ *
+ * const { reader, writer } = pipe();
+ * const pending = reader.read(new Uint8Array(8)).catch(() => null);
+ * reader.close();
+ * writer.close();
+ * await pending;
+ * await settled();
+ * ```
+ */
+export function settled(): Promise<void> {
+  return instance === undefined ? Promise.resolve() : instance.idle();
 }
