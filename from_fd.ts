@@ -17,9 +17,14 @@ import { libc } from "./ffi/libc.ts";
 import { check } from "./ffi/errors.ts";
 import { F, O, S, STAT } from "./ffi/layout.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
+import type { UnixListener, UnixSocket } from "./socketpair.ts";
 
-/** Every endpoint class {@linkcode fromFd} can return. */
-export type Endpoint = PipeReader | PipeWriter;
+/**
+ * Every endpoint class {@linkcode fromFd} can return. Sockets (by `SO_TYPE`:
+ * a listening one as `UnixListener`) are recognised once socketpair.ts is
+ * loaded, as it is through mod.ts.
+ */
+export type Endpoint = PipeReader | PipeWriter | UnixSocket | UnixListener;
 
 /** What kind of file an fd refers to, by `fstat`. */
 export type FdKind = "fifo" | "socket" | "file" | "other";

@@ -6,3 +6,4 @@
 export * from "./pipe.ts";
 export * from "./spawn.ts";
 export * from "./from_fd.ts";
+export * from "./socketpair.ts";

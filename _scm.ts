@@ -1,0 +1,359 @@
+/**
+ * Socket message I/O: `sendmsg`/`recvmsg` with SCM_RIGHTS, and the per-call
+ * nonblocking byte primitives of stream sockets. Everything here is
+ * synchronous on the JS thread; callers decide when to wait in the poller.
+ *
+ * Received control data comes from the kernel, but its lengths and counts
+ * are still checked before any fd is believed: a wrong length never makes
+ * this code read outside the control buffer or adopt a number that is not a
+ * received fd.
+ *
+ * @module
+ */
+
+import { libc } from "./ffi/libc.ts";
+import { ERRNO, errno, systemError } from "./ffi/errors.ts";
+import {
+  CMSGHDR,
+  cmsgLen,
+  cmsgSpace,
+  MSG,
+  MSGHDR,
+  SOCK,
+} from "./ffi/layout.ts";
+import { addressOf, mayMove, pointerOf, stableBuffer } from "./ffi/mem.ts";
+
+/** Linux's limit on fds in one SCM_RIGHTS message (`SCM_MAX_FD`). */
+export const MAX_FDS = 253;
+
+// One off-heap buffer holds the msghdr, the iovec, a bounce area for data
+// that V8 may move, and the control buffer. Calls are synchronous on the JS
+// thread, so they never overlap.
+const HDR_AT = 0;
+const IOV_AT = 64;
+const BOUNCE_AT = 128;
+// mayMove() holds only for buffers of at most 64 bytes: they fit here.
+const CONTROL_AT = 192;
+// Room for a full SCM_RIGHTS message plus other control messages the
+// socket may carry (credentials, security labels).
+const CONTROL_SIZE = cmsgSpace(MAX_FDS * 4) + 256;
+
+const area = stableBuffer(CONTROL_AT + CONTROL_SIZE);
+const areaView = new DataView(area);
+const areaBytes = new Uint8Array(area);
+const areaAddress = addressOf(area);
+const hdrPointer = pointerOf(area);
+const empty = new Uint8Array(new ArrayBuffer(64));
+
+/** Flags of every nonblocking send: no SIGPIPE, EPIPE instead. */
+const SEND_NOWAIT = MSG.DONTWAIT | MSG.NOSIGNAL;
+
+function setU64(at: number, value: bigint | number): void {
+  areaView.setBigUint64(at, BigInt(value), true);
+}
+
+/**
+ * Fills the msghdr for one data buffer and `controlBytes` of control space.
+ * Returns the bounce view when `data` had to be copied (or received) there.
+ */
+function prepare(
+  data: Uint8Array,
+  controlBytes: number,
+  copyIn: boolean,
+): Uint8Array | null {
+  let base: bigint;
+  let bounce: Uint8Array | null = null;
+  if (data.byteLength === 0) {
+    base = areaAddress + BigInt(BOUNCE_AT);
+  } else if (mayMove(data)) {
+    bounce = areaBytes.subarray(BOUNCE_AT, BOUNCE_AT + data.byteLength);
+    if (copyIn) bounce.set(data);
+    base = areaAddress + BigInt(BOUNCE_AT);
+  } else {
+    base = addressOf(data);
+  }
+  setU64(HDR_AT + MSGHDR.name, 0);
+  areaView.setUint32(HDR_AT + MSGHDR.namelen, 0, true);
+  setU64(HDR_AT + MSGHDR.iov, areaAddress + BigInt(IOV_AT));
+  setU64(HDR_AT + MSGHDR.iovlen, 1);
+  setU64(
+    HDR_AT + MSGHDR.control,
+    controlBytes === 0 ? 0 : areaAddress + BigInt(CONTROL_AT),
+  );
+  setU64(HDR_AT + MSGHDR.controllen, controlBytes);
+  areaView.setInt32(HDR_AT + MSGHDR.flags, 0, true);
+  setU64(IOV_AT, base);
+  setU64(IOV_AT + 8, data.byteLength);
+  return bounce;
+}
+
+/**
+ * Sends `data` with `fds` attached (SCM_RIGHTS when there are any).
+ *
+ * @param fd The socket.
+ * @param data The bytes.
+ * @param fds The fds to pass; at most {@linkcode MAX_FDS}.
+ * @param wait Whether the call may block (the `*Sync` forms).
+ * @returns Bytes sent, or -1 when the socket is full (never when `wait`).
+ * @throws The system error of any other failure (EPIPE, EMSGSIZE, ...).
+ */
+export function sendMessage(
+  fd: number,
+  data: Uint8Array,
+  fds: readonly number[],
+  wait: boolean,
+): number {
+  const controlBytes = fds.length === 0 ? 0 : cmsgSpace(fds.length * 4);
+  prepare(data, controlBytes, true);
+  if (controlBytes > 0) {
+    const at = CONTROL_AT;
+    areaBytes.fill(0, at, at + controlBytes);
+    setU64(at + CMSGHDR.len, cmsgLen(fds.length * 4));
+    areaView.setInt32(at + CMSGHDR.level, SOCK.SOL_SOCKET, true);
+    areaView.setInt32(at + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
+    for (let i = 0; i < fds.length; i++) {
+      areaView.setInt32(at + CMSGHDR.size + i * 4, fds[i], true);
+    }
+  }
+  const flags = wait ? MSG.NOSIGNAL : SEND_NOWAIT;
+  const lib = libc();
+  for (;;) {
+    const n = Number(lib.sendmsg(fd, hdrPointer, flags));
+    if (n >= 0) return n;
+    const code = errno();
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN && !wait) return -1;
+    throw systemError("sendmsg", code);
+  }
+}
+
+/** What one `recvmsg` call returned. */
+export interface Received {
+  /** Bytes received into the buffer. */
+  bytes: number;
+  /** Received fds, already CLOEXEC, now owned by the caller. */
+  fds: number[];
+  /** `msg_flags` as the kernel set them. */
+  flags: number;
+}
+
+/** Closes fds that arrived but will not be handed out. */
+export function closeAll(fds: readonly number[]): void {
+  const lib = libc();
+  for (const fd of fds) lib.close(fd);
+}
+
+/**
+ * Walks the control buffer and collects SCM_RIGHTS fds, checking every
+ * length against the buffer. Throws (after closing what was found) when the
+ * buffer is malformed.
+ */
+function collectFds(controlBytes: number, fds: number[]): void {
+  let at = 0;
+  let malformed = "";
+  while (at + CMSGHDR.size <= controlBytes) {
+    const lenBig = areaView.getBigUint64(CONTROL_AT + at + CMSGHDR.len, true);
+    if (lenBig < BigInt(CMSGHDR.size) || lenBig > BigInt(controlBytes - at)) {
+      malformed = `control message length ${lenBig} at offset ${at}`;
+      break;
+    }
+    const len = Number(lenBig);
+    const level = areaView.getInt32(CONTROL_AT + at + CMSGHDR.level, true);
+    const type = areaView.getInt32(CONTROL_AT + at + CMSGHDR.type, true);
+    if (level === SOCK.SOL_SOCKET && type === SOCK.SCM_RIGHTS) {
+      const payload = len - CMSGHDR.size;
+      if (payload % 4 !== 0) {
+        malformed = `SCM_RIGHTS payload of ${payload} bytes`;
+        // The whole ints in it are still fds this process now holds.
+      }
+      for (let i = 0; i + 4 <= payload; i += 4) {
+        const received = areaView.getInt32(
+          CONTROL_AT + at + CMSGHDR.size + i,
+          true,
+        );
+        if (received >= 0) fds.push(received);
+        else malformed = `negative fd ${received}`;
+      }
+      if (fds.length > MAX_FDS) malformed = `${fds.length} fds in one message`;
+      if (malformed !== "") break;
+    }
+    at += (len + 7) & ~7;
+  }
+  if (malformed !== "") {
+    closeAll(fds);
+    const count = fds.length;
+    fds.length = 0;
+    throw new TypeError(
+      `Cannot receive on socket: malformed control data: ${malformed}` +
+        (count > 0 ? `; the ${count} fds that arrived were closed` : ""),
+    );
+  }
+}
+
+/**
+ * Receives into `into`, taking up to `maxFds` fds (CLOEXEC from the start).
+ * A truncated control message closes the fds that did arrive and throws.
+ *
+ * @param fd The socket.
+ * @param into Where the data goes.
+ * @param maxFds Room for this many fds, at most {@linkcode MAX_FDS}.
+ * @param wait Whether the call may block (the `*Sync` forms).
+ * @returns What arrived, or `null` when nothing is ready (never when `wait`).
+ */
+export function receiveMessage(
+  fd: number,
+  into: Uint8Array,
+  maxFds: number,
+  wait: boolean,
+): Received | null {
+  const offered = Math.min(
+    CONTROL_SIZE,
+    cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4),
+  );
+  const bounce = prepare(into, offered, false);
+  const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);
+  const lib = libc();
+  let n: number;
+  for (;;) {
+    n = Number(lib.recvmsg(fd, hdrPointer, flags));
+    if (n >= 0) break;
+    const code = errno();
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN && !wait) return null;
+    throw systemError("recvmsg", code);
+  }
+  if (n > into.byteLength) {
+    throw new RangeError(
+      `Cannot receive on socket: recvmsg reported ${n} bytes for a ${into.byteLength}-byte buffer`,
+    );
+  }
+  if (bounce !== null && n > 0) into.set(bounce.subarray(0, n));
+  const msgFlags = areaView.getInt32(HDR_AT + MSGHDR.flags, true);
+  const controlLen = areaView.getBigUint64(HDR_AT + MSGHDR.controllen, true);
+  const fds: number[] = [];
+  // The kernel never reports more control data than it was offered; if it
+  // did, only the offered part is read.
+  collectFds(Number(controlLen > BigInt(offered) ? offered : controlLen), fds);
+  if (fds.length > maxFds || (msgFlags & MSG.CTRUNC) !== 0) {
+    closeAll(fds);
+    throw new RangeError(
+      `Cannot receive on socket: the message carried more fds than the ${maxFds} allowed ` +
+        `(control data truncated); the ${fds.length} fds that arrived were closed`,
+    );
+  }
+  return { bytes: n, fds, flags: msgFlags };
+}
+
+/**
+ * The size of the next datagram or packet without taking it (MSG_PEEK with
+ * MSG_TRUNC reports the whole length), or -1 when none is queued. 0 means
+ * an empty message or end of stream; {@linkcode readHangup} tells which.
+ */
+export function peekSize(fd: number, wait: boolean): number {
+  const flags = MSG.PEEK | MSG.TRUNC | (wait ? 0 : MSG.DONTWAIT);
+  const lib = libc();
+  for (;;) {
+    const n = Number(lib.recv(fd, empty, 0n, flags));
+    if (n >= 0) return n;
+    const code = errno();
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN && !wait) return -1;
+    throw systemError("recv", code);
+  }
+}
+
+/** `poll` event bits. */
+export const POLL = { IN: 0x001, RDHUP: 0x2000 } as const;
+
+const pollBuf = new Uint8Array(new ArrayBuffer(64));
+const pollView = new DataView(pollBuf.buffer);
+
+/**
+ * Which of `events` the fd reports right now: a sync `poll` with a zero
+ * timeout (it never waits, so it is no second poller).
+ */
+export function pollNow(fd: number, events: number): number {
+  pollView.setInt32(0, fd, true);
+  pollView.setInt16(4, events, true);
+  pollView.setInt16(6, 0, true);
+  const lib = libc();
+  for (;;) {
+    const n = lib.poll(pollBuf, 1n, 0);
+    if (n >= 0) break;
+    const code = errno();
+    if (code !== ERRNO.EINTR) throw systemError("poll", code);
+  }
+  return pollView.getInt16(6, true) & events;
+}
+
+/**
+ * Whether the socket's receive side is shut down (the peer closed a stream
+ * or seqpacket socket, or this side called `shutdown(SHUT_RD)`).
+ */
+export function readHangup(fd: number): boolean {
+  return pollNow(fd, POLL.RDHUP) !== 0;
+}
+
+/**
+ * Stream sockets: reads once without blocking (MSG_DONTWAIT). Bytes read,
+ * 0 at end of stream (also when the peer reset the connection), -1 when
+ * nothing is ready.
+ */
+export function recvNoWait(fd: number, into: Uint8Array): number {
+  const lib = libc();
+  for (;;) {
+    const n = Number(
+      lib.recv(fd, into, BigInt(into.byteLength), MSG.DONTWAIT),
+    );
+    if (n >= 0) return n;
+    const code = errno();
+    if (code === ERRNO.EAGAIN) return -1;
+    if (code === ERRNO.ECONNRESET) return 0;
+    if (code !== ERRNO.EINTR) throw systemError("recv", code);
+  }
+}
+
+/** Stream sockets: a blocking read. Bytes read, 0 at end of stream. */
+export function recvBlocking(fd: number, into: Uint8Array): number {
+  const lib = libc();
+  for (;;) {
+    const n = Number(lib.recv(fd, into, BigInt(into.byteLength), 0));
+    if (n >= 0) return n;
+    const code = errno();
+    if (code === ERRNO.ECONNRESET) return 0;
+    if (code !== ERRNO.EINTR) throw systemError("recv", code);
+  }
+}
+
+/**
+ * Stream sockets: writes once without blocking (MSG_DONTWAIT). Bytes
+ * written (possibly fewer than given), or -1 when nothing fits now.
+ */
+export function sendNoWait(fd: number, from: Uint8Array): number {
+  const lib = libc();
+  for (;;) {
+    const n = Number(
+      lib.send(fd, from, BigInt(from.byteLength), SEND_NOWAIT),
+    );
+    if (n >= 0) return n;
+    const code = errno();
+    if (code === ERRNO.EAGAIN) return -1;
+    if (code !== ERRNO.EINTR) throw systemError("send", code);
+  }
+}
+
+/** Stream sockets: a blocking write of every byte. */
+export function sendAllBlocking(fd: number, from: Uint8Array): void {
+  const lib = libc();
+  let done = 0;
+  while (done < from.byteLength) {
+    const part = from.subarray(done);
+    const n = Number(lib.send(fd, part, BigInt(part.byteLength), MSG.NOSIGNAL));
+    if (n >= 0) {
+      done += n;
+      continue;
+    }
+    const code = errno();
+    if (code !== ERRNO.EINTR) throw systemError("send", code);
+  }
+}

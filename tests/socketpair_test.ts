@@ -1,0 +1,554 @@
+import assert from "node:assert/strict";
+import { socketpair, type SocketType, spawn, type UnixSocket } from "../mod.ts";
+import { libc } from "../ffi/libc.ts";
+import { F, O } from "../ffi/layout.ts";
+import {
+  assertNoFdLeak,
+  assertPattern,
+  DENO,
+  fixture,
+  pattern,
+  pollerIdle,
+  readProcText,
+  SANITIZE,
+  stillPending,
+  withTimeout,
+} from "./_util.ts";
+
+const CHILD = fixture("socket_child.ts");
+const TYPES: SocketType[] = ["stream", "dgram", "seqpacket"];
+const MESSAGE_TYPES: SocketType[] = ["dgram", "seqpacket"];
+const perms = { ffi: true, read: true } as const;
+const childPerms = { ffi: true, read: true, run: true } as const;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+async function readExactly(
+  socket: UnixSocket,
+  length: number,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  let got = 0;
+  while (got < length) {
+    const n = await withTimeout(socket.read(out.subarray(got)), 10_000, "read");
+    if (n === null) throw new Error(`EOF after ${got} of ${length} bytes`);
+    got += n;
+  }
+  return out;
+}
+
+async function lineOf(stream: ReadableStream<Uint8Array>): Promise<string> {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await withTimeout(
+        reader.read(),
+        15_000,
+        "a line from the child",
+      );
+      if (done) break;
+      text += value;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return text.split("\n")[0];
+}
+
+Deno.test({
+  name: "socketpair() stream sockets carry bytes both ways, like pipes",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using pair = socketpair({ type: "stream" });
+      const [a, b] = pair;
+      assert.equal(a.type, "stream");
+      const data = pattern(300_000);
+      const [, got] = await Promise.all([
+        a.write(data),
+        readExactly(b, data.length),
+      ]);
+      assertPattern(got, 0);
+      await b.write(encoder.encode("back"));
+      assert.equal(decoder.decode(await readExactly(a, 4)), "back");
+    });
+  },
+});
+
+Deno.test({
+  name: "stream socket readable and writable move bytes with backpressure",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using pair = socketpair({ type: "stream" });
+      const [a, b] = pair;
+      const total = 4 << 20;
+      const chunk = 64 * 1024;
+      const writer = a.writable.getWriter();
+      // Nothing reads yet: the writes must stall once the socket is full.
+      const writes: Promise<void>[] = [];
+      for (let at = 0; at < total; at += chunk) {
+        writes.push(writer.write(pattern(chunk, at)));
+      }
+      const allWritten = Promise.all(writes);
+      assert.equal(await stillPending(allWritten, 50), true);
+      let received = 0;
+      const reading = (async () => {
+        for await (const part of b.readable) {
+          assertPattern(part, received);
+          received += part.length;
+        }
+      })();
+      await withTimeout(allWritten, 10_000, "writes");
+      // Closing the writable shuts down writing: the reader sees EOF.
+      await writer.close();
+      await withTimeout(reading, 10_000, "reading to EOF");
+      assert.equal(received, total);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "shutdown('write') gives the peer end of stream while it can still answer",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using pair = socketpair({ type: "stream" });
+      const [a, b] = pair;
+      await a.write(encoder.encode("question"));
+      a.shutdown("write");
+      const text = await withTimeout(
+        new Response(b.readable).text(),
+        5_000,
+        "read to EOF",
+      );
+      assert.equal(text, "question");
+      await b.write(encoder.encode("answer"));
+      assert.equal(decoder.decode(await readExactly(a, 6)), "answer");
+      await assert.rejects(
+        a.write(encoder.encode("more")),
+        Deno.errors.BrokenPipe,
+      );
+    });
+  },
+});
+
+for (const type of MESSAGE_TYPES) {
+  Deno.test({
+    name: `${type} sockets keep message boundaries, from 0 bytes to 150 KB`,
+    permissions: perms,
+    ...SANITIZE,
+    async fn() {
+      await assertNoFdLeak(async () => {
+        using pair = socketpair({ type });
+        const [a, b] = pair;
+        const sizes = [0, 1, 63, 64, 65, 1000, 65_536, 150_000, 5];
+        // Queued back to back before any is read (the later ones wait for
+        // room): none may merge, split or overtake another.
+        const sends = Promise.all(
+          sizes.map((size) => a.send(pattern(size, size))),
+        );
+        for (const size of sizes) {
+          const message = await withTimeout(b.recv(), 5_000, "recv");
+          assert.ok(message !== null);
+          assert.equal(message.data.length, size);
+          assertPattern(message.data, size);
+          assert.deepEqual(message.fds, []);
+        }
+        await withTimeout(sends, 5_000, "sends");
+      });
+    },
+  });
+
+  Deno.test({
+    name:
+      `${type}: a message larger than the socket can carry fails at send with a RangeError`,
+    permissions: perms,
+    ...SANITIZE,
+    async fn() {
+      await assertNoFdLeak(async () => {
+        using pair = socketpair({ type });
+        const [a, b] = pair;
+        await assert.rejects(
+          a.send(new Uint8Array(300_000)),
+          (error: Error) =>
+            error instanceof RangeError &&
+            /message of 300000 bytes exceeds the socket's limit/.test(
+              error.message,
+            ),
+        );
+        assert.throws(() => a.sendSync(new Uint8Array(300_000)), RangeError);
+        // Nothing half-sent: the next message is the next one received.
+        await a.send(encoder.encode("small"));
+        const message = await b.recv();
+        assert.equal(decoder.decode(message!.data), "small");
+      });
+    },
+  });
+
+  Deno.test({
+    name: `${type}: read(), write() and the streams refuse a message socket`,
+    permissions: perms,
+    ...SANITIZE,
+    async fn() {
+      using pair = socketpair({ type });
+      const [a] = pair;
+      await assert.rejects(a.read(new Uint8Array(8)), TypeError);
+      await assert.rejects(a.write(new Uint8Array(8)), TypeError);
+      assert.throws(() => a.readSync(new Uint8Array(8)), TypeError);
+      assert.throws(() => a.readable, /carries messages; use send\(\)/);
+      assert.throws(() => a.writable, TypeError);
+    },
+  });
+}
+
+Deno.test({
+  name: "a larger bufferSize lets a datagram pair carry larger messages",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    using pair = socketpair({ type: "dgram", bufferSize: 1 << 20 });
+    const [a, b] = pair;
+    const big = pattern(400_000);
+    await a.send(big);
+    const message = await withTimeout(b.recv(), 5_000, "recv");
+    assert.equal(message!.data.length, big.length);
+    assertPattern(message!.data, 0);
+  },
+});
+
+Deno.test({
+  name: "seqpacket and stream recv() return null once the peer is gone",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      for (const type of ["stream", "seqpacket"] as const) {
+        const [a, b] = socketpair({ type });
+        await a.send(encoder.encode("last"));
+        a.close();
+        const last = await b.recv();
+        assert.equal(decoder.decode(last!.data), "last");
+        assert.equal(await withTimeout(b.recv(), 5_000, "recv"), null);
+        assert.equal(b.recvSync(), null);
+        b.close();
+      }
+      // A pending recv is woken by the peer's close, too.
+      const [a, b] = socketpair({ type: "seqpacket" });
+      const pending = b.recv();
+      assert.equal(await stillPending(pending, 20), true);
+      a.close();
+      assert.equal(await withTimeout(pending, 5_000, "recv"), null);
+      b.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "sending to a peer that is gone rejects with BrokenPipe, every type",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      for (const type of TYPES) {
+        const [a, b] = socketpair({ type });
+        b.close();
+        await assert.rejects(
+          a.send(encoder.encode("x")),
+          (error: Error) =>
+            error instanceof Deno.errors.BrokenPipe &&
+            /Cannot send on UnixSocket: the peer is gone/.test(error.message),
+          type,
+        );
+        assert.throws(
+          () => a.sendSync(encoder.encode("x")),
+          Deno.errors.BrokenPipe,
+        );
+        a.close();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "an empty seqpacket message is a message; end of stream is told apart",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    const [a, b] = socketpair({ type: "seqpacket" });
+    await a.send(new Uint8Array(0));
+    const empty = await b.recv();
+    assert.ok(empty !== null);
+    assert.equal(empty.data.length, 0);
+    a.shutdown("write");
+    assert.equal(await b.recv(), null);
+    a.close();
+    b.close();
+  },
+});
+
+Deno.test({
+  name: "sync forms read, write, send and receive without the poller",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(() => {
+      const [a, b] = socketpair({ type: "stream" });
+      a.writeSync(encoder.encode("sync bytes"));
+      const buf = new Uint8Array(32);
+      const n = b.readSync(buf);
+      assert.equal(decoder.decode(buf.subarray(0, n!)), "sync bytes");
+      b.sendSync(encoder.encode("reply"));
+      const message = a.recvSync();
+      assert.equal(decoder.decode(message!.data), "reply");
+      a.close();
+      assert.equal(b.readSync(buf), null);
+      b.close();
+      const [c, d] = socketpair({ type: "dgram" });
+      c.sendSync(pattern(1000));
+      c.sendSync(pattern(10));
+      assert.equal(d.recvSync()!.data.length, 1000);
+      assert.equal(d.recvSync()!.data.length, 10);
+      c.close();
+      d.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "a UnixSocket used after close throws BadResource naming it",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    const [a, b] = socketpair({ type: "seqpacket" });
+    const pending = a.recv();
+    a.close();
+    a.close(); // idempotent
+    await assert.rejects(pending, Deno.errors.BadResource);
+    assert.equal(a.closed, true);
+    assert.throws(() => a.rawFd, /Cannot use UnixSocket: it is closed/);
+    await assert.rejects(a.send(new Uint8Array(1)), Deno.errors.BadResource);
+    await assert.rejects(a.recv(), Deno.errors.BadResource);
+    assert.throws(() => a.sendSync(new Uint8Array(1)), Deno.errors.BadResource);
+    assert.throws(() => a.peerCredentials(), Deno.errors.BadResource);
+    assert.throws(() => a.shutdown(), Deno.errors.BadResource);
+    {
+      using c = b;
+      assert.equal(c.closed, false);
+    }
+    assert.equal(b.closed, true);
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name:
+    "socket pairs are CLOEXEC and blocking at the open file description, every type",
+  permissions: perms,
+  ...SANITIZE,
+  fn() {
+    const lib = libc();
+    for (const type of TYPES) {
+      using pair = socketpair({ type });
+      for (const end of pair) {
+        assert.equal(end.type, type);
+        const fdFlags = lib.fcntl(end.rawFd, F.GETFD, 0);
+        assert.equal(fdFlags & F.FD_CLOEXEC, F.FD_CLOEXEC);
+        const flFlags = lib.fcntl(end.rawFd, F.GETFL, 0);
+        assert.equal(flFlags & O.NONBLOCK, 0);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "peerCredentials() of a socket pair names this process",
+  permissions: perms,
+  ...SANITIZE,
+  fn() {
+    using pair = socketpair({ type: "dgram" });
+    const creds = pair[1].peerCredentials();
+    assert.equal(creds.pid, Deno.pid);
+    assert.equal(creds.uid, libc().getuid());
+    const gid = readProcText("/proc/self/status")!.match(
+      /^Gid:\s+(\d+)/m,
+    );
+    assert.equal(creds.gid, Number(gid![1]));
+  },
+});
+
+Deno.test({
+  name: "recv({ spin }) receives a message that comes while it spins",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a, b] = pair;
+    const waiting = b.recv({ spin: 2000 });
+    a.sendSync(encoder.encode("spun"));
+    const message = await withTimeout(waiting, 5_000, "recv");
+    assert.equal(decoder.decode(message!.data), "spun");
+  },
+});
+
+Deno.test({
+  name: "invalid options are refused with TypeError or RangeError",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    assert.throws(
+      // deno-lint-ignore no-explicit-any
+      () => socketpair({ type: "raw" as any }),
+      /type must be "stream", "dgram" or "seqpacket"/,
+    );
+    assert.throws(() => socketpair({ bufferSize: -1 }), RangeError);
+    using pair = socketpair({ type: "stream" });
+    const [a] = pair;
+    await assert.rejects(
+      a.send(new Uint8Array(0), { fds: [a] }),
+      /need at least one byte/,
+    );
+    await assert.rejects(
+      a.send(new Uint8Array(1), { fds: new Array(254).fill(a) }),
+      RangeError,
+    );
+    await assert.rejects(a.recv({ maxFds: 300 }), RangeError);
+    // deno-lint-ignore no-explicit-any
+    await assert.rejects(a.send("text" as any), TypeError);
+  },
+});
+
+for (const type of TYPES) {
+  Deno.test({
+    name: `${type} socket pair works both ways with a child process`,
+    permissions: childPerms,
+    ...SANITIZE,
+    async fn() {
+      await assertNoFdLeak(async () => {
+        const [mine, theirs] = socketpair({ type });
+        await using child = spawn(DENO, {
+          args: ["run", "--allow-ffi", CHILD, "echo"],
+          fds: [theirs],
+          stdout: "piped",
+        });
+        theirs.close();
+        assert.equal(await lineOf(child.stdout), `type ${type}`);
+        if (type === "stream") {
+          const data = pattern(1 << 20);
+          const [, echoed] = await Promise.all([
+            mine.write(data),
+            readExactly(mine, data.length),
+          ]);
+          assertPattern(echoed, 0);
+          mine.shutdown("write");
+          assert.equal(
+            await withTimeout(mine.read(new Uint8Array(8)), 10_000, "EOF"),
+            null,
+          );
+        } else {
+          for (const word of ["Heavy lifting", "Feather lifting", ""]) {
+            await mine.send(encoder.encode(word));
+            const reply = await withTimeout(mine.recv(), 10_000, "reply");
+            assert.equal(decoder.decode(reply!.data), `${word} received!`);
+          }
+          await mine.send(encoder.encode("bye"));
+        }
+        const status = await withTimeout(child.status, 10_000, "child exit");
+        assert.equal(status.success, true);
+        mine.close();
+      });
+    },
+  });
+}
+
+for (const type of ["stream", "seqpacket"] as const) {
+  Deno.test({
+    name:
+      `${type}: a peer killed mid-send leaves data then end of stream, and a killed reader gives BrokenPipe`,
+    permissions: childPerms,
+    ...SANITIZE,
+    async fn() {
+      await assertNoFdLeak(async () => {
+        // The child floods us; we read some, kill it, and drain to the end.
+        {
+          const [mine, theirs] = socketpair({ type });
+          await using child = spawn(DENO, {
+            args: ["run", "--allow-ffi", CHILD, "flood"],
+            fds: [theirs],
+            stdout: "piped",
+          });
+          theirs.close();
+          assert.equal(await lineOf(child.stdout), "sending");
+          const first = await withTimeout(mine.recv(), 10_000, "first");
+          assert.ok(first !== null && first.data.length > 0);
+          child.kill("SIGKILL");
+          const status = await withTimeout(child.status, 10_000, "exit");
+          assert.equal(status.signal, "SIGKILL");
+          for (;;) {
+            const message = await withTimeout(mine.recv(), 10_000, "drain");
+            if (message === null) break;
+            if (type === "seqpacket") {
+              // Whole messages only, even when the sender died.
+              assert.equal(message.data.length, 32 * 1024);
+            }
+          }
+          mine.close();
+        }
+        // We flood a child that never reads; it dies while we wait.
+        {
+          const [mine, theirs] = socketpair({ type });
+          await using child = spawn(DENO, {
+            args: ["run", "--allow-ffi", CHILD, "hold"],
+            fds: [theirs],
+            stdout: "piped",
+          });
+          theirs.close();
+          assert.equal(await lineOf(child.stdout), "holding");
+          const chunk = new Uint8Array(32 * 1024);
+          let sending: Promise<void> = Promise.resolve();
+          for (let i = 0; i < 1000; i++) {
+            sending = mine.send(chunk);
+            if (await stillPending(sending)) break;
+          }
+          assert.equal(await stillPending(sending, 20), true);
+          child.kill("SIGKILL");
+          await assert.rejects(
+            withTimeout(sending, 10_000, "send to a dead peer"),
+            Deno.errors.BrokenPipe,
+          );
+          await child.status;
+          mine.close();
+        }
+      });
+    },
+  });
+}
+
+Deno.test({
+  name: "an unref'd pending recv() does not keep a process alive",
+  permissions: childPerms,
+  ...SANITIZE,
+  async fn() {
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    await using child = spawn(DENO, {
+      args: ["run", "--allow-ffi", CHILD, "unref-recv"],
+      fds: [theirs],
+      stdout: "piped",
+    });
+    theirs.close();
+    const output = withTimeout(
+      new Response(child.stdout).text(),
+      10_000,
+      "child output",
+    );
+    const status = await withTimeout(child.status, 10_000, "child exit");
+    assert.equal(status.success, true);
+    assert.equal(await output, "waiting\n");
+    mine.close();
+  },
+});
