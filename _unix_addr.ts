@@ -2,12 +2,12 @@
  * Named local socket addresses: `sockaddr_un` encoding for filesystem paths
  * and Linux abstract names, and publishing a listening socket at a path.
  *
- * A path is published atomically and with its final permissions: the socket
- * is bound to a random name in the same directory, chmod'ed, put in the
- * listening state, and only then linked (or, over a stale socket, renamed)
- * into place. A socket file left by a crashed server is told apart from a
- * live one by connecting to it; a directory lock serializes servers of this
- * module that start on the same path at the same moment.
+ * A path socket is bound with its final permissions from the start (the
+ * socket's mode is set before `bind`, which creates the file with it). A
+ * socket file left by a crashed server is told apart from a live one by
+ * connecting to it, and only a file nobody accepts on is removed; a
+ * directory lock serializes servers of this module that start on the same
+ * path at the same moment.
  *
  * @module
  */
@@ -170,16 +170,11 @@ function dirOf(path: string): string {
   return path.slice(0, at);
 }
 
-function randomName(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(8));
-  return Array.from(bytes, (b) => (b % 36).toString(36)).join("");
-}
-
 /** Holds an exclusive flock on a directory, if it can be opened. */
 function lockDir(dir: string): number {
   const lib = libc();
   const fd = lib.open(cstr(dir), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0);
-  // Without a readable directory there is no lock; the install below is
+  // Without a readable directory there is no lock; the steps below are
   // still safe against every server but a second one starting this instant.
   if (fd === -1) return -1;
   retry("flock", () => lib.flock(fd, LOCK.EX));
@@ -187,12 +182,11 @@ function lockDir(dir: string): number {
 }
 
 /**
- * Binds `fd` at `path` with permissions `mode`, puts it in the listening
- * state and publishes it, replacing a stale socket file but never a live
- * server's.
+ * Binds `fd` at `path` with permissions `mode` and puts it in the listening
+ * state, replacing a stale socket file but never a live server's.
  *
- * @returns The published file's identity, to remove it at close only if it
- * is still this server's.
+ * @returns The socket file's identity, to remove it at close only if it is
+ * still this server's.
  * @throws {Deno.errors.AddrInUse} When a live server listens at `path`.
  * @throws {Deno.errors.AlreadyExists} When a file that is not a socket is
  * in the way.
@@ -204,35 +198,18 @@ export function publishPath(
   backlog: number,
 ): FileId {
   const lib = libc();
-  const target = encodeAddress({ path }, "listen on");
-  const dir = dirOf(path);
-  let temp = "";
-  for (let attempt = 0;; attempt++) {
-    temp = `${dir === "/" ? "" : dir}/.${randomName()}`;
-    if (encoder.encode(temp).length > MAX_NAME) {
-      throw new RangeError(
-        `Cannot listen on ${path}: its directory's name leaves no room for the ` +
-          `temporary name the socket is bound to first (${MAX_NAME} bytes in all)`,
-      );
-    }
-    const addr = encodeAddress({ path: temp }, "listen on");
-    if (lib.bind(fd, addr.bytes, addr.length) === 0) break;
-    const code = errno();
-    if (code === ERRNO.EADDRINUSE && attempt < 8) continue;
-    throw systemError("bind", code, `in directory ${dir}`);
-  }
-  const tempC = cstr(temp);
+  const addr = encodeAddress({ path }, "listen on");
   const pathC = cstr(path);
-  let lock = -1;
+  // On Linux, bind() creates the file with the socket's own mode minus the
+  // umask: set before bind, the file is never more open than `mode`.
+  check("fchmod", lib.fchmod(fd, mode));
+  const lock = lockDir(dirOf(path));
   try {
-    check("chmod", lib.chmod(tempC, mode));
-    check("listen", lib.listen(fd, backlog));
-    lock = lockDir(dir);
     for (let attempt = 0;; attempt++) {
-      if (lib.link(tempC, pathC) === 0) break;
+      if (lib.bind(fd, addr.bytes, addr.length) === 0) break;
       const code = errno();
-      if (code !== ERRNO.EEXIST || attempt >= 8) {
-        throw systemError("link", code, path);
+      if (code !== ERRNO.EADDRINUSE || attempt >= 8) {
+        throw systemError("bind", code, path);
       }
       const existing = lstatId(path);
       if (existing === null) continue;
@@ -241,28 +218,34 @@ export function publishPath(
           `Cannot listen on ${path}: a file that is not a socket is in the way`,
         );
       }
-      const state = probe(target);
-      if (state === "gone") continue;
+      const state = probe(addr);
       if (state === "live") {
         throw new Deno.errors.AddrInUse(
           `Cannot listen on ${path}: a live server is listening on it`,
         );
       }
-      // Left over by a server that is gone: take its place atomically.
-      check("rename", lib.rename(tempC, pathC));
-      break;
+      // Left over by a server that is gone: remove it and bind again.
+      if (state === "stale" && lib.unlink(pathC) === -1) {
+        const failed = errno();
+        if (failed !== ERRNO.ENOENT) throw systemError("unlink", failed, path);
+      }
     }
-    const published = lstatId(path);
-    if (published === null) {
-      throw new Deno.errors.NotFound(
-        `Cannot listen on ${path}: the socket file vanished as it was published`,
-      );
+    try {
+      // Bits the umask took away are given back now that the file exists.
+      check("chmod", lib.chmod(pathC, mode));
+      check("listen", lib.listen(fd, backlog));
+      const published = lstatId(path);
+      if (published === null) {
+        throw new Deno.errors.NotFound(
+          `Cannot listen on ${path}: the socket file vanished as it was made`,
+        );
+      }
+      return published.id;
+    } catch (error) {
+      lib.unlink(pathC);
+      throw error;
     }
-    return published.id;
   } finally {
-    // After link() the temporary name is a second link; after rename() it is
-    // gone already.
-    lib.unlink(tempC);
     if (lock !== -1) lib.close(lock);
   }
 }

@@ -102,8 +102,8 @@ const symbols = {
   chmod: { parameters: ["buffer", "u32"], result: "i32" },
   // int rename(const char *oldpath, const char *newpath);
   rename: { parameters: ["buffer", "buffer"], result: "i32" },
-  // int link(const char *oldpath, const char *newpath);
-  link: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int fchmod(int fd, mode_t mode);
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
   // int lstat(const char *pathname, struct stat *statbuf);
   lstat: { parameters: ["buffer", "buffer"], result: "i32" },
   // int flock(int fd, int operation);

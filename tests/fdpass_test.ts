@@ -1,0 +1,360 @@
+import assert from "node:assert/strict";
+import {
+  type Endpoint,
+  pipe,
+  PipeReader,
+  PipeWriter,
+  socketpair,
+  type SocketType,
+  spawn,
+  UnixSocket,
+} from "../mod.ts";
+import { libc } from "../ffi/libc.ts";
+import { F, O } from "../ffi/layout.ts";
+import { cstr } from "../ffi/mem.ts";
+import {
+  assertNoFdLeak,
+  DENO,
+  fdInode,
+  fixture,
+  SANITIZE,
+  withTimeout,
+} from "./_util.ts";
+
+const CHILD = fixture("socket_child.ts");
+const PYTHON_PEER = fixture("fd_peer.py");
+const TYPES: SocketType[] = ["stream", "dgram", "seqpacket"];
+const perms = { ffi: true, read: true } as const;
+const childPerms = { ffi: true, read: true, run: true } as const;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function closeAll(endpoints: Endpoint[]): void {
+  for (const endpoint of endpoints) endpoint.close();
+}
+
+async function readAll(reader: PipeReader, what: string): Promise<string> {
+  return await withTimeout(new Response(reader.readable).text(), 10_000, what);
+}
+
+async function lineOf(stream: ReadableStream<Uint8Array>): Promise<string> {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  try {
+    while (!text.includes("\n")) {
+      const { value, done } = await withTimeout(
+        reader.read(),
+        15_000,
+        "a line from the child",
+      );
+      if (done) break;
+      text += value;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return text.split("\n")[0];
+}
+
+/** Sends "ping" over a socket of any type and returns the 4-byte answer. */
+async function pingPong(socket: UnixSocket): Promise<string> {
+  await socket.send(encoder.encode("ping"));
+  if (socket.type !== "stream") {
+    const answer = await withTimeout(socket.recv(), 10_000, "pong");
+    return decoder.decode(answer!.data);
+  }
+  const buf = new Uint8Array(4);
+  let got = 0;
+  while (got < 4) {
+    const n = await withTimeout(socket.read(buf.subarray(got)), 10_000, "pong");
+    if (n === null) break;
+    got += n;
+  }
+  return decoder.decode(buf.subarray(0, got));
+}
+
+for (const type of TYPES) {
+  Deno.test({
+    name:
+      `${type}: send({ fds }) passes live endpoints; the sender keeps its copies unless closeSent`,
+    permissions: perms,
+    ...SANITIZE,
+    async fn() {
+      await assertNoFdLeak(async () => {
+        using pair = socketpair({ type });
+        const [a, b] = pair;
+        const p = pipe();
+        using extra = socketpair({ type: "seqpacket" });
+        await a.send(encoder.encode("two ends"), { fds: [p.writer, extra[0]] });
+        // Not asked to close: both still work here.
+        assert.equal(p.writer.closed, false);
+        assert.equal(extra[0].closed, false);
+        const message = await withTimeout(b.recv(), 5_000, "recv");
+        assert.ok(message !== null);
+        assert.equal(decoder.decode(message.data), "two ends");
+        const [writer, socket] = message.fds;
+        assert.ok(writer instanceof PipeWriter);
+        assert.ok(socket instanceof UnixSocket);
+        assert.equal(socket.type, "seqpacket");
+        // The same open files, now at new fd numbers of this process.
+        assert.equal(fdInode(writer.rawFd), fdInode(p.writer.rawFd));
+        assert.notEqual(writer.rawFd, p.writer.rawFd);
+        for (const fd of [writer.rawFd, socket.rawFd]) {
+          const flags = libc().fcntl(fd, F.GETFD, 0);
+          assert.equal(flags & F.FD_CLOEXEC, F.FD_CLOEXEC, "CLOEXEC");
+          assert.equal(libc().fcntl(fd, F.GETFL, 0) & O.NONBLOCK, 0);
+        }
+        await writer.write(encoder.encode("via the received end"));
+        writer.close();
+        p.writer.close();
+        assert.equal(await readAll(p.reader, "pipe"), "via the received end");
+        await socket.send(encoder.encode("via the received socket"));
+        const got = await extra[1].recv();
+        assert.equal(decoder.decode(got!.data), "via the received socket");
+        socket.close();
+
+        // Asked to close: the sender's copies are closed once sent.
+        const q = pipe();
+        await a.send(encoder.encode("x"), { fds: [q.reader], closeSent: true });
+        assert.equal(q.reader.closed, true);
+        const moved = await b.recv();
+        assert.ok(moved!.fds[0] instanceof PipeReader);
+        await q.writer.write(encoder.encode("moved"));
+        q.writer.close();
+        assert.equal(
+          await readAll(moved!.fds[0] as PipeReader, "moved"),
+          "moved",
+        );
+        closeAll(moved!.fds);
+        p.reader.close();
+      });
+    },
+  });
+}
+
+Deno.test({
+  name:
+    "a message with more fds than maxFds fails (MSG_CTRUNC) and the fds that arrived are closed",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using pair = socketpair({ type: "seqpacket" });
+      const [a, b] = pair;
+      const pipes = [pipe(), pipe(), pipe()];
+      await a.send(encoder.encode("three"), {
+        fds: pipes.map((p) => p.reader),
+      });
+      await assert.rejects(
+        withTimeout(b.recv({ maxFds: 1 }), 5_000, "recv"),
+        (error: Error) =>
+          error instanceof RangeError &&
+          /more fds than the 1 allowed/.test(error.message),
+      );
+      // The message is gone, and so is every fd that came with it: if any
+      // copy of a read end were left open here, the writers would not see
+      // EPIPE below.
+      for (const p of pipes) {
+        p.reader.close();
+        await assert.rejects(
+          p.writer.write(new Uint8Array(1)),
+          Deno.errors.BrokenPipe,
+        );
+        p.writer.close();
+      }
+      // The socket still works.
+      await a.send(encoder.encode("after"));
+      assert.equal(decoder.decode((await b.recv())!.data), "after");
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "an fd that fits no endpoint fails the recv with TypeError, and every fd of the message is closed",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using pair = socketpair({ type: "dgram" });
+      const [a, b] = pair;
+      const devNull = libc().open(cstr("/dev/null"), O.RDONLY | O.CLOEXEC, 0);
+      assert.ok(devNull >= 0);
+      const p = pipe();
+      try {
+        await a.send(encoder.encode("odd"), { fds: [p.reader, devNull] });
+      } finally {
+        libc().close(devNull);
+      }
+      await assert.rejects(
+        withTimeout(b.recv(), 5_000, "recv"),
+        (error: Error) =>
+          error instanceof TypeError && /fits no endpoint/.test(error.message),
+      );
+      p.reader.close();
+      await assert.rejects(
+        p.writer.write(new Uint8Array(1)),
+        Deno.errors.BrokenPipe,
+      );
+      p.writer.close();
+    });
+  },
+});
+
+for (const type of TYPES) {
+  Deno.test({
+    name:
+      `${type}: a pipe end goes to a child and a pipe end and a socket come back, all used after the trip`,
+    permissions: childPerms,
+    ...SANITIZE,
+    async fn() {
+      await assertNoFdLeak(async () => {
+        const [mine, theirs] = socketpair({ type });
+        await using child = spawn(DENO, {
+          args: ["run", "--allow-ffi", CHILD, "fdpass"],
+          fds: [theirs],
+        });
+        theirs.close();
+        const toChild = pipe();
+        await mine.send(encoder.encode("hello from the parent"), {
+          fds: [toChild.writer],
+          closeSent: true,
+        });
+        assert.equal(toChild.writer.closed, true);
+        // EOF comes once the child closes the only writer left: the one it
+        // received.
+        assert.equal(
+          await readAll(toChild.reader, "the child's write"),
+          "child got: hello from the parent",
+        );
+        toChild.reader.close();
+        const back = await withTimeout(mine.recv(), 10_000, "child's fds");
+        assert.ok(back !== null);
+        assert.equal(decoder.decode(back.data), "from the child");
+        const [reader, socket] = back.fds;
+        assert.ok(reader instanceof PipeReader, "a PipeReader came back");
+        assert.ok(socket instanceof UnixSocket, "a UnixSocket came back");
+        assert.equal(socket.type, type);
+        assert.equal(
+          await readAll(reader, "the child's pipe"),
+          "through the child's pipe",
+        );
+        assert.equal(await pingPong(socket), "pong");
+        closeAll(back.fds);
+        const status = await withTimeout(child.status, 10_000, "child exit");
+        assert.equal(status.success, true);
+        mine.close();
+      });
+    },
+  });
+}
+
+Deno.test({
+  name:
+    "1,000 fds passed to a child and back in a loop leave both fd tables as they were",
+  permissions: childPerms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const count = 1000;
+      const [mine, theirs] = socketpair({ type: "seqpacket" });
+      await using child = spawn(DENO, {
+        args: ["run", "--allow-ffi", CHILD, "fdloop", String(count)],
+        fds: [theirs],
+      });
+      theirs.close();
+      const p = pipe();
+      using spare = socketpair({ type: "dgram" });
+      for (let i = 0; i < count; i++) {
+        const end = i % 2 === 0 ? p.reader : spare[0];
+        await mine.send(encoder.encode(String(i)), { fds: [end] });
+        const back = await withTimeout(mine.recv(), 10_000, `fd ${i} back`);
+        assert.equal(decoder.decode(back!.data), String(i));
+        assert.equal(back!.fds.length, 1);
+        assert.equal(fdInode(back!.fds[0].rawFd), fdInode(end.rawFd));
+        closeAll(back!.fds);
+      }
+      const report = await withTimeout(mine.recv(), 10_000, "report");
+      const [word, before, after] = decoder.decode(report!.data).split(" ");
+      assert.equal(word, "done");
+      assert.equal(after, before, "the child's fd count");
+      const status = await withTimeout(child.status, 10_000, "child exit");
+      assert.equal(status.success, true);
+      p[Symbol.dispose]();
+      mine.close();
+    });
+  },
+});
+
+let python: string | null | undefined;
+async function findPython(): Promise<string | null> {
+  if (python !== undefined) return python;
+  try {
+    const { success, stdout } = await new Deno.Command("python3", {
+      args: [
+        "-c",
+        "import socket, sys; socket.send_fds; print(sys.executable)",
+      ],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    python = success ? decoder.decode(stdout).trim() : null;
+  } catch {
+    python = null;
+  }
+  return python;
+}
+
+for (const type of TYPES) {
+  Deno.test({
+    name:
+      `${type}: a Python peer receives fds from us and sends fds to us (socket.send_fds/recv_fds)`,
+    permissions: childPerms,
+    ...SANITIZE,
+    async fn() {
+      const exe = await findPython();
+      if (exe === null) {
+        console.log(
+          "SKIPPED: python3 (3.9 or later, with socket.send_fds) is not on PATH here",
+        );
+        return;
+      }
+      await assertNoFdLeak(async () => {
+        const [mine, theirs] = socketpair({ type });
+        await using child = spawn(exe, {
+          args: [PYTHON_PEER],
+          fds: [theirs],
+          stdout: "piped",
+        });
+        theirs.close();
+        assert.equal(await lineOf(child.stdout), `python ${type}`);
+        const toPython = pipe();
+        await mine.send(encoder.encode("hello from deno"), {
+          fds: [toPython.writer],
+          closeSent: true,
+        });
+        assert.equal(
+          await readAll(toPython.reader, "python's write"),
+          "python got: hello from deno",
+        );
+        toPython.reader.close();
+        const back = await withTimeout(mine.recv(), 10_000, "python's fds");
+        assert.ok(back !== null);
+        assert.equal(decoder.decode(back.data), "from python");
+        const [reader, socket] = back.fds;
+        assert.ok(reader instanceof PipeReader);
+        assert.ok(socket instanceof UnixSocket);
+        assert.equal(socket.type, type);
+        assert.equal(
+          await readAll(reader, "python's pipe"),
+          "through the python pipe",
+        );
+        assert.equal(await pingPong(socket), "pong");
+        closeAll(back.fds);
+        const status = await withTimeout(child.status, 10_000, "python exit");
+        assert.equal(status.success, true);
+        mine.close();
+      });
+    },
+  });
+}
