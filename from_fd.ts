@@ -18,13 +18,21 @@ import { check } from "./ffi/errors.ts";
 import { F, O, S, STAT } from "./ffi/layout.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 import type { UnixListener, UnixSocket } from "./socketpair.ts";
+import type { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
 
 /**
  * Every endpoint class {@linkcode fromFd} can return. Sockets (by `SO_TYPE`:
  * a listening one as `UnixListener`) are recognised once socketpair.ts is
  * loaded, as it is through mod.ts.
  */
-export type Endpoint = PipeReader | PipeWriter | UnixSocket | UnixListener;
+export type Endpoint =
+  | PipeReader
+  | PipeWriter
+  | UnixSocket
+  | UnixListener
+  | SharedMemory
+  | ShmSender
+  | ShmReceiver;
 
 /** What kind of file an fd refers to, by `fstat`. */
 export type FdKind = "fifo" | "socket" | "file" | "other";
@@ -63,8 +71,11 @@ const adopters: Adopter[] = [];
  * @internal Lets an endpoint module (sockets, shared memory) teach
  * {@linkcode fromFd} its kind of fd without a circular import.
  */
-export function registerAdopter(adopter: Adopter): void {
-  adopters.push(adopter);
+export function registerAdopter(adopter: Adopter, first = false): void {
+  // A more specific kind (a shared-memory queue end is also a socket) asks
+  // before the general one.
+  if (first) adopters.unshift(adopter);
+  else adopters.push(adopter);
 }
 
 /**

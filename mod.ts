@@ -7,3 +7,4 @@ export * from "./pipe.ts";
 export * from "./spawn.ts";
 export * from "./from_fd.ts";
 export * from "./socketpair.ts";
+export * from "./shm/mod.ts";

@@ -1,0 +1,201 @@
+/**
+ * The carrier of a queue end: a SOCK_SEQPACKET socket whose receive queue
+ * holds one message that is never consumed, the "hello": a 16-byte record
+ * (magic, version, role) with the ring's memfd and the end's doorbell
+ * attached by SCM_RIGHTS. Handing the carrier to another process (spawn,
+ * SCM_RIGHTS) hands over the hello with it; that process peeks at it, which
+ * installs copies of the attached fds, and leaves it in place so the end can
+ * travel again.
+ *
+ * Everything here is synchronous on the JS thread and never waits.
+ *
+ * @module
+ */
+
+import { libc } from "../ffi/libc.ts";
+import { ERRNO, errno, systemError } from "../ffi/errors.ts";
+import {
+  CMSGHDR,
+  cmsgLen,
+  cmsgSpace,
+  MSG,
+  MSGHDR,
+  SOCK,
+} from "../ffi/layout.ts";
+import { addressOf, pointerOf, stableBuffer } from "../ffi/mem.ts";
+
+/** "CQE1" little-endian: a conduit queue end. */
+export const HELLO_MAGIC = 0x31455143;
+/** The hello's layout version. */
+export const HELLO_VERSION = 1;
+/** The hello's size in bytes. */
+export const HELLO_SIZE = 16;
+
+/** Which end a carrier belongs to. */
+export const ROLE = { sender: 1, receiver: 2 } as const;
+
+// The most fds a peek accepts; a hello carries two, anything else is closed.
+const PEEK_FDS = 8;
+const HDR_AT = 0;
+const IOV_AT = 64;
+const DATA_AT = 96;
+const CONTROL_AT = 128;
+const CONTROL_SIZE = cmsgSpace(PEEK_FDS * 4);
+
+const area = stableBuffer(CONTROL_AT + CONTROL_SIZE);
+const view = new DataView(area);
+const base = addressOf(area);
+const hdrPointer = pointerOf(area);
+
+function fill(controlBytes: number): void {
+  view.setBigUint64(HDR_AT + MSGHDR.name, 0n, true);
+  view.setUint32(HDR_AT + MSGHDR.namelen, 0, true);
+  view.setBigUint64(HDR_AT + MSGHDR.iov, base + BigInt(IOV_AT), true);
+  view.setBigUint64(HDR_AT + MSGHDR.iovlen, 1n, true);
+  view.setBigUint64(HDR_AT + MSGHDR.control, base + BigInt(CONTROL_AT), true);
+  view.setBigUint64(HDR_AT + MSGHDR.controllen, BigInt(controlBytes), true);
+  view.setInt32(HDR_AT + MSGHDR.flags, 0, true);
+  view.setBigUint64(IOV_AT, base + BigInt(DATA_AT), true);
+  view.setBigUint64(IOV_AT + 8, BigInt(HELLO_SIZE), true);
+}
+
+/** Puts the hello for `role` with `fds` into the socket `fd`. */
+export function sendHello(fd: number, role: number, fds: number[]): void {
+  view.setUint32(DATA_AT, HELLO_MAGIC, true);
+  view.setUint32(DATA_AT + 4, HELLO_VERSION, true);
+  view.setUint32(DATA_AT + 8, role, true);
+  view.setUint32(DATA_AT + 12, 0, true);
+  const space = cmsgSpace(fds.length * 4);
+  new Uint8Array(area, CONTROL_AT, CONTROL_SIZE).fill(0);
+  fill(space);
+  view.setBigUint64(
+    CONTROL_AT + CMSGHDR.len,
+    BigInt(cmsgLen(fds.length * 4)),
+    true,
+  );
+  view.setInt32(CONTROL_AT + CMSGHDR.level, SOCK.SOL_SOCKET, true);
+  view.setInt32(CONTROL_AT + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
+  fds.forEach((f, i) =>
+    view.setInt32(CONTROL_AT + CMSGHDR.size + 4 * i, f, true)
+  );
+  const n = Number(libc().sendmsg(fd, hdrPointer, MSG.NOSIGNAL | MSG.DONTWAIT));
+  if (n === -1) throw systemError("sendmsg", errno(), "queue end hello");
+  if (n !== HELLO_SIZE) {
+    throw new Error(
+      `Cannot create shmQueue: hello sent ${n} of ${HELLO_SIZE} bytes`,
+    );
+  }
+}
+
+/** What a carrier's hello says, with the fds that came with it. */
+export interface Hello {
+  role: number;
+  fds: number[];
+}
+
+/**
+ * Peeks at the hello in a carrier, without consuming it. Returns `null`
+ * (having closed whatever fds the peek installed) when `fd` is not a queue
+ * end's carrier: no message, another kind of socket, a foreign message.
+ */
+export function peekHello(fd: number): Hello | null {
+  const lib = libc();
+  const type = new Int32Array(new ArrayBuffer(64), 0, 1);
+  const len = new Uint32Array(new ArrayBuffer(64), 0, 1);
+  len[0] = 4;
+  if (lib.getsockopt(fd, SOCK.SOL_SOCKET, SOCK.SO_TYPE, type, len) === -1) {
+    return null;
+  }
+  if (type[0] !== SOCK.SEQPACKET) return null;
+  new Uint8Array(area, CONTROL_AT, CONTROL_SIZE).fill(0);
+  fill(CONTROL_SIZE);
+  const n = Number(
+    lib.recvmsg(fd, hdrPointer, MSG.PEEK | MSG.DONTWAIT | MSG.CMSG_CLOEXEC),
+  );
+  if (n === -1) {
+    const code = errno();
+    if (
+      code === ERRNO.EAGAIN || code === ERRNO.EINVAL || code === ERRNO.ENOTCONN
+    ) {
+      return null;
+    }
+    throw systemError("recvmsg", code, `peek at fd ${fd}`);
+  }
+  const fds = receivedFds();
+  const flags = view.getInt32(HDR_AT + MSGHDR.flags, true);
+  const ok = n === HELLO_SIZE &&
+    (flags & (MSG.TRUNC | MSG.CTRUNC)) === 0 &&
+    view.getUint32(DATA_AT, true) === HELLO_MAGIC;
+  if (!ok) {
+    for (const f of fds) lib.close(f);
+    return null;
+  }
+  if (view.getUint32(DATA_AT + 4, true) !== HELLO_VERSION) {
+    for (const f of fds) lib.close(f);
+    throw new TypeError(
+      `Cannot adopt fd ${fd}: a shmQueue end of layout version ${
+        view.getUint32(DATA_AT + 4, true)
+      }, this module reads version ${HELLO_VERSION}`,
+    );
+  }
+  return { role: view.getUint32(DATA_AT + 8, true), fds };
+}
+
+// The fds in the control buffer, every length checked against the buffer.
+function receivedFds(): number[] {
+  const fds: number[] = [];
+  const controlLen = Math.min(
+    Number(view.getBigUint64(HDR_AT + MSGHDR.controllen, true)),
+    CONTROL_SIZE,
+  );
+  let at = 0;
+  while (at + CMSGHDR.size <= controlLen) {
+    const len = Number(view.getBigUint64(CONTROL_AT + at + CMSGHDR.len, true));
+    if (len < CMSGHDR.size || at + len > controlLen) break;
+    const level = view.getInt32(CONTROL_AT + at + CMSGHDR.level, true);
+    const type = view.getInt32(CONTROL_AT + at + CMSGHDR.type, true);
+    if (level === SOCK.SOL_SOCKET && type === SOCK.SCM_RIGHTS) {
+      const count = Math.floor((len - CMSGHDR.size) / 4);
+      for (let i = 0; i < count; i++) {
+        fds.push(view.getInt32(CONTROL_AT + at + CMSGHDR.size + 4 * i, true));
+      }
+    }
+    at += (len + 7) & ~7;
+  }
+  return fds;
+}
+
+const bell = new Uint8Array(new ArrayBuffer(64));
+
+/**
+ * Rings a doorbell: one 1-byte message. Returns `false` when the peer's
+ * side is gone; a full doorbell (a ring is already pending) counts as rung.
+ */
+export function ring(fd: number): boolean {
+  const n = Number(libc().send(fd, bell, 1n, MSG.DONTWAIT | MSG.NOSIGNAL));
+  if (n !== -1) return true;
+  const code = errno();
+  if (code === ERRNO.EAGAIN) return true;
+  if (code === ERRNO.EPIPE || code === ERRNO.ECONNRESET) return false;
+  throw systemError("send", code, "shmQueue doorbell");
+}
+
+const drainBuffer = new Uint8Array(new ArrayBuffer(64));
+
+/**
+ * Takes every pending ring off a doorbell. Returns `false` once the peer's
+ * side is gone (end of file).
+ */
+export function drain(fd: number): boolean {
+  const lib = libc();
+  for (;;) {
+    const n = Number(lib.recv(fd, drainBuffer, 64n, MSG.DONTWAIT));
+    if (n > 0) continue;
+    if (n === 0) return false;
+    const code = errno();
+    if (code === ERRNO.EAGAIN) return true;
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.ECONNRESET) return false;
+    throw systemError("recv", code, "shmQueue doorbell");
+  }
+}

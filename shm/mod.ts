@@ -1,0 +1,33 @@
+/**
+ * Shared memory between processes: {@linkcode SharedMemory} (a memfd or a
+ * POSIX shared memory name, mapped as an `ArrayBuffer`) and
+ * {@linkcode shmQueue} (whole messages of any size through a ring in shared
+ * memory, with wake-ups through the process's one poller).
+ *
+ * Both travel to other processes like any endpoint of this module: as an fd
+ * to `spawn({ fds })` or in `UnixSocket.send(bytes, { fds })`, rebuilt there
+ * by `fromFd()`.
+ *
+ * @example A queue within one process
+ * ```ts
+ * import { shmQueue } from "@conduit/ipc/shm";
+ *
+ * using q = shmQueue({ bytes: 1 << 16 });
+ * const [tx, rx] = q;
+ * await tx.send(new TextEncoder().encode("hello"));
+ * console.log(new TextDecoder().decode((await rx.recv())!)); // "hello"
+ * ```
+ *
+ * @module
+ */
+
+export { SharedMemory, type SharedMemoryOptions } from "./shared_memory.ts";
+export {
+  type ShmQueue,
+  shmQueue,
+  shmQueueFromFd,
+  type ShmQueueOptions,
+  ShmReceiver,
+  ShmSender,
+  type ShmWaitOptions,
+} from "./queue.ts";

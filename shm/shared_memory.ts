@@ -1,0 +1,357 @@
+/**
+ * {@linkcode SharedMemory}: memory that several processes map at once, from
+ * a memfd or a POSIX shared memory name.
+ *
+ * @example Share a counter with a child
+ * ```ts ignore
+ * import { SharedMemory, spawn } from "@conduit/ipc";
+ *
+ * using mem = SharedMemory.create(4096);
+ * const child = spawn(Deno.execPath(), {
+ *   args: ["run", "--allow-ffi", "child.ts"], // fromFd(3) as SharedMemory
+ *   fds: [mem],
+ * });
+ * await child.status;
+ * console.log(Atomics.load(new Int32Array(mem.buffer), 0));
+ * ```
+ *
+ * @module
+ */
+
+import { libc } from "../ffi/libc.ts";
+import { check, closedError, errno, systemError } from "../ffi/errors.ts";
+import { MMAP, O, STAT } from "../ffi/layout.ts";
+import { cstr } from "../ffi/mem.ts";
+import { OwnedFd } from "../ffi/fd.ts";
+import { registerAdopter } from "../from_fd.ts";
+import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
+
+/** Options for {@linkcode SharedMemory.create}. */
+export interface SharedMemoryOptions {
+  /**
+   * A POSIX shared memory name (`shm_open`, seen as `/dev/shm/<name>`), so
+   * that unrelated processes, in any language, can open it. It is created
+   * with mode 0600 and must not exist yet. Without a name the memory is an
+   * anonymous memfd that travels only as an fd.
+   */
+  name?: string;
+}
+
+const NAME = /^[^/\0]{1,250}$/;
+
+function shmName(name: string, action: string): Uint8Array<ArrayBuffer> {
+  if (
+    typeof name !== "string" || !NAME.test(name) || name === "." ||
+    name === ".."
+  ) {
+    throw new TypeError(
+      `Cannot ${action} SharedMemory: invalid name ${
+        JSON.stringify(name)
+      }: 1 to 250 characters, no "/"`,
+    );
+  }
+  return cstr(`/${name}`);
+}
+
+function checkSize(size: number, action: string): void {
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new RangeError(
+      `Cannot ${action} SharedMemory: size must be a positive integer, got ${size}`,
+    );
+  }
+}
+
+/** The size of the file behind an fd, by `fstat`. */
+export function fileSize(fd: number): number {
+  const stat = new Uint8Array(STAT.size);
+  check("fstat", libc().fstat(fd, stat));
+  return Number(new DataView(stat.buffer).getBigInt64(STAT.fsize, true));
+}
+
+const linkBuffer = new Uint8Array(4096);
+
+/** Where `/proc/self/fd/<fd>` points, or `undefined`. */
+export function fdLink(fd: number): string | undefined {
+  const n = Number(
+    libc().readlink(
+      cstr(`/proc/self/fd/${fd}`),
+      linkBuffer,
+      BigInt(linkBuffer.length),
+    ),
+  );
+  if (n < 0) return undefined;
+  return new TextDecoder().decode(linkBuffer.subarray(0, n));
+}
+
+/** Creates a CLOEXEC memfd of `size` zero bytes. */
+export function createMemfd(size: number, label: string): number {
+  const lib = libc();
+  const fd = check(
+    "memfd_create",
+    lib.memfd_create(cstr(label), MMAP.MFD_CLOEXEC),
+  );
+  if (lib.ftruncate(fd, BigInt(size)) === -1) {
+    const error = systemError("ftruncate", errno(), `${size} bytes`);
+    lib.close(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/**
+ * Memory shared between processes: an anonymous memfd, or a POSIX shared
+ * memory object by name. {@linkcode buffer} is a plain `ArrayBuffer` over the
+ * mapping; writes are seen at once by every process that maps the same
+ * memory. Use `Atomics` on an `Int32Array` over it for shared counters and
+ * flags (they are atomic across processes; `Atomics.wait` is not available
+ * because the buffer is not a `SharedArrayBuffer`).
+ *
+ * After {@linkcode close}, `buffer` throws `BadResource`. A view made before
+ * `close()` does not fault: the shared pages are replaced by private zero
+ * pages, so it reads zeros and its writes reach no other process.
+ *
+ * @example A counter that other processes can add to
+ * ```ts
+ * import { SharedMemory } from "@conduit/ipc";
+ *
+ * using mem = SharedMemory.create(4096);
+ * const counter = new Int32Array(mem.buffer, 0, 1);
+ * Atomics.add(counter, 0, 1);
+ * console.log(Atomics.load(counter, 0)); // 1
+ * ```
+ */
+export class SharedMemory implements Disposable {
+  #fd: OwnedFd;
+  #mapping: Mapping | undefined;
+  #name: string | undefined;
+  #size: number;
+
+  /**
+   * Maps the whole of a memfd or shared memory fd. Prefer
+   * {@linkcode SharedMemory.create}, {@linkcode SharedMemory.open} or
+   * `fromFd()`; this is for fds obtained elsewhere.
+   *
+   * @param fd An fd open for reading and writing; the object owns it.
+   * @param options `name`: the shm_open name behind the fd, if any, for
+   * {@linkcode unlink}.
+   */
+  constructor(fd: number, options: SharedMemoryOptions = {}) {
+    const size = fileSize(fd);
+    if (size <= 0) {
+      throw new RangeError(
+        `Cannot map SharedMemory: fd ${fd} has size ${size}`,
+      );
+    }
+    this.#size = size;
+    this.#mapping = mapShared(fd, size, `SharedMemory fd ${fd}`);
+    unmapWhenCollected(this.#mapping);
+    this.#fd = new OwnedFd(fd, "SharedMemory");
+    this.#name = options.name;
+  }
+
+  /**
+   * Creates zero-filled shared memory.
+   *
+   * @param size Size in bytes.
+   * @param options `name` to create a POSIX shared memory object that other
+   * processes can open by name; without it, an anonymous memfd.
+   * @returns The mapped memory.
+   * @throws {RangeError} When `size` is not a positive integer.
+   * @throws {Deno.errors.AlreadyExists} When the name is taken.
+   *
+   * @example Anonymous and named
+   * ```ts
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(1 << 20);
+   * using named = SharedMemory.create(4096, { name: `doc-${Deno.pid}` });
+   * named.unlink();
+   * console.log(mem.size, named.size); // 1048576 4096
+   * ```
+   */
+  static create(size: number, options: SharedMemoryOptions = {}): SharedMemory {
+    checkSize(size, "create");
+    const lib = libc();
+    if (options.name === undefined) {
+      const fd = createMemfd(size, "conduit-shm");
+      try {
+        return new SharedMemory(fd);
+      } catch (error) {
+        lib.close(fd);
+        throw error;
+      }
+    }
+    const path = shmName(options.name, "create");
+    const fd = lib.shm_open(
+      path,
+      O.RDWR | O.CREAT | O.EXCL | O.CLOEXEC,
+      0o600,
+    );
+    if (fd === -1) {
+      throw systemError("shm_open", errno(), options.name);
+    }
+    try {
+      check("ftruncate", lib.ftruncate(fd, BigInt(size)));
+      return new SharedMemory(fd, { name: options.name });
+    } catch (error) {
+      lib.close(fd);
+      lib.shm_unlink(path);
+      throw error;
+    }
+  }
+
+  /**
+   * Opens and maps an existing POSIX shared memory object by name, at its
+   * current size.
+   *
+   * @param name The name given to {@linkcode SharedMemory.create} (or to
+   * `shm_open` in another program, without the leading slash).
+   * @returns The mapped memory.
+   * @throws {Deno.errors.NotFound} When no object has that name.
+   *
+   * @example Open what another process created
+   * ```ts
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * const name = `doc-open-${Deno.pid}`;
+   * using made = SharedMemory.create(4096, { name });
+   * using same = SharedMemory.open(name);
+   * new Uint8Array(made.buffer)[1] = 7;
+   * console.log(new Uint8Array(same.buffer)[1]); // 7
+   * made.unlink();
+   * ```
+   */
+  static open(name: string): SharedMemory {
+    const path = shmName(name, "open");
+    const lib = libc();
+    const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
+    if (fd === -1) throw systemError("shm_open", errno(), name);
+    try {
+      return new SharedMemory(fd, { name });
+    } catch (error) {
+      lib.close(fd);
+      throw error;
+    }
+  }
+
+  /**
+   * Removes a POSIX shared memory name. Processes that have it mapped keep
+   * their memory.
+   *
+   * @param name The name.
+   * @throws {Deno.errors.NotFound} When no object has that name.
+   *
+   * @example Remove a name left behind
+   * ```ts
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * SharedMemory.create(64, { name: `doc-unlink-${Deno.pid}` }).close();
+   * SharedMemory.unlink(`doc-unlink-${Deno.pid}`);
+   * ```
+   */
+  static unlink(name: string): void {
+    const path = shmName(name, "unlink");
+    if (libc().shm_unlink(path) === -1) {
+      throw systemError("shm_unlink", errno(), name);
+    }
+  }
+
+  /**
+   * A plain `ArrayBuffer` over the whole mapping.
+   *
+   * @throws {Deno.errors.BadResource} After {@linkcode close}.
+   */
+  get buffer(): ArrayBuffer {
+    if (this.#mapping === undefined) throw closedError("SharedMemory");
+    return this.#mapping.buffer;
+  }
+
+  /** The size in bytes (still known after close). */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** The shm_open name, or `undefined` for a memfd. */
+  get name(): string | undefined {
+    return this.#name;
+  }
+
+  /** The memfd (or shm fd), for interop; the object still owns it. */
+  get rawFd(): number {
+    return this.#fd.fd;
+  }
+
+  /** Whether {@linkcode close} was called. */
+  get closed(): boolean {
+    return this.#fd.closed;
+  }
+
+  /** Nothing ever waits on shared memory; kept for the endpoint shape. */
+  ref(): void {
+    this.#fd.ref();
+  }
+
+  /** Nothing ever waits on shared memory; kept for the endpoint shape. */
+  unref(): void {
+    this.#fd.unref();
+  }
+
+  /**
+   * Removes this memory's POSIX name (see {@linkcode SharedMemory.unlink});
+   * allowed before or after {@linkcode close}.
+   *
+   * @throws {TypeError} When the memory has no name (a memfd).
+   */
+  unlink(): void {
+    if (this.#name === undefined) {
+      throw new TypeError(
+        "Cannot unlink SharedMemory: it has no name (it is a memfd)",
+      );
+    }
+    SharedMemory.unlink(this.#name);
+  }
+
+  /**
+   * Unmaps the memory from this process's point of view and closes the fd.
+   * Idempotent. Other processes keep their mappings.
+   */
+  close(): void {
+    if (this.#fd.closed) return;
+    this.#drop();
+    this.#fd.close();
+  }
+
+  /** Closes the memory. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** @internal Gives up the fd without closing it; the mapping is dropped. */
+  _release(): number {
+    const fd = this.#fd.release();
+    this.#drop();
+    return fd;
+  }
+
+  #drop(): void {
+    if (this.#mapping === undefined) return;
+    retire(this.#mapping);
+    this.#mapping = undefined;
+  }
+}
+
+registerAdopter((fd, kind, access) => {
+  if (kind !== "file" || access !== O.RDWR) return null;
+  const link = fdLink(fd);
+  if (link === undefined) return null;
+  if (link.startsWith("/memfd:")) {
+    return new SharedMemory(fd);
+  }
+  if (link.startsWith("/dev/shm/")) {
+    const name = link.slice("/dev/shm/".length);
+    return new SharedMemory(fd, {
+      name: NAME.test(name) ? name : undefined,
+    });
+  }
+  return null;
+});

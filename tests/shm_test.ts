@@ -1,0 +1,198 @@
+import assert from "node:assert/strict";
+import { fromFd, SharedMemory, spawn } from "../mod.ts";
+import {
+  assertNoFdLeak,
+  DENO,
+  fdTarget,
+  fixture,
+  SANITIZE,
+  withTimeout,
+  zombieChildren,
+} from "./_util.ts";
+import { libc } from "../ffi/libc.ts";
+import { O, STAT } from "../ffi/layout.ts";
+import { cstr } from "../ffi/mem.ts";
+import { dupCloexec } from "../ffi/fd.ts";
+
+const PEER = fixture("shm_peer.ts");
+const local = { ffi: true } as const;
+const decoder = new TextDecoder();
+const uniqueName = (what: string) =>
+  `conduit-test-${what}-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+
+Deno.test({
+  name:
+    "SharedMemory.create() maps a zero-filled memfd of the given size; rawFd is the memfd",
+  permissions: local,
+  ...SANITIZE,
+  fn: async () => {
+    await assertNoFdLeak(() => {
+      using mem = SharedMemory.create(1 << 20);
+      assert.equal(mem.size, 1 << 20);
+      assert.equal(mem.buffer.byteLength, 1 << 20);
+      assert.equal(mem.name, undefined);
+      assert.ok(new Uint8Array(mem.buffer).every((b) => b === 0));
+      assert.match(fdTarget(mem.rawFd) ?? "", /^\/memfd:conduit-shm/);
+      assert.throws(() => mem.unlink(), TypeError);
+      assert.throws(() => SharedMemory.create(0), RangeError);
+      assert.throws(() => SharedMemory.create(1.5), RangeError);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "close() is idempotent; buffer then throws BadResource, and a view taken before close reads zeros instead of faulting",
+  permissions: local,
+  ...SANITIZE,
+  fn: async () => {
+    await assertNoFdLeak(() => {
+      const mem = SharedMemory.create(8192);
+      const stale = new Uint8Array(mem.buffer);
+      stale.fill(9);
+      mem.close();
+      mem.close();
+      mem[Symbol.dispose]();
+      assert.equal(mem.closed, true);
+      assert.throws(
+        () => mem.buffer,
+        (e: Error) =>
+          e instanceof Deno.errors.BadResource &&
+          e.message === "Cannot use SharedMemory: it is closed",
+      );
+      assert.throws(() => mem.rawFd, Deno.errors.BadResource);
+      assert.equal(mem.size, 8192);
+      // The shared pages are gone from this process; the stale view is
+      // backed by private zero pages, readable and writable.
+      assert.equal(stale[0], 0);
+      assert.equal(stale[8191], 0);
+      stale[5] = 1;
+      assert.equal(stale[5], 1);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a stale view after close() no longer reaches the memory that other mappings share",
+  permissions: local,
+  ...SANITIZE,
+  fn: async () => {
+    await assertNoFdLeak(() => {
+      using keep = SharedMemory.create(4096);
+      const other = new SharedMemory(dupCloexec(keep.rawFd));
+      const stale = new Uint8Array(other.buffer);
+      new Uint8Array(keep.buffer)[0] = 7;
+      assert.equal(stale[0], 7);
+      other.close();
+      new Uint8Array(keep.buffer)[2] = 8;
+      assert.equal(stale[0], 0);
+      assert.equal(stale[2], 0);
+      stale[1] = 3;
+      assert.equal(new Uint8Array(keep.buffer)[1], 0);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "SharedMemory.create({ name }) makes a 0600 shm object that open() maps and other programs read; unlink() removes the name",
+  permissions: { ffi: true, run: true },
+  ...SANITIZE,
+  fn: async () => {
+    await assertNoFdLeak(async () => {
+      const name = uniqueName("named");
+      using made = SharedMemory.create(4096, { name });
+      try {
+        assert.equal(made.name, name);
+        const stat = new Uint8Array(STAT.size);
+        assert.equal(libc().fstat(made.rawFd, stat), 0);
+        const mode = new DataView(stat.buffer).getUint32(STAT.mode, true);
+        assert.equal(mode & 0o777, 0o600);
+        assert.equal(fdTarget(made.rawFd), `/dev/shm/${name}`);
+        assert.throws(
+          () => SharedMemory.create(4096, { name }),
+          Deno.errors.AlreadyExists,
+        );
+        using same = SharedMemory.open(name);
+        assert.equal(same.size, 4096);
+        new TextEncoder().encodeInto("from deno", new Uint8Array(made.buffer));
+        assert.equal(
+          decoder.decode(new Uint8Array(same.buffer, 0, 9)),
+          "from deno",
+        );
+        // Any program can map it by name; head reads the bytes.
+        const child = spawn("head", {
+          args: ["-c", "9", `/dev/shm/${name}`],
+          stdout: "piped",
+        });
+        const out = await withTimeout(child.output(), 10_000, "head");
+        assert.equal(decoder.decode(out.stdout), "from deno");
+      } finally {
+        made.unlink();
+      }
+      assert.throws(() => SharedMemory.open(name), Deno.errors.NotFound);
+      assert.throws(() => made.unlink(), Deno.errors.NotFound);
+      assert.throws(
+        () => SharedMemory.create(64, { name: "a/b" }),
+        (e: Error) => e instanceof TypeError && /invalid name/.test(e.message),
+      );
+      assert.deepEqual(zombieChildren(), []);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a memfd handed to a child becomes SharedMemory there (fromFd), and Atomics add up exactly across both processes",
+  permissions: { ffi: true, run: true, read: true, env: true },
+  ...SANITIZE,
+  fn: async () => {
+    await assertNoFdLeak(async () => {
+      using mem = SharedMemory.create(4096);
+      const counter = new Int32Array(mem.buffer, 0, 1);
+      const child = spawn(DENO, {
+        args: ["run", "--allow-ffi", "--allow-read", PEER, "add", "300000"],
+        fds: [mem],
+        stdout: "piped",
+        stderr: "piped",
+      });
+      for (let i = 0; i < 300000; i++) Atomics.add(counter, 0, 1);
+      const out = await withTimeout(child.output(), 20_000, "child");
+      assert.equal(decoder.decode(out.stderr), "");
+      assert.equal(decoder.decode(out.stdout), "added 300000 to 4096 bytes\n");
+      assert.equal(Atomics.load(counter, 0), 600000);
+    });
+  },
+});
+
+Deno.test({
+  name: "fromFd() adopts a memfd as SharedMemory and refuses a regular file",
+  permissions: { ffi: true, read: true, write: true },
+  ...SANITIZE,
+  fn: async () => {
+    await assertNoFdLeak(async () => {
+      using mem = SharedMemory.create(100);
+      new Uint8Array(mem.buffer)[99] = 5;
+      const again = fromFd(mem._release());
+      assert.ok(again instanceof SharedMemory);
+      assert.equal(again.size, 100);
+      assert.equal(new Uint8Array(again.buffer)[99], 5);
+      again.close();
+
+      const path = await Deno.makeTempFile();
+      try {
+        await Deno.writeFile(path, new Uint8Array(10));
+        const fd = libc().open(cstr(path), O.RDWR | O.CLOEXEC, 0);
+        assert.ok(fd >= 0);
+        try {
+          assert.throws(() => fromFd(fd), TypeError);
+        } finally {
+          libc().close(fd);
+        }
+      } finally {
+        await Deno.remove(path);
+      }
+    });
+  },
+});
