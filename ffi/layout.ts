@@ -31,6 +31,8 @@ export const F = {
   SETFL: 4,
   SETPIPE_SZ: 1031,
   GETPIPE_SZ: 1032,
+  ADD_SEALS: 1033,
+  GET_SEALS: 1034,
   FD_CLOEXEC: 1,
 } as const;
 
@@ -203,6 +205,9 @@ export const MMAP = {
   MFD_CLOEXEC: 1,
   MFD_ALLOW_SEALING: 2,
 } as const;
+
+/** memfd seals (`F_ADD_SEALS`): what the file's size may no longer do. */
+export const SEAL = { SEAL: 1, SHRINK: 2, GROW: 4 } as const;
 
 /** Futex operations (without FUTEX_PRIVATE_FLAG: they work across processes). */
 export const FUTEX = { WAIT: 0, WAKE: 1 } as const;

@@ -42,7 +42,7 @@ import { SOCK } from "../ffi/layout.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { registerAdopter } from "../from_fd.ts";
 import { Serial } from "../_byte_io.ts";
-import { createMemfd, fileSize } from "./shared_memory.ts";
+import { createMemfd, fileSize, sealedAgainstShrink } from "./shared_memory.ts";
 import { type Mapping, mapShared, unmap } from "./_map.ts";
 import { drain, peekHello, ring, ROLE, sendHello } from "./_carrier.ts";
 
@@ -722,6 +722,11 @@ function adoptEnd(fd: number, spin: number): ShmSender | ShmReceiver | null {
   const what = role === ROLE.sender ? "ShmSender" : "ShmReceiver";
   let mapping: Mapping | undefined;
   try {
+    if (!sealedAgainstShrink(memfd)) {
+      throw new TypeError(
+        `Cannot adopt ${what}: its shared memory is not sealed against shrinking`,
+      );
+    }
     const size = fileSize(memfd);
     if (size < HEADER_BYTES || size > HEADER_BYTES + MAX_BYTES + RECORD) {
       throw new TypeError(

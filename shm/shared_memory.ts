@@ -20,7 +20,7 @@
 
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
-import { MMAP, O, STAT } from "../ffi/layout.ts";
+import { F, MMAP, O, SEAL, STAT } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { registerAdopter } from "../from_fd.ts";
@@ -83,19 +83,34 @@ export function fdLink(fd: number): string | undefined {
   return new TextDecoder().decode(linkBuffer.subarray(0, n));
 }
 
-/** Creates a CLOEXEC memfd of `size` zero bytes. */
+/**
+ * Creates a CLOEXEC memfd of `size` zero bytes, sealed so that its size can
+ * never change: no process that maps it can be made to fault (SIGBUS) by
+ * another one truncating it.
+ */
 export function createMemfd(size: number, label: string): number {
   const lib = libc();
   const fd = check(
     "memfd_create",
-    lib.memfd_create(cstr(label), MMAP.MFD_CLOEXEC),
+    lib.memfd_create(cstr(label), MMAP.MFD_CLOEXEC | MMAP.MFD_ALLOW_SEALING),
   );
-  if (lib.ftruncate(fd, BigInt(size)) === -1) {
-    const error = systemError("ftruncate", errno(), `${size} bytes`);
+  try {
+    check("ftruncate", lib.ftruncate(fd, BigInt(size)));
+    check(
+      "fcntl(F_ADD_SEALS)",
+      lib.fcntl(fd, F.ADD_SEALS, SEAL.SHRINK | SEAL.GROW | SEAL.SEAL),
+    );
+  } catch (error) {
     lib.close(fd);
     throw error;
   }
   return fd;
+}
+
+/** Whether an fd's size is sealed against shrinking (a memfd made here). */
+export function sealedAgainstShrink(fd: number): boolean {
+  const seals = libc().fcntl(fd, F.GET_SEALS, 0);
+  return seals !== -1 && (seals & SEAL.SHRINK) !== 0;
 }
 
 /**
@@ -105,6 +120,11 @@ export function createMemfd(size: number, label: string): number {
  * memory. Use `Atomics` on an `Int32Array` over it for shared counters and
  * flags (they are atomic across processes; `Atomics.wait` is not available
  * because the buffer is not a `SharedArrayBuffer`).
+ *
+ * A memfd made by {@linkcode SharedMemory.create} is sealed at its size, so
+ * no process it is handed to can truncate it under another's mapping (which
+ * would fault that process). A named object is not sealed: only map names
+ * you trust.
  *
  * After {@linkcode close}, `buffer` throws `BadResource`. A view made before
  * `close()` does not fault: the shared pages are replaced by private zero

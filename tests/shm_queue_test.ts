@@ -21,6 +21,10 @@ import {
   zombieChildren,
 } from "./_util.ts";
 import { message, messageSizes, mismatch } from "./fixtures/_shm_messages.ts";
+import { libc } from "../ffi/libc.ts";
+import { MMAP } from "../ffi/layout.ts";
+import { cstr } from "../ffi/mem.ts";
+import { ROLE, sendHello } from "../shm/_carrier.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -436,6 +440,29 @@ Deno.test({
       tx.close();
       assert.equal(await rx.recv(), null);
       rx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a carrier whose shared memory is not sealed against shrinking is refused (a peer could make this process fault)",
+  permissions: local,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(() => {
+      const lib = libc();
+      const memfd = lib.memfd_create(cstr("unsealed"), MMAP.MFD_CLOEXEC);
+      assert.ok(memfd >= 0);
+      assert.equal(lib.ftruncate(memfd, 4096n), 0);
+      using bells = socketpair({ type: "seqpacket" });
+      using carrier = socketpair({ type: "seqpacket" });
+      sendHello(carrier[1].rawFd, ROLE.receiver, [memfd, bells[0].rawFd]);
+      lib.close(memfd);
+      assert.throws(
+        () => shmQueueFromFd(carrier[0].rawFd),
+        (e: Error) => e instanceof TypeError && /not sealed/.test(e.message),
+      );
     });
   },
 });

@@ -34,6 +34,9 @@ Deno.test({
       assert.ok(new Uint8Array(mem.buffer).every((b) => b === 0));
       assert.match(fdTarget(mem.rawFd) ?? "", /^\/memfd:conduit-shm/);
       assert.throws(() => mem.unlink(), TypeError);
+      // Sealed: no process can shrink it under another's mapping (SIGBUS).
+      assert.equal(libc().ftruncate(mem.rawFd, 10n), -1);
+      assert.equal(libc().ftruncate(mem.rawFd, 2n << 20n), -1);
       assert.throws(() => SharedMemory.create(0), RangeError);
       assert.throws(() => SharedMemory.create(1.5), RangeError);
     });
