@@ -21,7 +21,7 @@ import {
   MSGHDR,
   SOCK,
 } from "./ffi/layout.ts";
-import { addressOf, mayMove, pointerOf, stableBuffer } from "./ffi/mem.ts";
+import { addressOf, pointerOf, stableBuffer } from "./ffi/mem.ts";
 
 /** Linux's limit on fds in one SCM_RIGHTS message (`SCM_MAX_FD`). */
 export const MAX_FDS = 253;
@@ -32,11 +32,13 @@ export const MAX_FDS = 253;
 const HDR_AT = 0;
 const IOV_AT = 64;
 const BOUNCE_AT = 128;
-// mayMove() holds only for buffers of at most 64 bytes: they fit here.
+const BOUNCE_SIZE = 64;
 const CONTROL_AT = 192;
 // Room for a full SCM_RIGHTS message plus other control messages the
 // socket may carry (credentials, security labels).
 const CONTROL_SIZE = cmsgSpace(MAX_FDS * 4) + 256;
+// SCM_CREDENTIALS: a struct ucred of 12 bytes.
+const CREDENTIALS_SPACE = cmsgSpace(12);
 
 const area = stableBuffer(CONTROL_AT + CONTROL_SIZE);
 const areaView = new DataView(area);
@@ -48,43 +50,57 @@ const empty = new Uint8Array(new ArrayBuffer(64));
 /** Flags of every nonblocking send: no SIGPIPE, EPIPE instead. */
 const SEND_NOWAIT = MSG.DONTWAIT | MSG.NOSIGNAL;
 
-function setU64(at: number, value: bigint | number): void {
-  areaView.setBigUint64(at, BigInt(value), true);
+/** Writes a non-negative integer below 2^53 as a u64, without a BigInt. */
+function setSize(at: number, value: number): void {
+  areaView.setUint32(at, value >>> 0, true);
+  areaView.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
 }
+
+// The fields that never change: no name, one iovec, the control buffer.
+areaView.setBigUint64(HDR_AT + MSGHDR.name, 0n, true);
+areaView.setBigUint64(
+  HDR_AT + MSGHDR.iov,
+  areaAddress + BigInt(IOV_AT),
+  true,
+);
+setSize(HDR_AT + MSGHDR.iovlen, 1);
+areaView.setBigUint64(
+  HDR_AT + MSGHDR.control,
+  areaAddress + BigInt(CONTROL_AT),
+  true,
+);
+const bounceAddress = areaAddress + BigInt(BOUNCE_AT);
 
 /**
  * Fills the msghdr for one data buffer and `controlBytes` of control space.
- * Returns the bounce view when `data` had to be copied (or received) there.
+ * Returns whether the data goes through the bounce area (copied there first
+ * when `copyIn`).
  */
 function prepare(
   data: Uint8Array,
   controlBytes: number,
   copyIn: boolean,
-): Uint8Array | null {
-  let base: bigint;
-  let bounce: Uint8Array | null = null;
-  if (data.byteLength === 0) {
-    base = areaAddress + BigInt(BOUNCE_AT);
-  } else if (mayMove(data)) {
-    bounce = areaBytes.subarray(BOUNCE_AT, BOUNCE_AT + data.byteLength);
-    if (copyIn) bounce.set(data);
-    base = areaAddress + BigInt(BOUNCE_AT);
+): boolean {
+  // V8 keeps buffers of at most 64 bytes in its heap, where they may move.
+  // Testing the view's own length avoids reading `.buffer`, which would
+  // move such a buffer out of the heap on every call.
+  const bounced = data.byteLength <= BOUNCE_SIZE;
+  if (bounced) {
+    if (copyIn) {
+      for (let i = 0; i < data.byteLength; i++) {
+        areaBytes[BOUNCE_AT + i] = data[i];
+      }
+    }
+    areaView.setBigUint64(IOV_AT, bounceAddress, true);
   } else {
-    base = addressOf(data);
+    areaView.setBigUint64(IOV_AT, addressOf(data), true);
   }
-  setU64(HDR_AT + MSGHDR.name, 0);
+  setSize(IOV_AT + 8, data.byteLength);
+  // recvmsg writes these two back: set them for every call.
   areaView.setUint32(HDR_AT + MSGHDR.namelen, 0, true);
-  setU64(HDR_AT + MSGHDR.iov, areaAddress + BigInt(IOV_AT));
-  setU64(HDR_AT + MSGHDR.iovlen, 1);
-  setU64(
-    HDR_AT + MSGHDR.control,
-    controlBytes === 0 ? 0 : areaAddress + BigInt(CONTROL_AT),
-  );
-  setU64(HDR_AT + MSGHDR.controllen, controlBytes);
+  setSize(HDR_AT + MSGHDR.controllen, controlBytes);
   areaView.setInt32(HDR_AT + MSGHDR.flags, 0, true);
-  setU64(IOV_AT, base);
-  setU64(IOV_AT + 8, data.byteLength);
-  return bounce;
+  return bounced;
 }
 
 /**
@@ -108,7 +124,7 @@ export function sendMessage(
   if (controlBytes > 0) {
     const at = CONTROL_AT;
     areaBytes.fill(0, at, at + controlBytes);
-    setU64(at + CMSGHDR.len, cmsgLen(fds.length * 4));
+    setSize(at + CMSGHDR.len, cmsgLen(fds.length * 4));
     areaView.setInt32(at + CMSGHDR.level, SOCK.SOL_SOCKET, true);
     areaView.setInt32(at + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
     for (let i = 0; i < fds.length; i++) {
@@ -206,11 +222,14 @@ export function receiveMessage(
   maxFds: number,
   wait: boolean,
 ): Received | null {
+  // Room for the fds allowed plus a credentials message, should the socket
+  // carry one; a message with more fds than allowed is caught below either
+  // way (truncated, or counted).
   const offered = Math.min(
     CONTROL_SIZE,
-    cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4),
+    cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4) + CREDENTIALS_SPACE,
   );
-  const bounce = prepare(into, offered, false);
+  const bounced = prepare(into, offered, false);
   const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);
   const lib = libc();
   let n: number;
@@ -227,13 +246,16 @@ export function receiveMessage(
       `Cannot receive on socket: recvmsg reported ${n} bytes for a ${into.byteLength}-byte buffer`,
     );
   }
-  if (bounce !== null && n > 0) into.set(bounce.subarray(0, n));
+  if (bounced) {
+    for (let i = 0; i < n; i++) into[i] = areaBytes[BOUNCE_AT + i];
+  }
   const msgFlags = areaView.getInt32(HDR_AT + MSGHDR.flags, true);
-  const controlLen = areaView.getBigUint64(HDR_AT + MSGHDR.controllen, true);
+  const controlLen = areaView.getUint32(HDR_AT + MSGHDR.controllen, true) +
+    areaView.getUint32(HDR_AT + MSGHDR.controllen + 4, true) * 0x1_0000_0000;
   const fds: number[] = [];
   // The kernel never reports more control data than it was offered; if it
   // did, only the offered part is read.
-  collectFds(Number(controlLen > BigInt(offered) ? offered : controlLen), fds);
+  if (controlLen > 0) collectFds(Math.min(controlLen, offered), fds);
   if (fds.length > maxFds || (msgFlags & MSG.CTRUNC) !== 0) {
     closeAll(fds);
     throw new RangeError(
@@ -338,6 +360,22 @@ export function sendNoWait(fd: number, from: Uint8Array): number {
     if (n >= 0) return n;
     const code = errno();
     if (code === ERRNO.EAGAIN) return -1;
+    if (code !== ERRNO.EINTR) throw systemError("send", code);
+  }
+}
+
+/**
+ * A blocking send of one message or chunk: bytes sent (for datagrams and
+ * packets, all or an error).
+ */
+export function sendBlocking(fd: number, from: Uint8Array): number {
+  const lib = libc();
+  for (;;) {
+    const n = Number(
+      lib.send(fd, from, BigInt(from.byteLength), MSG.NOSIGNAL),
+    );
+    if (n >= 0) return n;
+    const code = errno();
     if (code !== ERRNO.EINTR) throw systemError("send", code);
   }
 }

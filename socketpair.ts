@@ -60,6 +60,7 @@ import {
   recvBlocking,
   recvNoWait,
   sendAllBlocking,
+  sendBlocking,
   sendMessage,
   sendNoWait,
 } from "./_scm.ts";
@@ -74,7 +75,10 @@ import {
 
 export type { ReadOptions } from "./_byte_io.ts";
 export type { Endpoint } from "./from_fd.ts";
+// The classes a received fd may become, so the docs of this entry point
+// can name every member of `Endpoint`.
 export type { PipeReader, PipeWriter } from "./pipe.ts";
+export type { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
 export type { FdEndpoint } from "./spawn.ts";
 export type { UnixAddress } from "./_unix_addr.ts";
 
@@ -189,6 +193,8 @@ const SHUTDOWN: Record<ShutdownHow, number> = {
 };
 
 const DEFAULT_MAX_BYTES = 64 * 1024;
+/** How long a `readable` read spins before it parks. */
+const STREAM_SPIN: ReadOptions = { spin: 50 };
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
 
 function checkCount(
@@ -359,11 +365,15 @@ export class UnixSocket implements Disposable {
    * Stream sockets: a byte stream of everything read until the peer stops
    * writing. BYOB readers are filled in place. Cancelling it shuts down this
    * side's reading (the socket stays open for writing).
+   *
+   * Each read retries for up to 50 µs before it parks in the poller: a peer
+   * that writes continuously refills the socket sooner than a park and
+   * wake-up take, so a bulk transfer never pays for one per chunk.
    */
   get readable(): ReadableStream<Uint8Array> {
     this.#assertStream("read from");
     return this.#readable ??= byteReadable(
-      (into) => this.read(into),
+      (into) => this.read(into, STREAM_SPIN),
       () => this.#shutdownQuietly("read"),
     );
   }
@@ -484,7 +494,9 @@ export class UnixSocket implements Disposable {
       const job = this.#prepareSend(bytes, options);
       const fd = this.#fd.fd;
       if (job.fds.length > 0 || this.#type !== "stream") {
-        const n = sendMessage(fd, job.bytes, job.fds, true);
+        const n = job.fds.length > 0
+          ? sendMessage(fd, job.bytes, job.fds, true)
+          : sendBlocking(fd, job.bytes);
         job.offset = n;
         job.fdsSent = true;
         if (this.#type !== "stream") this.#checkWhole(n, job);
