@@ -12,6 +12,7 @@ import {
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
+import { receiveMessage } from "../_scm.ts";
 import {
   assertNoFdLeak,
   DENO,
@@ -131,6 +132,30 @@ for (const type of TYPES) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "fds arrive CLOEXEC from the start (MSG_CMSG_CLOEXEC), before any endpoint wraps them",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(() => {
+      using pair = socketpair({ type: "seqpacket" });
+      const [a, b] = pair;
+      using p = pipe();
+      a.sendSync(encoder.encode("raw"), { fds: [p.reader, p.writer] });
+      // The module's own receive step, below fromFd(), which would set
+      // CLOEXEC itself (too late for a spawn on another thread).
+      const got = receiveMessage(b.rawFd, new Uint8Array(3), 253, true);
+      assert.ok(got !== null);
+      assert.equal(got.fds.length, 2);
+      for (const fd of got.fds) {
+        assert.equal(libc().fcntl(fd, F.GETFD, 0) & F.FD_CLOEXEC, F.FD_CLOEXEC);
+        libc().close(fd);
+      }
+    });
+  },
+});
 
 Deno.test({
   name:

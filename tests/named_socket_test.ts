@@ -310,6 +310,40 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "connect() waits while the server's queue is full, and honours its signal",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const name = uniqueName();
+      // A backlog of 0 queues one connection; the next has to wait.
+      using server = listen({ abstract: name, backlog: 0 });
+      using first = await withTimeout(connect({ abstract: name }), 5_000, "1");
+      const second = connect({ abstract: name });
+      assert.equal(await stillPending(second, 30), true);
+      const controller = new AbortController();
+      const third = connect({ abstract: name, signal: controller.signal });
+      assert.equal(await stillPending(third, 10), true);
+      const reason = new Error("gave up");
+      controller.abort(reason);
+      await assert.rejects(
+        withTimeout(third, 5_000, "aborted connect"),
+        (error) => error === reason,
+      );
+      // Taking the queued connection makes room: the second one gets in.
+      using conn1 = await withTimeout(server.accept(), 5_000, "accept 1");
+      using client2 = await withTimeout(second, 5_000, "second connect");
+      using conn2 = await withTimeout(server.accept(), 5_000, "accept 2");
+      await client2.write(encoder.encode("2"));
+      assert.equal(await conn2.read(new Uint8Array(1)), 1);
+      void first;
+      void conn1;
+    });
+  },
+});
+
+Deno.test({
   name: "accept() honours an AbortSignal and leaves nothing pending",
   permissions: perms,
   ...SANITIZE,

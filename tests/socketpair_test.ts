@@ -208,6 +208,33 @@ for (const type of MESSAGE_TYPES) {
 }
 
 Deno.test({
+  name:
+    "dgram send() waits while the send buffer is full and resumes, in order, as the peer reads",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using pair = socketpair({ type: "dgram" });
+      const [a, b] = pair;
+      const count = 200;
+      // 800 KB in all: far more than the send buffer holds unread, so the
+      // last sends must still be waiting.
+      const sends = Array.from(
+        { length: count },
+        (_, i) => a.send(pattern(4000, i)),
+      );
+      assert.equal(await stillPending(sends[count - 1], 20), true);
+      for (let i = 0; i < count; i++) {
+        const message = await withTimeout(b.recv(), 5_000, `message ${i}`);
+        assert.equal(message!.data.length, 4000);
+        assertPattern(message!.data, i);
+      }
+      await withTimeout(Promise.all(sends), 5_000, "sends");
+    });
+  },
+});
+
+Deno.test({
   name: "a larger bufferSize lets a datagram pair carry larger messages",
   permissions: perms,
   ...SANITIZE,
