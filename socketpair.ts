@@ -75,10 +75,11 @@ import {
 
 export type { ReadOptions } from "./_byte_io.ts";
 export type { Endpoint } from "./from_fd.ts";
-// The classes a received fd may become, so the docs of this entry point
-// can name every member of `Endpoint`.
-export type { PipeReader, PipeWriter } from "./pipe.ts";
-export type { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
+// Every class a received fd may become. Loading the shared-memory module
+// also teaches fromFd() its fds, so recv() rebuilds them whichever entry
+// point was imported.
+export { PipeReader, PipeWriter } from "./pipe.ts";
+export { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
 export type { FdEndpoint } from "./spawn.ts";
 export type { UnixAddress } from "./_unix_addr.ts";
 
@@ -135,7 +136,7 @@ function setIntOption(
 }
 
 /** Options for {@linkcode UnixSocket.send}. */
-export interface SendOptions {
+export interface SocketSendOptions {
   /**
    * Endpoints (or raw fds) to pass along (SCM_RIGHTS), at most 253. The
    * receiver gets its own copies; this process keeps its own unless
@@ -151,7 +152,7 @@ export interface SendOptions {
 }
 
 /** Options for {@linkcode UnixSocket.recv}. */
-export interface RecvOptions extends ReadOptions {
+export interface SocketRecvOptions extends ReadOptions {
   /**
    * The most fds accepted with one message, at most (and by default) 253. A
    * message that carries more fails with a `RangeError`, and every fd that
@@ -166,7 +167,7 @@ export interface RecvOptions extends ReadOptions {
 }
 
 /** A message received by {@linkcode UnixSocket.recv}. */
-export interface Message {
+export interface SocketMessage {
   /** The bytes. For a stream socket, whatever arrived (at most `maxBytes`). */
   data: Uint8Array<ArrayBuffer>;
   /** Endpoints that came with it, owned by the receiver. */
@@ -454,7 +455,7 @@ export class UnixSocket implements Disposable {
    * for (const end of [a, b, ...message!.fds]) end.close();
    * ```
    */
-  send(bytes: Uint8Array, options: SendOptions = {}): Promise<void> {
+  send(bytes: Uint8Array, options: SocketSendOptions = {}): Promise<void> {
     let job: SendJob;
     try {
       job = this.#prepareSend(bytes, options);
@@ -489,7 +490,7 @@ export class UnixSocket implements Disposable {
    * @param bytes The message or bytes.
    * @param options Fds to pass and whether to close them once sent.
    */
-  sendSync(bytes: Uint8Array, options: SendOptions = {}): void {
+  sendSync(bytes: Uint8Array, options: SocketSendOptions = {}): void {
     try {
       const job = this.#prepareSend(bytes, options);
       const fd = this.#fd.fd;
@@ -510,7 +511,7 @@ export class UnixSocket implements Disposable {
     }
   }
 
-  #prepareSend(bytes: Uint8Array, options: SendOptions): SendJob {
+  #prepareSend(bytes: Uint8Array, options: SocketSendOptions): SendJob {
     this.#fd.assertOpen();
     if (!(bytes instanceof Uint8Array)) {
       throw new TypeError(
@@ -656,7 +657,7 @@ export class UnixSocket implements Disposable {
    * b.close();
    * ```
    */
-  async recv(options: RecvOptions = {}): Promise<Message | null> {
+  async recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
     const maxFds = checkCount(options.maxFds, MAX_FDS, MAX_FDS, "maxFds");
     const maxBytes = checkCount(
       options.maxBytes,
@@ -684,7 +685,7 @@ export class UnixSocket implements Disposable {
    * @param options Fd and byte limits.
    * @returns The message, or `null` at end of stream.
    */
-  recvSync(options: RecvOptions = {}): Message | null {
+  recvSync(options: SocketRecvOptions = {}): SocketMessage | null {
     const maxFds = checkCount(options.maxFds, MAX_FDS, MAX_FDS, "maxFds");
     const maxBytes = checkCount(
       options.maxBytes,
@@ -703,7 +704,7 @@ export class UnixSocket implements Disposable {
     maxFds: number,
     maxBytes: number,
     wait: boolean,
-  ): Message | null | undefined {
+  ): SocketMessage | null | undefined {
     const fd = this.#fd.fd;
     if (this.#type === "stream") {
       streamScratch ??= new Uint8Array(DEFAULT_MAX_BYTES);
@@ -757,7 +758,7 @@ export class UnixSocket implements Disposable {
     }
   }
 
-  #message(data: Uint8Array<ArrayBuffer>, fds: number[]): Message {
+  #message(data: Uint8Array<ArrayBuffer>, fds: number[]): SocketMessage {
     const endpoints: Endpoint[] = [];
     for (let i = 0; i < fds.length; i++) {
       try {
