@@ -19,6 +19,7 @@ import { F, O, S, STAT } from "./ffi/layout.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 import type { UnixListener, UnixSocket } from "./socketpair.ts";
 import type { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
+import type { Receiver, Sender } from "./channel.ts";
 
 /**
  * Every endpoint class {@linkcode fromFd} can return. Sockets (by `SO_TYPE`:
@@ -32,7 +33,9 @@ export type Endpoint =
   | UnixListener
   | SharedMemory
   | ShmSender
-  | ShmReceiver;
+  | ShmReceiver
+  | Sender<unknown>
+  | Receiver<unknown>;
 
 /** What kind of file an fd refers to, by `fstat`. */
 export type FdKind = "fifo" | "socket" | "file" | "other";

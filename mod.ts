@@ -14,6 +14,10 @@
  *   domain sockets, with fd passing on every socket type
  * - {@linkcode SharedMemory}, {@linkcode shmQueue}: shared memory and a
  *   message ring in it, with wake-ups through the poller
+ * - {@linkcode channel}, {@linkcode bytesChannel}, {@linkcode ReceiverSet}:
+ *   typed channels of structured-clone values and endpoints
+ * - {@linkcode OneShotServer}, {@linkcode ChannelServer},
+ *   {@linkcode connectOneShot}: bootstrap a channel from a name
  * - {@linkcode settled}: await the poller going idle (for sanitized tests)
  *
  * @example A child writes to a pipe it inherited as fd 3
@@ -36,3 +40,5 @@ export * from "./from_fd.ts";
 export * from "./socketpair.ts";
 export * from "./shm/mod.ts";
 export { settled } from "./ffi/poller.ts";
+export * from "./channel.ts";
+export * from "./oneshot.ts";

@@ -1,0 +1,360 @@
+/**
+ * The wire of typed channels: one `SOCK_SEQPACKET` connection per sender,
+ * so every frame arrives whole or not at all (a sender killed mid-send
+ * leaves no partial frame), with fds attached to the frame they belong to.
+ *
+ * A frame starts with a 16-byte header:
+ * ```
+ * 0 type u8 | 1 version u8 (1) | 2 flags u16 (0) | 4 a u32 | 8 b u32 | 12 c u32
+ * ```
+ * - MESSAGE: a = fds of the value, b = head length, c = tree length; the
+ *   head and the blobs follow in the same packet.
+ * - MESSAGE_MEMFD: as MESSAGE, but head and blobs are in a sealed memfd
+ *   attached as the last fd (for frames above {@linkcode INLINE_MAX}).
+ * - BYTES / BYTES_MEMFD: raw bytes after the header, or in a sealed memfd.
+ * - ACK (receiver to sender): a = messages taken, returning that many
+ *   credits.
+ * - ADD_PEER: a = capacity, b = mode; one fd, a new connection that a
+ *   cloned sender holds the other end of.
+ * - HELLO (first frame of a connection to a named server): a = capacity,
+ *   b = mode.
+ *
+ * Everything here is synchronous on the JS thread and never waits:
+ * sends use `MSG_DONTWAIT`, memfd reads and writes never block.
+ *
+ * @module
+ */
+
+import { libc } from "./ffi/libc.ts";
+import { check, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import {
+  CMSGHDR,
+  cmsgLen,
+  cmsgSpace,
+  F,
+  MMAP,
+  MSG,
+  MSGHDR,
+  S,
+  SEAL,
+  SOCK,
+  STAT,
+} from "./ffi/layout.ts";
+import { addressOf, cstr, pointerOf, stableBuffer } from "./ffi/mem.ts";
+import { invalid } from "./_channel_codec.ts";
+
+/** Frame types. */
+export const FRAME = {
+  MESSAGE: 1,
+  MESSAGE_MEMFD: 2,
+  BYTES: 3,
+  BYTES_MEMFD: 4,
+  ACK: 5,
+  ADD_PEER: 6,
+  HELLO: 7,
+} as const;
+
+/** The wire version in every frame header. */
+export const VERSION = 1;
+/** Size of the frame header. */
+export const HEADER = 16;
+/** The largest packet; bigger frames travel in a memfd. */
+export const INLINE_MAX = 64 * 1024;
+/** Linux's limit on fds in one message. */
+export const MAX_FDS = 253;
+
+const SEAL_WRITE = 8;
+const ALL_SEALS = SEAL.SHRINK | SEAL.GROW | SEAL_WRITE | SEAL.SEAL;
+
+// One stable area: msghdr, iovecs, a staging area for small parts, and the
+// control buffer. Calls are synchronous on the JS thread; they never
+// overlap.
+const MAX_IOV = 64;
+const HDR_AT = 0;
+const IOV_AT = 64;
+const CONTROL_AT = IOV_AT + MAX_IOV * 16;
+const CONTROL_SIZE = cmsgSpace(MAX_FDS * 4);
+const STAGE_AT = CONTROL_AT + CONTROL_SIZE;
+const STAGE_SIZE = INLINE_MAX + 256;
+
+const area = stableBuffer(STAGE_AT + STAGE_SIZE);
+const view = new DataView(area);
+const bytes = new Uint8Array(area);
+const base = addressOf(area);
+const hdrPointer = pointerOf(area);
+const iovPointer = Deno.UnsafePointer.create(base + BigInt(IOV_AT));
+
+function setSize(at: number, value: number): void {
+  view.setUint32(at, value >>> 0, true);
+  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
+}
+
+/**
+ * Lays out `parts` as iovecs: parts of at most 256 bytes (which V8 may keep
+ * in its moving heap) are copied into the staging area, larger ones are
+ * referenced where they are. Returns the iovec count.
+ */
+function gather(parts: readonly Uint8Array[]): number {
+  let count = 0;
+  let stage = STAGE_AT;
+  let runStart = -1;
+  const pack = parts.length > MAX_IOV;
+  for (const part of parts) {
+    const n = part.byteLength;
+    if (n === 0) continue;
+    if (pack || n <= 256) {
+      if (stage + n > STAGE_AT + STAGE_SIZE) {
+        throw new RangeError("Cannot send on channel: frame too large");
+      }
+      bytes.set(part, stage);
+      if (runStart === -1) runStart = stage;
+      stage += n;
+      continue;
+    }
+    if (runStart !== -1) {
+      view.setBigUint64(IOV_AT + count * 16, base + BigInt(runStart), true);
+      setSize(IOV_AT + count * 16 + 8, stage - runStart);
+      count++;
+      runStart = -1;
+    }
+    view.setBigUint64(IOV_AT + count * 16, addressOf(part), true);
+    setSize(IOV_AT + count * 16 + 8, n);
+    count++;
+  }
+  if (runStart !== -1) {
+    view.setBigUint64(IOV_AT + count * 16, base + BigInt(runStart), true);
+    setSize(IOV_AT + count * 16 + 8, stage - runStart);
+    count++;
+  }
+  return count;
+}
+
+/**
+ * Sends one packet made of `parts` with `fds` attached.
+ *
+ * @returns `true` when sent, `false` when the socket is full.
+ * @throws The system error of any other failure (EPIPE, ...).
+ */
+export function sendFrame(
+  fd: number,
+  parts: readonly Uint8Array[],
+  fds: readonly number[],
+): boolean {
+  const iovs = gather(parts);
+  view.setBigUint64(HDR_AT + MSGHDR.name, 0n, true);
+  view.setUint32(HDR_AT + MSGHDR.namelen, 0, true);
+  view.setBigUint64(HDR_AT + MSGHDR.iov, base + BigInt(IOV_AT), true);
+  setSize(HDR_AT + MSGHDR.iovlen, iovs);
+  view.setInt32(HDR_AT + MSGHDR.flags, 0, true);
+  if (fds.length > 0) {
+    const space = cmsgSpace(fds.length * 4);
+    bytes.fill(0, CONTROL_AT, CONTROL_AT + space);
+    setSize(CONTROL_AT + CMSGHDR.len, cmsgLen(fds.length * 4));
+    view.setInt32(CONTROL_AT + CMSGHDR.level, SOCK.SOL_SOCKET, true);
+    view.setInt32(CONTROL_AT + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
+    for (let i = 0; i < fds.length; i++) {
+      view.setInt32(CONTROL_AT + CMSGHDR.size + i * 4, fds[i], true);
+    }
+    view.setBigUint64(HDR_AT + MSGHDR.control, base + BigInt(CONTROL_AT), true);
+    setSize(HDR_AT + MSGHDR.controllen, space);
+  } else {
+    view.setBigUint64(HDR_AT + MSGHDR.control, 0n, true);
+    setSize(HDR_AT + MSGHDR.controllen, 0);
+  }
+  const lib = libc();
+  for (;;) {
+    const n = Number(
+      lib.sendmsg(fd, hdrPointer, MSG.DONTWAIT | MSG.NOSIGNAL),
+    );
+    if (n >= 0) return true;
+    const code = errno();
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN) return false;
+    throw systemError("sendmsg", code);
+  }
+}
+
+/** A frame header. */
+export function header(
+  type: number,
+  a = 0,
+  b = 0,
+  c = 0,
+): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(HEADER);
+  const dv = new DataView(out.buffer);
+  out[0] = type;
+  out[1] = VERSION;
+  dv.setUint32(4, a, true);
+  dv.setUint32(8, b, true);
+  dv.setUint32(12, c, true);
+  return out;
+}
+
+/**
+ * Writes `parts` into a new memfd, straight from their buffers, and seals
+ * it against every change: the receiver can trust its size and content.
+ *
+ * @returns The memfd (CLOEXEC).
+ */
+export function writeMemfd(parts: readonly Uint8Array[]): number {
+  const lib = libc();
+  const fd = check(
+    "memfd_create",
+    lib.memfd_create(
+      cstr("conduit-channel-frame"),
+      MMAP.MFD_CLOEXEC | MMAP.MFD_ALLOW_SEALING,
+    ),
+  );
+  try {
+    let offset = 0;
+    for (const part of parts) {
+      let done = 0;
+      while (done < part.byteLength) {
+        const rest = part.subarray(done);
+        const n = positioned("pwritev2", fd, rest, offset, true);
+        done += n;
+        offset += n;
+      }
+    }
+    check("fcntl(F_ADD_SEALS)", lib.fcntl(fd, F.ADD_SEALS, ALL_SEALS));
+    return fd;
+  } catch (error) {
+    lib.close(fd);
+    throw error;
+  }
+}
+
+/**
+ * Checks that a received fd is a sealed memfd of a sane size and returns
+ * that size.
+ */
+export function memfdSize(fd: number, max: number): number {
+  const lib = libc();
+  const seals = lib.fcntl(fd, F.GET_SEALS, 0);
+  if (
+    seals === -1 || (seals & (SEAL.SHRINK | SEAL.GROW | SEAL_WRITE)) !==
+      (SEAL.SHRINK | SEAL.GROW | SEAL_WRITE)
+  ) {
+    throw invalid("a large frame must come in a sealed memfd");
+  }
+  const stat = new Uint8Array(STAT.size + 64);
+  check("fstat", lib.fstat(fd, stat));
+  const dv = new DataView(stat.buffer);
+  if ((dv.getUint32(STAT.mode, true) & S.IFMT) !== S.IFREG) {
+    throw invalid("a large frame must come in a memfd");
+  }
+  const size = Number(dv.getBigInt64(STAT.fsize, true));
+  if (size < 0 || size > max) {
+    throw invalid(`frame of ${size} bytes exceeds the limit of ${max}`);
+  }
+  return size;
+}
+
+/** Reads exactly `into.byteLength` bytes at `offset` of a memfd. */
+export function preadAll(fd: number, into: Uint8Array, offset: number): void {
+  let done = 0;
+  while (done < into.byteLength) {
+    const n = positioned(
+      "preadv2",
+      fd,
+      into.subarray(done),
+      offset + done,
+      false,
+    );
+    if (n === 0) throw invalid("memfd shorter than its frame says");
+    done += n;
+  }
+}
+
+/**
+ * One `pwritev2`/`preadv2` at `offset` (flags 0: a memfd never blocks).
+ * Views of at most 256 bytes go through the staging area.
+ */
+function positioned(
+  name: string,
+  fd: number,
+  part: Uint8Array,
+  offset: number,
+  write: boolean,
+): number {
+  const n = Math.min(part.byteLength, 1 << 30);
+  const small = n <= 256;
+  if (small && write) bytes.set(part.subarray(0, n), STAGE_AT);
+  view.setBigUint64(
+    IOV_AT,
+    small ? base + BigInt(STAGE_AT) : addressOf(part),
+    true,
+  );
+  setSize(IOV_AT + 8, n);
+  const lib = libc();
+  for (;;) {
+    const result = Number(
+      write
+        ? lib.pwritev2(fd, iovPointer, 1, BigInt(offset), 0)
+        : lib.preadv2(fd, iovPointer, 1, BigInt(offset), 0),
+    );
+    if (result >= 0) {
+      if (small && !write) {
+        part.set(bytes.subarray(STAGE_AT, STAGE_AT + result));
+      }
+      return result;
+    }
+    const code = errno();
+    if (code !== ERRNO.EINTR) {
+      throw systemError(name, code, "channel frame memfd");
+    }
+  }
+}
+
+/**
+ * Marks a socket as a channel end by binding it to an abstract name, so
+ * that `fromFd()` in another process can tell it from a plain socket:
+ * `conduit-ch/<role>/<mode>/<capacity>/<random>`.
+ */
+export function markSocket(
+  fd: number,
+  role: "s" | "r",
+  mode: number,
+  capacity: number,
+): void {
+  const random = crypto.getRandomValues(new Uint8Array(12));
+  const hex = Array.from(random, (b) => b.toString(16).padStart(2, "0")).join(
+    "",
+  );
+  const name = new TextEncoder().encode(
+    `conduit-ch/${role}/${mode}/${capacity}/${hex}`,
+  );
+  const addr = new Uint8Array(110);
+  new DataView(addr.buffer).setUint16(0, SOCK.AF_UNIX, true);
+  addr.set(name, 3);
+  check("bind", libc().bind(fd, addr, 3 + name.byteLength));
+}
+
+/** Reads a channel end's mark, or `null` when the socket has none. */
+export function readMark(
+  abstract: string | undefined,
+): { role: "s" | "r"; mode: number; capacity: number } | null {
+  if (abstract === undefined) return null;
+  const match = /^conduit-ch\/([sr])\/(\d)\/(\d{1,9})\/[0-9a-f]{24}$/.exec(
+    abstract,
+  );
+  if (match === null) return null;
+  const capacity = Number(match[3]);
+  if (capacity < 1) return null;
+  return {
+    role: match[1] as "s" | "r",
+    mode: Number(match[2]),
+    capacity,
+  };
+}
+
+/** A seqpacket socket pair, CLOEXEC and blocking at the description. */
+export function seqpacketPair(): [number, number] {
+  const fds = new Int32Array(2);
+  check(
+    "socketpair",
+    libc().socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, fds),
+  );
+  return [fds[0], fds[1]];
+}

@@ -1,0 +1,397 @@
+/**
+ * Bootstrapping a channel with a process that has nothing but a name:
+ * {@linkcode OneShotServer} (one client, like ipc-channel's
+ * `IpcOneShotServer`) and {@linkcode ChannelServer} (any number of
+ * clients), both reached with {@linkcode connectOneShot}.
+ *
+ * A server listens on a random 128-bit name in Linux's abstract socket
+ * namespace: no file is created, and the name is gone when the server
+ * closes. Abstract sockets have no permissions, so the server checks each
+ * connection's `SO_PEERCRED` and drops those of other users.
+ *
+ * @example A child sends the first message
+ * ```ts ignore
+ * import { OneShotServer, spawn } from "@conduit/ipc";
+ *
+ * const server = new OneShotServer<string>();
+ * const child = spawn(Deno.execPath(), {
+ *   args: ["run", "--allow-ffi", "child.ts", server.name],
+ * });
+ * const [rx, first] = await server.accept({ timeout: 5000 });
+ * console.log(first);
+ * rx.close();
+ * await child.status;
+ * // child.ts:
+ * // const tx = await connectOneShot<string>(Deno.args[0]);
+ * // await tx.send("hello");
+ * ```
+ *
+ * @module
+ */
+
+import { libc } from "./ffi/libc.ts";
+import { FRAME, header, sendFrame } from "./_channel_wire.ts";
+import {
+  _MODE,
+  _receiverFromFd,
+  _senderFromFd,
+  type ChannelOptions,
+  type Receiver,
+  type Sender,
+} from "./channel.ts";
+import { connect, listen, type UnixListener } from "./socketpair.ts";
+
+const PREFIX = "conduit-oneshot/";
+
+/** Options for {@linkcode OneShotServer.accept} and {@linkcode ChannelServer.accept}. */
+export interface ServerAcceptOptions {
+  /** Aborting it rejects the pending accept with the signal's reason. */
+  signal?: AbortSignal;
+  /**
+   * Milliseconds to wait before rejecting with `Deno.errors.TimedOut`.
+   * Default: no limit.
+   */
+  timeout?: number;
+}
+
+/** Options for {@linkcode connectOneShot}. */
+export interface ConnectOneShotOptions extends ChannelOptions {
+  /** `true` for a bytes channel (`Uint8Array` messages, no serialization). */
+  bytes?: boolean;
+  /** Aborting it gives up while the server's queue is full. */
+  signal?: AbortSignal;
+}
+
+/** Options for the servers. */
+export interface ServerOptions {
+  /**
+   * Decides whether a connecting user may stay connected. Default: only
+   * this process's own user (`getuid()`).
+   */
+  allowUid?: (uid: number) => boolean;
+}
+
+function randomName(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return PREFIX +
+    Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A deadline and abort signal combined, cleared by `done()`. */
+function limits(
+  options: ServerAcceptOptions,
+  doing: string,
+): { signal: AbortSignal; done(): void } {
+  const { timeout } = options;
+  if (
+    timeout !== undefined &&
+    (typeof timeout !== "number" || !(timeout >= 0))
+  ) {
+    throw new RangeError(
+      `Cannot ${doing}: timeout must be a non-negative number of milliseconds, got ${timeout}`,
+    );
+  }
+  const controller = new AbortController();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  if (timeout !== undefined) {
+    timer = setTimeout(() => {
+      controller.abort(
+        new Deno.errors.TimedOut(
+          `Cannot ${doing}: no client connected within ${timeout} ms`,
+        ),
+      );
+    }, timeout);
+  }
+  const signal = options.signal === undefined
+    ? controller.signal
+    : AbortSignal.any([controller.signal, options.signal]);
+  return {
+    signal,
+    done() {
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * Accepts connections until one of a user that `allowUid` lets in,
+ * dropping the others, and returns it as a receiver. The client's hello
+ * (its capacity) is its first frame; the receiver takes it before any
+ * message.
+ */
+async function acceptClient<T>(
+  listener: UnixListener,
+  signal: AbortSignal,
+  allowUid: (uid: number) => boolean,
+): Promise<Receiver<T>> {
+  for (;;) {
+    const conn = await listener.accept({ signal });
+    try {
+      if (!allowUid(conn.peerCredentials().uid)) {
+        conn.close();
+        continue;
+      }
+    } catch (error) {
+      conn.close();
+      throw error;
+    }
+    return _receiverFromFd<T>(conn._release(), 1);
+  }
+}
+
+function sameUser(): (uid: number) => boolean {
+  const me = libc().getuid();
+  return (uid) => uid === me;
+}
+
+/**
+ * A server for exactly one client, like ipc-channel's `IpcOneShotServer`:
+ * give its {@linkcode name} to another process (an argument, an
+ * environment variable), which calls {@linkcode connectOneShot} and sends;
+ * {@linkcode accept} returns the receiver and the first message.
+ *
+ * The server is used up by `accept()`, whatever its outcome: it stops
+ * listening and its name is free again.
+ *
+ * @typeParam T The message type.
+ *
+ * @example Within one process
+ * ```ts
+ * import { connectOneShot, OneShotServer } from "@conduit/ipc/oneshot";
+ *
+ * const server = new OneShotServer<string>();
+ * const accepting = server.accept({ timeout: 5000 });
+ * const tx = await connectOneShot<string>(server.name);
+ * await tx.send("hello");
+ * const [rx, first] = await accepting;
+ * console.log(first); // "hello"
+ * tx.close();
+ * rx.close();
+ * ```
+ */
+export class OneShotServer<T> implements Disposable {
+  #listener: UnixListener;
+  #name: string;
+  #allow: (uid: number) => boolean;
+
+  /**
+   * Starts listening on a fresh random name.
+   *
+   * @param options Who may connect (default: this user only).
+   */
+  constructor(options: ServerOptions = {}) {
+    this.#name = randomName();
+    this.#listener = listen({ abstract: this.#name, type: "seqpacket" });
+    this.#allow = options.allowUid ?? sameUser();
+  }
+
+  /** The name to pass to {@linkcode connectOneShot}: unguessable. */
+  get name(): string {
+    return this.#name;
+  }
+
+  /**
+   * Waits for the client and its first message. Connections of other
+   * users are dropped and waiting goes on.
+   *
+   * @param options An abort signal and a timeout in milliseconds.
+   * @returns The receiver and the first message.
+   * @throws {Deno.errors.TimedOut} When `timeout` passes first.
+   * @throws The signal's reason when it is aborted.
+   * @throws {Deno.errors.BadResource} When the server was already used.
+   */
+  async accept(
+    options: ServerAcceptOptions = {},
+  ): Promise<[Receiver<T>, T]> {
+    const listener = this.#listener;
+    let done = () => {};
+    try {
+      let signal: AbortSignal;
+      ({ signal, done } = limits(options, "accept on OneShotServer"));
+      signal.throwIfAborted();
+      const rx = await acceptClient<T>(listener, signal, this.#allow);
+      listener.close();
+      try {
+        const first = await rx.recv({ signal });
+        return [rx, first];
+      } catch (error) {
+        rx.close();
+        throw error;
+      }
+    } finally {
+      done();
+      listener.close();
+    }
+  }
+
+  /** Stops listening. Idempotent. */
+  close(): void {
+    this.#listener.close();
+  }
+
+  /** Stops listening. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * A named server for any number of clients: each {@linkcode accept} (or
+ * each step of `for await`) returns the receiver of one more client that
+ * called {@linkcode connectOneShot} with its {@linkcode name}. Connections
+ * of other users are dropped.
+ *
+ * @typeParam T The message type.
+ *
+ * @example Serve clients until closed
+ * ```ts
+ * import { ChannelServer, connectOneShot } from "@conduit/ipc/oneshot";
+ *
+ * using server = new ChannelServer<number>();
+ * const clients = [1, 2, 3].map(async (n) => {
+ *   const tx = await connectOneShot<number>(server.name);
+ *   await tx.send(n);
+ *   tx.close();
+ * });
+ * let sum = 0;
+ * for (let i = 0; i < 3; i++) {
+ *   using rx = await server.accept({ timeout: 5000 });
+ *   for await (const n of rx) sum += n;
+ * }
+ * await Promise.all(clients);
+ * console.log(sum); // 6
+ * ```
+ */
+export class ChannelServer<T>
+  implements Disposable, AsyncIterable<Receiver<T>> {
+  #listener: UnixListener;
+  #name: string;
+  #allow: (uid: number) => boolean;
+
+  /**
+   * Starts listening on a fresh random name.
+   *
+   * @param options Who may connect (default: this user only).
+   */
+  constructor(options: ServerOptions = {}) {
+    this.#name = randomName();
+    this.#listener = listen({ abstract: this.#name, type: "seqpacket" });
+    this.#allow = options.allowUid ?? sameUser();
+  }
+
+  /** The name to pass to {@linkcode connectOneShot}: unguessable. */
+  get name(): string {
+    return this.#name;
+  }
+
+  /** Whether {@linkcode close} was called. */
+  get closed(): boolean {
+    return this.#listener.closed;
+  }
+
+  /**
+   * Waits for the next client.
+   *
+   * @param options An abort signal and a timeout in milliseconds.
+   * @returns The receiver of that client's channel.
+   * @throws {Deno.errors.TimedOut} When `timeout` passes first.
+   */
+  async accept(options: ServerAcceptOptions = {}): Promise<Receiver<T>> {
+    const { signal, done } = limits(options, "accept on ChannelServer");
+    try {
+      signal.throwIfAborted();
+      return await acceptClient<T>(this.#listener, signal, this.#allow);
+    } finally {
+      done();
+    }
+  }
+
+  /** Yields each client's receiver until the server is closed. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Receiver<T>> {
+    for (;;) {
+      let rx: Receiver<T>;
+      try {
+        rx = await this.accept();
+      } catch (error) {
+        if (this.#listener.closed) return;
+        throw error;
+      }
+      yield rx;
+    }
+  }
+
+  /** Lets a pending accept keep the process alive (the default). */
+  ref(): void {
+    this.#listener.ref();
+  }
+
+  /** Lets the process exit while an accept is pending. */
+  unref(): void {
+    this.#listener.unref();
+  }
+
+  /** Stops listening; a pending accept rejects. Idempotent. */
+  close(): void {
+    this.#listener.close();
+  }
+
+  /** Stops listening. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * Connects to a {@linkcode OneShotServer} or {@linkcode ChannelServer} by
+ * name and returns a sender of a new channel whose receiver the server
+ * gets.
+ *
+ * @typeParam T The message type.
+ * @param name The server's name.
+ * @param options The sender's capacity, bytes mode, an abort signal.
+ * @returns The sender.
+ * @throws {Deno.errors.ConnectionRefused} When no server has that name.
+ *
+ * @example In a child given the server's name
+ * ```ts ignore
+ * import { connectOneShot } from "@conduit/ipc/oneshot";
+ *
+ * const tx = await connectOneShot<string>(Deno.args[0]);
+ * await tx.send("hello from the child");
+ * tx.close();
+ * ```
+ */
+export async function connectOneShot<T>(
+  name: string,
+  options: ConnectOneShotOptions = {},
+): Promise<Sender<T>> {
+  if (typeof name !== "string" || !name.startsWith(PREFIX)) {
+    throw new TypeError(
+      `Cannot connect to server: ${JSON.stringify(name)} is not a server name`,
+    );
+  }
+  const capacity = options.capacity ?? 64;
+  if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1_000_000) {
+    throw new RangeError(
+      `Cannot connect to server: capacity must be an integer from 1 to 1000000, got ${capacity}`,
+    );
+  }
+  const mode = options.bytes ? _MODE.BYTES : _MODE.VALUE;
+  const socket = await connect({
+    abstract: name,
+    type: "seqpacket",
+    signal: options.signal,
+  });
+  try {
+    // The hello is the connection's first packet; a fresh socket has room.
+    if (!sendFrame(socket.rawFd, [header(FRAME.HELLO, capacity, mode)], [])) {
+      throw new Deno.errors.WouldBlock(
+        "Cannot connect to server: the new connection is full",
+      );
+    }
+  } catch (error) {
+    socket.close();
+    throw error;
+  }
+  return _senderFromFd<T>(socket._release(), capacity, mode);
+}

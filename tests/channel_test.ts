@@ -1,0 +1,601 @@
+import assert from "node:assert/strict";
+import {
+  bytesChannel,
+  channel,
+  ChannelClosedError,
+  fromFd,
+  OneShotServer,
+  pipe,
+  Receiver,
+  ReceiverSet,
+  Sender,
+  SharedMemory,
+  socketpair,
+  spawn,
+  type UnixSocket,
+} from "../mod.ts";
+import { _receiverFromFd } from "../channel.ts";
+import { FRAME, header } from "../_channel_wire.ts";
+import { libc } from "../ffi/libc.ts";
+import { cstr } from "../ffi/mem.ts";
+import { MMAP } from "../ffi/layout.ts";
+import { everyKind } from "./fixtures/_channel_values.ts";
+import {
+  assertNoFdLeak,
+  DENO,
+  fixture,
+  SANITIZE,
+  stillPending,
+  withTimeout,
+  zombieChildren,
+} from "./_util.ts";
+
+const CHILD = fixture("channel_child.ts");
+const local = { ...SANITIZE, permissions: { ffi: true } } as const;
+const procs = {
+  ...SANITIZE,
+  permissions: { ffi: true, run: true, read: true },
+} as const;
+
+function child(mode: string, ...args: string[]) {
+  return spawn(DENO, {
+    args: ["run", "--allow-ffi", CHILD, mode, ...args],
+    stdin: "null",
+  });
+}
+
+async function exited(
+  proc: ReturnType<typeof spawn>,
+  what: string,
+): Promise<void> {
+  const status = await withTimeout(proc.status, 20_000, what);
+  assert.deepEqual(status, { success: true, code: 0, signal: null }, what);
+}
+
+Deno.test({
+  name: "channel() round-trips every structured-clone kind in one process",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<Record<string, unknown>>();
+      const [tx, rx] = ch;
+      const value = everyKind();
+      await tx.send(value);
+      const got = await withTimeout(rx.recv(), 5000, "recv");
+      assert.deepStrictEqual(got, value);
+      assert.equal(got.shared1, got.shared2);
+      assert.equal((got.cycle as { self: unknown }).self, got.cycle);
+      assert.ok(Object.is(got.negZero, -0));
+      assert.ok(got.error instanceof TypeError);
+      assert.deepEqual((got.error as Error).cause, { code: 7 });
+      // Views of one buffer still share it on arrival.
+      assert.equal((got.dataView as DataView).buffer, got.arrayBuffer);
+    });
+  },
+});
+
+Deno.test({
+  name: "channel() refuses values that cannot be cloned, and sends nothing",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<unknown>();
+      const [tx, rx] = ch;
+      for (
+        const bad of [() => 1, Symbol("s"), new WeakMap(), {
+          p: Promise.resolve(),
+        }]
+      ) {
+        await assert.rejects(
+          tx.send(bad),
+          (e: unknown) =>
+            e instanceof DOMException && e.name === "DataCloneError",
+        );
+      }
+      const deep: Record<string, unknown> = {};
+      let at = deep;
+      for (let i = 0; i < 2000; i++) {
+        at = (at.next = {}) as Record<string, unknown>;
+      }
+      await assert.rejects(tx.send(deep), RangeError);
+      assert.equal(rx.tryRecv(), undefined);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "typed arrays travel beside the header; a subarray arrives without the rest of its buffer",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<{ part: Uint8Array; whole: Float64Array }>();
+      const [tx, rx] = ch;
+      const backing = new Uint8Array(1 << 20).map((_, i) => i & 0xff);
+      await tx.send({
+        part: backing.subarray(1000, 1010),
+        whole: new Float64Array([1, 2, 3]),
+      });
+      const got = await rx.recv();
+      assert.deepEqual([...got.part], [...backing.subarray(1000, 1010)]);
+      assert.ok(got.part.buffer.byteLength < 64);
+      assert.deepEqual([...got.whole], [1, 2, 3]);
+    });
+  },
+});
+
+Deno.test({
+  name: "bytesChannel() carries Uint8Array messages whole, small and large",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = bytesChannel();
+      const [tx, rx] = ch;
+      const sizes = [0, 1, 64, 65_000, 65_536, 3 << 20];
+      for (const size of sizes) {
+        await tx.send(new Uint8Array(size).fill(size & 0xff));
+      }
+      for (const size of sizes) {
+        const got = await withTimeout(rx.recv(), 5000, `recv ${size}`);
+        assert.equal(got.byteLength, size);
+        assert.ok(got.every((b) => b === (size & 0xff)));
+      }
+      await assert.rejects(
+        tx.send("text" as unknown as Uint8Array),
+        TypeError,
+      );
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "send() waits when capacity messages are unacknowledged and resumes as the receiver drains",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<number>({ capacity: 4 });
+      const [tx, rx] = ch;
+      for (let i = 0; i < 4; i++) await tx.send(i);
+      const fifth = tx.send(4);
+      assert.ok(await stillPending(fifth, 50), "the fifth send waits");
+      assert.equal(await rx.recv(), 0);
+      await withTimeout(fifth, 2000, "fifth send after one recv");
+      const more = [tx.send(5), tx.send(6)];
+      assert.ok(await stillPending(more[0], 30));
+      const got: number[] = [];
+      for (let i = 0; i < 6; i++) got.push(await rx.recv());
+      await withTimeout(Promise.all(more), 2000, "sends after drain");
+      assert.deepEqual(got, [1, 2, 3, 4, 5, 6]);
+
+      // Larger capacities acknowledge in batches of a quarter.
+      using big = channel<number>({ capacity: 8 });
+      const [btx, brx] = big;
+      for (let i = 0; i < 8; i++) await btx.send(i);
+      const ninth = btx.send(8);
+      await brx.recv();
+      assert.ok(await stillPending(ninth, 30), "one taken: no ack yet");
+      await brx.recv();
+      await withTimeout(ninth, 2000, "ninth send after two recvs");
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "recv() throws ChannelClosedError once every sender clone is closed, after the last message",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<string>();
+      const tx2 = tx.clone();
+      const tx3 = tx2.clone();
+      await tx.send("a");
+      tx.close();
+      tx.close();
+      await tx3.send("c");
+      tx3.close();
+      assert.deepEqual(
+        [await rx.recv(), await rx.recv()].sort(),
+        ["a", "c"],
+      );
+      assert.equal(rx.tryRecv(), undefined, "tx2 still open");
+      const pending = rx.recv();
+      assert.ok(await stillPending(pending, 30));
+      tx2.close();
+      await assert.rejects(
+        withTimeout(pending, 2000, "recv after last close"),
+        ChannelClosedError,
+      );
+      assert.throws(() => rx.tryRecv(), ChannelClosedError);
+      assert.throws(() => tx.rawFd, /Cannot use Sender: it is closed/);
+      await assert.rejects(tx.send("x"), Deno.errors.BadResource);
+      rx.close();
+      await assert.rejects(rx.recv(), /Cannot use Receiver: it is closed/);
+    });
+  },
+});
+
+Deno.test({
+  name: "send() throws ChannelClosedError once the receiver is closed",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<number>({ capacity: 1 });
+      await tx.send(1);
+      const waiting = tx.send(2);
+      rx.close();
+      await assert.rejects(
+        withTimeout(waiting, 2000, "waiting send"),
+        ChannelClosedError,
+      );
+      await assert.rejects(tx.send(3), /the receiver is closed/);
+      tx.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "tryRecv(), async iteration and readable take messages in order",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<number>();
+      assert.equal(rx.tryRecv(), undefined);
+      await tx.send(1);
+      assert.equal(rx.tryRecv(), 1);
+      for (let i = 2; i <= 4; i++) await tx.send(i);
+      const seen: number[] = [];
+      for await (const n of rx) {
+        seen.push(n);
+        if (n === 4) break;
+      }
+      assert.deepEqual(seen, [2, 3, 4]);
+      const reading = Array.fromAsync(rx.readable);
+      for (let i = 5; i <= 7; i++) await tx.send(i);
+      tx.close();
+      assert.deepEqual(
+        await withTimeout(reading, 2000, "readable"),
+        [5, 6, 7],
+      );
+      rx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "ReceiverSet.select() returns messages of several receivers and reports each close once",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using set = new ReceiverSet<string>();
+      const senders: Sender<string>[] = [];
+      const ids: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const [tx, rx] = channel<string>();
+        senders.push(tx);
+        ids.push(set.add(rx));
+      }
+      await senders[1].send("one");
+      assert.deepEqual(await set.select(), { id: ids[1], value: "one" });
+      const waiting = set.select();
+      assert.ok(await stillPending(waiting, 30));
+      await senders[2].send("two");
+      assert.deepEqual(await withTimeout(waiting, 2000, "select"), {
+        id: ids[2],
+        value: "two",
+      });
+      senders[0].close();
+      assert.deepEqual(await set.select(), { id: ids[0], closed: true });
+      await senders[2].send("last");
+      senders[2].close();
+      senders[1].close();
+      const rest = [await set.select(), await set.select(), await set.select()];
+      assert.deepEqual(
+        rest.map((r) => JSON.stringify(r)).sort(),
+        [
+          { id: ids[1], closed: true },
+          { id: ids[2], closed: true },
+          { id: ids[2], value: "last" },
+        ].map((r) => JSON.stringify(r)).sort(),
+      );
+      assert.equal(set.size, 0);
+      await assert.rejects(set.select(), ChannelClosedError);
+      const aborted = new AbortController();
+      const [tx, rx] = channel<string>();
+      set.add(rx);
+      const pending = set.select({ signal: aborted.signal });
+      aborted.abort(new Error("stop"));
+      await assert.rejects(pending, /stop/);
+      tx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "endpoints inside a message arrive live; sent Receivers move and transferred endpoints close",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<Record<string, unknown>>();
+      const [tx, rx] = ch;
+      const { reader, writer } = pipe();
+      const [inner, innerRx] = channel<string>();
+      const [sa, sb] = socketpair({ type: "seqpacket" });
+      await tx.send({ writer, inner, innerRx, sa }, { transfer: [writer] });
+      assert.ok(writer.closed, "transferred");
+      assert.ok(innerRx.closed, "receivers move");
+      assert.ok(!inner.closed && !sa.closed, "others are copies");
+      const got = await rx.recv();
+      assert.ok(got.writer instanceof Object && !(got.writer === writer));
+      await (got.writer as typeof writer).write(new Uint8Array([7]));
+      const buf = new Uint8Array(4);
+      assert.equal(await reader.read(buf), 1);
+      await (got.inner as Sender<string>).send("via copy");
+      await inner.send("via original");
+      const moved = got.innerRx as Receiver<string>;
+      assert.deepEqual(
+        [await moved.recv(), await moved.recv()].sort(),
+        ["via copy", "via original"],
+      );
+      await (got.sa as UnixSocket).send(new Uint8Array([1]));
+      assert.equal((await sb.recv())!.data[0], 1);
+      for (
+        const e of [
+          reader,
+          inner,
+          sa,
+          sb,
+          moved,
+          got.writer,
+          got.inner,
+          got.sa,
+        ] as { close(): void }[]
+      ) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "fromFd() rebuilds channel ends handed over as raw fds",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<string>({ capacity: 3 });
+      const [a, b] = socketpair({ type: "dgram" });
+      const spare = tx.clone();
+      await a.send(new Uint8Array([1]), { fds: [spare], closeSent: true });
+      const [end] = (await b.recv())!.fds;
+      assert.ok(end instanceof Sender);
+      assert.equal((end as Sender<string>).capacity, 3);
+      await (end as Sender<string>).send("raw");
+      assert.equal(await rx.recv(), "raw");
+      const rawRx = fromFd(libc().fcntl(rx.rawFd, 1030, 3));
+      assert.ok(rawRx instanceof Receiver);
+      for (const e of [tx, rx, a, b, end, rawRx]) e.close();
+    });
+  },
+});
+
+function rawPair(): [UnixSocket, Receiver<unknown>] {
+  const [peer, mine] = socketpair({ type: "seqpacket" });
+  return [peer, _receiverFromFd<unknown>(mine._release(), 4)];
+}
+
+function frame(type: number, a: number, body: number[], tree?: number) {
+  const head = header(type, a, body.length, tree ?? body.length);
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head);
+  out.set(body, head.length);
+  return out;
+}
+
+Deno.test({
+  name:
+    "malformed frames fail the receive with InvalidData, close their fds and drop that sender",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const deep = [...Array(1500).fill(8).flatMap((t) => [t, 1]), 1];
+      const cases: [string, Uint8Array, boolean?][] = [
+        ["unknown tag", frame(FRAME.MESSAGE, 0, [99, 0])],
+        ["truncated header", new Uint8Array([1, 1, 0])],
+        [
+          "bad version",
+          (() => {
+            const f = frame(FRAME.MESSAGE, 0, [1, 0]);
+            f[1] = 9;
+            return f;
+          })(),
+        ],
+        ["fd count mismatch", frame(FRAME.MESSAGE, 0, [1, 0]), true],
+        ["string past the end", frame(FRAME.MESSAGE, 0, [7, 100, 65, 0], 3)],
+        ["huge array count", frame(FRAME.MESSAGE, 0, [8, 0xff, 0xff, 0x7f, 0])],
+        ["nesting too deep", frame(FRAME.MESSAGE, 0, [...deep, 0])],
+        ["reference ahead", frame(FRAME.MESSAGE, 0, [17, 5, 0])],
+        ["endpoint without fd", frame(FRAME.MESSAGE, 0, [18, 1, 0, 0])],
+        ["blob table lies", frame(FRAME.MESSAGE, 0, [14, 0, 1, 0, 50], 2)],
+        ["unknown frame type", frame(42, 0, [1, 0])],
+        ["memfd frame without memfd", frame(FRAME.MESSAGE_MEMFD, 0, [])],
+      ];
+      for (const [what, bytes, withFd] of cases) {
+        const [peer, rx] = rawPair();
+        const { reader, writer } = pipe();
+        await peer.send(bytes, withFd ? { fds: [reader] } : {});
+        await assert.rejects(
+          withTimeout(rx.recv(), 2000, what),
+          Deno.errors.InvalidData,
+          what,
+        );
+        await assert.rejects(rx.recv(), ChannelClosedError, `${what}: dropped`);
+        await assert.rejects(
+          peer.send(new Uint8Array([1])),
+          Deno.errors.BrokenPipe,
+          `${what}: the peer sees the drop`,
+        );
+        for (const e of [peer, rx, reader, writer]) e.close();
+      }
+
+      // A large frame must come in a sealed memfd, not any file.
+      const [peer, rx] = rawPair();
+      const fd = libc().memfd_create(cstr("unsealed"), MMAP.MFD_CLOEXEC);
+      await peer.send(frame(FRAME.BYTES_MEMFD, 0, []), { fds: [fd] });
+      libc().close(fd);
+      await assert.rejects(rx.recv(), /sealed memfd/);
+      peer.close();
+      rx.close();
+
+      // A well-formed frame from the same raw peer is accepted.
+      const [good, grx] = rawPair();
+      await good.send(frame(FRAME.MESSAGE, 0, [7, 2, 104, 105, 0], 4));
+      assert.equal(await grx.recv(), "hi");
+      good.close();
+      grx.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "values of every kind cross to a child Deno process intact",
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const server = new OneShotServer<unknown>();
+      await using proc = child("values", server.name);
+      const [rx, got] = await server.accept({ timeout: 15_000 });
+      assert.deepStrictEqual(got, everyKind());
+      assert.equal(
+        await rx.recv({ signal: AbortSignal.timeout(10_000) }),
+        "done",
+      );
+      await assert.rejects(rx.recv(), ChannelClosedError);
+      rx.close();
+      await exited(proc, "values child");
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+Deno.test({
+  name:
+    "pipe ends, senders, receivers and shared memory sent to a child work there",
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const server = new OneShotServer<{ toChild: Sender<unknown> }>();
+      await using proc = child("endpoints", server.name);
+      const [boot, { toChild }] = await server.accept({ timeout: 15_000 });
+      boot.close();
+      const { reader, writer } = pipe();
+      const [reply, replies] = channel<Record<string, unknown>>();
+      const [inboxTx, inbox] = channel<string>();
+      const memory = SharedMemory.create(4096);
+      new Uint8Array(memory.buffer).set(
+        new TextEncoder().encode("hello child"),
+      );
+      await toChild.send(
+        { pipe: writer, reply, inbox, memory },
+        { transfer: [writer, reply, memory] },
+      );
+      toChild.close();
+      await inboxTx.send("sent after the move");
+      const text = await withTimeout(
+        new Response(reader.readable).text(),
+        10_000,
+        "pipe",
+      );
+      assert.equal(text, "written by the child");
+      const first = await replies.recv({ signal: AbortSignal.timeout(10_000) });
+      assert.deepEqual(first, {
+        kinds: ["PipeWriter", "Sender", "Receiver", "SharedMemory"],
+        shmText: "hello child",
+        moved: "sent after the move",
+        pid: proc.pid,
+      });
+      inboxTx.close();
+      assert.deepEqual(
+        await replies.recv({ signal: AbortSignal.timeout(10_000) }),
+        { inboxEnded: true },
+      );
+      await assert.rejects(replies.recv(), ChannelClosedError);
+      replies.close();
+      reader.close();
+      await exited(proc, "endpoints child");
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+Deno.test({
+  name: "64 MiB messages from a child arrive whole, as a value and as bytes",
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const values = new OneShotServer<{ label: string; data: Uint8Array }>();
+      const bytes = new OneShotServer<Uint8Array>();
+      await using proc = child("big", values.name, bytes.name);
+      const [rx, got] = await values.accept({ timeout: 30_000 });
+      const [brx, raw] = await bytes.accept({ timeout: 30_000 });
+      for (const data of [got.data, raw]) {
+        assert.equal(data.byteLength, 64 << 20);
+        const words = new Uint32Array(data.buffer, data.byteOffset, 16 << 20);
+        let wrong = -1;
+        for (let i = 0; i < words.length; i++) {
+          if (words[i] !== ((i * 2654435761) >>> 0)) {
+            wrong = i;
+            break;
+          }
+        }
+        assert.equal(wrong, -1, "every word as sent");
+      }
+      assert.equal(got.label, "64 MiB");
+      rx.close();
+      brx.close();
+      await exited(proc, "big child");
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+Deno.test({
+  name:
+    "a sender killed with SIGKILL mid-message leaves whole messages, then ChannelClosedError",
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const server = new OneShotServer<{ i: number; data: Uint8Array }>();
+      await using proc = child("flood", server.name);
+      const [rx, first] = await server.accept({ timeout: 15_000 });
+      const check = (m: { i: number; data: Uint8Array }) => {
+        assert.equal(m.data.byteLength, m.i % 2 === 0 ? 8 << 20 : 40 << 10);
+        assert.ok(m.data.every((b) => b === (m.i & 0xff)), `message ${m.i}`);
+      };
+      check(first);
+      let next = 1;
+      for (; next < 4; next++) {
+        const m = await rx.recv({ signal: AbortSignal.timeout(10_000) });
+        assert.equal(m.i, next);
+        check(m);
+      }
+      // The child is writing its next messages now.
+      proc.kill("SIGKILL");
+      const status = await withTimeout(proc.status, 10_000, "killed child");
+      assert.equal(status.signal, "SIGKILL");
+      let closed = false;
+      while (!closed) {
+        try {
+          const m = await withTimeout(rx.recv(), 10_000, "drain");
+          assert.equal(m.i, next++);
+          check(m);
+        } catch (error) {
+          assert.ok(error instanceof ChannelClosedError, String(error));
+          closed = true;
+        }
+      }
+      rx.close();
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});

@@ -1,0 +1,297 @@
+import assert from "node:assert/strict";
+import {
+  ChannelClosedError,
+  ChannelServer,
+  connectOneShot,
+  OneShotServer,
+  type Receiver,
+  ReceiverSet,
+  spawn,
+} from "../mod.ts";
+import { libc } from "../ffi/libc.ts";
+import {
+  assertNoFdLeak,
+  DENO,
+  fixture,
+  listDir,
+  readProcText,
+  runDeno,
+  SANITIZE,
+  stillPending,
+  withTimeout,
+  zombieChildren,
+} from "./_util.ts";
+
+const CHILD = fixture("channel_child.ts");
+const EXAMPLE = new URL("../examples/ipc_channel.ts", import.meta.url).pathname;
+const local = { ...SANITIZE, permissions: { ffi: true } } as const;
+const procs = {
+  ...SANITIZE,
+  permissions: { ffi: true, run: true, read: true },
+} as const;
+
+Deno.test({
+  name:
+    "OneShotServer.accept() returns the receiver and the first message, and the name leaves no file",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const server = new OneShotServer<{ n: number }>();
+      assert.match(server.name, /^conduit-oneshot\/[0-9a-f]{32}$/);
+      using other = new OneShotServer();
+      assert.notEqual(server.name, other.name);
+      const listed = () => readProcText("/proc/net/unix") ?? "";
+      assert.ok(listed().includes(`@${server.name}`), "listening");
+      const accepting = server.accept({ timeout: 5000 });
+      const tx = await connectOneShot<{ n: number }>(server.name);
+      await tx.send({ n: 1 });
+      await tx.send({ n: 2 });
+      const [rx, first] = await accepting;
+      assert.deepEqual(first, { n: 1 });
+      assert.deepEqual(await rx.recv(), { n: 2 });
+      tx.close();
+      await assert.rejects(rx.recv(), ChannelClosedError);
+      rx.close();
+      // Used up: the name is free, nothing listens, no file anywhere.
+      assert.ok(!listed().includes(`@${server.name}`), "not listening");
+      await assert.rejects(
+        connectOneShot(server.name),
+        Deno.errors.ConnectionRefused,
+      );
+      await assert.rejects(server.accept(), Deno.errors.BadResource);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "OneShotServer.accept() honours its timeout and signal and leaves no fd",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const timed = new OneShotServer();
+      const started = performance.now();
+      await assert.rejects(
+        timed.accept({ timeout: 50 }),
+        Deno.errors.TimedOut,
+      );
+      assert.ok(performance.now() - started < 2000);
+
+      const aborted = new OneShotServer();
+      const controller = new AbortController();
+      const pending = aborted.accept({ signal: controller.signal });
+      assert.ok(await stillPending(pending, 20));
+      controller.abort();
+      await assert.rejects(
+        pending,
+        (e: unknown) => e instanceof DOMException && e.name === "AbortError",
+      );
+
+      // A client that connects but never sends: the timeout still holds.
+      const silent = new OneShotServer();
+      const tx = await connectOneShot(silent.name);
+      await assert.rejects(
+        silent.accept({ timeout: 50 }),
+        Deno.errors.TimedOut,
+      );
+      tx.close();
+      await assert.rejects(
+        new OneShotServer().accept({ timeout: -1 }),
+        RangeError,
+      );
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "the servers drop connections of users that allowUid refuses (unit seam)",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const seen: number[] = [];
+      const server = new OneShotServer<string>({
+        allowUid: (uid) => {
+          seen.push(uid);
+          return false;
+        },
+      });
+      const tx = await connectOneShot<string>(server.name);
+      await tx.send("let me in");
+      await assert.rejects(
+        server.accept({ timeout: 200 }),
+        Deno.errors.TimedOut,
+      );
+      assert.deepEqual(seen, [libc().getuid()]);
+      await assert.rejects(tx.send("again"), ChannelClosedError);
+      tx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "OneShotServer drops a client of another user (a real process under setpriv)",
+  ignore: libc().getuid() !== 0 || listDir("/usr/bin").indexOf("setpriv") < 0,
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const server = new OneShotServer<string>();
+      // nobody connects, says hello and sends "intruder", then reports
+      // whether the server hung up on it.
+      const script = `
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(b"\\0" + sys.argv[1].encode())
+print("connected", flush=True)
+s.send(struct.pack("<BBHIII", 7, 1, 0, 4, 0, 0))
+s.send(struct.pack("<BBHIII", 1, 1, 0, 0, 11, 10) + bytes([7, 8]) + b"intruder" + bytes([0]))
+s.settimeout(10)
+try:
+    print("dropped" if s.recv(64) == b"" else "answered", flush=True)
+except ConnectionResetError:
+    print("dropped", flush=True)
+`;
+      await using intruder = spawn("setpriv", {
+        args: [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          "/usr/bin/python3",
+          "-c",
+          script,
+          server.name,
+        ],
+        stdout: "piped",
+      });
+      const lines = intruder.stdout!.pipeThrough(new TextDecoderStream())
+        .getReader();
+      let output = "";
+      const accepting = server.accept({ timeout: 10_000 });
+      // The intruder is queued first; then this user connects.
+      while (!output.includes("connected\n")) {
+        const { value, done } = await withTimeout(
+          lines.read(),
+          10_000,
+          "intruder connects",
+        );
+        if (done) break;
+        output += value;
+      }
+      const tx = await connectOneShot<string>(server.name);
+      await tx.send("friend");
+      const [rx, first] = await accepting;
+      assert.equal(first, "friend");
+      const status = await withTimeout(intruder.status, 10_000, "intruder");
+      for (;;) {
+        const { value, done } = await lines.read();
+        if (done) break;
+        output += value;
+      }
+      assert.equal(output, "connected\ndropped\n");
+      assert.equal(status.code, 0);
+      tx.close();
+      rx.close();
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+Deno.test({
+  name: "ChannelServer serves several concurrent client processes",
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using server = new ChannelServer<{ pid: number; i: number }>();
+      const clients = Array.from({ length: 4 }, () =>
+        spawn(DENO, {
+          args: ["run", "--allow-ffi", CHILD, "client", server.name, "25"],
+          stdin: "null",
+        }));
+      try {
+        using set = new ReceiverSet<{ pid: number; i: number }>();
+        const receivers: Receiver<unknown>[] = [];
+        for (let i = 0; i < clients.length; i++) {
+          const rx = await server.accept({ timeout: 15_000 });
+          receivers.push(rx);
+          set.add(rx);
+        }
+        const counts = new Map<number, number[]>();
+        let open = clients.length;
+        while (open > 0) {
+          const event = await withTimeout(set.select(), 15_000, "select");
+          if (event.closed) {
+            open--;
+            continue;
+          }
+          const list = counts.get(event.value.pid) ?? [];
+          list.push(event.value.i);
+          counts.set(event.value.pid, list);
+        }
+        assert.deepEqual(
+          [...counts.keys()].sort(),
+          clients.map((c) => c.pid).sort(),
+        );
+        for (const list of counts.values()) {
+          assert.deepEqual(list, Array.from({ length: 25 }, (_, i) => i));
+        }
+        for (const c of clients) {
+          const status = await withTimeout(c.status, 15_000, "client");
+          assert.equal(status.success, true);
+        }
+      } finally {
+        for (const c of clients) await c[Symbol.asyncDispose]();
+      }
+      // Closing the server ends a pending iteration.
+      const iterating = (async () => {
+        for await (const rx of server) rx.close();
+      })();
+      server.close();
+      await withTimeout(iterating, 2000, "iteration ends at close");
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+Deno.test({
+  name: "the seed flow: examples/ipc_channel.ts talks to its child end to end",
+  ...SANITIZE,
+  permissions: { run: true, read: true },
+  async fn() {
+    const run = await runDeno(
+      ["run", "--allow-ffi", "--allow-run", EXAMPLE],
+      30_000,
+      "ipc_channel example",
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const lines = run.stdout.split("\n");
+    for (
+      const line of [
+        "Parent process started",
+        "Received from child: Child received: Hello from parent",
+        "Received from child: Child received: How are you?",
+        "Received from child: Child received: Goodbye!",
+        "Child process finished.",
+        "Child process started",
+        "Received from parent: Hello from parent",
+        "Received from parent: How are you?",
+        "Received from parent: Goodbye!",
+        "Received from parent: quit",
+        "Child process exiting.",
+      ]
+    ) {
+      assert.ok(
+        lines.some((l) => l.endsWith(line)),
+        `missing ${JSON.stringify(line)} in ${run.stdout}`,
+      );
+    }
+    assert.match(
+      run.stdout,
+      /Crossed from the child: a Sender .* and a Receiver/,
+    );
+    assert.equal(
+      lines.filter((l) => l.includes("Child received:")).length,
+      3,
+    );
+  },
+});
