@@ -998,11 +998,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     try {
       got = receiveMessage(conn.fd.fd, scratch, MAX_FDS, false);
     } catch (error) {
-      if (isGone(error)) {
-        this.#drop(conn);
+      // A sender that closed with unread acks makes the kernel report
+      // ECONNRESET once, ahead of the frames still queued: read on, end of
+      // stream follows them.
+      if ((error as Partial<SystemError>)?.errno === ERRNO.ECONNRESET) {
         return AGAIN;
       }
       this.#drop(conn);
+      if (isGone(error)) return AGAIN;
       throw invalid((error as Error).message);
     }
     if (got === null) return undefined;
@@ -1451,26 +1454,13 @@ export class ReceiverSet<T = unknown> implements Disposable {
   }
 }
 
-/** @internal A sender over a connected seqpacket socket (named servers). */
-export function _senderFromFd<T>(
-  fd: number,
-  capacity: number,
-  mode: number,
-): Sender<T> {
-  return new Sender<T>(fd, capacity, mode);
-}
-
-/** @internal A receiver of one connection (named servers). */
-export function _receiverFromFd<T>(fd: number, capacity: number): Receiver<T> {
+function receiverOf<T>(fd: number, capacity: number): Receiver<T> {
   return new Receiver<T>([{
     fd: new OwnedFd(fd, "Receiver"),
     capacity,
     unacked: 0,
   }]);
 }
-
-/** @internal */
-export const _MODE = { VALUE: MODE_VALUE, BYTES: MODE_BYTES } as const;
 
 // Channel ends handed over by spawn or raw fd passing carry a mark (their
 // socket's abstract name) that says which end, mode and capacity they are.
@@ -1486,5 +1476,5 @@ registerAdopter((fd, kind) => {
   if (mark.role === "s") {
     return new Sender(fd, mark.capacity, mark.mode);
   }
-  return _receiverFromFd(fd, mark.capacity);
+  return receiverOf(fd, mark.capacity);
 }, true);

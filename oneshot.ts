@@ -31,14 +31,12 @@
 
 import { libc } from "./ffi/libc.ts";
 import { FRAME, header, sendFrame } from "./_channel_wire.ts";
-import {
-  _MODE,
-  _receiverFromFd,
-  _senderFromFd,
-  type ChannelOptions,
-  type Receiver,
-  type Sender,
-} from "./channel.ts";
+import { OwnedFd } from "./ffi/fd.ts";
+import { type ChannelOptions, Receiver, Sender } from "./channel.ts";
+
+// The channel's modes: values, or bytes without serialization.
+const MODE_VALUE = 0;
+const MODE_BYTES = 1;
 import { connect, listen, type UnixListener } from "./socketpair.ts";
 
 const PREFIX = "conduit-oneshot/";
@@ -135,7 +133,12 @@ async function acceptClient<T>(
       conn.close();
       throw error;
     }
-    return _receiverFromFd<T>(conn._release(), 1);
+    // Until the hello arrives, every message is acknowledged.
+    return new Receiver<T>([{
+      fd: new OwnedFd(conn._release(), "Receiver"),
+      capacity: 1,
+      unacked: 0,
+    }]);
   }
 }
 
@@ -376,7 +379,7 @@ export async function connectOneShot<T>(
       `Cannot connect to server: capacity must be an integer from 1 to 1000000, got ${capacity}`,
     );
   }
-  const mode = options.bytes ? _MODE.BYTES : _MODE.VALUE;
+  const mode = options.bytes ? MODE_BYTES : MODE_VALUE;
   const socket = await connect({
     abstract: name,
     type: "seqpacket",
@@ -393,5 +396,5 @@ export async function connectOneShot<T>(
     socket.close();
     throw error;
   }
-  return _senderFromFd<T>(socket._release(), capacity, mode);
+  return new Sender<T>(socket._release(), capacity, mode);
 }
