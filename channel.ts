@@ -134,6 +134,12 @@ export interface ChannelSendOptions {
 export interface ChannelRecvOptions {
   /** Aborting it rejects the pending receive with the signal's reason. */
   signal?: AbortSignal;
+  /**
+   * Microseconds to keep looking before parking in the poller: cuts
+   * round-trip latency when the peer answers quickly, at the cost of CPU.
+   * Default 0. ({@linkcode ReceiverSet.select} ignores it.)
+   */
+  spin?: number;
 }
 
 const DEFAULT_CAPACITY = 64;
@@ -904,15 +910,20 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    * ```
    */
   async recv(options: ChannelRecvOptions = {}): Promise<T> {
-    const { signal } = options;
+    const { signal, spin = 0 } = options;
     this.#assertOpen();
     signal?.throwIfAborted();
     this.#pending++;
+    let deadline = spin > 0 ? performance.now() + spin / 1000 : 0;
     try {
       for (;;) {
         const polled = this._poll();
         if (polled.kind === "value") return polled.value;
         if (polled.kind === "closed") throw recvClosed();
+        if (deadline > 0) {
+          if (performance.now() < deadline) continue;
+          deadline = 0;
+        }
         await this._wait(signal);
         this.#assertOpen();
       }

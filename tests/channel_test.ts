@@ -266,6 +266,9 @@ Deno.test({
       assert.equal(rx.tryRecv(), undefined);
       await tx.send(1);
       assert.equal(rx.tryRecv(), 1);
+      const spinning = rx.recv({ spin: 200 });
+      await tx.send(1.5);
+      assert.equal(await spinning, 1.5);
       for (let i = 2; i <= 4; i++) await tx.send(i);
       const seen: number[] = [];
       for await (const n of rx) {
