@@ -318,8 +318,7 @@ export function readHangup(fd: number): boolean {
 
 /**
  * Stream sockets: reads once without blocking (MSG_DONTWAIT). Bytes read,
- * 0 at end of stream (also when the peer reset the connection), -1 when
- * nothing is ready.
+ * 0 at end of stream, -1 when nothing is ready.
  */
 export function recvNoWait(fd: number, into: Uint8Array): number {
   const lib = libc();
@@ -330,7 +329,9 @@ export function recvNoWait(fd: number, into: Uint8Array): number {
     if (n >= 0) return n;
     const code = errno();
     if (code === ERRNO.EAGAIN) return -1;
-    if (code === ERRNO.ECONNRESET) return 0;
+    // A peer that closed with unread data of ours reports ECONNRESET once,
+    // ahead of what it sent before closing: read on to that data, then EOF.
+    if (code === ERRNO.ECONNRESET) continue;
     if (code !== ERRNO.EINTR) throw systemError("recv", code);
   }
 }
@@ -342,7 +343,7 @@ export function recvBlocking(fd: number, into: Uint8Array): number {
     const n = Number(lib.recv(fd, into, BigInt(into.byteLength), 0));
     if (n >= 0) return n;
     const code = errno();
-    if (code === ERRNO.ECONNRESET) return 0;
+    if (code === ERRNO.ECONNRESET) continue; // once, ahead of queued data
     if (code !== ERRNO.EINTR) throw systemError("recv", code);
   }
 }

@@ -720,7 +720,11 @@ export class UnixSocket implements Disposable {
     try {
       size = peekSize(fd, wait);
     } catch (error) {
-      if ((error as SystemError).errno === ERRNO.ECONNRESET) return null;
+      // A peer that closed with unread messages of ours reports ECONNRESET
+      // once, ahead of the messages it sent before closing: read on.
+      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
+        return this.#tryRecv(maxFds, maxBytes, wait);
+      }
       throw error;
     }
     if (size < 0) return undefined;
@@ -753,7 +757,10 @@ export class UnixSocket implements Disposable {
     try {
       return receiveMessage(fd, into, maxFds, wait) ?? undefined;
     } catch (error) {
-      if ((error as SystemError).errno === ERRNO.ECONNRESET) return null;
+      // ECONNRESET is reported once, ahead of data still queued: try again.
+      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
+        return this.#receive(fd, into, maxFds, wait);
+      }
       throw error;
     }
   }
