@@ -104,8 +104,8 @@ Exit codes:
 
 Measures every cross-process mechanism of the module against the baseline a
 user would otherwise reach for (Deno.Command stdio, node:child_process fork()
-IPC), measured in the same run, and against a C program built at bench time
-for the machine's raw pipe and socketpair limit (when a C compiler exists).
+IPC), measured in the same run, and against plain C read()/write() loops
+built at bench time (when a C compiler exists) as a reference point.
 Each figure is the median of the measured runs, after one warm-up run. Areas
 whose benchmark is not built yet are skipped. Needs a checkout of the
 repository (bench/ is not published).

@@ -108,7 +108,7 @@ export const cases: BenchCase[] = [{
         higherIsBetter: true,
         samples: mine,
         baseline: {
-          mechanism: "C read()/write() 1 MiB, pipe 1 MiB (limit)",
+          mechanism: "C read()/write() 1 MiB, pipe 1 MiB",
           samples: limit,
         },
       }));

@@ -164,7 +164,7 @@ const streamCase: BenchCase = {
         higherIsBetter: true,
         samples: mine,
         baseline: {
-          mechanism: "C read()/write() 1 MiB, socketpair (limit)",
+          mechanism: "C read()/write() 1 MiB, socketpair",
           samples: limit,
         },
       }));
@@ -229,7 +229,7 @@ const pingPongCase: BenchCase = {
         higherIsBetter: false,
         samples: mine,
         baseline: {
-          mechanism: "C blocking read()/write(), seqpacket (limit)",
+          mechanism: "C blocking read()/write(), seqpacket",
           samples: limit,
         },
       }));
