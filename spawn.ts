@@ -252,7 +252,7 @@ export class ChildProcess implements AsyncDisposable {
   }
 
   async #reap(): Promise<ChildStatus> {
-    const info = new Uint8Array(SIZEOF.sigset_t);
+    const info = new Uint8Array(SIGINFO.size);
     const view = new DataView(info.buffer);
     const lib = libc();
     try {
