@@ -46,7 +46,9 @@
  */
 
 import { fork } from "node:child_process";
-import type { BenchOptions } from "./_types.ts";
+import type { ChildProcess } from "../spawn.ts";
+import { percentile, result } from "./_report.ts";
+import type { BenchCase, BenchOptions, BenchResult } from "./_types.ts";
 
 /** 1 MiB: the writer's block and the readers' buffer. */
 export const MIB = 1 << 20;
@@ -74,6 +76,47 @@ export async function runs(
   for (let i = 1; i <= options.runs; i++) {
     options.progress(`${label}: run ${i}/${options.runs}`);
     await once(true, i);
+  }
+}
+
+/**
+ * {@linkcode runs} over steps that each measure one mechanism: the steps run
+ * in the given order on even runs (the warm-up is run 0) and in reverse on
+ * odd runs, to cancel out order effects.
+ *
+ * @param options The runner's options.
+ * @param label What is being measured, for the progress line.
+ * @param steps One step per mechanism; `measured` is false in the warm-up.
+ */
+export async function alternating(
+  options: BenchOptions,
+  label: string,
+  steps: ((measured: boolean) => Promise<void>)[],
+): Promise<void> {
+  await runs(options, label, async (measured, run) => {
+    const order = run % 2 === 1 ? [...steps].reverse() : steps;
+    for (const step of order) await step(measured);
+  });
+}
+
+/**
+ * Round-trip figures of one mechanism over the measured runs: the median of
+ * each run's round trips, and every round trip for p50 and p99.
+ */
+export class RoundTrips {
+  /** One median per measured run, µs. */
+  readonly samples: number[] = [];
+  /** Every round trip of every measured run, µs. */
+  readonly operations: number[] = [];
+
+  /**
+   * Records one run's round trips.
+   *
+   * @param rtts Every round trip of the run, µs.
+   */
+  add(rtts: number[]): void {
+    this.samples.push(percentile(rtts, 50));
+    this.operations.push(...rtts);
   }
 }
 
@@ -116,6 +159,154 @@ export async function readAllByob(
     reader.releaseLock();
   }
   return total;
+}
+
+/** How {@linkcode childThroughput} starts a writer child and reads it. */
+export interface ChildWriter {
+  /** The writer, for the error when it fails, such as `"dd"`. */
+  name: string;
+  /**
+   * The child's end, closed once the child is spawned (the child holds its
+   * own copy), so the stream ends when the child exits.
+   */
+  childEnd: { close(): void };
+  /** Spawns the writer with `childEnd`. */
+  spawn(): ChildProcess;
+  /** Reads the parent's end to its end and returns the byte count. */
+  read(): Promise<number>;
+  /** Closes the parent's end. */
+  close(): void;
+}
+
+/**
+ * Times bytes from a writer child to the parent, from `start` (taken before
+ * the ends are made) to the last byte, and checks that the child succeeded.
+ *
+ * @param start `performance.now()` when the measurement began.
+ * @param writer How to spawn and read the writer.
+ * @returns Bytes, time and throughput.
+ */
+export async function childThroughput(
+  start: number,
+  writer: ChildWriter,
+): Promise<Throughput> {
+  let child;
+  try {
+    child = writer.spawn();
+  } finally {
+    writer.childEnd.close();
+  }
+  try {
+    const bytes = await writer.read();
+    const ms = performance.now() - start;
+    const status = await child.status;
+    if (!status.success) {
+      throw new Error(`${writer.name} exited with ${status.code}`);
+    }
+    return { bytes, ms, mibps: mibPerSecond(bytes, ms) };
+  } finally {
+    writer.close();
+    await child[Symbol.asyncDispose]();
+  }
+}
+
+/**
+ * Throws unless `got` bytes are exactly `mib` MiB.
+ *
+ * @param what The mechanism, for the message.
+ * @param got Bytes moved.
+ * @param mib MiB expected.
+ */
+export function expectBytes(what: string, got: number, mib: number): void {
+  if (got !== mib * MIB) {
+    throw new Error(`${what} moved ${got} bytes, expected ${mib * MIB}`);
+  }
+}
+
+/** The figures of a {@linkcode ddStreamCase} that differ by mechanism. */
+export interface DdStreamCase {
+  /** The case id and the id of its main figure, such as `"pipe.stream"`. */
+  id: string;
+  /** The area, also the progress label's first word. */
+  area: string;
+  /** The mechanism's name in byte-count errors, such as `"pipe()"`. */
+  name: string;
+  /** One measurement of `mib` MiB from `dd bs=1M` through the mechanism. */
+  once(mib: number): Promise<Throughput>;
+  /** The main figure's mechanism for a size such as `"1 GiB"`. */
+  mechanism(size: string): string;
+  /** The C limit's kind, id, mechanism and baseline mechanism. */
+  c: {
+    kind: "pipe" | "socketpair";
+    id: string;
+    mechanism(size: string): string;
+    baseline: string;
+  };
+}
+
+/**
+ * A throughput case: 1 GiB (64 MiB with --quick) from `dd bs=1M` through the
+ * mechanism, against `Deno.Command` stdout of the same `dd` and, when a C
+ * compiler exists, a C read()/write() loop with 1 MiB blocks (the machine's
+ * limit). The three alternate inside every run.
+ *
+ * @param spec What differs by mechanism.
+ * @returns The case.
+ */
+export function ddStreamCase(spec: DdStreamCase): BenchCase {
+  return {
+    id: spec.id,
+    area: spec.area,
+    async run(options) {
+      const mib = options.quick ? 64 : 1024;
+      const size = mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`;
+      const mine: number[] = [];
+      const theirs: number[] = [];
+      const limit: number[] = [];
+      let hasC = true;
+      await alternating(options, `${spec.area} ${size}`, [
+        async (measured) => {
+          const r = await spec.once(mib);
+          expectBytes(spec.name, r.bytes, mib);
+          if (measured) mine.push(r.mibps);
+        },
+        async (measured) => {
+          const dd = ddWriter(mib);
+          const r = await commandStdout(dd.cmd, dd.args, MIB);
+          expectBytes("Deno.Command stdout", r.bytes, mib);
+          if (measured) theirs.push(r.mibps);
+        },
+        async (measured) => {
+          if (!hasC) return;
+          const r = await cThroughput(spec.c.kind, mib * MIB, MIB, MIB);
+          if (r === null) hasC = false;
+          else if (measured) limit.push(r.mibps);
+        },
+      ]);
+      const out: BenchResult[] = [result({
+        id: spec.id,
+        mechanism: spec.mechanism(size),
+        unit: "MiB/s",
+        higherIsBetter: true,
+        samples: mine,
+        baseline: {
+          mechanism: "Deno.Command stdout BYOB, same dd",
+          samples: theirs,
+        },
+      })];
+      if (hasC && limit.length > 0) {
+        out.push(result({
+          id: spec.c.id,
+          mechanism: spec.c.mechanism(size),
+          unit: "MiB/s",
+          higherIsBetter: true,
+          samples: mine,
+          baseline: { mechanism: spec.c.baseline, samples: limit },
+        }));
+      }
+      return out;
+    },
+  };
 }
 
 /** A command line: program and arguments. */

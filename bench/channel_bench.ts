@@ -15,8 +15,8 @@
 import { fork } from "node:child_process";
 import { channel, type Receiver, type Sender } from "../channel.ts";
 import { spawn } from "../spawn.ts";
-import { forkPingPong, runs } from "./_baselines.ts";
-import { percentile, result } from "./_report.ts";
+import { alternating, forkPingPong, RoundTrips } from "./_baselines.ts";
+import { result } from "./_report.ts";
 import type { BenchCase, BenchResult } from "./_types.ts";
 
 const ECHO_CHILD = new URL("./_channel_echo.ts", import.meta.url).pathname;
@@ -139,49 +139,24 @@ const pingPongCase: BenchCase = {
   area: "channel",
   async run(options) {
     const count = options.quick ? 2_000 : 20_000;
-    const mine: number[] = [];
-    const mineOps: number[] = [];
-    const json: number[] = [];
-    const jsonOps: number[] = [];
-    const advanced: number[] = [];
-    const advancedOps: number[] = [];
+    const mine = new RoundTrips();
+    const json = new RoundTrips();
+    const advanced = new RoundTrips();
     const payload = message(0);
-    await runs(
-      options,
-      `channel small object ×${count}`,
-      async (measured, run) => {
-        const steps = [
-          async () => {
-            const rtts = await channelPingPong(count);
-            if (!measured) return;
-            mine.push(percentile(rtts, 50));
-            mineOps.push(...rtts);
-          },
-          async () => {
-            const r = await forkPingPong({
-              serialization: "json",
-              count,
-              payload,
-            });
-            if (!measured) return;
-            json.push(percentile(r.rtts, 50));
-            jsonOps.push(...r.rtts);
-          },
-          async () => {
-            const r = await forkPingPong({
-              serialization: "advanced",
-              count,
-              payload,
-            });
-            if (!measured) return;
-            advanced.push(percentile(r.rtts, 50));
-            advancedOps.push(...r.rtts);
-          },
-        ];
-        if (run % 2 === 1) steps.reverse();
-        for (const step of steps) await step();
+    const forkStep =
+      (serialization: "json" | "advanced", into: RoundTrips) =>
+      async (measured: boolean) => {
+        const r = await forkPingPong({ serialization, count, payload });
+        if (measured) into.add(r.rtts);
+      };
+    await alternating(options, `channel small object ×${count}`, [
+      async (measured) => {
+        const rtts = await channelPingPong(count);
+        if (measured) mine.add(rtts);
       },
-    );
+      forkStep("json", json),
+      forkStep("advanced", advanced),
+    ]);
     const mechanism =
       "channel() round trip of a small object with a Date, Deno child echoes";
     return [
@@ -190,12 +165,12 @@ const pingPongCase: BenchCase = {
         mechanism,
         unit: "µs",
         higherIsBetter: false,
-        samples: mine,
-        operations: mineOps,
+        samples: mine.samples,
+        operations: mine.operations,
         baseline: {
           mechanism: 'node:child_process fork() IPC, serialization "json"',
-          samples: json,
-          operations: jsonOps,
+          samples: json.samples,
+          operations: json.operations,
         },
       }),
       result({
@@ -203,12 +178,12 @@ const pingPongCase: BenchCase = {
         mechanism,
         unit: "µs",
         higherIsBetter: false,
-        samples: mine,
-        operations: mineOps,
+        samples: mine.samples,
+        operations: mine.operations,
         baseline: {
           mechanism: 'node:child_process fork() IPC, serialization "advanced"',
-          samples: advanced,
-          operations: advancedOps,
+          samples: advanced.samples,
+          operations: advanced.operations,
         },
       }),
     ];
@@ -222,24 +197,16 @@ const rateCase: BenchCase = {
     const count = options.quick ? 5_000 : 100_000;
     const mine: number[] = [];
     const theirs: number[] = [];
-    await runs(
-      options,
-      `channel pipelined ×${count}`,
-      async (measured, run) => {
-        const steps = [
-          async () => {
-            const rate = await channelRate(count);
-            if (measured) mine.push(rate);
-          },
-          async () => {
-            const rate = await forkRate(count);
-            if (measured) theirs.push(rate);
-          },
-        ];
-        if (run % 2 === 1) steps.reverse();
-        for (const step of steps) await step();
+    await alternating(options, `channel pipelined ×${count}`, [
+      async (measured) => {
+        const rate = await channelRate(count);
+        if (measured) mine.push(rate);
       },
-    );
+      async (measured) => {
+        const rate = await forkRate(count);
+        if (measured) theirs.push(rate);
+      },
+    ]);
     const out: BenchResult[] = [result({
       id: "channel.rate",
       mechanism:

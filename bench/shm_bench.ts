@@ -16,11 +16,11 @@
 import { shmQueue } from "../shm/mod.ts";
 import { spawn } from "../spawn.ts";
 import {
+  alternating,
+  childThroughput,
   commandStdout,
   forkPingPong,
   MIB,
-  mibPerSecond,
-  runs,
   type Throughput,
 } from "./_baselines.ts";
 import { result } from "./_report.ts";
@@ -32,35 +32,29 @@ const RUN = ["run", "--allow-ffi", CHILD];
 async function queueStream(mib: number): Promise<Throughput> {
   const start = performance.now();
   const [tx, rx] = shmQueue({ bytes: 4 * MIB });
-  let child;
-  try {
-    child = spawn(Deno.execPath(), {
-      args: [...RUN, "send", String(mib)],
-      fds: [tx],
-    });
-  } finally {
-    tx.close();
+  const r = await childThroughput(start, {
+    name: "the sender",
+    childEnd: tx,
+    spawn: () =>
+      spawn(Deno.execPath(), {
+        args: [...RUN, "send", String(mib)],
+        fds: [tx],
+      }),
+    read: async () => {
+      let bytes = 0;
+      for (;;) {
+        const message = await rx.recv();
+        if (message === null) break;
+        bytes += message.byteLength;
+      }
+      return bytes;
+    },
+    close: () => rx.close(),
+  });
+  if (r.bytes !== mib * MIB) {
+    throw new Error(`shmQueue moved ${r.bytes} bytes, expected ${mib * MIB}`);
   }
-  try {
-    let bytes = 0;
-    for (;;) {
-      const message = await rx.recv();
-      if (message === null) break;
-      bytes += message.byteLength;
-    }
-    const ms = performance.now() - start;
-    const status = await child.status;
-    if (!status.success) {
-      throw new Error(`the sender exited with ${status.code}`);
-    }
-    if (bytes !== mib * MIB) {
-      throw new Error(`shmQueue moved ${bytes} bytes, expected ${mib * MIB}`);
-    }
-    return { bytes, ms, mibps: mibPerSecond(bytes, ms) };
-  } finally {
-    rx.close();
-    await child[Symbol.asyncDispose]();
-  }
+  return r;
 }
 
 async function queueRoundTrips(count: number): Promise<number[]> {
@@ -103,27 +97,23 @@ export const cases: BenchCase[] = [{
     const mib = options.quick ? 64 : 1024;
     const mine: number[] = [];
     const theirs: number[] = [];
-    await runs(options, `shm ${mib} MiB`, async (measured, run) => {
-      const steps = [
-        async () => {
-          const r = await queueStream(mib);
-          if (measured) mine.push(r.mibps);
-        },
-        async () => {
-          const r = await commandStdout(Deno.execPath(), [
-            ...RUN,
-            "stdout",
-            String(mib),
-          ]);
-          if (r.bytes !== mib * MIB) {
-            throw new Error(`Deno.Command moved ${r.bytes} bytes`);
-          }
-          if (measured) theirs.push(r.mibps);
-        },
-      ];
-      if (run % 2 === 1) steps.reverse();
-      for (const step of steps) await step();
-    });
+    await alternating(options, `shm ${mib} MiB`, [
+      async (measured) => {
+        const r = await queueStream(mib);
+        if (measured) mine.push(r.mibps);
+      },
+      async (measured) => {
+        const r = await commandStdout(Deno.execPath(), [
+          ...RUN,
+          "stdout",
+          String(mib),
+        ]);
+        if (r.bytes !== mib * MIB) {
+          throw new Error(`Deno.Command moved ${r.bytes} bytes`);
+        }
+        if (measured) theirs.push(r.mibps);
+      },
+    ]);
     return [result({
       id: "shm.stream",
       mechanism: `shmQueue 64 KiB messages, ${mib} MiB child to parent`,
@@ -145,26 +135,22 @@ export const cases: BenchCase[] = [{
     const theirs: number[] = [];
     const mineOps: number[] = [];
     const theirOps: number[] = [];
-    await runs(options, `shm round trips x${count}`, async (measured, run) => {
-      const steps = [
-        async () => {
-          const rtts = await queueRoundTrips(count);
-          if (measured) {
-            mine.push(median(rtts));
-            mineOps.push(...rtts);
-          }
-        },
-        async () => {
-          const r = await forkPingPong({ serialization: "json", count });
-          if (measured) {
-            theirs.push(median(r.rtts));
-            theirOps.push(...r.rtts);
-          }
-        },
-      ];
-      if (run % 2 === 1) steps.reverse();
-      for (const step of steps) await step();
-    });
+    await alternating(options, `shm round trips x${count}`, [
+      async (measured) => {
+        const rtts = await queueRoundTrips(count);
+        if (measured) {
+          mine.push(median(rtts));
+          mineOps.push(...rtts);
+        }
+      },
+      async (measured) => {
+        const r = await forkPingPong({ serialization: "json", count });
+        if (measured) {
+          theirs.push(median(r.rtts));
+          theirOps.push(...r.rtts);
+        }
+      },
+    ]);
     return [result({
       id: "shm.rtt",
       mechanism: "shmQueue round trip, 64 B, two queues to an echoing child",

@@ -20,52 +20,37 @@
 import { socketpair } from "../socketpair.ts";
 import { spawn } from "../spawn.ts";
 import {
-  commandStdout,
+  alternating,
+  childThroughput,
   cPingPong,
-  cThroughput,
+  ddStreamCase,
   ddWriter,
   forkPingPong,
   MIB,
-  mibPerSecond,
   readAllByob,
-  runs,
+  RoundTrips,
   type Throughput,
 } from "./_baselines.ts";
-import { percentile, result } from "./_report.ts";
+import { result } from "./_report.ts";
 import type { BenchCase, BenchResult } from "./_types.ts";
 
 const ECHO_CHILD = new URL("./_socket_echo.ts", import.meta.url).pathname;
 const SPIN_US = 100;
 
-async function streamOnce(mib: number): Promise<Throughput> {
+function streamOnce(mib: number): Promise<Throughput> {
   const start = performance.now();
   // A 1 MiB buffer, as the pipe benchmark gives its pipe: room for a whole
   // write of dd.
   const [mine, theirs] = socketpair({ type: "stream", bufferSize: MIB });
   const dd = ddWriter(mib);
-  let child;
-  try {
-    child = spawn(dd.cmd, { args: dd.args, stdout: theirs, stdin: "null" });
-  } finally {
-    // The child holds its own copy: EOF comes when it exits.
-    theirs.close();
-  }
-  try {
-    const bytes = await readAllByob(mine.readable, MIB);
-    const ms = performance.now() - start;
-    const status = await child.status;
-    if (!status.success) throw new Error(`dd exited with ${status.code}`);
-    return { bytes, ms, mibps: mibPerSecond(bytes, ms) };
-  } finally {
-    mine.close();
-    await child[Symbol.asyncDispose]();
-  }
-}
-
-function expectBytes(what: string, got: number, mib: number): void {
-  if (got !== mib * MIB) {
-    throw new Error(`${what} moved ${got} bytes, expected ${mib * MIB}`);
-  }
+  return childThroughput(start, {
+    name: "dd",
+    childEnd: theirs,
+    spawn: () =>
+      spawn(dd.cmd, { args: dd.args, stdout: theirs, stdin: "null" }),
+    read: () => readAllByob(mine.readable, MIB),
+    close: () => mine.close(),
+  });
 }
 
 /** Round trips of `size` bytes to an echoing Deno child, in µs each. */
@@ -111,114 +96,57 @@ async function seqpacketPingPong(
   }
 }
 
-const streamCase: BenchCase = {
+const streamCase: BenchCase = ddStreamCase({
   id: "socketpair.stream",
   area: "socketpair",
-  async run(options) {
-    const mib = options.quick ? 64 : 1024;
-    const size = mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`;
-    const mine: number[] = [];
-    const theirs: number[] = [];
-    const limit: number[] = [];
-    let hasC = true;
-    await runs(options, `socketpair ${size}`, async (measured, run) => {
-      const steps = [
-        async () => {
-          const r = await streamOnce(mib);
-          expectBytes("socketpair()", r.bytes, mib);
-          if (measured) mine.push(r.mibps);
-        },
-        async () => {
-          const dd = ddWriter(mib);
-          const r = await commandStdout(dd.cmd, dd.args, MIB);
-          expectBytes("Deno.Command stdout", r.bytes, mib);
-          if (measured) theirs.push(r.mibps);
-        },
-        async () => {
-          if (!hasC) return;
-          const r = await cThroughput("socketpair", mib * MIB, MIB);
-          if (r === null) hasC = false;
-          else if (measured) limit.push(r.mibps);
-        },
-      ];
-      if (run % 2 === 1) steps.reverse();
-      for (const step of steps) await step();
-    });
-    const out: BenchResult[] = [result({
-      id: "socketpair.stream",
-      mechanism:
-        `socketpair() stream 1 MiB buffer, readable BYOB, ${size} from dd bs=1M as stdout`,
-      unit: "MiB/s",
-      higherIsBetter: true,
-      samples: mine,
-      baseline: {
-        mechanism: "Deno.Command stdout BYOB, same dd",
-        samples: theirs,
-      },
-    })];
-    if (hasC && limit.length > 0) {
-      out.push(result({
-        id: "socketpair.stream_c_limit",
-        mechanism: `socketpair() stream, readable BYOB, ${size}`,
-        unit: "MiB/s",
-        higherIsBetter: true,
-        samples: mine,
-        baseline: {
-          mechanism: "C read()/write() 1 MiB, socketpair",
-          samples: limit,
-        },
-      }));
-    }
-    return out;
+  name: "socketpair()",
+  once: streamOnce,
+  mechanism: (size) =>
+    `socketpair() stream 1 MiB buffer, readable BYOB, ${size} from dd bs=1M as stdout`,
+  c: {
+    kind: "socketpair",
+    id: "socketpair.stream_c_limit",
+    mechanism: (size) => `socketpair() stream, readable BYOB, ${size}`,
+    baseline: "C read()/write() 1 MiB, socketpair",
   },
-};
+});
 
 const pingPongCase: BenchCase = {
   id: "socketpair.seqpacket_rtt",
   area: "socketpair",
   async run(options) {
     const count = options.quick ? 2_000 : 20_000;
-    const mine: number[] = [];
-    const theirs: number[] = [];
+    const mine = new RoundTrips();
+    const theirs = new RoundTrips();
     const limit: number[] = [];
-    const mineOps: number[] = [];
-    const theirOps: number[] = [];
     let hasC = true;
-    await runs(options, `seqpacket 64 B ×${count}`, async (measured, run) => {
-      const steps = [
-        async () => {
-          const rtts = await seqpacketPingPong(count, 64);
-          if (!measured) return;
-          mine.push(percentile(rtts, 50));
-          mineOps.push(...rtts);
-        },
-        async () => {
-          const r = await forkPingPong({ serialization: "json", count });
-          if (!measured) return;
-          theirs.push(percentile(r.rtts, 50));
-          theirOps.push(...r.rtts);
-        },
-        async () => {
-          if (!hasC) return;
-          const r = await cPingPong("seqpacket", count, 64);
-          if (r === null) hasC = false;
-          else if (measured) limit.push(r.p50);
-        },
-      ];
-      if (run % 2 === 1) steps.reverse();
-      for (const step of steps) await step();
-    });
+    await alternating(options, `seqpacket 64 B ×${count}`, [
+      async (measured) => {
+        const rtts = await seqpacketPingPong(count, 64);
+        if (measured) mine.add(rtts);
+      },
+      async (measured) => {
+        const r = await forkPingPong({ serialization: "json", count });
+        if (measured) theirs.add(r.rtts);
+      },
+      async (measured) => {
+        if (!hasC) return;
+        const r = await cPingPong("seqpacket", count, 64);
+        if (r === null) hasC = false;
+        else if (measured) limit.push(r.p50);
+      },
+    ]);
     const out: BenchResult[] = [result({
       id: "socketpair.seqpacket_rtt",
       mechanism: "socketpair() seqpacket, 64 B round trip to a Deno child",
       unit: "µs",
       higherIsBetter: false,
-      samples: mine,
-      operations: mineOps,
+      samples: mine.samples,
+      operations: mine.operations,
       baseline: {
         mechanism: "node:child_process fork() IPC, 64-char string, under Deno",
-        samples: theirs,
-        operations: theirOps,
+        samples: theirs.samples,
+        operations: theirs.operations,
       },
     })];
     if (hasC && limit.length > 0) {
@@ -227,7 +155,7 @@ const pingPongCase: BenchCase = {
         mechanism: "socketpair() seqpacket, 64 B round trip",
         unit: "µs",
         higherIsBetter: false,
-        samples: mine,
+        samples: mine.samples,
         baseline: {
           mechanism: "C blocking read()/write(), seqpacket",
           samples: limit,
