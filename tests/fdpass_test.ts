@@ -15,14 +15,13 @@ import { cstr } from "../ffi/mem.ts";
 import { receiveMessage } from "../_scm.ts";
 import {
   assertNoFdLeak,
-  DENO,
   fdInode,
   fixture,
   SANITIZE,
   withTimeout,
 } from "./_util.ts";
+import { lineOf, readAllText, socketChild } from "./_socket_util.ts";
 
-const CHILD = fixture("socket_child.ts");
 const PYTHON_PEER = fixture("fd_peer.py");
 const TYPES: SocketType[] = ["stream", "dgram", "seqpacket"];
 const perms = { ffi: true, read: true } as const;
@@ -32,29 +31,6 @@ const decoder = new TextDecoder();
 
 function closeAll(endpoints: Endpoint[]): void {
   for (const endpoint of endpoints) endpoint.close();
-}
-
-async function readAll(reader: PipeReader, what: string): Promise<string> {
-  return await withTimeout(new Response(reader.readable).text(), 10_000, what);
-}
-
-async function lineOf(stream: ReadableStream<Uint8Array>): Promise<string> {
-  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  try {
-    while (!text.includes("\n")) {
-      const { value, done } = await withTimeout(
-        reader.read(),
-        15_000,
-        "a line from the child",
-      );
-      if (done) break;
-      text += value;
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  return text.split("\n")[0];
 }
 
 /** Sends "ping" over a socket of any type and returns the 4-byte answer. */
@@ -108,7 +84,10 @@ for (const type of TYPES) {
         await writer.write(encoder.encode("via the received end"));
         writer.close();
         p.writer.close();
-        assert.equal(await readAll(p.reader, "pipe"), "via the received end");
+        assert.equal(
+          await readAllText(p.reader, "pipe"),
+          "via the received end",
+        );
         await socket.send(encoder.encode("via the received socket"));
         const got = await extra[1].recv();
         assert.equal(decoder.decode(got!.data), "via the received socket");
@@ -123,7 +102,7 @@ for (const type of TYPES) {
         await q.writer.write(encoder.encode("moved"));
         q.writer.close();
         assert.equal(
-          await readAll(moved!.fds[0] as PipeReader, "moved"),
+          await readAllText(moved!.fds[0] as PipeReader, "moved"),
           "moved",
         );
         closeAll(moved!.fds);
@@ -235,11 +214,7 @@ for (const type of TYPES) {
     async fn() {
       await assertNoFdLeak(async () => {
         const [mine, theirs] = socketpair({ type });
-        await using child = spawn(DENO, {
-          args: ["run", "--allow-ffi", CHILD, "fdpass"],
-          fds: [theirs],
-        });
-        theirs.close();
+        await using child = socketChild(["fdpass"], theirs);
         const toChild = pipe();
         await mine.send(encoder.encode("hello from the parent"), {
           fds: [toChild.writer],
@@ -249,7 +224,7 @@ for (const type of TYPES) {
         // EOF comes once the child closes the only writer left: the one it
         // received.
         assert.equal(
-          await readAll(toChild.reader, "the child's write"),
+          await readAllText(toChild.reader, "the child's write"),
           "child got: hello from the parent",
         );
         toChild.reader.close();
@@ -261,7 +236,7 @@ for (const type of TYPES) {
         assert.ok(socket instanceof UnixSocket, "a UnixSocket came back");
         assert.equal(socket.type, type);
         assert.equal(
-          await readAll(reader, "the child's pipe"),
+          await readAllText(reader, "the child's pipe"),
           "through the child's pipe",
         );
         assert.equal(await pingPong(socket), "pong");
@@ -283,11 +258,7 @@ Deno.test({
     await assertNoFdLeak(async () => {
       const count = 1000;
       const [mine, theirs] = socketpair({ type: "seqpacket" });
-      await using child = spawn(DENO, {
-        args: ["run", "--allow-ffi", CHILD, "fdloop", String(count)],
-        fds: [theirs],
-      });
-      theirs.close();
+      await using child = socketChild(["fdloop", String(count)], theirs);
       const p = pipe();
       using spare = socketpair({ type: "dgram" });
       for (let i = 0; i < count; i++) {
@@ -359,7 +330,7 @@ for (const type of TYPES) {
           closeSent: true,
         });
         assert.equal(
-          await readAll(toPython.reader, "python's write"),
+          await readAllText(toPython.reader, "python's write"),
           "python got: hello from deno",
         );
         toPython.reader.close();
@@ -371,7 +342,7 @@ for (const type of TYPES) {
         assert.ok(socket instanceof UnixSocket);
         assert.equal(socket.type, type);
         assert.equal(
-          await readAll(reader, "python's pipe"),
+          await readAllText(reader, "python's pipe"),
           "through the python pipe",
         );
         assert.equal(await pingPong(socket), "pong");

@@ -4,7 +4,6 @@ import {
   fromFd,
   listen,
   type ListenType,
-  spawn,
   UnixListener,
   type UnixSocket,
 } from "../mod.ts";
@@ -13,15 +12,13 @@ import { SOCK, SOCKADDR_UN } from "../ffi/layout.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import {
   assertNoFdLeak,
-  DENO,
-  fixture,
   pollerIdle,
   SANITIZE,
   stillPending,
   withTimeout,
 } from "./_util.ts";
+import { lineOf, socketChild } from "./_socket_util.ts";
 
-const CHILD = fixture("socket_child.ts");
 const perms = { ffi: true, read: true, write: true } as const;
 const childPerms = { ffi: true, read: true, write: true, run: true } as const;
 const encoder = new TextEncoder();
@@ -118,10 +115,7 @@ for (const type of ["stream", "seqpacket"] as ListenType[]) {
             assert.equal(server.type, type);
             if (kind === "path") assert.equal(server.path, name);
             else assert.equal(server.abstract, name);
-            await using child = spawn(DENO, {
-              args: ["run", "--allow-ffi", CHILD, "connect", kind, name, type],
-              stdout: "piped",
-            });
+            await using child = socketChild(["connect", kind, name, type]);
             const line = lines(child.stdout);
             await serveOne(server, child.pid);
             const seen = JSON.parse(await line());
@@ -191,11 +185,8 @@ Deno.test({
     try {
       const path = `${dir}/crash.sock`;
       {
-        await using child = spawn(DENO, {
-          args: ["run", "--allow-ffi", CHILD, "listen", path],
-          stdout: "piped",
-        });
-        assert.equal(await lines(child.stdout)(), "listening");
+        await using child = socketChild(["listen", path]);
+        assert.equal(await lineOf(child.stdout), "listening");
         child.kill("SIGKILL");
         assert.equal((await child.status).signal, "SIGKILL");
       }
@@ -234,11 +225,8 @@ Deno.test({
       const path = `${dir}/live.sock`;
       // A live server in another process.
       {
-        await using child = spawn(DENO, {
-          args: ["run", "--allow-ffi", CHILD, "listen", path],
-          stdout: "piped",
-        });
-        assert.equal(await lines(child.stdout)(), "listening");
+        await using child = socketChild(["listen", path]);
+        assert.equal(await lineOf(child.stdout), "listening");
         const inode = Deno.lstatSync(path).ino;
         assert.throws(
           () => listen({ path }),

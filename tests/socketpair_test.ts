@@ -1,12 +1,11 @@
 import assert from "node:assert/strict";
-import { socketpair, type SocketType, spawn, type UnixSocket } from "../mod.ts";
+import { socketpair, type SocketType } from "../mod.ts";
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
+import { lineOf, readExactly, socketChild } from "./_socket_util.ts";
 import {
   assertNoFdLeak,
   assertPattern,
-  DENO,
-  fixture,
   pattern,
   pollerIdle,
   readProcText,
@@ -15,46 +14,12 @@ import {
   withTimeout,
 } from "./_util.ts";
 
-const CHILD = fixture("socket_child.ts");
 const TYPES: SocketType[] = ["stream", "dgram", "seqpacket"];
 const MESSAGE_TYPES: SocketType[] = ["dgram", "seqpacket"];
 const perms = { ffi: true, read: true } as const;
 const childPerms = { ffi: true, read: true, run: true } as const;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-async function readExactly(
-  socket: UnixSocket,
-  length: number,
-): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
-  let got = 0;
-  while (got < length) {
-    const n = await withTimeout(socket.read(out.subarray(got)), 10_000, "read");
-    if (n === null) throw new Error(`EOF after ${got} of ${length} bytes`);
-    got += n;
-  }
-  return out;
-}
-
-async function lineOf(stream: ReadableStream<Uint8Array>): Promise<string> {
-  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  try {
-    while (!text.includes("\n")) {
-      const { value, done } = await withTimeout(
-        reader.read(),
-        15_000,
-        "a line from the child",
-      );
-      if (done) break;
-      text += value;
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  return text.split("\n")[0];
-}
 
 Deno.test({
   name: "socketpair() stream sockets carry bytes both ways, like pipes",
@@ -495,12 +460,7 @@ for (const type of TYPES) {
     async fn() {
       await assertNoFdLeak(async () => {
         const [mine, theirs] = socketpair({ type });
-        await using child = spawn(DENO, {
-          args: ["run", "--allow-ffi", CHILD, "echo"],
-          fds: [theirs],
-          stdout: "piped",
-        });
-        theirs.close();
+        await using child = socketChild(["echo"], theirs);
         assert.equal(await lineOf(child.stdout), `type ${type}`);
         if (type === "stream") {
           const data = pattern(1 << 20);
@@ -541,12 +501,7 @@ for (const type of ["stream", "seqpacket"] as const) {
         // The child floods us; we read some, kill it, and drain to the end.
         {
           const [mine, theirs] = socketpair({ type });
-          await using child = spawn(DENO, {
-            args: ["run", "--allow-ffi", CHILD, "flood"],
-            fds: [theirs],
-            stdout: "piped",
-          });
-          theirs.close();
+          await using child = socketChild(["flood"], theirs);
           assert.equal(await lineOf(child.stdout), "sending");
           const first = await withTimeout(mine.recv(), 10_000, "first");
           assert.ok(first !== null && first.data.length > 0);
@@ -566,12 +521,7 @@ for (const type of ["stream", "seqpacket"] as const) {
         // We flood a child that never reads; it dies while we wait.
         {
           const [mine, theirs] = socketpair({ type });
-          await using child = spawn(DENO, {
-            args: ["run", "--allow-ffi", CHILD, "hold"],
-            fds: [theirs],
-            stdout: "piped",
-          });
-          theirs.close();
+          await using child = socketChild(["hold"], theirs);
           assert.equal(await lineOf(child.stdout), "holding");
           const chunk = new Uint8Array(32 * 1024);
           let sending: Promise<void> = Promise.resolve();
@@ -599,12 +549,7 @@ Deno.test({
   ...SANITIZE,
   async fn() {
     const [mine, theirs] = socketpair({ type: "seqpacket" });
-    await using child = spawn(DENO, {
-      args: ["run", "--allow-ffi", CHILD, "unref-recv"],
-      fds: [theirs],
-      stdout: "piped",
-    });
-    theirs.close();
+    await using child = socketChild(["unref-recv"], theirs);
     const output = withTimeout(
       new Response(child.stdout).text(),
       10_000,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { pipe, type PipeReader, spawn } from "../mod.ts";
+import { pipe, spawn } from "../mod.ts";
 import {
   assertNoFdLeak,
   childPids,
@@ -11,14 +11,11 @@ import {
   readProcText,
   withTimeout,
 } from "./_util.ts";
+import { readAllText } from "./_socket_util.ts";
 
 const CHILD = new URL("./fixtures/spawn_child.ts", import.meta.url).pathname;
 const perms = { ffi: true, read: true, run: true, env: true } as const;
 const decoder = new TextDecoder();
-
-async function readAll(reader: PipeReader, what: string): Promise<string> {
-  return await withTimeout(new Response(reader.readable).text(), 10_000, what);
-}
 
 Deno.test({
   name:
@@ -39,7 +36,7 @@ Deno.test({
       });
       for (const p of pipes) p.writer.close();
       const got = await Promise.all(
-        pipes.map((p, i) => readAll(p.reader, `pipe ${i}`)),
+        pipes.map((p, i) => readAllText(p.reader, `pipe ${i}`)),
       );
       const expected = pipes.map((_, j) =>
         Array.from({ length: count }, (_, i) => i)
@@ -100,7 +97,7 @@ Deno.test({
       });
       sink.writer.close();
       assert.equal(
-        await readAll(sink.reader, "endpoint stdout"),
+        await readAllText(sink.reader, "endpoint stdout"),
         "to-endpoint\n",
       );
       assert.equal((await quiet.status).code, 0);
