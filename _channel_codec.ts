@@ -110,6 +110,24 @@ function cloneError(what: string): DOMException {
   );
 }
 
+/**
+ * Writes `value` as UTF-8 at `buf[at]`, where there is room for 3 bytes per
+ * UTF-16 unit: the ASCII prefix byte by byte, the rest from the first
+ * non-ASCII unit on with `encodeInto`. Returns the bytes written.
+ */
+function writeUtf8(buf: Uint8Array, at: number, value: string): number {
+  const length = value.length;
+  let i = 0;
+  for (; i < length; i++) {
+    const c = value.charCodeAt(i);
+    if (c >= 0x80) break;
+    buf[at + i] = c;
+  }
+  if (i === length) return i;
+  return i +
+    textEncoder.encodeInto(value.slice(i), buf.subarray(at + i)).written;
+}
+
 /** A growable output buffer. */
 export class Writer {
   buf: Uint8Array<ArrayBuffer>;
@@ -156,20 +174,9 @@ export class Writer {
     if (length <= 42) {
       // At most 126 UTF-8 bytes: the length fits in one varint byte.
       this.ensure(1 + length * 3);
-      const buf = this.buf;
       const at = this.pos + 1;
-      let i = 0;
-      for (; i < length; i++) {
-        const c = value.charCodeAt(i);
-        if (c >= 0x80) break;
-        buf[at + i] = c;
-      }
-      let n = i;
-      if (i < length) {
-        n = i +
-          textEncoder.encodeInto(value.slice(i), buf.subarray(at + i)).written;
-      }
-      buf[this.pos] = n;
+      const n = writeUtf8(this.buf, at, value);
+      this.buf[this.pos] = n;
       this.pos = at + n;
       return;
     }
@@ -177,21 +184,10 @@ export class Writer {
       // At most 16383 UTF-8 bytes: a two-byte varint (not always the
       // shortest form, which the reader accepts) is reserved up front.
       this.ensure(2 + length * 3);
-      const buf = this.buf;
       const at = this.pos + 2;
-      let i = 0;
-      for (; i < length; i++) {
-        const c = value.charCodeAt(i);
-        if (c >= 0x80) break;
-        buf[at + i] = c;
-      }
-      let n = i;
-      if (i < length) {
-        n = i +
-          textEncoder.encodeInto(value.slice(i), buf.subarray(at + i)).written;
-      }
-      buf[this.pos] = (n & 0x7f) | 0x80;
-      buf[this.pos + 1] = n >>> 7;
+      const n = writeUtf8(this.buf, at, value);
+      this.buf[this.pos] = (n & 0x7f) | 0x80;
+      this.buf[this.pos + 1] = n >>> 7;
       this.pos = at + n;
       return;
     }
