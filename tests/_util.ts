@@ -488,3 +488,21 @@ export function fdInode(fd: number): number | undefined {
   const match = fdTarget(fd)?.match(/\[(\d+)\]$/);
   return match ? Number(match[1]) : undefined;
 }
+
+/**
+ * Registers a test that needs FFI (plus `permissions`), run under
+ * {@linkcode assertNoFdLeak} with Deno's sanitizers on (Deno 2.9 turns them
+ * off by default).
+ */
+export function test(
+  name: string,
+  fn: () => Promise<void> | void,
+  permissions: Deno.PermissionOptionsObject = {},
+): void {
+  Deno.test({
+    name,
+    permissions: { ffi: true, ...permissions },
+    ...SANITIZE,
+    fn: () => assertNoFdLeak(fn, name),
+  });
+}

@@ -6,7 +6,6 @@ import { F, O } from "../ffi/layout.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import { poller, PollHandle } from "../ffi/poller.ts";
 import {
-  assertNoFdLeak,
   assertPattern,
   delay,
   DENO,
@@ -18,8 +17,8 @@ import {
   pollerInterest,
   pollerWaits,
   runDeno,
-  SANITIZE,
   stillPending,
+  test,
   until,
   withTimeout,
 } from "./_util.ts";
@@ -27,23 +26,6 @@ import {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const MiB = 1 << 20;
-
-/**
- * A test that needs FFI, run under the fd leak check with Deno's sanitizers
- * on (Deno 2.9 turns them off by default).
- */
-function test(
-  name: string,
-  fn: () => Promise<void> | void,
-  permissions: Deno.PermissionOptionsObject = {},
-): void {
-  Deno.test({
-    name,
-    permissions: { ffi: true, ...permissions },
-    ...SANITIZE,
-    fn: () => assertNoFdLeak(fn, name),
-  });
-}
 
 function fcntl(fd: number, cmd: number): number {
   const result = libc().fcntl(fd, cmd, 0);

@@ -16,35 +16,17 @@ import {
   tryIo,
 } from "../ffi/errors.ts";
 import {
-  assertNoFdLeak,
   delay,
   fixture,
   pollerIdle,
   pollerInterest,
   pollerWaits,
   runDeno,
-  SANITIZE,
   stillPending,
+  test,
   until,
   withTimeout,
 } from "./_util.ts";
-
-/**
- * A test that needs FFI, run under the fd leak check with Deno's sanitizers
- * on (Deno 2.9 turns them off by default).
- */
-function test(
-  name: string,
-  fn: () => Promise<void> | void,
-  permissions: Deno.PermissionOptionsObject = {},
-): void {
-  Deno.test({
-    name,
-    permissions: { ffi: true, ...permissions },
-    ...SANITIZE,
-    fn: () => assertNoFdLeak(fn, name),
-  });
-}
 
 /** Sets the calling thread's errno, as a failing libc call would. */
 function setErrno(code: number): void {
