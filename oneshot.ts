@@ -147,6 +147,17 @@ function sameUser(): (uid: number) => boolean {
   return (uid) => uid === me;
 }
 
+/** What both servers start with: a fresh random name, listened on. */
+function listenOnRandomName(options: ServerOptions): {
+  name: string;
+  listener: UnixListener;
+  allow: (uid: number) => boolean;
+} {
+  const name = randomName();
+  const listener = listen({ abstract: name, type: "seqpacket" });
+  return { name, listener, allow: options.allowUid ?? sameUser() };
+}
+
 /**
  * A server for exactly one client, like ipc-channel's `IpcOneShotServer`:
  * give its {@linkcode name} to another process (an argument, an
@@ -183,9 +194,8 @@ export class OneShotServer<T> implements Disposable {
    * @param options Who may connect (default: this user only).
    */
   constructor(options: ServerOptions = {}) {
-    this.#name = randomName();
-    this.#listener = listen({ abstract: this.#name, type: "seqpacket" });
-    this.#allow = options.allowUid ?? sameUser();
+    ({ name: this.#name, listener: this.#listener, allow: this.#allow } =
+      listenOnRandomName(options));
   }
 
   /** The name to pass to {@linkcode connectOneShot}: unguessable. */
@@ -277,9 +287,8 @@ export class ChannelServer<T>
    * @param options Who may connect (default: this user only).
    */
   constructor(options: ServerOptions = {}) {
-    this.#name = randomName();
-    this.#listener = listen({ abstract: this.#name, type: "seqpacket" });
-    this.#allow = options.allowUid ?? sameUser();
+    ({ name: this.#name, listener: this.#listener, allow: this.#allow } =
+      listenOnRandomName(options));
   }
 
   /** The name to pass to {@linkcode connectOneShot}: unguessable. */
