@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { pipe } from "../pipe.ts";
+import { type Pipe, pipe } from "../pipe.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
 import { readNoWait } from "../ffi/fd.ts";
@@ -27,6 +27,14 @@ import {
   until,
   withTimeout,
 } from "./_util.ts";
+
+/** Closes both ends of every pipe in `pipes`. */
+function closePipes(pipes: Pipe[]): void {
+  for (const p of pipes) {
+    p.reader.close();
+    p.writer.close();
+  }
+}
 
 /** Sets the calling thread's errno, as a failing libc call would. */
 function setErrno(code: number): void {
@@ -76,10 +84,7 @@ test(
         assert.deepEqual([...buffers[i].subarray(0, 2)], [i, 255 - i], `${i}`);
       }
     } finally {
-      for (const p of pipes) {
-        p.reader.close();
-        p.writer.close();
-      }
+      closePipes(pipes);
     }
     assert.equal(poller().size, 0);
   },
@@ -131,10 +136,7 @@ test("the poller keeps at most one epoll_wait in flight, however many fds wait",
   } finally {
     sampling = false;
     await sampler;
-    for (const p of pipes) {
-      p.reader.close();
-      p.writer.close();
-    }
+    closePipes(pipes);
   }
   assert.ok(samples > 0, "the sampler never saw the poller wait");
   assert.equal(maxWaits, 1, `${maxWaits} epoll_wait calls were in flight`);
@@ -151,10 +153,7 @@ test("300 fds ready at once (more than one epoll_wait returns) all wake their re
     const results = await withTimeout(Promise.all(reads), 5000, "300 reads");
     assert.ok(results.every((n) => n === 1));
   } finally {
-    for (const p of pipes) {
-      p.reader.close();
-      p.writer.close();
-    }
+    closePipes(pipes);
   }
 });
 
@@ -188,10 +187,7 @@ test("every fd in one batch of events wakes its reader, round after round", asyn
       assert.ok(results.every((n) => n === 1));
     }
   } finally {
-    for (const p of pipes) {
-      p.reader.close();
-      p.writer.close();
-    }
+    closePipes(pipes);
   }
 });
 
@@ -212,10 +208,7 @@ test("once every endpoint is closed the poller registers nothing and stops waiti
     assert.equal(poller().busy, true);
     assert.equal(pollerInterest().length, 20);
 
-    for (const p of pipes) {
-      p.reader.close();
-      p.writer.close();
-    }
+    closePipes(pipes);
     const results = await withTimeout(
       Promise.allSettled(waits),
       1000,
@@ -227,10 +220,7 @@ test("once every endpoint is closed the poller registers nothing and stops waiti
     await pollerIdle(1000);
     assert.equal(pollerWaits(), 0);
   } finally {
-    for (const p of pipes) {
-      p.reader.close();
-      p.writer.close();
-    }
+    closePipes(pipes);
   }
 
   // The poller serves the next waiter as before.
@@ -285,10 +275,7 @@ test("unref'd waiters are served by zero-timeout polls with no epoll_wait in fli
     });
     assert.equal(poller().busy, false);
   } finally {
-    for (const p of pipes) {
-      p.reader.close();
-      p.writer.close();
-    }
+    closePipes(pipes);
   }
 });
 
