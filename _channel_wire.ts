@@ -28,8 +28,6 @@
 import { libc } from "./ffi/libc.ts";
 import { check, ERRNO, errno, systemError } from "./ffi/errors.ts";
 import {
-  CMSGHDR,
-  cmsgLen,
   cmsgSpace,
   F,
   MMAP,
@@ -42,6 +40,7 @@ import {
 } from "./ffi/layout.ts";
 import { addressOf, cstr, pointerOf, stableBuffer } from "./ffi/mem.ts";
 import { invalid } from "./_channel_codec.ts";
+import { writeRights } from "./_scm.ts";
 
 /** Frame types. */
 export const FRAME = {
@@ -147,14 +146,7 @@ export function sendFrame(
   setSize(HDR_AT + MSGHDR.iovlen, iovs);
   view.setInt32(HDR_AT + MSGHDR.flags, 0, true);
   if (fds.length > 0) {
-    const space = cmsgSpace(fds.length * 4);
-    bytes.fill(0, CONTROL_AT, CONTROL_AT + space);
-    setSize(CONTROL_AT + CMSGHDR.len, cmsgLen(fds.length * 4));
-    view.setInt32(CONTROL_AT + CMSGHDR.level, SOCK.SOL_SOCKET, true);
-    view.setInt32(CONTROL_AT + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
-    for (let i = 0; i < fds.length; i++) {
-      view.setInt32(CONTROL_AT + CMSGHDR.size + i * 4, fds[i], true);
-    }
+    const space = writeRights(view, CONTROL_AT, fds);
     view.setBigUint64(HDR_AT + MSGHDR.control, base + BigInt(CONTROL_AT), true);
     setSize(HDR_AT + MSGHDR.controllen, space);
   } else {

@@ -104,6 +104,35 @@ function prepare(
 }
 
 /**
+ * Writes one SCM_RIGHTS control message carrying `fds` at `at` in `view`,
+ * padding included, for a msghdr of any layout.
+ *
+ * @param view The control buffer's memory.
+ * @param at Where the control message starts (8-aligned).
+ * @param fds The fds to pass, at least one.
+ * @returns The control bytes to send (`CMSG_SPACE`), for `msg_controllen`.
+ */
+export function writeRights(
+  view: DataView,
+  at: number,
+  fds: readonly number[],
+): number {
+  const len = cmsgLen(fds.length * 4);
+  const space = cmsgSpace(fds.length * 4);
+  // cmsg_len is a size_t: written as two u32 halves, without a BigInt.
+  view.setUint32(at + CMSGHDR.len, len, true);
+  view.setUint32(at + CMSGHDR.len + 4, 0, true);
+  view.setInt32(at + CMSGHDR.level, SOCK.SOL_SOCKET, true);
+  view.setInt32(at + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
+  for (let i = 0; i < fds.length; i++) {
+    view.setInt32(at + CMSGHDR.size + i * 4, fds[i], true);
+  }
+  // An odd fd count leaves 4 bytes of padding up to CMSG_SPACE.
+  for (let i = len; i < space; i += 4) view.setInt32(at + i, 0, true);
+  return space;
+}
+
+/**
  * Sends `data` with `fds` attached (SCM_RIGHTS when there are any).
  *
  * @param fd The socket.
@@ -119,18 +148,10 @@ export function sendMessage(
   fds: readonly number[],
   wait: boolean,
 ): number {
-  const controlBytes = fds.length === 0 ? 0 : cmsgSpace(fds.length * 4);
+  const controlBytes = fds.length === 0
+    ? 0
+    : writeRights(areaView, CONTROL_AT, fds);
   prepare(data, controlBytes, true);
-  if (controlBytes > 0) {
-    const at = CONTROL_AT;
-    areaBytes.fill(0, at, at + controlBytes);
-    setSize(at + CMSGHDR.len, cmsgLen(fds.length * 4));
-    areaView.setInt32(at + CMSGHDR.level, SOCK.SOL_SOCKET, true);
-    areaView.setInt32(at + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
-    for (let i = 0; i < fds.length; i++) {
-      areaView.setInt32(at + CMSGHDR.size + i * 4, fds[i], true);
-    }
-  }
   const flags = wait ? MSG.NOSIGNAL : SEND_NOWAIT;
   const lib = libc();
   for (;;) {

@@ -14,15 +14,9 @@
 
 import { libc } from "../ffi/libc.ts";
 import { ERRNO, errno, systemError } from "../ffi/errors.ts";
-import {
-  CMSGHDR,
-  cmsgLen,
-  cmsgSpace,
-  MSG,
-  MSGHDR,
-  SOCK,
-} from "../ffi/layout.ts";
+import { CMSGHDR, cmsgSpace, MSG, MSGHDR, SOCK } from "../ffi/layout.ts";
 import { addressOf, pointerOf, stableBuffer } from "../ffi/mem.ts";
+import { writeRights } from "../_scm.ts";
 
 /** "CQE1" little-endian: a conduit queue end. */
 export const HELLO_MAGIC = 0x31455143;
@@ -65,19 +59,7 @@ export function sendHello(fd: number, role: number, fds: number[]): void {
   view.setUint32(DATA_AT + 4, HELLO_VERSION, true);
   view.setUint32(DATA_AT + 8, role, true);
   view.setUint32(DATA_AT + 12, 0, true);
-  const space = cmsgSpace(fds.length * 4);
-  new Uint8Array(area, CONTROL_AT, CONTROL_SIZE).fill(0);
-  fill(space);
-  view.setBigUint64(
-    CONTROL_AT + CMSGHDR.len,
-    BigInt(cmsgLen(fds.length * 4)),
-    true,
-  );
-  view.setInt32(CONTROL_AT + CMSGHDR.level, SOCK.SOL_SOCKET, true);
-  view.setInt32(CONTROL_AT + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
-  fds.forEach((f, i) =>
-    view.setInt32(CONTROL_AT + CMSGHDR.size + 4 * i, f, true)
-  );
+  fill(writeRights(view, CONTROL_AT, fds));
   const n = Number(libc().sendmsg(fd, hdrPointer, MSG.NOSIGNAL | MSG.DONTWAIT));
   if (n === -1) throw systemError("sendmsg", errno(), "queue end hello");
   if (n !== HELLO_SIZE) {
