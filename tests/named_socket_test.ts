@@ -24,8 +24,16 @@ const childPerms = { ffi: true, read: true, write: true, run: true } as const;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-function tempDir(): string {
-  return Deno.makeTempDirSync({ prefix: "conduit-sock-" });
+/** Runs `fn` in a new temporary directory, then removes it and all in it. */
+async function inTempDir(
+  fn: (dir: string) => void | Promise<void>,
+): Promise<void> {
+  const dir = Deno.makeTempDirSync({ prefix: "conduit-sock-" });
+  try {
+    await fn(dir);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 }
 
 function exists(path: string): boolean {
@@ -105,8 +113,7 @@ for (const type of ["stream", "seqpacket"] as ListenType[]) {
       permissions: childPerms,
       ...SANITIZE,
       async fn() {
-        const dir = tempDir();
-        try {
+        await inTempDir(async (dir) => {
           await assertNoFdLeak(async () => {
             const name = kind === "path" ? `${dir}/server.sock` : uniqueName();
             using server = listen(
@@ -130,9 +137,7 @@ for (const type of ["stream", "seqpacket"] as ListenType[]) {
             assert.equal(status.success, true);
           });
           assert.equal(exists(`${dir}/server.sock`), false, "file removed");
-        } finally {
-          Deno.removeSync(dir, { recursive: true });
-        }
+        });
       },
     });
   }
@@ -142,9 +147,8 @@ Deno.test({
   name: "a path socket is created owner-only (0600) unless mode says otherwise",
   permissions: perms,
   ...SANITIZE,
-  fn() {
-    const dir = tempDir();
-    try {
+  async fn() {
+    await inTempDir((dir) => {
       const path = `${dir}/private.sock`;
       {
         using server = listen({ path });
@@ -169,9 +173,7 @@ Deno.test({
       }
       assert.deepEqual([...Deno.readDirSync(dir)], []);
       assert.throws(() => listen({ path, mode: 0o1777 }), RangeError);
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -181,8 +183,7 @@ Deno.test({
   permissions: childPerms,
   ...SANITIZE,
   async fn() {
-    const dir = tempDir();
-    try {
+    await inTempDir(async (dir) => {
       const path = `${dir}/crash.sock`;
       {
         await using child = socketChild(["listen", path]);
@@ -208,9 +209,7 @@ Deno.test({
       }
       assert.deepEqual([...Deno.readDirSync(dir)], []);
       await pollerIdle();
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -220,8 +219,7 @@ Deno.test({
   permissions: childPerms,
   ...SANITIZE,
   async fn() {
-    const dir = tempDir();
-    try {
+    await inTempDir(async (dir) => {
       const path = `${dir}/live.sock`;
       // A live server in another process.
       {
@@ -267,9 +265,7 @@ Deno.test({
         client.close();
       }
       await pollerIdle();
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -389,9 +385,8 @@ Deno.test({
     "close() removes the socket file, but never a file that replaced it or one in the way",
   permissions: perms,
   ...SANITIZE,
-  fn() {
-    const dir = tempDir();
-    try {
+  async fn() {
+    await inTempDir((dir) => {
       const path = `${dir}/s.sock`;
       const server = listen({ path });
       Deno.removeSync(path);
@@ -409,9 +404,7 @@ Deno.test({
         [...Deno.readDirSync(dir)].map((e) => e.name),
         ["s.sock"],
       );
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -420,8 +413,7 @@ Deno.test({
   permissions: perms,
   ...SANITIZE,
   async fn() {
-    const dir = tempDir();
-    try {
+    await inTempDir(async (dir) => {
       await assert.rejects(
         connect({ path: `${dir}/missing.sock` }),
         (error: Error) =>
@@ -453,9 +445,7 @@ Deno.test({
         () => listen({ abstract: "a", type: "dgram" as "stream" }),
         TypeError,
       );
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
 
@@ -464,8 +454,7 @@ Deno.test({
   permissions: perms,
   ...SANITIZE,
   async fn() {
-    const dir = tempDir();
-    try {
+    await inTempDir(async (dir) => {
       await assertNoFdLeak(async () => {
         const path = `${dir}/adopt.sock`;
         using server = listen({ path });
@@ -480,8 +469,6 @@ Deno.test({
         adopted.close();
         assert.equal(exists(path), true);
       });
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    });
   },
 });
