@@ -213,6 +213,21 @@ function checkCount(
   return value;
 }
 
+/** The fd and byte limits of a receive, checked, with their defaults. */
+function recvLimits(
+  options: SocketRecvOptions,
+): { maxFds: number; maxBytes: number } {
+  return {
+    maxFds: checkCount(options.maxFds, MAX_FDS, MAX_FDS, "maxFds"),
+    maxBytes: checkCount(
+      options.maxBytes,
+      DEFAULT_MAX_BYTES,
+      2 ** 31 - 1,
+      "maxBytes",
+    ),
+  };
+}
+
 /** One send in progress: what is left and whether the fds went out. */
 interface SendJob {
   bytes: Uint8Array;
@@ -658,13 +673,7 @@ export class UnixSocket implements Disposable {
    * ```
    */
   async recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
-    const maxFds = checkCount(options.maxFds, MAX_FDS, MAX_FDS, "maxFds");
-    const maxBytes = checkCount(
-      options.maxBytes,
-      DEFAULT_MAX_BYTES,
-      2 ** 31 - 1,
-      "maxBytes",
-    );
+    const { maxFds, maxBytes } = recvLimits(options);
     const spin = options.spin ?? 0;
     let deadline = spin > 0 ? performance.now() + spin / 1000 : 0;
     for (;;) {
@@ -686,13 +695,7 @@ export class UnixSocket implements Disposable {
    * @returns The message, or `null` at end of stream.
    */
   recvSync(options: SocketRecvOptions = {}): SocketMessage | null {
-    const maxFds = checkCount(options.maxFds, MAX_FDS, MAX_FDS, "maxFds");
-    const maxBytes = checkCount(
-      options.maxBytes,
-      DEFAULT_MAX_BYTES,
-      2 ** 31 - 1,
-      "maxBytes",
-    );
+    const { maxFds, maxBytes } = recvLimits(options);
     for (;;) {
       const message = this.#tryRecv(maxFds, maxBytes, true);
       if (message !== undefined) return message;
