@@ -18,6 +18,7 @@ import {
   fdInode,
   fixture,
   SANITIZE,
+  test,
   withTimeout,
 } from "./_util.ts";
 import { lineOf, readAllText, socketChild } from "./_socket_util.ts";
@@ -51,236 +52,212 @@ async function pingPong(socket: UnixSocket): Promise<string> {
 }
 
 for (const type of TYPES) {
-  Deno.test({
-    name:
-      `${type}: send({ fds }) passes live endpoints; the sender keeps its copies unless closeSent`,
-    permissions: perms,
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(async () => {
-        using pair = socketpair({ type });
-        const [a, b] = pair;
-        const p = pipe();
-        using extra = socketpair({ type: "seqpacket" });
-        await a.send(encoder.encode("two ends"), { fds: [p.writer, extra[0]] });
-        // Not asked to close: both still work here.
-        assert.equal(p.writer.closed, false);
-        assert.equal(extra[0].closed, false);
-        const message = await withTimeout(b.recv(), 5_000, "recv");
-        assert.ok(message !== null);
-        assert.equal(decoder.decode(message.data), "two ends");
-        const [writer, socket] = message.fds;
-        assert.ok(writer instanceof PipeWriter);
-        assert.ok(socket instanceof UnixSocket);
-        assert.equal(socket.type, "seqpacket");
-        // The same open files, now at new fd numbers of this process.
-        assert.equal(fdInode(writer.rawFd), fdInode(p.writer.rawFd));
-        assert.notEqual(writer.rawFd, p.writer.rawFd);
-        for (const fd of [writer.rawFd, socket.rawFd]) {
-          const flags = libc().fcntl(fd, F.GETFD, 0);
-          assert.equal(flags & F.FD_CLOEXEC, F.FD_CLOEXEC, "CLOEXEC");
-          assert.equal(libc().fcntl(fd, F.GETFL, 0) & O.NONBLOCK, 0);
-        }
-        await writer.write(encoder.encode("via the received end"));
-        writer.close();
-        p.writer.close();
-        assert.equal(
-          await readAllText(p.reader, "pipe"),
-          "via the received end",
-        );
-        await socket.send(encoder.encode("via the received socket"));
-        const got = await extra[1].recv();
-        assert.equal(decoder.decode(got!.data), "via the received socket");
-        socket.close();
+  test(
+    `${type}: send({ fds }) passes live endpoints; the sender keeps its copies unless closeSent`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const p = pipe();
+      using extra = socketpair({ type: "seqpacket" });
+      await a.send(encoder.encode("two ends"), { fds: [p.writer, extra[0]] });
+      // Not asked to close: both still work here.
+      assert.equal(p.writer.closed, false);
+      assert.equal(extra[0].closed, false);
+      const message = await withTimeout(b.recv(), 5_000, "recv");
+      assert.ok(message !== null);
+      assert.equal(decoder.decode(message.data), "two ends");
+      const [writer, socket] = message.fds;
+      assert.ok(writer instanceof PipeWriter);
+      assert.ok(socket instanceof UnixSocket);
+      assert.equal(socket.type, "seqpacket");
+      // The same open files, now at new fd numbers of this process.
+      assert.equal(fdInode(writer.rawFd), fdInode(p.writer.rawFd));
+      assert.notEqual(writer.rawFd, p.writer.rawFd);
+      for (const fd of [writer.rawFd, socket.rawFd]) {
+        const flags = libc().fcntl(fd, F.GETFD, 0);
+        assert.equal(flags & F.FD_CLOEXEC, F.FD_CLOEXEC, "CLOEXEC");
+        assert.equal(libc().fcntl(fd, F.GETFL, 0) & O.NONBLOCK, 0);
+      }
+      await writer.write(encoder.encode("via the received end"));
+      writer.close();
+      p.writer.close();
+      assert.equal(
+        await readAllText(p.reader, "pipe"),
+        "via the received end",
+      );
+      await socket.send(encoder.encode("via the received socket"));
+      const got = await extra[1].recv();
+      assert.equal(decoder.decode(got!.data), "via the received socket");
+      socket.close();
 
-        // Asked to close: the sender's copies are closed once sent.
-        const q = pipe();
-        await a.send(encoder.encode("x"), { fds: [q.reader], closeSent: true });
-        assert.equal(q.reader.closed, true);
-        const moved = await b.recv();
-        assert.ok(moved!.fds[0] instanceof PipeReader);
-        await q.writer.write(encoder.encode("moved"));
-        q.writer.close();
-        assert.equal(
-          await readAllText(moved!.fds[0] as PipeReader, "moved"),
-          "moved",
-        );
-        closeAll(moved!.fds);
-        p.reader.close();
-      });
+      // Asked to close: the sender's copies are closed once sent.
+      const q = pipe();
+      await a.send(encoder.encode("x"), { fds: [q.reader], closeSent: true });
+      assert.equal(q.reader.closed, true);
+      const moved = await b.recv();
+      assert.ok(moved!.fds[0] instanceof PipeReader);
+      await q.writer.write(encoder.encode("moved"));
+      q.writer.close();
+      assert.equal(
+        await readAllText(moved!.fds[0] as PipeReader, "moved"),
+        "moved",
+      );
+      closeAll(moved!.fds);
+      p.reader.close();
     },
-  });
+    perms,
+  );
 }
 
-Deno.test({
-  name:
-    "fds arrive CLOEXEC from the start (MSG_CMSG_CLOEXEC), before any endpoint wraps them",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(() => {
-      using pair = socketpair({ type: "seqpacket" });
-      const [a, b] = pair;
-      using p = pipe();
-      a.sendSync(encoder.encode("raw"), { fds: [p.reader, p.writer] });
-      // The module's own receive step, below fromFd(), which would set
-      // CLOEXEC itself (too late for a spawn on another thread).
-      const got = receiveMessage(b.rawFd, new Uint8Array(3), 253, true);
-      assert.ok(got !== null);
-      assert.equal(got.fds.length, 2);
-      for (const fd of got.fds) {
-        assert.equal(libc().fcntl(fd, F.GETFD, 0) & F.FD_CLOEXEC, F.FD_CLOEXEC);
-        libc().close(fd);
-      }
-    });
+test(
+  "fds arrive CLOEXEC from the start (MSG_CMSG_CLOEXEC), before any endpoint wraps them",
+  () => {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a, b] = pair;
+    using p = pipe();
+    a.sendSync(encoder.encode("raw"), { fds: [p.reader, p.writer] });
+    // The module's own receive step, below fromFd(), which would set
+    // CLOEXEC itself (too late for a spawn on another thread).
+    const got = receiveMessage(b.rawFd, new Uint8Array(3), 253, true);
+    assert.ok(got !== null);
+    assert.equal(got.fds.length, 2);
+    for (const fd of got.fds) {
+      assert.equal(libc().fcntl(fd, F.GETFD, 0) & F.FD_CLOEXEC, F.FD_CLOEXEC);
+      libc().close(fd);
+    }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "a message with more fds than maxFds fails (MSG_CTRUNC) and the fds that arrived are closed",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "seqpacket" });
-      const [a, b] = pair;
-      const pipes = [pipe(), pipe(), pipe()];
-      await a.send(encoder.encode("three"), {
-        fds: pipes.map((p) => p.reader),
-      });
-      await assert.rejects(
-        withTimeout(b.recv({ maxFds: 1 }), 5_000, "recv"),
-        (error: Error) =>
-          error instanceof RangeError &&
-          /more fds than the 1 allowed/.test(error.message),
-      );
-      // The message is gone, and so is every fd that came with it: if any
-      // copy of a read end were left open here, the writers would not see
-      // EPIPE below.
-      for (const p of pipes) {
-        p.reader.close();
-        await assert.rejects(
-          p.writer.write(new Uint8Array(1)),
-          Deno.errors.BrokenPipe,
-        );
-        p.writer.close();
-      }
-      // The socket still works.
-      await a.send(encoder.encode("after"));
-      assert.equal(decoder.decode((await b.recv())!.data), "after");
+test(
+  "a message with more fds than maxFds fails (MSG_CTRUNC) and the fds that arrived are closed",
+  async () => {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a, b] = pair;
+    const pipes = [pipe(), pipe(), pipe()];
+    await a.send(encoder.encode("three"), {
+      fds: pipes.map((p) => p.reader),
     });
-  },
-});
-
-Deno.test({
-  name:
-    "an fd that fits no endpoint fails the recv with TypeError, and every fd of the message is closed",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "dgram" });
-      const [a, b] = pair;
-      const devNull = libc().open(cstr("/dev/null"), O.RDONLY | O.CLOEXEC, 0);
-      assert.ok(devNull >= 0);
-      const p = pipe();
-      try {
-        await a.send(encoder.encode("odd"), { fds: [p.reader, devNull] });
-      } finally {
-        libc().close(devNull);
-      }
-      await assert.rejects(
-        withTimeout(b.recv(), 5_000, "recv"),
-        (error: Error) =>
-          error instanceof TypeError && /fits no endpoint/.test(error.message),
-      );
+    await assert.rejects(
+      withTimeout(b.recv({ maxFds: 1 }), 5_000, "recv"),
+      (error: Error) =>
+        error instanceof RangeError &&
+        /more fds than the 1 allowed/.test(error.message),
+    );
+    // The message is gone, and so is every fd that came with it: if any
+    // copy of a read end were left open here, the writers would not see
+    // EPIPE below.
+    for (const p of pipes) {
       p.reader.close();
       await assert.rejects(
         p.writer.write(new Uint8Array(1)),
         Deno.errors.BrokenPipe,
       );
       p.writer.close();
-    });
+    }
+    // The socket still works.
+    await a.send(encoder.encode("after"));
+    assert.equal(decoder.decode((await b.recv())!.data), "after");
   },
-});
+  perms,
+);
+
+test(
+  "an fd that fits no endpoint fails the recv with TypeError, and every fd of the message is closed",
+  async () => {
+    using pair = socketpair({ type: "dgram" });
+    const [a, b] = pair;
+    const devNull = libc().open(cstr("/dev/null"), O.RDONLY | O.CLOEXEC, 0);
+    assert.ok(devNull >= 0);
+    const p = pipe();
+    try {
+      await a.send(encoder.encode("odd"), { fds: [p.reader, devNull] });
+    } finally {
+      libc().close(devNull);
+    }
+    await assert.rejects(
+      withTimeout(b.recv(), 5_000, "recv"),
+      (error: Error) =>
+        error instanceof TypeError && /fits no endpoint/.test(error.message),
+    );
+    p.reader.close();
+    await assert.rejects(
+      p.writer.write(new Uint8Array(1)),
+      Deno.errors.BrokenPipe,
+    );
+    p.writer.close();
+  },
+  perms,
+);
 
 for (const type of TYPES) {
-  Deno.test({
-    name:
-      `${type}: a pipe end goes to a child and a pipe end and a socket come back, all used after the trip`,
-    permissions: childPerms,
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(async () => {
-        const [mine, theirs] = socketpair({ type });
-        await using child = socketChild(["fdpass"], theirs);
-        const toChild = pipe();
-        await mine.send(encoder.encode("hello from the parent"), {
-          fds: [toChild.writer],
-          closeSent: true,
-        });
-        assert.equal(toChild.writer.closed, true);
-        // EOF comes once the child closes the only writer left: the one it
-        // received.
-        assert.equal(
-          await readAllText(toChild.reader, "the child's write"),
-          "child got: hello from the parent",
-        );
-        toChild.reader.close();
-        const back = await withTimeout(mine.recv(), 10_000, "child's fds");
-        assert.ok(back !== null);
-        assert.equal(decoder.decode(back.data), "from the child");
-        const [reader, socket] = back.fds;
-        assert.ok(reader instanceof PipeReader, "a PipeReader came back");
-        assert.ok(socket instanceof UnixSocket, "a UnixSocket came back");
-        assert.equal(socket.type, type);
-        assert.equal(
-          await readAllText(reader, "the child's pipe"),
-          "through the child's pipe",
-        );
-        assert.equal(await pingPong(socket), "pong");
-        closeAll(back.fds);
-        const status = await withTimeout(child.status, 10_000, "child exit");
-        assert.equal(status.success, true);
-        mine.close();
+  test(
+    `${type}: a pipe end goes to a child and a pipe end and a socket come back, all used after the trip`,
+    async () => {
+      const [mine, theirs] = socketpair({ type });
+      await using child = socketChild(["fdpass"], theirs);
+      const toChild = pipe();
+      await mine.send(encoder.encode("hello from the parent"), {
+        fds: [toChild.writer],
+        closeSent: true,
       });
-    },
-  });
-}
-
-Deno.test({
-  name:
-    "1,000 fds passed to a child and back in a loop leave both fd tables as they were",
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const count = 1000;
-      const [mine, theirs] = socketpair({ type: "seqpacket" });
-      await using child = socketChild(["fdloop", String(count)], theirs);
-      const p = pipe();
-      using spare = socketpair({ type: "dgram" });
-      for (let i = 0; i < count; i++) {
-        const end = i % 2 === 0 ? p.reader : spare[0];
-        await mine.send(encoder.encode(String(i)), { fds: [end] });
-        const back = await withTimeout(mine.recv(), 10_000, `fd ${i} back`);
-        assert.equal(decoder.decode(back!.data), String(i));
-        assert.equal(back!.fds.length, 1);
-        assert.equal(fdInode(back!.fds[0].rawFd), fdInode(end.rawFd));
-        closeAll(back!.fds);
-      }
-      const report = await withTimeout(mine.recv(), 10_000, "report");
-      const [word, before, after] = decoder.decode(report!.data).split(" ");
-      assert.equal(word, "done");
-      assert.equal(after, before, "the child's fd count");
+      assert.equal(toChild.writer.closed, true);
+      // EOF comes once the child closes the only writer left: the one it
+      // received.
+      assert.equal(
+        await readAllText(toChild.reader, "the child's write"),
+        "child got: hello from the parent",
+      );
+      toChild.reader.close();
+      const back = await withTimeout(mine.recv(), 10_000, "child's fds");
+      assert.ok(back !== null);
+      assert.equal(decoder.decode(back.data), "from the child");
+      const [reader, socket] = back.fds;
+      assert.ok(reader instanceof PipeReader, "a PipeReader came back");
+      assert.ok(socket instanceof UnixSocket, "a UnixSocket came back");
+      assert.equal(socket.type, type);
+      assert.equal(
+        await readAllText(reader, "the child's pipe"),
+        "through the child's pipe",
+      );
+      assert.equal(await pingPong(socket), "pong");
+      closeAll(back.fds);
       const status = await withTimeout(child.status, 10_000, "child exit");
       assert.equal(status.success, true);
-      p[Symbol.dispose]();
       mine.close();
-    });
+    },
+    childPerms,
+  );
+}
+
+test(
+  "1,000 fds passed to a child and back in a loop leave both fd tables as they were",
+  async () => {
+    const count = 1000;
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    await using child = socketChild(["fdloop", String(count)], theirs);
+    const p = pipe();
+    using spare = socketpair({ type: "dgram" });
+    for (let i = 0; i < count; i++) {
+      const end = i % 2 === 0 ? p.reader : spare[0];
+      await mine.send(encoder.encode(String(i)), { fds: [end] });
+      const back = await withTimeout(mine.recv(), 10_000, `fd ${i} back`);
+      assert.equal(decoder.decode(back!.data), String(i));
+      assert.equal(back!.fds.length, 1);
+      assert.equal(fdInode(back!.fds[0].rawFd), fdInode(end.rawFd));
+      closeAll(back!.fds);
+    }
+    const report = await withTimeout(mine.recv(), 10_000, "report");
+    const [word, before, after] = decoder.decode(report!.data).split(" ");
+    assert.equal(word, "done");
+    assert.equal(after, before, "the child's fd count");
+    const status = await withTimeout(child.status, 10_000, "child exit");
+    assert.equal(status.success, true);
+    p[Symbol.dispose]();
+    mine.close();
   },
-});
+  childPerms,
+);
 
 let python: string | null | undefined;
 async function findPython(): Promise<string | null> {

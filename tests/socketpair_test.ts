@@ -4,13 +4,13 @@ import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
 import { lineOf, readExactly, socketChild } from "./_socket_util.ts";
 import {
-  assertNoFdLeak,
   assertPattern,
   pattern,
   pollerIdle,
   readProcText,
   SANITIZE,
   stillPending,
+  test,
   withTimeout,
 } from "./_util.ts";
 
@@ -21,140 +21,123 @@ const childPerms = { ffi: true, read: true, run: true } as const;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-Deno.test({
-  name: "socketpair() stream sockets carry bytes both ways, like pipes",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "stream" });
-      const [a, b] = pair;
-      assert.equal(a.type, "stream");
-      const data = pattern(300_000);
-      const [, got] = await Promise.all([
-        a.write(data),
-        readExactly(b, data.length),
-      ]);
-      assertPattern(got, 0);
-      await b.write(encoder.encode("back"));
-      assert.equal(decoder.decode(await readExactly(a, 4)), "back");
-    });
+test(
+  "socketpair() stream sockets carry bytes both ways, like pipes",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    assert.equal(a.type, "stream");
+    const data = pattern(300_000);
+    const [, got] = await Promise.all([
+      a.write(data),
+      readExactly(b, data.length),
+    ]);
+    assertPattern(got, 0);
+    await b.write(encoder.encode("back"));
+    assert.equal(decoder.decode(await readExactly(a, 4)), "back");
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "stream socket readable and writable move bytes with backpressure",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "stream" });
-      const [a, b] = pair;
-      const total = 4 << 20;
-      const chunk = 64 * 1024;
-      const writer = a.writable.getWriter();
-      // Nothing reads yet: the writes must stall once the socket is full.
-      const writes: Promise<void>[] = [];
-      for (let at = 0; at < total; at += chunk) {
-        writes.push(writer.write(pattern(chunk, at)));
+test(
+  "stream socket readable and writable move bytes with backpressure",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const total = 4 << 20;
+    const chunk = 64 * 1024;
+    const writer = a.writable.getWriter();
+    // Nothing reads yet: the writes must stall once the socket is full.
+    const writes: Promise<void>[] = [];
+    for (let at = 0; at < total; at += chunk) {
+      writes.push(writer.write(pattern(chunk, at)));
+    }
+    const allWritten = Promise.all(writes);
+    assert.equal(await stillPending(allWritten, 50), true);
+    let received = 0;
+    const reading = (async () => {
+      for await (const part of b.readable) {
+        assertPattern(part, received);
+        received += part.length;
       }
-      const allWritten = Promise.all(writes);
-      assert.equal(await stillPending(allWritten, 50), true);
-      let received = 0;
-      const reading = (async () => {
-        for await (const part of b.readable) {
-          assertPattern(part, received);
-          received += part.length;
-        }
-      })();
-      await withTimeout(allWritten, 10_000, "writes");
-      // Closing the writable shuts down writing: the reader sees EOF.
-      await writer.close();
-      await withTimeout(reading, 10_000, "reading to EOF");
-      assert.equal(received, total);
-    });
+    })();
+    await withTimeout(allWritten, 10_000, "writes");
+    // Closing the writable shuts down writing: the reader sees EOF.
+    await writer.close();
+    await withTimeout(reading, 10_000, "reading to EOF");
+    assert.equal(received, total);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "shutdown('write') gives the peer end of stream while it can still answer",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "stream" });
-      const [a, b] = pair;
-      await a.write(encoder.encode("question"));
-      a.shutdown("write");
-      const text = await withTimeout(
-        new Response(b.readable).text(),
-        5_000,
-        "read to EOF",
-      );
-      assert.equal(text, "question");
-      await b.write(encoder.encode("answer"));
-      assert.equal(decoder.decode(await readExactly(a, 6)), "answer");
-      await assert.rejects(
-        a.write(encoder.encode("more")),
-        Deno.errors.BrokenPipe,
-      );
-    });
+test(
+  "shutdown('write') gives the peer end of stream while it can still answer",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    await a.write(encoder.encode("question"));
+    a.shutdown("write");
+    const text = await withTimeout(
+      new Response(b.readable).text(),
+      5_000,
+      "read to EOF",
+    );
+    assert.equal(text, "question");
+    await b.write(encoder.encode("answer"));
+    assert.equal(decoder.decode(await readExactly(a, 6)), "answer");
+    await assert.rejects(
+      a.write(encoder.encode("more")),
+      Deno.errors.BrokenPipe,
+    );
   },
-});
+  perms,
+);
 
 for (const type of MESSAGE_TYPES) {
-  Deno.test({
-    name: `${type} sockets keep message boundaries, from 0 bytes to 150 KB`,
-    permissions: perms,
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(async () => {
-        using pair = socketpair({ type });
-        const [a, b] = pair;
-        const sizes = [0, 1, 63, 64, 65, 1000, 65_536, 150_000, 5];
-        // Queued back to back before any is read (the later ones wait for
-        // room): none may merge, split or overtake another.
-        const sends = Promise.all(
-          sizes.map((size) => a.send(pattern(size, size))),
-        );
-        for (const size of sizes) {
-          const message = await withTimeout(b.recv(), 5_000, "recv");
-          assert.ok(message !== null);
-          assert.equal(message.data.length, size);
-          assertPattern(message.data, size);
-          assert.deepEqual(message.fds, []);
-        }
-        await withTimeout(sends, 5_000, "sends");
-      });
+  test(
+    `${type} sockets keep message boundaries, from 0 bytes to 150 KB`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const sizes = [0, 1, 63, 64, 65, 1000, 65_536, 150_000, 5];
+      // Queued back to back before any is read (the later ones wait for
+      // room): none may merge, split or overtake another.
+      const sends = Promise.all(
+        sizes.map((size) => a.send(pattern(size, size))),
+      );
+      for (const size of sizes) {
+        const message = await withTimeout(b.recv(), 5_000, "recv");
+        assert.ok(message !== null);
+        assert.equal(message.data.length, size);
+        assertPattern(message.data, size);
+        assert.deepEqual(message.fds, []);
+      }
+      await withTimeout(sends, 5_000, "sends");
     },
-  });
+    perms,
+  );
 
-  Deno.test({
-    name:
-      `${type}: a message larger than the socket can carry fails at send with a RangeError`,
-    permissions: perms,
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(async () => {
-        using pair = socketpair({ type });
-        const [a, b] = pair;
-        await assert.rejects(
-          a.send(new Uint8Array(300_000)),
-          (error: Error) =>
-            error instanceof RangeError &&
-            /message of 300000 bytes exceeds the socket's limit/.test(
-              error.message,
-            ),
-        );
-        assert.throws(() => a.sendSync(new Uint8Array(300_000)), RangeError);
-        // Nothing half-sent: the next message is the next one received.
-        await a.send(encoder.encode("small"));
-        const message = await b.recv();
-        assert.equal(decoder.decode(message!.data), "small");
-      });
+  test(
+    `${type}: a message larger than the socket can carry fails at send with a RangeError`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      await assert.rejects(
+        a.send(new Uint8Array(300_000)),
+        (error: Error) =>
+          error instanceof RangeError &&
+          /message of 300000 bytes exceeds the socket's limit/.test(
+            error.message,
+          ),
+      );
+      assert.throws(() => a.sendSync(new Uint8Array(300_000)), RangeError);
+      // Nothing half-sent: the next message is the next one received.
+      await a.send(encoder.encode("small"));
+      const message = await b.recv();
+      assert.equal(decoder.decode(message!.data), "small");
     },
-  });
+    perms,
+  );
 
   Deno.test({
     name: `${type}: read(), write() and the streams refuse a message socket`,
@@ -172,32 +155,28 @@ for (const type of MESSAGE_TYPES) {
   });
 }
 
-Deno.test({
-  name:
-    "dgram send() waits while the send buffer is full and resumes, in order, as the peer reads",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "dgram" });
-      const [a, b] = pair;
-      const count = 200;
-      // 800 KB in all: far more than the send buffer holds unread, so the
-      // last sends must still be waiting.
-      const sends = Array.from(
-        { length: count },
-        (_, i) => a.send(pattern(4000, i)),
-      );
-      assert.equal(await stillPending(sends[count - 1], 20), true);
-      for (let i = 0; i < count; i++) {
-        const message = await withTimeout(b.recv(), 5_000, `message ${i}`);
-        assert.equal(message!.data.length, 4000);
-        assertPattern(message!.data, i);
-      }
-      await withTimeout(Promise.all(sends), 5_000, "sends");
-    });
+test(
+  "dgram send() waits while the send buffer is full and resumes, in order, as the peer reads",
+  async () => {
+    using pair = socketpair({ type: "dgram" });
+    const [a, b] = pair;
+    const count = 200;
+    // 800 KB in all: far more than the send buffer holds unread, so the
+    // last sends must still be waiting.
+    const sends = Array.from(
+      { length: count },
+      (_, i) => a.send(pattern(4000, i)),
+    );
+    assert.equal(await stillPending(sends[count - 1], 20), true);
+    for (let i = 0; i < count; i++) {
+      const message = await withTimeout(b.recv(), 5_000, `message ${i}`);
+      assert.equal(message!.data.length, 4000);
+      assertPattern(message!.data, i);
+    }
+    await withTimeout(Promise.all(sends), 5_000, "sends");
   },
-});
+  perms,
+);
 
 Deno.test({
   name: "a larger bufferSize lets a datagram pair carry larger messages",
@@ -214,95 +193,85 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "seqpacket and stream recv() return null once the peer is gone",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      for (const type of ["stream", "seqpacket"] as const) {
-        const [a, b] = socketpair({ type });
-        await a.send(encoder.encode("last"));
-        a.close();
-        const last = await b.recv();
-        assert.equal(decoder.decode(last!.data), "last");
-        assert.equal(await withTimeout(b.recv(), 5_000, "recv"), null);
-        assert.equal(b.recvSync(), null);
-        b.close();
-      }
-      // A pending recv is woken by the peer's close, too.
-      const [a, b] = socketpair({ type: "seqpacket" });
-      const pending = b.recv();
-      assert.equal(await stillPending(pending, 20), true);
+test(
+  "seqpacket and stream recv() return null once the peer is gone",
+  async () => {
+    for (const type of ["stream", "seqpacket"] as const) {
+      const [a, b] = socketpair({ type });
+      await a.send(encoder.encode("last"));
       a.close();
-      assert.equal(await withTimeout(pending, 5_000, "recv"), null);
-      b.close();
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "a peer that closes with our messages unread still delivers what it sent, then end of stream",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      // Linux reports ECONNRESET once to the survivor, ahead of the queued
-      // messages; it must not be taken for the end.
-      for (const type of ["stream", "seqpacket"] as const) {
-        const [a, b] = socketpair({ type });
-        await a.send(encoder.encode("one"));
-        await a.send(encoder.encode("two"));
-        await b.send(encoder.encode("never read by a"));
-        a.close();
-        const got: string[] = [];
-        for (;;) {
-          const message = await withTimeout(b.recv(), 5_000, `${type} recv`);
-          if (message === null) break;
-          got.push(decoder.decode(message.data));
-        }
-        assert.equal(got.join(""), "onetwo", type);
-        if (type === "seqpacket") assert.deepEqual(got, ["one", "two"]);
-        b.close();
-      }
-      // The sync form reads on as well.
-      const [a, b] = socketpair({ type: "seqpacket" });
-      a.sendSync(encoder.encode("sync"));
-      b.sendSync(encoder.encode("unread"));
-      a.close();
-      assert.equal(decoder.decode(b.recvSync()!.data), "sync");
+      const last = await b.recv();
+      assert.equal(decoder.decode(last!.data), "last");
+      assert.equal(await withTimeout(b.recv(), 5_000, "recv"), null);
       assert.equal(b.recvSync(), null);
       b.close();
-    });
+    }
+    // A pending recv is woken by the peer's close, too.
+    const [a, b] = socketpair({ type: "seqpacket" });
+    const pending = b.recv();
+    assert.equal(await stillPending(pending, 20), true);
+    a.close();
+    assert.equal(await withTimeout(pending, 5_000, "recv"), null);
+    b.close();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "sending to a peer that is gone rejects with BrokenPipe, every type",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      for (const type of TYPES) {
-        const [a, b] = socketpair({ type });
-        b.close();
-        await assert.rejects(
-          a.send(encoder.encode("x")),
-          (error: Error) =>
-            error instanceof Deno.errors.BrokenPipe &&
-            /Cannot send on UnixSocket: the peer is gone/.test(error.message),
-          type,
-        );
-        assert.throws(
-          () => a.sendSync(encoder.encode("x")),
-          Deno.errors.BrokenPipe,
-        );
-        a.close();
+test(
+  "a peer that closes with our messages unread still delivers what it sent, then end of stream",
+  async () => {
+    // Linux reports ECONNRESET once to the survivor, ahead of the queued
+    // messages; it must not be taken for the end.
+    for (const type of ["stream", "seqpacket"] as const) {
+      const [a, b] = socketpair({ type });
+      await a.send(encoder.encode("one"));
+      await a.send(encoder.encode("two"));
+      await b.send(encoder.encode("never read by a"));
+      a.close();
+      const got: string[] = [];
+      for (;;) {
+        const message = await withTimeout(b.recv(), 5_000, `${type} recv`);
+        if (message === null) break;
+        got.push(decoder.decode(message.data));
       }
-    });
+      assert.equal(got.join(""), "onetwo", type);
+      if (type === "seqpacket") assert.deepEqual(got, ["one", "two"]);
+      b.close();
+    }
+    // The sync form reads on as well.
+    const [a, b] = socketpair({ type: "seqpacket" });
+    a.sendSync(encoder.encode("sync"));
+    b.sendSync(encoder.encode("unread"));
+    a.close();
+    assert.equal(decoder.decode(b.recvSync()!.data), "sync");
+    assert.equal(b.recvSync(), null);
+    b.close();
   },
-});
+  perms,
+);
+
+test(
+  "sending to a peer that is gone rejects with BrokenPipe, every type",
+  async () => {
+    for (const type of TYPES) {
+      const [a, b] = socketpair({ type });
+      b.close();
+      await assert.rejects(
+        a.send(encoder.encode("x")),
+        (error: Error) =>
+          error instanceof Deno.errors.BrokenPipe &&
+          /Cannot send on UnixSocket: the peer is gone/.test(error.message),
+        type,
+      );
+      assert.throws(
+        () => a.sendSync(encoder.encode("x")),
+        Deno.errors.BrokenPipe,
+      );
+      a.close();
+    }
+  },
+  perms,
+);
 
 Deno.test({
   name: "an empty seqpacket message is a message; end of stream is told apart",
@@ -321,33 +290,26 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "sync forms read, write, send and receive without the poller",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(() => {
-      const [a, b] = socketpair({ type: "stream" });
-      a.writeSync(encoder.encode("sync bytes"));
-      const buf = new Uint8Array(32);
-      const n = b.readSync(buf);
-      assert.equal(decoder.decode(buf.subarray(0, n!)), "sync bytes");
-      b.sendSync(encoder.encode("reply"));
-      const message = a.recvSync();
-      assert.equal(decoder.decode(message!.data), "reply");
-      a.close();
-      assert.equal(b.readSync(buf), null);
-      b.close();
-      const [c, d] = socketpair({ type: "dgram" });
-      c.sendSync(pattern(1000));
-      c.sendSync(pattern(10));
-      assert.equal(d.recvSync()!.data.length, 1000);
-      assert.equal(d.recvSync()!.data.length, 10);
-      c.close();
-      d.close();
-    });
-  },
-});
+test("sync forms read, write, send and receive without the poller", () => {
+  const [a, b] = socketpair({ type: "stream" });
+  a.writeSync(encoder.encode("sync bytes"));
+  const buf = new Uint8Array(32);
+  const n = b.readSync(buf);
+  assert.equal(decoder.decode(buf.subarray(0, n!)), "sync bytes");
+  b.sendSync(encoder.encode("reply"));
+  const message = a.recvSync();
+  assert.equal(decoder.decode(message!.data), "reply");
+  a.close();
+  assert.equal(b.readSync(buf), null);
+  b.close();
+  const [c, d] = socketpair({ type: "dgram" });
+  c.sendSync(pattern(1000));
+  c.sendSync(pattern(10));
+  assert.equal(d.recvSync()!.data.length, 1000);
+  assert.equal(d.recvSync()!.data.length, 10);
+  c.close();
+  d.close();
+}, perms);
 
 Deno.test({
   name: "a UnixSocket used after close throws BadResource naming it",
@@ -453,94 +415,83 @@ Deno.test({
 });
 
 for (const type of TYPES) {
-  Deno.test({
-    name: `${type} socket pair works both ways with a child process`,
-    permissions: childPerms,
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(async () => {
-        const [mine, theirs] = socketpair({ type });
-        await using child = socketChild(["echo"], theirs);
-        assert.equal(await lineOf(child.stdout), `type ${type}`);
-        if (type === "stream") {
-          const data = pattern(1 << 20);
-          const [, echoed] = await Promise.all([
-            mine.write(data),
-            readExactly(mine, data.length),
-          ]);
-          assertPattern(echoed, 0);
-          mine.shutdown("write");
-          assert.equal(
-            await withTimeout(mine.read(new Uint8Array(8)), 10_000, "EOF"),
-            null,
-          );
-        } else {
-          for (const word of ["Heavy lifting", "Feather lifting", ""]) {
-            await mine.send(encoder.encode(word));
-            const reply = await withTimeout(mine.recv(), 10_000, "reply");
-            assert.equal(decoder.decode(reply!.data), `${word} received!`);
-          }
-          await mine.send(encoder.encode("bye"));
-        }
-        const status = await withTimeout(child.status, 10_000, "child exit");
-        assert.equal(status.success, true);
-        mine.close();
-      });
-    },
-  });
+  test(`${type} socket pair works both ways with a child process`, async () => {
+    const [mine, theirs] = socketpair({ type });
+    await using child = socketChild(["echo"], theirs);
+    assert.equal(await lineOf(child.stdout), `type ${type}`);
+    if (type === "stream") {
+      const data = pattern(1 << 20);
+      const [, echoed] = await Promise.all([
+        mine.write(data),
+        readExactly(mine, data.length),
+      ]);
+      assertPattern(echoed, 0);
+      mine.shutdown("write");
+      assert.equal(
+        await withTimeout(mine.read(new Uint8Array(8)), 10_000, "EOF"),
+        null,
+      );
+    } else {
+      for (const word of ["Heavy lifting", "Feather lifting", ""]) {
+        await mine.send(encoder.encode(word));
+        const reply = await withTimeout(mine.recv(), 10_000, "reply");
+        assert.equal(decoder.decode(reply!.data), `${word} received!`);
+      }
+      await mine.send(encoder.encode("bye"));
+    }
+    const status = await withTimeout(child.status, 10_000, "child exit");
+    assert.equal(status.success, true);
+    mine.close();
+  }, childPerms);
 }
 
 for (const type of ["stream", "seqpacket"] as const) {
-  Deno.test({
-    name:
-      `${type}: a peer killed mid-send leaves data then end of stream, and a killed reader gives BrokenPipe`,
-    permissions: childPerms,
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(async () => {
-        // The child floods us; we read some, kill it, and drain to the end.
-        {
-          const [mine, theirs] = socketpair({ type });
-          await using child = socketChild(["flood"], theirs);
-          assert.equal(await lineOf(child.stdout), "sending");
-          const first = await withTimeout(mine.recv(), 10_000, "first");
-          assert.ok(first !== null && first.data.length > 0);
-          child.kill("SIGKILL");
-          const status = await withTimeout(child.status, 10_000, "exit");
-          assert.equal(status.signal, "SIGKILL");
-          for (;;) {
-            const message = await withTimeout(mine.recv(), 10_000, "drain");
-            if (message === null) break;
-            if (type === "seqpacket") {
-              // Whole messages only, even when the sender died.
-              assert.equal(message.data.length, 32 * 1024);
-            }
+  test(
+    `${type}: a peer killed mid-send leaves data then end of stream, and a killed reader gives BrokenPipe`,
+    async () => {
+      // The child floods us; we read some, kill it, and drain to the end.
+      {
+        const [mine, theirs] = socketpair({ type });
+        await using child = socketChild(["flood"], theirs);
+        assert.equal(await lineOf(child.stdout), "sending");
+        const first = await withTimeout(mine.recv(), 10_000, "first");
+        assert.ok(first !== null && first.data.length > 0);
+        child.kill("SIGKILL");
+        const status = await withTimeout(child.status, 10_000, "exit");
+        assert.equal(status.signal, "SIGKILL");
+        for (;;) {
+          const message = await withTimeout(mine.recv(), 10_000, "drain");
+          if (message === null) break;
+          if (type === "seqpacket") {
+            // Whole messages only, even when the sender died.
+            assert.equal(message.data.length, 32 * 1024);
           }
-          mine.close();
         }
-        // We flood a child that never reads; it dies while we wait.
-        {
-          const [mine, theirs] = socketpair({ type });
-          await using child = socketChild(["hold"], theirs);
-          assert.equal(await lineOf(child.stdout), "holding");
-          const chunk = new Uint8Array(32 * 1024);
-          let sending: Promise<void> = Promise.resolve();
-          for (let i = 0; i < 1000; i++) {
-            sending = mine.send(chunk);
-            if (await stillPending(sending)) break;
-          }
-          assert.equal(await stillPending(sending, 20), true);
-          child.kill("SIGKILL");
-          await assert.rejects(
-            withTimeout(sending, 10_000, "send to a dead peer"),
-            Deno.errors.BrokenPipe,
-          );
-          await child.status;
-          mine.close();
+        mine.close();
+      }
+      // We flood a child that never reads; it dies while we wait.
+      {
+        const [mine, theirs] = socketpair({ type });
+        await using child = socketChild(["hold"], theirs);
+        assert.equal(await lineOf(child.stdout), "holding");
+        const chunk = new Uint8Array(32 * 1024);
+        let sending: Promise<void> = Promise.resolve();
+        for (let i = 0; i < 1000; i++) {
+          sending = mine.send(chunk);
+          if (await stillPending(sending)) break;
         }
-      });
+        assert.equal(await stillPending(sending, 20), true);
+        child.kill("SIGKILL");
+        await assert.rejects(
+          withTimeout(sending, 10_000, "send to a dead peer"),
+          Deno.errors.BrokenPipe,
+        );
+        await child.status;
+        mine.close();
+      }
     },
-  });
+    childPerms,
+  );
 }
 
 Deno.test({
