@@ -15,6 +15,7 @@ import {
   pollerIdle,
   SANITIZE,
   stillPending,
+  test,
   withTimeout,
 } from "./_util.ts";
 import { lineOf, socketChild } from "./_socket_util.ts";
@@ -269,116 +270,97 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "abstract names: AddrInUse while a server holds one, free once it closes",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const name = uniqueName();
-      const server = listen({ abstract: name });
-      assert.throws(() => listen({ abstract: name }), Deno.errors.AddrInUse);
-      server.close();
-      using again = listen({ abstract: name });
-      using client = await connect({ abstract: name });
-      using conn = await again.accept();
-      assert.equal(conn.peerCredentials().pid, Deno.pid);
-      assert.equal(client.peerCredentials().pid, Deno.pid);
-      await assert.rejects(
-        connect({ abstract: uniqueName() }),
-        Deno.errors.ConnectionRefused,
-      );
-    });
+test(
+  "abstract names: AddrInUse while a server holds one, free once it closes",
+  async () => {
+    const name = uniqueName();
+    const server = listen({ abstract: name });
+    assert.throws(() => listen({ abstract: name }), Deno.errors.AddrInUse);
+    server.close();
+    using again = listen({ abstract: name });
+    using client = await connect({ abstract: name });
+    using conn = await again.accept();
+    assert.equal(conn.peerCredentials().pid, Deno.pid);
+    assert.equal(client.peerCredentials().pid, Deno.pid);
+    await assert.rejects(
+      connect({ abstract: uniqueName() }),
+      Deno.errors.ConnectionRefused,
+    );
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "connect() waits while the server's queue is full, and honours its signal",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const name = uniqueName();
-      // A backlog of 0 queues one connection; the next has to wait.
-      using server = listen({ abstract: name, backlog: 0 });
-      using first = await withTimeout(connect({ abstract: name }), 5_000, "1");
-      const second = connect({ abstract: name });
-      assert.equal(await stillPending(second, 30), true);
-      const controller = new AbortController();
-      const third = connect({ abstract: name, signal: controller.signal });
-      assert.equal(await stillPending(third, 10), true);
-      const reason = new Error("gave up");
-      controller.abort(reason);
-      await assert.rejects(
-        withTimeout(third, 5_000, "aborted connect"),
-        (error) => error === reason,
-      );
-      // Taking the queued connection makes room: the second one gets in.
-      using conn1 = await withTimeout(server.accept(), 5_000, "accept 1");
-      using client2 = await withTimeout(second, 5_000, "second connect");
-      using conn2 = await withTimeout(server.accept(), 5_000, "accept 2");
-      await client2.write(encoder.encode("2"));
-      assert.equal(await conn2.read(new Uint8Array(1)), 1);
-      void first;
-      void conn1;
-    });
+test(
+  "connect() waits while the server's queue is full, and honours its signal",
+  async () => {
+    const name = uniqueName();
+    // A backlog of 0 queues one connection; the next has to wait.
+    using server = listen({ abstract: name, backlog: 0 });
+    using first = await withTimeout(connect({ abstract: name }), 5_000, "1");
+    const second = connect({ abstract: name });
+    assert.equal(await stillPending(second, 30), true);
+    const controller = new AbortController();
+    const third = connect({ abstract: name, signal: controller.signal });
+    assert.equal(await stillPending(third, 10), true);
+    const reason = new Error("gave up");
+    controller.abort(reason);
+    await assert.rejects(
+      withTimeout(third, 5_000, "aborted connect"),
+      (error) => error === reason,
+    );
+    // Taking the queued connection makes room: the second one gets in.
+    using conn1 = await withTimeout(server.accept(), 5_000, "accept 1");
+    using client2 = await withTimeout(second, 5_000, "second connect");
+    using conn2 = await withTimeout(server.accept(), 5_000, "accept 2");
+    await client2.write(encoder.encode("2"));
+    assert.equal(await conn2.read(new Uint8Array(1)), 1);
+    void first;
+    void conn1;
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "accept() honours an AbortSignal and leaves nothing pending",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using server = listen({ abstract: uniqueName() });
-      const controller = new AbortController();
-      const pending = server.accept({ signal: controller.signal });
-      assert.equal(await stillPending(pending, 20), true);
-      const reason = new Error("no longer needed");
-      controller.abort(reason);
-      await assert.rejects(pending, (error) => error === reason);
-      await assert.rejects(
-        server.accept({ signal: AbortSignal.abort(reason) }),
-        (error) => error === reason,
-      );
-      // The listener still works afterwards.
-      using client = await connect({ abstract: server.abstract! });
-      using conn = await withTimeout(server.accept(), 5_000, "accept");
-      assert.equal(conn.type, "stream");
-      void client;
-    });
-  },
-});
+test("accept() honours an AbortSignal and leaves nothing pending", async () => {
+  using server = listen({ abstract: uniqueName() });
+  const controller = new AbortController();
+  const pending = server.accept({ signal: controller.signal });
+  assert.equal(await stillPending(pending, 20), true);
+  const reason = new Error("no longer needed");
+  controller.abort(reason);
+  await assert.rejects(pending, (error) => error === reason);
+  await assert.rejects(
+    server.accept({ signal: AbortSignal.abort(reason) }),
+    (error) => error === reason,
+  );
+  // The listener still works afterwards.
+  using client = await connect({ abstract: server.abstract! });
+  using conn = await withTimeout(server.accept(), 5_000, "accept");
+  assert.equal(conn.type, "stream");
+  void client;
+}, perms);
 
-Deno.test({
-  name:
-    "closing a listener ends pending accepts and async iteration with BadResource handled",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const server = listen({ abstract: uniqueName() });
-      const accepted: UnixSocket[] = [];
-      const loop = (async () => {
-        for await (const conn of server) accepted.push(conn);
-      })();
-      const clients = [
-        await connect({ abstract: server.abstract! }),
-        await connect({ abstract: server.abstract! }),
-      ];
-      while (accepted.length < 2) await new Promise((r) => setTimeout(r, 1));
-      const pending = server.accept();
-      server.close();
-      await assert.rejects(pending, /Cannot use UnixListener: it is closed/);
-      await withTimeout(loop, 5_000, "iteration ends");
-      for (const s of [...accepted, ...clients]) s.close();
-      assert.throws(() => server.rawFd, Deno.errors.BadResource);
-    });
+test(
+  "closing a listener ends pending accepts and async iteration with BadResource handled",
+  async () => {
+    const server = listen({ abstract: uniqueName() });
+    const accepted: UnixSocket[] = [];
+    const loop = (async () => {
+      for await (const conn of server) accepted.push(conn);
+    })();
+    const clients = [
+      await connect({ abstract: server.abstract! }),
+      await connect({ abstract: server.abstract! }),
+    ];
+    while (accepted.length < 2) await new Promise((r) => setTimeout(r, 1));
+    const pending = server.accept();
+    server.close();
+    await assert.rejects(pending, /Cannot use UnixListener: it is closed/);
+    await withTimeout(loop, 5_000, "iteration ends");
+    for (const s of [...accepted, ...clients]) s.close();
+    assert.throws(() => server.rawFd, Deno.errors.BadResource);
   },
-});
+  perms,
+);
 
 Deno.test({
   name:

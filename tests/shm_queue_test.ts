@@ -11,12 +11,11 @@ import {
   UnixSocket,
 } from "../mod.ts";
 import {
-  assertNoFdLeak,
   DENO,
   fixture,
   pollerWaits,
-  SANITIZE,
   stillPending,
+  test,
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
@@ -61,408 +60,352 @@ async function finish(
   }
 }
 
-Deno.test({
-  name:
-    "shmQueue() delivers whole messages of every size up to the ring, in order, across the wrap",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using q = shmQueue({ bytes: 4096 });
-      const [tx, rx] = q;
-      assert.equal(tx.maxMessage, 4096);
-      const sizes = [0, 1, 7, 8, 9, 4096, 3000, 2500, 4095, 100, 0, 4000];
-      for (let round = 0; round < 20; round++) {
-        for (const [i, size] of sizes.entries()) {
-          await tx.send(message(round * 100 + i, size));
-          const got = await rx.recv();
-          assert.ok(got !== null);
-          assert.equal(mismatch(got, round * 100 + i, size), "");
-        }
+test(
+  "shmQueue() delivers whole messages of every size up to the ring, in order, across the wrap",
+  async () => {
+    using q = shmQueue({ bytes: 4096 });
+    const [tx, rx] = q;
+    assert.equal(tx.maxMessage, 4096);
+    const sizes = [0, 1, 7, 8, 9, 4096, 3000, 2500, 4095, 100, 0, 4000];
+    for (let round = 0; round < 20; round++) {
+      for (const [i, size] of sizes.entries()) {
+        await tx.send(message(round * 100 + i, size));
+        const got = await rx.recv();
+        assert.ok(got !== null);
+        assert.equal(mismatch(got, round * 100 + i, size), "");
       }
-      // Several messages at once, filling the ring exactly.
-      for (let i = 0; i < 4; i++) await tx.send(message(i, 1016));
-      for (let i = 0; i < 4; i++) {
-        assert.equal(mismatch((await rx.recv())!, i, 1016), "");
-      }
-    });
+    }
+    // Several messages at once, filling the ring exactly.
+    for (let i = 0; i < 4; i++) await tx.send(message(i, 1016));
+    for (let i = 0; i < 4; i++) {
+      assert.equal(mismatch((await rx.recv())!, i, 1016), "");
+    }
   },
-});
+  local,
+);
 
-Deno.test({
-  name:
-    "send() rejects a message larger than the ring with a RangeError that says both sizes",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using q = shmQueue({ bytes: 4 << 20 });
-      await assert.rejects(
-        q[0].send(new Uint8Array(5_000_000)),
-        (error: Error) =>
-          error instanceof RangeError &&
-          error.message ===
-            "Cannot send on shmQueue: message of 5000000 bytes exceeds the ring's 4194304",
-      );
-      await q[0].send(new Uint8Array(4 << 20));
-      assert.equal((await q[1].recv())?.length, 4 << 20);
-      assert.throws(() => shmQueue({ bytes: 0 }), RangeError);
-      assert.throws(() => shmQueue({ bytes: 2 ** 31 }), RangeError);
-    });
+test(
+  "send() rejects a message larger than the ring with a RangeError that says both sizes",
+  async () => {
+    using q = shmQueue({ bytes: 4 << 20 });
+    await assert.rejects(
+      q[0].send(new Uint8Array(5_000_000)),
+      (error: Error) =>
+        error instanceof RangeError &&
+        error.message ===
+          "Cannot send on shmQueue: message of 5000000 bytes exceeds the ring's 4194304",
+    );
+    await q[0].send(new Uint8Array(4 << 20));
+    assert.equal((await q[1].recv())?.length, 4 << 20);
+    assert.throws(() => shmQueue({ bytes: 0 }), RangeError);
+    assert.throws(() => shmQueue({ bytes: 2 ** 31 }), RangeError);
   },
-});
+  local,
+);
 
-Deno.test({
-  name:
-    "recv() parks in the poller without a polling loop and wakes when a message is sent; send() waits for room the same way",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using q = shmQueue({ bytes: 1024 });
+test(
+  "recv() parks in the poller without a polling loop and wakes when a message is sent; send() waits for room the same way",
+  async () => {
+    using q = shmQueue({ bytes: 1024 });
+    const [tx, rx] = q;
+    const pending = rx.recv();
+    assert.ok(await stillPending(pending, 50));
+    // One wait in the poller, nothing else running: no timer, no loop.
+    assert.equal(pollerWaits(), 1);
+    await tx.send(new Uint8Array([42]));
+    assert.deepEqual(
+      await withTimeout(pending, 2000, "recv"),
+      new Uint8Array([42]),
+    );
+    // Fill the ring, then a send waits until the receiver makes room.
+    await tx.send(new Uint8Array(1024));
+    const blocked = tx.send(new Uint8Array(512));
+    assert.ok(await stillPending(blocked, 50));
+    assert.equal((await rx.recv())?.length, 1024);
+    await withTimeout(blocked, 2000, "send after room");
+    assert.equal((await rx.recv())?.length, 512);
+  },
+  local,
+);
+
+test(
+  "recv() returns null once the sender is closed and the ring is drained; a pending recv() wakes with null",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 256 });
+    await tx.send(new Uint8Array([1]));
+    await tx.send(new Uint8Array([2]));
+    tx.close();
+    assert.deepEqual(await rx.recv(), new Uint8Array([1]));
+    assert.deepEqual(await rx.recv(), new Uint8Array([2]));
+    assert.equal(await rx.recv(), null);
+    assert.equal(await rx.recv(), null);
+    rx.close();
+
+    const [tx2, rx2] = shmQueue({ bytes: 256 });
+    const pending = rx2.recv();
+    assert.ok(await stillPending(pending, 20));
+    tx2.close();
+    assert.equal(await withTimeout(pending, 2000, "recv"), null);
+    rx2.close();
+  },
+  local,
+);
+
+test(
+  "queue ends close idempotently, reject pending and later calls with BadResource naming the end",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 256 });
+    const pending = rx.recv();
+    rx.close();
+    rx.close();
+    rx[Symbol.dispose]();
+    await assert.rejects(pending, Deno.errors.BadResource);
+    await assert.rejects(rx.recv(), /Cannot use ShmReceiver: it is closed/);
+    assert.throws(() => rx.rawFd, Deno.errors.BadResource);
+    assert.equal(rx.closed, true);
+    // The receiver is gone: the sender finds out when it must wait.
+    await tx.send(new Uint8Array(200));
+    await assert.rejects(
+      withTimeout(tx.send(new Uint8Array(200)), 2000, "send"),
+      (e: Error) =>
+        e instanceof Deno.errors.BrokenPipe &&
+        /receiver is gone/.test(e.message),
+    );
+    tx.close();
+    await assert.rejects(
+      tx.send(new Uint8Array(1)),
+      /Cannot use ShmSender: it is closed/,
+    );
+  },
+  local,
+);
+
+test(
+  "a corrupt ring fails with InvalidData and never reads out of bounds: long record, bad position, bad sequence",
+  async () => {
+    const cases: [string, (h: Int32Array, d: DataView) => void][] = [
+      ["runs past", (_h, d) => d.setUint32(0, 200, true)],
+      ["exceeds the largest", (_h, d) => d.setUint32(0, 0xffff_fff0, true)],
+      ["outside the ring", (h) => Atomics.store(h, 16, 1 << 30)],
+      ["sequence number", (_h, d) => d.setInt32(4, 77, true)],
+      ["bytes in use", (h) => Atomics.store(h, 32, 256)],
+    ];
+    for (const [expected, corrupt] of cases) {
+      using q = shmQueue({ bytes: 256 });
       const [tx, rx] = q;
-      const pending = rx.recv();
-      assert.ok(await stillPending(pending, 50));
-      // One wait in the poller, nothing else running: no timer, no loop.
-      assert.equal(pollerWaits(), 1);
-      await tx.send(new Uint8Array([42]));
-      assert.deepEqual(
-        await withTimeout(pending, 2000, "recv"),
-        new Uint8Array([42]),
-      );
-      // Fill the ring, then a send waits until the receiver makes room.
-      await tx.send(new Uint8Array(1024));
-      const blocked = tx.send(new Uint8Array(512));
-      assert.ok(await stillPending(blocked, 50));
-      assert.equal((await rx.recv())?.length, 1024);
-      await withTimeout(blocked, 2000, "send after room");
-      assert.equal((await rx.recv())?.length, 512);
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "recv() returns null once the sender is closed and the ring is drained; a pending recv() wakes with null",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const [tx, rx] = shmQueue({ bytes: 256 });
-      await tx.send(new Uint8Array([1]));
-      await tx.send(new Uint8Array([2]));
-      tx.close();
-      assert.deepEqual(await rx.recv(), new Uint8Array([1]));
-      assert.deepEqual(await rx.recv(), new Uint8Array([2]));
-      assert.equal(await rx.recv(), null);
-      assert.equal(await rx.recv(), null);
-      rx.close();
-
-      const [tx2, rx2] = shmQueue({ bytes: 256 });
-      const pending = rx2.recv();
-      assert.ok(await stillPending(pending, 20));
-      tx2.close();
-      assert.equal(await withTimeout(pending, 2000, "recv"), null);
-      rx2.close();
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "queue ends close idempotently, reject pending and later calls with BadResource naming the end",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const [tx, rx] = shmQueue({ bytes: 256 });
-      const pending = rx.recv();
-      rx.close();
-      rx.close();
-      rx[Symbol.dispose]();
-      await assert.rejects(pending, Deno.errors.BadResource);
-      await assert.rejects(rx.recv(), /Cannot use ShmReceiver: it is closed/);
-      assert.throws(() => rx.rawFd, Deno.errors.BadResource);
-      assert.equal(rx.closed, true);
-      // The receiver is gone: the sender finds out when it must wait.
-      await tx.send(new Uint8Array(200));
+      await tx.send(new Uint8Array(10));
+      const { header, data } = tx._ring();
+      corrupt(header, new DataView(data.buffer, data.byteOffset));
       await assert.rejects(
-        withTimeout(tx.send(new Uint8Array(200)), 2000, "send"),
+        rx.recv(),
         (e: Error) =>
-          e instanceof Deno.errors.BrokenPipe &&
-          /receiver is gone/.test(e.message),
+          e instanceof Deno.errors.InvalidData &&
+          e.message.startsWith("Cannot receive on shmQueue: corrupt ring") &&
+          e.message.includes(expected),
+        expected,
       );
+      // It stays failed rather than reading on.
+      await assert.rejects(rx.recv(), Deno.errors.InvalidData);
+    }
+  },
+  local,
+);
+
+test(
+  "fromFd() leaves a plain seqpacket socket a UnixSocket and shmQueueFromFd() refuses it",
+  async () => {
+    using pair = socketpair({ type: "seqpacket" });
+    await pair[1].send(new Uint8Array([1, 2, 3]));
+    assert.throws(
+      () => shmQueueFromFd(pair[0].rawFd),
+      /is not a shmQueue end/,
+    );
+    const again = fromFd(pair[0]._release());
+    assert.ok(again instanceof UnixSocket);
+    // The peek left the message in place.
+    assert.deepEqual((await again.recv())?.data, new Uint8Array([1, 2, 3]));
+    again.close();
+  },
+  local,
+);
+
+test(
+  "1000 messages of random sizes up to half the ring reach a child intact, and 1000 come back from another",
+  async () => {
+    const bytes = 256 * 1024;
+    const [tx, rx] = shmQueue({ bytes });
+    const child = peer(["verify", "1000", String(bytes / 2)], [rx]);
+    const sizes = messageSizes(1000, bytes / 2);
+    try {
+      for (let i = 0; i < 1000; i++) await tx.send(message(i, sizes[i]));
+    } finally {
       tx.close();
-      await assert.rejects(
-        tx.send(new Uint8Array(1)),
-        /Cannot use ShmSender: it is closed/,
-      );
-    });
-  },
-});
+    }
+    const result = await finish(child, "verifying child");
+    assert.equal(result.err, "");
+    assert.equal(result.out, "verified 1000\n");
+    assert.equal(result.code, 0);
 
-Deno.test({
-  name:
-    "a corrupt ring fails with InvalidData and never reads out of bounds: long record, bad position, bad sequence",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const cases: [string, (h: Int32Array, d: DataView) => void][] = [
-        ["runs past", (_h, d) => d.setUint32(0, 200, true)],
-        ["exceeds the largest", (_h, d) => d.setUint32(0, 0xffff_fff0, true)],
-        ["outside the ring", (h) => Atomics.store(h, 16, 1 << 30)],
-        ["sequence number", (_h, d) => d.setInt32(4, 77, true)],
-        ["bytes in use", (h) => Atomics.store(h, 32, 256)],
-      ];
-      for (const [expected, corrupt] of cases) {
-        using q = shmQueue({ bytes: 256 });
-        const [tx, rx] = q;
-        await tx.send(new Uint8Array(10));
-        const { header, data } = tx._ring();
-        corrupt(header, new DataView(data.buffer, data.byteOffset));
-        await assert.rejects(
-          rx.recv(),
-          (e: Error) =>
-            e instanceof Deno.errors.InvalidData &&
-            e.message.startsWith("Cannot receive on shmQueue: corrupt ring") &&
-            e.message.includes(expected),
-          expected,
-        );
-        // It stays failed rather than reading on.
-        await assert.rejects(rx.recv(), Deno.errors.InvalidData);
+    const [tx2, rx2] = shmQueue({ bytes });
+    const sender = peer(["send", "1000", String(bytes / 2)], [tx2]);
+    try {
+      for (let i = 0; i < 1000; i++) {
+        const got = await withTimeout(rx2.recv(), 10_000, `message ${i}`);
+        assert.ok(got !== null, `null at ${i}`);
+        assert.equal(mismatch(got, i, sizes[i]), "");
       }
-    });
+      assert.equal(await withTimeout(rx2.recv(), 10_000, "end"), null);
+    } finally {
+      rx2.close();
+    }
+    assert.equal((await finish(sender, "sending child")).out, "sent 1000\n");
+    assert.deepEqual(zombieChildren(), []);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "fromFd() leaves a plain seqpacket socket a UnixSocket and shmQueueFromFd() refuses it",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using pair = socketpair({ type: "seqpacket" });
-      await pair[1].send(new Uint8Array([1, 2, 3]));
-      assert.throws(
-        () => shmQueueFromFd(pair[0].rawFd),
-        /is not a shmQueue end/,
-      );
-      const again = fromFd(pair[0]._release());
-      assert.ok(again instanceof UnixSocket);
-      // The peek left the message in place.
-      assert.deepEqual((await again.recv())?.data, new Uint8Array([1, 2, 3]));
-      again.close();
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "1000 messages of random sizes up to half the ring reach a child intact, and 1000 come back from another",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const bytes = 256 * 1024;
-      const [tx, rx] = shmQueue({ bytes });
-      const child = peer(["verify", "1000", String(bytes / 2)], [rx]);
-      const sizes = messageSizes(1000, bytes / 2);
-      try {
-        for (let i = 0; i < 1000; i++) await tx.send(message(i, sizes[i]));
-      } finally {
-        tx.close();
+test(
+  "a sender killed in the middle of a message: the receiver gets the whole messages, then null, never the partial one",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 64 * 1024 });
+    const child = peer(["die-mid-message", "3"], [tx]);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const got = await withTimeout(rx.recv(), 10_000, `message ${i}`);
+        assert.equal(mismatch(got!, i, 1000), "");
       }
-      const result = await finish(child, "verifying child");
-      assert.equal(result.err, "");
-      assert.equal(result.out, "verified 1000\n");
-      assert.equal(result.code, 0);
-
-      const [tx2, rx2] = shmQueue({ bytes });
-      const sender = peer(["send", "1000", String(bytes / 2)], [tx2]);
-      try {
-        for (let i = 0; i < 1000; i++) {
-          const got = await withTimeout(rx2.recv(), 10_000, `message ${i}`);
-          assert.ok(got !== null, `null at ${i}`);
-          assert.equal(mismatch(got, i, sizes[i]), "");
-        }
-        assert.equal(await withTimeout(rx2.recv(), 10_000, "end"), null);
-      } finally {
-        rx2.close();
-      }
-      assert.equal((await finish(sender, "sending child")).out, "sent 1000\n");
-      assert.deepEqual(zombieChildren(), []);
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "a sender killed in the middle of a message: the receiver gets the whole messages, then null, never the partial one",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const [tx, rx] = shmQueue({ bytes: 64 * 1024 });
-      const child = peer(["die-mid-message", "3"], [tx]);
-      try {
-        for (let i = 0; i < 3; i++) {
-          const got = await withTimeout(rx.recv(), 10_000, `message ${i}`);
-          assert.equal(mismatch(got!, i, 1000), "");
-        }
-        assert.equal(await withTimeout(rx.recv(), 10_000, "end"), null);
-      } finally {
-        rx.close();
-      }
-      const result = await finish(child, "child");
-      assert.equal(result.signal, "SIGKILL");
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "a sender killed by SIGKILL while copying large messages: every message received is whole, then null",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const size = 8 << 20;
-      const [tx, rx] = shmQueue({ bytes: 2 * size });
-      const child = peer(["send-forever", String(size)], [tx]);
-      try {
-        for (let i = 0;; i++) {
-          const got = await withTimeout(rx.recv(), 10_000, `message ${i}`);
-          if (got === null) {
-            assert.ok(i >= 3, `null after ${i} messages`);
-            break;
-          }
-          assert.equal(mismatch(got, i, size), "");
-          if (i === 2) child.kill("SIGKILL");
-        }
-      } finally {
-        rx.close();
-      }
-      assert.equal((await finish(child, "child")).signal, "SIGKILL");
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "a receiver killed by SIGKILL: sends succeed while there is room, then reject with BrokenPipe (bounded, no hang)",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const [tx, rx] = shmQueue({ bytes: 16 * 1024 });
-      const child = peer(["recv-then-die", "2"], [rx]);
-      try {
-        await tx.send(new Uint8Array(100));
-        await tx.send(new Uint8Array(100));
-        assert.equal((await finish(child, "child")).signal, "SIGKILL");
-        let sent = 0;
-        await assert.rejects(
-          withTimeout(
-            (async () => {
-              for (;;) {
-                await tx.send(new Uint8Array(1000));
-                sent++;
-              }
-            })(),
-            5000,
-            "sends to a dead receiver",
-          ),
-          Deno.errors.BrokenPipe,
-        );
-        assert.ok(sent <= 16, `${sent} sends went through`);
-      } finally {
-        tx.close();
-      }
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "queue ends travel over a UnixSocket (SCM_RIGHTS) and through spawn() and come back as live ends",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      // Over a socket: the receiver is rebuilt by the child's recv().
-      const [mine, theirs] = socketpair({ type: "seqpacket" });
-      const child = peer(["via-socket", "50", "3000"], [theirs]);
-      const [tx, rx] = shmQueue({ bytes: 8192 });
-      await mine.send(new Uint8Array([1]), { fds: [rx], closeSent: true });
-      mine.close();
-      const sizes = messageSizes(50, 3000);
-      for (let i = 0; i < 50; i++) await tx.send(message(i, sizes[i]));
-      tx.close();
-      assert.equal((await finish(child, "child")).out, "verified 50\n");
-
-      // Both ends of two queues to an echoing child.
-      const there = shmQueue({ bytes: 70_000 });
-      const back = shmQueue({ bytes: 70_000 });
-      const echo = peer(["echo"], [there[1], back[0]]);
-      for (const size of [0, 1, 65536, 70_000, 12345]) {
-        await there[0].send(message(size, size));
-        const got = await withTimeout(back[1].recv(), 10_000, `echo ${size}`);
-        assert.equal(mismatch(got!, size, size), "");
-      }
-      there[0].close();
-      assert.equal(await withTimeout(back[1].recv(), 10_000, "end"), null);
-      back[1].close();
-      assert.equal((await finish(echo, "echo")).code, 0);
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "an end handed over and rebuilt in this process (shmQueueFromFd) keeps the ring's position",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const q: ShmQueue = shmQueue({ bytes: 512 });
-      await q[0].send(new Uint8Array([1]));
-      assert.deepEqual(await q[1].recv(), new Uint8Array([1]));
-      await q[0].send(new Uint8Array([2]));
-      const tx = shmQueueFromFd(q[0]._release());
-      const rx = fromFd(q[1]._release());
-      assert.ok(tx instanceof ShmSender);
-      assert.ok(rx instanceof ShmReceiver);
-      await tx.send(new Uint8Array([3]));
-      assert.deepEqual(await rx.recv(), new Uint8Array([2]));
-      assert.deepEqual(await rx.recv(), new Uint8Array([3]));
-      tx.close();
-      assert.equal(await rx.recv(), null);
+      assert.equal(await withTimeout(rx.recv(), 10_000, "end"), null);
+    } finally {
       rx.close();
-    });
+    }
+    const result = await finish(child, "child");
+    assert.equal(result.signal, "SIGKILL");
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "a carrier whose shared memory is not sealed against shrinking is refused (a peer could make this process fault)",
-  permissions: local,
-  ...SANITIZE,
-  async fn() {
-    await assertNoFdLeak(() => {
-      const lib = libc();
-      const memfd = lib.memfd_create(cstr("unsealed"), MMAP.MFD_CLOEXEC);
-      assert.ok(memfd >= 0);
-      assert.equal(lib.ftruncate(memfd, 4096n), 0);
-      using bells = socketpair({ type: "seqpacket" });
-      using carrier = socketpair({ type: "seqpacket" });
-      sendHello(carrier[1].rawFd, ROLE.receiver, [memfd, bells[0].rawFd]);
-      lib.close(memfd);
-      assert.throws(
-        () => shmQueueFromFd(carrier[0].rawFd),
-        (e: Error) => e instanceof TypeError && /not sealed/.test(e.message),
-      );
-    });
+test(
+  "a sender killed by SIGKILL while copying large messages: every message received is whole, then null",
+  async () => {
+    const size = 8 << 20;
+    const [tx, rx] = shmQueue({ bytes: 2 * size });
+    const child = peer(["send-forever", String(size)], [tx]);
+    try {
+      for (let i = 0;; i++) {
+        const got = await withTimeout(rx.recv(), 10_000, `message ${i}`);
+        if (got === null) {
+          assert.ok(i >= 3, `null after ${i} messages`);
+          break;
+        }
+        assert.equal(mismatch(got, i, size), "");
+        if (i === 2) child.kill("SIGKILL");
+      }
+    } finally {
+      rx.close();
+    }
+    assert.equal((await finish(child, "child")).signal, "SIGKILL");
   },
-});
+  perms,
+);
+
+test(
+  "a receiver killed by SIGKILL: sends succeed while there is room, then reject with BrokenPipe (bounded, no hang)",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 16 * 1024 });
+    const child = peer(["recv-then-die", "2"], [rx]);
+    try {
+      await tx.send(new Uint8Array(100));
+      await tx.send(new Uint8Array(100));
+      assert.equal((await finish(child, "child")).signal, "SIGKILL");
+      let sent = 0;
+      await assert.rejects(
+        withTimeout(
+          (async () => {
+            for (;;) {
+              await tx.send(new Uint8Array(1000));
+              sent++;
+            }
+          })(),
+          5000,
+          "sends to a dead receiver",
+        ),
+        Deno.errors.BrokenPipe,
+      );
+      assert.ok(sent <= 16, `${sent} sends went through`);
+    } finally {
+      tx.close();
+    }
+  },
+  perms,
+);
+
+test(
+  "queue ends travel over a UnixSocket (SCM_RIGHTS) and through spawn() and come back as live ends",
+  async () => {
+    // Over a socket: the receiver is rebuilt by the child's recv().
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    const child = peer(["via-socket", "50", "3000"], [theirs]);
+    const [tx, rx] = shmQueue({ bytes: 8192 });
+    await mine.send(new Uint8Array([1]), { fds: [rx], closeSent: true });
+    mine.close();
+    const sizes = messageSizes(50, 3000);
+    for (let i = 0; i < 50; i++) await tx.send(message(i, sizes[i]));
+    tx.close();
+    assert.equal((await finish(child, "child")).out, "verified 50\n");
+
+    // Both ends of two queues to an echoing child.
+    const there = shmQueue({ bytes: 70_000 });
+    const back = shmQueue({ bytes: 70_000 });
+    const echo = peer(["echo"], [there[1], back[0]]);
+    for (const size of [0, 1, 65536, 70_000, 12345]) {
+      await there[0].send(message(size, size));
+      const got = await withTimeout(back[1].recv(), 10_000, `echo ${size}`);
+      assert.equal(mismatch(got!, size, size), "");
+    }
+    there[0].close();
+    assert.equal(await withTimeout(back[1].recv(), 10_000, "end"), null);
+    back[1].close();
+    assert.equal((await finish(echo, "echo")).code, 0);
+  },
+  perms,
+);
+
+test(
+  "an end handed over and rebuilt in this process (shmQueueFromFd) keeps the ring's position",
+  async () => {
+    const q: ShmQueue = shmQueue({ bytes: 512 });
+    await q[0].send(new Uint8Array([1]));
+    assert.deepEqual(await q[1].recv(), new Uint8Array([1]));
+    await q[0].send(new Uint8Array([2]));
+    const tx = shmQueueFromFd(q[0]._release());
+    const rx = fromFd(q[1]._release());
+    assert.ok(tx instanceof ShmSender);
+    assert.ok(rx instanceof ShmReceiver);
+    await tx.send(new Uint8Array([3]));
+    assert.deepEqual(await rx.recv(), new Uint8Array([2]));
+    assert.deepEqual(await rx.recv(), new Uint8Array([3]));
+    tx.close();
+    assert.equal(await rx.recv(), null);
+    rx.close();
+  },
+  local,
+);
+
+test(
+  "a carrier whose shared memory is not sealed against shrinking is refused (a peer could make this process fault)",
+  () => {
+    const lib = libc();
+    const memfd = lib.memfd_create(cstr("unsealed"), MMAP.MFD_CLOEXEC);
+    assert.ok(memfd >= 0);
+    assert.equal(lib.ftruncate(memfd, 4096n), 0);
+    using bells = socketpair({ type: "seqpacket" });
+    using carrier = socketpair({ type: "seqpacket" });
+    sendHello(carrier[1].rawFd, ROLE.receiver, [memfd, bells[0].rawFd]);
+    lib.close(memfd);
+    assert.throws(
+      () => shmQueueFromFd(carrier[0].rawFd),
+      (e: Error) => e instanceof TypeError && /not sealed/.test(e.message),
+    );
+  },
+  local,
+);

@@ -6,6 +6,7 @@ import {
   fdTarget,
   fixture,
   SANITIZE,
+  test,
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
@@ -20,82 +21,70 @@ const decoder = new TextDecoder();
 const uniqueName = (what: string) =>
   `conduit-test-${what}-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
 
-Deno.test({
-  name:
-    "SharedMemory.create() maps a zero-filled memfd of the given size; rawFd is the memfd",
-  permissions: local,
-  ...SANITIZE,
-  fn: async () => {
-    await assertNoFdLeak(() => {
-      using mem = SharedMemory.create(1 << 20);
-      assert.equal(mem.size, 1 << 20);
-      assert.equal(mem.buffer.byteLength, 1 << 20);
-      assert.equal(mem.name, undefined);
-      assert.ok(new Uint8Array(mem.buffer).every((b) => b === 0));
-      assert.match(fdTarget(mem.rawFd) ?? "", /^\/memfd:conduit-shm/);
-      assert.throws(() => mem.unlink(), TypeError);
-      // Sealed: no process can shrink it under another's mapping (SIGBUS).
-      assert.equal(libc().ftruncate(mem.rawFd, 10n), -1);
-      assert.equal(libc().ftruncate(mem.rawFd, 2n << 20n), -1);
-      assert.throws(() => SharedMemory.create(0), RangeError);
-      assert.throws(() => SharedMemory.create(1.5), RangeError);
-    });
+test(
+  "SharedMemory.create() maps a zero-filled memfd of the given size; rawFd is the memfd",
+  () => {
+    using mem = SharedMemory.create(1 << 20);
+    assert.equal(mem.size, 1 << 20);
+    assert.equal(mem.buffer.byteLength, 1 << 20);
+    assert.equal(mem.name, undefined);
+    assert.ok(new Uint8Array(mem.buffer).every((b) => b === 0));
+    assert.match(fdTarget(mem.rawFd) ?? "", /^\/memfd:conduit-shm/);
+    assert.throws(() => mem.unlink(), TypeError);
+    // Sealed: no process can shrink it under another's mapping (SIGBUS).
+    assert.equal(libc().ftruncate(mem.rawFd, 10n), -1);
+    assert.equal(libc().ftruncate(mem.rawFd, 2n << 20n), -1);
+    assert.throws(() => SharedMemory.create(0), RangeError);
+    assert.throws(() => SharedMemory.create(1.5), RangeError);
   },
-});
+  local,
+);
 
-Deno.test({
-  name:
-    "close() is idempotent; buffer then throws BadResource, and a view taken before close reads zeros instead of faulting",
-  permissions: local,
-  ...SANITIZE,
-  fn: async () => {
-    await assertNoFdLeak(() => {
-      const mem = SharedMemory.create(8192);
-      const stale = new Uint8Array(mem.buffer);
-      stale.fill(9);
-      mem.close();
-      mem.close();
-      mem[Symbol.dispose]();
-      assert.equal(mem.closed, true);
-      assert.throws(
-        () => mem.buffer,
-        (e: Error) =>
-          e instanceof Deno.errors.BadResource &&
-          e.message === "Cannot use SharedMemory: it is closed",
-      );
-      assert.throws(() => mem.rawFd, Deno.errors.BadResource);
-      assert.equal(mem.size, 8192);
-      // The shared pages are gone from this process; the stale view is
-      // backed by private zero pages, readable and writable.
-      assert.equal(stale[0], 0);
-      assert.equal(stale[8191], 0);
-      stale[5] = 1;
-      assert.equal(stale[5], 1);
-    });
+test(
+  "close() is idempotent; buffer then throws BadResource, and a view taken before close reads zeros instead of faulting",
+  () => {
+    const mem = SharedMemory.create(8192);
+    const stale = new Uint8Array(mem.buffer);
+    stale.fill(9);
+    mem.close();
+    mem.close();
+    mem[Symbol.dispose]();
+    assert.equal(mem.closed, true);
+    assert.throws(
+      () => mem.buffer,
+      (e: Error) =>
+        e instanceof Deno.errors.BadResource &&
+        e.message === "Cannot use SharedMemory: it is closed",
+    );
+    assert.throws(() => mem.rawFd, Deno.errors.BadResource);
+    assert.equal(mem.size, 8192);
+    // The shared pages are gone from this process; the stale view is
+    // backed by private zero pages, readable and writable.
+    assert.equal(stale[0], 0);
+    assert.equal(stale[8191], 0);
+    stale[5] = 1;
+    assert.equal(stale[5], 1);
   },
-});
+  local,
+);
 
-Deno.test({
-  name:
-    "a stale view after close() no longer reaches the memory that other mappings share",
-  permissions: local,
-  ...SANITIZE,
-  fn: async () => {
-    await assertNoFdLeak(() => {
-      using keep = SharedMemory.create(4096);
-      const other = new SharedMemory(dupCloexec(keep.rawFd));
-      const stale = new Uint8Array(other.buffer);
-      new Uint8Array(keep.buffer)[0] = 7;
-      assert.equal(stale[0], 7);
-      other.close();
-      new Uint8Array(keep.buffer)[2] = 8;
-      assert.equal(stale[0], 0);
-      assert.equal(stale[2], 0);
-      stale[1] = 3;
-      assert.equal(new Uint8Array(keep.buffer)[1], 0);
-    });
+test(
+  "a stale view after close() no longer reaches the memory that other mappings share",
+  () => {
+    using keep = SharedMemory.create(4096);
+    const other = new SharedMemory(dupCloexec(keep.rawFd));
+    const stale = new Uint8Array(other.buffer);
+    new Uint8Array(keep.buffer)[0] = 7;
+    assert.equal(stale[0], 7);
+    other.close();
+    new Uint8Array(keep.buffer)[2] = 8;
+    assert.equal(stale[0], 0);
+    assert.equal(stale[2], 0);
+    stale[1] = 3;
+    assert.equal(new Uint8Array(keep.buffer)[1], 0);
   },
-});
+  local,
+);
 
 Deno.test({
   name:
