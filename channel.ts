@@ -72,7 +72,8 @@ import {
   writeMemfd,
 } from "./_channel_wire.ts";
 import { boundAddress } from "./_unix_addr.ts";
-import { fromFd, registerAdopter } from "./from_fd.ts";
+import { fromFd } from "./from_fd.ts";
+import { registerAdopter } from "./_adopt.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 import { UnixListener, UnixSocket } from "./socketpair.ts";
 import { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";

@@ -47,7 +47,8 @@ import {
   readAsync,
   type ReadOptions,
 } from "./_byte_io.ts";
-import { type Endpoint, fromFd, registerAdopter } from "./from_fd.ts";
+import { type Endpoint, fromFd } from "./from_fd.ts";
+import { registerAdopter } from "./_adopt.ts";
 import type { FdEndpoint } from "./spawn.ts";
 import {
   closeAll,

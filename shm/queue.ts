@@ -40,7 +40,7 @@ import { libc } from "../ffi/libc.ts";
 import { check, closedError } from "../ffi/errors.ts";
 import { SOCK } from "../ffi/layout.ts";
 import { OwnedFd } from "../ffi/fd.ts";
-import { registerAdopter } from "../from_fd.ts";
+import { registerAdopter } from "../_adopt.ts";
 import { Serial } from "../_byte_io.ts";
 import { createMemfd, fileSize, sealedAgainstShrink } from "./shared_memory.ts";
 import { type Mapping, mapShared, unmap } from "./_map.ts";

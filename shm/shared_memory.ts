@@ -23,7 +23,7 @@ import { check, closedError, errno, systemError } from "../ffi/errors.ts";
 import { F, MMAP, O, SEAL, STAT } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
-import { registerAdopter } from "../from_fd.ts";
+import { registerAdopter } from "../_adopt.ts";
 import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
 
 /** Options for {@linkcode SharedMemory.create}. */

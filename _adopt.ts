@@ -1,0 +1,74 @@
+/**
+ * The registry behind `fromFd()`: each endpoint module registers how it
+ * recognises its kind of fd, so `fromFd()` needs no import of theirs at
+ * evaluation time.
+ *
+ * @module
+ */
+
+import { libc } from "./ffi/libc.ts";
+import { check } from "./ffi/errors.ts";
+import { F, O, S, STAT } from "./ffi/layout.ts";
+import type { Endpoint } from "./from_fd.ts";
+
+/** What kind of file an fd refers to, by `fstat`. */
+export type FdKind = "fifo" | "socket" | "file" | "other";
+
+/** The kind of file behind an fd, and its open access mode. */
+export function describeFd(fd: number): { kind: FdKind; access: number } {
+  const lib = libc();
+  const stat = new Uint8Array(STAT.size);
+  check("fstat", lib.fstat(fd, stat));
+  const mode = new DataView(stat.buffer).getUint32(STAT.mode, true) & S.IFMT;
+  const access = check("fcntl(F_GETFL)", lib.fcntl(fd, F.GETFL, 0)) &
+    O.ACCMODE;
+  const kind: FdKind = mode === S.IFIFO
+    ? "fifo"
+    : mode === S.IFSOCK
+    ? "socket"
+    : mode === S.IFREG
+    ? "file"
+    : "other";
+  return { kind, access };
+}
+
+/** Sets FD_CLOEXEC on an fd, so it does not leak into unrelated children. */
+export function setCloexec(fd: number): void {
+  const lib = libc();
+  const flags = check("fcntl(F_GETFD)", lib.fcntl(fd, F.GETFD, 0));
+  if ((flags & F.FD_CLOEXEC) === 0) {
+    check("fcntl(F_SETFD)", lib.fcntl(fd, F.SETFD, flags | F.FD_CLOEXEC));
+  }
+}
+
+/** Returns the endpoint for an fd of its kind, or `null`. */
+export type Adopter = (
+  fd: number,
+  kind: FdKind,
+  access: number,
+) => Endpoint | null;
+const adopters: Adopter[] = [];
+
+/** Asks each registered adopter in turn; `null` when none recognises the fd. */
+export function adopt(
+  fd: number,
+  kind: FdKind,
+  access: number,
+): Endpoint | null {
+  for (const adopter of adopters) {
+    const endpoint = adopter(fd, kind, access);
+    if (endpoint !== null) return endpoint;
+  }
+  return null;
+}
+
+/**
+ * Lets an endpoint module (sockets, shared memory, channels) teach
+ * `fromFd()` its kind of fd.
+ */
+export function registerAdopter(adopter: Adopter, first = false): void {
+  // A more specific kind (a shared-memory queue end is also a socket) asks
+  // before the general one.
+  if (first) adopters.unshift(adopter);
+  else adopters.push(adopter);
+}
