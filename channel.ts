@@ -720,8 +720,7 @@ class Incoming implements EndpointHooks {
     this.used = fds.map(() => false);
   }
 
-  #take(input: Reader): number {
-    const index = input.varint();
+  #take(index: number): number {
     if (index >= this.fds.length) {
       throw invalid(`endpoint names fd ${index} of ${this.fds.length}`);
     }
@@ -736,14 +735,16 @@ class Incoming implements EndpointHooks {
 
   decode(input: Reader): unknown {
     const kind = input.u8();
+    // An fd is taken only once its endpoint is sure to be made: an fd not
+    // taken is closed by fail().
     if (kind === KIND.SENDER) {
-      const fd = this.#take(input);
+      const index = input.varint();
       const capacity = input.varint();
       const mode = input.u8();
       if (capacity < 1 || capacity > MAX_CAPACITY || mode > MODE_BYTES) {
         throw invalid("bad sender");
       }
-      const sender = new Sender(fd, capacity, mode);
+      const sender = new Sender(this.#take(index), capacity, mode);
       this.made.push(sender);
       return sender;
     }
@@ -751,16 +752,20 @@ class Incoming implements EndpointHooks {
       const count = input.count();
       if (count > MAX_FDS) throw invalid("bad receiver");
       const conns: Connection[] = [];
-      for (let i = 0; i < count; i++) {
-        const fd = this.#take(input);
-        const capacity = input.varint();
-        const unacked = input.varint();
-        if (capacity < 1 || capacity > MAX_CAPACITY || unacked > capacity) {
-          closeAll([fd]);
-          for (const conn of conns) conn.fd.close();
-          throw invalid("bad receiver");
+      try {
+        for (let i = 0; i < count; i++) {
+          const index = input.varint();
+          const capacity = input.varint();
+          const unacked = input.varint();
+          if (capacity < 1 || capacity > MAX_CAPACITY || unacked > capacity) {
+            throw invalid("bad receiver");
+          }
+          const fd = new OwnedFd(this.#take(index), "Receiver");
+          conns.push({ fd, capacity, unacked });
         }
-        conns.push({ fd: new OwnedFd(fd, "Receiver"), capacity, unacked });
+      } catch (error) {
+        for (const conn of conns) conn.fd.close();
+        throw error;
       }
       const receiver = new Receiver(conns);
       this.made.push(receiver);
@@ -777,7 +782,7 @@ class Incoming implements EndpointHooks {
       ShmReceiver,
     ][kind];
     if (expected === undefined) throw invalid(`unknown endpoint kind ${kind}`);
-    const fd = this.#take(input);
+    const fd = this.#take(input.varint());
     let endpoint: { close(): void };
     try {
       endpoint = fromFd(fd);
@@ -1025,6 +1030,9 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       this.#drop(conn);
       return AGAIN;
     }
+    // Until the fds are handed on (adopted, or to #message, which closes
+    // them on failure), a refused frame closes them here.
+    let handedOn = false;
     try {
       if ((got.flags & MSG.TRUNC) !== 0) {
         throw invalid(`frame larger than ${INLINE_MAX} bytes`);
@@ -1042,6 +1050,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
           throw invalid("a new sender must come with one fd");
         }
         if (a < 1 || a > MAX_CAPACITY) throw invalid("bad capacity");
+        handedOn = true;
         if (this.#conns.length >= MAX_CONNECTIONS) {
           // Too many senders: the new one is refused (it sees the channel
           // closed), the frame itself was fine.
@@ -1059,11 +1068,13 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         conn.capacity = a;
         return AGAIN;
       }
+      handedOn = true;
       const value = this.#message(type, got.bytes, got.fds, a, b, c);
       conn.unacked++;
       if (conn.unacked >= ackEvery(conn.capacity)) sendAck(conn);
       return { value };
     } catch (error) {
+      if (!handedOn) closeAll(got.fds);
       this.#drop(conn);
       throw error;
     }
