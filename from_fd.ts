@@ -51,6 +51,7 @@ export type Endpoint =
  * @returns The endpoint.
  * @throws {Deno.errors.BadResource} When `fd` is not open.
  * @throws {TypeError} When the fd is of a kind no endpoint fits.
+ * @throws {RangeError} When a memfd is empty (it cannot be mapped).
  *
  * @example Read from an inherited pipe
  * ```ts ignore
