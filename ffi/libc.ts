@@ -204,6 +204,8 @@ const symbols = {
   // int munmap(void *addr, size_t length);
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
 
+  // int sched_yield(void);
+  sched_yield: { parameters: [], result: "i32" },
   // pid_t getpid(void);
   getpid: { parameters: [], result: "i32" },
   // uid_t getuid(void);

@@ -1,0 +1,139 @@
+/**
+ * Spin-then-park: the one wait loop every endpoint uses.
+ *
+ * A wait first retries its sync attempt for a short while, calling
+ * `sched_yield()` each pass so a peer on the same core gets to run, and only
+ * then parks in the poller. By default the spin is hit-gated: a waiter spins
+ * only while its recent spins were answered quickly; after a miss it parks
+ * straight away for 2, 4, ... 256 waits before it tries a spin again. A
+ * tight ping-pong gets answers within the spin and never parks; paced or
+ * one-way traffic and a busy machine see misses and stop spinning, so the
+ * spin never costs more than a few short probes.
+ *
+ * - `spin: undefined` (the default): the hit-gated rule above.
+ * - `spin: 0`: never spin; park at once.
+ * - `spin: n` (µs): always spin up to `n` µs before parking.
+ *
+ * @module
+ */
+
+import { libc } from "./libc.ts";
+
+/** Largest budget the adaptive rule spins for, in µs. */
+const MAX_BUDGET_US = 100;
+/** Smallest budget the adaptive rule spins for, in µs. */
+const MIN_BUDGET_US = 10;
+/** A spin answered within this many µs counts as a hit. */
+const HIT_US = 30;
+/** Longest back-off after misses: 2^MAX_MISSES parked waits. */
+const MAX_MISSES = 8;
+/** Largest fixed budget accepted, in µs (one second). */
+const MAX_FIXED_US = 1_000_000;
+
+/**
+ * Checks a `spin` option: `undefined` (adaptive), `0` (off) or a finite
+ * number of µs up to one second.
+ *
+ * @throws {TypeError} When it is not a number.
+ * @throws {RangeError} When it is negative, not finite or above one second.
+ */
+export function checkSpin(spin: unknown, what: string): number | undefined {
+  if (spin === undefined) return undefined;
+  if (typeof spin !== "number") {
+    throw new TypeError(
+      `${what}: spin must be a number of µs, got ${typeof spin}`,
+    );
+  }
+  if (!Number.isFinite(spin) || spin < 0 || spin > MAX_FIXED_US) {
+    throw new RangeError(
+      `${what}: spin must be between 0 and ${MAX_FIXED_US} µs, got ${spin}`,
+    );
+  }
+  return spin;
+}
+
+/** One waiter's spin state: keep one per endpoint and direction. */
+export class Spinner {
+  #fixed: number | undefined;
+  #budget = HIT_US;
+  #cooldown = 0;
+  #misses = 0;
+
+  /** @param spin `undefined` for the adaptive rule, `0` for none, or µs. */
+  constructor(spin?: number) {
+    this.#fixed = spin;
+  }
+
+  /** Whether this spinner never spins. */
+  get off(): boolean {
+    return this.#fixed === 0;
+  }
+
+  /**
+   * Retries `attempt` for up to this waiter's budget. Returns what
+   * `attempt` returned once it was not `undefined`, or `undefined` when the
+   * budget ran out (or no spin is due) and the caller should park.
+   */
+  spin<T>(attempt: () => T | undefined): T | undefined {
+    const fixed = this.#fixed;
+    let budgetUs: number;
+    if (fixed !== undefined) {
+      if (fixed === 0) return undefined;
+      budgetUs = fixed;
+    } else {
+      if (this.#cooldown > 0) {
+        this.#cooldown--;
+        return undefined;
+      }
+      budgetUs = this.#budget;
+    }
+    const lib = libc();
+    const start = performance.now();
+    const end = start + budgetUs / 1000;
+    let now = start;
+    while (now < end) {
+      lib.sched_yield();
+      const got = attempt();
+      now = performance.now();
+      if (got !== undefined) {
+        if (fixed === undefined) this.#hit((now - start) * 1000);
+        return got;
+      }
+    }
+    if (fixed === undefined) this.#miss();
+    return undefined;
+  }
+
+  #hit(us: number): void {
+    if (us > HIT_US) {
+      this.#miss();
+      return;
+    }
+    this.#misses = 0;
+    this.#budget = Math.min(MAX_BUDGET_US, Math.max(MIN_BUDGET_US, 4 * us));
+  }
+
+  #miss(): void {
+    this.#misses = Math.min(this.#misses + 1, MAX_MISSES);
+    this.#cooldown = 1 << this.#misses;
+    this.#budget = HIT_US;
+  }
+}
+
+/**
+ * The wait loop: `attempt` now, then a spin, then `park()` (a poller wait)
+ * and again, until `attempt` returns something other than `undefined`.
+ */
+export async function untilReady<T>(
+  attempt: () => T | undefined,
+  park: () => Promise<void>,
+  spinner: Spinner,
+): Promise<T> {
+  for (;;) {
+    const now = attempt();
+    if (now !== undefined) return now;
+    const spun = spinner.spin(attempt);
+    if (spun !== undefined) return spun;
+    await park();
+  }
+}
