@@ -39,6 +39,11 @@ export * from "./spawn.ts";
 export * from "./from_fd.ts";
 export * from "./socketpair.ts";
 export * from "./shm/mod.ts";
-export { settled } from "./ffi/poller.ts";
+export {
+  settled,
+  type WakePath,
+  wakePath,
+  type WakePathName,
+} from "./ffi/poller.ts";
 export * from "./channel.ts";
 export * from "./oneshot.ts";

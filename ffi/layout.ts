@@ -59,6 +59,26 @@ export const EPOLL = {
  */
 export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;
 
+/**
+ * Linux AIO: `struct iocb` (64 bytes) and `struct io_event` (32 bytes), the
+ * same on every 64-bit little-endian architecture. `IOCB_CMD_POLL` keeps the
+ * poll event mask in `aio_buf`; `IOCB_FLAG_RESFD` signals `aio_resfd` (an
+ * eventfd) when the request completes.
+ */
+export const IOCB = {
+  size: 64,
+  lioOpcode: 16,
+  fildes: 20,
+  buf: 24,
+  flags: 56,
+  resfd: 60,
+  CMD_POLL: 5,
+  FLAG_RESFD: 1,
+} as const;
+
+/** `struct io_event`: data, obj, res, res2. */
+export const IO_EVENT = { size: 32, res: 16 } as const;
+
 /** eventfd flags. */
 export const EFD = { CLOEXEC: 0o2000000, NONBLOCK: 0o4000 } as const;
 

@@ -190,6 +190,14 @@ const symbols = {
     result: "i32",
   },
 
+  // long syscall(long number, ...): the Linux AIO calls io_setup,
+  // io_destroy, io_getevents and io_submit, with pointers as addresses.
+  syscall6: {
+    name: "syscall",
+    parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "i64",
+  },
+
   // int memfd_create(const char *name, unsigned int flags);
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
   // int shm_open(const char *name, int oflag, mode_t mode);
@@ -246,10 +254,33 @@ export function libc(): Libc {
   return loaded;
 }
 
-/** Linux x86_64 syscall numbers used through `syscall(2)`. */
-export const SYS = {
-  futex: 202,
-  waitid: 247,
-  pidfd_send_signal: 424,
-  pidfd_open: 434,
+/** Syscall numbers used through `syscall(2)`, per architecture. */
+const SYS_BY_ARCH = {
+  x86_64: {
+    io_setup: 206,
+    io_destroy: 207,
+    io_getevents: 208,
+    io_submit: 209,
+    futex: 202,
+    waitid: 247,
+    pidfd_send_signal: 424,
+    pidfd_open: 434,
+  },
+  aarch64: {
+    io_setup: 0,
+    io_destroy: 1,
+    io_submit: 2,
+    io_getevents: 4,
+    futex: 98,
+    waitid: 95,
+    pidfd_send_signal: 424,
+    pidfd_open: 434,
+  },
 } as const;
+
+/** Syscall numbers of this architecture used through `syscall(2)`. */
+export const SYS:
+  | (typeof SYS_BY_ARCH)["x86_64"]
+  | (typeof SYS_BY_ARCH)[
+    "aarch64"
+  ] = Deno.build.arch === "aarch64" ? SYS_BY_ARCH.aarch64 : SYS_BY_ARCH.x86_64;

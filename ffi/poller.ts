@@ -1,29 +1,46 @@
 /**
- * The poller: one per process (and per Worker). It keeps a single
- * nonblocking `epoll_wait` in flight over every fd that anyone waits on, plus
- * a private eventfd to cancel that wait. All real I/O happens synchronously on
- * the JS thread; this only says when to retry.
+ * The poller: one per process (and per Worker). It keeps a private epoll set
+ * over every fd that anyone waits on. All real I/O happens synchronously on
+ * the JS thread; the poller only says when to retry.
  *
- * - Interest is armed per fd with EPOLLONESHOT and re-armed while waiters
- *   remain; epoll_ctl from the JS thread is seen by the in-flight wait.
- * - Each registration carries a fresh token in `epoll_data`, so an event that
- *   was already collected for a closed fd can never reach a later fd that
- *   reuses its number.
- * - While only unref'd waiters are left, no call is in flight (a pending call
- *   keeps the process alive); an unref'd timer polls with a zero timeout
- *   instead, so the process can exit by itself.
+ * How the JS thread learns that the set has events (the wake path):
+ *
+ * - `aio` (the default where it works): one Linux AIO `IOCB_CMD_POLL` on the
+ *   private epoll fd, with `IOCB_FLAG_RESFD` on a private eventfd that Deno's
+ *   own event loop watches (through the `pipe_wrap` binding). When a watched
+ *   fd becomes ready the kernel completes the poll and signals the eventfd,
+ *   which wakes the JS thread directly: one thread hand-off per wake. Only the
+ *   private eventfd is made non-blocking; watched fds are never touched.
+ * - `ffi` (the fallback): a single nonblocking FFI `epoll_wait` in flight on
+ *   one of Deno's blocking-pool threads, which then wakes the JS thread: two
+ *   hand-offs per wake. While only unref'd waiters are left, an unref'd timer
+ *   polls with a zero timeout instead (a pending FFI call keeps the process
+ *   alive).
+ *
+ * The path is chosen at first use: `aio` unless the kernel, a seccomp filter,
+ * `fs.aio-max-nr` or the Deno internal it needs refuses, then `ffi`. The
+ * environment variable `CONDUIT_IPC_WAKE` set to `aio` or `ffi` forces one
+ * (read only when `--allow-env` grants it); {@linkcode wakePath} says which
+ * is in use and why.
+ *
+ * Interest is armed per fd with EPOLLONESHOT and re-armed while waiters
+ * remain. Each registration carries a fresh token in `epoll_data`, so an event
+ * that was already collected for a closed fd can never reach a later fd that
+ * reuses its number.
  *
  * @module
  */
 
-import { libc } from "./libc.ts";
+import process from "node:process";
+import { libc, SYS } from "./libc.ts";
 import { check, closedError, ERRNO, errno, systemError } from "./errors.ts";
-import { EFD, EPOLL, EPOLL_EVENT } from "./layout.ts";
-import { pointerOf, stableBuffer } from "./mem.ts";
+import { EFD, EPOLL, EPOLL_EVENT, IO_EVENT, IOCB } from "./layout.ts";
+import { addressOf, pointerOf, stableBuffer } from "./mem.ts";
 
 const MAX_EVENTS = 256;
 const UNREF_POLL_MS = 10;
-const EVENTFD_TOKEN = 0;
+const KICK_TOKEN = 0;
+const WAKE_ENV = "CONDUIT_IPC_WAKE";
 
 const READ_READY = EPOLL.IN | EPOLL.HUP | EPOLL.ERR | EPOLL.RDHUP;
 const WRITE_READY = EPOLL.OUT | EPOLL.HUP | EPOLL.ERR;
@@ -35,6 +52,17 @@ interface Waiter {
 
 /** Which readiness a caller waits for. */
 export type Interest = "read" | "write";
+
+/** The name of a wake path: see {@linkcode wakePath}. */
+export type WakePathName = "aio" | "ffi";
+
+/** Which wake path this process uses, and why. */
+export interface WakePath {
+  /** `aio` (one hand-off per wake) or `ffi` (the fallback, two). */
+  path: WakePathName;
+  /** Why this path: forced by the environment, or why `aio` was refused. */
+  reason: string;
+}
 
 /**
  * One fd's place in the poller. The owner of the fd creates it, waits on it,
@@ -70,12 +98,22 @@ export class PollHandle {
    * Resolves once the fd may be ready for `interest` (or has hung up or
    * failed: the caller retries its sync call and sees which). Aborting
    * `signal` takes this one wait out and rejects it with the signal's reason.
+   * When the fd cannot be watched (epoll refuses it), the wait rejects and
+   * the poller is left exactly as it was.
    */
   wait(interest: Interest, signal?: AbortSignal): Promise<void> {
     if (this.#closed) return Promise.reject(closedError(`fd ${this.fd}`));
     if (signal?.aborted) return Promise.reject(signal.reason);
+    const list = interest === "read" ? this.#readers : this.#writers;
     const { promise, resolve, reject } = Promise.withResolvers<void>();
     const waiter: Waiter = { resolve, reject };
+    list.push(waiter);
+    try {
+      this.#arm();
+    } catch (error) {
+      list.pop();
+      return Promise.reject(error);
+    }
     if (signal !== undefined) {
       const onAbort = () => {
         const list = interest === "read" ? this.#readers : this.#writers;
@@ -96,8 +134,6 @@ export class PollHandle {
         reject(error);
       };
     }
-    (interest === "read" ? this.#readers : this.#writers).push(waiter);
-    this.#arm();
     this.#poller.waitersChanged(this, 1);
     return promise;
   }
@@ -127,9 +163,7 @@ export class PollHandle {
       this.#poller.ctl(EPOLL.CTL_DEL, this.fd, 0, this.token);
       this.#inSet = false;
     }
-    const waiters = [...this.#readers, ...this.#writers];
-    this.#readers = [];
-    this.#writers = [];
+    const waiters = this.#takeAll();
     this.#poller.forget(this, waiters.length);
     const reason = error ?? closedError(`fd ${this.fd}`);
     for (const waiter of waiters) waiter.reject(reason);
@@ -137,22 +171,37 @@ export class PollHandle {
 
   /** Called by the poller with the events epoll reported for this handle. */
   dispatch(events: number): void {
-    let woken = 0;
+    let woken: Waiter[] = [];
     if (events & READ_READY && this.#readers.length > 0) {
-      const readers = this.#readers;
+      woken = this.#readers;
       this.#readers = [];
-      woken += readers.length;
-      for (const waiter of readers) waiter.resolve();
     }
     if (events & WRITE_READY && this.#writers.length > 0) {
-      const writers = this.#writers;
+      woken = woken.concat(this.#writers);
       this.#writers = [];
-      woken += writers.length;
-      for (const waiter of writers) waiter.resolve();
     }
-    // EPOLLONESHOT disarmed the fd; arm again for whoever still waits.
-    this.#arm();
-    if (woken > 0) this.#poller.waitersChanged(this, -woken);
+    // EPOLLONESHOT disarmed the fd; arm again for whoever still waits. Should
+    // epoll refuse (the fd was closed behind its owner's back), the waits
+    // left fail with that error instead of hanging.
+    let failed: Waiter[] = [];
+    let error: unknown;
+    try {
+      this.#arm();
+    } catch (caught) {
+      error = caught;
+      failed = this.#takeAll();
+    }
+    const settled = woken.length + failed.length;
+    if (settled > 0) this.#poller.waitersChanged(this, -settled);
+    for (const waiter of woken) waiter.resolve();
+    for (const waiter of failed) waiter.reject(error as Error);
+  }
+
+  #takeAll(): Waiter[] {
+    const all = this.#readers.concat(this.#writers);
+    this.#readers = [];
+    this.#writers = [];
+    return all;
   }
 
   #arm(): void {
@@ -170,25 +219,340 @@ export class PollHandle {
   }
 }
 
+/** How the poller learns that its epoll set has events. */
+interface Wake {
+  readonly path: WakePathName;
+  /**
+   * Makes sure `onEvents` runs once the set has events; `ref` says whether
+   * that wait keeps the process alive. Called whenever waiters change.
+   */
+  arm(ref: boolean): void;
+  /** No one waits any more. */
+  disarm(): void;
+  /** Whether something is still in flight that must return before close. */
+  readonly busy: boolean;
+  /** Whether a wait is armed that keeps the process alive. */
+  readonly holding: boolean;
+  /** Releases what the wake path holds (never the epoll fd). */
+  close(): void;
+}
+
+/** Raw syscall through `syscall(2)`: a number, or -1 with errno set. */
+function sys(
+  nr: number,
+  a = 0n,
+  b = 0n,
+  c = 0n,
+  d = 0n,
+  e = 0n,
+): number {
+  return Number(libc().syscall6(BigInt(nr), a, b, c, d, e));
+}
+
+interface PipeHandle {
+  open(fd: number): number;
+  readStart(): number;
+  close(): void;
+  ref(): void;
+  unref(): void;
+  onread: (buffer?: ArrayBuffer) => void;
+}
+
+/** The `pipe_wrap` binding's `Pipe` class, or why it cannot be had. */
+function pipeWrap(): { make: () => PipeHandle } | string {
+  try {
+    const binding = (process as unknown as {
+      binding(name: string): unknown;
+    }).binding("pipe_wrap") as {
+      Pipe?: new (type: number) => PipeHandle;
+      constants?: { SOCKET?: number };
+    };
+    const { Pipe, constants } = binding;
+    if (typeof Pipe !== "function" || typeof constants?.SOCKET !== "number") {
+      return "this Deno has no pipe_wrap Pipe binding";
+    }
+    const type = constants.SOCKET;
+    return { make: () => new Pipe(type) };
+  } catch (error) {
+    return `process.binding("pipe_wrap") failed: ${(error as Error).message}`;
+  }
+}
+
+/**
+ * The one-hand-off path: an AIO poll on the epoll fd signals a private
+ * eventfd that Deno's event loop reads on the JS thread.
+ */
+class AioWake implements Wake {
+  readonly path = "aio" as const;
+  readonly busy = false;
+  #ctx: bigint;
+  #efd: number;
+  #pipe: PipeHandle;
+  #iocb = stableBuffer(IOCB.size);
+  #iocbList = stableBuffer(8);
+  #event = stableBuffer(IO_EVENT.size);
+  #zeroTime = stableBuffer(16);
+  #armed = false;
+  #refed = true;
+
+  /** Throws, having released what it took, when AIO poll is refused. */
+  constructor(epfd: number, onEvents: () => void, make: () => PipeHandle) {
+    const lib = libc();
+    const ctxBuf = stableBuffer(8);
+    if (sys(SYS.io_setup, 1n, addressOf(ctxBuf)) !== 0) {
+      throw systemError("io_setup", errno());
+    }
+    this.#ctx = new DataView(ctxBuf).getBigUint64(0, true);
+    const efd = lib.eventfd(0, EFD.CLOEXEC);
+    if (efd === -1) {
+      const error = systemError("eventfd", errno());
+      sys(SYS.io_destroy, this.#ctx);
+      throw error;
+    }
+    this.#efd = efd;
+    const iocb = new DataView(this.#iocb);
+    iocb.setUint16(IOCB.lioOpcode, IOCB.CMD_POLL, true);
+    iocb.setUint32(IOCB.fildes, epfd, true);
+    iocb.setBigUint64(IOCB.buf, BigInt(EPOLL.IN), true);
+    iocb.setUint32(IOCB.flags, IOCB.FLAG_RESFD, true);
+    iocb.setUint32(IOCB.resfd, efd, true);
+    new DataView(this.#iocbList).setBigUint64(0, addressOf(this.#iocb), true);
+    let pipe: PipeHandle | undefined;
+    try {
+      // A first submission proves that IOCB_CMD_POLL is allowed here (Linux
+      // 4.18 or later, no seccomp or sandbox refusal); it stays armed.
+      this.#submit();
+      pipe = make();
+      if (pipe.open(efd) !== 0) {
+        throw new Error("Pipe#open of an eventfd failed");
+      }
+      pipe.onread = () => this.#completed(onEvents);
+      if (pipe.readStart() !== 0) throw new Error("Pipe#readStart failed");
+    } catch (error) {
+      sys(SYS.io_destroy, this.#ctx);
+      if (pipe !== undefined) pipe.close();
+      else lib.close(efd);
+      throw error;
+    }
+    this.#pipe = pipe;
+    this.#setRef(false);
+  }
+
+  get holding(): boolean {
+    return this.#armed && this.#refed;
+  }
+
+  /** The private eventfd that Deno's event loop watches. */
+  get eventFd(): number {
+    return this.#efd;
+  }
+
+  arm(ref: boolean): void {
+    this.#setRef(ref);
+    if (!this.#armed) this.#submit();
+  }
+
+  disarm(): void {
+    // An armed poll may stay: the set has no interest left, so it completes
+    // only for a late event, which is then drained and ignored.
+    this.#setRef(false);
+  }
+
+  close(): void {
+    // Cancels the outstanding poll, then closes the eventfd with the handle.
+    sys(SYS.io_destroy, this.#ctx);
+    this.#pipe.close();
+  }
+
+  #setRef(ref: boolean): void {
+    if (ref === this.#refed) return;
+    this.#refed = ref;
+    if (ref) this.#pipe.ref();
+    else this.#pipe.unref();
+  }
+
+  #submit(): void {
+    const n = sys(SYS.io_submit, this.#ctx, 1n, addressOf(this.#iocbList));
+    if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
+    this.#armed = true;
+  }
+
+  #completed(onEvents: () => void): void {
+    // Deno's reader has consumed the eventfd count; reap the completion so
+    // the context has room for the next poll.
+    sys(
+      SYS.io_getevents,
+      this.#ctx,
+      0n,
+      1n,
+      addressOf(this.#event),
+      addressOf(this.#zeroTime),
+    );
+    this.#armed = false;
+    onEvents();
+  }
+}
+
+/**
+ * The fallback path: one nonblocking `epoll_wait` on a blocking-pool thread.
+ * A private eventfd in the set ends that wait when nothing ref'd is left.
+ */
+class FfiWake implements Wake {
+  readonly path = "ffi" as const;
+  #epfd: number;
+  #kickFd: number;
+  #kickBuf = new Uint8Array(new ArrayBuffer(64));
+  #eventsPtr: Deno.PointerValue;
+  #onEvents: (n: number) => void;
+  #inFlight = false;
+  #kicked = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(
+    epfd: number,
+    eventsPtr: Deno.PointerValue,
+    ctl: (op: number, fd: number, events: number, token: number) => void,
+    onEvents: (n: number) => void,
+  ) {
+    const kick = libc().eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
+    if (kick === -1) throw systemError("eventfd", errno());
+    this.#epfd = epfd;
+    this.#kickFd = kick;
+    this.#eventsPtr = eventsPtr;
+    this.#onEvents = onEvents;
+    try {
+      ctl(EPOLL.CTL_ADD, kick, EPOLL.IN, KICK_TOKEN);
+    } catch (error) {
+      libc().close(kick);
+      throw error;
+    }
+  }
+
+  get busy(): boolean {
+    return this.#inFlight;
+  }
+
+  get holding(): boolean {
+    return this.#inFlight && !this.#kicked;
+  }
+
+  arm(ref: boolean): void {
+    if (ref) {
+      this.#clearTimer();
+      if (!this.#inFlight) this.#start();
+      return;
+    }
+    this.#kick();
+    if (!this.#inFlight && this.#timer === undefined) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.#onEvents(
+          libc().epoll_wait(this.#epfd, this.#eventsPtr, MAX_EVENTS, 0),
+        );
+      }, UNREF_POLL_MS);
+      Deno.unrefTimer(this.#timer as unknown as number);
+    }
+  }
+
+  disarm(): void {
+    this.#kick();
+    // A pending poll timer would only fire for nothing (and shows up as a
+    // leaked timer in a test with sanitizeOps).
+    this.#clearTimer();
+  }
+
+  close(): void {
+    this.#clearTimer();
+    libc().close(this.#kickFd);
+  }
+
+  /** Resolves once no call is in flight. */
+  idle(): Promise<void> {
+    if (!this.#inFlight) return Promise.resolve();
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#idleWaiters.push(resolve);
+    return promise;
+  }
+
+  #kick(): void {
+    // End the in-flight wait so the process may exit.
+    if (!this.#inFlight || this.#kicked) return;
+    this.#kicked = true;
+    new DataView(this.#kickBuf.buffer).setBigUint64(0, 1n, true);
+    libc().write(this.#kickFd, this.#kickBuf, 8n);
+  }
+
+  #clearTimer(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  #start(): void {
+    this.#inFlight = true;
+    libc().epoll_wait_nb(this.#epfd, this.#eventsPtr, MAX_EVENTS, -1).then(
+      (n) => {
+        // The call is over before anything is dispatched, so a waiter that
+        // leaves during dispatch never kicks a wait that already returned.
+        this.#inFlight = false;
+        if (this.#kicked) {
+          this.#kicked = false;
+          libc().read(this.#kickFd, this.#kickBuf, 8n);
+        }
+        // errno of a pool thread is meaningless; -1 is EINTR in practice,
+        // and the next wait simply starts again. (No wait starts while the
+        // events buffer is being read: the next call writes into it.)
+        this.#onEvents(n);
+        if (!this.#inFlight && this.#idleWaiters.length > 0) {
+          const waiters = this.#idleWaiters;
+          this.#idleWaiters = [];
+          for (const resolve of waiters) resolve();
+        }
+      },
+    );
+  }
+}
+
+/** The wake path forced by `CONDUIT_IPC_WAKE`, when set and readable. */
+function forcedPath(): WakePathName | undefined {
+  let value: string | undefined;
+  try {
+    const state = Deno.permissions.querySync({
+      name: "env",
+      variable: WAKE_ENV,
+    }).state;
+    if (state !== "granted") return undefined;
+    value = Deno.env.get(WAKE_ENV);
+  } catch {
+    return undefined;
+  }
+  if (value === undefined || value === "") return undefined;
+  if (value === "aio" || value === "ffi") return value;
+  throw new TypeError(
+    `Cannot choose the wake path: ${WAKE_ENV} must be "aio" or "ffi", got ${
+      JSON.stringify(value)
+    }`,
+  );
+}
+
 /** The per-process poller. Use {@linkcode poller} to get it. */
 export class Poller {
   #epfd = -1;
-  #evfd = -1;
+  #wake: Wake | undefined;
+  #chosen: WakePath | undefined;
   #events: ArrayBuffer;
   #eventsView: DataView;
   #eventsPtr: Deno.PointerValue;
   #ctlBuf = new Uint8Array(new ArrayBuffer(64));
   #ctlView = new DataView(this.#ctlBuf.buffer);
-  #evBuf = new Uint8Array(new ArrayBuffer(64));
   #handles = new Map<number, PollHandle>();
+  #byFd = new Map<number, PollHandle>();
   #nextToken = 1;
   #refWaiting = 0;
   #waiting = 0;
-  #inFlight = false;
-  #kicked = false;
   #dispatching = false;
-  #idleWaiters: (() => void)[] = [];
-  #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor() {
     this.#events = stableBuffer(MAX_EVENTS * EPOLL_EVENT.size);
@@ -196,38 +560,103 @@ export class Poller {
     this.#eventsPtr = pointerOf(this.#events);
   }
 
-  // The epoll fd and the eventfd exist only while some fd is registered: a
-  // Worker that closed its endpoints leaves nothing open behind when it ends.
+  /** The wake path in use (chosen on first registration, then kept). */
+  get wakePath(): WakePath {
+    return this.#chosen ??= this.#probe();
+  }
+
+  // Try the AIO path on a scratch epoll fd, once per poller.
+  #probe(): WakePath {
+    const forced = forcedPath();
+    if (forced === "ffi") {
+      return { path: "ffi", reason: `forced by ${WAKE_ENV}=ffi` };
+    }
+    const refused = this.#aioRefusal();
+    if (refused === undefined) {
+      return {
+        path: "aio",
+        reason: forced === "aio"
+          ? `forced by ${WAKE_ENV}=aio`
+          : "AIO poll on the epoll fd is available",
+      };
+    }
+    if (forced === "aio") {
+      throw new Deno.errors.NotSupported(
+        `Cannot use the wake path forced by ${WAKE_ENV}=aio: ${refused}`,
+      );
+    }
+    return { path: "ffi", reason: `AIO poll unavailable: ${refused}` };
+  }
+
+  #aioRefusal(): string | undefined {
+    const wrap = pipeWrap();
+    if (typeof wrap === "string") return wrap;
+    const lib = libc();
+    const epfd = lib.epoll_create1(EPOLL.CLOEXEC);
+    if (epfd === -1) return systemError("epoll_create1", errno()).message;
+    try {
+      new AioWake(epfd, () => {}, wrap.make).close();
+      return undefined;
+    } catch (error) {
+      return (error as Error).message;
+    } finally {
+      lib.close(epfd);
+    }
+  }
+
+  // The epoll fd and the wake path's fds exist only while some fd is
+  // registered: a Worker that closed its endpoints leaves nothing open.
   #open(): void {
     if (this.#epfd !== -1) return;
+    const { path } = this.wakePath;
     const lib = libc();
     const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
-    const evfd = lib.eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
-    if (evfd === -1) {
-      const error = systemError("eventfd", errno());
+    this.#epfd = epfd;
+    try {
+      if (path === "aio") {
+        const wrap = pipeWrap();
+        if (typeof wrap === "string") throw new Error(wrap);
+        this.#wake = new AioWake(epfd, () => this.#collect(), wrap.make);
+      } else {
+        this.#wake = new FfiWake(
+          epfd,
+          this.#eventsPtr,
+          (op, fd, events, token) => this.ctl(op, fd, events, token),
+          (n) => this.#onEvents(n),
+        );
+      }
+    } catch (error) {
       lib.close(epfd);
+      this.#epfd = -1;
       throw error;
     }
-    this.#epfd = epfd;
-    this.#evfd = evfd;
-    this.ctl(EPOLL.CTL_ADD, evfd, EPOLL.IN, EVENTFD_TOKEN);
   }
 
   #release(): void {
     if (this.#epfd === -1) return;
-    const lib = libc();
-    lib.close(this.#evfd);
-    lib.close(this.#epfd);
+    this.#wake?.close();
+    this.#wake = undefined;
+    libc().close(this.#epfd);
     this.#epfd = -1;
-    this.#evfd = -1;
   }
 
-  /** Registers an fd; the returned handle must be closed before the fd. */
+  /**
+   * Registers an fd; the returned handle must be closed before the fd.
+   *
+   * @throws {Deno.errors.AlreadyExists} When another live handle holds the
+   * same fd number (two owners of one fd).
+   */
   register(fd: number): PollHandle {
+    if (this.#byFd.has(fd)) {
+      throw new Deno.errors.AlreadyExists(
+        `Cannot wait on fd ${fd}: another endpoint of this process owns it`,
+      );
+    }
     this.#open();
     const token = this.#nextToken++;
     const handle = new PollHandle(this, fd, token);
     this.#handles.set(token, handle);
+    this.#byFd.set(fd, handle);
     return handle;
   }
 
@@ -236,20 +665,35 @@ export class Poller {
     return this.#handles.size;
   }
 
-  /** Whether a nonblocking wait is in flight (for tests and diagnostics). */
+  /**
+   * Whether a wait that keeps the process alive is armed: the AIO poll with
+   * its handle ref'd, or the FFI call in flight (for tests and diagnostics).
+   */
   get busy(): boolean {
-    return this.#inFlight;
+    return this.#wake?.holding ?? false;
+  }
+
+  /**
+   * On the `aio` path, the eventfd the kernel signals when the set has
+   * events; -1 otherwise (for tests).
+   */
+  get eventFd(): number {
+    const wake = this.#wake;
+    return wake instanceof AioWake ? wake.eventFd : -1;
+  }
+
+  /** The epoll fd, or -1 while nothing is registered (for tests). */
+  get epollFd(): number {
+    return this.#epfd;
   }
 
   /**
    * Resolves once no wait is in flight: after the last ref'd waiter left,
-   * the cancelled wait still takes a moment to return.
+   * the cancelled wait still takes a moment to return (`ffi` path only).
    */
   idle(): Promise<void> {
-    if (!this.#inFlight) return Promise.resolve();
-    const { promise, resolve } = Promise.withResolvers<void>();
-    this.#idleWaiters.push(resolve);
-    return promise;
+    const wake = this.#wake;
+    return wake instanceof FfiWake ? wake.idle() : Promise.resolve();
   }
 
   /** @internal */
@@ -272,7 +716,7 @@ export class Poller {
       ) {
         return;
       }
-      throw systemError("epoll_ctl", code, `fd ${fd}`);
+      throw systemError("epoll_ctl", code, `fd ${fd} cannot be waited on`);
     }
   }
 
@@ -293,6 +737,7 @@ export class Poller {
   /** @internal */
   forget(handle: PollHandle, pending: number): void {
     this.#handles.delete(handle.token);
+    if (this.#byFd.get(handle.fd) === handle) this.#byFd.delete(handle.fd);
     this.#waiting -= pending;
     if (handle.refed) this.#refWaiting -= pending;
     this.#schedule();
@@ -300,85 +745,29 @@ export class Poller {
 
   #schedule(): void {
     if (this.#dispatching) return;
-    if (this.#refWaiting > 0) {
-      this.#clearTimer();
-      if (!this.#inFlight) this.#startWait();
-      return;
-    }
-    if (this.#inFlight && !this.#kicked) {
-      // Nothing ref'd waits: end the in-flight wait so the process may exit.
-      this.#kicked = true;
-      const one = new BigUint64Array(this.#evBuf.buffer, 0, 1);
-      one[0] = 1n;
-      libc().write(this.#evfd, this.#evBuf, 8n);
-    }
-    // The last waiter left: a pending poll timer would only fire for nothing
-    // (and shows up as a leaked timer in a test with sanitizeOps).
-    if (this.#waiting === 0) this.#clearTimer();
-    if (this.#handles.size === 0 && !this.#inFlight) {
-      this.#release();
-      return;
-    }
-    if (this.#waiting > 0 && !this.#inFlight && this.#timer === undefined) {
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.#dispatch(
-          libc().epoll_wait(
-            this.#epfd,
-            this.#eventsPtr,
-            MAX_EVENTS,
-            0,
-          ),
-        );
-        this.#schedule();
-      }, UNREF_POLL_MS);
-      Deno.unrefTimer(this.#timer as unknown as number);
-    }
+    const wake = this.#wake;
+    if (wake === undefined) return;
+    if (this.#waiting > 0) wake.arm(this.#refWaiting > 0);
+    else wake.disarm();
+    if (this.#handles.size === 0 && !wake.busy) this.#release();
   }
 
-  #clearTimer(): void {
-    if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
-    }
-  }
-
-  #startWait(): void {
-    this.#inFlight = true;
-    libc().epoll_wait_nb(this.#epfd, this.#eventsPtr, MAX_EVENTS, -1).then(
-      (n) => {
-        // The call is over before anything is dispatched, so a waiter that
-        // leaves during dispatch never kicks a wait that already returned.
-        this.#inFlight = false;
-        if (this.#kicked) {
-          this.#kicked = false;
-          this.#drainEventfd();
-        }
-        // errno of a pool thread is meaningless; -1 is EINTR in practice,
-        // and the next wait simply starts again. (No wait starts while the
-        // events buffer is being read: the next call writes into it.)
-        this.#dispatch(n);
-        this.#schedule();
-        if (!this.#inFlight && this.#idleWaiters.length > 0) {
-          const waiters = this.#idleWaiters;
-          this.#idleWaiters = [];
-          for (const resolve of waiters) resolve();
-        }
-      },
+  // The aio path: the set has events; take them without blocking.
+  #collect(): void {
+    if (this.#epfd === -1) return;
+    this.#onEvents(
+      libc().epoll_wait(this.#epfd, this.#eventsPtr, MAX_EVENTS, 0),
     );
   }
 
-  #drainEventfd(): void {
-    libc().read(this.#evfd, this.#evBuf, 8n);
-  }
-
-  #dispatch(n: number): void {
+  #onEvents(n: number): void {
     this.#dispatching = true;
     try {
       this.#dispatchEvents(n);
     } finally {
       this.#dispatching = false;
     }
+    this.#schedule();
   }
 
   #dispatchEvents(n: number): void {
@@ -388,7 +777,7 @@ export class Poller {
       const events = view.getUint32(at + EPOLL_EVENT.events, true);
       const token = view.getUint32(at + EPOLL_EVENT.data, true) +
         view.getUint32(at + EPOLL_EVENT.data + 4, true) * 0x1_0000_0000;
-      if (token === EVENTFD_TOKEN) continue;
+      if (token === KICK_TOKEN) continue;
       this.#handles.get(token)?.dispatch(events);
     }
   }
@@ -399,6 +788,25 @@ let instance: Poller | undefined;
 /** The poller of this process (or Worker), created on first use. */
 export function poller(): Poller {
   return instance ??= new Poller();
+}
+
+/**
+ * Which wake path this process (or Worker) uses to learn that a watched fd
+ * is ready, and why: `aio` hands each wake-up straight to the JS thread's
+ * event loop; `ffi` is the fallback through one of Deno's blocking-pool
+ * threads. Set `CONDUIT_IPC_WAKE=aio` or `=ffi` (with `--allow-env`) to force
+ * one.
+ *
+ * @example Print the wake path
+ * ```ts
+ * import { wakePath } from "@conduit/ipc";
+ *
+ * const { path, reason } = wakePath();
+ * console.log(`${path}: ${reason}`);
+ * ```
+ */
+export function wakePath(): WakePath {
+  return { ...poller().wakePath };
 }
 
 /**

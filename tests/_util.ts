@@ -392,7 +392,6 @@ export function listDir(path: string): string[] {
 
 const SYS_EPOLL_WAIT = 232;
 const SYS_EPOLL_PWAIT = 281;
-const EPOLLET = 0x8000_0000;
 
 /** One fd in an epoll set, from `/proc/self/fdinfo/<epfd>`. */
 export interface EpollEntry {
@@ -426,26 +425,17 @@ export function epollEntries(epfd: number): EpollEntry[] {
 }
 
 function isPollerEventfd(entry: EpollEntry): boolean {
-  // Deno's own reactor (mio) also watches an eventfd under data 0, but
-  // edge-triggered; the poller's is level-triggered.
-  return entry.data === 0n && (entry.events & EPOLLET) === 0 &&
-    fdTarget(entry.fd) === "anon_inode:[eventfd]";
+  // The ffi wake path keeps an eventfd of its own in the set under token 0.
+  return entry.data === 0n;
 }
-
-let lastEpfd: number | undefined;
 
 /**
  * The poller's epoll fd, or `undefined` while it has none (it holds one only
- * while some fd is registered). Found as the epoll fd that watches a
- * level-triggered eventfd under token 0.
+ * while some fd is registered).
  */
 export function pollerEpfd(): number | undefined {
-  const isPoller = (fd: number) =>
-    fdTarget(fd) === "anon_inode:[eventpoll]" &&
-    epollEntries(fd).some(isPollerEventfd);
-  if (lastEpfd !== undefined && isPoller(lastEpfd)) return lastEpfd;
-  lastEpfd = openFds().find(isPoller);
-  return lastEpfd;
+  const epfd = poller().epollFd;
+  return epfd === -1 ? undefined : epfd;
 }
 
 /**
@@ -460,14 +450,17 @@ export function pollerInterest(): EpollEntry[] {
 }
 
 /**
- * How many threads of this process are blocked in `epoll_wait` on the
- * poller's epoll fd right now, from `/proc/self/task/<tid>/syscall`. The
- * design allows at most one. A call on its way into or out of the kernel is
- * not counted, so a sample can undercount but never overcount.
+ * How many waits of the poller are in flight right now; the design allows at
+ * most one. On the `ffi` wake path: threads of this process blocked in
+ * `epoll_wait` on the poller's epoll fd, from `/proc/self/task/<tid>/syscall`
+ * (a call on its way into or out of the kernel is not counted, so a sample
+ * can undercount but never overcount). On the `aio` path no thread waits: the
+ * one AIO poll counts while it is armed and ref'd.
  */
 export function pollerWaits(): number {
   const epfd = pollerEpfd();
   if (epfd === undefined) return 0;
+  if (poller().wakePath.path === "aio") return poller().busy ? 1 : 0;
   let count = 0;
   for (const tid of listDir("/proc/self/task")) {
     const fields = readProcText(`/proc/self/task/${tid}/syscall`)?.split(" ");
@@ -481,6 +474,19 @@ export function pollerWaits(): number {
     }
   }
   return count;
+}
+
+/**
+ * Whether the poller's wait has returned with events the JS thread has not
+ * dispatched yet: on the `ffi` path, no thread is left in `epoll_wait`; on
+ * the `aio` path, the poll has signalled its eventfd.
+ */
+export function pollerWaitReturned(): boolean {
+  if (poller().wakePath.path === "ffi") return pollerWaits() === 0;
+  // The eventfd's count is nonzero from the poll's completion until Deno's
+  // event loop reads it on the JS thread.
+  const info = readProcText(`/proc/self/fdinfo/${poller().eventFd}`) ?? "";
+  return /^eventfd-count:\s*0*[1-9a-f]/m.test(info);
 }
 
 /** The inode number of a pipe or socket fd (`pipe:[<ino>]`), or `undefined`. */

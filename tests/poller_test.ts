@@ -242,7 +242,11 @@ test("a ref'd wait that starts while the poller cancels its wait is still served
   // Closing the only waiter kicks the in-flight wait; the next waiter
   // arrives before that wait has returned.
   a.reader.close();
-  assert.equal(poller().busy, true, "the cancelled wait returned at once");
+  // On the ffi path the kicked call takes a moment to return; an AIO poll
+  // is simply left unref'd.
+  if (poller().wakePath.path === "ffi") {
+    assert.equal(poller().busy, true, "the cancelled wait returned at once");
+  }
   const buffer = new Uint8Array(4);
   const second = b.reader.read(buffer);
   await assert.rejects(first, Deno.errors.BadResource);
