@@ -38,6 +38,7 @@ import { libc } from "./ffi/libc.ts";
 import { errno, errnoName } from "./ffi/errors.ts";
 import { F, MMAP, O, RLIMIT, SIZEOF, SOCK, SOCKADDR_UN } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
+import { wakePath } from "./ffi/poller.ts";
 
 /**
  * The exit codes of every command.
@@ -621,6 +622,16 @@ export async function doctor(): Promise<DoctorCheck[]> {
         );
         libc().close(fd);
         return "message sockets available";
+      },
+    ],
+    [
+      "wake path",
+      false,
+      "the aio path needs Linux 4.18 or later with io_submit allowed (seccomp), room in fs.aio-max-nr, and Deno's pipe_wrap binding; without it the ffi fallback works, with two thread hand-offs per wake",
+      () => {
+        const { path, reason } = wakePath();
+        if (path !== "aio") throw new Error(`ffi fallback in use: ${reason}`);
+        return `aio: ${reason}`;
       },
     ],
     [

@@ -434,7 +434,8 @@ class FfiWake implements Wake {
   }
 
   get holding(): boolean {
-    return this.#inFlight && !this.#kicked;
+    // A kicked call still holds the process until it has returned.
+    return this.#inFlight;
   }
 
   arm(ref: boolean): void {
@@ -515,8 +516,12 @@ class FfiWake implements Wake {
   }
 }
 
-/** The wake path forced by `CONDUIT_IPC_WAKE`, when set and readable. */
-function forcedPath(): WakePathName | undefined {
+/**
+ * The wake path forced by `CONDUIT_IPC_WAKE`, when set and readable; an error
+ * for a value that names no path. Read once, when this module is evaluated:
+ * a test's narrower permissions later do not change the choice.
+ */
+function readForcedPath(): WakePathName | TypeError | undefined {
   let value: string | undefined;
   try {
     const state = Deno.permissions.querySync({
@@ -530,12 +535,14 @@ function forcedPath(): WakePathName | undefined {
   }
   if (value === undefined || value === "") return undefined;
   if (value === "aio" || value === "ffi") return value;
-  throw new TypeError(
+  return new TypeError(
     `Cannot choose the wake path: ${WAKE_ENV} must be "aio" or "ffi", got ${
       JSON.stringify(value)
     }`,
   );
 }
+
+const FORCED_PATH = readForcedPath();
 
 /** The per-process poller. Use {@linkcode poller} to get it. */
 export class Poller {
@@ -567,7 +574,8 @@ export class Poller {
 
   // Try the AIO path on a scratch epoll fd, once per poller.
   #probe(): WakePath {
-    const forced = forcedPath();
+    const forced = FORCED_PATH;
+    if (forced instanceof TypeError) throw forced;
     if (forced === "ffi") {
       return { path: "ffi", reason: `forced by ${WAKE_ENV}=ffi` };
     }

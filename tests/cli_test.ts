@@ -16,9 +16,15 @@ interface Run {
  * Runs `cli.ts` in its own Deno process with the given Deno flags and
  * arguments; kills it if it takes longer than `ms`.
  */
-async function cli(flags: string[], args: string[], ms = 20_000): Promise<Run> {
+async function cli(
+  flags: string[],
+  args: string[],
+  ms = 20_000,
+  env?: Record<string, string>,
+): Promise<Run> {
   const child = spawn(DENO, {
     args: ["run", ...flags, CLI, ...args],
+    env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -141,6 +147,43 @@ Deno.test({
       assert.equal(typeof c.required, "boolean");
       if (c.required) assert.equal(c.ok, true, `${c.name}: ${c.detail}`);
     }
+  },
+});
+
+Deno.test({
+  name:
+    "doctor reports the wake path: aio by default here, ffi when CONDUIT_IPC_WAKE=ffi forces it, and a bad value names the variable",
+  permissions: perms,
+  async fn() {
+    const flags = ["--allow-ffi", "--allow-env"];
+    const wakeLine = (run: Run) =>
+      JSON.parse(run.stdout).checks.find((c: { name: string }) =>
+        c.name === "wake path"
+      );
+    const forcedAio = await cli(flags, ["doctor", "--json"], 20_000, {
+      CONDUIT_IPC_WAKE: "aio",
+    });
+    const aio = wakeLine(forcedAio);
+    assert.equal(aio.ok, true, aio.detail);
+    assert.match(aio.detail, /^aio: forced by CONDUIT_IPC_WAKE=aio/);
+
+    const forcedFfi = await cli(flags, ["doctor", "--json"], 20_000, {
+      CONDUIT_IPC_WAKE: "ffi",
+    });
+    const ffi = wakeLine(forcedFfi);
+    assert.equal(ffi.ok, false);
+    assert.match(
+      ffi.detail,
+      /ffi fallback in use: forced by CONDUIT_IPC_WAKE=ffi/,
+    );
+
+    const bad = await cli(flags, ["doctor", "--json"], 20_000, {
+      CONDUIT_IPC_WAKE: "fast",
+    });
+    assert.match(
+      wakeLine(bad).detail,
+      /CONDUIT_IPC_WAKE must be "aio" or "ffi", got "fast"/,
+    );
   },
 });
 
