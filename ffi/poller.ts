@@ -380,7 +380,7 @@ class AioWake implements Wake {
   #completed(onEvents: () => void): void {
     // Deno's reader has consumed the eventfd count; reap the completion so
     // the context has room for the next poll.
-    sys(
+    const reaped = sys(
       SYS.io_getevents,
       this.#ctx,
       0n,
@@ -388,7 +388,8 @@ class AioWake implements Wake {
       addressOf(this.#event),
       addressOf(this.#zeroTime),
     );
-    this.#armed = false;
+    // Only a reaped completion frees the one iocb for the next submission.
+    if (reaped === 1) this.#armed = false;
     onEvents();
   }
 }
