@@ -215,7 +215,14 @@ export async function runBench(options: RunnerOptions): Promise<number> {
   const progress = new Progress();
   const date = new Date().toISOString();
   const machine = await machineInfo();
+  // The poller picks its path once; the children are told to take it too.
+  const wakePath = currentWakePath();
   console.log(`Machine: ${formatMachine(machine)}`);
+  console.log(
+    `Wake path: ${wakePath.path}${
+      wakePath.reason ? ` (${wakePath.reason})` : ""
+    }`,
+  );
   console.log(
     `Runs: ${options.runs} measured after 1 warm-up, median reported${
       options.quick ? " (quick: small payloads, not for publishing)" : ""
@@ -267,8 +274,6 @@ export async function runBench(options: RunnerOptions): Promise<number> {
     }
   }
   progress.clear();
-  // Asked after the cases ran: the poller picks its path on first use.
-  const wakePath = currentWakePath();
   const runLine = formatRunLine(date, wakePath, machine);
   const hasCpu = results.some((r) => r.cpu || r.baseline?.cpu);
 

@@ -1,13 +1,15 @@
 /**
- * Which wake path the poller uses (ffi/poller.ts `wakePath()`), for the
- * report: `"aio"` (readiness forwarded into Deno's event loop) or `"ffi"`
- * (the nonblocking `epoll_wait` fallback), and why. The child processes of
- * the benchmarks inherit the environment that chooses it, so they take the
- * same path unless their own detection fails.
+ * The poller's wake path in the benchmarks: `"aio"` (readiness forwarded
+ * into Deno's event loop) or `"ffi"` (the nonblocking `epoll_wait`
+ * fallback), and why (ffi/poller.ts `wakePath()`).
  *
- * The poller's export is looked up at run time, so a poller that does not
- * report its path yet still runs the benchmarks: the report then says
- * `"unknown"`.
+ * - {@linkcode currentWakePath}: this process's path, for the report.
+ * - {@linkcode childRun}: the `deno run` flags and environment of every Deno
+ *   child of the benchmarks. The child is told to take this process's path
+ *   (`CONDUIT_IPC_WAKE`), so both ends of a measurement use the same one
+ *   and the report's wake path holds for the whole row; a child that cannot
+ *   take it fails, and so does the case, instead of measuring a mix. With
+ *   nothing set, this is the path each side would pick on its own.
  *
  * @example Print the path
  * ```ts
@@ -20,29 +22,26 @@
  * @module
  */
 
-import * as pollerModule from "../ffi/poller.ts";
+import { wakePath } from "../ffi/poller.ts";
 import type { WakePath } from "./_report.ts";
 
+/** The environment variable that forces the poller's wake path. */
+export const WAKE_ENV = "CONDUIT_IPC_WAKE";
+
 /**
- * Asks the poller for its wake path. Call it after the poller has been used
- * (it detects the path on first use).
+ * This process's wake path. The poller picks it on first use and keeps it;
+ * this picks it if nothing has yet.
  *
- * @param source The module to ask. Default ffi/poller.ts.
- * @returns The path and the reason, or `"unknown"` and why not.
+ * @param ask Where to ask. Default ffi/poller.ts `wakePath()`.
+ * @returns The path and the reason, or `"unknown"` and why when asking
+ *   fails (such as a forced path this machine refuses).
  */
 export function currentWakePath(
-  source: Record<string, unknown> = pollerModule as Record<string, unknown>,
+  ask: () => WakePath = wakePath,
 ): WakePath {
-  const wakePath = source.wakePath;
-  if (typeof wakePath !== "function") {
-    return {
-      path: "unknown",
-      reason: "ffi/poller.ts does not report its wake path",
-    };
-  }
-  let answer: unknown;
   try {
-    answer = wakePath();
+    const { path, reason } = ask();
+    return { path, reason };
   } catch (error) {
     return {
       path: "unknown",
@@ -51,15 +50,26 @@ export function currentWakePath(
       }`,
     };
   }
-  const { path, reason } = (answer ?? {}) as {
-    path?: unknown;
-    reason?: unknown;
+}
+
+/** How a benchmark starts a Deno child: flags after `run`, and environment. */
+export interface ChildRun {
+  /** `--allow-ffi`, and `--allow-env` for the wake path variable only. */
+  flags: string[];
+  /** `CONDUIT_IPC_WAKE` set to this process's path, when it is known. */
+  env: Record<string, string>;
+}
+
+/**
+ * The flags and environment of a Deno child of the benchmarks, so that it
+ * takes this process's wake path.
+ *
+ * @returns Flags to put after `deno run`, and variables to add.
+ */
+export function childRun(): ChildRun {
+  const { path } = currentWakePath();
+  return {
+    flags: ["--allow-ffi", `--allow-env=${WAKE_ENV}`],
+    env: path === "aio" || path === "ffi" ? { [WAKE_ENV]: path } : {},
   };
-  if (typeof path !== "string" || path === "") {
-    return {
-      path: "unknown",
-      reason: "wakePath() returned no path",
-    };
-  }
-  return { path, reason: typeof reason === "string" ? reason : "" };
 }

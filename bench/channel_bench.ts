@@ -32,6 +32,7 @@ import { CPU_QUESTION, cpuUs } from "./_cpu.ts";
 import { result } from "./_report.ts";
 import { type Condition, roundTripCase } from "./_roundtrip.ts";
 import type { BenchCase, CpuPerMessage } from "./_types.ts";
+import { childRun } from "./_wake.ts";
 
 const CHILD = new URL("./_channel_echo.ts", import.meta.url).pathname;
 /** The one-way case's message: a string of 64 characters. */
@@ -52,10 +53,12 @@ function channelChild(args: string[]) {
   const [childTx, fromChild] = channel<unknown>();
   let child;
   try {
+    const run = childRun();
     child = spawn(Deno.execPath(), {
-      args: ["run", "--allow-ffi", CHILD, ...args],
+      args: ["run", ...run.flags, CHILD, ...args],
       fds: [childRx, childTx],
       stdin: "null",
+      env: run.env,
     });
   } catch (error) {
     toChild.close();

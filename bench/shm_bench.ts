@@ -35,9 +35,15 @@ import { CPU_QUERY, decodeCpu } from "./_cpu.ts";
 import { result } from "./_report.ts";
 import { type Condition, roundTripCase } from "./_roundtrip.ts";
 import type { BenchCase } from "./_types.ts";
+import { childRun } from "./_wake.ts";
 
 const CHILD = new URL("./_shm_child.ts", import.meta.url).pathname;
-const RUN = ["run", "--allow-ffi", CHILD];
+
+/** `deno run` of the child in `mode`, with its flags and environment. */
+function childArgs(mode: string, ...rest: string[]) {
+  const run = childRun();
+  return { args: ["run", ...run.flags, CHILD, mode, ...rest], env: run.env };
+}
 /** The size of every message and write. */
 const CHUNK = 64 * 1024;
 
@@ -122,7 +128,7 @@ function ourChild(mode: string, mib: number | undefined, theirs: {
 }) {
   try {
     return spawn(Deno.execPath(), {
-      args: [...RUN, mode, ...(mib === undefined ? [] : [String(mib)])],
+      ...childArgs(mode, ...(mib === undefined ? [] : [String(mib)])),
       fds: [theirs],
       stdin: "piped",
       stdout: "piped",
@@ -204,11 +210,10 @@ function startTransfer(
     };
   }
   const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      ...RUN,
+    ...childArgs(
       direction === "c2p" ? "write-stdout" : "read-stdin",
       String(mib),
-    ],
+    ),
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
@@ -332,7 +337,7 @@ export async function queueEcho(): Promise<Echo> {
   let child;
   try {
     child = spawn(Deno.execPath(), {
-      args: [...RUN, "echo"],
+      ...childArgs("echo"),
       fds: [there[1], back[0]],
       stdin: "null",
     });

@@ -43,6 +43,7 @@ import {
   type RoundTripSpec,
 } from "./_roundtrip.ts";
 import type { BenchCase } from "./_types.ts";
+import { childRun } from "./_wake.ts";
 
 const ECHO_CHILD = new URL("./_socket_echo.ts", import.meta.url).pathname;
 
@@ -70,10 +71,12 @@ export async function seqpacketEcho(size: number): Promise<Echo> {
   const [mine, theirs] = socketpair({ type: "seqpacket" });
   let child;
   try {
+    const run = childRun();
     child = spawn(Deno.execPath(), {
-      args: ["run", "--allow-ffi", ECHO_CHILD],
+      args: ["run", ...run.flags, ECHO_CHILD],
       fds: [theirs],
       stdin: "null",
+      env: run.env,
     });
   } catch (error) {
     mine.close();

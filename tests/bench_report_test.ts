@@ -39,7 +39,7 @@ import {
   conditionNote,
   roundTripCase,
 } from "../bench/_roundtrip.ts";
-import { currentWakePath } from "../bench/_wake.ts";
+import { childRun, currentWakePath, WAKE_ENV } from "../bench/_wake.ts";
 import type { BenchOptions, BenchResult } from "../bench/_types.ts";
 import { seqpacketEcho } from "../bench/socketpair_bench.ts";
 import { channelCount, channelEcho } from "../bench/channel_bench.ts";
@@ -397,39 +397,29 @@ Deno.test("formatRunLine() gives the date, the wake path and the machine on one 
 
 Deno.test({
   name:
-    "currentWakePath() reports what the poller says, and unknown when it says nothing usable",
-  permissions: { ffi: true },
+    "currentWakePath() reports the poller's path, and unknown with the reason when asking fails",
+  permissions: { ffi: true, env: true },
   fn() {
     assert.deepEqual(
-      currentWakePath({
-        wakePath: () => ({ path: "aio", reason: "IOCB_CMD_POLL works" }),
-      }),
-      { path: "aio", reason: "IOCB_CMD_POLL works" },
+      currentWakePath(() => ({ path: "ffi", reason: "forced" })),
+      { path: "ffi", reason: "forced" },
     );
     assert.deepEqual(
-      currentWakePath({ wakePath: () => ({ path: "ffi" }) }),
-      { path: "ffi", reason: "" },
-    );
-    assert.deepEqual(currentWakePath({}), {
-      path: "unknown",
-      reason: "ffi/poller.ts does not report its wake path",
-    });
-    assert.deepEqual(currentWakePath({ wakePath: () => undefined }), {
-      path: "unknown",
-      reason: "wakePath() returned no path",
-    });
-    assert.deepEqual(
-      currentWakePath({
-        wakePath: () => {
-          throw new Error("no poller");
-        },
+      currentWakePath(() => {
+        throw new Error("AIO refused");
       }),
-      { path: "unknown", reason: "wakePath() threw: no poller" },
+      { path: "unknown", reason: "wakePath() threw: AIO refused" },
     );
-    // The real poller: whatever it reports is a non-empty path.
+    // The real poller: one of its two paths, the forced one when forced.
     const real = currentWakePath();
-    assert.equal(typeof real.path, "string");
-    assert.notEqual(real.path, "");
+    assert.ok(real.path === "aio" || real.path === "ffi", real.path);
+    assert.notEqual(real.reason, "");
+    const forced = Deno.env.get(WAKE_ENV);
+    if (forced) assert.equal(real.path, forced);
+    // Children are told to take the same path, and may read only that variable.
+    const run = childRun();
+    assert.deepEqual(run.env, { [WAKE_ENV]: real.path });
+    assert.deepEqual(run.flags, ["--allow-ffi", `--allow-env=${WAKE_ENV}`]);
   },
 });
 
