@@ -573,24 +573,34 @@ export interface ForkEchoOptions {
 export async function forkEcho(options: ForkEchoOptions): Promise<Echo> {
   const payload = options.payload ?? "x".repeat(64);
   const { child, exited } = await forkChild(options.serialization, ["echo"]);
-  let answer: ((message: unknown) => void) | undefined;
+  // One pending question at a time; the child's exit fails it, so no
+  // round trip pays for a race against the exit.
+  let pending:
+    | { resolve(message: unknown): void; reject(error: Error): void }
+    | undefined;
+  let gone = false;
   child.on("message", (message: unknown) => {
-    const resolve = answer;
-    answer = undefined;
-    resolve?.(message);
+    const waiter = pending;
+    pending = undefined;
+    waiter?.resolve(message);
   });
-  const gone = exited.then(() => {
-    throw new Error("The fork() child exited during the round trips");
+  child.once("exit", () => {
+    gone = true;
+    const waiter = pending;
+    pending = undefined;
+    waiter?.reject(
+      new Error("The fork() child exited during the round trips"),
+    );
   });
-  gone.catch(() => {});
   const ask = (message: unknown) =>
-    Promise.race([
-      new Promise<unknown>((resolve) => {
-        answer = resolve;
-        child.send(message as Sendable);
-      }),
-      gone,
-    ]);
+    new Promise<unknown>((resolve, reject) => {
+      if (gone) {
+        reject(new Error("The fork() child has exited"));
+        return;
+      }
+      pending = { resolve, reject };
+      child.send(message as Sendable);
+    });
   return {
     async roundTrip() {
       await ask(payload);
