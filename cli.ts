@@ -103,19 +103,24 @@ Exit codes:
 `,
   bench: `Usage: cli.ts bench [options]
 
-Measures every cross-process mechanism of the module against the baseline a
-user would otherwise reach for (Deno.Command stdio, node:child_process fork()
-IPC), measured in the same run, and against plain C read()/write() loops
-built at bench time (when a C compiler exists) as a reference point.
-Each figure is the median of the measured runs, after one warm-up run. Areas
-whose benchmark is not built yet are skipped. Needs a checkout of the
-repository (bench/ is not published).
+Measures every cross-process mechanism of the module, with default options,
+against the baseline a user would otherwise reach for (Deno.Command stdio,
+node:child_process fork() IPC), measured in the same run, and against plain
+C read()/write() loops built at bench time (when a C compiler exists) as a
+reference point. Round trips run back to back, paced at one per ms, and
+while one CPU-bound process runs (started and killed by the benchmark), and
+report the CPU time per message of both processes. Each figure is the median
+of the measured runs, after one warm-up run. The report gives the date, the
+machine and the poller's wake path. Areas whose benchmark is not built yet
+are skipped. Needs a checkout of the repository (bench/ is not published).
+Run it on a quiet machine: anything else running skews the figures.
 
 Options:
   --runs N         Measured runs per case (default 5; at least 5 unless --quick)
-  --quick          Small payloads and 3 runs: a smoke run, not for publishing
+  --quick          Small payloads and 3 runs: a smoke run of about half a
+                   minute, not for publishing
   --only AREA      Run only this area (repeatable or comma-separated:
-                   pipe, spawn, socketpair, ...)
+                   pipe, spawn, socketpair, channel, shm)
   --json FILE      Write the results as JSON
   --svg FILE       Draw the results as an SVG bar chart
   --markdown FILE  Write the table as Markdown (for the README)

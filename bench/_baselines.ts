@@ -8,8 +8,13 @@
  *   reusing one buffer (the same read style as {@linkcode readAllByob} uses on
  *   the module's streams, so the comparison is fair).
  * - {@linkcode ddWriter}: the writer for every throughput figure, `dd bs=1M`.
- * - {@linkcode forkPingPong}: `node:child_process` `fork()` IPC round trips,
- *   `"json"` or `"advanced"` serialization.
+ * - {@linkcode timeRoundTrips}: times round trips through any
+ *   {@linkcode Echo} (a child that echoes), one after another or paced, with
+ *   the CPU time per message of both processes.
+ * - {@linkcode forkEcho} and {@linkcode forkPingPong}: `node:child_process`
+ *   `fork()` IPC round trips, `"json"` or `"advanced"` serialization.
+ * - {@linkcode forkCount}: `fork()` IPC messages per second, one way, into a
+ *   child that counts them.
  * - {@linkcode cThroughput} and {@linkcode cPingPong}: the machine's raw limit,
  *   from bench/c/baseline.c built with `cc` into bench/.build/ on first use
  *   (`null` when there is no C compiler).
@@ -45,10 +50,16 @@
  * @module
  */
 
-import { fork } from "node:child_process";
+import { type ChildProcess as ForkedChild, fork } from "node:child_process";
 import type { ChildProcess } from "../spawn.ts";
+import { CPU_QUESTION, cpuUs } from "./_cpu.ts";
 import { percentile, result } from "./_report.ts";
-import type { BenchCase, BenchOptions, BenchResult } from "./_types.ts";
+import type {
+  BenchCase,
+  BenchOptions,
+  BenchResult,
+  CpuPerMessage,
+} from "./_types.ts";
 
 /** 1 MiB: the writer's block and the readers' buffer. */
 export const MIB = 1 << 20;
@@ -87,36 +98,47 @@ export async function runs(
  * @param options The runner's options.
  * @param label What is being measured, for the progress line.
  * @param steps One step per mechanism; `measured` is false in the warm-up.
+ * @param around Wraps each whole run (every step of it), such as
+ *   `withLoad` from bench/_load.ts, so all steps share its conditions.
  */
 export async function alternating(
   options: BenchOptions,
   label: string,
   steps: ((measured: boolean) => Promise<void>)[],
+  around?: (run: () => Promise<void>) => Promise<void>,
 ): Promise<void> {
   await runs(options, label, async (measured, run) => {
     const order = run % 2 === 1 ? [...steps].reverse() : steps;
-    for (const step of order) await step(measured);
+    const all = async () => {
+      for (const step of order) await step(measured);
+    };
+    if (around === undefined) await all();
+    else await around(all);
   });
 }
 
 /**
  * Round-trip figures of one mechanism over the measured runs: the median of
- * each run's round trips, and every round trip for p50 and p99.
+ * each run's round trips, every round trip for p50 and p99, and each run's
+ * CPU time per round trip.
  */
 export class RoundTrips {
   /** One median per measured run, µs. */
   readonly samples: number[] = [];
   /** Every round trip of every measured run, µs. */
   readonly operations: number[] = [];
+  /** CPU time per round trip of both processes, one per measured run. */
+  readonly cpu: CpuPerMessage[] = [];
 
   /**
-   * Records one run's round trips.
+   * Records one run.
    *
-   * @param rtts Every round trip of the run, µs.
+   * @param run Every round trip of the run and its CPU time.
    */
-  add(rtts: number[]): void {
-    this.samples.push(percentile(rtts, 50));
-    this.operations.push(...rtts);
+  add(run: { rtts: number[]; cpu?: CpuPerMessage }): void {
+    this.samples.push(percentile(run.rtts, 50));
+    this.operations.push(...run.rtts);
+    if (run.cpu !== undefined) this.cpu.push(run.cpu);
   }
 }
 
@@ -374,42 +396,124 @@ export async function commandStdout(
   return { bytes, ms, mibps: mibPerSecond(bytes, ms) };
 }
 
+/**
+ * A child that echoes, as the round-trip benchmarks drive it: one round trip
+ * at a time, a query for the child's own CPU time, and the end.
+ */
+export interface Echo {
+  /** One round trip of message `i`; throws when the answer is wrong. */
+  roundTrip(i: number): Promise<void>;
+  /**
+   * The child's CPU time so far, µs: its own `getrusage(RUSAGE_SELF)`,
+   * asked for over the same mechanism outside the timed round trips.
+   */
+  childCpuUs(): Promise<number>;
+  /** Ends the child and waits for it; throws when it failed. */
+  close(): Promise<void>;
+}
+
 /** Round trips between two processes. */
 export interface PingPong {
   /** Every round trip in µs, in order. */
   rtts: number[];
-  /** Wall-clock seconds for all round trips. */
+  /** Wall-clock seconds for all round trips (pauses included when paced). */
   seconds: number;
   /** Round trips per second. */
   msgPerSec: number;
+  /** CPU time per round trip of both processes, µs. */
+  cpu: CpuPerMessage;
 }
 
-/** Options for {@linkcode forkPingPong}. */
-export interface ForkPingPongOptions {
-  /** `fork()` serialization: `"json"` or `"advanced"` (structured clone). */
-  serialization: "json" | "advanced";
-  /** Round trips. */
-  count: number;
-  /** The message sent and echoed. Default a 64-character string. */
-  payload?: unknown;
+/** Resolves after `ms` milliseconds. */
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * Times `count` round trips through `echo`. Without `intervalMs` they run
+ * one after another; with it, round trip `i` starts at `i * intervalMs` ms
+ * after the first (or at once when late) and both processes idle in
+ * between: paced traffic. The CPU time per round trip of each process covers
+ * the whole window, pauses included.
+ *
+ * @param echo The child.
+ * @param count Round trips.
+ * @param intervalMs The pace, or 0 for back to back. Default 0.
+ * @returns Every round trip, the rate and the CPU time per round trip.
+ */
+export async function timeRoundTrips(
+  echo: Echo,
+  count: number,
+  intervalMs = 0,
+): Promise<PingPong> {
+  const child0 = await echo.childCpuUs();
+  const parent0 = cpuUs();
+  const rtts = new Array<number>(count);
+  const start = performance.now();
+  for (let i = 0; i < count; i++) {
+    if (intervalMs > 0) {
+      const wait = start + i * intervalMs - performance.now();
+      if (wait > 0) await sleep(wait);
+    }
+    const t0 = performance.now();
+    await echo.roundTrip(i);
+    rtts[i] = (performance.now() - t0) * 1000;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  const parent1 = cpuUs();
+  const child1 = await echo.childCpuUs();
+  return {
+    rtts,
+    seconds,
+    msgPerSec: count / seconds,
+    cpu: {
+      parent: (parent1 - parent0) / count,
+      child: (child1 - child0) / count,
+    },
+  };
+}
+
+/**
+ * Starts an echo child, times round trips through it (see
+ * {@linkcode timeRoundTrips}) and ends it, also when the timing fails.
+ *
+ * @param start Starts the child; the first round trip (start-up) is done.
+ * @param count Round trips.
+ * @param intervalMs The pace, or 0 for back to back. Default 0.
+ * @returns The figures.
+ */
+export async function measureRoundTrips(
+  start: () => Promise<Echo>,
+  count: number,
+  intervalMs = 0,
+): Promise<PingPong> {
+  const echo = await start();
+  let out: PingPong;
+  try {
+    out = await timeRoundTrips(echo, count, intervalMs);
+  } catch (error) {
+    await echo.close().catch(() => {});
+    throw error;
+  }
+  await echo.close();
+  return out;
+}
+
+/** `fork()` serialization: `"json"` (the default) or `"advanced"`. */
+export type Serialization = "json" | "advanced";
+
+/** What `ChildProcess#send()` of `node:child_process` takes. */
+type Sendable = Parameters<ForkedChild["send"]>[0];
 
 const FORK_CHILD = new URL("./_fork_echo.ts", import.meta.url);
 
-/**
- * The `node:child_process` `fork()` IPC baseline: forks an echo child
- * (bench/_fork_echo.ts), waits until it is ready, then times `count` round
- * trips of `payload` one after another.
- *
- * @param options Serialization, count and payload.
- * @returns Every round trip and the rate.
- */
-export async function forkPingPong(
-  options: ForkPingPongOptions,
-): Promise<PingPong> {
-  const payload = options.payload ?? "x".repeat(64);
-  const child = fork(FORK_CHILD.pathname, [], {
-    serialization: options.serialization,
+/** Forks bench/_fork_echo.ts in `mode` and waits until it says it is ready. */
+async function forkChild(
+  serialization: Serialization,
+  args: string[],
+): Promise<{ child: ForkedChild; exited: Promise<number | null> }> {
+  const child = fork(FORK_CHILD.pathname, args, {
+    serialization,
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
   const exited = new Promise<number | null>((resolve, reject) => {
@@ -424,21 +528,174 @@ export async function forkPingPong(
         () => reject(new Error("The fork() child exited early")),
       );
     });
-    const rtts = new Array<number>(options.count);
-    const start = performance.now();
-    for (let i = 0; i < options.count; i++) {
-      const t0 = performance.now();
-      await new Promise<void>((resolve) => {
-        child.once("message", () => resolve());
-        child.send(payload);
+  } catch (error) {
+    await exited.catch(() => {});
+    throw error;
+  }
+  return { child, exited };
+}
+
+/** Disconnects a forked child and waits for it to exit. */
+async function endFork(
+  child: ForkedChild,
+  exited: Promise<number | null>,
+): Promise<void> {
+  if (child.connected) child.disconnect();
+  const code = await exited;
+  if (code !== 0) throw new Error(`The fork() child exited with ${code}`);
+}
+
+/** Reads the CPU figure out of a fork child's answer. */
+function cpuAnswer(message: unknown): number {
+  const us = (message as { cpuUs?: unknown } | null)?.cpuUs;
+  if (typeof us !== "number" || !Number.isFinite(us) || us < 0) {
+    throw new Error("The fork() child answered the CPU query wrongly");
+  }
+  return us;
+}
+
+/** Options for {@linkcode forkEcho}. */
+export interface ForkEchoOptions {
+  /** `fork()` serialization. */
+  serialization: Serialization;
+  /** The message sent and echoed. Default a 64-character string. */
+  payload?: unknown;
+}
+
+/**
+ * The `node:child_process` `fork()` IPC baseline as an {@linkcode Echo}:
+ * forks an echo child (bench/_fork_echo.ts) and waits until it is ready.
+ * One `"message"` listener serves every round trip.
+ *
+ * @param options Serialization and payload.
+ * @returns The echo.
+ */
+export async function forkEcho(options: ForkEchoOptions): Promise<Echo> {
+  const payload = options.payload ?? "x".repeat(64);
+  const { child, exited } = await forkChild(options.serialization, ["echo"]);
+  // One pending question at a time; the child's exit fails it, so no
+  // round trip pays for a race against the exit.
+  let pending:
+    | { resolve(message: unknown): void; reject(error: Error): void }
+    | undefined;
+  let gone = false;
+  child.on("message", (message: unknown) => {
+    const waiter = pending;
+    pending = undefined;
+    waiter?.resolve(message);
+  });
+  child.once("exit", () => {
+    gone = true;
+    const waiter = pending;
+    pending = undefined;
+    waiter?.reject(
+      new Error("The fork() child exited during the round trips"),
+    );
+  });
+  const ask = (message: unknown) =>
+    new Promise<unknown>((resolve, reject) => {
+      if (gone) {
+        reject(new Error("The fork() child has exited"));
+        return;
+      }
+      pending = { resolve, reject };
+      child.send(message as Sendable);
+    });
+  return {
+    async roundTrip() {
+      await ask(payload);
+    },
+    async childCpuUs() {
+      return cpuAnswer(await ask({ cpu: CPU_QUESTION }));
+    },
+    close: () => endFork(child, exited),
+  };
+}
+
+/** Options for {@linkcode forkPingPong}. */
+export interface ForkPingPongOptions extends ForkEchoOptions {
+  /** Round trips. */
+  count: number;
+  /** Start one round trip every so many ms (paced); 0 for back to back. */
+  intervalMs?: number;
+}
+
+/**
+ * The `node:child_process` `fork()` IPC baseline: forks an echo child
+ * (bench/_fork_echo.ts), waits until it is ready, then times `count` round
+ * trips of `payload` (see {@linkcode timeRoundTrips}).
+ *
+ * @param options Serialization, count, payload and pace.
+ * @returns Every round trip, the rate and the CPU time per round trip.
+ */
+export function forkPingPong(options: ForkPingPongOptions): Promise<PingPong> {
+  return measureRoundTrips(
+    () => forkEcho(options),
+    options.count,
+    options.intervalMs ?? 0,
+  );
+}
+
+/** Messages sent one way into a child that counts them. */
+export interface OneWay {
+  /** Messages per second, from the first send to the child's count. */
+  msgPerSec: number;
+  /** CPU time per message of both processes, µs. */
+  cpu: CpuPerMessage;
+}
+
+/**
+ * `fork()` IPC one way: sends `count` messages to a child
+ * (bench/_fork_echo.ts `count`) that counts them in its `"message"` handler
+ * and answers with the count and its CPU time once it has them all. The
+ * time runs from the first send to that answer.
+ *
+ * @param serialization `fork()` serialization.
+ * @param count Messages.
+ * @param payload The message. Default a 64-character string.
+ * @returns The rate and the CPU time per message.
+ */
+export async function forkCount(
+  serialization: Serialization,
+  count: number,
+  payload: unknown = "x".repeat(64),
+): Promise<OneWay> {
+  const { child, exited } = await forkChild(serialization, [
+    "count",
+    String(count),
+  ]);
+  try {
+    const next = () =>
+      new Promise<unknown>((resolve, reject) => {
+        child.once("message", resolve);
+        exited.then(() =>
+          reject(new Error("The fork() child exited before it answered"))
+        );
       });
-      rtts[i] = (performance.now() - t0) * 1000;
-    }
+    let reply = next();
+    child.send({ cpu: CPU_QUESTION });
+    const child0 = cpuAnswer(await reply);
+    reply = next();
+    const parent0 = cpuUs();
+    const start = performance.now();
+    for (let i = 0; i < count; i++) child.send(payload as Sendable);
+    const done = await reply as { seen?: unknown };
     const seconds = (performance.now() - start) / 1000;
-    return { rtts, seconds, msgPerSec: options.count / seconds };
+    const parent1 = cpuUs();
+    if (done?.seen !== count) {
+      throw new Error(
+        `The fork() child counted ${done?.seen} messages, expected ${count}`,
+      );
+    }
+    return {
+      msgPerSec: count / seconds,
+      cpu: {
+        parent: (parent1 - parent0) / count,
+        child: (cpuAnswer(done) - child0) / count,
+      },
+    };
   } finally {
-    if (child.connected) child.disconnect();
-    await exited;
+    await endFork(child, exited);
   }
 }
 

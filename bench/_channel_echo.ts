@@ -1,12 +1,21 @@
 /**
- * The child of the channel benchmark: gets a Receiver as fd 3 and a Sender
- * as fd 4 (rebuilt by `fromFd()`). In `echo` mode it sends every message
- * back; in `count` mode it answers only after `n` messages, with the count.
+ * The child of the channel benchmarks (bench/channel_bench.ts): gets a
+ * Receiver as fd 3 and a Sender as fd 4 (rebuilt by `fromFd()`), both with
+ * default options, and reads with `for await` until the parent closes its
+ * sender.
+ *
+ * - `echo`: sends every message back.
+ * - `count <n>`: counts the messages and, at every `n`th, answers
+ *   `{ seen, cpuUs }`.
+ *
+ * In both modes the message `"cpu?"` is answered with this process's CPU
+ * time in µs (bench/_cpu.ts) and is not echoed or counted.
  *
  * @module
  */
 
 import { fromFd, Receiver, Sender } from "../mod.ts";
+import { CPU_QUESTION, cpuUs } from "./_cpu.ts";
 
 const rx = fromFd(3);
 const tx = fromFd(4);
@@ -15,29 +24,25 @@ if (!(rx instanceof Receiver) || !(tx instanceof Sender)) {
 }
 const [mode, n] = Deno.args;
 if (mode === "echo") {
-  for (;;) {
-    let message;
-    try {
-      message = await rx.recv({ spin: 100 });
-    } catch {
-      break;
+  for await (const message of rx) {
+    await tx.send(message === CPU_QUESTION ? cpuUs() : message);
+  }
+} else if (mode === "count") {
+  const count = Number(n);
+  if (!Number.isInteger(count) || count < 1) {
+    throw new RangeError(`count: expected a positive integer, got ${n}`);
+  }
+  let seen = 0;
+  for await (const message of rx) {
+    if (message === CPU_QUESTION) {
+      await tx.send(cpuUs());
+    } else if (++seen === count) {
+      await tx.send({ seen, cpuUs: cpuUs() });
+      seen = 0;
     }
-    await tx.send(message);
   }
 } else {
-  const count = Number(n);
-  for (;;) {
-    let seen = 0;
-    try {
-      while (seen < count) {
-        await rx.recv({ spin: 100 });
-        seen++;
-      }
-    } catch {
-      break;
-    }
-    await tx.send(seen);
-  }
+  throw new Error(`Unknown mode ${mode}`);
 }
 tx.close();
 rx.close();

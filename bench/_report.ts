@@ -22,7 +22,7 @@
  * @module
  */
 
-import type { BenchResult } from "./_types.ts";
+import type { BenchResult, CpuPerMessage } from "./_types.ts";
 
 /** The machine a report was measured on. */
 export interface MachineInfo {
@@ -44,6 +44,14 @@ export interface MachineInfo {
   memoryGiB?: number;
   /** The C compiler used for the C baselines, if any. */
   cc?: string;
+}
+
+/** The poller's wake path during the run (see bench/_wake.ts). */
+export interface WakePath {
+  /** `"aio"`, `"ffi"`, or `"unknown"` when the poller does not say. */
+  path: string;
+  /** Why this path (or why it is unknown). */
+  reason: string;
 }
 
 /** An area that was not run, and why. */
@@ -70,6 +78,8 @@ export interface BenchReport {
   date: string;
   /** The machine. */
   machine: MachineInfo;
+  /** The poller's wake path in the benchmark process. */
+  wakePath: WakePath;
   /** How the run was configured. */
   options: { runs: number; quick: boolean; areas: string[] };
   /** Every figure, in the order measured. */
@@ -159,17 +169,35 @@ export interface ResultInput {
   samples: number[];
   /** Individual operation times in µs, for p50 and p99 (latency figures). */
   operations?: number[];
+  /** CPU time per message of both processes, one per measured run. */
+  cpu?: CpuPerMessage[];
   /** The baseline measured in the same run. */
   baseline?: {
     mechanism: string;
     samples: number[];
     operations?: number[];
+    cpu?: CpuPerMessage[];
+  };
+}
+
+/**
+ * The median CPU time per message of each process over the runs (each
+ * process's median separately).
+ *
+ * @param runs One figure per run, at least one.
+ * @returns The medians.
+ */
+export function medianCpu(runs: readonly CpuPerMessage[]): CpuPerMessage {
+  return {
+    parent: median(runs.map((r) => r.parent)),
+    child: median(runs.map((r) => r.child)),
   };
 }
 
 /**
  * Builds a {@linkcode BenchResult}: the median of the samples, p50 and p99 of
- * the individual operations when given, and the ratio against the baseline.
+ * the individual operations when given, the median CPU time per message when
+ * given, and the ratio against the baseline.
  *
  * @param input The samples.
  * @returns The result as the runner reports it.
@@ -187,6 +215,9 @@ export function result(input: ResultInput): BenchResult {
     out.p50 = percentile(input.operations, 50);
     out.p99 = percentile(input.operations, 99);
   }
+  if (input.cpu !== undefined && input.cpu.length > 0) {
+    out.cpu = medianCpu(input.cpu);
+  }
   if (input.baseline !== undefined) {
     const b = input.baseline;
     out.baseline = {
@@ -197,6 +228,9 @@ export function result(input: ResultInput): BenchResult {
     if (b.operations !== undefined && b.operations.length > 0) {
       out.baseline.p50 = percentile(b.operations, 50);
       out.baseline.p99 = percentile(b.operations, 99);
+    }
+    if (b.cpu !== undefined && b.cpu.length > 0) {
+      out.baseline.cpu = medianCpu(b.cpu);
     }
     out.ratio = ratio(out.value, out.baseline.value, out.higherIsBetter);
   }
@@ -246,6 +280,63 @@ export function formatRatio(value: number | undefined): string {
 }
 
 /**
+ * CPU time per message as `parent + child` µs, or `-` when not measured.
+ *
+ * @param cpu The figures.
+ * @returns Such as `12.3 + 8.10`.
+ */
+export function formatCpu(cpu: CpuPerMessage | undefined): string {
+  if (cpu === undefined) return "-";
+  return `${formatNumber(cpu.parent)} + ${formatNumber(cpu.child)}`;
+}
+
+/** What the CPU columns hold, for the line under a table. */
+export const CPU_NOTE =
+  "CPU µs/msg: CPU time per message of the parent + the child, each from its own getrusage(RUSAGE_SELF) over the measured messages";
+
+/**
+ * The date, wake path and machine of a run on one line, for the report
+ * header and footers.
+ *
+ * @param date When the run started, ISO 8601.
+ * @param wake The wake path.
+ * @param machine The machine.
+ * @returns Such as `2026-12-01 09:30 UTC, wake path aio (...). Machine: 2 cores ...`.
+ */
+export function formatRunLine(
+  date: string,
+  wake: WakePath,
+  machine: MachineInfo,
+): string {
+  return `${formatDate(date)}, ${formatWakePath(wake)}. Machine: ${
+    formatMachine(machine)
+  }`;
+}
+
+/**
+ * A date as `YYYY-MM-DD HH:MM UTC` (the input as given when it does not
+ * parse).
+ *
+ * @param date ISO 8601.
+ * @returns The short form.
+ */
+export function formatDate(date: string): string {
+  const d = new Date(date);
+  if (Number.isNaN(d.getTime())) return date;
+  return `${d.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+}
+
+/**
+ * The wake path as `wake path aio (reason)`.
+ *
+ * @param wake The wake path.
+ * @returns The text.
+ */
+export function formatWakePath(wake: WakePath): string {
+  return `wake path ${wake.path}${wake.reason ? ` (${wake.reason})` : ""}`;
+}
+
+/**
  * One line describing the machine, for the report header.
  *
  * @param machine The machine.
@@ -267,7 +358,7 @@ function pad(text: string, width: number, right: boolean): string {
 
 /**
  * The results as an aligned plain-text table: mechanism, figure, p50 and
- * p99, the baseline and its figure, and the ratio.
+ * p99, CPU per message, the baseline with the same, and the ratio.
  *
  * @param results The results.
  * @returns The table, one line per result, with a header line.
@@ -278,22 +369,38 @@ export function formatTable(results: readonly BenchResult[]): string {
     "figure",
     "p50 µs",
     "p99 µs",
+    "CPU µs/msg",
     "baseline (same run)",
     "figure",
     "p50 µs",
     "p99 µs",
+    "CPU µs/msg",
     "ratio",
   ];
-  const right = [false, true, true, true, false, true, true, true, true];
+  const right = [
+    false,
+    true,
+    true,
+    true,
+    true,
+    false,
+    true,
+    true,
+    true,
+    true,
+    true,
+  ];
   const rows = results.map((r) => [
     r.mechanism,
     formatValue(r.value, r.unit),
     formatNumber(r.p50),
     formatNumber(r.p99),
+    formatCpu(r.cpu),
     r.baseline?.mechanism ?? "-",
     r.baseline ? formatValue(r.baseline.value, r.unit) : "-",
     formatNumber(r.baseline?.p50),
     formatNumber(r.baseline?.p99),
+    formatCpu(r.baseline?.cpu),
     formatRatio(r.ratio),
   ]);
   const widths = header.map((h, i) =>
@@ -310,7 +417,7 @@ export function formatTable(results: readonly BenchResult[]): string {
 
 /**
  * The results as a Markdown table (for the README): mechanism, figure, p50
- * and p99, the baseline and its figure, and the ratio.
+ * and p99, CPU per message, the baseline with the same, and the ratio.
  *
  * @param results The results.
  * @returns The table, with a header and a separator line.
@@ -318,8 +425,8 @@ export function formatTable(results: readonly BenchResult[]): string {
 export function formatMarkdown(results: readonly BenchResult[]): string {
   const cell = (text: string) => text.replace(/\|/g, "\\|");
   const lines = [
-    "| mechanism | figure | p50 / p99 µs | baseline (same run) | figure | p50 / p99 µs | ratio |",
-    "|---|--:|--:|---|--:|--:|--:|",
+    "| mechanism | figure | p50 / p99 µs | CPU µs/msg | baseline (same run) | figure | p50 / p99 µs | CPU µs/msg | ratio |",
+    "|---|--:|--:|--:|---|--:|--:|--:|--:|",
   ];
   const percentiles = (p50?: number, p99?: number) =>
     p50 === undefined ? "-" : `${formatNumber(p50)} / ${formatNumber(p99)}`;
@@ -330,9 +437,11 @@ export function formatMarkdown(results: readonly BenchResult[]): string {
           cell(r.mechanism),
           formatValue(r.value, r.unit),
           percentiles(r.p50, r.p99),
+          formatCpu(r.cpu),
           cell(r.baseline?.mechanism ?? "-"),
           r.baseline ? formatValue(r.baseline.value, r.unit) : "-",
           percentiles(r.baseline?.p50, r.baseline?.p99),
+          formatCpu(r.baseline?.cpu),
           formatRatio(r.ratio),
         ].join(" | ")
       } |`,
@@ -382,13 +491,23 @@ function truncate(text: string, max: number): string {
 export interface SvgOptions {
   /** Chart title. Default `"@conduit/ipc: cross-process benchmarks"`. */
   title?: string;
-  /** A second line under the title, such as the machine. */
-  subtitle?: string;
-  /** Total width in pixels. Default 960. */
+  /** Lines under the title, such as the date, wake path and machine. */
+  subtitle?: string | string[];
+  /**
+   * Total width in pixels. Default: room for the longest label (at least
+   * 960 in all, more when rows have CPU figures).
+   */
   width?: number;
 }
 
+/** The label column's narrowest width, px. */
 const LABEL_WIDTH = 380;
+/** Longest label drawn whole, in characters; longer ones are cut. */
+const LABEL_MAX_CHARS = 100;
+/** About the width of one character of the 12 px sans-serif font, px. */
+const CHAR_WIDTH = 6.2;
+/** The longest bar when the chart's width is left to the default, px. */
+const BAR_WIDTH = 360;
 const RATIO_WIDTH = 90;
 const BAR_HEIGHT = 16;
 const GROUP_GAP = 14;
@@ -399,7 +518,8 @@ const BASE = "#a3acb9";
  * Draws the results as a horizontal bar chart in plain SVG text: for each
  * result, a bar for the mechanism and one for its baseline, scaled to the
  * larger of the two (units differ between rows), each labelled with its
- * figure, and the ratio at the right.
+ * figure (and CPU time per message when measured), and the ratio at the
+ * right.
  *
  * @param results The results.
  * @param options Title and size.
@@ -409,20 +529,47 @@ export function renderSvg(
   results: readonly BenchResult[],
   options: SvgOptions = {},
 ): string {
-  const width = options.width ?? 960;
+  const hasCpu = results.some((r) => r.cpu || r.baseline?.cpu);
+  // The label column fits the longest label (up to LABEL_MAX_CHARS), so
+  // labels that differ only at the end (such as the condition of a round
+  // trip) stay apart.
+  const longest = Math.max(
+    0,
+    ...results.flatMap((r) => [
+      [...r.mechanism].length,
+      r.baseline ? [...r.baseline.mechanism].length : 0,
+    ]),
+  );
+  const labelWidth = Math.max(
+    LABEL_WIDTH,
+    Math.ceil(Math.min(longest, LABEL_MAX_CHARS) * CHAR_WIDTH) + 16,
+  );
+  // Room right of the longest bar for its figure.
+  const figureRoom = hasCpu ? 330 : 130;
+  const width = options.width ??
+    labelWidth + RATIO_WIDTH + figureRoom + BAR_WIDTH;
   const title = options.title ?? "@conduit/ipc: cross-process benchmarks";
-  const barMax = Math.max(100, width - LABEL_WIDTH - RATIO_WIDTH - 130);
-  const top = options.subtitle ? 78 : 58;
+  const barMax = Math.max(100, width - labelWidth - RATIO_WIDTH - figureRoom);
+  const subtitle = options.subtitle === undefined
+    ? []
+    : Array.isArray(options.subtitle)
+    ? options.subtitle
+    : [options.subtitle];
+  const top = 58 + 18 * subtitle.length;
   const parts: string[] = [];
   let y = top;
   for (const r of results) {
-    const rows: { label: string; value: number; color: string }[] = [
-      { label: r.mechanism, value: r.value, color: OURS },
-    ];
+    const rows: {
+      label: string;
+      value: number;
+      cpu?: CpuPerMessage;
+      color: string;
+    }[] = [{ label: r.mechanism, value: r.value, cpu: r.cpu, color: OURS }];
     if (r.baseline) {
       rows.push({
         label: r.baseline.mechanism,
         value: r.baseline.value,
+        cpu: r.baseline.cpu,
         color: BASE,
       });
     }
@@ -433,15 +580,16 @@ export function renderSvg(
         ? Math.max(1, (row.value / scale) * barMax)
         : 0;
       const better = r.higherIsBetter ? "" : " (lower is better)";
+      const cpu = row.cpu ? `, CPU ${formatCpu(row.cpu)} µs/msg` : "";
       parts.push(
-        `<text x="${LABEL_WIDTH - 8}" y="${y + 12}" text-anchor="end">${
-          escapeXml(truncate(row.label, 58))
+        `<text x="${labelWidth - 8}" y="${y + 12}" text-anchor="end">${
+          escapeXml(truncate(row.label, LABEL_MAX_CHARS))
         }</text>`,
-        `<rect x="${LABEL_WIDTH}" y="${y}" width="${
+        `<rect x="${labelWidth}" y="${y}" width="${
           length.toFixed(1)
         }" height="${BAR_HEIGHT}" fill="${row.color}"/>`,
-        `<text x="${(LABEL_WIDTH + length + 6).toFixed(1)}" y="${y + 12}">${
-          escapeXml(formatValue(row.value, r.unit) + better)
+        `<text x="${(labelWidth + length + 6).toFixed(1)}" y="${y + 12}">${
+          escapeXml(formatValue(row.value, r.unit) + better + cpu)
         }</text>`,
       );
       y += BAR_HEIGHT + 4;
@@ -465,11 +613,9 @@ export function renderSvg(
     `<text x="12" y="26" font-size="16" font-weight="bold">${
       escapeXml(title)
     }</text>`,
-    options.subtitle
-      ? `<text x="12" y="46" fill="#555555">${
-        escapeXml(options.subtitle)
-      }</text>`
-      : "",
+    ...subtitle.map((line, i) =>
+      `<text x="12" y="${46 + 18 * i}" fill="#555555">${escapeXml(line)}</text>`
+    ),
     `<text x="${width - 12}" y="${
       top - 8
     }" text-anchor="end" fill="#555555">× baseline</text>`,
@@ -477,7 +623,9 @@ export function renderSvg(
     `<rect x="12" y="${legendY - 10}" width="12" height="12" fill="${OURS}"/>`,
     `<text x="30" y="${legendY}">@conduit/ipc</text>`,
     `<rect x="130" y="${legendY - 10}" width="12" height="12" fill="${BASE}"/>`,
-    `<text x="148" y="${legendY}">baseline, same run (bars scaled per pair)</text>`,
+    `<text x="148" y="${legendY}">baseline, same run (bars scaled per pair)${
+      hasCpu ? "; CPU µs/msg: parent + child" : ""
+    }</text>`,
     `</svg>`,
     "",
   ].filter((line) => line !== "").join("\n") + "\n";

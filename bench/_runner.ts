@@ -22,16 +22,21 @@
 import { findCompiler } from "./_baselines.ts";
 import {
   type BenchReport,
+  CPU_NOTE,
   type FailedCase,
+  formatDate,
   formatMachine,
   formatMarkdown,
+  formatRunLine,
   formatTable,
+  formatWakePath,
   type MachineInfo,
   renderSvg,
   type SkippedArea,
   toJson,
 } from "./_report.ts";
 import type { BenchCase, BenchResult } from "./_types.ts";
+import { currentWakePath } from "./_wake.ts";
 
 /** The areas the issue tracker plans; the ones without a file are listed as skipped. */
 export const PLANNED_AREAS: readonly string[] = ["pipe", "spawn", "socketpair"];
@@ -210,7 +215,14 @@ export async function runBench(options: RunnerOptions): Promise<number> {
   const progress = new Progress();
   const date = new Date().toISOString();
   const machine = await machineInfo();
+  // The poller picks its path once; the children are told to take it too.
+  const wakePath = currentWakePath();
   console.log(`Machine: ${formatMachine(machine)}`);
+  console.log(
+    `Wake path: ${wakePath.path}${
+      wakePath.reason ? ` (${wakePath.reason})` : ""
+    }`,
+  );
   console.log(
     `Runs: ${options.runs} measured after 1 warm-up, median reported${
       options.quick ? " (quick: small payloads, not for publishing)" : ""
@@ -262,9 +274,13 @@ export async function runBench(options: RunnerOptions): Promise<number> {
     }
   }
   progress.clear();
+  const runLine = formatRunLine(date, wakePath, machine);
+  const hasCpu = results.some((r) => r.cpu || r.baseline?.cpu);
 
   console.log("");
   if (results.length > 0) console.log(formatTable(results));
+  console.log(`Measured ${runLine}`);
+  if (hasCpu) console.log(CPU_NOTE);
   for (const s of skipped) console.log(`skipped ${s.area}: ${s.reason}`);
   for (const f of failed) console.log(`FAILED ${f.id}: ${f.error}`);
 
@@ -272,6 +288,7 @@ export async function runBench(options: RunnerOptions): Promise<number> {
     version: 1,
     date,
     machine,
+    wakePath,
     options: { runs: options.runs, quick: options.quick, areas },
     results,
     skipped,
@@ -284,18 +301,27 @@ export async function runBench(options: RunnerOptions): Promise<number> {
   if (options.svg !== undefined) {
     await Deno.writeTextFile(
       options.svg,
-      renderSvg(results, { subtitle: formatMachine(machine) }),
+      renderSvg(results, {
+        subtitle: [
+          formatMachine(machine),
+          `${formatDate(date)}, ${
+            formatWakePath(wakePath)
+          }; ${options.runs} runs after 1 warm-up, medians${
+            options.quick ? " (quick run, not for publishing)" : ""
+          }`,
+        ],
+      }),
     );
     console.log(`Wrote ${options.svg}`);
   }
   if (options.markdown !== undefined) {
     await Deno.writeTextFile(
       options.markdown,
-      `${formatMarkdown(results)}\nMachine: ${
-        formatMachine(machine)
-      }; ${options.runs} runs after 1 warm-up, medians${
+      `${
+        formatMarkdown(results)
+      }\nMeasured ${runLine}; ${options.runs} runs after 1 warm-up, medians${
         options.quick ? " (quick run)" : ""
-      }.\n`,
+      }.${hasCpu ? `\n${CPU_NOTE}.` : ""}\n`,
     );
     console.log(`Wrote ${options.markdown}`);
   }

@@ -22,6 +22,8 @@ export interface BenchResult {
   /** For latency figures: 50th and 99th percentiles of individual operations. */
   p50?: number;
   p99?: number;
+  /** CPU time per message of both processes (medians over the runs). */
+  cpu?: CpuPerMessage;
   /** The mechanism a user would otherwise use, measured in the same run. */
   baseline?: {
     mechanism: string;
@@ -29,12 +31,25 @@ export interface BenchResult {
     samples: number[];
     p50?: number;
     p99?: number;
+    cpu?: CpuPerMessage;
   };
   /**
    * How much better than the baseline, always as "times better": for
    * throughput value / baseline, for latency baseline / value.
    */
   ratio?: number;
+}
+
+/**
+ * CPU time per message, in µs, of the two processes of a measurement: each
+ * process's own `getrusage(RUSAGE_SELF)` (every thread, user plus system)
+ * over the measured messages, divided by their count.
+ */
+export interface CpuPerMessage {
+  /** The benchmark process (the parent). */
+  parent: number;
+  /** The child at the other end. */
+  child: number;
 }
 
 /** Options the runner passes to every case. */

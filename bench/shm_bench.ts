@@ -1,168 +1,419 @@
 /**
- * Shared-memory queue figures, across two Deno processes:
+ * Shared-memory queue figures across two Deno processes, default options
+ * everywhere (`shmQueue()` as it comes):
  *
- * - `shm.stream`: MiB/s of 64 KiB messages through `shmQueue({ bytes: 4 MiB })`
- *   from a child to the parent, against `Deno.Command` stdout of a Deno child
- *   writing 1 MiB per write (same runtime on both sides). Time runs from
- *   spawn to the last byte for both.
- * - `shm.rtt`: round trips of a 64-byte message through two queues to an
- *   echoing child, against `node:child_process` `fork()` IPC (`"json"`).
- *
- * The two sides alternate inside every run.
+ * - Throughput of 64 KiB messages, 1 GiB (64 MiB with --quick), in both
+ *   directions: `shmQueue()`, against a `"stream"` `socketpair()` and
+ *   against `Deno.Command` stdout (child to parent) or stdin (parent to
+ *   child), each moving 64 KiB per write from or to a Deno child (same
+ *   runtime on both sides). The clock starts once the child is ready (its
+ *   start-up is left out) and stops at the last byte (child to parent) or
+ *   at the child's count of bytes received (parent to child). The three
+ *   alternate inside every run. Goal: at least 2× the socket pair and 5×
+ *   `Deno.Command`, both ways.
+ * - Round trips of a 64-byte message through two queues to an echoing
+ *   child, against `node:child_process` `fork()` IPC (`"json"`, its
+ *   default); back to back, paced at one per ms, and with one CPU-bound
+ *   process running (bench/_roundtrip.ts), with the CPU time per round trip
+ *   of both processes. Goal: at most 0.1× fork() back to back.
  *
  * @module
  */
 
 import { shmQueue } from "../shm/mod.ts";
+import { socketpair } from "../socketpair.ts";
 import { spawn } from "../spawn.ts";
 import {
   alternating,
-  childThroughput,
-  commandStdout,
-  forkPingPong,
-  MIB,
-  type Throughput,
+  type Echo,
+  expectBytes,
+  forkEcho,
+  mibPerSecond,
+  readAllByob,
 } from "./_baselines.ts";
+import { CPU_QUERY, decodeCpu } from "./_cpu.ts";
 import { result } from "./_report.ts";
+import { type Condition, roundTripCase } from "./_roundtrip.ts";
 import type { BenchCase } from "./_types.ts";
+import { childRun } from "./_wake.ts";
 
 const CHILD = new URL("./_shm_child.ts", import.meta.url).pathname;
-const RUN = ["run", "--allow-ffi", CHILD];
 
-async function queueStream(mib: number): Promise<Throughput> {
-  const start = performance.now();
-  const [tx, rx] = shmQueue({ bytes: 4 * MIB });
-  const r = await childThroughput(start, {
-    name: "the sender",
-    childEnd: tx,
-    spawn: () =>
-      spawn(Deno.execPath(), {
-        args: [...RUN, "send", String(mib)],
-        fds: [tx],
-      }),
-    read: async () => {
-      let bytes = 0;
-      for (;;) {
-        const message = await rx.recv();
-        if (message === null) break;
-        bytes += message.byteLength;
-      }
-      return bytes;
-    },
-    close: () => rx.close(),
-  });
-  if (r.bytes !== mib * MIB) {
-    throw new Error(`shmQueue moved ${r.bytes} bytes, expected ${mib * MIB}`);
-  }
-  return r;
+/** `deno run` of the child in `mode`, with its flags and environment. */
+function childArgs(mode: string, ...rest: string[]) {
+  const run = childRun();
+  return { args: ["run", ...run.flags, CHILD, mode, ...rest], env: run.env };
+}
+/** The size of every message and write. */
+const CHUNK = 64 * 1024;
+
+/** A child's stdio as both spawners give it. */
+interface Stdio {
+  stdin: WritableStream<Uint8Array>;
+  stdout: ReadableStream<Uint8Array>;
 }
 
-async function queueRoundTrips(count: number): Promise<number[]> {
-  const there = shmQueue({ bytes: 64 * 1024 });
-  const back = shmQueue({ bytes: 64 * 1024 });
-  const child = spawn(Deno.execPath(), {
-    args: [...RUN, "echo"],
-    fds: [there[1], back[0]],
-  });
-  there[1].close();
-  back[0].close();
+/** Reads exactly one byte, leaving the stream unlocked. */
+async function readByte(stream: ReadableStream<Uint8Array>): Promise<number> {
+  const reader = stream.getReader({ mode: "byob" });
   try {
-    const payload = new TextEncoder().encode("x".repeat(64));
-    const rtts = new Array<number>(count);
-    for (let i = 0; i < count; i++) {
-      const t0 = performance.now();
-      await there[0].send(payload);
-      if ((await back[1].recv()) === null) throw new Error("echo child gone");
-      rtts[i] = (performance.now() - t0) * 1000;
+    const { value, done } = await reader.read(new Uint8Array(1));
+    if (done || value.byteLength !== 1) {
+      throw new Error("The child ended before it was ready");
     }
-    return rtts;
+    return value[0];
   } finally {
-    there[0].close();
-    await back[1].recv();
-    back[1].close();
+    reader.releaseLock();
+  }
+}
+
+/** Reads up to the first newline; the text before it. */
+async function readLine(stream: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = "";
+  const reader = stream.getReader();
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`The child ended without a line: ${text}`);
+      text += decoder.decode(value, { stream: true });
+      const end = text.indexOf("\n");
+      if (end !== -1) return text.slice(0, end);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** Waits for the child's ready byte `r`. */
+async function ready(stdout: ReadableStream<Uint8Array>): Promise<void> {
+  const byte = await readByte(stdout);
+  if (byte !== 0x72) throw new Error(`The child said ${byte}, not ready`);
+}
+
+/** Writes the go byte. */
+async function go(stdin: WritableStream<Uint8Array>): Promise<void> {
+  const writer = stdin.getWriter();
+  try {
+    await writer.write(new Uint8Array([0x67]));
+  } finally {
+    writer.releaseLock();
+  }
+}
+
+/** Writes `count` chunks and closes the stream. */
+async function writeAll(
+  stream: WritableStream<Uint8Array>,
+  count: number,
+): Promise<void> {
+  const chunk = new Uint8Array(CHUNK);
+  const writer = stream.getWriter();
+  for (let i = 0; i < count; i++) await writer.write(chunk);
+  await writer.close();
+}
+
+/** A running child of one transfer, and how to end it. */
+interface Transfer {
+  stdio: Stdio;
+  /** Sends everything (parent to child) or reads everything (child to parent). */
+  move(): Promise<number>;
+  /** Closes the parent's end(s), waits for the child, checks it succeeded. */
+  end(): Promise<void>;
+}
+
+/** Starts a child with our spawn(), the endpoint `theirs` as fd 3. */
+function ourChild(mode: string, mib: number | undefined, theirs: {
+  rawFd: number;
+  close(): void;
+}) {
+  try {
+    return spawn(Deno.execPath(), {
+      ...childArgs(mode, ...(mib === undefined ? [] : [String(mib)])),
+      fds: [theirs],
+      stdin: "piped",
+      stdout: "piped",
+    });
+  } finally {
+    theirs.close();
+  }
+}
+
+async function endOurs(
+  child: ReturnType<typeof spawn>,
+  close: () => void,
+): Promise<void> {
+  try {
+    close();
+    const status = await child.status;
+    if (!status.success) throw new Error(`child exited with ${status.code}`);
+  } finally {
     await child[Symbol.asyncDispose]();
   }
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+/** The three ways of one direction. */
+type Way = "shm" | "socketpair" | "command";
+
+function startTransfer(
+  direction: "c2p" | "p2c",
+  way: Way,
+  mib: number,
+): Transfer {
+  const count = mib * 16;
+  if (way === "shm") {
+    const [tx, rx] = shmQueue();
+    if (direction === "c2p") {
+      const child = ourChild("send", mib, tx);
+      return {
+        stdio: child,
+        async move() {
+          let bytes = 0;
+          for (;;) {
+            const message = await rx.recv();
+            if (message === null) return bytes;
+            bytes += message.byteLength;
+          }
+        },
+        end: () => endOurs(child, () => rx.close()),
+      };
+    }
+    const child = ourChild("recv", undefined, rx);
+    return {
+      stdio: child,
+      async move() {
+        const chunk = new Uint8Array(CHUNK);
+        for (let i = 0; i < count; i++) await tx.send(chunk);
+        tx.close();
+        return count * CHUNK;
+      },
+      end: () => endOurs(child, () => tx.close()),
+    };
+  }
+  if (way === "socketpair") {
+    const [mine, theirs] = socketpair({ type: "stream" });
+    if (direction === "c2p") {
+      const child = ourChild("write-socket", mib, theirs);
+      return {
+        stdio: child,
+        move: () => readAllByob(mine.readable),
+        end: () => endOurs(child, () => mine.close()),
+      };
+    }
+    const child = ourChild("read-socket", undefined, theirs);
+    return {
+      stdio: child,
+      async move() {
+        await writeAll(mine.writable, count);
+        return count * CHUNK;
+      },
+      end: () => endOurs(child, () => mine.close()),
+    };
+  }
+  const child = new Deno.Command(Deno.execPath(), {
+    ...childArgs(
+      direction === "c2p" ? "write-stdout" : "read-stdin",
+      String(mib),
+    ),
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const end = async () => {
+    await child.stdin.close().catch(() => {});
+    await child.stdout.cancel().catch(() => {});
+    const status = await child.status;
+    if (!status.success) throw new Error(`child exited with ${status.code}`);
+  };
+  if (direction === "c2p") {
+    return {
+      stdio: child,
+      move: () => readAllByob(child.stdout),
+      end,
+    };
+  }
+  return {
+    stdio: child,
+    async move() {
+      await writeAll(child.stdin, count);
+      return count * CHUNK;
+    },
+    end,
+  };
+}
+
+/**
+ * One transfer of `mib` MiB: waits until the child is ready, then times from
+ * the go to the last byte (child to parent) or to the child's count (parent
+ * to child).
+ */
+export async function transfer(
+  direction: "c2p" | "p2c",
+  way: Way,
+  mib: number,
+): Promise<number> {
+  const t = startTransfer(direction, way, mib);
+  let mibps: number;
+  try {
+    await ready(t.stdio.stdout);
+    let bytes: number;
+    const start = performance.now();
+    if (direction === "c2p") {
+      await go(t.stdio.stdin);
+      bytes = await t.move();
+    } else {
+      await t.move();
+      bytes = Number(await readLine(t.stdio.stdout));
+    }
+    const ms = performance.now() - start;
+    expectBytes(`${way} ${direction}`, bytes, mib);
+    mibps = mibPerSecond(bytes, ms);
+  } catch (error) {
+    await t.end().catch(() => {});
+    throw error;
+  }
+  await t.end();
+  return mibps;
+}
+
+/** The baselines' names, by direction. */
+const BASELINES: Record<
+  "socketpair" | "command",
+  { c2p: string; p2c: string }
+> = {
+  socketpair: {
+    c2p: "socketpair() stream, Deno child writing 64 KiB",
+    p2c: "socketpair() stream, writing 64 KiB to a Deno child",
+  },
+  command: {
+    c2p: "Deno.Command stdout BYOB, Deno child writing 64 KiB",
+    p2c: "Deno.Command stdin, writing 64 KiB to a Deno child",
+  },
 };
 
-/** The shm area: throughput against Deno.Command, round trips against fork(). */
-export const cases: BenchCase[] = [{
-  id: "shm.stream",
-  area: "shm",
-  async run(options) {
-    const mib = options.quick ? 64 : 1024;
-    const mine: number[] = [];
-    const theirs: number[] = [];
-    await alternating(options, `shm ${mib} MiB`, [
-      async (measured) => {
-        const r = await queueStream(mib);
-        if (measured) mine.push(r.mibps);
-      },
-      async (measured) => {
-        const r = await commandStdout(Deno.execPath(), [
-          ...RUN,
-          "stdout",
-          String(mib),
-        ]);
-        if (r.bytes !== mib * MIB) {
-          throw new Error(`Deno.Command moved ${r.bytes} bytes`);
+function streamCase(direction: "c2p" | "p2c"): BenchCase {
+  const label = direction === "c2p" ? "child to parent" : "parent to child";
+  return {
+    id: `shm.stream_${direction}`,
+    area: "shm",
+    async run(options) {
+      const mib = options.quick ? 64 : 1024;
+      const size = mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`;
+      const samples: Record<Way, number[]> = {
+        shm: [],
+        socketpair: [],
+        command: [],
+      };
+      await alternating(
+        options,
+        `shm ${size} ${label}`,
+        (["shm", "socketpair", "command"] as const).map(
+          (way) => async (measured: boolean) => {
+            const mibps = await transfer(direction, way, mib);
+            if (measured) samples[way].push(mibps);
+          },
+        ),
+      );
+      return (["socketpair", "command"] as const).map((way) =>
+        result({
+          id: `shm.stream_${direction}_${way}`,
+          mechanism: `shmQueue 64 KiB messages, ${size} ${label}`,
+          unit: "MiB/s",
+          higherIsBetter: true,
+          samples: samples.shm,
+          baseline: {
+            mechanism: BASELINES[way][direction],
+            samples: samples[way],
+          },
+        })
+      );
+    },
+  };
+}
+
+/** A Deno child echoing 64-byte messages through two default queues. */
+export async function queueEcho(): Promise<Echo> {
+  const there = shmQueue();
+  const back = shmQueue();
+  let child;
+  try {
+    child = spawn(Deno.execPath(), {
+      ...childArgs("echo"),
+      fds: [there[1], back[0]],
+      stdin: "null",
+    });
+  } catch (error) {
+    there[0].close();
+    back[1].close();
+    throw error;
+  } finally {
+    there[1].close();
+    back[0].close();
+  }
+  const payload = new Uint8Array(64).fill(0x78);
+  const echo: Echo = {
+    async roundTrip(i) {
+      await there[0].send(payload);
+      const answer = await back[1].recv();
+      if (answer === null || answer.byteLength !== 64) {
+        throw new Error(`round trip ${i}: the echo child answered wrongly`);
+      }
+    },
+    async childCpuUs() {
+      await there[0].send(CPU_QUERY);
+      const answer = await back[1].recv();
+      if (answer === null) throw new Error("The echo child is gone");
+      return decodeCpu(answer);
+    },
+    async close() {
+      try {
+        there[0].close();
+        // The child closes its sender once it sees the end.
+        while ((await back[1].recv()) !== null) {
+          // Drain.
         }
-        if (measured) theirs.push(r.mibps);
-      },
-    ]);
-    return [result({
-      id: "shm.stream",
-      mechanism: `shmQueue 64 KiB messages, ${mib} MiB child to parent`,
-      unit: "MiB/s",
-      higherIsBetter: true,
-      samples: mine,
-      baseline: {
-        mechanism: "Deno.Command stdout BYOB, Deno child writing 1 MiB",
-        samples: theirs,
-      },
-    })];
-  },
-}, {
-  id: "shm.rtt",
-  area: "shm",
-  async run(options) {
-    const count = options.quick ? 500 : 10_000;
-    const mine: number[] = [];
-    const theirs: number[] = [];
-    const mineOps: number[] = [];
-    const theirOps: number[] = [];
-    await alternating(options, `shm round trips x${count}`, [
-      async (measured) => {
-        const rtts = await queueRoundTrips(count);
-        if (measured) {
-          mine.push(median(rtts));
-          mineOps.push(...rtts);
+        const status = await child.status;
+        if (!status.success) {
+          throw new Error(`echo child exited with ${status.code}`);
         }
-      },
-      async (measured) => {
-        const r = await forkPingPong({ serialization: "json", count });
-        if (measured) {
-          theirs.push(median(r.rtts));
-          theirOps.push(...r.rtts);
-        }
-      },
-    ]);
-    return [result({
-      id: "shm.rtt",
+      } finally {
+        back[1].close();
+        await child[Symbol.asyncDispose]();
+      }
+    },
+  };
+  try {
+    await echo.roundTrip(-1);
+  } catch (error) {
+    await echo.close().catch(() => {});
+    throw error;
+  }
+  return echo;
+}
+
+const roundTripCases: BenchCase[] = (
+  ["tight", "paced", "loaded"] as Condition[]
+).map((condition) =>
+  roundTripCase({
+    id: "shm.rtt",
+    area: "shm",
+    label: "shm 64 B",
+    condition,
+    count: { full: 10_000, quick: 1_000 },
+    mine: {
       mechanism: "shmQueue round trip, 64 B, two queues to an echoing child",
-      unit: "µs",
-      higherIsBetter: false,
-      samples: mine,
-      operations: mineOps,
-      baseline: {
-        mechanism: 'node:child_process fork() IPC, "json"',
-        samples: theirs,
-        operations: theirOps,
-      },
-    })];
-  },
-}];
+      start: queueEcho,
+    },
+    baselines: [{
+      id: "shm.rtt",
+      mechanism: 'node:child_process fork() IPC, "json"',
+      start: () => forkEcho({ serialization: "json" }),
+    }],
+  })
+);
+
+/** The shm area: throughput both ways, and round trips under three conditions. */
+export const cases: BenchCase[] = [
+  streamCase("c2p"),
+  streamCase("p2c"),
+  ...roundTripCases,
+];

@@ -10,9 +10,13 @@
  *   machine's limit). They alternate inside every run.
  *   Goal: at least 3× the bytes per second of `Deno.Command` stdout.
  * - Round trip: 64 bytes over a `"seqpacket"` pair to a Deno child that
- *   echoes them (both sides spin briefly before parking), against
- *   `node:child_process` `fork()` IPC echoing a 64-character string, both
- *   under Deno. Goal: at most 0.4× the fork() round trip (ratio ≥ 2.5).
+ *   echoes them, default options on both sides, against
+ *   `node:child_process` `fork()` IPC (default `"json"` serialization)
+ *   echoing a 64-character string, both under Deno; back to back (with the
+ *   C limit alongside), paced at one per ms, and with one CPU-bound process
+ *   running (bench/_roundtrip.ts). Each row also gives the CPU time per
+ *   round trip of both processes. Goal: at most 0.5× the fork() round trip
+ *   back to back (ratio ≥ 2), no slower paced or loaded.
  *
  * @module
  */
@@ -20,22 +24,28 @@
 import { socketpair } from "../socketpair.ts";
 import { spawn } from "../spawn.ts";
 import {
-  alternating,
   childThroughput,
   cPingPong,
   ddStreamCase,
   ddWriter,
-  forkPingPong,
+  type Echo,
+  forkEcho,
   MIB,
   readAllByob,
-  RoundTrips,
   type Throughput,
 } from "./_baselines.ts";
+import { CPU_QUERY, decodeCpu } from "./_cpu.ts";
 import { result } from "./_report.ts";
-import type { BenchCase, BenchResult } from "./_types.ts";
+import {
+  type BaselineContender,
+  type ExtraStep,
+  roundTripCase,
+  type RoundTripSpec,
+} from "./_roundtrip.ts";
+import type { BenchCase } from "./_types.ts";
+import { childRun } from "./_wake.ts";
 
 const ECHO_CHILD = new URL("./_socket_echo.ts", import.meta.url).pathname;
-const SPIN_US = 100;
 
 function streamOnce(mib: number): Promise<Throughput> {
   const start = performance.now();
@@ -53,47 +63,63 @@ function streamOnce(mib: number): Promise<Throughput> {
   });
 }
 
-/** Round trips of `size` bytes to an echoing Deno child, in µs each. */
-async function seqpacketPingPong(
-  count: number,
-  size: number,
-): Promise<number[]> {
+/**
+ * A Deno child echoing `size`-byte messages over a `"seqpacket"` pair, both
+ * sides with default options; the start-up round trip is done.
+ */
+export async function seqpacketEcho(size: number): Promise<Echo> {
   const [mine, theirs] = socketpair({ type: "seqpacket" });
   let child;
   try {
+    const run = childRun();
     child = spawn(Deno.execPath(), {
-      args: ["run", "--allow-ffi", ECHO_CHILD],
+      args: ["run", ...run.flags, ECHO_CHILD],
       fds: [theirs],
       stdin: "null",
+      env: run.env,
     });
+  } catch (error) {
+    mine.close();
+    throw error;
   } finally {
     theirs.close();
   }
-  try {
-    const payload = new Uint8Array(size).fill(0x78);
-    // The first round trip waits for the child to start.
-    mine.sendSync(payload);
-    await mine.recv();
-    const rtts = new Array<number>(count);
-    for (let i = 0; i < count; i++) {
-      const t0 = performance.now();
-      mine.sendSync(payload);
-      const echo = await mine.recv({ spin: SPIN_US });
-      rtts[i] = (performance.now() - t0) * 1000;
-      if (echo === null || echo.data.length !== size) {
+  const payload = new Uint8Array(size).fill(0x78);
+  const echo: Echo = {
+    async roundTrip(i) {
+      await mine.send(payload);
+      const answer = await mine.recv();
+      if (answer === null || answer.data.length !== size) {
         throw new Error(`round trip ${i}: the echo child answered wrongly`);
       }
-    }
-    mine.shutdown("write");
-    const status = await child.status;
-    if (!status.success) {
-      throw new Error(`echo child exited with ${status.code}`);
-    }
-    return rtts;
-  } finally {
-    mine.close();
-    await child[Symbol.asyncDispose]();
+    },
+    async childCpuUs() {
+      await mine.send(CPU_QUERY);
+      const answer = await mine.recv();
+      if (answer === null) throw new Error("The echo child is gone");
+      return decodeCpu(answer.data);
+    },
+    async close() {
+      try {
+        mine.shutdown("write");
+        const status = await child.status;
+        if (!status.success) {
+          throw new Error(`echo child exited with ${status.code}`);
+        }
+      } finally {
+        mine.close();
+        await child[Symbol.asyncDispose]();
+      }
+    },
+  };
+  try {
+    // The first round trip waits for the child to start.
+    await echo.roundTrip(-1);
+  } catch (error) {
+    await echo.close().catch(() => {});
+    throw error;
   }
+  return echo;
 }
 
 const streamCase: BenchCase = ddStreamCase({
@@ -111,46 +137,37 @@ const streamCase: BenchCase = ddStreamCase({
   },
 });
 
-const pingPongCase: BenchCase = {
+const SEQPACKET: Omit<RoundTripSpec, "condition" | "baselines" | "extra"> = {
   id: "socketpair.seqpacket_rtt",
   area: "socketpair",
-  async run(options) {
-    const count = options.quick ? 2_000 : 20_000;
-    const mine = new RoundTrips();
-    const theirs = new RoundTrips();
-    const limit: number[] = [];
-    let hasC = true;
-    await alternating(options, `seqpacket 64 B ×${count}`, [
-      async (measured) => {
-        const rtts = await seqpacketPingPong(count, 64);
-        if (measured) mine.add(rtts);
-      },
-      async (measured) => {
-        const r = await forkPingPong({ serialization: "json", count });
-        if (measured) theirs.add(r.rtts);
-      },
-      async (measured) => {
-        if (!hasC) return;
-        const r = await cPingPong("seqpacket", count, 64);
-        if (r === null) hasC = false;
-        else if (measured) limit.push(r.p50);
-      },
-    ]);
-    const out: BenchResult[] = [result({
-      id: "socketpair.seqpacket_rtt",
-      mechanism: "socketpair() seqpacket, 64 B round trip to a Deno child",
-      unit: "µs",
-      higherIsBetter: false,
-      samples: mine.samples,
-      operations: mine.operations,
-      baseline: {
-        mechanism: "node:child_process fork() IPC, 64-char string, under Deno",
-        samples: theirs.samples,
-        operations: theirs.operations,
-      },
-    })];
-    if (hasC && limit.length > 0) {
-      out.push(result({
+  label: "seqpacket 64 B",
+  count: { full: 20_000, quick: 2_000 },
+  mine: {
+    mechanism: "socketpair() seqpacket, 64 B round trip to a Deno child",
+    start: () => seqpacketEcho(64),
+  },
+};
+
+const FORK_JSON: BaselineContender = {
+  id: "socketpair.seqpacket_rtt",
+  mechanism: "node:child_process fork() IPC, 64-char string, under Deno",
+  start: () => forkEcho({ serialization: "json" }),
+};
+
+/** The C limit, measured in the tight runs alongside. */
+function cLimit(): ExtraStep {
+  const limit: number[] = [];
+  let hasC = true;
+  return {
+    async step(measured, count) {
+      if (!hasC) return;
+      const r = await cPingPong("seqpacket", count, 64);
+      if (r === null) hasC = false;
+      else if (measured) limit.push(r.p50);
+    },
+    rows(mine) {
+      if (!hasC || limit.length === 0) return [];
+      return [result({
         id: "socketpair.seqpacket_rtt_c_limit",
         mechanism: "socketpair() seqpacket, 64 B round trip",
         unit: "µs",
@@ -160,11 +177,23 @@ const pingPongCase: BenchCase = {
           mechanism: "C blocking read()/write(), seqpacket",
           samples: limit,
         },
-      }));
-    }
-    return out;
-  },
-};
+      })];
+    },
+  };
+}
 
-/** The socketpair area: stream throughput and seqpacket round trips. */
-export const cases: BenchCase[] = [streamCase, pingPongCase];
+const pingPongCases: BenchCase[] = (["tight", "paced", "loaded"] as const)
+  .map((condition) =>
+    roundTripCase({
+      ...SEQPACKET,
+      condition,
+      baselines: [FORK_JSON],
+      extra: cLimit,
+    })
+  );
+
+/**
+ * The socketpair area: stream throughput, and seqpacket round trips back to
+ * back, paced and loaded.
+ */
+export const cases: BenchCase[] = [streamCase, ...pingPongCases];

@@ -329,7 +329,12 @@ Deno.test({
       );
       assert.match(
         r.stdout,
-        /^mechanism\s+figure\s+p50 µs\s+p99 µs\s+baseline/m,
+        /^mechanism\s+figure\s+p50 µs\s+p99 µs\s+CPU µs\/msg\s+baseline/m,
+      );
+      // The date, the wake path and the machine under the table.
+      assert.match(
+        r.stdout,
+        /^Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC, wake path \S+.*\. Machine: \d+ cores/m,
       );
       assert.match(
         r.stdout,
@@ -342,6 +347,8 @@ Deno.test({
       const report = JSON.parse(await Deno.readTextFile(json));
       assert.equal(report.version, 1);
       assert.equal(report.machine.deno, Deno.version.deno);
+      assert.equal(typeof report.wakePath.path, "string");
+      assert.equal(typeof report.wakePath.reason, "string");
       assert.equal(typeof report.machine.kernel, "string");
       assert.ok(report.machine.cores >= 1);
       assert.deepEqual(report.options, {
@@ -373,7 +380,10 @@ Deno.test({
         table,
         /\n\| spawn\(\) \+ status, \/bin\/true \| [\d,.]+ µs \|/,
       );
-      assert.match(table, /Machine: \d+ cores/);
+      assert.match(
+        table,
+        /\nMeasured \d{4}-\d\d-\d\d \d\d:\d\d UTC, wake path \S+.*\. Machine: \d+ cores.*1 runs after 1 warm-up, medians \(quick run\)\.\n/,
+      );
 
       const chart = await Deno.readTextFile(svg);
       assert.match(
@@ -383,6 +393,7 @@ Deno.test({
       assert.ok(chart.trimEnd().endsWith("</svg>"));
       assert.equal([...chart.matchAll(/height="16"/g)].length, 2);
       assert.match(chart, /spawn\(\) \+ status/);
+      assert.match(chart, /wake path \S+/);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
