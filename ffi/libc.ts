@@ -191,7 +191,7 @@ const symbols = {
   },
 
   // long syscall(long number, ...): the Linux AIO calls io_setup,
-  // io_destroy, io_getevents and io_submit, with pointers as addresses.
+  // io_cancel, io_getevents and io_submit, with pointers as addresses.
   syscall6: {
     name: "syscall",
     parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],
@@ -258,9 +258,9 @@ export function libc(): Libc {
 const SYS_BY_ARCH = {
   x86_64: {
     io_setup: 206,
-    io_destroy: 207,
     io_getevents: 208,
     io_submit: 209,
+    io_cancel: 210,
     futex: 202,
     waitid: 247,
     pidfd_send_signal: 424,
@@ -268,8 +268,8 @@ const SYS_BY_ARCH = {
   },
   aarch64: {
     io_setup: 0,
-    io_destroy: 1,
     io_submit: 2,
+    io_cancel: 3,
     io_getevents: 4,
     futex: 98,
     waitid: 95,

@@ -278,6 +278,28 @@ function pipeWrap(): { make: () => PipeHandle } | string {
   }
 }
 
+/** Completions reaped at once; one is expected, stale ones are skipped. */
+const REAP_EVENTS = 8;
+/** How long closing waits for a cancelled poll's completion, in ns. */
+const CANCEL_REAP_NS = 100_000_000n;
+
+let aioContext: bigint | undefined;
+let aioTags = 0n;
+
+/**
+ * This process's (or Worker's) AIO context, set up on first use and kept: an
+ * AIO context holds no fd, and `io_destroy` waits for an RCU grace period
+ * (about 30 ms here), far too long to pay each time the poller goes idle.
+ */
+function aioCtx(): bigint {
+  if (aioContext !== undefined) return aioContext;
+  const ctxBuf = stableBuffer(8);
+  if (sys(SYS.io_setup, BigInt(REAP_EVENTS), addressOf(ctxBuf)) !== 0) {
+    throw systemError("io_setup", errno());
+  }
+  return aioContext = new DataView(ctxBuf).getBigUint64(0, true);
+}
+
 /**
  * The one-hand-off path: an AIO poll on the epoll fd signals a private
  * eventfd that Deno's event loop reads on the JS thread.
@@ -289,28 +311,27 @@ class AioWake implements Wake {
   #efd: number;
   #pipe: PipeHandle;
   #iocb = stableBuffer(IOCB.size);
+  #iocbView = new DataView(this.#iocb);
   #iocbList = stableBuffer(8);
-  #event = stableBuffer(IO_EVENT.size);
-  #zeroTime = stableBuffer(16);
+  #events = stableBuffer(REAP_EVENTS * IO_EVENT.size);
+  #eventsView = new DataView(this.#events);
+  #time = stableBuffer(16);
+  #timeView = new DataView(this.#time);
+  // Each submission is tagged (aio_data, unique in this context) so that a
+  // late completion of an earlier poll is never taken for the current one.
+  #tag = 0n;
   #armed = false;
   #refed = true;
 
   /** Throws, having released what it took, when AIO poll is refused. */
   constructor(epfd: number, onEvents: () => void, make: () => PipeHandle) {
     const lib = libc();
-    const ctxBuf = stableBuffer(8);
-    if (sys(SYS.io_setup, 1n, addressOf(ctxBuf)) !== 0) {
-      throw systemError("io_setup", errno());
-    }
-    this.#ctx = new DataView(ctxBuf).getBigUint64(0, true);
+    this.#ctx = aioCtx();
+    this.#reap(0, 0n);
     const efd = lib.eventfd(0, EFD.CLOEXEC);
-    if (efd === -1) {
-      const error = systemError("eventfd", errno());
-      sys(SYS.io_destroy, this.#ctx);
-      throw error;
-    }
+    if (efd === -1) throw systemError("eventfd", errno());
     this.#efd = efd;
-    const iocb = new DataView(this.#iocb);
+    const iocb = this.#iocbView;
     iocb.setUint16(IOCB.lioOpcode, IOCB.CMD_POLL, true);
     iocb.setUint32(IOCB.fildes, epfd, true);
     iocb.setBigUint64(IOCB.buf, BigInt(EPOLL.IN), true);
@@ -329,7 +350,7 @@ class AioWake implements Wake {
       pipe.onread = () => this.#completed(onEvents);
       if (pipe.readStart() !== 0) throw new Error("Pipe#readStart failed");
     } catch (error) {
-      sys(SYS.io_destroy, this.#ctx);
+      this.#cancel();
       if (pipe !== undefined) pipe.close();
       else lib.close(efd);
       throw error;
@@ -359,8 +380,7 @@ class AioWake implements Wake {
   }
 
   close(): void {
-    // Cancels the outstanding poll, then closes the eventfd with the handle.
-    sys(SYS.io_destroy, this.#ctx);
+    this.#cancel();
     this.#pipe.close();
   }
 
@@ -372,24 +392,53 @@ class AioWake implements Wake {
   }
 
   #submit(): void {
+    this.#tag = ++aioTags;
+    this.#iocbView.setBigUint64(0, this.#tag, true);
     const n = sys(SYS.io_submit, this.#ctx, 1n, addressOf(this.#iocbList));
     if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
     this.#armed = true;
   }
 
-  #completed(onEvents: () => void): void {
-    // Deno's reader has consumed the eventfd count; reap the completion so
-    // the context has room for the next poll.
-    const reaped = sys(
+  /** Cancels an armed poll and reaps its completion (microseconds). */
+  #cancel(): void {
+    if (!this.#armed) return;
+    // EINPROGRESS: the cancelled poll completes shortly; EINVAL: it already
+    // had. Either way its completion is reaped here.
+    sys(
+      SYS.io_cancel,
+      this.#ctx,
+      addressOf(this.#iocb),
+      addressOf(this.#events),
+    );
+    this.#reap(1, CANCEL_REAP_NS);
+    this.#armed = false;
+  }
+
+  /**
+   * Reaps completions (at least `min`, waiting up to `ns`); clears `armed`
+   * when the current poll's completion is among them.
+   */
+  #reap(min: number, ns: bigint): void {
+    this.#timeView.setBigInt64(0, ns / 1_000_000_000n, true);
+    this.#timeView.setBigInt64(8, ns % 1_000_000_000n, true);
+    const n = sys(
       SYS.io_getevents,
       this.#ctx,
-      0n,
-      1n,
-      addressOf(this.#event),
-      addressOf(this.#zeroTime),
+      BigInt(min),
+      BigInt(REAP_EVENTS),
+      addressOf(this.#events),
+      addressOf(this.#time),
     );
-    // Only a reaped completion frees the one iocb for the next submission.
-    if (reaped === 1) this.#armed = false;
+    for (let i = 0; i < n; i++) {
+      const tag = this.#eventsView.getBigUint64(i * IO_EVENT.size, true);
+      if (tag === this.#tag) this.#armed = false;
+    }
+  }
+
+  #completed(onEvents: () => void): void {
+    // Deno's reader has consumed the eventfd count; reap the completion so
+    // the next poll can be submitted.
+    this.#reap(0, 0n);
     onEvents();
   }
 }
@@ -545,6 +594,11 @@ function readForcedPath(): WakePathName | TypeError | undefined {
 
 const FORCED_PATH = readForcedPath();
 
+function isFdExhaustion(error: unknown): boolean {
+  const code = (error as { code?: string } | undefined)?.code;
+  return code === "EMFILE" || code === "ENFILE";
+}
+
 /** The per-process poller. Use {@linkcode poller} to get it. */
 export class Poller {
   #epfd = -1;
@@ -601,12 +655,14 @@ export class Poller {
     const wrap = pipeWrap();
     if (typeof wrap === "string") return wrap;
     const lib = libc();
-    const epfd = lib.epoll_create1(EPOLL.CLOEXEC);
-    if (epfd === -1) return systemError("epoll_create1", errno()).message;
+    const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
     try {
       new AioWake(epfd, () => {}, wrap.make).close();
       return undefined;
     } catch (error) {
+      // Out of fds says nothing about AIO: fail this registration as any
+      // fd creation would, and probe again next time.
+      if (isFdExhaustion(error)) throw error;
       return (error as Error).message;
     } finally {
       lib.close(epfd);
