@@ -757,6 +757,15 @@ function forgedCarrier(
   };
 }
 
+/** Binds a socket to an abstract name, as a channel end's mark is. */
+export function bindAbstract(fd: number, name: string): void {
+  const bytes = new TextEncoder().encode(name);
+  const addr = new Uint8Array(110);
+  new DataView(addr.buffer).setUint16(0, SOCK.AF_UNIX, true);
+  addr.set(bytes, 3);
+  assert.equal(libc().bind(fd, addr, 3 + bytes.length), 0, `bind ${name}`);
+}
+
 /**
  * A socket bound to an abstract name like a channel end's mark, with
  * fields in and out of range. `expect` is what `fromFd()` must make of it.
@@ -784,11 +793,7 @@ function markedSocket(f: Fuzz): {
       const [a, b] = socketpair({ type });
       b.close();
       const fd = a._release();
-      const bytes = new TextEncoder().encode(name);
-      const addr = new Uint8Array(110);
-      new DataView(addr.buffer).setUint16(0, SOCK.AF_UNIX, true);
-      addr.set(bytes, 3);
-      assert.equal(libc().bind(fd, addr, 3 + bytes.length), 0, "bind");
+      bindAbstract(fd, name);
       return fd;
     },
   };

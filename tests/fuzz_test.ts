@@ -3,12 +3,13 @@
 // failure names the case, and how to run it again alone.
 
 import assert from "node:assert/strict";
-import { ChannelClosedError, fromFd } from "../mod.ts";
+import { ChannelClosedError, fromFd, socketpair } from "../mod.ts";
 import { TAG } from "../_channel_codec.ts";
 import { FRAME, INLINE_MAX } from "../_channel_wire.ts";
 import { libc } from "../ffi/libc.ts";
 import {
   ADOPTED_AS,
+  bindAbstract,
   closeFds,
   FD_KINDS,
   frameOf,
@@ -163,6 +164,30 @@ test(
       }
       endpoint.close();
       assert.equal(endpoint.constructor.name, expected, name);
+    }
+  },
+);
+
+test(
+  "fromFd() adopts a socket named like a channel end but with a mode or capacity no channel has as a plain UnixSocket",
+  () => {
+    const cases: [string, string][] = [
+      ["s/9/4", "UnixSocket"],
+      ["s/2/4", "UnixSocket"],
+      ["r/1/1000001", "UnixSocket"],
+      ["s/0/999999999", "UnixSocket"],
+      ["r/0/0", "UnixSocket"],
+      ["s/1/1000000", "Sender"],
+      ["r/0/64", "Receiver"],
+    ];
+    for (const [fields, expected] of cases) {
+      const [a, b] = socketpair({ type: "seqpacket" });
+      b.close();
+      const fd = a._release();
+      bindAbstract(fd, `conduit-ch/${fields}/${"ab".repeat(12)}`);
+      const endpoint = fromFd(fd);
+      endpoint.close();
+      assert.equal(endpoint.constructor.name, expected, fields);
     }
   },
 );
