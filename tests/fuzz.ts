@@ -118,6 +118,8 @@ async function main(): Promise<number> {
     "run",
     "--allow-ffi",
     "--allow-read",
+    // The poller's wake path may be forced (CI fuzzes both).
+    "--allow-env=CONDUIT_IPC_WAKE",
     new URL(import.meta.url).pathname,
     "--worker",
     "--seed",
