@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { channel, ChannelClosedError } from "../mod.ts";
+import {
+  channel,
+  ChannelClosedError,
+  ChannelServer,
+  connectOneShot,
+  OneShotServer,
+} from "../mod.ts";
 import {
   DEFAULT_LIMITS,
   MAX_DEPTH,
@@ -229,6 +235,47 @@ test(
     } finally {
       for (const end of [tx, rx, tx2, rx2]) end.close();
     }
+  },
+);
+
+test(
+  "servers decode under their limits option: OneShotServer's first message, and every ChannelServer receiver",
+  async () => {
+    const big = new Array(1000).fill(0);
+    {
+      using server = new OneShotServer<unknown>({
+        limits: { maxElements: 100 },
+      });
+      const accepting = server.accept({ timeout: 10_000 });
+      const tx = await connectOneShot<unknown>(server.name);
+      try {
+        await tx.send(big);
+        await assert.rejects(
+          accepting,
+          (error: Error) =>
+            error instanceof Deno.errors.InvalidData &&
+            /limits\.maxElements \(100\)/.test(error.message),
+        );
+      } finally {
+        tx.close();
+      }
+    }
+    using server = new ChannelServer<unknown>({ limits: { maxDepth: 5 } });
+    const accepting = server.accept({ timeout: 10_000 });
+    const tx = await connectOneShot<unknown>(server.name);
+    const rx = await accepting;
+    try {
+      assert.deepEqual(rx.limits, { ...DEFAULT_LIMITS, maxDepth: 5 });
+      await tx.send(big);
+      assert.deepEqual(await withTimeout(rx.recv(), 10_000, "recv"), big);
+    } finally {
+      tx.close();
+      rx.close();
+    }
+    assert.throws(
+      () => new ChannelServer({ limits: { maxDepth: 0 } }),
+      /Cannot create server: limits\.maxDepth/,
+    );
   },
 );
 
