@@ -9,8 +9,10 @@
  * the head; the sender writes them straight from the caller's memory.
  *
  * Decoding trusts nothing: every tag, length, count, index and offset is
- * checked against what is left of the input, nesting is bounded, and any
- * violation throws `Deno.errors.InvalidData`.
+ * checked against what is left of the input, and what the value would
+ * build (its estimated memory, its element count, its nesting) against the
+ * receiver's {@linkcode DecodeLimits}, each container, string and bigint
+ * before it is allocated. Any violation throws `Deno.errors.InvalidData`.
  *
  * Tree grammar (tag byte first; `n` is an unsigned LEB128 varint):
  * ```
@@ -100,11 +102,6 @@ const ERROR_CLASSES: Record<string, ErrorConstructor> = Object.assign(
 
 /** V8's largest BigInt, 2^30 bits, in bytes. */
 const MAX_BIGINT_BYTES = 1 << 27;
-const HEX = Array.from(
-  { length: 256 },
-  (_, i) => i.toString(16).padStart(2, "0"),
-);
-
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -273,7 +270,11 @@ export class Reader {
   }
 
   string(): string {
-    const n = this.varint();
+    return this.stringOf(this.varint());
+  }
+
+  /** A string of `n` UTF-8 bytes (its length already read). */
+  stringOf(n: number): string {
     if (n > this.left) throw invalid(`string of ${n} bytes cut short`);
     const start = this.pos;
     this.pos += n;
@@ -319,15 +320,68 @@ export interface Encoded {
   blobBytes: number;
 }
 
-const shared = new Writer(64 * 1024);
+/** The value of a hex digit's char code (`0-9`, `a-f`). */
+function hexDigit(code: number): number {
+  return code <= 0x39 ? code - 0x30 : code - 0x57;
+}
+
+/**
+ * Writes a bigint's magnitude as its byte count and its bytes, least
+ * significant first. Through hex text, in time linear in its length
+ * (taking a byte off at a time is quadratic: 28 s for 256 KiB).
+ */
+function writeMagnitude(out: Writer, magnitude: bigint): void {
+  if (magnitude === 0n) {
+    out.varint(0);
+    return;
+  }
+  const hex = magnitude.toString(16);
+  const n = (hex.length + 1) >>> 1;
+  out.varint(n);
+  out.ensure(n);
+  const buf = out.buf;
+  let at = out.pos;
+  // The last two digits are the least significant byte.
+  let j = hex.length;
+  for (; j >= 2; j -= 2) {
+    buf[at++] = (hexDigit(hex.charCodeAt(j - 2)) << 4) |
+      hexDigit(hex.charCodeAt(j - 1));
+  }
+  if (j === 1) buf[at++] = hexDigit(hex.charCodeAt(0));
+  out.pos = at;
+}
+
+/** The shared writer's size; it returns to it after a larger value. */
+const WRITER_SIZE = 64 * 1024;
+/** Above this, the writer is let go once its head is copied out. */
+const WRITER_KEEP = 1024 * 1024;
+let shared = new Writer(WRITER_SIZE);
+
+/** The shared writer's buffer size now (for tests). */
+export function writerCapacity(): number {
+  return shared.buf.byteLength;
+}
 
 /**
  * Encodes `value`. The head is a fresh copy; blobs are views of the
  * caller's buffers.
  */
 export function encode(value: unknown, hooks: EndpointHooks): Encoded {
-  const out = shared;
-  out.pos = 0;
+  try {
+    shared.pos = 0;
+    return encodeInto(shared, value, hooks);
+  } finally {
+    // A large value grew the writer: let that memory go rather than hold
+    // it for the life of the process.
+    if (shared.buf.byteLength > WRITER_KEEP) shared = new Writer(WRITER_SIZE);
+  }
+}
+
+function encodeInto(
+  out: Writer,
+  value: unknown,
+  hooks: EndpointHooks,
+): Encoded {
   const seen = new Map<object, number>();
   const blobIndex = new Map<ArrayBuffer, number>();
   const blobs: Blob[] = [];
@@ -374,20 +428,11 @@ export function encode(value: unknown, hooks: EndpointHooks): Encoded {
         out.u8(TAG.STRING);
         out.string(v);
         return;
-      case "bigint": {
+      case "bigint":
         out.u8(TAG.BIGINT);
-        let magnitude = v < 0n ? -v : v;
         out.u8(v < 0n ? 1 : 0);
-        const bytes: number[] = [];
-        while (magnitude > 0n) {
-          bytes.push(Number(magnitude & 0xffn));
-          magnitude >>= 8n;
-        }
-        out.varint(bytes.length);
-        out.ensure(bytes.length);
-        for (const b of bytes) out.buf[out.pos++] = b;
+        writeMagnitude(out, v < 0n ? -v : v);
         return;
-      }
       case "symbol":
         throw cloneError("a symbol");
       case "function":
@@ -566,18 +611,138 @@ export interface BlobSpec {
 }
 
 /**
+ * Limits on what decoding one received value may build. A few bytes on the
+ * wire can ask for much more memory and time (an empty object is 2 bytes,
+ * an array slot or a bigint digit 1), so the receiver bounds the result,
+ * not only the message.
+ */
+export interface DecodeLimits {
+  /**
+   * The most memory the decoded value may take, estimated from V8's object
+   * sizes, in bytes; the contents of `ArrayBuffer`s and typed arrays are
+   * not counted (they are the message's own bytes, which `maxMessageBytes`
+   * bounds). Default 256 MiB.
+   */
+  maxBytes?: number;
+  /**
+   * The most elements one value may have: every value in it (nested ones
+   * included), every array slot (holes too) and every blob. Default 2^24
+   * (16_777_216).
+   */
+  maxElements?: number;
+  /**
+   * The deepest nesting, from 1 to 1000 (senders refuse values nested
+   * deeper than 1000 levels). Default 1000.
+   */
+  maxDepth?: number;
+}
+
+/** The limits of a receiver that sets none. */
+export const DEFAULT_LIMITS: Readonly<Required<DecodeLimits>> = Object.freeze({
+  maxBytes: 256 * 1024 * 1024,
+  maxElements: 1 << 24,
+  maxDepth: MAX_DEPTH,
+});
+
+/**
+ * Checks `limits` and fills in the defaults: every given field must be a
+ * positive integer (`maxDepth` at most {@linkcode MAX_DEPTH}), else a
+ * RangeError that says which.
+ */
+export function resolveLimits(
+  limits: DecodeLimits | undefined,
+  doing: string,
+): Readonly<Required<DecodeLimits>> {
+  if (limits === undefined) return DEFAULT_LIMITS;
+  if (typeof limits !== "object" || limits === null) {
+    throw new TypeError(`Cannot ${doing}: limits must be an object`);
+  }
+  const resolved = { ...DEFAULT_LIMITS };
+  for (const key of ["maxBytes", "maxElements", "maxDepth"] as const) {
+    const value = limits[key];
+    if (value === undefined) continue;
+    const most = key === "maxDepth" ? MAX_DEPTH : Number.MAX_SAFE_INTEGER;
+    if (!Number.isInteger(value) || value < 1 || value > most) {
+      throw new RangeError(
+        `Cannot ${doing}: limits.${key} must be an integer from 1 to ${most}, got ${value}`,
+      );
+    }
+    resolved[key] = value;
+  }
+  return Object.freeze(resolved);
+}
+
+/** The failure of a value that would build more than the limits allow. */
+function overLimit(
+  key: keyof DecodeLimits,
+  limit: number,
+  what: string,
+): Deno.errors.InvalidData {
+  return new Deno.errors.InvalidData(
+    `Cannot receive on channel: the message exceeds limits.${key} (${limit}): ${what}; ` +
+      "a receiver that expects such values can raise its limits",
+  );
+}
+
+// What the decoded objects cost, in bytes: V8's 64-bit sizes rounded up,
+// each object with its slot in the back-reference table. Decoding charges
+// them to the budget before it allocates.
+const COST = {
+  /** A heap number (floats, and ints beyond the small-integer range). */
+  NUMBER: 16,
+  /** A string's header; its characters add their UTF-8 length. */
+  STRING: 24,
+  /** A bigint's header; each byte of magnitude adds BIGINT_BYTE. */
+  BIGINT: 24,
+  /** Hex text (two UTF-16 units per byte, then a one-byte string), result. */
+  BIGINT_BYTE: 5,
+  OBJECT: 64,
+  /** One own property of an object, besides its key and value. */
+  PROPERTY: 48,
+  ARRAY: 64,
+  /** One array slot (the value in it costs its own). */
+  SLOT: 8,
+  MAP: 192,
+  MAP_ENTRY: 40,
+  SET: 192,
+  SET_ENTRY: 24,
+  DATE: 104,
+  /** A RegExp; its source adds twice its length (parsed and kept). */
+  REGEXP: 320,
+  ARRAY_BUFFER: 96,
+  VIEW: 128,
+  /** An Error, with the stack trace V8 captures when it is made. */
+  ERROR: 512,
+  BOXED: 64,
+  ENDPOINT: 256,
+  /** One entry of the blob table. */
+  BLOB: 64,
+} as const;
+
+/**
  * Reads the blob table of a head: each blob's original start offset and
  * length. `available` is the number of blob bytes that came with the head;
- * the lengths must add up to exactly that.
+ * the lengths must add up to exactly that. The blob count is checked
+ * against `limits` before anything is built.
  */
 export function readBlobTable(
   head: Uint8Array,
   treeLength: number,
   available: number,
+  limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
 ): BlobSpec[] {
   if (treeLength > head.byteLength) throw invalid("tree length out of range");
   const input = new Reader(head, treeLength);
-  const count = input.count();
+  const count = input.varint();
+  if (count > limits.maxElements) {
+    throw overLimit("maxElements", limits.maxElements, `${count} blobs`);
+  }
+  if (count * COST.BLOB > limits.maxBytes) {
+    throw overLimit("maxBytes", limits.maxBytes, `${count} blobs`);
+  }
+  if (count > input.left) {
+    throw invalid(`count ${count} exceeds the ${input.left} bytes left`);
+  }
   const specs: BlobSpec[] = [];
   let total = 0;
   for (let i = 0; i < count; i++) {
@@ -596,28 +761,112 @@ export function readBlobTable(
   return specs;
 }
 
-/**
- * Decodes a value tree. `blob(i)` returns blob `i`'s bytes as a fresh
- * ArrayBuffer (called at most once per blob).
- */
-export function decode(
-  head: Uint8Array,
-  treeLength: number,
-  specs: BlobSpec[],
-  blob: (index: number) => ArrayBuffer,
-  hooks: EndpointHooks,
-): unknown {
-  const input = new Reader(head, 0, treeLength);
-  const objects: unknown[] = [];
-  const buffers: (ArrayBuffer | undefined)[] = new Array(specs.length);
-  const bufferAt = (index: number): ArrayBuffer => {
-    if (index >= specs.length) throw invalid(`blob ${index} does not exist`);
-    return buffers[index] ??= blob(index);
-  };
+/** Each byte's two hex digits, as the two bytes of one UTF-16 unit. */
+const HEX_PAIRS = new Uint16Array(256);
+{
+  const bytes = new Uint8Array(HEX_PAIRS.buffer);
+  for (let i = 0; i < 256; i++) {
+    const text = i.toString(16).padStart(2, "0");
+    bytes[2 * i] = text.charCodeAt(0);
+    bytes[2 * i + 1] = text.charCodeAt(1);
+  }
+}
+const latin1 = new TextDecoder("latin1");
 
-  const read = (depth: number): unknown => {
-    if (depth > MAX_DEPTH) throw invalid(`nesting deeper than ${MAX_DEPTH}`);
-    const tag = input.u8();
+/**
+ * Turns a little-endian magnitude into a bigint through hex text, in time
+ * linear in its length (shifting in one byte at a time is quadratic:
+ * minutes for a few hundred KiB).
+ */
+function bigintOf(bytes: Uint8Array): bigint {
+  const n = bytes.length;
+  const text = new Uint16Array(n);
+  for (let i = 0; i < n; i++) text[n - 1 - i] = HEX_PAIRS[bytes[i]];
+  return BigInt("0x" + latin1.decode(text));
+}
+
+/**
+ * The state of one decode: the input, the objects met so far (for
+ * back-references), the blobs, and what is left of the limits. One method
+ * per tag.
+ */
+class Decoder {
+  readonly input: Reader;
+  readonly objects: unknown[] = [];
+  readonly specs: BlobSpec[];
+  readonly buffers: (ArrayBuffer | undefined)[];
+  readonly blob: (index: number) => ArrayBuffer;
+  readonly hooks: EndpointHooks;
+  readonly limits: Readonly<Required<DecodeLimits>>;
+  elementsLeft: number;
+  bytesLeft: number;
+
+  constructor(
+    input: Reader,
+    specs: BlobSpec[],
+    blob: (index: number) => ArrayBuffer,
+    hooks: EndpointHooks,
+    limits: Readonly<Required<DecodeLimits>>,
+  ) {
+    this.input = input;
+    this.specs = specs;
+    this.buffers = new Array(specs.length);
+    this.blob = blob;
+    this.hooks = hooks;
+    this.limits = limits;
+    // The blobs were counted as elements when their table was read.
+    this.elementsLeft = limits.maxElements - specs.length;
+    this.bytesLeft = limits.maxBytes - specs.length * COST.BLOB;
+  }
+
+  /** Takes `bytes` from the budget; `what` names them in the error. */
+  charge(bytes: number, what: string): void {
+    this.bytesLeft -= bytes;
+    if (this.bytesLeft < 0) {
+      throw overLimit("maxBytes", this.limits.maxBytes, what);
+    }
+  }
+
+  /**
+   * Before a container of `count` items is built: the items must fit the
+   * element budget, and `each` bytes apiece the byte budget, then they
+   * must fit in the input (each item takes at least one byte).
+   */
+  reserve(count: number, each: number, what: string): void {
+    if (count > this.elementsLeft) {
+      throw overLimit("maxElements", this.limits.maxElements, what);
+    }
+    if (count * each > this.bytesLeft) {
+      throw overLimit("maxBytes", this.limits.maxBytes, what);
+    }
+    if (count > this.input.left) {
+      throw invalid(`count ${count} exceeds the ${this.input.left} bytes left`);
+    }
+  }
+
+  /** A string, its size charged before it is made. */
+  string(what: string): string {
+    const n = this.input.varint();
+    this.charge(COST.STRING + n, `${what} of ${n} bytes`);
+    return this.input.stringOf(n);
+  }
+
+  value(depth: number): unknown {
+    if (depth > this.limits.maxDepth) {
+      throw overLimit(
+        "maxDepth",
+        this.limits.maxDepth,
+        "the value nests deeper",
+      );
+    }
+    if (--this.elementsLeft < 0) {
+      throw overLimit(
+        "maxElements",
+        this.limits.maxElements,
+        "too many values",
+      );
+    }
+    const tag = this.input.u8();
     switch (tag) {
       case TAG.UNDEFINED:
         return undefined;
@@ -627,192 +876,298 @@ export function decode(
         return true;
       case TAG.FALSE:
         return false;
-      case TAG.INT: {
-        const z = input.varint();
-        if (z > 0xffff_ffff) throw invalid("int out of range");
-        return (z >>> 1) ^ -(z & 1);
-      }
+      case TAG.INT:
+        return this.int();
       case TAG.FLOAT:
-        return input.f64();
-      case TAG.BIGINT: {
-        const sign = input.u8();
-        if (sign > 1) throw invalid("bad bigint sign");
-        const bytes = input.bytes(input.count());
-        if (bytes.length > MAX_BIGINT_BYTES) throw invalid("bigint too large");
-        if (bytes.length === 0) return 0n;
-        // Through hex, in time linear in the length (shifting in one byte
-        // at a time is quadratic: minutes for a few hundred KiB).
-        const digits = new Array<string>(bytes.length);
-        for (let i = 0; i < bytes.length; i++) {
-          digits[bytes.length - 1 - i] = HEX[bytes[i]];
-        }
-        const magnitude = BigInt("0x" + digits.join(""));
-        return sign ? -magnitude : magnitude;
-      }
+        this.charge(COST.NUMBER, "a number");
+        return this.input.f64();
+      case TAG.BIGINT:
+        return this.bigint();
       case TAG.STRING:
-        return input.string();
-      case TAG.ARRAY: {
-        const length = input.count();
-        const array: unknown[] = new Array(length);
-        objects.push(array);
-        for (let i = 0; i < length; i++) {
-          if (input.buf[input.pos] === TAG.HOLE && input.pos < input.end) {
-            input.pos++;
-            continue;
-          }
-          array[i] = read(depth + 1);
-        }
-        return array;
-      }
-      case TAG.OBJECT: {
-        const count = input.count();
-        const object: Record<string, unknown> = {};
-        objects.push(object);
-        for (let i = 0; i < count; i++) {
-          const key = input.string();
-          const item = read(depth + 1);
-          if (key === "__proto__") {
-            Object.defineProperty(object, key, {
-              value: item,
-              enumerable: true,
-              writable: true,
-              configurable: true,
-            });
-          } else {
-            object[key] = item;
-          }
-        }
-        return object;
-      }
-      case TAG.DATE: {
-        const date = new Date(input.f64());
-        objects.push(date);
-        return date;
-      }
-      case TAG.REGEXP: {
-        const source = input.string();
-        const flags = input.string();
-        let regexp: RegExp;
-        try {
-          regexp = new RegExp(source, flags);
-        } catch {
-          throw invalid("bad regular expression");
-        }
-        objects.push(regexp);
-        return regexp;
-      }
-      case TAG.MAP: {
-        const count = input.count();
-        const map = new Map();
-        objects.push(map);
-        for (let i = 0; i < count; i++) {
-          const k = read(depth + 1);
-          map.set(k, read(depth + 1));
-        }
-        return map;
-      }
-      case TAG.SET: {
-        const count = input.count();
-        const set = new Set();
-        objects.push(set);
-        for (let i = 0; i < count; i++) set.add(read(depth + 1));
-        return set;
-      }
-      case TAG.ARRAY_BUFFER: {
-        const index = input.varint();
-        const buffer = bufferAt(index);
-        if (specs[index].start !== 0) {
-          throw invalid("an ArrayBuffer blob must start at 0");
-        }
-        objects.push(buffer);
-        return buffer;
-      }
-      case TAG.VIEW: {
-        const kind = input.u8();
-        const Ctor = VIEW_KINDS[kind];
-        if (Ctor === undefined) throw invalid(`unknown view kind ${kind}`);
-        const index = input.varint();
-        const offset = input.varint();
-        const length = input.varint();
-        const buffer = bufferAt(index);
-        const spec = specs[index];
-        const size = kind === 0 ? 1 : Ctor.BYTES_PER_ELEMENT!;
-        const relative = offset - spec.start;
-        if (
-          relative < 0 || relative % size !== 0 ||
-          relative + length * size > spec.length
-        ) {
-          throw invalid("view outside its blob");
-        }
-        // The blob starts where the first view of it did; alignment within
-        // it follows the original buffer's when the start was aligned.
-        let view: ArrayBufferView;
-        try {
-          view = new Ctor(buffer, relative, length);
-        } catch {
-          throw invalid("misaligned view");
-        }
-        objects.push(view);
-        return view;
-      }
-      case TAG.ERROR: {
-        const name = input.string();
-        const message = input.string();
-        const Class = ERROR_CLASSES[name];
-        if (Class === undefined) throw invalid(`unknown error type ${name}`);
-        const error = new Class(message);
-        objects.push(error);
-        const hasStack = input.u8();
-        if (hasStack === 1) {
-          Object.defineProperty(error, "stack", {
-            value: input.string(),
-            writable: true,
-            configurable: true,
-          });
-        } else if (hasStack !== 0) {
-          throw invalid("bad error flag");
-        }
-        const hasCause = input.u8();
-        if (hasCause === 1) {
-          Object.defineProperty(error, "cause", {
-            value: read(depth + 1),
-            writable: true,
-            configurable: true,
-          });
-        } else if (hasCause !== 0) {
-          throw invalid("bad error flag");
-        }
-        return error;
-      }
-      case TAG.REF: {
-        const index = input.varint();
-        if (index >= objects.length) {
-          throw invalid(`reference to object ${index} not yet seen`);
-        }
-        return objects[index];
-      }
+        return this.string("a string");
+      case TAG.ARRAY:
+        return this.array(depth);
+      case TAG.OBJECT:
+        return this.object(depth);
+      case TAG.DATE:
+        return this.date();
+      case TAG.REGEXP:
+        return this.regexp();
+      case TAG.MAP:
+        return this.map(depth);
+      case TAG.SET:
+        return this.set(depth);
+      case TAG.ARRAY_BUFFER:
+        return this.arrayBuffer();
+      case TAG.VIEW:
+        return this.view();
+      case TAG.ERROR:
+        return this.error(depth);
+      case TAG.REF:
+        return this.ref();
       case TAG.ENDPOINT:
-        return hooks.decode(input);
-      case TAG.BOXED: {
-        const at = objects.length;
-        objects.push(undefined);
-        const inner = read(depth + 1);
-        if (
-          typeof inner !== "number" && typeof inner !== "string" &&
-          typeof inner !== "boolean" && typeof inner !== "bigint"
-        ) {
-          throw invalid("boxed value is not a primitive");
-        }
-        const boxed = Object(inner);
-        objects[at] = boxed;
-        return boxed;
-      }
+        this.charge(COST.ENDPOINT, "an endpoint");
+        return this.hooks.decode(this.input);
+      case TAG.BOXED:
+        return this.boxed(depth);
       default:
         throw invalid(`unknown tag ${tag}`);
     }
-  };
+  }
 
-  const value = read(0);
+  int(): number {
+    const z = this.input.varint();
+    if (z > 0xffff_ffff) throw invalid("int out of range");
+    const value = (z >>> 1) ^ -(z & 1);
+    // Beyond 31 bits, V8 keeps the number on the heap.
+    if (value !== (value << 1) >> 1) this.charge(COST.NUMBER, "a number");
+    return value;
+  }
+
+  bigint(): bigint {
+    const input = this.input;
+    const sign = input.u8();
+    if (sign > 1) throw invalid("bad bigint sign");
+    const n = input.varint();
+    if (n > MAX_BIGINT_BYTES) throw invalid("bigint too large");
+    this.charge(
+      COST.BIGINT + n * COST.BIGINT_BYTE,
+      `a bigint of ${n} bytes`,
+    );
+    const bytes = input.bytes(n);
+    if (n === 0) return 0n;
+    const magnitude = bigintOf(bytes);
+    return sign ? -magnitude : magnitude;
+  }
+
+  array(depth: number): unknown[] {
+    const input = this.input;
+    const length = input.varint();
+    const what = `an array of ${length} items`;
+    this.reserve(length, COST.SLOT, what);
+    this.charge(COST.ARRAY + length * COST.SLOT, what);
+    // Grown as items come rather than made at its full length: a sparse
+    // array then never holds a slot per hole.
+    const array: unknown[] = [];
+    this.objects.push(array);
+    for (let i = 0; i < length; i++) {
+      if (input.pos < input.end && input.buf[input.pos] === TAG.HOLE) {
+        input.pos++;
+        if (--this.elementsLeft < 0) {
+          throw overLimit("maxElements", this.limits.maxElements, what);
+        }
+        continue;
+      }
+      array[i] = this.value(depth + 1);
+    }
+    array.length = length;
+    return array;
+  }
+
+  object(depth: number): Record<string, unknown> {
+    const count = this.input.varint();
+    const what = `an object of ${count} properties`;
+    // A property is at least a key and a value: two bytes.
+    this.reserve(count, COST.PROPERTY + COST.STRING, what);
+    this.charge(COST.OBJECT, what);
+    const object: Record<string, unknown> = {};
+    this.objects.push(object);
+    for (let i = 0; i < count; i++) {
+      this.charge(COST.PROPERTY, what);
+      const key = this.string("a key");
+      const item = this.value(depth + 1);
+      if (key === "__proto__") {
+        Object.defineProperty(object, key, {
+          value: item,
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      } else {
+        object[key] = item;
+      }
+    }
+    return object;
+  }
+
+  date(): Date {
+    this.charge(COST.DATE, "a Date");
+    const date = new Date(this.input.f64());
+    this.objects.push(date);
+    return date;
+  }
+
+  regexp(): RegExp {
+    this.charge(COST.REGEXP, "a RegExp");
+    const n = this.input.varint();
+    // Kept as text and as the parsed pattern.
+    this.charge(COST.STRING + 2 * n, `a RegExp of ${n} bytes`);
+    const source = this.input.stringOf(n);
+    const flags = this.string("RegExp flags");
+    let regexp: RegExp;
+    try {
+      regexp = new RegExp(source, flags);
+    } catch {
+      throw invalid("bad regular expression");
+    }
+    this.objects.push(regexp);
+    return regexp;
+  }
+
+  map(depth: number): Map<unknown, unknown> {
+    const count = this.input.varint();
+    const what = `a Map of ${count} entries`;
+    // An entry is a key and a value: two elements.
+    this.reserve(2 * count, COST.MAP_ENTRY / 2, what);
+    this.charge(COST.MAP, what);
+    const map = new Map();
+    this.objects.push(map);
+    for (let i = 0; i < count; i++) {
+      this.charge(COST.MAP_ENTRY, what);
+      const k = this.value(depth + 1);
+      map.set(k, this.value(depth + 1));
+    }
+    return map;
+  }
+
+  set(depth: number): Set<unknown> {
+    const count = this.input.varint();
+    const what = `a Set of ${count} items`;
+    this.reserve(count, COST.SET_ENTRY, what);
+    this.charge(COST.SET, what);
+    const set = new Set();
+    this.objects.push(set);
+    for (let i = 0; i < count; i++) {
+      this.charge(COST.SET_ENTRY, what);
+      set.add(this.value(depth + 1));
+    }
+    return set;
+  }
+
+  bufferAt(index: number): ArrayBuffer {
+    if (index >= this.specs.length) {
+      throw invalid(`blob ${index} does not exist`);
+    }
+    return this.buffers[index] ??= this.blob(index);
+  }
+
+  arrayBuffer(): ArrayBuffer {
+    this.charge(COST.ARRAY_BUFFER, "an ArrayBuffer");
+    const index = this.input.varint();
+    const buffer = this.bufferAt(index);
+    if (this.specs[index].start !== 0) {
+      throw invalid("an ArrayBuffer blob must start at 0");
+    }
+    this.objects.push(buffer);
+    return buffer;
+  }
+
+  view(): ArrayBufferView {
+    this.charge(COST.VIEW, "a typed array");
+    const input = this.input;
+    const kind = input.u8();
+    const Ctor = VIEW_KINDS[kind];
+    if (Ctor === undefined) throw invalid(`unknown view kind ${kind}`);
+    const index = input.varint();
+    const offset = input.varint();
+    const length = input.varint();
+    const buffer = this.bufferAt(index);
+    const spec = this.specs[index];
+    const size = kind === 0 ? 1 : Ctor.BYTES_PER_ELEMENT!;
+    const relative = offset - spec.start;
+    if (
+      relative < 0 || relative % size !== 0 ||
+      relative + length * size > spec.length
+    ) {
+      throw invalid("view outside its blob");
+    }
+    // The blob starts where the first view of it did; alignment within
+    // it follows the original buffer's when the start was aligned.
+    let view: ArrayBufferView;
+    try {
+      view = new Ctor(buffer, relative, length);
+    } catch {
+      throw invalid("misaligned view");
+    }
+    this.objects.push(view);
+    return view;
+  }
+
+  error(depth: number): Error {
+    this.charge(COST.ERROR, "an Error");
+    const input = this.input;
+    const name = this.string("an error name");
+    const message = this.string("an error message");
+    const Class = ERROR_CLASSES[name];
+    if (Class === undefined) throw invalid(`unknown error type ${name}`);
+    const error = new Class(message);
+    this.objects.push(error);
+    const hasStack = input.u8();
+    if (hasStack === 1) {
+      Object.defineProperty(error, "stack", {
+        value: this.string("an error stack"),
+        writable: true,
+        configurable: true,
+      });
+    } else if (hasStack !== 0) {
+      throw invalid("bad error flag");
+    }
+    const hasCause = input.u8();
+    if (hasCause === 1) {
+      Object.defineProperty(error, "cause", {
+        value: this.value(depth + 1),
+        writable: true,
+        configurable: true,
+      });
+    } else if (hasCause !== 0) {
+      throw invalid("bad error flag");
+    }
+    return error;
+  }
+
+  ref(): unknown {
+    const index = this.input.varint();
+    if (index >= this.objects.length) {
+      throw invalid(`reference to object ${index} not yet seen`);
+    }
+    return this.objects[index];
+  }
+
+  boxed(depth: number): object {
+    this.charge(COST.BOXED, "a boxed primitive");
+    const at = this.objects.length;
+    this.objects.push(undefined);
+    const inner = this.value(depth + 1);
+    if (
+      typeof inner !== "number" && typeof inner !== "string" &&
+      typeof inner !== "boolean" && typeof inner !== "bigint"
+    ) {
+      throw invalid("boxed value is not a primitive");
+    }
+    const boxed = Object(inner);
+    this.objects[at] = boxed;
+    return boxed;
+  }
+}
+
+/**
+ * Decodes a value tree. `blob(i)` returns blob `i`'s bytes as a fresh
+ * ArrayBuffer (called at most once per blob). What the value would build
+ * is checked against `limits` as it goes, each container and string
+ * before it is allocated; going over throws `Deno.errors.InvalidData`
+ * naming the limit.
+ */
+export function decode(
+  head: Uint8Array,
+  treeLength: number,
+  specs: BlobSpec[],
+  blob: (index: number) => ArrayBuffer,
+  hooks: EndpointHooks,
+  limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
+): unknown {
+  const input = new Reader(head, 0, treeLength);
+  const decoder = new Decoder(input, specs, blob, hooks, limits);
+  const value = decoder.value(0);
   if (input.pos !== treeLength) throw invalid("bytes after the value");
   return value;
 }

@@ -323,6 +323,9 @@ export function markSocket(
   check("bind", libc().bind(fd, addr, 3 + name.byteLength));
 }
 
+/** The largest capacity a channel has (its `MAX_CAPACITY`). */
+const MAX_MARK_CAPACITY = 1_000_000;
+
 /** Reads a channel end's mark, or `null` when the socket has none. */
 export function readMark(
   abstract: string | undefined,
@@ -332,11 +335,14 @@ export function readMark(
     abstract,
   );
   if (match === null) return null;
+  // The name is the peer's to choose: a mode or capacity that no channel
+  // end has is no mark.
   const capacity = Number(match[3]);
-  if (capacity < 1) return null;
+  const mode = Number(match[2]);
+  if (capacity < 1 || capacity > MAX_MARK_CAPACITY || mode > 1) return null;
   return {
     role: match[1] as "s" | "r",
-    mode: Number(match[2]),
+    mode,
     capacity,
   };
 }

@@ -180,23 +180,39 @@ export function closeAll(fds: readonly number[]): void {
   for (const fd of fds) lib.close(fd);
 }
 
+/** What a control buffer holds. */
+export interface ParsedControl {
+  /** The SCM_RIGHTS fds found: this process holds each of them now. */
+  fds: number[];
+  /** What is wrong with the buffer, or `""` when nothing is. */
+  malformed: string;
+}
+
 /**
- * Walks the control buffer and collects SCM_RIGHTS fds, checking every
- * length against the buffer. Throws (after closing what was found) when the
- * buffer is malformed.
+ * Walks `length` bytes of control messages at `at` in `view` and collects
+ * the SCM_RIGHTS fds, checking every length against the buffer: it never
+ * reads outside `[at, at + length)`. A malformed buffer still reports the
+ * fds found up to the fault, so that the caller can close them.
  */
-function collectFds(controlBytes: number, fds: number[]): void {
-  let at = 0;
+export function parseControl(
+  view: DataView,
+  at: number,
+  length: number,
+): ParsedControl {
+  const fds: number[] = [];
   let malformed = "";
-  while (at + CMSGHDR.size <= controlBytes) {
-    const lenBig = areaView.getBigUint64(CONTROL_AT + at + CMSGHDR.len, true);
-    if (lenBig < BigInt(CMSGHDR.size) || lenBig > BigInt(controlBytes - at)) {
-      malformed = `control message length ${lenBig} at offset ${at}`;
+  let offset = 0;
+  while (offset + CMSGHDR.size <= length) {
+    const lenBig = view.getBigUint64(at + offset + CMSGHDR.len, true);
+    if (
+      lenBig < BigInt(CMSGHDR.size) || lenBig > BigInt(length - offset)
+    ) {
+      malformed = `control message length ${lenBig} at offset ${offset}`;
       break;
     }
     const len = Number(lenBig);
-    const level = areaView.getInt32(CONTROL_AT + at + CMSGHDR.level, true);
-    const type = areaView.getInt32(CONTROL_AT + at + CMSGHDR.type, true);
+    const level = view.getInt32(at + offset + CMSGHDR.level, true);
+    const type = view.getInt32(at + offset + CMSGHDR.type, true);
     if (level === SOCK.SOL_SOCKET && type === SOCK.SCM_RIGHTS) {
       const payload = len - CMSGHDR.size;
       if (payload % 4 !== 0) {
@@ -204,27 +220,34 @@ function collectFds(controlBytes: number, fds: number[]): void {
         // The whole ints in it are still fds this process now holds.
       }
       for (let i = 0; i + 4 <= payload; i += 4) {
-        const received = areaView.getInt32(
-          CONTROL_AT + at + CMSGHDR.size + i,
-          true,
-        );
+        const received = view.getInt32(at + offset + CMSGHDR.size + i, true);
         if (received >= 0) fds.push(received);
         else malformed = `negative fd ${received}`;
       }
       if (fds.length > MAX_FDS) malformed = `${fds.length} fds in one message`;
       if (malformed !== "") break;
     }
-    at += (len + 7) & ~7;
+    offset += (len + 7) & ~7;
   }
+  return { fds, malformed };
+}
+
+/**
+ * Collects the SCM_RIGHTS fds of the control buffer. Throws (after closing
+ * what was found) when the buffer is malformed.
+ */
+function collectFds(controlBytes: number): number[] {
+  const { fds, malformed } = parseControl(areaView, CONTROL_AT, controlBytes);
   if (malformed !== "") {
     closeAll(fds);
-    const count = fds.length;
-    fds.length = 0;
     throw new TypeError(
       `Cannot receive on socket: malformed control data: ${malformed}` +
-        (count > 0 ? `; the ${count} fds that arrived were closed` : ""),
+        (fds.length > 0
+          ? `; the ${fds.length} fds that arrived were closed`
+          : ""),
     );
   }
+  return fds;
 }
 
 /**
@@ -273,10 +296,9 @@ export function receiveMessage(
   const msgFlags = areaView.getInt32(HDR_AT + MSGHDR.flags, true);
   const controlLen = areaView.getUint32(HDR_AT + MSGHDR.controllen, true) +
     areaView.getUint32(HDR_AT + MSGHDR.controllen + 4, true) * 0x1_0000_0000;
-  const fds: number[] = [];
   // The kernel never reports more control data than it was offered; if it
   // did, only the offered part is read.
-  if (controlLen > 0) collectFds(Math.min(controlLen, offered), fds);
+  const fds = controlLen > 0 ? collectFds(Math.min(controlLen, offered)) : [];
   if (fds.length > maxFds || (msgFlags & MSG.CTRUNC) !== 0) {
     closeAll(fds);
     throw new RangeError(

@@ -49,11 +49,14 @@ import { closeAll, receiveMessage } from "./_scm.ts";
 import {
   type BlobSpec,
   decode,
+  type DecodeLimits,
+  DEFAULT_LIMITS,
   encode,
   type EndpointHooks,
   invalid,
   readBlobTable,
   type Reader,
+  resolveLimits,
   type Writer,
 } from "./_channel_codec.ts";
 import {
@@ -118,6 +121,17 @@ export interface ChannelOptions {
    * receiver) before `send()` waits. Default 64, at most 1_000_000.
    */
   capacity?: number;
+}
+
+export type { DecodeLimits };
+
+/** Options for {@linkcode channel}. */
+export interface ValueChannelOptions extends ChannelOptions {
+  /**
+   * What decoding one message may build, for the receiver: see
+   * {@linkcode Receiver.limits}. Fields left out keep their defaults.
+   */
+  limits?: DecodeLimits;
 }
 
 /** Options for {@linkcode Sender.send}. */
@@ -839,6 +853,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #pending = 0;
   #ref = true;
   #maxMessage = MAX_MESSAGE;
+  #limits = DEFAULT_LIMITS;
   #readable: ReadableStream<T> | undefined;
 
   /** @internal Use {@linkcode channel} or `fromFd()`. */
@@ -882,6 +897,36 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       );
     }
     this.#maxMessage = value;
+  }
+
+  /**
+   * What decoding one message may build: its estimated memory
+   * (`maxBytes`, default 256 MiB, not counting the bytes of typed arrays
+   * and `ArrayBuffer`s), its elements (`maxElements`, default 2^24) and
+   * its nesting (`maxDepth`, default and at most 1000). A few bytes on the
+   * wire can ask for much more (an empty object is 2 bytes), so a message
+   * that would build more fails with `InvalidData`, before it is built,
+   * and drops its sender. Setting it checks every field (a positive
+   * integer); fields left out take their defaults.
+   *
+   * @example Accept larger values
+   * ```ts
+   * import { channel } from "@conduit/ipc/channel";
+   *
+   * const [tx, rx] = channel<number[]>();
+   * rx.limits = { maxElements: 100_000_000, maxBytes: 2 ** 31 };
+   * await tx.send([1, 2, 3]);
+   * console.log(await rx.recv()); // [ 1, 2, 3 ]
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  get limits(): Readonly<Required<DecodeLimits>> {
+    return this.#limits;
+  }
+
+  set limits(value: DecodeLimits) {
+    this.#limits = resolveLimits(value, "set limits of Receiver");
   }
 
   #assertOpen(): void {
@@ -1136,7 +1181,12 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         blobBytes = total - headLength;
         source = memfd;
       }
-      const specs: BlobSpec[] = readBlobTable(head, treeLength, blobBytes);
+      const specs: BlobSpec[] = readBlobTable(
+        head,
+        treeLength,
+        blobBytes,
+        this.#limits,
+      );
       const offsets: number[] = [];
       let at = blobsAt;
       for (const spec of specs) {
@@ -1152,7 +1202,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         }
         return source.slice(offsets[index], offsets[index] + length).buffer;
       };
-      const value = decode(head, treeLength, specs, blob, incoming);
+      const value = decode(
+        head,
+        treeLength,
+        specs,
+        blob,
+        incoming,
+        this.#limits,
+      );
       if (incoming.used.some((used) => !used)) {
         throw invalid("fds that no endpoint in the value names");
       }
@@ -1304,7 +1361,7 @@ function withDispose<T>(pair: [Sender<T>, Receiver<T>]): Channel<T> {
  * child (`spawn({ fds })`, rebuilt there by `fromFd()`).
  *
  * @typeParam T The message type.
- * @param options The capacity of each sender.
+ * @param options The capacity of each sender, the receiver's limits.
  * @returns The sender and the receiver; `using` closes both.
  *
  * @example A bounded channel
@@ -1317,9 +1374,12 @@ function withDispose<T>(pair: [Sender<T>, Receiver<T>]): Channel<T> {
  * console.log((await rx.recv()).bytes.length); // 8
  * ```
  */
-export function channel<T>(options: ChannelOptions = {}): Channel<T> {
+export function channel<T>(options: ValueChannelOptions = {}): Channel<T> {
   const capacity = checkCapacity(options.capacity, "create channel");
-  return withDispose(makePair<T>(capacity, MODE_VALUE));
+  const limits = resolveLimits(options.limits, "create channel");
+  const pair = makePair<T>(capacity, MODE_VALUE);
+  pair[1].limits = limits;
+  return withDispose(pair);
 }
 
 /**

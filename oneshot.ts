@@ -32,7 +32,13 @@
 import { libc } from "./ffi/libc.ts";
 import { FRAME, header, sendFrame } from "./_channel_wire.ts";
 import { OwnedFd } from "./ffi/fd.ts";
-import { type ChannelOptions, Receiver, Sender } from "./channel.ts";
+import {
+  type ChannelOptions,
+  type DecodeLimits,
+  Receiver,
+  Sender,
+} from "./channel.ts";
+import { resolveLimits } from "./_channel_codec.ts";
 
 // The channel's modes: values, or bytes without serialization.
 const MODE_VALUE = 0;
@@ -67,6 +73,12 @@ export interface ServerOptions {
    * this process's own user (`getuid()`).
    */
   allowUid?: (uid: number) => boolean;
+  /**
+   * What decoding one message may build, for every receiver the server
+   * returns (see `Receiver.limits`); `OneShotServer.accept` decodes the
+   * first message under them. Fields left out keep their defaults.
+   */
+  limits?: DecodeLimits;
 }
 
 function randomName(): string {
@@ -121,6 +133,7 @@ async function acceptClient<T>(
   listener: UnixListener,
   signal: AbortSignal,
   allowUid: (uid: number) => boolean,
+  decodeLimits: DecodeLimits,
 ): Promise<Receiver<T>> {
   for (;;) {
     const conn = await listener.accept({ signal });
@@ -134,11 +147,13 @@ async function acceptClient<T>(
       throw error;
     }
     // Until the hello arrives, every message is acknowledged.
-    return new Receiver<T>([{
+    const rx = new Receiver<T>([{
       fd: new OwnedFd(conn._release(), "Receiver"),
       capacity: 1,
       unacked: 0,
     }]);
+    rx.limits = decodeLimits;
+    return rx;
   }
 }
 
@@ -152,10 +167,17 @@ function listenOnRandomName(options: ServerOptions): {
   name: string;
   listener: UnixListener;
   allow: (uid: number) => boolean;
+  decodeLimits: DecodeLimits;
 } {
+  const decodeLimits = resolveLimits(options.limits, "create server");
   const name = randomName();
   const listener = listen({ abstract: name, type: "seqpacket" });
-  return { name, listener, allow: options.allowUid ?? sameUser() };
+  return {
+    name,
+    listener,
+    allow: options.allowUid ?? sameUser(),
+    decodeLimits,
+  };
 }
 
 /**
@@ -187,15 +209,21 @@ export class OneShotServer<T> implements Disposable {
   #listener: UnixListener;
   #name: string;
   #allow: (uid: number) => boolean;
+  #decodeLimits: DecodeLimits;
 
   /**
    * Starts listening on a fresh random name.
    *
-   * @param options Who may connect (default: this user only).
+   * @param options Who may connect (default: this user only), and the
+   * receivers' decode limits.
    */
   constructor(options: ServerOptions = {}) {
-    ({ name: this.#name, listener: this.#listener, allow: this.#allow } =
-      listenOnRandomName(options));
+    ({
+      name: this.#name,
+      listener: this.#listener,
+      allow: this.#allow,
+      decodeLimits: this.#decodeLimits,
+    } = listenOnRandomName(options));
   }
 
   /** The name to pass to {@linkcode connectOneShot}: unguessable. */
@@ -222,7 +250,12 @@ export class OneShotServer<T> implements Disposable {
       let signal: AbortSignal;
       ({ signal, done } = limits(options, "accept on OneShotServer"));
       signal.throwIfAborted();
-      const rx = await acceptClient<T>(listener, signal, this.#allow);
+      const rx = await acceptClient<T>(
+        listener,
+        signal,
+        this.#allow,
+        this.#decodeLimits,
+      );
       listener.close();
       try {
         const first = await rx.recv({ signal });
@@ -280,15 +313,21 @@ export class ChannelServer<T>
   #listener: UnixListener;
   #name: string;
   #allow: (uid: number) => boolean;
+  #decodeLimits: DecodeLimits;
 
   /**
    * Starts listening on a fresh random name.
    *
-   * @param options Who may connect (default: this user only).
+   * @param options Who may connect (default: this user only), and the
+   * receivers' decode limits.
    */
   constructor(options: ServerOptions = {}) {
-    ({ name: this.#name, listener: this.#listener, allow: this.#allow } =
-      listenOnRandomName(options));
+    ({
+      name: this.#name,
+      listener: this.#listener,
+      allow: this.#allow,
+      decodeLimits: this.#decodeLimits,
+    } = listenOnRandomName(options));
   }
 
   /** The name to pass to {@linkcode connectOneShot}: unguessable. */
@@ -312,7 +351,12 @@ export class ChannelServer<T>
     const { signal, done } = limits(options, "accept on ChannelServer");
     try {
       signal.throwIfAborted();
-      return await acceptClient<T>(this.#listener, signal, this.#allow);
+      return await acceptClient<T>(
+        this.#listener,
+        signal,
+        this.#allow,
+        this.#decodeLimits,
+      );
     } finally {
       done();
     }

@@ -14,9 +14,9 @@
 
 import { libc } from "../ffi/libc.ts";
 import { ERRNO, errno, systemError } from "../ffi/errors.ts";
-import { CMSGHDR, cmsgSpace, MSG, MSGHDR, SOCK } from "../ffi/layout.ts";
+import { cmsgSpace, MSG, MSGHDR, SOCK } from "../ffi/layout.ts";
 import { addressOf, pointerOf, stableBuffer } from "../ffi/mem.ts";
-import { writeRights } from "../_scm.ts";
+import { closeAll, parseControl, writeRights } from "../_scm.ts";
 
 /** "CQE1" little-endian: a conduit queue end. */
 export const HELLO_MAGIC = 0x31455143;
@@ -104,6 +104,7 @@ export function peekHello(fd: number): Hello | null {
     throw systemError("recvmsg", code, `peek at fd ${fd}`);
   }
   const fds = receivedFds();
+  if (fds === null) return null;
   const flags = view.getInt32(HDR_AT + MSGHDR.flags, true);
   const ok = n === HELLO_SIZE &&
     (flags & (MSG.TRUNC | MSG.CTRUNC)) === 0 &&
@@ -123,28 +124,17 @@ export function peekHello(fd: number): Hello | null {
   return { role: view.getUint32(DATA_AT + 8, true), fds };
 }
 
-// The fds in the control buffer, every length checked against the buffer.
-function receivedFds(): number[] {
-  const fds: number[] = [];
+// The fds in the control buffer, every length checked against the buffer;
+// `null` (having closed them) when the buffer is malformed.
+function receivedFds(): number[] | null {
   const controlLen = Math.min(
     Number(view.getBigUint64(HDR_AT + MSGHDR.controllen, true)),
     CONTROL_SIZE,
   );
-  let at = 0;
-  while (at + CMSGHDR.size <= controlLen) {
-    const len = Number(view.getBigUint64(CONTROL_AT + at + CMSGHDR.len, true));
-    if (len < CMSGHDR.size || at + len > controlLen) break;
-    const level = view.getInt32(CONTROL_AT + at + CMSGHDR.level, true);
-    const type = view.getInt32(CONTROL_AT + at + CMSGHDR.type, true);
-    if (level === SOCK.SOL_SOCKET && type === SOCK.SCM_RIGHTS) {
-      const count = Math.floor((len - CMSGHDR.size) / 4);
-      for (let i = 0; i < count; i++) {
-        fds.push(view.getInt32(CONTROL_AT + at + CMSGHDR.size + 4 * i, true));
-      }
-    }
-    at += (len + 7) & ~7;
-  }
-  return fds;
+  const { fds, malformed } = parseControl(view, CONTROL_AT, controlLen);
+  if (malformed === "") return fds;
+  closeAll(fds);
+  return null;
 }
 
 const bell = new Uint8Array(new ArrayBuffer(64));

@@ -166,6 +166,17 @@ export async function withTimeout<T>(
   }
 }
 
+/** `n` as an unsigned LEB128 varint, as the channel codec writes counts. */
+export function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80);
+    n = Math.floor(n / 0x80);
+  }
+  out.push(n);
+  return out;
+}
+
 /** Resolves after `ms` milliseconds. */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,411 @@
+import assert from "node:assert/strict";
+import {
+  channel,
+  ChannelClosedError,
+  ChannelServer,
+  connectOneShot,
+  OneShotServer,
+} from "../mod.ts";
+import {
+  DEFAULT_LIMITS,
+  MAX_DEPTH,
+  resolveLimits,
+  TAG,
+  writerCapacity,
+} from "../_channel_codec.ts";
+import { decodeSample, type Sample, sampleOf, treeSample } from "./_fuzz.ts";
+import {
+  fixture,
+  runDeno,
+  SANITIZE,
+  test,
+  varint,
+  withTimeout,
+} from "./_util.ts";
+
+const MiB = 1024 * 1024;
+
+/** Asserts that decoding `sample` fails with InvalidData naming `limit`. */
+function assertOverLimit(
+  sample: Sample,
+  limit: string,
+  limits?: Parameters<typeof decodeSample>[1],
+): void {
+  assert.throws(
+    () => decodeSample(sample, limits),
+    (error: Error) => {
+      assert.ok(error instanceof Deno.errors.InvalidData, String(error));
+      assert.match(error.message, new RegExp(`limits\\.${limit} \\(\\d+\\)`));
+      return true;
+    },
+  );
+}
+
+test(
+  "a sparse array longer than limits.maxElements is refused at its header, before it is built",
+  () => {
+    // 20M holes: 20 MB on the wire, an array of 20M slots (160 MB) once
+    // built.
+    const n = 20_000_000;
+    const tree = new Uint8Array(1 + 4 + n);
+    tree.set([TAG.ARRAY, ...varint(n)]);
+    tree.fill(TAG.HOLE, 1 + varint(n).length);
+    assertOverLimit(
+      treeSample(tree.subarray(0, 1 + varint(n).length + n)),
+      "maxElements",
+    );
+    // The count is checked before the bytes behind it: a 128 MiB array
+    // declared in 5 bytes fails on its limit, not on the missing items.
+    assertOverLimit(
+      treeSample([TAG.ARRAY, ...varint(128 * MiB)]),
+      "maxElements",
+    );
+    // A receiver that raises the limit gets the array, holes and all.
+    const got = decodeSample(
+      treeSample([
+        TAG.ARRAY,
+        5,
+        TAG.HOLE,
+        TAG.INT,
+        2,
+        TAG.HOLE,
+        TAG.HOLE,
+        TAG.HOLE,
+      ]),
+      // The array and its five slots.
+      { maxElements: 6 },
+    ) as unknown[];
+    assert.equal(got.length, 5);
+    assert.deepEqual(Object.keys(got), ["1"]);
+    assertOverLimit(
+      treeSample([
+        TAG.ARRAY,
+        5,
+        TAG.HOLE,
+        TAG.INT,
+        2,
+        TAG.HOLE,
+        TAG.HOLE,
+        TAG.HOLE,
+      ]),
+      "maxElements",
+      { maxElements: 5 },
+    );
+  },
+);
+
+test(
+  "a bigint over limits.maxBytes is refused before its digits are read",
+  () => {
+    // 128 MiB of magnitude, declared in 7 bytes: refused on its size, not
+    // on the missing digits.
+    assertOverLimit(
+      treeSample([TAG.BIGINT, 0, ...varint(128 * MiB)]),
+      "maxBytes",
+    );
+    const n = 256 * 1024;
+    const tree = new Uint8Array(2 + varint(n).length + n);
+    tree.set([TAG.BIGINT, 1, ...varint(n)]);
+    tree.fill(0x5a, 2 + varint(n).length);
+    assertOverLimit(treeSample(tree), "maxBytes", { maxBytes: MiB });
+    const got = decodeSample(treeSample(tree), { maxBytes: 2 * MiB });
+    assert.equal(got, -BigInt("0x" + "5a".repeat(n)));
+  },
+);
+
+test(
+  "many cheap empty objects stop at limits.maxBytes, and many values at limits.maxElements, whatever the counts of each container",
+  () => {
+    // Arrays of 1000 empty objects (2 bytes each on the wire), none above
+    // any limit on its own.
+    const inner = [TAG.ARRAY, ...varint(1000)];
+    for (let i = 0; i < 1000; i++) inner.push(TAG.OBJECT, 0);
+    const tree = [TAG.ARRAY, ...varint(100)];
+    for (let i = 0; i < 100; i++) tree.push(...inner);
+    const sample = treeSample(tree);
+    // 100,000 objects of 64 bytes or more are over 4 MiB.
+    assertOverLimit(sample, "maxBytes", { maxBytes: 4 * MiB });
+    assertOverLimit(sample, "maxElements", { maxElements: 50_000 });
+    const got = decodeSample(sample, { maxBytes: 64 * MiB }) as unknown[][];
+    assert.equal(got.length, 100);
+    assert.deepEqual(got[99][999], {});
+  },
+);
+
+test(
+  "maps, sets, objects and blob tables declaring more entries than the limits allow are refused before any is built",
+  () => {
+    const huge = varint(2 ** 40);
+    for (const tag of [TAG.MAP, TAG.SET, TAG.OBJECT]) {
+      assertOverLimit(treeSample([tag, ...huge]), "maxElements");
+    }
+    // A blob table of 2^40 entries behind a one-value tree.
+    assertOverLimit(
+      {
+        head: new Uint8Array([TAG.NULL, ...huge]),
+        treeLength: 1,
+        blobs: new Uint8Array(0),
+      },
+      "maxElements",
+    );
+    // A string is charged before it is decoded.
+    const text = new TextEncoder().encode("x".repeat(1000));
+    assertOverLimit(
+      treeSample([TAG.STRING, ...varint(text.length), ...text]),
+      "maxBytes",
+      { maxBytes: 1000 },
+    );
+  },
+);
+
+test(
+  "nesting deeper than limits.maxDepth is refused, and no receiver takes deeper than senders write",
+  () => {
+    const nested = (depth: number) => {
+      const tree: number[] = [];
+      for (let i = 0; i < depth; i++) tree.push(TAG.ARRAY, 1);
+      tree.push(TAG.NULL);
+      return treeSample(tree);
+    };
+    assert.deepEqual(decodeSample(nested(3), { maxDepth: 3 }), [[[null]]]);
+    assertOverLimit(nested(4), "maxDepth", { maxDepth: 3 });
+    decodeSample(nested(MAX_DEPTH));
+    assertOverLimit(nested(MAX_DEPTH + 1), "maxDepth");
+  },
+);
+
+test(
+  "limits are checked when set: positive integers, maxDepth at most 1000, defaults for fields left out",
+  () => {
+    assert.equal(resolveLimits(undefined, "x"), DEFAULT_LIMITS);
+    assert.deepEqual(resolveLimits({ maxElements: 7 }, "x"), {
+      ...DEFAULT_LIMITS,
+      maxElements: 7,
+    });
+    for (
+      const bad of [
+        { maxBytes: 0 },
+        { maxElements: -1 },
+        { maxElements: 1.5 },
+        { maxBytes: NaN },
+        { maxDepth: MAX_DEPTH + 1 },
+        { maxBytes: "1" as unknown as number },
+      ]
+    ) {
+      assert.throws(
+        () => channel({ limits: bad }),
+        /Cannot create channel: limits\.max\w+ must be an integer from 1 to/,
+        JSON.stringify(bad),
+      );
+    }
+    const [tx, rx] = channel({ limits: { maxDepth: 10 } });
+    try {
+      assert.deepEqual(rx.limits, { ...DEFAULT_LIMITS, maxDepth: 10 });
+      rx.limits = { maxBytes: 4096 };
+      assert.deepEqual(rx.limits, { ...DEFAULT_LIMITS, maxBytes: 4096 });
+      assert.throws(() => {
+        rx.limits = { maxElements: 0 };
+      }, RangeError);
+      assert.deepEqual(rx.limits, { ...DEFAULT_LIMITS, maxBytes: 4096 });
+    } finally {
+      tx.close();
+      rx.close();
+    }
+  },
+);
+
+test(
+  "channel({ limits }): a message over its receiver's limits fails recv() with InvalidData naming the limit and drops its sender",
+  async () => {
+    const [tx, rx] = channel<unknown>({ limits: { maxElements: 100 } });
+    const [tx2, rx2] = channel<unknown>();
+    try {
+      const big = new Array(1000).fill(0);
+      await tx.send(big);
+      await assert.rejects(
+        withTimeout(rx.recv(), 10_000, "recv"),
+        (error: Error) =>
+          error instanceof Deno.errors.InvalidData &&
+          /limits\.maxElements \(100\)/.test(error.message),
+      );
+      await assert.rejects(rx.recv(), ChannelClosedError);
+      // Within the defaults, the same value arrives.
+      await tx2.send(big);
+      assert.deepEqual(await withTimeout(rx2.recv(), 10_000, "recv"), big);
+    } finally {
+      for (const end of [tx, rx, tx2, rx2]) end.close();
+    }
+  },
+);
+
+test(
+  "servers decode under their limits option: OneShotServer's first message, and every ChannelServer receiver",
+  async () => {
+    const big = new Array(1000).fill(0);
+    {
+      using server = new OneShotServer<unknown>({
+        limits: { maxElements: 100 },
+      });
+      const accepting = server.accept({ timeout: 10_000 });
+      const tx = await connectOneShot<unknown>(server.name);
+      try {
+        await tx.send(big);
+        await assert.rejects(
+          accepting,
+          (error: Error) =>
+            error instanceof Deno.errors.InvalidData &&
+            /limits\.maxElements \(100\)/.test(error.message),
+        );
+      } finally {
+        tx.close();
+      }
+    }
+    using server = new ChannelServer<unknown>({ limits: { maxDepth: 5 } });
+    const accepting = server.accept({ timeout: 10_000 });
+    const tx = await connectOneShot<unknown>(server.name);
+    const rx = await accepting;
+    try {
+      assert.deepEqual(rx.limits, { ...DEFAULT_LIMITS, maxDepth: 5 });
+      await tx.send(big);
+      assert.deepEqual(await withTimeout(rx.recv(), 10_000, "recv"), big);
+    } finally {
+      tx.close();
+      rx.close();
+    }
+    assert.throws(
+      () => new ChannelServer({ limits: { maxDepth: 0 } }),
+      /Cannot create server: limits\.maxDepth/,
+    );
+  },
+);
+
+/** Runs one attack of `decode_attack.ts` in a child with a bounded heap. */
+async function attack(name: string): Promise<Record<string, string>> {
+  const run = await runDeno(
+    [
+      "run",
+      "--allow-ffi",
+      "--v8-flags=--max-old-space-size=768",
+      fixture("decode_attack.ts"),
+      name,
+    ],
+    120_000,
+    `attack ${name}`,
+  );
+  assert.equal(
+    run.code,
+    0,
+    `attack ${name}: the receiver died (${
+      run.signal ?? run.code
+    }): ${run.stderr}`,
+  );
+  return JSON.parse(run.stdout);
+}
+
+for (
+  const [name, limit] of [
+    ["empty-objects", "maxBytes"],
+    ["sparse-array", "maxElements"],
+    ["bigint", "maxBytes"],
+  ]
+) {
+  Deno.test({
+    name:
+      `a receiver with default limits refuses the ${name} attack (cheap on the wire, huge once decoded) with InvalidData, within a 768 MB heap`,
+    ...SANITIZE,
+    permissions: { run: true },
+    async fn() {
+      const report = await attack(name);
+      assert.equal(report.outcome, "error", JSON.stringify(report));
+      assert.equal(report.name, "InvalidData", JSON.stringify(report));
+      assert.match(report.message, new RegExp(`limits\\.${limit}`));
+    },
+  });
+}
+
+test(
+  "a bigint of 1 MiB round-trips (encode and decode are linear in its length)",
+  () => {
+    const n = MiB;
+    const magnitude = BigInt("0x" + "c3".repeat(n - 1) + "7f");
+    for (const v of [magnitude, -magnitude, magnitude + 1n]) {
+      const sample = sampleOf(v);
+      assert.equal(decodeSample(sample, { maxBytes: 8 * MiB }), v);
+    }
+    // The wire holds its bytes least significant first.
+    const sample = sampleOf(magnitude);
+    assert.deepEqual(Array.from(sample.head.subarray(0, 6)), [
+      TAG.BIGINT,
+      0,
+      ...varint(n),
+      0x7f,
+    ]);
+    for (
+      const v of [
+        0n,
+        1n,
+        -1n,
+        15n,
+        16n,
+        255n,
+        256n,
+        -(2n ** 64n),
+        2n ** 1000n - 1n,
+        0xabcn,
+      ]
+    ) {
+      assert.equal(decodeSample(sampleOf(v)), v);
+    }
+  },
+);
+
+test(
+  "the codec's shared writer returns to its size after a large message",
+  () => {
+    const small = writerCapacity();
+    sampleOf({ text: "x".repeat(4 * MiB) });
+    assert.equal(writerCapacity(), small);
+    // Also when encoding fails part way.
+    assert.throws(
+      () => sampleOf(["y".repeat(4 * MiB), () => {}]),
+      (e: Error) => e.name === "DataCloneError",
+    );
+    assert.equal(writerCapacity(), small);
+  },
+);
+
+test(
+  "an Error named after an Object.prototype member (toString, constructor, ...) is InvalidData, not a TypeError",
+  () => {
+    const utf8 = (s: string) => {
+      const b = new TextEncoder().encode(s);
+      return [b.length, ...b];
+    };
+    for (
+      const name of [
+        "toString",
+        "constructor",
+        "hasOwnProperty",
+        "valueOf",
+        "__proto__",
+      ]
+    ) {
+      assert.throws(
+        () =>
+          decodeSample(
+            treeSample([TAG.ERROR, ...utf8(name), ...utf8("m"), 0, 0]),
+          ),
+        (e: Error) =>
+          e instanceof Deno.errors.InvalidData &&
+          e.message.includes(`unknown error type ${name}`),
+        name,
+      );
+      // Such an error is sent as a plain Error.
+      const error = new Error("m");
+      error.name = name;
+      const got = decodeSample(sampleOf(error)) as Error;
+      assert.ok(got instanceof Error && got.constructor === Error, name);
+      assert.equal(got.message, "m");
+    }
+  },
+);
