@@ -261,26 +261,6 @@ export class ChildProcess implements AsyncDisposable {
     }
   }
 
-  #killAndReap(info: Uint8Array): void {
-    try {
-      this.#send(SIGNALS.SIGKILL);
-    } catch {
-      // It may be gone already; the reap below tells.
-    }
-    const lib = libc();
-    for (;;) {
-      const result = lib.waitid(
-        BigInt(SYS.waitid),
-        BigInt(WAIT.P_PIDFD),
-        BigInt(this.#pidfd.fd),
-        info,
-        BigInt(WAIT.WEXITED),
-        0n,
-      );
-      if (result !== -1 || errno() !== ERRNO.EINTR) return;
-    }
-  }
-
   async #reap(): Promise<ChildStatus> {
     const info = new Uint8Array(SIGINFO.size);
     const view = new DataView(info.buffer);
@@ -307,7 +287,12 @@ export class ChildProcess implements AsyncDisposable {
         } catch (error) {
           // Nothing else closes the pidfd, so the wait itself failed: end
           // the child rather than leave it running with nobody to reap it.
-          this.#killAndReap(info);
+          try {
+            this.#send(SIGNALS.SIGKILL);
+          } catch {
+            // It may be gone already; the reap below tells.
+          }
+          reapBlocking(WAIT.P_PIDFD, this.#pidfd.fd);
           throw error;
         }
       }
@@ -384,14 +369,19 @@ class Reserve implements Disposable {
  * signalled or reaped).
  */
 function killAndReap(pid: number): void {
+  libc().kill(pid, SIGNALS.SIGKILL);
+  reapBlocking(WAIT.P_PID, pid);
+}
+
+/** Waits (blocking) until a child that was sent SIGKILL is reaped. */
+function reapBlocking(idtype: number, id: number): void {
   const lib = libc();
-  lib.kill(pid, SIGNALS.SIGKILL);
   const info = new Uint8Array(SIGINFO.size);
   for (;;) {
     const result = lib.waitid(
       BigInt(SYS.waitid),
-      BigInt(WAIT.P_PID),
-      BigInt(pid),
+      BigInt(idtype),
+      BigInt(id),
       info,
       BigInt(WAIT.WEXITED),
       0n,
