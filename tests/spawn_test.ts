@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { pipe, spawn } from "../mod.ts";
 import { OwnedFd } from "../ffi/fd.ts";
+import { libc } from "../ffi/libc.ts";
 import {
   assertNoFdLeak,
   childPids,
@@ -418,5 +419,33 @@ Deno.test({
       if (pid !== 0 && childPids().includes(pid)) Deno.kill(pid, "SIGKILL");
     }
     await pollerIdle();
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() that cannot open a pidfd once the child runs kills and reaps that child before it throws",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(() => {
+      const lib = libc();
+      const symbols = lib as { pidfd_open: typeof lib.pidfd_open };
+      const pidfdOpen = lib.pidfd_open;
+      // Fails however often it is tried, as another thread taking the last
+      // free fd would make it.
+      symbols.pidfd_open = () => {
+        lib.close(-1); // sets errno (EBADF)
+        return -1;
+      };
+      try {
+        assert.throws(
+          () => spawn("sleep", { args: ["30"], stdout: "piped" }),
+          (e: unknown) => (e as { syscall?: string }).syscall === "pidfd_open",
+        );
+      } finally {
+        symbols.pidfd_open = pidfdOpen;
+      }
+      assert.deepEqual(childPids(), [], "the child was left behind");
+    });
   },
 });
