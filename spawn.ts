@@ -317,11 +317,12 @@ export class ChildProcess implements AsyncDisposable {
 /**
  * What spawn() needs once the child runs, acquired before it starts: a free
  * fd slot for the pidfd (an eventfd held until then) and the poller held
- * open, so watching the child needs no new fd.
+ * open (its own fds) by a registration of that eventfd, so watching the
+ * child needs no new fd.
  */
 class Reserve implements Disposable {
   #fd: number;
-  #hold: PollHandle;
+  #hold: PollHandle | undefined;
 
   constructor() {
     const lib = libc();
@@ -335,8 +336,10 @@ class Reserve implements Disposable {
   }
 
   /**
-   * Opens a pidfd for `pid`; when the fd table is full, frees the reserved
-   * slot and tries once more (another thread may still take it).
+   * Opens a pidfd for `pid`. When the fd table is full, gives back what it
+   * holds (the slot, and the poller's fds when nothing else keeps the poller
+   * open, which it reopens with them) and tries once more; another thread
+   * may still take them first.
    */
   pidfdOf(pid: number): number {
     const lib = libc();
@@ -347,8 +350,7 @@ class Reserve implements Disposable {
       if (code !== ERRNO.EMFILE && code !== ERRNO.ENFILE) {
         throw systemError("pidfd_open", code, `pid ${pid}`);
       }
-      lib.close(this.#fd);
-      this.#fd = -1;
+      this[Symbol.dispose]();
       pidfd = open();
     }
     if (pidfd === -1) throw systemError("pidfd_open", errno(), `pid ${pid}`);
@@ -356,8 +358,9 @@ class Reserve implements Disposable {
   }
 
   [Symbol.dispose](): void {
-    // The reserved fd was never armed, so the handle has nothing in epoll.
-    this.#hold.close();
+    // The eventfd was never armed, so the handle has nothing in epoll.
+    this.#hold?.close();
+    this.#hold = undefined;
     if (this.#fd !== -1) libc().close(this.#fd);
     this.#fd = -1;
   }
