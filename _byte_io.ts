@@ -7,60 +7,234 @@
  */
 
 import type { OwnedFd } from "./ffi/fd.ts";
+import { checkSpin, Spinner, untilReady } from "./ffi/spin.ts";
 
 /** Tries a read now: bytes read, `0` at EOF, `-1` when nothing is ready. */
 export type TryRead = (fd: number, into: Uint8Array) => number;
 /** Tries a write now: bytes written, `-1` when nothing fits. */
 export type TryWrite = (fd: number, from: Uint8Array) => number;
+/** Writes every byte, blocking the thread while nothing fits. */
+export type WriteAllBlocking = (fd: number, from: Uint8Array) => void;
 
 /** Options for a single read. */
 export interface ReadOptions {
   /**
-   * Microseconds to keep retrying a sync read before parking in the poller.
-   * A short spin cuts round-trip latency when the peer answers quickly, at
-   * the cost of CPU. Default 0.
+   * How a read that finds nothing waits before it parks in the poller, in
+   * µs. Omitted (the default): it spins only while recent spins were answered
+   * quickly, so a tight exchange never parks and slow or one-way traffic
+   * parks at once. `0`: never spin. A number up to 1,000,000: always spin
+   * that long first.
    */
   spin?: number;
 }
 
-/** Reads into `into`: bytes read, or `null` at EOF. Waits without blocking. */
-export async function readAsync(
+/**
+ * The spinner for one wait: a fixed one when `spin` is given, else the
+ * endpoint's own adaptive one (which keeps what it learnt across calls).
+ *
+ * @throws {TypeError|RangeError} When `spin` is not a valid spin option;
+ * `doing` starts the message, such as `"Cannot read from PipeReader"`.
+ */
+export function spinnerFor(
+  spin: number | undefined,
+  own: Spinner,
+  doing: string,
+): Spinner {
+  if (spin === undefined) return own;
+  return new Spinner(checkSpin(spin, doing));
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value !== "object") return typeof value;
+  return (value as { constructor?: { name?: string } }).constructor?.name ??
+    "object";
+}
+
+/**
+ * The bytes of `value` as a `Uint8Array` over the same memory: any typed
+ * array (of any element size) or `DataView` is written or filled byte for
+ * byte, exactly `byteLength` bytes.
+ *
+ * @throws {TypeError} When `value` is not an `ArrayBufferView`; `doing`
+ * starts the message, such as `"Cannot write to PipeWriter"`.
+ */
+export function asBytes(value: unknown, doing: string): Uint8Array {
+  if (value instanceof Uint8Array) return value;
+  if (ArrayBuffer.isView(value)) {
+    return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  }
+  throw new TypeError(
+    `${doing}: expected a Uint8Array or another ArrayBufferView, got ${
+      describe(value)
+    }`,
+  );
+}
+
+/**
+ * Reads into `into`: bytes read, or `null` at EOF. Tries now, then spins as
+ * `spinner` allows, then waits in the poller and tries again.
+ */
+export function readAsync(
   owner: OwnedFd,
   tryRead: TryRead,
   into: Uint8Array,
-  spin = 0,
+  spinner: Spinner,
 ): Promise<number | null> {
   if (into.byteLength === 0) {
-    owner.assertOpen();
-    return 0;
-  }
-  let deadline = spin > 0 ? performance.now() + spin / 1000 : 0;
-  for (;;) {
-    const n = tryRead(owner.fd, into);
-    if (n > 0) return n;
-    if (n === 0) return null;
-    if (deadline > 0) {
-      if (performance.now() < deadline) continue;
-      deadline = 0;
+    try {
+      owner.assertOpen();
+    } catch (error) {
+      return Promise.reject(error);
     }
-    await owner.wait("read");
+    return Promise.resolve(0);
   }
+  return untilReady(
+    () => {
+      const n = tryRead(owner.fd, into);
+      return n > 0 ? n : n === 0 ? null : undefined;
+    },
+    () => owner.wait("read"),
+    spinner,
+  );
 }
 
-/** Writes every byte of `from`, waiting in the poller while the peer is full. */
-export async function writeAllAsync(
-  owner: OwnedFd,
-  tryWrite: TryWrite,
-  from: Uint8Array,
-): Promise<void> {
-  let done = 0;
-  owner.assertOpen();
-  while (done < from.byteLength) {
-    const n = tryWrite(owner.fd, from.subarray(done));
-    if (n >= 0) {
+/** One queued write: its bytes, how many are out, and its promise. */
+interface WriteJob {
+  bytes: Uint8Array;
+  done: number;
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * The writes of one byte-stream endpoint, in the order they were called.
+ *
+ * `write()` sends what fits at once and queues the rest behind earlier
+ * writes, so whole writes never interleave; a queued write waits with the
+ * shared spin-then-park. `writeSync()` first finishes every queued write
+ * (blocking), then writes its own bytes: bytes leave in call order whichever
+ * form each call used, and a sync write never lands inside a pending one.
+ */
+export class OrderedWrites {
+  #owner: OwnedFd;
+  #tryWrite: TryWrite;
+  #writeAllBlocking: WriteAllBlocking;
+  #spinner: Spinner;
+  #queue: WriteJob[] = [];
+  #pumping = false;
+  #parked: AbortController | undefined;
+
+  /**
+   * @param owner The endpoint's fd.
+   * @param tryWrite A write that never blocks.
+   * @param writeAllBlocking A write of every byte that may block.
+   * @param spinner How a queued write waits for room.
+   */
+  constructor(
+    owner: OwnedFd,
+    tryWrite: TryWrite,
+    writeAllBlocking: WriteAllBlocking,
+    spinner: Spinner,
+  ) {
+    this.#owner = owner;
+    this.#tryWrite = tryWrite;
+    this.#writeAllBlocking = writeAllBlocking;
+    this.#spinner = spinner;
+  }
+
+  /** Writes every byte after every earlier write; waits while full. */
+  write(bytes: Uint8Array): Promise<void> {
+    let done = 0;
+    try {
+      this.#owner.assertOpen();
+      if (this.#queue.length === 0) {
+        done = this.#some(bytes, 0);
+        if (done === bytes.byteLength) return Promise.resolve();
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    this.#queue.push({ bytes, done, resolve, reject });
+    if (!this.#pumping) this.#pump();
+    return promise;
+  }
+
+  /** Finishes every queued write, then writes `bytes`, blocking. */
+  writeSync(bytes: Uint8Array): void {
+    const fd = this.#owner.fd;
+    if (this.#queue.length > 0) {
+      try {
+        while (this.#queue.length > 0) {
+          const job = this.#queue[0];
+          try {
+            this.#writeAllBlocking(fd, job.bytes.subarray(job.done));
+          } catch (error) {
+            this.#queue.shift();
+            job.reject(error);
+            throw error;
+          }
+          job.done = job.bytes.byteLength;
+          this.#queue.shift();
+          job.resolve();
+        }
+      } finally {
+        // The queue changed under a parked write: let it look again.
+        this.#parked?.abort();
+      }
+    }
+    this.#writeAllBlocking(fd, bytes);
+  }
+
+  /** Writes what fits of `bytes` from `done` on; returns the new count. */
+  #some(bytes: Uint8Array, done: number): number {
+    const fd = this.#owner.fd;
+    while (done < bytes.byteLength) {
+      const n = this.#tryWrite(fd, bytes.subarray(done));
+      if (n < 0) break;
       done += n;
-    } else {
-      await owner.wait("write");
+    }
+    return done;
+  }
+
+  async #pump(): Promise<void> {
+    this.#pumping = true;
+    while (this.#queue.length > 0) {
+      const job = this.#queue[0];
+      try {
+        await untilReady(
+          () => {
+            // A writeSync() may have finished this job meanwhile.
+            if (this.#queue[0] !== job) return true;
+            job.done = this.#some(job.bytes, job.done);
+            return job.done === job.bytes.byteLength ? true : undefined;
+          },
+          () => this.#park(),
+          this.#spinner,
+        );
+      } catch (error) {
+        if (this.#queue[0] === job) {
+          this.#queue.shift();
+          job.reject(error);
+        }
+        continue;
+      }
+      if (this.#queue[0] === job) {
+        this.#queue.shift();
+        job.resolve();
+      }
+    }
+    this.#pumping = false;
+  }
+
+  async #park(): Promise<void> {
+    const parked = new AbortController();
+    this.#parked = parked;
+    try {
+      await this.#owner.wait("write", parked.signal);
+    } finally {
+      if (this.#parked === parked) this.#parked = undefined;
     }
   }
 }

@@ -30,13 +30,15 @@ import {
   writeAllBlocking,
   writeNoWait,
 } from "./ffi/fd.ts";
+import { checkSpin, Spinner } from "./ffi/spin.ts";
 import {
+  asBytes,
   byteReadable,
   byteWritable,
+  OrderedWrites,
   readAsync,
   type ReadOptions,
-  Serial,
-  writeAllAsync,
+  spinnerFor,
 } from "./_byte_io.ts";
 
 export type { ReadOptions } from "./_byte_io.ts";
@@ -50,11 +52,28 @@ export interface PipeOptions {
    * (64 KiB).
    */
   capacity?: number;
+  /**
+   * How both ends wait when a read finds nothing or a write finds no room,
+   * before they park in the poller, in µs. Omitted (the default): spin only
+   * while recent spins were answered quickly. `0`: never spin. A number up
+   * to 1,000,000: always spin that long. A read's own `spin` option wins.
+   */
+  spin?: number;
 }
+
+/** Options for the {@linkcode PipeReader} and {@linkcode PipeWriter} constructors. */
+export interface PipeEndOptions {
+  /** How waits spin before parking; see {@linkcode PipeOptions.spin}. */
+  spin?: number;
+}
+
+const READ = "Cannot read from PipeReader";
+const WRITE = "Cannot write to PipeWriter";
 
 /** The read end of a pipe. */
 export class PipeReader implements Disposable {
   #fd: OwnedFd;
+  #spinner: Spinner;
   #readable: ReadableStream<Uint8Array> | undefined;
 
   /**
@@ -62,8 +81,12 @@ export class PipeReader implements Disposable {
    * `fromFd()`; this is for fds obtained elsewhere.
    *
    * @param fd An fd open for reading on a pipe.
+   * @param options How reads wait.
    */
-  constructor(fd: number) {
+  constructor(fd: number, options: PipeEndOptions = {}) {
+    this.#spinner = new Spinner(
+      checkSpin(options.spin, "Cannot create PipeReader"),
+    );
     this.#fd = new OwnedFd(fd, "PipeReader");
   }
 
@@ -81,33 +104,47 @@ export class PipeReader implements Disposable {
    * Reads what is available into `buffer`, waiting (without blocking the
    * thread) until at least one byte arrives.
    *
-   * @param buffer Where to put the bytes.
+   * @param buffer Where to put the bytes: a `Uint8Array`, or any other
+   * typed array or `DataView`, filled byte for byte.
    * @param options Read options.
    * @returns The number of bytes read, or `null` at EOF (every writer closed).
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView` (the
+   * promise rejects).
    */
-  read(buffer: Uint8Array, options?: ReadOptions): Promise<number | null> {
-    return readAsync(this.#fd, readNoWait, buffer, options?.spin);
+  read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
+    let into: Uint8Array;
+    let spinner: Spinner;
+    try {
+      into = asBytes(buffer, READ);
+      spinner = spinnerFor(options?.spin, this.#spinner, READ);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return readAsync(this.#fd, readNoWait, into, spinner);
   }
 
   /**
    * Reads what is available into `buffer`, blocking the thread until at
    * least one byte arrives.
    *
-   * @param buffer Where to put the bytes.
+   * @param buffer Where to put the bytes (any `ArrayBufferView`).
    * @returns The number of bytes read, or `null` at EOF.
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`.
    */
-  readSync(buffer: Uint8Array): number | null {
-    if (buffer.byteLength === 0) {
+  readSync(buffer: ArrayBufferView): number | null {
+    const into = asBytes(buffer, READ);
+    if (into.byteLength === 0) {
       this.#fd.assertOpen();
       return 0;
     }
-    const n = readBlocking(this.#fd.fd, buffer);
+    const n = readBlocking(this.#fd.fd, into);
     return n === 0 ? null : n;
   }
 
   /**
    * A byte stream of everything read until EOF. BYOB readers are filled in
-   * place. Reaching EOF or cancelling the stream closes the reader.
+   * place. Reaching EOF or cancelling the stream closes the reader. Its
+   * reads wait like {@linkcode read} without options.
    */
   get readable(): ReadableStream<Uint8Array> {
     return this.#readable ??= byteReadable(
@@ -146,7 +183,7 @@ export class PipeReader implements Disposable {
 /** The write end of a pipe. */
 export class PipeWriter implements Disposable {
   #fd: OwnedFd;
-  #serial = new Serial();
+  #writes: OrderedWrites;
   #writable: WritableStream<Uint8Array> | undefined;
 
   /**
@@ -154,9 +191,19 @@ export class PipeWriter implements Disposable {
    * `fromFd()`; this is for fds obtained elsewhere.
    *
    * @param fd An fd open for writing on a pipe.
+   * @param options How writes wait for room.
    */
-  constructor(fd: number) {
+  constructor(fd: number, options: PipeEndOptions = {}) {
+    const spinner = new Spinner(
+      checkSpin(options.spin, "Cannot create PipeWriter"),
+    );
     this.#fd = new OwnedFd(fd, "PipeWriter");
+    this.#writes = new OrderedWrites(
+      this.#fd,
+      writeNoWait,
+      writeAllBlocking,
+      spinner,
+    );
   }
 
   /** The fd, for interop; the writer still owns it. */
@@ -171,23 +218,39 @@ export class PipeWriter implements Disposable {
 
   /**
    * Writes every byte, waiting (without blocking the thread) while the pipe
-   * is full. Concurrent writes are queued, never interleaved.
+   * is full. What fits goes into the pipe before this returns; the rest is
+   * queued. Concurrent writes leave in call order, never interleaved.
    *
-   * @param bytes The bytes to write.
+   * @param bytes The bytes to write: a `Uint8Array`, or any other typed
+   * array or `DataView`, written byte for byte.
    * @returns Resolves once every byte is in the pipe; rejects with
-   * `Deno.errors.BrokenPipe` when no reader is left.
+   * `Deno.errors.BrokenPipe` when no reader is left, and with `TypeError`
+   * when `bytes` is not an `ArrayBufferView`.
    */
-  write(bytes: Uint8Array): Promise<void> {
-    return this.#serial.run(() => writeAllAsync(this.#fd, writeNoWait, bytes));
+  write(bytes: ArrayBufferView): Promise<void> {
+    let from: Uint8Array;
+    try {
+      from = asBytes(bytes, WRITE);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#writes.write(from);
   }
 
   /**
    * Writes every byte, blocking the thread while the pipe is full.
    *
-   * @param bytes The bytes to write.
+   * Calls stay in order: when earlier {@linkcode write} calls are still
+   * pending, their remaining bytes are written first (blocking too, and
+   * their promises resolve), then these bytes, so they never land inside an
+   * earlier write.
+   *
+   * @param bytes The bytes to write (any `ArrayBufferView`).
+   * @throws {TypeError} When `bytes` is not an `ArrayBufferView`.
+   * @throws {Deno.errors.BrokenPipe} When no reader is left.
    */
-  writeSync(bytes: Uint8Array): void {
-    writeAllBlocking(this.#fd.fd, bytes);
+  writeSync(bytes: ArrayBufferView): void {
+    this.#writes.writeSync(asBytes(bytes, WRITE));
   }
 
   /**
@@ -253,6 +316,7 @@ export interface Pipe extends Disposable {
  */
 export function pipe(options: PipeOptions = {}): Pipe {
   const { capacity } = options;
+  const spin = checkSpin(options.spin, "Cannot create pipe");
   if (
     capacity !== undefined &&
     (!Number.isInteger(capacity) || capacity <= 0 || capacity > 2 ** 31 - 1)
@@ -276,8 +340,8 @@ export function pipe(options: PipeOptions = {}): Pipe {
       throw error;
     }
   }
-  const reader = new PipeReader(fds[0]);
-  const writer = new PipeWriter(fds[1]);
+  const reader = new PipeReader(fds[0], { spin });
+  const writer = new PipeWriter(fds[1], { spin });
   return {
     reader,
     writer,

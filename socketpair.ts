@@ -41,11 +41,14 @@ import {
 } from "./ffi/errors.ts";
 import { F, MSG, O, SOCK, UCRED } from "./ffi/layout.ts";
 import { OwnedFd } from "./ffi/fd.ts";
+import { Spinner } from "./ffi/spin.ts";
 import {
+  asBytes,
   byteReadable,
   byteWritable,
   readAsync,
   type ReadOptions,
+  spinnerFor,
 } from "./_byte_io.ts";
 import { type Endpoint, fromFd } from "./from_fd.ts";
 import { registerAdopter } from "./_adopt.ts";
@@ -260,6 +263,7 @@ interface SendJob {
 export class UnixSocket implements Disposable {
   #fd: OwnedFd;
   #type: SocketType;
+  #readSpinner = new Spinner();
   #tail: Promise<unknown> = Promise.resolve();
   #queued = 0;
   #readable: ReadableStream<Uint8Array> | undefined;
@@ -323,12 +327,18 @@ export class UnixSocket implements Disposable {
    * closed or shut down its writing side).
    */
   read(buffer: Uint8Array, options?: ReadOptions): Promise<number | null> {
+    let spinner: Spinner;
     try {
       this.#assertStream("read from");
+      spinner = spinnerFor(
+        options?.spin,
+        this.#readSpinner,
+        "Cannot read from UnixSocket",
+      );
     } catch (error) {
       return Promise.reject(error);
     }
-    return readAsync(this.#fd, recvNoWait, buffer, options?.spin);
+    return readAsync(this.#fd, recvNoWait, buffer, spinner);
   }
 
   /**
@@ -354,13 +364,15 @@ export class UnixSocket implements Disposable {
    * @returns Resolves once every byte is in the socket; rejects with
    * `Deno.errors.BrokenPipe` when the peer is gone.
    */
-  write(bytes: Uint8Array): Promise<void> {
+  write(bytes: ArrayBufferView): Promise<void> {
+    let from: Uint8Array;
     try {
       this.#assertStream("write to");
+      from = asBytes(bytes, "Cannot write to UnixSocket");
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.send(bytes);
+    return this.send(from);
   }
 
   /**
@@ -369,12 +381,13 @@ export class UnixSocket implements Disposable {
    *
    * @param bytes The bytes to write.
    */
-  writeSync(bytes: Uint8Array): void {
+  writeSync(bytes: ArrayBufferView): void {
     this.#assertStream("write to");
+    const from = asBytes(bytes, "Cannot write to UnixSocket");
     try {
-      sendAllBlocking(this.#fd.fd, bytes);
+      sendAllBlocking(this.#fd.fd, from);
     } catch (error) {
-      throw this.#sendError(error, bytes.byteLength);
+      throw this.#sendError(error, from.byteLength);
     }
   }
 

@@ -24,9 +24,10 @@
  */
 
 import { libc, SYS } from "./ffi/libc.ts";
-import { checkReturn, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import { check, checkReturn, ERRNO, errno, systemError } from "./ffi/errors.ts";
 import {
   CLD,
+  EFD,
   O,
   POSIX_SPAWN,
   SIGINFO,
@@ -38,6 +39,7 @@ import {
 } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
 import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
+import { poller, type PollHandle } from "./ffi/poller.ts";
 import { pipe, type PipeReader, type PipeWriter } from "./pipe.ts";
 
 export type { SignalName } from "./ffi/layout.ts";
@@ -111,7 +113,12 @@ function validateSignal(signal: SignalName | number): number {
 export class ChildProcess implements AsyncDisposable {
   /** The child's process id. */
   readonly pid: number;
-  /** Resolves with how the child ended, once it has been reaped. */
+  /**
+   * Resolves with how the child ended, once it has been reaped. Rejects
+   * only when the child could not be watched (the poller failed, for
+   * example at the fd limit); the child is then killed and reaped first.
+   * An unobserved rejection is not reported as unhandled.
+   */
   readonly status: Promise<ChildStatus>;
   #pidfd: OwnedFd;
   #exited = false;
@@ -136,6 +143,9 @@ export class ChildProcess implements AsyncDisposable {
     this.#signal = signal;
     signal?.addEventListener("abort", this.#onAbort, { once: true });
     this.status = this.#reap();
+    // A rejection must never end the process before anyone could attach a
+    // handler; whoever awaits `status` still sees it.
+    this.status.catch(() => {});
   }
 
   /** The child's stdin when `"piped"`; closing it gives the child EOF. */
@@ -272,7 +282,19 @@ export class ChildProcess implements AsyncDisposable {
           throw systemError("waitid", code, `pid ${this.pid}`);
         }
         if (view.getInt32(SIGINFO.pid, true) !== 0) break;
-        await this.#pidfd.wait("read");
+        try {
+          await this.#pidfd.wait("read");
+        } catch (error) {
+          // Nothing else closes the pidfd, so the wait itself failed: end
+          // the child rather than leave it running with nobody to reap it.
+          try {
+            this.#send(SIGNALS.SIGKILL);
+          } catch {
+            // It may be gone already; the reap below tells.
+          }
+          reapBlocking(WAIT.P_PIDFD, this.#pidfd.fd);
+          throw error;
+        }
       }
     } finally {
       this.#exited = true;
@@ -289,6 +311,85 @@ export class ChildProcess implements AsyncDisposable {
       code: 128 + value,
       signal: signalName(value) ?? null,
     };
+  }
+}
+
+/**
+ * What spawn() needs once the child runs, acquired before it starts: a free
+ * fd slot for the pidfd (an eventfd held until then) and the poller held
+ * open (its own fds) by a registration of that eventfd, so watching the
+ * child needs no new fd.
+ */
+class Reserve implements Disposable {
+  #fd: number;
+  #hold: PollHandle | undefined;
+
+  constructor() {
+    const lib = libc();
+    this.#fd = check("eventfd", lib.eventfd(0, EFD.CLOEXEC));
+    try {
+      this.#hold = poller().register(this.#fd);
+    } catch (error) {
+      lib.close(this.#fd);
+      throw error;
+    }
+  }
+
+  /**
+   * Opens a pidfd for `pid`. When the fd table is full, gives back what it
+   * holds (the slot, and the poller's fds when nothing else keeps the poller
+   * open, which it reopens with them) and tries once more; another thread
+   * may still take them first.
+   */
+  pidfdOf(pid: number): number {
+    const lib = libc();
+    const open = () => lib.pidfd_open(BigInt(SYS.pidfd_open), BigInt(pid), 0n);
+    let pidfd = open();
+    if (pidfd === -1 && this.#fd !== -1) {
+      const code = errno();
+      if (code !== ERRNO.EMFILE && code !== ERRNO.ENFILE) {
+        throw systemError("pidfd_open", code, `pid ${pid}`);
+      }
+      this[Symbol.dispose]();
+      pidfd = open();
+    }
+    if (pidfd === -1) throw systemError("pidfd_open", errno(), `pid ${pid}`);
+    return pidfd;
+  }
+
+  [Symbol.dispose](): void {
+    // The eventfd was never armed, so the handle has nothing in epoll.
+    this.#hold?.close();
+    this.#hold = undefined;
+    if (this.#fd !== -1) libc().close(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+/**
+ * Ends a child this process cannot watch: SIGKILL, then a blocking reap of
+ * that pid only (a child not yet reaped keeps its pid, so nothing else is
+ * signalled or reaped).
+ */
+function killAndReap(pid: number): void {
+  libc().kill(pid, SIGNALS.SIGKILL);
+  reapBlocking(WAIT.P_PID, pid);
+}
+
+/** Waits (blocking) until a child that was sent SIGKILL is reaped. */
+function reapBlocking(idtype: number, id: number): void {
+  const lib = libc();
+  const info = new Uint8Array(SIGINFO.size);
+  for (;;) {
+    const result = lib.waitid(
+      BigInt(SYS.waitid),
+      BigInt(idtype),
+      BigInt(id),
+      info,
+      BigInt(WAIT.WEXITED),
+      0n,
+    );
+    if (result !== -1 || errno() !== ERRNO.EINTR) return;
   }
 }
 
@@ -376,152 +477,154 @@ export function spawn(
   const opens: [number, number][] = []; // [target, flags] for /dev/null
   const parentEnds: [PipeWriter | null, PipeReader | null, PipeReader | null] =
     [null, null, null];
-  const childEnds: (PipeReader | PipeWriter)[] = [];
-  const temps: number[] = [];
   const fa = new Uint8Array(SIZEOF.posix_spawn_file_actions_t + 64);
   const attr = new Uint8Array(SIZEOF.posix_spawnattr_t + 64);
   const sigset = new Uint8Array(SIZEOF.sigset_t);
   const empty = new Uint8Array(SIZEOF.sigset_t);
-  let faReady = false;
-  let attrReady = false;
+  // Released whatever happens: the child's copies and the set-up.
+  using setUp = new DisposableStack();
+  // Released only when spawn() fails: this process's ends of "piped" stdio.
+  using onFailure = new DisposableStack();
 
-  try {
-    const stdio = [options.stdin, options.stdout, options.stderr];
-    stdio.forEach((choice = "inherit", target) => {
-      if (choice === "inherit") return;
-      if (choice === "null") {
-        opens.push([target, target === 0 ? O.RDONLY : O.WRONLY]);
-      } else if (choice === "piped") {
-        const p = pipe();
-        if (target === 0) {
-          parentEnds[0] = p.writer;
-          childEnds.push(p.reader);
-          moves.push([p.reader.rawFd, 0]);
-        } else {
-          parentEnds[target as 1 | 2] = p.reader;
-          childEnds.push(p.writer);
-          moves.push([p.writer.rawFd, target]);
-        }
+  const stdio = [options.stdin, options.stdout, options.stderr];
+  stdio.forEach((choice = "inherit", target) => {
+    if (choice === "inherit") return;
+    if (choice === "null") {
+      opens.push([target, target === 0 ? O.RDONLY : O.WRONLY]);
+    } else if (choice === "piped") {
+      const p = pipe();
+      if (target === 0) {
+        parentEnds[0] = onFailure.use(p.writer);
+        setUp.use(p.reader);
+        moves.push([p.reader.rawFd, 0]);
       } else {
-        moves.push([
-          fdOf(["stdin", "stdout", "stderr"][target], choice),
-          target,
-        ]);
+        parentEnds[target as 1 | 2] = onFailure.use(p.reader);
+        setUp.use(p.writer);
+        moves.push([p.writer.rawFd, target]);
       }
-    });
-    (options.fds ?? []).forEach((value, i) => {
-      moves.push([fdOf(`fds[${i}]`, value), 3 + i]);
-    });
+    } else {
+      moves.push([
+        fdOf(["stdin", "stdout", "stderr"][target], choice),
+        target,
+      ]);
+    }
+  });
+  (options.fds ?? []).forEach((value, i) => {
+    moves.push([fdOf(`fds[${i}]`, value), 3 + i]);
+  });
 
-    // Copy every source above all targets first, so installing one target
-    // can never overwrite a source that another target still needs.
-    const floor = 3 + (options.fds?.length ?? 0);
-    for (const move of moves) {
-      const temp = dupCloexec(move[0], floor);
-      temps.push(temp);
-      move[0] = temp;
-    }
-
-    checkReturn(
-      "posix_spawn_file_actions_init",
-      lib.posix_spawn_file_actions_init(fa),
-    );
-    faReady = true;
-    const devNull = cstr("/dev/null");
-    for (const [target, flags] of opens) {
-      checkReturn(
-        "posix_spawn_file_actions_addopen",
-        lib.posix_spawn_file_actions_addopen(fa, target, devNull, flags, 0),
-      );
-    }
-    for (const [source, target] of moves) {
-      checkReturn(
-        "posix_spawn_file_actions_adddup2",
-        lib.posix_spawn_file_actions_adddup2(fa, source, target),
-      );
-    }
-    // Close everything else in the child, including fds this process
-    // inherited without CLOEXEC from its own parent.
-    checkReturn(
-      "posix_spawn_file_actions_addclosefrom_np",
-      lib.posix_spawn_file_actions_addclosefrom_np(fa, floor),
-    );
-    if (options.cwd !== undefined) {
-      const dir = options.cwd instanceof URL
-        ? decodeURIComponent(options.cwd.pathname)
-        : options.cwd;
-      checkReturn(
-        "posix_spawn_file_actions_addchdir_np",
-        lib.posix_spawn_file_actions_addchdir_np(fa, cstr(dir)),
-      );
-    }
-
-    checkReturn("posix_spawnattr_init", lib.posix_spawnattr_init(attr));
-    attrReady = true;
-    lib.sigemptyset(sigset);
-    lib.sigaddset(sigset, SIGNALS.SIGPIPE);
-    lib.sigemptyset(empty);
-    checkReturn(
-      "posix_spawnattr_setsigdefault",
-      lib.posix_spawnattr_setsigdefault(attr, sigset),
-    );
-    checkReturn(
-      "posix_spawnattr_setsigmask",
-      lib.posix_spawnattr_setsigmask(attr, empty),
-    );
-    checkReturn(
-      "posix_spawnattr_setflags",
-      lib.posix_spawnattr_setflags(attr, SPAWN_FLAGS),
-    );
-
-    const argv = stringArray([file, ...args]);
-    const env = environment(options);
-    // Without env options the child gets the live `environ`, so changes
-    // made with Deno.env.set are seen and no --allow-env is needed.
-    const envArray = env === null ? null : stringArray(env);
-    const envp = envArray === null
-      ? Deno.UnsafePointer.create(
-        new Deno.UnsafePointerView(lib.environ!).getBigUint64(0),
-      )
-      : Deno.UnsafePointer.of(envArray.array);
-    const pidBuf = new Int32Array(1);
-    const code = lib.posix_spawnp(
-      pidBuf,
-      cstr(file),
-      fa,
-      attr,
-      argv.array,
-      envp,
-    );
-    if (code !== 0) {
-      throw systemError(
-        "posix_spawnp",
-        code,
-        `command ${JSON.stringify(file)}`,
-      );
-    }
-    // The C strings must stay reachable until posix_spawnp has returned.
-    void argv.keep;
-    void envArray?.keep;
-    const pid = pidBuf[0];
-    const pidfd = lib.pidfd_open(
-      BigInt(SYS.pidfd_open),
-      BigInt(pid),
-      0n,
-    );
-    if (pidfd === -1) {
-      // Without a pidfd the child cannot be waited for safely; this only
-      // happens on kernels older than 5.3, which this module does not support.
-      throw systemError("pidfd_open", errno(), `pid ${pid}`);
-    }
-    return new ChildProcess(pid, pidfd, parentEnds, options.signal);
-  } catch (error) {
-    for (const end of parentEnds) end?.close();
-    throw error;
-  } finally {
-    if (faReady) lib.posix_spawn_file_actions_destroy(fa);
-    if (attrReady) lib.posix_spawnattr_destroy(attr);
-    for (const temp of temps) lib.close(temp);
-    for (const end of childEnds) end.close();
+  // Copy every source above all targets first, so installing one target
+  // can never overwrite a source that another target still needs.
+  const floor = 3 + (options.fds?.length ?? 0);
+  for (const move of moves) {
+    const temp = dupCloexec(move[0], floor);
+    setUp.defer(() => lib.close(temp));
+    move[0] = temp;
   }
+
+  // Everything the parent needs once the child runs is acquired now: an fd
+  // kept free for the pidfd, and the poller held open (its own fds) so the
+  // child can be watched. Near the fd limit spawn() then fails before any
+  // child exists, instead of leaving one nobody waits for.
+  const reserve = new Reserve();
+  setUp.use(reserve);
+
+  checkReturn(
+    "posix_spawn_file_actions_init",
+    lib.posix_spawn_file_actions_init(fa),
+  );
+  setUp.defer(() => lib.posix_spawn_file_actions_destroy(fa));
+  const devNull = cstr("/dev/null");
+  for (const [target, flags] of opens) {
+    checkReturn(
+      "posix_spawn_file_actions_addopen",
+      lib.posix_spawn_file_actions_addopen(fa, target, devNull, flags, 0),
+    );
+  }
+  for (const [source, target] of moves) {
+    checkReturn(
+      "posix_spawn_file_actions_adddup2",
+      lib.posix_spawn_file_actions_adddup2(fa, source, target),
+    );
+  }
+  // Close everything else in the child, including fds this process
+  // inherited without CLOEXEC from its own parent.
+  checkReturn(
+    "posix_spawn_file_actions_addclosefrom_np",
+    lib.posix_spawn_file_actions_addclosefrom_np(fa, floor),
+  );
+  if (options.cwd !== undefined) {
+    const dir = options.cwd instanceof URL
+      ? decodeURIComponent(options.cwd.pathname)
+      : options.cwd;
+    checkReturn(
+      "posix_spawn_file_actions_addchdir_np",
+      lib.posix_spawn_file_actions_addchdir_np(fa, cstr(dir)),
+    );
+  }
+
+  checkReturn("posix_spawnattr_init", lib.posix_spawnattr_init(attr));
+  setUp.defer(() => lib.posix_spawnattr_destroy(attr));
+  lib.sigemptyset(sigset);
+  lib.sigaddset(sigset, SIGNALS.SIGPIPE);
+  lib.sigemptyset(empty);
+  checkReturn(
+    "posix_spawnattr_setsigdefault",
+    lib.posix_spawnattr_setsigdefault(attr, sigset),
+  );
+  checkReturn(
+    "posix_spawnattr_setsigmask",
+    lib.posix_spawnattr_setsigmask(attr, empty),
+  );
+  checkReturn(
+    "posix_spawnattr_setflags",
+    lib.posix_spawnattr_setflags(attr, SPAWN_FLAGS),
+  );
+
+  const argv = stringArray([file, ...args]);
+  const env = environment(options);
+  // Without env options the child gets the live `environ`, so changes
+  // made with Deno.env.set are seen and no --allow-env is needed.
+  const envArray = env === null ? null : stringArray(env);
+  const envp = envArray === null
+    ? Deno.UnsafePointer.create(
+      new Deno.UnsafePointerView(lib.environ!).getBigUint64(0),
+    )
+    : Deno.UnsafePointer.of(envArray.array);
+  const pidBuf = new Int32Array(1);
+  const code = lib.posix_spawnp(
+    pidBuf,
+    cstr(file),
+    fa,
+    attr,
+    argv.array,
+    envp,
+  );
+  if (code !== 0) {
+    throw systemError(
+      "posix_spawnp",
+      code,
+      `command ${JSON.stringify(file)}`,
+    );
+  }
+  // The C strings must stay reachable until posix_spawnp has returned.
+  void argv.keep;
+  void envArray?.keep;
+  const pid = pidBuf[0];
+  let child: ChildProcess;
+  try {
+    const pidfd = reserve.pidfdOf(pid);
+    try {
+      child = new ChildProcess(pid, pidfd, parentEnds, options.signal);
+    } catch (error) {
+      lib.close(pidfd);
+      throw error;
+    }
+  } catch (error) {
+    // Nothing may be left running that this process cannot wait for.
+    killAndReap(pid);
+    throw error;
+  }
+  onFailure.move();
+  return child;
 }

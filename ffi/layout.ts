@@ -200,7 +200,7 @@ export const SIGINFO = {
 export const CLD = { EXITED: 1, KILLED: 2, DUMPED: 3 } as const;
 
 /** waitid constants. */
-export const WAIT = { P_PIDFD: 3, WEXITED: 4, WNOHANG: 1 } as const;
+export const WAIT = { P_PID: 1, P_PIDFD: 3, WEXITED: 4, WNOHANG: 1 } as const;
 
 /** Opaque glibc x86_64 sizes. */
 export const SIZEOF = {

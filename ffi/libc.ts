@@ -164,6 +164,8 @@ const symbols = {
   // int sigaddset(sigset_t *set, int signum);
   sigaddset: { parameters: ["buffer", "i32"], result: "i32" },
 
+  // int kill(pid_t pid, int sig);
+  kill: { parameters: ["i32", "i32"], result: "i32" },
   // int pidfd_open(pid_t pid, unsigned int flags): syscall 434.
   pidfd_open: {
     name: "syscall",

@@ -244,12 +244,20 @@ export async function until(
 }
 
 /**
- * The pids of this process's children started from the main thread (where
- * `spawn()` runs), from `/proc/self/task/<pid>/children`.
+ * The pids of this process's children, running or not yet reaped, from
+ * `/proc/self/task/<tid>/children` of every thread: the kernel lists a child
+ * under the thread that started it, and `deno test` runs the tests on a
+ * thread other than the process's first.
  */
 export function childPids(): number[] {
-  const text = readProcText(`/proc/self/task/${Deno.pid}/children`) ?? "";
-  return text.split(/\s+/).filter((word) => word !== "").map(Number);
+  const pids: number[] = [];
+  for (const tid of listDir("/proc/self/task")) {
+    const text = readProcText(`/proc/self/task/${tid}/children`) ?? "";
+    for (const word of text.split(/\s+/)) {
+      if (word !== "") pids.push(Number(word));
+    }
+  }
+  return pids;
 }
 
 /** The pids of this process's children that have exited but not been reaped. */

@@ -512,3 +512,30 @@ Deno.test({
     mine.close();
   },
 });
+
+test(
+  "stream sockets: write() and writeSync() send any ArrayBufferView byte for byte, and refuse anything else with TypeError, sending nothing",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const backing = pattern(128, 900).buffer;
+    const words = new Uint16Array(backing, 2, 4);
+    const view = new DataView(backing, 5, 70);
+    await a.write(words);
+    a.writeSync(view);
+    const got = await readExactly(b, 8 + 70);
+    assertPattern(got.subarray(0, 8), 902);
+    assertPattern(got.subarray(8), 905);
+    for (const value of ["text", 7, null, [1, 2], new ArrayBuffer(4)]) {
+      const bytes = value as unknown as Uint8Array;
+      const named = (e: unknown) =>
+        e instanceof TypeError &&
+        /^Cannot write to UnixSocket: expected a Uint8Array/.test(e.message);
+      assert.throws(() => a.writeSync(bytes), named, String(value));
+      await assert.rejects(a.write(bytes), named, String(value));
+    }
+    a.writeSync(encoder.encode("end"));
+    assert.equal(decoder.decode(await readExactly(b, 3)), "end");
+  },
+  perms,
+);

@@ -1,15 +1,22 @@
 import assert from "node:assert/strict";
 import { pipe, spawn } from "../mod.ts";
+import { OwnedFd } from "../ffi/fd.ts";
+import { libc } from "../ffi/libc.ts";
 import {
   assertNoFdLeak,
   childPids,
+  delay,
   DENO,
   fdTarget,
+  fixture,
   pollerIdle,
   procFds,
   procFdTarget,
   readProcText,
+  runDeno,
+  until,
   withTimeout,
+  zombieChildren,
 } from "./_util.ts";
 import { readAllText } from "./_socket_util.ts";
 
@@ -61,6 +68,15 @@ Deno.test({
       const { reader, writer } = pipe();
       const extra = pipe(); // open in the parent, not listed: must not leak
       await using child = spawn("sleep", { args: ["30"], fds: [writer] });
+      // sleep opens files while it starts (locale data); list its fds once
+      // it sits in clock_nanosleep (syscall 230).
+      await until(
+        () =>
+          readProcText(`/proc/${child.pid}/syscall`)?.startsWith("230 ") ===
+            true,
+        10_000,
+        "the child to sleep",
+      );
       assert.deepEqual(procFds(child.pid), [0, 1, 2, 3]);
       assert.equal(procFdTarget(child.pid, 3), fdTarget(writer.rawFd));
       writer.close();
@@ -333,5 +349,103 @@ Deno.test({
     // The orphaned sleep keeps running; end it so it does not outlive the test.
     Deno.kill(pid, "SIGKILL");
     await pollerIdle();
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() near the fd limit either fails before a child exists or watches it to the end: no child left, no fd leaked, no unhandled rejection",
+  permissions: perms,
+  async fn() {
+    // The fixture lowers its own RLIMIT_NOFILE and, for 0, 1, 2, ... free
+    // fd slots, fills the table and spawns `true` (plain, and with a piped
+    // stdout plus one passed fd, which need more fds before the spawn).
+    for (const mode of ["plain", "piped"]) {
+      const run = await runDeno(
+        ["run", "--allow-ffi", fixture("spawn_fd_limit.ts"), mode, "12"],
+        60_000,
+        `spawn at the fd limit (${mode})`,
+      );
+      assert.equal(run.code, 0, run.stderr);
+      const lines = run.stdout.trim().split("\n").map((line) =>
+        JSON.parse(line)
+      );
+      const { unhandled } = lines.pop();
+      assert.deepEqual(unhandled, [], `${mode}: rejections nobody handled`);
+      assert.equal(lines.length, 13, run.stdout);
+      let started = false;
+      for (const { free, outcome, children, leaked } of lines) {
+        const what = `${mode}, ${free} free fds`;
+        assert.deepEqual(children, [], `${what}: children left (${outcome})`);
+        assert.deepEqual(leaked, [], `${what}: fds leaked`);
+        if (outcome === "exited 0") {
+          started = true;
+        } else {
+          assert.equal(outcome, "threw EMFILE", what);
+          assert.ok(!started, `${what}: failed with more free fds than before`);
+        }
+      }
+      assert.equal(lines[0].outcome, "threw EMFILE", `${mode}: a full table`);
+      assert.ok(started, `${mode}: no spawn succeeded`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a child that cannot be watched is killed and reaped, and status rejects only for whoever awaits it",
+  permissions: perms,
+  async fn() {
+    const failure = new Error("injected wait failure");
+    const wait = OwnedFd.prototype.wait;
+    OwnedFd.prototype.wait = function (this: OwnedFd, ...args) {
+      return this.what === "ChildProcess"
+        ? Promise.reject(failure)
+        : wait.apply(this, args);
+    };
+    let pid = 0;
+    try {
+      const child = spawn("sleep", { args: ["30"] });
+      pid = child.pid;
+      // A macrotask passes with no handler on `status`: a rejection
+      // reported as unhandled would fail this test.
+      await delay(0);
+      await assert.rejects(withTimeout(child.status, 5000, "status"), failure);
+      assert.ok(!childPids().includes(pid), "the child was not reaped");
+      assert.deepEqual(zombieChildren(), []);
+      assert.equal(readProcText(`/proc/${pid}/stat`), undefined);
+    } finally {
+      OwnedFd.prototype.wait = wait;
+      if (pid !== 0 && childPids().includes(pid)) Deno.kill(pid, "SIGKILL");
+    }
+    await pollerIdle();
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() that cannot open a pidfd once the child runs kills and reaps that child before it throws",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(() => {
+      const lib = libc();
+      const symbols = lib as { pidfd_open: typeof lib.pidfd_open };
+      const pidfdOpen = lib.pidfd_open;
+      // Fails however often it is tried, as another thread taking the last
+      // free fd would make it.
+      symbols.pidfd_open = () => {
+        lib.close(-1); // sets errno (EBADF)
+        return -1;
+      };
+      try {
+        assert.throws(
+          () => spawn("sleep", { args: ["30"], stdout: "piped" }),
+          (e: unknown) => (e as { syscall?: string }).syscall === "pidfd_open",
+        );
+      } finally {
+        symbols.pidfd_open = pidfdOpen;
+      }
+      assert.deepEqual(childPids(), [], "the child was left behind");
+    });
   },
 });
