@@ -21,7 +21,11 @@
  * @module
  */
 
-export { SharedMemory, type SharedMemoryOptions } from "./shared_memory.ts";
+export {
+  SharedMemory,
+  type SharedMemoryAdoptOptions,
+  type SharedMemoryOptions,
+} from "./shared_memory.ts";
 export {
   type ShmQueue,
   shmQueue,

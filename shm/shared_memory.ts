@@ -37,6 +37,32 @@ export interface SharedMemoryOptions {
   name?: string;
 }
 
+/**
+ * Options for adopting an fd as {@linkcode SharedMemory}: the constructor,
+ * used for fds obtained elsewhere. `fromFd()`, `UnixSocket.recv()` and
+ * channel receivers adopt memory with the defaults.
+ */
+export interface SharedMemoryAdoptOptions extends SharedMemoryOptions {
+  /**
+   * Map memory whose size another process can still reduce: a POSIX shared
+   * memory object (which takes no seals), or a memfd made without
+   * `F_SEAL_SHRINK`. If any process shrinks the file, this process dies of
+   * SIGBUS the next time it touches a page past the new end. Only for
+   * memory from a process you trust. Default `false`: such memory is
+   * refused with a `TypeError`.
+   */
+  allowShrink?: boolean;
+  /**
+   * The largest size to map, in bytes: the process that made the memory
+   * chose its size, and mapping a huge region costs address space and
+   * page tables here. Default 1 GiB; `Infinity` for no limit.
+   */
+  maxBytes?: number;
+}
+
+/** Largest memory adopted from another process by default: 1 GiB. */
+const DEFAULT_MAX_ADOPT_BYTES = 1 << 30;
+
 const NAME = /^[^/\0]{1,250}$/;
 
 function shmName(name: string, action: string): Uint8Array<ArrayBuffer> {
@@ -114,6 +140,33 @@ export function sealedAgainstShrink(fd: number): boolean {
 }
 
 /**
+ * Why memory behind `fd` can shrink under a mapping, or `undefined` when it
+ * is sealed against shrinking (`F_GET_SEALS` has `F_SEAL_SHRINK`; seals are
+ * never removed once set).
+ */
+export function shrinkRisk(fd: number): string | undefined {
+  const seals = libc().fcntl(fd, F.GET_SEALS, 0);
+  if (seals === -1) {
+    return "its file takes no seals (it is not a memfd), so its size can shrink";
+  }
+  if ((seals & SEAL.SHRINK) === 0) {
+    return "it is not sealed against shrinking (no F_SEAL_SHRINK)";
+  }
+  return undefined;
+}
+
+function checkMaxBytes(maxBytes: number): number {
+  if (
+    maxBytes !== Infinity && (!Number.isSafeInteger(maxBytes) || maxBytes <= 0)
+  ) {
+    throw new RangeError(
+      `Cannot map SharedMemory: maxBytes must be a positive integer or Infinity, got ${maxBytes}`,
+    );
+  }
+  return maxBytes;
+}
+
+/**
  * Memory shared between processes: an anonymous memfd, or a POSIX shared
  * memory object by name. {@linkcode buffer} is a plain `ArrayBuffer` over the
  * mapping; writes are seen at once by every process that maps the same
@@ -123,8 +176,11 @@ export function sealedAgainstShrink(fd: number): boolean {
  *
  * A memfd made by {@linkcode SharedMemory.create} is sealed at its size, so
  * no process it is handed to can truncate it under another's mapping (which
- * would fault that process). A named object is not sealed: only map names
- * you trust.
+ * would fault that process). Memory from another process (`fromFd()`, a
+ * received message) is adopted only when it is sealed the same way and at
+ * most 1 GiB; the constructor's options relax both for trusted peers. A
+ * named object cannot be sealed: {@linkcode SharedMemory.open} maps it
+ * anyway, so only open names you trust.
  *
  * After {@linkcode close}, `buffer` throws `BadResource`. A view made before
  * `close()` does not fault: the shared pages are replaced by private zero
@@ -149,17 +205,47 @@ export class SharedMemory implements Disposable {
   /**
    * Maps the whole of a memfd or shared memory fd. Prefer
    * {@linkcode SharedMemory.create}, {@linkcode SharedMemory.open} or
-   * `fromFd()`; this is for fds obtained elsewhere.
+   * `fromFd()`; this is for fds obtained elsewhere. By default only memory
+   * sealed against shrinking, of at most 1 GiB, is mapped: another process
+   * cannot make this one fault or map without bound.
    *
-   * @param fd An fd open for reading and writing; the object owns it.
+   * @param fd An fd open for reading and writing; the object owns it once
+   * constructed (on a throw it is left to the caller).
    * @param options `name`: the shm_open name behind the fd, if any, for
-   * {@linkcode unlink}.
+   * {@linkcode unlink}; `allowShrink` and `maxBytes` to accept memory from
+   * a trusted process that is unsealed or larger.
+   * @throws {TypeError} When the memory can shrink and `allowShrink` is not
+   * set.
+   * @throws {RangeError} When the memory is empty or larger than `maxBytes`.
+   *
+   * @example Adopt a large region from a trusted parent
+   * ```ts ignore
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = new SharedMemory(3, { maxBytes: 8 * 2 ** 30 });
+   * ```
    */
-  constructor(fd: number, options: SharedMemoryOptions = {}) {
+  constructor(fd: number, options: SharedMemoryAdoptOptions = {}) {
+    const maxBytes = checkMaxBytes(
+      options.maxBytes ?? DEFAULT_MAX_ADOPT_BYTES,
+    );
+    if (options.allowShrink !== true) {
+      const risk = shrinkRisk(fd);
+      if (risk !== undefined) {
+        throw new TypeError(
+          `Cannot map SharedMemory from fd ${fd}: ${risk}; the process that made it could make this one fault (SIGBUS) by truncating it. Pass { allowShrink: true } only for memory from a process you trust`,
+        );
+      }
+    }
     const size = fileSize(fd);
     if (size <= 0) {
       throw new RangeError(
         `Cannot map SharedMemory: fd ${fd} has size ${size}`,
+      );
+    }
+    if (size > maxBytes) {
+      throw new RangeError(
+        `Cannot map SharedMemory from fd ${fd}: its ${size} bytes exceed the limit of ${maxBytes} (the maxBytes option)`,
       );
     }
     this.#size = size;
@@ -195,7 +281,7 @@ export class SharedMemory implements Disposable {
     if (options.name === undefined) {
       const fd = createMemfd(size, "conduit-shm");
       try {
-        return new SharedMemory(fd);
+        return new SharedMemory(fd, { maxBytes: size });
       } catch (error) {
         lib.close(fd);
         throw error;
@@ -212,7 +298,11 @@ export class SharedMemory implements Disposable {
     }
     try {
       check("ftruncate", lib.ftruncate(fd, BigInt(size)));
-      return new SharedMemory(fd, { name: options.name });
+      return new SharedMemory(fd, {
+        name: options.name,
+        allowShrink: true,
+        maxBytes: size,
+      });
     } catch (error) {
       lib.close(fd);
       lib.shm_unlink(path);
@@ -222,12 +312,16 @@ export class SharedMemory implements Disposable {
 
   /**
    * Opens and maps an existing POSIX shared memory object by name, at its
-   * current size.
+   * current size. A named object cannot be sealed: any process that can open
+   * the name can shrink it and make this one fault (SIGBUS), so open only
+   * names you trust.
    *
    * @param name The name given to {@linkcode SharedMemory.create} (or to
    * `shm_open` in another program, without the leading slash).
+   * @param options `maxBytes`: the largest size to map (default 1 GiB).
    * @returns The mapped memory.
    * @throws {Deno.errors.NotFound} When no object has that name.
+   * @throws {RangeError} When the object is empty or larger than `maxBytes`.
    *
    * @example Open what another process created
    * ```ts
@@ -241,13 +335,20 @@ export class SharedMemory implements Disposable {
    * made.unlink();
    * ```
    */
-  static open(name: string): SharedMemory {
+  static open(
+    name: string,
+    options: Pick<SharedMemoryAdoptOptions, "maxBytes"> = {},
+  ): SharedMemory {
     const path = shmName(name, "open");
     const lib = libc();
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
     if (fd === -1) throw systemError("shm_open", errno(), name);
     try {
-      return new SharedMemory(fd, { name });
+      return new SharedMemory(fd, {
+        name,
+        allowShrink: true,
+        maxBytes: options.maxBytes,
+      });
     } catch (error) {
       lib.close(fd);
       throw error;
@@ -360,6 +461,10 @@ export class SharedMemory implements Disposable {
   }
 }
 
+// Memory adopted from another process gets the constructor's defaults:
+// sealed against shrinking and at most 1 GiB. A named object (which takes no
+// seals) is therefore refused; a trusted peer's can be mapped with
+// `new SharedMemory(fd, { allowShrink: true })`.
 registerAdopter((fd, kind, access) => {
   if (kind !== "file" || access !== O.RDWR) return null;
   const link = fdLink(fd);

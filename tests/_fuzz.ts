@@ -804,7 +804,6 @@ export const ADOPTED_AS: Record<string, string> = {
   "pipe reader": "PipeReader",
   "pipe writer": "PipeWriter",
   "sealed memfd": "SharedMemory",
-  "unsealed memfd": "SharedMemory",
   "seqpacket socket": "UnixSocket",
   "stream socket": "UnixSocket",
 };

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fromFd, SharedMemory, spawn } from "../mod.ts";
+import { fromFd, SharedMemory, socketpair, spawn } from "../mod.ts";
 import {
   assertNoFdLeak,
   DENO,
@@ -11,9 +11,10 @@ import {
   zombieChildren,
 } from "./_util.ts";
 import { libc } from "../ffi/libc.ts";
-import { O, STAT } from "../ffi/layout.ts";
+import { MMAP, O, STAT } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { dupCloexec } from "../ffi/fd.ts";
+import { createMemfd } from "../shm/shared_memory.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -188,3 +189,148 @@ Deno.test({
     });
   },
 });
+
+/** A memfd of `size` bytes made without seals, as a hostile peer makes it. */
+function unsealedMemfd(size: number): number {
+  const fd = libc().memfd_create(cstr("unsealed"), MMAP.MFD_CLOEXEC);
+  assert.ok(fd >= 0);
+  assert.equal(libc().ftruncate(fd, BigInt(size)), 0);
+  return fd;
+}
+
+test(
+  "SharedMemory received from a child that left it unsealed is refused, and the child shrinking it cannot fault this process",
+  async () => {
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    const child = spawn(DENO, {
+      args: [
+        "run",
+        "--allow-ffi",
+        "--allow-read",
+        PEER,
+        "send-unsealed",
+        "65536",
+      ],
+      fds: [theirs],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    theirs.close();
+    let refused: unknown;
+    try {
+      let got;
+      try {
+        got = await withTimeout(mine.recv(), 10_000, "the memfd");
+      } catch (error) {
+        refused = error;
+      }
+      await mine.send(new Uint8Array([1]));
+      const shrunk = await withTimeout(mine.recv(), 10_000, "shrunk");
+      assert.deepEqual(shrunk?.data, new Uint8Array([2]));
+      // Had the memory been mapped, touching it now would fault (SIGBUS).
+      for (const end of got?.fds ?? []) {
+        if (end instanceof SharedMemory) new Uint8Array(end.buffer).fill(1);
+        end.close();
+      }
+    } finally {
+      mine.close();
+    }
+    const out = await withTimeout(child.output(), 20_000, "child");
+    assert.equal(decoder.decode(out.stderr), "");
+    assert.equal(decoder.decode(out.stdout), "shrunk\n");
+    assert.ok(refused instanceof TypeError, `not refused: ${refused}`);
+    assert.match(
+      String((refused.cause as Error).message),
+      /not sealed against shrinking.*SIGBUS.*allowShrink/,
+    );
+    assert.deepEqual(zombieChildren(), []);
+  },
+  { run: true, read: true, env: true },
+);
+
+test(
+  "memory that can shrink is refused by fromFd() and new SharedMemory(fd) (an unsealed memfd, a named object) unless allowShrink is given",
+  () => {
+    const fd = unsealedMemfd(4096);
+    try {
+      assert.throws(
+        () => fromFd(fd),
+        (e: Error) =>
+          e instanceof TypeError &&
+          e.message.startsWith(`Cannot map SharedMemory from fd ${fd}:`) &&
+          /not sealed against shrinking/.test(e.message),
+      );
+      assert.throws(() => new SharedMemory(fd), TypeError);
+    } catch (error) {
+      libc().close(fd);
+      throw error;
+    }
+    using trusted = new SharedMemory(fd, { allowShrink: true });
+    assert.equal(trusted.size, 4096);
+
+    const name = uniqueName("adopt");
+    using made = SharedMemory.create(4096, { name });
+    try {
+      const copy = dupCloexec(made.rawFd);
+      try {
+        assert.throws(
+          () => fromFd(copy),
+          (e: Error) =>
+            e instanceof TypeError &&
+            /not sealed against shrinking/.test(e.message),
+        );
+      } catch (error) {
+        libc().close(copy);
+        throw error;
+      }
+      using named = new SharedMemory(copy, { name, allowShrink: true });
+      assert.equal(named.name, name);
+    } finally {
+      made.unlink();
+    }
+  },
+);
+
+test(
+  "memory larger than maxBytes (default 1 GiB) is refused with a RangeError before it is mapped; the option raises or lowers the limit",
+  () => {
+    const big = createMemfd((1 << 30) + 4096, "big");
+    try {
+      assert.throws(
+        () => fromFd(big),
+        (e: Error) =>
+          e instanceof RangeError &&
+          e.message ===
+            `Cannot map SharedMemory from fd ${big}: its 1073745920 bytes exceed the limit of 1073741824 (the maxBytes option)`,
+      );
+    } catch (error) {
+      libc().close(big);
+      throw error;
+    }
+    using huge = new SharedMemory(big, { maxBytes: Infinity });
+    assert.equal(huge.size, (1 << 30) + 4096);
+
+    const small = createMemfd(8192, "small");
+    try {
+      assert.throws(
+        () => new SharedMemory(small, { maxBytes: 4096 }),
+        RangeError,
+      );
+      assert.throws(() => new SharedMemory(small, { maxBytes: 0 }), RangeError);
+    } finally {
+      libc().close(small);
+    }
+    const name = uniqueName("cap");
+    using made = SharedMemory.create(8192, { name });
+    try {
+      assert.throws(
+        () => SharedMemory.open(name, { maxBytes: 4096 }),
+        RangeError,
+      );
+      using same = SharedMemory.open(name);
+      assert.equal(same.size, 8192);
+    } finally {
+      made.unlink();
+    }
+  },
+);
