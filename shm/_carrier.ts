@@ -14,7 +14,7 @@
 
 import { libc } from "../ffi/libc.ts";
 import { ERRNO, errno, systemError } from "../ffi/errors.ts";
-import { cmsgSpace, MSG, MSGHDR, SOCK } from "../ffi/layout.ts";
+import { cmsgSpace, MSG, MSGHDR, S, SOCK, STAT } from "../ffi/layout.ts";
 import { addressOf, pointerOf, stableBuffer } from "../ffi/mem.ts";
 import { closeAll, parseControl, writeRights } from "../_scm.ts";
 
@@ -69,6 +69,75 @@ export function sendHello(fd: number, role: number, fds: number[]): void {
   }
 }
 
+const optionValue = new Int32Array(new ArrayBuffer(64), 0, 1);
+const optionLength = new Uint32Array(new ArrayBuffer(64), 0, 1);
+
+/** An int `SOL_SOCKET` option of `fd`, or `undefined` when it has none. */
+function socketOption(fd: number, option: number): number | undefined {
+  optionLength[0] = 4;
+  const result = libc().getsockopt(
+    fd,
+    SOCK.SOL_SOCKET,
+    option,
+    optionValue,
+    optionLength,
+  );
+  return result === -1 ? undefined : optionValue[0];
+}
+
+const statBuffer = new Uint8Array(STAT.size);
+const statView = new DataView(statBuffer.buffer);
+
+/** The file type bits, device and inode behind an fd, or `undefined`. */
+function identity(
+  fd: number,
+): { type: number; dev: bigint; ino: bigint } | undefined {
+  if (libc().fstat(fd, statBuffer) === -1) return undefined;
+  return {
+    type: statView.getUint32(STAT.mode, true) & S.IFMT,
+    dev: statView.getBigUint64(STAT.dev, true),
+    ino: statView.getBigUint64(STAT.ino, true),
+  };
+}
+
+/** Whether `fd` is an AF_UNIX SOCK_SEQPACKET socket that does not listen. */
+export function isSeqpacket(fd: number): boolean {
+  return socketOption(fd, SOCK.SO_DOMAIN) === SOCK.AF_UNIX &&
+    socketOption(fd, SOCK.SO_TYPE) === SOCK.SEQPACKET &&
+    socketOption(fd, SOCK.SO_ACCEPTCONN) === 0;
+}
+
+/**
+ * Why `fd` cannot be the doorbell of the end carried by `carrier`, or
+ * `undefined` when it can: the design gives every end one side of a unix
+ * seqpacket socket pair, and anything else from a peer (a regular file that
+ * epoll refuses, an eventfd, a listening socket, the carrier itself, whose
+ * hello a ring would consume) is refused before anything waits on it.
+ */
+export function doorbellProblem(
+  fd: number,
+  carrier: number,
+): string | undefined {
+  const bell = identity(fd);
+  if (bell === undefined) return "its doorbell is not an open fd";
+  if (bell.type !== S.IFSOCK) {
+    const kind = bell.type === S.IFREG
+      ? "a regular file"
+      : bell.type === S.IFIFO
+      ? "a pipe"
+      : "a file that is not a socket";
+    return `its doorbell is ${kind}, not a unix seqpacket socket`;
+  }
+  if (!isSeqpacket(fd)) {
+    return "its doorbell is a socket of another kind, not a unix seqpacket socket";
+  }
+  const own = identity(carrier);
+  if (own !== undefined && own.dev === bell.dev && own.ino === bell.ino) {
+    return "its doorbell is its own carrier";
+  }
+  return undefined;
+}
+
 /** What a carrier's hello says, with the fds that came with it. */
 export interface Hello {
   role: number;
@@ -82,13 +151,7 @@ export interface Hello {
  */
 export function peekHello(fd: number): Hello | null {
   const lib = libc();
-  const type = new Int32Array(new ArrayBuffer(64), 0, 1);
-  const len = new Uint32Array(new ArrayBuffer(64), 0, 1);
-  len[0] = 4;
-  if (lib.getsockopt(fd, SOCK.SOL_SOCKET, SOCK.SO_TYPE, type, len) === -1) {
-    return null;
-  }
-  if (type[0] !== SOCK.SEQPACKET) return null;
+  if (!isSeqpacket(fd)) return null;
   new Uint8Array(area, CONTROL_AT, CONTROL_SIZE).fill(0);
   fill(CONTROL_SIZE);
   const n = Number(
@@ -148,26 +211,35 @@ export function ring(fd: number): boolean {
   if (n !== -1) return true;
   const code = errno();
   if (code === ERRNO.EAGAIN) return true;
-  if (code === ERRNO.EPIPE || code === ERRNO.ECONNRESET) return false;
+  if (
+    code === ERRNO.EPIPE || code === ERRNO.ECONNRESET ||
+    code === ERRNO.ENOTCONN
+  ) {
+    return false;
+  }
   throw systemError("send", code, "shmQueue doorbell");
 }
 
 const drainBuffer = new Uint8Array(new ArrayBuffer(64));
+// A peer that keeps ringing cannot hold the thread here: what is left after
+// this many reads wakes the next wait at once instead.
+const DRAIN_READS = 64;
 
 /**
- * Takes every pending ring off a doorbell. Returns `false` once the peer's
- * side is gone (end of file).
+ * Takes the pending rings off a doorbell. Returns `false` once the peer's
+ * side is gone (end of file, or never connected).
  */
 export function drain(fd: number): boolean {
   const lib = libc();
-  for (;;) {
+  for (let reads = 0; reads < DRAIN_READS; reads++) {
     const n = Number(lib.recv(fd, drainBuffer, 64n, MSG.DONTWAIT));
     if (n > 0) continue;
     if (n === 0) return false;
     const code = errno();
     if (code === ERRNO.EAGAIN) return true;
     if (code === ERRNO.EINTR) continue;
-    if (code === ERRNO.ECONNRESET) return false;
+    if (code === ERRNO.ECONNRESET || code === ERRNO.ENOTCONN) return false;
     throw systemError("recv", code, "shmQueue doorbell");
   }
+  return true;
 }

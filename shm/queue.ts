@@ -44,7 +44,14 @@ import { registerAdopter } from "../_adopt.ts";
 import { Serial } from "../_byte_io.ts";
 import { createMemfd, fileSize, sealedAgainstShrink } from "./shared_memory.ts";
 import { type Mapping, mapShared, unmap } from "./_map.ts";
-import { drain, peekHello, ring, ROLE, sendHello } from "./_carrier.ts";
+import {
+  doorbellProblem,
+  drain,
+  peekHello,
+  ring,
+  ROLE,
+  sendHello,
+} from "./_carrier.ts";
 
 /** Options for {@linkcode shmQueue}. */
 export interface ShmQueueOptions {
@@ -722,15 +729,21 @@ function adoptEnd(fd: number, spin: number): ShmSender | ShmReceiver | null {
   const what = role === ROLE.sender ? "ShmSender" : "ShmReceiver";
   let mapping: Mapping | undefined;
   try {
+    // Every fd the peer put in the hello is checked before anything maps
+    // or waits on it.
+    const bellProblem = doorbellProblem(bell, fd);
+    if (bellProblem !== undefined) {
+      throw new TypeError(`Cannot adopt ${what} from fd ${fd}: ${bellProblem}`);
+    }
     if (!sealedAgainstShrink(memfd)) {
       throw new TypeError(
-        `Cannot adopt ${what}: its shared memory is not sealed against shrinking`,
+        `Cannot adopt ${what} from fd ${fd}: its shared memory is not sealed against shrinking`,
       );
     }
     const size = fileSize(memfd);
     if (size < HEADER_BYTES || size > HEADER_BYTES + MAX_BYTES + RECORD) {
       throw new TypeError(
-        `Cannot adopt ${what}: shared memory of ${size} bytes is no shmQueue ring`,
+        `Cannot adopt ${what} from fd ${fd}: shared memory of ${size} bytes is no shmQueue ring`,
       );
     }
     mapping = mapShared(memfd, size, what);

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import {
   fromFd,
+  listen,
+  pipe,
   type ShmQueue,
   shmQueue,
   shmQueueFromFd,
@@ -21,9 +23,10 @@ import {
 } from "./_util.ts";
 import { message, messageSizes, mismatch } from "./fixtures/_shm_messages.ts";
 import { libc } from "../ffi/libc.ts";
-import { MMAP } from "../ffi/layout.ts";
+import { MMAP, O, SOCK } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
-import { ROLE, sendHello } from "../shm/_carrier.ts";
+import { peekHello, ROLE, sendHello } from "../shm/_carrier.ts";
+import { createMemfd } from "../shm/shared_memory.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -408,4 +411,169 @@ test(
     );
   },
   local,
+);
+
+/**
+ * A seqpacket socket whose queue holds a forged hello for `role` with
+ * `fds` (this process keeps its copies); returns the carrier's fd.
+ */
+function forgedCarrier(role: number, fds: (carrier: number) => number[]) {
+  const [keep, put] = socketpair({ type: "seqpacket" });
+  sendHello(put.rawFd, role, fds(keep.rawFd));
+  put.close();
+  return keep._release();
+}
+
+test(
+  "a queue end whose doorbell is not a unix seqpacket socket (regular file, eventfd, pipe, other sockets, its own carrier) is refused at adoption, by fromFd() and by recv() of a socket, leaking nothing",
+  async () => {
+    const lib = libc();
+    using q = shmQueue({ bytes: 256 });
+    // The real ring memory, as a hostile peer could pass it along.
+    const real = peekHello(q[1].rawFd)!;
+    const [ringFd] = real.fds;
+    lib.close(real.fds[1]);
+    const opened: number[] = [ringFd];
+    const keep = (fd: number) => {
+      assert.ok(fd >= 0);
+      opened.push(fd);
+      return fd;
+    };
+    try {
+      const file = keep(
+        lib.open(
+          cstr(new URL("../deno.json", import.meta.url).pathname),
+          O.RDONLY | O.CLOEXEC,
+          0,
+        ),
+      );
+      const eventfd = keep(lib.eventfd(0, 0o2000000));
+      const { reader, writer } = pipe();
+      const pipeFd = keep(reader._release());
+      writer.close();
+      const [stream, streamPeer] = socketpair({ type: "stream" });
+      streamPeer.close();
+      const streamFd = keep(stream._release());
+      const [dgram, dgramPeer] = socketpair({ type: "dgram" });
+      dgramPeer.close();
+      const dgramFd = keep(dgram._release());
+      const name = `conduit-test-bell-${crypto.randomUUID()}`;
+      using listener = listen({ abstract: name, type: "seqpacket" });
+      const bells: [string, (carrier: number) => number, RegExp][] = [
+        ["a regular file", () => file, /doorbell is a regular file/],
+        ["an eventfd", () => eventfd, /not a socket/],
+        ["a pipe", () => pipeFd, /doorbell is a pipe/],
+        ["a stream socket", () => streamFd, /socket of another kind/],
+        ["a dgram socket", () => dgramFd, /socket of another kind/],
+        [
+          "a listening socket",
+          () => listener.rawFd,
+          /socket of another kind/,
+        ],
+        ["its own carrier", (carrier) => carrier, /its own carrier/],
+      ];
+      for (const [what, bell, expected] of bells) {
+        for (const role of [ROLE.sender, ROLE.receiver]) {
+          const carrier = forgedCarrier(role, (c) => [ringFd, bell(c)]);
+          try {
+            assert.throws(
+              () => shmQueueFromFd(carrier),
+              (e: Error) =>
+                e instanceof TypeError &&
+                e.message.startsWith(
+                  `Cannot adopt ${
+                    role === ROLE.sender ? "ShmSender" : "ShmReceiver"
+                  } from fd ${carrier}: `,
+                ) && expected.test(e.message),
+              what,
+            );
+            assert.throws(() => fromFd(carrier), expected, what);
+          } finally {
+            lib.close(carrier);
+          }
+        }
+      }
+      // The same end received in a message: recv() refuses it and closes
+      // every fd that came with it.
+      const [a, b] = socketpair({ type: "seqpacket" });
+      try {
+        const carrier = forgedCarrier(ROLE.receiver, () => [ringFd, file]);
+        try {
+          await a.send(new Uint8Array([1]), { fds: [carrier] });
+        } finally {
+          lib.close(carrier);
+        }
+        await assert.rejects(
+          withTimeout(b.recv(), 2000, "recv"),
+          (e: Error) =>
+            e instanceof TypeError &&
+            /fits no endpoint/.test(e.message) &&
+            /doorbell is a regular file/.test((e.cause as Error).message),
+        );
+      } finally {
+        a.close();
+        b.close();
+      }
+    } finally {
+      for (const fd of opened) lib.close(fd);
+    }
+  },
+);
+
+test(
+  "a queue end whose memory is not a sealed ring (an eventfd, too small, no ring in it) is refused at adoption, leaking nothing",
+  () => {
+    const lib = libc();
+    using bells = socketpair({ type: "seqpacket" });
+    const cases: [string, () => number, RegExp][] = [
+      ["an eventfd", () => lib.eventfd(0, 0o2000000), /not sealed/],
+      ["too small", () => createMemfd(100, "small"), /no shmQueue ring/],
+      ["no ring", () => createMemfd(4096, "empty"), /bad magic/],
+    ];
+    for (const [what, make, expected] of cases) {
+      const memory = make();
+      assert.ok(memory >= 0);
+      const carrier = forgedCarrier(
+        ROLE.receiver,
+        () => [memory, bells[0].rawFd],
+      );
+      lib.close(memory);
+      try {
+        assert.throws(
+          () => shmQueueFromFd(carrier),
+          (e: Error) => e instanceof TypeError && expected.test(e.message),
+          what,
+        );
+      } finally {
+        lib.close(carrier);
+      }
+    }
+  },
+);
+
+test(
+  "a queue end whose doorbell was never connected ends its waits (recv() returns null, send() rejects with BrokenPipe) instead of hanging or throwing from the poller",
+  async () => {
+    const lib = libc();
+    for (const role of [ROLE.receiver, ROLE.sender]) {
+      using q = shmQueue({ bytes: 64 });
+      const real = peekHello(q[1].rawFd)!;
+      lib.close(real.fds[1]);
+      const lone = lib.socket(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0);
+      assert.ok(lone >= 0);
+      const carrier = forgedCarrier(role, () => [real.fds[0], lone]);
+      lib.close(real.fds[0]);
+      lib.close(lone);
+      using end = shmQueueFromFd(carrier, { spin: 0 });
+      if (end instanceof ShmReceiver) {
+        assert.equal(await withTimeout(end.recv(), 2000, "recv"), null);
+      } else {
+        await end.send(new Uint8Array(64));
+        await assert.rejects(
+          withTimeout(end.send(new Uint8Array(64)), 2000, "send"),
+          Deno.errors.BrokenPipe,
+        );
+      }
+    }
+  },
 );
