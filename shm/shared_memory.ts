@@ -229,6 +229,12 @@ export class SharedMemory implements Disposable {
     const maxBytes = checkMaxBytes(
       options.maxBytes ?? DEFAULT_MAX_ADOPT_BYTES,
     );
+    const size = fileSize(fd);
+    if (size <= 0) {
+      throw new RangeError(
+        `Cannot map SharedMemory: fd ${fd} has size ${size}`,
+      );
+    }
     if (options.allowShrink !== true) {
       const risk = shrinkRisk(fd);
       if (risk !== undefined) {
@@ -236,12 +242,6 @@ export class SharedMemory implements Disposable {
           `Cannot map SharedMemory from fd ${fd}: ${risk}; the process that made it could make this one fault (SIGBUS) by truncating it. Pass { allowShrink: true } only for memory from a process you trust`,
         );
       }
-    }
-    const size = fileSize(fd);
-    if (size <= 0) {
-      throw new RangeError(
-        `Cannot map SharedMemory: fd ${fd} has size ${size}`,
-      );
     }
     if (size > maxBytes) {
       throw new RangeError(
