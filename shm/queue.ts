@@ -13,11 +13,38 @@
  * the other process may have crashed or may be hostile.
  *
  * Waiting needs no polling loop and no thread: each end owns one side of a
- * SOCK_SEQPACKET doorbell, watched by the process's one poller. Before it
- * parks, an end raises its "waiting" flag and looks once more; the other end
- * rings only when it takes that flag down (compare-and-exchange), so a busy
- * queue makes no system calls. When the other process exits or closes its
- * end, the doorbell hangs up, which also ends a wait.
+ * SOCK_SEQPACKET doorbell, watched by the process's one poller. A wait
+ * first spins briefly (the shared spin-then-park of `ffi/spin.ts`), then
+ * parks. The protocol that keeps a busy queue free of system calls, and
+ * that no wake-up is ever lost:
+ *
+ * - A receiver parks only when the ring is empty. It raises
+ *   `RECEIVER_WAITING`, then reads `TAIL` once more; if a message arrived
+ *   meanwhile it lowers the flag and takes it instead of parking.
+ * - The sender, after publishing `TAIL`, takes `RECEIVER_WAITING` down with
+ *   a compare-and-exchange and rings the doorbell only if it was up: a
+ *   receiver that is not parked costs the sender no system call.
+ * - A sender parks only when the ring has no room for its record. It
+ *   writes the room it needs to `SENDER_NEEDS`, raises `SENDER_WAITING`,
+ *   then reads `HEAD` once more and writes instead of parking if room was
+ *   made meanwhile.
+ * - The receiver, after publishing `HEAD`, looks at `SENDER_WAITING`. It
+ *   rings at once when half the ring is free (so a sender that outruns its
+ *   receiver wakes once per half ring, not once per message), and otherwise,
+ *   once the record the sender needs fits, rings after the current turn of
+ *   the event loop, or before it hands its end over or closes it.
+ *
+ * All of these are sequentially consistent `Atomics` operations: a flag
+ * raised before the re-read and a position published before the flag is
+ * read mean that either the waiter sees the new position or the other side
+ * sees the flag. A peer in another language must use the same orderings.
+ * When the other process exits or closes its end, the doorbell hangs up,
+ * which also ends a wait.
+ *
+ * A loop that receives (or sends) without ever having to wait gives the
+ * event loop a turn (`setImmediate`) after a few milliseconds of continuous
+ * delivery, so timers and other I/O of the process keep running while a
+ * fast peer floods the queue.
  *
  * @example Messages of any size, in order
  * ```ts
@@ -36,8 +63,10 @@
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError } from "../ffi/errors.ts";
+import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
 import { SOCK } from "../ffi/layout.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { registerAdopter } from "../_adopt.ts";
@@ -61,10 +90,11 @@ export interface ShmQueueOptions {
    */
   bytes?: number;
   /**
-   * How long (µs) a send or receive that would wait first checks the ring
-   * in a busy loop, blocking the thread, before it parks in the poller.
-   * Lowers latency when the other process answers quickly (round trip
-   * about 2 µs instead of about 90 µs on a 2-core VM). Default 20.
+   * How a send or receive that would wait first retries before it parks in
+   * the poller (yielding the CPU each pass). Default: adaptive, spinning up
+   * to 100 µs only while recent spins were answered, so a quick peer is
+   * met without a wake-up and a slow one costs no CPU. `0`: never spin. A
+   * number: always spin up to that many µs (at most one second).
    */
   spin?: number;
 }
@@ -86,6 +116,7 @@ const RECEIVER_WAITING = 18;
 const HEAD = 32; // byte 128: written by the receiver only
 const RECV_SEQ = 33;
 const SENDER_WAITING = 34;
+const SENDER_NEEDS = 35; // written by the sender: bytes it waits to fit
 
 const HEADER_BYTES = 256;
 const RING_MAGIC = 0x51_4d_48_53;
@@ -93,9 +124,18 @@ const RING_VERSION = 1;
 const RECORD = 8;
 const MAX_BYTES = 1 << 30;
 const DEFAULT_BYTES = 1 << 20;
-const DEFAULT_SPIN = 20;
+// Continuous delivery after which a send or receive yields a macrotask turn.
+const SLICE_MS = 4;
 
 const align8 = (n: number) => (n + 7) & ~7;
+
+const DONE: Promise<void> = Promise.resolve();
+
+function receiverGone(): Deno.errors.BrokenPipe {
+  return new Deno.errors.BrokenPipe(
+    "Cannot send on shmQueue: the receiver is gone",
+  );
+}
 
 /** The state one end keeps: its mapping, views and fds. */
 class Ring {
@@ -107,16 +147,18 @@ class Ring {
   readonly view: DataView;
   readonly doorbell: OwnedFd;
   readonly carrier: OwnedFd;
-  spin: number;
+  readonly spinner: Spinner;
   peerGone = false;
   #mapping: Mapping | undefined;
+  #turnAt = performance.now();
+  #deferredWake = false;
 
   constructor(
     what: string,
     mapping: Mapping,
     carrier: number,
     doorbell: number,
-    spin: number,
+    spin: number | undefined,
   ) {
     this.what = what;
     const header = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
@@ -155,7 +197,7 @@ class Ring {
     this.#mapping = mapping;
     this.carrier = new OwnedFd(carrier, what);
     this.doorbell = new OwnedFd(doorbell, what);
-    this.spin = spin;
+    this.spinner = new Spinner(spin);
   }
 
   get closed(): boolean {
@@ -197,52 +239,86 @@ class Ring {
     );
   }
 
-  /** Busy-waits up to `spin` µs for `index` to move from `from`. */
-  spinOn(index: number, from: number): void {
-    if (this.spin <= 0) return;
-    const end = performance.now() + this.spin / 1000;
-    while (performance.now() < end) {
-      if (Atomics.load(this.header, index) !== from) return;
-    }
-  }
-
-  /** Parks until rung (or hung up): `flag` is raised before and lowered after. */
+  /**
+   * Parks until rung (or hung up). `flag` is raised first, then `ready()`
+   * is asked once more: whatever the other side published before it saw
+   * the flag is seen here, so no wake-up is lost. The flag is lowered after.
+   */
   async park(
     flag: number,
-    watch: number,
-    seen: number,
+    ready: () => boolean,
     signal?: AbortSignal,
   ): Promise<void> {
     Atomics.store(this.header, flag, 1);
-    if (Atomics.load(this.header, watch) !== seen) {
+    if (ready()) {
       Atomics.store(this.header, flag, 0);
       return;
     }
     try {
       await this.doorbell.wait("read", signal);
     } finally {
-      if (!this.closed) {
-        Atomics.store(this.header, flag, 0);
-      }
+      if (!this.closed) Atomics.store(this.header, flag, 0);
     }
+    // The wait went through the event loop: a new slice starts.
+    this.#turnAt = performance.now();
     if (!drain(this.doorbell.fd)) this.peerGone = true;
   }
 
-  /** Rings the other end if it is parked. */
+  /** Rings the other end if it is parked (its flag was up). */
   wake(flag: number): void {
     if (Atomics.compareExchange(this.header, flag, 1, 0) === 1) {
       if (!ring(this.doorbell.fd)) this.peerGone = true;
     }
   }
 
+  /**
+   * After the receiver made room: rings a parked sender at once when half
+   * the ring is free, or after this turn of the event loop once the record
+   * it waits for fits. `SENDER_NEEDS` comes from the other process and is
+   * only a hint, clamped to the ring.
+   */
+  roomMade(free: number): void {
+    if (Atomics.load(this.header, SENDER_WAITING) !== 1) return;
+    if (2 * free >= this.capacity) {
+      this.wake(SENDER_WAITING);
+      return;
+    }
+    const needs = Atomics.load(this.header, SENDER_NEEDS);
+    if (needs > free || this.#deferredWake) return;
+    this.#deferredWake = true;
+    setImmediate(() => this.#flushWake());
+  }
+
+  #flushWake(): void {
+    if (!this.#deferredWake) return;
+    this.#deferredWake = false;
+    if (!this.closed) this.wake(SENDER_WAITING);
+  }
+
+  /**
+   * Whether the current slice of continuous delivery is over: a send or
+   * receive that never had to wait should then {@linkcode yieldTurn}.
+   */
+  turnDue(): boolean {
+    return performance.now() - this.#turnAt >= SLICE_MS;
+  }
+
+  /** Yields one macrotask turn, so timers and other I/O of this process run. */
+  async yieldTurn(): Promise<void> {
+    await new Promise((resolve) => setImmediate(resolve));
+    this.#turnAt = performance.now();
+  }
+
   close(): void {
     if (this.carrier.closed) return;
+    this.#flushWake();
     this.doorbell.close();
     this.carrier.close();
     this.#unmap();
   }
 
   release(): number {
+    this.#flushWake();
     const fd = this.carrier.release();
     this.doorbell.close();
     this.#unmap();
@@ -276,6 +352,7 @@ class Ring {
 export class ShmSender implements Disposable {
   #ring: Ring;
   #serial = new Serial();
+  #queued = 0;
 
   /** @internal Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
@@ -329,37 +406,58 @@ export class ShmSender implements Disposable {
         ),
       );
     }
-    return this.#serial.run(() => this.#send(bytes, options.signal));
+    const r = this.#ring;
+    if (this.#queued === 0) {
+      // Nothing queued ahead: a send that finds room needs no promise chain.
+      try {
+        if (this.#trySend(bytes) !== undefined) {
+          return r.turnDue() ? r.yieldTurn() : DONE;
+        }
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    this.#queued++;
+    return this.#serial.run(async () => {
+      try {
+        await this.#send(bytes, options.signal);
+      } finally {
+        this.#queued--;
+      }
+    });
   }
 
   async #send(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
     const r = this.#ring;
     const need = RECORD + align8(bytes.byteLength);
-    for (;;) {
-      r.assertOpen();
-      if (r.peerGone) {
-        throw new Deno.errors.BrokenPipe(
-          "Cannot send on shmQueue: the receiver is gone",
-        );
-      }
-      const tail = r.position(TAIL, "send");
-      let head = r.position(HEAD, "send");
-      if (r.capacity - r.used(head, tail, "send") < need) {
-        r.spinOn(HEAD, head);
-        head = r.position(HEAD, "send");
-      }
-      if (r.capacity - r.used(head, tail, "send") >= need) {
-        this.#write(bytes, tail, need);
-        r.wake(RECEIVER_WAITING);
-        if (r.peerGone) {
-          throw new Deno.errors.BrokenPipe(
-            "Cannot send on shmQueue: the receiver is gone",
-          );
-        }
-        return;
-      }
-      await r.park(SENDER_WAITING, HEAD, head, signal);
-    }
+    const park = () => {
+      Atomics.store(r.header, SENDER_NEEDS, need);
+      return r.park(SENDER_WAITING, () => this.#room(need), signal);
+    };
+    await untilReady(() => this.#trySend(bytes), park, r.spinner);
+    if (r.turnDue()) await r.yieldTurn();
+  }
+
+  #room(need: number): boolean {
+    const r = this.#ring;
+    const tail = r.position(TAIL, "send");
+    const head = r.position(HEAD, "send");
+    return r.capacity - r.used(head, tail, "send") >= need;
+  }
+
+  /** Writes the message if it fits now: `true`, or `undefined` to wait. */
+  #trySend(bytes: Uint8Array): true | undefined {
+    const r = this.#ring;
+    r.assertOpen();
+    if (r.peerGone) throw receiverGone();
+    const need = RECORD + align8(bytes.byteLength);
+    const tail = r.position(TAIL, "send");
+    const head = r.position(HEAD, "send");
+    if (r.capacity - r.used(head, tail, "send") < need) return undefined;
+    this.#write(bytes, tail, need);
+    r.wake(RECEIVER_WAITING);
+    if (r.peerGone) throw receiverGone();
+    return true;
   }
 
   #write(bytes: Uint8Array, tail: number, need: number): void {
@@ -432,6 +530,7 @@ export class ShmSender implements Disposable {
 export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   #ring: Ring;
   #serial = new Serial();
+  #queued = 0;
   #failure: Error | undefined;
 
   /** @internal Use {@linkcode shmQueue} or `fromFd()`. */
@@ -469,28 +568,65 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * corrupt; every later call throws the same error.
    */
   recv(options: ShmWaitOptions = {}): Promise<Uint8Array | null> {
-    return this.#serial.run(() => this.#recv(options.signal));
+    const r = this.#ring;
+    if (this.#queued === 0) {
+      // Nothing queued ahead: a message already there needs no promise chain.
+      try {
+        const message = this.#tryRecv();
+        if (message !== undefined) {
+          return message !== null && r.turnDue()
+            ? r.yieldTurn().then(() => message)
+            : Promise.resolve(message);
+        }
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    this.#queued++;
+    return this.#serial.run(async () => {
+      try {
+        return await this.#recv(options.signal);
+      } finally {
+        this.#queued--;
+      }
+    });
   }
 
   async #recv(signal?: AbortSignal): Promise<Uint8Array | null> {
     const r = this.#ring;
-    for (;;) {
-      r.assertOpen();
-      if (this.#failure !== undefined) throw this.#failure;
-      try {
-        const head = r.position(HEAD, "receive");
-        let tail = r.position(TAIL, "receive");
-        if (tail === head && !r.peerGone) {
-          r.spinOn(TAIL, tail);
-          tail = r.position(TAIL, "receive");
-        }
-        if (tail !== head) return this.#read(head, tail);
-        if (r.peerGone) return null;
-        await r.park(RECEIVER_WAITING, TAIL, tail, signal);
-      } catch (error) {
-        if (error instanceof Deno.errors.InvalidData) this.#failure = error;
-        throw error;
-      }
+    const arrived = () =>
+      r.position(TAIL, "receive") !== r.position(HEAD, "receive");
+    const message = await untilReady(
+      () => this.#tryRecv(),
+      () => this.#guard(() => r.park(RECEIVER_WAITING, arrived, signal)),
+      r.spinner,
+    );
+    if (message !== null && r.turnDue()) await r.yieldTurn();
+    return message;
+  }
+
+  /**
+   * Takes the next message if one is there: the message, `null` at the
+   * end, or `undefined` to wait. A corrupt ring fails this end for good.
+   */
+  #tryRecv(): Uint8Array | null | undefined {
+    const r = this.#ring;
+    r.assertOpen();
+    if (this.#failure !== undefined) throw this.#failure;
+    return this.#guard(() => {
+      const head = r.position(HEAD, "receive");
+      const tail = r.position(TAIL, "receive");
+      if (tail !== head) return this.#read(head, tail);
+      return r.peerGone ? null : undefined;
+    });
+  }
+
+  #guard<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (error) {
+      if (error instanceof Deno.errors.InvalidData) this.#failure = error;
+      throw error;
     }
   }
 
@@ -530,7 +666,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
     if (first < n) out.set(r.data.subarray(0, n - first), first);
     Atomics.store(r.header, RECV_SEQ, (expected + 1) | 0);
     Atomics.store(r.header, HEAD, (head + need) % (2 * r.capacity));
-    r.wake(SENDER_WAITING);
+    r.roomMade(r.capacity - used + need);
     return out;
   }
 
@@ -582,15 +718,6 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
 /** The two ends of a {@linkcode shmQueue}; `using` closes both. */
 export type ShmQueue = [ShmSender, ShmReceiver] & Disposable;
 
-function checkSpin(spin: number): number {
-  if (!Number.isFinite(spin) || spin < 0) {
-    throw new RangeError(
-      `Cannot create shmQueue: spin must be a non-negative number of µs, got ${spin}`,
-    );
-  }
-  return spin;
-}
-
 /**
  * Creates a queue of whole messages through a ring in shared memory. Keep
  * one end and hand the other to a child (`spawn({ fds: [rx] })`, then
@@ -618,7 +745,7 @@ function checkSpin(spin: number): number {
  */
 export function shmQueue(options: ShmQueueOptions = {}): ShmQueue {
   const bytes = options.bytes ?? DEFAULT_BYTES;
-  const spin = checkSpin(options.spin ?? DEFAULT_SPIN);
+  const spin = checkSpin(options.spin, "Cannot create shmQueue");
   if (!Number.isInteger(bytes) || bytes < 1 || bytes > MAX_BYTES) {
     throw new RangeError(
       `Cannot create shmQueue: bytes must be an integer from 1 to ${MAX_BYTES}, got ${bytes}`,
@@ -704,14 +831,17 @@ export function shmQueueFromFd(
   fd: number,
   options: Pick<ShmQueueOptions, "spin"> = {},
 ): ShmSender | ShmReceiver {
-  const end = adoptEnd(fd, checkSpin(options.spin ?? DEFAULT_SPIN));
+  const end = adoptEnd(fd, checkSpin(options.spin, `Cannot adopt fd ${fd}`));
   if (end === null) {
     throw new TypeError(`Cannot adopt fd ${fd}: it is not a shmQueue end`);
   }
   return end;
 }
 
-function adoptEnd(fd: number, spin: number): ShmSender | ShmReceiver | null {
+function adoptEnd(
+  fd: number,
+  spin: number | undefined,
+): ShmSender | ShmReceiver | null {
   const hello = peekHello(fd);
   if (hello === null) return null;
   const lib = libc();
@@ -759,5 +889,5 @@ function adoptEnd(fd: number, spin: number): ShmSender | ShmReceiver | null {
 
 registerAdopter((fd, kind) => {
   if (kind !== "socket") return null;
-  return adoptEnd(fd, DEFAULT_SPIN);
+  return adoptEnd(fd, undefined);
 }, true);

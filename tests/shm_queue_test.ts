@@ -18,6 +18,7 @@ import {
   pollerWaits,
   stillPending,
   test,
+  until,
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
@@ -576,4 +577,220 @@ test(
       }
     }
   },
+);
+
+/** Work that takes a while without reading any clock: a few hashes. */
+function busyWork(message: Uint8Array): number {
+  let h = 2166136261;
+  for (let round = 0; round < 40; round++) {
+    for (let i = 0; i < message.length; i++) {
+      h = Math.imul(h ^ message[i], 16777619);
+    }
+  }
+  return h;
+}
+
+test(
+  "a for await over a queue that a child floods lets a setInterval of this process tick (a macrotask turn after each slice of continuous delivery)",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 1 << 20 });
+    const child = peer(["flood", "64"], [tx]);
+    let ticks = 0;
+    const interval = setInterval(() => ticks++, 1);
+    try {
+      // The child fills the ring before the loop starts, and refills it
+      // faster than the loop empties it: the loop never has to wait.
+      const { header, data } = rx._ring();
+      const span = 2 * data.length;
+      const used = () =>
+        (Atomics.load(header, 16) - Atomics.load(header, 32) + span) % span;
+      await until(
+        () => used() > data.length / 2,
+        10_000,
+        "the child to fill half the ring",
+      );
+      ticks = 0;
+      let received = 0;
+      // No timer can bound this loop (a starved event loop never fires
+      // one): it gives up after far more messages than a few slices take.
+      for await (const message of rx) {
+        busyWork(message);
+        received++;
+        if (ticks >= 3) break;
+        if (received === 300_000) {
+          throw new Error(
+            `${received} messages received and the interval ticked ${ticks} times`,
+          );
+        }
+      }
+      assert.ok(ticks >= 3, `the queue ended after ${received} messages`);
+    } finally {
+      clearInterval(interval);
+      rx.close();
+    }
+    const result = await finish(child, "flooding child");
+    assert.equal(result.err, "");
+    assert.equal(result.out, "flooded some\n");
+  },
+  perms,
+);
+
+test(
+  "a send loop that never waits for room lets a setInterval tick (a macrotask turn after each slice of continuous delivery)",
+  async () => {
+    using q = shmQueue({ bytes: 64 << 20 });
+    const [tx] = q;
+    let ticks = 0;
+    const interval = setInterval(() => ticks++, 1);
+    try {
+      const message = new Uint8Array(64);
+      // The ring takes ~900,000 of these: no send waits before that.
+      let sent = 0;
+      while (ticks < 3) {
+        if (++sent === 800_000) {
+          throw new Error(
+            `${sent} sends and the interval ticked ${ticks} times`,
+          );
+        }
+        await tx.send(message);
+        busyWork(message);
+      }
+    } finally {
+      clearInterval(interval);
+    }
+  },
+  local,
+);
+
+test(
+  "spin is checked like every wait's: a number of µs from 0 to one second, or absent for the adaptive default",
+  () => {
+    assert.throws(() => shmQueue({ spin: -1 }), RangeError);
+    assert.throws(() => shmQueue({ spin: Infinity }), RangeError);
+    assert.throws(
+      () => shmQueue({ spin: "10" as unknown as number }),
+      TypeError,
+    );
+    using q = shmQueue({ spin: 0 });
+    assert.throws(
+      () => shmQueueFromFd(q[0].rawFd, { spin: NaN }),
+      (e: Error) =>
+        e instanceof RangeError &&
+        e.message.startsWith(`Cannot adopt fd ${q[0].rawFd}: spin`),
+    );
+    shmQueue({ spin: 50 })[Symbol.dispose]();
+    shmQueue()[Symbol.dispose]();
+  },
+  local,
+);
+
+/** Whether a ring is pending on the doorbell of the end behind `carrier`. */
+function rungDoorbell(carrier: number): boolean {
+  const lib = libc();
+  const hello = peekHello(carrier)!;
+  try {
+    const byte = new Uint8Array(8);
+    return Number(lib.recv(hello.fds[1], byte, 8n, 0x02 | 0x40)) > 0;
+  } finally {
+    for (const fd of hello.fds) lib.close(fd);
+  }
+}
+
+test(
+  "the sender rings the doorbell only while the receiver is parked; a busy queue makes no system call",
+  async () => {
+    using q = shmQueue({ bytes: 4096, spin: 0 });
+    const [tx, rx] = q;
+    for (let i = 0; i < 20; i++) await tx.send(new Uint8Array(100));
+    for (let i = 0; i < 20; i++) await rx.recv();
+    assert.equal(rungDoorbell(rx.rawFd), false);
+    const pending = rx.recv();
+    assert.ok(await stillPending(pending, 20));
+    await tx.send(new Uint8Array([9]));
+    assert.deepEqual(
+      await withTimeout(pending, 2000, "recv"),
+      new Uint8Array([9]),
+    );
+    // The one ring was taken off by the receiver it woke.
+    assert.equal(rungDoorbell(rx.rawFd), false);
+  },
+  local,
+);
+
+test(
+  "a sender parked on a full ring is rung at once when half the ring is free, and only after a macrotask turn when just its record fits",
+  async () => {
+    using q = shmQueue({ bytes: 1024, spin: 0 });
+    const [tx, rx] = q;
+    const { header } = tx._ring();
+    const SENDER_WAITING = 34;
+    // Eight records of 128 bytes fill the ring of 1032 but 8 bytes.
+    for (let i = 0; i < 8; i++) await tx.send(message(i, 120));
+    const blocked = tx.send(message(8, 120));
+    assert.ok(await stillPending(blocked, 20));
+    assert.equal(Atomics.load(header, SENDER_WAITING), 1);
+    // One record out: the next fits, but a ring now would wake the sender
+    // for every record. (A message already in the ring is taken within the
+    // call, so the flag is looked at before anything else runs.)
+    const first = rx.recv();
+    assert.equal(Atomics.load(header, SENDER_WAITING), 1);
+    assert.equal(mismatch((await first)!, 0, 120), "");
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    assert.equal(Atomics.load(header, SENDER_WAITING), 0);
+    await withTimeout(blocked, 2000, "send after a turn");
+
+    // Full again (records 1 to 8): three records out leave less than half
+    // the ring free, the fourth frees more than half and rings at once.
+    const again = tx.send(message(9, 120));
+    assert.ok(await stillPending(again, 20));
+    assert.equal(Atomics.load(header, SENDER_WAITING), 1);
+    const taken = [];
+    for (let i = 1; i < 4; i++) {
+      taken.push(rx.recv());
+      assert.equal(Atomics.load(header, SENDER_WAITING), 1);
+    }
+    taken.push(rx.recv());
+    assert.equal(Atomics.load(header, SENDER_WAITING), 0);
+    for (const [i, got] of taken.entries()) {
+      assert.equal(mismatch((await got)!, i + 1, 120), "");
+    }
+    await withTimeout(again, 2000, "send after half the ring");
+    for (let i = 5; i <= 9; i++) {
+      assert.equal(mismatch((await rx.recv())!, i, 120), "");
+    }
+  },
+  local,
+);
+
+test(
+  "20,000 messages through a 256-byte ring to a child and back, this side never spinning: no wake-up is lost",
+  async () => {
+    const there = shmQueue({ bytes: 256, spin: 0 });
+    const back = shmQueue({ bytes: 256, spin: 0 });
+    const echo = peer(["echo"], [there[1], back[0]]);
+    const sizes = messageSizes(20_000, 256, 7);
+    const sending = (async () => {
+      try {
+        for (let i = 0; i < sizes.length; i++) {
+          await there[0].send(message(i, sizes[i]));
+        }
+      } finally {
+        there[0].close();
+      }
+    })();
+    try {
+      for (let i = 0; i < sizes.length; i++) {
+        const got = await withTimeout(back[1].recv(), 10_000, `echo ${i}`);
+        assert.ok(got !== null, `null at ${i}`);
+        assert.equal(mismatch(got, i, sizes[i]), "");
+      }
+      assert.equal(await withTimeout(back[1].recv(), 10_000, "end"), null);
+      await sending;
+    } finally {
+      there[0].close();
+      back[1].close();
+    }
+    assert.equal((await finish(echo, "echo")).code, 0);
+  },
+  perms,
 );
