@@ -199,6 +199,14 @@ const symbols = {
     parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],
     result: "i64",
   },
+  // The same on Deno's blocking pool, for a call that sleeps: futex_waitv
+  // over every wait on shared memory (shm/_futex.ts).
+  syscall6_nb: {
+    name: "syscall",
+    parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "i64",
+    nonblocking: true,
+  },
 
   // int memfd_create(const char *name, unsigned int flags);
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
@@ -267,6 +275,7 @@ const SYS_BY_ARCH = {
     waitid: 247,
     pidfd_send_signal: 424,
     pidfd_open: 434,
+    futex_waitv: 449,
   },
   aarch64: {
     io_setup: 0,
@@ -277,6 +286,7 @@ const SYS_BY_ARCH = {
     waitid: 95,
     pidfd_send_signal: 424,
     pidfd_open: 434,
+    futex_waitv: 449,
   },
 } as const;
 

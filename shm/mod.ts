@@ -25,6 +25,8 @@ export {
   SharedMemory,
   type SharedMemoryAdoptOptions,
   type SharedMemoryOptions,
+  type SharedMemoryWaitOptions,
+  type SharedMemoryWaitResult,
 } from "./shared_memory.ts";
 export {
   type ShmQueue,

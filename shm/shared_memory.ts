@@ -25,6 +25,13 @@ import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { registerAdopter } from "../_adopt.ts";
 import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
+import {
+  cancelWait,
+  type Wait,
+  type WaitResult,
+  waitWord,
+  wakeWord,
+} from "./_futex.ts";
 
 /** Options for {@linkcode SharedMemory.create}. */
 export interface SharedMemoryOptions {
@@ -62,6 +69,20 @@ export interface SharedMemoryAdoptOptions extends SharedMemoryOptions {
 
 /** Largest memory adopted from another process by default: 1 GiB. */
 const DEFAULT_MAX_ADOPT_BYTES = 1 << 30;
+
+/** Options for {@linkcode SharedMemory.wait}. */
+export interface SharedMemoryWaitOptions {
+  /**
+   * Milliseconds after which the wait ends with `"timed-out"`. Default: no
+   * limit. `0` only compares.
+   */
+  timeout?: number;
+  /** Ends the wait, rejecting with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** How {@linkcode SharedMemory.wait} ended, as `Atomics.waitAsync` says. */
+export type SharedMemoryWaitResult = WaitResult;
 
 const NAME = /^[^/\0]{1,250}$/;
 
@@ -171,8 +192,9 @@ function checkMaxBytes(maxBytes: number): number {
  * memory object by name. {@linkcode buffer} is a plain `ArrayBuffer` over the
  * mapping; writes are seen at once by every process that maps the same
  * memory. Use `Atomics` on an `Int32Array` over it for shared counters and
- * flags (they are atomic across processes; `Atomics.wait` is not available
- * because the buffer is not a `SharedArrayBuffer`).
+ * flags (they are atomic across processes). `Atomics.wait` and `notify`
+ * need a `SharedArrayBuffer`; use {@linkcode wait} and {@linkcode notify}
+ * instead, which work across processes.
  *
  * A memfd made by {@linkcode SharedMemory.create} is sealed at its size, so
  * no process it is handed to can truncate it under another's mapping (which
@@ -201,6 +223,8 @@ export class SharedMemory implements Disposable {
   #mapping: Mapping | undefined;
   #name: string | undefined;
   #size: number;
+  #words: Int32Array | undefined;
+  #waits = new Set<Wait>();
 
   /**
    * Maps the whole of a memfd or shared memory fd. Prefer
@@ -251,6 +275,7 @@ export class SharedMemory implements Disposable {
     this.#size = size;
     this.#mapping = mapShared(fd, size, `SharedMemory fd ${fd}`);
     unmapWhenCollected(this.#mapping);
+    this.#words = new Int32Array(this.#mapping.buffer, 0, size >>> 2);
     this.#fd = new OwnedFd(fd, "SharedMemory");
     this.#name = options.name;
   }
@@ -407,14 +432,139 @@ export class SharedMemory implements Disposable {
     return this.#fd.closed;
   }
 
-  /** Nothing ever waits on shared memory; kept for the endpoint shape. */
+  /**
+   * Kept for the endpoint shape: a pending {@linkcode wait} always keeps the
+   * process alive.
+   */
   ref(): void {
     this.#fd.ref();
   }
 
-  /** Nothing ever waits on shared memory; kept for the endpoint shape. */
+  /**
+   * Kept for the endpoint shape: a pending {@linkcode wait} always keeps the
+   * process alive.
+   */
   unref(): void {
     this.#fd.unref();
+  }
+
+  /**
+   * Waits until another process (or this one) calls {@linkcode notify} on
+   * the 32-bit word at `index` (as in `new Int32Array(buffer)[index]`),
+   * provided the word holds `expected` now: the semantics of
+   * `Atomics.waitAsync`, across processes. Waiting takes no thread per wait
+   * and no polling loop (every wait of the process is one entry of one
+   * `futex_waitv` call).
+   *
+   * The word is a futex: any program that maps the same memory, in any
+   * language, wakes these waits with `futex(addr, FUTEX_WAKE, n)` and can
+   * wait with `FUTEX_WAIT` for {@linkcode notify}. As with every futex,
+   * change the word before you notify: a wait also ends with `"ok"` when it
+   * finds the word changed, and a notify that changes nothing can be missed
+   * by a wait that is just starting.
+   *
+   * @param index Index of the word, from 0 to `size / 4 - 1`.
+   * @param expected The value the word must hold for the wait to begin.
+   * @param options `timeout` in ms and `signal`.
+   * @returns `"not-equal"` when the word did not hold `expected`, `"ok"` when
+   * woken, `"timed-out"` when the timeout passed first.
+   * @throws {RangeError} When `index` is outside the memory.
+   * @throws {Deno.errors.BadResource} When the memory is closed (also ends
+   * a pending wait).
+   * @throws {Deno.errors.NotSupported} When the kernel lacks `futex_waitv`
+   * (Linux 5.16).
+   *
+   * @example Wait for another process to set a flag
+   * ```ts
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const words = new Int32Array(mem.buffer);
+   * const woken = mem.wait(0, 0, { timeout: 5000 });
+   * Atomics.store(words, 0, 1); // in practice, another process
+   * mem.notify(0);
+   * console.log(await woken); // "ok"
+   * ```
+   */
+  wait(
+    index: number,
+    expected: number,
+    options: SharedMemoryWaitOptions = {},
+  ): Promise<SharedMemoryWaitResult> {
+    try {
+      const mapping = this.#word(index, "wait on");
+      if (typeof expected !== "number") {
+        throw new TypeError(
+          `Cannot wait on SharedMemory: expected must be a number, got ${typeof expected}`,
+        );
+      }
+      let timeout = options.timeout ?? Infinity;
+      if (typeof timeout !== "number") {
+        throw new TypeError(
+          `Cannot wait on SharedMemory: timeout must be a number, got ${typeof timeout}`,
+        );
+      }
+      if (Number.isNaN(timeout)) timeout = Infinity;
+      return waitWord(
+        this.#words!,
+        index,
+        this.#address(mapping, index),
+        expected | 0,
+        { timeout: Math.max(0, timeout), signal: options.signal },
+        this.#waits,
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /**
+   * Wakes up to `count` waits on the word at `index`, in every process
+   * that maps this memory (the semantics of `Atomics.notify`).
+   *
+   * @param index Index of the word, from 0 to `size / 4 - 1`.
+   * @param count How many waiters to wake. Default: all.
+   * @returns How many waiters the kernel woke.
+   * @throws {RangeError} When `index` is outside the memory or `count` is
+   * negative.
+   * @throws {Deno.errors.BadResource} When the memory is closed.
+   *
+   * @example Wake every waiter
+   * ```ts
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * Atomics.store(new Int32Array(mem.buffer), 1, 1);
+   * console.log(mem.notify(1)); // 0: nobody waits yet
+   * ```
+   */
+  notify(index: number, count = Infinity): number {
+    const mapping = this.#word(index, "notify on");
+    if (typeof count !== "number" || Number.isNaN(count) || count < 0) {
+      throw new RangeError(
+        `Cannot notify on SharedMemory: count must be a non-negative number, got ${count}`,
+      );
+    }
+    return wakeWord(this.#address(mapping, index), Math.floor(count));
+  }
+
+  #word(index: number, verb: string): Mapping {
+    if (this.#mapping === undefined) throw closedError("SharedMemory");
+    if (
+      !Number.isInteger(index) || index < 0 || index >= this.#size >>> 2
+    ) {
+      throw new RangeError(
+        `Cannot ${verb} SharedMemory: word index ${index} is outside 0 to ${
+          (this.#size >>> 2) - 1
+        }`,
+      );
+    }
+    return this.#mapping;
+  }
+
+  #address(mapping: Mapping, index: number): bigint {
+    return BigInt(Deno.UnsafePointer.value(mapping.pointer)) +
+      BigInt(index * 4);
   }
 
   /**
@@ -456,8 +606,13 @@ export class SharedMemory implements Disposable {
 
   #drop(): void {
     if (this.#mapping === undefined) return;
+    // No wait may outlive the mapping its futex_waitv entry names.
+    for (const wait of [...this.#waits]) {
+      cancelWait(wait, closedError("SharedMemory"));
+    }
     retire(this.#mapping);
     this.#mapping = undefined;
+    this.#words = undefined;
   }
 }
 

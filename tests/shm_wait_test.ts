@@ -1,0 +1,223 @@
+import assert from "node:assert/strict";
+import { SharedMemory, spawn } from "../mod.ts";
+import {
+  DENO,
+  fixture,
+  listDir,
+  readProcText,
+  stillPending,
+  test,
+  until,
+  withTimeout,
+  zombieChildren,
+} from "./_util.ts";
+import { SYS } from "../ffi/libc.ts";
+
+const PEER = fixture("shm_peer.ts");
+const PYTHON_PEER = fixture("futex_peer.py");
+const perms = { run: true, read: true, env: true } as const;
+const decoder = new TextDecoder();
+
+/** How many threads of `pid` sleep in the system call `nr` right now. */
+function threadsIn(pid: number, nr: number): number {
+  let count = 0;
+  for (const tid of listDir(`/proc/${pid}/task`)) {
+    const fields = readProcText(`/proc/${pid}/task/${tid}/syscall`)?.split(" ");
+    if (fields !== undefined && Number(fields[0]) === nr) count++;
+  }
+  return count;
+}
+
+/** Resolves once this process's futex_waitv call is asleep in the kernel. */
+function waitsAsleep(): Promise<void> {
+  return until(
+    () => threadsIn(Deno.pid, SYS.futex_waitv) > 0,
+    10_000,
+    "this process's futex_waitv to sleep",
+  );
+}
+
+test(
+  "wait() compares first: not-equal when the word differs, timed-out at once for timeout 0, timed-out when nobody notifies",
+  async () => {
+    using mem = SharedMemory.create(64);
+    const words = new Int32Array(mem.buffer);
+    Atomics.store(words, 3, -5);
+    assert.equal(await mem.wait(3, 4), "not-equal");
+    assert.equal(await mem.wait(3, -5, { timeout: 0 }), "timed-out");
+    assert.equal(await mem.wait(3, 0xffff_fffb, { timeout: 0 }), "timed-out");
+    assert.equal(await mem.wait(3, -5, { timeout: 30 }), "timed-out");
+    assert.equal(mem.notify(3), 0);
+    await assert.rejects(mem.wait(16, 0), RangeError);
+    await assert.rejects(mem.wait(1.5, 0), RangeError);
+    await assert.rejects(
+      mem.wait(0, "0" as unknown as number),
+      TypeError,
+    );
+    assert.throws(() => mem.notify(-1), RangeError);
+    assert.throws(() => mem.notify(0, -1), RangeError);
+  },
+);
+
+test(
+  "notify() wakes waits of this process: one kernel wake-up ends the first wait on the word, a changed word ends them all, and words beyond one futex_waitv call's 127 are served",
+  async () => {
+    using mem = SharedMemory.create(4096);
+    const words = new Int32Array(mem.buffer);
+    const one = mem.wait(0, 0, { timeout: 20_000 });
+    await waitsAsleep();
+    Atomics.store(words, 0, 1);
+    assert.equal(mem.notify(0), 1);
+    assert.equal(await one, "ok");
+
+    // Three waits on one word, which does not change: each notify ends one.
+    const three = [0, 1, 2].map(() => mem.wait(2, 0, { timeout: 20_000 }));
+    for (let i = 0; i < 2; i++) {
+      await waitsAsleep();
+      assert.equal(mem.notify(2, 1), 1);
+      assert.equal(await three[i], "ok");
+      assert.ok(await stillPending(three[i + 1], 10));
+    }
+    // A changed word ends every wait on it at the next wake-up.
+    Atomics.store(words, 2, 9);
+    await waitsAsleep();
+    assert.equal(mem.notify(2), 1);
+    assert.equal(await three[2], "ok");
+
+    // 300 words: three calls of up to 127 words each.
+    const many = Array.from(
+      { length: 300 },
+      (_, i) => mem.wait(100 + i, 0, { timeout: 20_000 }),
+    );
+    await until(
+      () => threadsIn(Deno.pid, SYS.futex_waitv) === 3,
+      10_000,
+      "three futex_waitv calls asleep",
+    );
+    let woken = 0;
+    for (let i = 0; i < 300; i++) {
+      Atomics.store(words, 100 + i, 1);
+      woken += mem.notify(100 + i);
+    }
+    // Each call wakes once; the words notified while it was being issued
+    // again are found changed, and their waits end all the same.
+    assert.ok(woken >= 3, `${woken} woken`);
+    assert.deepEqual(new Set(await Promise.all(many)), new Set(["ok"]));
+  },
+);
+
+test(
+  "a pending wait ends when its signal aborts (with the reason) and when the memory is closed (BadResource)",
+  async () => {
+    const mem = SharedMemory.create(64);
+    try {
+      const controller = new AbortController();
+      const aborted = mem.wait(0, 0, { signal: controller.signal });
+      const kept = mem.wait(1, 0, { timeout: 20_000 });
+      await waitsAsleep();
+      controller.abort(new Error("stop waiting"));
+      await assert.rejects(aborted, /stop waiting/);
+      await assert.rejects(
+        mem.wait(0, 0, { signal: controller.signal }),
+        /stop waiting/,
+      );
+      mem.close();
+      await assert.rejects(
+        kept,
+        (e: Error) =>
+          e instanceof Deno.errors.BadResource &&
+          e.message === "Cannot use SharedMemory: it is closed",
+      );
+      await assert.rejects(mem.wait(0, 0), Deno.errors.BadResource);
+      assert.throws(() => mem.notify(0), Deno.errors.BadResource);
+      assert.equal(threadsIn(Deno.pid, SYS.futex_waitv), 0);
+    } finally {
+      mem.close();
+    }
+  },
+);
+
+test(
+  "a wait in a child process is woken by notify() in this one, and a wait here by the child's notify()",
+  async () => {
+    using mem = SharedMemory.create(4096);
+    const words = new Int32Array(mem.buffer);
+    const waiter = spawn(DENO, {
+      args: ["run", "--allow-ffi", "--allow-read", PEER, "wait-word"],
+      fds: [mem],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const output = waiter.output();
+    try {
+      await until(
+        () => threadsIn(waiter.pid, SYS.futex_waitv) > 0,
+        20_000,
+        "the child to wait",
+      );
+    } catch (error) {
+      waiter.kill("SIGKILL");
+      await output;
+      throw error;
+    }
+    Atomics.store(words, 0, 42);
+    assert.equal(mem.notify(0), 1);
+    const out = await withTimeout(output, 20_000, "waiting child");
+    assert.equal(decoder.decode(out.stderr), "");
+    assert.equal(decoder.decode(out.stdout), "ok 42\n");
+
+    Atomics.store(words, 0, 0);
+    const woken = mem.wait(0, 0, { timeout: 20_000 });
+    const notifier = spawn(DENO, {
+      args: ["run", "--allow-ffi", "--allow-read", PEER, "notify-word"],
+      fds: [mem],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    Atomics.store(words, 1, 1);
+    mem.notify(1);
+    assert.equal(await woken, "ok");
+    assert.equal(Atomics.load(words, 0), 7);
+    const done = await withTimeout(notifier.output(), 20_000, "notifier");
+    assert.equal(decoder.decode(done.stderr), "");
+    assert.equal(decoder.decode(done.stdout), "notified\n");
+    assert.deepEqual(zombieChildren(), []);
+  },
+  perms,
+);
+
+test(
+  "the words are plain futexes: a Python process's FUTEX_WAIT is woken by notify(), and its FUTEX_WAKE wakes a wait here",
+  async () => {
+    using mem = SharedMemory.create(4096);
+    const words = new Int32Array(mem.buffer);
+    const back = mem.wait(1, 0, { timeout: 20_000 });
+    await waitsAsleep();
+    const python = spawn("python3", {
+      args: [PYTHON_PEER],
+      fds: [mem],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const output = python.output();
+    try {
+      await until(
+        () => threadsIn(python.pid, SYS.futex) > 0,
+        20_000,
+        "python to wait",
+      );
+    } catch (error) {
+      python.kill("SIGKILL");
+      await output;
+      throw error;
+    }
+    Atomics.store(words, 0, 5);
+    assert.equal(mem.notify(0), 1);
+    assert.equal(await back, "ok");
+    assert.equal(Atomics.load(words, 1), 1);
+    const out = await withTimeout(output, 20_000, "python");
+    assert.equal(decoder.decode(out.stderr), "");
+    assert.equal(decoder.decode(out.stdout), "python woke: 5\npython woke 1\n");
+  },
+  perms,
+);
