@@ -590,6 +590,7 @@ export const RING = {
   HEAD: 32,
   RECV_SEQ: 33,
   SENDER_WAITING: 34,
+  SENDER_NEEDS: 35,
 } as const;
 
 /** One random write into the ring's header, or into a record header. */
