@@ -129,8 +129,6 @@ const SLICE_MS = 4;
 
 const align8 = (n: number) => (n + 7) & ~7;
 
-const DONE: Promise<void> = Promise.resolve();
-
 function receiverGone(): Deno.errors.BrokenPipe {
   return new Deno.errors.BrokenPipe(
     "Cannot send on shmQueue: the receiver is gone",
@@ -309,6 +307,26 @@ class Ring {
     this.#turnAt = performance.now();
   }
 
+  /** The turn being yielded by a call that did not wait, if any. */
+  turn: Promise<void> | undefined;
+
+  /**
+   * Settles a call that did not wait with `value`: at once, or after the
+   * turn it yields when the slice is over, or after the turn an earlier call
+   * is yielding (calls settle in the order they were made).
+   */
+  settle<T>(value: T): Promise<T> {
+    if (this.turn === undefined) {
+      if (!this.turnDue()) return Promise.resolve(value);
+      const turn = this.yieldTurn();
+      this.turn = turn;
+      turn.then(() => {
+        if (this.turn === turn) this.turn = undefined;
+      });
+    }
+    return this.turn.then(() => value);
+  }
+
   close(): void {
     if (this.carrier.closed) return;
     this.#flushWake();
@@ -411,16 +429,20 @@ export class ShmSender implements Disposable {
       // Nothing queued ahead: a send that finds room needs no promise chain.
       try {
         if (this.#trySend(bytes) !== undefined) {
-          return r.turnDue() ? r.yieldTurn() : DONE;
+          return r.settle(undefined);
         }
       } catch (error) {
         return Promise.reject(error);
       }
     }
+    return this.#queue(() => this.#send(bytes, options.signal));
+  }
+
+  #queue(task: () => Promise<void>): Promise<void> {
     this.#queued++;
     return this.#serial.run(async () => {
       try {
-        await this.#send(bytes, options.signal);
+        await task();
       } finally {
         this.#queued--;
       }
@@ -429,6 +451,7 @@ export class ShmSender implements Disposable {
 
   async #send(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
     const r = this.#ring;
+    if (r.turn !== undefined) await r.turn;
     const need = RECORD + align8(bytes.byteLength);
     const park = () => {
       Atomics.store(r.header, SENDER_NEEDS, need);
@@ -574,18 +597,22 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
       try {
         const message = this.#tryRecv();
         if (message !== undefined) {
-          return message !== null && r.turnDue()
-            ? r.yieldTurn().then(() => message)
-            : Promise.resolve(message);
+          return message === null && r.turn === undefined
+            ? Promise.resolve(null)
+            : r.settle(message);
         }
       } catch (error) {
         return Promise.reject(error);
       }
     }
+    return this.#queue(() => this.#recv(options.signal));
+  }
+
+  #queue<T>(task: () => Promise<T>): Promise<T> {
     this.#queued++;
     return this.#serial.run(async () => {
       try {
-        return await this.#recv(options.signal);
+        return await task();
       } finally {
         this.#queued--;
       }
@@ -594,6 +621,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
 
   async #recv(signal?: AbortSignal): Promise<Uint8Array | null> {
     const r = this.#ring;
+    if (r.turn !== undefined) await r.turn;
     const arrived = () =>
       r.position(TAIL, "receive") !== r.position(HEAD, "receive");
     const message = await untilReady(

@@ -13,6 +13,7 @@ import {
   UnixSocket,
 } from "../mod.ts";
 import {
+  delay,
   DENO,
   fixture,
   pollerWaits,
@@ -793,4 +794,33 @@ test(
     assert.equal((await finish(echo, "echo")).code, 0);
   },
   perms,
+);
+
+test(
+  "receives and sends called together settle in call order, also when the first gives the event loop its turn",
+  async () => {
+    using q = shmQueue({ bytes: 4096 });
+    const [tx, rx] = q;
+    for (const round of [0, 1]) {
+      // A pause without waiting on the queue: the slice of continuous
+      // delivery is over, so the first call below yields a turn.
+      await delay(10);
+      const sent: number[] = [];
+      await Promise.all(
+        [0, 1, 2, 3, 4].map((i) =>
+          tx.send(new Uint8Array([i])).then(() => sent.push(i))
+        ),
+      );
+      assert.deepEqual(sent, [0, 1, 2, 3, 4], `round ${round}`);
+      await delay(10);
+      const received: number[] = [];
+      await Promise.all(
+        [0, 1, 2, 3, 4].map(() =>
+          rx.recv().then((message) => received.push(message![0]))
+        ),
+      );
+      assert.deepEqual(received, [0, 1, 2, 3, 4], `round ${round}`);
+    }
+  },
+  local,
 );
