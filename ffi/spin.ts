@@ -4,11 +4,14 @@
  * A wait first retries its sync attempt for a short while, calling
  * `sched_yield()` each pass so a peer on the same core gets to run, and only
  * then parks in the poller. By default the spin is hit-gated: a waiter spins
- * only while its recent spins were answered quickly; after a miss it parks
- * straight away for 2, 4, ... 256 waits before it tries a spin again. A
- * tight ping-pong gets answers within the spin and never parks; paced or
- * one-way traffic and a busy machine see misses and stop spinning, so the
- * spin never costs more than a few short probes.
+ * only while its recent spins were answered quickly (a fast hit: the peer was
+ * awake); after a miss, or a few slow hits in a row (the peer had to be woken
+ * each time), it parks straight away for 2, 4, ... 256 waits before it probes
+ * again. A probe spins long enough to catch a parked peer's answer, so two
+ * ends that both backed off lock in again. A tight ping-pong gets answers
+ * within the spin and never parks; paced or one-way traffic and a busy
+ * machine see misses and stop spinning, so the spin never costs more than a
+ * few probes.
  *
  * - `spin: undefined` (the default): the hit-gated rule above.
  * - `spin: 0`: never spin; park at once.
@@ -19,12 +22,24 @@
 
 import { libc } from "./libc.ts";
 
-/** Largest budget the adaptive rule spins for, in µs. */
+/** Largest budget the adaptive rule spins for after fast hits, in µs. */
 const MAX_BUDGET_US = 100;
 /** Smallest budget the adaptive rule spins for, in µs. */
 const MIN_BUDGET_US = 10;
-/** A spin answered within this many µs counts as a hit. */
-const HIT_US = 30;
+/** A spin answered within this many µs is a fast hit: the peer is awake. */
+const FAST_US = 30;
+/**
+ * Budget of a probe after misses, in µs: long enough to catch the answer of
+ * a peer that was parked and had to be woken, so two ends that both backed
+ * off can lock in again.
+ */
+const PROBE_US = 150;
+/**
+ * Slow hits (answered after FAST_US, within PROBE_US) in a row that still
+ * count as hits: a peer that keeps answering slowly is parked each time, and
+ * spinning for it only burns CPU.
+ */
+const SLOW_HITS = 3;
 /** Longest back-off after misses: 2^MAX_MISSES parked waits. */
 const MAX_MISSES = 8;
 /** Largest fixed budget accepted, in µs (one second). */
@@ -55,9 +70,10 @@ export function checkSpin(spin: unknown, what: string): number | undefined {
 /** One waiter's spin state: keep one per endpoint and direction. */
 export class Spinner {
   #fixed: number | undefined;
-  #budget = HIT_US;
+  #budget = PROBE_US;
   #cooldown = 0;
   #misses = 0;
+  #slowHits = 0;
 
   /** @param spin `undefined` for the adaptive rule, `0` for none, or µs. */
   constructor(spin?: number) {
@@ -105,18 +121,20 @@ export class Spinner {
   }
 
   #hit(us: number): void {
-    if (us > HIT_US) {
-      this.#miss();
+    if (us > FAST_US) {
+      if (++this.#slowHits > SLOW_HITS) this.#miss();
       return;
     }
     this.#misses = 0;
+    this.#slowHits = 0;
     this.#budget = Math.min(MAX_BUDGET_US, Math.max(MIN_BUDGET_US, 4 * us));
   }
 
   #miss(): void {
     this.#misses = Math.min(this.#misses + 1, MAX_MISSES);
     this.#cooldown = 1 << this.#misses;
-    this.#budget = HIT_US;
+    this.#slowHits = 0;
+    this.#budget = PROBE_US;
   }
 }
 

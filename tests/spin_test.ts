@@ -1,0 +1,115 @@
+import assert from "node:assert/strict";
+import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
+import { test } from "./_util.ts";
+
+/** An attempt that answers on its `answerAt`-th call (never when 0). */
+function counted(
+  answerAt = 0,
+): { attempt: () => number | undefined; calls: number } {
+  const state = {
+    calls: 0,
+    attempt: () => {
+      state.calls++;
+      return answerAt > 0 && state.calls >= answerAt ? state.calls : undefined;
+    },
+  };
+  return state;
+}
+
+/** Busy-waits `us` µs. */
+function busy(us: number): void {
+  const end = performance.now() + us / 1000;
+  while (performance.now() < end) { /* the peer is slow */ }
+}
+
+test("spin: 0 never calls the attempt; a fixed budget always spins", () => {
+  const off = new Spinner(0);
+  assert.equal(off.off, true);
+  const never = counted();
+  assert.equal(off.spin(never.attempt), undefined);
+  assert.equal(never.calls, 0);
+
+  const fixed = new Spinner(20);
+  for (let round = 0; round < 3; round++) {
+    const miss = counted();
+    assert.equal(fixed.spin(miss.attempt), undefined);
+    assert.ok(miss.calls > 0, "a fixed budget spun in every wait");
+  }
+  const hit = counted(3);
+  assert.equal(fixed.spin(hit.attempt), 3);
+});
+
+test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit resets it", () => {
+  const spinner = new Spinner();
+  const parkedFor = (n: number) => {
+    for (let k = 0; k < n; k++) {
+      const skipped = counted();
+      assert.equal(spinner.spin(skipped.attempt), undefined);
+      assert.equal(skipped.calls, 0, `wait ${k + 1} of ${n} spun`);
+    }
+  };
+  const probe = counted();
+  assert.equal(spinner.spin(probe.attempt), undefined);
+  assert.ok(probe.calls > 0, "the first wait probes");
+  parkedFor(2);
+  const second = counted();
+  assert.equal(spinner.spin(second.attempt), undefined);
+  assert.ok(second.calls > 0);
+  parkedFor(4);
+  const third = counted();
+  assert.equal(spinner.spin(third.attempt), undefined);
+  parkedFor(8);
+
+  // An answer on the first pass is a fast hit: misses start over.
+  assert.equal(spinner.spin(counted(1).attempt), 1);
+  const next = counted(2);
+  assert.equal(spinner.spin(next.attempt), 2, "spins again after a hit");
+  assert.equal(spinner.spin(counted().attempt), undefined);
+  parkedFor(2);
+});
+
+test("the adaptive spin stops for a peer that answers slowly every time", () => {
+  const spinner = new Spinner();
+  // Each answer comes 50 µs into the spin: a parked peer being woken. On a
+  // quiet machine four such slow hits in a row end the spinning; on a busy
+  // one a probe may miss outright, which ends it too. Either way some of
+  // twelve waits must park without spinning.
+  let skipped = 0;
+  for (let k = 0; k < 12; k++) {
+    let first = 0;
+    spinner.spin(() => {
+      first ||= performance.now();
+      return performance.now() - first < 0.05 ? undefined : 1;
+    });
+    if (first === 0) skipped++;
+  }
+  assert.ok(skipped >= 2, `${skipped} of 12 waits parked without spinning`);
+});
+
+test("untilReady tries, spins, then parks until the attempt answers", async () => {
+  let ready = false;
+  let parks = 0;
+  const attempt = () => ready ? "done" : undefined;
+  const result = await untilReady(attempt, () => {
+    parks++;
+    busy(1);
+    if (parks === 3) ready = true;
+    return Promise.resolve();
+  }, new Spinner(0));
+  assert.equal(result, "done");
+  assert.equal(parks, 3);
+});
+
+test("checkSpin accepts undefined, 0 and µs up to a second, and names what is wrong", () => {
+  assert.equal(checkSpin(undefined, "read"), undefined);
+  assert.equal(checkSpin(0, "read"), 0);
+  assert.equal(checkSpin(50, "read"), 50);
+  assert.throws(() => checkSpin("50", "read"), TypeError);
+  for (const bad of [-1, Number.NaN, Infinity, 1_000_001]) {
+    assert.throws(
+      () => checkSpin(bad, "read"),
+      (error: Error) =>
+        error instanceof RangeError && error.message.startsWith("read:"),
+    );
+  }
+});
