@@ -1,7 +1,9 @@
 /**
  * The registry behind `fromFd()`: each endpoint module registers how it
  * recognises its kind of fd, so `fromFd()` needs no import of theirs at
- * evaluation time.
+ * evaluation time. Modules that adopt received fds call
+ * {@linkcode adoptFd} (and import `from_fd.ts` so every adopter is
+ * registered).
  *
  * @module
  */
@@ -49,22 +51,36 @@ export type Adopter = (
 ) => Endpoint | null;
 const adopters: Adopter[] = [];
 
-/** Asks each registered adopter in turn; `null` when none recognises the fd. */
-export function adopt(
-  fd: number,
-  kind: FdKind,
-  access: number,
-): Endpoint | null {
+/**
+ * Wraps an fd in the endpoint that fits it, asking each registered adopter
+ * in turn, and makes it CLOEXEC. No check of where the fd came from: this
+ * is the path of fds this process received (SCM_RIGHTS fds arrive
+ * CLOEXEC); `fromFd()` adds the check for fds named by a caller.
+ *
+ * @throws {TypeError} When no endpoint fits the fd.
+ */
+export function adoptFd(fd: number): Endpoint {
+  const { kind, access } = describeFd(fd);
   for (const adopter of adopters) {
     const endpoint = adopter(fd, kind, access);
-    if (endpoint !== null) return endpoint;
+    if (endpoint !== null) {
+      setCloexec(fd);
+      return endpoint;
+    }
   }
-  return null;
+  throw new TypeError(`Cannot adopt fd ${fd}: no endpoint fits a ${kind} fd`);
+}
+
+/** Whether an fd is close-on-exec; `BadResource` when it is not open. */
+export function isCloexec(fd: number): boolean {
+  const flags = check("fcntl(F_GETFD)", libc().fcntl(fd, F.GETFD, 0));
+  return (flags & F.FD_CLOEXEC) !== 0;
 }
 
 /**
  * Lets an endpoint module (sockets, shared memory, channels) teach
- * `fromFd()` its kind of fd.
+ * `fromFd()` its kind of fd. An adopter may throw a `TypeError` for an fd
+ * of its kind that it refuses.
  */
 export function registerAdopter(adopter: Adopter, first = false): void {
   // A more specific kind (a shared-memory queue end is also a socket) asks

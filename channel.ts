@@ -75,8 +75,8 @@ import {
   writeMemfd,
 } from "./_channel_wire.ts";
 import { boundAddress } from "./_unix_addr.ts";
-import { fromFd } from "./from_fd.ts";
-import { registerAdopter } from "./_adopt.ts";
+import "./from_fd.ts";
+import { adoptFd, registerAdopter } from "./_adopt.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 import { UnixListener, UnixSocket } from "./socketpair.ts";
 import { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
@@ -799,7 +799,7 @@ class Incoming implements EndpointHooks {
     const fd = this.#take(input.varint());
     let endpoint: { close(): void };
     try {
-      endpoint = fromFd(fd);
+      endpoint = adoptFd(fd);
     } catch (error) {
       closeAll([fd]);
       throw invalid(`fd fits no endpoint: ${(error as Error).message}`);

@@ -14,7 +14,7 @@
  */
 
 import { O } from "./ffi/layout.ts";
-import { adopt, describeFd, setCloexec } from "./_adopt.ts";
+import { adoptFd, isCloexec, registerAdopter } from "./_adopt.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 // Loaded for their adopters, so fromFd() knows every kind of endpoint even
 // when imported on its own.
@@ -41,16 +41,48 @@ export type Endpoint =
   | Sender<unknown>
   | Receiver<unknown>;
 
+/** Options for {@linkcode fromFd}. */
+export interface FromFdOptions {
+  /**
+   * Adopt the fd even though it is close-on-exec. An fd handed to this
+   * process through exec (`spawn({ fds })` in the parent, a shell
+   * redirection) is never close-on-exec; one that is was opened by this
+   * process, maybe by Deno itself, whose internal fds must not be wrapped
+   * (closing one can crash the runtime). Default `false`: such an fd is
+   * refused.
+   */
+  allowCloexec?: boolean;
+}
+
+// Pipe ends (and FIFOs), by their access mode.
+registerAdopter((fd, kind, access) => {
+  if (kind !== "fifo") return null;
+  if (access === O.RDONLY) return new PipeReader(fd);
+  if (access === O.WRONLY) return new PipeWriter(fd);
+  throw new TypeError(
+    `Cannot adopt fd ${fd}: a FIFO opened for reading and writing has no single direction`,
+  );
+});
+
 /**
- * Wraps an fd this process inherited or received in the endpoint that fits
- * it: a pipe's read or write end by its access mode, a socket by its type,
- * a memfd as `SharedMemory`, a queue or channel end as that end. The fd is made CLOEXEC, so it is not
- * passed on to later children unless handed over explicitly.
+ * Wraps an fd this process inherited in the endpoint that fits it: a
+ * pipe's read or write end by its access mode, a socket by its type, a
+ * memfd as `SharedMemory`, a queue or channel end as that end. The fd is
+ * made CLOEXEC, so it is not passed on to later children unless handed
+ * over explicitly.
+ *
+ * An inherited fd is not close-on-exec; a close-on-exec fd was opened by
+ * this process (perhaps by Deno for its own use) and is refused unless
+ * `allowCloexec` says otherwise. Calling `fromFd()` twice on one fd is
+ * refused the same way, since the first call made it CLOEXEC. Fds received
+ * with `recv()` are endpoints already.
  *
  * @param fd The fd; the returned endpoint owns it.
+ * @param options Whether a close-on-exec fd may be adopted.
  * @returns The endpoint.
  * @throws {Deno.errors.BadResource} When `fd` is not open.
- * @throws {TypeError} When the fd is of a kind no endpoint fits.
+ * @throws {TypeError} When the fd is close-on-exec (without
+ * `allowCloexec`), or of a kind no endpoint fits; the fd is left open.
  * @throws {RangeError} When a memfd is empty (it cannot be mapped).
  *
  * @example Read from an inherited pipe
@@ -61,30 +93,15 @@ export type Endpoint =
  * const text = await new Response(input.readable).text();
  * ```
  */
-export function fromFd(fd: number): Endpoint {
+export function fromFd(fd: number, options: FromFdOptions = {}): Endpoint {
   if (!Number.isInteger(fd) || fd < 0) {
     throw new TypeError(`Cannot adopt fd: ${fd} is not a valid fd number`);
   }
-  const { kind, access } = describeFd(fd);
-  const endpoint = adopt(fd, kind, access);
-  if (endpoint !== null) {
-    setCloexec(fd);
-    return endpoint;
-  }
-  if (kind === "fifo") {
-    if (access === O.RDONLY) {
-      setCloexec(fd);
-      return new PipeReader(fd);
-    }
-    if (access === O.WRONLY) {
-      setCloexec(fd);
-      return new PipeWriter(fd);
-    }
+  if (options?.allowCloexec !== true && isCloexec(fd)) {
     throw new TypeError(
-      `Cannot adopt fd ${fd}: a FIFO opened for reading and writing has no single direction`,
+      `Cannot adopt fd ${fd}: it is close-on-exec, so it was not handed to this process ` +
+        "(it was opened here, perhaps by Deno itself); pass { allowCloexec: true } to adopt it anyway",
     );
   }
-  throw new TypeError(
-    `Cannot adopt fd ${fd}: no endpoint fits a ${kind} fd`,
-  );
+  return adoptFd(fd);
 }

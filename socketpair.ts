@@ -50,8 +50,10 @@ import {
   type ReadOptions,
   spinnerFor,
 } from "./_byte_io.ts";
-import { type Endpoint, fromFd } from "./from_fd.ts";
-import { registerAdopter } from "./_adopt.ts";
+// Loaded for every adopter, so received fds of any kind become endpoints.
+import type { Endpoint } from "./from_fd.ts";
+import "./from_fd.ts";
+import { adoptFd, registerAdopter } from "./_adopt.ts";
 import type { FdEndpoint } from "./spawn.ts";
 import {
   closeAll,
@@ -786,7 +788,7 @@ export class UnixSocket implements Disposable {
     const endpoints: Endpoint[] = [];
     for (let i = 0; i < fds.length; i++) {
       try {
-        endpoints.push(fromFd(fds[i]));
+        endpoints.push(adoptFd(fds[i]));
       } catch (error) {
         for (const endpoint of endpoints) endpoint.close();
         closeAll(fds.slice(i));

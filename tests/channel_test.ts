@@ -397,7 +397,9 @@ Deno.test({
       assert.equal((end as Sender<string>).capacity, 3);
       await (end as Sender<string>).send("raw");
       assert.equal(await rx.recv(), "raw");
-      const rawRx = fromFd(libc().fcntl(rx.rawFd, 1030, 3));
+      const rawRx = fromFd(libc().fcntl(rx.rawFd, 1030, 3), {
+        allowCloexec: true,
+      });
       assert.ok(rawRx instanceof Receiver);
       for (const e of [tx, rx, a, b, end, rawRx]) e.close();
     });

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { fixture, runDeno } from "./_util.ts";
+import { fromFd, pipe, PipeWriter, socketpair, UnixSocket } from "../mod.ts";
+import { libc } from "../ffi/libc.ts";
+import { F } from "../ffi/layout.ts";
+import { fdTarget, fixture, openFds, runDeno, test } from "./_util.ts";
+
+/** fcntl F_DUPFD: a copy without close-on-exec, as exec would pass it. */
+const F_DUPFD = 0;
 
 Deno.test({
   name: "fromFd() imported on its own recognises sockets, pipes and memfds",
@@ -17,4 +23,69 @@ Deno.test({
         "PipeReader PipeWriter SharedMemory",
     );
   },
+});
+
+test(
+  "fromFd() refuses a close-on-exec fd, names it, says it was not handed over, and leaves it open",
+  async () => {
+    using p = pipe();
+    const fd = p.reader.rawFd;
+    assert.throws(
+      () => fromFd(fd),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        error.message.includes(`fd ${fd}:`) &&
+        /close-on-exec/.test(error.message) &&
+        /not handed to this process/.test(error.message),
+    );
+    // Still the pipe's, still working.
+    await p.writer.write(new Uint8Array([7]));
+    const buf = new Uint8Array(1);
+    assert.equal(await p.reader.read(buf), 1);
+    assert.equal(buf[0], 7);
+  },
+);
+
+test("fromFd() refuses every fd Deno opened for itself", () => {
+  // The runtime's reactor (epoll, eventfd) and its internal sockets; the
+  // poller's epoll fd and eventfd are close-on-exec as well.
+  const theirs = openFds().filter((fd) =>
+    /^(anon_inode|socket):/.test(fdTarget(fd) ?? "")
+  );
+  assert.ok(theirs.length > 0, "the runtime holds some fds");
+  for (const fd of theirs) {
+    assert.throws(
+      () => fromFd(fd),
+      (error: unknown) =>
+        error instanceof TypeError && /close-on-exec/.test(error.message),
+      `fd ${fd} (${fdTarget(fd)})`,
+    );
+  }
+});
+
+test(
+  "fromFd() adopts an inherited (not close-on-exec) fd, makes it close-on-exec, and refuses it a second time",
+  async () => {
+    using p = pipe();
+    const inherited = libc().fcntl(p.writer.rawFd, F_DUPFD, 3);
+    assert.ok(inherited >= 0);
+    assert.equal(libc().fcntl(inherited, F.GETFD, 0) & F.FD_CLOEXEC, 0);
+    using writer = fromFd(inherited);
+    assert.ok(writer instanceof PipeWriter);
+    assert.equal(
+      libc().fcntl(inherited, F.GETFD, 0) & F.FD_CLOEXEC,
+      F.FD_CLOEXEC,
+    );
+    assert.throws(() => fromFd(inherited), /close-on-exec/);
+    await writer.write(new Uint8Array([1, 2]));
+    assert.equal(await p.reader.read(new Uint8Array(4)), 2);
+  },
+);
+
+test("fromFd(fd, { allowCloexec: true }) adopts a close-on-exec fd", () => {
+  using pair = socketpair({ type: "dgram" });
+  const copy = libc().fcntl(pair[0].rawFd, F.DUPFD_CLOEXEC, 3);
+  using adopted = fromFd(copy, { allowCloexec: true });
+  assert.ok(adopted instanceof UnixSocket);
+  assert.equal(adopted.type, "dgram");
 });

@@ -440,7 +440,9 @@ Deno.test({
       await assertNoFdLeak(async () => {
         const path = `${dir}/adopt.sock`;
         using server = listen({ path });
-        const adopted = fromFd(dupCloexec(server.rawFd));
+        const adopted = fromFd(dupCloexec(server.rawFd), {
+          allowCloexec: true,
+        });
         assert.ok(adopted instanceof UnixListener);
         assert.equal(adopted.path, path);
         using client = await connect({ path });

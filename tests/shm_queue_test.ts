@@ -225,7 +225,7 @@ test(
       () => shmQueueFromFd(pair[0].rawFd),
       /is not a shmQueue end/,
     );
-    const again = fromFd(pair[0]._release());
+    const again = fromFd(pair[0]._release(), { allowCloexec: true });
     assert.ok(again instanceof UnixSocket);
     // The peek left the message in place.
     assert.deepEqual((await again.recv())?.data, new Uint8Array([1, 2, 3]));
@@ -383,7 +383,7 @@ test(
     assert.deepEqual(await q[1].recv(), new Uint8Array([1]));
     await q[0].send(new Uint8Array([2]));
     const tx = shmQueueFromFd(q[0]._release());
-    const rx = fromFd(q[1]._release());
+    const rx = fromFd(q[1]._release(), { allowCloexec: true });
     assert.ok(tx instanceof ShmSender);
     assert.ok(rx instanceof ShmReceiver);
     await tx.send(new Uint8Array([3]));

@@ -167,7 +167,7 @@ Deno.test({
     await assertNoFdLeak(async () => {
       using mem = SharedMemory.create(100);
       new Uint8Array(mem.buffer)[99] = 5;
-      const again = fromFd(mem._release());
+      const again = fromFd(mem._release(), { allowCloexec: true });
       assert.ok(again instanceof SharedMemory);
       assert.equal(again.size, 100);
       assert.equal(new Uint8Array(again.buffer)[99], 5);
@@ -179,7 +179,10 @@ Deno.test({
         const fd = libc().open(cstr(path), O.RDWR | O.CLOEXEC, 0);
         assert.ok(fd >= 0);
         try {
-          assert.throws(() => fromFd(fd), TypeError);
+          assert.throws(
+            () => fromFd(fd, { allowCloexec: true }),
+            TypeError,
+          );
         } finally {
           libc().close(fd);
         }
