@@ -87,10 +87,15 @@ function randomName(): string {
     Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** A deadline and abort signal combined, cleared by `done()`. */
+/**
+ * A deadline and abort signal combined, cleared by `done()`. When the
+ * deadline passes, the TimedOut error says what was still awaited, as
+ * `waitingFor()` tells it at that moment.
+ */
 function limits(
   options: ServerAcceptOptions,
   doing: string,
+  waitingFor: () => string = () => "no client connected",
 ): { signal: AbortSignal; done(): void } {
   const { timeout } = options;
   if (
@@ -107,7 +112,7 @@ function limits(
     timer = setTimeout(() => {
       controller.abort(
         new Deno.errors.TimedOut(
-          `Cannot ${doing}: no client connected within ${timeout} ms`,
+          `Cannot ${doing}: ${waitingFor()} within ${timeout} ms`,
         ),
       );
     }, timeout);
@@ -245,10 +250,18 @@ export class OneShotServer<T> implements Disposable {
     options: ServerAcceptOptions = {},
   ): Promise<[Receiver<T>, T]> {
     const listener = this.#listener;
+    let connected = false;
     let done = () => {};
     try {
       let signal: AbortSignal;
-      ({ signal, done } = limits(options, "accept on OneShotServer"));
+      ({ signal, done } = limits(
+        options,
+        "accept on OneShotServer",
+        () =>
+          connected
+            ? "a client connected but sent no message"
+            : "no client connected",
+      ));
       signal.throwIfAborted();
       const rx = await acceptClient<T>(
         listener,
@@ -256,6 +269,7 @@ export class OneShotServer<T> implements Disposable {
         this.#allow,
         this.#decodeLimits,
       );
+      connected = true;
       listener.close();
       try {
         const first = await rx.recv({ signal });
