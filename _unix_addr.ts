@@ -2,19 +2,25 @@
  * Named local socket addresses: `sockaddr_un` encoding for filesystem paths
  * and Linux abstract names, and publishing a listening socket at a path.
  *
- * A path socket is bound with its final permissions from the start (the
- * socket's mode is set before `bind`, which creates the file with it). A
- * socket file left by a crashed server is told apart from a live one by
- * connecting to it, and only a file nobody accepts on is removed; a
- * directory lock serializes servers of this module that start on the same
- * path at the same moment.
+ * A path socket is made in a private directory (mode 0700, in the same
+ * directory as the path) where nobody else can reach it: bound, given its
+ * mode there, listening, and only then renamed into place. So its mode is
+ * never set through a name another user could swap for a symlink, and it
+ * appears already listening, with its final permissions.
+ *
+ * Nothing takes a lock another user could hold. A socket file left by a
+ * crashed server is told apart from a live one by connecting to it; it is
+ * replaced atomically (`RENAME_EXCHANGE`), and what was swapped out is
+ * removed only if it is that same dead file, otherwise swapped back. Two
+ * servers starting on one stale path at once: one gets it, the other
+ * `AddrInUse`.
  *
  * @module
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check, ERRNO, errno, retry, systemError } from "./ffi/errors.ts";
-import { LOCK, O, S, SOCK, SOCKADDR_UN, STAT } from "./ffi/layout.ts";
+import { check, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import { AT, O, RENAME, S, SOCK, SOCKADDR_UN, STAT } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
 
 /** A filesystem path or a Linux abstract name. */
@@ -108,7 +114,10 @@ export function boundAddress(fd: number): { path?: string; abstract?: string } {
   }
   let stop = bytes.indexOf(0, SOCKADDR_UN.path);
   if (stop === -1 || stop > end) stop = end;
-  return { path: decoder.decode(bytes.subarray(SOCKADDR_UN.path, stop)) };
+  const path = decoder.decode(bytes.subarray(SOCKADDR_UN.path, stop));
+  // A socket published by publishPath() was bound in its private directory
+  // under its final name, then moved up one level.
+  return { path: path.replace(PRIVATE_COMPONENT, "$1") };
 }
 
 /** Identity of a filesystem object: device and inode. */
@@ -117,22 +126,44 @@ export interface FileId {
   ino: bigint;
 }
 
-/** lstat: the file's type bits and identity, or `null` when it is absent. */
-function lstatId(path: string): { type: number; id: FileId } | null {
-  const buf = new Uint8Array(STAT.size + 64);
-  if (libc().lstat(cstr(path), buf) === -1) {
-    const code = errno();
-    if (code === ERRNO.ENOENT) return null;
-    throw systemError("lstat", code, path);
-  }
+function sameFile(a: FileId, b: FileId): boolean {
+  return a.dev === b.dev && a.ino === b.ino;
+}
+
+/** What `lstat`/`fstatat` says of a file: its type bits and identity. */
+interface FileInfo {
+  type: number;
+  id: FileId;
+  uid: number;
+  mode: number;
+}
+
+function fileInfo(buf: Uint8Array<ArrayBuffer>): FileInfo {
   const view = new DataView(buf.buffer);
+  const mode = view.getUint32(STAT.mode, true);
   return {
-    type: view.getUint32(STAT.mode, true) & S.IFMT,
+    type: mode & S.IFMT,
+    mode: mode & 0o7777,
+    uid: view.getUint32(STAT.uid, true),
     id: {
       dev: view.getBigUint64(STAT.dev, true),
       ino: view.getBigUint64(STAT.ino, true),
     },
   };
+}
+
+/**
+ * `fstatat` without following a final symlink: the file's type, mode,
+ * owner and identity, or `null` when it is absent.
+ */
+function statAt(dir: number, name: string): FileInfo | null {
+  const buf = new Uint8Array(STAT.size + 64);
+  if (libc().fstatat(dir, cstr(name), buf, AT.SYMLINK_NOFOLLOW) === -1) {
+    const code = errno();
+    if (code === ERRNO.ENOENT) return null;
+    throw systemError("lstat", code, name);
+  }
+  return fileInfo(buf);
 }
 
 /** What a connection attempt tells about a socket file. */
@@ -163,22 +194,136 @@ function probe(addr: Sockaddr): Liveness {
   return "stale";
 }
 
-function dirOf(path: string): string {
+/** A path's directory part (up to its last `/`, or `""`) and final name. */
+function splitPath(path: string): { dir: string; base: string } {
   const at = path.lastIndexOf("/");
-  if (at === -1) return ".";
-  if (at === 0) return "/";
-  return path.slice(0, at);
+  return { dir: path.slice(0, at + 1), base: path.slice(at + 1) };
 }
 
-/** Holds an exclusive flock on a directory, if it can be opened. */
-function lockDir(dir: string): number {
+/** The private directory's name: a prefix and 12 random base-32 digits. */
+const PRIVATE_PREFIX = ".ipc-";
+/** How much longer a path is inside the private directory. */
+const PRIVATE_LENGTH = 1 + PRIVATE_PREFIX.length + 12;
+/** Its component in a bound path, as `boundAddress` strips it. */
+const PRIVATE_COMPONENT = /(^|\/)\.ipc-[0-9a-v]{12}\/(?=[^/]+$)/;
+
+function privateName(): string {
+  const digits = crypto.getRandomValues(new Uint8Array(12));
+  return PRIVATE_PREFIX +
+    Array.from(digits, (d) => (d & 31).toString(32)).join("");
+}
+
+/**
+ * A directory only this user can enter, made next to the socket's path (so
+ * a rename moves the socket out of it), held open by fd.
+ */
+class PrivateDir implements Disposable {
+  readonly path: string;
+  readonly fd: number;
+
+  /**
+   * @param dir Where to make it: a path ending in `/`, or `""` for the
+   * current directory.
+   * @param doing What the caller does, for messages.
+   */
+  constructor(dir: string, doing: string) {
+    const lib = libc();
+    for (let attempt = 0;; attempt++) {
+      const path = dir + privateName();
+      if (lib.mkdir(cstr(path), 0o700) === 0) {
+        this.path = path;
+        break;
+      }
+      const code = errno();
+      if (code !== ERRNO.EEXIST || attempt >= 8) {
+        throw systemError("mkdir", code, `${doing}: ${path}`);
+      }
+    }
+    const fd = lib.open(
+      cstr(this.path),
+      O.RDONLY | O.DIRECTORY | O.NOFOLLOW | O.CLOEXEC,
+      0,
+    );
+    if (fd === -1) {
+      const code = errno();
+      lib.unlinkat(AT.FDCWD, cstr(this.path), AT.REMOVEDIR);
+      throw systemError("open", code, this.path);
+    }
+    this.fd = fd;
+    // The name is in a shared directory: make sure the directory opened is
+    // the one made, this user's and closed to others.
+    const info = statAt(fd, ".");
+    if (
+      info === null || info.type !== S.IFDIR ||
+      info.uid !== lib.geteuid() || (info.mode & 0o077) !== 0
+    ) {
+      lib.close(fd);
+      throw new Deno.errors.PermissionDenied(
+        `Cannot ${doing}: the private directory ${this.path} was replaced as it was made`,
+      );
+    }
+  }
+
+  /** Removes the entry `name` in it, if any. */
+  unlink(name: string): void {
+    libc().unlinkat(this.fd, cstr(name), 0);
+  }
+
+  /** Removes the directory (which must be empty by now) and closes it. */
+  [Symbol.dispose](): void {
+    const lib = libc();
+    lib.unlinkat(AT.FDCWD, cstr(this.path), AT.REMOVEDIR);
+    lib.close(this.fd);
+  }
+}
+
+/**
+ * Moves `name` out of the private directory to `path`: only if nothing is
+ * there (`"placed"`), or in exchange for what is there (`"swapped"`: that
+ * is now `name` in the private directory). `"occupied"` when something is
+ * in the way of a move without exchange; `"unsupported"` when the
+ * filesystem cannot exchange.
+ */
+function moveOut(
+  priv: PrivateDir,
+  name: string,
+  path: string,
+  flags: number,
+): "placed" | "swapped" | "occupied" | "unsupported" {
   const lib = libc();
-  const fd = lib.open(cstr(dir), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0);
-  // Without a readable directory there is no lock; the steps below are
-  // still safe against every server but a second one starting this instant.
-  if (fd === -1) return -1;
-  retry("flock", () => lib.flock(fd, LOCK.EX));
-  return fd;
+  const from = cstr(name);
+  const to = cstr(path);
+  if (lib.renameat2(priv.fd, from, AT.FDCWD, to, flags) === 0) {
+    return flags === RENAME.EXCHANGE ? "swapped" : "placed";
+  }
+  let code = errno();
+  if (code === ERRNO.EEXIST) return "occupied";
+  if (code === ERRNO.EINVAL && flags === RENAME.EXCHANGE) return "unsupported";
+  if (code === ERRNO.EINVAL) {
+    // No rename flags on this filesystem: a hard link fails the same way
+    // when the path is taken.
+    if (lib.linkat(priv.fd, from, AT.FDCWD, to, 0) === 0) {
+      priv.unlink(name);
+      return "placed";
+    }
+    code = errno();
+    if (code === ERRNO.EEXIST) return "occupied";
+  }
+  throw systemError("rename", code, path);
+}
+
+/** {@linkcode moveOut}, with `"failed"` for its errors. */
+function tryMoveOut(
+  priv: PrivateDir,
+  name: string,
+  path: string,
+  flags: number,
+): ReturnType<typeof moveOut> | "failed" {
+  try {
+    return moveOut(priv, name, path, flags);
+  } catch {
+    return "failed";
+  }
 }
 
 /**
@@ -199,19 +344,44 @@ export function publishPath(
 ): FileId {
   const lib = libc();
   const addr = encodeAddress({ path }, "listen on");
-  const pathC = cstr(path);
-  // On Linux, bind() creates the file with the socket's own mode minus the
-  // umask: set before bind, the file is never more open than `mode`.
-  check("fchmod", lib.fchmod(fd, mode));
-  const lock = lockDir(dirOf(path));
+  const { dir, base } = splitPath(path);
+  const doing = `listen on ${path}`;
+  // The socket is bound in the private directory first, which makes its
+  // path longer.
+  const longest = MAX_NAME - PRIVATE_LENGTH;
+  if (encoder.encode(path).length > longest) {
+    throw new RangeError(
+      `Cannot ${doing}: the path is ${
+        encoder.encode(path).length
+      } bytes, and a listening socket path holds at most ${longest}`,
+    );
+  }
+  using priv = new PrivateDir(dir, doing);
+  const inside = encodeAddress({ path: `${priv.path}/${base}` }, "listen on");
+  if (lib.bind(fd, inside.bytes, inside.length) === -1) {
+    throw systemError("bind", errno(), path);
+  }
+  let mine: FileInfo | null = null;
   try {
+    // Inside the private directory nobody else can swap the name.
+    check("chmod", lib.fchmodat(priv.fd, cstr(base), mode, 0));
+    check("listen", lib.listen(fd, backlog));
+    mine = statAt(priv.fd, base);
+    if (mine === null || mine.type !== S.IFSOCK) {
+      throw new Deno.errors.NotFound(
+        `Cannot ${doing}: the socket file vanished as it was made`,
+      );
+    }
     for (let attempt = 0;; attempt++) {
-      if (lib.bind(fd, addr.bytes, addr.length) === 0) break;
-      const code = errno();
-      if (code !== ERRNO.EADDRINUSE || attempt >= 8) {
-        throw systemError("bind", code, path);
+      if (attempt >= 8) {
+        throw new Deno.errors.AddrInUse(
+          `Cannot ${doing}: other servers keep taking the path`,
+        );
       }
-      const existing = lstatId(path);
+      if (moveOut(priv, base, path, RENAME.NOREPLACE) === "placed") {
+        return mine.id;
+      }
+      const existing = statAt(AT.FDCWD, path);
       if (existing === null) continue;
       if (existing.type !== S.IFSOCK) {
         throw new Deno.errors.AlreadyExists(
@@ -224,36 +394,69 @@ export function publishPath(
           `Cannot listen on ${path}: a live server is listening on it`,
         );
       }
-      // Left over by a server that is gone: remove it and bind again.
-      if (state === "stale" && lib.unlink(pathC) === -1) {
-        const failed = errno();
-        if (failed !== ERRNO.ENOENT) throw systemError("unlink", failed, path);
+      if (state === "gone") continue;
+      if (replaceStale(priv, base, path, existing.id, inside) === "done") {
+        return mine.id;
       }
     }
-    try {
-      // Bits the umask took away are given back now that the file exists.
-      check("chmod", lib.chmod(pathC, mode));
-      check("listen", lib.listen(fd, backlog));
-      const published = lstatId(path);
-      if (published === null) {
-        throw new Deno.errors.NotFound(
-          `Cannot listen on ${path}: the socket file vanished as it was made`,
-        );
-      }
-      return published.id;
-    } catch (error) {
-      lib.unlink(pathC);
-      throw error;
+  } catch (error) {
+    // Remove this server's socket file, and nothing a failed exchange may
+    // have left in its place.
+    const left = statAt(priv.fd, base);
+    if (left !== null && (mine === null || sameFile(left.id, mine.id))) {
+      priv.unlink(base);
     }
-  } finally {
-    if (lock !== -1) lib.close(lock);
+    throw error;
   }
+}
+
+/**
+ * Puts the socket `base` of the private directory at `path` in place of
+ * the stale socket file `stale`, and deletes that file. `"retry"` when
+ * something else turned out to be at `path`: it is put back, and `base`
+ * is this server's socket again.
+ */
+function replaceStale(
+  priv: PrivateDir,
+  base: string,
+  path: string,
+  stale: FileId,
+  inside: Sockaddr,
+): "done" | "retry" {
+  const lib = libc();
+  const outcome = moveOut(priv, base, path, RENAME.EXCHANGE);
+  if (outcome !== "swapped") {
+    // No atomic exchange here: remove the stale file if it is still the
+    // one probed, then place this socket only if the path is free.
+    const now = statAt(AT.FDCWD, path);
+    if (now !== null && sameFile(now.id, stale)) lib.unlink(cstr(path));
+    return moveOut(priv, base, path, RENAME.NOREPLACE) === "placed"
+      ? "done"
+      : "retry";
+  }
+  // `base` in the private directory is now whatever was at `path`. It goes
+  // only if it is the dead file probed (a live socket answers the probe).
+  const out = statAt(priv.fd, base);
+  if (out !== null && sameFile(out.id, stale) && probe(inside) === "stale") {
+    priv.unlink(base);
+    return "done";
+  }
+  // Another server's socket took the path meanwhile: give it back. The
+  // path holds this server's socket, so the exchange finds both; should
+  // that name be gone, the other socket still goes back if it can.
+  if (tryMoveOut(priv, base, path, RENAME.EXCHANGE) !== "swapped") {
+    tryMoveOut(priv, base, path, RENAME.NOREPLACE);
+    throw new Deno.errors.AddrInUse(
+      `Cannot listen on ${path}: another server took the path as this one started`,
+    );
+  }
+  return "retry";
 }
 
 /** Removes the socket file at `path` if it is still the one published. */
 export function unpublishPath(path: string, id: FileId): void {
-  const now = lstatId(path);
-  if (now !== null && now.id.dev === id.dev && now.id.ino === id.ino) {
+  const now = statAt(AT.FDCWD, path);
+  if (now !== null && sameFile(now.id, id)) {
     libc().unlink(cstr(path));
   }
 }

@@ -43,7 +43,12 @@ import { resolveLimits } from "./_channel_codec.ts";
 // The channel's modes: values, or bytes without serialization.
 const MODE_VALUE = 0;
 const MODE_BYTES = 1;
-import { connect, listen, type UnixListener } from "./socketpair.ts";
+import {
+  connect,
+  type ExpectedServer,
+  listen,
+  type UnixListener,
+} from "./socketpair.ts";
 
 const PREFIX = "conduit-oneshot/";
 
@@ -58,8 +63,12 @@ export interface ServerAcceptOptions {
   timeout?: number;
 }
 
-/** Options for {@linkcode connectOneShot}. */
-export interface ConnectOneShotOptions extends ChannelOptions {
+/**
+ * Options for {@linkcode connectOneShot}. The server must run as this
+ * process's user unless `expectUid` says otherwise: a server name released
+ * by its server and taken by another user gets nothing.
+ */
+export interface ConnectOneShotOptions extends ChannelOptions, ExpectedServer {
   /** `true` for a bytes channel (`Uint8Array` messages, no serialization). */
   bytes?: boolean;
   /** Aborting it gives up while the server's queue is full. */
@@ -421,6 +430,8 @@ export class ChannelServer<T>
  * @param options The sender's capacity, bytes mode, an abort signal.
  * @returns The sender.
  * @throws {Deno.errors.ConnectionRefused} When no server has that name.
+ * @throws {Deno.errors.PermissionDenied} When the server is not the
+ * expected user (by default this process's) or process; nothing is sent.
  *
  * @example In a child given the server's name
  * ```ts ignore
@@ -451,6 +462,8 @@ export async function connectOneShot<T>(
     abstract: name,
     type: "seqpacket",
     signal: options.signal,
+    expectUid: options.expectUid,
+    expectPid: options.expectPid,
   });
   try {
     // The hello is the connection's first packet; a fresh socket has room.

@@ -190,6 +190,22 @@ export interface PeerCredentials {
   gid: number;
 }
 
+/** The credentials of a connected socket's peer (`SO_PEERCRED`). */
+function peerCredentialsOf(fd: number): PeerCredentials {
+  const buf = new Uint8Array(UCRED.size + 4);
+  const len = new Uint32Array([UCRED.size]);
+  check(
+    "getsockopt(SO_PEERCRED)",
+    libc().getsockopt(fd, SOCK.SOL_SOCKET, SOCK.SO_PEERCRED, buf, len),
+  );
+  const view = new DataView(buf.buffer);
+  return {
+    pid: view.getInt32(UCRED.pid, true),
+    uid: view.getUint32(UCRED.uid, true),
+    gid: view.getUint32(UCRED.gid, true),
+  };
+}
+
 /** Which direction {@linkcode UnixSocket.shutdown} ends. */
 export type ShutdownHow = "read" | "write" | "both";
 
@@ -814,24 +830,7 @@ export class UnixSocket implements Disposable {
    * @returns The peer's pid, uid and gid.
    */
   peerCredentials(): PeerCredentials {
-    const buf = new Uint8Array(UCRED.size + 4);
-    const len = new Uint32Array([UCRED.size]);
-    check(
-      "getsockopt(SO_PEERCRED)",
-      libc().getsockopt(
-        this.#fd.fd,
-        SOCK.SOL_SOCKET,
-        SOCK.SO_PEERCRED,
-        buf,
-        len,
-      ),
-    );
-    const view = new DataView(buf.buffer);
-    return {
-      pid: view.getInt32(UCRED.pid, true),
-      uid: view.getUint32(UCRED.uid, true),
-      gid: view.getUint32(UCRED.gid, true),
-    };
+    return peerCredentialsOf(this.#fd.fd);
   }
 
   /** Lets pending waits keep the process alive (the default). */
@@ -1224,13 +1223,84 @@ export function listen(options: ListenOptions): UnixListener {
   }
 }
 
+/**
+ * Who the server must be, checked by {@linkcode connect} before it returns
+ * (so before anything is sent): the credentials the kernel recorded when
+ * the server called `listen()` (`SO_PEERCRED`).
+ */
+export interface ExpectedServer {
+  /**
+   * The server's user id. Default: this process's own, so that a name
+   * released by its server and taken over by another user (abstract names
+   * have no permissions; a path in a shared directory can be replaced)
+   * never receives this process's messages. `"any"` skips the check.
+   */
+  expectUid?: number | "any";
+  /** The server's process id, when it is known. Default: any. */
+  expectPid?: number;
+}
+
 /** Options for {@linkcode connect}: an address and the socket type. */
-export type ConnectOptions = UnixAddress & {
+export type ConnectOptions = UnixAddress & ExpectedServer & {
   /** `"stream"` (the default) or `"seqpacket"`: the listener's type. */
   type?: ListenType;
   /** Aborting it while the server's queue is full gives up. */
   signal?: AbortSignal;
 };
+
+/** The checks of {@linkcode ExpectedServer}, validated. */
+interface ServerCheck {
+  uid: number | undefined;
+  pid: number | undefined;
+}
+
+function serverCheck(expected: ExpectedServer): ServerCheck {
+  const { expectUid, expectPid } = expected;
+  let uid: number | undefined;
+  if (expectUid === undefined) {
+    uid = libc().getuid();
+  } else if (expectUid !== "any") {
+    if (
+      !Number.isInteger(expectUid) || expectUid < 0 || expectUid > 2 ** 32 - 1
+    ) {
+      throw new TypeError(
+        `Cannot connect: expectUid must be a user id or "any", got ${
+          JSON.stringify(expectUid)
+        }`,
+      );
+    }
+    uid = expectUid;
+  }
+  if (
+    expectPid !== undefined &&
+    (!Number.isInteger(expectPid) || expectPid <= 0)
+  ) {
+    throw new TypeError(
+      `Cannot connect: expectPid must be a process id, got ${
+        JSON.stringify(expectPid)
+      }`,
+    );
+  }
+  return { uid, pid: expectPid };
+}
+
+/**
+ * Throws `PermissionDenied` unless the server at the other end of `fd`
+ * matches `expected`.
+ */
+function checkServer(fd: number, expected: ServerCheck, label: string): void {
+  const { pid, uid } = peerCredentialsOf(fd);
+  if (expected.uid !== undefined && uid !== expected.uid) {
+    throw new Deno.errors.PermissionDenied(
+      `Cannot connect to ${label}: the server runs as uid ${uid}, not the expected uid ${expected.uid}; nothing was sent`,
+    );
+  }
+  if (expected.pid !== undefined && pid !== expected.pid) {
+    throw new Deno.errors.PermissionDenied(
+      `Cannot connect to ${label}: the server is process ${pid}, not the expected process ${expected.pid}; nothing was sent`,
+    );
+  }
+}
 
 function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -1279,10 +1349,18 @@ function connectError(code: number, label: string): Error {
  * Connects to a named local socket. Waits (without blocking the thread)
  * while the server's queue of pending connections is full.
  *
- * @param options `{ path }` or `{ abstract }`, the type and an abort signal.
+ * The server is authenticated before the socket is returned: by default it
+ * must run as this process's user (`SO_PEERCRED`), so a name taken over by
+ * another user gets nothing; `expectUid` and `expectPid` say who else to
+ * accept.
+ *
+ * @param options `{ path }` or `{ abstract }`, the type, who the server
+ * must be, and an abort signal.
  * @returns The connected socket.
  * @throws {Deno.errors.NotFound} When nothing is at the path.
  * @throws {Deno.errors.ConnectionRefused} When no server listens there.
+ * @throws {Deno.errors.PermissionDenied} When the server is not the
+ * expected user or process; the connection is closed unused.
  *
  * @example Connect by path
  * ```ts ignore
@@ -1291,10 +1369,18 @@ function connectError(code: number, label: string): Error {
  * using conn = await connect({ path: "/tmp/app.sock" });
  * await conn.write(new TextEncoder().encode("hello"));
  * ```
+ *
+ * @example Connect to a service that runs as root
+ * ```ts ignore
+ * import { connect } from "@conduit/ipc/socketpair";
+ *
+ * using conn = await connect({ path: "/run/app.sock", expectUid: 0 });
+ * ```
  */
 export async function connect(options: ConnectOptions): Promise<UnixSocket> {
   const type = listenType(options?.type, "connect");
   const address = encodeAddress(options, "connect to");
+  const expected = serverCheck(options);
   const { signal } = options;
   signal?.throwIfAborted();
   const lib = libc();
@@ -1319,6 +1405,7 @@ export async function connect(options: ConnectOptions): Promise<UnixSocket> {
       await pause(backoff, signal);
       backoff = Math.min(backoff * 2, 50);
     }
+    checkServer(fd, expected, address.label);
     const flags = check("fcntl(F_GETFL)", lib.fcntl(fd, F.GETFL, 0));
     check("fcntl(F_SETFL)", lib.fcntl(fd, F.SETFL, flags & ~O.NONBLOCK));
     return new UnixSocket(fd, type);

@@ -16,11 +16,19 @@ export const O = {
   TRUNC: 0o1000,
   NONBLOCK: 0o4000,
   DIRECTORY: 0o200000,
+  NOFOLLOW: 0o400000,
   CLOEXEC: 0o2000000,
 } as const;
 
-/** flock operations. */
-export const LOCK = { EX: 2, UN: 8 } as const;
+/** The `*at` calls: the current directory, and flags. */
+export const AT = {
+  FDCWD: -100,
+  SYMLINK_NOFOLLOW: 0x100,
+  REMOVEDIR: 0x200,
+} as const;
+
+/** `renameat2` flags. */
+export const RENAME = { NOREPLACE: 1, EXCHANGE: 2 } as const;
 
 /** fcntl commands. */
 export const F = {
@@ -179,6 +187,7 @@ export const STAT = {
 export const S = {
   IFMT: 0o170000,
   IFSOCK: 0o140000,
+  IFDIR: 0o040000,
   IFREG: 0o100000,
   IFIFO: 0o010000,
   IFCHR: 0o020000,

@@ -100,14 +100,32 @@ const symbols = {
   unlink: { parameters: ["buffer"], result: "i32" },
   // int chmod(const char *pathname, mode_t mode);
   chmod: { parameters: ["buffer", "u32"], result: "i32" },
+  // int mkdir(const char *pathname, mode_t mode);
+  mkdir: { parameters: ["buffer", "u32"], result: "i32" },
+  // int renameat2(int olddirfd, const char *oldpath, int newdirfd,
+  //   const char *newpath, unsigned int flags);
+  renameat2: {
+    parameters: ["i32", "buffer", "i32", "buffer", "u32"],
+    result: "i32",
+  },
+  // int fchmodat(int dirfd, const char *pathname, mode_t mode, int flags);
+  fchmodat: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+  // int fstatat(int dirfd, const char *pathname, struct stat *statbuf, int flags);
+  fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  // int linkat(int olddirfd, const char *oldpath, int newdirfd,
+  //   const char *newpath, int flags);
+  linkat: {
+    parameters: ["i32", "buffer", "i32", "buffer", "i32"],
+    result: "i32",
+  },
+  // int unlinkat(int dirfd, const char *pathname, int flags);
+  unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // int rename(const char *oldpath, const char *newpath);
   rename: { parameters: ["buffer", "buffer"], result: "i32" },
   // int fchmod(int fd, mode_t mode);
   fchmod: { parameters: ["i32", "u32"], result: "i32" },
   // int lstat(const char *pathname, struct stat *statbuf);
   lstat: { parameters: ["buffer", "buffer"], result: "i32" },
-  // int flock(int fd, int operation);
-  flock: { parameters: ["i32", "i32"], result: "i32" },
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 
@@ -228,6 +246,8 @@ const symbols = {
   getpid: { parameters: [], result: "i32" },
   // uid_t getuid(void);
   getuid: { parameters: [], result: "u32" },
+  // uid_t geteuid(void);
+  geteuid: { parameters: [], result: "u32" },
   // extern char **environ; (the address of the variable, read at each use)
   environ: { type: "pointer" },
   // int getrlimit(int resource, struct rlimit *rlim);

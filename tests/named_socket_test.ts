@@ -19,6 +19,13 @@ import {
   withTimeout,
 } from "./_util.ts";
 import { lineOf, socketChild } from "./_socket_util.ts";
+import {
+  IMPOSTOR_LISTENER,
+  lineReader,
+  OTHER_UID,
+  otherUserSkip,
+  spawnOtherUser,
+} from "./_other_user.ts";
 
 const perms = { ffi: true, read: true, write: true } as const;
 const childPerms = { ffi: true, read: true, write: true, run: true } as const;
@@ -452,6 +459,318 @@ Deno.test({
         // An adopted listener does not own the file: closing it leaves it.
         adopted.close();
         assert.equal(exists(path), true);
+      });
+    });
+  },
+});
+
+test(
+  "connect() checks the server's credentials: expectPid and expectUid refuse a mismatch with PermissionDenied and send nothing",
+  async () => {
+    using server = listen({ abstract: uniqueName(), type: "seqpacket" });
+    const abstract = server.abstract!;
+    await assert.rejects(
+      connect({ abstract, type: "seqpacket", expectPid: Deno.pid + 1 }),
+      (error: unknown) =>
+        error instanceof Deno.errors.PermissionDenied &&
+        error.message ===
+          `Cannot connect to abstract name ${
+            JSON.stringify(abstract)
+          }: the server is process ${Deno.pid}, not the expected process ${
+            Deno.pid + 1
+          }; nothing was sent`,
+    );
+    const other = libc().getuid() + 1;
+    await assert.rejects(
+      connect({ abstract, type: "seqpacket", expectUid: other }),
+      (error: unknown) =>
+        error instanceof Deno.errors.PermissionDenied &&
+        new RegExp(
+          `runs as uid ${libc().getuid()}, not the expected uid ${other}`,
+        )
+          .test(error.message),
+    );
+    // The refused connections reached the queue, closed and empty.
+    for (let i = 0; i < 2; i++) {
+      using conn = await withTimeout(server.accept(), 5_000, "accept");
+      assert.equal(await withTimeout(conn.recv(), 5_000, "recv"), null);
+    }
+    using client = await connect({
+      abstract,
+      type: "seqpacket",
+      expectPid: Deno.pid,
+      expectUid: libc().getuid(),
+    });
+    using conn = await withTimeout(server.accept(), 5_000, "accept");
+    await client.send(encoder.encode("checked"));
+    const got = await withTimeout(conn.recv(), 5_000, "recv");
+    assert.equal(decoder.decode(got!.data), "checked");
+    for (const bad of [-1, 1.5, "0", 2 ** 32]) {
+      await assert.rejects(
+        // deno-lint-ignore no-explicit-any
+        connect({ abstract, expectUid: bad as any }),
+        TypeError,
+      );
+    }
+    await assert.rejects(connect({ abstract, expectPid: 0 }), TypeError);
+  },
+  perms,
+);
+
+for (const kind of ["path", "abstract"] as const) {
+  Deno.test({
+    name:
+      `connect({ ${kind} }) refuses a listener of another user before sending anything, unless expectUid names that user`,
+    ignore: otherUserSkip !== undefined,
+    permissions: childPerms,
+    ...SANITIZE,
+    async fn() {
+      await inTempDir(async (dir) => {
+        await assertNoFdLeak(async () => {
+          // The other user may create files here.
+          Deno.chmodSync(dir, 0o777);
+          const where = kind === "path"
+            ? `${dir}/server.sock`
+            : `@${uniqueName()}`;
+          const address = kind === "path"
+            ? { path: where }
+            : { abstract: where.slice(1) };
+          await using impostor = spawnOtherUser(IMPOSTOR_LISTENER, [
+            "stream",
+            where,
+            "2",
+          ]);
+          const line = lineReader(impostor.stdout!, "the impostor");
+          assert.equal(await line(), "listening");
+          await assert.rejects(
+            connect(address),
+            (error: unknown) =>
+              error instanceof Deno.errors.PermissionDenied &&
+              error.message.includes(
+                `the server runs as uid ${OTHER_UID}, not the expected uid ${libc().getuid()}; nothing was sent`,
+              ),
+          );
+          assert.equal(await line(), "received 0");
+          // Named explicitly, the same server is accepted.
+          const trusted = await connect({ ...address, expectUid: OTHER_UID });
+          await trusted.write(encoder.encode("hello"));
+          trusted.close();
+          assert.equal(await line(), "received 5");
+          impostor.stdin!.close();
+          const status = await withTimeout(impostor.status, 20_000, "exit");
+          assert.equal(status.code, 0);
+        });
+      });
+    },
+  });
+}
+
+/**
+ * Holds a shared flock on the directory `argv[1]` until a line arrives on
+ * stdin (or 20 s pass), then says which came first.
+ */
+const DIRECTORY_LOCKER = `
+import fcntl, os, select, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("locked", flush=True)
+ready, _, _ = select.select([sys.stdin], [], [], 20)
+print("released on request" if ready else "timed out", flush=True)
+`;
+
+Deno.test({
+  name:
+    "listen({ path }) never waits on a lock another user holds on the directory",
+  ignore: otherUserSkip !== undefined,
+  permissions: childPerms,
+  ...SANITIZE,
+  async fn() {
+    await inTempDir(async (dir) => {
+      await assertNoFdLeak(async () => {
+        Deno.chmodSync(dir, 0o755);
+        await using locker = spawnOtherUser(DIRECTORY_LOCKER, [dir]);
+        const line = lineReader(locker.stdout!, "the locker");
+        assert.equal(await line(), "locked");
+        // A fresh path, and a stale socket file to replace.
+        leaveStaleSocket(`${dir}/stale.sock`);
+        for (const name of ["fresh.sock", "stale.sock"]) {
+          const path = `${dir}/${name}`;
+          using server = listen({ path });
+          using client = await connect({ path });
+          using conn = await withTimeout(server.accept(), 5_000, "accept");
+          await client.write(encoder.encode("x"));
+          assert.equal(await conn.read(new Uint8Array(1)), 1);
+        }
+        // listen() returned while the lock was still held.
+        const writer = locker.stdin!.getWriter();
+        await writer.write(encoder.encode("done\n"));
+        await writer.close();
+        assert.equal(await line(), "released on request");
+        const status = await withTimeout(locker.status, 20_000, "exit");
+        assert.equal(status.code, 0);
+      });
+    });
+  },
+});
+
+// inotify, for the test below: its own small symbol table.
+const inotify = Deno.dlopen(
+  "libc.so.6",
+  {
+    // int inotify_init1(int flags);
+    inotify_init1: { parameters: ["i32"], result: "i32" },
+    // int inotify_add_watch(int fd, const char *pathname, uint32_t mask);
+    inotify_add_watch: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  } as const,
+).symbols;
+const IN = {
+  NONBLOCK: 0o4000,
+  CLOEXEC: 0o2000000,
+  ATTRIB: 0x004,
+  CREATE: 0x100,
+  MOVED_TO: 0x080,
+} as const;
+
+/** The inotify events queued on `fd`, as [mask, name] pairs. */
+function inotifyEvents(fd: number): [number, string][] {
+  const events: [number, string][] = [];
+  const buf = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = Number(libc().read(fd, buf, BigInt(buf.length)));
+    if (n <= 0) return events;
+    const view = new DataView(buf.buffer, 0, n);
+    // struct inotify_event: 0 wd i32, 4 mask u32, 8 cookie u32, 12 len u32,
+    // 16 name (NUL-padded to len).
+    for (let at = 0; at + 16 <= n;) {
+      const mask = view.getUint32(at + 4, true);
+      const len = view.getUint32(at + 12, true);
+      const raw = buf.subarray(at + 16, at + 16 + len);
+      const end = raw.indexOf(0);
+      events.push([
+        mask,
+        decoder.decode(end === -1 ? raw : raw.subarray(0, end)),
+      ]);
+      at += 16 + len;
+    }
+  }
+}
+
+Deno.test({
+  name:
+    "listen({ path }) sets the socket's mode before the file appears, never through its public name",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await inTempDir(async (dir) => {
+      await assertNoFdLeak(() => {
+        const watch = inotify.inotify_init1(IN.NONBLOCK | IN.CLOEXEC);
+        assert.ok(watch >= 0);
+        try {
+          assert.ok(
+            inotify.inotify_add_watch(
+              watch,
+              encoder.encode(`${dir}\0`),
+              IN.ATTRIB | IN.CREATE | IN.MOVED_TO,
+            ) >= 0,
+          );
+          leaveStaleSocket(`${dir}/stale.sock`);
+          inotifyEvents(watch);
+          for (const name of ["fresh.sock", "stale.sock"]) {
+            // Modes the umask would cut, and the default.
+            for (const mode of [0o666, 0o600]) {
+              using server = listen({ path: `${dir}/${name}`, mode });
+              assert.equal(
+                Deno.lstatSync(`${dir}/${name}`).mode! & 0o777,
+                mode,
+              );
+              void server;
+            }
+          }
+          const events = inotifyEvents(watch);
+          const published = events.filter(([mask, name]) =>
+            name.endsWith(".sock") && (mask & (IN.CREATE | IN.MOVED_TO)) !== 0
+          );
+          assert.ok(published.length >= 4, JSON.stringify(events));
+          // No change of attributes through a name in the shared directory:
+          // a name another user could have replaced with a symlink.
+          assert.deepEqual(
+            events.filter(([mask]) => (mask & IN.ATTRIB) !== 0),
+            [],
+          );
+        } finally {
+          libc().close(watch);
+        }
+      });
+    });
+  },
+});
+
+/**
+ * Swaps `argv[1]` for a symlink to `argv[2]` over and over, until stdin
+ * closes; prints how many swaps it made.
+ */
+const SYMLINK_SWAPPER = `
+import os, select, sys
+path, target = sys.argv[1], sys.argv[2]
+swaps = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    try:
+        os.symlink(target, path)
+        swaps += 1
+    except OSError:
+        pass
+print("swaps", swaps, flush=True)
+`;
+
+Deno.test({
+  name:
+    "listen({ path, mode }) never changes the mode of a file another user swaps in by symlink",
+  ignore: otherUserSkip !== undefined,
+  permissions: childPerms,
+  ...SANITIZE,
+  async fn() {
+    await inTempDir(async (dir) => {
+      await assertNoFdLeak(async () => {
+        // A directory the other user may change (no sticky bit), and a file
+        // of this user's it must not reach.
+        const shared = `${dir}/shared`;
+        Deno.mkdirSync(shared);
+        Deno.chmodSync(dir, 0o755);
+        Deno.chmodSync(shared, 0o777);
+        const target = `${dir}/secret`;
+        Deno.writeTextFileSync(target, "mine");
+        Deno.chmodSync(target, 0o600);
+        const path = `${shared}/app.sock`;
+        await using swapper = spawnOtherUser(SYMLINK_SWAPPER, [path, target]);
+        let listened = 0;
+        for (let i = 0; i < 200; i++) {
+          try {
+            using server = listen({ path, mode: 0o666 });
+            void server;
+            listened++;
+          } catch (error) {
+            // The other user's symlink was in the way, or took the name.
+            if (
+              !(error instanceof Deno.errors.AlreadyExists) &&
+              !(error instanceof Deno.errors.AddrInUse) &&
+              !(error instanceof Deno.errors.NotFound)
+            ) {
+              throw error;
+            }
+          }
+          assert.equal(Deno.statSync(target).mode! & 0o777, 0o600);
+        }
+        swapper.stdin!.close();
+        const swaps = lineReader(swapper.stdout!, "the swapper");
+        assert.match(await swaps(), /^swaps [1-9]/);
+        await withTimeout(swapper.status, 20_000, "the swapper exits");
+        assert.ok(listened > 0, "some listens got through");
+        assert.equal(Deno.statSync(target).mode! & 0o777, 0o600);
+        assert.equal(Deno.readTextFileSync(target), "mine");
       });
     });
   },

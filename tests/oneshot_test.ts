@@ -21,6 +21,13 @@ import {
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
+import {
+  IMPOSTOR_LISTENER,
+  lineReader,
+  OTHER_UID,
+  otherUserSkip,
+  spawnOtherUser,
+} from "./_other_user.ts";
 
 const CHILD = fixture("channel_child.ts");
 const EXAMPLE = new URL("../examples/ipc_channel.ts", import.meta.url).pathname;
@@ -299,5 +306,79 @@ Deno.test({
       lines.filter((l) => l.includes("Child received:")).length,
       3,
     );
+  },
+});
+
+Deno.test({
+  name:
+    "connectOneShot() refuses a released server name taken by another user, and sends it nothing",
+  ignore: otherUserSkip !== undefined,
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      // Names released both ways: an accept that timed out, a closed server.
+      const oneShot = new OneShotServer<string>();
+      await assert.rejects(
+        oneShot.accept({ timeout: 1 }),
+        Deno.errors.TimedOut,
+      );
+      const server = new ChannelServer<string>();
+      server.close();
+      for (const name of [oneShot.name, server.name]) {
+        await using impostor = spawnOtherUser(IMPOSTOR_LISTENER, [
+          "seqpacket",
+          `@${name}`,
+          "1",
+        ]);
+        const line = lineReader(impostor.stdout!, "the impostor");
+        assert.equal(await line(), "listening");
+        await assert.rejects(
+          connectOneShot<string>(name),
+          (error: unknown) =>
+            error instanceof Deno.errors.PermissionDenied &&
+            error.message.includes(`the server runs as uid ${OTHER_UID}`),
+        );
+        // Not even the hello reached it.
+        assert.equal(await line(), "received 0");
+        const status = await withTimeout(impostor.status, 20_000, "exit");
+        assert.equal(status.code, 0);
+      }
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+Deno.test({
+  name:
+    "connectOneShot() passes expectUid and expectPid on: a server of the expected process is accepted, another refused",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using server = new ChannelServer<string>();
+      await assert.rejects(
+        connectOneShot(server.name, { expectPid: Deno.pid + 1 }),
+        Deno.errors.PermissionDenied,
+      );
+      const tx = await connectOneShot<string>(server.name, {
+        expectPid: Deno.pid,
+        expectUid: libc().getuid(),
+      });
+      // The refused connection is dropped by the server; the accepted one
+      // arrives with its message.
+      await tx.send("expected");
+      let rx: Receiver<string> | undefined;
+      for (;;) {
+        rx = await server.accept({ timeout: 5000 });
+        try {
+          assert.equal(await withTimeout(rx.recv(), 5000, "recv"), "expected");
+          break;
+        } catch (error) {
+          rx.close();
+          if (!(error instanceof ChannelClosedError)) throw error;
+        }
+      }
+      tx.close();
+      rx.close();
+    });
   },
 });
