@@ -17,6 +17,8 @@ import {
   CMSGHDR,
   cmsgLen,
   cmsgSpace,
+  IOVEC,
+  MMSGHDR,
   MSG,
   MSGHDR,
   SOCK,
@@ -161,6 +163,110 @@ export function sendMessage(
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.EAGAIN && !wait) return -1;
     throw systemError("sendmsg", code);
+  }
+}
+
+/** One message of a batch for {@linkcode sendMessages}. */
+export interface OutgoingMessage {
+  /** The bytes. */
+  readonly data: Uint8Array;
+  /** The fds to pass with them; may be empty. */
+  readonly fds: readonly number[];
+}
+
+/** The most messages one `sendmmsg` call carries. */
+const BATCH_MAX = 64;
+/** Control space for the fds of one batch; a batch ends where it is full. */
+const BATCH_CONTROL = 16 * 1024;
+// The batch area: the mmsghdr array, one iovec and one bounce slot per
+// message, then the control space. Off-heap and stable, like `area`.
+const BATCH_IOV_AT = BATCH_MAX * MMSGHDR.size;
+const BATCH_BOUNCE_AT = BATCH_IOV_AT + BATCH_MAX * IOVEC.size;
+const BATCH_CONTROL_AT = BATCH_BOUNCE_AT + BATCH_MAX * BOUNCE_SIZE;
+let batch:
+  | {
+    view: DataView;
+    bytes: Uint8Array;
+    address: bigint;
+    pointer: Deno.PointerValue;
+  }
+  | undefined;
+
+function batchArea(): NonNullable<typeof batch> {
+  if (batch !== undefined) return batch;
+  const buffer = stableBuffer(BATCH_CONTROL_AT + BATCH_CONTROL);
+  batch = {
+    view: new DataView(buffer),
+    bytes: new Uint8Array(buffer),
+    address: addressOf(buffer),
+    pointer: pointerOf(buffer),
+  };
+  return batch;
+}
+
+/**
+ * Sends `messages[start]` and as many following ones as one `sendmmsg` call
+ * takes (at most 64, and as many fds as fit its control space), in order,
+ * without blocking. Datagrams and packets go whole or not at all.
+ *
+ * @param fd The socket (datagram or seqpacket).
+ * @param messages The messages.
+ * @param start The first one to send.
+ * @returns How many were sent (at least one), or -1 when the socket has no
+ * room for the first. A message after the first that cannot go now ends the
+ * count; sending from it again reports why.
+ * @throws The system error of the first message when it cannot be sent
+ * (EMSGSIZE, EPIPE, EBADF, ...).
+ */
+export function sendMessages(
+  fd: number,
+  messages: readonly OutgoingMessage[],
+  start: number,
+): number {
+  const { view, bytes, address, pointer } = batchArea();
+  let count = 0;
+  let control = 0;
+  for (let i = start; i < messages.length && count < BATCH_MAX; i++) {
+    const { data, fds } = messages[i];
+    const space = fds.length === 0 ? 0 : cmsgSpace(fds.length * 4);
+    // A batch always takes its first message; MAX_FDS fit the space.
+    if (control + space > BATCH_CONTROL) break;
+    const hdr = count * MMSGHDR.size + MMSGHDR.hdr;
+    const iov = BATCH_IOV_AT + count * IOVEC.size;
+    view.setBigUint64(hdr + MSGHDR.name, 0n, true);
+    view.setUint32(hdr + MSGHDR.namelen, 0, true);
+    view.setBigUint64(hdr + MSGHDR.iov, address + BigInt(iov), true);
+    view.setBigUint64(hdr + MSGHDR.iovlen, 1n, true);
+    if (space === 0) {
+      view.setBigUint64(hdr + MSGHDR.control, 0n, true);
+      view.setBigUint64(hdr + MSGHDR.controllen, 0n, true);
+    } else {
+      const at = BATCH_CONTROL_AT + control;
+      writeRights(view, at, fds);
+      view.setBigUint64(hdr + MSGHDR.control, address + BigInt(at), true);
+      view.setBigUint64(hdr + MSGHDR.controllen, BigInt(space), true);
+      control += space;
+    }
+    view.setInt32(hdr + MSGHDR.flags, 0, true);
+    // Small views may live in V8's heap, where they can move: copied.
+    if (data.byteLength <= BOUNCE_SIZE) {
+      const slot = BATCH_BOUNCE_AT + count * BOUNCE_SIZE;
+      for (let b = 0; b < data.byteLength; b++) bytes[slot + b] = data[b];
+      view.setBigUint64(iov + IOVEC.base, address + BigInt(slot), true);
+    } else {
+      view.setBigUint64(iov + IOVEC.base, addressOf(data), true);
+    }
+    view.setBigUint64(iov + IOVEC.len, BigInt(data.byteLength), true);
+    count++;
+  }
+  const lib = libc();
+  for (;;) {
+    const n = lib.sendmmsg(fd, pointer, count, SEND_NOWAIT);
+    if (n >= 0) return n;
+    const code = errno();
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN) return -1;
+    throw systemError("sendmmsg", code);
   }
 }
 

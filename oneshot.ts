@@ -7,7 +7,9 @@
  * A server listens on a random 128-bit name in Linux's abstract socket
  * namespace: no file is created, and the name is gone when the server
  * closes. Abstract sockets have no permissions, so the server checks each
- * connection's `SO_PEERCRED` and drops those of other users.
+ * connection's `SO_PEERCRED` and drops those of other users, and a client
+ * checks the server's the same way before it sends anything: a name
+ * released by its server and taken by another user gets nothing.
  *
  * @example A child sends the first message
  * ```ts ignore

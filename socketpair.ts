@@ -33,6 +33,7 @@
 import { libc } from "./ffi/libc.ts";
 import {
   check,
+  closedError,
   ERRNO,
   errno,
   retry,
@@ -40,8 +41,9 @@ import {
   systemError,
 } from "./ffi/errors.ts";
 import { F, MSG, O, SOCK, UCRED } from "./ffi/layout.ts";
-import { OwnedFd } from "./ffi/fd.ts";
-import { Spinner } from "./ffi/spin.ts";
+import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
+import { Spinner, untilReady } from "./ffi/spin.ts";
+import { TurnSlice, yieldTurn } from "./_turn.ts";
 import {
   asBytes,
   byteReadable,
@@ -68,6 +70,7 @@ import {
   sendAllBlocking,
   sendBlocking,
   sendMessage,
+  sendMessages,
   sendNoWait,
 } from "./_scm.ts";
 import {
@@ -160,6 +163,13 @@ export interface SocketSendOptions {
 /** Options for {@linkcode UnixSocket.recv}. */
 export interface SocketRecvOptions extends ReadOptions {
   /**
+   * How a receive that finds nothing waits before it parks in the poller,
+   * in µs. Omitted (the default): the socket's own spin, which spins only
+   * while recent spins were answered quickly. `0`: never spin. A number up
+   * to 1,000,000: always spin that long first.
+   */
+  spin?: number;
+  /**
    * The most fds accepted with one message, at most (and by default) 253. A
    * message that carries more fails with a `RangeError`, and every fd that
    * came with it is closed.
@@ -216,8 +226,6 @@ const SHUTDOWN: Record<ShutdownHow, number> = {
 };
 
 const DEFAULT_MAX_BYTES = 64 * 1024;
-/** How long a `readable` read spins before it parks. */
-const STREAM_SPIN: ReadOptions = { spin: 50 };
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
 
 function checkCount(
@@ -250,14 +258,25 @@ function recvLimits(
   };
 }
 
-/** One send in progress: what is left and whether the fds went out. */
+/** One send: what is left, the fds it carries, and who waits for it. */
 interface SendJob {
-  bytes: Uint8Array;
+  /** The message (datagram, seqpacket) or bytes (stream). */
+  data: Uint8Array;
+  /**
+   * The fds to pass: the caller's own numbers while the send is tried at
+   * once, this socket's private copies once it waits in the queue.
+   */
   fds: number[];
+  /** Whether `fds` are private copies, closed when the send is done. */
+  copied: boolean;
   endpoints: FdEndpoint[];
   closeSent: boolean;
+  /** Stream sockets: bytes already written. */
   offset: number;
   fdsSent: boolean;
+  /** Settles the caller's promise, once the job is queued. */
+  resolve?: () => void;
+  reject?: (error: unknown) => void;
 }
 
 /**
@@ -282,8 +301,16 @@ export class UnixSocket implements Disposable {
   #fd: OwnedFd;
   #type: SocketType;
   #readSpinner = new Spinner();
-  #tail: Promise<unknown> = Promise.resolve();
-  #queued = 0;
+  /** Sends not yet done, in call order. */
+  #queue: SendJob[] = [];
+  /** Whether a flush is running (trying, spinning or parked). */
+  #flushing = false;
+  /** Whether sends of this turn are gathered for one flush. */
+  #gathering = false;
+  /** Whether the queue is being sent (a send's `closeSent` may close). */
+  #draining = false;
+  #sendSpinner = new Spinner();
+  #slice = new TurnSlice();
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
 
@@ -395,7 +422,8 @@ export class UnixSocket implements Disposable {
 
   /**
    * Stream sockets: writes every byte, blocking the thread while the peer
-   * is full.
+   * is full. Writes still queued go first (blocking too), so bytes leave in
+   * call order and never land inside a pending write.
    *
    * @param bytes The bytes to write.
    */
@@ -403,6 +431,8 @@ export class UnixSocket implements Disposable {
     this.#assertStream("write to");
     const from = asBytes(bytes, "Cannot write to UnixSocket");
     try {
+      // Writes still queued go first: bytes leave in call order.
+      this.#drainBlocking();
       sendAllBlocking(this.#fd.fd, from);
     } catch (error) {
       throw this.#sendError(error, from.byteLength);
@@ -414,14 +444,14 @@ export class UnixSocket implements Disposable {
    * writing. BYOB readers are filled in place. Cancelling it shuts down this
    * side's reading (the socket stays open for writing).
    *
-   * Each read retries for up to 50 µs before it parks in the poller: a peer
-   * that writes continuously refills the socket sooner than a park and
-   * wake-up take, so a bulk transfer never pays for one per chunk.
+   * Each read waits like {@linkcode read} with default options: the
+   * socket's own spin-then-park, which spins while a peer that writes
+   * continuously refills the socket sooner than a park would take.
    */
   get readable(): ReadableStream<Uint8Array> {
     this.#assertStream("read from");
     return this.#readable ??= byteReadable(
-      (into) => this.read(into, STREAM_SPIN),
+      (into) => this.read(into),
       () => this.#shutdownQuietly("read"),
     );
   }
@@ -479,6 +509,13 @@ export class UnixSocket implements Disposable {
    * every byte is written, in order with other sends. Waits (without
    * blocking the thread) while the peer is full.
    *
+   * A send that finds nothing queued goes at once; messages sent after it
+   * in the same turn are gathered and leave together, in order, in as few
+   * `sendmmsg` calls as fit (each still settles, or fails, on its own). A
+   * send that has to wait holds its own copies of the fds it names, so the
+   * caller may close them (or reuse their numbers) meanwhile: what arrives
+   * is what was named at the call.
+   *
    * @param bytes The message (datagram, seqpacket) or bytes (stream).
    * @param options Fds to pass and whether to close them once sent.
    * @returns Resolves once everything is in the socket.
@@ -506,33 +543,37 @@ export class UnixSocket implements Disposable {
     let job: SendJob;
     try {
       job = this.#prepareSend(bytes, options);
-      // Nothing queued: try right away, and skip the queue if it all fits.
-      if (this.#queued === 0 && this.#step(job)) {
-        this.#finishSend(job);
-        return Promise.resolve();
+      // Nothing waits before it: try right away. Further messages of this
+      // turn are gathered and leave together (sendmmsg).
+      if (
+        this.#queue.length === 0 &&
+        (this.#type === "stream" || !this.#gathering)
+      ) {
+        const done = this.#step(job);
+        if (this.#type !== "stream") this.#gather();
+        if (done) {
+          this.#finishSend(job);
+          return Promise.resolve();
+        }
       }
+      // The caller may close or reuse its fds before this send goes out:
+      // it carries copies of its own.
+      this.#copyFds(job);
     } catch (error) {
       return Promise.reject(this.#sendError(error, bytes?.byteLength ?? 0));
     }
-    this.#queued++;
-    const run = async () => {
-      try {
-        while (!this.#step(job)) await this.#fd.wait("write");
-        this.#finishSend(job);
-      } catch (error) {
-        throw this.#sendError(error, bytes.byteLength);
-      } finally {
-        this.#queued--;
-      }
-    };
-    const result = this.#tail.then(run);
-    this.#tail = result.catch(() => {});
-    return result;
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    job.resolve = resolve;
+    job.reject = reject;
+    this.#queue.push(job);
+    if (this.#type === "stream" || !this.#gathering) this.#startFlush();
+    return promise;
   }
 
   /**
    * Sends like {@linkcode send}, blocking the thread while the peer is
-   * full.
+   * full. Sends still queued go first, so bytes and messages leave in call
+   * order.
    *
    * @param bytes The message or bytes.
    * @param options Fds to pass and whether to close them once sent.
@@ -540,18 +581,8 @@ export class UnixSocket implements Disposable {
   sendSync(bytes: Uint8Array, options: SocketSendOptions = {}): void {
     try {
       const job = this.#prepareSend(bytes, options);
-      const fd = this.#fd.fd;
-      if (job.fds.length > 0 || this.#type !== "stream") {
-        const n = job.fds.length > 0
-          ? sendMessage(fd, job.bytes, job.fds, true)
-          : sendBlocking(fd, job.bytes);
-        job.offset = n;
-        job.fdsSent = true;
-        if (this.#type !== "stream") this.#checkWhole(n, job);
-      }
-      if (job.offset < job.bytes.byteLength) {
-        sendAllBlocking(fd, job.bytes.subarray(job.offset));
-      }
+      this.#drainBlocking();
+      this.#sendWhole(job);
       this.#finishSend(job);
     } catch (error) {
       throw this.#sendError(error, bytes?.byteLength ?? 0);
@@ -589,8 +620,9 @@ export class UnixSocket implements Disposable {
       );
     }
     return {
-      bytes,
+      data: bytes,
       fds,
+      copied: false,
       endpoints,
       closeSent: options.closeSent === true,
       offset: 0,
@@ -598,25 +630,173 @@ export class UnixSocket implements Disposable {
     };
   }
 
+  /** Replaces the fds of a send that will wait with private copies. */
+  #copyFds(job: SendJob): void {
+    if (job.fdsSent || job.copied) return;
+    const copies: number[] = [];
+    for (const [i, fd] of job.fds.entries()) {
+      try {
+        copies.push(dupCloexec(fd));
+      } catch (error) {
+        closeAll(copies);
+        throw new Deno.errors.BadResource(
+          `Cannot send on UnixSocket: fds[${i}] (fd ${fd}) cannot be kept until the send: ${
+            (error as Error).message
+          }`,
+          { cause: error },
+        );
+      }
+    }
+    job.fds = copies;
+    job.copied = true;
+  }
+
+  /** Gathers the sends of this turn until its microtasks run. */
+  #gather(): void {
+    if (this.#gathering) return;
+    this.#gathering = true;
+    queueMicrotask(() => {
+      this.#gathering = false;
+      this.#startFlush();
+    });
+  }
+
+  #startFlush(): void {
+    if (this.#flushing || this.#queue.length === 0) return;
+    this.#flushing = true;
+    untilReady(
+      () => (this.#drain() ? true : undefined),
+      () => this.#fd.wait("write"),
+      this.#sendSpinner,
+    ).catch((error) => {
+      // Closed or released while sends waited for room.
+      this.#failQueued(error);
+    }).finally(() => {
+      this.#flushing = false;
+      // Sends queued after the flush gave up its last look.
+      this.#startFlush();
+    });
+  }
+
+  /**
+   * Sends what is queued, as far as the socket takes it now; each send
+   * that fails rejects alone. True once the queue is empty.
+   */
+  #drain(): boolean {
+    if (this.#draining) return false;
+    this.#draining = true;
+    try {
+      return this.#drainQueue();
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  #drainQueue(): boolean {
+    const queue = this.#queue;
+    while (queue.length > 0) {
+      const fd = this.#fd.fd;
+      if (this.#type === "stream") {
+        const job = queue[0];
+        let done: boolean;
+        try {
+          done = this.#step(job);
+        } catch (error) {
+          queue.shift();
+          this.#settle(job, error);
+          continue;
+        }
+        if (!done) return false;
+        queue.shift();
+        this.#settle(job);
+        continue;
+      }
+      let sent: number;
+      try {
+        sent = sendMessages(fd, queue, 0);
+      } catch (error) {
+        this.#settle(queue.shift()!, error);
+        continue;
+      }
+      if (sent < 0) return false;
+      for (const job of queue.splice(0, sent)) this.#settle(job);
+    }
+    return true;
+  }
+
+  /** Finishes every queued send, blocking, before a sync send. */
+  #drainBlocking(): void {
+    const queue = this.#queue;
+    while (queue.length > 0) {
+      const job = queue.shift()!;
+      try {
+        this.#sendWhole(job);
+      } catch (error) {
+        this.#settle(job, error);
+        continue;
+      }
+      this.#settle(job);
+    }
+  }
+
+  /** Rejects every queued send with `error`. */
+  #failQueued(error: unknown): void {
+    for (const job of this.#queue.splice(0)) this.#settle(job, error);
+  }
+
+  /** Ends a queued send: its copies closed, its caller told. */
+  #settle(job: SendJob, error?: unknown): void {
+    if (job.copied) {
+      closeAll(job.fds);
+      job.copied = false;
+    }
+    if (error === undefined) {
+      this.#finishSend(job);
+      job.resolve?.();
+    } else {
+      job.reject?.(this.#sendError(error, job.data.byteLength));
+    }
+  }
+
+  /** Sends all of a job, blocking while the peer is full. */
+  #sendWhole(job: SendJob): void {
+    const fd = this.#fd.fd;
+    if (!job.fdsSent || (this.#type !== "stream" && job.offset === 0)) {
+      const n = job.fds.length > 0
+        ? sendMessage(fd, job.data, job.fds, true)
+        : sendBlocking(fd, job.data);
+      job.offset = n;
+      job.fdsSent = true;
+      if (this.#type !== "stream") {
+        this.#checkWhole(n, job);
+        return;
+      }
+    }
+    if (job.offset < job.data.byteLength) {
+      sendAllBlocking(fd, job.data.subarray(job.offset));
+      job.offset = job.data.byteLength;
+    }
+  }
+
   /** One attempt without blocking; true when the whole send is done. */
   #step(job: SendJob): boolean {
     const fd = this.#fd.fd;
     if (this.#type !== "stream") {
       const n = job.fds.length > 0
-        ? sendMessage(fd, job.bytes, job.fds, false)
-        : sendNoWait(fd, job.bytes);
+        ? sendMessage(fd, job.data, job.fds, false)
+        : sendNoWait(fd, job.data);
       if (n < 0) return false;
       this.#checkWhole(n, job);
       return true;
     }
     if (!job.fdsSent) {
-      const n = sendMessage(fd, job.bytes, job.fds, false);
+      const n = sendMessage(fd, job.data, job.fds, false);
       if (n < 0) return false;
       job.fdsSent = true;
       job.offset = n;
     }
-    while (job.offset < job.bytes.byteLength) {
-      const n = sendNoWait(fd, job.bytes.subarray(job.offset));
+    while (job.offset < job.data.byteLength) {
+      const n = sendNoWait(fd, job.data.subarray(job.offset));
       if (n < 0) return false;
       job.offset += n;
     }
@@ -625,9 +805,9 @@ export class UnixSocket implements Disposable {
 
   #checkWhole(n: number, job: SendJob): void {
     // The kernel sends datagrams and packets whole or not at all.
-    if (n !== job.bytes.byteLength) {
+    if (n !== job.data.byteLength) {
       throw new RangeError(
-        `Cannot send on UnixSocket: only ${n} of ${job.bytes.byteLength} bytes of the message were sent`,
+        `Cannot send on UnixSocket: only ${n} of ${job.data.byteLength} bytes of the message were sent`,
       );
     }
   }
@@ -706,16 +886,57 @@ export class UnixSocket implements Disposable {
    */
   async recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
     const { maxFds, maxBytes } = recvLimits(options);
-    const spin = options.spin ?? 0;
-    let deadline = spin > 0 ? performance.now() + spin / 1000 : 0;
+    const spinner = spinnerFor(
+      options.spin,
+      this.#readSpinner,
+      "Cannot receive on UnixSocket",
+    );
+    let waited = false;
+    const message = await untilReady(
+      () => this.#tryRecv(maxFds, maxBytes, false),
+      () => {
+        waited = true;
+        return this.#fd.wait("read");
+      },
+      spinner,
+    );
+    // A peer that keeps the socket full never lets this wait; timers and
+    // other I/O get a turn after each slice of such deliveries.
+    if (waited) this.#slice.waited();
+    else if (this.#slice.delivered()) await yieldTurn();
+    return message;
+  }
+
+  /**
+   * Yields each message (on a stream socket, each chunk as
+   * {@linkcode recv} returns it) until end of stream. Ends quietly when the
+   * socket is closed meanwhile. A peer that sends without pause still lets
+   * timers and other I/O run between slices of messages.
+   *
+   * @example Count messages until the peer closes
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * const [a, b] = socketpair({ type: "seqpacket" });
+   * for (const n of [1, 2, 3]) await a.send(new Uint8Array([n]));
+   * a.close();
+   * let count = 0;
+   * for await (const message of b) count += message.data[0];
+   * console.log(count); // 6
+   * b.close();
+   * ```
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<SocketMessage> {
     for (;;) {
-      const message = this.#tryRecv(maxFds, maxBytes, false);
-      if (message !== undefined) return message;
-      if (deadline > 0) {
-        if (performance.now() < deadline) continue;
-        deadline = 0;
+      let message: SocketMessage | null;
+      try {
+        message = await this.recv();
+      } catch (error) {
+        if (this.#fd.closed) return;
+        throw error;
       }
-      await this.#fd.wait("read");
+      if (message === null) return;
+      yield message;
     }
   }
 
@@ -848,6 +1069,8 @@ export class UnixSocket implements Disposable {
    * peer reads end of stream. Idempotent.
    */
   close(): void {
+    if (this.#fd.closed) return;
+    this.#endQueue();
     this.#fd.close();
   }
 
@@ -858,7 +1081,22 @@ export class UnixSocket implements Disposable {
 
   /** @internal Gives up the fd without closing it. */
   _release(): number {
+    this.#endQueue();
     return this.#fd.release();
+  }
+
+  /**
+   * Before the fd goes: sends gathered this turn that fit still leave (as
+   * they would have at once), the rest reject with `BadResource`.
+   */
+  #endQueue(): void {
+    if (this.#queue.length === 0) return;
+    try {
+      this.#drain();
+    } catch {
+      // Whatever is left fails below.
+    }
+    this.#failQueued(closedError("UnixSocket"));
   }
 }
 

@@ -148,6 +148,12 @@ export const MSGHDR = {
  */
 export const CMSGHDR = { size: 16, len: 0, level: 8, type: 12 } as const;
 
+/**
+ * `struct mmsghdr` (for `sendmmsg`): 64 bytes. 0 msg_hdr (a msghdr),
+ * 56 msg_len u32, then padding.
+ */
+export const MMSGHDR = { size: 64, hdr: 0, len: 56 } as const;
+
 /** CMSG_SPACE for `n` bytes of data: the header plus the data, 8-aligned. */
 export function cmsgSpace(n: number): number {
   return CMSGHDR.size + ((n + 7) & ~7);

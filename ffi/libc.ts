@@ -90,6 +90,8 @@ const symbols = {
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   // ssize_t sendmsg(int sockfd, const struct msghdr *msg, int flags);
   sendmsg: { parameters: ["i32", "pointer", "i32"], result: "isize" },
+  // int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
+  sendmmsg: { parameters: ["i32", "pointer", "u32", "i32"], result: "i32" },
   // ssize_t recvmsg(int sockfd, struct msghdr *msg, int flags);
   recvmsg: { parameters: ["i32", "pointer", "i32"], result: "isize" },
   // ssize_t readlink(const char *pathname, char *buf, size_t bufsiz);

@@ -12,12 +12,13 @@ import {
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
-import { receiveMessage } from "../_scm.ts";
+import { receiveMessage, sendNoWait } from "../_scm.ts";
 import {
   assertNoFdLeak,
   fdInode,
   fixture,
   SANITIZE,
+  stillPending,
   test,
   withTimeout,
 } from "./_util.ts";
@@ -331,3 +332,132 @@ for (const type of TYPES) {
     },
   });
 }
+
+/** Fills `socket` without blocking; returns how many messages it took. */
+function fill(socket: UnixSocket): number {
+  let count = 0;
+  while (sendNoWait(socket.rawFd, new Uint8Array(8)) >= 0) count++;
+  return count;
+}
+
+for (const type of TYPES) {
+  test(
+    `${type}: a queued send carries the fds named at the call, even once their numbers are closed and reused`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const filler = fill(a);
+      assert.ok(filler > 0);
+      const sent = pipe();
+      const number = sent.reader.rawFd;
+      const sending = a.send(encoder.encode("!"), { fds: [number] });
+      assert.equal(await stillPending(sending), true, "the send waits");
+      // The caller closes the fd it named, and a new pipe takes its number.
+      sent.reader.close();
+      const other = pipe();
+      const reused = [other.reader, other.writer].find((e) =>
+        e.rawFd === number
+      );
+      assert.ok(reused !== undefined, `fd ${number} was reused`);
+      await sent.writer.write(encoder.encode("sent pipe"));
+      await other.writer.write(encoder.encode("other pipe"));
+      sent.writer.close();
+      other.writer.close();
+      // Take the filler; then the queued message and its fd.
+      let fds: Endpoint[] = [];
+      if (type === "stream") {
+        const message = await withTimeout(
+          readUntilFds(b, filler * 8 + 1),
+          10_000,
+          "the queued send",
+        );
+        fds = message;
+      } else {
+        for (let i = 0; i < filler; i++) {
+          await withTimeout(b.recv(), 10_000, "filler");
+        }
+        const message = await withTimeout(b.recv(), 10_000, "the message");
+        assert.equal(decoder.decode(message!.data), "!");
+        fds = message!.fds;
+      }
+      await withTimeout(sending, 10_000, "the send settles");
+      assert.equal(fds.length, 1);
+      const [got] = fds;
+      assert.ok(got instanceof PipeReader);
+      assert.equal(await readAllText(got, "the received pipe"), "sent pipe");
+      got.close();
+      other.reader.close();
+    },
+    perms,
+  );
+}
+
+/** Stream sockets: receives until `length` bytes came; returns their fds. */
+async function readUntilFds(
+  socket: UnixSocket,
+  length: number,
+): Promise<Endpoint[]> {
+  const fds: Endpoint[] = [];
+  let got = 0;
+  while (got < length) {
+    const message = await socket.recv();
+    if (message === null) throw new Error(`EOF after ${got} bytes`);
+    got += message.data.length;
+    fds.push(...message.fds);
+  }
+  return fds;
+}
+
+test(
+  "closeSent with a queued send: the endpoint closed meanwhile still travels, and the copy is not leaked",
+  async () => {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a, b] = pair;
+    const filler = fill(a);
+    const sent = pipe();
+    const sending = a.send(encoder.encode("x"), {
+      fds: [sent.reader],
+      closeSent: true,
+    });
+    assert.equal(await stillPending(sending), true);
+    sent.reader.close();
+    await sent.writer.write(encoder.encode("still here"));
+    sent.writer.close();
+    for (let i = 0; i < filler; i++) {
+      await withTimeout(b.recv(), 10_000, "filler");
+    }
+    const message = await withTimeout(b.recv(), 10_000, "the message");
+    await sending;
+    const [got] = message!.fds as PipeReader[];
+    assert.equal(await readAllText(got, "the received pipe"), "still here");
+    got.close();
+  },
+  perms,
+);
+
+test(
+  "a send naming a closed fd fails at the call, whether it goes at once or waits",
+  async () => {
+    using pair = socketpair({ type: "dgram" });
+    const [a] = pair;
+    // A number no fd has (a closed one could be reused meanwhile).
+    const number = 2 ** 30;
+    await assert.rejects(
+      a.send(new Uint8Array(1), { fds: [number] }),
+      Deno.errors.BadResource,
+    );
+    // Behind a send that waits for room, it is refused at the call too.
+    fill(a);
+    const waiting = a.send(new Uint8Array(1));
+    assert.equal(await stillPending(waiting), true);
+    await assert.rejects(
+      withTimeout(a.send(new Uint8Array(1), { fds: [number] }), 5_000, "send"),
+      (error: unknown) =>
+        error instanceof Deno.errors.BadResource &&
+        error.message.includes(`fds[0] (fd ${number})`),
+    );
+    a.close();
+    await assert.rejects(waiting, Deno.errors.BadResource);
+  },
+  perms,
+);

@@ -2,9 +2,15 @@ import assert from "node:assert/strict";
 import { socketpair, type SocketType } from "../mod.ts";
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
-import { lineOf, readExactly, socketChild } from "./_socket_util.ts";
+import {
+  lineOf,
+  readExactly,
+  SOCKET_CHILD,
+  socketChild,
+} from "./_socket_util.ts";
 import {
   assertPattern,
+  DENO,
   pattern,
   pollerIdle,
   readProcText,
@@ -539,3 +545,209 @@ test(
   },
   perms,
 );
+
+for (const type of MESSAGE_TYPES) {
+  test(
+    `${type}: sends of one turn keep their order, and each failure goes to its own caller`,
+    async () => {
+      using pair = socketpair({ type, bufferSize: 16 * 1024 });
+      const [a, b] = pair;
+      const big = new Uint8Array(64 * 1024);
+      const results = await Promise.allSettled([
+        a.send(encoder.encode("one")),
+        a.send(encoder.encode("two"), { fds: [b] }),
+        a.send(big),
+        a.send(encoder.encode("three")),
+      ]);
+      assert.deepEqual(
+        results.map((r) => r.status),
+        ["fulfilled", "fulfilled", "rejected", "fulfilled"],
+      );
+      assert.ok(
+        (results[2] as PromiseRejectedResult).reason instanceof RangeError,
+      );
+      const got: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const message = await withTimeout(b.recv(), 5_000, "recv");
+        got.push(decoder.decode(message!.data));
+        for (const fd of message!.fds) fd.close();
+      }
+      assert.deepEqual(got, ["one", "two", "three"]);
+    },
+    perms,
+  );
+}
+
+test(
+  "sendSync() and writeSync() go after the sends still queued, in call order",
+  async () => {
+    for (const type of TYPES) {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const queued = [a.send(encoder.encode("A")), a.send(encoder.encode("B"))];
+      if (type === "stream") a.writeSync(encoder.encode("C"));
+      else a.sendSync(encoder.encode("C"));
+      await Promise.all(queued);
+      let text = "";
+      while (text.length < 3) {
+        const message = await withTimeout(b.recv(), 5_000, "recv");
+        text += decoder.decode(message!.data);
+      }
+      assert.equal(text, "ABC", type);
+    }
+  },
+  perms,
+);
+
+test(
+  "close() right after sends of the same turn still lets out those that fit",
+  async () => {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a, b] = pair;
+    const sends = ["x", "y", "z"].map((t) => a.send(encoder.encode(t)));
+    a.close();
+    await Promise.all(sends);
+    const got: string[] = [];
+    for (;;) {
+      const message = await withTimeout(b.recv(), 5_000, "recv");
+      if (message === null) break;
+      got.push(decoder.decode(message.data));
+    }
+    assert.deepEqual(got, ["x", "y", "z"]);
+  },
+  perms,
+);
+
+/** Runs a command to its end (killed after 60 s); its code and output. */
+async function runCommand(
+  command: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), 60_000);
+  try {
+    const out = await new Deno.Command(command, {
+      args,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: controller.signal,
+    }).output();
+    return {
+      code: out.code,
+      stdout: decoder.decode(out.stdout),
+      stderr: decoder.decode(out.stderr),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const STRACE = ["/usr/bin/strace", "/bin/strace"].find((path) => {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+});
+
+Deno.test({
+  name:
+    "seqpacket: 100 sends issued in one turn leave in a few sendmmsg calls, not one syscall each",
+  ignore: STRACE === undefined,
+  permissions: { ...childPerms, write: true },
+  ...SANITIZE,
+  async fn() {
+    const dir = Deno.makeTempDirSync({ prefix: "conduit-strace-" });
+    try {
+      const log = `${dir}/trace`;
+      const run = await runCommand(STRACE!, [
+        "-f",
+        "-e",
+        "trace=sendto,sendmsg,sendmmsg",
+        "-o",
+        log,
+        DENO,
+        "run",
+        "--allow-ffi",
+        SOCKET_CHILD,
+        "batch",
+        "100",
+      ]);
+      assert.equal(run.code, 0, run.stderr);
+      const fd = Number(run.stdout.match(/^fd (\d+)$/m)?.[1]);
+      assert.ok(fd > 0, run.stdout);
+      assert.match(run.stdout, /^received 100$/m);
+      const calls = Deno.readTextFileSync(log).split("\n")
+        .map((line) => line.match(/\b(sendto|sendmsg|sendmmsg)\((\d+),/))
+        .filter((m) => m !== null && Number(m[2]) === fd)
+        .map((m) => m![1]);
+      // The first send goes at once; the other 99 are gathered (at most
+      // 64 to a call).
+      assert.ok(calls.length <= 4, calls.join(" "));
+      assert.ok(calls.includes("sendmmsg"), calls.join(" "));
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a receive loop fed by a child that keeps a seqpacket socket full still lets timers and other tasks run",
+  permissions: childPerms,
+  ...SANITIZE,
+  async fn() {
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    await using child = socketChild(["packets"], theirs);
+    try {
+      const full = await lineOf(child.stdout!);
+      const queued = Number(full.match(/^full (\d+)$/)?.[1]);
+      assert.ok(queued >= 128, full);
+      // Every one of the first `queued` receives finds its message ready:
+      // a task scheduled now runs among them only if the loop yields.
+      let taskRanAt = -1;
+      let received = 0;
+      setImmediate(() => taskRanAt = received);
+      while (received < queued) {
+        const message = await withTimeout(mine.recv(), 10_000, "recv");
+        assert.notEqual(message, null);
+        received++;
+      }
+      assert.ok(
+        taskRanAt >= 0 && taskRanAt < queued,
+        `the task ran after ${taskRanAt} of ${queued} ready messages`,
+      );
+      // And while the child keeps it full, an interval keeps ticking.
+      let ticks = 0;
+      const interval = setInterval(() => ticks++, 1);
+      try {
+        const loop = (async () => {
+          for await (const _ of mine) {
+            received++;
+            if (ticks >= 3) return;
+          }
+        })();
+        await withTimeout(loop, 15_000, "three ticks while receiving");
+      } finally {
+        clearInterval(interval);
+      }
+      assert.ok(ticks >= 3);
+    } finally {
+      mine.close();
+    }
+    const status = await withTimeout(child.status, 10_000, "child exits");
+    assert.equal(status.success, true);
+  },
+});
+
+test("recv() checks its spin option", async () => {
+  using pair = socketpair({ type: "seqpacket" });
+  const [a] = pair;
+  const bounded = (recv: Promise<unknown>) =>
+    withTimeout(recv, 5_000, "a refused recv settles");
+  await assert.rejects(bounded(a.recv({ spin: -1 })), RangeError);
+  await assert.rejects(bounded(a.recv({ spin: Infinity })), RangeError);
+  // deno-lint-ignore no-explicit-any
+  await assert.rejects(bounded(a.recv({ spin: "10" as any })), TypeError);
+}, perms);

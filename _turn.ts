@@ -1,0 +1,51 @@
+/**
+ * Fairness for receive loops: a loop fed by a fast peer finds a message
+ * ready on every call, so each `await` resolves as a microtask and timers,
+ * `AbortSignal.timeout` and other I/O never get a turn. A
+ * {@linkcode TurnSlice} counts deliveries made without waiting; once a slice
+ * is used up, the receiver yields one macrotask turn before it goes on.
+ *
+ * @module
+ */
+
+/** Deliveries in one slice of continuous delivery. */
+const SLICE_MESSAGES = 64;
+/** The longest slice, in ms, however few deliveries it made. */
+const SLICE_MS = 2;
+
+/** One receiver's slice of continuous delivery. */
+export class TurnSlice {
+  #count = 0;
+  #start = 0;
+
+  /**
+   * Records one delivery made without waiting. Returns whether the slice
+   * is used up: the receiver should then `await yieldTurn()`.
+   */
+  delivered(): boolean {
+    if (this.#count === 0) this.#start = performance.now();
+    this.#count++;
+    if (
+      this.#count >= SLICE_MESSAGES ||
+      performance.now() - this.#start >= SLICE_MS
+    ) {
+      this.#count = 0;
+      return true;
+    }
+    return false;
+  }
+
+  /** The receiver waited (its event loop ran): a new slice starts. */
+  waited(): void {
+    this.#count = 0;
+  }
+}
+
+/**
+ * Resolves after one macrotask turn: timers that are due, I/O callbacks
+ * and other tasks run first. `setImmediate` costs a few µs, where a
+ * `setTimeout(0)` would cost a timer tick.
+ */
+export function yieldTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
