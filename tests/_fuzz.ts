@@ -1220,7 +1220,7 @@ const adopt: FuzzTarget = {
         const fd = make();
         let endpoint;
         try {
-          endpoint = fromFd(fd);
+          endpoint = fromFd(fd, { allowCloexec: true });
         } catch (error) {
           // The fd is still open: closing it succeeds.
           assert.equal(libc().close(fd), 0, name);

@@ -185,7 +185,7 @@ test(
       b.close();
       const fd = a._release();
       bindAbstract(fd, `conduit-ch/${fields}/${"ab".repeat(12)}`);
-      const endpoint = fromFd(fd);
+      const endpoint = fromFd(fd, { allowCloexec: true });
       endpoint.close();
       assert.equal(endpoint.constructor.name, expected, fields);
     }
