@@ -1,5 +1,5 @@
 /**
- * {@linkcode fromFd}: the endpoint for an inherited or received fd.
+ * {@linkcode fromFd}: the endpoint for an fd this process inherited.
  *
  * @example In a child started with `spawn(..., { fds: [writer] })`
  * ```ts ignore
