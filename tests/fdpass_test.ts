@@ -249,9 +249,10 @@ test(
       closeAll(back!.fds);
     }
     const report = await withTimeout(mine.recv(), 10_000, "report");
-    const [word, before, after] = decoder.decode(report!.data).split(" ");
+    const [word, files, held] = decoder.decode(report!.data).split(" ");
     assert.equal(word, "done");
-    assert.equal(after, before, "the child's fd count");
+    assert.equal(files, "2", "the child got the pipe and the socket");
+    assert.equal(held, "0", "fds the child still holds of what it received");
     const status = await withTimeout(child.status, 10_000, "child exit");
     assert.equal(status.success, true);
     p[Symbol.dispose]();
