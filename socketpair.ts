@@ -884,13 +884,37 @@ export class UnixSocket implements Disposable {
    * b.close();
    * ```
    */
-  async recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
-    const { maxFds, maxBytes } = recvLimits(options);
-    const spinner = spinnerFor(
-      options.spin,
-      this.#readSpinner,
-      "Cannot receive on UnixSocket",
-    );
+  recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
+    let maxFds: number;
+    let maxBytes: number;
+    let spinner: Spinner;
+    try {
+      ({ maxFds, maxBytes } = recvLimits(options));
+      spinner = spinnerFor(
+        options.spin,
+        this.#readSpinner,
+        "Cannot receive on UnixSocket",
+      );
+      const now = this.#tryRecv(maxFds, maxBytes, false);
+      if (now !== undefined) {
+        // A peer that keeps the socket full never lets this wait; timers
+        // and other I/O get a turn after each slice of such deliveries.
+        return this.#slice.delivered()
+          ? yieldTurn().then(() => now)
+          : Promise.resolve(now);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#recvLater(maxFds, maxBytes, spinner);
+  }
+
+  /** A receive that found nothing at once: spins, then parks. */
+  async #recvLater(
+    maxFds: number,
+    maxBytes: number,
+    spinner: Spinner,
+  ): Promise<SocketMessage | null> {
     let waited = false;
     const message = await untilReady(
       () => this.#tryRecv(maxFds, maxBytes, false),
@@ -900,8 +924,6 @@ export class UnixSocket implements Disposable {
       },
       spinner,
     );
-    // A peer that keeps the socket full never lets this wait; timers and
-    // other I/O get a turn after each slice of such deliveries.
     if (waited) this.#slice.waited();
     else if (this.#slice.delivered()) await yieldTurn();
     return message;
