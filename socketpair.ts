@@ -1419,12 +1419,18 @@ function listenType(type: unknown, doing: string): ListenType {
  *
  * A socket file left behind by a server that died is detected (nothing
  * accepts on it) and replaced; a live server's socket is never taken over.
- * The file appears with its final permissions, already listening.
+ * The file appears with its final permissions, already listening: it is
+ * bound and given its mode in a private directory made next to it (named
+ * `.ipc-` and 12 random characters, removed again before `listen()`
+ * returns), then renamed into place. So `path` may be at most 89 bytes,
+ * and its directory must be writable. No lock is taken: nothing another
+ * user does can make `listen()` wait.
  *
  * @param options `{ path }` or `{ abstract }`, type, mode and backlog.
  * @returns The listener.
  * @throws {Deno.errors.AddrInUse} When a live server listens there.
  * @throws {Deno.errors.AlreadyExists} When a non-socket file is at `path`.
+ * @throws {RangeError} When `path` is longer than 89 bytes.
  *
  * @example A server and a client in one process
  * ```ts
