@@ -489,7 +489,11 @@ test(
                 ) && expected.test(e.message),
               what,
             );
-            assert.throws(() => fromFd(carrier), expected, what);
+            assert.throws(
+              () => fromFd(carrier, { allowCloexec: true }),
+              expected,
+              what,
+            );
           } finally {
             lib.close(carrier);
           }

@@ -257,7 +257,7 @@ test(
     const fd = unsealedMemfd(4096);
     try {
       assert.throws(
-        () => fromFd(fd),
+        () => fromFd(fd, { allowCloexec: true }),
         (e: Error) =>
           e instanceof TypeError &&
           e.message.startsWith(`Cannot map SharedMemory from fd ${fd}:`) &&
@@ -277,7 +277,7 @@ test(
       const copy = dupCloexec(made.rawFd);
       try {
         assert.throws(
-          () => fromFd(copy),
+          () => fromFd(copy, { allowCloexec: true }),
           (e: Error) =>
             e instanceof TypeError &&
             /not sealed against shrinking/.test(e.message),
@@ -300,7 +300,7 @@ test(
     const big = createMemfd((1 << 30) + 4096, "big");
     try {
       assert.throws(
-        () => fromFd(big),
+        () => fromFd(big, { allowCloexec: true }),
         (e: Error) =>
           e instanceof RangeError &&
           e.message ===
