@@ -245,7 +245,22 @@ export const MMAP = {
 export const SEAL = { SEAL: 1, SHRINK: 2, GROW: 4 } as const;
 
 /** Futex operations (without FUTEX_PRIVATE_FLAG: they work across processes). */
-export const FUTEX = { WAIT: 0, WAKE: 1 } as const;
+export const FUTEX = { WAIT: 0, WAKE: 1, PRIVATE_FLAG: 128 } as const;
+
+/**
+ * `struct futex_waitv` (24 bytes: u64 val, u64 uaddr, u32 flags, u32
+ * reserved) and its flags: `FUTEX2_SIZE_U32`, `FUTEX2_PRIVATE`, and the
+ * most entries one `futex_waitv` call takes.
+ */
+export const FUTEX_WAITV = {
+  size: 24,
+  val: 0,
+  uaddr: 8,
+  flags: 16,
+  SIZE_U32: 0x02,
+  PRIVATE: 128,
+  MAX: 128,
+} as const;
 
 /** getrlimit resources. */
 export const RLIMIT = { NOFILE: 7 } as const;

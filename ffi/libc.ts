@@ -212,20 +212,28 @@ const symbols = {
     result: "i32",
   },
 
+  // long futex_waitv(struct futex_waitv *waiters, unsigned int nr_futexes,
+  //   unsigned int flags, struct timespec *timeout, clockid_t clockid): syscall 449.
+  futex_waitv: {
+    name: "syscall",
+    parameters: ["i64", "pointer", "i64", "i64", "pointer", "i64"],
+    result: "i32",
+  },
+  // The same call run on a blocking-pool thread: the one wait that serves
+  // every shared-memory wait of the process (shm/wait.ts).
+  futex_waitv_nb: {
+    name: "syscall",
+    parameters: ["i64", "pointer", "i64", "i64", "pointer", "i64"],
+    result: "i32",
+    nonblocking: true,
+  },
+
   // long syscall(long number, ...): the Linux AIO calls io_setup,
   // io_cancel, io_getevents and io_submit, with pointers as addresses.
   syscall6: {
     name: "syscall",
     parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],
     result: "i64",
-  },
-  // The same on Deno's blocking pool, for a call that sleeps: futex_waitv
-  // over every wait on shared memory (shm/_futex.ts).
-  syscall6_nb: {
-    name: "syscall",
-    parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],
-    result: "i64",
-    nonblocking: true,
   },
 
   // int memfd_create(const char *name, unsigned int flags);

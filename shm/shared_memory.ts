@@ -25,13 +25,7 @@ import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { registerAdopter } from "../_adopt.ts";
 import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
-import {
-  cancelWait,
-  type Wait,
-  type WaitResult,
-  waitWord,
-  wakeWord,
-} from "./_futex.ts";
+import { type WaitOptions, type WaitResult, WordWaits } from "./wait.ts";
 
 /** Options for {@linkcode SharedMemory.create}. */
 export interface SharedMemoryOptions {
@@ -70,16 +64,11 @@ export interface SharedMemoryAdoptOptions extends SharedMemoryOptions {
 /** Largest memory adopted from another process by default: 1 GiB. */
 const DEFAULT_MAX_ADOPT_BYTES = 1 << 30;
 
-/** Options for {@linkcode SharedMemory.wait}. */
-export interface SharedMemoryWaitOptions {
-  /**
-   * Milliseconds after which the wait ends with `"timed-out"`. Default: no
-   * limit. `0` only compares.
-   */
-  timeout?: number;
-  /** Ends the wait, rejecting with the signal's reason. */
-  signal?: AbortSignal;
-}
+/**
+ * Options for {@linkcode SharedMemory.wait}: `timeout` in ms (`Infinity` by
+ * default, `0` only compares) and an abort `signal`.
+ */
+export type SharedMemoryWaitOptions = WaitOptions;
 
 /** How {@linkcode SharedMemory.wait} ended, as `Atomics.waitAsync` says. */
 export type SharedMemoryWaitResult = WaitResult;
@@ -223,8 +212,7 @@ export class SharedMemory implements Disposable {
   #mapping: Mapping | undefined;
   #name: string | undefined;
   #size: number;
-  #words: Int32Array | undefined;
-  #waits = new Set<Wait>();
+  #waits: WordWaits;
 
   /**
    * Maps the whole of a memfd or shared memory fd. Prefer
@@ -275,7 +263,7 @@ export class SharedMemory implements Disposable {
     this.#size = size;
     this.#mapping = mapShared(fd, size, `SharedMemory fd ${fd}`);
     unmapWhenCollected(this.#mapping);
-    this.#words = new Int32Array(this.#mapping.buffer, 0, size >>> 2);
+    this.#waits = new WordWaits("SharedMemory", this.#mapping.buffer);
     this.#fd = new OwnedFd(fd, "SharedMemory");
     this.#name = options.name;
   }
@@ -433,138 +421,90 @@ export class SharedMemory implements Disposable {
   }
 
   /**
-   * Kept for the endpoint shape: a pending {@linkcode wait} always keeps the
-   * process alive.
-   */
-  ref(): void {
-    this.#fd.ref();
-  }
-
-  /**
-   * Kept for the endpoint shape: a pending {@linkcode wait} always keeps the
-   * process alive.
-   */
-  unref(): void {
-    this.#fd.unref();
-  }
-
-  /**
-   * Waits until another process (or this one) calls {@linkcode notify} on
-   * the 32-bit word at `index` (as in `new Int32Array(buffer)[index]`),
-   * provided the word holds `expected` now: the semantics of
-   * `Atomics.waitAsync`, across processes. Waiting takes no thread per wait
-   * and no polling loop (every wait of the process is one entry of one
-   * `futex_waitv` call).
+   * Waits, without blocking the thread, while the 32-bit word at `index`
+   * (byte offset `4 * index`) holds `expected`, until another process or
+   * this one calls {@linkcode notify} on it: the semantics of
+   * `Atomics.waitAsync`, across processes. Like a futex, a wait can also end
+   * with `"ok"` because the word changed while no wake could reach this
+   * process: re-check the word after every wait, and change the word
+   * before notifying. See `shm/wait.ts` for the protocol (a plain futex on
+   * the mapped word, so C or Rust peers can wake and wait too).
    *
-   * The word is a futex: any program that maps the same memory, in any
-   * language, wakes these waits with `futex(addr, FUTEX_WAKE, n)` and can
-   * wait with `FUTEX_WAIT` for {@linkcode notify}. As with every futex,
-   * change the word before you notify: a wait also ends with `"ok"` when it
-   * finds the word changed, and a notify that changes nothing can be missed
-   * by a wait that is just starting.
+   * A pending wait keeps the process alive unless {@linkcode unref} was
+   * called. All waits of a process share one `futex_waitv` call on one of
+   * Deno's blocking-pool threads; no thread per wait, no polling loop.
    *
-   * @param index Index of the word, from 0 to `size / 4 - 1`.
-   * @param expected The value the word must hold for the wait to begin.
-   * @param options `timeout` in ms and `signal`.
-   * @returns `"not-equal"` when the word did not hold `expected`, `"ok"` when
-   * woken, `"timed-out"` when the timeout passed first.
+   * @param index The word: an integer from 0 to `size / 4 - 1`.
+   * @param expected The value the word must hold for the wait to start.
+   * @param options `timeout` in ms and an abort `signal`.
+   * @returns `"ok"` once woken, `"not-equal"` when the word did not hold
+   * `expected`, `"timed-out"` once `timeout` passed.
    * @throws {RangeError} When `index` is outside the memory.
-   * @throws {Deno.errors.BadResource} When the memory is closed (also ends
-   * a pending wait).
    * @throws {Deno.errors.NotSupported} When the kernel lacks `futex_waitv`
-   * (Linux 5.16).
+   * (Linux older than 5.16) or refuses it.
+   * @throws {Deno.errors.BadResource} When the memory is closed, then or
+   * while waiting.
    *
-   * @example Wait for another process to set a flag
+   * @example Wait for another process to bump a word
    * ```ts
    * import { SharedMemory } from "@conduit/ipc";
    *
    * using mem = SharedMemory.create(4096);
    * const words = new Int32Array(mem.buffer);
-   * const woken = mem.wait(0, 0, { timeout: 5000 });
-   * Atomics.store(words, 0, 1); // in practice, another process
+   * const waiting = mem.wait(0, 0, { timeout: 5000 });
+   * Atomics.store(words, 0, 1); // another process would do this
    * mem.notify(0);
-   * console.log(await woken); // "ok"
+   * console.log(await waiting); // "ok"
    * ```
    */
   wait(
     index: number,
     expected: number,
-    options: SharedMemoryWaitOptions = {},
+    options?: SharedMemoryWaitOptions,
   ): Promise<SharedMemoryWaitResult> {
-    try {
-      const mapping = this.#word(index, "wait on");
-      if (typeof expected !== "number") {
-        throw new TypeError(
-          `Cannot wait on SharedMemory: expected must be a number, got ${typeof expected}`,
-        );
-      }
-      let timeout = options.timeout ?? Infinity;
-      if (typeof timeout !== "number") {
-        throw new TypeError(
-          `Cannot wait on SharedMemory: timeout must be a number, got ${typeof timeout}`,
-        );
-      }
-      if (Number.isNaN(timeout)) timeout = Infinity;
-      return waitWord(
-        this.#words!,
-        index,
-        this.#address(mapping, index),
-        expected | 0,
-        { timeout: Math.max(0, timeout), signal: options.signal },
-        this.#waits,
-      );
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    return this.#waits.wait(index, expected, options);
   }
 
   /**
-   * Wakes up to `count` waits on the word at `index`, in every process
-   * that maps this memory (the semantics of `Atomics.notify`).
+   * Wakes up to `count` waiters on the 32-bit word at `index`: those of this
+   * process first (oldest first), then, for what is left of `count`, a
+   * `FUTEX_WAKE` reaches the other processes. A process woken from outside
+   * wakes all its waiters on that word.
    *
-   * @param index Index of the word, from 0 to `size / 4 - 1`.
-   * @param count How many waiters to wake. Default: all.
-   * @returns How many waiters the kernel woke.
+   * @param index The word: an integer from 0 to `size / 4 - 1`.
+   * @param count How many to wake; default all.
+   * @returns How many were woken: here, plus what the kernel reports.
    * @throws {RangeError} When `index` is outside the memory or `count` is
    * negative.
-   * @throws {Deno.errors.BadResource} When the memory is closed.
    *
-   * @example Wake every waiter
+   * @example Wake every waiter after a store
    * ```ts
    * import { SharedMemory } from "@conduit/ipc";
    *
    * using mem = SharedMemory.create(4096);
-   * Atomics.store(new Int32Array(mem.buffer), 1, 1);
-   * console.log(mem.notify(1)); // 0: nobody waits yet
+   * Atomics.store(new Int32Array(mem.buffer), 1, 7);
+   * console.log(mem.notify(1)); // 0: nobody was waiting
    * ```
    */
-  notify(index: number, count = Infinity): number {
-    const mapping = this.#word(index, "notify on");
-    if (typeof count !== "number" || Number.isNaN(count) || count < 0) {
-      throw new RangeError(
-        `Cannot notify on SharedMemory: count must be a non-negative number, got ${count}`,
-      );
-    }
-    return wakeWord(this.#address(mapping, index), Math.floor(count));
+  notify(index: number, count?: number): number {
+    if (this.#fd.closed) throw closedError("SharedMemory");
+    return this.#waits.notify(index, count);
   }
 
-  #word(index: number, verb: string): Mapping {
-    if (this.#mapping === undefined) throw closedError("SharedMemory");
-    if (
-      !Number.isInteger(index) || index < 0 || index >= this.#size >>> 2
-    ) {
-      throw new RangeError(
-        `Cannot ${verb} SharedMemory: word index ${index} is outside 0 to ${
-          (this.#size >>> 2) - 1
-        }`,
-      );
-    }
-    return this.#mapping;
+  /** Makes pending {@linkcode wait}s keep the process alive (the default). */
+  ref(): void {
+    this.#fd.ref();
+    this.#waits.ref();
   }
 
-  #address(mapping: Mapping, index: number): bigint {
-    return BigInt(Deno.UnsafePointer.value(mapping.pointer)) +
-      BigInt(index * 4);
+  /**
+   * Lets the process exit while {@linkcode wait}s are pending. While only
+   * unref'd waits are pending in the process, none is in the kernel: they
+   * end (`"ok"`) when a check every 10 ms finds their word changed.
+   */
+  unref(): void {
+    this.#fd.unref();
+    this.#waits.unref();
   }
 
   /**
@@ -605,14 +545,10 @@ export class SharedMemory implements Disposable {
   }
 
   #drop(): void {
+    this.#waits.close();
     if (this.#mapping === undefined) return;
-    // No wait may outlive the mapping its futex_waitv entry names.
-    for (const wait of [...this.#waits]) {
-      cancelWait(wait, closedError("SharedMemory"));
-    }
     retire(this.#mapping);
     this.#mapping = undefined;
-    this.#words = undefined;
   }
 }
 
