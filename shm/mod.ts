@@ -37,3 +37,14 @@ export {
   ShmSender,
   type ShmWaitOptions,
 } from "./queue.ts";
+export {
+  Barrier,
+  Event,
+  type LockOptions,
+  Mutex,
+  MutexGuard,
+  Semaphore,
+  type SemaphoreOptions,
+  type SyncOptions,
+  type SyncWaitOptions,
+} from "./sync.ts";
