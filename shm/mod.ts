@@ -48,3 +48,8 @@ export {
   type SyncOptions,
   type SyncWaitOptions,
 } from "./sync.ts";
+export {
+  ShmReceiverSet,
+  type ShmSelectOptions,
+  type ShmSelectResult,
+} from "./select.ts";
