@@ -916,6 +916,7 @@ export class UnixSocket implements Disposable {
     spinner: Spinner,
   ): Promise<SocketMessage | null> {
     let waited = false;
+    // recv() tried once already: go straight to the spin.
     const message = await untilReady(
       () => this.#tryRecv(maxFds, maxBytes, false),
       () => {
@@ -923,6 +924,7 @@ export class UnixSocket implements Disposable {
         return this.#fd.wait("read");
       },
       spinner,
+      true,
     );
     if (waited) this.#slice.waited();
     else if (this.#slice.delivered()) await yieldTurn();

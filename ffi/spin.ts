@@ -139,17 +139,22 @@ export class Spinner {
 }
 
 /**
- * The wait loop: `attempt` now, then a spin, then `park()` (a poller wait)
- * and again, until `attempt` returns something other than `undefined`.
+ * The wait loop: `attempt` now (unless the caller just `tried` it), then a
+ * spin, then `park()` (a poller wait) and again, until `attempt` returns
+ * something other than `undefined`.
  */
 export async function untilReady<T>(
   attempt: () => T | undefined,
   park: () => Promise<void>,
   spinner: Spinner,
+  tried = false,
 ): Promise<T> {
   for (;;) {
-    const now = attempt();
-    if (now !== undefined) return now;
+    if (!tried) {
+      const now = attempt();
+      if (now !== undefined) return now;
+    }
+    tried = false;
     const spun = spinner.spin(attempt);
     if (spun !== undefined) return spun;
     await park();
