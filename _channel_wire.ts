@@ -16,8 +16,14 @@
  *   credits.
  * - ADD_PEER: a = capacity, b = mode; one fd, a new connection that a
  *   cloned sender holds the other end of.
- * - HELLO (first frame of a connection to a named server): a = capacity,
- *   b = mode.
+ * - HELLO (first frame of a connection to a named server, and only
+ *   there): a = capacity, b = mode.
+ * - BATCH: a = message count (at least 2); no fds. Then `a` records, each a
+ *   u32 length `L` and `L` bytes that are a whole MESSAGE (without fds) or
+ *   BYTES frame, header included. Messages sent in one turn travel
+ *   together, in order, in one packet.
+ * - REFUSED (receiver to a new sender's connection, before closing it):
+ *   a = why ({@linkcode REFUSAL}).
  *
  * Everything here is synchronous on the JS thread and never waits:
  * sends use `MSG_DONTWAIT`, memfd reads and writes never block.
@@ -51,7 +57,20 @@ export const FRAME = {
   ACK: 5,
   ADD_PEER: 6,
   HELLO: 7,
+  BATCH: 8,
+  REFUSED: 9,
 } as const;
+
+/** Why a receiver refused a new sender (the `a` of a REFUSED frame). */
+export const REFUSAL = {
+  /** The receiver holds as many senders as it takes. */
+  FULL: 1,
+  /** The sender it was cloned from has added as many as one may. */
+  PER_SENDER: 2,
+} as const;
+
+/** Bytes in front of each record of a BATCH: its length. */
+export const RECORD_PREFIX = 4;
 
 /** The wire version in every frame header. */
 export const VERSION = 1;
@@ -181,6 +200,105 @@ export function header(
   dv.setUint32(8, b, true);
   dv.setUint32(12, c, true);
   return out;
+}
+
+/**
+ * Checks the records of a BATCH in `buf[start, end)`: exactly `count`
+ * records, each a whole MESSAGE without fds or BYTES frame of this
+ * version, that fill the range. Throws `InvalidData` otherwise.
+ */
+export function checkBatch(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  count: number,
+): void {
+  if (count < 1 || count > (end - start) / (RECORD_PREFIX + HEADER)) {
+    throw invalid(`a batch of ${count} messages in ${end - start} bytes`);
+  }
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let at = start;
+  for (let i = 0; i < count; i++) {
+    if (at + RECORD_PREFIX + HEADER > end) throw invalid("batch cut short");
+    const length = dv.getUint32(at, true);
+    const inner = at + RECORD_PREFIX;
+    if (length < HEADER || length > end - inner) {
+      throw invalid(`batch record of ${length} bytes`);
+    }
+    const type = buf[inner];
+    if (buf[inner + 1] !== VERSION) throw invalid("bad record header");
+    if (type === FRAME.MESSAGE) {
+      if (dv.getUint32(inner + 4, true) !== 0) {
+        throw invalid("a batched message carries no fds");
+      }
+    } else if (type !== FRAME.BYTES) {
+      throw invalid(`frame type ${type} inside a batch`);
+    }
+    at = inner + length;
+  }
+  if (at !== end) throw invalid("bytes after the last batch record");
+}
+
+const stat = new Uint8Array(new ArrayBuffer(STAT.size + 64));
+const statView = new DataView(stat.buffer);
+const intOut = new Int32Array(new ArrayBuffer(64), 0, 1);
+const lenOut = new Uint32Array(new ArrayBuffer(64), 0, 1);
+
+function socketOption(fd: number, option: number): number {
+  lenOut[0] = 4;
+  const lib = libc();
+  if (lib.getsockopt(fd, SOCK.SOL_SOCKET, option, intOut, lenOut) === -1) {
+    return -1;
+  }
+  return intOut[0];
+}
+
+/**
+ * What is wrong with `fd` as a channel connection (a unix seqpacket
+ * socket), for an error message: `"a directory"`, `"a stream socket"`,
+ * ...; `undefined` when it is one.
+ */
+export function seqpacketProblem(fd: number): string | undefined {
+  if (libc().fstat(fd, stat) === -1) return "not an open fd";
+  const mode = statView.getUint32(STAT.mode, true) & S.IFMT;
+  if (mode !== S.IFSOCK) {
+    return FILE_KINDS.get(mode) ?? `a file of type 0o${mode.toString(8)}`;
+  }
+  const domain = socketOption(fd, SOCK.SO_DOMAIN);
+  if (domain !== SOCK.AF_UNIX) {
+    return domain === 2
+      ? "an IPv4 socket"
+      : domain === 10
+      ? "an IPv6 socket"
+      : `a socket of address family ${domain}`;
+  }
+  const type = socketOption(fd, SOCK.SO_TYPE);
+  if (type !== SOCK.SEQPACKET) {
+    return type === SOCK.STREAM
+      ? "a unix stream socket"
+      : type === SOCK.DGRAM
+      ? "a unix datagram socket"
+      : `a unix socket of type ${type}`;
+  }
+  return undefined;
+}
+
+const FILE_KINDS = new Map<number, string>([
+  [0o040000, "a directory"],
+  [S.IFREG, "a regular file or memfd"],
+  [S.IFIFO, "a pipe or FIFO"],
+  [S.IFCHR, "a character device"],
+  [0, "an anonymous inode (an eventfd, epoll fd, timer fd, ...)"],
+  [0o060000, "a block device"],
+  [0o120000, "a symbolic link"],
+]);
+
+/** The identity of an open socket (device and inode), to tell duplicates. */
+export function socketIdentity(fd: number): string {
+  check("fstat", libc().fstat(fd, stat));
+  return `${statView.getBigUint64(STAT.dev, true)}:${
+    statView.getBigUint64(STAT.ino, true)
+  }`;
 }
 
 /**

@@ -11,7 +11,17 @@
  *   (up to `maxMessageBytes`, 1 GiB by default) arrive whole.
  * - Capacity is per sender: a sender may have `capacity` messages that the
  *   receiver has not taken yet; then `send()` waits until the receiver
- *   acknowledges some (credit-based flow control).
+ *   acknowledges some (credit-based flow control, acknowledged a quarter
+ *   of the capacity at a time).
+ * - Messages sent back to back travel together: the first send of a turn
+ *   goes out at once, the ones right after it are gathered and leave in
+ *   one packet (in order) when the sends stop, when a packet is full, or
+ *   before this thread spins waiting for anything. A receiver takes a
+ *   whole packet per read and hands its messages out one by one.
+ * - Waits spin briefly before parking, only while recent spins were
+ *   answered (`spin: 0` turns that off, a number of µs makes it fixed),
+ *   and a receive loop fed faster than it reads still yields a macrotask
+ *   turn every few milliseconds, so timers and other I/O run.
  * - `tx.clone()` makes another sender of the same channel; the receiver
  *   reports {@linkcode ChannelClosedError} once every sender, in every
  *   process, is closed.
@@ -25,7 +35,11 @@
  *   are listed in `transfer`.
  * - Nothing from the peer is trusted: a malformed frame rejects the receive
  *   with `Deno.errors.InvalidData`, closes every fd that came with it, and
- *   drops that sender's connection.
+ *   drops that sender's connection. Every connection a peer hands over
+ *   must be a unix seqpacket socket; the same socket handed over twice is
+ *   kept once, and one sender may add at most 1024 others (a receiver
+ *   holds at most 4096). A receive does a bounded amount of work per
+ *   wake-up, however fast a peer writes.
  *
  * @example Values across a channel
  * ```ts
@@ -41,10 +55,17 @@
  * @module
  */
 
-import { OwnedFd } from "./ffi/fd.ts";
+import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
 import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
 import { MSG } from "./ffi/layout.ts";
 import { libc } from "./ffi/libc.ts";
+import {
+  cancelBeforeSpin,
+  checkSpin,
+  runBeforeSpin,
+  Spinner,
+  untilReady,
+} from "./ffi/spin.ts";
 import { closeAll, receiveMessage } from "./_scm.ts";
 import {
   type BlobSpec,
@@ -60,6 +81,7 @@ import {
   type Writer,
 } from "./_channel_codec.ts";
 import {
+  checkBatch,
   FRAME,
   HEADER,
   header,
@@ -69,8 +91,12 @@ import {
   memfdSize,
   preadAll,
   readMark,
+  RECORD_PREFIX,
+  REFUSAL,
   sendFrame,
   seqpacketPair,
+  seqpacketProblem,
+  socketIdentity,
   VERSION,
   writeMemfd,
 } from "./_channel_wire.ts";
@@ -143,6 +169,12 @@ export interface ChannelSendOptions {
   transfer?: readonly { close(): void }[];
   /** Aborting it while the send still waits for room gives the send up. */
   signal?: AbortSignal;
+  /**
+   * Microseconds to spin while this send waits for room, before parking
+   * in the poller: `0` never spins, a number spins that long each time.
+   * By default the sender spins only while recent spins were answered.
+   */
+  spin?: number;
 }
 
 /** Options for {@linkcode Receiver.recv}. */
@@ -150,9 +182,12 @@ export interface ChannelRecvOptions {
   /** Aborting it rejects the pending receive with the signal's reason. */
   signal?: AbortSignal;
   /**
-   * Microseconds to keep looking before parking in the poller: cuts
-   * round-trip latency when the peer answers quickly, at the cost of CPU.
-   * Default 0. ({@linkcode ReceiverSet.select} ignores it.)
+   * Microseconds to keep looking before parking in the poller: `0` never
+   * spins, a number spins that long each time. By default the receiver
+   * spins (up to 100 µs, yielding the CPU each pass) only while recent
+   * spins were answered, so a quick peer is caught without a wake-up and
+   * paced or one-way traffic costs no spinning.
+   * ({@linkcode ReceiverSet.select} ignores it.)
    */
   spin?: number;
 }
@@ -163,6 +198,19 @@ const MAX_CAPACITY = 1_000_000;
 const MAX_MESSAGE = 2 ** 30;
 /** The most sender connections one receiver keeps. */
 const MAX_CONNECTIONS = 4096;
+/**
+ * The most connections one sender may add (clones of it, clones of those,
+ * ...) while they are open.
+ */
+const MAX_ADDED = 1024;
+/** Frames one look at a receiver reads at most (wake-up work bound). */
+const POLL_BUDGET = 64;
+/** Acknowledgements one look at a sender reads at most. */
+const ACK_BUDGET = 64;
+/** Microtask turns without a send after which a gathered batch goes. */
+const IDLE_TICKS = 3;
+/** Continuous delivery, in ms, after which a receive yields a turn. */
+const SLICE_MS = 5;
 
 const MODE_VALUE = 0;
 const MODE_BYTES = 1;
@@ -207,6 +255,14 @@ function sendClosed(cause?: unknown): ChannelClosedError {
   );
 }
 
+function refused(why: number): ChannelClosedError {
+  return new ChannelClosedError(
+    why === REFUSAL.PER_SENDER
+      ? `Cannot send on channel: the receiver refused this sender: the sender it was cloned from already added ${MAX_ADDED} open senders`
+      : `Cannot send on channel: the receiver refused this sender: it already holds ${MAX_CONNECTIONS} senders`,
+  );
+}
+
 /** Waits for any of `fds` to be readable (or one to close). */
 async function waitAny(
   fds: readonly OwnedFd[],
@@ -227,33 +283,100 @@ async function waitAny(
   }
 }
 
+// --- Turns: a loop fed faster than it reads still lets the event loop run ---
+
+let sliceStart = performance.now();
+
+/** The event loop just ran (a park returned, or a yield). */
+function turnTaken(): void {
+  sliceStart = performance.now();
+}
+
+/** Whether this thread has delivered without a turn for a whole slice. */
+function sliceOver(): boolean {
+  return performance.now() - sliceStart >= SLICE_MS;
+}
+
+/**
+ * Resolves after one macrotask turn, so timers, `AbortSignal.timeout` and
+ * other I/O get to run. (A zero timeout would wait a millisecond or more.)
+ */
+function yieldTurn(): Promise<void> {
+  return new Promise((resolve) => {
+    const { port1, port2 } = new MessageChannel();
+    port1.onmessage = () => {
+      port1.close();
+      turnTaken();
+      resolve();
+    };
+    port2.postMessage(null);
+    port2.close();
+  });
+}
+
 // --- Frames being sent ---
 
 /** One encoded message and what must happen once it is sent or given up. */
 interface Frame {
+  /** The frame's bytes: header, head, blobs. */
   parts: Uint8Array[];
+  /**
+   * Bytes of an inline frame, header included; -1 for a frame whose body
+   * is in a memfd (it travels alone).
+   */
+  size: number;
   fds: number[];
+  /**
+   * A copy of the frame behind its batch record length, made when its send
+   * resolves before the frame leaves (later changes to the caller's
+   * buffers must not travel).
+   */
+  record?: Uint8Array;
   /** Runs once the frame is in the socket. */
   sent(): void;
   /** Runs when the frame will never be sent. */
   abandon(): void;
 }
 
-/** Collects the fds of the endpoints in one value while it is encoded. */
+/** Whether a frame may travel in a batch: inline, without fds. */
+function batchable(frame: Frame): boolean {
+  return frame.size >= 0 && frame.fds.length === 0;
+}
+
+/** The frame's bytes as one batch record: its length, then the frame. */
+function recordOf(frame: Frame): Uint8Array {
+  const out = new Uint8Array(RECORD_PREFIX + frame.size);
+  new DataView(out.buffer).setUint32(0, frame.size, true);
+  let at = RECORD_PREFIX;
+  for (const part of frame.parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
+}
+
+/**
+ * Collects the fds of the endpoints in one value while it is encoded. The
+ * fd of every endpoint the caller holds is duplicated at once: should the
+ * caller close the endpoint before the message leaves, and its number be
+ * reused, the message still carries the file the caller meant.
+ */
 class Outgoing implements EndpointHooks {
   fds: number[] = [];
   clones: Sender<unknown>[] = [];
   moving: Receiver<unknown>[] = [];
+  #dups: number[] = [];
 
-  #fd(endpoint: { rawFd: number }): number {
-    const index = this.fds.length;
-    this.fds.push(endpoint.rawFd);
-    if (this.fds.length > MAX_FDS - 1) {
+  #fd(fd: number, owned: boolean): number {
+    if (this.fds.length >= MAX_FDS - 1) {
       throw new RangeError(
         `Cannot send on channel: the value holds more than ${MAX_FDS - 1} fds`,
       );
     }
-    return index;
+    const sent = owned ? fd : dupCloexec(fd);
+    if (!owned) this.#dups.push(sent);
+    this.fds.push(sent);
+    return this.fds.length - 1;
   }
 
   encode(value: object, out: Writer): boolean {
@@ -262,7 +385,7 @@ class Outgoing implements EndpointHooks {
       const clone = value.clone();
       this.clones.push(clone);
       out.u8(KIND.SENDER);
-      out.varint(this.#fd(clone));
+      out.varint(this.#fd(clone.rawFd, true));
       out.varint(clone._capacity);
       out.u8(clone._mode);
       return true;
@@ -273,9 +396,20 @@ class Outgoing implements EndpointHooks {
       out.u8(KIND.RECEIVER);
       out.varint(connections.length);
       for (const conn of connections) {
-        out.varint(this.#fd({ rawFd: conn.fd.fd }));
+        out.varint(this.#fd(conn.fd.fd, false));
         out.varint(conn.capacity);
         out.varint(conn.unacked);
+        // Messages of a batch that arrived here but were not taken go
+        // along, ahead of what is still in the connection.
+        const left = conn.batch === undefined ? 0 : conn.left ?? 0;
+        out.varint(left);
+        if (left > 0) {
+          const rest = conn.batch!.subarray(conn.at);
+          out.varint(rest.byteLength);
+          out.ensure(rest.byteLength);
+          out.buf.set(rest, out.pos);
+          out.pos += rest.byteLength;
+        }
       }
       return true;
     }
@@ -288,7 +422,7 @@ class Outgoing implements EndpointHooks {
     else if (value instanceof ShmReceiver) kind = KIND.SHM_RECEIVER;
     else return false;
     out.u8(kind);
-    out.varint(this.#fd(value as { rawFd: number }));
+    out.varint(this.#fd((value as { rawFd: number }).rawFd, false));
     return true;
   }
 
@@ -298,12 +432,14 @@ class Outgoing implements EndpointHooks {
 
   /** The message is out: local copies of sent clones and moved receivers go. */
   finish(transfer: readonly { close(): void }[] | undefined): void {
+    closeAll(this.#dups);
     for (const clone of this.clones) clone.close();
     for (const receiver of this.moving) receiver._endMove(true);
     for (const endpoint of transfer ?? []) endpoint.close();
   }
 
   abandon(): void {
+    closeAll(this.#dups);
     for (const clone of this.clones) clone.close();
     for (const receiver of this.moving) receiver._endMove(false);
   }
@@ -323,9 +459,8 @@ function valueFrame(
   }
   const { head, treeLength, blobs, blobBytes } = encoded;
   const total = HEADER + head.byteLength + blobBytes;
-  let frame: Frame;
   if (total <= INLINE_MAX) {
-    frame = {
+    return {
       parts: [
         header(
           FRAME.MESSAGE,
@@ -336,39 +471,39 @@ function valueFrame(
         head,
         ...blobs,
       ],
+      size: total,
       fds: outgoing.fds,
       sent: () => outgoing.finish(transfer),
       abandon: () => outgoing.abandon(),
     };
-  } else {
-    let memfd: number;
-    try {
-      memfd = writeMemfd([head, ...blobs]);
-    } catch (error) {
-      outgoing.abandon();
-      throw error;
-    }
-    frame = {
-      parts: [
-        header(
-          FRAME.MESSAGE_MEMFD,
-          outgoing.fds.length,
-          head.byteLength,
-          treeLength,
-        ),
-      ],
-      fds: [...outgoing.fds, memfd],
-      sent: () => {
-        libc().close(memfd);
-        outgoing.finish(transfer);
-      },
-      abandon: () => {
-        libc().close(memfd);
-        outgoing.abandon();
-      },
-    };
   }
-  return frame;
+  let memfd: number;
+  try {
+    memfd = writeMemfd([head, ...blobs]);
+  } catch (error) {
+    outgoing.abandon();
+    throw error;
+  }
+  return {
+    parts: [
+      header(
+        FRAME.MESSAGE_MEMFD,
+        outgoing.fds.length,
+        head.byteLength,
+        treeLength,
+      ),
+    ],
+    size: -1,
+    fds: [...outgoing.fds, memfd],
+    sent: () => {
+      libc().close(memfd);
+      outgoing.finish(transfer);
+    },
+    abandon: () => {
+      libc().close(memfd);
+      outgoing.abandon();
+    },
+  };
 }
 
 function bytesFrame(bytes: Uint8Array): Frame {
@@ -380,6 +515,7 @@ function bytesFrame(bytes: Uint8Array): Frame {
   if (HEADER + bytes.byteLength <= INLINE_MAX) {
     return {
       parts: [header(FRAME.BYTES), bytes],
+      size: HEADER + bytes.byteLength,
       fds: [],
       sent() {},
       abandon() {},
@@ -389,13 +525,30 @@ function bytesFrame(bytes: Uint8Array): Frame {
   const close = () => libc().close(memfd);
   return {
     parts: [header(FRAME.BYTES_MEMFD)],
+    size: -1,
     fds: [memfd],
     sent: close,
     abandon: close,
   };
 }
-
 // --- Sender ---
+
+/** A send that waits for its frame to leave. */
+interface SendWaiter {
+  resolve(): void;
+  reject(error: unknown): void;
+  /** The spin this send asked for, if any. */
+  spinner?: Spinner;
+}
+
+/** A frame not yet in the socket; `waiter` is absent once its send resolved. */
+interface Outbound {
+  frame: Frame;
+  waiter?: SendWaiter;
+}
+
+/** Where sending stopped: all out, no credit, no room, or failed. */
+type DrainState = "done" | "credit" | "write" | "failed";
 
 /**
  * The sending end of a channel from {@linkcode channel} or
@@ -423,12 +576,27 @@ export class Sender<T> implements Disposable {
   #fd: OwnedFd;
   #capacity: number;
   #mode: number;
+  /** Messages the receiver has room for, less those already sent. */
   #credits: number;
-  #tail: Promise<unknown> = Promise.resolve();
-  #queued = 0;
+  /**
+   * Frames not yet in the socket, in order. The first `#accepted` belong to
+   * sends that already resolved: they hold a credit each and fit in one
+   * packet together (`#acceptedBytes` as a batch).
+   */
+  #queue: Outbound[] = [];
+  #accepted = 0;
+  #acceptedBytes = HEADER;
+  /** A burst of sends is under way: later sends of the turn are gathered. */
+  #burst = false;
+  #sends = 0;
+  #idle = 0;
+  #pumping = false;
+  #stopPump: AbortController | undefined;
+  /** Why every later send fails (the receiver went away under a batch). */
+  #failed: unknown = undefined;
   #registering = 0;
   #closed = false;
-  #closing = new AbortController();
+  #spinner = new Spinner();
   #ackBuf = new Uint8Array(new ArrayBuffer(64));
 
   /**
@@ -474,15 +642,23 @@ export class Sender<T> implements Disposable {
 
   /**
    * Sends one message. The value is encoded at once (later changes to it do
-   * not travel). Resolves once the message is in the channel; waits
-   * (without blocking the thread) while `capacity` messages of this sender
-   * are not yet taken. Sends of one sender arrive in order.
+   * not travel). Resolves once the message is on its way: in the channel,
+   * or gathered with the other sends of this turn into one packet that
+   * leaves when the sends stop (within the same turn), and always before
+   * this thread spins waiting for anything. Waits (without blocking the
+   * thread) while `capacity` messages of this sender are not yet taken.
+   * Sends of one sender arrive in order.
+   *
+   * A message that carries endpoints or is larger than 64 KiB resolves only
+   * once it is in the channel.
    *
    * @param value The message: anything structured clone takes, plus
    * endpoints.
-   * @param options Endpoints to give up once sent; an abort signal.
+   * @param options Endpoints to give up once sent; an abort signal; the
+   * spin while waiting for room.
    * @returns Resolves when sent.
-   * @throws {ChannelClosedError} When the receiver is closed.
+   * @throws {ChannelClosedError} When the receiver is closed (or refused
+   * this sender).
    * @throws {DOMException} `DataCloneError` when the value holds something
    * that cannot travel (a function, a symbol, a `WeakMap`, ...).
    *
@@ -503,49 +679,83 @@ export class Sender<T> implements Disposable {
    */
   send(value: T, options: ChannelSendOptions = {}): Promise<void> {
     let frame: Frame;
+    let spinner: Spinner | undefined;
     try {
       this.#assertOpen();
       options.signal?.throwIfAborted();
+      if (options.spin !== undefined) {
+        spinner = new Spinner(
+          checkSpin(options.spin, "Cannot send on channel"),
+        );
+      }
+      if (this.#failed !== undefined) throw this.#failed;
       frame = this.#mode === MODE_BYTES
         ? bytesFrame(value as Uint8Array)
         : valueFrame(value, options.transfer);
     } catch (error) {
       return Promise.reject(error);
     }
-    if (this.#queued === 0) {
+    if (this.#queue.length === this.#accepted) {
+      // Nothing waits for room: the frame goes now, or joins the batch.
       try {
-        if (this.#trySend(frame)) return Promise.resolve();
+        if (this.#sendNow(frame)) return this.#resolved();
       } catch (error) {
         frame.abandon();
         return Promise.reject(this.#sendError(error));
       }
     }
-    this.#queued++;
-    const signal = options.signal === undefined
-      ? this.#closing.signal
-      : AbortSignal.any([this.#closing.signal, options.signal]);
-    const run = async () => {
-      try {
-        for (;;) {
-          this.#assertOpen();
-          signal.throwIfAborted();
-          if (this.#trySend(frame)) return;
-          await this.#fd.wait(this.#credits === 0 ? "read" : "write", signal);
-        }
-      } catch (error) {
-        frame.abandon();
-        if (this.#closed) throw closedError("Sender");
-        throw this.#sendError(error);
-      } finally {
-        this.#queued--;
-      }
-    };
-    const result = this.#tail.then(run);
-    this.#tail = result.catch(() => {});
-    return result;
+    return this.#enqueue(frame, options.signal, spinner);
   }
 
-  /** One attempt without waiting; true once the frame is in the socket. */
+  /** A resolved send; after a long run without a turn, one turn first. */
+  #resolved(): Promise<void> {
+    return sliceOver() ? yieldTurn() : Promise.resolve();
+  }
+
+  /**
+   * Sends `frame` at once or accepts it into the batch. Returns false when
+   * it has to wait (no credit, or the socket is full).
+   */
+  #sendNow(frame: Frame): boolean {
+    if (!this.#burst) {
+      // The first send of a burst leaves at once: a lone message (say, a
+      // request whose reply is awaited next) never waits for the turn.
+      this.#burst = true;
+      this.#sends = 0;
+      this.#idle = 0;
+      queueMicrotask(this.#tick);
+      if (this.#queue.length === 0) return this.#trySend(frame);
+    } else {
+      this.#sends++;
+    }
+    if (!batchable(frame)) {
+      // Fds and memfds travel alone, after what was gathered before them.
+      if (this.#accepted > 0) this.#drainOrThrow();
+      return this.#queue.length === 0 && this.#trySend(frame);
+    }
+    const bytes = RECORD_PREFIX + frame.size;
+    if (this.#accepted > 0 && this.#acceptedBytes + bytes > INLINE_MAX) {
+      // The batch is full: it goes now, this frame starts the next one.
+      if (this.#drainOrThrow() !== "done") return false;
+    }
+    if (this.#credits - this.#accepted === 0) {
+      this.#takeAcks();
+      if (this.#credits - this.#accepted === 0) {
+        // Out of credit: what was gathered goes now, so that the receiver
+        // can take it and acknowledge.
+        if (this.#accepted > 0) this.#drainOrThrow();
+        return false;
+      }
+    }
+    frame.record = recordOf(frame);
+    this.#queue.push({ frame });
+    this.#accepted++;
+    this.#acceptedBytes += bytes;
+    runBeforeSpin(this.#flushBatch);
+    return true;
+  }
+
+  /** One attempt at a lone frame, the queue being empty. */
   #trySend(frame: Frame): boolean {
     if (this.#credits === 0) {
       this.#takeAcks();
@@ -557,9 +767,225 @@ export class Sender<T> implements Disposable {
     return true;
   }
 
-  /** Reads every acknowledgement that arrived, returning credits. */
+  /** Runs once per microtask turn of a burst; sends the batch at its end. */
+  #tick = (): void => {
+    if (this.#sends > 0) {
+      this.#sends = 0;
+      this.#idle = 0;
+      queueMicrotask(this.#tick);
+      return;
+    }
+    if (++this.#idle < IDLE_TICKS) {
+      queueMicrotask(this.#tick);
+      return;
+    }
+    this.#burst = false;
+    this.#flushBatch();
+  };
+
+  /** Sends what resolved sends left behind; waits in the pump if full. */
+  #flushBatch = (): void => {
+    if (this.#accepted === 0) return;
+    const state = this.#drain();
+    if (state === "credit" || state === "write") this.#pump();
+  };
+
+  #drainOrThrow(): DrainState {
+    const state = this.#drain();
+    if (state === "failed") throw this.#failed;
+    return state;
+  }
+
+  /**
+   * Sends queued frames, as many per packet as fit, until the queue is
+   * empty or the credits or the socket run out. Never throws: a failure
+   * that ends the channel fails every queued send and later ones.
+   */
+  #drain(): DrainState {
+    while (this.#queue.length > 0) {
+      if (this.#credits === 0) {
+        try {
+          this.#takeAcks();
+        } catch (error) {
+          this.#fail(error);
+          return "failed";
+        }
+        if (this.#credits === 0) return "credit";
+      }
+      const n = this.#batchLength();
+      let parts: Uint8Array[];
+      let fds: number[] = [];
+      if (n === 1) {
+        const { frame } = this.#queue[0];
+        parts = frame.parts;
+        fds = frame.fds;
+      } else {
+        parts = [header(FRAME.BATCH, n)];
+        for (let i = 0; i < n; i++) {
+          const { frame } = this.#queue[i];
+          if (frame.record !== undefined) {
+            parts.push(frame.record);
+          } else {
+            const length = new Uint8Array(RECORD_PREFIX);
+            new DataView(length.buffer).setUint32(0, frame.size, true);
+            parts.push(length, ...frame.parts);
+          }
+        }
+      }
+      let sent: boolean;
+      try {
+        sent = sendFrame(this.#fd.fd, parts, fds);
+      } catch (error) {
+        if (isGone(error)) {
+          this.#fail(error);
+          return "failed";
+        }
+        // Only this packet fails (too many fds in flight, ...).
+        const reason = this.#sendError(error);
+        const lost = this.#take(n);
+        for (const out of lost) {
+          out.frame.abandon();
+          if (out.waiter === undefined) this.#failed ??= reason;
+          else out.waiter.reject(reason);
+        }
+        continue;
+      }
+      if (!sent) return "write";
+      this.#credits -= n;
+      for (const out of this.#take(n)) {
+        out.frame.sent();
+        out.waiter?.resolve();
+      }
+    }
+    return "done";
+  }
+
+  /** How many frames from the head of the queue go in the next packet. */
+  #batchLength(): number {
+    const queue = this.#queue;
+    if (!batchable(queue[0].frame)) return 1;
+    let n = 0;
+    let bytes = HEADER;
+    while (n < queue.length && n < this.#credits) {
+      const { frame } = queue[n];
+      if (!batchable(frame)) break;
+      bytes += RECORD_PREFIX + frame.size;
+      if (n > 0 && bytes > INLINE_MAX) break;
+      n++;
+    }
+    return n;
+  }
+
+  /** Takes `n` frames off the head of the queue. */
+  #take(n: number): Outbound[] {
+    const taken = this.#queue.splice(0, n);
+    if (this.#accepted > 0) {
+      for (const out of taken) {
+        if (out.waiter !== undefined) continue;
+        this.#accepted--;
+        this.#acceptedBytes -= RECORD_PREFIX + out.frame.size;
+      }
+      if (this.#accepted === 0) {
+        this.#acceptedBytes = HEADER;
+        cancelBeforeSpin(this.#flushBatch);
+      }
+    }
+    return taken;
+  }
+
+  /** The channel is over for this sender: every queued send fails. */
+  #fail(error: unknown): void {
+    const reason = this.#sendError(error);
+    this.#failed = reason;
+    const queue = this.#take(this.#queue.length);
+    for (const out of queue) {
+      out.frame.abandon();
+      out.waiter?.reject(reason);
+    }
+  }
+
+  /** Queues a send that waits for credit or room; the pump sends it. */
+  #enqueue(
+    frame: Frame,
+    signal: AbortSignal | undefined,
+    spinner: Spinner | undefined,
+  ): Promise<void> {
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    const out: Outbound = { frame, waiter: { resolve, reject, spinner } };
+    if (signal !== undefined) {
+      const onAbort = () => {
+        const at = this.#queue.indexOf(out);
+        if (at === -1) return;
+        this.#queue.splice(at, 1);
+        frame.abandon();
+        reject(signal.reason);
+        if (this.#queue.length === 0) this.#stopPump?.abort();
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      const done = () => signal.removeEventListener("abort", onAbort);
+      out.waiter = {
+        resolve() {
+          done();
+          resolve();
+        },
+        reject(error) {
+          done();
+          reject(error);
+        },
+        spinner,
+      };
+    }
+    this.#queue.push(out);
+    this.#pump();
+    return promise;
+  }
+
+  /**
+   * Sends the queue as credit and room come, spinning and then parking
+   * between attempts. One pump per sender.
+   */
+  async #pump(): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    const stop = new AbortController();
+    this.#stopPump = stop;
+    let state: DrainState = "done";
+    const spinner = this.#queue[this.#accepted]?.waiter?.spinner ??
+      this.#spinner;
+    try {
+      // Sends queued while the last attempt's result was on its way to
+      // here are picked up by the next round.
+      while (this.#queue.length > 0 && !stop.signal.aborted) {
+        await untilReady(
+          () => {
+            state = this.#drain();
+            return state === "credit" || state === "write" ? undefined : true;
+          },
+          async () => {
+            await this.#fd.wait(
+              state === "credit" ? "read" : "write",
+              stop.signal,
+            );
+            turnTaken();
+          },
+          spinner,
+        );
+      }
+    } catch (error) {
+      // Given up on purpose (nothing left to send), or the fd was closed.
+      if (!stop.signal.aborted) this.#fail(error);
+    } finally {
+      this.#pumping = false;
+      this.#stopPump = undefined;
+      // A send queued after the pump was told to stop still needs one.
+      if (this.#queue.length > 0) this.#pump();
+      else this.#closeIfDone();
+    }
+  }
+
+  /** Reads the acknowledgements that arrived (a bounded number), returning credits. */
   #takeAcks(): void {
-    for (;;) {
+    for (let i = 0; i < ACK_BUDGET; i++) {
       let got;
       try {
         got = receiveMessage(this.#fd.fd, this.#ackBuf, 1, false);
@@ -571,19 +997,28 @@ export class Sender<T> implements Disposable {
       if (got.bytes === 0 && got.fds.length === 0) throw sendClosed();
       closeAll(got.fds);
       const buf = this.#ackBuf;
-      if (
-        got.bytes !== HEADER || buf[0] !== FRAME.ACK || buf[1] !== VERSION ||
-        got.fds.length > 0
-      ) {
+      if (got.bytes !== HEADER || buf[1] !== VERSION || got.fds.length > 0) {
         throw invalid("the receiver sent something other than an ack");
       }
       const n = new DataView(buf.buffer).getUint32(4, true);
+      if (buf[0] === FRAME.REFUSED) throw refused(n);
+      if (buf[0] !== FRAME.ACK) {
+        throw invalid("the receiver sent something other than an ack");
+      }
       this.#credits = Math.min(this.#capacity, this.#credits + n);
     }
   }
 
   #sendError(error: unknown): unknown {
-    if (isGone(error)) return sendClosed(error);
+    if (isGone(error)) {
+      // A receiver that refused this sender said why before it closed.
+      try {
+        this.#takeAcks();
+      } catch (reason) {
+        if (reason instanceof ChannelClosedError) return reason;
+      }
+      return sendClosed(error);
+    }
     if ((error as Partial<SystemError>)?.errno === 109) {
       return new RangeError(
         "Cannot send on channel: too many fds are in flight (ETOOMANYREFS)",
@@ -650,7 +1085,7 @@ export class Sender<T> implements Disposable {
       } finally {
         done();
         this.#registering--;
-        if (this.#closed && this.#registering === 0) this.#fd.close();
+        this.#closeIfDone();
       }
     })();
     return clone;
@@ -667,16 +1102,34 @@ export class Sender<T> implements Disposable {
   }
 
   /**
-   * Closes this sender; pending sends reject with `BadResource`. Once every
-   * sender of the channel is closed, the receiver's next `recv()` (after
-   * the messages already sent) throws {@linkcode ChannelClosedError}.
+   * Closes this sender; sends still waiting for room reject with
+   * `BadResource`. Messages of sends that already resolved still go out
+   * (the socket stays open until they are in it). Once every sender of
+   * the channel is closed, the receiver's next `recv()` (after the
+   * messages already sent) throws {@linkcode ChannelClosedError}.
    * Idempotent.
    */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#closing.abort(closedError("Sender"));
-    if (this.#registering === 0) this.#fd.close();
+    const waiting = this.#queue.splice(this.#accepted);
+    const error = closedError("Sender");
+    for (const out of waiting) {
+      out.frame.abandon();
+      out.waiter?.reject(error);
+    }
+    this.#flushBatch();
+    if (this.#queue.length === 0) this.#stopPump?.abort();
+    this.#closeIfDone();
+  }
+
+  #closeIfDone(): void {
+    if (
+      this.#closed && this.#registering === 0 && this.#queue.length === 0 &&
+      !this.#pumping
+    ) {
+      this.#fd.close();
+    }
   }
 
   /** Closes the sender. */
@@ -687,11 +1140,16 @@ export class Sender<T> implements Disposable {
   /** @internal Gives up the fd without closing it. */
   _release(): number {
     this.#assertOpen();
+    if (this.#accepted > 0) this.#drain();
+    if (this.#queue.length > 0 || this.#registering > 0) {
+      throw new Deno.errors.Busy(
+        "Cannot release Sender: messages are still waiting to go out",
+      );
+    }
     this.#closed = true;
     return this.#fd.release();
   }
 }
-
 // --- Receiver ---
 
 /** One sender's connection, as the receiver sees it. */
@@ -700,6 +1158,19 @@ interface Connection {
   capacity: number;
   /** Messages taken since the last acknowledgement. */
   unacked: number;
+  /**
+   * The records of a batch not yet taken: `left` of them in `batch` from
+   * `at` on (checked when the batch arrived).
+   */
+  batch?: Uint8Array;
+  at?: number;
+  left?: number;
+  /** Whether a frame came already (a hello comes first or not at all). */
+  started?: boolean;
+  /** For a connection a sender added: the connection it all began with. */
+  origin?: Connection;
+  /** Open connections added through this one and those it added. */
+  added?: number;
 }
 
 /** What one look at a receiver found. */
@@ -723,6 +1194,13 @@ function sendAck(conn: Connection): void {
   }
 }
 
+/** Why a peer's fd cannot be a channel connection, as InvalidData. */
+function notSeqpacket(what: string, fd: number): Deno.errors.InvalidData {
+  return invalid(
+    `${what} is ${seqpacketProblem(fd)}, not a unix seqpacket socket`,
+  );
+}
+
 /** Rebuilds the endpoints of a received value from the fds that came. */
 class Incoming implements EndpointHooks {
   fds: number[];
@@ -732,6 +1210,21 @@ class Incoming implements EndpointHooks {
   constructor(fds: number[]) {
     this.fds = fds;
     this.used = fds.map(() => false);
+  }
+
+  /** The fd at `index`, checked to be a seqpacket socket, not yet taken. */
+  #socket(index: number, what: string): number {
+    if (index >= this.fds.length) {
+      throw invalid(`endpoint names fd ${index} of ${this.fds.length}`);
+    }
+    const fd = this.fds[index];
+    if (seqpacketProblem(fd) !== undefined) {
+      throw notSeqpacket(
+        `${what} (fd ${index} of the message, ${fd} here)`,
+        fd,
+      );
+    }
+    return fd;
   }
 
   #take(index: number): number {
@@ -758,6 +1251,7 @@ class Incoming implements EndpointHooks {
       if (capacity < 1 || capacity > MAX_CAPACITY || mode > MODE_BYTES) {
         throw invalid("bad sender");
       }
+      this.#socket(index, "a Sender");
       const sender = new Sender(this.#take(index), capacity, mode);
       this.made.push(sender);
       return sender;
@@ -766,16 +1260,39 @@ class Incoming implements EndpointHooks {
       const count = input.count();
       if (count > MAX_FDS) throw invalid("bad receiver");
       const conns: Connection[] = [];
+      const seen = new Set<string>();
       try {
         for (let i = 0; i < count; i++) {
           const index = input.varint();
           const capacity = input.varint();
           const unacked = input.varint();
+          const left = input.varint();
           if (capacity < 1 || capacity > MAX_CAPACITY || unacked > capacity) {
             throw invalid("bad receiver");
           }
+          let batch: Uint8Array | undefined;
+          if (left > 0) {
+            const length = input.count();
+            batch = input.bytes(length).slice();
+            checkBatch(batch, 0, length, left);
+          }
+          const identity = socketIdentity(
+            this.#socket(index, "a Receiver's connection"),
+          );
+          if (seen.has(identity)) {
+            throw invalid("a Receiver names one connection twice");
+          }
+          seen.add(identity);
           const fd = new OwnedFd(this.#take(index), "Receiver");
-          conns.push({ fd, capacity, unacked });
+          conns.push({
+            fd,
+            capacity,
+            unacked,
+            batch,
+            at: 0,
+            left: batch === undefined ? undefined : left,
+            started: true,
+          });
         }
       } catch (error) {
         for (const conn of conns) conn.fd.close();
@@ -825,7 +1342,8 @@ class Incoming implements EndpointHooks {
  *
  * A receiver has one connection per sender; sending it inside a message
  * moves all of them to the other process (this copy is closed), so a
- * receiver can change process any number of times.
+ * receiver can change process any number of times. Messages that arrived
+ * here but were not taken move with it.
  *
  * @typeParam T The message type.
  *
@@ -855,6 +1373,9 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #maxMessage = MAX_MESSAGE;
   #limits = DEFAULT_LIMITS;
   #readable: ReadableStream<T> | undefined;
+  #spinner = new Spinner();
+  /** The connections by socket identity, once a sender added one. */
+  #identities: Map<string, Connection> | undefined;
 
   /** @internal Use {@linkcode channel} or `fromFd()`. */
   constructor(conns: Connection[]) {
@@ -940,9 +1461,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
 
   /**
    * Takes the next message, waiting (without blocking the thread) until
-   * one arrives.
+   * one arrives. A run of messages that are ready at once yields a
+   * macrotask turn every few milliseconds, so timers and other I/O still
+   * run while a fast peer keeps the receiver busy.
    *
-   * @param options An abort signal.
+   * @param options An abort signal; the spin before parking.
    * @returns The message.
    * @throws {ChannelClosedError} Once every sender is closed and every
    * message taken.
@@ -961,23 +1484,31 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    * ```
    */
   async recv(options: ChannelRecvOptions = {}): Promise<T> {
-    const { signal, spin = 0 } = options;
+    const { signal } = options;
+    const spinner = options.spin === undefined
+      ? this.#spinner
+      : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
     this.#assertOpen();
     signal?.throwIfAborted();
     this.#pending++;
-    let deadline = spin > 0 ? performance.now() + spin / 1000 : 0;
+    let parked = false;
     try {
-      for (;;) {
-        const polled = this._poll();
-        if (polled.kind === "value") return polled.value;
-        if (polled.kind === "closed") throw recvClosed();
-        if (deadline > 0) {
-          if (performance.now() < deadline) continue;
-          deadline = 0;
-        }
-        await this._wait(signal);
-        this.#assertOpen();
-      }
+      const polled = await untilReady<Polled<T>>(
+        () => {
+          const polled = this._poll();
+          return polled.kind === "empty" ? undefined : polled;
+        },
+        async () => {
+          await this._wait(signal);
+          parked = true;
+          this.#assertOpen();
+        },
+        spinner,
+      );
+      if (parked) turnTaken();
+      else if (sliceOver()) await yieldTurn();
+      if (polled.kind !== "value") throw recvClosed();
+      return polled.value;
     } finally {
       this.#pending--;
     }
@@ -1011,15 +1542,20 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   }
 
   /**
-   * @internal One look at every connection, fairly rotated: the first
-   * message found, "closed" when no connection is left, else "empty".
+   * @internal One look at the connections, fairly rotated: the first
+   * message found, "closed" when no connection is left, else "empty". It
+   * reads at most {@linkcode POLL_BUDGET} frames (control frames and empty
+   * reads included); the next look goes on where this one stopped.
    */
   _poll(): Polled<T> {
     const conns = this.#conns.slice();
     const n = conns.length;
-    for (let k = 0; k < n; k++) {
+    let budget = POLL_BUDGET;
+    let k = 0;
+    for (; k < n && budget > 0; k++) {
       const conn = conns[(this.#next + k) % n];
-      for (;;) {
+      while (budget > 0) {
+        budget--;
         const got = this.#read(conn);
         if (got === undefined) break;
         if (got !== AGAIN) {
@@ -1030,7 +1566,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         if (conn.fd.closed) break;
       }
     }
-    return this.#conns.length === 0 ? { kind: "closed" } : { kind: "empty" };
+    if (this.#conns.length === 0) return { kind: "closed" };
+    if (budget === 0) {
+      this.#next = (this.#next + k) % this.#conns.length;
+    }
+    return { kind: "empty" };
   }
 
   /** @internal Waits until some connection may have something. */
@@ -1040,22 +1580,66 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
 
   #drop(conn: Connection): void {
     const at = this.#conns.indexOf(conn);
-    if (at !== -1) this.#conns.splice(at, 1);
+    if (at === -1) return;
+    this.#conns.splice(at, 1);
+    conn.batch = undefined;
+    if (conn.origin !== undefined) conn.origin.added!--;
+    if (this.#identities !== undefined) {
+      for (const [identity, known] of this.#identities) {
+        if (known === conn) {
+          this.#identities.delete(identity);
+          break;
+        }
+      }
+    }
     conn.fd.close();
   }
 
-  #adopt(fd: number, capacity: number): void {
+  /**
+   * Takes in the connection a sender added through `via`: once per socket,
+   * within the limits (a refused sender is told why).
+   */
+  #addPeer(via: Connection, fd: number, capacity: number): void {
+    const identities = this.#identities ??= new Map(
+      this.#conns.map((conn) => [socketIdentity(conn.fd.fd), conn]),
+    );
+    const identity = socketIdentity(fd);
+    if (identities.has(identity)) {
+      // The same socket again: the receiver holds it already.
+      closeAll([fd]);
+      return;
+    }
+    const origin = via.origin ?? via;
+    const refusal = this.#conns.length >= MAX_CONNECTIONS
+      ? REFUSAL.FULL
+      : (origin.added ?? 0) >= MAX_ADDED
+      ? REFUSAL.PER_SENDER
+      : 0;
+    if (refusal !== 0) {
+      try {
+        sendFrame(fd, [header(FRAME.REFUSED, refusal)], []);
+      } catch {
+        // The new sender is gone already.
+      }
+      closeAll([fd]);
+      return;
+    }
     const owned = new OwnedFd(fd, "Receiver");
     if (!this.#ref) owned.unref();
-    this.#conns.push({ fd: owned, capacity, unacked: 0 });
+    origin.added = (origin.added ?? 0) + 1;
+    const conn = { fd: owned, capacity, unacked: 0, origin };
+    identities.set(identity, conn);
+    this.#conns.push(conn);
   }
 
   /**
-   * Reads one frame from `conn`: a value, `AGAIN` after dropping the
-   * connection or taking a control frame, `undefined` when nothing is
-   * there. A malformed frame drops the connection and throws.
+   * Reads one frame from `conn`, or takes the next message of the batch it
+   * is in: a value, `AGAIN` after dropping the connection or taking a
+   * control frame, `undefined` when nothing is there. A malformed frame
+   * drops the connection and throws.
    */
   #read(conn: Connection): { value: unknown } | typeof AGAIN | undefined {
+    if (conn.batch !== undefined) return this.#record(conn);
     let got;
     try {
       got = receiveMessage(conn.fd.fd, scratch, MAX_FDS, false);
@@ -1087,36 +1671,44 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       }
       const dv = new DataView(scratch.buffer);
       const a = dv.getUint32(4, true);
-      const b = dv.getUint32(8, true);
-      const c = dv.getUint32(12, true);
       const type = scratch[0];
+      const first = conn.started !== true;
+      conn.started = true;
       if (type === FRAME.ADD_PEER) {
         if (got.fds.length !== 1 || got.bytes !== HEADER) {
           throw invalid("a new sender must come with one fd");
         }
         if (a < 1 || a > MAX_CAPACITY) throw invalid("bad capacity");
-        handedOn = true;
-        if (this.#conns.length >= MAX_CONNECTIONS) {
-          // Too many senders: the new one is refused (it sees the channel
-          // closed), the frame itself was fine.
-          closeAll(got.fds);
-        } else {
-          this.#adopt(got.fds[0], a);
+        if (seqpacketProblem(got.fds[0]) !== undefined) {
+          throw notSeqpacket(
+            `a new sender's connection (fd ${got.fds[0]} here)`,
+            got.fds[0],
+          );
         }
+        handedOn = true;
+        this.#addPeer(conn, got.fds[0], a);
         return AGAIN;
       }
       if (type === FRAME.HELLO) {
         if (got.fds.length !== 0 || got.bytes !== HEADER) {
           throw invalid("a hello carries nothing but its header");
         }
+        if (!first) throw invalid("a hello after the first frame");
         if (a < 1 || a > MAX_CAPACITY) throw invalid("bad capacity");
         conn.capacity = a;
         return AGAIN;
       }
+      if (type === FRAME.BATCH) {
+        if (got.fds.length !== 0) throw invalid("a batch carries no fds");
+        checkBatch(scratch, HEADER, got.bytes, a);
+        conn.batch = scratch.slice(HEADER, got.bytes);
+        conn.at = 0;
+        conn.left = a;
+        return this.#record(conn);
+      }
       handedOn = true;
-      const value = this.#message(type, got.bytes, got.fds, a, b, c);
-      conn.unacked++;
-      if (conn.unacked >= ackEvery(conn.capacity)) sendAck(conn);
+      const value = this.#message(scratch, 0, got.bytes, got.fds);
+      this.#took(conn);
       return { value };
     } catch (error) {
       if (!handedOn) closeAll(got.fds);
@@ -1125,18 +1717,53 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     }
   }
 
+  /** Takes the next message of the batch `conn` is in. */
+  #record(conn: Connection): { value: unknown } {
+    const batch = conn.batch!;
+    const at = conn.at!;
+    const start = at + RECORD_PREFIX;
+    const end = start +
+      new DataView(batch.buffer, batch.byteOffset).getUint32(at, true);
+    conn.left!--;
+    if (conn.left === 0) conn.batch = undefined;
+    else conn.at = end;
+    let value;
+    try {
+      value = this.#message(batch, start, end, []);
+    } catch (error) {
+      this.#drop(conn);
+      throw error;
+    }
+    this.#took(conn);
+    return { value };
+  }
+
+  /** Counts a message taken; acknowledges a quarter of the capacity at once. */
+  #took(conn: Connection): void {
+    conn.unacked++;
+    if (conn.unacked >= ackEvery(conn.capacity)) sendAck(conn);
+  }
+
+  /**
+   * Decodes the message frame in `buf[start, end)`, with the fds that came
+   * with it (closed on failure).
+   */
   #message(
-    type: number,
-    size: number,
+    buf: Uint8Array,
+    start: number,
+    end: number,
     fds: number[],
-    a: number,
-    headLength: number,
-    treeLength: number,
   ): unknown {
+    const dv = new DataView(buf.buffer, buf.byteOffset + start, HEADER);
+    const type = buf[start];
+    const a = dv.getUint32(4, true);
+    const headLength = dv.getUint32(8, true);
+    const treeLength = dv.getUint32(12, true);
+    const size = end - start;
     if (type === FRAME.BYTES) {
       closeAll(fds);
       if (fds.length !== 0) throw invalid("a bytes frame carries no fds");
-      return scratch.slice(HEADER, size);
+      return buf.slice(start + HEADER, end);
     }
     if (type === FRAME.BYTES_MEMFD) {
       try {
@@ -1167,10 +1794,10 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       let source: Uint8Array | number;
       if (memfd === undefined) {
         if (HEADER + headLength > size) throw invalid("head past the frame");
-        head = scratch.subarray(HEADER, HEADER + headLength);
-        blobsAt = HEADER + headLength;
-        blobBytes = size - blobsAt;
-        source = scratch;
+        head = buf.subarray(start + HEADER, start + HEADER + headLength);
+        blobsAt = start + HEADER + headLength;
+        blobBytes = end - blobsAt;
+        source = buf;
       } else {
         if (size !== HEADER) throw invalid("a large frame carries no data");
         const total = memfdSize(memfd, this.#maxMessage);
@@ -1278,6 +1905,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     this.#closed = true;
     for (const conn of this.#conns) conn.fd.close();
     this.#conns = [];
+    this.#identities = undefined;
   }
 
   /** Closes the receiver. */
@@ -1309,6 +1937,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     if (this.#conns.length !== 1) {
       throw new TypeError(
         `Cannot release Receiver: it has ${this.#conns.length} sender connections, not one`,
+      );
+    }
+    if (this.#conns[0].batch !== undefined) {
+      throw new Deno.errors.Busy(
+        "Cannot release Receiver: it holds messages that were not taken",
       );
     }
     const fd = this.#conns[0].fd.release();
@@ -1556,6 +2189,14 @@ registerAdopter((fd, kind) => {
     return null;
   }
   if (mark === null) return null;
+  const problem = seqpacketProblem(fd);
+  if (problem !== undefined) {
+    throw new TypeError(
+      `Cannot adopt fd ${fd} as a channel ${
+        mark.role === "s" ? "Sender" : "Receiver"
+      }: it is ${problem}, not a unix seqpacket socket`,
+    );
+  }
   if (mark.role === "s") {
     return new Sender(fd, mark.capacity, mark.mode);
   }

@@ -67,6 +67,32 @@ export function checkSpin(spin: unknown, what: string): number | undefined {
   return spin;
 }
 
+// Work that was put off to the end of the turn (sends gathered into one
+// frame) and must be done before this thread busy-waits: a peer cannot
+// answer what it has not received.
+const beforeSpin = new Set<() => void>();
+
+/**
+ * Asks for `flush` to run once, before the next spin of any waiter in this
+ * thread (or earlier, when its owner runs it itself and calls
+ * {@linkcode cancelBeforeSpin}).
+ */
+export function runBeforeSpin(flush: () => void): void {
+  beforeSpin.add(flush);
+}
+
+/** Withdraws a {@linkcode runBeforeSpin} request. */
+export function cancelBeforeSpin(flush: () => void): void {
+  beforeSpin.delete(flush);
+}
+
+function flushBeforeSpin(): void {
+  for (const flush of [...beforeSpin]) {
+    beforeSpin.delete(flush);
+    flush();
+  }
+}
+
 /** One waiter's spin state: keep one per endpoint and direction. */
 export class Spinner {
   #fixed: number | undefined;
@@ -103,6 +129,7 @@ export class Spinner {
       }
       budgetUs = this.#budget;
     }
+    if (beforeSpin.size > 0) flushBeforeSpin();
     const lib = libc();
     const start = performance.now();
     const end = start + budgetUs / 1000;
