@@ -284,17 +284,58 @@ async function waitAny(
 }
 
 // --- Turns: a loop fed faster than it reads still lets the event loop run ---
+//
+// A streak is a run of sends and deliveries that completed without waiting
+// (so no macrotask turn came between them). A microtask chain lives as long
+// as the streak goes on: it can only be alive while no turn has come. A
+// streak also goes on across a gap shorter than GAP_MS (a long chain of
+// awaits between two messages), which at worst costs one needless turn per
+// slice.
 
-let sliceStart = performance.now();
+/** Microtask turns without activity after which the chain ends. */
+const STREAK_IDLE_TICKS = 16;
+/** A gap without activity that starts a new streak, in ms. */
+const GAP_MS = 1;
 
-/** The event loop just ran (a park returned, or a yield). */
-function turnTaken(): void {
-  sliceStart = performance.now();
+let streakStart = 0;
+let streakLast = -Infinity;
+let streakBusy = 0;
+let streakIdle = 0;
+let chainAlive = false;
+
+function streakTick(): void {
+  if (streakBusy > 0) {
+    streakBusy = 0;
+    streakIdle = 0;
+    queueMicrotask(streakTick);
+  } else if (++streakIdle < STREAK_IDLE_TICKS) {
+    queueMicrotask(streakTick);
+  } else {
+    chainAlive = false;
+  }
 }
 
-/** Whether this thread has delivered without a turn for a whole slice. */
-function sliceOver(): boolean {
-  return performance.now() - sliceStart >= SLICE_MS;
+/**
+ * Notes a message sent or taken without waiting; true once the streak has
+ * run a whole slice, when the caller should yield a turn.
+ */
+function busyTurn(): boolean {
+  const now = performance.now();
+  if (!chainAlive) {
+    if (now - streakLast >= GAP_MS) streakStart = now;
+    chainAlive = true;
+    streakIdle = 0;
+    queueMicrotask(streakTick);
+  }
+  streakBusy++;
+  streakLast = now;
+  return now - streakStart >= SLICE_MS;
+}
+
+/** The event loop just ran (a park returned, or a yield): a new streak. */
+function turnTaken(): void {
+  streakStart = performance.now();
+  streakLast = streakStart;
 }
 
 /**
@@ -709,7 +750,7 @@ export class Sender<T> implements Disposable {
 
   /** A resolved send; after a long run without a turn, one turn first. */
   #resolved(): Promise<void> {
-    return sliceOver() ? yieldTurn() : Promise.resolve();
+    return busyTurn() ? yieldTurn() : Promise.resolve();
   }
 
   /**
@@ -1506,7 +1547,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         spinner,
       );
       if (parked) turnTaken();
-      else if (sliceOver()) await yieldTurn();
+      else if (busyTurn()) await yieldTurn();
       if (polled.kind !== "value") throw recvClosed();
       return polled.value;
     } finally {

@@ -74,8 +74,8 @@ const beforeSpin = new Set<() => void>();
 
 /**
  * Asks for `flush` to run once, before the next spin of any waiter in this
- * thread (or earlier, when its owner runs it itself and calls
- * {@linkcode cancelBeforeSpin}).
+ * thread or when the thread exits (or earlier, when its owner runs it
+ * itself and calls {@linkcode cancelBeforeSpin}). `flush` must not throw.
  */
 export function runBeforeSpin(flush: () => void): void {
   beforeSpin.add(flush);
@@ -92,6 +92,9 @@ function flushBeforeSpin(): void {
     flush();
   }
 }
+
+// `Deno.exit()` right after a send must not lose what was put off.
+globalThis.addEventListener?.("unload", flushBeforeSpin);
 
 /** One waiter's spin state: keep one per endpoint and direction. */
 export class Spinner {

@@ -627,3 +627,265 @@ Deno.test({
     assert.deepEqual(zombieChildren(), []);
   },
 });
+
+// --- Batching, spinning and turns ---
+
+/** A Sender on a raw seqpacket socket whose other end the test reads. */
+function rawSender(capacity = 64): [Sender<unknown>, UnixSocket] {
+  const [mine, theirs] = socketpair({ type: "seqpacket" });
+  return [new Sender(mine._release(), capacity, 0), theirs];
+}
+
+/** A frame whose value is the string `text` (ASCII, at most 127 bytes). */
+function stringFrame(text: string): Uint8Array {
+  const tree = [7, text.length, ...new TextEncoder().encode(text)];
+  return frame(FRAME.MESSAGE, 0, [...tree, 0], tree.length);
+}
+
+/** A BATCH frame of `records` (`count` overrides the record count). */
+function batchFrame(records: Uint8Array[], count = records.length) {
+  const body: number[] = [];
+  for (const record of records) {
+    const length = new Uint8Array(4);
+    new DataView(length.buffer).setUint32(0, record.length, true);
+    body.push(...length, ...record);
+  }
+  const out = new Uint8Array(16 + body.length);
+  out.set(header(FRAME.BATCH, count));
+  out.set(body, 16);
+  return out;
+}
+
+Deno.test({
+  name:
+    "sends of one turn leave in few packets: the first at once, the rest as a batch",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, peer] = rawSender();
+      for (let i = 0; i < 10; i++) await tx.send(i);
+      const types: number[] = [];
+      const counts: number[] = [];
+      for (let total = 0; total < 10;) {
+        const got = await withTimeout(peer.recv(), 2000, "packet");
+        const data = got!.data;
+        types.push(data[0]);
+        const n = data[0] === FRAME.BATCH
+          ? new DataView(data.buffer, data.byteOffset).getUint32(4, true)
+          : 1;
+        counts.push(n);
+        total += n;
+      }
+      // The first leaves alone; the rest travel together (a turn yielded
+      // after a long run of sends may end a batch early: one more packet).
+      assert.equal(types[0], FRAME.MESSAGE);
+      assert.ok(types.includes(FRAME.BATCH), `packets ${types}`);
+      assert.ok(types.length <= 3, `${types.length} packets: ${counts}`);
+      tx.close();
+      peer.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a receiver takes a batch whole, hands its messages out in order and acknowledges a quarter of its capacity at a time",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [peer, rx] = rawPair(); // capacity 4: an ack per message
+      const words = ["a", "bb", "ccc", "dddd", "e", "f", "g", "h"];
+      await peer.send(batchFrame(words.map(stringFrame)));
+      const got: unknown[] = [];
+      for (let i = 0; i < words.length; i++) got.push(rx.tryRecv());
+      assert.deepEqual(got, words);
+      assert.equal(rx.tryRecv(), undefined);
+      let acked = 0;
+      for (;;) {
+        const ack = await withTimeout(peer.recv(), 2000, "ack");
+        assert.equal(ack!.data[0], FRAME.ACK);
+        acked += new DataView(ack!.data.buffer).getUint32(4, true);
+        if (acked === words.length) break;
+      }
+      peer.close();
+      rx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "malformed batches fail the receive with InvalidData and drop that sender",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const ok = stringFrame("x");
+      const withFd = frame(FRAME.MESSAGE, 1, [0]);
+      const cut = batchFrame([ok, ok]).subarray(0, 30);
+      const long = batchFrame([ok]);
+      new DataView(long.buffer).setUint32(16, 4000, true);
+      const cases: [string, Uint8Array, boolean?][] = [
+        ["count above the records", batchFrame([ok, ok], 3)],
+        ["count below the records", batchFrame([ok, ok], 1)],
+        ["count of zero", batchFrame([], 0)],
+        ["record past the end", long],
+        ["cut short", cut],
+        ["record that names fds", batchFrame([ok, withFd])],
+        ["control frame inside", batchFrame([ok, header(FRAME.ADD_PEER, 4)])],
+        ["batch inside a batch", batchFrame([batchFrame([ok])])],
+        ["fds attached to a batch", batchFrame([ok, ok]), true],
+      ];
+      for (const [what, bytes, withFds] of cases) {
+        const [peer, rx] = rawPair();
+        const { reader, writer } = pipe();
+        await peer.send(bytes, withFds ? { fds: [reader] } : {});
+        let taken = 0;
+        try {
+          for (;;) {
+            assert.equal(rx.tryRecv(), "x", what);
+            taken++;
+          }
+        } catch (error) {
+          assert.ok(
+            error instanceof Deno.errors.InvalidData,
+            `${what}: ${error}`,
+          );
+        }
+        // A batch's layout is checked whole before any message of it is
+        // handed out.
+        assert.equal(taken, 0, what);
+        assert.throws(() => rx.tryRecv(), ChannelClosedError, what);
+        for (const e of [peer, rx, reader, writer]) e.close();
+      }
+      // A message that does not decode fails when its turn comes; the ones
+      // before it were good.
+      const [peer, rx] = rawPair();
+      const bad = frame(FRAME.MESSAGE, 0, [99, 0], 1);
+      await peer.send(batchFrame([ok, bad, ok]));
+      assert.equal(rx.tryRecv(), "x");
+      assert.throws(() => rx.tryRecv(), Deno.errors.InvalidData);
+      assert.throws(() => rx.tryRecv(), ChannelClosedError);
+      peer.close();
+      rx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a send that resolved before its batch left carries the value as it was at the call, and close() still sends it",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<{ bytes: Uint8Array } | number>();
+      const bytes = new Uint8Array([1, 2, 3]);
+      await tx.send(0);
+      await tx.send({ bytes });
+      bytes[0] = 9;
+      await tx.send(2);
+      tx.close();
+      const got = [];
+      for await (const value of rx) got.push(value);
+      assert.deepEqual(got, [0, { bytes: new Uint8Array([1, 2, 3]) }, 2]);
+      rx.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "a batch goes out before this thread spins waiting for anything",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<number>();
+      const [tx, rx] = ch;
+      using other = channel<number>();
+      await tx.send(1);
+      await tx.send(2); // gathered for the end of the turn
+      const stop = new AbortController();
+      // Spins (synchronously, inside the call) before it parks.
+      const waiting = other[1].recv({ spin: 20, signal: stop.signal });
+      assert.equal(rx.tryRecv(), 1);
+      assert.equal(rx.tryRecv(), 2, "the batch left before the spin");
+      stop.abort();
+      await assert.rejects(waiting);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a moved receiver takes along the messages of a batch it had not handed out yet, ahead of later ones",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<number>();
+      for (let i = 0; i < 10; i++) await tx.send(i);
+      await tx.send(10); // the second batch stays in the socket
+      assert.equal(await rx.recv(), 0);
+      assert.equal(await rx.recv(), 1); // 2..9 wait in this process
+      using carrier = channel<Receiver<number>>();
+      await carrier[0].send(rx);
+      assert.ok(rx.closed);
+      const moved = await carrier[1].recv();
+      await tx.send(11);
+      tx.close();
+      const rest = [];
+      for await (const n of moved) rest.push(n);
+      assert.deepEqual(rest, [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+      moved.close();
+    });
+  },
+});
+
+Deno.test({
+  name: "send() and recv() check their spin option with checkSpin",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<number>();
+      const [tx, rx] = ch;
+      await tx.send(1);
+      await assert.rejects(rx.recv({ spin: -1 }), RangeError);
+      await assert.rejects(
+        rx.recv({ spin: "5" as unknown as number }),
+        TypeError,
+      );
+      await assert.rejects(tx.send(2, { spin: Infinity }), RangeError);
+      assert.equal(await rx.recv({ spin: 0 }), 1);
+      await tx.send(3, { spin: 50 });
+      assert.equal(await rx.recv({ spin: 50 }), 3);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a for await loop fed by a child faster than it reads lets a 1 ms interval run",
+  ...procs,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const server = new OneShotServer<number>();
+      await using proc = child("stream", server.name);
+      const [rx] = await server.accept({ timeout: 15_000 });
+      let ticks = 0;
+      const interval = setInterval(() => ticks++, 1);
+      let taken = 0;
+      try {
+        for await (const _ of rx) {
+          taken++;
+          // The reader works on each message, so the writer stays ahead.
+          const until = performance.now() + 0.02;
+          while (performance.now() < until) { /* work */ }
+          if (ticks >= 5 || taken >= 20_000) break;
+        }
+      } finally {
+        clearInterval(interval);
+      }
+      assert.ok(ticks >= 5, `${ticks} ticks while ${taken} messages came`);
+      rx.close();
+      await exited(proc, "stream child");
+    });
+    assert.deepEqual(zombieChildren(), []);
+  },
+});
