@@ -15,15 +15,17 @@ import {
   type UnixSocket,
 } from "../mod.ts";
 import { OwnedFd } from "../ffi/fd.ts";
-import { FRAME, header } from "../_channel_wire.ts";
+import { FRAME, header, markSocket } from "../_channel_wire.ts";
 import { libc } from "../ffi/libc.ts";
 import { cstr } from "../ffi/mem.ts";
-import { MMAP } from "../ffi/layout.ts";
+import { MMAP, O, SOCK } from "../ffi/layout.ts";
 import { everyKind } from "./fixtures/_channel_values.ts";
 import {
   assertNoFdLeak,
   DENO,
+  fdTarget,
   fixture,
+  openFds,
   SANITIZE,
   stillPending,
   withTimeout,
@@ -887,5 +889,257 @@ Deno.test({
       await exited(proc, "stream child");
     });
     assert.deepEqual(zombieChildren(), []);
+  },
+});
+
+// --- Hostile peers ---
+
+Deno.test({
+  name:
+    "a send waiting for credit carries the file named at the call, though its endpoint was closed and the number reused",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<unknown>({ capacity: 1 });
+      const [tx, rx] = ch;
+      await tx.send("fill"); // the only credit
+      const meant = pipe();
+      const number = meant.writer.rawFd;
+      const target = fdTarget(number);
+      const waiting = tx.send({ w: meant.writer });
+      assert.ok(await stillPending(waiting, 20), "the send waits for credit");
+      meant.writer.close();
+      // Open pipes until one takes the freed number.
+      const others: { rawFd: number; close(): void }[] = [];
+      while (
+        !others.some((e) => e.rawFd === number) &&
+        others.length < 64
+      ) {
+        const other = pipe();
+        others.push(other.reader, other.writer);
+      }
+      assert.ok(
+        others.some((e) => e.rawFd === number),
+        "the number was reused",
+      );
+      assert.equal(await rx.recv(), "fill");
+      await withTimeout(waiting, 2000, "send after credit");
+      const got = await withTimeout(rx.recv(), 2000, "recv") as {
+        w: { rawFd: number; close(): void };
+      };
+      assert.equal(fdTarget(got.w.rawFd), target, "the pipe meant at the call");
+      got.w.close();
+      meant.reader.close();
+      for (const e of others) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "one socket added as a new sender 600 times is held once by the receiver",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [peer, rx] = rawPair();
+      const [a, b] = socketpair({ type: "seqpacket" });
+      const before = openFds().length;
+      for (let i = 0; i < 600; i++) {
+        await withTimeout(
+          peer.send(header(FRAME.ADD_PEER, 4), { fds: [a] }),
+          2000,
+          `add ${i}`,
+        );
+        // A connection queues a few packets: let the receiver read them.
+        if (i % 8 === 7) assert.equal(rx.tryRecv(), undefined);
+      }
+      while (rx.tryRecv() !== undefined) { /* drain */ }
+      assert.equal(rx.tryRecv(), undefined);
+      assert.equal(rx.senders, 2, "the raw peer and the socket once");
+      assert.ok(
+        openFds().length <= before + 1,
+        `${openFds().length - before} fds more`,
+      );
+      for (const e of [peer, rx, a, b]) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a sender adds at most 1024 open senders; the next one is refused and told why",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<number>();
+      const clones: Sender<number>[] = [];
+      for (let i = 0; i < 1025; i++) {
+        clones.push(tx.clone());
+        // A connection queues a few packets: let the receiver read them.
+        if (i % 8 === 7) rx.tryRecv();
+      }
+      for (let i = 0; i < 200 && rx.senders < 1025; i++) rx.tryRecv();
+      assert.equal(rx.senders, 1025, "the first sender and 1024 it added");
+      await clones[1023].send(1);
+      await assert.rejects(
+        clones[1024].send(2),
+        (error: unknown) =>
+          error instanceof ChannelClosedError &&
+          /refused this sender: the sender it was cloned from already added 1024 open senders/
+            .test(error.message),
+      );
+      assert.equal(await withTimeout(rx.recv(), 2000, "recv"), 1);
+      // Closing one makes room for another, once the receiver saw it go.
+      clones[0].close();
+      for (let i = 0; i < 100 && rx.senders > 1024; i++) {
+        assert.equal(rx.tryRecv(), undefined);
+      }
+      assert.equal(rx.senders, 1024);
+      const late = tx.clone();
+      await late.send(3);
+      assert.equal(await withTimeout(rx.recv(), 2000, "recv"), 3);
+      for (const e of [tx, rx, late, ...clones]) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a receive flooded with control frames reads a bounded number per wake-up and lets the event loop turn",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [peer, rx] = rawPair();
+      // 40 connections, each with 8 control frames queued (a harmless
+      // repeat of a known sender), then a message behind them all.
+      const lines: UnixSocket[] = [];
+      const theirs: UnixSocket[] = [];
+      for (let i = 0; i < 40; i++) {
+        const [line, end] = socketpair({ type: "seqpacket" });
+        await peer.send(header(FRAME.ADD_PEER, 4), { fds: [end] });
+        lines.push(line);
+        theirs.push(end);
+        if (i % 8 === 7) assert.equal(rx.tryRecv(), undefined);
+      }
+      assert.equal(rx.tryRecv(), undefined);
+      assert.equal(rx.senders, 41);
+      for (const line of lines) {
+        for (let k = 0; k < 8; k++) {
+          await line.send(header(FRAME.ADD_PEER, 4), { fds: [theirs[0]] });
+        }
+      }
+      await lines[39].send(stringFrame("last"));
+      // Count event loop turns while the receive runs.
+      let turns = 0;
+      let counting = true;
+      const { port1, port2 } = new MessageChannel();
+      port1.onmessage = () => {
+        turns++;
+        if (counting) port2.postMessage(null);
+      };
+      port2.postMessage(null);
+      let turnsAtValue = -1;
+      try {
+        const receiving = rx.recv({ spin: 0 }).then((value) => {
+          turnsAtValue = turns;
+          return value;
+        });
+        assert.equal(await withTimeout(receiving, 2000, "recv"), "last");
+      } finally {
+        counting = false;
+        port1.close();
+        port2.close();
+      }
+      assert.ok(turnsAtValue >= 1, "the event loop ran during the flood");
+      for (const e of [peer, rx, ...lines, ...theirs]) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a Sender or Receiver from a peer must be a unix seqpacket socket: InvalidData names the fd and what it is",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const lib = libc();
+      const kinds: [string, () => number][] = [
+        [
+          "a directory",
+          () => lib.open(cstr("/tmp"), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0),
+        ],
+        ["an anonymous inode", () => lib.eventfd(0, 0o2000000)],
+        ["an IPv4 socket", () => lib.socket(2, SOCK.STREAM | SOCK.CLOEXEC, 0)],
+        ["a unix stream socket", () => {
+          const [x, y] = socketpair({ type: "stream" });
+          y.close();
+          return x._release();
+        }],
+      ];
+      const trees: [string, number[]][] = [
+        ["a Sender", [18, 8, 0, 4, 0]],
+        ["a Receiver's connection", [18, 9, 1, 0, 4, 0, 0]],
+      ];
+      for (const [what, tree] of trees) {
+        for (const [kind, make] of kinds) {
+          const [peer, rx] = rawPair();
+          const fd = make();
+          assert.ok(fd >= 0, kind);
+          await peer.send(frame(FRAME.MESSAGE, 1, [...tree, 0], tree.length), {
+            fds: [fd],
+          });
+          lib.close(fd);
+          await assert.rejects(
+            withTimeout(rx.recv(), 2000, `${what}: ${kind}`),
+            (error: unknown) =>
+              error instanceof Deno.errors.InvalidData &&
+              error.message.includes(`${what} (fd 0 of the message, `) &&
+              error.message.includes(`${kind}`) &&
+              error.message.includes("not a unix seqpacket socket"),
+            `${what}: ${kind}`,
+          );
+          peer.close();
+          rx.close();
+        }
+      }
+      // A new sender added through a connection, likewise.
+      const [peer, rx] = rawPair();
+      const [x, y] = socketpair({ type: "stream" });
+      await peer.send(header(FRAME.ADD_PEER, 4), { fds: [x] });
+      assert.throws(
+        () => rx.tryRecv(),
+        /a new sender's connection \(fd \d+ here\) is a unix stream socket/,
+      );
+      for (const e of [peer, rx, x, y]) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "fromFd() refuses a socket that bears a channel end's mark but is not a unix seqpacket socket",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(() => {
+      for (const [type, role] of [["stream", "s"], ["dgram", "r"]] as const) {
+        const [x, y] = socketpair({ type });
+        markSocket(x.rawFd, role, 0, 4);
+        const fd = x.rawFd;
+        assert.throws(
+          () => fromFd(fd),
+          (error: unknown) =>
+            error instanceof TypeError &&
+            error.message ===
+              `Cannot adopt fd ${fd} as a channel ${
+                role === "s" ? "Sender" : "Receiver"
+              }: it is a unix ${
+                type === "stream" ? "stream" : "datagram"
+              } socket, not a unix seqpacket socket`,
+          type,
+        );
+        x.close();
+        y.close();
+      }
+    });
   },
 });
