@@ -193,13 +193,40 @@ export function header(
   c = 0,
 ): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(HEADER);
-  const dv = new DataView(out.buffer);
-  out[0] = type;
-  out[1] = VERSION;
-  dv.setUint32(4, a, true);
-  dv.setUint32(8, b, true);
-  dv.setUint32(12, c, true);
+  writeHeader(out, 0, type, a, b, c);
   return out;
+}
+
+/** Writes a frame header at `out[at]`. */
+export function writeHeader(
+  out: Uint8Array,
+  at: number,
+  type: number,
+  a: number,
+  b: number,
+  c: number,
+): void {
+  out[at] = type;
+  out[at + 1] = VERSION;
+  out[at + 2] = 0;
+  out[at + 3] = 0;
+  putU32(out, at + 4, a);
+  putU32(out, at + 8, b);
+  putU32(out, at + 12, c);
+}
+
+/** Writes a little-endian u32 at `out[at]`. */
+export function putU32(out: Uint8Array, at: number, value: number): void {
+  out[at] = value & 0xff;
+  out[at + 1] = (value >>> 8) & 0xff;
+  out[at + 2] = (value >>> 16) & 0xff;
+  out[at + 3] = (value >>> 24) & 0xff;
+}
+
+/** Reads a little-endian u32 at `buf[at]` (in bounds). */
+export function getU32(buf: Uint8Array, at: number): number {
+  return (buf[at] | (buf[at + 1] << 8) | (buf[at + 2] << 16) |
+    (buf[at + 3] << 24)) >>> 0;
 }
 
 /**
@@ -216,11 +243,10 @@ export function checkBatch(
   if (count < 1 || count > (end - start) / (RECORD_PREFIX + HEADER)) {
     throw invalid(`a batch of ${count} messages in ${end - start} bytes`);
   }
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let at = start;
   for (let i = 0; i < count; i++) {
     if (at + RECORD_PREFIX + HEADER > end) throw invalid("batch cut short");
-    const length = dv.getUint32(at, true);
+    const length = getU32(buf, at);
     const inner = at + RECORD_PREFIX;
     if (length < HEADER || length > end - inner) {
       throw invalid(`batch record of ${length} bytes`);
@@ -228,7 +254,7 @@ export function checkBatch(
     const type = buf[inner];
     if (buf[inner + 1] !== VERSION) throw invalid("bad record header");
     if (type === FRAME.MESSAGE) {
-      if (dv.getUint32(inner + 4, true) !== 0) {
+      if (getU32(buf, inner + 4) !== 0) {
         throw invalid("a batched message carries no fds");
       }
     } else if (type !== FRAME.BYTES) {

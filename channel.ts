@@ -83,6 +83,7 @@ import {
 import {
   checkBatch,
   FRAME,
+  getU32,
   HEADER,
   header,
   INLINE_MAX,
@@ -90,6 +91,7 @@ import {
   MAX_FDS,
   memfdSize,
   preadAll,
+  putU32,
   readMark,
   RECORD_PREFIX,
   REFUSAL,
@@ -98,6 +100,7 @@ import {
   seqpacketProblem,
   socketIdentity,
   VERSION,
+  writeHeader,
   writeMemfd,
 } from "./_channel_wire.ts";
 import { boundAddress } from "./_unix_addr.ts";
@@ -359,20 +362,19 @@ function yieldTurn(): Promise<void> {
 
 /** One encoded message and what must happen once it is sent or given up. */
 interface Frame {
-  /** The frame's bytes: header, head, blobs. */
-  parts: Uint8Array[];
+  /** The header's type and fields. */
+  type: number;
+  a: number;
+  b: number;
+  c: number;
+  /** What follows the header: head and blobs (none for a memfd frame). */
+  body: Uint8Array[];
   /**
    * Bytes of an inline frame, header included; -1 for a frame whose body
    * is in a memfd (it travels alone).
    */
   size: number;
   fds: number[];
-  /**
-   * A copy of the frame behind its batch record length, made when its send
-   * resolves before the frame leaves (later changes to the caller's
-   * buffers must not travel).
-   */
-  record?: Uint8Array;
   /** Runs once the frame is in the socket. */
   sent(): void;
   /** Runs when the frame will never be sent. */
@@ -384,17 +386,13 @@ function batchable(frame: Frame): boolean {
   return frame.size >= 0 && frame.fds.length === 0;
 }
 
-/** The frame's bytes as one batch record: its length, then the frame. */
-function recordOf(frame: Frame): Uint8Array {
-  const out = new Uint8Array(RECORD_PREFIX + frame.size);
-  new DataView(out.buffer).setUint32(0, frame.size, true);
-  let at = RECORD_PREFIX;
-  for (const part of frame.parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
-  return out;
+/** The frame as parts to send: header, then body. */
+function partsOf(frame: Frame): Uint8Array[] {
+  const head = header(frame.type, frame.a, frame.b, frame.c);
+  return frame.body.length === 0 ? [head] : [head, ...frame.body];
 }
+
+function nothing(): void {}
 
 /**
  * Collects the fds of the endpoints in one value while it is encoded. The
@@ -501,21 +499,18 @@ function valueFrame(
   const { head, treeLength, blobs, blobBytes } = encoded;
   const total = HEADER + head.byteLength + blobBytes;
   if (total <= INLINE_MAX) {
+    const plain = outgoing.fds.length === 0 && outgoing.clones.length === 0 &&
+      outgoing.moving.length === 0 && (transfer?.length ?? 0) === 0;
     return {
-      parts: [
-        header(
-          FRAME.MESSAGE,
-          outgoing.fds.length,
-          head.byteLength,
-          treeLength,
-        ),
-        head,
-        ...blobs,
-      ],
+      type: FRAME.MESSAGE,
+      a: outgoing.fds.length,
+      b: head.byteLength,
+      c: treeLength,
+      body: blobs.length === 0 ? [head] : [head, ...blobs],
       size: total,
       fds: outgoing.fds,
-      sent: () => outgoing.finish(transfer),
-      abandon: () => outgoing.abandon(),
+      sent: plain ? nothing : () => outgoing.finish(transfer),
+      abandon: plain ? nothing : () => outgoing.abandon(),
     };
   }
   let memfd: number;
@@ -526,14 +521,11 @@ function valueFrame(
     throw error;
   }
   return {
-    parts: [
-      header(
-        FRAME.MESSAGE_MEMFD,
-        outgoing.fds.length,
-        head.byteLength,
-        treeLength,
-      ),
-    ],
+    type: FRAME.MESSAGE_MEMFD,
+    a: outgoing.fds.length,
+    b: head.byteLength,
+    c: treeLength,
+    body: [],
     size: -1,
     fds: [...outgoing.fds, memfd],
     sent: () => {
@@ -555,17 +547,25 @@ function bytesFrame(bytes: Uint8Array): Frame {
   }
   if (HEADER + bytes.byteLength <= INLINE_MAX) {
     return {
-      parts: [header(FRAME.BYTES), bytes],
+      type: FRAME.BYTES,
+      a: 0,
+      b: 0,
+      c: 0,
+      body: [bytes],
       size: HEADER + bytes.byteLength,
       fds: [],
-      sent() {},
-      abandon() {},
+      sent: nothing,
+      abandon: nothing,
     };
   }
   const memfd = writeMemfd([bytes]);
   const close = () => libc().close(memfd);
   return {
-    parts: [header(FRAME.BYTES_MEMFD)],
+    type: FRAME.BYTES_MEMFD,
+    a: 0,
+    b: 0,
+    c: 0,
+    body: [],
     size: -1,
     fds: [memfd],
     sent: close,
@@ -582,10 +582,10 @@ interface SendWaiter {
   spinner?: Spinner;
 }
 
-/** A frame not yet in the socket; `waiter` is absent once its send resolved. */
+/** A frame that waits for credit or room, and its send. */
 interface Outbound {
   frame: Frame;
-  waiter?: SendWaiter;
+  waiter: SendWaiter;
 }
 
 /** Where sending stopped: all out, no credit, no room, or failed. */
@@ -620,13 +620,15 @@ export class Sender<T> implements Disposable {
   /** Messages the receiver has room for, less those already sent. */
   #credits: number;
   /**
-   * Frames not yet in the socket, in order. The first `#accepted` belong to
-   * sends that already resolved: they hold a credit each and fit in one
-   * packet together (`#acceptedBytes` as a batch).
+   * Messages of sends that already resolved, not yet in the socket: `#accepted`
+   * batch records in `#batch[HEADER, #batchEnd)` (room for the batch header
+   * in front), a credit held for each. They go before anything queued.
    */
-  #queue: Outbound[] = [];
+  #batch: Uint8Array | undefined;
+  #batchEnd = HEADER;
   #accepted = 0;
-  #acceptedBytes = HEADER;
+  /** Sends that wait for credit or room, in order. */
+  #queue: Outbound[] = [];
   /** A burst of sends is under way: later sends of the turn are gathered. */
   #burst = false;
   #sends = 0;
@@ -736,7 +738,7 @@ export class Sender<T> implements Disposable {
     } catch (error) {
       return Promise.reject(error);
     }
-    if (this.#queue.length === this.#accepted) {
+    if (this.#queue.length === 0) {
       // Nothing waits for room: the frame goes now, or joins the batch.
       try {
         if (this.#sendNow(frame)) return this.#resolved();
@@ -754,8 +756,8 @@ export class Sender<T> implements Disposable {
   }
 
   /**
-   * Sends `frame` at once or accepts it into the batch. Returns false when
-   * it has to wait (no credit, or the socket is full).
+   * Sends `frame` at once or adds it to the batch. Returns false when it
+   * has to wait (no credit, or the socket is full).
    */
   #sendNow(frame: Frame): boolean {
     if (!this.#burst) {
@@ -765,44 +767,72 @@ export class Sender<T> implements Disposable {
       this.#sends = 0;
       this.#idle = 0;
       queueMicrotask(this.#tick);
-      if (this.#queue.length === 0) return this.#trySend(frame);
+      if (this.#accepted === 0) return this.#trySend(frame);
     } else {
       this.#sends++;
     }
     if (!batchable(frame)) {
       // Fds and memfds travel alone, after what was gathered before them.
-      if (this.#accepted > 0) this.#drainOrThrow();
-      return this.#queue.length === 0 && this.#trySend(frame);
+      if (this.#accepted > 0 && this.#drainOrThrow() !== "done") return false;
+      return this.#trySend(frame);
     }
     const bytes = RECORD_PREFIX + frame.size;
-    if (this.#accepted > 0 && this.#acceptedBytes + bytes > INLINE_MAX) {
+    if (this.#accepted > 0 && this.#batchEnd + bytes > INLINE_MAX) {
       // The batch is full: it goes now, this frame starts the next one.
       if (this.#drainOrThrow() !== "done") return false;
     }
-    if (this.#credits - this.#accepted === 0) {
+    if (this.#credits === this.#accepted) {
       this.#takeAcks();
-      if (this.#credits - this.#accepted === 0) {
+      if (this.#credits === this.#accepted) {
         // Out of credit: what was gathered goes now, so that the receiver
         // can take it and acknowledge.
         if (this.#accepted > 0) this.#drainOrThrow();
         return false;
       }
     }
-    frame.record = recordOf(frame);
-    this.#queue.push({ frame });
-    this.#accepted++;
-    this.#acceptedBytes += bytes;
-    runBeforeSpin(this.#flushBatch);
+    this.#append(frame);
     return true;
   }
 
-  /** One attempt at a lone frame, the queue being empty. */
+  /** Copies a frame into the batch, behind its record length. */
+  #append(frame: Frame): void {
+    const end = this.#batchEnd + RECORD_PREFIX + frame.size;
+    let batch = this.#batch;
+    if (batch === undefined || batch.byteLength < end) {
+      let size = batch?.byteLength ?? 4096;
+      while (size < end) size *= 2;
+      const grown = new Uint8Array(size);
+      if (batch !== undefined) grown.set(batch.subarray(0, this.#batchEnd));
+      this.#batch = batch = grown;
+    }
+    let at = this.#batchEnd;
+    putU32(batch, at, frame.size);
+    writeHeader(
+      batch,
+      at + RECORD_PREFIX,
+      frame.type,
+      frame.a,
+      frame.b,
+      frame.c,
+    );
+    at += RECORD_PREFIX + HEADER;
+    for (const part of frame.body) {
+      batch.set(part, at);
+      at += part.byteLength;
+    }
+    this.#batchEnd = at;
+    this.#accepted++;
+    frame.sent();
+    runBeforeSpin(this.#flushBatch);
+  }
+
+  /** One attempt at a lone frame, nothing being queued or gathered. */
   #trySend(frame: Frame): boolean {
     if (this.#credits === 0) {
       this.#takeAcks();
       if (this.#credits === 0) return false;
     }
-    if (!sendFrame(this.#fd.fd, frame.parts, frame.fds)) return false;
+    if (!sendFrame(this.#fd.fd, partsOf(frame), frame.fds)) return false;
     this.#credits--;
     frame.sent();
     return true;
@@ -838,11 +868,15 @@ export class Sender<T> implements Disposable {
   }
 
   /**
-   * Sends queued frames, as many per packet as fit, until the queue is
-   * empty or the credits or the socket run out. Never throws: a failure
-   * that ends the channel fails every queued send and later ones.
+   * Sends the batch, then queued frames, as many per packet as fit, until
+   * everything is out or the credits or the socket run out. Never throws:
+   * a failure that ends the channel fails every queued send and later ones.
    */
   #drain(): DrainState {
+    if (this.#accepted > 0) {
+      const state = this.#sendBatch();
+      if (state !== "done") return state;
+    }
     while (this.#queue.length > 0) {
       if (this.#credits === 0) {
         try {
@@ -858,19 +892,15 @@ export class Sender<T> implements Disposable {
       let fds: number[] = [];
       if (n === 1) {
         const { frame } = this.#queue[0];
-        parts = frame.parts;
+        parts = partsOf(frame);
         fds = frame.fds;
       } else {
         parts = [header(FRAME.BATCH, n)];
         for (let i = 0; i < n; i++) {
           const { frame } = this.#queue[i];
-          if (frame.record !== undefined) {
-            parts.push(frame.record);
-          } else {
-            const length = new Uint8Array(RECORD_PREFIX);
-            new DataView(length.buffer).setUint32(0, frame.size, true);
-            parts.push(length, ...frame.parts);
-          }
+          const length = new Uint8Array(RECORD_PREFIX);
+          putU32(length, 0, frame.size);
+          parts.push(length, ...partsOf(frame));
         }
       }
       let sent: boolean;
@@ -883,22 +913,54 @@ export class Sender<T> implements Disposable {
         }
         // Only this packet fails (too many fds in flight, ...).
         const reason = this.#sendError(error);
-        const lost = this.#take(n);
-        for (const out of lost) {
+        for (const out of this.#queue.splice(0, n)) {
           out.frame.abandon();
-          if (out.waiter === undefined) this.#failed ??= reason;
-          else out.waiter.reject(reason);
+          out.waiter.reject(reason);
         }
         continue;
       }
       if (!sent) return "write";
       this.#credits -= n;
-      for (const out of this.#take(n)) {
+      for (const out of this.#queue.splice(0, n)) {
         out.frame.sent();
-        out.waiter?.resolve();
+        out.waiter.resolve();
       }
     }
     return "done";
+  }
+
+  /** Sends the gathered batch (its credits are held). */
+  #sendBatch(): DrainState {
+    const batch = this.#batch!;
+    const n = this.#accepted;
+    let sent: boolean;
+    try {
+      if (n === 1) {
+        sent = sendFrame(
+          this.#fd.fd,
+          [batch.subarray(HEADER + RECORD_PREFIX, this.#batchEnd)],
+          [],
+        );
+      } else {
+        writeHeader(batch, 0, FRAME.BATCH, n, 0, 0);
+        sent = sendFrame(this.#fd.fd, [batch.subarray(0, this.#batchEnd)], []);
+      }
+    } catch (error) {
+      // Sends that resolved are lost: every later send says why.
+      this.#dropBatch();
+      this.#fail(error);
+      return "failed";
+    }
+    if (!sent) return "write";
+    this.#credits -= n;
+    this.#dropBatch();
+    return "done";
+  }
+
+  #dropBatch(): void {
+    this.#accepted = 0;
+    this.#batchEnd = HEADER;
+    cancelBeforeSpin(this.#flushBatch);
   }
 
   /** How many frames from the head of the queue go in the next packet. */
@@ -917,31 +979,14 @@ export class Sender<T> implements Disposable {
     return n;
   }
 
-  /** Takes `n` frames off the head of the queue. */
-  #take(n: number): Outbound[] {
-    const taken = this.#queue.splice(0, n);
-    if (this.#accepted > 0) {
-      for (const out of taken) {
-        if (out.waiter !== undefined) continue;
-        this.#accepted--;
-        this.#acceptedBytes -= RECORD_PREFIX + out.frame.size;
-      }
-      if (this.#accepted === 0) {
-        this.#acceptedBytes = HEADER;
-        cancelBeforeSpin(this.#flushBatch);
-      }
-    }
-    return taken;
-  }
-
   /** The channel is over for this sender: every queued send fails. */
   #fail(error: unknown): void {
     const reason = this.#sendError(error);
     this.#failed = reason;
-    const queue = this.#take(this.#queue.length);
-    for (const out of queue) {
+    this.#dropBatch();
+    for (const out of this.#queue.splice(0)) {
       out.frame.abandon();
-      out.waiter?.reject(reason);
+      out.waiter.reject(reason);
     }
   }
 
@@ -960,7 +1005,7 @@ export class Sender<T> implements Disposable {
         this.#queue.splice(at, 1);
         frame.abandon();
         reject(signal.reason);
-        if (this.#queue.length === 0) this.#stopPump?.abort();
+        if (!this.#pending()) this.#stopPump?.abort();
       };
       signal.addEventListener("abort", onAbort, { once: true });
       const done = () => signal.removeEventListener("abort", onAbort);
@@ -991,12 +1036,11 @@ export class Sender<T> implements Disposable {
     const stop = new AbortController();
     this.#stopPump = stop;
     let state: DrainState = "done";
-    const spinner = this.#queue[this.#accepted]?.waiter?.spinner ??
-      this.#spinner;
+    const spinner = this.#queue[0]?.waiter.spinner ?? this.#spinner;
     try {
       // Sends queued while the last attempt's result was on its way to
       // here are picked up by the next round.
-      while (this.#queue.length > 0 && !stop.signal.aborted) {
+      while (this.#pending() && !stop.signal.aborted) {
         await untilReady(
           () => {
             state = this.#drain();
@@ -1019,12 +1063,12 @@ export class Sender<T> implements Disposable {
       this.#pumping = false;
       this.#stopPump = undefined;
       // A send queued after the pump was told to stop still needs one.
-      if (this.#queue.length > 0) this.#pump();
+      if (this.#pending()) this.#pump();
       else this.#closeIfDone();
     }
   }
 
-  /** Reads the acknowledgements that arrived (a bounded number), returning credits. */
+  /** Reads the acknowledgements that arrived (at most ACK_BUDGET). */
   #takeAcks(): void {
     for (let i = 0; i < ACK_BUDGET; i++) {
       let got;
@@ -1041,7 +1085,7 @@ export class Sender<T> implements Disposable {
       if (got.bytes !== HEADER || buf[1] !== VERSION || got.fds.length > 0) {
         throw invalid("the receiver sent something other than an ack");
       }
-      const n = new DataView(buf.buffer).getUint32(4, true);
+      const n = getU32(buf, 4);
       if (buf[0] === FRAME.REFUSED) throw refused(n);
       if (buf[0] !== FRAME.ACK) {
         throw invalid("the receiver sent something other than an ack");
@@ -1153,24 +1197,28 @@ export class Sender<T> implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    const waiting = this.#queue.splice(this.#accepted);
     const error = closedError("Sender");
-    for (const out of waiting) {
+    for (const out of this.#queue.splice(0)) {
       out.frame.abandon();
-      out.waiter?.reject(error);
+      out.waiter.reject(error);
     }
     this.#flushBatch();
-    if (this.#queue.length === 0) this.#stopPump?.abort();
+    if (!this.#pending()) this.#stopPump?.abort();
     this.#closeIfDone();
   }
 
   #closeIfDone(): void {
     if (
-      this.#closed && this.#registering === 0 && this.#queue.length === 0 &&
+      this.#closed && this.#registering === 0 && !this.#pending() &&
       !this.#pumping
     ) {
       this.#fd.close();
     }
+  }
+
+  /** Whether anything waits to go out. */
+  #pending(): boolean {
+    return this.#accepted > 0 || this.#queue.length > 0;
   }
 
   /** Closes the sender. */
@@ -1182,7 +1230,7 @@ export class Sender<T> implements Disposable {
   _release(): number {
     this.#assertOpen();
     if (this.#accepted > 0) this.#drain();
-    if (this.#queue.length > 0 || this.#registering > 0) {
+    if (this.#pending() || this.#registering > 0) {
       throw new Deno.errors.Busy(
         "Cannot release Sender: messages are still waiting to go out",
       );
@@ -1226,7 +1274,7 @@ const ackFrame = header(FRAME.ACK);
 
 function sendAck(conn: Connection): void {
   if (conn.unacked === 0) return;
-  new DataView(ackFrame.buffer).setUint32(4, conn.unacked, true);
+  putU32(ackFrame, 4, conn.unacked);
   try {
     if (sendFrame(conn.fd.fd, [ackFrame], [])) conn.unacked = 0;
   } catch {
@@ -1369,12 +1417,25 @@ class Incoming implements EndpointHooks {
     return endpoint;
   }
 
+  /** Forgets the endpoints of the last message (for a reused instance). */
+  reset(): this {
+    this.made = [];
+    return this;
+  }
+
   /** Closes every fd not yet owned by an endpoint, and every endpoint. */
   fail(): void {
     for (const endpoint of this.made) endpoint.close();
     closeAll(this.fds.filter((_, i) => !this.used[i]));
   }
 }
+
+/**
+ * The hooks of a message without fds: an endpoint in it fails, but for a
+ * receiver without connections (one serves every such message, reset
+ * before each).
+ */
+const noFds = new Incoming([]);
 
 /**
  * The receiving end of a channel. Takes messages from every sender of the
@@ -1710,8 +1771,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       if (got.bytes < HEADER || scratch[1] !== VERSION) {
         throw invalid("bad frame header");
       }
-      const dv = new DataView(scratch.buffer);
-      const a = dv.getUint32(4, true);
+      const a = getU32(scratch, 4);
       const type = scratch[0];
       const first = conn.started !== true;
       conn.started = true;
@@ -1763,8 +1823,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     const batch = conn.batch!;
     const at = conn.at!;
     const start = at + RECORD_PREFIX;
-    const end = start +
-      new DataView(batch.buffer, batch.byteOffset).getUint32(at, true);
+    const end = start + getU32(batch, at);
     conn.left!--;
     if (conn.left === 0) conn.batch = undefined;
     else conn.at = end;
@@ -1795,11 +1854,10 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     end: number,
     fds: number[],
   ): unknown {
-    const dv = new DataView(buf.buffer, buf.byteOffset + start, HEADER);
     const type = buf[start];
-    const a = dv.getUint32(4, true);
-    const headLength = dv.getUint32(8, true);
-    const treeLength = dv.getUint32(12, true);
+    const a = getU32(buf, start + 4);
+    const headLength = getU32(buf, start + 8);
+    const treeLength = getU32(buf, start + 12);
     const size = end - start;
     if (type === FRAME.BYTES) {
       closeAll(fds);
@@ -1824,7 +1882,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       throw invalid(`unexpected frame type ${type}`);
     }
     const memfd = type === FRAME.MESSAGE_MEMFD ? fds.pop() : undefined;
-    const incoming = new Incoming(fds);
+    const incoming = fds.length === 0 ? noFds.reset() : new Incoming(fds);
     try {
       if (fds.length !== a) {
         throw invalid(`frame says ${a} fds, ${fds.length} came`);
