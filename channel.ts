@@ -211,7 +211,7 @@ const POLL_BUDGET = 64;
 /** Acknowledgements one look at a sender reads at most. */
 const ACK_BUDGET = 64;
 /** Microtask turns without a send after which a gathered batch goes. */
-const IDLE_TICKS = 3;
+const IDLE_TICKS = 16;
 /** Continuous delivery, in ms, after which a receive yields a turn. */
 const SLICE_MS = 5;
 
@@ -341,15 +341,19 @@ function turnTaken(): void {
   streakLast = streakStart;
 }
 
+let turn: Promise<void> | undefined;
+
 /**
  * Resolves after one macrotask turn, so timers, `AbortSignal.timeout` and
  * other I/O get to run. (A zero timeout would wait a millisecond or more.)
+ * Callers that ask while a turn is pending share it.
  */
 function yieldTurn(): Promise<void> {
-  return new Promise((resolve) => {
+  return turn ??= new Promise((resolve) => {
     const { port1, port2 } = new MessageChannel();
     port1.onmessage = () => {
       port1.close();
+      turn = undefined;
       turnTaken();
       resolve();
     };
@@ -2207,7 +2211,9 @@ export class ReceiverSet<T = unknown> implements Disposable {
 
   /**
    * Waits for the next message of any receiver in the set (taken fairly),
-   * or for one whose every sender is gone.
+   * or for one whose every sender is gone. Like {@linkcode Receiver.recv},
+   * a run of messages that are ready at once yields a macrotask turn every
+   * few milliseconds.
    *
    * @param options An abort signal.
    * @returns `{ id, value }`, or `{ id, closed: true }` (that receiver is
@@ -2217,6 +2223,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
   async select(options: ChannelRecvOptions = {}): Promise<SelectResult<T>> {
     const { signal } = options;
     signal?.throwIfAborted();
+    let parked = false;
     for (;;) {
       const entries = [...this.#entries];
       if (entries.length === 0) {
@@ -2233,6 +2240,8 @@ export class ReceiverSet<T = unknown> implements Disposable {
         const polled = receiver._poll();
         if (polled.kind === "value") {
           this.#start = (this.#start + i + 1) % entries.length;
+          if (parked) turnTaken();
+          else if (busyTurn()) await yieldTurn();
           return { id, value: polled.value };
         }
         if (polled.kind === "closed") {
@@ -2249,6 +2258,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
         : AbortSignal.any([stop.signal, signal]);
       try {
         await Promise.any(live.map((receiver) => receiver._wait(both)));
+        parked = true;
       } catch {
         signal?.throwIfAborted();
       } finally {
