@@ -373,6 +373,8 @@ interface Frame {
   c: number;
   /** What follows the header: head and blobs (none for a memfd frame). */
   body: Uint8Array[];
+  /** How many leading parts of `body` are this frame's own copies. */
+  owned: number;
   /**
    * Bytes of an inline frame, header included; -1 for a frame whose body
    * is in a memfd (it travels alone).
@@ -511,6 +513,7 @@ function valueFrame(
       b: head.byteLength,
       c: treeLength,
       body: blobs.length === 0 ? [head] : [head, ...blobs],
+      owned: 1,
       size: total,
       fds: outgoing.fds,
       sent: plain ? nothing : () => outgoing.finish(transfer),
@@ -530,6 +533,7 @@ function valueFrame(
     b: head.byteLength,
     c: treeLength,
     body: [],
+    owned: 0,
     size: -1,
     fds: [...outgoing.fds, memfd],
     sent: () => {
@@ -556,6 +560,7 @@ function bytesFrame(bytes: Uint8Array): Frame {
       b: 0,
       c: 0,
       body: [bytes],
+      owned: 0,
       size: HEADER + bytes.byteLength,
       fds: [],
       sent: nothing,
@@ -570,6 +575,7 @@ function bytesFrame(bytes: Uint8Array): Frame {
     b: 0,
     c: 0,
     body: [],
+    owned: 0,
     size: -1,
     fds: [memfd],
     sent: close,
@@ -1000,6 +1006,14 @@ export class Sender<T> implements Disposable {
     signal: AbortSignal | undefined,
     spinner: Spinner | undefined,
   ): Promise<void> {
+    // The caller's buffers may change before the frame leaves: it takes
+    // copies of them now.
+    if (frame.owned < frame.body.length) {
+      frame.body = frame.body.map((part, i) =>
+        i < frame.owned ? part : part.slice()
+      );
+      frame.owned = frame.body.length;
+    }
     const { promise, resolve, reject } = Promise.withResolvers<void>();
     const out: Outbound = { frame, waiter: { resolve, reject, spinner } };
     if (signal !== undefined) {
@@ -1262,6 +1276,8 @@ interface Connection {
   started?: boolean;
   /** For a connection a sender added: the connection it all began with. */
   origin?: Connection;
+  /** The socket's identity, once the receiver needed it. */
+  identity?: string;
   /** Open connections added through this one and those it added. */
   added?: number;
 }
@@ -1381,6 +1397,7 @@ class Incoming implements EndpointHooks {
             fd,
             capacity,
             unacked,
+            identity,
             batch,
             at: 0,
             left: batch === undefined ? undefined : left,
@@ -1690,14 +1707,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     this.#conns.splice(at, 1);
     conn.batch = undefined;
     if (conn.origin !== undefined) conn.origin.added!--;
-    if (this.#identities !== undefined) {
-      for (const [identity, known] of this.#identities) {
-        if (known === conn) {
-          this.#identities.delete(identity);
-          break;
-        }
-      }
-    }
+    if (conn.identity !== undefined) this.#identities?.delete(conn.identity);
     conn.fd.close();
   }
 
@@ -1707,7 +1717,10 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    */
   #addPeer(via: Connection, fd: number, capacity: number): void {
     const identities = this.#identities ??= new Map(
-      this.#conns.map((conn) => [socketIdentity(conn.fd.fd), conn]),
+      this.#conns.map((conn) => {
+        conn.identity ??= socketIdentity(conn.fd.fd);
+        return [conn.identity, conn];
+      }),
     );
     const identity = socketIdentity(fd);
     if (identities.has(identity)) {
@@ -1733,7 +1746,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     const owned = new OwnedFd(fd, "Receiver");
     if (!this.#ref) owned.unref();
     origin.added = (origin.added ?? 0) + 1;
-    const conn = { fd: owned, capacity, unacked: 0, origin };
+    const conn = { fd: owned, capacity, unacked: 0, origin, identity };
     identities.set(identity, conn);
     this.#conns.push(conn);
   }

@@ -775,7 +775,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "a send that resolved before its batch left carries the value as it was at the call, and close() still sends it",
+    "a send that resolved before its batch left, or waits for credit, carries the value as it was at the call; close() still sends a batch",
   ...local,
   async fn() {
     await assertNoFdLeak(async () => {
@@ -790,6 +790,28 @@ Deno.test({
       for await (const value of rx) got.push(value);
       assert.deepEqual(got, [0, { bytes: new Uint8Array([1, 2, 3]) }, 2]);
       rx.close();
+
+      // A send that waits for credit, likewise, in both kinds of channel.
+      using values = channel<{ bytes: Uint8Array } | number>({ capacity: 1 });
+      using raw = bytesChannel({ capacity: 1 });
+      for (
+        const [vtx, vrx, wrap] of [
+          [values[0], values[1], (b: Uint8Array) => ({ bytes: b })],
+          [raw[0], raw[1], (b: Uint8Array) => b],
+        ] as const
+      ) {
+        const later = new Uint8Array(300).fill(1);
+        const send = vtx.send as (value: unknown) => Promise<void>;
+        await send.call(vtx, wrap(new Uint8Array(1)));
+        const waiting = send.call(vtx, wrap(later));
+        assert.ok(await stillPending(waiting, 20), "the send waits");
+        later.fill(9);
+        await vrx.recv();
+        await withTimeout(waiting, 2000, "send after credit");
+        const value = await vrx.recv() as Uint8Array | { bytes: Uint8Array };
+        const arrived = value instanceof Uint8Array ? value : value.bytes;
+        assert.ok(arrived.every((b) => b === 1), "the bytes as at the call");
+      }
     });
   },
 });
