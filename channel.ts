@@ -105,6 +105,7 @@ import {
 } from "./_channel_wire.ts";
 import { boundAddress } from "./_unix_addr.ts";
 import "./from_fd.ts";
+import { ConnSet } from "./_conn_set.ts";
 import { adoptFd, registerAdopter } from "./_adopt.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 import { UnixListener, UnixSocket } from "./socketpair.ts";
@@ -208,6 +209,11 @@ const MAX_CONNECTIONS = 4096;
 const MAX_ADDED = 1024;
 /** Frames one look at a receiver reads at most (wake-up work bound). */
 const POLL_BUDGET = 64;
+/**
+ * Connections from which a receiver keeps its own epoll set: it waits on
+ * that alone and reads only the connections it names.
+ */
+const SET_FROM = 8;
 /** Acknowledgements one look at a sender reads at most. */
 const ACK_BUDGET = 64;
 /** Microtask turns without a send after which a gathered batch goes. */
@@ -1499,10 +1505,18 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #spinner = new Spinner();
   /** The connections by socket identity, once a sender added one. */
   #identities: Map<string, Connection> | undefined;
+  /** The epoll set over the connections, once there are many. */
+  #set: ConnSet<Connection> | undefined;
+  /** Connections holding messages of a batch, in turn order. */
+  #batched = new Set<Connection>();
+  #socketsFirst = false;
 
   /** @internal Use {@linkcode channel} or `fromFd()`. */
   constructor(conns: Connection[]) {
     this.#conns = conns;
+    for (const conn of conns) {
+      if (conn.batch !== undefined) this.#batched.add(conn);
+    }
   }
 
   /** The first connection's socket, for interop; the receiver owns it. */
@@ -1671,6 +1685,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    * reads included); the next look goes on where this one stopped.
    */
   _poll(): Polled<T> {
+    if (this.#set === undefined && this.#conns.length >= SET_FROM) {
+      this.#makeSet();
+    }
+    return this.#set === undefined ? this.#pollEach() : this.#pollReady();
+  }
+
+  /** A look at each connection in turn. */
+  #pollEach(): Polled<T> {
     const conns = this.#conns.slice();
     const n = conns.length;
     let budget = POLL_BUDGET;
@@ -1696,8 +1718,60 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     return { kind: "empty" };
   }
 
+  /**
+   * A look at the connections the epoll set names ready, after the
+   * messages of batches already here.
+   */
+  #pollReady(): Polled<T> {
+    // Batches already here and ready sockets take turns: neither starves.
+    this.#socketsFirst = !this.#socketsFirst;
+    if (this.#socketsFirst) {
+      const polled = this.#pollSockets();
+      if (polled.kind !== "empty") return polled;
+    }
+    for (const conn of this.#batched) {
+      this.#batched.delete(conn);
+      return { kind: "value", value: this.#record(conn).value as T };
+    }
+    if (!this.#socketsFirst) return this.#pollSockets();
+    return this.#conns.length === 0 ? { kind: "closed" } : { kind: "empty" };
+  }
+
+  /** Reads the connections the epoll set names ready. */
+  #pollSockets(): Polled<T> {
+    let budget = POLL_BUDGET;
+    for (const conn of this.#set!.ready()) {
+      if (conn.fd.closed) continue;
+      while (budget > 0) {
+        budget--;
+        const got = this.#read(conn);
+        if (got === undefined) break;
+        if (got !== AGAIN) return { kind: "value", value: got.value as T };
+        if (conn.fd.closed) break;
+      }
+      if (budget === 0) break;
+    }
+    return this.#conns.length === 0 ? { kind: "closed" } : { kind: "empty" };
+  }
+
+  /** Puts the connections in an epoll set (or goes on without one). */
+  #makeSet(): void {
+    let set: ConnSet<Connection> | undefined;
+    try {
+      set = new ConnSet<Connection>("Receiver");
+      for (const conn of this.#conns) set.add(conn.fd.fd, conn);
+    } catch {
+      // Out of fds or memory: each connection is looked at in turn.
+      set?.close();
+      return;
+    }
+    if (!this.#ref) set.unref();
+    this.#set = set;
+  }
+
   /** @internal Waits until some connection may have something. */
   _wait(signal?: AbortSignal): Promise<void> {
+    if (this.#set !== undefined) return this.#set.wait(signal);
     return waitAny(this.#conns.map((conn) => conn.fd), signal);
   }
 
@@ -1706,6 +1780,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     if (at === -1) return;
     this.#conns.splice(at, 1);
     conn.batch = undefined;
+    this.#batched.delete(conn);
+    this.#set?.remove(conn.fd.fd, conn);
     if (conn.origin !== undefined) conn.origin.added!--;
     if (conn.identity !== undefined) this.#identities?.delete(conn.identity);
     conn.fd.close();
@@ -1749,6 +1825,12 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     const conn = { fd: owned, capacity, unacked: 0, origin, identity };
     identities.set(identity, conn);
     this.#conns.push(conn);
+    try {
+      this.#set?.add(owned.fd, conn);
+    } catch {
+      // The set cannot take it (out of memory): the sender is refused.
+      this.#drop(conn);
+    }
   }
 
   /**
@@ -1842,8 +1924,15 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     const start = at + RECORD_PREFIX;
     const end = start + getU32(batch, at);
     conn.left!--;
-    if (conn.left === 0) conn.batch = undefined;
-    else conn.at = end;
+    if (conn.left === 0) {
+      conn.batch = undefined;
+      this.#batched.delete(conn);
+    } else {
+      conn.at = end;
+      // Behind the other connections with batches: they take turns.
+      this.#batched.delete(conn);
+      this.#batched.add(conn);
+    }
     let value;
     try {
       value = this.#message(batch, start, end, []);
@@ -2002,12 +2091,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /** Lets pending receives keep the process alive (the default). */
   ref(): void {
     this.#ref = true;
+    this.#set?.ref();
     for (const conn of this.#conns) conn.fd.ref();
   }
 
   /** Lets the process exit while a receive is pending. */
   unref(): void {
     this.#ref = false;
+    this.#set?.unref();
     for (const conn of this.#conns) conn.fd.unref();
   }
 
@@ -2019,8 +2110,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#set?.close();
+    this.#set = undefined;
     for (const conn of this.#conns) conn.fd.close();
     this.#conns = [];
+    this.#batched.clear();
     this.#identities = undefined;
   }
 
@@ -2060,6 +2154,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         "Cannot release Receiver: it holds messages that were not taken",
       );
     }
+    this.#set?.close();
+    this.#set = undefined;
     const fd = this.#conns[0].fd.release();
     this.#conns = [];
     this.#closed = true;

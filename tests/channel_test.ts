@@ -26,6 +26,7 @@ import {
   fdTarget,
   fixture,
   openFds,
+  pollerInterest,
   SANITIZE,
   stillPending,
   withTimeout,
@@ -997,11 +998,10 @@ Deno.test({
       const clones: Sender<number>[] = [];
       for (let i = 0; i < 1025; i++) {
         clones.push(tx.clone());
-        // A connection queues a few packets: let the receiver read them.
-        if (i % 8 === 7) rx.tryRecv();
+        // The receiver takes each new sender in before the next comes.
+        assert.equal(rx.tryRecv(), undefined);
+        assert.equal(rx.senders, Math.min(i + 2, 1025));
       }
-      for (let i = 0; i < 200 && rx.senders < 1025; i++) rx.tryRecv();
-      assert.equal(rx.senders, 1025, "the first sender and 1024 it added");
       await clones[1023].send(1);
       await assert.rejects(
         clones[1024].send(2),
@@ -1074,6 +1074,35 @@ Deno.test({
       }
       assert.ok(turnsAtValue >= 1, "the event loop ran during the flood");
       for (const e of [peer, rx, ...lines, ...theirs]) e.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a receiver with 200 senders waits through one poller registration, not one per sender",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const [tx, rx] = channel<number>();
+      const clones: Sender<number>[] = [];
+      for (let i = 0; i < 200; i++) {
+        clones.push(tx.clone());
+        assert.equal(rx.tryRecv(), undefined);
+      }
+      assert.equal(rx.senders, 201);
+      const before = pollerInterest().length;
+      for (let round = 0; round < 3; round++) {
+        const waiting = rx.recv({ spin: 0 });
+        assert.ok(await stillPending(waiting, 10), "nothing sent yet");
+        assert.ok(
+          pollerInterest().length <= before + 1,
+          `${pollerInterest().length - before} fds registered for one wait`,
+        );
+        await clones[(round * 67) % 200].send(round);
+        assert.equal(await withTimeout(waiting, 2000, "recv"), round);
+      }
+      for (const e of [tx, rx, ...clones]) e.close();
     });
   },
 });
