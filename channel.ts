@@ -216,7 +216,10 @@ const POLL_BUDGET = 64;
 const SET_FROM = 8;
 /** Acknowledgements one look at a sender reads at most. */
 const ACK_BUDGET = 64;
-/** Microtask turns without a send after which a gathered batch goes. */
+/**
+ * Microtask turns without a send after which a gathered batch goes (a
+ * `for await` echo loop takes about 10 between two sends).
+ */
 const IDLE_TICKS = 16;
 /** Continuous delivery, in ms, after which a receive yields a turn. */
 const SLICE_MS = 5;
@@ -294,33 +297,47 @@ async function waitAny(
 
 // --- Turns: a loop fed faster than it reads still lets the event loop run ---
 //
-// A streak is a run of sends and deliveries that completed without waiting
-// (so no macrotask turn came between them). A microtask chain lives as long
-// as the streak goes on: it can only be alive while no turn has come. A
-// streak also goes on across a gap shorter than GAP_MS (a long chain of
-// awaits between two messages), which at worst costs one needless turn per
-// slice.
+// One microtask chain, the ticker, runs while channels are busy: it counts
+// microtask turns and stops after IDLE_TICKS turns without a send or a
+// delivery. Since it can only run while no macrotask turn has come, it
+// serves two ends: a sender's burst ends (and its batch leaves) once the
+// sender was idle for IDLE_TICKS turns, and a streak of sends and
+// deliveries that completed without waiting lasts as long as the ticker
+// does. A streak also goes on across a gap shorter than GAP_MS (a long
+// chain of awaits between two messages), which at worst costs one needless
+// turn per slice.
 
-/** Microtask turns without activity after which the chain ends. */
-const STREAK_IDLE_TICKS = 16;
 /** A gap without activity that starts a new streak, in ms. */
 const GAP_MS = 1;
 
+/** Microtask turns counted by the ticker. */
+let ticks = 0;
+let lastActive = 0;
+let ticking = false;
+/** Bursts under way: each returns true once its sender's burst ended. */
+const bursts = new Set<() => boolean>();
+
 let streakStart = 0;
 let streakLast = -Infinity;
-let streakBusy = 0;
-let streakIdle = 0;
-let chainAlive = false;
 
-function streakTick(): void {
-  if (streakBusy > 0) {
-    streakBusy = 0;
-    streakIdle = 0;
-    queueMicrotask(streakTick);
-  } else if (++streakIdle < STREAK_IDLE_TICKS) {
-    queueMicrotask(streakTick);
+function ticker(): void {
+  ticks++;
+  for (const ended of bursts) {
+    if (ended()) bursts.delete(ended);
+  }
+  if (ticks - lastActive < IDLE_TICKS || bursts.size > 0) {
+    queueMicrotask(ticker);
   } else {
-    chainAlive = false;
+    ticking = false;
+  }
+}
+
+/** Notes activity now; starts the ticker if it sleeps. */
+function active(): void {
+  lastActive = ticks;
+  if (!ticking) {
+    ticking = true;
+    queueMicrotask(ticker);
   }
 }
 
@@ -330,13 +347,8 @@ function streakTick(): void {
  */
 function busyTurn(): boolean {
   const now = performance.now();
-  if (!chainAlive) {
-    if (now - streakLast >= GAP_MS) streakStart = now;
-    chainAlive = true;
-    streakIdle = 0;
-    queueMicrotask(streakTick);
-  }
-  streakBusy++;
+  if (!ticking && now - streakLast >= GAP_MS) streakStart = now;
+  active();
   streakLast = now;
   return now - streakStart >= SLICE_MS;
 }
@@ -647,8 +659,8 @@ export class Sender<T> implements Disposable {
   #queue: Outbound[] = [];
   /** A burst of sends is under way: later sends of the turn are gathered. */
   #burst = false;
-  #sends = 0;
-  #idle = 0;
+  /** The ticker's count at this sender's last send of the burst. */
+  #lastSend = 0;
   #pumping = false;
   #stopPump: AbortController | undefined;
   /** Why every later send fails (the receiver went away under a batch). */
@@ -776,16 +788,14 @@ export class Sender<T> implements Disposable {
    * has to wait (no credit, or the socket is full).
    */
   #sendNow(frame: Frame): boolean {
+    active();
+    this.#lastSend = ticks;
     if (!this.#burst) {
       // The first send of a burst leaves at once: a lone message (say, a
       // request whose reply is awaited next) never waits for the turn.
       this.#burst = true;
-      this.#sends = 0;
-      this.#idle = 0;
-      queueMicrotask(this.#tick);
+      bursts.add(this.#burstEnded);
       if (this.#accepted === 0) return this.#trySend(frame);
-    } else {
-      this.#sends++;
     }
     if (!batchable(frame)) {
       // Fds and memfds travel alone, after what was gathered before them.
@@ -854,20 +864,12 @@ export class Sender<T> implements Disposable {
     return true;
   }
 
-  /** Runs once per microtask turn of a burst; sends the batch at its end. */
-  #tick = (): void => {
-    if (this.#sends > 0) {
-      this.#sends = 0;
-      this.#idle = 0;
-      queueMicrotask(this.#tick);
-      return;
-    }
-    if (++this.#idle < IDLE_TICKS) {
-      queueMicrotask(this.#tick);
-      return;
-    }
+  /** Asked by the ticker each turn: once idle long enough, the batch goes. */
+  #burstEnded = (): boolean => {
+    if (ticks - this.#lastSend < IDLE_TICKS) return false;
     this.#burst = false;
     this.#flushBatch();
+    return true;
   };
 
   /** Sends what resolved sends left behind; waits in the pump if full. */
