@@ -9,10 +9,12 @@
  *   a frame arrives whole or not at all, even when its sender is killed.
  *   Frames above 64 KiB travel in a sealed memfd, so messages of any size
  *   (up to `maxMessageBytes`, 1 GiB by default) arrive whole.
- * - Capacity is per sender: a sender may have `capacity` messages that the
- *   receiver has not taken yet; then `send()` waits until the receiver
- *   acknowledges some (credit-based flow control, acknowledged a quarter
- *   of the capacity at a time).
+ * - Capacity is per sender: a sender may have `capacity` messages in the
+ *   channel that the receiving process has not read yet; then `send()`
+ *   waits until the receiver acknowledges some (credit-based flow control,
+ *   acknowledged a quarter of the capacity at a time). Messages that
+ *   travelled together count as read once their packet is read, though
+ *   `recv()` hands them out one at a time.
  * - Messages sent back to back travel together: the first send of a turn
  *   goes out at once, the ones right after it are gathered and leave in
  *   one packet (in order) when the sends stop, when a packet is full, or
@@ -147,8 +149,9 @@ export class ChannelClosedError extends Error {
 /** Options for {@linkcode channel} and {@linkcode bytesChannel}. */
 export interface ChannelOptions {
   /**
-   * Messages each sender may have in flight (sent but not yet taken by the
-   * receiver) before `send()` waits. Default 64, at most 1_000_000.
+   * Messages each sender may have in flight (sent but not yet read by the
+   * receiving process) before `send()` waits. Default 64, at most
+   * 1_000_000.
    */
   capacity?: number;
 }
@@ -461,7 +464,7 @@ class Outgoing implements EndpointHooks {
       for (const conn of connections) {
         out.varint(this.#fd(conn.fd.fd, false));
         out.varint(conn.capacity);
-        out.varint(conn.unacked);
+        out.varint(Math.min(conn.unacked, conn.capacity));
         // Messages of a batch that arrived here but were not taken go
         // along, ahead of what is still in the connection.
         const left = conn.batch === undefined ? 0 : conn.left ?? 0;
@@ -717,7 +720,7 @@ export class Sender<T> implements Disposable {
    * or gathered with the other sends of this turn into one packet that
    * leaves when the sends stop (within the same turn), and always before
    * this thread spins waiting for anything. Waits (without blocking the
-   * thread) while `capacity` messages of this sender are not yet taken.
+   * thread) while `capacity` messages of this sender are not yet read.
    * Sends of one sender arrive in order.
    *
    * A message that carries endpoints or is larger than 64 KiB resolves only
@@ -1906,6 +1909,9 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         conn.batch = scratch.slice(HEADER, got.bytes);
         conn.at = 0;
         conn.left = a;
+        // Its messages are out of the channel: the sender may send more
+        // while they are taken from here.
+        this.#took(conn, a);
         return this.#record(conn);
       }
       handedOn = true;
@@ -1942,13 +1948,12 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       this.#drop(conn);
       throw error;
     }
-    this.#took(conn);
     return { value };
   }
 
-  /** Counts a message taken; acknowledges a quarter of the capacity at once. */
-  #took(conn: Connection): void {
-    conn.unacked++;
+  /** Counts messages taken; acknowledges a quarter of the capacity at once. */
+  #took(conn: Connection, n = 1): void {
+    conn.unacked += n;
     if (conn.unacked >= ackEvery(conn.capacity)) sendAck(conn);
   }
 
