@@ -661,29 +661,29 @@ function batchFrame(records: Uint8Array[], count = records.length) {
 
 Deno.test({
   name:
-    "sends of one turn leave in few packets: the first at once, the rest as a batch",
+    "sends of one turn leave in few packets: the first at once, the rest in batches",
   ...local,
   async fn() {
     await assertNoFdLeak(async () => {
-      const [tx, peer] = rawSender();
-      for (let i = 0; i < 10; i++) await tx.send(i);
+      const [tx, peer] = rawSender(1000);
       const types: number[] = [];
-      const counts: number[] = [];
-      for (let total = 0; total < 10;) {
-        const got = await withTimeout(peer.recv(), 2000, "packet");
-        const data = got!.data;
-        types.push(data[0]);
-        const n = data[0] === FRAME.BATCH
-          ? new DataView(data.buffer, data.byteOffset).getUint32(4, true)
-          : 1;
-        counts.push(n);
-        total += n;
-      }
-      // The first leaves alone; the rest travel together (a turn yielded
-      // after a long run of sends may end a batch early: one more packet).
-      assert.equal(types[0], FRAME.MESSAGE);
+      const reading = (async () => {
+        for (let total = 0; total < 200;) {
+          const got = await withTimeout(peer.recv(), 5000, "packet");
+          const data = got!.data;
+          types.push(data[0]);
+          total += data[0] === FRAME.BATCH
+            ? new DataView(data.buffer, data.byteOffset).getUint32(4, true)
+            : 1;
+        }
+      })();
+      for (let i = 0; i < 200; i++) await tx.send(i);
+      await reading;
+      assert.equal(types[0], FRAME.MESSAGE, "the first leaves alone");
       assert.ok(types.includes(FRAME.BATCH), `packets ${types}`);
-      assert.ok(types.length <= 3, `${types.length} packets: ${counts}`);
+      // A turn yielded every 5 ms of sending ends a batch early: on a busy
+      // machine there are a few more packets, never one per message.
+      assert.ok(types.length <= 50, `${types.length} packets`);
       tx.close();
       peer.close();
     });
