@@ -317,6 +317,9 @@ const GAP_MS = 1;
 let ticks = 0;
 let lastActive = 0;
 let ticking = false;
+/** How many times the ticker started: a new one means a turn came. */
+let generation = 0;
+let streakGeneration = -1;
 /** Bursts under way: each returns true once its sender's burst ended. */
 const bursts = new Set<() => boolean>();
 
@@ -340,6 +343,7 @@ function active(): void {
   lastActive = ticks;
   if (!ticking) {
     ticking = true;
+    generation++;
     queueMicrotask(ticker);
   }
 }
@@ -350,8 +354,11 @@ function active(): void {
  */
 function busyTurn(): boolean {
   const now = performance.now();
-  if (!ticking && now - streakLast >= GAP_MS) streakStart = now;
+  const goesOn = (ticking && generation === streakGeneration) ||
+    now - streakLast < GAP_MS;
   active();
+  if (!goesOn) streakStart = now;
+  streakGeneration = generation;
   streakLast = now;
   return now - streakStart >= SLICE_MS;
 }

@@ -523,7 +523,10 @@ function endpointTree(f: Fuzz, fdCount: number): number[] {
       const conns = f.int(3);
       tree.push(conns);
       for (let j = 0; j < conns; j++) {
+        // fd, capacity, unacked, messages carried along (and their bytes).
         tree.push(index(), ...small(), ...small());
+        if (f.int(4) === 0) tree.push(1 + f.int(2), ...small(), ...small());
+        else tree.push(0);
       }
     } else {
       tree.push(index());
@@ -535,16 +538,54 @@ function endpointTree(f: Fuzz, fdCount: number): number[] {
   return tree;
 }
 
+/**
+ * A batch of 1 to 4 records: mutated values and bytes frames, with lengths
+ * and counts that are sometimes wrong.
+ */
+function hostileBatch(
+  f: Fuzz,
+  fdCount: number,
+  values: readonly unknown[],
+): Uint8Array<ArrayBuffer> {
+  const records: number[] = [];
+  const n = 1 + f.int(4);
+  for (let i = 0; i < n; i++) {
+    const sample = mutate(f, sampleOf(f.pick(values)));
+    const inner = f.int(3) === 0
+      ? frameOf(FRAME.BYTES, 0, 0, 0, sample.blobs)
+      : frameOf(
+        f.pick([FRAME.MESSAGE, FRAME.MESSAGE, FRAME.ADD_PEER, 42]),
+        f.int(6) === 0 ? fdCount : 0,
+        sample.head.length,
+        sample.treeLength,
+        [...sample.head, ...sample.blobs],
+      );
+    if (f.int(10) === 0) inner[1] = f.int(256);
+    const length = f.int(8) === 0 ? f.u32() % (inner.length + 8) : inner.length;
+    records.push(
+      length & 0xff,
+      (length >>> 8) & 0xff,
+      (length >>> 16) & 0xff,
+      length >>> 24,
+      ...inner,
+    );
+  }
+  const count = f.int(6) === 0 ? f.int(8) : n;
+  return frameOf(FRAME.BATCH, count, 0, 0, records);
+}
+
 /** A frame of random shape, for a sender that attaches `fdCount` fds. */
 function hostileFrame(
   f: Fuzz,
   fdCount: number,
   values: readonly unknown[],
 ): Uint8Array<ArrayBuffer> {
-  const type = f.pick([1, 1, 1, 2, 3, 4, 5, 6, 7, 0, 8, 255]);
+  const type = f.pick([1, 1, 1, 2, 3, 4, 5, 6, 7, 0, 8, 9, 255]);
   const a = f.int(3) === 0 ? f.u32() : fdCount;
   let body: Uint8Array;
-  switch (f.int(4)) {
+  switch (f.int(5)) {
+    case 4:
+      return hostileBatch(f, fdCount, values);
     case 0:
       body = f.bytes(f.int(64));
       break;
@@ -769,12 +810,13 @@ export function bindAbstract(fd: number, name: string): void {
 
 /**
  * A socket bound to an abstract name like a channel end's mark, with
- * fields in and out of range. `expect` is what `fromFd()` must make of it.
+ * fields in and out of range. `expect` is what `fromFd()` must make of it
+ * (`null`: refused, a valid mark on a socket that is no seqpacket one).
  */
 function markedSocket(f: Fuzz): {
   name: string;
   make: () => number;
-  expect: string;
+  expect: string | null;
 } {
   const role = f.pick(["s", "r", "s", "r", "x"]);
   const mode = f.pick([0, 1, 0, 1, 2, 9]);
@@ -789,7 +831,13 @@ function markedSocket(f: Fuzz): {
   const type = f.pick(["seqpacket", "seqpacket", "stream"] as const);
   return {
     name: `${type} socket named ${name}`,
-    expect: !valid ? "UnixSocket" : role === "s" ? "Sender" : "Receiver",
+    expect: !valid
+      ? "UnixSocket"
+      : type !== "seqpacket"
+      ? null
+      : role === "s"
+      ? "Sender"
+      : "Receiver",
     make: () => {
       const [a, b] = socketpair({ type });
       b.close();

@@ -1174,7 +1174,7 @@ Deno.test({
         markSocket(x.rawFd, role, 0, 4);
         const fd = x.rawFd;
         assert.throws(
-          () => fromFd(fd),
+          () => fromFd(fd, { allowCloexec: true }),
           (error: unknown) =>
             error instanceof TypeError &&
             error.message ===
