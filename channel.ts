@@ -23,7 +23,7 @@
  * - Waits spin briefly before parking, only while recent spins were
  *   answered (`spin: 0` turns that off, a number of µs makes it fixed),
  *   and a receive loop fed faster than it reads still yields a macrotask
- *   turn every few milliseconds, so timers and other I/O run.
+ *   turn every 64 messages or 2 ms, so timers and other I/O run.
  * - `tx.clone()` makes another sender of the same channel; the receiver
  *   reports {@linkcode ChannelClosedError} once every sender, in every
  *   process, is closed.
@@ -108,6 +108,7 @@ import {
 import { boundAddress } from "./_unix_addr.ts";
 import "./from_fd.ts";
 import { ConnSet } from "./_conn_set.ts";
+import { TurnSlice, yieldTurn } from "./_turn.ts";
 import { adoptFd, registerAdopter } from "./_adopt.ts";
 import { PipeReader, PipeWriter } from "./pipe.ts";
 import { UnixListener, UnixSocket } from "./socketpair.ts";
@@ -224,8 +225,6 @@ const ACK_BUDGET = 64;
  * `for await` echo loop takes about 10 between two sends).
  */
 const IDLE_TICKS = 16;
-/** Continuous delivery, in ms, after which a receive yields a turn. */
-const SLICE_MS = 5;
 
 const MODE_VALUE = 0;
 const MODE_BYTES = 1;
@@ -298,96 +297,35 @@ async function waitAny(
   }
 }
 
-// --- Turns: a loop fed faster than it reads still lets the event loop run ---
+// --- Bursts: sends of one turn leave together ---
 //
-// One microtask chain, the ticker, runs while channels are busy: it counts
-// microtask turns and stops after IDLE_TICKS turns without a send or a
-// delivery. Since it can only run while no macrotask turn has come, it
-// serves two ends: a sender's burst ends (and its batch leaves) once the
-// sender was idle for IDLE_TICKS turns, and a streak of sends and
-// deliveries that completed without waiting lasts as long as the ticker
-// does. A streak also goes on across a gap shorter than GAP_MS (a long
-// chain of awaits between two messages), which at worst costs one needless
-// turn per slice.
-
-/** A gap without activity that starts a new streak, in ms. */
-const GAP_MS = 1;
+// One microtask chain, the ticker, runs while senders are busy: it counts
+// microtask turns and asks each sender with a burst under way whether it
+// has been idle for IDLE_TICKS turns; then that sender's batch leaves. The
+// chain ends once no burst is left.
 
 /** Microtask turns counted by the ticker. */
 let ticks = 0;
-let lastActive = 0;
 let ticking = false;
-/** How many times the ticker started: a new one means a turn came. */
-let generation = 0;
-let streakGeneration = -1;
 /** Bursts under way: each returns true once its sender's burst ended. */
 const bursts = new Set<() => boolean>();
-
-let streakStart = 0;
-let streakLast = -Infinity;
 
 function ticker(): void {
   ticks++;
   for (const ended of bursts) {
     if (ended()) bursts.delete(ended);
   }
-  if (ticks - lastActive < IDLE_TICKS || bursts.size > 0) {
-    queueMicrotask(ticker);
-  } else {
-    ticking = false;
-  }
+  if (bursts.size > 0) queueMicrotask(ticker);
+  else ticking = false;
 }
 
-/** Notes activity now; starts the ticker if it sleeps. */
-function active(): void {
-  lastActive = ticks;
+/** Registers a sender's burst with the ticker (started if it sleeps). */
+function burstStarted(ended: () => boolean): void {
+  bursts.add(ended);
   if (!ticking) {
     ticking = true;
-    generation++;
     queueMicrotask(ticker);
   }
-}
-
-/**
- * Notes a message sent or taken without waiting; true once the streak has
- * run a whole slice, when the caller should yield a turn.
- */
-function busyTurn(): boolean {
-  const now = performance.now();
-  const goesOn = (ticking && generation === streakGeneration) ||
-    now - streakLast < GAP_MS;
-  active();
-  if (!goesOn) streakStart = now;
-  streakGeneration = generation;
-  streakLast = now;
-  return now - streakStart >= SLICE_MS;
-}
-
-/** The event loop just ran (a park returned, or a yield): a new streak. */
-function turnTaken(): void {
-  streakStart = performance.now();
-  streakLast = streakStart;
-}
-
-let turn: Promise<void> | undefined;
-
-/**
- * Resolves after one macrotask turn, so timers, `AbortSignal.timeout` and
- * other I/O get to run. (A zero timeout would wait a millisecond or more.)
- * Callers that ask while a turn is pending share it.
- */
-function yieldTurn(): Promise<void> {
-  return turn ??= new Promise((resolve) => {
-    const { port1, port2 } = new MessageChannel();
-    port1.onmessage = () => {
-      port1.close();
-      turn = undefined;
-      turnTaken();
-      resolve();
-    };
-    port2.postMessage(null);
-    port2.close();
-  });
 }
 
 // --- Frames being sent ---
@@ -678,6 +616,8 @@ export class Sender<T> implements Disposable {
   #registering = 0;
   #closed = false;
   #spinner = new Spinner();
+  /** Sends resolved without waiting since the last turn. */
+  #slice = new TurnSlice();
   #ackBuf = new Uint8Array(new ArrayBuffer(64));
 
   /**
@@ -788,9 +728,9 @@ export class Sender<T> implements Disposable {
     return this.#enqueue(frame, options.signal, spinner);
   }
 
-  /** A resolved send; after a long run without a turn, one turn first. */
+  /** A resolved send; after a slice of sends without waiting, a turn first. */
   #resolved(): Promise<void> {
-    return busyTurn() ? yieldTurn() : Promise.resolve();
+    return this.#slice.delivered() ? yieldTurn() : Promise.resolve();
   }
 
   /**
@@ -798,13 +738,12 @@ export class Sender<T> implements Disposable {
    * has to wait (no credit, or the socket is full).
    */
   #sendNow(frame: Frame): boolean {
-    active();
     this.#lastSend = ticks;
     if (!this.#burst) {
       // The first send of a burst leaves at once: a lone message (say, a
       // request whose reply is awaited next) never waits for the turn.
       this.#burst = true;
-      bursts.add(this.#burstEnded);
+      burstStarted(this.#burstEnded);
       if (this.#accepted === 0) return this.#trySend(frame);
     }
     if (!batchable(frame)) {
@@ -1087,7 +1026,7 @@ export class Sender<T> implements Disposable {
               state === "credit" ? "read" : "write",
               stop.signal,
             );
-            turnTaken();
+            this.#slice.waited();
           },
           spinner,
         );
@@ -1515,6 +1454,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #limits = DEFAULT_LIMITS;
   #readable: ReadableStream<T> | undefined;
   #spinner = new Spinner();
+  /** Messages handed out without waiting since the last turn. */
+  #slice = new TurnSlice();
   /** The connections by socket identity, once a sender added one. */
   #identities: Map<string, Connection> | undefined;
   /** The epoll set over the connections, once there are many. */
@@ -1611,7 +1552,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /**
    * Takes the next message, waiting (without blocking the thread) until
    * one arrives. A run of messages that are ready at once yields a
-   * macrotask turn every few milliseconds, so timers and other I/O still
+   * macrotask turn every 64 messages or 2 ms, so timers and other I/O still
    * run while a fast peer keeps the receiver busy.
    *
    * @param options An abort signal; the spin before parking.
@@ -1654,8 +1595,10 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         },
         spinner,
       );
-      if (parked) turnTaken();
-      else if (busyTurn()) await yieldTurn();
+      if (parked) this.#slice.waited();
+      else if (polled.kind === "value" && this.#slice.delivered()) {
+        await yieldTurn();
+      }
       if (polled.kind !== "value") throw recvClosed();
       return polled.value;
     } finally {
@@ -2296,6 +2239,7 @@ export type SelectResult<T> =
  */
 export class ReceiverSet<T = unknown> implements Disposable {
   #entries = new Map<number, Receiver<T>>();
+  #slice = new TurnSlice();
   #nextId = 1;
   #start = 0;
 
@@ -2336,7 +2280,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
    * Waits for the next message of any receiver in the set (taken fairly),
    * or for one whose every sender is gone. Like {@linkcode Receiver.recv},
    * a run of messages that are ready at once yields a macrotask turn every
-   * few milliseconds.
+   * 64 messages or 2 ms.
    *
    * @param options An abort signal.
    * @returns `{ id, value }`, or `{ id, closed: true }` (that receiver is
@@ -2363,8 +2307,8 @@ export class ReceiverSet<T = unknown> implements Disposable {
         const polled = receiver._poll();
         if (polled.kind === "value") {
           this.#start = (this.#start + i + 1) % entries.length;
-          if (parked) turnTaken();
-          else if (busyTurn()) await yieldTurn();
+          if (parked) this.#slice.waited();
+          else if (this.#slice.delivered()) await yieldTurn();
           return { id, value: polled.value };
         }
         if (polled.kind === "closed") {
