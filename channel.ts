@@ -1580,6 +1580,13 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
     this.#assertOpen();
     signal?.throwIfAborted();
+    // A message that is here already needs no wait loop.
+    const ready = this._poll();
+    if (ready.kind === "value") {
+      if (this.#slice.delivered()) await yieldTurn();
+      return ready.value;
+    }
+    if (ready.kind === "closed") throw recvClosed();
     this.#pending++;
     let parked = false;
     try {
