@@ -18,7 +18,7 @@
  *   cloned sender holds the other end of.
  * - HELLO (first frame of a connection to a named server, and only
  *   there): a = capacity, b = mode.
- * - BATCH: a = message count (at least 2); no fds. Then `a` records, each a
+ * - BATCH: a = message count; no fds. Then `a` records, each a
  *   u32 length `L` and `L` bytes that are a whole MESSAGE (without fds) or
  *   BYTES frame, header included. Messages sent in one turn travel
  *   together, in order, in one packet.
