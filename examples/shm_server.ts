@@ -68,15 +68,32 @@ function isHello(value: unknown): value is Hello {
     hello.reply instanceof Sender && Number.isSafeInteger(hello.pid);
 }
 
-// A hostile client may send anything, endpoints included: close them all.
-function closeEndpoints(value: unknown): void {
-  if (typeof value !== "object" || value === null) return;
-  for (const field of Object.values(value)) {
-    if (typeof field?.close === "function") field.close();
+// A hostile client may send anything, endpoints included, at any depth (in
+// arrays, maps, sets, errors' causes): close every one but `keep`, or each
+// such hello would leave its fds open here.
+function closeEndpoints(value: unknown, keep?: unknown): void {
+  const seen = new Set<object>();
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const item = stack.pop();
+    if (typeof item !== "object" || item === null || seen.has(item)) continue;
+    seen.add(item);
+    if (ArrayBuffer.isView(item) || item instanceof ArrayBuffer) continue;
+    const close = (item as { close?: unknown }).close;
+    if (typeof close === "function") {
+      if (item !== keep) close.call(item);
+      continue;
+    }
+    if (item instanceof Map) {
+      for (const [k, v] of item) stack.push(k, v);
+    } else if (item instanceof Set) {
+      for (const v of item) stack.push(v);
+    }
+    if (item instanceof Error) stack.push(item.cause);
+    for (const field of Object.values(item)) stack.push(field);
   }
 }
 
-/** Serves until `clients` clients have come and gone (0: forever). */
 async function serve(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -148,6 +165,8 @@ async function serve(args: string[]): Promise<void> {
       closeEndpoints(hello);
       throw new TypeError("its first message is not a hello");
     }
+    // Anything else it sent along is not used.
+    closeEndpoints(hello, hello.reply);
     const [toServer, requests] = shmQueue({ bytes: ring });
     const [replies, fromServer] = shmQueue({ bytes: ring });
     const id = set.add(requests);

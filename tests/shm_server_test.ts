@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
-import { connectOneShot } from "../mod.ts";
+import {
+  channel,
+  connectOneShot,
+  pipe,
+  type ShmReceiver,
+  type ShmSender,
+} from "../mod.ts";
 import { Child } from "./_shm_sync_util.ts";
-import { test, withTimeout } from "./_util.ts";
+import { fdTarget, procFds, procFdTarget, test, withTimeout } from "./_util.ts";
 
 const SERVER = new URL("../examples/shm_server.ts", import.meta.url).pathname;
 const CLIENT = new URL("../examples/shm_client.ts", import.meta.url).pathname;
@@ -195,6 +201,70 @@ test(
     await server.exit();
     const record = [...server.finished.values()][0];
     assert.match(record.outcome, /silent for more than 300 ms/);
+  },
+  perms,
+);
+
+test(
+  "endpoints a client sends along with its hello, at any depth, are closed by the server",
+  async () => {
+    await using server = new Server(["--clients", "1", "--idle", "30000"]);
+    await server.start();
+    const pid = server.process.child.pid;
+    const pipes = Array.from({ length: 6 }, () => pipe());
+    const inodes = pipes.map((p) => fdTarget(p.reader.rawFd)!);
+    const held = () =>
+      procFds(pid, 4096).map((fd) => procFdTarget(pid, fd))
+        .filter((target) => target !== undefined && inodes.includes(target));
+    try {
+      // Not a hello: endpoints nested in an array and a map.
+      const junk = await connectOneShot<unknown>(server.name);
+      try {
+        await junk.send({
+          deep: [[pipes[0].reader]],
+          map: new Map([[1, pipes[1].reader]]),
+        }, {
+          transfer: [pipes[0].reader, pipes[1].reader],
+          signal: AbortSignal.timeout(30_000),
+        });
+      } finally {
+        junk.close();
+      }
+      const dropped = await server.next("the junk connection dropped");
+      assert.equal(dropped.event, "handshake-dropped");
+      // A hello with extra endpoints in fields, arrays, sets and a cause.
+      const [reply, grants] = channel<{
+        toServer: ShmSender;
+        fromServer: ShmReceiver;
+      }>({ capacity: 1 });
+      const extra = pipes.slice(2).map((p) => p.reader);
+      const hello = await connectOneShot<unknown>(server.name);
+      try {
+        await hello.send({
+          pid: Deno.pid,
+          reply,
+          more: [extra[0]],
+          set: new Set([extra[1]]),
+          error: new Error("x", { cause: { fd: extra[2] } }),
+          direct: extra[3],
+        }, {
+          transfer: [reply, ...extra],
+          signal: AbortSignal.timeout(30_000),
+        });
+      } finally {
+        hello.close();
+      }
+      const grant = await grants.recv({ signal: AbortSignal.timeout(30_000) });
+      grants.close();
+      assert.ok(grant !== null);
+      // The grant is sent after the extras were closed.
+      assert.deepEqual(held(), []);
+      grant.toServer.close();
+      grant.fromServer.close();
+      await server.exit();
+    } finally {
+      for (const p of pipes) p.writer.close();
+    }
   },
   perms,
 );
