@@ -57,6 +57,7 @@
  * @module
  */
 
+import { ChannelClosedError } from "./_channel_error.ts";
 import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
 import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
 import { MSG } from "./ffi/layout.ts";
@@ -114,38 +115,7 @@ import { PipeReader, PipeWriter } from "./pipe.ts";
 import { UnixListener, UnixSocket } from "./socketpair.ts";
 import { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
 
-/**
- * Thrown by a receive once every sender of the channel is closed (and every
- * message they sent was taken), and by a send once the receiver is closed.
- *
- * @example Drain until the senders are gone
- * ```ts
- * import { channel, ChannelClosedError } from "@conduit/ipc/channel";
- *
- * const [tx, rx] = channel<number>();
- * await tx.send(1);
- * tx.close();
- * console.log(await rx.recv()); // 1
- * try {
- *   await rx.recv();
- * } catch (error) {
- *   console.log(error instanceof ChannelClosedError); // true
- * }
- * rx.close();
- * ```
- */
-export class ChannelClosedError extends Error {
-  /**
-   * Creates the error.
-   *
-   * @param message What was attempted and why it failed.
-   * @param options The cause, if any.
-   */
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "ChannelClosedError";
-  }
-}
+export { ChannelClosedError };
 
 /** Options for {@linkcode channel} and {@linkcode bytesChannel}. */
 export interface ChannelOptions {
