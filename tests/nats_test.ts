@@ -1,0 +1,378 @@
+import assert from "node:assert/strict";
+import { connect } from "nats";
+import {
+  channel,
+  ChannelClosedError,
+  pipe,
+  SharedMemory,
+  socketpair,
+} from "../mod.ts";
+import {
+  natsChannel,
+  type NatsReceiver,
+  natsReceiver,
+  natsSender,
+} from "../nats/mod.ts";
+import { streamNameFor } from "../nats/_jetstream.ts";
+import { mismatch, type TestValue, valueOf } from "./fixtures/_nats_values.ts";
+import {
+  gotIndexes,
+  NATS_MISSING,
+  NATS_PERMISSIONS,
+  natsServer,
+  Peer,
+  summaryOf,
+} from "./_nats_util.ts";
+import {
+  assertNoFdLeak,
+  SANITIZE,
+  stillPending,
+  withTimeout,
+} from "./_util.ts";
+
+/** A NATS test: FFI for the leak check and child processes, net, run, files. */
+function natsTest(name: string, fn: () => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: NATS_MISSING !== undefined,
+    permissions: { ffi: true, ...NATS_PERMISSIONS },
+    ...SANITIZE,
+    fn: () => assertNoFdLeak(fn, name),
+  });
+}
+
+const COUNT = 100_000;
+
+/** `rx.recv()`, given up (and failing the test) after 10 s. */
+async function recvWithin<T>(rx: NatsReceiver<T>, what: string): Promise<T> {
+  const stop = new AbortController();
+  try {
+    return await withTimeout(rx.recv({ signal: stop.signal }), 10_000, what);
+  } finally {
+    stop.abort();
+  }
+}
+
+natsTest(
+  "natsChannel() carries structured values through a real nats-server, core and JetStream",
+  async () => {
+    await using server = await natsServer(true);
+    for (const jetstream of [false, true]) {
+      const [tx, rx] = await natsChannel<TestValue>(`values.${jetstream}`, {
+        servers: server.url,
+        jetstream,
+      });
+      try {
+        for (let i = 0; i < 50; i++) await tx.send(valueOf(i));
+        for (let i = 0; i < 50; i++) {
+          const value = await recvWithin(rx, `value ${i}`);
+          assert.equal(value.i, i);
+          assert.equal(mismatch(value), null);
+          assert.deepEqual(value, valueOf(i));
+        }
+        assert.equal(rx.tryRecv(), undefined);
+        await tx.send(valueOf(50));
+        await tx.flush();
+        const got = await withTimeout(
+          (async () => {
+            for (;;) {
+              const v = rx.tryRecv();
+              if (v !== undefined) return v;
+              await new Promise((r) => setTimeout(r, 1));
+            }
+          })(),
+          10_000,
+          "tryRecv() of value 50",
+        );
+        assert.equal(got.i, 50);
+      } finally {
+        await tx.close();
+      }
+      await assert.rejects(
+        recvWithin(rx, "the end of the stream"),
+        ChannelClosedError,
+      );
+      await rx.close();
+      await assert.rejects(rx.recv(), Deno.errors.BadResource);
+    }
+  },
+);
+
+natsTest(
+  "A value holding an endpoint fails at send() with a DataCloneError that names it",
+  async () => {
+    await using server = await natsServer();
+    const [tx, rx] = await natsChannel<unknown>("endpoints", {
+      servers: server.url,
+    });
+    const { reader, writer } = pipe();
+    const [a, b] = socketpair();
+    const memory = SharedMemory.create(4096);
+    const [ctx, crx] = channel<number>();
+    try {
+      for (
+        const [endpoint, name] of [
+          [reader, "PipeReader"],
+          [writer, "PipeWriter"],
+          [a, "UnixSocket"],
+          [memory, "SharedMemory"],
+          [ctx, "Sender"],
+          [crx, "Receiver"],
+        ] as const
+      ) {
+        await assert.rejects(
+          tx.send({ deep: [1, { endpoint }] }),
+          (error: unknown) => {
+            assert.ok(error instanceof DOMException);
+            assert.equal(error.name, "DataCloneError");
+            assert.match(error.message, new RegExp(`a ${name} could not`));
+            assert.match(error.message, /cannot cross machines/);
+            return true;
+          },
+        );
+      }
+      // A plain object with a rawFd field is data, and the sender still works.
+      await tx.send({ rawFd: 3 });
+      assert.deepEqual(await recvWithin(rx, "the plain object"), { rawFd: 3 });
+      await assert.rejects(
+        tx.send({ f: () => 1 }),
+        (error: unknown) =>
+          error instanceof DOMException && error.name === "DataCloneError",
+      );
+    } finally {
+      reader.close();
+      writer.close();
+      a.close();
+      b.close();
+      memory.close();
+      ctx.close();
+      crx.close();
+      await tx.close();
+      await rx.close();
+    }
+  },
+);
+
+natsTest(
+  "A NATS receiver ends once every sender it heard from is closed, clones included",
+  async () => {
+    await using server = await natsServer();
+    const [tx, rx] = await natsChannel<string>("clones", {
+      servers: server.url,
+    });
+    const tx2 = tx.clone();
+    await tx.send("a");
+    await tx2.send("b");
+    await tx.close();
+    assert.equal(await recvWithin(rx, "a"), "a");
+    assert.equal(await recvWithin(rx, "b"), "b");
+    // One sender is still open: the stream goes on.
+    const stop = new AbortController();
+    const waiting = rx.recv({ signal: stop.signal });
+    assert.ok(await stillPending(waiting, 50));
+    stop.abort();
+    await assert.rejects(waiting);
+    await tx2.send("c");
+    await tx2.close();
+    const rest: string[] = [];
+    await withTimeout(
+      (async () => {
+        for await (const s of rx) rest.push(s);
+      })(),
+      10_000,
+      "the end of the stream",
+    );
+    assert.deepEqual(rest, ["c"]);
+    assert.equal(rx.senders, 0);
+    await rx.close();
+  },
+);
+
+natsTest(
+  "A malformed message makes recv() throw InvalidData and the receiver goes on",
+  async () => {
+    await using server = await natsServer();
+    const rx = await natsReceiver<number>("garbage", { servers: server.url });
+    const tx = await natsSender<number>("garbage", { servers: server.url });
+    const raw = await connect({ servers: server.url });
+    try {
+      raw.publish("garbage", new Uint8Array([9, 9, 9]));
+      raw.publish("garbage", new Uint8Array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+      await raw.flush();
+      await tx.send(7);
+      await assert.rejects(recvWithin(rx, "garbage"), Deno.errors.InvalidData);
+      await assert.rejects(recvWithin(rx, "cut"), Deno.errors.InvalidData);
+      assert.equal(await recvWithin(rx, "7"), 7);
+    } finally {
+      await raw.close();
+      await tx.close();
+      await rx.close();
+    }
+  },
+);
+
+natsTest(
+  "NATS ends refuse bad subjects, capacities and values above max_payload",
+  async () => {
+    await using server = await natsServer();
+    await assert.rejects(natsSender("a.*", { servers: server.url }), TypeError);
+    await assert.rejects(
+      natsReceiver("a b", { servers: server.url }),
+      TypeError,
+    );
+    await assert.rejects(natsSender("", { servers: server.url }), TypeError);
+    await assert.rejects(
+      natsSender("a", { servers: server.url, capacity: 0 }),
+      RangeError,
+    );
+    await using tx = await natsSender<Uint8Array>("big", {
+      servers: server.url,
+    });
+    await assert.rejects(tx.send(new Uint8Array(2 << 20)), RangeError);
+    await tx.send(new Uint8Array(1000));
+  },
+);
+
+natsTest(
+  "Core NATS: send() waits while the server is down and goes on once it is back",
+  async () => {
+    await using server = await natsServer();
+    const [tx, rx] = await natsChannel<number>("outage", {
+      servers: server.url,
+    });
+    try {
+      await tx.send(1);
+      assert.equal(await recvWithin(rx, "1"), 1);
+      await server.stop();
+      // Sends wait for the connection instead of going nowhere.
+      let sent = tx.send(2);
+      for (let i = 3; sent !== undefined && i < 10_000; i++) {
+        if (await stillPending(sent, 0)) break;
+        sent = tx.send(i);
+      }
+      assert.ok(await stillPending(sent, 200), "a send waits");
+      await server.start();
+      await withTimeout(sent, 10_000, "the send after the restart");
+      await tx.send(-1);
+      let last = 0;
+      while (last !== -1) last = await recvWithin(rx, "values after");
+    } finally {
+      await tx.close();
+      await rx.close();
+    }
+  },
+);
+
+natsTest(
+  "Two processes exchange 100,000 structured values over core NATS, and the stream resumes after the server restarts",
+  async () => {
+    await using server = await natsServer();
+    const url = server.url;
+    await using receiver = new Peer(["recv", url, "bulk", "0", "-"]);
+    await receiver.waitFor((l) => l === "ready", "the receiver");
+    await using sender = new Peer(
+      ["send", url, "bulk", String(COUNT), "0", String(COUNT / 2)],
+      true,
+    );
+    await sender.waitFor((l) => l === "paused", "the first half");
+    await receiver.waitFor(
+      (l) => l === `got ${COUNT / 2 - 1}`,
+      "the first half at the receiver",
+    );
+    await server.stop();
+    await sender.waitFor((l) => l === "disconnected", "the sender's drop");
+    await receiver.waitFor((l) => l === "disconnected", "the receiver's drop");
+    await server.start();
+    await sender.waitFor((l) => l === "reconnected", "the sender's return");
+    await receiver.waitFor((l) => l === "reconnected", "the receiver's return");
+    await sender.say("go");
+    const summary = await summaryOf(receiver);
+    await sender.success("the sender");
+    await receiver.success("the receiver");
+    assert.deepEqual(summary, {
+      count: COUNT,
+      last: COUNT - 1,
+      lost: 0,
+      outOfOrder: 0,
+      bad: 0,
+    });
+  },
+);
+
+natsTest(
+  "JetStream: two processes exchange 100,000 structured values and none is lost when the server restarts mid-stream",
+  async () => {
+    await using server = await natsServer(true);
+    const url = server.url;
+    await using receiver = new Peer(["recv", url, "durable", "1", "r"]);
+    await receiver.waitFor((l) => l === "ready", "the receiver");
+    await using sender = new Peer(["send", url, "durable", String(COUNT), "1"]);
+    await sender.waitFor((l) => l === "sent 30000", "30,000 values sent");
+    await server.stop();
+    await server.start();
+    const summary = await summaryOf(receiver, 60_000);
+    await sender.success("the sender");
+    await receiver.success("the receiver");
+    // The restart came mid-stream for both.
+    assert.ok(sender.lines.includes("disconnected"), sender.tail());
+    assert.ok(receiver.lines.includes("disconnected"), receiver.tail());
+    assert.ok(
+      sender.lines.indexOf("disconnected") <
+        sender.lines.indexOf(`sent ${COUNT}`),
+      "the sender was still sending",
+    );
+    // Every value once, in order.
+    assert.deepEqual(summary, {
+      count: COUNT,
+      last: COUNT - 1,
+      lost: 0,
+      outOfOrder: 0,
+      bad: 0,
+    });
+  },
+);
+
+natsTest(
+  "JetStream: a consumer that is killed and comes back receives what it missed",
+  async () => {
+    const count = 20_000;
+    await using server = await natsServer(true);
+    const url = server.url;
+    await using sender = new Peer(["send", url, "jobs", String(count), "1"]);
+    await using first = new Peer(["recv", url, "jobs", "1", "worker", "each"]);
+    await first.waitFor((l) => l === "got 4999", "5,000 values at the first");
+    await first.child[Symbol.asyncDispose]();
+    const status = await first.child.status;
+    assert.equal(status.signal, "SIGKILL");
+    const before = gotIndexes(first);
+    await using second = new Peer(["recv", url, "jobs", "1", "worker", "each"]);
+    const summary = await summaryOf(second);
+    await sender.success("the sender");
+    await second.success("the second consumer");
+    const after = gotIndexes(second);
+    assert.equal(summary.bad, 0);
+    assert.equal(summary.outOfOrder, 0);
+    // Together they saw every value; the second starts where the first was
+    // (a value being handled when it died may come again).
+    const seen = new Set([...before, ...after]);
+    assert.equal(seen.size, count);
+    const overlap = before.length + after.length - count;
+    // Acks still on their way when the kill came: at most what one
+    // receiver can hold unacknowledged.
+    assert.ok(overlap >= 0 && overlap <= 256, `overlap ${overlap}`);
+    assert.ok(
+      after[0] <= before.at(-1)! + 1,
+      `${after[0]} after ${before.at(-1)}`,
+    );
+    assert.equal(after.at(-1), count - 1);
+    // The durable consumer took everything: the work queue is empty.
+    const nc = await connect({ servers: url });
+    try {
+      const jsm = await nc.jetstreamManager();
+      const info = await jsm.streams.info(streamNameFor("jobs"));
+      assert.equal(info.state.messages, 0);
+    } finally {
+      await nc.close();
+    }
+  },
+);
