@@ -40,23 +40,20 @@ const SEQ_AT = 2 + ID_BYTES;
 /** Bytes of the fixed header. */
 export const HEADER_BYTES = SEQ_AT + 8;
 
-/** A fresh random sender id, as 16 hex digits. */
-export function newSenderId(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(ID_BYTES));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+const HEX = Array.from(
+  { length: 256 },
+  (_, i) => i.toString(16).padStart(2, "0"),
+);
+
+/** A fresh random sender id. */
+export function newSenderId(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(ID_BYTES));
 }
 
-function idBytes(id: string): Uint8Array {
-  const out = new Uint8Array(ID_BYTES);
-  for (let i = 0; i < ID_BYTES; i++) {
-    out[i] = parseInt(id.slice(2 * i, 2 * i + 2), 16);
-  }
-  return out;
-}
-
-function idOf(bytes: Uint8Array): string {
+/** A sender id as 16 hex digits. */
+export function idText(bytes: Uint8Array): string {
   let id = "";
-  for (const b of bytes) id += b.toString(16).padStart(2, "0");
+  for (let i = 0; i < ID_BYTES; i++) id += HEX[bytes[i]];
   return id;
 }
 
@@ -93,11 +90,11 @@ const incoming: EndpointHooks = {
   },
 };
 
-function header(out: Writer, kind: number, sender: string): void {
+function header(out: Writer, kind: number, sender: Uint8Array): void {
   out.u8(kind);
   out.u8(VERSION);
   out.ensure(ID_BYTES + 8);
-  out.buf.set(idBytes(sender), out.pos);
+  out.buf.set(sender, out.pos);
   out.pos += ID_BYTES + 8;
 }
 
@@ -117,7 +114,7 @@ export function setSeq(payload: Uint8Array, seq: number): void {
  */
 export function encodeValue(
   value: unknown,
-  sender: string,
+  sender: Uint8Array,
 ): Uint8Array<ArrayBuffer> {
   const { head, treeLength, blobs, blobBytes } = encode(value, outgoing);
   const out = new Writer(32);
@@ -137,7 +134,7 @@ export function encodeValue(
 }
 
 /** Encodes a sender's end-of-stream marker, to be numbered like a value. */
-export function encodeEnd(sender: string): Uint8Array<ArrayBuffer> {
+export function encodeEnd(sender: Uint8Array): Uint8Array<ArrayBuffer> {
   const out = new Writer(32);
   header(out, KIND.END, sender);
   return out.buf.slice(0, out.pos);
@@ -161,7 +158,7 @@ export function parse(payload: Uint8Array): Parsed {
   }
   const version = input.u8();
   if (version !== VERSION) throw invalid(`unknown version ${version}`);
-  const sender = idOf(input.bytes(ID_BYTES));
+  const sender = idText(input.bytes(ID_BYTES));
   input.bytes(8);
   const lo = input.view.getUint32(SEQ_AT, true);
   const hi = input.view.getUint32(SEQ_AT + 4, true);

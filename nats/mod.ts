@@ -87,6 +87,7 @@ import {
   decodeValue,
   encodeEnd,
   encodeValue,
+  idText,
   KIND,
   newSenderId,
   parse,
@@ -286,15 +287,24 @@ export class NatsSender<T> implements AsyncDisposable {
   #capacity: number;
   #stream: StreamRef | undefined;
   #id = newSenderId();
+  #idText = idText(this.#id);
   #seq = 0;
-  #sinceFlush = 0;
   #tail: Promise<unknown> = Promise.resolve();
   #queued = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
   #failure: Error | undefined;
+  /**
+   * Values accepted and numbered but not yet published: held while an
+   * earlier publish is unanswered, then published together (one write to
+   * the socket instead of one per value).
+   */
+  #held: { seq: number; payload: Uint8Array }[] = [];
+  /** Core: a round trip to the server is under way. */
+  #pinging = false;
   #ackInbox = "";
   #ackSub: Subscription | undefined;
+  /** JetStream: every value not yet acknowledged (held ones included). */
   #unacked = new Map<number, Uint8Array>();
   #room = new Set<() => void>();
   #listener: LinkListener;
@@ -312,7 +322,7 @@ export class NatsSender<T> implements AsyncDisposable {
     this.#stream = stream;
     this.#listener = {
       disconnected: () => {},
-      reconnected: () => this.#resend(),
+      reconnected: () => this.#reconnected(),
       closed: () => this.#wakeAll(),
     };
     if (stream !== undefined) {
@@ -346,10 +356,11 @@ export class NatsSender<T> implements AsyncDisposable {
 
   /**
    * Sends one value. It is encoded at once (later changes to it do not
-   * travel). With core NATS, resolves once the value is handed to the
-   * connection; with JetStream, once at most `capacity` values are
-   * unacknowledged by the server. While the connection is down, waits for
-   * it to return.
+   * travel). Resolves once the value is accepted: with core NATS, while
+   * fewer than `capacity` values wait for the server to answer a round
+   * trip; with JetStream, while fewer than `capacity` values are
+   * unacknowledged by the server. While the connection is down, values are
+   * held (up to `capacity`, then `send()` waits) and go out when it is back.
    *
    * @param value The value: anything structured clone takes.
    * @param options An abort signal.
@@ -392,17 +403,15 @@ export class NatsSender<T> implements AsyncDisposable {
   }
 
   #enqueue(payload: Uint8Array, signal: AbortSignal | undefined) {
-    if (this.#queued === 0 && this.#tryPublish(payload)) {
-      return Promise.resolve();
-    }
+    if (this.#queued === 0 && this.#accept(payload)) return Promise.resolve();
     this.#queued++;
     const run = async () => {
       try {
         for (;;) {
           this.#assertUsable(true);
           signal?.throwIfAborted();
-          if (this.#tryPublish(payload)) return;
-          await this.#wait(signal);
+          if (this.#accept(payload)) return;
+          await this.#waitRoom(signal);
         }
       } finally {
         this.#queued--;
@@ -421,28 +430,66 @@ export class NatsSender<T> implements AsyncDisposable {
     if (closed !== undefined) throw closed;
   }
 
-  /** One attempt without waiting; true once the value is published. */
-  #tryPublish(payload: Uint8Array): boolean {
-    if (!this.#link.up) return false;
-    if (this.#stream === undefined) {
-      if (this.#sinceFlush >= this.#capacity) return false;
-      setSeq(payload, ++this.#seq);
-      this.#link.nc.publish(this.#subject, payload);
-      this.#sinceFlush++;
-      return true;
-    }
-    if (this.#unacked.size >= this.#capacity) return false;
+  /** Values accepted and not yet answered for. */
+  get #waiting(): number {
+    return this.#stream === undefined ? this.#held.length : this.#unacked.size;
+  }
+
+  /** Takes a value if there is room; it goes out now or with the next batch. */
+  #accept(payload: Uint8Array): boolean {
+    if (this.#waiting >= this.#capacity) return false;
     const seq = ++this.#seq;
     setSeq(payload, seq);
-    this.#unacked.set(seq, payload);
-    this.#publishStored(seq, payload);
+    if (this.#stream !== undefined) this.#unacked.set(seq, payload);
+    this.#held.push({ seq, payload });
+    // Nothing unanswered: out at once (no delay for a lone value).
+    const idle = this.#stream === undefined
+      ? !this.#pinging
+      : this.#unacked.size === this.#held.length;
+    if (idle) this.#release();
     return true;
+  }
+
+  /** Publishes the held values together. */
+  #release(): void {
+    if (this.#held.length === 0 || !this.#link.up) return;
+    const held = this.#held;
+    this.#held = [];
+    const nc = this.#link.nc;
+    if (this.#stream === undefined) {
+      for (const { payload } of held) nc.publish(this.#subject, payload);
+      this.#ping();
+    } else {
+      for (const { seq, payload } of held) this.#publishStored(seq, payload);
+    }
+    this.#wakeAll();
+  }
+
+  /**
+   * Core: a round trip to the server paces the sender (what it published
+   * reached the server); values sent meanwhile are held and go out
+   * together when the answer comes.
+   */
+  #ping(): void {
+    this.#pinging = true;
+    this.#link.nc.flush().then(
+      () => {
+        this.#pinging = false;
+        this.#release();
+        this.#wakeAll();
+      },
+      () => {
+        // The connection dropped: held values go once it is back.
+        this.#pinging = false;
+        this.#wakeAll();
+      },
+    );
   }
 
   #publishStored(seq: number, payload: Uint8Array): void {
     const h = headers();
     // The stream drops a second copy with the same id (a re-send).
-    h.set("Nats-Msg-Id", `${this.#id}-${seq}`);
+    h.set("Nats-Msg-Id", `${this.#idText}-${seq}`);
     h.set("Nats-Expected-Stream", this.#stream!.stream);
     this.#link.nc.publish(this.#subject, payload, {
       reply: `${this.#ackInbox}.${seq}`,
@@ -450,23 +497,8 @@ export class NatsSender<T> implements AsyncDisposable {
     });
   }
 
-  /** Waits until a publish may succeed. */
-  async #wait(signal: AbortSignal | undefined): Promise<void> {
-    if (!this.#link.up) return await this.#link.waitUp(signal);
-    if (this.#stream === undefined) {
-      // Core: one round trip per `capacity` values keeps the client's
-      // buffer bounded. A drop rejects it: the values went where core
-      // NATS values go when the connection drops.
-      try {
-        await abortable(this.#link.nc.flush(), signal);
-      } catch (error) {
-        signal?.throwIfAborted();
-        if (this.#link.closedError !== undefined) throw this.#link.closedError;
-        void error;
-      }
-      this.#sinceFlush = 0;
-      return;
-    }
+  /** Waits until a value may be accepted (or the state changes). */
+  async #waitRoom(signal: AbortSignal | undefined): Promise<void> {
     await abortable(
       new Promise<void>((resolve) => this.#room.add(resolve)),
       signal,
@@ -496,6 +528,7 @@ export class NatsSender<T> implements AsyncDisposable {
       return;
     }
     this.#unacked.delete(seq);
+    this.#release();
     this.#wakeAll();
   }
 
@@ -505,15 +538,23 @@ export class NatsSender<T> implements AsyncDisposable {
   }
 
   /**
-   * After a reconnection: everything the server has not acknowledged goes
-   * again, in order, before any new value (the link wakes waiting sends
-   * only after this).
+   * After a reconnection. JetStream: everything the server has not
+   * acknowledged goes again, in order, before any new value (the link
+   * wakes waiting sends only after this). Core: the held values go.
    */
-  #resend(): void {
-    if (this.#stream === undefined || this.#failure !== undefined) return;
+  #reconnected(): void {
+    if (this.#failure !== undefined) return;
+    if (this.#stream === undefined) {
+      this.#pinging = false;
+      this.#release();
+      this.#wakeAll();
+      return;
+    }
+    this.#held = [];
     for (const [seq, payload] of this.#unacked) {
       this.#publishStored(seq, payload);
     }
+    this.#wakeAll();
   }
 
   /**
@@ -546,7 +587,8 @@ export class NatsSender<T> implements AsyncDisposable {
     for (;;) {
       this.#assertUsable(true);
       signal?.throwIfAborted();
-      if (this.#stream === undefined) {
+      if (this.#waiting === 0 && !this.#pinging) {
+        if (this.#stream !== undefined) return;
         if (this.#link.up) {
           try {
             await abortable(this.#link.nc.flush(), signal);
@@ -556,11 +598,8 @@ export class NatsSender<T> implements AsyncDisposable {
             continue;
           }
         }
-        await this.#link.waitUp(signal);
-        continue;
       }
-      if (this.#unacked.size === 0) return;
-      await this.#wait(signal);
+      await this.#waitRoom(signal);
     }
   }
 
