@@ -78,12 +78,24 @@ export class Link {
       }
       return new Link(nc as NatsConnection, false);
     }
-    const nc = await connect({
-      servers: options.servers ?? DEFAULT_SERVER,
-      name: options.name,
-      maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
-      reconnectTimeWait: options.reconnectTimeWait ?? 250,
-    });
+    const servers = options.servers ?? DEFAULT_SERVER;
+    let nc: NatsConnection;
+    try {
+      nc = await connect({
+        servers,
+        name: options.name,
+        maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
+        reconnectTimeWait: options.reconnectTimeWait ?? 250,
+      });
+    } catch (error) {
+      if ((error as { code?: string })?.code === "CONNECTION_REFUSED") {
+        throw new Deno.errors.ConnectionRefused(
+          `Cannot open NATS channel: no NATS server answers at ${servers}`,
+          { cause: error },
+        );
+      }
+      throw error;
+    }
     return new Link(nc, true);
   }
 

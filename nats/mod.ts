@@ -17,23 +17,25 @@
  *   subscribed when it is published; nothing is stored. A receiver must be
  *   open before the values it should get are sent. Values in flight when the
  *   connection drops are lost (the receiver counts the gaps it sees in
- *   {@linkcode NatsReceiver.lost}); while the connection is down, `send()`
- *   waits, and both ends reconnect by themselves. There is no flow control
- *   from receiver to sender: a receiver more than `maxPendingBytes` behind
- *   drops what comes next (counted in {@linkcode NatsReceiver.dropped}).
+ *   {@linkcode NatsReceiver.lost}); values sent while it is down wait in
+ *   the sender (up to `capacity`, then `send()` waits), and both ends
+ *   reconnect by themselves. The sender paces itself on round trips to the
+ *   server, but nothing flows back from the receiver: one more than
+ *   `maxPendingBytes` behind drops what comes next (counted in
+ *   {@linkcode NatsReceiver.dropped}).
  * - **JetStream (`jetstream: true`): at least once, durable.** Values are
  *   stored in a stream on the server's disk (a work-queue stream of the
  *   subject, made on first use, unless one already binds the subject) and
  *   read through a durable consumer, so a receiver that starts later, or
  *   dies and comes back, gets everything not yet acknowledged. `send()`
  *   waits while `capacity` values are not yet acknowledged by the server
- *   (backpressure through acknowledgements); values the server did not
- *   acknowledge before a reconnection are sent again (the stream drops
- *   duplicates within its two-minute window). The receiver acknowledges
- *   what it has taken as it asks for more: every 64 values while they keep
- *   coming, at once when it has to wait, and when it closes. A receiver
- *   that dies gets again what it took since its last acknowledgement (the
- *   value it was handling, and at most 63 before it).
+ *   (backpressure through acknowledgements); after a reconnection, once
+ *   the stream answers again, values it did not acknowledge are sent again,
+ *   in order (it drops the copies within its two-minute duplicate window).
+ *   The receiver acknowledges what it has taken as it asks for more: every
+ *   64 values while they keep coming, at once when it has to wait, and when
+ *   it closes. A receiver that dies gets again what it took since its last
+ *   acknowledgement (the value it was handling, and at most 63 before it).
  * - **Order:** per subject, the order the server received them; each
  *   sender's values arrive in the order sent. Values of different senders
  *   interleave.
@@ -264,6 +266,12 @@ function abortable<T>(
 
 // --- Sender ---
 
+/** Where a JetStream sender's values go, and the API to ask after it. */
+interface Stored {
+  ref: StreamRef;
+  jsm: JetStreamManager;
+}
+
 /**
  * The sending end of a NATS channel, from {@linkcode natsSender} or
  * {@linkcode natsChannel}. Sends of one sender arrive in order.
@@ -285,7 +293,7 @@ export class NatsSender<T> implements AsyncDisposable {
   #link: Link;
   #subject: string;
   #capacity: number;
-  #stream: StreamRef | undefined;
+  #stream: Stored | undefined;
   #id = newSenderId();
   #idText = idText(this.#id);
   #seq = 0;
@@ -302,6 +310,13 @@ export class NatsSender<T> implements AsyncDisposable {
   #held: { seq: number; payload: Uint8Array }[] = [];
   /** Core: a round trip to the server is under way. */
   #pinging = false;
+  /**
+   * JetStream: after a reconnection (or a stream that did not answer),
+   * nothing goes out until the stream answers again; then everything
+   * unacknowledged goes, in order.
+   */
+  #recovering: Promise<void> | undefined;
+  #stop = new AbortController();
   #ackInbox = "";
   #ackSub: Subscription | undefined;
   /** JetStream: every value not yet acknowledged (held ones included). */
@@ -314,7 +329,7 @@ export class NatsSender<T> implements AsyncDisposable {
     link: Link,
     subject: string,
     capacity: number,
-    stream: StreamRef | undefined,
+    stream: Stored | undefined,
   ) {
     this.#link = link;
     this.#subject = subject;
@@ -323,7 +338,10 @@ export class NatsSender<T> implements AsyncDisposable {
     this.#listener = {
       disconnected: () => {},
       reconnected: () => this.#reconnected(),
-      closed: () => this.#wakeAll(),
+      closed: () => {
+        this.#stop.abort();
+        this.#wakeAll();
+      },
     };
     if (stream !== undefined) {
       this.#ackInbox = createInbox();
@@ -445,14 +463,20 @@ export class NatsSender<T> implements AsyncDisposable {
     // Nothing unanswered: out at once (no delay for a lone value).
     const idle = this.#stream === undefined
       ? !this.#pinging
-      : this.#unacked.size === this.#held.length;
+      : this.#unacked.size === this.#held.length &&
+        this.#recovering === undefined;
     if (idle) this.#release();
     return true;
   }
 
   /** Publishes the held values together. */
   #release(): void {
-    if (this.#held.length === 0 || !this.#link.up) return;
+    if (
+      this.#held.length === 0 || !this.#link.up ||
+      this.#recovering !== undefined
+    ) {
+      return;
+    }
     const held = this.#held;
     this.#held = [];
     const nc = this.#link.nc;
@@ -490,7 +514,7 @@ export class NatsSender<T> implements AsyncDisposable {
     const h = headers();
     // The stream drops a second copy with the same id (a re-send).
     h.set("Nats-Msg-Id", `${this.#idText}-${seq}`);
-    h.set("Nats-Expected-Stream", this.#stream!.stream);
+    h.set("Nats-Expected-Stream", this.#stream!.ref.stream);
     this.#link.nc.publish(this.#subject, payload, {
       reply: `${this.#ackInbox}.${seq}`,
       headers: h,
@@ -517,9 +541,9 @@ export class NatsSender<T> implements AsyncDisposable {
     if (!this.#unacked.has(seq)) return;
     const code = msg.headers?.code ?? 0;
     if (code === 503) {
-      this.#fail(
-        `no stream takes ${this.#subject} (no responders to value ${seq})`,
-      );
+      // No responders: the server runs but its stream does not answer yet
+      // (it is coming back up). Try again once it does.
+      this.#recover();
       return;
     }
     const ack = parsePubAck(msg.data);
@@ -537,11 +561,7 @@ export class NatsSender<T> implements AsyncDisposable {
     this.#wakeAll();
   }
 
-  /**
-   * After a reconnection. JetStream: everything the server has not
-   * acknowledged goes again, in order, before any new value (the link
-   * wakes waiting sends only after this). Core: the held values go.
-   */
+  /** After a reconnection. Core: the held values go. */
   #reconnected(): void {
     if (this.#failure !== undefined) return;
     if (this.#stream === undefined) {
@@ -550,11 +570,50 @@ export class NatsSender<T> implements AsyncDisposable {
       this.#wakeAll();
       return;
     }
-    this.#held = [];
-    for (const [seq, payload] of this.#unacked) {
-      this.#publishStored(seq, payload);
-    }
-    this.#wakeAll();
+    this.#recover();
+  }
+
+  /**
+   * JetStream: waits until the stream answers (a server that is back may
+   * accept clients before its streams do), then sends everything it has
+   * not acknowledged again, in order, before any new value. Values the
+   * stream stored already are dropped by it as copies.
+   */
+  #recover(): void {
+    if (this.#recovering !== undefined || this.#failure !== undefined) return;
+    const { ref, jsm } = this.#stream!;
+    const signal = this.#stop.signal;
+    this.#recovering = (async () => {
+      while (!signal.aborted) {
+        try {
+          await this.#link.waitUp(signal);
+          await jsm.streams.info(ref.stream);
+          break;
+        } catch (error) {
+          if (signal.aborted || this.#link.closedError !== undefined) break;
+          if (isRefusal(error)) {
+            this.#fail(
+              `the stream ${ref.stream} is gone: ${(error as Error).message}`,
+            );
+            break;
+          }
+          await pause(RETRY_MS, signal);
+        }
+      }
+    })().finally(() => {
+      this.#recovering = undefined;
+      // Down again: the next reconnection recovers.
+      if (
+        signal.aborted || this.#failure !== undefined || !this.#link.up
+      ) {
+        return;
+      }
+      this.#held = [];
+      for (const [seq, payload] of this.#unacked) {
+        this.#publishStored(seq, payload);
+      }
+      this.#wakeAll();
+    });
   }
 
   /**
@@ -655,6 +714,7 @@ export class NatsSender<T> implements AsyncDisposable {
       } catch {
         // The connection or the stream failed: nothing more can go out.
       } finally {
+        this.#stop.abort();
         this.#ackSub?.unsubscribe();
         this.#wakeAll();
         await this.#link.release(this.#listener);
@@ -819,8 +879,8 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   }
 
   /**
-   * Core NATS: values known to be lost (gaps in a sender's sequence, such
-   * as the values in flight when the connection dropped).
+   * Values known to be lost: gaps in a sender's sequence, such as core NATS
+   * values in flight when the connection dropped (with JetStream, 0).
    */
   get lost(): number {
     return this.#lost;
@@ -877,6 +937,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
    */
   #reset(): void {
     const js = this.#js!;
+    if (this.#closed) return;
     js.ready = false;
     js.generation++;
     js.sub?.unsubscribe();
@@ -962,12 +1023,24 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     if (sub !== js.sub) return;
     const code = msg.headers?.code ?? 0;
     if (code !== 0 && msg.data.byteLength === 0) {
-      // 100: heartbeat; 404/408: request over; 409: consumer changed.
-      if (code !== 100) this.#requestDone(js);
+      // 100: heartbeat; 404/408: the request is over. 409 (the consumer
+      // changed or is busy): ask again after a pause, not in a tight loop.
+      if (code === 409) {
+        js.outstanding = 0;
+        clearTimeout(js.timer);
+        js.timer = setTimeout(() => {
+          js.timer = undefined;
+          this.#pump();
+        }, RETRY_MS);
+      } else if (code !== 100) {
+        this.#requestDone(js);
+      }
       return;
     }
     const sseq = streamSeqOf(msg.reply);
-    if (sseq === undefined) return;
+    // Only what a pull request asked for is taken in: JetStream never sends
+    // more, so anything beyond is not from it.
+    if (sseq === undefined || this.pending >= 2 * this.#capacity) return;
     if (js.outstanding > 0 && --js.outstanding === 0) this.#requestDone(js);
     if (sseq <= js.highest) {
       // Delivered again: the value was queued or taken already.
@@ -1057,13 +1130,17 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     if (sender === undefined) {
       sender = this.#track(parsed.sender, parsed.seq);
     }
-    if (this.#js === undefined) {
-      // Core NATS neither repeats nor reorders one sender's messages: a
-      // lower number is stale, a higher one means messages were lost.
-      if (parsed.seq < sender.next) return undefined;
+    if (parsed.seq >= sender.next) {
+      // A higher number than the next expected: values were lost between.
       this.#lost += parsed.seq - sender.next;
+      sender.next = parsed.seq + 1;
+    } else if (this.#js === undefined) {
+      // Core NATS neither repeats nor reorders one connection's messages:
+      // a lower number is stale.
+      return undefined;
     }
-    sender.next = Math.max(sender.next, parsed.seq + 1);
+    // JetStream: a lower number is a copy the stream stored twice (a
+    // re-send after its duplicate window): at least once, it goes on.
     if (parsed.kind === KIND.END) {
       if (!sender.ended) {
         sender.ended = true;
@@ -1254,12 +1331,12 @@ async function openSender<T>(
 ): Promise<NatsSender<T>> {
   const capacity = checkCapacity(options.capacity, "open NATS sender");
   const jsOptions = jetstreamOptions(options.jetstream);
-  let ref: StreamRef | undefined;
+  let stored: Stored | undefined;
   if (jsOptions !== undefined) {
     const jsm = await link.nc.jetstreamManager();
-    ref = await ensureStream(jsm, subject, jsOptions.stream);
+    stored = { ref: await ensureStream(jsm, subject, jsOptions.stream), jsm };
   }
-  return new NatsSender<T>(link, subject, capacity, ref);
+  return new NatsSender<T>(link, subject, capacity, stored);
 }
 
 async function withLink<R>(

@@ -212,9 +212,13 @@ natsTest(
 );
 
 natsTest(
-  "NATS ends refuse bad subjects, capacities and values above max_payload",
+  "NATS ends refuse bad subjects, capacities, values above max_payload, and a server that is not there",
   async () => {
     await using server = await natsServer();
+    await assert.rejects(
+      natsSender("a", { servers: "127.0.0.1:1" }),
+      Deno.errors.ConnectionRefused,
+    );
     await assert.rejects(natsSender("a.*", { servers: server.url }), TypeError);
     await assert.rejects(
       natsReceiver("a b", { servers: server.url }),
