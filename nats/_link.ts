@@ -175,12 +175,13 @@ export class Link {
 
   /**
    * Lets go of a reference; the last one closes a connection the link
-   * opened (after a flush, so what was published leaves first).
+   * opened (after a flush, so what was published leaves first, unless
+   * `signal` gives up waiting).
    */
-  async release(listener: LinkListener): Promise<void> {
+  async release(listener: LinkListener, signal?: AbortSignal): Promise<void> {
     if (!this.#listeners.delete(listener)) return;
     if (--this.#refs > 0) return;
-    await this.#shutdown();
+    await this.#shutdown(signal);
   }
 
   /** Closes a link that no end took (a failed open). */
@@ -188,11 +189,17 @@ export class Link {
     if (this.#refs === 0) await this.#shutdown();
   }
 
-  #shutdown(): Promise<void> {
+  #shutdown(signal?: AbortSignal): Promise<void> {
     return this.#released ??= (async () => {
       this.#status.stop?.();
       if (this.#owned) {
-        if (this.up) await this.nc.flush().catch(() => {});
+        if (this.up && !signal?.aborted) {
+          const flushed = this.nc.flush();
+          const gaveUp = new Promise<void>((resolve) =>
+            signal?.addEventListener("abort", () => resolve(), { once: true })
+          );
+          await Promise.race([flushed.catch(() => {}), gaveUp]);
+        }
         await this.nc.close();
       }
       await this.#loop;

@@ -167,3 +167,42 @@ export function gotIndexes(peer: Peer): number[] {
     Number(l.slice(4))
   );
 }
+
+/** A channel end that closes asynchronously. */
+interface Closable {
+  close(options?: { signal?: AbortSignal }): Promise<void>;
+}
+
+/**
+ * Closes every end, each given up after `ms` (so that a test never hangs on
+ * a server that does not answer); throws afterwards if one had to be.
+ */
+export async function closeEnds(
+  ms: number,
+  ...ends: Closable[]
+): Promise<void> {
+  const late: number[] = [];
+  await Promise.all(ends.map(async (end, i) => {
+    const stop = new AbortController();
+    const timer = setTimeout(() => {
+      late.push(i);
+      stop.abort();
+    }, ms);
+    try {
+      await end.close({ signal: stop.signal });
+    } finally {
+      clearTimeout(timer);
+    }
+  }));
+  if (late.length > 0) {
+    throw new Error(`Closing ends ${late} was given up after ${ms} ms`);
+  }
+}
+
+/**
+ * `closeEnds()` for a `finally` block: bounded the same way, but it does not
+ * throw, so the failure that got the test there is the one reported.
+ */
+export async function closeQuietly(...ends: Closable[]): Promise<void> {
+  await closeEnds(10_000, ...ends).catch(() => {});
+}

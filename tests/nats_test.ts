@@ -16,6 +16,8 @@ import {
 import { streamNameFor } from "../nats/_jetstream.ts";
 import { mismatch, type TestValue, valueOf } from "./fixtures/_nats_values.ts";
 import {
+  closeEnds,
+  closeQuietly,
   gotIndexes,
   NATS_MISSING,
   NATS_PERMISSIONS,
@@ -85,15 +87,16 @@ natsTest(
           "tryRecv() of value 50",
         );
         assert.equal(got.i, 50);
+        await closeEnds(10_000, tx);
+        await assert.rejects(
+          recvWithin(rx, "the end of the stream"),
+          ChannelClosedError,
+        );
       } finally {
-        await tx.close();
+        await closeQuietly(tx, rx);
       }
-      await assert.rejects(
-        recvWithin(rx, "the end of the stream"),
-        ChannelClosedError,
-      );
-      await rx.close();
       await assert.rejects(rx.recv(), Deno.errors.BadResource);
+      await assert.rejects(tx.send(valueOf(0)), Deno.errors.BadResource);
     }
   },
 );
@@ -147,8 +150,7 @@ natsTest(
       memory.close();
       ctx.close();
       crx.close();
-      await tx.close();
-      await rx.close();
+      await closeQuietly(tx, rx);
     }
   },
 );
@@ -161,30 +163,33 @@ natsTest(
       servers: server.url,
     });
     const tx2 = tx.clone();
-    await tx.send("a");
-    await tx2.send("b");
-    await tx.close();
-    assert.equal(await recvWithin(rx, "a"), "a");
-    assert.equal(await recvWithin(rx, "b"), "b");
-    // One sender is still open: the stream goes on.
-    const stop = new AbortController();
-    const waiting = rx.recv({ signal: stop.signal });
-    assert.ok(await stillPending(waiting, 50));
-    stop.abort();
-    await assert.rejects(waiting);
-    await tx2.send("c");
-    await tx2.close();
-    const rest: string[] = [];
-    await withTimeout(
-      (async () => {
-        for await (const s of rx) rest.push(s);
-      })(),
-      10_000,
-      "the end of the stream",
-    );
-    assert.deepEqual(rest, ["c"]);
-    assert.equal(rx.senders, 0);
-    await rx.close();
+    try {
+      await tx.send("a");
+      await tx2.send("b");
+      await closeEnds(10_000, tx);
+      assert.equal(await recvWithin(rx, "a"), "a");
+      assert.equal(await recvWithin(rx, "b"), "b");
+      // One sender is still open: the stream goes on.
+      const stop = new AbortController();
+      const waiting = rx.recv({ signal: stop.signal });
+      assert.ok(await stillPending(waiting, 50));
+      stop.abort();
+      await assert.rejects(waiting);
+      await tx2.send("c");
+      await closeEnds(10_000, tx2);
+      const rest: string[] = [];
+      await withTimeout(
+        (async () => {
+          for await (const s of rx) rest.push(s);
+        })(),
+        10_000,
+        "the end of the stream",
+      );
+      assert.deepEqual(rest, ["c"]);
+      assert.equal(rx.senders, 0);
+    } finally {
+      await closeQuietly(tx, tx2, rx);
+    }
   },
 );
 
@@ -205,8 +210,7 @@ natsTest(
       assert.equal(await recvWithin(rx, "7"), 7);
     } finally {
       await raw.close();
-      await tx.close();
-      await rx.close();
+      await closeQuietly(tx, rx);
     }
   },
 );
@@ -229,40 +233,53 @@ natsTest(
       natsSender("a", { servers: server.url, capacity: 0 }),
       RangeError,
     );
-    await using tx = await natsSender<Uint8Array>("big", {
-      servers: server.url,
-    });
-    await assert.rejects(tx.send(new Uint8Array(2 << 20)), RangeError);
-    await tx.send(new Uint8Array(1000));
+    const tx = await natsSender<Uint8Array>("big", { servers: server.url });
+    try {
+      await assert.rejects(tx.send(new Uint8Array(2 << 20)), RangeError);
+      await tx.send(new Uint8Array(1000));
+    } finally {
+      await closeQuietly(tx);
+    }
   },
 );
 
 natsTest(
-  "Core NATS: send() waits while the server is down and goes on once it is back",
+  "Core NATS: values sent while the server is down wait in the sender and go out once it is back",
   async () => {
     await using server = await natsServer();
     const [tx, rx] = await natsChannel<number>("outage", {
       servers: server.url,
     });
     try {
-      await tx.send(1);
-      assert.equal(await recvWithin(rx, "1"), 1);
+      await tx.send(0);
+      assert.equal(await recvWithin(rx, "0"), 0);
       await server.stop();
-      // Sends wait for the connection instead of going nowhere.
-      let sent = tx.send(2);
-      for (let i = 3; sent !== undefined && i < 10_000; i++) {
-        if (await stillPending(sent, 0)) break;
-        sent = tx.send(i);
+      // Values are held, up to `capacity`; then a send waits.
+      let last = 1;
+      let sent = tx.send(last);
+      while (!(await stillPending(sent, 0)) && last < 10_000) {
+        sent = tx.send(++last);
       }
       assert.ok(await stillPending(sent, 200), "a send waits");
       await server.start();
       await withTimeout(sent, 10_000, "the send after the restart");
       await tx.send(-1);
-      let last = 0;
-      while (last !== -1) last = await recvWithin(rx, "values after");
+      const got: number[] = [];
+      for (let v = 0; v !== -1;) {
+        v = await recvWithin(rx, "the values after the restart");
+        got.push(v);
+      }
+      got.pop();
+      // In order; the held ones all arrived; the ones published into the
+      // dropped connection are lost, and counted.
+      assert.deepEqual(got, [...got].sort((a, b) => a - b));
+      assert.equal(got.at(-1), last);
+      for (let v = last - tx.capacity; v <= last; v++) {
+        assert.ok(got.includes(v), `value ${v} was held and arrives`);
+      }
+      assert.equal(rx.lost, last - got.length);
     } finally {
-      await tx.close();
-      await rx.close();
+      await closeQuietly(tx, rx);
     }
   },
 );
