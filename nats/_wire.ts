@@ -21,6 +21,7 @@
 import {
   type BlobSpec,
   decode,
+  type DecodeLimits,
   encode,
   type EndpointHooks,
   invalid,
@@ -172,8 +173,15 @@ export function parse(payload: Uint8Array): Parsed {
   return { kind, sender, seq, at: input.pos };
 }
 
-/** Decodes the value of a message {@linkcode parse} read. */
-export function decodeValue(payload: Uint8Array, parsed: Parsed): unknown {
+/**
+ * Decodes the value of a message {@linkcode parse} read, within the
+ * receiver's limits.
+ */
+export function decodeValue(
+  payload: Uint8Array,
+  parsed: Parsed,
+  limits: Readonly<Required<DecodeLimits>>,
+): unknown {
   const input = new Reader(payload, parsed.at);
   const treeLength = input.varint();
   const headLength = input.varint();
@@ -184,6 +192,7 @@ export function decodeValue(payload: Uint8Array, parsed: Parsed): unknown {
     head,
     treeLength,
     payload.byteLength - blobsAt,
+    limits,
   );
   const offsets: number[] = [];
   let at = blobsAt;
@@ -198,5 +207,5 @@ export function decodeValue(payload: Uint8Array, parsed: Parsed): unknown {
       start + specs[index].length,
     ) as ArrayBuffer;
   };
-  return decode(head, treeLength, specs, blob, incoming);
+  return decode(head, treeLength, specs, blob, incoming, limits);
 }

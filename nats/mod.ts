@@ -73,7 +73,12 @@ import {
   type Subscription,
 } from "nats";
 import { ChannelClosedError } from "../_channel_error.ts";
-import { invalid } from "../_channel_codec.ts";
+import {
+  type DecodeLimits,
+  DEFAULT_LIMITS,
+  invalid,
+  resolveLimits,
+} from "../_channel_codec.ts";
 import { Link, type LinkListener } from "./_link.ts";
 import {
   type ConsumerSpec,
@@ -97,6 +102,7 @@ import {
 } from "./_wire.ts";
 
 export { ChannelClosedError };
+export type { DecodeLimits };
 
 /** How to reach the NATS server. */
 export interface NatsConnectOptions {
@@ -163,6 +169,11 @@ export interface NatsReceiverOptions extends NatsConnectOptions {
    * closed. Default true.
    */
   endWithSenders?: boolean;
+  /**
+   * What decoding one value may build: see {@linkcode NatsReceiver.limits}.
+   * Fields left out keep their defaults.
+   */
+  limits?: DecodeLimits;
 }
 
 /** Options for {@linkcode natsChannel}. */
@@ -794,6 +805,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   #capacity: number;
   #maxPendingBytes: number;
   #endWithSenders: boolean;
+  #limits = DEFAULT_LIMITS;
   #queue: (Entry | undefined)[] = [];
   #head = 0;
   #bytes = 0;
@@ -827,6 +839,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     this.#maxPendingBytes = options.maxPendingBytes ??
       DEFAULT_MAX_PENDING_BYTES;
     this.#endWithSenders = options.endWithSenders ?? true;
+    this.#limits = resolveLimits(options.limits, "open NATS receiver");
     this.#listener = {
       disconnected: () => {},
       reconnected: () => {
@@ -889,6 +902,28 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   /** Core NATS: values dropped because `maxPendingBytes` were waiting. */
   get dropped(): number {
     return this.#dropped;
+  }
+
+  /**
+   * What decoding one value may build (memory, elements, nesting), as for
+   * a local channel's `Receiver.limits`: a value beyond them fails its
+   * `recv()` with `InvalidData`. Setting it checks every field (a positive
+   * integer); fields left out take their defaults.
+   *
+   * @example Accept larger values
+   * ```ts ignore
+   * import { natsReceiver } from "@conduit/ipc/nats";
+   *
+   * await using rx = await natsReceiver<number[]>("samples");
+   * rx.limits = { maxElements: 100_000_000 };
+   * ```
+   */
+  get limits(): Readonly<Required<DecodeLimits>> {
+    return this.#limits;
+  }
+
+  set limits(value: DecodeLimits) {
+    this.#limits = resolveLimits(value, "set limits of NatsReceiver");
   }
 
   /** Values that arrived and are not taken yet. */
@@ -1149,7 +1184,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
       if (this.#endWithSenders && this.#live === 0) this.#ended = true;
       return undefined;
     }
-    return { value: decodeValue(entry.data, parsed) as T };
+    return { value: decodeValue(entry.data, parsed, this.#limits) as T };
   }
 
   #track(id: string, seq: number): SenderState {
@@ -1415,6 +1450,7 @@ export function natsReceiver<T>(
   try {
     checkSubject(subject, "open NATS receiver");
     checkCapacity(options.capacity, "open NATS receiver");
+    resolveLimits(options.limits, "open NATS receiver");
   } catch (error) {
     return Promise.reject(error);
   }
@@ -1448,6 +1484,7 @@ export function natsChannel<T>(
   try {
     checkSubject(subject, "open NATS channel");
     checkCapacity(options.capacity, "open NATS channel");
+    resolveLimits(options.limits, "open NATS channel");
   } catch (error) {
     return Promise.reject(error);
   }

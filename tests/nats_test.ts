@@ -194,7 +194,7 @@ natsTest(
 );
 
 natsTest(
-  "A malformed message makes recv() throw InvalidData and the receiver goes on",
+  "A malformed message or one beyond the limits makes recv() throw InvalidData and the receiver goes on",
   async () => {
     await using server = await natsServer();
     const rx = await natsReceiver<number>("garbage", { servers: server.url });
@@ -208,6 +208,17 @@ natsTest(
       await assert.rejects(recvWithin(rx, "garbage"), Deno.errors.InvalidData);
       await assert.rejects(recvWithin(rx, "cut"), Deno.errors.InvalidData);
       assert.equal(await recvWithin(rx, "7"), 7);
+      // A well-formed value beyond the receiver's limits is refused too.
+      rx.limits = { maxElements: 1000 };
+      await tx.send(new Array(5000).fill(1) as unknown as number);
+      await tx.send(8);
+      await assert.rejects(
+        recvWithin(rx, "too many elements"),
+        (error: unknown) =>
+          error instanceof Deno.errors.InvalidData &&
+          /limits\.maxElements/.test(error.message),
+      );
+      assert.equal(await recvWithin(rx, "8"), 8);
     } finally {
       await raw.close();
       await closeQuietly(tx, rx);
@@ -231,6 +242,10 @@ natsTest(
     await assert.rejects(natsSender("", { servers: server.url }), TypeError);
     await assert.rejects(
       natsSender("a", { servers: server.url, capacity: 0 }),
+      RangeError,
+    );
+    await assert.rejects(
+      natsReceiver("a", { servers: server.url, limits: { maxDepth: 0 } }),
       RangeError,
     );
     const tx = await natsSender<Uint8Array>("big", { servers: server.url });
