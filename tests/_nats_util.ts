@@ -12,7 +12,7 @@ import {
   type NatsServer,
   startNatsServer,
 } from "../nats/_server.ts";
-import { DENO, fixture, withTimeout } from "./_util.ts";
+import { DENO, fixture, listDir, readProcText, withTimeout } from "./_util.ts";
 
 /**
  * Why the NATS tests cannot run here (no `nats-server`), or `undefined`.
@@ -205,4 +205,25 @@ export async function closeEnds(
  */
 export async function closeQuietly(...ends: Closable[]): Promise<void> {
   await closeEnds(10_000, ...ends).catch(() => {});
+}
+
+/**
+ * Every process whose parent is this one (from any thread, as `Deno.Command`
+ * starts them), as `<pid> <command> <state>`: running or not yet reaped.
+ */
+export function ownProcesses(): string[] {
+  const found: string[] = [];
+  for (const name of listDir("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const stat = readProcText(`/proc/${name}/stat`);
+    if (stat === undefined) continue;
+    const close = stat.lastIndexOf(")");
+    const [state, ppid] = stat.slice(close + 2).split(" ");
+    if (Number(ppid) === Deno.pid) {
+      found.push(
+        `${name} ${stat.slice(stat.indexOf("(") + 1, close)} ${state}`,
+      );
+    }
+  }
+  return found;
 }

@@ -22,6 +22,7 @@ import {
   NATS_MISSING,
   NATS_PERMISSIONS,
   natsServer,
+  ownProcesses,
   Peer,
   summaryOf,
 } from "./_nats_util.ts";
@@ -32,14 +33,22 @@ import {
   withTimeout,
 } from "./_util.ts";
 
-/** A NATS test: FFI for the leak check and child processes, net, run, files. */
+/**
+ * A NATS test: FFI for the leak checks and child processes, net, run,
+ * files. Afterwards no fd is left open and no child (server or peer) is
+ * left running or unreaped.
+ */
 function natsTest(name: string, fn: () => Promise<void>): void {
   Deno.test({
     name,
     ignore: NATS_MISSING !== undefined,
     permissions: { ffi: true, ...NATS_PERMISSIONS },
     ...SANITIZE,
-    fn: () => assertNoFdLeak(fn, name),
+    async fn() {
+      await assertNoFdLeak(fn, name);
+      // nats-server and the peers: killed and reaped.
+      assert.deepEqual(ownProcesses(), [], "child processes left behind");
+    },
   });
 }
 
