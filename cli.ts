@@ -120,7 +120,7 @@ Options:
   --quick          Small payloads and 3 runs: a smoke run of about half a
                    minute, not for publishing
   --only AREA      Run only this area (repeatable or comma-separated:
-                   pipe, spawn, socketpair, channel, shm)
+                   pipe, spawn, socketpair, channel, shm, nats)
   --json FILE      Write the results as JSON
   --svg FILE       Draw the results as an SVG bar chart
   --markdown FILE  Write the table as Markdown (for the README)
@@ -128,7 +128,8 @@ Options:
   -h, --help       Show this help
 
 Permissions: --allow-ffi --allow-run --allow-read --allow-write --allow-env
---allow-sys (deno task bench grants them).
+--allow-sys, and --allow-net=127.0.0.1 for the nats area, which starts a
+local nats-server (deno task bench grants them).
 
 Exit codes:
   0  every case ran
