@@ -1038,6 +1038,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     );
     // A request lost with its connection is replaced on reconnection; this
     // covers one that is never answered on a live connection.
+    clearTimeout(js.timer);
     js.timer = setTimeout(() => {
       if (js.generation !== generation) return;
       js.timer = undefined;
