@@ -35,8 +35,9 @@ test("spin: 0 never calls the attempt; a fixed budget always spins", () => {
     assert.equal(fixed.spin(miss.attempt), undefined);
     assert.ok(miss.calls > 0, "a fixed budget spun in every wait");
   }
-  const hit = counted(3);
-  assert.equal(fixed.spin(hit.attempt), 3);
+  // An answer on the first call: one sched_yield() on a busy machine can
+  // outlast a 20 µs budget.
+  assert.equal(fixed.spin(counted(1).attempt), 1);
 });
 
 test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit resets it", () => {
