@@ -12,6 +12,7 @@
 
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
+import { waitPoolBusy } from "../shm/wait.ts";
 import { F, O } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 
@@ -214,7 +215,9 @@ export async function stillPending(
  */
 export async function pollerIdle(ms = 2000): Promise<void> {
   const deadline = performance.now() + ms;
-  while (poller().busy) {
+  // A shared-memory wait's futex_waitv call, cancelled when its last waiter
+  // left (a lock taken over from a dead holder), also returns a moment later.
+  while (poller().busy || waitPoolBusy()) {
     if (performance.now() > deadline) {
       throw new Error(
         `The poller was still waiting ${ms} ms after its last ref'd waiter ` +
