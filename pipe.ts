@@ -30,7 +30,7 @@ import {
   writeAllBlocking,
   writeNoWait,
 } from "./ffi/fd.ts";
-import { checkSpin, Spinner } from "./ffi/spin.ts";
+import { checkSpin, flushBeforeSpin, Spinner } from "./ffi/spin.ts";
 import {
   asBytes,
   byteReadable,
@@ -137,6 +137,7 @@ export class PipeReader implements Disposable {
       this.#fd.assertOpen();
       return 0;
     }
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
     const n = readBlocking(this.#fd.fd, into);
     return n === 0 ? null : n;
   }
@@ -250,7 +251,9 @@ export class PipeWriter implements Disposable {
    * @throws {Deno.errors.BrokenPipe} When no reader is left.
    */
   writeSync(bytes: ArrayBufferView): void {
-    this.#writes.writeSync(asBytes(bytes, WRITE));
+    const from = asBytes(bytes, WRITE);
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
+    this.#writes.writeSync(from);
   }
 
   /**
