@@ -21,7 +21,13 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check, errno, systemError } from "./ffi/errors.ts";
+import {
+  check,
+  ERRNO,
+  errno,
+  type SystemError,
+  systemError,
+} from "./ffi/errors.ts";
 import { F, O } from "./ffi/layout.ts";
 import {
   OwnedFd,
@@ -69,6 +75,19 @@ export interface PipeEndOptions {
 
 const READ = "Cannot read from PipeReader";
 const WRITE = "Cannot write to PipeWriter";
+
+/** Runs a write, naming EPIPE for what it means here: no reader is left. */
+function brokenPipe<T>(write: () => T): T {
+  try {
+    return write();
+  } catch (error) {
+    if ((error as Partial<SystemError>)?.errno !== ERRNO.EPIPE) throw error;
+    throw new Deno.errors.BrokenPipe(
+      `${WRITE}: every read end of the pipe is closed (EPIPE)`,
+      { cause: error },
+    );
+  }
+}
 
 /** The read end of a pipe. */
 export class PipeReader implements Disposable {
@@ -201,8 +220,8 @@ export class PipeWriter implements Disposable {
     this.#fd = new OwnedFd(fd, "PipeWriter");
     this.#writes = new OrderedWrites(
       this.#fd,
-      writeNoWait,
-      writeAllBlocking,
+      (fd, from) => brokenPipe(() => writeNoWait(fd, from)),
+      (fd, from) => brokenPipe(() => writeAllBlocking(fd, from)),
       spinner,
     );
   }
