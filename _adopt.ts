@@ -68,8 +68,20 @@ export function adoptFd(fd: number): Endpoint {
       return endpoint;
     }
   }
-  throw new TypeError(`Cannot adopt fd ${fd}: no endpoint fits a ${kind} fd`);
+  throw new TypeError(
+    `Cannot adopt fd ${fd}: it is ${
+      KIND_NAMES[kind]
+    }, and no endpoint fits it (fromFd() takes pipe ends, unix sockets, shared-memory queue ends and sealed shared memory)`,
+  );
 }
+
+const KIND_NAMES: Record<FdKind, string> = {
+  fifo: "a pipe",
+  socket: "a socket",
+  file: "a regular file",
+  other:
+    "neither a pipe, a socket nor a regular file (a terminal, a device, a directory, ...)",
+};
 
 /** Whether an fd is close-on-exec; `BadResource` when it is not open. */
 export function isCloexec(fd: number): boolean {

@@ -235,6 +235,20 @@ class PrivateDir implements Disposable {
         break;
       }
       const code = errno();
+      if (code === ERRNO.ENOENT || code === ERRNO.ENOTDIR) {
+        // The name's directory is missing: say so, not the private one's.
+        const cause = systemError("mkdir", code, path);
+        const where = dir === "" ? "." : dir;
+        throw code === ERRNO.ENOENT
+          ? new Deno.errors.NotFound(
+            `Cannot ${doing}: directory ${where} does not exist`,
+            { cause },
+          )
+          : new Deno.errors.NotADirectory(
+            `Cannot ${doing}: ${where} is not a directory`,
+            { cause },
+          );
+      }
       if (code !== ERRNO.EEXIST || attempt >= 8) {
         throw systemError("mkdir", code, `${doing}: ${path}`);
       }

@@ -636,7 +636,10 @@ export class Sender<T> implements Disposable {
    * not travel). Resolves once the message is on its way: in the channel,
    * or gathered with the other sends of this turn into one packet that
    * leaves when the sends stop (within the same turn), and always before
-   * this thread spins waiting for anything. Waits (without blocking the
+   * this thread spins waiting for anything, blocks in a `*Sync` call of
+   * this module, or exits. Another way of blocking the thread
+   * (`Atomics.wait`, a `Deno.*Sync` call) does not send it: close the
+   * sender or let a macrotask turn pass first. Waits (without blocking the
    * thread) while `capacity` messages of this sender are not yet read.
    * Sends of one sender arrive in order.
    *

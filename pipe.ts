@@ -21,7 +21,13 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check, errno, systemError } from "./ffi/errors.ts";
+import {
+  check,
+  ERRNO,
+  errno,
+  type SystemError,
+  systemError,
+} from "./ffi/errors.ts";
 import { F, O } from "./ffi/layout.ts";
 import {
   OwnedFd,
@@ -30,7 +36,7 @@ import {
   writeAllBlocking,
   writeNoWait,
 } from "./ffi/fd.ts";
-import { checkSpin, Spinner } from "./ffi/spin.ts";
+import { checkSpin, flushBeforeSpin, Spinner } from "./ffi/spin.ts";
 import {
   asBytes,
   byteReadable,
@@ -69,6 +75,19 @@ export interface PipeEndOptions {
 
 const READ = "Cannot read from PipeReader";
 const WRITE = "Cannot write to PipeWriter";
+
+/** Runs a write, naming EPIPE for what it means here: no reader is left. */
+function brokenPipe<T>(write: () => T): T {
+  try {
+    return write();
+  } catch (error) {
+    if ((error as Partial<SystemError>)?.errno !== ERRNO.EPIPE) throw error;
+    throw new Deno.errors.BrokenPipe(
+      `${WRITE}: every read end of the pipe is closed (EPIPE)`,
+      { cause: error },
+    );
+  }
+}
 
 /** The read end of a pipe. */
 export class PipeReader implements Disposable {
@@ -137,6 +156,7 @@ export class PipeReader implements Disposable {
       this.#fd.assertOpen();
       return 0;
     }
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
     const n = readBlocking(this.#fd.fd, into);
     return n === 0 ? null : n;
   }
@@ -200,8 +220,8 @@ export class PipeWriter implements Disposable {
     this.#fd = new OwnedFd(fd, "PipeWriter");
     this.#writes = new OrderedWrites(
       this.#fd,
-      writeNoWait,
-      writeAllBlocking,
+      (fd, from) => brokenPipe(() => writeNoWait(fd, from)),
+      (fd, from) => brokenPipe(() => writeAllBlocking(fd, from)),
       spinner,
     );
   }
@@ -250,7 +270,9 @@ export class PipeWriter implements Disposable {
    * @throws {Deno.errors.BrokenPipe} When no reader is left.
    */
   writeSync(bytes: ArrayBufferView): void {
-    this.#writes.writeSync(asBytes(bytes, WRITE));
+    const from = asBytes(bytes, WRITE);
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
+    this.#writes.writeSync(from);
   }
 
   /**

@@ -42,7 +42,7 @@ import {
 } from "./ffi/errors.ts";
 import { F, MSG, O, SOCK, UCRED } from "./ffi/layout.ts";
 import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
-import { Spinner, untilReady } from "./ffi/spin.ts";
+import { flushBeforeSpin, Spinner, untilReady } from "./ffi/spin.ts";
 import { TurnSlice, yieldTurn } from "./_turn.ts";
 import {
   asBytes,
@@ -396,6 +396,7 @@ export class UnixSocket implements Disposable {
   readSync(buffer: Uint8Array): number | null {
     this.#assertStream("read from");
     if (buffer.byteLength === 0) return 0;
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
     const n = recvBlocking(this.#fd.fd, buffer);
     return n === 0 ? null : n;
   }
@@ -430,6 +431,7 @@ export class UnixSocket implements Disposable {
   writeSync(bytes: ArrayBufferView): void {
     this.#assertStream("write to");
     const from = asBytes(bytes, "Cannot write to UnixSocket");
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
     try {
       // Writes still queued go first: bytes leave in call order.
       this.#drainBlocking();
@@ -581,6 +583,7 @@ export class UnixSocket implements Disposable {
   sendSync(bytes: Uint8Array, options: SocketSendOptions = {}): void {
     try {
       const job = this.#prepareSend(bytes, options);
+      flushBeforeSpin(); // what this thread sent may be what the peer awaits
       this.#drainBlocking();
       this.#sendWhole(job);
       this.#finishSend(job);
@@ -973,6 +976,7 @@ export class UnixSocket implements Disposable {
    */
   recvSync(options: SocketRecvOptions = {}): SocketMessage | null {
     const { maxFds, maxBytes } = recvLimits(options);
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
     for (;;) {
       const message = this.#tryRecv(maxFds, maxBytes, true);
       if (message !== undefined) return message;
@@ -1325,6 +1329,7 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
    * @returns The connected socket.
    */
   acceptSync(): UnixSocket {
+    flushBeforeSpin(); // what this thread sent may be what a client awaits
     const fd = retry(
       "accept4",
       () => libc().accept4(this.#fd.fd, null, null, SOCK.CLOEXEC),

@@ -86,7 +86,14 @@ export function cancelBeforeSpin(flush: () => void): void {
   beforeSpin.delete(flush);
 }
 
-function flushBeforeSpin(): void {
+/**
+ * Runs every pending {@linkcode runBeforeSpin} request now. Each call that
+ * blocks the thread (`readSync`, `writeSync`, `recvSync`, ...) calls it
+ * first: a peer cannot answer what was never sent, so a batch left for the
+ * end of the turn would otherwise deadlock a request and its blocking wait
+ * for the reply.
+ */
+export function flushBeforeSpin(): void {
   for (const flush of [...beforeSpin]) {
     beforeSpin.delete(flush);
     flush();

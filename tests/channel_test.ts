@@ -3,7 +3,9 @@ import {
   bytesChannel,
   channel,
   ChannelClosedError,
+  connect,
   fromFd,
+  listen,
   OneShotServer,
   pipe,
   Receiver,
@@ -831,6 +833,47 @@ Deno.test({
       assert.equal(rx.tryRecv(), 2, "the batch left before the spin");
       stop.abort();
       await assert.rejects(waiting);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a batch goes out before a call that blocks the thread (readSync, writeSync, recvSync, sendSync, acceptSync)",
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using ch = channel<number>();
+      const [tx, rx] = ch;
+      using p = pipe();
+      using stream = socketpair();
+      using packets = socketpair({ type: "seqpacket" });
+      const address = `conduit-test-${crypto.randomUUID()}`;
+      using server = listen({ abstract: address });
+      const one = new Uint8Array(1);
+      // Each call finds what it waits for already there, so it returns at
+      // once; a peer that answers only after the batch would wait forever.
+      const calls: [string, () => void][] = [
+        ["PipeWriter.writeSync", () => p.writer.writeSync(one)],
+        ["PipeReader.readSync", () => p.reader.readSync(one)],
+        ["UnixSocket.writeSync", () => stream[0].writeSync(one)],
+        ["UnixSocket.readSync", () => stream[1].readSync(one)],
+        ["UnixSocket.sendSync", () => packets[0].sendSync(one)],
+        ["UnixSocket.recvSync", () => packets[1].recvSync()],
+        ["UnixListener.acceptSync", () => server.acceptSync().close()],
+      ];
+      let n = 0;
+      for (const [name, call] of calls) {
+        if (name === "UnixListener.acceptSync") {
+          (await connect({ abstract: address })).close();
+        }
+        await tx.send(n);
+        await tx.send(n + 1); // gathered for the end of the turn
+        call();
+        assert.equal(rx.tryRecv(), n, name);
+        assert.equal(rx.tryRecv(), n + 1, `${name}: the batch left first`);
+        n += 2;
+      }
     });
   },
 });

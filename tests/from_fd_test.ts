@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { fromFd, pipe, PipeWriter, socketpair, UnixSocket } from "../mod.ts";
 import { libc } from "../ffi/libc.ts";
-import { F } from "../ffi/layout.ts";
+import { F, O } from "../ffi/layout.ts";
+import { cstr } from "../ffi/mem.ts";
 import { fdTarget, fixture, openFds, runDeno, test } from "./_util.ts";
 
 /** fcntl F_DUPFD: a copy without close-on-exec, as exec would pass it. */
@@ -43,6 +44,37 @@ test(
     const buf = new Uint8Array(1);
     assert.equal(await p.reader.read(buf), 1);
     assert.equal(buf[0], 7);
+  },
+);
+
+test(
+  "fromFd() says what an fd that fits no endpoint is, and leaves it open",
+  () => {
+    // /dev/null (a device) and a regular file, opened without O_CLOEXEC as
+    // an inherited fd would be.
+    for (
+      const [path, said] of [
+        ["/dev/null", /neither a pipe, a socket nor a regular file/],
+        ["/proc/self/stat", /a regular file/],
+      ] as const
+    ) {
+      const fd = libc().open(cstr(path), O.RDONLY, 0);
+      assert.ok(fd >= 0, path);
+      try {
+        assert.throws(
+          () => fromFd(fd),
+          (error: unknown) =>
+            error instanceof TypeError &&
+            error.message.includes(`fd ${fd}: it is `) &&
+            said.test(error.message) &&
+            /fromFd\(\) takes pipe ends, unix sockets/.test(error.message),
+          path,
+        );
+        assert.notEqual(libc().fcntl(fd, F.GETFD, 0), -1, "left open");
+      } finally {
+        libc().close(fd);
+      }
+    }
   },
 );
 

@@ -398,6 +398,36 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "listen() in a directory that does not exist names that directory, not the private one it would make",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await inTempDir(async (dir) => {
+      await Deno.writeTextFile(`${dir}/file`, "");
+      assert.throws(
+        () => listen({ path: `${dir}/missing/s.sock` }),
+        (error: Error) =>
+          error instanceof Deno.errors.NotFound &&
+          error.message ===
+            `Cannot listen on ${dir}/missing/s.sock: directory ${dir}/missing/ does not exist`,
+      );
+      assert.throws(
+        () => listen({ path: `${dir}/file/s.sock` }),
+        (error: Error) =>
+          error instanceof Deno.errors.NotADirectory &&
+          error.message ===
+            `Cannot listen on ${dir}/file/s.sock: ${dir}/file/ is not a directory`,
+      );
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)].map((entry) => entry.name),
+        ["file"],
+      );
+    });
+  },
+});
+
+Deno.test({
   name: "connect() names what failed: NotFound, ConnectionRefused, wrong type",
   permissions: perms,
   ...SANITIZE,
