@@ -369,7 +369,15 @@ async function main(): Promise<number> {
       maxRss = Math.max(maxRss, Deno.memoryUsage().rss);
       if (performance.now() - lastReport > 15_000) {
         lastReport = performance.now();
-        console.log(`  ${n} rounds, rss ${(maxRss / 2 ** 20).toFixed(0)} MiB`);
+        // With --v8-flags=--expose-gc, the live heap after a full collection
+        // tells a leak from a heap that merely grew.
+        (globalThis as { gc?: () => void }).gc?.();
+        const { heapUsed } = Deno.memoryUsage();
+        console.log(
+          `  ${n} rounds, rss ${(maxRss / 2 ** 20).toFixed(0)} MiB, heap ${
+            (heapUsed / 2 ** 20).toFixed(1)
+          } MiB, fds ${openFds().length}`,
+        );
       }
       n++;
     }
