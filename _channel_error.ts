@@ -38,3 +38,45 @@ export class ChannelClosedError extends Error {
     this.name = "ChannelClosedError";
   }
 }
+
+/**
+ * Each value `recv()` gives until it throws {@linkcode ChannelClosedError}:
+ * the `for await` of a receiver, local or over NATS.
+ */
+export async function* untilClosed<T>(
+  recv: () => Promise<T>,
+): AsyncGenerator<T> {
+  for (;;) {
+    let value: T;
+    try {
+      value = await recv();
+    } catch (error) {
+      if (error instanceof ChannelClosedError) return;
+      throw error;
+    }
+    yield value;
+  }
+}
+
+/**
+ * A stream of the values `recv()` gives, taken only as it is read and ended
+ * by {@linkcode ChannelClosedError}; cancelling it calls `close()`.
+ */
+export function streamUntilClosed<T>(
+  recv: () => Promise<T>,
+  close: () => unknown,
+): ReadableStream<T> {
+  return new ReadableStream<T>({
+    pull: async (controller) => {
+      try {
+        controller.enqueue(await recv());
+      } catch (error) {
+        if (error instanceof ChannelClosedError) controller.close();
+        else throw error;
+      }
+    },
+    cancel: async () => {
+      await close();
+    },
+  }, { highWaterMark: 0 });
+}

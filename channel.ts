@@ -57,7 +57,11 @@
  * @module
  */
 
-import { ChannelClosedError } from "./_channel_error.ts";
+import {
+  ChannelClosedError,
+  streamUntilClosed,
+  untilClosed,
+} from "./_channel_error.ts";
 import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
 import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
 import { MSG } from "./ffi/layout.ts";
@@ -1996,17 +2000,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   }
 
   /** Yields each message until every sender is closed. */
-  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
-    for (;;) {
-      let value: T;
-      try {
-        value = await this.recv();
-      } catch (error) {
-        if (error instanceof ChannelClosedError) return;
-        throw error;
-      }
-      yield value;
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<T> {
+    return untilClosed(() => this.recv());
   }
 
   /**
@@ -2015,17 +2010,10 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    * the receiver.
    */
   get readable(): ReadableStream<T> {
-    return this.#readable ??= new ReadableStream<T>({
-      pull: async (controller) => {
-        try {
-          controller.enqueue(await this.recv());
-        } catch (error) {
-          if (error instanceof ChannelClosedError) controller.close();
-          else throw error;
-        }
-      },
-      cancel: () => this.close(),
-    }, { highWaterMark: 0 });
+    return this.#readable ??= streamUntilClosed(
+      () => this.recv(),
+      () => this.close(),
+    );
   }
 
   /** Lets pending receives keep the process alive (the default). */

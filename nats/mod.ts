@@ -72,7 +72,11 @@ import {
   type NatsError,
   type Subscription,
 } from "nats";
-import { ChannelClosedError } from "../_channel_error.ts";
+import {
+  ChannelClosedError,
+  streamUntilClosed,
+  untilClosed,
+} from "../_channel_error.ts";
 import {
   type DecodeLimits,
   DEFAULT_LIMITS,
@@ -1254,17 +1258,8 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   }
 
   /** Yields each value until every sender is closed. */
-  async *[Symbol.asyncIterator](): AsyncGenerator<T> {
-    for (;;) {
-      let value: T;
-      try {
-        value = await this.recv();
-      } catch (error) {
-        if (error instanceof ChannelClosedError) return;
-        throw error;
-      }
-      yield value;
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<T> {
+    return untilClosed(() => this.recv());
   }
 
   /**
@@ -1272,17 +1267,10 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
    * are taken only as the stream is read. Cancelling it closes the receiver.
    */
   get readable(): ReadableStream<T> {
-    return this.#readable ??= new ReadableStream<T>({
-      pull: async (controller) => {
-        try {
-          controller.enqueue(await this.recv());
-        } catch (error) {
-          if (error instanceof ChannelClosedError) controller.close();
-          else throw error;
-        }
-      },
-      cancel: () => this.close(),
-    }, { highWaterMark: 0 });
+    return this.#readable ??= streamUntilClosed(
+      () => this.recv(),
+      () => this.close(),
+    );
   }
 
   /**
