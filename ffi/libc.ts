@@ -326,3 +326,17 @@ export const SYS:
   | (typeof SYS_BY_ARCH)[
     "aarch64"
   ] = Deno.build.arch === "aarch64" ? SYS_BY_ARCH.aarch64 : SYS_BY_ARCH.x86_64;
+
+// Open libc while the importing module is evaluated when FFI is already
+// granted, so a user's `Deno.test` that is the first to touch an endpoint does
+// not count the library against itself under `--sanitize-resources` ("a
+// dynamic library was loaded during the test"). Without the permission, or
+// on a platform that has no glibc, nothing happens here: the first call of
+// `libc()` reports the problem.
+if (Deno.permissions.querySync?.({ name: "ffi" }).state === "granted") {
+  try {
+    libc();
+  } catch {
+    // Reported again, with its cause, by the first real use.
+  }
+}

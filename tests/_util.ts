@@ -326,10 +326,12 @@ export async function runDeno(
   args: string[],
   ms: number,
   what: string,
+  env?: Record<string, string>,
 ): Promise<DenoRun> {
   const started = performance.now();
   const child = new Deno.Command(DENO, {
     args,
+    env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
