@@ -55,7 +55,14 @@ export interface PipeOptions {
    * The pipe's buffer size in bytes (`F_SETPIPE_SZ`). The kernel rounds it up
    * to a power of two pages; an unprivileged process may ask up to
    * `/proc/sys/fs/pipe-max-size` (1 MiB by default). Default: the kernel's
-   * (64 KiB).
+   * (64 KiB). Sizes in bytes are named `bytes` across the module (like
+   * `shmQueue({ bytes })`); a `capacity` is a count of messages.
+   */
+  bytes?: number;
+  /**
+   * The old name of {@linkcode PipeOptions.bytes}.
+   *
+   * @deprecated Use `bytes`; `capacity` will be removed in 0.2.0.
    */
   capacity?: number;
   /**
@@ -320,6 +327,30 @@ export interface Pipe extends Disposable {
   writer: PipeWriter;
 }
 
+/** The buffer size asked for, under its name or its deprecated one, checked. */
+function pipeBytes(options: PipeOptions): number | undefined {
+  const { bytes, capacity } = options;
+  if (bytes !== undefined && capacity !== undefined && bytes !== capacity) {
+    throw new TypeError(
+      `Cannot create pipe: bytes (${bytes}) and its deprecated name capacity (${capacity}) disagree; pass bytes only`,
+    );
+  }
+  const value = bytes !== undefined ? bytes : capacity;
+  if (value === undefined) return undefined;
+  const name = bytes !== undefined ? "bytes" : "capacity";
+  if (typeof value !== "number") {
+    throw new TypeError(
+      `Cannot create pipe: ${name} must be a number, got ${typeof value}`,
+    );
+  }
+  if (!Number.isInteger(value) || value <= 0 || value > 2 ** 31 - 1) {
+    throw new RangeError(
+      `Cannot create pipe: ${name} must be a positive integer below 2^31, got ${value}`,
+    );
+  }
+  return value;
+}
+
 /**
  * Creates a pipe: bytes written to `writer` come out of `reader`.
  *
@@ -330,32 +361,24 @@ export interface Pipe extends Disposable {
  * ```ts
  * import { pipe } from "@conduit/ipc/pipe";
  *
- * using p = pipe({ capacity: 1 << 20 });
+ * using p = pipe({ bytes: 1 << 20 });
  * await p.writer.write(new Uint8Array([1, 2, 3]));
  * const buf = new Uint8Array(8);
  * console.log(await p.reader.read(buf)); // 3
  * ```
  */
 export function pipe(options: PipeOptions = {}): Pipe {
-  const { capacity } = options;
+  const bytes = pipeBytes(options);
   const spin = checkSpin(options.spin, "Cannot create pipe");
-  if (
-    capacity !== undefined &&
-    (!Number.isInteger(capacity) || capacity <= 0 || capacity > 2 ** 31 - 1)
-  ) {
-    throw new RangeError(
-      `Cannot create pipe: capacity must be a positive integer, got ${capacity}`,
-    );
-  }
   const lib = libc();
   const fds = new Int32Array(2);
   check("pipe2", lib.pipe2(fds, O.CLOEXEC));
-  if (capacity !== undefined) {
-    if (lib.fcntl(fds[1], F.SETPIPE_SZ, capacity) === -1) {
+  if (bytes !== undefined) {
+    if (lib.fcntl(fds[1], F.SETPIPE_SZ, bytes) === -1) {
       const error = systemError(
         "fcntl(F_SETPIPE_SZ)",
         errno(),
-        `capacity ${capacity}; see /proc/sys/fs/pipe-max-size`,
+        `bytes ${bytes}; see /proc/sys/fs/pipe-max-size`,
       );
       lib.close(fds[0]);
       lib.close(fds[1]);

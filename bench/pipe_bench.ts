@@ -1,5 +1,5 @@
 /**
- * Pipe throughput, child to parent: `pipe({ capacity: 1 MiB })` with the
+ * Pipe throughput, child to parent: `pipe({ bytes: 1 MiB })` with the
  * writer handed to `dd bs=1M` as fd 3, read through `reader.readable` with a
  * BYOB reader reusing a 1 MiB buffer; against `Deno.Command` stdout of the
  * same `dd`, read the same way; and, when a C compiler exists, against a C
@@ -25,7 +25,7 @@ import type { BenchCase } from "./_types.ts";
 
 function ours(mib: number): Promise<Throughput> {
   const start = performance.now();
-  const { reader, writer } = pipe({ capacity: MIB });
+  const { reader, writer } = pipe({ bytes: MIB });
   const dd = ddWriter(mib, "/dev/fd/3");
   return childThroughput(start, {
     name: "dd",

@@ -121,7 +121,7 @@ test("write() rejects with BrokenPipe once the reader is closed, and says so", a
 });
 
 test("a write() waiting on a full pipe rejects with BrokenPipe when the reader closes", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   const write = p.writer.write(new Uint8Array(3 * 4096));
   write.catch(() => {});
   assert.ok(await stillPending(write, 30), "write finished on a full pipe");
@@ -175,7 +175,7 @@ test("16 MiB arrive intact through readable with a default reader", async () => 
 });
 
 test("16 MiB arrive intact through readable with a BYOB reader, in the caller's buffer", async () => {
-  using p = pipe({ capacity: MiB });
+  using p = pipe({ bytes: MiB });
   const total = 16 * MiB;
   const writing = (async () => {
     for (let at = 0; at < total; at += MiB) {
@@ -239,7 +239,7 @@ test("cancelling readable closes the reader", async () => {
 test("writable applies backpressure: a write larger than the pipe finishes only as the reader drains", async () => {
   const capacity = 64 * 1024;
   const chunk = 256 * 1024;
-  using p = pipe({ capacity });
+  using p = pipe({ bytes: capacity });
   const writer = p.writer.writable.getWriter();
   assert.equal(writer.desiredSize, 1);
 
@@ -299,7 +299,7 @@ test("writable rejects chunks that are not Uint8Array with TypeError", async () 
   );
 });
 
-test("capacity sets the pipe buffer (F_GETPIPE_SZ), rounded up to a power of two pages", () => {
+test("bytes sets the pipe buffer (F_GETPIPE_SZ), rounded up to a power of two pages", () => {
   {
     using p = pipe();
     assert.equal(fcntl(p.writer.rawFd, F.GETPIPE_SZ), 65536, "default");
@@ -313,14 +313,14 @@ test("capacity sets the pipe buffer (F_GETPIPE_SZ), rounded up to a power of two
     [MiB, MiB],
   ];
   for (const [capacity, expected] of cases) {
-    using p = pipe({ capacity });
+    using p = pipe({ bytes: capacity });
     assert.equal(fcntl(p.writer.rawFd, F.GETPIPE_SZ), expected, `${capacity}`);
     assert.equal(fcntl(p.reader.rawFd, F.GETPIPE_SZ), expected, `${capacity}`);
   }
 });
 
 test("a pipe's capacity is what a non-waiting write can fill", async () => {
-  using p = pipe({ capacity: 8192 });
+  using p = pipe({ bytes: 8192 });
   const write = p.writer.write(new Uint8Array(8192));
   await withTimeout(write, 2000, "a write of exactly the capacity");
   const more = p.writer.write(new Uint8Array(1));
@@ -331,16 +331,53 @@ test("a pipe's capacity is what a non-waiting write can fill", async () => {
   assert.equal(await p.reader.read(buffer), 1);
 });
 
-test("pipe() rejects a capacity that is not a positive integer with RangeError", () => {
-  for (const capacity of [0, -1, 1.5, NaN, Infinity, -Infinity, 2 ** 31]) {
+test("pipe() rejects a size that is not a positive integer with RangeError, under either name", () => {
+  for (const bytes of [0, -1, 1.5, NaN, Infinity, -Infinity, 2 ** 31]) {
+    for (const name of ["bytes", "capacity"] as const) {
+      assert.throws(
+        () => pipe({ [name]: bytes }),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          error.message.includes(`${name} must be a positive integer`) &&
+          error.message.includes(String(bytes)),
+        `${name} ${bytes}`,
+      );
+    }
+  }
+});
+
+test("pipe() rejects a size of the wrong type with TypeError naming the option", () => {
+  for (const bytes of ["1024", 1024n, {}, null]) {
     assert.throws(
-      () => pipe({ capacity }),
+      () => pipe({ bytes: bytes as unknown as number }),
       (error: unknown) =>
-        error instanceof RangeError &&
-        error.message.includes(String(capacity)),
-      `capacity ${capacity}`,
+        error instanceof TypeError &&
+        error.message.includes("bytes must be a number"),
+      String(bytes),
     );
   }
+  assert.throws(
+    () => pipe({ capacity: "1024" as unknown as number }),
+    (error: unknown) =>
+      error instanceof TypeError &&
+      error.message.includes("capacity must be a number"),
+  );
+});
+
+test("pipe()'s deprecated capacity still sets the buffer size; disagreeing with bytes is a TypeError", () => {
+  {
+    using p = pipe({ capacity: 8192 });
+    assert.equal(fcntl(p.writer.rawFd, F.GETPIPE_SZ), 8192);
+  }
+  {
+    using p = pipe({ bytes: 8192, capacity: 8192 });
+    assert.equal(fcntl(p.writer.rawFd, F.GETPIPE_SZ), 8192);
+  }
+  assert.throws(
+    () => pipe({ bytes: 8192, capacity: 4096 }),
+    (error: unknown) =>
+      error instanceof TypeError && /disagree/.test(error.message),
+  );
 });
 
 test("reads into buffers of 64 bytes or less and into offset views land in the right place", async () => {
@@ -425,7 +462,7 @@ test("readSync() and writeSync() honour the view's offset", () => {
 });
 
 test("concurrent write() calls are queued whole, never interleaved", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   const a = new Uint8Array(MiB).fill(0xaa);
   const b = new Uint8Array(MiB).fill(0xbb);
   const c = new Uint8Array(10).fill(0xcc);
@@ -456,7 +493,7 @@ test("concurrent write() calls are queued whole, never interleaved", async () =>
 });
 
 test("a failed write() does not stop the writes queued after it", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   // The first write fails (no reader); the queue must still run the second,
   // which fails the same way instead of hanging.
   p.reader.close();
@@ -482,7 +519,7 @@ test("close() while a read is pending rejects it promptly with BadResource namin
 });
 
 test("close() while a write is pending rejects it promptly with BadResource naming PipeWriter", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   const write = p.writer.write(new Uint8Array(8192));
   write.catch(() => {});
   assert.ok(await stillPending(write, 30));
@@ -665,7 +702,7 @@ test("an event already collected for a closed reader is not delivered to a new p
 });
 
 test("pipe ends are CLOEXEC and stay blocking at the description after reads and writes", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   const check = (when: string) => {
     for (
       const [fd, mode] of [[p.reader.rawFd, O.RDONLY], [
@@ -731,7 +768,7 @@ test("duplex() carries bytes both ways over two pipes", async () => {
 });
 
 test("duplex() applies the capacity option to both pipes", () => {
-  const [a, b] = duplex({ capacity: 8192 });
+  const [a, b] = duplex({ bytes: 8192 });
   try {
     assert.equal(fcntl(a.reader.rawFd, F.GETPIPE_SZ), 8192);
     assert.equal(fcntl(b.reader.rawFd, F.GETPIPE_SZ), 8192);
@@ -739,7 +776,7 @@ test("duplex() applies the capacity option to both pipes", () => {
     a[Symbol.dispose]();
     b[Symbol.dispose]();
   }
-  assert.throws(() => duplex({ capacity: 0 }), RangeError);
+  assert.throws(() => duplex({ bytes: 0 }), RangeError);
 });
 
 test("read() with spin returns data that arrives during the spin or after it", async () => {
@@ -990,7 +1027,7 @@ function recordSpins(): { spinners: Spinner[]; [Symbol.dispose](): void } {
 }
 
 test("a read or write that has to wait spins first with its end's own adaptive spinner, readable included", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   using q = pipe();
   using spins = recordSpins();
   const buffer = new Uint8Array(16);
@@ -1056,7 +1093,7 @@ test("spin: 0 turns the spin off and spin: n spins a fixed budget, per read or f
   }
   spins.spinners.length = 0;
   {
-    using p = pipe({ capacity: 4096, spin: 0 });
+    using p = pipe({ bytes: 4096, spin: 0 });
     const read = p.reader.read(buffer);
     assert.equal(
       spins.spinners[0].off,
@@ -1203,8 +1240,8 @@ test("read() and readSync() fill any typed array or DataView byte for byte, and 
 test(
   "writeSync() while a write() is pending writes the pending bytes first, resolves that write, then its own bytes",
   async () => {
-    using input = pipe({ capacity: 4096 });
-    using output = pipe({ capacity: MiB });
+    using input = pipe({ bytes: 4096 });
+    using output = pipe({ bytes: MiB });
     using go = pipe();
     // cat starts reading only once `go` says so: until then the first write
     // stays pending.
@@ -1256,7 +1293,7 @@ test(
 );
 
 test("writeSync() that finds a pending write() failing rejects that write and throws the same error", async () => {
-  using p = pipe({ capacity: 4096 });
+  using p = pipe({ bytes: 4096 });
   const first = p.writer.write(new Uint8Array(8192));
   const second = p.writer.write(new Uint8Array(10));
   first.catch(() => {});
