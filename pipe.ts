@@ -21,6 +21,7 @@
  */
 
 import { libc } from "./ffi/libc.ts";
+import { inspectEndpoint } from "./_inspect.ts";
 import {
   check,
   ERRNO,
@@ -119,6 +120,14 @@ export class PipeReader implements Disposable {
   /** The fd, for interop; the reader still owns it. */
   get rawFd(): number {
     return this.#fd.fd;
+  }
+
+  /** Shows the kind, fd and state, as `PipeReader { fd: 7, state: "open" }`. */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint("PipeReader", this.#fd.state(), inspect, options);
   }
 
   /** Whether {@linkcode close} was called. */
@@ -236,6 +245,14 @@ export class PipeWriter implements Disposable {
   /** The fd, for interop; the writer still owns it. */
   get rawFd(): number {
     return this.#fd.fd;
+  }
+
+  /** Shows the kind, fd and state, as `PipeWriter { fd: 7, state: "open" }`. */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint("PipeWriter", this.#fd.state(), inspect, options);
   }
 
   /** Whether {@linkcode close} was called. */

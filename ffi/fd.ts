@@ -11,6 +11,7 @@ import { check, closedError, retry, tryIo } from "./errors.ts";
 import { F, IOVEC, RWF_NOWAIT } from "./layout.ts";
 import { addressOf, mayMove, pointerOf, stableBuffer } from "./mem.ts";
 import { type Interest, poller, type PollHandle } from "./poller.ts";
+import type { FdState } from "../_inspect.ts";
 
 /** An fd and the poller registration that goes with it. */
 export class OwnedFd {
@@ -43,6 +44,14 @@ export class OwnedFd {
   /** Whether {@linkcode close} or {@linkcode release} was called. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The fd number and state, for an endpoint's inspection. */
+  state(): FdState {
+    if (this.#closed) return { state: "closed" };
+    return this.#ref
+      ? { fd: this.#fd, state: "open" }
+      : { fd: this.#fd, state: "open", ref: false };
   }
 
   /** Throws `BadResource` when closed. */

@@ -63,6 +63,7 @@
  * @module
  */
 
+import { inspectEndpoint } from "../_inspect.ts";
 import { setImmediate } from "node:timers";
 import { yieldTurn } from "../_turn.ts";
 import { libc } from "../ffi/libc.ts";
@@ -203,6 +204,16 @@ class Ring {
 
   get closed(): boolean {
     return this.carrier.closed;
+  }
+
+  /** The fields an end shows when inspected. */
+  inspectFields(): object {
+    return {
+      ...this.carrier.state(),
+      ringBytes: this.capacity,
+      maxMessage: this.maxMessage,
+      ...(this.peerGone ? { peer: "gone" } : {}),
+    };
   }
 
   assertOpen(): void {
@@ -399,6 +410,22 @@ export class ShmSender implements Disposable {
   }
 
   /**
+   * Shows the kind, carrier fd, state, ring size and largest message, as
+   * `ShmSender { fd: 9, state: "open", ringBytes: 65536, maxMessage: 65528 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint(
+      "ShmSender",
+      this.#ring.inspectFields(),
+      inspect,
+      options,
+    );
+  }
+
+  /**
    * Copies `bytes` into the ring as one message, waiting (without blocking
    * the thread) while the ring is too full. Sends are queued, never
    * interleaved.
@@ -580,6 +607,22 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
     return this.#ring.closed;
+  }
+
+  /**
+   * Shows the kind, carrier fd, state, ring size and largest message, as
+   * `ShmReceiver { fd: 9, state: "open", ringBytes: 65536, maxMessage: 65528 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint(
+      "ShmReceiver",
+      this.#ring.inspectFields(),
+      inspect,
+      options,
+    );
   }
 
   /**

@@ -18,6 +18,7 @@
  * @module
  */
 
+import { inspectEndpoint } from "../_inspect.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
 import { F, MMAP, O, SEAL, STAT } from "../ffi/layout.ts";
@@ -418,6 +419,22 @@ export class SharedMemory implements Disposable {
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
     return this.#fd.closed;
+  }
+
+  /**
+   * Shows the kind, fd, state, size and name, as
+   * `SharedMemory { fd: 8, state: "open", size: 4096 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const fields = {
+      ...this.#fd.state(),
+      size: this.#size,
+      ...(this.#name === undefined ? {} : { name: this.#name }),
+    };
+    return inspectEndpoint("SharedMemory", fields, inspect, options);
   }
 
   /**
