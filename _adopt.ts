@@ -9,7 +9,7 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check } from "./ffi/errors.ts";
+import { check, errno, systemError } from "./ffi/errors.ts";
 import { F, O, S, STAT } from "./ffi/layout.ts";
 import type { Endpoint } from "./from_fd.ts";
 
@@ -85,7 +85,15 @@ const KIND_NAMES: Record<FdKind, string> = {
 
 /** Whether an fd is close-on-exec; `BadResource` when it is not open. */
 export function isCloexec(fd: number): boolean {
-  const flags = check("fcntl(F_GETFD)", libc().fcntl(fd, F.GETFD, 0));
+  const flags = libc().fcntl(fd, F.GETFD, 0);
+  if (flags === -1) {
+    const error = systemError("fcntl(F_GETFD)", errno());
+    if (error.code !== "EBADF") throw error;
+    throw new Deno.errors.BadResource(
+      `Cannot adopt fd ${fd}: it is not open in this process`,
+      { cause: error },
+    );
+  }
   return (flags & F.FD_CLOEXEC) !== 0;
 }
 

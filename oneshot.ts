@@ -226,6 +226,7 @@ export class OneShotServer<T> implements Disposable {
   #name: string;
   #allow: (uid: number) => boolean;
   #decodeLimits: DecodeLimits;
+  #used = false;
 
   /**
    * Starts listening on a fresh random name.
@@ -260,6 +261,12 @@ export class OneShotServer<T> implements Disposable {
   async accept(
     options: ServerAcceptOptions = {},
   ): Promise<[Receiver<T>, T]> {
+    if (this.#used) {
+      throw new Deno.errors.BadResource(
+        "Cannot accept on OneShotServer: accept() was already called, and a OneShotServer serves one client (use ChannelServer for more)",
+      );
+    }
+    this.#used = true;
     const listener = this.#listener;
     let connected = false;
     let done = () => {};

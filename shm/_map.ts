@@ -43,7 +43,14 @@ export function mapShared(fd: number, size: number, what: string): Mapping {
     0n,
   );
   if (failed(pointer)) {
-    throw systemError("mmap", errno(), `${what}, ${size} bytes`);
+    const error = systemError("mmap", errno(), `${what}, ${size} bytes`);
+    if (error.code !== "ENOMEM") throw error;
+    // No Deno error class means "too big for this process"; a RangeError
+    // about the size does, and keeps the system error as its cause.
+    throw new RangeError(
+      `Cannot map ${what}: ${size} bytes do not fit this process's address space or memory limits (mmap failed: ENOMEM)`,
+      { cause: error },
+    );
   }
   const buffer = Deno.UnsafePointerView.getArrayBuffer(pointer!, size);
   return { pointer: pointer!, size, buffer };

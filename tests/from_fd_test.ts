@@ -121,3 +121,14 @@ test("fromFd(fd, { allowCloexec: true }) adopts a close-on-exec fd", () => {
   assert.ok(adopted instanceof UnixSocket);
   assert.equal(adopted.type, "dgram");
 });
+
+test("fromFd() of an fd that is not open is BadResource naming the fd", () => {
+  const fd = 4000; // above anything this test process opens
+  assert.equal(fdTarget(fd), undefined, "fd 4000 is free");
+  assert.throws(
+    () => fromFd(fd),
+    (error: unknown) =>
+      error instanceof Deno.errors.BadResource &&
+      error.message === `Cannot adopt fd ${fd}: it is not open in this process`,
+  );
+});

@@ -72,6 +72,30 @@ Deno.test({
 
 Deno.test({
   name:
+    "a second OneShotServer.accept() while the first waits rejects at once, naming OneShotServer; the first still serves its client",
+  permissions: { ffi: true },
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using server = new OneShotServer<string>();
+      const accepting = server.accept({ timeout: 5000 });
+      await assert.rejects(
+        server.accept({ timeout: 5000 }),
+        (error: unknown) =>
+          error instanceof Deno.errors.BadResource &&
+          /OneShotServer/.test(error.message) &&
+          /already called/.test(error.message),
+      );
+      using tx = await connectOneShot<string>(server.name);
+      await tx.send("first");
+      const [rx, first] = await accepting;
+      assert.equal(first, "first");
+      rx.close();
+    });
+  },
+});
+
+Deno.test({
+  name:
     "OneShotServer.accept() honours its timeout and signal and leaves no fd",
   ...local,
   async fn() {
