@@ -18,6 +18,7 @@
  * @module
  */
 
+import { type PathAccess, requirePath } from "../_permissions.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
@@ -76,7 +77,15 @@ export type SharedMemoryWaitResult = WaitResult;
 
 const NAME = /^[^/\0]{1,250}$/;
 
-function shmName(name: string, action: string): Uint8Array<ArrayBuffer> {
+/**
+ * The `shm_open` form of a name, once the name is checked and Deno's
+ * permissions for its file under `/dev/shm` are granted (`needs`).
+ */
+function shmName(
+  name: string,
+  action: string,
+  needs: readonly PathAccess[],
+): Uint8Array<ArrayBuffer> {
   if (
     typeof name !== "string" || !NAME.test(name) || name === "." ||
     name === ".."
@@ -87,6 +96,7 @@ function shmName(name: string, action: string): Uint8Array<ArrayBuffer> {
       }: 1 to 250 characters, no "/"`,
     );
   }
+  requirePath(`/dev/shm/${name}`, needs, `Cannot ${action} SharedMemory`);
   return cstr(`/${name}`);
 }
 
@@ -278,6 +288,8 @@ export class SharedMemory implements Disposable {
    * @returns The mapped memory.
    * @throws {RangeError} When `size` is not a positive integer.
    * @throws {Deno.errors.AlreadyExists} When the name is taken.
+   * @throws {Deno.errors.NotCapable} For a name, without write permission
+   * for `/dev/shm/<name>`.
    *
    * @example Anonymous and named
    * ```ts
@@ -301,7 +313,7 @@ export class SharedMemory implements Disposable {
         throw error;
       }
     }
-    const path = shmName(options.name, "create");
+    const path = shmName(options.name, "create", ["write"]);
     const fd = lib.shm_open(
       path,
       O.RDWR | O.CREAT | O.EXCL | O.CLOEXEC,
@@ -336,6 +348,8 @@ export class SharedMemory implements Disposable {
    * @returns The mapped memory.
    * @throws {Deno.errors.NotFound} When no object has that name.
    * @throws {RangeError} When the object is empty or larger than `maxBytes`.
+   * @throws {Deno.errors.NotCapable} Without read and write permission for
+   * `/dev/shm/<name>`.
    *
    * @example Open what another process created
    * ```ts
@@ -353,7 +367,7 @@ export class SharedMemory implements Disposable {
     name: string,
     options: Pick<SharedMemoryAdoptOptions, "maxBytes"> = {},
   ): SharedMemory {
-    const path = shmName(name, "open");
+    const path = shmName(name, "open", ["read", "write"]);
     const lib = libc();
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
     if (fd === -1) throw systemError("shm_open", errno(), name);
@@ -375,6 +389,8 @@ export class SharedMemory implements Disposable {
    *
    * @param name The name.
    * @throws {Deno.errors.NotFound} When no object has that name.
+   * @throws {Deno.errors.NotCapable} Without write permission for
+   * `/dev/shm/<name>`.
    *
    * @example Remove a name left behind
    * ```ts
@@ -385,7 +401,7 @@ export class SharedMemory implements Disposable {
    * ```
    */
   static unlink(name: string): void {
-    const path = shmName(name, "unlink");
+    const path = shmName(name, "unlink", ["write"]);
     if (libc().shm_unlink(path) === -1) {
       throw systemError("shm_unlink", errno(), name);
     }

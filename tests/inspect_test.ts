@@ -38,7 +38,7 @@ test("SharedMemory prints its fd, state, size and name", () => {
     named.unlink();
     named.close();
   }
-});
+}, { read: ["/dev/shm"], write: ["/dev/shm"] });
 
 test("shm queue ends print their carrier fd, state, ring size and largest message", () => {
   const [tx, rx] = shmQueue({ bytes: 1 << 16 });

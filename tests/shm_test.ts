@@ -90,7 +90,12 @@ test(
 Deno.test({
   name:
     "SharedMemory.create({ name }) makes a 0600 shm object that open() maps and other programs read; unlink() removes the name",
-  permissions: { ffi: true, run: true },
+  permissions: {
+    ffi: true,
+    run: true,
+    read: ["/dev/shm"],
+    write: ["/dev/shm"],
+  },
   ...SANITIZE,
   fn: async () => {
     await assertNoFdLeak(async () => {
@@ -292,6 +297,7 @@ test(
       made.unlink();
     }
   },
+  { read: ["/dev/shm"], write: ["/dev/shm"] },
 );
 
 test(
@@ -336,6 +342,7 @@ test(
       made.unlink();
     }
   },
+  { read: ["/dev/shm"], write: ["/dev/shm"] },
 );
 
 test(
