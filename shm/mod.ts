@@ -34,6 +34,7 @@ export {
   shmQueueFromFd,
   type ShmQueueOptions,
   ShmReceiver,
+  type ShmRecvOptions,
   ShmSender,
   type ShmWaitOptions,
 } from "./queue.ts";

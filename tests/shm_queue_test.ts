@@ -66,6 +66,76 @@ async function finish(
 }
 
 test(
+  "recv({ into }) copies each message into the caller's buffer, across the wrap, and returns a view of it",
+  async () => {
+    using q = shmQueue({ bytes: 4096 });
+    const [tx, rx] = q;
+    const buffer = new Uint8Array(4096);
+    const sizes = [0, 1, 7, 4096, 3000, 2500, 4095, 100];
+    for (let round = 0; round < 10; round++) {
+      for (const [i, size] of sizes.entries()) {
+        await tx.send(message(round * 100 + i, size));
+        const got = await rx.recv({ into: buffer });
+        assert.ok(got !== null);
+        assert.equal(got.buffer, buffer.buffer, "a view of the buffer given");
+        assert.equal(got.byteOffset, 0);
+        assert.equal(mismatch(got, round * 100 + i, size), "");
+      }
+    }
+    // A receive that waits fills the buffer too.
+    const waiting = rx.recv({ into: buffer });
+    await tx.send(message(7, 50));
+    const late = await withTimeout(waiting, 5000, "a waiting recv({ into })");
+    assert.equal(late?.buffer, buffer.buffer);
+    assert.equal(mismatch(late!, 7, 50), "");
+  },
+  local,
+);
+
+test(
+  "recv({ into }) with a buffer too small is a RangeError naming both sizes and leaves the message for a larger buffer; a bad into is a TypeError",
+  async () => {
+    using q = shmQueue({ bytes: 4096 });
+    const [tx, rx] = q;
+    await tx.send(message(1, 100));
+    await assert.rejects(
+      rx.recv({ into: new Uint8Array(99) }),
+      (error: unknown) =>
+        error instanceof RangeError && /100 bytes/.test(error.message) &&
+        /99/.test(error.message),
+    );
+    const got = await rx.recv({ into: new Uint8Array(100) });
+    assert.equal(mismatch(got!, 1, 100), "", "the message was kept whole");
+    await assert.rejects(
+      rx.recv({ into: "buffer" as unknown as Uint8Array }),
+      TypeError,
+    );
+    const moved = new Uint8Array(64);
+    structuredClone(moved.buffer, { transfer: [moved.buffer] });
+    await assert.rejects(
+      rx.recv({ into: moved }),
+      (error: unknown) =>
+        error instanceof TypeError && /transferred/.test(error.message),
+    );
+    // A buffer transferred while the receive waits: TypeError, message kept.
+    const pending = new Uint8Array(64);
+    const waiting = rx.recv({ into: pending });
+    structuredClone(pending.buffer, { transfer: [pending.buffer] });
+    await tx.send(message(3, 20));
+    await assert.rejects(
+      withTimeout(waiting, 5000, "a receive whose buffer was transferred"),
+      (error: unknown) =>
+        error instanceof TypeError && /transferred/.test(error.message),
+    );
+    assert.equal(mismatch((await rx.recv())!, 3, 20), "", "kept for later");
+    // The end still works after the refusals.
+    await tx.send(message(2, 10));
+    assert.equal(mismatch((await rx.recv())!, 2, 10), "");
+  },
+  local,
+);
+
+test(
   "shmQueue() delivers whole messages of every size up to the ring, in order, across the wrap",
   async () => {
     using q = shmQueue({ bytes: 4096 });
