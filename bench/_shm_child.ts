@@ -13,7 +13,9 @@
  * Parent to child (the child writes `r` on stdout when ready, reads to the
  * end, then writes the byte count and a newline on stdout):
  *
- * - `recv`: from the queue receiver it inherited as fd 3.
+ * - `recv`: from the queue receiver it inherited as fd 3, a new buffer per
+ *   message.
+ * - `recv-into`: the same, each message into one buffer (`recv({ into })`).
  * - `read-socket`: from the stream socket it inherited as fd 3.
  * - `read-stdin`: from stdin.
  *
@@ -102,6 +104,19 @@ if (mode === "send") {
   say("r");
   let bytes = 0;
   for await (const message of rx) bytes += message.byteLength;
+  rx.close();
+  say(`${bytes}\n`);
+} else if (mode === "recv-into") {
+  const rx = shmQueueFromFd(3);
+  if (!(rx instanceof ShmReceiver)) throw new TypeError("fd 3: not a receiver");
+  say("r");
+  let bytes = 0;
+  const options = { into: new Uint8Array(CHUNK) };
+  for (;;) {
+    const message = await rx.recv(options);
+    if (message === null) break;
+    bytes += message.byteLength;
+  }
   rx.close();
   say(`${bytes}\n`);
 } else if (mode === "read-socket") {

@@ -3,7 +3,10 @@
  * everywhere (`shmQueue()` as it comes):
  *
  * - Throughput of 64 KiB messages, 1 GiB (64 MiB with --quick), in both
- *   directions: `shmQueue()`, against a `"stream"` `socketpair()` and
+ *   directions: `shmQueue()` with the receiver taking each message into one
+ *   buffer (`recv({ into })`, as the baselines read into one buffer) and,
+ *   as an extra row, with a new buffer per message (`recv()`), against a
+ *   `"stream"` `socketpair()` and
  *   against `Deno.Command` stdout (child to parent) or stdin (parent to
  *   child), each moving 64 KiB per write from or to a Deno child (same
  *   runtime on both sides). The clock starts once the child is ready (its
@@ -151,8 +154,13 @@ async function endOurs(
   }
 }
 
-/** The three ways of one direction. */
-type Way = "shm" | "socketpair" | "command";
+/**
+ * The ways of one direction: the queue receiving into one reused buffer
+ * (`recv({ into })`, as the stream baselines read with BYOB into one
+ * buffer), the queue with a new buffer per message (`recv()`), and the two
+ * baselines.
+ */
+type Way = "shm" | "shm-new" | "socketpair" | "command";
 
 function startTransfer(
   direction: "c2p" | "p2c",
@@ -160,16 +168,17 @@ function startTransfer(
   mib: number,
 ): Transfer {
   const count = mib * 16;
-  if (way === "shm") {
+  if (way === "shm" || way === "shm-new") {
     const [tx, rx] = shmQueue();
     if (direction === "c2p") {
       const child = ourChild("send", mib, tx);
+      const options = way === "shm" ? { into: new Uint8Array(CHUNK) } : {};
       return {
         stdio: child,
         async move() {
           let bytes = 0;
           for (;;) {
-            const message = await rx.recv();
+            const message = await rx.recv(options);
             if (message === null) return bytes;
             bytes += message.byteLength;
           }
@@ -177,7 +186,7 @@ function startTransfer(
         end: () => endOurs(child, () => rx.close()),
       };
     }
-    const child = ourChild("recv", undefined, rx);
+    const child = ourChild(way === "shm" ? "recv-into" : "recv", undefined, rx);
     return {
       stdio: child,
       async move() {
@@ -300,32 +309,49 @@ function streamCase(direction: "c2p" | "p2c"): BenchCase {
       const size = mib >= 1024 ? `${mib / 1024} GiB` : `${mib} MiB`;
       const samples: Record<Way, number[]> = {
         shm: [],
+        "shm-new": [],
         socketpair: [],
         command: [],
       };
       await alternating(
         options,
         `shm ${size} ${label}`,
-        (["shm", "socketpair", "command"] as const).map(
+        (["shm", "shm-new", "socketpair", "command"] as const).map(
           (way) => async (measured: boolean) => {
             const mibps = await transfer(direction, way, mib);
             if (measured) samples[way].push(mibps);
           },
         ),
       );
-      return (["socketpair", "command"] as const).map((way) =>
+      const into = direction === "c2p" ? "parent" : "child";
+      return [
+        ...(["socketpair", "command"] as const).map((way) =>
+          result({
+            id: `shm.stream_${direction}_${way}`,
+            mechanism:
+              `shmQueue 64 KiB messages, ${size} ${label}, the ${into} receiving into one buffer`,
+            unit: "MiB/s",
+            higherIsBetter: true,
+            samples: samples.shm,
+            baseline: {
+              mechanism: BASELINES[way][direction],
+              samples: samples[way],
+            },
+          })
+        ),
         result({
-          id: `shm.stream_${direction}_${way}`,
-          mechanism: `shmQueue 64 KiB messages, ${size} ${label}`,
+          id: `shm.stream_${direction}_new_buffer`,
+          mechanism:
+            `shmQueue 64 KiB messages, ${size} ${label}, recv() with a new buffer per message`,
           unit: "MiB/s",
           higherIsBetter: true,
-          samples: samples.shm,
+          samples: samples["shm-new"],
           baseline: {
-            mechanism: BASELINES[way][direction],
-            samples: samples[way],
+            mechanism: BASELINES.socketpair[direction],
+            samples: samples.socketpair,
           },
-        })
-      );
+        }),
+      ];
     },
   };
 }
