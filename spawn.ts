@@ -24,23 +24,28 @@
  */
 
 import { libc, SYS } from "./ffi/libc.ts";
-import { check, checkReturn, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import { ERRNO, errno, systemError } from "./ffi/errors.ts";
 import {
   CLD,
-  EFD,
-  O,
-  POSIX_SPAWN,
   SIGINFO,
   type SignalName,
   signalName,
   SIGNALS,
-  SIZEOF,
   WAIT,
 } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
-import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
-import { poller, type PollHandle } from "./ffi/poller.ts";
-import { pipe, type PipeReader, type PipeWriter } from "./pipe.ts";
+import { OwnedFd } from "./ffi/fd.ts";
+import type { PipeReader, PipeWriter } from "./pipe.ts";
+import {
+  fileActions,
+  killAndReap,
+  type ParentEnds,
+  planFds,
+  reapBlocking,
+  Reserve,
+  spawnAttributes,
+  stringArray,
+} from "./_spawn_setup.ts";
 
 export type { SignalName } from "./ffi/layout.ts";
 
@@ -97,8 +102,6 @@ export interface ChildOutput extends ChildStatus {
   stderr: Uint8Array;
 }
 
-const SPAWN_FLAGS = POSIX_SPAWN.SETSIGDEF | POSIX_SPAWN.SETSIGMASK;
-
 function validateSignal(signal: SignalName | number): number {
   const signo = typeof signal === "number" ? signal : SIGNALS[signal];
   if (!Number.isInteger(signo) || signo < 0 || signo > 64) {
@@ -134,7 +137,7 @@ export class ChildProcess implements AsyncDisposable {
   constructor(
     pid: number,
     pidfd: number,
-    stdio: [PipeWriter | null, PipeReader | null, PipeReader | null],
+    stdio: ParentEnds,
     signal: AbortSignal | undefined,
   ) {
     this.pid = pid;
@@ -314,98 +317,6 @@ export class ChildProcess implements AsyncDisposable {
   }
 }
 
-/**
- * What spawn() needs once the child runs, acquired before it starts: a free
- * fd slot for the pidfd (an eventfd held until then) and the poller held
- * open (its own fds) by a registration of that eventfd, so watching the
- * child needs no new fd.
- */
-class Reserve implements Disposable {
-  #fd: number;
-  #hold: PollHandle | undefined;
-
-  constructor() {
-    const lib = libc();
-    this.#fd = check("eventfd", lib.eventfd(0, EFD.CLOEXEC));
-    try {
-      this.#hold = poller().register(this.#fd);
-    } catch (error) {
-      lib.close(this.#fd);
-      throw error;
-    }
-  }
-
-  /**
-   * Opens a pidfd for `pid`. When the fd table is full, gives back what it
-   * holds (the slot, and the poller's fds when nothing else keeps the poller
-   * open, which it reopens with them) and tries once more; another thread
-   * may still take them first.
-   */
-  pidfdOf(pid: number): number {
-    const lib = libc();
-    const open = () => lib.pidfd_open(BigInt(SYS.pidfd_open), BigInt(pid), 0n);
-    let pidfd = open();
-    if (pidfd === -1 && this.#fd !== -1) {
-      const code = errno();
-      if (code !== ERRNO.EMFILE && code !== ERRNO.ENFILE) {
-        throw systemError("pidfd_open", code, `pid ${pid}`);
-      }
-      this[Symbol.dispose]();
-      pidfd = open();
-    }
-    if (pidfd === -1) throw systemError("pidfd_open", errno(), `pid ${pid}`);
-    return pidfd;
-  }
-
-  [Symbol.dispose](): void {
-    // The eventfd was never armed, so the handle has nothing in epoll.
-    this.#hold?.close();
-    this.#hold = undefined;
-    if (this.#fd !== -1) libc().close(this.#fd);
-    this.#fd = -1;
-  }
-}
-
-/**
- * Ends a child this process cannot watch: SIGKILL, then a blocking reap of
- * that pid only (a child not yet reaped keeps its pid, so nothing else is
- * signalled or reaped).
- */
-function killAndReap(pid: number): void {
-  libc().kill(pid, SIGNALS.SIGKILL);
-  reapBlocking(WAIT.P_PID, pid);
-}
-
-/** Waits (blocking) until a child that was sent SIGKILL is reaped. */
-function reapBlocking(idtype: number, id: number): void {
-  const lib = libc();
-  const info = new Uint8Array(SIGINFO.size);
-  for (;;) {
-    const result = lib.waitid(
-      BigInt(SYS.waitid),
-      BigInt(idtype),
-      BigInt(id),
-      info,
-      BigInt(WAIT.WEXITED),
-      0n,
-    );
-    if (result !== -1 || errno() !== ERRNO.EINTR) return;
-  }
-}
-
-/** C strings packed into one buffer, with a NULL-terminated pointer array. */
-function stringArray(values: readonly string[]): {
-  keep: Uint8Array[];
-  array: BigUint64Array<ArrayBuffer>;
-} {
-  const keep = values.map((value) => cstr(value));
-  const array = new BigUint64Array(new ArrayBuffer((keep.length + 1) * 8 + 64));
-  keep.forEach((bytes, i) => {
-    array[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)));
-  });
-  return { keep, array };
-}
-
 function environment(options: SpawnOptions): string[] | null {
   if (!options.clearEnv && options.env === undefined) return null;
   const merged: Record<string, string> = options.clearEnv
@@ -422,14 +333,6 @@ function environment(options: SpawnOptions): string[] | null {
     merged[key] = String(value);
   }
   return Object.entries(merged).map(([key, value]) => `${key}=${value}`);
-}
-
-function fdOf(what: string, value: FdEndpoint | number): number {
-  const fd = typeof value === "number" ? value : value?.rawFd;
-  if (!Number.isInteger(fd) || fd < 0) {
-    throw new TypeError(`Cannot spawn: ${what} is not an endpoint or an fd`);
-  }
-  return fd;
 }
 
 /**
@@ -457,174 +360,106 @@ export function spawn(
   command: string | URL,
   options: SpawnOptions = {},
 ): ChildProcess {
-  const file = command instanceof URL
-    ? decodeURIComponent(command.pathname)
-    : command;
+  const file = commandPath(command);
+  const args = checkedArgs(options.args);
+  if (options.signal?.aborted) throw options.signal.reason;
+  const env = environment(options);
+  // Released whatever happens: the child's copies and the set-up.
+  using setUp = new DisposableStack();
+  // Released only when spawn() fails: this process's ends of "piped" stdio.
+  using onFailure = new DisposableStack();
+  const stdio = [options.stdin, options.stdout, options.stderr];
+  const plan = planFds(stdio, options.fds ?? [], setUp, onFailure);
+  const reserve = setUp.use(new Reserve());
+  const actions = fileActions(plan, pathOf(options.cwd), setUp);
+  const attr = spawnAttributes(setUp);
+  const pid = start(file, args, actions, attr, env);
+  const child = watch(pid, reserve, plan.parentEnds, options.signal);
+  onFailure.move();
+  return child;
+}
+
+function pathOf(value: string | URL): string;
+function pathOf(value: string | URL | undefined): string | undefined;
+function pathOf(value: string | URL | undefined): string | undefined {
+  return value instanceof URL ? decodeURIComponent(value.pathname) : value;
+}
+
+function commandPath(command: string | URL): string {
+  const file = pathOf(command);
   if (typeof file !== "string" || file === "") {
     throw new TypeError("Cannot spawn: command must be a non-empty string");
   }
-  const args = options.args ?? [];
+  return file;
+}
+
+function checkedArgs(args: readonly string[] = []): readonly string[] {
   for (const arg of args) {
     if (typeof arg !== "string") {
       throw new TypeError("Cannot spawn: every argument must be a string");
     }
   }
-  if (options.signal?.aborted) throw options.signal.reason;
+  return args;
+}
 
+/**
+ * Starts the child and returns its pid. Without `env`, the child gets the
+ * live `environ`, so changes made with Deno.env.set are seen.
+ */
+function start(
+  file: string,
+  args: readonly string[],
+  actions: Uint8Array,
+  attr: Uint8Array,
+  env: string[] | null,
+): number {
   const lib = libc();
-  // [source fd, target fd] pairs to install in the child.
-  const moves: [number, number][] = [];
-  const opens: [number, number][] = []; // [target, flags] for /dev/null
-  const parentEnds: [PipeWriter | null, PipeReader | null, PipeReader | null] =
-    [null, null, null];
-  const fa = new Uint8Array(SIZEOF.posix_spawn_file_actions_t + 64);
-  const attr = new Uint8Array(SIZEOF.posix_spawnattr_t + 64);
-  const sigset = new Uint8Array(SIZEOF.sigset_t);
-  const empty = new Uint8Array(SIZEOF.sigset_t);
-  // Released whatever happens: the child's copies and the set-up.
-  using setUp = new DisposableStack();
-  // Released only when spawn() fails: this process's ends of "piped" stdio.
-  using onFailure = new DisposableStack();
-
-  const stdio = [options.stdin, options.stdout, options.stderr];
-  stdio.forEach((choice = "inherit", target) => {
-    if (choice === "inherit") return;
-    if (choice === "null") {
-      opens.push([target, target === 0 ? O.RDONLY : O.WRONLY]);
-    } else if (choice === "piped") {
-      const p = pipe();
-      if (target === 0) {
-        parentEnds[0] = onFailure.use(p.writer);
-        setUp.use(p.reader);
-        moves.push([p.reader.rawFd, 0]);
-      } else {
-        parentEnds[target as 1 | 2] = onFailure.use(p.reader);
-        setUp.use(p.writer);
-        moves.push([p.writer.rawFd, target]);
-      }
-    } else {
-      moves.push([
-        fdOf(["stdin", "stdout", "stderr"][target], choice),
-        target,
-      ]);
-    }
-  });
-  (options.fds ?? []).forEach((value, i) => {
-    moves.push([fdOf(`fds[${i}]`, value), 3 + i]);
-  });
-
-  // Copy every source above all targets first, so installing one target
-  // can never overwrite a source that another target still needs.
-  const floor = 3 + (options.fds?.length ?? 0);
-  for (const move of moves) {
-    const temp = dupCloexec(move[0], floor);
-    setUp.defer(() => lib.close(temp));
-    move[0] = temp;
-  }
-
-  // Everything the parent needs once the child runs is acquired now: an fd
-  // kept free for the pidfd, and the poller held open (its own fds) so the
-  // child can be watched. Near the fd limit spawn() then fails before any
-  // child exists, instead of leaving one nobody waits for.
-  const reserve = new Reserve();
-  setUp.use(reserve);
-
-  checkReturn(
-    "posix_spawn_file_actions_init",
-    lib.posix_spawn_file_actions_init(fa),
-  );
-  setUp.defer(() => lib.posix_spawn_file_actions_destroy(fa));
-  const devNull = cstr("/dev/null");
-  for (const [target, flags] of opens) {
-    checkReturn(
-      "posix_spawn_file_actions_addopen",
-      lib.posix_spawn_file_actions_addopen(fa, target, devNull, flags, 0),
-    );
-  }
-  for (const [source, target] of moves) {
-    checkReturn(
-      "posix_spawn_file_actions_adddup2",
-      lib.posix_spawn_file_actions_adddup2(fa, source, target),
-    );
-  }
-  // Close everything else in the child, including fds this process
-  // inherited without CLOEXEC from its own parent.
-  checkReturn(
-    "posix_spawn_file_actions_addclosefrom_np",
-    lib.posix_spawn_file_actions_addclosefrom_np(fa, floor),
-  );
-  if (options.cwd !== undefined) {
-    const dir = options.cwd instanceof URL
-      ? decodeURIComponent(options.cwd.pathname)
-      : options.cwd;
-    checkReturn(
-      "posix_spawn_file_actions_addchdir_np",
-      lib.posix_spawn_file_actions_addchdir_np(fa, cstr(dir)),
-    );
-  }
-
-  checkReturn("posix_spawnattr_init", lib.posix_spawnattr_init(attr));
-  setUp.defer(() => lib.posix_spawnattr_destroy(attr));
-  lib.sigemptyset(sigset);
-  lib.sigaddset(sigset, SIGNALS.SIGPIPE);
-  lib.sigemptyset(empty);
-  checkReturn(
-    "posix_spawnattr_setsigdefault",
-    lib.posix_spawnattr_setsigdefault(attr, sigset),
-  );
-  checkReturn(
-    "posix_spawnattr_setsigmask",
-    lib.posix_spawnattr_setsigmask(attr, empty),
-  );
-  checkReturn(
-    "posix_spawnattr_setflags",
-    lib.posix_spawnattr_setflags(attr, SPAWN_FLAGS),
-  );
-
   const argv = stringArray([file, ...args]);
-  const env = environment(options);
-  // Without env options the child gets the live `environ`, so changes
-  // made with Deno.env.set are seen and no --allow-env is needed.
   const envArray = env === null ? null : stringArray(env);
   const envp = envArray === null
     ? Deno.UnsafePointer.create(
       new Deno.UnsafePointerView(lib.environ!).getBigUint64(0),
     )
     : Deno.UnsafePointer.of(envArray.array);
-  const pidBuf = new Int32Array(1);
+  const pid = new Int32Array(1);
   const code = lib.posix_spawnp(
-    pidBuf,
+    pid,
     cstr(file),
-    fa,
+    actions,
     attr,
     argv.array,
     envp,
   );
   if (code !== 0) {
-    throw systemError(
-      "posix_spawnp",
-      code,
-      `command ${JSON.stringify(file)}`,
-    );
+    throw systemError("posix_spawnp", code, `command ${JSON.stringify(file)}`);
   }
   // The C strings must stay reachable until posix_spawnp has returned.
   void argv.keep;
   void envArray?.keep;
-  const pid = pidBuf[0];
-  let child: ChildProcess;
+  return pid[0];
+}
+
+/**
+ * Wraps the running child. Nothing may be left running that this process
+ * cannot wait for: if the pidfd cannot be opened or watched, the child is
+ * killed and reaped before the error is thrown.
+ */
+function watch(
+  pid: number,
+  reserve: Reserve,
+  parentEnds: ParentEnds,
+  signal: AbortSignal | undefined,
+): ChildProcess {
   try {
     const pidfd = reserve.pidfdOf(pid);
     try {
-      child = new ChildProcess(pid, pidfd, parentEnds, options.signal);
+      return new ChildProcess(pid, pidfd, parentEnds, signal);
     } catch (error) {
-      lib.close(pidfd);
+      libc().close(pidfd);
       throw error;
     }
   } catch (error) {
-    // Nothing may be left running that this process cannot wait for.
     killAndReap(pid);
     throw error;
   }
-  onFailure.move();
-  return child;
 }

@@ -1,0 +1,288 @@
+/**
+ * What `spawn()` sets up around `posix_spawnp`: the child's fd table (stdio,
+ * handed-over fds, nothing else), its file actions and attributes, the
+ * argument and environment arrays, the fd slot kept for the pidfd, and the
+ * last-resort kill and reap of a child that cannot be watched.
+ *
+ * @module
+ */
+
+import { libc, SYS } from "./ffi/libc.ts";
+import { check, checkReturn, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import {
+  EFD,
+  O,
+  POSIX_SPAWN,
+  SIGINFO,
+  SIGNALS,
+  SIZEOF,
+  WAIT,
+} from "./ffi/layout.ts";
+import { cstr } from "./ffi/mem.ts";
+import { dupCloexec } from "./ffi/fd.ts";
+import { poller, type PollHandle } from "./ffi/poller.ts";
+import { pipe, type PipeReader, type PipeWriter } from "./pipe.ts";
+
+/** Anything that owns an fd (spawn.ts's public `FdEndpoint`). */
+interface HasFd {
+  readonly rawFd: number;
+}
+
+/** One of stdin, stdout, stderr as spawn() accepts it. */
+export type StdioChoice = "inherit" | "piped" | "null" | HasFd | undefined;
+
+/** This process's ends of `"piped"` stdin, stdout and stderr. */
+export type ParentEnds = [
+  PipeWriter | null,
+  PipeReader | null,
+  PipeReader | null,
+];
+
+/** The child's fd table, and what this process keeps of it. */
+export interface FdPlan {
+  /** `[source, target]`: each source fd becomes the target fd in the child. */
+  moves: [number, number][];
+  /** `[target, flags]`: `/dev/null` opened as the target fd in the child. */
+  opens: [number, number][];
+  /** This process's ends of `"piped"` stdio. */
+  parentEnds: ParentEnds;
+  /** The lowest fd above every target: the child closes all from here. */
+  floor: number;
+}
+
+const STDIO_NAMES = ["stdin", "stdout", "stderr"] as const;
+
+/**
+ * Plans the child's fd table: stdio, then `fds` as 3, 4, ... Every source
+ * is copied above all targets (`setUp` closes the copies), so installing
+ * one target can never overwrite a source that another still needs. The
+ * parent's ends of new pipes go on `onFailure`.
+ */
+export function planFds(
+  stdio: readonly StdioChoice[],
+  fds: readonly (HasFd | number)[],
+  setUp: DisposableStack,
+  onFailure: DisposableStack,
+): FdPlan {
+  const plan: FdPlan = {
+    moves: [],
+    opens: [],
+    parentEnds: [null, null, null],
+    floor: 3 + fds.length,
+  };
+  stdio.forEach((choice, target) =>
+    planStdio(plan, choice, target, setUp, onFailure)
+  );
+  fds.forEach((value, i) => plan.moves.push([fdOf(`fds[${i}]`, value), 3 + i]));
+  const lib = libc();
+  for (const move of plan.moves) {
+    const copy = dupCloexec(move[0], plan.floor);
+    setUp.defer(() => lib.close(copy));
+    move[0] = copy;
+  }
+  return plan;
+}
+
+function planStdio(
+  plan: FdPlan,
+  choice: StdioChoice,
+  target: number,
+  setUp: DisposableStack,
+  onFailure: DisposableStack,
+): void {
+  if (choice === undefined || choice === "inherit") return;
+  if (choice === "null") {
+    plan.opens.push([target, target === 0 ? O.RDONLY : O.WRONLY]);
+  } else if (choice === "piped") {
+    const { reader, writer } = pipe();
+    if (target === 0) {
+      plan.parentEnds[0] = onFailure.use(writer);
+      plan.moves.push([setUp.use(reader).rawFd, 0]);
+    } else {
+      plan.parentEnds[target as 1 | 2] = onFailure.use(reader);
+      plan.moves.push([setUp.use(writer).rawFd, target]);
+    }
+  } else {
+    plan.moves.push([fdOf(STDIO_NAMES[target], choice), target]);
+  }
+}
+
+function fdOf(what: string, value: HasFd | number): number {
+  const fd = typeof value === "number" ? value : value?.rawFd;
+  if (!Number.isInteger(fd) || fd < 0) {
+    throw new TypeError(`Cannot spawn: ${what} is not an endpoint or an fd`);
+  }
+  return fd;
+}
+
+/**
+ * The file actions that build the child's fd table from `plan` and enter
+ * `cwd`; destroyed by `setUp`.
+ */
+export function fileActions(
+  plan: FdPlan,
+  cwd: string | undefined,
+  setUp: DisposableStack,
+): Uint8Array {
+  const lib = libc();
+  const fa = new Uint8Array(SIZEOF.posix_spawn_file_actions_t + 64);
+  checkReturn(
+    "posix_spawn_file_actions_init",
+    lib.posix_spawn_file_actions_init(fa),
+  );
+  setUp.defer(() => lib.posix_spawn_file_actions_destroy(fa));
+  const devNull = cstr("/dev/null");
+  for (const [target, flags] of plan.opens) {
+    checkReturn(
+      "posix_spawn_file_actions_addopen",
+      lib.posix_spawn_file_actions_addopen(fa, target, devNull, flags, 0),
+    );
+  }
+  for (const [source, target] of plan.moves) {
+    checkReturn(
+      "posix_spawn_file_actions_adddup2",
+      lib.posix_spawn_file_actions_adddup2(fa, source, target),
+    );
+  }
+  // Close everything else in the child, including fds this process
+  // inherited without CLOEXEC from its own parent.
+  checkReturn(
+    "posix_spawn_file_actions_addclosefrom_np",
+    lib.posix_spawn_file_actions_addclosefrom_np(fa, plan.floor),
+  );
+  if (cwd !== undefined) {
+    checkReturn(
+      "posix_spawn_file_actions_addchdir_np",
+      lib.posix_spawn_file_actions_addchdir_np(fa, cstr(cwd)),
+    );
+  }
+  return fa;
+}
+
+/**
+ * The spawn attributes: SIGPIPE back at its default (Deno ignores it) and
+ * an empty signal mask; destroyed by `setUp`.
+ */
+export function spawnAttributes(setUp: DisposableStack): Uint8Array {
+  const lib = libc();
+  const attr = new Uint8Array(SIZEOF.posix_spawnattr_t + 64);
+  const sigdefault = new Uint8Array(SIZEOF.sigset_t);
+  const sigmask = new Uint8Array(SIZEOF.sigset_t);
+  checkReturn("posix_spawnattr_init", lib.posix_spawnattr_init(attr));
+  setUp.defer(() => lib.posix_spawnattr_destroy(attr));
+  lib.sigemptyset(sigdefault);
+  lib.sigaddset(sigdefault, SIGNALS.SIGPIPE);
+  lib.sigemptyset(sigmask);
+  checkReturn(
+    "posix_spawnattr_setsigdefault",
+    lib.posix_spawnattr_setsigdefault(attr, sigdefault),
+  );
+  checkReturn(
+    "posix_spawnattr_setsigmask",
+    lib.posix_spawnattr_setsigmask(attr, sigmask),
+  );
+  checkReturn(
+    "posix_spawnattr_setflags",
+    lib.posix_spawnattr_setflags(
+      attr,
+      POSIX_SPAWN.SETSIGDEF | POSIX_SPAWN.SETSIGMASK,
+    ),
+  );
+  return attr;
+}
+
+/**
+ * C strings and the NULL-terminated pointer array over them; `keep` must
+ * stay reachable until the array has been used.
+ */
+export function stringArray(values: readonly string[]): {
+  keep: Uint8Array[];
+  array: BigUint64Array<ArrayBuffer>;
+} {
+  const keep = values.map((value) => cstr(value));
+  const array = new BigUint64Array(new ArrayBuffer((keep.length + 1) * 8 + 64));
+  keep.forEach((bytes, i) => {
+    array[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes)));
+  });
+  return { keep, array };
+}
+
+/**
+ * What spawn() needs once the child runs, acquired before it starts: a free
+ * fd slot for the pidfd (an eventfd held until then) and the poller held
+ * open (its own fds) by a registration of that eventfd, so watching the
+ * child needs no new fd. Near the fd limit spawn() then fails before any
+ * child exists, instead of leaving one nobody waits for.
+ */
+export class Reserve implements Disposable {
+  #fd: number;
+  #hold: PollHandle | undefined;
+
+  constructor() {
+    const lib = libc();
+    this.#fd = check("eventfd", lib.eventfd(0, EFD.CLOEXEC));
+    try {
+      this.#hold = poller().register(this.#fd);
+    } catch (error) {
+      lib.close(this.#fd);
+      throw error;
+    }
+  }
+
+  /**
+   * Opens a pidfd for `pid`. When the fd table is full, gives back what it
+   * holds (the slot, and the poller's fds when nothing else keeps the poller
+   * open, which it reopens with them) and tries once more; another thread
+   * may still take them first.
+   */
+  pidfdOf(pid: number): number {
+    const lib = libc();
+    const open = () => lib.pidfd_open(BigInt(SYS.pidfd_open), BigInt(pid), 0n);
+    let pidfd = open();
+    if (pidfd === -1 && this.#fd !== -1) {
+      const code = errno();
+      if (code !== ERRNO.EMFILE && code !== ERRNO.ENFILE) {
+        throw systemError("pidfd_open", code, `pid ${pid}`);
+      }
+      this[Symbol.dispose]();
+      pidfd = open();
+    }
+    if (pidfd === -1) throw systemError("pidfd_open", errno(), `pid ${pid}`);
+    return pidfd;
+  }
+
+  [Symbol.dispose](): void {
+    // The eventfd was never armed, so the handle has nothing in epoll.
+    this.#hold?.close();
+    this.#hold = undefined;
+    if (this.#fd !== -1) libc().close(this.#fd);
+    this.#fd = -1;
+  }
+}
+
+/**
+ * Ends a child this process cannot watch: SIGKILL, then a blocking reap of
+ * that pid only (a child not yet reaped keeps its pid, so nothing else is
+ * signalled or reaped).
+ */
+export function killAndReap(pid: number): void {
+  libc().kill(pid, SIGNALS.SIGKILL);
+  reapBlocking(WAIT.P_PID, pid);
+}
+
+/** Waits (blocking) until a child that was sent SIGKILL is reaped. */
+export function reapBlocking(idtype: number, id: number): void {
+  const lib = libc();
+  const info = new Uint8Array(SIGINFO.size);
+  for (;;) {
+    const result = lib.waitid(
+      BigInt(SYS.waitid),
+      BigInt(idtype),
+      BigInt(id),
+      info,
+      BigInt(WAIT.WEXITED),
+      0n,
+    );
+    if (result !== -1 || errno() !== ERRNO.EINTR) return;
+  }
+}
