@@ -46,6 +46,12 @@ import {
   spawnAttributes,
   stringArray,
 } from "./_spawn_setup.ts";
+import {
+  childEnvironment,
+  liveEnvironment,
+  requireRunPermission,
+  resolveCommand,
+} from "./_spawn_command.ts";
 
 export type { SignalName } from "./ffi/layout.ts";
 
@@ -74,7 +80,11 @@ export interface SpawnOptions {
   stdout?: Stdio;
   /** The child's stderr. Default `"inherit"`. */
   stderr?: Stdio;
-  /** Variables to set in the child, on top of this process's environment. */
+  /**
+   * Variables to set in the child, on top of this process's environment
+   * (read through libc: no `--allow-env` needed, as with `Deno.Command`).
+   * An `LD_*` or `DYLD_*` variable needs `--allow-run` for every command.
+   */
   env?: Record<string, string>;
   /** Start from an empty environment (only `env`). Default `false`. */
   clearEnv?: boolean;
@@ -317,30 +327,21 @@ export class ChildProcess implements AsyncDisposable {
   }
 }
 
-function environment(options: SpawnOptions): string[] | null {
-  if (!options.clearEnv && options.env === undefined) return null;
-  const merged: Record<string, string> = options.clearEnv
-    ? {}
-    : Deno.env.toObject();
-  for (const [key, value] of Object.entries(options.env ?? {})) {
-    if (key === "" || key.includes("=")) {
-      throw new TypeError(
-        `Cannot spawn: invalid environment variable name ${
-          JSON.stringify(key)
-        }`,
-      );
-    }
-    merged[key] = String(value);
-  }
-  return Object.entries(merged).map(([key, value]) => `${key}=${value}`);
-}
-
 /**
  * Starts a child process.
+ *
+ * The FFI could bypass Deno's permissions, but spawn() requires run access
+ * for the command as `Deno.Command` does: the command is resolved first (a
+ * name through the `PATH` of the child's environment, a path relative to
+ * the child's cwd), and run access must be granted for that path, so
+ * `--allow-run=git` lets it start `git` and nothing else.
  *
  * @param command The program, looked up in `PATH` when it has no slash.
  * @param options Arguments, fds to hand over, stdio, environment.
  * @returns The running child. Its `status` resolves when it has exited.
+ * @throws {Deno.errors.NotCapable} When run access is not granted for the
+ * command, or `env` sets an `LD_*` or `DYLD_*` variable without
+ * `--allow-run` for every command.
  * @throws {Deno.errors.NotFound} When the command does not exist.
  *
  * @example Run a Deno child with a socket and a pipe as fd 3 and 4
@@ -363,7 +364,11 @@ export function spawn(
   const file = commandPath(command);
   const args = checkedArgs(options.args);
   if (options.signal?.aborted) throw options.signal.reason;
-  const env = environment(options);
+  const cwd = pathOf(options.cwd);
+  const env = childEnvironment(options.env, options.clearEnv);
+  const vars = env ?? liveEnvironment();
+  const path = resolveCommand(file, cwd, vars);
+  requireRunPermission(file, path, vars);
   // Released whatever happens: the child's copies and the set-up.
   using setUp = new DisposableStack();
   // Released only when spawn() fails: this process's ends of "piped" stdio.
@@ -371,9 +376,9 @@ export function spawn(
   const stdio = [options.stdin, options.stdout, options.stderr];
   const plan = planFds(stdio, options.fds ?? [], setUp, onFailure);
   const reserve = setUp.use(new Reserve());
-  const actions = fileActions(plan, pathOf(options.cwd), setUp);
+  const actions = fileActions(plan, cwd, setUp);
   const attr = spawnAttributes(setUp);
-  const pid = start(file, args, actions, attr, env);
+  const pid = start(file, path, args, actions, attr, env);
   const child = watch(pid, reserve, plan.parentEnds, options.signal);
   onFailure.move();
   return child;
@@ -403,11 +408,13 @@ function checkedArgs(args: readonly string[] = []): readonly string[] {
 }
 
 /**
- * Starts the child and returns its pid. Without `env`, the child gets the
- * live `environ`, so changes made with Deno.env.set are seen.
+ * Starts the child from `path`, with `file` as its argv[0], and returns its
+ * pid. Without `env`, the child gets the live `environ`, so changes made
+ * with Deno.env.set are seen.
  */
 function start(
   file: string,
+  path: string,
   args: readonly string[],
   actions: Uint8Array,
   attr: Uint8Array,
@@ -424,7 +431,7 @@ function start(
   const pid = new Int32Array(1);
   const code = lib.posix_spawnp(
     pid,
-    cstr(file),
+    cstr(path),
     actions,
     attr,
     argv.array,

@@ -362,7 +362,14 @@ Deno.test({
     // stdout plus one passed fd, which need more fds before the spawn).
     for (const mode of ["plain", "piped"]) {
       const run = await runDeno(
-        ["run", "--allow-ffi", fixture("spawn_fd_limit.ts"), mode, "12"],
+        [
+          "run",
+          "--allow-ffi",
+          "--allow-run",
+          fixture("spawn_fd_limit.ts"),
+          mode,
+          "12",
+        ],
         60_000,
         `spawn at the fd limit (${mode})`,
       );
@@ -447,5 +454,110 @@ Deno.test({
       }
       assert.deepEqual(childPids(), [], "the child was left behind");
     });
+  },
+});
+
+/** The first executable `name` in PATH, or `undefined`. */
+function which(name: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    try {
+      const path = `${dir}/${name}`;
+      if ((Deno.statSync(path).mode ?? 0) & 0o111) return path;
+    } catch {
+      // Not in this directory.
+    }
+  }
+  return undefined;
+}
+
+Deno.test({
+  name:
+    "spawn() requires the run permission for its command as Deno.Command does: refused with NotCapable naming --allow-run, granted by --allow-run=<name> for that command by name or path",
+  permissions: perms,
+  async fn() {
+    // git where it exists, else another binary that is surely there.
+    const allowed = which("git") !== undefined ? "git" : "true";
+    const allowedPath = which(allowed);
+    assert.ok(allowedPath !== undefined, `${allowed} is not in PATH`);
+    const run = async (flags: string[]) => {
+      const out = await runDeno(
+        [
+          "run",
+          "--allow-ffi",
+          ...flags,
+          fixture("spawn_permissions.ts"),
+          allowed,
+          allowedPath,
+        ],
+        30_000,
+        `spawn permissions with ${flags.join(" ") || "--allow-ffi only"}`,
+      );
+      assert.equal(out.code, 0, out.stderr);
+      const lines = out.stdout.trim().split("\n").map((l) => JSON.parse(l));
+      const byName = new Map<string, Record<string, string>>();
+      for (const line of lines) {
+        // Whatever the case, spawn() ends as Deno.Command does.
+        assert.equal(line.ours, line.deno, `${line.name}: ${line.message}`);
+        byName.set(line.name, line);
+      }
+      return byName;
+    };
+    const refusal = (command: string) =>
+      `Requires run access to ${
+        JSON.stringify(command)
+      }, run again with the --allow-run flag`;
+    const loader = (name: string) =>
+      `Requires --allow-run permissions to spawn subprocess with ${name} environment variable. Alternatively, spawn with the environment variable unset.`;
+
+    const ffiOnly = await run([]);
+    assert.equal(ffiOnly.size, 9);
+    for (
+      const [name, command] of [
+        ["sh by name", "sh"],
+        ["sh by path", "/bin/sh"],
+        ["allowed by name", allowed],
+        ["allowed by path", allowedPath],
+        ["allowed with env", allowed],
+      ]
+    ) {
+      const line = ffiOnly.get(name)!;
+      assert.equal(line.ours, "NotCapable", name);
+      assert.equal(line.message, refusal(command), name);
+    }
+    assert.equal(ffiOnly.get("missing command")!.ours, "NotFound");
+
+    const one = await run([`--allow-run=${allowed}`]);
+    assert.equal(one.size, 9);
+    assert.equal(one.get("sh by name")!.message, refusal("sh"));
+    assert.equal(one.get("sh by path")!.message, refusal("/bin/sh"));
+    for (
+      const name of [
+        "allowed by name",
+        "allowed by path",
+        "allowed with env",
+        "allowed with empty LD_PRELOAD",
+      ]
+    ) {
+      assert.equal(
+        one.get(name)!.ours,
+        "exit 0",
+        `${name}: ${one.get(name)!.message}`,
+      );
+    }
+    assert.equal(
+      one.get("allowed with LD_PRELOAD")!.message,
+      loader("LD_PRELOAD"),
+    );
+    assert.equal(
+      one.get("allowed with ld_library_path")!.message,
+      loader("ld_library_path"),
+    );
+    assert.equal(one.get("missing command")!.ours, "NotFound");
+
+    const all = await run(["--allow-run"]);
+    for (const [name, line] of all) {
+      if (name === "missing command") assert.equal(line.ours, "NotFound");
+      else assert.equal(line.ours, "exit 0", `${name}: ${line.message}`);
+    }
   },
 });
