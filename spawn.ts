@@ -51,6 +51,7 @@ import {
   liveEnvironment,
   requireRunPermission,
   resolveCommand,
+  spawnError,
 } from "./_spawn_command.ts";
 
 export type { SignalName } from "./ffi/layout.ts";
@@ -88,7 +89,10 @@ export interface SpawnOptions {
   env?: Record<string, string>;
   /** Start from an empty environment (only `env`). Default `false`. */
   clearEnv?: boolean;
-  /** The child's working directory. */
+  /**
+   * The child's working directory; a relative command path is resolved
+   * against it.
+   */
   cwd?: string | URL;
   /** Aborting sends SIGTERM to the child if it still runs. */
   signal?: AbortSignal;
@@ -342,7 +346,9 @@ export class ChildProcess implements AsyncDisposable {
  * @throws {Deno.errors.NotCapable} When run access is not granted for the
  * command, or `env` sets an `LD_*` or `DYLD_*` variable without
  * `--allow-run` for every command.
- * @throws {Deno.errors.NotFound} When the command does not exist.
+ * @throws {Deno.errors.NotFound} When the command or the cwd does not
+ * exist; the message says which.
+ * @throws {Deno.errors.NotADirectory} When the cwd is not a directory.
  *
  * @example Run a Deno child with a socket and a pipe as fd 3 and 4
  * ```ts ignore
@@ -378,7 +384,7 @@ export function spawn(
   const reserve = setUp.use(new Reserve());
   const actions = fileActions(plan, cwd, setUp);
   const attr = spawnAttributes(setUp);
-  const pid = start(file, path, args, actions, attr, env);
+  const pid = start({ file, path, args, cwd, env, actions, attr });
   const child = watch(pid, reserve, plan.parentEnds, options.signal);
   onFailure.move();
   return child;
@@ -407,43 +413,75 @@ function checkedArgs(args: readonly string[] = []): readonly string[] {
   return args;
 }
 
+/** Everything `posix_spawnp` needs, prepared by spawn(). */
+interface Launch {
+  /** The command as given: the child's argv[0]. */
+  file: string;
+  /** What `file` resolved to: the program that runs. */
+  path: string;
+  args: readonly string[];
+  cwd: string | undefined;
+  /** `KEY=value` strings, or `null` for the live `environ`. */
+  env: string[] | null;
+  actions: Uint8Array;
+  attr: Uint8Array;
+}
+
 /**
- * Starts the child from `path`, with `file` as its argv[0], and returns its
- * pid. Without `env`, the child gets the live `environ`, so changes made
- * with Deno.env.set are seen.
+ * Starts the child and returns its pid. A file the kernel cannot execute
+ * (a script without `#!`) runs with `/bin/sh`, as `execvp` and
+ * `Deno.Command` run it.
  */
-function start(
-  file: string,
+function start(launch: Launch): number {
+  const { file, path, args, cwd } = launch;
+  const pid = new Int32Array(1);
+  const code = posixSpawn(pid, path, [file, ...args], launch);
+  if (code === 0) return pid[0];
+  if (code !== ERRNO.ENOEXEC) throw spawnError(file, path, code, cwd);
+  const shell = posixSpawn(pid, SHELL, [SHELL, path, ...args], launch);
+  if (shell === 0) return pid[0];
+  const cause = spawnError(SHELL, SHELL, shell, cwd);
+  const Class = cause.constructor as ErrorConstructor;
+  throw new Class(
+    `Cannot spawn ${
+      JSON.stringify(file)
+    }: it is not in an executable format, and ${SHELL} could not run it: ${cause.message}`,
+    { cause },
+  );
+}
+
+const SHELL = "/bin/sh";
+
+/**
+ * One `posix_spawnp` call; returns its error number. Without `env`, the
+ * child gets the live `environ`, so changes made with Deno.env.set are seen.
+ */
+function posixSpawn(
+  pid: Int32Array,
   path: string,
-  args: readonly string[],
-  actions: Uint8Array,
-  attr: Uint8Array,
-  env: string[] | null,
+  argv: readonly string[],
+  { env, actions, attr }: Launch,
 ): number {
   const lib = libc();
-  const argv = stringArray([file, ...args]);
+  const args = stringArray(argv);
   const envArray = env === null ? null : stringArray(env);
   const envp = envArray === null
     ? Deno.UnsafePointer.create(
       new Deno.UnsafePointerView(lib.environ!).getBigUint64(0),
     )
     : Deno.UnsafePointer.of(envArray.array);
-  const pid = new Int32Array(1);
   const code = lib.posix_spawnp(
     pid,
     cstr(path),
     actions,
     attr,
-    argv.array,
+    args.array,
     envp,
   );
-  if (code !== 0) {
-    throw systemError("posix_spawnp", code, `command ${JSON.stringify(file)}`);
-  }
   // The C strings must stay reachable until posix_spawnp has returned.
-  void argv.keep;
+  void args.keep;
   void envArray?.keep;
-  return pid[0];
+  return code;
 }
 
 /**

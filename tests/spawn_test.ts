@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { pipe, spawn } from "../mod.ts";
+import { pipe, spawn, type SpawnOptions } from "../mod.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import {
@@ -559,5 +559,82 @@ Deno.test({
       if (name === "missing command") assert.equal(line.ours, "NotFound");
       else assert.equal(line.ours, "exit 0", `${name}: ${line.message}`);
     }
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() with a missing cwd throws NotFound naming the cwd, and with a file as cwd NotADirectory; no child, no fd left",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(() => {
+      const missing = "/nonexistent/conduit-cwd";
+      assert.throws(
+        () =>
+          spawn("sh", {
+            args: ["-c", "exit 0"],
+            cwd: missing,
+            stdout: "piped",
+          }),
+        (e: unknown) =>
+          e instanceof Deno.errors.NotFound &&
+          e.message === `Cannot spawn "sh": no such cwd "${missing}"`,
+      );
+      assert.throws(
+        () => spawn("sh", { cwd: new URL("file:///etc/hostname") }),
+        (e: unknown) =>
+          e instanceof Deno.errors.NotADirectory &&
+          e.message ===
+            'Cannot spawn "sh": the cwd "/etc/hostname" is not a directory',
+      );
+      // A missing command is still named as such.
+      assert.throws(
+        () => spawn("/nonexistent/conduit-command", { cwd: "/tmp" }),
+        (e: unknown) =>
+          e instanceof Deno.errors.NotFound &&
+          e.message ===
+            'Cannot spawn "/nonexistent/conduit-command": no such file "/nonexistent/conduit-command"',
+      );
+      assert.deepEqual(childPids(), []);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() runs a script without #! with /bin/sh as Deno.Command does, found by name in the child's PATH or by a path relative to its cwd",
+  permissions: { ...perms, write: true },
+  async fn() {
+    const dir = Deno.makeTempDirSync({ prefix: "conduit-spawn-" });
+    try {
+      const script = `${dir}/no-shebang`;
+      Deno.writeTextFileSync(script, 'echo "$0|$1|$(pwd)"\n', { mode: 0o755 });
+      const expected = `${script}|arg|${dir}\n`;
+      const ours = async (command: string, options: SpawnOptions) => {
+        const out = await withTimeout(
+          spawn(command, { args: ["arg"], stdout: "piped", ...options })
+            .output(),
+          10_000,
+          command,
+        );
+        assert.equal(out.code, 0);
+        return decoder.decode(out.stdout);
+      };
+      assert.equal(await ours(script, { cwd: dir }), expected);
+      assert.equal(await ours("./no-shebang", { cwd: dir }), expected);
+      assert.equal(
+        await ours("no-shebang", { cwd: dir, env: { PATH: dir } }),
+        expected,
+      );
+      const deno = await new Deno.Command("./no-shebang", {
+        args: ["arg"],
+        cwd: dir,
+        stdout: "piped",
+      }).output();
+      assert.equal(decoder.decode(deno.stdout), expected);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+    await pollerIdle();
   },
 });
