@@ -94,8 +94,17 @@ export interface SpawnOptions {
    * against it.
    */
   cwd?: string | URL;
-  /** Aborting sends SIGTERM to the child if it still runs. */
+  /**
+   * Aborting sends SIGTERM to the child if it still runs (then SIGKILL
+   * after `killGrace`, when set).
+   */
   signal?: AbortSignal;
+  /**
+   * Milliseconds a child may take to exit after the SIGTERM of `await using`
+   * or of an aborted `signal`, before SIGKILL follows. Default: no SIGKILL,
+   * the wait lasts as long as the child runs, as with `Deno.ChildProcess`.
+   */
+  killGrace?: number;
 }
 
 /** How a child ended. */
@@ -143,21 +152,24 @@ export class ChildProcess implements AsyncDisposable {
   #stdout: PipeReader | null;
   #stderr: PipeReader | null;
   #signal: AbortSignal | undefined;
-  #onAbort = () => {
-    if (!this.#exited) this.#send(SIGNALS.SIGTERM);
-  };
+  #killGrace: number | undefined;
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  #refed = true;
+  #onAbort = () => this.#terminate();
 
   /** @internal Use {@linkcode spawn}. */
   constructor(
     pid: number,
     pidfd: number,
     stdio: ParentEnds,
-    signal: AbortSignal | undefined,
+    options: Pick<SpawnOptions, "signal" | "killGrace"> = {},
   ) {
     this.pid = pid;
     this.#pidfd = new OwnedFd(pidfd, "ChildProcess");
     [this.#stdin, this.#stdout, this.#stderr] = stdio;
+    const { signal, killGrace } = options;
     this.#signal = signal;
+    this.#killGrace = killGrace;
     signal?.addEventListener("abort", this.#onAbort, { once: true });
     this.status = this.#reap();
     // A rejection must never end the process before anyone could attach a
@@ -219,11 +231,15 @@ export class ChildProcess implements AsyncDisposable {
 
   /** Waiting for the child keeps this process alive (the default). */
   ref(): void {
+    this.#refed = true;
+    if (this.#graceTimer !== undefined) Deno.refTimer(this.#graceTimer);
     if (!this.#exited) this.#pidfd.ref();
   }
 
   /** Lets this process exit while the child still runs. */
   unref(): void {
+    this.#refed = false;
+    if (this.#graceTimer !== undefined) Deno.unrefTimer(this.#graceTimer);
     if (!this.#exited) this.#pidfd.unref();
   }
 
@@ -251,9 +267,13 @@ export class ChildProcess implements AsyncDisposable {
     }
   }
 
-  /** Kills the child if it still runs (SIGKILL), reaps it, closes its pipes. */
+  /**
+   * Sends SIGTERM if the child still runs (SIGKILL follows after
+   * `killGrace`, when set), waits until it has exited and is reaped, and
+   * closes its pipes.
+   */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.#exited) this.#send(SIGNALS.SIGKILL);
+    this.#terminate();
     try {
       await this.status;
     } finally {
@@ -261,6 +281,28 @@ export class ChildProcess implements AsyncDisposable {
       this.#stdout?.close();
       this.#stderr?.close();
     }
+  }
+
+  /** SIGTERM, and SIGKILL once `killGrace` has passed; errors are ignored. */
+  #terminate(): void {
+    if (this.#exited) return;
+    try {
+      this.#send(SIGNALS.SIGTERM);
+    } catch {
+      // The status tells how the child ended.
+    }
+    if (this.#killGrace === undefined || this.#graceTimer !== undefined) {
+      return;
+    }
+    this.#graceTimer = setTimeout(() => {
+      this.#graceTimer = undefined;
+      try {
+        if (!this.#exited) this.#send(SIGNALS.SIGKILL);
+      } catch {
+        // As above.
+      }
+    }, this.#killGrace);
+    if (!this.#refed) Deno.unrefTimer(this.#graceTimer);
   }
 
   #send(signo: number): void {
@@ -315,6 +357,8 @@ export class ChildProcess implements AsyncDisposable {
       }
     } finally {
       this.#exited = true;
+      clearTimeout(this.#graceTimer);
+      this.#graceTimer = undefined;
       this.#signal?.removeEventListener("abort", this.#onAbort);
       this.#pidfd.close();
     }
@@ -369,6 +413,7 @@ export function spawn(
 ): ChildProcess {
   const file = commandPath(command);
   const args = checkedArgs(options.args);
+  checkGrace(options.killGrace);
   if (options.signal?.aborted) throw options.signal.reason;
   const cwd = pathOf(options.cwd);
   const env = childEnvironment(options.env, options.clearEnv);
@@ -385,7 +430,7 @@ export function spawn(
   const actions = fileActions(plan, cwd, setUp);
   const attr = spawnAttributes(setUp);
   const pid = start({ file, path, args, cwd, env, actions, attr });
-  const child = watch(pid, reserve, plan.parentEnds, options.signal);
+  const child = watch(pid, reserve, plan.parentEnds, options);
   onFailure.move();
   return child;
 }
@@ -402,6 +447,20 @@ function commandPath(command: string | URL): string {
     throw new TypeError("Cannot spawn: command must be a non-empty string");
   }
   return file;
+}
+
+function checkGrace(killGrace: number | undefined): void {
+  if (killGrace === undefined) return;
+  if (typeof killGrace !== "number") {
+    throw new TypeError(
+      `Cannot spawn: killGrace must be a number of milliseconds, got ${typeof killGrace}`,
+    );
+  }
+  if (!(killGrace >= 0 && killGrace <= 2 ** 31 - 1)) {
+    throw new RangeError(
+      `Cannot spawn: killGrace must be from 0 to 2147483647 ms, got ${killGrace}`,
+    );
+  }
 }
 
 function checkedArgs(args: readonly string[] = []): readonly string[] {
@@ -493,12 +552,12 @@ function watch(
   pid: number,
   reserve: Reserve,
   parentEnds: ParentEnds,
-  signal: AbortSignal | undefined,
+  options: SpawnOptions,
 ): ChildProcess {
   try {
     const pidfd = reserve.pidfdOf(pid);
     try {
-      return new ChildProcess(pid, pidfd, parentEnds, signal);
+      return new ChildProcess(pid, pidfd, parentEnds, options);
     } catch (error) {
       libc().close(pidfd);
       throw error;

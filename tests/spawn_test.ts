@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { pipe, spawn, type SpawnOptions } from "../mod.ts";
+import {
+  type ChildProcess,
+  type ChildStatus,
+  pipe,
+  spawn,
+  type SpawnOptions,
+} from "../mod.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import {
@@ -14,6 +20,7 @@ import {
   procFdTarget,
   readProcText,
   runDeno,
+  stillPending,
   until,
   withTimeout,
   zombieChildren,
@@ -212,17 +219,133 @@ Deno.test({
 });
 
 Deno.test({
-  name: "await using kills a running child and reaps it",
+  name: "await using ends a running child with SIGTERM and reaps it",
   permissions: perms,
   async fn() {
     let pid = 0;
+    let status: Promise<ChildStatus> | undefined;
     {
       await using child = spawn("sleep", { args: ["30"], stdout: "piped" });
       pid = child.pid;
+      status = child.status;
     }
+    assert.equal((await status).signal, "SIGTERM");
     assert.ok(!childPids().includes(pid), "the child must be reaped");
     assert.equal(readProcText(`/proc/${pid}/stat`), undefined);
     await pollerIdle();
+  },
+});
+
+/** Reads the child's stdout until it has said `ready`. */
+async function untilReady(child: ChildProcess): Promise<void> {
+  const reader = child.stdout.getReader();
+  try {
+    let text = "";
+    while (!text.includes("ready")) {
+      const { value, done } = await withTimeout(
+        reader.read(),
+        10_000,
+        "the child to say ready",
+      );
+      if (done) throw new Error(`The child ended before it was ready: ${text}`);
+      text += decoder.decode(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+Deno.test({
+  name:
+    "await using a child that cleans up on SIGTERM lets it: the child exits by itself after its handler ran",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using note = pipe();
+      let status: Promise<ChildStatus> | undefined;
+      {
+        // The handler runs once the current short sleep has returned.
+        await using child = spawn("sh", {
+          args: [
+            "-c",
+            "trap 'echo cleaned up >&3; exit 7' TERM; echo ready; while :; do sleep 0.01; done",
+          ],
+          fds: [note.writer],
+          stdout: "piped",
+          killGrace: 60_000,
+        });
+        note.writer.close();
+        status = child.status;
+        await untilReady(child);
+      }
+      assert.deepEqual(await status, { success: false, code: 7, signal: null });
+      assert.equal(
+        await readAllText(note.reader, "the child's note"),
+        "cleaned up\n",
+      );
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a child that ignores SIGTERM: await using waits for it, and with killGrace SIGKILL follows, also after an abort",
+  permissions: perms,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      const stubborn = (options: SpawnOptions = {}) =>
+        spawn("sh", {
+          args: ["-c", "trap '' TERM; echo ready; exec sleep 60"],
+          stdout: "piped",
+          ...options,
+        });
+
+      // No killGrace: SIGTERM and a wait that lasts while the child runs.
+      const patient = stubborn();
+      await untilReady(patient);
+      const disposed = patient[Symbol.asyncDispose]();
+      assert.ok(await stillPending(disposed, 50), "dispose did not wait");
+      assert.ok(childPids().includes(patient.pid));
+      patient.kill("SIGKILL");
+      await withTimeout(disposed, 10_000, "dispose after SIGKILL");
+      assert.equal((await patient.status).signal, "SIGKILL");
+
+      // killGrace: SIGKILL once it has passed.
+      const graced = stubborn({ killGrace: 20 });
+      await untilReady(graced);
+      await withTimeout(
+        graced[Symbol.asyncDispose](),
+        10_000,
+        "dispose with killGrace",
+      );
+      assert.equal((await graced.status).signal, "SIGKILL");
+
+      // The same after an aborted signal.
+      const controller = new AbortController();
+      const aborted = stubborn({ killGrace: 20, signal: controller.signal });
+      await untilReady(aborted);
+      controller.abort();
+      const status = await withTimeout(aborted.status, 10_000, "aborted");
+      assert.equal(status.signal, "SIGKILL");
+      await aborted.stdout.cancel();
+      assert.deepEqual(childPids(), []);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "spawn() checks killGrace: a TypeError for a non-number, a RangeError out of range",
+  permissions: perms,
+  fn() {
+    assert.throws(
+      () => spawn("true", { killGrace: "5" as unknown as number }),
+      TypeError,
+    );
+    for (const killGrace of [-1, NaN, 2 ** 31]) {
+      assert.throws(() => spawn("true", { killGrace }), RangeError);
+    }
+    assert.deepEqual(childPids(), []);
   },
 });
 
