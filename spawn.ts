@@ -35,6 +35,7 @@ import {
 } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
 import { OwnedFd } from "./ffi/fd.ts";
+import { type Inspect, inspectEndpoint } from "./_inspect.ts";
 import type { PipeReader, PipeWriter } from "./pipe.ts";
 import {
   fileActions,
@@ -135,6 +136,23 @@ function validateSignal(signal: SignalName | number): number {
 
 /**
  * A running child process started by {@linkcode spawn}.
+ *
+ * It prints with its pid and state, as
+ * `ChildProcess { pid: 4242, fd: 9, state: "running" }` and, once reaped,
+ * `ChildProcess { pid: 4242, state: "exited", code: 0, signal: null }`.
+ *
+ * @example Read a child's output, then make sure it has ended
+ * ```ts
+ * import { spawn } from "@conduit/ipc/spawn";
+ *
+ * await using child = spawn("sh", {
+ *   args: ["-c", "echo hello"],
+ *   stdout: "piped",
+ * });
+ * const text = await new Response(child.stdout).text(); // "hello\n"
+ * const { success } = await child.status;
+ * console.log(text.trim(), success); // hello true
+ * ```
  */
 export class ChildProcess implements AsyncDisposable {
   /** The child's process id. */
@@ -148,6 +166,7 @@ export class ChildProcess implements AsyncDisposable {
   readonly status: Promise<ChildStatus>;
   #pidfd: OwnedFd;
   #exited = false;
+  #ended: ChildStatus | undefined;
   #stdin: PipeWriter | null;
   #stdout: PipeReader | null;
   #stderr: PipeReader | null;
@@ -216,10 +235,19 @@ export class ChildProcess implements AsyncDisposable {
   }
 
   /**
-   * Sends a signal through the pidfd.
+   * Sends a signal through the pidfd, so a recycled pid is never signalled.
    *
    * @param signal A signal name or number. Default `"SIGTERM"`.
    * @throws {TypeError} When the child has already been reaped.
+   *
+   * @example Stop a child that runs too long
+   * ```ts
+   * import { spawn } from "@conduit/ipc/spawn";
+   *
+   * const child = spawn("sleep", { args: ["60"] });
+   * child.kill(); // SIGTERM
+   * console.log((await child.status).signal); // "SIGTERM"
+   * ```
    */
   kill(signal: SignalName | number = "SIGTERM"): void {
     const signo = validateSignal(signal);
@@ -236,7 +264,17 @@ export class ChildProcess implements AsyncDisposable {
     if (!this.#exited) this.#pidfd.ref();
   }
 
-  /** Lets this process exit while the child still runs. */
+  /**
+   * Lets this process exit while the child still runs.
+   *
+   * @example Start a child and leave it running
+   * ```ts
+   * import { spawn } from "@conduit/ipc/spawn";
+   *
+   * const child = spawn("sleep", { args: ["1"], stdout: "null" });
+   * child.unref(); // this process may exit before the child does
+   * ```
+   */
   unref(): void {
     this.#refed = false;
     if (this.#graceTimer !== undefined) Deno.unrefTimer(this.#graceTimer);
@@ -244,9 +282,23 @@ export class ChildProcess implements AsyncDisposable {
   }
 
   /**
-   * Waits for the child and collects its piped stdout and stderr.
+   * Waits for the child and collects its piped stdout and stderr. Closes a
+   * piped stdin first, so a child that reads it to the end can finish.
    *
    * @returns The status with everything read from the piped streams.
+   *
+   * @example Run a command and collect what it printed
+   * ```ts
+   * import { spawn } from "@conduit/ipc/spawn";
+   *
+   * const { code, stdout, stderr } = await spawn("sh", {
+   *   args: ["-c", "echo out; echo err >&2; exit 3"],
+   *   stdout: "piped",
+   *   stderr: "piped",
+   * }).output();
+   * console.log(code, new TextDecoder().decode(stdout)); // 3 "out\n"
+   * console.log(new TextDecoder().decode(stderr)); // "err\n"
+   * ```
    */
   async output(): Promise<ChildOutput> {
     const collect = async (reader: PipeReader | null) =>
@@ -271,6 +323,16 @@ export class ChildProcess implements AsyncDisposable {
    * Sends SIGTERM if the child still runs (SIGKILL follows after
    * `killGrace`, when set), waits until it has exited and is reaped, and
    * closes its pipes.
+   *
+   * @example Give a child a second to clean up on SIGTERM
+   * ```ts
+   * import { spawn } from "@conduit/ipc/spawn";
+   *
+   * {
+   *   await using child = spawn("sleep", { args: ["60"], killGrace: 1000 });
+   *   console.log(child.pid);
+   * } // SIGTERM here; SIGKILL too if the child were still running after 1 s
+   * ```
    */
   async [Symbol.asyncDispose](): Promise<void> {
     this.#terminate();
@@ -281,6 +343,33 @@ export class ChildProcess implements AsyncDisposable {
       this.#stdout?.close();
       this.#stderr?.close();
     }
+  }
+
+  /**
+   * Shows the pid and the state: the pidfd and whether the wait is ref'd
+   * while the child runs, how it ended once reaped.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: Inspect,
+    options: unknown,
+  ): string {
+    const { pid } = this;
+    const fields = !this.#exited
+      ? {
+        pid,
+        fd: this.#pidfd.fd,
+        state: "running",
+        ...(this.#refed ? {} : { ref: false }),
+      }
+      : this.#ended === undefined
+      ? { pid, state: "exited" }
+      : {
+        pid,
+        state: "exited",
+        code: this.#ended.code,
+        signal: this.#ended.signal,
+      };
+    return inspectEndpoint("ChildProcess", fields, inspect, options);
   }
 
   /** SIGTERM, and SIGKILL once `killGrace` has passed; errors are ignored. */
@@ -362,17 +451,23 @@ export class ChildProcess implements AsyncDisposable {
       this.#signal?.removeEventListener("abort", this.#onAbort);
       this.#pidfd.close();
     }
-    const code = view.getInt32(SIGINFO.code, true);
-    const value = view.getInt32(SIGINFO.status, true);
-    if (code === CLD.EXITED) {
-      return { success: value === 0, code: value, signal: null };
-    }
-    return {
-      success: false,
-      code: 128 + value,
-      signal: signalName(value) ?? null,
-    };
+    this.#ended = statusOf(view);
+    return this.#ended;
   }
+}
+
+/** How a child ended, from the `siginfo_t` that `waitid` filled. */
+function statusOf(info: DataView): ChildStatus {
+  const code = info.getInt32(SIGINFO.code, true);
+  const value = info.getInt32(SIGINFO.status, true);
+  if (code === CLD.EXITED) {
+    return { success: value === 0, code: value, signal: null };
+  }
+  return {
+    success: false,
+    code: 128 + value,
+    signal: signalName(value) ?? null,
+  };
 }
 
 /**

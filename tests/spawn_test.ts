@@ -761,3 +761,32 @@ Deno.test({
     await pollerIdle();
   },
 });
+
+Deno.test({
+  name:
+    "a ChildProcess prints its pid and state: running with its pidfd, then exited with its code or signal",
+  permissions: perms,
+  async fn() {
+    const child = spawn("sleep", { args: ["30"] });
+    assert.equal(
+      Deno.inspect(child),
+      `ChildProcess { pid: ${child.pid}, fd: ${child.rawFd}, state: "running" }`,
+    );
+    child.unref();
+    assert.match(Deno.inspect(child), /state: "running", ref: false \}$/);
+    child.ref();
+    child.kill("SIGKILL");
+    await withTimeout(child.status, 10_000, "killed child");
+    assert.equal(
+      Deno.inspect(child),
+      `ChildProcess { pid: ${child.pid}, state: "exited", code: 137, signal: "SIGKILL" }`,
+    );
+    const exit3 = spawn("sh", { args: ["-c", "exit 3"] });
+    await withTimeout(exit3.status, 10_000, "exit 3");
+    assert.equal(
+      Deno.inspect(exit3),
+      `ChildProcess { pid: ${exit3.pid}, state: "exited", code: 3, signal: null }`,
+    );
+    await pollerIdle();
+  },
+});
