@@ -1,8 +1,9 @@
 /**
- * What `spawn()` sets up around `posix_spawnp`: the child's fd table (stdio,
- * handed-over fds, nothing else), its file actions and attributes, the
- * argument and environment arrays, the fd slot kept for the pidfd, and the
- * last-resort kill and reap of a child that cannot be watched.
+ * What `spawn()` sets up around `posix_spawnp`, and the call itself: the
+ * child's fd table (stdio, handed-over fds, nothing else), its file actions
+ * and attributes, the argument and environment arrays, the fd slot kept for
+ * the pidfd, and the last-resort kill and reap of a child that cannot be
+ * watched.
  *
  * @module
  */
@@ -22,6 +23,7 @@ import { cstr } from "./ffi/mem.ts";
 import { dupCloexec } from "./ffi/fd.ts";
 import { poller, type PollHandle } from "./ffi/poller.ts";
 import { pipe, type PipeReader, type PipeWriter } from "./pipe.ts";
+import { spawnError } from "./_spawn_command.ts";
 
 /** Anything that owns an fd (spawn.ts's public `FdEndpoint`). */
 interface HasFd {
@@ -191,11 +193,82 @@ export function spawnAttributes(setUp: DisposableStack): Uint8Array {
   return attr;
 }
 
+/** Everything `posix_spawnp` needs, prepared by spawn(). */
+export interface Launch {
+  /** The command as given: the child's argv[0]. */
+  file: string;
+  /** What `file` resolved to: the program that runs. */
+  path: string;
+  args: readonly string[];
+  cwd: string | undefined;
+  /** `KEY=value` strings, or `null` for the live `environ`. */
+  env: string[] | null;
+  actions: Uint8Array;
+  attr: Uint8Array;
+}
+
+/**
+ * Starts the child and returns its pid. A file the kernel cannot execute
+ * (a script without `#!`) runs with `/bin/sh`, as `execvp` and
+ * `Deno.Command` run it.
+ */
+export function start(launch: Launch): number {
+  const { file, path, args, cwd } = launch;
+  const pid = new Int32Array(1);
+  const code = posixSpawn(pid, path, [file, ...args], launch);
+  if (code === 0) return pid[0];
+  if (code !== ERRNO.ENOEXEC) throw spawnError(file, path, code, cwd);
+  const shell = posixSpawn(pid, SHELL, [SHELL, path, ...args], launch);
+  if (shell === 0) return pid[0];
+  const cause = spawnError(SHELL, SHELL, shell, cwd);
+  const Class = cause.constructor as ErrorConstructor;
+  throw new Class(
+    `Cannot spawn ${
+      JSON.stringify(file)
+    }: it is not in an executable format, and ${SHELL} could not run it: ${cause.message}`,
+    { cause },
+  );
+}
+
+const SHELL = "/bin/sh";
+
+/**
+ * One `posix_spawnp` call; returns its error number. Without `env`, the
+ * child gets the live `environ`, so changes made with Deno.env.set are seen.
+ */
+function posixSpawn(
+  pid: Int32Array,
+  path: string,
+  argv: readonly string[],
+  { env, actions, attr }: Launch,
+): number {
+  const lib = libc();
+  const args = stringArray(argv);
+  const envArray = env === null ? null : stringArray(env);
+  const envp = envArray === null
+    ? Deno.UnsafePointer.create(
+      new Deno.UnsafePointerView(lib.environ!).getBigUint64(0),
+    )
+    : Deno.UnsafePointer.of(envArray.array);
+  const code = lib.posix_spawnp(
+    pid,
+    cstr(path),
+    actions,
+    attr,
+    args.array,
+    envp,
+  );
+  // The C strings must stay reachable until posix_spawnp has returned.
+  void args.keep;
+  void envArray?.keep;
+  return code;
+}
+
 /**
  * C strings and the NULL-terminated pointer array over them; `keep` must
  * stay reachable until the array has been used.
  */
-export function stringArray(values: readonly string[]): {
+function stringArray(values: readonly string[]): {
   keep: Uint8Array[];
   array: BigUint64Array<ArrayBuffer>;
 } {
