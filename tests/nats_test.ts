@@ -386,6 +386,7 @@ natsTest(
     await using sender = new Peer(["send", url, "jobs", String(count), "1"]);
     await using first = new Peer(["recv", url, "jobs", "1", "worker", "each"]);
     await first.waitFor((l) => l === "got 4999", "5,000 values at the first");
+    first.child.kill("SIGKILL");
     await first.child[Symbol.asyncDispose]();
     const status = await first.child.status;
     assert.equal(status.signal, "SIGKILL");
