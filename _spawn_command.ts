@@ -70,22 +70,28 @@ function variable(env: readonly string[], name: string): string | undefined {
   return env.find((entry) => entry.startsWith(prefix))?.slice(prefix.length);
 }
 
+/** The child's `PATH`, else this process's, as `Deno.Command` takes it. */
+function searchPath(env: readonly string[] | null): string | undefined {
+  const own = () => variable(liveEnvironment(), "PATH");
+  return env === null ? own() : variable(env, "PATH") ?? own();
+}
+
 /**
  * The path `command` runs, as `Deno.Command` resolves it: a command with a
  * slash is a path, relative to the child's cwd; a name is looked up in the
  * `PATH` of the child's environment (this process's `PATH` when that has
- * none), the first regular file there that this user may execute.
+ * none), the first regular file there that this user may execute. `env`
+ * is the child's environment, `null` for this process's.
  *
  * @throws {Deno.errors.NotFound} When a name is found in no `PATH` entry.
  */
 export function resolveCommand(
   command: string,
   cwd: string | undefined,
-  env: readonly string[],
+  env: readonly string[] | null,
 ): string {
   if (command.includes("/")) return absolute(command, cwd);
-  const search = variable(env, "PATH") ?? variable(liveEnvironment(), "PATH");
-  for (const dir of search?.split(":") ?? []) {
+  for (const dir of searchPath(env)?.split(":") ?? []) {
     const candidate = absolute(`${dir === "" ? "." : dir}/${command}`, cwd);
     if (isExecutableFile(candidate)) return candidate;
   }
@@ -143,16 +149,18 @@ function isExecutableFile(path: string): boolean {
  * Requires the run permission for `path` (resolved from `requested`) as
  * `Deno.Command` does: granted, or asked for where Deno would prompt. Unless
  * run is granted for every command, a child may not get an `LD_*` or
- * `DYLD_*` variable, which could load code into it.
+ * `DYLD_*` variable, which could load code into it. `env` is the child's
+ * environment, `null` for this process's.
  *
  * @throws {Deno.errors.NotCapable} Naming the flag that would grant it.
  */
 export function requireRunPermission(
   requested: string,
   path: string,
-  env: readonly string[],
+  childEnv: readonly string[] | null,
 ): void {
   if (Deno.permissions.querySync({ name: "run" }).state === "granted") return;
+  const env = childEnv ?? liveEnvironment();
   const loaders = env.map((entry) => entry.split("=", 1)[0])
     .filter((key, i) => isLoaderVariable(key) && env[i].length > key.length + 1)
     .sort();

@@ -48,7 +48,6 @@ import {
 } from "./_spawn_setup.ts";
 import {
   childEnvironment,
-  liveEnvironment,
   requireRunPermission,
   resolveCommand,
 } from "./_spawn_command.ts";
@@ -510,9 +509,8 @@ export function spawn(
   if (options.signal?.aborted) throw options.signal.reason;
   const cwd = pathOf(options.cwd);
   const env = childEnvironment(options.env, options.clearEnv);
-  const vars = env ?? liveEnvironment();
-  const path = resolveCommand(file, cwd, vars);
-  requireRunPermission(file, path, vars);
+  const path = resolveCommand(file, cwd, env);
+  requireRunPermission(file, path, env);
   // Released whatever happens: the child's copies and the set-up.
   using setUp = new DisposableStack();
   // Released only when spawn() fails: this process's ends of "piped" stdio.
