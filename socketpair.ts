@@ -849,7 +849,7 @@ export class UnixSocket implements Disposable {
         { cause: error },
       );
     }
-    if (code === ETOOMANYREFS) {
+    if (code === ERRNO.ETOOMANYREFS) {
       return new RangeError(
         "Cannot send on UnixSocket: too many fds are in flight to unread sockets (ETOOMANYREFS)",
         { cause: error },
@@ -1127,9 +1127,6 @@ export class UnixSocket implements Disposable {
     this.#failQueued(closedError("UnixSocket"));
   }
 }
-
-/** Too many fds in flight (not yet in the errno table). */
-const ETOOMANYREFS = 109;
 
 /** Options for {@linkcode socketpair}. */
 export interface SocketPairOptions {
