@@ -38,6 +38,7 @@ import { addressOf, cstr } from "./ffi/mem.ts";
 import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
 import { MessageArea } from "./ffi/msghdr.ts";
 import { invalid } from "./_channel_codec.ts";
+import { encodeAddress, randomName } from "./_unix_addr.ts";
 
 /** Frame types. */
 export const FRAME = {
@@ -417,17 +418,11 @@ export function markSocket(
   mode: number,
   capacity: number,
 ): void {
-  const random = crypto.getRandomValues(new Uint8Array(12));
-  const hex = Array.from(random, (b) => b.toString(16).padStart(2, "0")).join(
-    "",
+  const { bytes, length } = encodeAddress(
+    { abstract: `conduit-ch/${role}/${mode}/${capacity}/${randomName(24)}` },
+    "mark channel end",
   );
-  const name = new TextEncoder().encode(
-    `conduit-ch/${role}/${mode}/${capacity}/${hex}`,
-  );
-  const addr = new Uint8Array(110);
-  new DataView(addr.buffer).setUint16(0, SOCK.AF_UNIX, true);
-  addr.set(name, 3);
-  check("bind", libc().bind(fd, addr, 3 + name.byteLength));
+  check("bind", libc().bind(fd, bytes, length));
 }
 
 /** The largest capacity a channel has (its `MAX_CAPACITY`). */
