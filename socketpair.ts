@@ -44,6 +44,7 @@ import { F, MSG, O, SOCK, UCRED } from "./ffi/layout.ts";
 import { dupCloexec, OwnedFd } from "./ffi/fd.ts";
 import { flushBeforeSpin, Spinner, untilReady } from "./ffi/spin.ts";
 import { TurnSlice, yieldTurn } from "./_turn.ts";
+import { CallQueue, type QueuedCall } from "./_call_queue.ts";
 import {
   asBytes,
   byteReadable,
@@ -259,7 +260,7 @@ function recvLimits(
 }
 
 /** One send: what is left, the fds it carries, and who waits for it. */
-interface SendJob {
+interface SendJob extends QueuedCall<void> {
   /** The message (datagram, seqpacket) or bytes (stream). */
   data: Uint8Array;
   /**
@@ -274,9 +275,6 @@ interface SendJob {
   /** Stream sockets: bytes already written. */
   offset: number;
   fdsSent: boolean;
-  /** Settles the caller's promise, once the job is queued. */
-  resolve?: () => void;
-  reject?: (error: unknown) => void;
 }
 
 /**
@@ -301,15 +299,20 @@ export class UnixSocket implements Disposable {
   #fd: OwnedFd;
   #type: SocketType;
   #readSpinner = new Spinner();
-  /** Sends not yet done, in call order. */
-  #queue: SendJob[] = [];
-  /** Whether a flush is running (trying, spinning or parked). */
-  #flushing = false;
-  /** Whether sends of this turn are gathered for one flush. */
-  #gathering = false;
-  /** Whether the queue is being sent (a send's `closeSent` may close). */
-  #draining = false;
-  #sendSpinner = new Spinner();
+  /** Sends that could not go at once, in call order. */
+  #sends: CallQueue<SendJob> = new CallQueue<SendJob>({
+    advance: (jobs) => this.#advance(jobs),
+    park: (_head, signal) => this.#fd.wait("write", signal),
+    done: (job) => {
+      this.#settle(job);
+      this.#finishSend(job);
+    },
+    failed: (job, error) => {
+      this.#settle(job);
+      return this.#sendError(error, job.data.byteLength);
+    },
+    finishBlocking: (job) => this.#sendWhole(job),
+  }, new Spinner());
   #slice = new TurnSlice();
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
@@ -434,7 +437,7 @@ export class UnixSocket implements Disposable {
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
     try {
       // Writes still queued go first: bytes leave in call order.
-      this.#drainBlocking();
+      this.#sends.drainBlocking();
       sendAllBlocking(this.#fd.fd, from);
     } catch (error) {
       throw this.#sendError(error, from.byteLength);
@@ -547,12 +550,9 @@ export class UnixSocket implements Disposable {
       job = this.#prepareSend(bytes, options);
       // Nothing waits before it: try right away. Further messages of this
       // turn are gathered and leave together (sendmmsg).
-      if (
-        this.#queue.length === 0 &&
-        (this.#type === "stream" || !this.#gathering)
-      ) {
+      if (this.#sends.clear) {
         const done = this.#step(job);
-        if (this.#type !== "stream") this.#gather();
+        if (this.#type !== "stream") this.#sends.gather();
         if (done) {
           this.#finishSend(job);
           return Promise.resolve();
@@ -564,12 +564,7 @@ export class UnixSocket implements Disposable {
     } catch (error) {
       return Promise.reject(this.#sendError(error, bytes?.byteLength ?? 0));
     }
-    const { promise, resolve, reject } = Promise.withResolvers<void>();
-    job.resolve = resolve;
-    job.reject = reject;
-    this.#queue.push(job);
-    if (this.#type === "stream" || !this.#gathering) this.#startFlush();
-    return promise;
+    return this.#sends.push(job);
   }
 
   /**
@@ -584,7 +579,7 @@ export class UnixSocket implements Disposable {
     try {
       const job = this.#prepareSend(bytes, options);
       flushBeforeSpin(); // what this thread sent may be what the peer awaits
-      this.#drainBlocking();
+      this.#sends.drainBlocking();
       this.#sendWhole(job);
       this.#finishSend(job);
     } catch (error) {
@@ -654,110 +649,22 @@ export class UnixSocket implements Disposable {
     job.copied = true;
   }
 
-  /** Gathers the sends of this turn until its microtasks run. */
-  #gather(): void {
-    if (this.#gathering) return;
-    this.#gathering = true;
-    queueMicrotask(() => {
-      this.#gathering = false;
-      this.#startFlush();
-    });
-  }
-
-  #startFlush(): void {
-    if (this.#flushing || this.#queue.length === 0) return;
-    this.#flushing = true;
-    untilReady(
-      () => (this.#drain() ? true : undefined),
-      () => this.#fd.wait("write"),
-      this.#sendSpinner,
-    ).catch((error) => {
-      // Closed or released while sends waited for room.
-      this.#failQueued(error);
-    }).finally(() => {
-      this.#flushing = false;
-      // Sends queued after the flush gave up its last look.
-      this.#startFlush();
-    });
-  }
-
   /**
-   * Sends what is queued, as far as the socket takes it now; each send
-   * that fails rejects alone. True once the queue is empty.
+   * Sends what is queued, as far as the socket takes it now: the first
+   * stream write, or as many messages as one `sendmmsg` takes. How many
+   * are done; a failure is the first one's.
    */
-  #drain(): boolean {
-    if (this.#draining) return false;
-    this.#draining = true;
-    try {
-      return this.#drainQueue();
-    } finally {
-      this.#draining = false;
-    }
+  #advance(jobs: readonly SendJob[]): number {
+    if (this.#type === "stream") return this.#step(jobs[0]) ? 1 : 0;
+    const sent = sendMessages(this.#fd.fd, jobs, 0);
+    return sent < 0 ? 0 : sent;
   }
 
-  #drainQueue(): boolean {
-    const queue = this.#queue;
-    while (queue.length > 0) {
-      const fd = this.#fd.fd;
-      if (this.#type === "stream") {
-        const job = queue[0];
-        let done: boolean;
-        try {
-          done = this.#step(job);
-        } catch (error) {
-          queue.shift();
-          this.#settle(job, error);
-          continue;
-        }
-        if (!done) return false;
-        queue.shift();
-        this.#settle(job);
-        continue;
-      }
-      let sent: number;
-      try {
-        sent = sendMessages(fd, queue, 0);
-      } catch (error) {
-        this.#settle(queue.shift()!, error);
-        continue;
-      }
-      if (sent < 0) return false;
-      for (const job of queue.splice(0, sent)) this.#settle(job);
-    }
-    return true;
-  }
-
-  /** Finishes every queued send, blocking, before a sync send. */
-  #drainBlocking(): void {
-    const queue = this.#queue;
-    while (queue.length > 0) {
-      const job = queue.shift()!;
-      try {
-        this.#sendWhole(job);
-      } catch (error) {
-        this.#settle(job, error);
-        continue;
-      }
-      this.#settle(job);
-    }
-  }
-
-  /** Rejects every queued send with `error`. */
-  #failQueued(error: unknown): void {
-    for (const job of this.#queue.splice(0)) this.#settle(job, error);
-  }
-
-  /** Ends a queued send: its copies closed, its caller told. */
-  #settle(job: SendJob, error?: unknown): void {
+  /** Ends a queued send: its copies of the fds closed. */
+  #settle(job: SendJob): void {
     if (job.copied) {
       closeAll(job.fds);
       job.copied = false;
-    }
-    if (error === undefined) {
-      this.#finishSend(job);
-      job.resolve?.();
-    } else {
-      job.reject?.(this.#sendError(error, job.data.byteLength));
     }
   }
 
@@ -1118,13 +1025,7 @@ export class UnixSocket implements Disposable {
    * they would have at once), the rest reject with `BadResource`.
    */
   #endQueue(): void {
-    if (this.#queue.length === 0) return;
-    try {
-      this.#drain();
-    } catch {
-      // Whatever is left fails below.
-    }
-    this.#failQueued(closedError("UnixSocket"));
+    this.#sends.end(closedError("UnixSocket"));
   }
 }
 
