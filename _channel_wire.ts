@@ -39,6 +39,7 @@ import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
 import { MessageArea } from "./ffi/msghdr.ts";
 import { invalid } from "./_channel_codec.ts";
 import { encodeAddress, randomName } from "./_unix_addr.ts";
+import { socketOption } from "./_socket_options.ts";
 
 /** Frame types. */
 export const FRAME = {
@@ -235,17 +236,6 @@ export function checkBatch(
 
 const stat = new Uint8Array(new ArrayBuffer(STAT.size + 64));
 const statView = new DataView(stat.buffer);
-const intOut = new Int32Array(new ArrayBuffer(64), 0, 1);
-const lenOut = new Uint32Array(new ArrayBuffer(64), 0, 1);
-
-function socketOption(fd: number, option: number): number {
-  lenOut[0] = 4;
-  const lib = libc();
-  if (lib.getsockopt(fd, SOCK.SOL_SOCKET, option, intOut, lenOut) === -1) {
-    return -1;
-  }
-  return intOut[0];
-}
 
 /**
  * What is wrong with `fd` as a channel connection (a unix seqpacket
@@ -258,7 +248,7 @@ export function seqpacketProblem(fd: number): string | undefined {
   if (mode !== S.IFSOCK) {
     return FILE_KINDS.get(mode) ?? `a file of type 0o${mode.toString(8)}`;
   }
-  const domain = socketOption(fd, SOCK.SO_DOMAIN);
+  const domain = socketOption(fd, SOCK.SO_DOMAIN) ?? -1;
   if (domain !== SOCK.AF_UNIX) {
     return domain === 2
       ? "an IPv4 socket"
@@ -266,7 +256,7 @@ export function seqpacketProblem(fd: number): string | undefined {
       ? "an IPv6 socket"
       : `a socket of address family ${domain}`;
   }
-  const type = socketOption(fd, SOCK.SO_TYPE);
+  const type = socketOption(fd, SOCK.SO_TYPE) ?? -1;
   if (type !== SOCK.SEQPACKET) {
     return type === SOCK.STREAM
       ? "a unix stream socket"

@@ -47,8 +47,9 @@ export function checkType(type: unknown, doing: string): SocketType {
   );
 }
 
-const intBuf = new Int32Array(1);
-const lenBuf = new Uint32Array(1);
+// Off-heap, so the addresses passed to C are stable.
+const intBuf = new Int32Array(new ArrayBuffer(64), 0, 1);
+const lenBuf = new Uint32Array(new ArrayBuffer(64), 0, 1);
 
 /** An int `SOL_SOCKET` option; throws the system error of a failure. */
 export function getIntOption(

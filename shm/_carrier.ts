@@ -17,6 +17,7 @@ import { ERRNO, errno, systemError } from "../ffi/errors.ts";
 import { cmsgSpace, MSG, S, SOCK, STAT } from "../ffi/layout.ts";
 import { closeAll, receivedFds, writeRights } from "../ffi/cmsg.ts";
 import { MessageArea } from "../ffi/msghdr.ts";
+import { socketOption } from "../_socket_options.ts";
 
 /** "CQE1" little-endian: a conduit queue end. */
 export const HELLO_MAGIC = 0x31455143;
@@ -62,22 +63,6 @@ export function sendHello(fd: number, role: number, fds: number[]): void {
       `Cannot create shmQueue: hello sent ${n} of ${HELLO_SIZE} bytes`,
     );
   }
-}
-
-const optionValue = new Int32Array(new ArrayBuffer(64), 0, 1);
-const optionLength = new Uint32Array(new ArrayBuffer(64), 0, 1);
-
-/** An int `SOL_SOCKET` option of `fd`, or `undefined` when it has none. */
-function socketOption(fd: number, option: number): number | undefined {
-  optionLength[0] = 4;
-  const result = libc().getsockopt(
-    fd,
-    SOCK.SOL_SOCKET,
-    option,
-    optionValue,
-    optionLength,
-  );
-  return result === -1 ? undefined : optionValue[0];
 }
 
 const statBuffer = new Uint8Array(STAT.size);
