@@ -73,8 +73,7 @@ export const HEADER = 16;
 export const INLINE_MAX = 64 * 1024;
 export { MAX_FDS } from "./ffi/cmsg.ts";
 
-const SEAL_WRITE = 8;
-const ALL_SEALS = SEAL.SHRINK | SEAL.GROW | SEAL_WRITE | SEAL.SEAL;
+const ALL_SEALS = SEAL.SHRINK | SEAL.GROW | SEAL.WRITE | SEAL.SEAL;
 
 // Parts of at most this many bytes are copied into the staging area (V8
 // may keep them in its moving heap, and a run of small parts costs one
@@ -250,9 +249,9 @@ export function seqpacketProblem(fd: number): string | undefined {
   }
   const domain = socketOption(fd, SOCK.SO_DOMAIN) ?? -1;
   if (domain !== SOCK.AF_UNIX) {
-    return domain === 2
+    return domain === SOCK.AF_INET
       ? "an IPv4 socket"
-      : domain === 10
+      : domain === SOCK.AF_INET6
       ? "an IPv6 socket"
       : `a socket of address family ${domain}`;
   }
@@ -268,13 +267,13 @@ export function seqpacketProblem(fd: number): string | undefined {
 }
 
 const FILE_KINDS = new Map<number, string>([
-  [0o040000, "a directory"],
+  [S.IFDIR, "a directory"],
   [S.IFREG, "a regular file or memfd"],
   [S.IFIFO, "a pipe or FIFO"],
   [S.IFCHR, "a character device"],
   [0, "an anonymous inode (an eventfd, epoll fd, timer fd, ...)"],
-  [0o060000, "a block device"],
-  [0o120000, "a symbolic link"],
+  [S.IFBLK, "a block device"],
+  [S.IFLNK, "a symbolic link"],
 ]);
 
 /** The identity of an open socket (device and inode), to tell duplicates. */
@@ -327,8 +326,8 @@ export function memfdSize(fd: number, max: number): number {
   const lib = libc();
   const seals = lib.fcntl(fd, F.GET_SEALS, 0);
   if (
-    seals === -1 || (seals & (SEAL.SHRINK | SEAL.GROW | SEAL_WRITE)) !==
-      (SEAL.SHRINK | SEAL.GROW | SEAL_WRITE)
+    seals === -1 || (seals & (SEAL.SHRINK | SEAL.GROW | SEAL.WRITE)) !==
+      (SEAL.SHRINK | SEAL.GROW | SEAL.WRITE)
   ) {
     throw invalid("a large frame must come in a sealed memfd");
   }

@@ -14,7 +14,7 @@
 
 import { libc } from "./ffi/libc.ts";
 import { ERRNO, errno, systemError } from "./ffi/errors.ts";
-import { cmsgSpace, MSG } from "./ffi/layout.ts";
+import { cmsgSpace, MSG, POLL, POLLFD } from "./ffi/layout.ts";
 import {
   closeAll,
   CREDENTIALS_SPACE,
@@ -235,20 +235,18 @@ export function peekSize(fd: number, wait: boolean): number {
   }
 }
 
-/** `poll` event bits. */
-export const POLL = { IN: 0x001, RDHUP: 0x2000 } as const;
-
 const pollBuf = new Uint8Array(new ArrayBuffer(64));
 const pollView = new DataView(pollBuf.buffer);
 
 /**
- * Which of `events` the fd reports right now: a sync `poll` with a zero
- * timeout (it never waits, so it is no second poller).
+ * Which of `events` ({@linkcode POLL} bits) the fd reports right now: a
+ * sync `poll` with a zero timeout (it never waits, so it is no second
+ * poller).
  */
 export function pollNow(fd: number, events: number): number {
-  pollView.setInt32(0, fd, true);
-  pollView.setInt16(4, events, true);
-  pollView.setInt16(6, 0, true);
+  pollView.setInt32(POLLFD.fd, fd, true);
+  pollView.setInt16(POLLFD.events, events, true);
+  pollView.setInt16(POLLFD.revents, 0, true);
   const lib = libc();
   for (;;) {
     const n = lib.poll(pollBuf, 1n, 0);
@@ -256,7 +254,7 @@ export function pollNow(fd: number, events: number): number {
     const code = errno();
     if (code !== ERRNO.EINTR) throw systemError("poll", code);
   }
-  return pollView.getInt16(6, true) & events;
+  return pollView.getInt16(POLLFD.revents, true) & events;
 }
 
 /**

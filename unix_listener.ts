@@ -8,10 +8,10 @@
 
 import { libc } from "./ffi/libc.ts";
 import { check, ERRNO, errno, retry, systemError } from "./ffi/errors.ts";
-import { SOCK } from "./ffi/layout.ts";
+import { POLL, SOCK } from "./ffi/layout.ts";
 import { OwnedFd } from "./ffi/fd.ts";
 import { flushBeforeSpin } from "./ffi/spin.ts";
-import { POLL, pollNow } from "./_scm.ts";
+import { pollNow } from "./_scm.ts";
 import {
   boundAddress,
   encodeAddress,
