@@ -32,13 +32,13 @@ export interface MessageAreaLayout {
 }
 
 /** Writes a `size_t` below 2^53 as two u32 halves, without a BigInt. */
-export function setSize(view: DataView, at: number, value: number): void {
+function setSize(view: DataView, at: number, value: number): void {
   view.setUint32(at, value >>> 0, true);
   view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
 }
 
 /** Reads a `size_t` below 2^53. */
-export function getSize(view: DataView, at: number): number {
+function getSize(view: DataView, at: number): number {
   return view.getUint32(at, true) +
     view.getUint32(at + 4, true) * 0x1_0000_0000;
 }
