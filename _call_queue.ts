@@ -50,6 +50,12 @@ export interface QueueHost<J extends QueuedCall<T>, T> {
    * blocking forms, which call {@linkcode CallQueue.drainBlocking}.
    */
   finishBlocking?(job: J): void;
+  /**
+   * A turn of the event loop that a call made before the queued ones is
+   * still yielding before it settles, if any: queued calls settle after
+   * it, so that calls settle in the order they were made.
+   */
+  turn?(): Promise<void> | undefined;
 }
 
 /** The reason a park is aborted with when the queue changed under it. */
@@ -220,13 +226,23 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
     try {
       value = this.#host.done(job);
     } catch (error) {
-      job.reject!(error);
+      this.#settle(job, false, error);
       return;
     }
-    job.resolve!(value);
+    this.#settle(job, true, value);
   }
 
   #fail(job: J, error: unknown): void {
-    job.reject!(this.#host.failed(job, error));
+    this.#settle(job, false, this.#host.failed(job, error));
+  }
+
+  #settle(job: J, ok: boolean, value: unknown): void {
+    const turn = this.#host.turn?.();
+    if (turn === undefined) {
+      if (ok) job.resolve!(value as T | PromiseLike<T>);
+      else job.reject!(value);
+      return;
+    }
+    turn.then(() => this.#settle(job, ok, value));
   }
 }

@@ -119,6 +119,19 @@ export interface ShmRecvOptions extends ShmWaitOptions {
   into?: Uint8Array;
 }
 
+/**
+ * Marks the promise of a queued call as handled: a caller may attach its
+ * own handler only after a turn of the event loop, and a failure meanwhile
+ * is not reported as an unhandled rejection (it still rejects the promise
+ * the caller holds).
+ */
+function awaitedLater<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(ignore);
+  return promise;
+}
+
+function ignore(): void {}
+
 /** A send that waits for room. */
 interface QueuedSend extends QueuedCall<void> {
   bytes: Uint8Array;
@@ -384,14 +397,15 @@ class Ring {
   }
 
   /**
-   * Settles a call that waited in its end's queue with `value`: after the
-   * turn an earlier call is yielding, if any (calls settle in the order
-   * they were made); a message (not the end, `null`) also ends a slice
-   * that is over.
+   * Settles a call that waited in its end's queue with `value`: at once,
+   * or, when it brings a message (not the end, `null`) and the slice is
+   * over, after a turn. A turn an earlier call is yielding comes first
+   * anyway (its end's queue waits for {@linkcode turn}).
    */
   settleQueued<T>(value: T): T | Promise<T> {
-    if (this.turn !== undefined) return this.turn.then(() => value);
-    if (value === null || !this.turnDue()) return value;
+    if (this.turn !== undefined || value === null || !this.turnDue()) {
+      return value;
+    }
     return this.yieldTurn().then(() => value);
   }
 
@@ -452,6 +466,7 @@ export class ShmSender implements Disposable {
       },
       done: () => ring.settleQueued(undefined),
       failed: (_job, error) => error,
+      turn: () => ring.turn,
     }, ring.spinner);
   }
 
@@ -529,7 +544,7 @@ export class ShmSender implements Disposable {
         return Promise.reject(error);
       }
     }
-    return this.#sends.push({ bytes, signal: options.signal });
+    return awaitedLater(this.#sends.push({ bytes, signal: options.signal }));
   }
 
   #room(need: number): boolean {
@@ -643,6 +658,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
         this.#guard(() => ring.park(RECEIVER_WAITING, arrived, head.signal)),
       done: (job) => ring.settleQueued(job.message!),
       failed: (_job, error) => error,
+      turn: () => ring.turn,
     }, ring.spinner);
   }
 
@@ -729,11 +745,9 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
         return Promise.reject(error);
       }
     }
-    return this.#recvs.push({
-      signal: options.signal,
-      into,
-      message: undefined,
-    });
+    return awaitedLater(
+      this.#recvs.push({ signal: options.signal, into, message: undefined }),
+    );
   }
 
   /**

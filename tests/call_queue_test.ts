@@ -192,3 +192,26 @@ Deno.test("CallQueue: a settle that ends the queue from inside an advance leaves
   assert.deepEqual(host.sent, ["a"]);
   assert.equal(q.length, 0);
 });
+
+Deno.test("CallQueue: calls that finish while an earlier call yields its turn settle after that turn", async () => {
+  const host = new FakeHost();
+  host.room = 5;
+  const turn = Promise.withResolvers<void>();
+  let pending: Promise<void> | undefined = turn.promise;
+  (host as QueueHost<Job, string>).turn = () => pending;
+  const q = queue(host);
+  const order: string[] = [];
+  const a = q.push({ name: "a" }).then((v) => order.push(v));
+  const b = q.push({ name: "b", fail: new Error("refused") }).catch(() =>
+    order.push("b failed")
+  );
+  // Both are advanced at once, but neither settles before the turn.
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.deepEqual(host.sent, ["a"]);
+  assert.equal(order.length, 0);
+  order.push("turn");
+  pending = undefined;
+  turn.resolve();
+  await withTimeout(Promise.all([a, b]), 5000, "settle");
+  assert.deepEqual(order, ["turn", "a done", "b failed"]);
+});
