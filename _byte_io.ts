@@ -8,6 +8,7 @@
 
 import type { OwnedFd } from "./ffi/fd.ts";
 import { checkSpin, Spinner, untilReady } from "./ffi/spin.ts";
+import { CallQueue, type QueuedCall, type QueueHost } from "./_call_queue.ts";
 
 /** Tries a read now: bytes read, `0` at EOF, `-1` when nothing is ready. */
 export type TryRead = (fd: number, into: Uint8Array) => number;
@@ -99,31 +100,27 @@ export function readAsync(
   );
 }
 
-/** One queued write: its bytes, how many are out, and its promise. */
-interface WriteJob {
+/** One queued write: its bytes and how many are out. */
+interface WriteJob extends QueuedCall<void> {
   bytes: Uint8Array;
   done: number;
-  resolve(): void;
-  reject(error: unknown): void;
 }
 
 /**
  * The writes of one byte-stream endpoint, in the order they were called.
  *
  * `write()` sends what fits at once and queues the rest behind earlier
- * writes, so whole writes never interleave; a queued write waits with the
- * shared spin-then-park. `writeSync()` first finishes every queued write
- * (blocking), then writes its own bytes: bytes leave in call order whichever
- * form each call used, and a sync write never lands inside a pending one.
+ * writes (in the module's one {@linkcode CallQueue}), so whole writes never
+ * interleave; a queued write waits with the shared spin-then-park.
+ * `writeSync()` first finishes every queued write (blocking), then writes
+ * its own bytes: bytes leave in call order whichever form each call used,
+ * and a sync write never lands inside a pending one.
  */
-export class OrderedWrites {
+export class OrderedWrites implements QueueHost<WriteJob, void> {
   #owner: OwnedFd;
   #tryWrite: TryWrite;
   #writeAllBlocking: WriteAllBlocking;
-  #spinner: Spinner;
-  #queue: WriteJob[] = [];
-  #pumping = false;
-  #parked: AbortController | undefined;
+  #queue: CallQueue<WriteJob>;
 
   /**
    * @param owner The endpoint's fd.
@@ -140,7 +137,7 @@ export class OrderedWrites {
     this.#owner = owner;
     this.#tryWrite = tryWrite;
     this.#writeAllBlocking = writeAllBlocking;
-    this.#spinner = spinner;
+    this.#queue = new CallQueue(this, spinner);
   }
 
   /** Writes every byte after every earlier write; waits while full. */
@@ -148,43 +145,20 @@ export class OrderedWrites {
     let done = 0;
     try {
       this.#owner.assertOpen();
-      if (this.#queue.length === 0) {
+      if (this.#queue.clear) {
         done = this.#some(bytes, 0);
         if (done === bytes.byteLength) return Promise.resolve();
       }
     } catch (error) {
       return Promise.reject(error);
     }
-    const { promise, resolve, reject } = Promise.withResolvers<void>();
-    this.#queue.push({ bytes, done, resolve, reject });
-    if (!this.#pumping) this.#pump();
-    return promise;
+    return this.#queue.push({ bytes, done });
   }
 
   /** Finishes every queued write, then writes `bytes`, blocking. */
   writeSync(bytes: Uint8Array): void {
-    const fd = this.#owner.fd;
-    if (this.#queue.length > 0) {
-      try {
-        while (this.#queue.length > 0) {
-          const job = this.#queue[0];
-          try {
-            this.#writeAllBlocking(fd, job.bytes.subarray(job.done));
-          } catch (error) {
-            this.#queue.shift();
-            job.reject(error);
-            throw error;
-          }
-          job.done = job.bytes.byteLength;
-          this.#queue.shift();
-          job.resolve();
-        }
-      } finally {
-        // The queue changed under a parked write: let it look again.
-        this.#parked?.abort();
-      }
-    }
-    this.#writeAllBlocking(fd, bytes);
+    this.#queue.drainBlocking();
+    this.#writeAllBlocking(this.#owner.fd, bytes);
   }
 
   /** Writes what fits of `bytes` from `done` on; returns the new count. */
@@ -198,56 +172,30 @@ export class OrderedWrites {
     return done;
   }
 
-  async #pump(): Promise<void> {
-    this.#pumping = true;
-    while (this.#queue.length > 0) {
-      const job = this.#queue[0];
-      try {
-        await untilReady(
-          () => {
-            // A writeSync() may have finished this job meanwhile.
-            if (this.#queue[0] !== job) return true;
-            job.done = this.#some(job.bytes, job.done);
-            return job.done === job.bytes.byteLength ? true : undefined;
-          },
-          () => this.#park(),
-          this.#spinner,
-        );
-      } catch (error) {
-        if (this.#queue[0] === job) {
-          this.#queue.shift();
-          job.reject(error);
-        }
-        continue;
-      }
-      if (this.#queue[0] === job) {
-        this.#queue.shift();
-        job.resolve();
-      }
-    }
-    this.#pumping = false;
+  /** @internal Writes what fits of the first queued write. */
+  advance(jobs: readonly WriteJob[]): number {
+    const job = jobs[0];
+    job.done = this.#some(job.bytes, job.done);
+    return job.done === job.bytes.byteLength ? 1 : 0;
   }
 
-  async #park(): Promise<void> {
-    const parked = new AbortController();
-    this.#parked = parked;
-    try {
-      await this.#owner.wait("write", parked.signal);
-    } finally {
-      if (this.#parked === parked) this.#parked = undefined;
-    }
+  /** @internal Waits for room. */
+  park(_head: WriteJob, signal: AbortSignal | undefined): Promise<void> {
+    return this.#owner.wait("write", signal);
   }
-}
 
-/** Runs async operations one after another (whole writes never interleave). */
-export class Serial {
-  #tail: Promise<unknown> = Promise.resolve();
+  /** @internal A queued write is done. */
+  done(): void {}
 
-  /** Queues `task` after every task queued before it. */
-  run<T>(task: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(task);
-    this.#tail = result.catch(() => {});
-    return result;
+  /** @internal A queued write failed. */
+  failed(_job: WriteJob, error: unknown): unknown {
+    return error;
+  }
+
+  /** @internal Finishes a queued write, blocking. */
+  finishBlocking(job: WriteJob): void {
+    this.#writeAllBlocking(this.#owner.fd, job.bytes.subarray(job.done));
+    job.done = job.bytes.byteLength;
   }
 }
 

@@ -33,20 +33,13 @@
 
 import { libc } from "./ffi/libc.ts";
 import { check, ERRNO, errno, systemError } from "./ffi/errors.ts";
-import {
-  cmsgSpace,
-  F,
-  MMAP,
-  MSG,
-  MSGHDR,
-  S,
-  SEAL,
-  SOCK,
-  STAT,
-} from "./ffi/layout.ts";
-import { addressOf, cstr, pointerOf, stableBuffer } from "./ffi/mem.ts";
+import { cmsgSpace, F, MMAP, MSG, S, SEAL, SOCK, STAT } from "./ffi/layout.ts";
+import { addressOf, cstr } from "./ffi/mem.ts";
+import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
+import { MessageArea } from "./ffi/msghdr.ts";
 import { invalid } from "./_channel_codec.ts";
-import { writeRights } from "./_scm.ts";
+import { encodeAddress, randomName } from "./_unix_addr.ts";
+import { socketOption } from "./_socket_options.ts";
 
 /** Frame types. */
 export const FRAME = {
@@ -78,71 +71,55 @@ export const VERSION = 1;
 export const HEADER = 16;
 /** The largest packet; bigger frames travel in a memfd. */
 export const INLINE_MAX = 64 * 1024;
-/** Linux's limit on fds in one message. */
-export const MAX_FDS = 253;
+export { MAX_FDS } from "./ffi/cmsg.ts";
 
-const SEAL_WRITE = 8;
-const ALL_SEALS = SEAL.SHRINK | SEAL.GROW | SEAL_WRITE | SEAL.SEAL;
+const ALL_SEALS = SEAL.SHRINK | SEAL.GROW | SEAL.WRITE | SEAL.SEAL;
 
-// One stable area: msghdr, iovecs, a staging area for small parts, and the
-// control buffer. Calls are synchronous on the JS thread; they never
-// overlap.
+// Parts of at most this many bytes are copied into the staging area (V8
+// may keep them in its moving heap, and a run of small parts costs one
+// iovec instead of many).
+const SMALL_PART = 256;
 const MAX_IOV = 64;
-const HDR_AT = 0;
-const IOV_AT = 64;
-const CONTROL_AT = IOV_AT + MAX_IOV * 16;
-const CONTROL_SIZE = cmsgSpace(MAX_FDS * 4);
-const STAGE_AT = CONTROL_AT + CONTROL_SIZE;
-const STAGE_SIZE = INLINE_MAX + 256;
-
-const area = stableBuffer(STAGE_AT + STAGE_SIZE);
-const view = new DataView(area);
-const bytes = new Uint8Array(area);
-const base = addressOf(area);
-const hdrPointer = pointerOf(area);
-const iovPointer = Deno.UnsafePointer.create(base + BigInt(IOV_AT));
-
-function setSize(at: number, value: number): void {
-  view.setUint32(at, value >>> 0, true);
-  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
-}
+// One area: header, iovecs, staging for small parts (and for small memfd
+// reads and writes), and the control buffer.
+const area = new MessageArea({
+  iovecs: MAX_IOV,
+  stage: INLINE_MAX + SMALL_PART,
+  control: cmsgSpace(MAX_FDS * 4),
+});
+const controlAddress = area.address(area.controlAt);
 
 /**
- * Lays out `parts` as iovecs: parts of at most 256 bytes (which V8 may keep
- * in its moving heap) are copied into the staging area, larger ones are
+ * Lays out `parts` as iovecs: small parts are copied into the staging area
+ * (all of them when there are more than the iovecs), larger ones are
  * referenced where they are. Returns the iovec count.
  */
 function gather(parts: readonly Uint8Array[]): number {
+  const { bytes, stageAt, stageSize, stageAddress } = area;
   let count = 0;
-  let stage = STAGE_AT;
+  let stage = 0;
   let runStart = -1;
   const pack = parts.length > MAX_IOV;
   for (const part of parts) {
     const n = part.byteLength;
     if (n === 0) continue;
-    if (pack || n <= 256) {
-      if (stage + n > STAGE_AT + STAGE_SIZE) {
+    if (pack || n <= SMALL_PART) {
+      if (stage + n > stageSize) {
         throw new RangeError("Cannot send on channel: frame too large");
       }
-      bytes.set(part, stage);
+      bytes.set(part, stageAt + stage);
       if (runStart === -1) runStart = stage;
       stage += n;
       continue;
     }
     if (runStart !== -1) {
-      view.setBigUint64(IOV_AT + count * 16, base + BigInt(runStart), true);
-      setSize(IOV_AT + count * 16 + 8, stage - runStart);
-      count++;
+      area.setIovec(count++, stageAddress + BigInt(runStart), stage - runStart);
       runStart = -1;
     }
-    view.setBigUint64(IOV_AT + count * 16, addressOf(part), true);
-    setSize(IOV_AT + count * 16 + 8, n);
-    count++;
+    area.setIovec(count++, addressOf(part), n);
   }
   if (runStart !== -1) {
-    view.setBigUint64(IOV_AT + count * 16, base + BigInt(runStart), true);
-    setSize(IOV_AT + count * 16 + 8, stage - runStart);
-    count++;
+    area.setIovec(count++, stageAddress + BigInt(runStart), stage - runStart);
   }
   return count;
 }
@@ -159,23 +136,14 @@ export function sendFrame(
   fds: readonly number[],
 ): boolean {
   const iovs = gather(parts);
-  view.setBigUint64(HDR_AT + MSGHDR.name, 0n, true);
-  view.setUint32(HDR_AT + MSGHDR.namelen, 0, true);
-  view.setBigUint64(HDR_AT + MSGHDR.iov, base + BigInt(IOV_AT), true);
-  setSize(HDR_AT + MSGHDR.iovlen, iovs);
-  view.setInt32(HDR_AT + MSGHDR.flags, 0, true);
-  if (fds.length > 0) {
-    const space = writeRights(view, CONTROL_AT, fds);
-    view.setBigUint64(HDR_AT + MSGHDR.control, base + BigInt(CONTROL_AT), true);
-    setSize(HDR_AT + MSGHDR.controllen, space);
-  } else {
-    view.setBigUint64(HDR_AT + MSGHDR.control, 0n, true);
-    setSize(HDR_AT + MSGHDR.controllen, 0);
-  }
+  const space = fds.length > 0
+    ? writeRights(area.view, area.controlAt, fds)
+    : 0;
+  area.setHeader(0, 0, iovs, controlAddress, space);
   const lib = libc();
   for (;;) {
     const n = Number(
-      lib.sendmsg(fd, hdrPointer, MSG.DONTWAIT | MSG.NOSIGNAL),
+      lib.sendmsg(fd, area.pointer, MSG.DONTWAIT | MSG.NOSIGNAL),
     );
     if (n >= 0) return true;
     const code = errno();
@@ -267,17 +235,6 @@ export function checkBatch(
 
 const stat = new Uint8Array(new ArrayBuffer(STAT.size + 64));
 const statView = new DataView(stat.buffer);
-const intOut = new Int32Array(new ArrayBuffer(64), 0, 1);
-const lenOut = new Uint32Array(new ArrayBuffer(64), 0, 1);
-
-function socketOption(fd: number, option: number): number {
-  lenOut[0] = 4;
-  const lib = libc();
-  if (lib.getsockopt(fd, SOCK.SOL_SOCKET, option, intOut, lenOut) === -1) {
-    return -1;
-  }
-  return intOut[0];
-}
 
 /**
  * What is wrong with `fd` as a channel connection (a unix seqpacket
@@ -290,15 +247,15 @@ export function seqpacketProblem(fd: number): string | undefined {
   if (mode !== S.IFSOCK) {
     return FILE_KINDS.get(mode) ?? `a file of type 0o${mode.toString(8)}`;
   }
-  const domain = socketOption(fd, SOCK.SO_DOMAIN);
+  const domain = socketOption(fd, SOCK.SO_DOMAIN) ?? -1;
   if (domain !== SOCK.AF_UNIX) {
-    return domain === 2
+    return domain === SOCK.AF_INET
       ? "an IPv4 socket"
-      : domain === 10
+      : domain === SOCK.AF_INET6
       ? "an IPv6 socket"
       : `a socket of address family ${domain}`;
   }
-  const type = socketOption(fd, SOCK.SO_TYPE);
+  const type = socketOption(fd, SOCK.SO_TYPE) ?? -1;
   if (type !== SOCK.SEQPACKET) {
     return type === SOCK.STREAM
       ? "a unix stream socket"
@@ -310,13 +267,13 @@ export function seqpacketProblem(fd: number): string | undefined {
 }
 
 const FILE_KINDS = new Map<number, string>([
-  [0o040000, "a directory"],
+  [S.IFDIR, "a directory"],
   [S.IFREG, "a regular file or memfd"],
   [S.IFIFO, "a pipe or FIFO"],
   [S.IFCHR, "a character device"],
   [0, "an anonymous inode (an eventfd, epoll fd, timer fd, ...)"],
-  [0o060000, "a block device"],
-  [0o120000, "a symbolic link"],
+  [S.IFBLK, "a block device"],
+  [S.IFLNK, "a symbolic link"],
 ]);
 
 /** The identity of an open socket (device and inode), to tell duplicates. */
@@ -369,8 +326,8 @@ export function memfdSize(fd: number, max: number): number {
   const lib = libc();
   const seals = lib.fcntl(fd, F.GET_SEALS, 0);
   if (
-    seals === -1 || (seals & (SEAL.SHRINK | SEAL.GROW | SEAL_WRITE)) !==
-      (SEAL.SHRINK | SEAL.GROW | SEAL_WRITE)
+    seals === -1 || (seals & (SEAL.SHRINK | SEAL.GROW | SEAL.WRITE)) !==
+      (SEAL.SHRINK | SEAL.GROW | SEAL.WRITE)
   ) {
     throw invalid("a large frame must come in a sealed memfd");
   }
@@ -415,24 +372,20 @@ function positioned(
   write: boolean,
 ): number {
   const n = Math.min(part.byteLength, 1 << 30);
-  const small = n <= 256;
-  if (small && write) bytes.set(part.subarray(0, n), STAGE_AT);
-  view.setBigUint64(
-    IOV_AT,
-    small ? base + BigInt(STAGE_AT) : addressOf(part),
-    true,
-  );
-  setSize(IOV_AT + 8, n);
+  const small = n <= SMALL_PART;
+  const { bytes, stageAt } = area;
+  if (small && write) bytes.set(part.subarray(0, n), stageAt);
+  area.setIovec(0, small ? area.stageAddress : addressOf(part), n);
   const lib = libc();
   for (;;) {
     const result = Number(
       write
-        ? lib.pwritev2(fd, iovPointer, 1, BigInt(offset), 0)
-        : lib.preadv2(fd, iovPointer, 1, BigInt(offset), 0),
+        ? lib.pwritev2(fd, area.iovPointer, 1, BigInt(offset), 0)
+        : lib.preadv2(fd, area.iovPointer, 1, BigInt(offset), 0),
     );
     if (result >= 0) {
       if (small && !write) {
-        part.set(bytes.subarray(STAGE_AT, STAGE_AT + result));
+        part.set(bytes.subarray(stageAt, stageAt + result));
       }
       return result;
     }
@@ -454,17 +407,11 @@ export function markSocket(
   mode: number,
   capacity: number,
 ): void {
-  const random = crypto.getRandomValues(new Uint8Array(12));
-  const hex = Array.from(random, (b) => b.toString(16).padStart(2, "0")).join(
-    "",
+  const { bytes, length } = encodeAddress(
+    { abstract: `conduit-ch/${role}/${mode}/${capacity}/${randomName(24)}` },
+    "mark channel end",
   );
-  const name = new TextEncoder().encode(
-    `conduit-ch/${role}/${mode}/${capacity}/${hex}`,
-  );
-  const addr = new Uint8Array(110);
-  new DataView(addr.buffer).setUint16(0, SOCK.AF_UNIX, true);
-  addr.set(name, 3);
-  check("bind", libc().bind(fd, addr, 3 + name.byteLength));
+  check("bind", libc().bind(fd, bytes, length));
 }
 
 /** The largest capacity a channel has (its `MAX_CAPACITY`). */

@@ -98,6 +98,21 @@ export function encodeAddress(address: UnixAddress, doing: string): Sockaddr {
 }
 
 /**
+ * A name nobody can guess: `digits` random digits of base 16 (`0-9a-f`) or
+ * 32 (`0-9a-v`), each from a random byte of its own, so `digits` hex digits
+ * hold `4 * digits` random bits. The one source of random names: socket
+ * names, channel marks, private directories.
+ */
+export function randomName(digits: number, radix: 16 | 32 = 16): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(digits));
+  let name = "";
+  for (let i = 0; i < digits; i++) {
+    name += (bytes[i] & (radix - 1)).toString(radix);
+  }
+  return name;
+}
+
+/**
  * Decodes the address a socket is bound to (`getsockname`), or `{}` when it
  * is unnamed.
  */
@@ -208,9 +223,7 @@ const PRIVATE_LENGTH = 1 + PRIVATE_PREFIX.length + 12;
 const PRIVATE_COMPONENT = /(^|\/)\.ipc-[0-9a-v]{12}\/(?=[^/]+$)/;
 
 function privateName(): string {
-  const digits = crypto.getRandomValues(new Uint8Array(12));
-  return PRIVATE_PREFIX +
-    Array.from(digits, (d) => (d & 31).toString(32)).join("");
+  return PRIVATE_PREFIX + randomName(12, 32);
 }
 
 /**

@@ -51,6 +51,7 @@ import {
   listen,
   type UnixListener,
 } from "./socketpair.ts";
+import { randomName } from "./_unix_addr.ts";
 
 const PREFIX = "conduit-oneshot/";
 
@@ -92,10 +93,9 @@ export interface ServerOptions {
   limits?: DecodeLimits;
 }
 
-function randomName(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return PREFIX +
-    Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+/** A fresh server name: the prefix and 128 random bits. */
+function serverName(): string {
+  return PREFIX + randomName(32);
 }
 
 /**
@@ -186,7 +186,7 @@ function listenOnRandomName(options: ServerOptions): {
   decodeLimits: DecodeLimits;
 } {
   const decodeLimits = resolveLimits(options.limits, "create server");
-  const name = randomName();
+  const name = serverName();
   const listener = listen({ abstract: name, type: "seqpacket" });
   return {
     name,

@@ -59,6 +59,7 @@ export const ERRNO = {
   ENOBUFS: 105,
   EISCONN: 106,
   ENOTCONN: 107,
+  ETOOMANYREFS: 109,
   ETIMEDOUT: 110,
   ECONNREFUSED: 111,
 } as const;
@@ -91,6 +92,7 @@ const DESCRIPTIONS: Partial<Record<ErrnoName, string>> = {
   EADDRINUSE: "address already in use",
   ECONNRESET: "connection reset by peer",
   ENOTCONN: "socket is not connected",
+  ETOOMANYREFS: "too many fds in flight",
   ECONNREFUSED: "connection refused",
   ETIMEDOUT: "timed out",
 };

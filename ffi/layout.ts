@@ -93,6 +93,8 @@ export const EFD = { CLOEXEC: 0o2000000, NONBLOCK: 0o4000 } as const;
 /** Socket constants. */
 export const SOCK = {
   AF_UNIX: 1,
+  AF_INET: 2,
+  AF_INET6: 10,
   STREAM: 1,
   DGRAM: 2,
   SEQPACKET: 5,
@@ -107,6 +109,9 @@ export const SOCK = {
   SO_DOMAIN: 39,
   SO_ACCEPTCONN: 30,
   SCM_RIGHTS: 1,
+  SCM_CREDENTIALS: 2,
+  SCM_SECURITY: 3,
+  SCM_PIDFD: 4,
   SHUT_RD: 0,
   SHUT_WR: 1,
   SHUT_RDWR: 2,
@@ -175,6 +180,12 @@ export const SOCKADDR_UN = {
 /** `struct ucred`: 12 bytes. 0 pid i32, 4 uid u32, 8 gid u32. */
 export const UCRED = { size: 12, pid: 0, uid: 4, gid: 8 } as const;
 
+/** `poll` event bits. */
+export const POLL = { IN: 0x001, RDHUP: 0x2000 } as const;
+
+/** `struct pollfd`: 8 bytes. 0 fd i32, 4 events i16, 6 revents i16. */
+export const POLLFD = { size: 8, fd: 0, events: 4, revents: 6 } as const;
+
 /**
  * `struct stat`: 144 bytes. 0 dev u64, 8 ino u64, 16 nlink u64, 24 mode u32,
  * 28 uid u32, 32 gid u32, 48 size i64.
@@ -197,6 +208,8 @@ export const S = {
   IFREG: 0o100000,
   IFIFO: 0o010000,
   IFCHR: 0o020000,
+  IFBLK: 0o060000,
+  IFLNK: 0o120000,
 } as const;
 
 /**
@@ -242,7 +255,7 @@ export const MMAP = {
 } as const;
 
 /** memfd seals (`F_ADD_SEALS`): what the file's size may no longer do. */
-export const SEAL = { SEAL: 1, SHRINK: 2, GROW: 4 } as const;
+export const SEAL = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8 } as const;
 
 /** Futex operations (without FUTEX_PRIVATE_FLAG: they work across processes). */
 export const FUTEX = { WAIT: 0, WAKE: 1, PRIVATE_FLAG: 128 } as const;

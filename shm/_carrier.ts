@@ -14,9 +14,10 @@
 
 import { libc } from "../ffi/libc.ts";
 import { ERRNO, errno, systemError } from "../ffi/errors.ts";
-import { cmsgSpace, MSG, MSGHDR, S, SOCK, STAT } from "../ffi/layout.ts";
-import { addressOf, pointerOf, stableBuffer } from "../ffi/mem.ts";
-import { closeAll, parseControl, writeRights } from "../_scm.ts";
+import { cmsgSpace, MSG, S, SOCK, STAT } from "../ffi/layout.ts";
+import { closeAll, receivedFds, writeRights } from "../ffi/cmsg.ts";
+import { MessageArea } from "../ffi/msghdr.ts";
+import { socketOption } from "../_socket_options.ts";
 
 /** "CQE1" little-endian: a conduit queue end. */
 export const HELLO_MAGIC = 0x31455143;
@@ -30,27 +31,20 @@ export const ROLE = { sender: 1, receiver: 2 } as const;
 
 // The most fds a peek accepts; a hello carries two, anything else is closed.
 const PEEK_FDS = 8;
-const HDR_AT = 0;
-const IOV_AT = 64;
-const DATA_AT = 96;
-const CONTROL_AT = 128;
-const CONTROL_SIZE = cmsgSpace(PEEK_FDS * 4);
 
-const area = stableBuffer(CONTROL_AT + CONTROL_SIZE);
-const view = new DataView(area);
-const base = addressOf(area);
-const hdrPointer = pointerOf(area);
+// The hello travels in the staging area; header and iovec never change.
+const area = new MessageArea({
+  iovecs: 1,
+  stage: HELLO_SIZE,
+  control: cmsgSpace(PEEK_FDS * 4),
+});
+const { view } = area;
+const DATA_AT = area.stageAt;
+area.setIovec(0, area.stageAddress, HELLO_SIZE);
 
+/** Points the header at the hello and `controlBytes` of control space. */
 function fill(controlBytes: number): void {
-  view.setBigUint64(HDR_AT + MSGHDR.name, 0n, true);
-  view.setUint32(HDR_AT + MSGHDR.namelen, 0, true);
-  view.setBigUint64(HDR_AT + MSGHDR.iov, base + BigInt(IOV_AT), true);
-  view.setBigUint64(HDR_AT + MSGHDR.iovlen, 1n, true);
-  view.setBigUint64(HDR_AT + MSGHDR.control, base + BigInt(CONTROL_AT), true);
-  view.setBigUint64(HDR_AT + MSGHDR.controllen, BigInt(controlBytes), true);
-  view.setInt32(HDR_AT + MSGHDR.flags, 0, true);
-  view.setBigUint64(IOV_AT, base + BigInt(DATA_AT), true);
-  view.setBigUint64(IOV_AT + 8, BigInt(HELLO_SIZE), true);
+  area.setHeader(0, 0, 1, area.address(area.controlAt), controlBytes);
 }
 
 /** Puts the hello for `role` with `fds` into the socket `fd`. */
@@ -59,30 +53,16 @@ export function sendHello(fd: number, role: number, fds: number[]): void {
   view.setUint32(DATA_AT + 4, HELLO_VERSION, true);
   view.setUint32(DATA_AT + 8, role, true);
   view.setUint32(DATA_AT + 12, 0, true);
-  fill(writeRights(view, CONTROL_AT, fds));
-  const n = Number(libc().sendmsg(fd, hdrPointer, MSG.NOSIGNAL | MSG.DONTWAIT));
+  fill(writeRights(view, area.controlAt, fds));
+  const n = Number(
+    libc().sendmsg(fd, area.pointer, MSG.NOSIGNAL | MSG.DONTWAIT),
+  );
   if (n === -1) throw systemError("sendmsg", errno(), "queue end hello");
   if (n !== HELLO_SIZE) {
     throw new Error(
       `Cannot create shmQueue: hello sent ${n} of ${HELLO_SIZE} bytes`,
     );
   }
-}
-
-const optionValue = new Int32Array(new ArrayBuffer(64), 0, 1);
-const optionLength = new Uint32Array(new ArrayBuffer(64), 0, 1);
-
-/** An int `SOL_SOCKET` option of `fd`, or `undefined` when it has none. */
-function socketOption(fd: number, option: number): number | undefined {
-  optionLength[0] = 4;
-  const result = libc().getsockopt(
-    fd,
-    SOCK.SOL_SOCKET,
-    option,
-    optionValue,
-    optionLength,
-  );
-  return result === -1 ? undefined : optionValue[0];
 }
 
 const statBuffer = new Uint8Array(STAT.size);
@@ -152,10 +132,14 @@ export interface Hello {
 export function peekHello(fd: number): Hello | null {
   const lib = libc();
   if (!isSeqpacket(fd)) return null;
-  new Uint8Array(area, CONTROL_AT, CONTROL_SIZE).fill(0);
-  fill(CONTROL_SIZE);
+  area.bytes.fill(0, area.controlAt, area.controlAt + area.controlSize);
+  fill(area.controlSize);
   const n = Number(
-    lib.recvmsg(fd, hdrPointer, MSG.PEEK | MSG.DONTWAIT | MSG.CMSG_CLOEXEC),
+    lib.recvmsg(
+      fd,
+      area.pointer,
+      MSG.PEEK | MSG.DONTWAIT | MSG.CMSG_CLOEXEC,
+    ),
   );
   if (n === -1) {
     const code = errno();
@@ -166,18 +150,29 @@ export function peekHello(fd: number): Hello | null {
     }
     throw systemError("recvmsg", code, `peek at fd ${fd}`);
   }
-  const fds = receivedFds();
-  if (fds === null) return null;
-  const flags = view.getInt32(HDR_AT + MSGHDR.flags, true);
-  const ok = n === HELLO_SIZE &&
-    (flags & (MSG.TRUNC | MSG.CTRUNC)) === 0 &&
+  const flags = area.flags(0);
+  let fds: number[];
+  try {
+    // Malformed or truncated control data: what arrived is closed.
+    fds = receivedFds(
+      view,
+      area.controlAt,
+      area.controlLength(0),
+      area.controlSize,
+      flags,
+      PEEK_FDS,
+    );
+  } catch {
+    return null;
+  }
+  const ok = n === HELLO_SIZE && (flags & MSG.TRUNC) === 0 &&
     view.getUint32(DATA_AT, true) === HELLO_MAGIC;
   if (!ok) {
-    for (const f of fds) lib.close(f);
+    closeAll(fds);
     return null;
   }
   if (view.getUint32(DATA_AT + 4, true) !== HELLO_VERSION) {
-    for (const f of fds) lib.close(f);
+    closeAll(fds);
     throw new TypeError(
       `Cannot adopt fd ${fd}: a shmQueue end of layout version ${
         view.getUint32(DATA_AT + 4, true)
@@ -185,19 +180,6 @@ export function peekHello(fd: number): Hello | null {
     );
   }
   return { role: view.getUint32(DATA_AT + 8, true), fds };
-}
-
-// The fds in the control buffer, every length checked against the buffer;
-// `null` (having closed them) when the buffer is malformed.
-function receivedFds(): number[] | null {
-  const controlLen = Math.min(
-    Number(view.getBigUint64(HDR_AT + MSGHDR.controllen, true)),
-    CONTROL_SIZE,
-  );
-  const { fds, malformed } = parseControl(view, CONTROL_AT, controlLen);
-  if (malformed === "") return fds;
-  closeAll(fds);
-  return null;
 }
 
 const bell = new Uint8Array(new ArrayBuffer(64));

@@ -68,11 +68,11 @@ import { setImmediate } from "node:timers";
 import { yieldTurn } from "../_turn.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError } from "../ffi/errors.ts";
-import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
+import { checkSpin, Spinner } from "../ffi/spin.ts";
 import { SOCK } from "../ffi/layout.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { registerAdopter } from "../_adopt.ts";
-import { Serial } from "../_byte_io.ts";
+import { CallQueue, type QueuedCall } from "../_call_queue.ts";
 import { createMemfd, fileSize, sealedAgainstShrink } from "./shared_memory.ts";
 import { type Mapping, mapShared, unmap } from "./_map.ts";
 import {
@@ -117,6 +117,32 @@ export interface ShmRecvOptions extends ShmWaitOptions {
    * with a `RangeError` naming both sizes.
    */
   into?: Uint8Array;
+}
+
+/**
+ * Marks the promise of a queued call as handled: a caller may attach its
+ * own handler only after a turn of the event loop, and a failure meanwhile
+ * is not reported as an unhandled rejection (it still rejects the promise
+ * the caller holds).
+ */
+function awaitedLater<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(ignore);
+  return promise;
+}
+
+function ignore(): void {}
+
+/** A send that waits for room. */
+interface QueuedSend extends QueuedCall<void> {
+  bytes: Uint8Array;
+  signal: AbortSignal | undefined;
+}
+
+/** A receive that waits for a message. */
+interface QueuedRecv extends QueuedCall<Uint8Array | null> {
+  signal: AbortSignal | undefined;
+  into: Uint8Array | undefined;
+  message: Uint8Array | null | undefined;
 }
 
 // Header layout, as indexes into an Int32Array over the mapping.
@@ -370,6 +396,19 @@ class Ring {
     return this.turn.then(() => value);
   }
 
+  /**
+   * Settles a call that waited in its end's queue with `value`: at once,
+   * or, when it brings a message (not the end, `null`) and the slice is
+   * over, after a turn. A turn an earlier call is yielding comes first
+   * anyway (its end's queue waits for {@linkcode turn}).
+   */
+  settleQueued<T>(value: T): T | Promise<T> {
+    if (this.turn !== undefined || value === null || !this.turnDue()) {
+      return value;
+    }
+    return this.yieldTurn().then(() => value);
+  }
+
   close(): void {
     if (this.carrier.closed) return;
     this.#flushWake();
@@ -412,12 +451,23 @@ class Ring {
  */
 export class ShmSender implements Disposable {
   #ring: Ring;
-  #serial = new Serial();
-  #queued = 0;
+  /** Sends that wait for room, in call order. */
+  #sends: CallQueue<QueuedSend>;
 
   /** @internal Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
     this.#ring = ring;
+    this.#sends = new CallQueue<QueuedSend>({
+      advance: (jobs) => this.#trySend(jobs[0].bytes) === true ? 1 : 0,
+      park: (head) => {
+        const need = RECORD + align8(head.bytes.byteLength);
+        Atomics.store(ring.header, SENDER_NEEDS, need);
+        return ring.park(SENDER_WAITING, () => this.#room(need), head.signal);
+      },
+      done: () => ring.settleQueued(undefined),
+      failed: (_job, error) => error,
+      turn: () => ring.turn,
+    }, ring.spinner);
   }
 
   /** The largest message this queue takes, in bytes. */
@@ -484,7 +534,7 @@ export class ShmSender implements Disposable {
       );
     }
     const r = this.#ring;
-    if (this.#queued === 0) {
+    if (this.#sends.length === 0) {
       // Nothing queued ahead: a send that finds room needs no promise chain.
       try {
         if (this.#trySend(bytes) !== undefined) {
@@ -494,30 +544,7 @@ export class ShmSender implements Disposable {
         return Promise.reject(error);
       }
     }
-    return this.#queue(() => this.#send(bytes, options.signal));
-  }
-
-  #queue(task: () => Promise<void>): Promise<void> {
-    this.#queued++;
-    return this.#serial.run(async () => {
-      try {
-        await task();
-      } finally {
-        this.#queued--;
-      }
-    });
-  }
-
-  async #send(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
-    const r = this.#ring;
-    if (r.turn !== undefined) await r.turn;
-    const need = RECORD + align8(bytes.byteLength);
-    const park = () => {
-      Atomics.store(r.header, SENDER_NEEDS, need);
-      return r.park(SENDER_WAITING, () => this.#room(need), signal);
-    };
-    await untilReady(() => this.#trySend(bytes), park, r.spinner);
-    if (r.turnDue()) await r.yieldTurn();
+    return awaitedLater(this.#sends.push({ bytes, signal: options.signal }));
   }
 
   #room(need: number): boolean {
@@ -611,13 +638,28 @@ export class ShmSender implements Disposable {
  */
 export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   #ring: Ring;
-  #serial = new Serial();
-  #queued = 0;
+  /** Receives that wait for a message, in call order. */
+  #recvs: CallQueue<QueuedRecv, Uint8Array | null>;
   #failure: Error | undefined;
 
   /** @internal Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
     this.#ring = ring;
+    const arrived = () =>
+      ring.position(TAIL, "receive") !== ring.position(HEAD, "receive");
+    this.#recvs = new CallQueue<QueuedRecv, Uint8Array | null>({
+      advance: (jobs) => {
+        const message = this.#tryRecv(jobs[0].into);
+        if (message === undefined) return 0;
+        jobs[0].message = message;
+        return 1;
+      },
+      park: (head) =>
+        this.#guard(() => ring.park(RECEIVER_WAITING, arrived, head.signal)),
+      done: (job) => ring.settleQueued(job.message!),
+      failed: (_job, error) => error,
+      turn: () => ring.turn,
+    }, ring.spinner);
   }
 
   /** The largest message this queue takes, in bytes. */
@@ -690,7 +732,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
       const refused = badInto(into);
       if (refused !== undefined) return Promise.reject(refused);
     }
-    if (this.#queued === 0) {
+    if (this.#recvs.length === 0) {
       // Nothing queued ahead: a message already there needs no promise chain.
       try {
         const message = this.#tryRecv(into);
@@ -703,35 +745,9 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
         return Promise.reject(error);
       }
     }
-    return this.#queue(() => this.#recv(options.signal, into));
-  }
-
-  #queue<T>(task: () => Promise<T>): Promise<T> {
-    this.#queued++;
-    return this.#serial.run(async () => {
-      try {
-        return await task();
-      } finally {
-        this.#queued--;
-      }
-    });
-  }
-
-  async #recv(
-    signal?: AbortSignal,
-    into?: Uint8Array,
-  ): Promise<Uint8Array | null> {
-    const r = this.#ring;
-    if (r.turn !== undefined) await r.turn;
-    const arrived = () =>
-      r.position(TAIL, "receive") !== r.position(HEAD, "receive");
-    const message = await untilReady(
-      () => this.#tryRecv(into),
-      () => this.#guard(() => r.park(RECEIVER_WAITING, arrived, signal)),
-      r.spinner,
+    return awaitedLater(
+      this.#recvs.push({ signal: options.signal, into, message: undefined }),
     );
-    if (message !== null && r.turnDue()) await r.yieldTurn();
-    return message;
   }
 
   /**

@@ -42,7 +42,7 @@ import {
   INLINE_MAX,
   writeMemfd,
 } from "../_channel_wire.ts";
-import { MAX_FDS, parseControl } from "../_scm.ts";
+import { MAX_FDS, parseControl } from "../ffi/cmsg.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { cstr } from "../ffi/mem.ts";
@@ -681,12 +681,17 @@ function scribble(
 
 // --- Control messages -------------------------------------------------------
 
-const SCM_CREDENTIALS = 2;
-
-/** A control buffer of random messages, and the fds it holds. */
-function controlBuffer(f: Fuzz): { bytes: Uint8Array; fds: number[] } {
+/**
+ * A control buffer of random messages, the SCM_RIGHTS fds it holds, and
+ * whether it holds a kind a unix socket never carries (which the parser
+ * must call malformed).
+ */
+function controlBuffer(
+  f: Fuzz,
+): { bytes: Uint8Array; fds: number[]; foreign: boolean } {
   const parts: Uint8Array[] = [];
   const fds: number[] = [];
+  let foreign = false;
   const messages = f.int(4);
   for (let m = 0; m < messages; m++) {
     const choice = f.int(4);
@@ -703,13 +708,20 @@ function controlBuffer(f: Fuzz): { bytes: Uint8Array; fds: number[] } {
         fds.push(fd);
       }
     } else if (choice === 2) {
-      type = SCM_CREDENTIALS;
+      type = SOCK.SCM_CREDENTIALS;
       payload = f.bytes(12);
+    } else if (f.int(2) === 0) {
+      // A security label (skipped) or a pidfd (closed, never handed out).
+      type = f.pick([SOCK.SCM_SECURITY, SOCK.SCM_PIDFD]);
+      payload = type === SOCK.SCM_PIDFD
+        ? new Uint8Array(new Int32Array([f.int(1 << 20)]).buffer)
+        : f.bytes(f.int(40));
     } else {
       level = f.pick([SOCK.SOL_SOCKET, 0, 41, f.int(300)]);
-      type = f.pick([3, 4, f.int(1000)]);
-      if (level === SOCK.SOL_SOCKET && type === SOCK.SCM_RIGHTS) type = 3;
+      type = f.pick([5, 6, f.int(1000)]);
+      if (level === SOCK.SOL_SOCKET && type <= SOCK.SCM_PIDFD) type = 5;
       payload = f.bytes(f.int(40));
+      foreign = true;
     }
     const len = CMSGHDR.size + payload.length;
     const space = (len + 7) & ~7;
@@ -727,7 +739,7 @@ function controlBuffer(f: Fuzz): { bytes: Uint8Array; fds: number[] } {
     bytes.set(part, at);
     at += part.length;
   }
-  return { bytes, fds };
+  return { bytes, fds, foreign };
 }
 
 /** Damage to a control buffer: lengths, truncation, garbage. */
@@ -993,7 +1005,9 @@ const control: FuzzTarget = {
         }
         if (!damaged) {
           assert.deepEqual(fds, built.fds.slice(0, fds.length));
-          if (built.fds.length <= MAX_FDS) {
+          if (built.foreign) {
+            assert.notEqual(malformed, "");
+          } else if (built.fds.length <= MAX_FDS) {
             assert.equal(malformed, "");
             assert.deepEqual(fds, built.fds);
           } else {

@@ -1,0 +1,248 @@
+/**
+ * The one send queue: the calls of an endpoint that could not finish at
+ * once, kept in call order and finished by one flush at a time with the
+ * shared spin-then-park. Sockets and pipe writers queue their sends here;
+ * a shared-memory queue end its sends and receives.
+ *
+ * A call that finds the queue {@linkcode CallQueue.clear} is tried at once
+ * by its endpoint and settles without a promise chain (the hot path: no
+ * allocation here). Only a call that has to wait becomes a job. What a job
+ * is and how it moves on is the endpoint's ({@linkcode QueueHost}); the
+ * queue keeps the order, waits, settles each job alone, and lets a blocking
+ * call (`writeSync`, `sendSync`) finish the queue first so that bytes leave
+ * in call order whichever form each call used.
+ *
+ * @module
+ */
+
+import { type Spinner, untilReady } from "./ffi/spin.ts";
+
+/** A queued call: the queue settles it through these. */
+export interface QueuedCall<T> {
+  /** Set by the queue when the call is queued. */
+  resolve?: (value: T | PromiseLike<T>) => void;
+  /** Set by the queue when the call is queued. */
+  reject?: (error: unknown) => void;
+}
+
+/** What an endpoint tells its queue. */
+export interface QueueHost<J extends QueuedCall<T>, T> {
+  /**
+   * Moves the queued calls on without waiting, from the head: how many of
+   * them are now finished (the head alone, or a batch from it), 0 when the
+   * head has to wait. A throw fails the head alone, so it may only come
+   * from the head: a later call that fails ends the count instead.
+   */
+  advance(jobs: readonly J[]): number;
+  /**
+   * Waits until advancing may get further (room in the socket, a message
+   * in the ring). A rejection fails `head` alone; the queue then looks
+   * again. `signal`, when given, is aborted when a blocking call finished
+   * the queue meanwhile.
+   */
+  park(head: J, signal: AbortSignal | undefined): Promise<void>;
+  /** What a finished call resolves with. */
+  done(job: J): T | PromiseLike<T>;
+  /** What a failed call rejects with. */
+  failed(job: J, error: unknown): unknown;
+  /**
+   * Finishes one call, blocking the thread: present on endpoints with
+   * blocking forms, which call {@linkcode CallQueue.drainBlocking}.
+   */
+  finishBlocking?(job: J): void;
+  /**
+   * A turn of the event loop that a call made before the queued ones is
+   * still yielding before it settles, if any: queued calls settle after
+   * it, so that calls settle in the order they were made.
+   */
+  turn?(): Promise<void> | undefined;
+}
+
+/** The reason a park is aborted with when the queue changed under it. */
+const LOOK_AGAIN = Symbol("look again");
+
+/** The calls of one endpoint that wait their turn, in call order. */
+export class CallQueue<J extends QueuedCall<T>, T = void> {
+  #host: QueueHost<J, T>;
+  #spinner: Spinner;
+  #jobs: J[] = [];
+  /** Whether a flush is running (trying, spinning or parked). */
+  #flushing = false;
+  /** Whether calls of this turn are gathered for one flush. */
+  #gathering = false;
+  /** Whether the host is advancing (a settled call may call back). */
+  #advancing = false;
+  #parked: AbortController | undefined;
+  readonly #attempt = (): true | undefined => this.#advance() || undefined;
+  readonly #park = (): Promise<void> => this.#parkHead();
+  readonly #endGathering = (): void => {
+    this.#gathering = false;
+    this.#flush();
+  };
+
+  /**
+   * @param host The endpoint's side of the queue.
+   * @param spinner How a flush waits before it parks.
+   */
+  constructor(host: QueueHost<J, T>, spinner: Spinner) {
+    this.#host = host;
+    this.#spinner = spinner;
+  }
+
+  /** Whether a new call may go at once: nothing queued, nothing gathered. */
+  get clear(): boolean {
+    return this.#jobs.length === 0 && !this.#gathering;
+  }
+
+  /** How many calls wait. */
+  get length(): number {
+    return this.#jobs.length;
+  }
+
+  /**
+   * Holds the flush until this turn's microtasks run, so that the calls
+   * made meanwhile are advanced together (one `sendmmsg` for many
+   * datagrams).
+   */
+  gather(): void {
+    if (this.#gathering) return;
+    this.#gathering = true;
+    queueMicrotask(this.#endGathering);
+  }
+
+  /**
+   * Queues `job` behind every earlier call; settles when it is done. The
+   * flush starts once this turn's microtasks run, not inside the call: the
+   * caller's own code goes on first (in one thread, it may be what the job
+   * waits for), and calls made meanwhile are advanced with it.
+   */
+  push(job: J): Promise<T> {
+    const { promise, resolve, reject } = Promise.withResolvers<T>();
+    job.resolve = resolve;
+    job.reject = reject;
+    this.#jobs.push(job);
+    this.gather();
+    return promise;
+  }
+
+  /**
+   * Finishes every queued call now, blocking the thread, in order; one
+   * that fails rejects alone. A waiting flush is told to look again.
+   */
+  drainBlocking(): void {
+    const jobs = this.#jobs;
+    if (jobs.length === 0) return;
+    const host = this.#host;
+    try {
+      while (jobs.length > 0) {
+        const job = jobs.shift()!;
+        try {
+          host.finishBlocking!(job);
+        } catch (error) {
+          this.#fail(job, error);
+          continue;
+        }
+        this.#finish(job);
+      }
+    } finally {
+      this.#parked?.abort(LOOK_AGAIN);
+    }
+  }
+
+  /**
+   * Before the endpoint goes: calls that can finish now without waiting
+   * still do (as they would have at once), the rest reject with `error`.
+   */
+  end(error: unknown): void {
+    if (this.#jobs.length === 0) return;
+    try {
+      this.#advance();
+    } catch {
+      // Whatever is left fails below.
+    }
+    for (const job of this.#jobs.splice(0)) this.#fail(job, error);
+  }
+
+  #flush(): void {
+    if (this.#flushing || this.#jobs.length === 0) return;
+    this.#flushing = true;
+    this.#pump();
+  }
+
+  async #pump(): Promise<void> {
+    const jobs = this.#jobs;
+    while (jobs.length > 0) {
+      try {
+        await untilReady(this.#attempt, this.#park, this.#spinner);
+      } catch (error) {
+        // A blocking call finished the queue meanwhile: look again.
+        if (error === LOOK_AGAIN) continue;
+        // The wait failed (the endpoint closed, the call's signal was
+        // aborted): that call fails, later ones get their own look.
+        const head = jobs.shift();
+        if (head !== undefined) this.#fail(head, error);
+      }
+    }
+    this.#flushing = false;
+  }
+
+  #parkHead(): Promise<void> {
+    const head = this.#jobs[0];
+    if (this.#host.finishBlocking === undefined) {
+      return this.#host.park(head, undefined);
+    }
+    const parked = new AbortController();
+    this.#parked = parked;
+    return this.#host.park(head, parked.signal).finally(() => {
+      if (this.#parked === parked) this.#parked = undefined;
+    });
+  }
+
+  /** Advances what can go now; true once nothing is left. */
+  #advance(): boolean {
+    if (this.#advancing) return false;
+    this.#advancing = true;
+    const jobs = this.#jobs;
+    try {
+      while (jobs.length > 0) {
+        let finished: number;
+        try {
+          finished = this.#host.advance(jobs);
+        } catch (error) {
+          this.#fail(jobs.shift()!, error);
+          continue;
+        }
+        if (finished <= 0) return false;
+        for (const job of jobs.splice(0, finished)) this.#finish(job);
+      }
+      return true;
+    } finally {
+      this.#advancing = false;
+    }
+  }
+
+  #finish(job: J): void {
+    let value: T | PromiseLike<T>;
+    try {
+      value = this.#host.done(job);
+    } catch (error) {
+      this.#settle(job, false, error);
+      return;
+    }
+    this.#settle(job, true, value);
+  }
+
+  #fail(job: J, error: unknown): void {
+    this.#settle(job, false, this.#host.failed(job, error));
+  }
+
+  #settle(job: J, ok: boolean, value: unknown): void {
+    const turn = this.#host.turn?.();
+    if (turn === undefined) {
+      if (ok) job.resolve!(value as T | PromiseLike<T>);
+      else job.reject!(value);
+      return;
+    }
+    turn.then(() => this.#settle(job, ok, value));
+  }
+}

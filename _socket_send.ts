@@ -1,0 +1,330 @@
+/**
+ * The send path of a `UnixSocket`: one attempt at once when
+ * nothing waits, and otherwise the module's one send queue
+ * ({@linkcode CallQueue}), which gathers the messages of one turn into
+ * `sendmmsg` batches. A send that has to wait carries private copies of
+ * its fds, closed once it is done.
+ *
+ * @module
+ */
+
+import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
+import { SOCK } from "./ffi/layout.ts";
+import { dupCloexec, type OwnedFd } from "./ffi/fd.ts";
+import { Spinner } from "./ffi/spin.ts";
+import { CallQueue, type QueuedCall, type QueueHost } from "./_call_queue.ts";
+import type { FdEndpoint } from "./spawn.ts";
+import {
+  closeAll,
+  MAX_FDS,
+  sendAllBlocking,
+  sendBlocking,
+  sendMessage,
+  sendMessages,
+  sendNoWait,
+} from "./_scm.ts";
+import { getIntOption, type SocketType } from "./_socket_options.ts";
+
+/** Options for `UnixSocket.send()`. */
+export interface SocketSendOptions {
+  /**
+   * Endpoints (or raw fds) to pass along (SCM_RIGHTS), at most 253. The
+   * receiver gets its own copies; this process keeps its own unless
+   * `closeSent` is set. On a stream socket they travel with the first byte
+   * of this send, so the data must not be empty.
+   */
+  fds?: readonly (FdEndpoint | number)[];
+  /**
+   * Close the endpoints in `fds` once they have been sent (raw fd numbers
+   * are left alone). Default `false`.
+   */
+  closeSent?: boolean;
+}
+
+/** One send: what is left, the fds it carries, and who waits for it. */
+interface SendJob extends QueuedCall<void> {
+  /** The message (datagram, seqpacket) or bytes (stream). */
+  data: Uint8Array;
+  /**
+   * The fds to pass: the caller's own numbers while the send is tried at
+   * once, this socket's private copies once it waits in the queue.
+   */
+  fds: number[];
+  /** Whether `fds` are private copies, closed when the send is done. */
+  copied: boolean;
+  endpoints: FdEndpoint[];
+  closeSent: boolean;
+  /** Stream sockets: bytes already written. */
+  offset: number;
+  fdsSent: boolean;
+}
+
+/** The sends of one socket, in call order. */
+export class SocketSends implements QueueHost<SendJob, void> {
+  #fd: OwnedFd;
+  #type: SocketType;
+  #queue: CallQueue<SendJob>;
+
+  /**
+   * @param fd The socket's fd.
+   * @param type Its type.
+   */
+  constructor(fd: OwnedFd, type: SocketType) {
+    this.#fd = fd;
+    this.#type = type;
+    this.#queue = new CallQueue<SendJob>(this, new Spinner());
+  }
+
+  /** `UnixSocket.send()`. */
+  send(bytes: Uint8Array, options: SocketSendOptions): Promise<void> {
+    let job: SendJob;
+    try {
+      job = this.#prepareSend(bytes, options);
+      // Nothing waits before it: try right away. Further messages of this
+      // turn are gathered and leave together (sendmmsg).
+      if (this.#queue.clear) {
+        const done = this.#step(job);
+        if (this.#type !== "stream") this.#queue.gather();
+        if (done) {
+          this.#finishSend(job);
+          return Promise.resolve();
+        }
+      }
+      // The caller may close or reuse its fds before this send goes out:
+      // it carries copies of its own.
+      this.#copyFds(job);
+    } catch (error) {
+      return Promise.reject(this.#sendError(error, bytes?.byteLength ?? 0));
+    }
+    return this.#queue.push(job);
+  }
+
+  /** `UnixSocket.sendSync()`: sends still queued go first. */
+  sendSync(bytes: Uint8Array, options: SocketSendOptions): void {
+    try {
+      const job = this.#prepareSend(bytes, options);
+      this.#queue.drainBlocking();
+      this.#sendWhole(job);
+      this.#finishSend(job);
+    } catch (error) {
+      throw this.#sendError(error, bytes?.byteLength ?? 0);
+    }
+  }
+
+  /** `UnixSocket.writeSync()`: writes still queued go first. */
+  writeSync(from: Uint8Array): void {
+    try {
+      this.#queue.drainBlocking();
+      sendAllBlocking(this.#fd.fd, from);
+    } catch (error) {
+      throw this.#sendError(error, from.byteLength);
+    }
+  }
+
+  /**
+   * Before the fd goes: sends gathered this turn that fit still leave (as
+   * they would have at once), the rest reject with `BadResource`.
+   */
+  end(): void {
+    this.#queue.end(closedError("UnixSocket"));
+  }
+
+  /**
+   * Sends what is queued, as far as the socket takes it now: the first
+   * stream write, or as many messages as one `sendmmsg` takes. How many
+   * are done; a failure is the first one's.
+   */
+  advance(jobs: readonly SendJob[]): number {
+    if (this.#type === "stream") return this.#step(jobs[0]) ? 1 : 0;
+    const sent = sendMessages(this.#fd.fd, jobs, 0);
+    return sent < 0 ? 0 : sent;
+  }
+
+  /** Waits for room. */
+  park(_head: SendJob, signal: AbortSignal | undefined): Promise<void> {
+    return this.#fd.wait("write", signal);
+  }
+
+  /** A queued send went out: its copies closed, its fds closed if asked. */
+  done(job: SendJob): void {
+    this.#closeCopies(job);
+    this.#finishSend(job);
+  }
+
+  /** A queued send failed: its copies closed; the error the caller gets. */
+  failed(job: SendJob, error: unknown): unknown {
+    this.#closeCopies(job);
+    return this.#sendError(error, job.data.byteLength);
+  }
+
+  /** Sends all of a queued job, blocking while the peer is full. */
+  finishBlocking(job: SendJob): void {
+    this.#sendWhole(job);
+  }
+
+  #closeCopies(job: SendJob): void {
+    if (job.copied) {
+      closeAll(job.fds);
+      job.copied = false;
+    }
+  }
+
+  #prepareSend(bytes: Uint8Array, options: SocketSendOptions): SendJob {
+    this.#fd.assertOpen();
+    if (!(bytes instanceof Uint8Array)) {
+      throw new TypeError(
+        "Cannot send on UnixSocket: bytes must be a Uint8Array",
+      );
+    }
+    const given = options.fds ?? [];
+    if (given.length > MAX_FDS) {
+      throw new RangeError(
+        `Cannot send on UnixSocket: ${given.length} fds in one message, at most ${MAX_FDS} allowed`,
+      );
+    }
+    const fds: number[] = [];
+    const endpoints: FdEndpoint[] = [];
+    for (const [i, value] of given.entries()) {
+      const fd = typeof value === "number" ? value : value?.rawFd;
+      if (!Number.isInteger(fd) || fd < 0) {
+        throw new TypeError(
+          `Cannot send on UnixSocket: fds[${i}] is not an endpoint or an fd`,
+        );
+      }
+      fds.push(fd);
+      if (typeof value !== "number") endpoints.push(value);
+    }
+    if (fds.length > 0 && this.#type === "stream" && bytes.byteLength === 0) {
+      throw new RangeError(
+        "Cannot send on UnixSocket: fds on a stream socket need at least one byte of data to travel with",
+      );
+    }
+    return {
+      data: bytes,
+      fds,
+      copied: false,
+      endpoints,
+      closeSent: options.closeSent === true,
+      offset: 0,
+      fdsSent: fds.length === 0,
+    };
+  }
+
+  /** Replaces the fds of a send that will wait with private copies. */
+  #copyFds(job: SendJob): void {
+    if (job.fdsSent || job.copied) return;
+    const copies: number[] = [];
+    for (const [i, fd] of job.fds.entries()) {
+      try {
+        copies.push(dupCloexec(fd));
+      } catch (error) {
+        closeAll(copies);
+        throw new Deno.errors.BadResource(
+          `Cannot send on UnixSocket: fds[${i}] (fd ${fd}) cannot be kept until the send: ${
+            (error as Error).message
+          }`,
+          { cause: error },
+        );
+      }
+    }
+    job.fds = copies;
+    job.copied = true;
+  }
+
+  /** Sends all of a job, blocking while the peer is full. */
+  #sendWhole(job: SendJob): void {
+    const fd = this.#fd.fd;
+    if (!job.fdsSent || (this.#type !== "stream" && job.offset === 0)) {
+      const n = job.fds.length > 0
+        ? sendMessage(fd, job.data, job.fds, true)
+        : sendBlocking(fd, job.data);
+      job.offset = n;
+      job.fdsSent = true;
+      if (this.#type !== "stream") {
+        this.#checkWhole(n, job);
+        return;
+      }
+    }
+    if (job.offset < job.data.byteLength) {
+      sendAllBlocking(fd, job.data.subarray(job.offset));
+      job.offset = job.data.byteLength;
+    }
+  }
+
+  /** One attempt without blocking; true when the whole send is done. */
+  #step(job: SendJob): boolean {
+    const fd = this.#fd.fd;
+    if (this.#type !== "stream") {
+      const n = job.fds.length > 0
+        ? sendMessage(fd, job.data, job.fds, false)
+        : sendNoWait(fd, job.data);
+      if (n < 0) return false;
+      this.#checkWhole(n, job);
+      return true;
+    }
+    if (!job.fdsSent) {
+      const n = sendMessage(fd, job.data, job.fds, false);
+      if (n < 0) return false;
+      job.fdsSent = true;
+      job.offset = n;
+    }
+    while (job.offset < job.data.byteLength) {
+      const n = sendNoWait(fd, job.data.subarray(job.offset));
+      if (n < 0) return false;
+      job.offset += n;
+    }
+    return true;
+  }
+
+  #checkWhole(n: number, job: SendJob): void {
+    // The kernel sends datagrams and packets whole or not at all.
+    if (n !== job.data.byteLength) {
+      throw new RangeError(
+        `Cannot send on UnixSocket: only ${n} of ${job.data.byteLength} bytes of the message were sent`,
+      );
+    }
+  }
+
+  #finishSend(job: SendJob): void {
+    if (!job.closeSent) return;
+    for (const endpoint of job.endpoints) {
+      (endpoint as { close?: () => void }).close?.();
+    }
+  }
+
+  #sendError(error: unknown, size: number): unknown {
+    const code = (error as Partial<SystemError>)?.errno;
+    if (code === undefined) return error;
+    if (
+      code === ERRNO.EPIPE || code === ERRNO.ECONNREFUSED ||
+      code === ERRNO.ECONNRESET || code === ERRNO.ENOTCONN
+    ) {
+      return new Deno.errors.BrokenPipe(
+        `Cannot send on UnixSocket: the peer is gone (${
+          (error as SystemError).code
+        })`,
+        { cause: error },
+      );
+    }
+    if (code === ERRNO.EMSGSIZE) {
+      let limit = "";
+      try {
+        const sndbuf = getIntOption(this.#fd.fd, SOCK.SO_SNDBUF, "SO_SNDBUF");
+        limit = ` of ${sndbuf - 32} bytes (SO_SNDBUF ${sndbuf})`;
+      } catch {
+        // The limit is only detail for the message.
+      }
+      return new RangeError(
+        `Cannot send on UnixSocket: message of ${size} bytes exceeds the socket's limit${limit}`,
+        { cause: error },
+      );
+    }
+    if (code === ERRNO.ETOOMANYREFS) {
+      return new RangeError(
+        "Cannot send on UnixSocket: too many fds are in flight to unread sockets (ETOOMANYREFS)",
+        { cause: error },
+      );
+    }
+    return error;
+  }
+}

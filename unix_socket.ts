@@ -1,0 +1,665 @@
+/**
+ * {@linkcode UnixSocket}: a connected Unix domain socket of any type, with
+ * fd passing (SCM_RIGHTS). Sockets come from `socketpair()`, `connect()`,
+ * `UnixListener.accept()` or `fromFd()`.
+ *
+ * Every socket is CLOEXEC and stays blocking at the open file description,
+ * so a child or a peer handed one sees an ordinary socket; this process
+ * sends and receives with per-call `MSG_DONTWAIT` and waits in the shared
+ * poller, never blocking its JS thread (except in the `*Sync` forms).
+ *
+ * @module
+ */
+
+import { libc } from "./ffi/libc.ts";
+import { check, ERRNO, errno, type SystemError } from "./ffi/errors.ts";
+import { MSG, SOCK } from "./ffi/layout.ts";
+import { OwnedFd } from "./ffi/fd.ts";
+import { flushBeforeSpin, Spinner, untilReady } from "./ffi/spin.ts";
+import { TurnSlice, yieldTurn } from "./_turn.ts";
+import {
+  asBytes,
+  byteReadable,
+  byteWritable,
+  readAsync,
+  type ReadOptions,
+  spinnerFor,
+} from "./_byte_io.ts";
+// Loaded for every adopter, so received fds of any kind become endpoints.
+import type { Endpoint } from "./from_fd.ts";
+import "./from_fd.ts";
+import { adoptFd } from "./_adopt.ts";
+import {
+  closeAll,
+  MAX_FDS,
+  peekSize,
+  readHangup,
+  receiveMessage,
+  recvBlocking,
+  recvNoWait,
+} from "./_scm.ts";
+import {
+  checkType,
+  getIntOption,
+  peerCredentialsOf,
+  type SocketType,
+  typeName,
+} from "./_socket_options.ts";
+
+import { type SocketSendOptions, SocketSends } from "./_socket_send.ts";
+
+export type { SocketType } from "./_socket_options.ts";
+export type { SocketSendOptions } from "./_socket_send.ts";
+
+/** Options for {@linkcode UnixSocket.recv}. */
+export interface SocketRecvOptions extends ReadOptions {
+  /**
+   * How a receive that finds nothing waits before it parks in the poller,
+   * in µs. Omitted (the default): the socket's own spin, which spins only
+   * while recent spins were answered quickly. `0`: never spin. A number up
+   * to 1,000,000: always spin that long first.
+   */
+  spin?: number;
+  /**
+   * The most fds accepted with one message, at most (and by default) 253. A
+   * message that carries more fails with a `RangeError`, and every fd that
+   * came with it is closed.
+   */
+  maxFds?: number;
+  /**
+   * Stream sockets: the most bytes one call returns. Default 65536.
+   * Datagram and seqpacket sockets always return the whole message.
+   */
+  maxBytes?: number;
+}
+
+/** A message received by {@linkcode UnixSocket.recv}. */
+export interface SocketMessage {
+  /** The bytes. For a stream socket, whatever arrived (at most `maxBytes`). */
+  data: Uint8Array<ArrayBuffer>;
+  /** Endpoints that came with it, owned by the receiver. */
+  fds: Endpoint[];
+}
+
+/** Who is at the other end of a socket (`SO_PEERCRED`). */
+export interface PeerCredentials {
+  /** The peer's process id when it connected (or created the pair). */
+  pid: number;
+  /** Its user id. */
+  uid: number;
+  /** Its group id. */
+  gid: number;
+}
+
+/** Which direction {@linkcode UnixSocket.shutdown} ends. */
+export type ShutdownHow = "read" | "write" | "both";
+
+const SHUTDOWN: Record<ShutdownHow, number> = {
+  read: SOCK.SHUT_RD,
+  write: SOCK.SHUT_WR,
+  both: SOCK.SHUT_RDWR,
+};
+
+const DEFAULT_MAX_BYTES = 64 * 1024;
+let streamScratch: Uint8Array<ArrayBuffer> | undefined;
+
+function checkCount(
+  value: number | undefined,
+  fallback: number,
+  max: number,
+  what: string,
+): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < 0 || value > max) {
+    throw new RangeError(
+      `Cannot receive on UnixSocket: ${what} must be an integer from 0 to ${max}, got ${value}`,
+    );
+  }
+  return value;
+}
+
+/** The fd and byte limits of a receive, checked, with their defaults. */
+function recvLimits(
+  options: SocketRecvOptions,
+): { maxFds: number; maxBytes: number } {
+  return {
+    maxFds: checkCount(options.maxFds, MAX_FDS, MAX_FDS, "maxFds"),
+    maxBytes: checkCount(
+      options.maxBytes,
+      DEFAULT_MAX_BYTES,
+      2 ** 31 - 1,
+      "maxBytes",
+    ),
+  };
+}
+
+/**
+ * A connected Unix domain socket of type `"stream"`, `"dgram"` or
+ * `"seqpacket"`, from {@linkcode socketpair}, {@linkcode connect},
+ * {@linkcode UnixListener.accept} or `fromFd()`.
+ *
+ * @example Pass a pipe's read end across a socket
+ * ```ts
+ * import { pipe } from "@conduit/ipc/pipe";
+ * import { socketpair } from "@conduit/ipc/socketpair";
+ *
+ * const [a, b] = socketpair({ type: "dgram" });
+ * const { reader, writer } = pipe();
+ * await a.send(new Uint8Array([1]), { fds: [reader], closeSent: true });
+ * const { fds } = (await b.recv())!;
+ * console.log(fds.length); // 1: a PipeReader of this process
+ * for (const end of [a, b, writer, ...fds]) end.close();
+ * ```
+ */
+export class UnixSocket implements Disposable {
+  #fd: OwnedFd;
+  #type: SocketType;
+  #readSpinner = new Spinner();
+  /** Sends, at once or in call order once one has to wait. */
+  #sends: SocketSends;
+  #slice = new TurnSlice();
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
+
+  /**
+   * Takes ownership of a connected Unix socket. Prefer
+   * {@linkcode socketpair}, {@linkcode connect} or `fromFd()`.
+   *
+   * @param fd A connected `AF_UNIX` socket.
+   * @param type Its type; read from the socket (`SO_TYPE`) when omitted.
+   */
+  constructor(fd: number, type?: SocketType) {
+    if (type === undefined) {
+      const found = typeName(getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE"));
+      if (found === undefined) {
+        throw new TypeError(
+          `Cannot adopt fd ${fd} as UnixSocket: its socket type is not stream, dgram or seqpacket`,
+        );
+      }
+      type = found;
+    }
+    this.#type = checkType(type, "create UnixSocket");
+    this.#fd = new OwnedFd(fd, "UnixSocket");
+    this.#sends = new SocketSends(this.#fd, this.#type);
+  }
+
+  /** The socket type: `"stream"`, `"dgram"` or `"seqpacket"`. */
+  get type(): SocketType {
+    return this.#type;
+  }
+
+  /** The fd, for interop; the socket still owns it. */
+  get rawFd(): number {
+    return this.#fd.fd;
+  }
+
+  /** Whether {@linkcode close} was called. */
+  get closed(): boolean {
+    return this.#fd.closed;
+  }
+
+  #assertStream(doing: string): void {
+    this.#fd.assertOpen();
+    if (this.#type !== "stream") {
+      throw new TypeError(
+        `Cannot ${doing} UnixSocket: a ${this.#type} socket carries messages; use send() and recv()`,
+      );
+    }
+  }
+
+  // --- Bytes (stream sockets) ---
+
+  /**
+   * Stream sockets: reads what is available into `buffer`, waiting (without
+   * blocking the thread) until at least one byte arrives. Fds sent along
+   * are discarded; use {@linkcode recv} to receive them.
+   *
+   * @param buffer Where to put the bytes.
+   * @param options Read options.
+   * @returns The number of bytes read, or `null` at end of stream (the peer
+   * closed or shut down its writing side).
+   */
+  read(buffer: Uint8Array, options?: ReadOptions): Promise<number | null> {
+    let spinner: Spinner;
+    try {
+      this.#assertStream("read from");
+      spinner = spinnerFor(
+        options?.spin,
+        this.#readSpinner,
+        "Cannot read from UnixSocket",
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return readAsync(this.#fd, recvNoWait, buffer, spinner);
+  }
+
+  /**
+   * Stream sockets: reads what is available into `buffer`, blocking the
+   * thread until at least one byte arrives.
+   *
+   * @param buffer Where to put the bytes.
+   * @returns The number of bytes read, or `null` at end of stream.
+   */
+  readSync(buffer: Uint8Array): number | null {
+    this.#assertStream("read from");
+    if (buffer.byteLength === 0) return 0;
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
+    const n = recvBlocking(this.#fd.fd, buffer);
+    return n === 0 ? null : n;
+  }
+
+  /**
+   * Stream sockets: writes every byte, waiting (without blocking the
+   * thread) while the peer is full. Concurrent writes and sends are queued,
+   * never interleaved.
+   *
+   * @param bytes The bytes to write.
+   * @returns Resolves once every byte is in the socket; rejects with
+   * `Deno.errors.BrokenPipe` when the peer is gone.
+   */
+  write(bytes: ArrayBufferView): Promise<void> {
+    let from: Uint8Array;
+    try {
+      this.#assertStream("write to");
+      from = asBytes(bytes, "Cannot write to UnixSocket");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.send(from);
+  }
+
+  /**
+   * Stream sockets: writes every byte, blocking the thread while the peer
+   * is full. Writes still queued go first (blocking too), so bytes leave in
+   * call order and never land inside a pending write.
+   *
+   * @param bytes The bytes to write.
+   */
+  writeSync(bytes: ArrayBufferView): void {
+    this.#assertStream("write to");
+    const from = asBytes(bytes, "Cannot write to UnixSocket");
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
+    this.#sends.writeSync(from);
+  }
+
+  /**
+   * Stream sockets: a byte stream of everything read until the peer stops
+   * writing. BYOB readers are filled in place. Cancelling it shuts down this
+   * side's reading (the socket stays open for writing).
+   *
+   * Each read waits like {@linkcode read} with default options: the
+   * socket's own spin-then-park, which spins while a peer that writes
+   * continuously refills the socket sooner than a park would take.
+   */
+  get readable(): ReadableStream<Uint8Array> {
+    this.#assertStream("read from");
+    return this.#readable ??= byteReadable(
+      (into) => this.read(into),
+      () => this.#shutdownQuietly("read"),
+    );
+  }
+
+  /**
+   * Stream sockets: a byte sink with backpressure. Closing or aborting it
+   * shuts down this side's writing, so the peer reads end of stream; the
+   * socket stays open for reading.
+   */
+  get writable(): WritableStream<Uint8Array> {
+    this.#assertStream("write to");
+    return this.#writable ??= byteWritable(
+      (chunk) => this.write(chunk),
+      () => this.#shutdownQuietly("write"),
+    );
+  }
+
+  /**
+   * Ends one or both directions without closing the socket: after
+   * `shutdown("write")` the peer reads end of stream (`null`) once it has
+   * read everything sent before, and this side can still read.
+   *
+   * @param how `"write"` (the default), `"read"` or `"both"`.
+   */
+  shutdown(how: ShutdownHow = "write"): void {
+    const value = SHUTDOWN[how];
+    if (value === undefined) {
+      throw new TypeError(
+        `Cannot shut down UnixSocket: how must be "read", "write" or "both", got ${
+          JSON.stringify(how)
+        }`,
+      );
+    }
+    const result = libc().shutdown(this.#fd.fd, value);
+    // The peer may have gone already; there is nothing left to end then.
+    if (result === -1 && errno() !== ERRNO.ENOTCONN) {
+      check("shutdown", result);
+    }
+  }
+
+  #shutdownQuietly(how: ShutdownHow): void {
+    if (this.#fd.closed) return;
+    try {
+      this.shutdown(how);
+    } catch {
+      // Ending a stream must not fail because the socket is gone.
+    }
+  }
+
+  // --- Messages (every type) ---
+
+  /**
+   * Sends `bytes`, with `fds` attached when given. On a datagram or
+   * seqpacket socket the bytes arrive as one message; on a stream socket
+   * every byte is written, in order with other sends. Waits (without
+   * blocking the thread) while the peer is full.
+   *
+   * A send that finds nothing queued goes at once; messages sent after it
+   * in the same turn are gathered and leave together, in order, in as few
+   * `sendmmsg` calls as fit (each still settles, or fails, on its own). A
+   * send that has to wait holds its own copies of the fds it names, so the
+   * caller may close them (or reuse their numbers) meanwhile: what arrives
+   * is what was named at the call.
+   *
+   * @param bytes The message (datagram, seqpacket) or bytes (stream).
+   * @param options Fds to pass and whether to close them once sent.
+   * @returns Resolves once everything is in the socket.
+   * @throws {RangeError} When a message is larger than the socket can
+   * carry, or too many fds are given.
+   * @throws {Deno.errors.BrokenPipe} When the peer is gone.
+   *
+   * @example Send fds and close this process's copies
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * const [a, b] = socketpair({ type: "seqpacket" });
+   * const { reader, writer } = pipe();
+   * await a.send(new TextEncoder().encode("a pipe"), {
+   *   fds: [reader, writer],
+   *   closeSent: true,
+   * });
+   * const message = await b.recv();
+   * console.log(message!.fds.length); // 2
+   * for (const end of [a, b, ...message!.fds]) end.close();
+   * ```
+   */
+  send(bytes: Uint8Array, options: SocketSendOptions = {}): Promise<void> {
+    return this.#sends.send(bytes, options);
+  }
+
+  /**
+   * Sends like {@linkcode send}, blocking the thread while the peer is
+   * full. Sends still queued go first, so bytes and messages leave in call
+   * order.
+   *
+   * @param bytes The message or bytes.
+   * @param options Fds to pass and whether to close them once sent.
+   */
+  sendSync(bytes: Uint8Array, options: SocketSendOptions = {}): void {
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
+    this.#sends.sendSync(bytes, options);
+  }
+
+  /**
+   * Receives one message with the fds that came with it, waiting (without
+   * blocking the thread) until one arrives. Datagrams and packets come
+   * whole, never truncated; on a stream socket, what has arrived (at most
+   * `maxBytes`). Received fds are CLOEXEC and become endpoints as
+   * `fromFd()` would make them.
+   *
+   * A datagram socket has no end of stream: when its peer is gone, `recv()`
+   * keeps waiting (and `send()` fails).
+   *
+   * @param options Spin time, fd and byte limits.
+   * @returns The message, or `null` at end of stream (the peer closed or shut
+   * down its writing side).
+   * @throws {RangeError} When a message carries more fds than `maxFds`; they
+   * are closed.
+   *
+   * @example Receive whole messages
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * const [a, b] = socketpair({ type: "dgram" });
+   * await a.send(new Uint8Array(1000));
+   * await a.send(new Uint8Array(10));
+   * console.log((await b.recv())!.data.length); // 1000
+   * console.log((await b.recv())!.data.length); // 10
+   * a.close();
+   * b.close();
+   * ```
+   */
+  recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
+    let maxFds: number;
+    let maxBytes: number;
+    let spinner: Spinner;
+    try {
+      ({ maxFds, maxBytes } = recvLimits(options));
+      spinner = spinnerFor(
+        options.spin,
+        this.#readSpinner,
+        "Cannot receive on UnixSocket",
+      );
+      const now = this.#tryRecv(maxFds, maxBytes, false);
+      if (now !== undefined) {
+        // A peer that keeps the socket full never lets this wait; timers
+        // and other I/O get a turn after each slice of such deliveries.
+        return this.#slice.delivered()
+          ? yieldTurn().then(() => now)
+          : Promise.resolve(now);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#recvLater(maxFds, maxBytes, spinner);
+  }
+
+  /** A receive that found nothing at once: spins, then parks. */
+  async #recvLater(
+    maxFds: number,
+    maxBytes: number,
+    spinner: Spinner,
+  ): Promise<SocketMessage | null> {
+    let waited = false;
+    // recv() tried once already: go straight to the spin.
+    const message = await untilReady(
+      () => this.#tryRecv(maxFds, maxBytes, false),
+      () => {
+        waited = true;
+        return this.#fd.wait("read");
+      },
+      spinner,
+      true,
+    );
+    if (waited) this.#slice.waited();
+    else if (this.#slice.delivered()) await yieldTurn();
+    return message;
+  }
+
+  /**
+   * Yields each message (on a stream socket, each chunk as
+   * {@linkcode recv} returns it) until end of stream. Ends quietly when the
+   * socket is closed meanwhile. A peer that sends without pause still lets
+   * timers and other I/O run between slices of messages.
+   *
+   * @example Count messages until the peer closes
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * const [a, b] = socketpair({ type: "seqpacket" });
+   * for (const n of [1, 2, 3]) await a.send(new Uint8Array([n]));
+   * a.close();
+   * let count = 0;
+   * for await (const message of b) count += message.data[0];
+   * console.log(count); // 6
+   * b.close();
+   * ```
+   */
+  async *[Symbol.asyncIterator](): AsyncGenerator<SocketMessage> {
+    for (;;) {
+      let message: SocketMessage | null;
+      try {
+        message = await this.recv();
+      } catch (error) {
+        if (this.#fd.closed) return;
+        throw error;
+      }
+      if (message === null) return;
+      yield message;
+    }
+  }
+
+  /**
+   * Receives like {@linkcode recv}, blocking the thread until a message
+   * arrives.
+   *
+   * @param options Fd and byte limits.
+   * @returns The message, or `null` at end of stream.
+   */
+  recvSync(options: SocketRecvOptions = {}): SocketMessage | null {
+    const { maxFds, maxBytes } = recvLimits(options);
+    flushBeforeSpin(); // what this thread sent may be what the peer awaits
+    for (;;) {
+      const message = this.#tryRecv(maxFds, maxBytes, true);
+      if (message !== undefined) return message;
+    }
+  }
+
+  /** One attempt: a message, `null` at the end, `undefined` if none yet. */
+  #tryRecv(
+    maxFds: number,
+    maxBytes: number,
+    wait: boolean,
+  ): SocketMessage | null | undefined {
+    const fd = this.#fd.fd;
+    if (this.#type === "stream") {
+      streamScratch ??= new Uint8Array(DEFAULT_MAX_BYTES);
+      const into = maxBytes <= streamScratch.byteLength
+        ? streamScratch.subarray(0, maxBytes)
+        : new Uint8Array(maxBytes);
+      const got = this.#receive(fd, into, maxFds, wait);
+      if (got === undefined || got === null) return got;
+      if (got.bytes === 0 && got.fds.length === 0) return null;
+      return this.#message(into.slice(0, got.bytes), got.fds);
+    }
+    let size: number;
+    try {
+      size = peekSize(fd, wait);
+    } catch (error) {
+      // A peer that closed with unread messages of ours reports ECONNRESET
+      // once, ahead of the messages it sent before closing: read on.
+      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
+        return this.#tryRecv(maxFds, maxBytes, wait);
+      }
+      throw error;
+    }
+    if (size < 0) return undefined;
+    const data = new Uint8Array(size);
+    const got = this.#receive(fd, data, maxFds, wait);
+    if (got === undefined || got === null) return got;
+    if ((got.flags & MSG.TRUNC) !== 0) {
+      // Only possible when another process took the peeked message first.
+      closeAll(got.fds);
+      throw new RangeError(
+        "Cannot receive on UnixSocket: the message was larger than the one measured, and was truncated",
+      );
+    }
+    // An empty read is an empty message unless this side can read no more.
+    if (got.bytes === 0 && got.fds.length === 0 && readHangup(fd)) {
+      return null;
+    }
+    return this.#message(
+      got.bytes === size ? data : data.slice(0, got.bytes),
+      got.fds,
+    );
+  }
+
+  #receive(
+    fd: number,
+    into: Uint8Array,
+    maxFds: number,
+    wait: boolean,
+  ): { bytes: number; fds: number[]; flags: number } | null | undefined {
+    try {
+      return receiveMessage(fd, into, maxFds, wait) ?? undefined;
+    } catch (error) {
+      // ECONNRESET is reported once, ahead of data still queued: try again.
+      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
+        return this.#receive(fd, into, maxFds, wait);
+      }
+      throw error;
+    }
+  }
+
+  #message(data: Uint8Array<ArrayBuffer>, fds: number[]): SocketMessage {
+    const endpoints: Endpoint[] = [];
+    for (let i = 0; i < fds.length; i++) {
+      try {
+        endpoints.push(adoptFd(fds[i]));
+      } catch (error) {
+        for (const endpoint of endpoints) endpoint.close();
+        closeAll(fds.slice(i));
+        throw new TypeError(
+          `Cannot receive on UnixSocket: fd ${
+            i + 1
+          } of ${fds.length} in the message fits no endpoint; ` +
+            `all ${fds.length} received fds were closed`,
+          { cause: error },
+        );
+      }
+    }
+    return { data, fds: endpoints };
+  }
+
+  // --- Peer and lifetime ---
+
+  /**
+   * The process at the other end, as the kernel recorded it when the
+   * connection was made (`SO_PEERCRED`). For a {@linkcode socketpair}, the
+   * process that created the pair.
+   *
+   * @returns The peer's pid, uid and gid.
+   */
+  peerCredentials(): PeerCredentials {
+    return peerCredentialsOf(this.#fd.fd);
+  }
+
+  /** Lets pending waits keep the process alive (the default). */
+  ref(): void {
+    this.#fd.ref();
+  }
+
+  /** Lets the process exit while a receive or send is pending. */
+  unref(): void {
+    this.#fd.unref();
+  }
+
+  /**
+   * Closes the socket; pending calls reject with `BadResource`, and the
+   * peer reads end of stream. Idempotent.
+   */
+  close(): void {
+    if (this.#fd.closed) return;
+    this.#endQueue();
+    this.#fd.close();
+  }
+
+  /** Closes the socket. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** @internal Gives up the fd without closing it. */
+  _release(): number {
+    this.#endQueue();
+    return this.#fd.release();
+  }
+
+  /**
+   * Before the fd goes: sends gathered this turn that fit still leave (as
+   * they would have at once), the rest reject with `BadResource`.
+   */
+  #endQueue(): void {
+    this.#sends.end();
+  }
+}
