@@ -38,17 +38,11 @@ export {
   ShmSender,
   type ShmWaitOptions,
 } from "./queue.ts";
-export {
-  Barrier,
-  Event,
-  type LockOptions,
-  Mutex,
-  MutexGuard,
-  Semaphore,
-  type SemaphoreOptions,
-  type SyncOptions,
-  type SyncWaitOptions,
-} from "./sync.ts";
+export { type SyncOptions, type SyncWaitOptions } from "./_sync.ts";
+export { type LockOptions, Mutex, MutexGuard } from "./mutex.ts";
+export { Semaphore, type SemaphoreOptions } from "./semaphore.ts";
+export { Event } from "./event.ts";
+export { Barrier } from "./barrier.ts";
 export {
   ShmReceiverSet,
   type ShmSelectOptions,

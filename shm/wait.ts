@@ -1,7 +1,8 @@
 /**
  * Waits on 32-bit words of shared memory, across processes: the engine
  * behind {@linkcode SharedMemory.wait} and {@linkcode SharedMemory.notify}
- * and the primitives of `shm/sync.ts`.
+ * and the primitives of `shm/mutex.ts`, `semaphore.ts`, `event.ts` and
+ * `barrier.ts`.
  *
  * The protocol is the kernel's futex, on the shared mapping itself: a wait
  * sleeps on the word's address without `FUTEX_PRIVATE_FLAG`, so the kernel

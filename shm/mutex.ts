@@ -1,0 +1,453 @@
+/**
+ * {@linkcode Mutex}, a lock in shared memory whose holder is named by pid
+ * and start time, and {@linkcode MutexGuard}, the proof of holding it.
+ *
+ * @module
+ */
+
+import { closedError } from "../ffi/errors.ts";
+import { OwnedFd } from "../ffi/fd.ts";
+import type { SharedMemory } from "./shared_memory.ts";
+import {
+  macrotask,
+  Place,
+  SIZE,
+  type SyncOptions,
+  type SyncWaitOptions,
+  TURNS_PER_YIELD,
+} from "./_sync.ts";
+import { lookAt, PID_MAX, type ProcessId, selfId } from "./_owner.ts";
+
+/** How long a lock waits on an unknown holder before it looks at it. */
+const LOOK_AFTER_MS = 10;
+/** How often a holder without a pidfd to watch is looked at again. */
+const RELOOK_MS = 100;
+
+/**
+ * Waits for whichever comes first and withdraws the other: 0 when `first`
+ * ended first, 1 for `second`.
+ */
+async function either(
+  first: (signal: AbortSignal) => Promise<unknown>,
+  second: (signal: AbortSignal) => Promise<unknown>,
+  stop: AbortSignal,
+): Promise<0 | 1> {
+  const done = new AbortController();
+  const both = AbortSignal.any([stop, done.signal]);
+  const a = first(both).then(() => 0 as const);
+  const b = second(both).then(() => 1 as const);
+  a.catch(() => {});
+  b.catch(() => {});
+  try {
+    return await Promise.race([a, b]);
+  } finally {
+    done.abort();
+  }
+}
+
+const LOW = 0xffff_ffffn;
+const WAITERS_BIG = 0x8000_0000n;
+const PID_BITS = 0x7fff_ffff;
+
+/** Options for {@linkcode Mutex.lock}. */
+export type LockOptions = SyncWaitOptions;
+
+/**
+ * Proof of holding a {@linkcode Mutex}: `using` it unlocks at the end of
+ * the block.
+ */
+export class MutexGuard implements Disposable {
+  #unlock: (() => void) | undefined;
+  #ownerDied: boolean;
+
+  /** @internal Made by {@linkcode Mutex.lock} and {@linkcode Mutex.tryLock}. */
+  constructor(unlock: () => void, ownerDied: boolean) {
+    this.#unlock = unlock;
+    this.#ownerDied = ownerDied;
+  }
+
+  /**
+   * Whether the previous holder died holding the lock (the lock is held
+   * now all the same, like `EOWNERDEAD` of a robust pthread mutex): what it
+   * protects may be half updated. Repair it before unlocking.
+   */
+  get ownerDied(): boolean {
+    return this.#ownerDied;
+  }
+
+  /** Whether {@linkcode unlock} has not been called yet. */
+  get held(): boolean {
+    return this.#unlock !== undefined;
+  }
+
+  /**
+   * Releases the lock and wakes one waiter. Idempotent.
+   *
+   * @throws {Deno.errors.InvalidData} When the lock is no longer this
+   * process's (its shared state was overwritten).
+   * @throws {Deno.errors.BadResource} When the memory was closed.
+   */
+  unlock(): void {
+    const unlock = this.#unlock;
+    if (unlock === undefined) return;
+    this.#unlock = undefined;
+    unlock();
+  }
+
+  /** Unlocks. */
+  [Symbol.dispose](): void {
+    this.unlock();
+  }
+}
+
+/**
+ * A lock shared by every process that maps its memory. `lock()` waits
+ * without blocking the thread and returns a guard; `using` the guard
+ * unlocks. The lock belongs to a process, not to a task: within one
+ * process, a second `lock()` waits for the first guard like one from
+ * anywhere else (it is not re-entrant).
+ *
+ * A holder that dies holding the lock is detected, never waited on forever:
+ * the next locker gets the lock with `guard.ownerDied === true`. Holders are
+ * named by pid and start time, so a recycled pid is not mistaken for the
+ * holder, and a waiter watches the holder's pidfd, so a death is noticed at
+ * once (see `shm/_owner.ts`). All processes must share one pid namespace.
+ * Workers of one process count as that process: a Worker that ends while
+ * holding the lock is not detected (the process still lives).
+ *
+ * @example Lock, count, unlock
+ * ```ts
+ * import { Mutex, SharedMemory } from "@conduit/ipc";
+ *
+ * using mem = SharedMemory.create(4096);
+ * const mutex = Mutex.create(mem, 0);
+ * const counter = new Int32Array(mem.buffer, Mutex.SIZE, 1);
+ * {
+ *   using guard = await mutex.lock({ signal: AbortSignal.timeout(5000) });
+ *   if (guard.ownerDied) counter[0] = 0; // repair after a crash
+ *   counter[0]++;
+ * }
+ * console.log(mutex.tryLock()?.ownerDied); // false (and unlocked below)
+ * ```
+ */
+export class Mutex implements Disposable {
+  /** Bytes a mutex takes in the memory. */
+  static readonly SIZE: number = SIZE;
+
+  #place: Place;
+  #wide: BigUint64Array;
+  #me: bigint;
+  #self: ProcessId;
+
+  private constructor(place: Place) {
+    this.#place = place;
+    this.#wide = new BigUint64Array(
+      place.words.buffer,
+      place.words.byteOffset,
+      1,
+    );
+    this.#self = selfId();
+    this.#me = (BigInt(this.#self.start) << 32n) | BigInt(this.#self.pid);
+  }
+
+  /**
+   * Lays out an unlocked mutex at `offset`, overwriting 16 bytes: do it
+   * once, before other processes attach.
+   *
+   * @param mem The memory.
+   * @param offset Byte offset, a multiple of 8.
+   * @param options How waits spin.
+   * @returns The mutex.
+   * @throws {RangeError} When the offset is not a multiple of 8 or the
+   * mutex would not fit.
+   * @throws {Deno.errors.NotSupported} When `/proc/<pid>/stat` of this
+   * process cannot be read (it names the holder).
+   *
+   * @example Lay out, then hand the memory to a child
+   * ```ts ignore
+   * import { Mutex, SharedMemory, spawn } from "@conduit/ipc";
+   *
+   * const mem = SharedMemory.create(4096);
+   * Mutex.create(mem, 0);
+   * spawn(Deno.execPath(), { args: ["run", "--allow-ffi", "child.ts"], fds: [mem] });
+   * // child.ts: const mutex = Mutex.from(fromFd(3) as SharedMemory, 0);
+   * ```
+   */
+  static create(
+    mem: SharedMemory,
+    offset: number,
+    options: SyncOptions = {},
+  ): Mutex {
+    return new Mutex(Place.init("Mutex", mem, offset, options, [0, 0, 0]));
+  }
+
+  /**
+   * Attaches to a mutex that {@linkcode Mutex.create} laid out at `offset`
+   * (in this process or another).
+   *
+   * @param mem The memory.
+   * @param offset Byte offset, a multiple of 8.
+   * @param options How waits spin.
+   * @returns The mutex.
+   * @throws {TypeError} When no mutex is laid out there.
+   * @throws {Deno.errors.NotSupported} When `/proc/<pid>/stat` of this
+   * process cannot be read (it names the holder).
+   *
+   * @example Attach in a second view of the same memory
+   * ```ts
+   * import { Mutex, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * Mutex.create(mem, 64);
+   * const same = Mutex.from(mem, 64);
+   * console.log(same.holder); // undefined: free
+   * ```
+   */
+  static from(
+    mem: SharedMemory,
+    offset: number,
+    options: SyncOptions = {},
+  ): Mutex {
+    return new Mutex(Place.attach("Mutex", mem, offset, options));
+  }
+
+  /**
+   * The pid of the process that holds the lock, or `undefined` when it is
+   * free.
+   */
+  get holder(): number | undefined {
+    this.#place.assertOpen();
+    const low = Number(Atomics.load(this.#wide, 0) & LOW);
+    return low === 0 ? undefined : low & PID_BITS;
+  }
+
+  /** Whether {@linkcode close} was called or the memory closed. */
+  get closed(): boolean {
+    return this.#place.closed;
+  }
+
+  /**
+   * Takes the lock if it is free, or if its holder died (then
+   * `ownerDied` is true); never waits.
+   *
+   * @returns A guard, or `undefined` when another live process or task
+   * holds the lock.
+   * @throws {Deno.errors.InvalidData} When the lock's shared state is
+   * corrupt.
+   *
+   * @example Skip work someone else is doing
+   * ```ts
+   * import { Mutex, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const mutex = Mutex.create(mem, 0);
+   * using first = mutex.tryLock();
+   * console.log(first !== undefined, mutex.tryLock()); // true undefined
+   * ```
+   */
+  tryLock(): MutexGuard | undefined {
+    const place = this.#place;
+    place.assertOpen();
+    for (let turn = 0; turn < TURNS_PER_YIELD; turn++) {
+      const v = Atomics.load(this.#wide, 0);
+      const low = Number(v & LOW);
+      if (low === 0) {
+        if (Atomics.compareExchange(this.#wide, 0, v, this.#me) === v) {
+          return this.#guard(false);
+        }
+        continue;
+      }
+      const owner = this.#owner(v, "lock");
+      if (owner.pid === this.#self.pid && owner.start === this.#self.start) {
+        return undefined;
+      }
+      const seen = lookAt(owner);
+      if (!seen.dead) {
+        if (seen.pidfd !== -1) new OwnedFd(seen.pidfd, "Mutex holder").close();
+        return undefined;
+      }
+      if (
+        Atomics.compareExchange(this.#wide, 0, v, this.#me | WAITERS_BIG) === v
+      ) {
+        return this.#guard(true);
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Waits for the lock and takes it. If its holder died holding it, the
+   * lock is taken all the same and the guard says `ownerDied`.
+   *
+   * @param options `signal` to give up waiting.
+   * @returns The guard; `using` it unlocks.
+   * @throws {Deno.errors.BadResource} When the mutex or its memory is
+   * closed, then or while waiting.
+   * @throws {Deno.errors.InvalidData} When the lock's shared state is
+   * corrupt.
+   *
+   * @example Give up after a while
+   * ```ts
+   * import { Mutex, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const mutex = Mutex.create(mem, 0);
+   * using guard = await mutex.lock({ signal: AbortSignal.timeout(1000) });
+   * console.log(guard.ownerDied); // false
+   * ```
+   */
+  async lock(options: LockOptions = {}): Promise<MutexGuard> {
+    const place = this.#place;
+    place.assertOpen();
+    options.signal?.throwIfAborted();
+    const free = () => {
+      const v = Atomics.load(this.#wide, 0);
+      if ((v & LOW) !== 0n) return undefined;
+      return Atomics.compareExchange(this.#wide, 0, v, this.#me) === v
+        ? true
+        : undefined;
+    };
+    if (free() ?? place.spinner.spin(free)) return this.#guard(false);
+    return await this.#lockSlowly(place.stop(options.signal));
+  }
+
+  async #lockSlowly(stop: AbortSignal): Promise<MutexGuard> {
+    const place = this.#place;
+    const wide = this.#wide;
+    const mine = this.#me | WAITERS_BIG;
+    let watched: ProcessId | undefined;
+    let since = 0;
+    let looked = false;
+    let watch: OwnedFd | undefined;
+    let turns = 0;
+    try {
+      for (;;) {
+        stop.throwIfAborted();
+        place.assertOpen();
+        if (++turns % TURNS_PER_YIELD === 0) await macrotask();
+        const v = Atomics.load(wide, 0);
+        if ((v & LOW) === 0n) {
+          // Taken with the waiters bit: others may still sleep.
+          if (Atomics.compareExchange(wide, 0, v, mine) === v) {
+            return this.#guard(false);
+          }
+          continue;
+        }
+        const owner = this.#owner(v, "lock");
+        let expected = v;
+        if ((v & WAITERS_BIG) === 0n) {
+          expected = v | WAITERS_BIG;
+          if (Atomics.compareExchange(wide, 0, v, expected) !== v) continue;
+        }
+        const word = Number(expected & LOW) | 0;
+        const self = this.#self;
+        if (owner.pid === self.pid && owner.start === self.start) {
+          // Another task of this process holds it: its unlock wakes us.
+          await place.wait(word, stop);
+          continue;
+        }
+        if (
+          watched === undefined || watched.pid !== owner.pid ||
+          watched.start !== owner.start
+        ) {
+          watch?.close();
+          watch = undefined;
+          watched = owner;
+          // Most holders let go within microseconds: look at a holder (a
+          // few system calls) only once a wait on it has lasted. An
+          // earlier process with this process's pid is dead at once.
+          since = owner.pid === self.pid ? -Infinity : performance.now();
+          looked = false;
+        }
+        if (!looked) {
+          const waited = performance.now() - since;
+          if (waited < LOOK_AFTER_MS) {
+            await place.wait(word, stop, LOOK_AFTER_MS - waited);
+            continue;
+          }
+          const seen = lookAt(owner);
+          if (seen.dead) {
+            if (Atomics.compareExchange(wide, 0, expected, mine) === expected) {
+              return this.#guard(true);
+            }
+            continue;
+          }
+          looked = true;
+          if (seen.pidfd !== -1) {
+            watch = new OwnedFd(seen.pidfd, "Mutex holder");
+          }
+        }
+        const fd = watch;
+        const again = fd === undefined
+          ? await place.wait(word, stop, RELOOK_MS) === "timed-out"
+          : await either(
+            (signal) => place.wait(word, signal),
+            (signal) => fd.wait("read", signal),
+            stop,
+          ) === 1;
+        if (again) {
+          // The holder exited (its pidfd is readable), or it has no pidfd
+          // and is due for another look.
+          watch?.close();
+          watch = undefined;
+          looked = false;
+          since = -Infinity;
+        }
+      }
+    } finally {
+      watch?.close();
+    }
+  }
+
+  /** The holder a locked word names, checked. */
+  #owner(v: bigint, verb: string): ProcessId {
+    const low = Number(v & LOW);
+    const pid = low & PID_BITS;
+    if (pid === 0 || pid > PID_MAX) {
+      throw this.#place.corrupt(
+        verb,
+        `lock word 0x${low.toString(16)} names no process`,
+      );
+    }
+    return { pid, start: Number(v >> 32n) };
+  }
+
+  #guard(ownerDied: boolean): MutexGuard {
+    return new MutexGuard(() => this.#unlock(), ownerDied);
+  }
+
+  #unlock(): void {
+    const place = this.#place;
+    if (place.mem.closed) throw closedError("Mutex");
+    const wide = this.#wide;
+    for (let turn = 0; turn < TURNS_PER_YIELD; turn++) {
+      const v = Atomics.load(wide, 0);
+      if ((v & ~WAITERS_BIG) !== this.#me) {
+        throw place.corrupt(
+          "unlock",
+          `it is no longer held by this process (lock word 0x${
+            (v & LOW).toString(16)
+          })`,
+        );
+      }
+      if (Atomics.compareExchange(wide, 0, v, 0n) === v) {
+        if ((v & WAITERS_BIG) !== 0n) place.notify(1);
+        return;
+      }
+    }
+    throw place.corrupt("unlock", "its lock word keeps changing");
+  }
+
+  /**
+   * Detaches: pending `lock()` calls reject with `BadResource`. A held
+   * guard can still unlock. The memory stays open. Idempotent.
+   */
+  close(): void {
+    this.#place.close();
+  }
+
+  /** Closes the mutex. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
