@@ -68,6 +68,25 @@ export const TURNS_PER_YIELD = 64;
 export const macrotask = () =>
   new Promise<void>((resolve) => setTimeout(resolve, 0));
 
+/**
+ * `value`, checked to be an integer from `min` to `max` for `create()` of
+ * `what`.
+ */
+export function integerIn(
+  what: Kind,
+  name: string,
+  value: number,
+  min: number,
+  max: number,
+): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(
+      `Cannot create ${what}: ${name} must be an integer from ${min} to ${max}, got ${value}`,
+    );
+  }
+  return value;
+}
+
 /** Where a primitive lives, and what every one of them needs. */
 export class Place {
   readonly what: Kind;
@@ -131,6 +150,24 @@ export class Place {
 
   notify(count?: number): number {
     return this.mem.notify(this.index, count);
+  }
+
+  /**
+   * Word `index`, checked to lie in `min..max`: another process may have
+   * written anything there.
+   */
+  word(
+    index: number,
+    min: number,
+    max: number,
+    verb: string,
+    name: string,
+  ): number {
+    const value = Atomics.load(this.words, index);
+    if (value < min || value > max) {
+      throw this.corrupt(verb, `${name} ${value} is outside ${min} to ${max}`);
+    }
+    return value;
   }
 
   corrupt(verb: string, detail: string): Deno.errors.InvalidData {

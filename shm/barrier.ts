@@ -7,6 +7,7 @@
 
 import type { SharedMemory } from "./shared_memory.ts";
 import {
+  integerIn,
   macrotask,
   Place,
   SIZE,
@@ -42,12 +43,8 @@ export class Barrier implements Disposable {
   #parties: number;
 
   private constructor(place: Place) {
-    const parties = Atomics.load(place.words, 1);
-    if (parties < 1 || parties > MAX_PARTIES) {
-      throw place.corrupt("attach", `${parties} parties`);
-    }
     this.#place = place;
-    this.#parties = parties;
+    this.#parties = place.word(1, 1, MAX_PARTIES, "attach", "parties");
   }
 
   /**
@@ -75,11 +72,7 @@ export class Barrier implements Disposable {
     parties: number,
     options: SyncOptions = {},
   ): Barrier {
-    if (!Number.isInteger(parties) || parties < 1 || parties > MAX_PARTIES) {
-      throw new RangeError(
-        `Cannot create Barrier: parties must be an integer from 1 to ${MAX_PARTIES}, got ${parties}`,
-      );
-    }
+    integerIn("Barrier", "parties", parties, 1, MAX_PARTIES);
     return new Barrier(
       Place.init("Barrier", mem, offset, options, [0, parties, 0]),
     );

@@ -6,6 +6,7 @@
 
 import type { SharedMemory } from "./shared_memory.ts";
 import {
+  integerIn,
   macrotask,
   Place,
   SIZE,
@@ -50,10 +51,8 @@ export class Semaphore implements Disposable {
   #max: number;
 
   private constructor(place: Place) {
-    const max = Atomics.load(place.words, 3);
-    if (max < 1) throw place.corrupt("attach", `largest count ${max}`);
     this.#place = place;
-    this.#max = max;
+    this.#max = place.word(3, 1, INT_MAX, "attach", "largest count");
   }
 
   /**
@@ -80,16 +79,8 @@ export class Semaphore implements Disposable {
   ): Semaphore {
     const max = options.max ?? INT_MAX;
     const value = options.value ?? 0;
-    if (!Number.isInteger(max) || max < 1 || max > INT_MAX) {
-      throw new RangeError(
-        `Cannot create Semaphore: max must be an integer from 1 to ${INT_MAX}, got ${max}`,
-      );
-    }
-    if (!Number.isInteger(value) || value < 0 || value > max) {
-      throw new RangeError(
-        `Cannot create Semaphore: value must be an integer from 0 to ${max}, got ${value}`,
-      );
-    }
+    integerIn("Semaphore", "max", max, 1, INT_MAX);
+    integerIn("Semaphore", "value", value, 0, max);
     return new Semaphore(
       Place.init("Semaphore", mem, offset, options, [value, 0, max]),
     );
@@ -133,14 +124,7 @@ export class Semaphore implements Disposable {
   }
 
   #count(verb: string): number {
-    const count = Atomics.load(this.#place.words, 0);
-    if (count < 0 || count > this.#max) {
-      throw this.#place.corrupt(
-        verb,
-        `count ${count} is outside 0 to ${this.#max}`,
-      );
-    }
-    return count;
+    return this.#place.word(0, 0, this.#max, verb, "count");
   }
 
   // One attempt: true when a unit was taken, undefined when none is left.
