@@ -18,6 +18,9 @@ import {
 } from "nats";
 
 /** Where a channel's stream and consumer are. */
+/** Pause before trying a JetStream set-up step again. */
+export const RETRY_MS = 250;
+
 export interface StreamRef {
   /** The stream's name. */
   stream: string;

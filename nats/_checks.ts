@@ -1,0 +1,41 @@
+/**
+ * What the NATS ends check of their arguments, and the error of an end used
+ * after `close()`.
+ *
+ * @module
+ */
+
+const DEFAULT_CAPACITY = 256;
+const MAX_CAPACITY = 1_000_000;
+/** A subject token: no whitespace, no wildcard. */
+const TOKEN = /^[^\s.*>]+$/;
+
+export function checkSubject(subject: string, doing: string): void {
+  if (
+    typeof subject !== "string" || subject.length === 0 ||
+    !subject.split(".").every((token) => TOKEN.test(token))
+  ) {
+    throw new TypeError(
+      `Cannot ${doing}: the subject must be dot-separated tokens without spaces or wildcards, got ${
+        JSON.stringify(subject)
+      }`,
+    );
+  }
+}
+
+export function checkCapacity(
+  value: number | undefined,
+  doing: string,
+): number {
+  if (value === undefined) return DEFAULT_CAPACITY;
+  if (!Number.isInteger(value) || value < 1 || value > MAX_CAPACITY) {
+    throw new RangeError(
+      `Cannot ${doing}: capacity must be an integer from 1 to ${MAX_CAPACITY}, got ${value}`,
+    );
+  }
+  return value;
+}
+
+export function closedError(what: string): Deno.errors.BadResource {
+  return new Deno.errors.BadResource(`Cannot use ${what}: it is closed`);
+}

@@ -1,0 +1,610 @@
+/**
+ * {@linkcode NatsReceiver}, the receiving end of a NATS channel.
+ *
+ * @module
+ */
+
+import {
+  createInbox,
+  type JetStreamManager,
+  type Msg,
+  type Subscription,
+} from "nats";
+import {
+  ChannelClosedError,
+  streamUntilClosed,
+  untilClosed,
+} from "../_channel_error.ts";
+import {
+  type DecodeLimits,
+  DEFAULT_LIMITS,
+  invalid,
+  resolveLimits,
+} from "../_channel_codec.ts";
+import type { Link, LinkListener } from "./_link.ts";
+import {
+  type ConsumerSpec,
+  isRefusal,
+  pull,
+  resetConsumer,
+  RETRY_MS,
+  type StreamRef,
+  streamSeqOf,
+} from "./_jetstream.ts";
+import { decodeValue, KIND, parse } from "./_wire.ts";
+import { abortable, pause } from "./_abort.ts";
+import { checkCapacity, closedError } from "./_checks.ts";
+import type { NatsReceiverOptions, NatsRecvOptions } from "./options.ts";
+
+const DEFAULT_MAX_PENDING_BYTES = 64 << 20;
+/** The most senders a receiver keeps track of at once. */
+const MAX_SENDERS = 4096;
+/** How long a pull request for JetStream values waits on the server. */
+const PULL_EXPIRES_MS = 5_000;
+/** A receiver acknowledges at least every this many values taken. */
+const ACK_EVERY = 64;
+
+/** One message as it arrived, before `recv()` takes it. */
+interface Entry {
+  data: Uint8Array;
+  /** JetStream: the subject that acknowledges it. */
+  ack?: string;
+  /** JetStream: its stream sequence. */
+  sseq?: number;
+}
+
+/** The JetStream state of a receiver. */
+interface Pulling {
+  jsm: JetStreamManager;
+  ref: StreamRef;
+  spec: ConsumerSpec;
+  /**
+   * Where pulled values arrive: a fresh inbox for every consumer reset, so
+   * that deliveries to older pull requests find no subscriber.
+   */
+  inbox: string;
+  sub: Subscription | undefined;
+  /** Bumped on every consumer reset. */
+  generation: number;
+  ready: boolean;
+  /** Values the current pull request may still deliver. */
+  outstanding: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  resetting: Promise<void>;
+  /** The highest stream sequence queued or taken (drops redeliveries). */
+  highest: number;
+  /** The stream sequence of the message taken last. */
+  taken: number;
+  /**
+   * Ack subjects of the messages taken and not yet acknowledged, by stream
+   * sequence. They go out together, in one write.
+   */
+  unacked: Map<number, string>;
+}
+
+interface SenderState {
+  next: number;
+  ended: boolean;
+}
+
+/**
+ * The receiving end of a NATS channel, from {@linkcode natsReceiver} or
+ * {@linkcode natsChannel}.
+ *
+ * @typeParam T The message type.
+ *
+ * @example Iterate until every sender is closed
+ * ```ts ignore
+ * import { natsReceiver } from "@conduit/ipc/nats";
+ *
+ * await using rx = await natsReceiver<string>("words", { jetstream: true });
+ * for await (const word of rx) console.log(word);
+ * ```
+ */
+export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
+  #link: Link;
+  #subject: string;
+  #capacity: number;
+  #maxPendingBytes: number;
+  #endWithSenders: boolean;
+  #limits = DEFAULT_LIMITS;
+  #queue: (Entry | undefined)[] = [];
+  #head = 0;
+  #bytes = 0;
+  #wake: PromiseWithResolvers<void> | undefined;
+  #senders = new Map<string, SenderState>();
+  #live = 0;
+  #ended = false;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+  #stop = new AbortController();
+  #failure: Error | undefined;
+  #lost = 0;
+  #dropped = 0;
+  #sub: Subscription | undefined;
+  #js: Pulling | undefined;
+  #readable: ReadableStream<T> | undefined;
+  #listener: LinkListener;
+
+  /** @internal Use {@linkcode natsReceiver} or {@linkcode natsChannel}. */
+  constructor(
+    link: Link,
+    subject: string,
+    options: NatsReceiverOptions,
+    js:
+      | { jsm: JetStreamManager; ref: StreamRef; spec: ConsumerSpec }
+      | undefined,
+  ) {
+    this.#link = link;
+    this.#subject = subject;
+    this.#capacity = checkCapacity(options.capacity, "open NATS receiver");
+    this.#maxPendingBytes = options.maxPendingBytes ??
+      DEFAULT_MAX_PENDING_BYTES;
+    this.#endWithSenders = options.endWithSenders ?? true;
+    this.#limits = resolveLimits(options.limits, "open NATS receiver");
+    this.#listener = {
+      disconnected: () => {},
+      reconnected: () => {
+        if (this.#js !== undefined) this.#reset();
+      },
+      closed: () => this.#notify(),
+    };
+    if (js === undefined) {
+      this.#sub = link.nc.subscribe(subject, {
+        callback: (error, msg) => {
+          if (error === null) this.#onCore(msg);
+        },
+      });
+    } else {
+      this.#js = {
+        ...js,
+        inbox: "",
+        sub: undefined,
+        generation: 0,
+        ready: false,
+        outstanding: 0,
+        timer: undefined,
+        resetting: Promise.resolve(),
+        highest: 0,
+        taken: 0,
+        unacked: new Map(),
+      };
+    }
+    link.acquire(this.#listener);
+  }
+
+  /** The subject it receives from. */
+  get subject(): string {
+    return this.#subject;
+  }
+
+  /** Whether values come from a JetStream stream. */
+  get jetstream(): boolean {
+    return this.#js !== undefined;
+  }
+
+  /** Whether {@linkcode close} was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Senders heard from that have not closed yet. */
+  get senders(): number {
+    return this.#live;
+  }
+
+  /**
+   * Values known to be lost: gaps in a sender's sequence, such as core NATS
+   * values in flight when the connection dropped (with JetStream, 0).
+   */
+  get lost(): number {
+    return this.#lost;
+  }
+
+  /** Core NATS: values dropped because `maxPendingBytes` were waiting. */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  /**
+   * What decoding one value may build (memory, elements, nesting), as for
+   * a local channel's `Receiver.limits`: a value beyond them fails its
+   * `recv()` with `InvalidData`. Setting it checks every field (a positive
+   * integer); fields left out take their defaults.
+   *
+   * @example Accept larger values
+   * ```ts ignore
+   * import { natsReceiver } from "@conduit/ipc/nats";
+   *
+   * await using rx = await natsReceiver<number[]>("samples");
+   * rx.limits = { maxElements: 100_000_000 };
+   * ```
+   */
+  get limits(): Readonly<Required<DecodeLimits>> {
+    return this.#limits;
+  }
+
+  set limits(value: DecodeLimits) {
+    this.#limits = resolveLimits(value, "set limits of NatsReceiver");
+  }
+
+  /** Values that arrived and are not taken yet. */
+  get pending(): number {
+    return this.#queue.length - this.#head;
+  }
+
+  /** @internal Resolves once the consumer is ready (JetStream). */
+  async _start(): Promise<void> {
+    if (this.#js === undefined) return;
+    this.#reset();
+    await this.#js.resetting;
+    if (this.#failure !== undefined) throw this.#failure;
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw closedError("NatsReceiver");
+  }
+
+  #push(entry: Entry): void {
+    this.#queue.push(entry);
+    this.#bytes += entry.data.byteLength;
+    this.#notify();
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.resolve();
+  }
+
+  #onCore(msg: Msg): void {
+    const data = msg.data;
+    if (this.#bytes + data.byteLength > this.#maxPendingBytes) {
+      this.#dropped++;
+      return;
+    }
+    this.#push({ data });
+  }
+
+  // --- JetStream: pulling, acknowledging, resetting ---
+
+  /**
+   * Makes the consumer deliver again from the first unacknowledged value,
+   * dropping what was fetched and not taken (it comes again, in order).
+   */
+  #reset(): void {
+    const js = this.#js!;
+    if (this.#closed) return;
+    js.ready = false;
+    js.generation++;
+    js.sub?.unsubscribe();
+    js.inbox = createInbox();
+    js.sub = this.#link.nc.subscribe(js.inbox, {
+      callback: (error, msg) => {
+        if (error === null) this.#onPulled(sub, msg);
+      },
+    });
+    const sub = js.sub;
+    js.outstanding = 0;
+    clearTimeout(js.timer);
+    js.timer = undefined;
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      this.#queue[i] = undefined;
+    }
+    this.#queue = [];
+    this.#head = 0;
+    this.#bytes = 0;
+    js.highest = js.taken;
+    js.resetting = js.resetting.then(async () => {
+      const signal = this.#stop.signal;
+      while (!signal.aborted && this.#failure === undefined) {
+        try {
+          await this.#link.waitUp(signal);
+          await resetConsumer(js.jsm, js.ref, js.spec);
+          js.ready = true;
+          this.#pump();
+          return;
+        } catch (error) {
+          if (signal.aborted || this.#link.closedError !== undefined) return;
+          if (isRefusal(error)) {
+            this.#failure = error as Error;
+            this.#notify();
+            return;
+          }
+          await pause(RETRY_MS, signal);
+        }
+      }
+    });
+  }
+
+  /** Asks for more values when there is room and no request is open. */
+  #pump(): void {
+    const js = this.#js;
+    if (
+      js === undefined || !js.ready || js.outstanding > 0 || this.#closed ||
+      this.#ended || !this.#link.up
+    ) {
+      return;
+    }
+    const room = this.#capacity - this.pending;
+    if (room < Math.ceil(this.#capacity / 2)) return;
+    js.outstanding = room;
+    const generation = js.generation;
+    pull(
+      this.#link.nc,
+      js.ref,
+      js.spec.durable,
+      js.inbox,
+      room,
+      PULL_EXPIRES_MS,
+    );
+    // A request lost with its connection is replaced on reconnection; this
+    // covers one that is never answered on a live connection.
+    clearTimeout(js.timer);
+    js.timer = setTimeout(() => {
+      if (js.generation !== generation) return;
+      js.timer = undefined;
+      js.outstanding = 0;
+      this.#pump();
+    }, PULL_EXPIRES_MS + 2_000);
+  }
+
+  #requestDone(js: Pulling): void {
+    js.outstanding = 0;
+    clearTimeout(js.timer);
+    js.timer = undefined;
+    this.#pump();
+  }
+
+  #onPulled(sub: Subscription, msg: Msg): void {
+    const js = this.#js!;
+    if (sub !== js.sub) return;
+    const code = msg.headers?.code ?? 0;
+    if (code !== 0 && msg.data.byteLength === 0) {
+      // 100: heartbeat; 404/408: the request is over. 409 (the consumer
+      // changed or is busy): ask again after a pause, not in a tight loop.
+      if (code === 409) {
+        js.outstanding = 0;
+        clearTimeout(js.timer);
+        js.timer = setTimeout(() => {
+          js.timer = undefined;
+          this.#pump();
+        }, RETRY_MS);
+      } else if (code !== 100) {
+        this.#requestDone(js);
+      }
+      return;
+    }
+    const sseq = streamSeqOf(msg.reply);
+    // Only what a pull request asked for is taken in: JetStream never sends
+    // more, so anything beyond is not from it.
+    if (sseq === undefined || this.pending >= 2 * this.#capacity) return;
+    if (js.outstanding > 0 && --js.outstanding === 0) this.#requestDone(js);
+    if (sseq <= js.highest) {
+      // Delivered again: the value was queued or taken already.
+      this.#redelivered(js, sseq, msg.reply!);
+      return;
+    }
+    js.highest = sseq;
+    this.#push({ data: msg.data, ack: msg.reply, sseq });
+  }
+
+  #redelivered(js: Pulling, sseq: number, ack: string): void {
+    if (sseq <= js.taken) {
+      // Taken already: acknowledge this delivery (with the rest when its
+      // first acknowledgement has not gone out yet).
+      if (js.unacked.has(sseq)) js.unacked.set(sseq, ack);
+      else this.#ack(ack);
+      return;
+    }
+    for (let i = this.#head; i < this.#queue.length; i++) {
+      const entry = this.#queue[i]!;
+      if (entry.sseq === sseq) {
+        entry.ack = ack;
+        return;
+      }
+    }
+  }
+
+  #ack(subject: string): void {
+    if (this.#link.closedError !== undefined) return;
+    this.#link.nc.publish(subject);
+  }
+
+  /** Acknowledges every message taken so far. */
+  #ackTaken(): void {
+    const js = this.#js;
+    if (js === undefined || js.unacked.size === 0) return;
+    for (const subject of js.unacked.values()) this.#ack(subject);
+    js.unacked.clear();
+  }
+
+  // --- Taking values ---
+
+  /** The next value, `undefined` when none is here; throws at the end. */
+  #take(): { value: T } | undefined {
+    this.#assertOpen();
+    const js = this.#js;
+    while (!this.#ended && this.#head < this.#queue.length) {
+      const entry = this.#queue[this.#head]!;
+      this.#queue[this.#head++] = undefined;
+      this.#bytes -= entry.data.byteLength;
+      if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+        this.#queue = this.#queue.slice(this.#head);
+        this.#head = 0;
+      }
+      if (js !== undefined) {
+        // The caller asks for the next value: what it took before is
+        // handled. Acknowledged in batches (or before waiting, below).
+        if (js.unacked.size >= ACK_EVERY) this.#ackTaken();
+        js.taken = entry.sseq!;
+        js.unacked.set(entry.sseq!, entry.ack!);
+      }
+      const value = this.#open(entry);
+      if (js !== undefined && this.pending < this.#capacity / 2) this.#pump();
+      if (value !== undefined) return value;
+    }
+    // Nothing left to take: acknowledge before waiting (or ending).
+    this.#ackTaken();
+    if (this.#failure !== undefined) throw this.#failure;
+    if (this.#ended) {
+      throw new ChannelClosedError(
+        "Cannot receive on NATS channel: every sender is closed",
+      );
+    }
+    const closed = this.#link.closedError;
+    if (closed !== undefined) throw closed;
+    return undefined;
+  }
+
+  /**
+   * Reads one entry: its value, or `undefined` for an end-of-stream marker
+   * or a stale value. A malformed one throws (with JetStream it counts as
+   * taken, and is acknowledged with the rest).
+   */
+  #open(entry: Entry): { value: T } | undefined {
+    const parsed = parse(entry.data);
+    let sender = this.#senders.get(parsed.sender);
+    if (sender === undefined) {
+      sender = this.#track(parsed.sender, parsed.seq);
+    }
+    if (parsed.seq >= sender.next) {
+      // A higher number than the next expected: values were lost between.
+      this.#lost += parsed.seq - sender.next;
+      sender.next = parsed.seq + 1;
+    } else if (this.#js === undefined) {
+      // Core NATS neither repeats nor reorders one connection's messages:
+      // a lower number is stale.
+      return undefined;
+    }
+    // JetStream: a lower number is a copy the stream stored twice (a
+    // re-send after its duplicate window): at least once, it goes on.
+    if (parsed.kind === KIND.END) {
+      if (!sender.ended) {
+        sender.ended = true;
+        this.#live--;
+      }
+      if (this.#endWithSenders && this.#live === 0) this.#ended = true;
+      return undefined;
+    }
+    return { value: decodeValue(entry.data, parsed, this.#limits) as T };
+  }
+
+  #track(id: string, seq: number): SenderState {
+    if (this.#senders.size >= MAX_SENDERS) {
+      for (const [known, state] of this.#senders) {
+        if (state.ended) this.#senders.delete(known);
+      }
+      if (this.#senders.size >= MAX_SENDERS) {
+        throw invalid(`more than ${MAX_SENDERS} senders are open`);
+      }
+    }
+    const state = { next: seq, ended: false };
+    this.#senders.set(id, state);
+    this.#live++;
+    return state;
+  }
+
+  /**
+   * Takes the next value, waiting (without blocking the thread) until one
+   * arrives. With JetStream, asking for a value means the values taken
+   * before it are handled: they are acknowledged (in batches).
+   *
+   * @param options An abort signal.
+   * @returns The value.
+   * @throws {ChannelClosedError} Once every sender heard from is closed
+   * and every value taken, or when the connection is closed for good.
+   * @throws {Deno.errors.InvalidData} For a malformed message (the receiver
+   * stays usable).
+   *
+   * @example Receive with a deadline
+   * ```ts ignore
+   * import { natsReceiver } from "@conduit/ipc/nats";
+   *
+   * await using rx = await natsReceiver<string>("words");
+   * console.log(await rx.recv({ signal: AbortSignal.timeout(5000) }));
+   * ```
+   */
+  async recv(options: NatsRecvOptions = {}): Promise<T> {
+    const { signal } = options;
+    for (;;) {
+      signal?.throwIfAborted();
+      const got = this.#take();
+      if (got !== undefined) return got.value;
+      this.#wake ??= Promise.withResolvers<void>();
+      await abortable(this.#wake.promise, signal);
+    }
+  }
+
+  /**
+   * Takes a value if one is here, never waiting.
+   *
+   * @returns The value, or `undefined` when none has arrived.
+   * @throws {ChannelClosedError} Once every sender heard from is closed
+   * and every value taken.
+   *
+   * @example Poll
+   * ```ts ignore
+   * import { natsReceiver } from "@conduit/ipc/nats";
+   *
+   * await using rx = await natsReceiver<number>("ticks");
+   * console.log(rx.tryRecv()); // undefined until a tick arrives
+   * ```
+   */
+  tryRecv(): T | undefined {
+    return this.#take()?.value;
+  }
+
+  /** Yields each value until every sender is closed. */
+  [Symbol.asyncIterator](): AsyncGenerator<T> {
+    return untilClosed(() => this.recv());
+  }
+
+  /**
+   * The values as a stream, which ends once every sender is closed. Values
+   * are taken only as the stream is read. Cancelling it closes the receiver.
+   */
+  get readable(): ReadableStream<T> {
+    return this.#readable ??= streamUntilClosed(
+      () => this.recv(),
+      () => this.close(),
+    );
+  }
+
+  /**
+   * Closes the receiver: pending receives reject with `BadResource`; with
+   * JetStream, the value taken last is acknowledged, and values fetched but
+   * not taken stay in the stream for the next receiver. Lets go of the
+   * connection (closing it when the receiver opened it). Idempotent.
+   *
+   * @returns Resolves once closed.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      this.#stop.abort();
+      const wake = this.#wake;
+      this.#wake = undefined;
+      wake?.reject(closedError("NatsReceiver"));
+      wake?.promise.catch(() => {});
+      const js = this.#js;
+      if (js !== undefined) {
+        clearTimeout(js.timer);
+        js.timer = undefined;
+        await js.resetting;
+        if (this.#link.up) this.#ackTaken();
+        js.sub?.unsubscribe();
+      }
+      this.#sub?.unsubscribe();
+      this.#queue = [];
+      this.#head = 0;
+      await this.#link.release(this.#listener);
+    })();
+    return this.#closing;
+  }
+
+  /** Closes the receiver ({@linkcode close}). */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
