@@ -59,6 +59,7 @@
 
 import {
   ChannelClosedError,
+  invalid,
   streamUntilClosed,
   untilClosed,
 } from "./_channel_error.ts";
@@ -74,19 +75,19 @@ import {
   untilReady,
 } from "./ffi/spin.ts";
 import { closeAll, receiveMessage } from "./_scm.ts";
+import type { Reader, Writer } from "./channel/_codec_bytes.ts";
 import {
   type BlobSpec,
   decode,
+  readBlobTable,
+} from "./channel/_codec_decode.ts";
+import { encode } from "./channel/_codec_encode.ts";
+import {
   type DecodeLimits,
   DEFAULT_LIMITS,
-  encode,
-  type EndpointHooks,
-  invalid,
-  readBlobTable,
-  type Reader,
   resolveLimits,
-  type Writer,
-} from "./_channel_codec.ts";
+} from "./channel/_codec_limits.ts";
+import type { EndpointHooks } from "./channel/_codec_tags.ts";
 import {
   checkBatch,
   FRAME,

@@ -6,13 +6,9 @@ import {
   connectOneShot,
   OneShotServer,
 } from "../mod.ts";
-import {
-  DEFAULT_LIMITS,
-  MAX_DEPTH,
-  resolveLimits,
-  TAG,
-  writerCapacity,
-} from "../_channel_codec.ts";
+import { DEFAULT_LIMITS, resolveLimits } from "../channel/_codec_limits.ts";
+import { MAX_DEPTH, TAG } from "../channel/_codec_tags.ts";
+import { writerCapacity } from "../channel/_codec_encode.ts";
 import { decodeSample, type Sample, sampleOf, treeSample } from "./_fuzz.ts";
 import {
   fixture,
