@@ -50,6 +50,22 @@ export class ReceiverSet<T = unknown> implements Disposable {
    *
    * @param receiver The receiver.
    * @returns Its id in {@linkcode select} results.
+   *
+   * @example Tell receivers apart by id
+   * ```ts
+   * import { channel, ReceiverSet } from "@conduit/ipc/channel";
+   *
+   * using set = new ReceiverSet<string>();
+   * const [jobs, jobsRx] = channel<string>();
+   * const [logs, logsRx] = channel<string>();
+   * const jobsId = set.add(jobsRx);
+   * set.add(logsRx);
+   * await jobs.send("build");
+   * const got = await set.select();
+   * console.log(got.id === jobsId, got.value); // true "build"
+   * jobs.close();
+   * logs.close();
+   * ```
    */
   add(receiver: Receiver<T>): number {
     if (!(receiver instanceof Receiver)) {
@@ -66,6 +82,22 @@ export class ReceiverSet<T = unknown> implements Disposable {
    *
    * @param id Its id.
    * @returns The receiver, or `undefined` when the id is not in the set.
+   *
+   * @example Take a receiver back
+   * ```ts
+   * import { channel, ReceiverSet } from "@conduit/ipc/channel";
+   *
+   * const set = new ReceiverSet<number>();
+   * const [tx, rx] = channel<number>();
+   * const id = set.add(rx);
+   * const back = set.remove(id); // the same receiver, still open
+   * console.log(back === rx, set.size); // true 0
+   * set.close(); // rx stays open
+   * await tx.send(1);
+   * console.log(await rx.recv()); // 1
+   * tx.close();
+   * rx.close();
+   * ```
    */
   remove(id: number): Receiver<T> | undefined {
     const receiver = this.#entries.get(id);
@@ -88,6 +120,25 @@ export class ReceiverSet<T = unknown> implements Disposable {
    * @returns `{ id, value }`, or `{ id, closed: true }` (that receiver is
    * then closed and out of the set).
    * @throws {ChannelClosedError} When the set is empty.
+   *
+   * @example Serve until every channel is done
+   * ```ts
+   * import { channel, ReceiverSet } from "@conduit/ipc/channel";
+   *
+   * using set = new ReceiverSet<number>();
+   * for (let i = 0; i < 3; i++) {
+   *   const [tx, rx] = channel<number>();
+   *   set.add(rx);
+   *   await tx.send(i);
+   *   tx.close();
+   * }
+   * let sum = 0;
+   * while (set.size > 0) {
+   *   const got = await set.select({ signal: AbortSignal.timeout(5_000) });
+   *   if (!got.closed) sum += got.value;
+   * }
+   * console.log(sum); // 3
+   * ```
    */
   async select(options: ChannelRecvOptions = {}): Promise<SelectResult<T>> {
     const { signal } = options;
