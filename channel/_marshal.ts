@@ -21,7 +21,8 @@ import {
 import "../from_fd.ts";
 import { adoptFd } from "../_adopt.ts";
 import { PipeReader, PipeWriter } from "../pipe.ts";
-import { UnixListener, UnixSocket } from "../socketpair.ts";
+import { UnixListener } from "../unix_listener.ts";
+import { UnixSocket } from "../unix_socket.ts";
 import { SharedMemory, ShmReceiver, ShmSender } from "../shm/mod.ts";
 import type { Reader, Writer } from "./_codec_bytes.ts";
 import type { EndpointHooks } from "./_codec_tags.ts";

@@ -10,7 +10,7 @@
 
 import { ChannelClosedError, invalid } from "../_channel_error.ts";
 import type { OwnedFd } from "../ffi/fd.ts";
-import type { SystemError } from "../ffi/errors.ts";
+import { ERRNO, type SystemError } from "../ffi/errors.ts";
 import {
   cancelBeforeSpin,
   runBeforeSpin,
@@ -514,7 +514,7 @@ export class Outbox {
       }
       return sendClosed(error);
     }
-    if ((error as Partial<SystemError>)?.errno === 109) {
+    if ((error as Partial<SystemError>)?.errno === ERRNO.ETOOMANYREFS) {
       return new RangeError(
         "Cannot send on channel: too many fds are in flight (ETOOMANYREFS)",
         { cause: error },
