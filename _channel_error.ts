@@ -1,7 +1,8 @@
 /**
- * The error of a channel that is over, shared by local channels and the NATS
- * transport. It lives apart from `channel.ts` so that the NATS entry point
- * can throw the same class without loading libc.
+ * The errors of channels, shared by local channels and the NATS transport:
+ * the channel that is over, and the malformed frame of a peer. They live
+ * apart from `channel.ts` so that the NATS entry point can throw the same
+ * errors without loading libc.
  *
  * @module
  */
@@ -37,6 +38,13 @@ export class ChannelClosedError extends Error {
     super(message, options);
     this.name = "ChannelClosedError";
   }
+}
+
+/** The failure of decoding untrusted bytes. */
+export function invalid(detail: string): Deno.errors.InvalidData {
+  return new Deno.errors.InvalidData(
+    `Cannot receive on channel: malformed frame: ${detail}`,
+  );
 }
 
 /**

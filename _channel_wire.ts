@@ -37,7 +37,7 @@ import { cmsgSpace, F, MMAP, MSG, S, SEAL, SOCK, STAT } from "./ffi/layout.ts";
 import { addressOf, cstr } from "./ffi/mem.ts";
 import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
 import { MessageArea } from "./ffi/msghdr.ts";
-import { invalid } from "./_channel_codec.ts";
+import { invalid } from "./_channel_error.ts";
 import { encodeAddress, randomName } from "./_unix_addr.ts";
 import { socketOption } from "./_socket_options.ts";
 

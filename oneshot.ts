@@ -40,7 +40,7 @@ import {
   Receiver,
   Sender,
 } from "./channel.ts";
-import { resolveLimits } from "./_channel_codec.ts";
+import { resolveLimits } from "./channel/_codec_limits.ts";
 
 // The channel's modes: values, or bytes without serialization.
 const MODE_VALUE = 0;

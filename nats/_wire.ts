@@ -18,17 +18,16 @@
  * @module
  */
 
+import { invalid } from "../_channel_error.ts";
+import { Reader, Writer } from "../channel/_codec_bytes.ts";
 import {
   type BlobSpec,
   decode,
-  type DecodeLimits,
-  encode,
-  type EndpointHooks,
-  invalid,
   readBlobTable,
-  Reader,
-  Writer,
-} from "../_channel_codec.ts";
+} from "../channel/_codec_decode.ts";
+import { encode } from "../channel/_codec_encode.ts";
+import type { DecodeLimits } from "../channel/_codec_limits.ts";
+import type { EndpointHooks } from "../channel/_codec_tags.ts";
 
 /** The message kinds. */
 export const KIND = { VALUE: 1, END: 2 } as const;

@@ -65,7 +65,7 @@
  */
 
 export { ChannelClosedError } from "../_channel_error.ts";
-export type { DecodeLimits } from "../_channel_codec.ts";
+export type { DecodeLimits } from "../channel/_codec_limits.ts";
 export type {
   NatsChannelOptions,
   NatsConnectOptions,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { resolveLimits } from "../_channel_codec.ts";
+import { resolveLimits } from "../channel/_codec_limits.ts";
 import { Link } from "./_link.ts";
 import { type ConsumerSpec, ensureStream } from "./_jetstream.ts";
 import { checkCapacity, checkSubject } from "./_checks.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { DecodeLimits } from "../_channel_codec.ts";
+import type { DecodeLimits } from "../channel/_codec_limits.ts";
 
 /** How to reach the NATS server. */
 export interface NatsConnectOptions {

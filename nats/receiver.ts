@@ -12,15 +12,15 @@ import {
 } from "nats";
 import {
   ChannelClosedError,
+  invalid,
   streamUntilClosed,
   untilClosed,
 } from "../_channel_error.ts";
 import {
   type DecodeLimits,
   DEFAULT_LIMITS,
-  invalid,
   resolveLimits,
-} from "../_channel_codec.ts";
+} from "../channel/_codec_limits.ts";
 import type { Link, LinkListener } from "./_link.ts";
 import {
   type ConsumerSpec,

@@ -23,18 +23,12 @@ import {
   socketpair,
   type UnixSocket,
 } from "../mod.ts";
-import {
-  decode,
-  type DecodeLimits,
-  encode,
-  type EndpointHooks,
-  invalid,
-  readBlobTable,
-  type Reader,
-  resolveLimits,
-  TAG,
-  type Writer,
-} from "../_channel_codec.ts";
+import { invalid } from "../_channel_error.ts";
+import type { Reader, Writer } from "../channel/_codec_bytes.ts";
+import { decode, readBlobTable } from "../channel/_codec_decode.ts";
+import { encode } from "../channel/_codec_encode.ts";
+import { type DecodeLimits, resolveLimits } from "../channel/_codec_limits.ts";
+import { type EndpointHooks, TAG } from "../channel/_codec_tags.ts";
 import {
   FRAME,
   HEADER,

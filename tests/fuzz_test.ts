@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { ChannelClosedError, fromFd, socketpair } from "../mod.ts";
-import { TAG } from "../_channel_codec.ts";
+import { TAG } from "../channel/_codec_tags.ts";
 import { FRAME, INLINE_MAX } from "../_channel_wire.ts";
 import { libc } from "../ffi/libc.ts";
 import {

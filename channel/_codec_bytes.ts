@@ -1,0 +1,191 @@
+/**
+ * The byte cursors of the channel codec: a growable {@linkcode Writer} and a
+ * {@linkcode Reader} that checks every read against the end of its input.
+ * Both speak LEB128 varints, little-endian float64s and UTF-8 strings with
+ * a varint byte length.
+ *
+ * @module
+ */
+
+import { invalid } from "../_channel_error.ts";
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Writes `value` as UTF-8 at `buf[at]`, where there is room for 3 bytes per
+ * UTF-16 unit: the ASCII prefix byte by byte, the rest from the first
+ * non-ASCII unit on with `encodeInto`. Returns the bytes written.
+ */
+function writeUtf8(buf: Uint8Array, at: number, value: string): number {
+  const length = value.length;
+  let i = 0;
+  for (; i < length; i++) {
+    const c = value.charCodeAt(i);
+    if (c >= 0x80) break;
+    buf[at + i] = c;
+  }
+  if (i === length) return i;
+  return i +
+    textEncoder.encodeInto(value.slice(i), buf.subarray(at + i)).written;
+}
+
+/** A growable output buffer. */
+export class Writer {
+  buf: Uint8Array<ArrayBuffer>;
+  view: DataView;
+  pos = 0;
+
+  constructor(size = 1024) {
+    this.buf = new Uint8Array(size);
+    this.view = new DataView(this.buf.buffer);
+  }
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.byteLength) return;
+    let size = this.buf.byteLength * 2;
+    while (size < this.pos + n) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.buf.subarray(0, this.pos));
+    this.buf = next;
+    this.view = new DataView(next.buffer);
+  }
+
+  u8(value: number): void {
+    this.ensure(1);
+    this.buf[this.pos++] = value;
+  }
+
+  varint(value: number): void {
+    this.ensure(8);
+    while (value >= 0x80) {
+      this.buf[this.pos++] = (value % 0x80) | 0x80;
+      value = Math.floor(value / 0x80);
+    }
+    this.buf[this.pos++] = value;
+  }
+
+  f64(value: number): void {
+    this.ensure(8);
+    this.view.setFloat64(this.pos, value, true);
+    this.pos += 8;
+  }
+
+  string(value: string): void {
+    const length = value.length;
+    if (length <= 42) {
+      // At most 126 UTF-8 bytes: the length fits in one varint byte.
+      this.ensure(1 + length * 3);
+      const at = this.pos + 1;
+      const n = writeUtf8(this.buf, at, value);
+      this.buf[this.pos] = n;
+      this.pos = at + n;
+      return;
+    }
+    if (length <= 5461) {
+      // At most 16383 UTF-8 bytes: a two-byte varint (not always the
+      // shortest form, which the reader accepts) is reserved up front.
+      this.ensure(2 + length * 3);
+      const at = this.pos + 2;
+      const n = writeUtf8(this.buf, at, value);
+      this.buf[this.pos] = (n & 0x7f) | 0x80;
+      this.buf[this.pos + 1] = n >>> 7;
+      this.pos = at + n;
+      return;
+    }
+    const bytes = textEncoder.encode(value);
+    this.varint(bytes.byteLength);
+    this.ensure(bytes.byteLength);
+    this.buf.set(bytes, this.pos);
+    this.pos += bytes.byteLength;
+  }
+}
+
+/** A checked input cursor. */
+export class Reader {
+  buf: Uint8Array;
+  view: DataView;
+  pos: number;
+  end: number;
+
+  constructor(buf: Uint8Array, start = 0, end = buf.byteLength) {
+    this.buf = buf;
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    this.pos = start;
+    this.end = end;
+  }
+
+  get left(): number {
+    return this.end - this.pos;
+  }
+
+  u8(): number {
+    if (this.pos >= this.end) throw invalid("value cut short");
+    return this.buf[this.pos++];
+  }
+
+  varint(): number {
+    let result = 0;
+    let scale = 1;
+    for (let i = 0; i < 8; i++) {
+      const byte = this.u8();
+      result += (byte & 0x7f) * scale;
+      if (byte < 0x80) {
+        if (result > Number.MAX_SAFE_INTEGER) break;
+        return result;
+      }
+      scale *= 0x80;
+    }
+    throw invalid("integer out of range");
+  }
+
+  /** A count of items that each take at least one byte. */
+  count(): number {
+    const n = this.varint();
+    if (n > this.left) {
+      throw invalid(`count ${n} exceeds the ${this.left} bytes left`);
+    }
+    return n;
+  }
+
+  f64(): number {
+    if (this.pos + 8 > this.end) throw invalid("value cut short");
+    const value = this.view.getFloat64(this.pos, true);
+    this.pos += 8;
+    return value;
+  }
+
+  bytes(n: number): Uint8Array {
+    if (n > this.left) throw invalid(`length ${n} exceeds what is left`);
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+
+  string(): string {
+    return this.stringOf(this.varint());
+  }
+
+  /** A string of `n` UTF-8 bytes (its length already read). */
+  stringOf(n: number): string {
+    if (n > this.left) throw invalid(`string of ${n} bytes cut short`);
+    const start = this.pos;
+    this.pos += n;
+    if (n < 24) {
+      const buf = this.buf;
+      let ascii = "";
+      let i = start;
+      for (; i < start + n; i++) {
+        const c = buf[i];
+        if (c >= 0x80) break;
+        ascii += String.fromCharCode(c);
+      }
+      if (i === start + n) return ascii;
+    }
+    try {
+      return textDecoder.decode(this.buf.subarray(start, start + n));
+    } catch {
+      throw invalid("string is not valid UTF-8");
+    }
+  }
+}

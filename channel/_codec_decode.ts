@@ -1,0 +1,523 @@
+/**
+ * The decoding half of the channel value codec (the tag table and grammar
+ * are in `_codec_tags.ts`): one reader function per tag, over one decoder
+ * state.
+ *
+ * Decoding trusts nothing: every tag, length, count, index and offset is
+ * checked against what is left of the input, and what the value would
+ * build (its estimated memory, its element count, its nesting) against the
+ * receiver's {@linkcode DecodeLimits}, each container, string and bigint
+ * before it is allocated. Any violation throws `Deno.errors.InvalidData`.
+ *
+ * @module
+ */
+
+import { invalid } from "../_channel_error.ts";
+import { Reader } from "./_codec_bytes.ts";
+import {
+  type DecodeLimits,
+  DEFAULT_LIMITS,
+  overLimit,
+} from "./_codec_limits.ts";
+import {
+  type EndpointHooks,
+  ERROR_CLASSES,
+  MAX_BIGINT_BYTES,
+  TAG,
+  VIEW_KINDS,
+} from "./_codec_tags.ts";
+
+/** Where a blob's bytes are, once the table is read. */
+export interface BlobSpec {
+  start: number;
+  length: number;
+}
+
+// What the decoded objects cost, in bytes: V8's 64-bit sizes rounded up,
+// each object with its slot in the back-reference table. Decoding charges
+// them to the budget before it allocates.
+const COST = {
+  /** A heap number (floats, and ints beyond the small-integer range). */
+  NUMBER: 16,
+  /** A string's header; its characters add their UTF-8 length. */
+  STRING: 24,
+  /** A bigint's header; each byte of magnitude adds BIGINT_BYTE. */
+  BIGINT: 24,
+  /** Hex text (two UTF-16 units per byte, then a one-byte string), result. */
+  BIGINT_BYTE: 5,
+  OBJECT: 64,
+  /** One own property of an object, besides its key and value. */
+  PROPERTY: 48,
+  ARRAY: 64,
+  /** One array slot (the value in it costs its own). */
+  SLOT: 8,
+  MAP: 192,
+  MAP_ENTRY: 40,
+  SET: 192,
+  SET_ENTRY: 24,
+  DATE: 104,
+  /** A RegExp; its source adds twice its length (parsed and kept). */
+  REGEXP: 320,
+  ARRAY_BUFFER: 96,
+  VIEW: 128,
+  /** An Error, with the stack trace V8 captures when it is made. */
+  ERROR: 512,
+  BOXED: 64,
+  ENDPOINT: 256,
+  /** One entry of the blob table. */
+  BLOB: 64,
+} as const;
+
+/**
+ * Reads the blob table of a head: each blob's original start offset and
+ * length. `available` is the number of blob bytes that came with the head;
+ * the lengths must add up to exactly that. The blob count is checked
+ * against `limits` before anything is built.
+ */
+export function readBlobTable(
+  head: Uint8Array,
+  treeLength: number,
+  available: number,
+  limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
+): BlobSpec[] {
+  if (treeLength > head.byteLength) throw invalid("tree length out of range");
+  const input = new Reader(head, treeLength);
+  const count = input.varint();
+  if (count > limits.maxElements) {
+    throw overLimit("maxElements", limits.maxElements, `${count} blobs`);
+  }
+  if (count * COST.BLOB > limits.maxBytes) {
+    throw overLimit("maxBytes", limits.maxBytes, `${count} blobs`);
+  }
+  if (count > input.left) {
+    throw invalid(`count ${count} exceeds the ${input.left} bytes left`);
+  }
+  const specs: BlobSpec[] = [];
+  let total = 0;
+  for (let i = 0; i < count; i++) {
+    const start = input.varint();
+    const length = input.varint();
+    total += length;
+    if (total > available) {
+      throw invalid(`blobs claim more than the ${available} bytes sent`);
+    }
+    specs.push({ start, length });
+  }
+  if (input.left !== 0) throw invalid("bytes after the blob table");
+  if (total !== available) {
+    throw invalid(`blobs claim ${total} of the ${available} bytes sent`);
+  }
+  return specs;
+}
+
+/**
+ * Decodes a value tree. `blob(i)` returns blob `i`'s bytes as a fresh
+ * ArrayBuffer (called at most once per blob). What the value would build
+ * is checked against `limits` as it goes, each container and string
+ * before it is allocated; going over throws `Deno.errors.InvalidData`
+ * naming the limit.
+ */
+export function decode(
+  head: Uint8Array,
+  treeLength: number,
+  specs: BlobSpec[],
+  blob: (index: number) => ArrayBuffer,
+  hooks: EndpointHooks,
+  limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
+): unknown {
+  const input = new Reader(head, 0, treeLength);
+  const d = new Decoder(input, specs, blob, hooks, limits);
+  const value = readValue(d, 0);
+  if (input.pos !== treeLength) throw invalid("bytes after the value");
+  return value;
+}
+
+/**
+ * The state of one decode: the input, the objects met so far (for
+ * back-references), the blobs, and what is left of the limits.
+ */
+class Decoder {
+  readonly input: Reader;
+  readonly objects: unknown[] = [];
+  readonly specs: BlobSpec[];
+  readonly buffers: (ArrayBuffer | undefined)[];
+  readonly blob: (index: number) => ArrayBuffer;
+  readonly hooks: EndpointHooks;
+  readonly limits: Readonly<Required<DecodeLimits>>;
+  elementsLeft: number;
+  bytesLeft: number;
+
+  constructor(
+    input: Reader,
+    specs: BlobSpec[],
+    blob: (index: number) => ArrayBuffer,
+    hooks: EndpointHooks,
+    limits: Readonly<Required<DecodeLimits>>,
+  ) {
+    this.input = input;
+    this.specs = specs;
+    this.buffers = new Array(specs.length);
+    this.blob = blob;
+    this.hooks = hooks;
+    this.limits = limits;
+    // The blobs were counted as elements when their table was read.
+    this.elementsLeft = limits.maxElements - specs.length;
+    this.bytesLeft = limits.maxBytes - specs.length * COST.BLOB;
+  }
+
+  /** Takes `bytes` from the budget; `what` names them in the error. */
+  charge(bytes: number, what: string): void {
+    this.bytesLeft -= bytes;
+    if (this.bytesLeft < 0) {
+      throw overLimit("maxBytes", this.limits.maxBytes, what);
+    }
+  }
+
+  /** Takes one element from the budget; `what` names it in the error. */
+  element(what: string): void {
+    if (--this.elementsLeft < 0) {
+      throw overLimit("maxElements", this.limits.maxElements, what);
+    }
+  }
+
+  /**
+   * Before a container of `count` items is built: the items must fit the
+   * element budget, and `each` bytes apiece the byte budget, then they
+   * must fit in the input (each item takes at least one byte).
+   */
+  reserve(count: number, each: number, what: string): void {
+    if (count > this.elementsLeft) {
+      throw overLimit("maxElements", this.limits.maxElements, what);
+    }
+    if (count * each > this.bytesLeft) {
+      throw overLimit("maxBytes", this.limits.maxBytes, what);
+    }
+    if (count > this.input.left) {
+      throw invalid(`count ${count} exceeds the ${this.input.left} bytes left`);
+    }
+  }
+
+  /** A string, its size charged before it is made. */
+  string(what: string): string {
+    const n = this.input.varint();
+    this.charge(COST.STRING + n, `${what} of ${n} bytes`);
+    return this.input.stringOf(n);
+  }
+
+  /** The buffer of blob `index`, read once. */
+  bufferAt(index: number): ArrayBuffer {
+    if (index >= this.specs.length) {
+      throw invalid(`blob ${index} does not exist`);
+    }
+    return this.buffers[index] ??= this.blob(index);
+  }
+}
+
+/** Reads any value: its tag, then what that tag's reader takes. */
+function readValue(d: Decoder, depth: number): unknown {
+  if (depth > d.limits.maxDepth) {
+    throw overLimit("maxDepth", d.limits.maxDepth, "the value nests deeper");
+  }
+  d.element("too many values");
+  const tag = d.input.u8();
+  switch (tag) {
+    case TAG.UNDEFINED:
+      return undefined;
+    case TAG.NULL:
+      return null;
+    case TAG.TRUE:
+      return true;
+    case TAG.FALSE:
+      return false;
+    case TAG.INT:
+      return readInt(d);
+    case TAG.FLOAT:
+      return readFloat(d);
+    case TAG.BIGINT:
+      return readBigint(d);
+    case TAG.STRING:
+      return d.string("a string");
+    case TAG.ARRAY:
+      return readArray(d, depth);
+    case TAG.OBJECT:
+      return readObject(d, depth);
+    case TAG.DATE:
+      return readDate(d);
+    case TAG.REGEXP:
+      return readRegExp(d);
+    case TAG.MAP:
+      return readMap(d, depth);
+    case TAG.SET:
+      return readSet(d, depth);
+    case TAG.ARRAY_BUFFER:
+      return readArrayBuffer(d);
+    case TAG.VIEW:
+      return readView(d);
+    case TAG.ERROR:
+      return readError(d, depth);
+    case TAG.REF:
+      return readRef(d);
+    case TAG.ENDPOINT:
+      return readEndpoint(d);
+    case TAG.BOXED:
+      return readBoxed(d, depth);
+    default:
+      throw invalid(`unknown tag ${tag}`);
+  }
+}
+
+function readInt(d: Decoder): number {
+  const z = d.input.varint();
+  if (z > 0xffff_ffff) throw invalid("int out of range");
+  const value = (z >>> 1) ^ -(z & 1);
+  // Beyond 31 bits, V8 keeps the number on the heap.
+  if (value !== (value << 1) >> 1) d.charge(COST.NUMBER, "a number");
+  return value;
+}
+
+function readFloat(d: Decoder): number {
+  d.charge(COST.NUMBER, "a number");
+  return d.input.f64();
+}
+
+/** Each byte's two hex digits, as the two bytes of one UTF-16 unit. */
+const HEX_PAIRS = new Uint16Array(256);
+{
+  const bytes = new Uint8Array(HEX_PAIRS.buffer);
+  for (let i = 0; i < 256; i++) {
+    const text = i.toString(16).padStart(2, "0");
+    bytes[2 * i] = text.charCodeAt(0);
+    bytes[2 * i + 1] = text.charCodeAt(1);
+  }
+}
+const latin1 = new TextDecoder("latin1");
+
+/**
+ * Turns a little-endian magnitude into a bigint through hex text, in time
+ * linear in its length (shifting in one byte at a time is quadratic:
+ * minutes for a few hundred KiB).
+ */
+function bigintOf(bytes: Uint8Array): bigint {
+  const n = bytes.length;
+  const text = new Uint16Array(n);
+  for (let i = 0; i < n; i++) text[n - 1 - i] = HEX_PAIRS[bytes[i]];
+  return BigInt("0x" + latin1.decode(text));
+}
+
+function readBigint(d: Decoder): bigint {
+  const input = d.input;
+  const sign = input.u8();
+  if (sign > 1) throw invalid("bad bigint sign");
+  const n = input.varint();
+  if (n > MAX_BIGINT_BYTES) throw invalid("bigint too large");
+  d.charge(COST.BIGINT + n * COST.BIGINT_BYTE, `a bigint of ${n} bytes`);
+  const bytes = input.bytes(n);
+  if (n === 0) return 0n;
+  const magnitude = bigintOf(bytes);
+  return sign ? -magnitude : magnitude;
+}
+
+function readArray(d: Decoder, depth: number): unknown[] {
+  const input = d.input;
+  const length = input.varint();
+  const what = `an array of ${length} items`;
+  d.reserve(length, COST.SLOT, what);
+  d.charge(COST.ARRAY + length * COST.SLOT, what);
+  // Grown as items come rather than made at its full length: a sparse
+  // array then never holds a slot per hole.
+  const array: unknown[] = [];
+  d.objects.push(array);
+  for (let i = 0; i < length; i++) {
+    if (input.pos < input.end && input.buf[input.pos] === TAG.HOLE) {
+      input.pos++;
+      d.element(what);
+      continue;
+    }
+    array[i] = readValue(d, depth + 1);
+  }
+  array.length = length;
+  return array;
+}
+
+function readObject(d: Decoder, depth: number): Record<string, unknown> {
+  const count = d.input.varint();
+  const what = `an object of ${count} properties`;
+  // A property is at least a key and a value: two bytes.
+  d.reserve(count, COST.PROPERTY + COST.STRING, what);
+  d.charge(COST.OBJECT, what);
+  const object: Record<string, unknown> = {};
+  d.objects.push(object);
+  for (let i = 0; i < count; i++) {
+    d.charge(COST.PROPERTY, what);
+    const key = d.string("a key");
+    const item = readValue(d, depth + 1);
+    if (key === "__proto__") {
+      Object.defineProperty(object, key, {
+        value: item,
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    } else {
+      object[key] = item;
+    }
+  }
+  return object;
+}
+
+function readDate(d: Decoder): Date {
+  d.charge(COST.DATE, "a Date");
+  const date = new Date(d.input.f64());
+  d.objects.push(date);
+  return date;
+}
+
+function readRegExp(d: Decoder): RegExp {
+  d.charge(COST.REGEXP, "a RegExp");
+  const n = d.input.varint();
+  // Kept as text and as the parsed pattern.
+  d.charge(COST.STRING + 2 * n, `a RegExp of ${n} bytes`);
+  const source = d.input.stringOf(n);
+  const flags = d.string("RegExp flags");
+  let regexp: RegExp;
+  try {
+    regexp = new RegExp(source, flags);
+  } catch {
+    throw invalid("bad regular expression");
+  }
+  d.objects.push(regexp);
+  return regexp;
+}
+
+function readMap(d: Decoder, depth: number): Map<unknown, unknown> {
+  const count = d.input.varint();
+  const what = `a Map of ${count} entries`;
+  // An entry is a key and a value: two elements.
+  d.reserve(2 * count, COST.MAP_ENTRY / 2, what);
+  d.charge(COST.MAP, what);
+  const map = new Map();
+  d.objects.push(map);
+  for (let i = 0; i < count; i++) {
+    d.charge(COST.MAP_ENTRY, what);
+    const k = readValue(d, depth + 1);
+    map.set(k, readValue(d, depth + 1));
+  }
+  return map;
+}
+
+function readSet(d: Decoder, depth: number): Set<unknown> {
+  const count = d.input.varint();
+  const what = `a Set of ${count} items`;
+  d.reserve(count, COST.SET_ENTRY, what);
+  d.charge(COST.SET, what);
+  const set = new Set();
+  d.objects.push(set);
+  for (let i = 0; i < count; i++) {
+    d.charge(COST.SET_ENTRY, what);
+    set.add(readValue(d, depth + 1));
+  }
+  return set;
+}
+
+function readArrayBuffer(d: Decoder): ArrayBuffer {
+  d.charge(COST.ARRAY_BUFFER, "an ArrayBuffer");
+  const index = d.input.varint();
+  const buffer = d.bufferAt(index);
+  if (d.specs[index].start !== 0) {
+    throw invalid("an ArrayBuffer blob must start at 0");
+  }
+  d.objects.push(buffer);
+  return buffer;
+}
+
+function readView(d: Decoder): ArrayBufferView {
+  d.charge(COST.VIEW, "a typed array");
+  const input = d.input;
+  const kind = input.u8();
+  const Ctor = VIEW_KINDS[kind];
+  if (Ctor === undefined) throw invalid(`unknown view kind ${kind}`);
+  const index = input.varint();
+  const offset = input.varint();
+  const length = input.varint();
+  const buffer = d.bufferAt(index);
+  const spec = d.specs[index];
+  const size = kind === 0 ? 1 : Ctor.BYTES_PER_ELEMENT!;
+  const relative = offset - spec.start;
+  if (
+    relative < 0 || relative % size !== 0 ||
+    relative + length * size > spec.length
+  ) {
+    throw invalid("view outside its blob");
+  }
+  // The blob starts where the first view of it did; alignment within it
+  // follows the original buffer's when the start was aligned.
+  let view: ArrayBufferView;
+  try {
+    view = new Ctor(buffer, relative, length);
+  } catch {
+    throw invalid("misaligned view");
+  }
+  d.objects.push(view);
+  return view;
+}
+
+function readError(d: Decoder, depth: number): Error {
+  d.charge(COST.ERROR, "an Error");
+  const input = d.input;
+  const name = d.string("an error name");
+  const message = d.string("an error message");
+  const Class = ERROR_CLASSES[name];
+  if (Class === undefined) throw invalid(`unknown error type ${name}`);
+  const error = new Class(message);
+  d.objects.push(error);
+  const hasStack = input.u8();
+  if (hasStack === 1) {
+    Object.defineProperty(error, "stack", {
+      value: d.string("an error stack"),
+      writable: true,
+      configurable: true,
+    });
+  } else if (hasStack !== 0) {
+    throw invalid("bad error flag");
+  }
+  const hasCause = input.u8();
+  if (hasCause === 1) {
+    Object.defineProperty(error, "cause", {
+      value: readValue(d, depth + 1),
+      writable: true,
+      configurable: true,
+    });
+  } else if (hasCause !== 0) {
+    throw invalid("bad error flag");
+  }
+  return error;
+}
+
+function readRef(d: Decoder): unknown {
+  const index = d.input.varint();
+  if (index >= d.objects.length) {
+    throw invalid(`reference to object ${index} not yet seen`);
+  }
+  return d.objects[index];
+}
+
+function readEndpoint(d: Decoder): unknown {
+  d.charge(COST.ENDPOINT, "an endpoint");
+  return d.hooks.decode(d.input);
+}
+
+function readBoxed(d: Decoder, depth: number): object {
+  d.charge(COST.BOXED, "a boxed primitive");
+  const at = d.objects.length;
+  d.objects.push(undefined);
+  const inner = readValue(d, depth + 1);
+  if (
+    typeof inner !== "number" && typeof inner !== "string" &&
+    typeof inner !== "boolean" && typeof inner !== "bigint"
+  ) {
+    throw invalid("boxed value is not a primitive");
+  }
+  const boxed = Object(inner);
+  d.objects[at] = boxed;
+  return boxed;
+}

@@ -1,0 +1,21 @@
+/**
+ * The keys of what channel ends show only to the channel's own modules:
+ * symbols, so that users see no such member and no module needs another's
+ * class to recognise its ends.
+ *
+ * @module
+ */
+
+/** A Sender's mode (`MODE_VALUE` or `MODE_BYTES`); Senders only. */
+export const senderMode: unique symbol = Symbol("Sender mode");
+/**
+ * Freezes a Receiver that is being sent and returns its connections;
+ * Receivers only.
+ */
+export const beginMove: unique symbol = Symbol("Receiver begin move");
+/** Ends the move of a Receiver: sent (its copy here closes) or given up. */
+export const endMove: unique symbol = Symbol("Receiver end move");
+/** One look at a Receiver's connections, never waiting. */
+export const pollOnce: unique symbol = Symbol("Receiver poll");
+/** Waits until some connection of a Receiver may have something. */
+export const waitReady: unique symbol = Symbol("Receiver wait");

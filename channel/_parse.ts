@@ -1,0 +1,192 @@
+/**
+ * The parser of what arrives on a sender's connection, which is never
+ * trusted: {@linkcode FrameParser.check} takes a frame's header and shape
+ * apart before the receiver acts on it, and {@linkcode FrameParser.message}
+ * decodes a message frame (inline, in a memfd, or a batch record) with the
+ * fds that came with it, closing them on any failure. Every failure is
+ * `Deno.errors.InvalidData`.
+ *
+ * @module
+ */
+
+import { invalid } from "../_channel_error.ts";
+import { MSG } from "../ffi/layout.ts";
+import { closeAll } from "../_scm.ts";
+import {
+  checkBatch,
+  FRAME,
+  getU32,
+  HEADER,
+  INLINE_MAX,
+  memfdSize,
+  preadAll,
+  seqpacketProblem,
+  VERSION,
+} from "../_channel_wire.ts";
+import { type BlobSpec, decode, readBlobTable } from "./_codec_decode.ts";
+import type { DecodeLimits } from "./_codec_limits.ts";
+import { MAX_CAPACITY, notSeqpacket } from "./_connection.ts";
+import { type ChannelEnds, Incoming } from "./_marshal.ts";
+
+/** Parses the frames of the receivers whose ends `ends` makes. */
+export class FrameParser {
+  #ends: ChannelEnds;
+  /**
+   * The hooks of a message without fds: an endpoint in it fails, but for a
+   * receiver without connections (one serves every such message, reset
+   * before each).
+   */
+  #noFds: Incoming | undefined;
+
+  constructor(ends: ChannelEnds) {
+    this.#ends = ends;
+  }
+
+  /**
+   * Checks a frame read into `buf`: not cut short, a header of this
+   * version, and for a control frame (a new sender, a hello, a batch) its
+   * shape, fds and fields. `first` says whether it is the connection's
+   * first frame. Returns the frame type; the fds stay the caller's.
+   */
+  check(
+    buf: Uint8Array,
+    bytes: number,
+    flags: number,
+    fds: number[],
+    first: boolean,
+  ): number {
+    if ((flags & MSG.TRUNC) !== 0) {
+      throw invalid(`frame larger than ${INLINE_MAX} bytes`);
+    }
+    if (bytes < HEADER || buf[1] !== VERSION) {
+      throw invalid("bad frame header");
+    }
+    const a = getU32(buf, 4);
+    const type = buf[0];
+    if (type === FRAME.ADD_PEER) {
+      if (fds.length !== 1 || bytes !== HEADER) {
+        throw invalid("a new sender must come with one fd");
+      }
+      if (a < 1 || a > MAX_CAPACITY) throw invalid("bad capacity");
+      if (seqpacketProblem(fds[0]) !== undefined) {
+        throw notSeqpacket(
+          `a new sender's connection (fd ${fds[0]} here)`,
+          fds[0],
+        );
+      }
+    } else if (type === FRAME.HELLO) {
+      if (fds.length !== 0 || bytes !== HEADER) {
+        throw invalid("a hello carries nothing but its header");
+      }
+      if (!first) throw invalid("a hello after the first frame");
+      if (a < 1 || a > MAX_CAPACITY) throw invalid("bad capacity");
+    } else if (type === FRAME.BATCH) {
+      if (fds.length !== 0) throw invalid("a batch carries no fds");
+      checkBatch(buf, HEADER, bytes, a);
+    }
+    return type;
+  }
+
+  /**
+   * Decodes the message frame in `buf[start, end)`, with the fds that came
+   * with it (closed on failure): a message (its memfd, if any, no larger
+   * than `maxMessage`), decoded under `limits`, or bytes.
+   */
+  message(
+    buf: Uint8Array,
+    start: number,
+    end: number,
+    fds: number[],
+    maxMessage: number,
+    limits: Readonly<Required<DecodeLimits>>,
+  ): unknown {
+    const type = buf[start];
+    const a = getU32(buf, start + 4);
+    const headLength = getU32(buf, start + 8);
+    const treeLength = getU32(buf, start + 12);
+    const size = end - start;
+    if (type === FRAME.BYTES) {
+      closeAll(fds);
+      if (fds.length !== 0) throw invalid("a bytes frame carries no fds");
+      return buf.slice(start + HEADER, end);
+    }
+    if (type === FRAME.BYTES_MEMFD) {
+      try {
+        if (fds.length !== 1 || size !== HEADER) {
+          throw invalid("a large bytes frame carries exactly its memfd");
+        }
+        const length = memfdSize(fds[0], maxMessage);
+        const out = new Uint8Array(length);
+        preadAll(fds[0], out, 0);
+        return out;
+      } finally {
+        closeAll(fds);
+      }
+    }
+    if (type !== FRAME.MESSAGE && type !== FRAME.MESSAGE_MEMFD) {
+      closeAll(fds);
+      throw invalid(`unexpected frame type ${type}`);
+    }
+    const memfd = type === FRAME.MESSAGE_MEMFD ? fds.pop() : undefined;
+    const incoming = fds.length === 0
+      ? (this.#noFds ??= new Incoming([], this.#ends)).reset()
+      : new Incoming(fds, this.#ends);
+    try {
+      if (fds.length !== a) {
+        throw invalid(`frame says ${a} fds, ${fds.length} came`);
+      }
+      let head: Uint8Array;
+      let blobsAt: number;
+      let blobBytes: number;
+      let source: Uint8Array | number;
+      if (memfd === undefined) {
+        if (HEADER + headLength > size) throw invalid("head past the frame");
+        head = buf.subarray(start + HEADER, start + HEADER + headLength);
+        blobsAt = start + HEADER + headLength;
+        blobBytes = end - blobsAt;
+        source = buf;
+      } else {
+        if (size !== HEADER) throw invalid("a large frame carries no data");
+        const total = memfdSize(memfd, maxMessage);
+        if (headLength > total) throw invalid("head past the memfd");
+        head = new Uint8Array(headLength);
+        preadAll(memfd, head, 0);
+        blobsAt = headLength;
+        blobBytes = total - headLength;
+        source = memfd;
+      }
+      const specs: BlobSpec[] = readBlobTable(
+        head,
+        treeLength,
+        blobBytes,
+        limits,
+      );
+      const offsets: number[] = [];
+      let at = blobsAt;
+      for (const spec of specs) {
+        offsets.push(at);
+        at += spec.length;
+      }
+      const blob = (index: number): ArrayBuffer => {
+        const { length } = specs[index];
+        if (typeof source === "number") {
+          const out = new Uint8Array(length);
+          preadAll(source, out, offsets[index]);
+          return out.buffer;
+        }
+        return source.slice(offsets[index], offsets[index] + length).buffer;
+      };
+      const value = decode(head, treeLength, specs, blob, incoming, limits);
+      if (incoming.used.some((used) => !used)) {
+        throw invalid("fds that no endpoint in the value names");
+      }
+      return value;
+    } catch (error) {
+      incoming.fail();
+      if (error instanceof Deno.errors.InvalidData) throw error;
+      throw invalid((error as Error)?.message ?? String(error));
+    } finally {
+      if (memfd !== undefined) closeAll([memfd]);
+    }
+  }
+}

@@ -1,0 +1,365 @@
+/**
+ * {@linkcode Receiver}: the receiving end of a channel, with one connection
+ * per sender, read fairly; what arrives is checked by the frame parser
+ * (`_parse.ts`) before anything acts on it.
+ *
+ * @module
+ */
+
+import {
+  ChannelClosedError,
+  streamUntilClosed,
+  untilClosed,
+} from "../_channel_error.ts";
+import { closedError } from "../ffi/errors.ts";
+import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
+import { HEADER } from "../_channel_wire.ts";
+import { TurnSlice, yieldTurn } from "../_turn.ts";
+import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
+import type { Connection } from "./_connection.ts";
+import { Inbox, type Polled } from "./_inbox.ts";
+import { beginMove, endMove, pollOnce, waitReady } from "./_keys.ts";
+import { FrameParser } from "./_parse.ts";
+import { Sender } from "./sender.ts";
+
+export type { Polled };
+
+/** Options for {@linkcode Receiver.recv}. */
+export interface ChannelRecvOptions {
+  /** Aborting it rejects the pending receive with the signal's reason. */
+  signal?: AbortSignal;
+  /**
+   * Microseconds to keep looking before parking in the poller: `0` never
+   * spins, a number spins that long each time. By default the receiver
+   * spins (up to 100 µs, yielding the CPU each pass) only while recent
+   * spins were answered, so a quick peer is caught without a wake-up and
+   * paced or one-way traffic costs no spinning.
+   * ({@linkcode ReceiverSet.select} ignores it.)
+   */
+  spin?: number;
+}
+
+/**
+ * The parser of every receiver's frames; it makes their channel ends.
+ * Made with the first receiver: the modules it needs import this one.
+ */
+let frames: FrameParser | undefined;
+
+function makeFrames(): FrameParser {
+  return new FrameParser({
+    sender: (fd, capacity, mode) => new Sender(fd, capacity, mode),
+    receiver: (conns) => new Receiver(conns),
+  });
+}
+
+function recvClosed(): ChannelClosedError {
+  return new ChannelClosedError(
+    "Cannot receive on channel: every sender is closed",
+  );
+}
+
+/**
+ * The receiving end of a channel. Takes messages from every sender of the
+ * channel, fairly; {@linkcode recv} throws {@linkcode ChannelClosedError}
+ * once every sender is closed and everything they sent is taken.
+ *
+ * A receiver has one connection per sender; sending it inside a message
+ * moves all of them to the other process (this copy is closed), so a
+ * receiver can change process any number of times. Messages that arrived
+ * here but were not taken move with it.
+ *
+ * @typeParam T The message type.
+ *
+ * @example Iterate until the senders are gone
+ * ```ts
+ * import { channel } from "@conduit/ipc/channel";
+ *
+ * const [tx, rx] = channel<number>({ capacity: 4 });
+ * const producing = (async () => {
+ *   for (let i = 0; i < 10; i++) await tx.send(i);
+ *   tx.close();
+ * })();
+ * let sum = 0;
+ * for await (const n of rx) sum += n;
+ * await producing;
+ * console.log(sum); // 45
+ * rx.close();
+ * ```
+ */
+export class Receiver<T> implements Disposable, AsyncIterable<T> {
+  #in: Inbox;
+  #closed = false;
+  #moving = false;
+  #pending = 0;
+  #readable: ReadableStream<T> | undefined;
+  #spinner = new Spinner();
+  /** Messages handed out without waiting since the last turn. */
+  #slice = new TurnSlice();
+
+  /** @internal Use {@linkcode channel} or `fromFd()`. */
+  constructor(conns: Connection[]) {
+    this.#in = new Inbox(conns, frames ??= makeFrames());
+  }
+
+  /** The first connection's socket, for interop; the receiver owns it. */
+  get rawFd(): number {
+    this.#assertOpen();
+    const conns = this.#in.conns;
+    if (conns.length === 0) {
+      throw new ChannelClosedError(
+        "Cannot get fd of Receiver: every sender is closed",
+      );
+    }
+    return conns[0].fd.fd;
+  }
+
+  /** Whether {@linkcode close} was called (or the receiver was sent). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** How many sender connections are open (for diagnostics). */
+  get senders(): number {
+    return this.#in.conns.length;
+  }
+
+  /**
+   * The largest message this receiver takes, in bytes (default 1 GiB). A
+   * larger one fails with `InvalidData` and drops its sender.
+   */
+  get maxMessageBytes(): number {
+    return this.#in.maxMessage;
+  }
+
+  set maxMessageBytes(value: number) {
+    if (!Number.isInteger(value) || value < HEADER) {
+      throw new RangeError(
+        `Cannot set maxMessageBytes: must be an integer of at least ${HEADER}, got ${value}`,
+      );
+    }
+    this.#in.maxMessage = value;
+  }
+
+  /**
+   * What decoding one message may build: its estimated memory
+   * (`maxBytes`, default 256 MiB, not counting the bytes of typed arrays
+   * and `ArrayBuffer`s), its elements (`maxElements`, default 2^24) and
+   * its nesting (`maxDepth`, default and at most 1000). A few bytes on the
+   * wire can ask for much more (an empty object is 2 bytes), so a message
+   * that would build more fails with `InvalidData`, before it is built,
+   * and drops its sender. Setting it checks every field (a positive
+   * integer); fields left out take their defaults.
+   *
+   * @example Accept larger values
+   * ```ts
+   * import { channel } from "@conduit/ipc/channel";
+   *
+   * const [tx, rx] = channel<number[]>();
+   * rx.limits = { maxElements: 100_000_000, maxBytes: 2 ** 31 };
+   * await tx.send([1, 2, 3]);
+   * console.log(await rx.recv()); // [ 1, 2, 3 ]
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  get limits(): Readonly<Required<DecodeLimits>> {
+    return this.#in.limits;
+  }
+
+  set limits(value: DecodeLimits) {
+    this.#in.limits = resolveLimits(value, "set limits of Receiver");
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw closedError("Receiver");
+    if (this.#moving) {
+      throw new Deno.errors.Busy(
+        "Cannot use Receiver: it is being sent to another process",
+      );
+    }
+  }
+
+  /**
+   * Takes the next message, waiting (without blocking the thread) until
+   * one arrives. A run of messages that are ready at once yields a
+   * macrotask turn every 64 messages or 2 ms, so timers and other I/O still
+   * run while a fast peer keeps the receiver busy.
+   *
+   * @param options An abort signal; the spin before parking.
+   * @returns The message.
+   * @throws {ChannelClosedError} Once every sender is closed and every
+   * message taken.
+   * @throws {Deno.errors.InvalidData} When a sender sent a malformed frame
+   * (that sender is dropped; the receiver stays usable).
+   *
+   * @example Receive one message
+   * ```ts
+   * import { channel } from "@conduit/ipc/channel";
+   *
+   * const [tx, rx] = channel<Map<string, number>>();
+   * await tx.send(new Map([["a", 1]]));
+   * console.log(await rx.recv()); // Map(1) { "a" => 1 }
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  async recv(options: ChannelRecvOptions = {}): Promise<T> {
+    const { signal } = options;
+    const spinner = options.spin === undefined
+      ? this.#spinner
+      : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
+    this.#assertOpen();
+    signal?.throwIfAborted();
+    // A message that is here already needs no wait loop.
+    const ready = this[pollOnce]();
+    if (ready.kind === "value") {
+      if (this.#slice.delivered()) await yieldTurn();
+      return ready.value;
+    }
+    if (ready.kind === "closed") throw recvClosed();
+    this.#pending++;
+    let parked = false;
+    try {
+      const polled = await untilReady<Polled<T>>(
+        () => {
+          const polled = this[pollOnce]();
+          return polled.kind === "empty" ? undefined : polled;
+        },
+        async () => {
+          await this[waitReady](signal);
+          parked = true;
+          this.#assertOpen();
+        },
+        spinner,
+      );
+      if (parked) this.#slice.waited();
+      else if (polled.kind === "value" && this.#slice.delivered()) {
+        await yieldTurn();
+      }
+      if (polled.kind !== "value") throw recvClosed();
+      return polled.value;
+    } finally {
+      this.#pending--;
+    }
+  }
+
+  /**
+   * Takes a message if one is ready, never waiting.
+   *
+   * @returns The message, or `undefined` when none has arrived.
+   * @throws {ChannelClosedError} Once every sender is closed and every
+   * message taken.
+   *
+   * @example Poll without waiting
+   * ```ts
+   * import { channel } from "@conduit/ipc/channel";
+   *
+   * const [tx, rx] = channel<string>();
+   * console.log(rx.tryRecv()); // undefined
+   * await tx.send("now");
+   * console.log(rx.tryRecv()); // "now"
+   * tx.close();
+   * rx.close();
+   * ```
+   */
+  tryRecv(): T | undefined {
+    this.#assertOpen();
+    const polled = this[pollOnce]();
+    if (polled.kind === "value") return polled.value;
+    if (polled.kind === "closed") throw recvClosed();
+    return undefined;
+  }
+
+  /**
+   * @internal One look at the connections, never waiting: the first
+   * message found, "closed" when no connection is left, else "empty".
+   */
+  [pollOnce](): Polled<T> {
+    return this.#in.poll() as Polled<T>;
+  }
+
+  /** @internal Waits until some connection may have something. */
+  [waitReady](signal?: AbortSignal): Promise<void> {
+    return this.#in.wait(signal);
+  }
+
+  /** Yields each message until every sender is closed. */
+  [Symbol.asyncIterator](): AsyncGenerator<T> {
+    return untilClosed(() => this.recv());
+  }
+
+  /**
+   * The messages as a stream, which ends once every sender is closed.
+   * Messages are taken only as the stream is read. Cancelling it closes
+   * the receiver.
+   */
+  get readable(): ReadableStream<T> {
+    return this.#readable ??= streamUntilClosed(
+      () => this.recv(),
+      () => this.close(),
+    );
+  }
+
+  /** Lets pending receives keep the process alive (the default). */
+  ref(): void {
+    this.#in.ref();
+  }
+
+  /** Lets the process exit while a receive is pending. */
+  unref(): void {
+    this.#in.unref();
+  }
+
+  /**
+   * Closes the receiver: every sender's next send throws
+   * {@linkcode ChannelClosedError}; pending receives reject with
+   * `BadResource`. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#in.close();
+  }
+
+  /** Closes the receiver. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** @internal Connections to send along; the receiver is frozen meanwhile. */
+  [beginMove](): readonly Connection[] {
+    this.#assertOpen();
+    if (this.#pending > 0) {
+      throw new Deno.errors.Busy(
+        "Cannot send Receiver: a recv() on it is pending",
+      );
+    }
+    this.#moving = true;
+    return this.#in.conns;
+  }
+
+  /** @internal The move is over: sent (close this copy) or given up. */
+  [endMove](sent: boolean): void {
+    this.#moving = false;
+    if (sent) this.close();
+  }
+
+  /** @internal Gives up the first connection's fd (a one-sender receiver). */
+  _release(): number {
+    this.#assertOpen();
+    const conns = this.#in.conns;
+    if (conns.length !== 1) {
+      throw new TypeError(
+        `Cannot release Receiver: it has ${conns.length} sender connections, not one`,
+      );
+    }
+    if (conns[0].batch !== undefined) {
+      throw new Deno.errors.Busy(
+        "Cannot release Receiver: it holds messages that were not taken",
+      );
+    }
+    const fd = this.#in.release();
+    this.#closed = true;
+    return fd;
+  }
+}

@@ -1,0 +1,217 @@
+// Endpoints inside channel values (channel/_marshal.ts), and channel ends
+// handed over as raw fds (channel/_from_fd.ts).
+
+import assert from "node:assert/strict";
+import {
+  channel,
+  ChannelClosedError,
+  fromFd,
+  OneShotServer,
+  pipe,
+  Receiver,
+  Sender,
+  SharedMemory,
+  socketpair,
+  type UnixSocket,
+} from "../mod.ts";
+import { libc } from "../ffi/libc.ts";
+import { markSocket } from "../_channel_wire.ts";
+import { child, exited, PROCS } from "./_channel_util.ts";
+import {
+  fdTarget,
+  stillPending,
+  test,
+  withTimeout,
+  zombieChildren,
+} from "./_util.ts";
+
+test(
+  "endpoints inside a message arrive live; sent Receivers move and transferred endpoints close",
+  async () => {
+    using ch = channel<Record<string, unknown>>();
+    const [tx, rx] = ch;
+    const { reader, writer } = pipe();
+    const [inner, innerRx] = channel<string>();
+    const [sa, sb] = socketpair({ type: "seqpacket" });
+    await tx.send({ writer, inner, innerRx, sa }, { transfer: [writer] });
+    assert.ok(writer.closed, "transferred");
+    assert.ok(innerRx.closed, "receivers move");
+    assert.ok(!inner.closed && !sa.closed, "others are copies");
+    const got = await rx.recv();
+    assert.ok(got.writer instanceof Object && !(got.writer === writer));
+    await (got.writer as typeof writer).write(new Uint8Array([7]));
+    const buf = new Uint8Array(4);
+    assert.equal(await reader.read(buf), 1);
+    await (got.inner as Sender<string>).send("via copy");
+    await inner.send("via original");
+    const moved = got.innerRx as Receiver<string>;
+    assert.deepEqual(
+      [await moved.recv(), await moved.recv()].sort(),
+      ["via copy", "via original"],
+    );
+    await (got.sa as UnixSocket).send(new Uint8Array([1]));
+    assert.equal((await sb.recv())!.data[0], 1);
+    for (
+      const e of [
+        reader,
+        inner,
+        sa,
+        sb,
+        moved,
+        got.writer,
+        got.inner,
+        got.sa,
+      ] as { close(): void }[]
+    ) e.close();
+  },
+);
+
+test(
+  "pipe ends, senders, receivers and shared memory sent to a child work there",
+  async () => {
+    const server = new OneShotServer<{ toChild: Sender<unknown> }>();
+    await using proc = child("endpoints", server.name);
+    const [boot, { toChild }] = await server.accept({ timeout: 15_000 });
+    boot.close();
+    const { reader, writer } = pipe();
+    const [reply, replies] = channel<Record<string, unknown>>();
+    const [inboxTx, inbox] = channel<string>();
+    const memory = SharedMemory.create(4096);
+    new Uint8Array(memory.buffer).set(
+      new TextEncoder().encode("hello child"),
+    );
+    await toChild.send(
+      { pipe: writer, reply, inbox, memory },
+      { transfer: [writer, reply, memory] },
+    );
+    toChild.close();
+    await inboxTx.send("sent after the move");
+    const text = await withTimeout(
+      new Response(reader.readable).text(),
+      10_000,
+      "pipe",
+    );
+    assert.equal(text, "written by the child");
+    const first = await replies.recv({ signal: AbortSignal.timeout(10_000) });
+    assert.deepEqual(first, {
+      kinds: ["PipeWriter", "Sender", "Receiver", "SharedMemory"],
+      shmText: "hello child",
+      moved: "sent after the move",
+      pid: proc.pid,
+    });
+    inboxTx.close();
+    assert.deepEqual(
+      await replies.recv({ signal: AbortSignal.timeout(10_000) }),
+      { inboxEnded: true },
+    );
+    await assert.rejects(replies.recv(), ChannelClosedError);
+    replies.close();
+    reader.close();
+    await exited(proc, "endpoints child");
+    assert.deepEqual(zombieChildren(), []);
+  },
+  PROCS,
+);
+
+test(
+  "a moved receiver takes along the messages of a batch it had not handed out yet, ahead of later ones",
+  async () => {
+    const [tx, rx] = channel<number>();
+    for (let i = 0; i < 10; i++) await tx.send(i);
+    await tx.send(10); // the second batch stays in the socket
+    assert.equal(await rx.recv(), 0);
+    assert.equal(await rx.recv(), 1); // 2..9 wait in this process
+    using carrier = channel<Receiver<number>>();
+    await carrier[0].send(rx);
+    assert.ok(rx.closed);
+    const moved = await carrier[1].recv();
+    await tx.send(11);
+    tx.close();
+    const rest = [];
+    for await (const n of moved) rest.push(n);
+    assert.deepEqual(rest, [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    moved.close();
+  },
+);
+
+test(
+  "a send waiting for credit carries the file named at the call, though its endpoint was closed and the number reused",
+  async () => {
+    using ch = channel<unknown>({ capacity: 1 });
+    const [tx, rx] = ch;
+    await tx.send("fill"); // the only credit
+    const meant = pipe();
+    const number = meant.writer.rawFd;
+    const target = fdTarget(number);
+    const waiting = tx.send({ w: meant.writer });
+    assert.ok(await stillPending(waiting, 20), "the send waits for credit");
+    meant.writer.close();
+    // Open pipes until one takes the freed number.
+    const others: { rawFd: number; close(): void }[] = [];
+    while (
+      !others.some((e) => e.rawFd === number) &&
+      others.length < 64
+    ) {
+      const other = pipe();
+      others.push(other.reader, other.writer);
+    }
+    assert.ok(
+      others.some((e) => e.rawFd === number),
+      "the number was reused",
+    );
+    assert.equal(await rx.recv(), "fill");
+    await withTimeout(waiting, 2000, "send after credit");
+    const got = await withTimeout(rx.recv(), 2000, "recv") as {
+      w: { rawFd: number; close(): void };
+    };
+    assert.equal(fdTarget(got.w.rawFd), target, "the pipe meant at the call");
+    got.w.close();
+    meant.reader.close();
+    for (const e of others) e.close();
+  },
+);
+
+test(
+  "a Sender passed as a raw fd arrives as a Sender of its capacity, and fromFd() makes a Receiver of a receiver's fd",
+  async () => {
+    const [tx, rx] = channel<string>({ capacity: 3 });
+    const [a, b] = socketpair({ type: "dgram" });
+    const spare = tx.clone();
+    await a.send(new Uint8Array([1]), { fds: [spare], closeSent: true });
+    const [end] = (await b.recv())!.fds;
+    assert.ok(end instanceof Sender);
+    assert.equal((end as Sender<string>).capacity, 3);
+    await (end as Sender<string>).send("raw");
+    assert.equal(await rx.recv(), "raw");
+    const rawRx = fromFd(libc().fcntl(rx.rawFd, 1030, 3), {
+      allowCloexec: true,
+    });
+    assert.ok(rawRx instanceof Receiver);
+    for (const e of [tx, rx, a, b, end, rawRx]) e.close();
+  },
+);
+
+test(
+  "fromFd() refuses a socket that bears a channel end's mark but is not a unix seqpacket socket",
+  () => {
+    for (const [type, role] of [["stream", "s"], ["dgram", "r"]] as const) {
+      const [x, y] = socketpair({ type });
+      markSocket(x.rawFd, role, 0, 4);
+      const fd = x.rawFd;
+      assert.throws(
+        () => fromFd(fd, { allowCloexec: true }),
+        (error: unknown) =>
+          error instanceof TypeError &&
+          error.message ===
+            `Cannot adopt fd ${fd} as a channel ${
+              role === "s" ? "Sender" : "Receiver"
+            }: it is a unix ${
+              type === "stream" ? "stream" : "datagram"
+            } socket, not a unix seqpacket socket`,
+        type,
+      );
+      x.close();
+      y.close();
+    }
+  },
+);

@@ -1,0 +1,181 @@
+// Frames from a hostile peer (channel/_parse.ts): every malformed frame
+// fails its receive with InvalidData, closes its fds and drops that sender.
+
+import assert from "node:assert/strict";
+import { ChannelClosedError, pipe, socketpair } from "../mod.ts";
+import { libc } from "../ffi/libc.ts";
+import { cstr } from "../ffi/mem.ts";
+import { MMAP, O, SOCK } from "../ffi/layout.ts";
+import { FRAME, header } from "../_channel_wire.ts";
+import { batchFrame, frame, rawPair, stringFrame } from "./_channel_util.ts";
+import { test, withTimeout } from "./_util.ts";
+
+test(
+  "malformed frames fail the receive with InvalidData, close their fds and drop that sender",
+  async () => {
+    const deep = [...Array(1500).fill(8).flatMap((t) => [t, 1]), 1];
+    const cases: [string, Uint8Array, boolean?][] = [
+      ["unknown tag", frame(FRAME.MESSAGE, 0, [99, 0])],
+      ["truncated header", new Uint8Array([1, 1, 0])],
+      [
+        "bad version",
+        (() => {
+          const f = frame(FRAME.MESSAGE, 0, [1, 0]);
+          f[1] = 9;
+          return f;
+        })(),
+      ],
+      ["fd count mismatch", frame(FRAME.MESSAGE, 0, [1, 0]), true],
+      ["string past the end", frame(FRAME.MESSAGE, 0, [7, 100, 65, 0], 3)],
+      ["huge array count", frame(FRAME.MESSAGE, 0, [8, 0xff, 0xff, 0x7f, 0])],
+      ["nesting too deep", frame(FRAME.MESSAGE, 0, [...deep, 0])],
+      ["reference ahead", frame(FRAME.MESSAGE, 0, [17, 5, 0])],
+      ["endpoint without fd", frame(FRAME.MESSAGE, 0, [18, 1, 0, 0])],
+      ["blob table lies", frame(FRAME.MESSAGE, 0, [14, 0, 1, 0, 50], 2)],
+      ["unknown frame type", frame(42, 0, [1, 0])],
+      ["memfd frame without memfd", frame(FRAME.MESSAGE_MEMFD, 0, [])],
+    ];
+    for (const [what, bytes, withFd] of cases) {
+      const [peer, rx] = rawPair();
+      const { reader, writer } = pipe();
+      await peer.send(bytes, withFd ? { fds: [reader] } : {});
+      await assert.rejects(
+        withTimeout(rx.recv(), 2000, what),
+        Deno.errors.InvalidData,
+        what,
+      );
+      await assert.rejects(rx.recv(), ChannelClosedError, `${what}: dropped`);
+      await assert.rejects(
+        peer.send(new Uint8Array([1])),
+        Deno.errors.BrokenPipe,
+        `${what}: the peer sees the drop`,
+      );
+      for (const e of [peer, rx, reader, writer]) e.close();
+    }
+
+    // A large frame must come in a sealed memfd, not any file.
+    const [peer, rx] = rawPair();
+    const fd = libc().memfd_create(cstr("unsealed"), MMAP.MFD_CLOEXEC);
+    await peer.send(frame(FRAME.BYTES_MEMFD, 0, []), { fds: [fd] });
+    libc().close(fd);
+    await assert.rejects(rx.recv(), /sealed memfd/);
+    peer.close();
+    rx.close();
+
+    // A well-formed frame from the same raw peer is accepted.
+    const [good, grx] = rawPair();
+    await good.send(frame(FRAME.MESSAGE, 0, [7, 2, 104, 105, 0], 4));
+    assert.equal(await grx.recv(), "hi");
+    good.close();
+    grx.close();
+  },
+);
+
+test(
+  "malformed batches fail the receive with InvalidData and drop that sender",
+  async () => {
+    const ok = stringFrame("x");
+    const withFd = frame(FRAME.MESSAGE, 1, [0]);
+    const cut = batchFrame([ok, ok]).subarray(0, 30);
+    const long = batchFrame([ok]);
+    new DataView(long.buffer).setUint32(16, 4000, true);
+    const cases: [string, Uint8Array, boolean?][] = [
+      ["count above the records", batchFrame([ok, ok], 3)],
+      ["count below the records", batchFrame([ok, ok], 1)],
+      ["count of zero", batchFrame([], 0)],
+      ["record past the end", long],
+      ["cut short", cut],
+      ["record that names fds", batchFrame([ok, withFd])],
+      ["control frame inside", batchFrame([ok, header(FRAME.ADD_PEER, 4)])],
+      ["batch inside a batch", batchFrame([batchFrame([ok])])],
+      ["fds attached to a batch", batchFrame([ok, ok]), true],
+    ];
+    for (const [what, bytes, withFds] of cases) {
+      const [peer, rx] = rawPair();
+      const { reader, writer } = pipe();
+      await peer.send(bytes, withFds ? { fds: [reader] } : {});
+      let taken = 0;
+      try {
+        for (;;) {
+          assert.equal(rx.tryRecv(), "x", what);
+          taken++;
+        }
+      } catch (error) {
+        assert.ok(
+          error instanceof Deno.errors.InvalidData,
+          `${what}: ${error}`,
+        );
+      }
+      // A batch's layout is checked whole before any message of it is
+      // handed out.
+      assert.equal(taken, 0, what);
+      assert.throws(() => rx.tryRecv(), ChannelClosedError, what);
+      for (const e of [peer, rx, reader, writer]) e.close();
+    }
+    // A message that does not decode fails when its turn comes; the ones
+    // before it were good.
+    const [peer, rx] = rawPair();
+    const bad = frame(FRAME.MESSAGE, 0, [99, 0], 1);
+    await peer.send(batchFrame([ok, bad, ok]));
+    assert.equal(rx.tryRecv(), "x");
+    assert.throws(() => rx.tryRecv(), Deno.errors.InvalidData);
+    assert.throws(() => rx.tryRecv(), ChannelClosedError);
+    peer.close();
+    rx.close();
+  },
+);
+
+test(
+  "a Sender or Receiver from a peer must be a unix seqpacket socket: InvalidData names the fd and what it is",
+  async () => {
+    const lib = libc();
+    const kinds: [string, () => number][] = [
+      [
+        "a directory",
+        () => lib.open(cstr("/tmp"), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0),
+      ],
+      ["an anonymous inode", () => lib.eventfd(0, 0o2000000)],
+      ["an IPv4 socket", () => lib.socket(2, SOCK.STREAM | SOCK.CLOEXEC, 0)],
+      ["a unix stream socket", () => {
+        const [x, y] = socketpair({ type: "stream" });
+        y.close();
+        return x._release();
+      }],
+    ];
+    const trees: [string, number[]][] = [
+      ["a Sender", [18, 8, 0, 4, 0]],
+      ["a Receiver's connection", [18, 9, 1, 0, 4, 0, 0]],
+    ];
+    for (const [what, tree] of trees) {
+      for (const [kind, make] of kinds) {
+        const [peer, rx] = rawPair();
+        const fd = make();
+        assert.ok(fd >= 0, kind);
+        await peer.send(frame(FRAME.MESSAGE, 1, [...tree, 0], tree.length), {
+          fds: [fd],
+        });
+        lib.close(fd);
+        await assert.rejects(
+          withTimeout(rx.recv(), 2000, `${what}: ${kind}`),
+          (error: unknown) =>
+            error instanceof Deno.errors.InvalidData &&
+            error.message.includes(`${what} (fd 0 of the message, `) &&
+            error.message.includes(`${kind}`) &&
+            error.message.includes("not a unix seqpacket socket"),
+          `${what}: ${kind}`,
+        );
+        peer.close();
+        rx.close();
+      }
+    }
+    // A new sender added through a connection, likewise.
+    const [peer, rx] = rawPair();
+    const [x, y] = socketpair({ type: "stream" });
+    await peer.send(header(FRAME.ADD_PEER, 4), { fds: [x] });
+    assert.throws(
+      () => rx.tryRecv(),
+      /a new sender's connection \(fd \d+ here\) is a unix stream socket/,
+    );
+    for (const e of [peer, rx, x, y]) e.close();
+  },
+);

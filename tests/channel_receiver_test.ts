@@ -1,0 +1,268 @@
+// Receiver (channel/receiver.ts and its inbox): taking messages, batches
+// and senders, and the bounds on what one receive does.
+
+import assert from "node:assert/strict";
+import {
+  channel,
+  ChannelClosedError,
+  OneShotServer,
+  type Sender,
+  socketpair,
+  type UnixSocket,
+} from "../mod.ts";
+import { FRAME, header } from "../_channel_wire.ts";
+import {
+  batchFrame,
+  child,
+  exited,
+  PROCS,
+  rawPair,
+  stringFrame,
+} from "./_channel_util.ts";
+import {
+  openFds,
+  pollerInterest,
+  stillPending,
+  test,
+  withTimeout,
+  zombieChildren,
+} from "./_util.ts";
+
+test(
+  "recv() throws ChannelClosedError once every sender clone is closed, after the last message",
+  async () => {
+    const [tx, rx] = channel<string>();
+    const tx2 = tx.clone();
+    const tx3 = tx2.clone();
+    await tx.send("a");
+    tx.close();
+    tx.close();
+    await tx3.send("c");
+    tx3.close();
+    assert.deepEqual(
+      [await rx.recv(), await rx.recv()].sort(),
+      ["a", "c"],
+    );
+    assert.equal(rx.tryRecv(), undefined, "tx2 still open");
+    const pending = rx.recv();
+    assert.ok(await stillPending(pending, 30));
+    tx2.close();
+    await assert.rejects(
+      withTimeout(pending, 2000, "recv after last close"),
+      ChannelClosedError,
+    );
+    assert.throws(() => rx.tryRecv(), ChannelClosedError);
+    assert.throws(() => tx.rawFd, /Cannot use Sender: it is closed/);
+    await assert.rejects(tx.send("x"), Deno.errors.BadResource);
+    rx.close();
+    await assert.rejects(rx.recv(), /Cannot use Receiver: it is closed/);
+  },
+);
+
+test(
+  "tryRecv(), async iteration and readable take messages in order",
+  async () => {
+    const [tx, rx] = channel<number>();
+    assert.equal(rx.tryRecv(), undefined);
+    await tx.send(1);
+    assert.equal(rx.tryRecv(), 1);
+    const spinning = rx.recv({ spin: 200 });
+    await tx.send(1.5);
+    assert.equal(await spinning, 1.5);
+    for (let i = 2; i <= 4; i++) await tx.send(i);
+    const seen: number[] = [];
+    for await (const n of rx) {
+      seen.push(n);
+      if (n === 4) break;
+    }
+    assert.deepEqual(seen, [2, 3, 4]);
+    const reading = Array.fromAsync(rx.readable);
+    for (let i = 5; i <= 7; i++) await tx.send(i);
+    tx.close();
+    assert.deepEqual(
+      await withTimeout(reading, 2000, "readable"),
+      [5, 6, 7],
+    );
+    rx.close();
+  },
+);
+
+test(
+  "a receiver takes a batch whole, acknowledges it once read and hands its messages out in order",
+  async () => {
+    const [peer, rx] = rawPair(); // capacity 4
+    const words = ["a", "bb", "ccc", "dddd", "e", "f", "g", "h"];
+    await peer.send(batchFrame(words.map(stringFrame)));
+    const got: unknown[] = [rx.tryRecv()];
+    // The whole batch is out of the channel: the sender may send again.
+    const ack = await withTimeout(peer.recv(), 2000, "ack");
+    assert.equal(ack!.data[0], FRAME.ACK);
+    assert.equal(new DataView(ack!.data.buffer).getUint32(4, true), 8);
+    for (let i = 1; i < words.length; i++) got.push(rx.tryRecv());
+    assert.deepEqual(got, words);
+    assert.equal(rx.tryRecv(), undefined);
+    peer.close();
+    rx.close();
+  },
+);
+
+test(
+  "a for await loop fed by a child faster than it reads lets a 1 ms interval run",
+  async () => {
+    const server = new OneShotServer<number>();
+    await using proc = child("stream", server.name);
+    const [rx] = await server.accept({ timeout: 15_000 });
+    let ticks = 0;
+    const interval = setInterval(() => ticks++, 1);
+    let taken = 0;
+    try {
+      for await (const _ of rx) {
+        taken++;
+        // The reader works on each message, so the writer stays ahead.
+        const until = performance.now() + 0.02;
+        while (performance.now() < until) { /* work */ }
+        if (ticks >= 5 || taken >= 20_000) break;
+      }
+    } finally {
+      clearInterval(interval);
+    }
+    assert.ok(ticks >= 5, `${ticks} ticks while ${taken} messages came`);
+    rx.close();
+    await exited(proc, "stream child");
+    assert.deepEqual(zombieChildren(), []);
+  },
+  PROCS,
+);
+
+test(
+  "a receive flooded with control frames reads a bounded number per wake-up and lets the event loop turn",
+  async () => {
+    const [peer, rx] = rawPair();
+    // 40 connections, each with 8 control frames queued (a harmless
+    // repeat of a known sender), then a message behind them all.
+    const lines: UnixSocket[] = [];
+    const theirs: UnixSocket[] = [];
+    for (let i = 0; i < 40; i++) {
+      const [line, end] = socketpair({ type: "seqpacket" });
+      await peer.send(header(FRAME.ADD_PEER, 4), { fds: [end] });
+      lines.push(line);
+      theirs.push(end);
+      if (i % 8 === 7) assert.equal(rx.tryRecv(), undefined);
+    }
+    assert.equal(rx.tryRecv(), undefined);
+    assert.equal(rx.senders, 41);
+    for (const line of lines) {
+      for (let k = 0; k < 8; k++) {
+        await line.send(header(FRAME.ADD_PEER, 4), { fds: [theirs[0]] });
+      }
+    }
+    await lines[39].send(stringFrame("last"));
+    // Count event loop turns while the receive runs.
+    let turns = 0;
+    let counting = true;
+    const { port1, port2 } = new MessageChannel();
+    port1.onmessage = () => {
+      turns++;
+      if (counting) port2.postMessage(null);
+    };
+    port2.postMessage(null);
+    let turnsAtValue = -1;
+    try {
+      const receiving = rx.recv({ spin: 0 }).then((value) => {
+        turnsAtValue = turns;
+        return value;
+      });
+      assert.equal(await withTimeout(receiving, 2000, "recv"), "last");
+    } finally {
+      counting = false;
+      port1.close();
+      port2.close();
+    }
+    assert.ok(turnsAtValue >= 1, "the event loop ran during the flood");
+    for (const e of [peer, rx, ...lines, ...theirs]) e.close();
+  },
+);
+
+test(
+  "a receiver with 200 senders waits through one poller registration, not one per sender",
+  async () => {
+    const [tx, rx] = channel<number>();
+    const clones: Sender<number>[] = [];
+    for (let i = 0; i < 200; i++) {
+      clones.push(tx.clone());
+      assert.equal(rx.tryRecv(), undefined);
+    }
+    assert.equal(rx.senders, 201);
+    const before = pollerInterest().length;
+    for (let round = 0; round < 3; round++) {
+      const waiting = rx.recv({ spin: 0 });
+      assert.ok(await stillPending(waiting, 10), "nothing sent yet");
+      assert.ok(
+        pollerInterest().length <= before + 1,
+        `${pollerInterest().length - before} fds registered for one wait`,
+      );
+      await clones[(round * 67) % 200].send(round);
+      assert.equal(await withTimeout(waiting, 2000, "recv"), round);
+    }
+    for (const e of [tx, rx, ...clones]) e.close();
+  },
+);
+
+test(
+  "one socket added as a new sender 600 times is held once by the receiver",
+  async () => {
+    const [peer, rx] = rawPair();
+    const [a, b] = socketpair({ type: "seqpacket" });
+    const before = openFds().length;
+    for (let i = 0; i < 600; i++) {
+      await withTimeout(
+        peer.send(header(FRAME.ADD_PEER, 4), { fds: [a] }),
+        2000,
+        `add ${i}`,
+      );
+      // A connection queues a few packets: let the receiver read them.
+      if (i % 8 === 7) assert.equal(rx.tryRecv(), undefined);
+    }
+    while (rx.tryRecv() !== undefined) { /* drain */ }
+    assert.equal(rx.tryRecv(), undefined);
+    assert.equal(rx.senders, 2, "the raw peer and the socket once");
+    assert.ok(
+      openFds().length <= before + 1,
+      `${openFds().length - before} fds more`,
+    );
+    for (const e of [peer, rx, a, b]) e.close();
+  },
+);
+
+test(
+  "a sender adds at most 1024 open senders; the next one is refused and told why",
+  async () => {
+    const [tx, rx] = channel<number>();
+    const clones: Sender<number>[] = [];
+    for (let i = 0; i < 1025; i++) {
+      clones.push(tx.clone());
+      // The receiver takes each new sender in before the next comes.
+      assert.equal(rx.tryRecv(), undefined);
+      assert.equal(rx.senders, Math.min(i + 2, 1025));
+    }
+    await clones[1023].send(1);
+    await assert.rejects(
+      clones[1024].send(2),
+      (error: unknown) =>
+        error instanceof ChannelClosedError &&
+        /refused this sender: the sender it was cloned from already added 1024 open senders/
+          .test(error.message),
+    );
+    assert.equal(await withTimeout(rx.recv(), 2000, "recv"), 1);
+    // Closing one makes room for another, once the receiver saw it go.
+    clones[0].close();
+    for (let i = 0; i < 100 && rx.senders > 1024; i++) {
+      assert.equal(rx.tryRecv(), undefined);
+    }
+    assert.equal(rx.senders, 1024);
+    const late = tx.clone();
+    await late.send(3);
+    assert.equal(await withTimeout(rx.recv(), 2000, "recv"), 3);
+    for (const e of [tx, rx, late, ...clones]) e.close();
+  },
+);
