@@ -9,7 +9,7 @@
 
 import { libc } from "./libc.ts";
 
-/** errno numbers on Linux x86_64 and their names. */
+/** errno numbers on Linux (the same on x86_64 and aarch64) and their names. */
 export const ERRNO = {
   EPERM: 1,
   ENOENT: 2,

@@ -1,12 +1,39 @@
 /**
- * Struct layouts and constants for Linux x86_64 with glibc, in one place.
- * Each field is listed with its byte offset.
+ * Struct layouts and constants for Linux with glibc on x86_64 and aarch64,
+ * in one place. Each field is listed with its byte offset. Most are the same
+ * on both; where they differ (open flags, `struct epoll_event`, `struct
+ * stat`) each architecture has its own table and the exported one is chosen
+ * by `Deno.build.arch`. tests/arch_test.ts checks every table against the C
+ * headers of both (tests/fixtures/layout.c).
+ *
+ * On any other platform the x86_64 tables stand in, unused: the first libc
+ * call refuses the platform (`libc()` in ./libc.ts).
  *
  * @module
  */
 
+/** The architectures whose tables this module holds. */
+export type Arch = "x86_64" | "aarch64";
+
+/** This process's architecture (x86_64 standing in for unsupported ones). */
+export const ARCH: Arch = Deno.build.arch === "aarch64" ? "aarch64" : "x86_64";
+
 /** Open and fd flags. */
-export const O = {
+export type OpenFlags = {
+  readonly RDONLY: number;
+  readonly WRONLY: number;
+  readonly RDWR: number;
+  readonly ACCMODE: number;
+  readonly CREAT: number;
+  readonly EXCL: number;
+  readonly TRUNC: number;
+  readonly NONBLOCK: number;
+  readonly DIRECTORY: number;
+  readonly NOFOLLOW: number;
+  readonly CLOEXEC: number;
+};
+
+const O_COMMON = {
   RDONLY: 0,
   WRONLY: 1,
   RDWR: 2,
@@ -15,10 +42,17 @@ export const O = {
   EXCL: 0o200,
   TRUNC: 0o1000,
   NONBLOCK: 0o4000,
-  DIRECTORY: 0o200000,
-  NOFOLLOW: 0o400000,
   CLOEXEC: 0o2000000,
 } as const;
+
+/** Open flags per architecture: `O_DIRECTORY` and `O_NOFOLLOW` differ. */
+const O_BY_ARCH: Readonly<Record<Arch, OpenFlags>> = {
+  x86_64: { ...O_COMMON, DIRECTORY: 0o200000, NOFOLLOW: 0o400000 },
+  aarch64: { ...O_COMMON, DIRECTORY: 0o40000, NOFOLLOW: 0o100000 },
+};
+
+/** Open and fd flags of this architecture. */
+export const O: OpenFlags = O_BY_ARCH[ARCH];
 
 /** The `*at` calls: the current directory, and flags. */
 export const AT = {
@@ -61,11 +95,25 @@ export const EPOLL = {
   ONESHOT: 1 << 30,
 } as const;
 
+/** `struct epoll_event`: its size and field offsets. */
+export type EpollEventLayout = {
+  readonly size: number;
+  readonly events: number;
+  readonly data: number;
+};
+
 /**
- * `struct epoll_event` is packed on x86_64: 12 bytes.
- * 0 events u32, 4 data u64.
+ * `struct epoll_event` per architecture: packed on x86_64 (12 bytes: 0
+ * events u32, 4 data u64), naturally aligned on aarch64 (16 bytes: 0 events
+ * u32, 8 data u64).
  */
-export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;
+const EPOLL_EVENT_BY_ARCH: Readonly<Record<Arch, EpollEventLayout>> = {
+  x86_64: { size: 12, events: 0, data: 4 },
+  aarch64: { size: 16, events: 0, data: 8 },
+};
+
+/** `struct epoll_event` of this architecture. */
+export const EPOLL_EVENT: EpollEventLayout = EPOLL_EVENT_BY_ARCH[ARCH];
 
 /**
  * Linux AIO: `struct iocb` (64 bytes) and `struct io_event` (32 bytes), the
@@ -75,6 +123,7 @@ export const EPOLL_EVENT = { size: 12, events: 0, data: 4 } as const;
  */
 export const IOCB = {
   size: 64,
+  data: 0,
   lioOpcode: 16,
   fildes: 20,
   buf: 24,
@@ -84,8 +133,11 @@ export const IOCB = {
   FLAG_RESFD: 1,
 } as const;
 
-/** `struct io_event`: data, obj, res, res2. */
-export const IO_EVENT = { size: 32, res: 16 } as const;
+/** `struct io_event`: 0 data u64, 8 obj u64, 16 res i64, 24 res2 i64. */
+export const IO_EVENT = { size: 32, data: 0, res: 16 } as const;
+
+/** `struct timespec`: 16 bytes. 0 sec i64, 8 nsec i64. */
+export const TIMESPEC = { size: 16, sec: 0, nsec: 8 } as const;
 
 /** eventfd flags. */
 export const EFD = { CLOEXEC: 0o2000000, NONBLOCK: 0o4000 } as const;
@@ -149,9 +201,15 @@ export const MSGHDR = {
 
 /**
  * `struct cmsghdr`: a 16-byte header, 0 len u64, 8 level i32, 12 type i32,
- * then the data (for SCM_RIGHTS, the int fds).
+ * then the data (for SCM_RIGHTS, the int fds) at 16.
  */
-export const CMSGHDR = { size: 16, len: 0, level: 8, type: 12 } as const;
+export const CMSGHDR = {
+  size: 16,
+  len: 0,
+  level: 8,
+  type: 12,
+  data: 16,
+} as const;
 
 /**
  * `struct mmsghdr` (for `sendmmsg`): 64 bytes. 0 msg_hdr (a msghdr),
@@ -186,30 +244,42 @@ export const POLL = { IN: 0x001, RDHUP: 0x2000 } as const;
 /** `struct pollfd`: 8 bytes. 0 fd i32, 4 events i16, 6 revents i16. */
 export const POLLFD = { size: 8, fd: 0, events: 4, revents: 6 } as const;
 
+/** `struct stat`: its size and the offsets of the fields read. */
+export type StatLayout = {
+  readonly size: number;
+  readonly dev: number;
+  readonly ino: number;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  /** `st_size`. */
+  readonly fsize: number;
+};
+
 /**
- * `struct stat`: 144 bytes. 0 dev u64, 8 ino u64, 16 nlink u64, 24 mode u32,
- * 28 uid u32, 32 gid u32, 48 size i64.
+ * `struct stat` per architecture. x86_64: 144 bytes, 0 dev u64, 8 ino u64,
+ * 16 nlink u64, 24 mode u32, 28 uid u32, 32 gid u32, 48 size i64. aarch64
+ * (the generic layout): 128 bytes, 0 dev u64, 8 ino u64, 16 mode u32,
+ * 20 nlink u32, 24 uid u32, 28 gid u32, 48 size i64.
  */
-export const STAT = {
-  size: 144,
-  dev: 0,
-  ino: 8,
-  mode: 24,
-  uid: 28,
-  gid: 32,
-  fsize: 48,
-} as const;
+const STAT_BY_ARCH: Readonly<Record<Arch, StatLayout>> = {
+  x86_64: { size: 144, dev: 0, ino: 8, mode: 24, uid: 28, gid: 32, fsize: 48 },
+  aarch64: { size: 128, dev: 0, ino: 8, mode: 16, uid: 24, gid: 28, fsize: 48 },
+};
+
+/** `struct stat` of this architecture. */
+export const STAT: StatLayout = STAT_BY_ARCH[ARCH];
 
 /** File type bits of `st_mode`. */
 export const S = {
   IFMT: 0o170000,
   IFSOCK: 0o140000,
-  IFDIR: 0o040000,
-  IFREG: 0o100000,
-  IFIFO: 0o010000,
-  IFCHR: 0o020000,
-  IFBLK: 0o060000,
   IFLNK: 0o120000,
+  IFREG: 0o100000,
+  IFBLK: 0o060000,
+  IFDIR: 0o040000,
+  IFCHR: 0o020000,
+  IFIFO: 0o010000,
 } as const;
 
 /**
@@ -230,7 +300,7 @@ export const CLD = { EXITED: 1, KILLED: 2, DUMPED: 3 } as const;
 /** waitid constants. */
 export const WAIT = { P_PID: 1, P_PIDFD: 3, WEXITED: 4, WNOHANG: 1 } as const;
 
-/** Opaque glibc x86_64 sizes. */
+/** Opaque glibc sizes (the same on x86_64 and aarch64). */
 export const SIZEOF = {
   posix_spawn_file_actions_t: 80,
   posix_spawnattr_t: 336,
@@ -270,6 +340,7 @@ export const FUTEX_WAITV = {
   val: 0,
   uaddr: 8,
   flags: 16,
+  reserved: 20,
   SIZE_U32: 0x02,
   PRIVATE: 128,
   MAX: 128,
@@ -312,7 +383,7 @@ export type SignalName =
   | "SIGPWR"
   | "SIGSYS";
 
-/** Signal numbers on Linux x86_64. */
+/** Signal numbers on Linux (the same on x86_64 and aarch64). */
 export const SIGNALS: Readonly<Record<SignalName, number>> = {
   SIGHUP: 1,
   SIGINT: 2,
@@ -353,4 +424,51 @@ export function signalName(signo: number): SignalName | undefined {
     if (value === signo) return name as SignalName;
   }
   return undefined;
+}
+
+/** A table of named numbers: field offsets and sizes, or constants. */
+export type Table = Readonly<Record<string, number>>;
+
+/**
+ * Every table of this module as it is on `arch`, by the name of its export
+ * (`RWF_NOWAIT` as `RWF.NOWAIT`): what tests/arch_test.ts compares with the
+ * C headers of each architecture.
+ */
+export function tablesFor(arch: Arch): Readonly<Record<string, Table>> {
+  return {
+    O: O_BY_ARCH[arch],
+    AT,
+    RENAME,
+    F,
+    RWF: { NOWAIT: RWF_NOWAIT },
+    EPOLL,
+    EPOLL_EVENT: EPOLL_EVENT_BY_ARCH[arch],
+    IOCB,
+    IO_EVENT,
+    TIMESPEC,
+    EFD,
+    POLL,
+    POLLFD,
+    SOCK,
+    MSG,
+    IOVEC,
+    MSGHDR,
+    CMSGHDR,
+    MMSGHDR,
+    SOCKADDR_UN,
+    UCRED,
+    STAT: STAT_BY_ARCH[arch],
+    S,
+    SIGINFO,
+    CLD,
+    WAIT,
+    SIZEOF,
+    POSIX_SPAWN,
+    MMAP,
+    SEAL,
+    FUTEX,
+    FUTEX_WAITV,
+    RLIMIT,
+    SIGNALS,
+  };
 }

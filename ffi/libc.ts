@@ -6,6 +6,8 @@
  * @module
  */
 
+import { ARCH, type Arch } from "./layout.ts";
+
 const symbols = {
   // int *__errno_location(void);
   __errno_location: { parameters: [], result: "pointer" },
@@ -186,26 +188,26 @@ const symbols = {
 
   // int kill(pid_t pid, int sig);
   kill: { parameters: ["i32", "i32"], result: "i32" },
-  // int pidfd_open(pid_t pid, unsigned int flags): syscall 434.
+  // int pidfd_open(pid_t pid, unsigned int flags): SYS.pidfd_open.
   pidfd_open: {
     name: "syscall",
     parameters: ["i64", "i64", "i64"],
     result: "i32",
   },
-  // int pidfd_send_signal(int pidfd, int sig, siginfo_t *info, unsigned int flags): syscall 424.
+  // int pidfd_send_signal(int pidfd, int sig, siginfo_t *info, unsigned int flags): SYS.pidfd_send_signal.
   pidfd_send_signal: {
     name: "syscall",
     parameters: ["i64", "i64", "i64", "i64", "i64"],
     result: "i32",
   },
-  // int waitid(idtype_t idtype, id_t id, siginfo_t *infop, int options, struct rusage *ru): syscall 247.
+  // int waitid(idtype_t idtype, id_t id, siginfo_t *infop, int options, struct rusage *ru): SYS.waitid.
   waitid: {
     name: "syscall",
     parameters: ["i64", "i64", "i64", "buffer", "i64", "i64"],
     result: "i32",
   },
   // long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *timeout,
-  //   uint32_t *uaddr2, uint32_t val3): syscall 202.
+  //   uint32_t *uaddr2, uint32_t val3): SYS.futex.
   futex: {
     name: "syscall",
     parameters: ["i64", "pointer", "i64", "i64", "pointer", "i64", "i64"],
@@ -213,7 +215,7 @@ const symbols = {
   },
 
   // long futex_waitv(struct futex_waitv *waiters, unsigned int nr_futexes,
-  //   unsigned int flags, struct timespec *timeout, clockid_t clockid): syscall 449.
+  //   unsigned int flags, struct timespec *timeout, clockid_t clockid): SYS.futex_waitv.
   futex_waitv: {
     name: "syscall",
     parameters: ["i64", "pointer", "i64", "i64", "pointer", "i64"],
@@ -269,14 +271,46 @@ export type Libc = Deno.DynamicLibrary<typeof symbols>["symbols"];
 
 let loaded: Libc | undefined;
 
+/** What `Deno.build` tells of the platform. */
+export interface Platform {
+  /** The operating system, such as `"linux"`. */
+  readonly os: string;
+  /** The architecture, such as `"x86_64"`. */
+  readonly arch: string;
+  /** The C library environment of the build, such as `"gnu"` or `"musl"`. */
+  readonly env?: string;
+}
+
+/**
+ * Why this module cannot run on `platform`, or `undefined` when it can: it
+ * knows the struct layouts and syscall numbers of x86_64 and aarch64 Linux
+ * with glibc, and no others.
+ */
+export function platformProblem(platform: Platform): string | undefined {
+  const { os, arch, env } = platform;
+  if (
+    os === "linux" && (arch === "x86_64" || arch === "aarch64") &&
+    env === "gnu"
+  ) {
+    return undefined;
+  }
+  const libcName = env === undefined || env === "" ? "an unknown libc" : env;
+  return `@conduit/ipc supports x86_64 and aarch64 Linux with glibc only; ` +
+    `this Deno is built for ${arch} ${os} with ${libcName}`;
+}
+
 /**
  * Returns the libc symbols, opening `libc.so.6` on the first call.
  *
- * A missing `--allow-ffi` surfaces as the runtime's own `NotCapable` error;
- * any other load failure is wrapped with its cause.
+ * A platform other than x86_64 or aarch64 Linux with glibc fails here, at
+ * first use, with `Deno.errors.NotSupported`. A missing `--allow-ffi`
+ * surfaces as the runtime's own `NotCapable` error; any other load failure
+ * is wrapped with its cause.
  */
 export function libc(): Libc {
   if (loaded !== undefined) return loaded;
+  const problem = platformProblem(Deno.build);
+  if (problem !== undefined) throw new Deno.errors.NotSupported(problem);
   try {
     loaded = Deno.dlopen("libc.so.6", symbols).symbols;
   } catch (error) {
@@ -294,8 +328,21 @@ export function libc(): Libc {
   return loaded;
 }
 
+/** Syscall numbers used through `syscall(2)`. */
+export interface SyscallNumbers {
+  readonly io_setup: number;
+  readonly io_getevents: number;
+  readonly io_submit: number;
+  readonly io_cancel: number;
+  readonly futex: number;
+  readonly waitid: number;
+  readonly pidfd_send_signal: number;
+  readonly pidfd_open: number;
+  readonly futex_waitv: number;
+}
+
 /** Syscall numbers used through `syscall(2)`, per architecture. */
-const SYS_BY_ARCH = {
+export const SYS_BY_ARCH: Readonly<Record<Arch, SyscallNumbers>> = {
   x86_64: {
     io_setup: 206,
     io_getevents: 208,
@@ -309,23 +356,19 @@ const SYS_BY_ARCH = {
   },
   aarch64: {
     io_setup: 0,
+    io_getevents: 4,
     io_submit: 2,
     io_cancel: 3,
-    io_getevents: 4,
     futex: 98,
     waitid: 95,
     pidfd_send_signal: 424,
     pidfd_open: 434,
     futex_waitv: 449,
   },
-} as const;
+};
 
 /** Syscall numbers of this architecture used through `syscall(2)`. */
-export const SYS:
-  | (typeof SYS_BY_ARCH)["x86_64"]
-  | (typeof SYS_BY_ARCH)[
-    "aarch64"
-  ] = Deno.build.arch === "aarch64" ? SYS_BY_ARCH.aarch64 : SYS_BY_ARCH.x86_64;
+export const SYS: SyscallNumbers = SYS_BY_ARCH[ARCH];
 
 // Open libc while the importing module is evaluated when FFI is already
 // granted, so a user's `Deno.test` that is the first to touch an endpoint does
