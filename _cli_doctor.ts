@@ -5,7 +5,7 @@
  * @module
  */
 
-import { libc, SYS } from "./ffi/libc.ts";
+import { libc, platformProblem, SYS } from "./ffi/libc.ts";
 import { errno, errnoName } from "./ffi/errors.ts";
 import { F, MMAP, O, RLIMIT, SIZEOF, SOCK, SOCKADDR_UN } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
@@ -65,7 +65,7 @@ const PROBES: readonly Probe[] = [
     name: "platform",
     required: true,
     fix:
-      "use Linux on x86_64: the module's struct layouts and syscall numbers are for that platform",
+      "use x86_64 or aarch64 Linux with glibc: the module's struct layouts and syscall numbers are for those platforms",
     run: probePlatform,
   },
   {
@@ -150,8 +150,8 @@ const PROBES: readonly Probe[] = [
 ];
 
 /**
- * Checks what the module needs on this machine: Deno 2 or later, Linux on
- * x86_64, `--allow-ffi`, glibc's libc, `memfd_create`, `pidfd_open`,
+ * Checks what the module needs on this machine: Deno 2 or later, x86_64 or
+ * aarch64 Linux with glibc, `--allow-ffi`, glibc's libc, `memfd_create`, `pidfd_open`,
  * `SOCK_SEQPACKET`, the abstract socket namespace, `/dev/shm`, a 1 MiB pipe
  * capacity and the fd limit. Never throws: each problem becomes a failed
  * check with what to do about it.
@@ -210,11 +210,10 @@ function probeDenoVersion(): string {
 }
 
 function probePlatform(): string {
-  const { os, arch } = Deno.build;
-  if (os !== "linux" || arch !== "x86_64") {
-    throw new Error(`${os} ${arch} is not supported`);
-  }
-  return `${os} ${arch}`;
+  const problem = platformProblem(Deno.build);
+  if (problem !== undefined) throw new Error(problem);
+  const { os, arch, env } = Deno.build;
+  return `${os} ${arch} ${env}`;
 }
 
 async function probeFfiPermission(): Promise<string> {

@@ -9,7 +9,7 @@
 import process from "node:process";
 import { libc, SYS } from "./libc.ts";
 import { errno, systemError } from "./errors.ts";
-import { EFD, EPOLL, IO_EVENT, IOCB } from "./layout.ts";
+import { EFD, EPOLL, IO_EVENT, IOCB, TIMESPEC } from "./layout.ts";
 import { addressOf, stableBuffer } from "./mem.ts";
 import type { Wake } from "./_wake.ts";
 
@@ -91,7 +91,7 @@ export class AioWake implements Wake {
   #iocbList = stableBuffer(8);
   #events = stableBuffer(REAP_EVENTS * IO_EVENT.size);
   #eventsView = new DataView(this.#events);
-  #time = stableBuffer(16);
+  #time = stableBuffer(TIMESPEC.size);
   #timeView = new DataView(this.#time);
   // Each submission is tagged (aio_data, unique in this context) so that a
   // late completion of an earlier poll is never taken for the current one.
@@ -169,7 +169,7 @@ export class AioWake implements Wake {
 
   #submit(): void {
     this.#tag = ++aioTags;
-    this.#iocbView.setBigUint64(0, this.#tag, true);
+    this.#iocbView.setBigUint64(IOCB.data, this.#tag, true);
     const n = sys(SYS.io_submit, this.#ctx, 1n, addressOf(this.#iocbList));
     if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
     this.#armed = true;
@@ -195,8 +195,8 @@ export class AioWake implements Wake {
    * when the current poll's completion is among them.
    */
   #reap(min: number, ns: bigint): void {
-    this.#timeView.setBigInt64(0, ns / 1_000_000_000n, true);
-    this.#timeView.setBigInt64(8, ns % 1_000_000_000n, true);
+    this.#timeView.setBigInt64(TIMESPEC.sec, ns / 1_000_000_000n, true);
+    this.#timeView.setBigInt64(TIMESPEC.nsec, ns % 1_000_000_000n, true);
     const n = sys(
       SYS.io_getevents,
       this.#ctx,
@@ -206,7 +206,10 @@ export class AioWake implements Wake {
       addressOf(this.#time),
     );
     for (let i = 0; i < n; i++) {
-      const tag = this.#eventsView.getBigUint64(i * IO_EVENT.size, true);
+      const tag = this.#eventsView.getBigUint64(
+        i * IO_EVENT.size + IO_EVENT.data,
+        true,
+      );
       if (tag === this.#tag) this.#armed = false;
     }
   }

@@ -23,7 +23,7 @@
 
 import { libc, SYS } from "../ffi/libc.ts";
 import { ERRNO, errno } from "../ffi/errors.ts";
-import { O } from "../ffi/layout.ts";
+import { O, POLL, POLLFD } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 
 /** The largest pid Linux can hand out (`PID_MAX_LIMIT`). */
@@ -87,11 +87,11 @@ const pollView = new DataView(pollBuffer.buffer);
 
 /** Whether a pidfd already reports its process's exit. */
 function exited(pidfd: number): boolean {
-  pollView.setInt32(0, pidfd, true);
-  pollView.setInt16(4, 1, true); // POLLIN
-  pollView.setInt16(6, 0, true);
+  pollView.setInt32(POLLFD.fd, pidfd, true);
+  pollView.setInt16(POLLFD.events, POLL.IN, true);
+  pollView.setInt16(POLLFD.revents, 0, true);
   return libc().poll(pollBuffer, 1n, 0) === 1 &&
-    pollView.getInt16(6, true) !== 0;
+    pollView.getInt16(POLLFD.revents, true) !== 0;
 }
 
 /**

@@ -292,7 +292,7 @@ class FutexPool {
       flags | FUTEX_WAITV.PRIVATE,
       true,
     );
-    entries.setUint32(FUTEX_WAITV.flags + 4, 0, true);
+    entries.setUint32(FUTEX_WAITV.reserved, 0, true);
     for (let i = 0; i < words.length; i++) {
       const word = words[i];
       const at = (i + 1) * FUTEX_WAITV.size;
@@ -304,7 +304,7 @@ class FutexPool {
       );
       entries.setBigUint64(at + FUTEX_WAITV.uaddr, word.address, true);
       entries.setUint32(at + FUTEX_WAITV.flags, flags, true);
-      entries.setUint32(at + FUTEX_WAITV.flags + 4, 0, true);
+      entries.setUint32(at + FUTEX_WAITV.reserved, 0, true);
     }
     this.#armed = words;
     this.#inFlight = true;

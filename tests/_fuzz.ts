@@ -40,7 +40,7 @@ import { MAX_FDS, parseControl } from "../ffi/cmsg.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { cstr } from "../ffi/mem.ts";
-import { CMSGHDR, MMAP, SOCK } from "../ffi/layout.ts";
+import { CMSGHDR, MMAP, O, SOCK, SOCKADDR_UN } from "../ffi/layout.ts";
 import { HELLO_MAGIC, HELLO_VERSION, ROLE } from "../shm/_carrier.ts";
 import { everyKind } from "./fixtures/_channel_values.ts";
 import { withTimeout } from "./_util.ts";
@@ -372,7 +372,6 @@ const O_RDONLY = 0;
 const O_RDWR = 2;
 const O_CLOEXEC = 0o2000000;
 const O_PATH = 0o10000000;
-const O_DIRECTORY = 0o200000;
 const EFD_CLOEXEC = 0o2000000;
 
 /** Opens `path` through libc (FFI only: no read permission needed). */
@@ -419,7 +418,7 @@ export const FD_KINDS: readonly [string, () => number][] = [
     assert.ok(fd >= 0);
     return fd;
   }],
-  ["O_PATH directory", () => openFd("/", O_PATH | O_DIRECTORY)],
+  ["O_PATH directory", () => openFd("/", O_PATH | O.DIRECTORY)],
   ["seqpacket socket", () => {
     const [a, b] = socketpair({ type: "seqpacket" });
     b.close();
@@ -808,10 +807,11 @@ function forgedCarrier(
 /** Binds a socket to an abstract name, as a channel end's mark is. */
 export function bindAbstract(fd: number, name: string): void {
   const bytes = new TextEncoder().encode(name);
-  const addr = new Uint8Array(110);
-  new DataView(addr.buffer).setUint16(0, SOCK.AF_UNIX, true);
-  addr.set(bytes, 3);
-  assert.equal(libc().bind(fd, addr, 3 + bytes.length), 0, `bind ${name}`);
+  const addr = new Uint8Array(SOCKADDR_UN.size);
+  new DataView(addr.buffer).setUint16(SOCKADDR_UN.family, SOCK.AF_UNIX, true);
+  addr.set(bytes, SOCKADDR_UN.path + 1);
+  const length = SOCKADDR_UN.path + 1 + bytes.length;
+  assert.equal(libc().bind(fd, addr, length), 0, `bind ${name}`);
 }
 
 /**

@@ -393,7 +393,7 @@ const dirLib = Deno.dlopen(
   } as const,
 ).symbols;
 
-/** `struct dirent` on x86_64: the name starts at byte 19. */
+/** `struct dirent` (x86_64 and aarch64): the name starts at byte 19. */
 const DIRENT_NAME = 19;
 
 /** The names in a directory (without `.` and `..`), read through libc. */
@@ -414,8 +414,13 @@ export function listDir(path: string): string[] {
   return names;
 }
 
-const SYS_EPOLL_WAIT = 232;
-const SYS_EPOLL_PWAIT = 281;
+/**
+ * The system call numbers an `epoll_wait` shows in
+ * `/proc/<pid>/task/<tid>/syscall`: `epoll_wait` and `epoll_pwait` on x86_64;
+ * aarch64 has only `epoll_pwait`, which glibc's `epoll_wait` calls.
+ */
+export const EPOLL_WAIT_SYSCALLS: readonly number[] =
+  Deno.build.arch === "aarch64" ? [22] : [232, 281];
 
 /** One fd in an epoll set, from `/proc/self/fdinfo/<epfd>`. */
 export interface EpollEntry {
@@ -491,7 +496,7 @@ export function pollerWaits(): number {
     if (fields === undefined || fields.length < 2) continue;
     const nr = Number(fields[0]);
     if (
-      (nr === SYS_EPOLL_WAIT || nr === SYS_EPOLL_PWAIT) &&
+      EPOLL_WAIT_SYSCALLS.includes(nr) &&
       Number(fields[1]) === epfd
     ) {
       count++;

@@ -325,7 +325,7 @@ Deno.test({
       assert.equal(r.code, 0, r.stdout + r.stderr);
       assert.match(
         r.stdout,
-        /^Machine: \d+ cores.*linux .* x86_64, Deno \d+\.\d+\.\d+/m,
+        /^Machine: \d+ cores.*linux .* (x86_64|aarch64), Deno \d+\.\d+\.\d+/m,
       );
       assert.match(
         r.stdout,

@@ -5,6 +5,7 @@ import { poller } from "../ffi/poller.ts";
 import { cstr } from "../ffi/mem.ts";
 import {
   delay,
+  EPOLL_WAIT_SYSCALLS,
   fixture,
   listDir,
   pollerIdle,
@@ -310,7 +311,7 @@ test("the aio wake path is used where the kernel and Deno allow it, unless CONDU
     const fields = (readProcText(`/proc/self/task/${tid}/syscall`) ?? "")
       .split(" ");
     assert.ok(
-      !((fields[0] === "232" || fields[0] === "281") &&
+      !(EPOLL_WAIT_SYSCALLS.includes(Number(fields[0])) &&
         Number(fields[1]) === epfd),
       `thread ${tid} waits in epoll_wait on the poller's set`,
     );
