@@ -273,6 +273,8 @@ let loaded: Libc | undefined;
 
 /** What `Deno.build` tells of the platform. */
 export interface Platform {
+  /** The target triple, such as `"x86_64-unknown-linux-gnu"`. */
+  readonly target: string;
   /** The operating system, such as `"linux"`. */
   readonly os: string;
   /** The architecture, such as `"x86_64"`. */
@@ -287,16 +289,15 @@ export interface Platform {
  * with glibc, and no others.
  */
 export function platformProblem(platform: Platform): string | undefined {
-  const { os, arch, env } = platform;
+  const { target, os, arch, env } = platform;
   if (
     os === "linux" && (arch === "x86_64" || arch === "aarch64") &&
     env === "gnu"
   ) {
     return undefined;
   }
-  const libcName = env === undefined || env === "" ? "an unknown libc" : env;
-  return `@conduit/ipc supports x86_64 and aarch64 Linux with glibc only; ` +
-    `this Deno is built for ${arch} ${os} with ${libcName}`;
+  return "@conduit/ipc supports x86_64 and aarch64 Linux with glibc only; " +
+    `this Deno is built for ${target}`;
 }
 
 /**
@@ -329,7 +330,7 @@ export function libc(): Libc {
 }
 
 /** Syscall numbers used through `syscall(2)`. */
-export interface SyscallNumbers {
+export type SyscallNumbers = {
   readonly io_setup: number;
   readonly io_getevents: number;
   readonly io_submit: number;
@@ -339,7 +340,7 @@ export interface SyscallNumbers {
   readonly pidfd_send_signal: number;
   readonly pidfd_open: number;
   readonly futex_waitv: number;
-}
+};
 
 /** Syscall numbers used through `syscall(2)`, per architecture. */
 export const SYS_BY_ARCH: Readonly<Record<Arch, SyscallNumbers>> = {
