@@ -72,21 +72,25 @@ async function firstPresent(names: string[]): Promise<string | undefined> {
   return undefined;
 }
 
-/** The toolchain for `arch`, or why there is none. */
+/**
+ * The toolchain for `arch`, or why there is none. The compiler named by the
+ * target triple comes first (Debian has one for the native architecture
+ * too), then `cc` for this Deno's own architecture. A program of this Deno's
+ * architecture runs as it is; another one under qemu-user. layout.c names
+ * the architecture it was built for, which the test checks.
+ */
 async function toolchainFor(arch: Arch): Promise<Toolchain | string> {
-  if (arch === Deno.build.arch) {
-    const cc = await firstPresent(["cc", "gcc"]);
-    if (cc === undefined) return "no C compiler (cc or gcc)";
-    return { compile: [cc], run: [] };
-  }
-  const cross = `${arch}-linux-gnu-gcc`;
+  const own = arch === Deno.build.arch;
+  const triple = `${arch}-linux-gnu-gcc`;
   const debian = arch === "aarch64" ? "arm64" : "amd64";
   const install =
     `apt-get install gcc-${arch}-linux-gnu libc6-dev-${debian}-cross qemu-user`;
-  if (!await present(cross)) return `no ${cross} (${install})`;
+  const cc = await firstPresent(own ? [triple, "cc", "gcc"] : [triple]);
+  if (cc === undefined) return `no ${own ? "C compiler" : triple} (${install})`;
+  if (own) return { compile: [cc], run: [] };
   const qemu = await firstPresent([`qemu-${arch}`, `qemu-${arch}-static`]);
   if (qemu === undefined) return `no qemu-${arch} (${install})`;
-  return { compile: [cross, "-static"], run: [qemu] };
+  return { compile: [cc, "-static"], run: [qemu] };
 }
 
 const TOOLCHAINS = new Map<Arch, Toolchain | string>();
@@ -129,7 +133,10 @@ async function tool(cmd: string[], what: string): Promise<string> {
   return decoder.decode(result.stdout);
 }
 
-/** The C program's output on `arch`: table name to key to value. */
+/**
+ * The C program's output on `arch`: table name to key to value. Throws when
+ * the program was built for another architecture.
+ */
 async function headersOf(
   arch: Arch,
   chain: Toolchain,
@@ -141,9 +148,11 @@ async function headersOf(
       [...chain.compile, "-Wall", "-Werror", "-o", binary, SOURCE],
       `compiling layout.c for ${arch}`,
     );
-    return JSON.parse(
+    const { arch: built, ...tables } = JSON.parse(
       await tool([...chain.run, binary], `running layout.c on ${arch}`),
     );
+    assert.equal(built, arch, `${chain.compile[0]} builds for ${built}`);
+    return tables;
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
