@@ -109,6 +109,7 @@ export class Inbox {
   /** Connections holding messages of a batch, in turn order. */
   #batched = new Set<Connection>();
   #socketsFirst = false;
+  #full = false;
 
   constructor(conns: Connection[], frames: FrameParser) {
     this.#conns = conns;
@@ -130,10 +131,20 @@ export class Inbox {
    * reads included); the next look goes on where this one stopped.
    */
   poll(): Polled<unknown> {
+    this.#full = false;
     if (this.#set === undefined && this.#conns.length >= SET_FROM) {
       this.#makeSet();
     }
     return this.#set === undefined ? this.#pollEach() : this.#pollReady();
+  }
+
+  /**
+   * Whether the last look stopped at its budget with frames still to read:
+   * the receiver should then yield a macrotask turn and look again rather
+   * than wait (a wait on a ready fd need not let the event loop turn).
+   */
+  get full(): boolean {
+    return this.#full;
   }
 
   /** A look at each connection in turn. */
@@ -159,6 +170,7 @@ export class Inbox {
     if (this.#conns.length === 0) return { kind: "closed" };
     if (budget === 0) {
       this.#next = (this.#next + k) % this.#conns.length;
+      this.#full = true;
     }
     return { kind: "empty" };
   }
@@ -194,7 +206,10 @@ export class Inbox {
         if (got !== AGAIN) return { kind: "value", value: got.value };
         if (conn.fd.closed) break;
       }
-      if (budget === 0) break;
+      if (budget === 0) {
+        this.#full = true;
+        break;
+      }
     }
     return this.#conns.length === 0 ? { kind: "closed" } : { kind: "empty" };
   }

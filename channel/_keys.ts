@@ -19,3 +19,8 @@ export const endMove: unique symbol = Symbol("Receiver end move");
 export const pollOnce: unique symbol = Symbol("Receiver poll");
 /** Waits until some connection of a Receiver may have something. */
 export const waitReady: unique symbol = Symbol("Receiver wait");
+/**
+ * Whether a Receiver's last look stopped at its budget with frames still
+ * queued (a wait would find the fd ready at once).
+ */
+export const lookFull: unique symbol = Symbol("Receiver look full");

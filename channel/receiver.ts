@@ -18,7 +18,7 @@ import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
 import type { Connection } from "./_connection.ts";
 import { Inbox, type Polled } from "./_inbox.ts";
-import { beginMove, endMove, pollOnce, waitReady } from "./_keys.ts";
+import { beginMove, endMove, lookFull, pollOnce, waitReady } from "./_keys.ts";
 import { FrameParser } from "./_parse.ts";
 import { Sender } from "./sender.ts";
 
@@ -226,8 +226,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
           return polled.kind === "empty" ? undefined : polled;
         },
         async () => {
-          await this[waitReady](signal);
-          parked = true;
+          if (this.#in.full) {
+            // Frames are still queued: take a macrotask turn, then read on.
+            await yieldTurn();
+            signal?.throwIfAborted();
+          } else {
+            await this[waitReady](signal);
+            parked = true;
+          }
           this.#assertOpen();
         },
         spinner,
@@ -281,6 +287,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /** @internal Waits until some connection may have something. */
   [waitReady](signal?: AbortSignal): Promise<void> {
     return this.#in.wait(signal);
+  }
+
+  /** @internal Whether the last look stopped with frames still queued. */
+  [lookFull](): boolean {
+    return this.#in.full;
   }
 
   /** Yields each message until every sender is closed. */

@@ -7,7 +7,7 @@
 import { ChannelClosedError } from "../_channel_error.ts";
 import { closedError } from "../ffi/errors.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
-import { pollOnce, waitReady } from "./_keys.ts";
+import { lookFull, pollOnce, waitReady } from "./_keys.ts";
 import { type ChannelRecvOptions, Receiver } from "./receiver.ts";
 
 /** What {@linkcode ReceiverSet.select} returns. */
@@ -172,6 +172,12 @@ export class ReceiverSet<T = unknown> implements Disposable {
       }
       const live = [...this.#entries.values()];
       if (live.length === 0) continue;
+      if (live.some((receiver) => receiver[lookFull]())) {
+        // Frames are still queued: take a macrotask turn, then look again.
+        await yieldTurn();
+        signal?.throwIfAborted();
+        continue;
+      }
       const stop = new AbortController();
       const both = signal === undefined
         ? stop.signal
