@@ -46,9 +46,10 @@ import {
   readAsync,
   type ReadOptions,
   spinnerFor,
+  type WriteOptions,
 } from "./_byte_io.ts";
 
-export type { ReadOptions } from "./_byte_io.ts";
+export type { ReadOptions, WriteOptions } from "./_byte_io.ts";
 
 /** Options for {@linkcode pipe}. */
 export interface PipeOptions {
@@ -141,10 +142,13 @@ export class PipeReader implements Disposable {
    *
    * @param buffer Where to put the bytes: a `Uint8Array`, or any other
    * typed array or `DataView`, filled byte for byte.
-   * @param options Read options.
+   * @param options How the read spins, and a `signal` to give up waiting
+   * (nothing is taken then: a later read gets the data).
    * @returns The number of bytes read, or `null` at EOF (every writer closed).
-   * @throws {TypeError} When `buffer` is not an `ArrayBufferView` (the
-   * promise rejects).
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away (also while the read waits: the data stays
+   * for the next read). The promise rejects.
+   * @throws The signal's reason when it is aborted.
    */
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
     let into: Uint8Array;
@@ -155,7 +159,7 @@ export class PipeReader implements Disposable {
     } catch (error) {
       return Promise.reject(error);
     }
-    return readAsync(this.#fd, readNoWait, into, spinner);
+    return readAsync(this.#fd, readNoWait, into, spinner, options?.signal);
   }
 
   /**
@@ -265,20 +269,33 @@ export class PipeWriter implements Disposable {
    * is full. What fits goes into the pipe before this returns; the rest is
    * queued. Concurrent writes leave in call order, never interleaved.
    *
+   * A `signal` gives the write up while it waits for room: one that has
+   * not started is withdrawn; one partly in the pipe rejects at once while
+   * the rest of its bytes still follow (see {@linkcode WriteOptions}).
+   *
    * @param bytes The bytes to write: a `Uint8Array`, or any other typed
    * array or `DataView`, written byte for byte.
+   * @param options A `signal` to give up waiting for room.
    * @returns Resolves once every byte is in the pipe; rejects with
-   * `Deno.errors.BrokenPipe` when no reader is left, and with `TypeError`
-   * when `bytes` is not an `ArrayBufferView`.
+   * `Deno.errors.BrokenPipe` when no reader is left, with `TypeError`
+   * when `bytes` is not an `ArrayBufferView` or its buffer was transferred
+   * away, and with the signal's reason when it is aborted.
    */
-  write(bytes: ArrayBufferView): Promise<void> {
+  write(bytes: ArrayBufferView, options?: WriteOptions): Promise<void> {
+    return this.#write(bytes, options?.signal);
+  }
+
+  #write(
+    bytes: ArrayBufferView,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     let from: Uint8Array;
     try {
       from = asBytes(bytes, WRITE);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#writes.write(from);
+    return this.#writes.write(from, signal);
   }
 
   /**
@@ -301,11 +318,14 @@ export class PipeWriter implements Disposable {
 
   /**
    * A byte sink: each chunk is written whole before the next is taken.
-   * Closing or aborting the stream closes the writer.
+   * Closing the stream closes the writer. Aborting it discards, as a stream
+   * abort does: the chunk that waits for room is given up and the writer
+   * closed at once, so a chunk partly in the pipe is cut off there (the
+   * reader sees EOF after part of it).
    */
   get writable(): WritableStream<Uint8Array> {
     return this.#writable ??= byteWritable(
-      (chunk) => this.write(chunk),
+      (chunk, signal) => this.#write(chunk, signal),
       () => this.close(),
     );
   }

@@ -24,6 +24,7 @@ import {
   readAsync,
   type ReadOptions,
   spinnerFor,
+  type WriteOptions,
 } from "./_byte_io.ts";
 // Loaded for every adopter, so received fds of any kind become endpoints.
 import type { Endpoint } from "./from_fd.ts";
@@ -50,6 +51,7 @@ import { type SocketSendOptions, SocketSends } from "./_socket_send.ts";
 
 export type { SocketType } from "./_socket_options.ts";
 export type { SocketSendOptions } from "./_socket_send.ts";
+export type { ReadOptions, WriteOptions } from "./_byte_io.ts";
 
 /** Options for {@linkcode UnixSocket.recv}. */
 export interface SocketRecvOptions extends ReadOptions {
@@ -100,6 +102,8 @@ const SHUTDOWN: Record<ShutdownHow, number> = {
   both: SOCK.SHUT_RDWR,
 };
 
+const READ = "Cannot read from UnixSocket";
+const WRITE = "Cannot write to UnixSocket";
 const DEFAULT_MAX_BYTES = 64 * 1024;
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
 
@@ -214,59 +218,78 @@ export class UnixSocket implements Disposable {
    * blocking the thread) until at least one byte arrives. Fds sent along
    * are discarded; use {@linkcode recv} to receive them.
    *
-   * @param buffer Where to put the bytes.
-   * @param options Read options.
+   * @param buffer Where to put the bytes: a `Uint8Array`, or any other
+   * typed array or `DataView`, filled byte for byte.
+   * @param options How the read spins, and a `signal` to give up waiting
+   * (nothing is taken then: a later read gets the data).
    * @returns The number of bytes read, or `null` at end of stream (the peer
    * closed or shut down its writing side).
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away (also while the read waits: the data stays
+   * for the next read).
+   * @throws The signal's reason when it is aborted.
    */
-  read(buffer: Uint8Array, options?: ReadOptions): Promise<number | null> {
+  read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
+    let into: Uint8Array;
     let spinner: Spinner;
     try {
       this.#assertStream("read from");
-      spinner = spinnerFor(
-        options?.spin,
-        this.#readSpinner,
-        "Cannot read from UnixSocket",
-      );
+      into = asBytes(buffer, READ);
+      spinner = spinnerFor(options?.spin, this.#readSpinner, READ);
     } catch (error) {
       return Promise.reject(error);
     }
-    return readAsync(this.#fd, recvNoWait, buffer, spinner);
+    return readAsync(this.#fd, recvNoWait, into, spinner, options?.signal);
   }
 
   /**
    * Stream sockets: reads what is available into `buffer`, blocking the
    * thread until at least one byte arrives.
    *
-   * @param buffer Where to put the bytes.
+   * @param buffer Where to put the bytes (any `ArrayBufferView`).
    * @returns The number of bytes read, or `null` at end of stream.
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away.
    */
-  readSync(buffer: Uint8Array): number | null {
+  readSync(buffer: ArrayBufferView): number | null {
     this.#assertStream("read from");
-    if (buffer.byteLength === 0) return 0;
+    const into = asBytes(buffer, READ);
+    if (into.byteLength === 0) return 0;
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
-    const n = recvBlocking(this.#fd.fd, buffer);
+    const n = recvBlocking(this.#fd.fd, into);
     return n === 0 ? null : n;
   }
 
   /**
    * Stream sockets: writes every byte, waiting (without blocking the
    * thread) while the peer is full. Concurrent writes and sends are queued,
-   * never interleaved.
+   * never interleaved. A `signal` gives the write up while it waits: one
+   * that has not started is withdrawn; one partly out rejects at once while
+   * the rest of its bytes still follow (see {@linkcode WriteOptions}).
    *
-   * @param bytes The bytes to write.
+   * @param bytes The bytes to write (any `ArrayBufferView`).
+   * @param options A `signal` to give up waiting for room.
    * @returns Resolves once every byte is in the socket; rejects with
-   * `Deno.errors.BrokenPipe` when the peer is gone.
+   * `Deno.errors.BrokenPipe` when the peer is gone, with `TypeError` when
+   * `bytes` is not an `ArrayBufferView` or its buffer was transferred
+   * away, and with the signal's reason when it is aborted.
    */
-  write(bytes: ArrayBufferView): Promise<void> {
+  write(bytes: ArrayBufferView, options?: WriteOptions): Promise<void> {
+    return this.#write(bytes, options?.signal);
+  }
+
+  #write(
+    bytes: ArrayBufferView,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     let from: Uint8Array;
     try {
       this.#assertStream("write to");
-      from = asBytes(bytes, "Cannot write to UnixSocket");
+      from = asBytes(bytes, WRITE);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.send(from);
+    return this.#sends.write(from, signal);
   }
 
   /**
@@ -278,7 +301,7 @@ export class UnixSocket implements Disposable {
    */
   writeSync(bytes: ArrayBufferView): void {
     this.#assertStream("write to");
-    const from = asBytes(bytes, "Cannot write to UnixSocket");
+    const from = asBytes(bytes, WRITE);
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
     this.#sends.writeSync(from);
   }
@@ -301,14 +324,17 @@ export class UnixSocket implements Disposable {
   }
 
   /**
-   * Stream sockets: a byte sink with backpressure. Closing or aborting it
-   * shuts down this side's writing, so the peer reads end of stream; the
-   * socket stays open for reading.
+   * Stream sockets: a byte sink with backpressure. Closing it shuts down
+   * this side's writing, so the peer reads end of stream; the socket stays
+   * open for reading. Aborting it discards, as a stream abort does: the
+   * chunk that waits for room is given up and writing shut down at once,
+   * so a chunk partly out is cut off there (the peer reads end of stream
+   * after part of it).
    */
   get writable(): WritableStream<Uint8Array> {
     this.#assertStream("write to");
     return this.#writable ??= byteWritable(
-      (chunk) => this.write(chunk),
+      (chunk, signal) => this.#write(chunk, signal),
       () => this.#shutdownQuietly("write"),
     );
   }
@@ -361,11 +387,16 @@ export class UnixSocket implements Disposable {
    * is what was named at the call.
    *
    * @param bytes The message (datagram, seqpacket) or bytes (stream).
-   * @param options Fds to pass and whether to close them once sent.
+   * @param options Fds to pass, whether to close them once sent, and a
+   * `signal` to give up waiting for room (see
+   * {@linkcode SocketSendOptions.signal}).
    * @returns Resolves once everything is in the socket.
    * @throws {RangeError} When a message is larger than the socket can
    * carry, or too many fds are given.
    * @throws {Deno.errors.BrokenPipe} When the peer is gone.
+   * @throws {TypeError} When `bytes` is not a `Uint8Array` or its buffer
+   * was transferred away.
+   * @throws The signal's reason when it is aborted.
    *
    * @example Send fds and close this process's copies
    * ```ts
@@ -410,11 +441,14 @@ export class UnixSocket implements Disposable {
    * A datagram socket has no end of stream: when its peer is gone, `recv()`
    * keeps waiting (and `send()` fails).
    *
-   * @param options Spin time, fd and byte limits.
+   * @param options Spin time, fd and byte limits, and a `signal` to give up
+   * waiting (nothing is taken then: a later receive gets the message).
    * @returns The message, or `null` at end of stream (the peer closed or shut
    * down its writing side).
    * @throws {RangeError} When a message carries more fds than `maxFds`; they
    * are closed.
+   * @throws The signal's reason when it is aborted (at once when it already
+   * was).
    *
    * @example Receive whole messages
    * ```ts
@@ -430,6 +464,8 @@ export class UnixSocket implements Disposable {
    * ```
    */
   recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
     let maxFds: number;
     let maxBytes: number;
     let spinner: Spinner;
@@ -451,7 +487,7 @@ export class UnixSocket implements Disposable {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#recvLater(maxFds, maxBytes, spinner);
+    return this.#recvLater(maxFds, maxBytes, spinner, signal);
   }
 
   /** A receive that found nothing at once: spins, then parks. */
@@ -459,6 +495,7 @@ export class UnixSocket implements Disposable {
     maxFds: number,
     maxBytes: number,
     spinner: Spinner,
+    signal: AbortSignal | undefined,
   ): Promise<SocketMessage | null> {
     let waited = false;
     // recv() tried once already: go straight to the spin.
@@ -466,7 +503,7 @@ export class UnixSocket implements Disposable {
       () => this.#tryRecv(maxFds, maxBytes, false),
       () => {
         waited = true;
-        return this.#fd.wait("read");
+        return this.#fd.wait("read", signal);
       },
       spinner,
       true,
