@@ -17,6 +17,7 @@ import {
   peerCredentialsOf,
 } from "./_socket_options.ts";
 import { UnixSocket } from "./unix_socket.ts";
+import { requirePath } from "./_permissions.ts";
 
 /**
  * Who the server must be, checked by {@linkcode connect} before it returns
@@ -152,6 +153,9 @@ function connectError(code: number, label: string): Error {
  * @param options `{ path }` or `{ abstract }`, the type, who the server
  * must be, and an abort signal.
  * @returns The connected socket.
+ * @throws {Deno.errors.NotCapable} When read and write access to `path`
+ * are not granted (`--allow-read`, `--allow-write`); an abstract name needs
+ * no permission.
  * @throws {Deno.errors.NotFound} When nothing is at the path.
  * @throws {Deno.errors.ConnectionRefused} When no server listens there.
  * @throws {Deno.errors.PermissionDenied} When the server is not the
@@ -178,6 +182,14 @@ export async function connect(options: ConnectOptions): Promise<UnixSocket> {
   const expected = serverCheck(options);
   const { signal } = options;
   signal?.throwIfAborted();
+  if (options.path !== undefined) {
+    // Deno's permissions, honoured although the FFI could bypass them.
+    requirePath(
+      options.path,
+      ["read", "write"],
+      `Cannot connect to ${options.path}`,
+    );
+  }
   const lib = libc();
   // Nonblocking only while private to this call: cleared before anyone else
   // can hold the socket.

@@ -29,6 +29,7 @@ import {
   typeName,
 } from "./_socket_options.ts";
 import { UnixSocket } from "./unix_socket.ts";
+import { requirePath } from "./_permissions.ts";
 
 export type { ListenType } from "./_socket_options.ts";
 
@@ -246,6 +247,8 @@ export type ListenOptions = UnixAddress & {
  *
  * @param options `{ path }` or `{ abstract }`, type, mode and backlog.
  * @returns The listener.
+ * @throws {Deno.errors.NotCapable} When write access to `path` is not
+ * granted (`--allow-write`); an abstract name needs no permission.
  * @throws {Deno.errors.AddrInUse} When a live server listens there.
  * @throws {Deno.errors.AlreadyExists} When a non-socket file is at `path`.
  * @throws {RangeError} When `path` is longer than 89 bytes.
@@ -278,6 +281,10 @@ export function listen(options: ListenOptions): UnixListener {
     );
   }
   const address = encodeAddress(options, "listen on");
+  if (options.path !== undefined) {
+    // Deno's permissions, honoured although the FFI could bypass them.
+    requirePath(options.path, ["write"], `Cannot listen on ${options.path}`);
+  }
   const lib = libc();
   const fd = check(
     "socket",

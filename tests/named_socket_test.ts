@@ -130,7 +130,13 @@ for (const type of ["stream", "seqpacket"] as ListenType[]) {
             assert.equal(server.type, type);
             if (kind === "path") assert.equal(server.path, name);
             else assert.equal(server.abstract, name);
-            await using child = socketChild(["connect", kind, name, type]);
+            await using child = socketChild(
+              ["connect", kind, name, type],
+              undefined,
+              kind === "path"
+                ? [`--allow-read=${dir}`, `--allow-write=${dir}`]
+                : [],
+            );
             const line = lines(child.stdout);
             await serveOne(server, child.pid);
             const seen = JSON.parse(await line());
@@ -194,7 +200,9 @@ Deno.test({
     await inTempDir(async (dir) => {
       const path = `${dir}/crash.sock`;
       {
-        await using child = socketChild(["listen", path]);
+        await using child = socketChild(["listen", path], undefined, [
+          `--allow-write=${dir}`,
+        ]);
         assert.equal(await lineOf(child.stdout), "listening");
         child.kill("SIGKILL");
         assert.equal((await child.status).signal, "SIGKILL");
@@ -231,7 +239,9 @@ Deno.test({
       const path = `${dir}/live.sock`;
       // A live server in another process.
       {
-        await using child = socketChild(["listen", path]);
+        await using child = socketChild(["listen", path], undefined, [
+          `--allow-write=${dir}`,
+        ]);
         assert.equal(await lineOf(child.stdout), "listening");
         const inode = Deno.lstatSync(path).ino;
         assert.throws(
