@@ -73,6 +73,23 @@ export function describe(value: unknown): string {
     "object";
 }
 
+/**
+ * Checks a `signal` option before a call starts.
+ *
+ * @throws {TypeError} When `signal` is neither `undefined` nor an
+ * `AbortSignal`; `doing` starts the message.
+ * @throws The signal's reason when it is already aborted.
+ */
+export function checkSignal(signal: unknown, doing: string): void {
+  if (signal === undefined) return;
+  if (!(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `${doing}: signal must be an AbortSignal, got ${describe(signal)}`,
+    );
+  }
+  if (signal.aborted) throw signal.reason;
+}
+
 /** Whether the memory under `view` was transferred away (detached). */
 export function isDetached(view: ArrayBufferView): boolean {
   return (view.buffer as ArrayBuffer).detached === true;
@@ -115,8 +132,9 @@ export function asBytes(value: unknown, doing: string): Uint8Array {
 
 /**
  * Reads into `into`: bytes read, or `null` at EOF. Tries now, then spins as
- * `spinner` allows, then waits in the poller and tries again. `signal` ends
- * the wait (never a read: what arrives stays for the next one).
+ * `spinner` allows, then waits in the poller and tries again. `signal`,
+ * checked by the caller ({@linkcode checkSignal}), ends the wait (never a
+ * read: what arrives stays for the next one).
  *
  * A buffer transferred away while the read waits fails the read with a
  * `TypeError`, never a false EOF; the data stays for the next read.
@@ -128,7 +146,6 @@ export function readAsync(
   spinner: Spinner,
   signal: AbortSignal | undefined,
 ): Promise<number | null> {
-  if (signal?.aborted) return Promise.reject(signal.reason);
   if (into.byteLength === 0) {
     try {
       owner.assertOpen();
@@ -215,9 +232,11 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
     this.#queue = new CallQueue(this, spinner);
   }
 
-  /** Writes every byte after every earlier write; waits while full. */
+  /**
+   * Writes every byte after every earlier write; waits while full. The
+   * caller has checked `signal` ({@linkcode checkSignal}).
+   */
   write(bytes: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
     let done = 0;
     try {
       this.#owner.assertOpen();

@@ -25,6 +25,7 @@ import {
 } from "./_scm.ts";
 import { getIntOption, type SocketType } from "./_socket_options.ts";
 import {
+  checkSignal,
   describe,
   detachedError,
   isDetached,
@@ -111,9 +112,9 @@ export class SocketSends implements QueueHost<SendJob, void> {
     options: SocketSendOptions,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    if (signal?.aborted) return Promise.reject(signal.reason);
     let job: SendJob;
     try {
+      checkSignal(signal, SEND);
       job = this.#prepareSend(bytes, options, signal);
       // Nothing waits before it: try right away. Further messages of this
       // turn are gathered and leave together (sendmmsg).
@@ -241,6 +242,13 @@ export class SocketSends implements QueueHost<SendJob, void> {
       throw detachedError(SEND);
     }
     const given = options.fds ?? [];
+    if (!Array.isArray(given)) {
+      throw new TypeError(
+        `${SEND}: fds must be an array of endpoints or fds, got ${
+          describe(given)
+        }`,
+      );
+    }
     if (given.length > MAX_FDS) {
       throw new RangeError(
         `Cannot send on UnixSocket: ${given.length} fds in one message, at most ${MAX_FDS} allowed`,

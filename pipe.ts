@@ -42,6 +42,7 @@ import {
   asBytes,
   byteReadable,
   byteWritable,
+  checkSignal,
   OrderedWrites,
   readAsync,
   type ReadOptions,
@@ -156,6 +157,7 @@ export class PipeReader implements Disposable {
     try {
       into = asBytes(buffer, READ);
       spinner = spinnerFor(options?.spin, this.#spinner, READ);
+      checkSignal(options?.signal, READ);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -292,6 +294,7 @@ export class PipeWriter implements Disposable {
     let from: Uint8Array;
     try {
       from = asBytes(bytes, WRITE);
+      checkSignal(signal, WRITE);
     } catch (error) {
       return Promise.reject(error);
     }

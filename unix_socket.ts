@@ -21,6 +21,7 @@ import {
   asBytes,
   byteReadable,
   byteWritable,
+  checkSignal,
   readAsync,
   type ReadOptions,
   spinnerFor,
@@ -39,10 +40,15 @@ import {
   recvBlocking,
   recvNoWait,
 } from "./_scm.ts";
+import { inspectEndpoint } from "./_inspect.ts";
+import { boundAddress } from "./_unix_addr.ts";
 import {
+  adoptedSocketType,
+  checkNumberOption,
   checkType,
-  getIntOption,
   peerCredentialsOf,
+  type SocketName,
+  socketNames,
   type SocketType,
   typeName,
 } from "./_socket_options.ts";
@@ -104,6 +110,7 @@ const SHUTDOWN: Record<ShutdownHow, number> = {
 
 const READ = "Cannot read from UnixSocket";
 const WRITE = "Cannot write to UnixSocket";
+const RECV = "Cannot receive on UnixSocket";
 const DEFAULT_MAX_BYTES = 64 * 1024;
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
 
@@ -114,6 +121,7 @@ function checkCount(
   what: string,
 ): number {
   if (value === undefined) return fallback;
+  checkNumberOption(value, what, "receive on UnixSocket");
   if (!Number.isInteger(value) || value < 0 || value > max) {
     throw new RangeError(
       `Cannot receive on UnixSocket: ${what} must be an integer from 0 to ${max}, got ${value}`,
@@ -174,7 +182,7 @@ export class UnixSocket implements Disposable {
    */
   constructor(fd: number, type?: SocketType) {
     if (type === undefined) {
-      const found = typeName(getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE"));
+      const found = typeName(adoptedSocketType(fd, "UnixSocket"));
       if (found === undefined) {
         throw new TypeError(
           `Cannot adopt fd ${fd} as UnixSocket: its socket type is not stream, dgram or seqpacket`,
@@ -200,6 +208,29 @@ export class UnixSocket implements Disposable {
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
     return this.#fd.closed;
+  }
+
+  /**
+   * Shows the kind, type, fd, state and the name it was connected or
+   * accepted on, if any, as
+   * `UnixSocket { type: "stream", fd: 7, state: "open", path: "/run/app.sock" }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const state = this.#fd.state();
+    let name: SocketName | undefined = socketNames.get(this);
+    if (name === undefined && state.fd !== undefined) {
+      try {
+        // Adopted (fromFd): an accepted socket is bound to its server's name.
+        name = boundAddress(state.fd);
+      } catch {
+        // Only detail for the printout.
+      }
+    }
+    const fields = { type: this.#type, ...state, ...name };
+    return inspectEndpoint("UnixSocket", fields, inspect, options);
   }
 
   #assertStream(doing: string): void {
@@ -236,6 +267,7 @@ export class UnixSocket implements Disposable {
       this.#assertStream("read from");
       into = asBytes(buffer, READ);
       spinner = spinnerFor(options?.spin, this.#readSpinner, READ);
+      checkSignal(options?.signal, READ);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -286,6 +318,7 @@ export class UnixSocket implements Disposable {
     try {
       this.#assertStream("write to");
       from = asBytes(bytes, WRITE);
+      checkSignal(signal, WRITE);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -465,17 +498,13 @@ export class UnixSocket implements Disposable {
    */
   recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
     const { signal } = options;
-    if (signal?.aborted) return Promise.reject(signal.reason);
     let maxFds: number;
     let maxBytes: number;
     let spinner: Spinner;
     try {
+      checkSignal(signal, RECV);
       ({ maxFds, maxBytes } = recvLimits(options));
-      spinner = spinnerFor(
-        options.spin,
-        this.#readSpinner,
-        "Cannot receive on UnixSocket",
-      );
+      spinner = spinnerFor(options.spin, this.#readSpinner, RECV);
       const now = this.#tryRecv(maxFds, maxBytes, false);
       if (now !== undefined) {
         // A peer that keeps the socket full never lets this wait; timers

@@ -1568,3 +1568,23 @@ test("cancelling readable while a read waits settles it and closes the reader", 
   });
   assert.equal(p.reader.closed, true);
 });
+
+test("read() and write() refuse a signal that is not an AbortSignal with TypeError", async () => {
+  using p = pipe();
+  const signal = { aborted: true } as unknown as AbortSignal;
+  await assert.rejects(
+    p.reader.read(new Uint8Array(4), { signal }),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot read from PipeReader: signal must be an AbortSignal, got Object",
+  );
+  await assert.rejects(
+    p.writer.write(new Uint8Array(4), { signal }),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot write to PipeWriter: signal must be an AbortSignal, got Object",
+  );
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+});
