@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { pipe, socketpair, type SocketType } from "../mod.ts";
+import { pipe, socketpair, type SocketType, UnixSocket } from "../mod.ts";
 import { peekSize, sendNoWait } from "../_scm.ts";
 import { libc } from "../ffi/libc.ts";
-import { F, O } from "../ffi/layout.ts";
+import { F, O, SOCK } from "../ffi/layout.ts";
+import { getIntOption } from "../_socket_options.ts";
 import {
   lineOf,
   readExactly,
@@ -186,11 +187,11 @@ test(
 );
 
 Deno.test({
-  name: "a larger bufferSize lets a datagram pair carry larger messages",
+  name: "a larger bufferBytes lets a datagram pair carry larger messages",
   permissions: perms,
   ...SANITIZE,
   async fn() {
-    using pair = socketpair({ type: "dgram", bufferSize: 1 << 20 });
+    using pair = socketpair({ type: "dgram", bufferBytes: 1 << 20 });
     const [a, b] = pair;
     const big = pattern(400_000);
     await a.send(big);
@@ -404,7 +405,7 @@ Deno.test({
       () => socketpair({ type: "raw" as any }),
       /type must be "stream", "dgram" or "seqpacket"/,
     );
-    assert.throws(() => socketpair({ bufferSize: -1 }), RangeError);
+    assert.throws(() => socketpair({ bufferBytes: -1 }), RangeError);
     using pair = socketpair({ type: "stream" });
     const [a] = pair;
     await assert.rejects(
@@ -551,7 +552,7 @@ for (const type of MESSAGE_TYPES) {
   test(
     `${type}: sends of one turn keep their order, and each failure goes to its own caller`,
     async () => {
-      using pair = socketpair({ type, bufferSize: 16 * 1024 });
+      using pair = socketpair({ type, bufferBytes: 16 * 1024 });
       const [a, b] = pair;
       const big = new Uint8Array(64 * 1024);
       const results = await Promise.allSettled([
@@ -1049,6 +1050,141 @@ test(
     );
     assert.ok(all.length > 0 && all.length < size, `${all.length} bytes`);
     assertPattern(all, 0);
+  },
+  perms,
+);
+
+test(
+  "socketpair()'s deprecated bufferSize still sets the buffer size; disagreeing with bufferBytes is a TypeError",
+  () => {
+    // The kernel doubles what it is asked for, for its own bookkeeping.
+    for (const options of [{ bufferBytes: 1 << 16 }, { bufferSize: 1 << 16 }]) {
+      using pair = socketpair(options);
+      for (const end of pair) {
+        assert.equal(
+          getIntOption(end.rawFd, SOCK.SO_SNDBUF, "SO_SNDBUF"),
+          1 << 17,
+        );
+        assert.equal(
+          getIntOption(end.rawFd, SOCK.SO_RCVBUF, "SO_RCVBUF"),
+          1 << 17,
+        );
+      }
+    }
+    using same = socketpair({ bufferBytes: 1 << 16, bufferSize: 1 << 16 });
+    void same;
+    assert.throws(
+      () => socketpair({ bufferBytes: 1 << 16, bufferSize: 1 << 17 }),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message ===
+          "Cannot create socket pair: bufferBytes (65536) and its deprecated name bufferSize (131072) disagree; pass bufferBytes only",
+    );
+  },
+  perms,
+);
+
+test(
+  "options of the wrong type are TypeErrors naming the option, out of range ones RangeErrors",
+  async () => {
+    const typeError = (pattern: RegExp) => (error: unknown) =>
+      error instanceof TypeError && pattern.test((error as Error).message);
+    // deno-lint-ignore no-explicit-any
+    const any = (value: unknown) => value as any;
+    assert.throws(
+      () => socketpair({ bufferBytes: any("1024") }),
+      typeError(
+        /^Cannot create socket pair: bufferBytes must be a number, got string$/,
+      ),
+    );
+    assert.throws(
+      () => socketpair({ bufferSize: any("1024") }),
+      typeError(
+        /^Cannot create socket pair: bufferSize must be a number, got string$/,
+      ),
+    );
+    assert.throws(
+      () => socketpair({ bufferBytes: 2 ** 31 }),
+      (error: Error) =>
+        error instanceof RangeError &&
+        /bufferBytes must be a positive integer/.test(error.message),
+    );
+    assert.throws(
+      () => socketpair(any(null)),
+      typeError(
+        /^Cannot create socket pair: expected an options object, got null$/,
+      ),
+    );
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    await assert.rejects(
+      b.recv({ maxFds: any("3") }),
+      typeError(
+        /^Cannot receive on UnixSocket: maxFds must be a number, got string$/,
+      ),
+    );
+    await assert.rejects(
+      b.recv({ maxBytes: any(null) }),
+      typeError(
+        /^Cannot receive on UnixSocket: maxBytes must be a number, got null$/,
+      ),
+    );
+    await assert.rejects(
+      a.send(new Uint8Array(1), { fds: any(5) }),
+      typeError(
+        /^Cannot send on UnixSocket: fds must be an array of endpoints or fds, got number$/,
+      ),
+    );
+    await assert.rejects(
+      b.recv({ signal: any("soon") }),
+      typeError(
+        /^Cannot receive on UnixSocket: signal must be an AbortSignal, got string$/,
+      ),
+    );
+    await assert.rejects(
+      b.read(new Uint8Array(4), { signal: any({ aborted: false }) }),
+      typeError(
+        /^Cannot read from UnixSocket: signal must be an AbortSignal, got Object$/,
+      ),
+    );
+    await assert.rejects(
+      a.write(new Uint8Array(4), { signal: any(1) }),
+      typeError(
+        /^Cannot write to UnixSocket: signal must be an AbortSignal, got number$/,
+      ),
+    );
+    await assert.rejects(
+      a.send(new Uint8Array(4), { signal: any(1) }),
+      typeError(
+        /^Cannot send on UnixSocket: signal must be an AbortSignal, got number$/,
+      ),
+    );
+    // Nothing was sent by the refused calls.
+    assert.equal(peekSize(b.rawFd, false), -1);
+  },
+  perms,
+);
+
+test(
+  "new UnixSocket() names why an fd cannot be adopted: not open, or not a socket",
+  () => {
+    using p = pipe();
+    assert.throws(
+      () => new UnixSocket(p.reader.rawFd),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message ===
+          `Cannot adopt fd ${p.reader.rawFd} as UnixSocket: it is not a socket`,
+    );
+    const closed = p.writer.rawFd;
+    p.writer.close();
+    assert.throws(
+      () => new UnixSocket(closed),
+      (error: Error) =>
+        error instanceof Deno.errors.BadResource &&
+        error.message ===
+          `Cannot adopt fd ${closed} as UnixSocket: it is not open`,
+    );
   },
   perms,
 );
