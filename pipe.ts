@@ -99,7 +99,24 @@ function brokenPipe<T>(write: () => T): T {
   }
 }
 
-/** The read end of a pipe. */
+/**
+ * The read end of a pipe, from {@linkcode pipe}, {@linkcode duplex} or
+ * `fromFd()`.
+ *
+ * @example Read until every writer is closed
+ * ```ts
+ * import { pipe } from "@conduit/ipc/pipe";
+ *
+ * const { reader, writer } = pipe();
+ * await writer.write(new TextEncoder().encode("hello"));
+ * writer.close();
+ * const buf = new Uint8Array(1024);
+ * let total = 0;
+ * for (let n; (n = await reader.read(buf)) !== null;) total += n;
+ * console.log(total); // 5
+ * reader.close();
+ * ```
+ */
 export class PipeReader implements Disposable {
   #fd: OwnedFd;
   #spinner: Spinner;
@@ -150,6 +167,19 @@ export class PipeReader implements Disposable {
    * buffer was transferred away (also while the read waits: the data stays
    * for the next read). The promise rejects.
    * @throws The signal's reason when it is aborted.
+   *
+   * @example Stop waiting after 100 ms
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * const buf = new Uint8Array(64);
+   * try {
+   *   await p.reader.read(buf, { signal: AbortSignal.timeout(100) });
+   * } catch (error) {
+   *   console.log((error as Error).name); // "TimeoutError": nothing came
+   * }
+   * ```
    */
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
     let into: Uint8Array;
@@ -170,7 +200,17 @@ export class PipeReader implements Disposable {
    *
    * @param buffer Where to put the bytes (any `ArrayBufferView`).
    * @returns The number of bytes read, or `null` at EOF.
-   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`.
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away.
+   *
+   * @example Read what is already there
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * p.writer.writeSync(new Uint8Array([1, 2, 3]));
+   * console.log(p.reader.readSync(new Uint8Array(8))); // 3
+   * ```
    */
   readSync(buffer: ArrayBufferView): number | null {
     const into = asBytes(buffer, READ);
@@ -222,7 +262,22 @@ export class PipeReader implements Disposable {
   }
 }
 
-/** The write end of a pipe. */
+/**
+ * The write end of a pipe, from {@linkcode pipe}, {@linkcode duplex} or
+ * `fromFd()`.
+ *
+ * @example Pipe a stream of text through
+ * ```ts
+ * import { pipe } from "@conduit/ipc/pipe";
+ *
+ * const { reader, writer } = pipe();
+ * const text = new Response(reader.readable).text();
+ * await ReadableStream.from(["a", "b", "c"])
+ *   .pipeThrough(new TextEncoderStream())
+ *   .pipeTo(writer.writable); // closes the writer at the end
+ * console.log(await text); // "abc"
+ * ```
+ */
 export class PipeWriter implements Disposable {
   #fd: OwnedFd;
   #writes: OrderedWrites;
@@ -282,6 +337,19 @@ export class PipeWriter implements Disposable {
    * `Deno.errors.BrokenPipe` when no reader is left, with `TypeError`
    * when `bytes` is not an `ArrayBufferView` or its buffer was transferred
    * away, and with the signal's reason when it is aborted.
+   *
+   * @example Write more than the pipe holds while it is read
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * const written = p.writer.write(new Uint8Array(1 << 20)); // waits for room
+   * const buf = new Uint8Array(64 * 1024);
+   * let total = 0;
+   * while (total < 1 << 20) total += (await p.reader.read(buf)) ?? 0;
+   * await written;
+   * console.log(total); // 1048576
+   * ```
    */
   write(bytes: ArrayBufferView, options?: WriteOptions): Promise<void> {
     return this.#write(bytes, options?.signal);
@@ -310,8 +378,18 @@ export class PipeWriter implements Disposable {
    * earlier write.
    *
    * @param bytes The bytes to write (any `ArrayBufferView`).
-   * @throws {TypeError} When `bytes` is not an `ArrayBufferView`.
+   * @throws {TypeError} When `bytes` is not an `ArrayBufferView`, or its
+   * buffer was transferred away.
    * @throws {Deno.errors.BrokenPipe} When no reader is left.
+   *
+   * @example Write without awaiting
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * p.writer.writeSync(new TextEncoder().encode("now"));
+   * console.log(await p.reader.read(new Uint8Array(8))); // 3
+   * ```
    */
   writeSync(bytes: ArrayBufferView): void {
     const from = asBytes(bytes, WRITE);

@@ -163,6 +163,17 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
    * @returns The connected socket.
    * @throws The signal's reason when it is aborted; `BadResource` when the
    * listener is closed meanwhile.
+   *
+   * @example Accept one connection, or give up after five seconds
+   * ```ts
+   * import { connect, listen } from "@conduit/ipc/socketpair";
+   *
+   * using server = listen({ abstract: `example-${crypto.randomUUID()}` });
+   * using client = await connect({ abstract: server.abstract! });
+   * using conn = await server.accept({ signal: AbortSignal.timeout(5000) });
+   * await client.write(new TextEncoder().encode("hi"));
+   * console.log(await conn.read(new Uint8Array(8))); // 2
+   * ```
    */
   async accept(options: AcceptOptions = {}): Promise<UnixSocket> {
     const { signal } = options;
@@ -178,6 +189,16 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
    * Waits for the next connection, blocking the thread.
    *
    * @returns The connected socket.
+   *
+   * @example Take a connection that is already queued
+   * ```ts
+   * import { connect, listen } from "@conduit/ipc/socketpair";
+   *
+   * using server = listen({ abstract: `example-${crypto.randomUUID()}` });
+   * using client = await connect({ abstract: server.abstract! });
+   * using conn = server.acceptSync(); // queued: it does not block
+   * console.log(conn.peerCredentials().pid === Deno.pid); // true
+   * ```
    */
   acceptSync(): UnixSocket {
     flushBeforeSpin(); // what this thread sent may be what a client awaits

@@ -259,6 +259,18 @@ export class UnixSocket implements Disposable {
    * buffer was transferred away (also while the read waits: the data stays
    * for the next read).
    * @throws The signal's reason when it is aborted.
+   *
+   * @example Read what the peer wrote
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * await a.write(new TextEncoder().encode("hi"));
+   * const buf = new Uint8Array(16);
+   * const n = await b.read(buf, { signal: AbortSignal.timeout(5000) });
+   * console.log(new TextDecoder().decode(buf.subarray(0, n ?? 0))); // "hi"
+   * ```
    */
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
     let into: Uint8Array;
@@ -282,6 +294,16 @@ export class UnixSocket implements Disposable {
    * @returns The number of bytes read, or `null` at end of stream.
    * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
    * buffer was transferred away.
+   *
+   * @example Read with a blocking call
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * a.writeSync(new Uint8Array([1, 2, 3]));
+   * console.log(b.readSync(new Uint8Array(8))); // 3
+   * ```
    */
   readSync(buffer: ArrayBufferView): number | null {
     this.#assertStream("read from");
@@ -305,6 +327,18 @@ export class UnixSocket implements Disposable {
    * `Deno.errors.BrokenPipe` when the peer is gone, with `TypeError` when
    * `bytes` is not an `ArrayBufferView` or its buffer was transferred
    * away, and with the signal's reason when it is aborted.
+   *
+   * @example Write, giving up if the peer does not read within a second
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * await a.write(new TextEncoder().encode("ping"), {
+   *   signal: AbortSignal.timeout(1000),
+   * });
+   * console.log(await b.read(new Uint8Array(8))); // 4
+   * ```
    */
   write(bytes: ArrayBufferView, options?: WriteOptions): Promise<void> {
     return this.#write(bytes, options?.signal);
@@ -331,6 +365,16 @@ export class UnixSocket implements Disposable {
    * call order and never land inside a pending write.
    *
    * @param bytes The bytes to write.
+   *
+   * @example Write without awaiting
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * a.writeSync(new TextEncoder().encode("now"));
+   * console.log(await b.read(new Uint8Array(8))); // 3
+   * ```
    */
   writeSync(bytes: ArrayBufferView): void {
     this.#assertStream("write to");
@@ -378,6 +422,19 @@ export class UnixSocket implements Disposable {
    * read everything sent before, and this side can still read.
    *
    * @param how `"write"` (the default), `"read"` or `"both"`.
+   *
+   * @example Ask, then end writing; the answer still comes
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * await a.write(new TextEncoder().encode("question"));
+   * a.shutdown("write");
+   * console.log(await new Response(b.readable).text()); // "question"
+   * await b.write(new TextEncoder().encode("answer"));
+   * console.log(await a.read(new Uint8Array(16))); // 6
+   * ```
    */
   shutdown(how: ShutdownHow = "write"): void {
     const value = SHUTDOWN[how];
@@ -458,6 +515,16 @@ export class UnixSocket implements Disposable {
    *
    * @param bytes The message or bytes.
    * @param options Fds to pass and whether to close them once sent.
+   *
+   * @example Send a message with a blocking call
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair({ type: "seqpacket" });
+   * const [a, b] = pair;
+   * a.sendSync(new TextEncoder().encode("hello"));
+   * console.log(b.recvSync()!.data.length); // 5
+   * ```
    */
   sendSync(bytes: Uint8Array, options: SocketSendOptions = {}): void {
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
@@ -581,6 +648,16 @@ export class UnixSocket implements Disposable {
    *
    * @param options Fd and byte limits.
    * @returns The message, or `null` at end of stream.
+   *
+   * @example Receive a message with a blocking call
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair({ type: "dgram" });
+   * const [a, b] = pair;
+   * await a.send(new Uint8Array([7]));
+   * console.log(b.recvSync()!.data[0]); // 7
+   * ```
    */
   recvSync(options: SocketRecvOptions = {}): SocketMessage | null {
     const { maxFds, maxBytes } = recvLimits(options);
@@ -685,6 +762,15 @@ export class UnixSocket implements Disposable {
    * process that created the pair.
    *
    * @returns The peer's pid, uid and gid.
+   *
+   * @example Check who is at the other end
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * // A pair's peer is the process that made it: this one.
+   * console.log(pair[0].peerCredentials().pid === Deno.pid); // true
+   * ```
    */
   peerCredentials(): PeerCredentials {
     return peerCredentialsOf(this.#fd.fd);
