@@ -27,6 +27,26 @@ export interface ReadOptions {
    * that long first.
    */
   spin?: number;
+  /**
+   * Aborting it while the read waits rejects the read with the signal's
+   * reason; nothing is taken, so a later read gets the data. Already
+   * aborted: the read rejects at once, without reading.
+   */
+  signal?: AbortSignal;
+}
+
+/** Options for a single write. */
+export interface WriteOptions {
+  /**
+   * Aborting it while the write waits for room gives the write up: the
+   * promise rejects with the signal's reason. A write that has not started
+   * is taken out of the queue and nothing of it is written. A write that is
+   * partly out cannot be taken back: its promise rejects at once, and the
+   * rest of its bytes (copied, so the buffer may be reused) still go out
+   * ahead of later writes, so the peer never sees a torn stream. Already
+   * aborted: the write rejects at once, without writing.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -45,7 +65,8 @@ export function spinnerFor(
   return new Spinner(checkSpin(spin, doing));
 }
 
-function describe(value: unknown): string {
+/** A short name for the type of `value`, for messages. */
+export function describe(value: unknown): string {
   if (value === null) return "null";
   if (typeof value !== "object") return typeof value;
   return (value as { constructor?: { name?: string } }).constructor?.name ??
@@ -53,16 +74,53 @@ function describe(value: unknown): string {
 }
 
 /**
+ * Checks a `signal` option before a call starts.
+ *
+ * @throws {TypeError} When `signal` is neither `undefined` nor an
+ * `AbortSignal`; `doing` starts the message.
+ * @throws The signal's reason when it is already aborted.
+ */
+export function checkSignal(signal: unknown, doing: string): void {
+  if (signal === undefined) return;
+  if (!(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `${doing}: signal must be an AbortSignal, got ${describe(signal)}`,
+    );
+  }
+  if (signal.aborted) throw signal.reason;
+}
+
+/** Whether the memory under `view` was transferred away (detached). */
+export function isDetached(view: ArrayBufferView): boolean {
+  return (view.buffer as ArrayBuffer).detached === true;
+}
+
+/**
+ * The error of a call whose buffer was transferred away (detached); `doing`
+ * starts the message, and `detail`, when given, ends it.
+ */
+export function detachedError(doing: string, detail = ""): TypeError {
+  return new TypeError(
+    `${doing}: the buffer was transferred (detached)${detail}`,
+  );
+}
+
+/**
  * The bytes of `value` as a `Uint8Array` over the same memory: any typed
  * array (of any element size) or `DataView` is written or filled byte for
  * byte, exactly `byteLength` bytes.
  *
- * @throws {TypeError} When `value` is not an `ArrayBufferView`; `doing`
- * starts the message, such as `"Cannot write to PipeWriter"`.
+ * @throws {TypeError} When `value` is not an `ArrayBufferView`, or its
+ * buffer was transferred away; `doing` starts the message, such as
+ * `"Cannot write to PipeWriter"`.
  */
 export function asBytes(value: unknown, doing: string): Uint8Array {
-  if (value instanceof Uint8Array) return value;
   if (ArrayBuffer.isView(value)) {
+    // A transferred buffer leaves views of length 0: only then look.
+    if (value.byteLength === 0 && isDetached(value)) {
+      throw detachedError(doing);
+    }
+    if (value instanceof Uint8Array) return value;
     return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
   }
   throw new TypeError(
@@ -74,13 +132,19 @@ export function asBytes(value: unknown, doing: string): Uint8Array {
 
 /**
  * Reads into `into`: bytes read, or `null` at EOF. Tries now, then spins as
- * `spinner` allows, then waits in the poller and tries again.
+ * `spinner` allows, then waits in the poller and tries again. `signal`,
+ * checked by the caller ({@linkcode checkSignal}), ends the wait (never a
+ * read: what arrives stays for the next one).
+ *
+ * A buffer transferred away while the read waits fails the read with a
+ * `TypeError`, never a false EOF; the data stays for the next read.
  */
 export function readAsync(
   owner: OwnedFd,
   tryRead: TryRead,
   into: Uint8Array,
   spinner: Spinner,
+  signal: AbortSignal | undefined,
 ): Promise<number | null> {
   if (into.byteLength === 0) {
     try {
@@ -93,9 +157,18 @@ export function readAsync(
   return untilReady(
     () => {
       const n = tryRead(owner.fd, into);
-      return n > 0 ? n : n === 0 ? null : undefined;
+      if (n > 0) return n;
+      if (n < 0) return undefined;
+      // A transferred buffer reads 0 bytes too: that is no EOF.
+      if (into.byteLength === 0) {
+        throw detachedError(
+          `Cannot read from ${owner.what}`,
+          " while the read waited; the data stays for the next read",
+        );
+      }
+      return null;
     },
-    () => owner.wait("read"),
+    () => owner.wait("read", signal),
     spinner,
   );
 }
@@ -107,6 +180,24 @@ interface WriteJob extends QueuedCall<void> {
 }
 
 /**
+ * The error of a queued write or send whose buffer was transferred while it
+ * waited: how much of it went out, so a torn stream is never silent.
+ */
+export function transferredWhileWaiting(
+  doing: string,
+  call: "write" | "send",
+  done: number,
+): TypeError {
+  const past = call === "write" ? "written" : "sent";
+  return detachedError(
+    doing,
+    done === 0
+      ? ` while the ${call} waited; none of it was ${past}`
+      : ` while the ${call} waited, after ${done} of its bytes were ${past}; the rest were not`,
+  );
+}
+
+/**
  * The writes of one byte-stream endpoint, in the order they were called.
  *
  * `write()` sends what fits at once and queues the rest behind earlier
@@ -114,7 +205,8 @@ interface WriteJob extends QueuedCall<void> {
  * interleave; a queued write waits with the shared spin-then-park.
  * `writeSync()` first finishes every queued write (blocking), then writes
  * its own bytes: bytes leave in call order whichever form each call used,
- * and a sync write never lands inside a pending one.
+ * and a sync write never lands inside a pending one. A write's signal
+ * gives it up as {@linkcode WriteOptions.signal} says.
  */
 export class OrderedWrites implements QueueHost<WriteJob, void> {
   #owner: OwnedFd;
@@ -140,8 +232,11 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
     this.#queue = new CallQueue(this, spinner);
   }
 
-  /** Writes every byte after every earlier write; waits while full. */
-  write(bytes: Uint8Array): Promise<void> {
+  /**
+   * Writes every byte after every earlier write; waits while full. The
+   * caller has checked `signal` ({@linkcode checkSignal}).
+   */
+  write(bytes: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
     let done = 0;
     try {
       this.#owner.assertOpen();
@@ -152,7 +247,7 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#queue.push({ bytes, done });
+    return this.#queue.push({ bytes, done, signal });
   }
 
   /** Finishes every queued write, then writes `bytes`, blocking. */
@@ -175,8 +270,33 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
   /** @internal Writes what fits of the first queued write. */
   advance(jobs: readonly WriteJob[]): number {
     const job = jobs[0];
+    if (job.bytes.byteLength === 0 && isDetached(job.bytes)) {
+      throw transferredWhileWaiting(
+        `Cannot write to ${this.#owner.what}`,
+        "write",
+        job.done,
+      );
+    }
     job.done = this.#some(job.bytes, job.done);
     return job.done === job.bytes.byteLength ? 1 : 0;
+  }
+
+  /** @internal Whether some of a queued write is out. */
+  started(job: WriteJob): boolean {
+    return job.done > 0;
+  }
+
+  /** @internal Its caller gave up: keep a copy of what is left. */
+  abandon(job: WriteJob): void {
+    if (job.bytes.byteLength === 0 && isDetached(job.bytes)) {
+      throw transferredWhileWaiting(
+        `Cannot write to ${this.#owner.what}`,
+        "write",
+        job.done,
+      );
+    }
+    job.bytes = job.bytes.slice(job.done);
+    job.done = 0;
   }
 
   /** @internal Waits for room. */
@@ -194,6 +314,13 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
 
   /** @internal Finishes a queued write, blocking. */
   finishBlocking(job: WriteJob): void {
+    if (job.bytes.byteLength === 0 && isDetached(job.bytes)) {
+      throw transferredWhileWaiting(
+        `Cannot write to ${this.#owner.what}`,
+        "write",
+        job.done,
+      );
+    }
     this.#writeAllBlocking(this.#owner.fd, job.bytes.subarray(job.done));
     job.done = job.bytes.byteLength;
   }
@@ -244,19 +371,21 @@ export function byteReadable(
 /**
  * A `WritableStream` over a write-all function: each chunk is written whole
  * before the next is taken, so the stream's queue gives backpressure.
+ * Aborting the stream gives up the write in flight (through its signal),
+ * then calls `close` at once: abort discards what has not gone out.
  */
 export function byteWritable(
-  write: (chunk: Uint8Array) => Promise<void>,
+  write: (chunk: Uint8Array, signal: AbortSignal) => Promise<void>,
   close: () => void,
 ): WritableStream<Uint8Array> {
   return new WritableStream({
-    async write(chunk) {
+    async write(chunk, controller) {
       if (!(chunk instanceof Uint8Array)) {
         throw new TypeError(
           "Cannot write to stream: chunk must be a Uint8Array",
         );
       }
-      await write(chunk);
+      await write(chunk, controller.signal);
     },
     close() {
       close();

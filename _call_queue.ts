@@ -12,6 +12,14 @@
  * call (`writeSync`, `sendSync`) finish the queue first so that bytes leave
  * in call order whichever form each call used.
  *
+ * A call may carry an `AbortSignal`. Aborting it while the call waits gives
+ * the call up with the signal's reason: a call that has not started is
+ * taken out of the queue (nothing of it goes), and the calls behind it move
+ * up. A call that has partly gone out (a stream write with some bytes in
+ * the pipe) cannot be taken back: its promise rejects with the reason at
+ * once, and the host keeps the rest ({@linkcode QueueHost.abandon}), which
+ * still goes out ahead of later calls, so a byte stream is never torn.
+ *
  * @module
  */
 
@@ -23,6 +31,10 @@ export interface QueuedCall<T> {
   resolve?: (value: T | PromiseLike<T>) => void;
   /** Set by the queue when the call is queued. */
   reject?: (error: unknown) => void;
+  /** Aborting it gives the call up while it waits (see above). */
+  signal?: AbortSignal;
+  /** Set by the queue while it listens to `signal`. */
+  onAbort?: () => void;
 }
 
 /** What an endpoint tells its queue. */
@@ -37,10 +49,22 @@ export interface QueueHost<J extends QueuedCall<T>, T> {
   /**
    * Waits until advancing may get further (room in the socket, a message
    * in the ring). A rejection fails `head` alone; the queue then looks
-   * again. `signal`, when given, is aborted when a blocking call finished
-   * the queue meanwhile.
+   * again. `signal`, when given, is aborted when the queue changed
+   * meanwhile (a blocking call finished it, the head was given up); it is
+   * given whenever the host has `finishBlocking` or the head has a signal.
    */
   park(head: J, signal: AbortSignal | undefined): Promise<void>;
+  /**
+   * Whether part of the call has gone out, so that it can no longer be
+   * taken back. Absent: calls go whole or not at all.
+   */
+  started?(job: J): boolean;
+  /**
+   * The caller gave up a started call: keep what is needed to finish it
+   * (copy the bytes left, as the caller may now reuse its buffer). A throw
+   * fails the call with that error and takes it out of the queue.
+   */
+  abandon?(job: J): void;
   /** What a finished call resolves with. */
   done(job: J): T | PromiseLike<T>;
   /** What a failed call rejects with. */
@@ -61,6 +85,9 @@ export interface QueueHost<J extends QueuedCall<T>, T> {
 /** The reason a park is aborted with when the queue changed under it. */
 const LOOK_AGAIN = Symbol("look again");
 
+/** What an abandoned call settles with: its caller was answered already. */
+function ignore(): void {}
+
 /** The calls of one endpoint that wait their turn, in call order. */
 export class CallQueue<J extends QueuedCall<T>, T = void> {
   #host: QueueHost<J, T>;
@@ -73,6 +100,8 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
   /** Whether the host is advancing (a settled call may call back). */
   #advancing = false;
   #parked: AbortController | undefined;
+  /** The call the running park waits for. */
+  #parkedHead: J | undefined;
   readonly #attempt = (): true | undefined => this.#advance() || undefined;
   readonly #park = (): Promise<void> => this.#parkHead();
   readonly #endGathering = (): void => {
@@ -120,6 +149,15 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
     const { promise, resolve, reject } = Promise.withResolvers<T>();
     job.resolve = resolve;
     job.reject = reject;
+    const { signal } = job;
+    if (signal !== undefined) {
+      if (signal.aborted) {
+        this.#fail(job, signal.reason);
+        return promise;
+      }
+      job.onAbort = () => this.#abort(job);
+      signal.addEventListener("abort", job.onAbort, { once: true });
+    }
     this.#jobs.push(job);
     this.gather();
     return promise;
@@ -175,12 +213,12 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
       try {
         await untilReady(this.#attempt, this.#park, this.#spinner);
       } catch (error) {
-        // A blocking call finished the queue meanwhile: look again.
-        if (error === LOOK_AGAIN) continue;
-        // The wait failed (the endpoint closed, the call's signal was
-        // aborted): that call fails, later ones get their own look.
-        const head = jobs.shift();
-        if (head !== undefined) this.#fail(head, error);
+        // A blocking call finished the queue meanwhile, or the call parked
+        // for was given up: look again.
+        if (error === LOOK_AGAIN || jobs[0] !== this.#parkedHead) continue;
+        // The wait failed (the endpoint closed): that call fails, later
+        // ones get their own look.
+        this.#fail(jobs.shift()!, error);
       }
     }
     this.#flushing = false;
@@ -188,7 +226,8 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
 
   #parkHead(): Promise<void> {
     const head = this.#jobs[0];
-    if (this.#host.finishBlocking === undefined) {
+    this.#parkedHead = head;
+    if (this.#host.finishBlocking === undefined && head.signal === undefined) {
       return this.#host.park(head, undefined);
     }
     const parked = new AbortController();
@@ -196,6 +235,45 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
     return this.#host.park(head, parked.signal).finally(() => {
       if (this.#parked === parked) this.#parked = undefined;
     });
+  }
+
+  /** `job`'s signal was aborted while it waited. */
+  #abort(job: J): void {
+    if (this.#advancing) {
+      // Not in the middle of moving the queue on: right after.
+      queueMicrotask(() => this.#abort(job));
+      return;
+    }
+    const jobs = this.#jobs;
+    const at = jobs.indexOf(job);
+    if (at === -1) return; // settled meanwhile
+    const reason = job.signal!.reason;
+    if (this.#host.started?.(job)) {
+      try {
+        this.#host.abandon?.(job);
+      } catch (error) {
+        jobs.splice(at, 1);
+        this.#fail(job, error);
+        if (at === 0) this.#parked?.abort(LOOK_AGAIN);
+        return;
+      }
+      // It stays in line to finish; its caller hears now.
+      const reject = job.reject!;
+      job.resolve = ignore;
+      job.reject = ignore;
+      this.#unlisten(job);
+      reject(reason);
+      return;
+    }
+    jobs.splice(at, 1);
+    this.#fail(job, reason);
+    if (at === 0) this.#parked?.abort(LOOK_AGAIN);
+  }
+
+  #unlisten(job: J): void {
+    if (job.onAbort === undefined) return;
+    job.signal!.removeEventListener("abort", job.onAbort);
+    job.onAbort = undefined;
   }
 
   /** Advances what can go now; true once nothing is left. */
@@ -222,6 +300,7 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
   }
 
   #finish(job: J): void {
+    this.#unlisten(job);
     let value: T | PromiseLike<T>;
     try {
       value = this.#host.done(job);
@@ -233,6 +312,7 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
   }
 
   #fail(job: J, error: unknown): void {
+    this.#unlisten(job);
     this.#settle(job, false, this.#host.failed(job, error));
   }
 

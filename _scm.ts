@@ -23,6 +23,7 @@ import {
   writeRights,
 } from "./ffi/cmsg.ts";
 import { MAY_MOVE, MessageArea } from "./ffi/msghdr.ts";
+import { isDetached } from "./_byte_io.ts";
 
 export { closeAll, MAX_FDS } from "./ffi/cmsg.ts";
 
@@ -104,7 +105,8 @@ let batch: MessageArea | undefined;
  * @param start The first one to send.
  * @returns How many were sent (at least one), or -1 when the socket has no
  * room for the first. A message after the first that cannot go now ends the
- * count; sending from it again reports why.
+ * count; sending from it again reports why. So does a message whose buffer
+ * was transferred away (the caller checks the first itself).
  * @throws The system error of the first message when it cannot be sent
  * (EMSGSIZE, EPIPE, EBADF, ...).
  */
@@ -123,6 +125,10 @@ export function sendMessages(
   let control = 0;
   for (let i = start; i < messages.length && count < BATCH_MAX; i++) {
     const { data, fds } = messages[i];
+    // A buffer transferred away while its message waited: it must not go
+    // as an empty message. The batch ends before it; the caller reports it
+    // once it is first.
+    if (data.byteLength === 0 && count > 0 && isDetached(data)) break;
     const space = fds.length === 0 ? 0 : cmsgSpace(fds.length * 4);
     // A batch always takes its first message; MAX_FDS fit the space.
     if (control + space > BATCH_CONTROL) break;

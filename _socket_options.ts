@@ -8,7 +8,7 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check } from "./ffi/errors.ts";
+import { check, ERRNO, type SystemError } from "./ffi/errors.ts";
 import { SOCK, UCRED } from "./ffi/layout.ts";
 import type { Credentials } from "./ffi/cmsg.ts";
 
@@ -66,6 +66,34 @@ export function getIntOption(
 }
 
 /**
+ * The kernel type (`SO_TYPE`) of an fd handed to an endpoint's constructor,
+ * with the reason when it is not a socket at all.
+ *
+ * @throws {Deno.errors.BadResource} When `fd` is not open.
+ * @throws {TypeError} When `fd` is not a socket.
+ */
+export function adoptedSocketType(fd: number, what: string): number {
+  try {
+    return getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE");
+  } catch (error) {
+    const code = (error as Partial<SystemError>)?.errno;
+    if (code === ERRNO.EBADF) {
+      throw new Deno.errors.BadResource(
+        `Cannot adopt fd ${fd} as ${what}: it is not open`,
+        { cause: error },
+      );
+    }
+    if (code === ERRNO.ENOTSOCK) {
+      throw new TypeError(
+        `Cannot adopt fd ${fd} as ${what}: it is not a socket`,
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+}
+
+/**
  * An int `SOL_SOCKET` option, or `undefined` when the fd has none (not
  * open, not a socket): for telling what an fd from a peer is.
  */
@@ -110,6 +138,60 @@ export function peerCredentialsOf(fd: number): Credentials {
     gid: view.getUint32(UCRED.gid, true),
   };
 }
+
+/**
+ * Checks that an options argument is an object (or absent, when `optional`).
+ *
+ * @throws {TypeError} Otherwise; `doing` says what failed, such as
+ * `"listen"`.
+ */
+export function checkOptionsObject(
+  options: unknown,
+  doing: string,
+  what = "an options object",
+): void {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Cannot ${doing}: expected ${what}, got ${
+        options === null ? "null" : typeof options
+      }`,
+    );
+  }
+}
+
+/**
+ * Checks that a numeric option, when given, is a number at all; its range
+ * is the caller's to check.
+ *
+ * @throws {TypeError} When it is given and not a number, naming `name`.
+ */
+export function checkNumberOption(
+  value: unknown,
+  name: string,
+  doing: string,
+): void {
+  if (value !== undefined && typeof value !== "number") {
+    throw new TypeError(
+      `Cannot ${doing}: ${name} must be a number, got ${
+        value === null ? "null" : typeof value
+      }`,
+    );
+  }
+}
+
+/** The name a socket was connected or accepted on. */
+export interface SocketName {
+  /** A filesystem path. */
+  path?: string;
+  /** A Linux abstract name. */
+  abstract?: string;
+}
+
+/**
+ * The names of sockets made by `connect()` and `accept()`, for inspection
+ * only: kept beside the socket, so the public class carries no setter.
+ */
+export const socketNames: WeakMap<object, SocketName> = new WeakMap();
 
 /** The socket type of a named socket: datagram sockets do not connect. */
 export type ListenType = "stream" | "seqpacket";

@@ -24,6 +24,15 @@ import {
   sendNoWait,
 } from "./_scm.ts";
 import { getIntOption, type SocketType } from "./_socket_options.ts";
+import {
+  checkSignal,
+  describe,
+  detachedError,
+  isDetached,
+  transferredWhileWaiting,
+} from "./_byte_io.ts";
+
+const SEND = "Cannot send on UnixSocket";
 
 /** Options for `UnixSocket.send()`. */
 export interface SocketSendOptions {
@@ -39,6 +48,16 @@ export interface SocketSendOptions {
    * are left alone). Default `false`.
    */
   closeSent?: boolean;
+  /**
+   * Aborting it while the send waits for room gives the send up: the
+   * promise rejects with the signal's reason. A message, or stream bytes
+   * not yet started, is taken out of the queue: nothing of it is sent (its
+   * fds neither). Stream bytes partly out cannot be taken back: the promise
+   * rejects at once, and the rest (copied, so the buffer may be reused)
+   * still goes out ahead of later sends, so the peer never sees a torn
+   * stream. Already aborted: the send rejects at once, without sending.
+   */
+  signal?: AbortSignal;
 }
 
 /** One send: what is left, the fds it carries, and who waits for it. */
@@ -57,7 +76,10 @@ interface SendJob extends QueuedCall<void> {
   /** Stream sockets: bytes already written. */
   offset: number;
   fdsSent: boolean;
+  signal: AbortSignal | undefined;
 }
+
+const NO_OPTIONS: SocketSendOptions = Object.freeze({});
 
 /** The sends of one socket, in call order. */
 export class SocketSends implements QueueHost<SendJob, void> {
@@ -75,11 +97,25 @@ export class SocketSends implements QueueHost<SendJob, void> {
     this.#queue = new CallQueue<SendJob>(this, new Spinner());
   }
 
+  /** `UnixSocket.write()`: a send without fds. */
+  write(bytes: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
+    return this.#send(bytes, NO_OPTIONS, signal);
+  }
+
   /** `UnixSocket.send()`. */
   send(bytes: Uint8Array, options: SocketSendOptions): Promise<void> {
+    return this.#send(bytes, options, options.signal);
+  }
+
+  #send(
+    bytes: Uint8Array,
+    options: SocketSendOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     let job: SendJob;
     try {
-      job = this.#prepareSend(bytes, options);
+      checkSignal(signal, SEND);
+      job = this.#prepareSend(bytes, options, signal);
       // Nothing waits before it: try right away. Further messages of this
       // turn are gathered and leave together (sendmmsg).
       if (this.#queue.clear) {
@@ -102,7 +138,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
   /** `UnixSocket.sendSync()`: sends still queued go first. */
   sendSync(bytes: Uint8Array, options: SocketSendOptions): void {
     try {
-      const job = this.#prepareSend(bytes, options);
+      const job = this.#prepareSend(bytes, options, undefined);
       this.#queue.drainBlocking();
       this.#sendWhole(job);
       this.#finishSend(job);
@@ -135,9 +171,29 @@ export class SocketSends implements QueueHost<SendJob, void> {
    * are done; a failure is the first one's.
    */
   advance(jobs: readonly SendJob[]): number {
+    this.#checkAttached(jobs[0]);
     if (this.#type === "stream") return this.#step(jobs[0]) ? 1 : 0;
     const sent = sendMessages(this.#fd.fd, jobs, 0);
     return sent < 0 ? 0 : sent;
+  }
+
+  /** Whether some of a queued send is out: stream bytes only. */
+  started(job: SendJob): boolean {
+    return this.#type === "stream" && job.offset > 0;
+  }
+
+  /** Its caller gave up a started stream send: keep a copy of the rest. */
+  abandon(job: SendJob): void {
+    this.#checkAttached(job);
+    job.data = job.data.slice(job.offset);
+    job.offset = 0;
+  }
+
+  /** Throws when a queued send's buffer was transferred away meanwhile. */
+  #checkAttached(job: SendJob): void {
+    if (job.data.byteLength === 0 && isDetached(job.data)) {
+      throw transferredWhileWaiting(SEND, "send", job.offset);
+    }
   }
 
   /** Waits for room. */
@@ -159,6 +215,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
 
   /** Sends all of a queued job, blocking while the peer is full. */
   finishBlocking(job: SendJob): void {
+    this.#checkAttached(job);
     this.#sendWhole(job);
   }
 
@@ -169,14 +226,29 @@ export class SocketSends implements QueueHost<SendJob, void> {
     }
   }
 
-  #prepareSend(bytes: Uint8Array, options: SocketSendOptions): SendJob {
+  #prepareSend(
+    bytes: Uint8Array,
+    options: SocketSendOptions,
+    signal: AbortSignal | undefined,
+  ): SendJob {
     this.#fd.assertOpen();
     if (!(bytes instanceof Uint8Array)) {
       throw new TypeError(
-        "Cannot send on UnixSocket: bytes must be a Uint8Array",
+        `${SEND}: bytes must be a Uint8Array, got ${describe(bytes)}`,
       );
     }
+    // A transferred buffer leaves a view of length 0: only then look.
+    if (bytes.byteLength === 0 && isDetached(bytes)) {
+      throw detachedError(SEND);
+    }
     const given = options.fds ?? [];
+    if (!Array.isArray(given)) {
+      throw new TypeError(
+        `${SEND}: fds must be an array of endpoints or fds, got ${
+          describe(given)
+        }`,
+      );
+    }
     if (given.length > MAX_FDS) {
       throw new RangeError(
         `Cannot send on UnixSocket: ${given.length} fds in one message, at most ${MAX_FDS} allowed`,
@@ -207,6 +279,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
       closeSent: options.closeSent === true,
       offset: 0,
       fdsSent: fds.length === 0,
+      signal,
     };
   }
 

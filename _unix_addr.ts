@@ -181,6 +181,45 @@ function statAt(dir: number, name: string): FileInfo | null {
   return fileInfo(buf);
 }
 
+const KINDS: ReadonlyMap<number, string> = new Map([
+  [S.IFSOCK, "a socket"],
+  [S.IFDIR, "a directory"],
+  [S.IFREG, "a regular file"],
+  [S.IFIFO, "a named pipe"],
+  [S.IFCHR, "a character device"],
+  [S.IFBLK, "a block device"],
+  [S.IFLNK, "a symbolic link"],
+]);
+
+/**
+ * What is at `path`, following symlinks as `connect()` does: `"a socket"`,
+ * `"a directory"`, `"a regular file"`, ..., or `undefined` when nothing is
+ * there (or it cannot be told). For error messages only.
+ */
+export function pathKind(path: string): string | undefined {
+  const buf = new Uint8Array(STAT.size + 64);
+  if (libc().fstatat(AT.FDCWD, cstr(path), buf, 0) === -1) return undefined;
+  const type = fileInfo(buf).type;
+  return KINDS.get(type) ?? "not a socket";
+}
+
+/**
+ * The deepest directory of `path` that does not exist or is not a
+ * directory, as `"/a/b/"`, for messages on ENOENT and ENOTDIR; `undefined`
+ * when every directory on the path is there.
+ */
+export function missingDirectory(
+  path: string,
+): { dir: string; kind: string | undefined } | undefined {
+  const { dir } = splitPath(path);
+  if (dir === "" || dir === "/") return undefined;
+  const kind = pathKind(dir.slice(0, -1));
+  if (kind === "a directory") return undefined;
+  // Report the first broken component from the top, so the message points
+  // at what to create or fix.
+  return missingDirectory(dir.slice(0, -1)) ?? { dir, kind };
+}
+
 /** What a connection attempt tells about a socket file. */
 type Liveness = "live" | "stale" | "gone";
 
@@ -248,22 +287,31 @@ class PrivateDir implements Disposable {
         break;
       }
       const code = errno();
-      if (code === ERRNO.ENOENT || code === ERRNO.ENOTDIR) {
+      const broken = code === ERRNO.ENOENT || code === ERRNO.ENOTDIR
+        ? missingDirectory(path)
+        : undefined;
+      if (broken !== undefined) {
         // The name's directory is missing: say so, not the private one's.
         const cause = systemError("mkdir", code, path);
-        const where = dir === "" ? "." : dir;
-        throw code === ERRNO.ENOENT
+        throw broken.kind === undefined
           ? new Deno.errors.NotFound(
-            `Cannot ${doing}: directory ${where} does not exist`,
+            `Cannot ${doing}: directory ${broken.dir} does not exist`,
             { cause },
           )
           : new Deno.errors.NotADirectory(
-            `Cannot ${doing}: ${where} is not a directory`,
+            `Cannot ${doing}: ${broken.dir} is ${broken.kind}, not a directory`,
             { cause },
           );
       }
       if (code !== ERRNO.EEXIST || attempt >= 8) {
-        throw systemError("mkdir", code, `${doing}: ${path}`);
+        const cause = systemError("mkdir", code, path);
+        const Class = cause.constructor as ErrorConstructor;
+        throw new Class(
+          `Cannot ${doing}: the socket's private directory cannot be made in ${
+            dir === "" ? "./" : dir
+          } (${cause.code}); the directory must be writable`,
+          { cause },
+        );
       }
     }
     const fd = lib.open(
@@ -412,7 +460,9 @@ export function publishPath(
       if (existing === null) continue;
       if (existing.type !== S.IFSOCK) {
         throw new Deno.errors.AlreadyExists(
-          `Cannot listen on ${path}: a file that is not a socket is in the way`,
+          `Cannot listen on ${path}: ${
+            KINDS.get(existing.type) ?? "a file"
+          } is in the way, and only a socket file left by a server that died is replaced`,
         );
       }
       const state = probe(addr);

@@ -9,14 +9,23 @@
 import { libc } from "./ffi/libc.ts";
 import { check, ERRNO, errno, systemError } from "./ffi/errors.ts";
 import { F, O, SOCK } from "./ffi/layout.ts";
-import { encodeAddress, type UnixAddress } from "./_unix_addr.ts";
 import {
+  encodeAddress,
+  missingDirectory,
+  pathKind,
+  type UnixAddress,
+} from "./_unix_addr.ts";
+import {
+  checkOptionsObject,
   KERNEL_TYPES,
   type ListenType,
   listenType,
   peerCredentialsOf,
+  socketNames,
 } from "./_socket_options.ts";
 import { UnixSocket } from "./unix_socket.ts";
+import { requirePath } from "./_permissions.ts";
+import { checkSignal } from "./_byte_io.ts";
 
 /**
  * Who the server must be, checked by {@linkcode connect} before it returns
@@ -111,15 +120,39 @@ function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   });
 }
 
-function connectError(code: number, label: string): Error {
+function connectError(
+  code: number,
+  label: string,
+  path: string | undefined,
+): Error {
   const cause = { cause: systemError("connect", code) };
-  if (code === ERRNO.ENOENT) {
+  if (code === ERRNO.ENOENT || code === ERRNO.ENOTDIR) {
+    const broken = path === undefined ? undefined : missingDirectory(path);
+    if (broken !== undefined) {
+      return broken.kind === undefined
+        ? new Deno.errors.NotFound(
+          `Cannot connect to ${label}: directory ${broken.dir} does not exist`,
+          cause,
+        )
+        : new Deno.errors.NotADirectory(
+          `Cannot connect to ${label}: ${broken.dir} is ${broken.kind}, not a directory`,
+          cause,
+        );
+    }
     return new Deno.errors.NotFound(
       `Cannot connect to ${label}: no socket exists there`,
       cause,
     );
   }
   if (code === ERRNO.ECONNREFUSED) {
+    // A file that is not a socket refuses too: say what it is.
+    const kind = path === undefined ? "a socket" : pathKind(path);
+    if (kind !== undefined && kind !== "a socket") {
+      return new Deno.errors.ConnectionRefused(
+        `Cannot connect to ${label}: it is ${kind}, not a socket`,
+        cause,
+      );
+    }
     return new Deno.errors.ConnectionRefused(
       `Cannot connect to ${label}: no server is listening`,
       cause,
@@ -127,7 +160,7 @@ function connectError(code: number, label: string): Error {
   }
   if (code === ERRNO.EACCES || code === ERRNO.EPERM) {
     return new Deno.errors.PermissionDenied(
-      `Cannot connect to ${label}: permission denied`,
+      `Cannot connect to ${label}: permission denied (connecting needs write permission on the socket file and search permission on its directories)`,
       cause,
     );
   }
@@ -152,6 +185,9 @@ function connectError(code: number, label: string): Error {
  * @param options `{ path }` or `{ abstract }`, the type, who the server
  * must be, and an abort signal.
  * @returns The connected socket.
+ * @throws {Deno.errors.NotCapable} When read and write access to `path`
+ * are not granted (`--allow-read`, `--allow-write`); an abstract name needs
+ * no permission.
  * @throws {Deno.errors.NotFound} When nothing is at the path.
  * @throws {Deno.errors.ConnectionRefused} When no server listens there.
  * @throws {Deno.errors.PermissionDenied} When the server is not the
@@ -173,11 +209,20 @@ function connectError(code: number, label: string): Error {
  * ```
  */
 export async function connect(options: ConnectOptions): Promise<UnixSocket> {
-  const type = listenType(options?.type, "connect");
+  checkOptionsObject(options, "connect", "{ path } or { abstract }");
+  const type = listenType(options.type, "connect");
   const address = encodeAddress(options, "connect to");
   const expected = serverCheck(options);
   const { signal } = options;
-  signal?.throwIfAborted();
+  checkSignal(signal, "Cannot connect");
+  if (options.path !== undefined) {
+    // Deno's permissions, honoured although the FFI could bypass them.
+    requirePath(
+      options.path,
+      ["read", "write"],
+      `Cannot connect to ${options.path}`,
+    );
+  }
   const lib = libc();
   // Nonblocking only while private to this call: cleared before anyone else
   // can hold the socket.
@@ -195,7 +240,9 @@ export async function connect(options: ConnectOptions): Promise<UnixSocket> {
       if (lib.connect(fd, address.bytes, address.length) === 0) break;
       const code = errno();
       if (code === ERRNO.EINTR) continue;
-      if (code !== ERRNO.EAGAIN) throw connectError(code, address.label);
+      if (code !== ERRNO.EAGAIN) {
+        throw connectError(code, address.label, options.path);
+      }
       // The backlog is full; a unix socket gives no readiness for room.
       await pause(backoff, signal);
       backoff = Math.min(backoff * 2, 50);
@@ -203,7 +250,14 @@ export async function connect(options: ConnectOptions): Promise<UnixSocket> {
     checkServer(fd, expected, address.label);
     const flags = check("fcntl(F_GETFL)", lib.fcntl(fd, F.GETFL, 0));
     check("fcntl(F_SETFL)", lib.fcntl(fd, F.SETFL, flags & ~O.NONBLOCK));
-    return new UnixSocket(fd, type);
+    const socket = new UnixSocket(fd, type);
+    socketNames.set(
+      socket,
+      options.path !== undefined
+        ? { path: options.path }
+        : { abstract: options.abstract },
+    );
+    return socket;
   } catch (error) {
     lib.close(fd);
     throw error;

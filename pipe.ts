@@ -42,13 +42,15 @@ import {
   asBytes,
   byteReadable,
   byteWritable,
+  checkSignal,
   OrderedWrites,
   readAsync,
   type ReadOptions,
   spinnerFor,
+  type WriteOptions,
 } from "./_byte_io.ts";
 
-export type { ReadOptions } from "./_byte_io.ts";
+export type { ReadOptions, WriteOptions } from "./_byte_io.ts";
 
 /** Options for {@linkcode pipe}. */
 export interface PipeOptions {
@@ -97,7 +99,24 @@ function brokenPipe<T>(write: () => T): T {
   }
 }
 
-/** The read end of a pipe. */
+/**
+ * The read end of a pipe, from {@linkcode pipe}, {@linkcode duplex} or
+ * `fromFd()`.
+ *
+ * @example Read until every writer is closed
+ * ```ts
+ * import { pipe } from "@conduit/ipc/pipe";
+ *
+ * const { reader, writer } = pipe();
+ * await writer.write(new TextEncoder().encode("hello"));
+ * writer.close();
+ * const buf = new Uint8Array(1024);
+ * let total = 0;
+ * for (let n; (n = await reader.read(buf)) !== null;) total += n;
+ * console.log(total); // 5
+ * reader.close();
+ * ```
+ */
 export class PipeReader implements Disposable {
   #fd: OwnedFd;
   #spinner: Spinner;
@@ -141,10 +160,26 @@ export class PipeReader implements Disposable {
    *
    * @param buffer Where to put the bytes: a `Uint8Array`, or any other
    * typed array or `DataView`, filled byte for byte.
-   * @param options Read options.
+   * @param options How the read spins, and a `signal` to give up waiting
+   * (nothing is taken then: a later read gets the data).
    * @returns The number of bytes read, or `null` at EOF (every writer closed).
-   * @throws {TypeError} When `buffer` is not an `ArrayBufferView` (the
-   * promise rejects).
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away (also while the read waits: the data stays
+   * for the next read). The promise rejects.
+   * @throws The signal's reason when it is aborted.
+   *
+   * @example Stop waiting after 100 ms
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * const buf = new Uint8Array(64);
+   * try {
+   *   await p.reader.read(buf, { signal: AbortSignal.timeout(100) });
+   * } catch (error) {
+   *   console.log((error as Error).name); // "TimeoutError": nothing came
+   * }
+   * ```
    */
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
     let into: Uint8Array;
@@ -152,10 +187,11 @@ export class PipeReader implements Disposable {
     try {
       into = asBytes(buffer, READ);
       spinner = spinnerFor(options?.spin, this.#spinner, READ);
+      checkSignal(options?.signal, READ);
     } catch (error) {
       return Promise.reject(error);
     }
-    return readAsync(this.#fd, readNoWait, into, spinner);
+    return readAsync(this.#fd, readNoWait, into, spinner, options?.signal);
   }
 
   /**
@@ -164,7 +200,17 @@ export class PipeReader implements Disposable {
    *
    * @param buffer Where to put the bytes (any `ArrayBufferView`).
    * @returns The number of bytes read, or `null` at EOF.
-   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`.
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away.
+   *
+   * @example Read what is already there
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * p.writer.writeSync(new Uint8Array([1, 2, 3]));
+   * console.log(p.reader.readSync(new Uint8Array(8))); // 3
+   * ```
    */
   readSync(buffer: ArrayBufferView): number | null {
     const into = asBytes(buffer, READ);
@@ -216,7 +262,22 @@ export class PipeReader implements Disposable {
   }
 }
 
-/** The write end of a pipe. */
+/**
+ * The write end of a pipe, from {@linkcode pipe}, {@linkcode duplex} or
+ * `fromFd()`.
+ *
+ * @example Pipe a stream of text through
+ * ```ts
+ * import { pipe } from "@conduit/ipc/pipe";
+ *
+ * const { reader, writer } = pipe();
+ * const text = new Response(reader.readable).text();
+ * await ReadableStream.from(["a", "b", "c"])
+ *   .pipeThrough(new TextEncoderStream())
+ *   .pipeTo(writer.writable); // closes the writer at the end
+ * console.log(await text); // "abc"
+ * ```
+ */
 export class PipeWriter implements Disposable {
   #fd: OwnedFd;
   #writes: OrderedWrites;
@@ -265,20 +326,47 @@ export class PipeWriter implements Disposable {
    * is full. What fits goes into the pipe before this returns; the rest is
    * queued. Concurrent writes leave in call order, never interleaved.
    *
+   * A `signal` gives the write up while it waits for room: one that has
+   * not started is withdrawn; one partly in the pipe rejects at once while
+   * the rest of its bytes still follow (see {@linkcode WriteOptions}).
+   *
    * @param bytes The bytes to write: a `Uint8Array`, or any other typed
    * array or `DataView`, written byte for byte.
+   * @param options A `signal` to give up waiting for room.
    * @returns Resolves once every byte is in the pipe; rejects with
-   * `Deno.errors.BrokenPipe` when no reader is left, and with `TypeError`
-   * when `bytes` is not an `ArrayBufferView`.
+   * `Deno.errors.BrokenPipe` when no reader is left, with `TypeError`
+   * when `bytes` is not an `ArrayBufferView` or its buffer was transferred
+   * away, and with the signal's reason when it is aborted.
+   *
+   * @example Write more than the pipe holds while it is read
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * const written = p.writer.write(new Uint8Array(1 << 20)); // waits for room
+   * const buf = new Uint8Array(64 * 1024);
+   * let total = 0;
+   * while (total < 1 << 20) total += (await p.reader.read(buf)) ?? 0;
+   * await written;
+   * console.log(total); // 1048576
+   * ```
    */
-  write(bytes: ArrayBufferView): Promise<void> {
+  write(bytes: ArrayBufferView, options?: WriteOptions): Promise<void> {
+    return this.#write(bytes, options?.signal);
+  }
+
+  #write(
+    bytes: ArrayBufferView,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     let from: Uint8Array;
     try {
       from = asBytes(bytes, WRITE);
+      checkSignal(signal, WRITE);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#writes.write(from);
+    return this.#writes.write(from, signal);
   }
 
   /**
@@ -290,8 +378,18 @@ export class PipeWriter implements Disposable {
    * earlier write.
    *
    * @param bytes The bytes to write (any `ArrayBufferView`).
-   * @throws {TypeError} When `bytes` is not an `ArrayBufferView`.
+   * @throws {TypeError} When `bytes` is not an `ArrayBufferView`, or its
+   * buffer was transferred away.
    * @throws {Deno.errors.BrokenPipe} When no reader is left.
+   *
+   * @example Write without awaiting
+   * ```ts
+   * import { pipe } from "@conduit/ipc/pipe";
+   *
+   * using p = pipe();
+   * p.writer.writeSync(new TextEncoder().encode("now"));
+   * console.log(await p.reader.read(new Uint8Array(8))); // 3
+   * ```
    */
   writeSync(bytes: ArrayBufferView): void {
     const from = asBytes(bytes, WRITE);
@@ -301,11 +399,14 @@ export class PipeWriter implements Disposable {
 
   /**
    * A byte sink: each chunk is written whole before the next is taken.
-   * Closing or aborting the stream closes the writer.
+   * Closing the stream closes the writer. Aborting it discards, as a stream
+   * abort does: the chunk that waits for room is given up and the writer
+   * closed at once, so a chunk partly in the pipe is cut off there (the
+   * reader sees EOF after part of it).
    */
   get writable(): WritableStream<Uint8Array> {
     return this.#writable ??= byteWritable(
-      (chunk) => this.write(chunk),
+      (chunk, signal) => this.#write(chunk, signal),
       () => this.close(),
     );
   }

@@ -35,6 +35,8 @@ import { check } from "./ffi/errors.ts";
 import { SOCK } from "./ffi/layout.ts";
 import { registerAdopter } from "./_adopt.ts";
 import {
+  checkNumberOption,
+  checkOptionsObject,
   checkType,
   getIntOption,
   KERNEL_TYPES,
@@ -61,9 +63,39 @@ export interface SocketPairOptions {
    * Send and receive buffer sizes in bytes for both ends (`SO_SNDBUF`,
    * `SO_RCVBUF`). The kernel caps them at `net.core.wmem_max` and
    * `rmem_max`. The send buffer bounds the largest datagram or packet.
-   * Default: the kernel's.
+   * Default: the kernel's. Sizes in bytes are named `bytes` or `…Bytes`
+   * across the module (like `pipe({ bytes })`).
+   */
+  bufferBytes?: number;
+  /**
+   * The old name of {@linkcode SocketPairOptions.bufferBytes}.
+   *
+   * @deprecated Use `bufferBytes`; `bufferSize` will be removed in 0.2.0.
    */
   bufferSize?: number;
+}
+
+/** The buffer size asked for, under its name or its deprecated one, checked. */
+function bufferBytesOf(options: SocketPairOptions): number | undefined {
+  const { bufferBytes, bufferSize } = options;
+  if (
+    bufferBytes !== undefined && bufferSize !== undefined &&
+    bufferBytes !== bufferSize
+  ) {
+    throw new TypeError(
+      `Cannot create socket pair: bufferBytes (${bufferBytes}) and its deprecated name bufferSize (${bufferSize}) disagree; pass bufferBytes only`,
+    );
+  }
+  const value = bufferBytes !== undefined ? bufferBytes : bufferSize;
+  if (value === undefined) return undefined;
+  const name = bufferBytes !== undefined ? "bufferBytes" : "bufferSize";
+  checkNumberOption(value, name, "create socket pair");
+  if (!Number.isInteger(value) || value <= 0 || value > 2 ** 30) {
+    throw new RangeError(
+      `Cannot create socket pair: ${name} must be a positive integer up to 2^30, got ${value}`,
+    );
+  }
+  return value;
 }
 
 /** Two connected sockets; `using` closes both. */
@@ -89,17 +121,9 @@ export type SocketPair = [UnixSocket, UnixSocket] & Disposable;
  * ```
  */
 export function socketpair(options: SocketPairOptions = {}): SocketPair {
+  checkOptionsObject(options, "create socket pair");
   const type = checkType(options.type ?? "stream", "create socket pair");
-  const { bufferSize } = options;
-  if (
-    bufferSize !== undefined &&
-    (!Number.isInteger(bufferSize) || bufferSize <= 0 ||
-      bufferSize > 2 ** 30)
-  ) {
-    throw new RangeError(
-      `Cannot create socket pair: bufferSize must be a positive integer, got ${bufferSize}`,
-    );
-  }
+  const bufferBytes = bufferBytesOf(options);
   const lib = libc();
   const fds = new Int32Array(2);
   check(
@@ -107,10 +131,10 @@ export function socketpair(options: SocketPairOptions = {}): SocketPair {
     lib.socketpair(SOCK.AF_UNIX, KERNEL_TYPES[type] | SOCK.CLOEXEC, 0, fds),
   );
   try {
-    if (bufferSize !== undefined) {
+    if (bufferBytes !== undefined) {
       for (const fd of fds) {
-        setIntOption(fd, SOCK.SO_SNDBUF, "SO_SNDBUF", bufferSize);
-        setIntOption(fd, SOCK.SO_RCVBUF, "SO_RCVBUF", bufferSize);
+        setIntOption(fd, SOCK.SO_SNDBUF, "SO_SNDBUF", bufferBytes);
+        setIntOption(fd, SOCK.SO_RCVBUF, "SO_RCVBUF", bufferBytes);
       }
     }
   } catch (error) {

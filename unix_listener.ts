@@ -21,16 +21,25 @@ import {
   unpublishPath,
 } from "./_unix_addr.ts";
 import {
-  getIntOption,
+  adoptedSocketType,
+  checkNumberOption,
+  checkOptionsObject,
   KERNEL_TYPES,
   type ListenType,
   listenType,
+  socketNames,
   type SocketType,
   typeName,
 } from "./_socket_options.ts";
 import { UnixSocket } from "./unix_socket.ts";
+import { requirePath } from "./_permissions.ts";
+import { inspectEndpoint } from "./_inspect.ts";
+import { checkSignal } from "./_byte_io.ts";
 
 export type { ListenType } from "./_socket_options.ts";
+
+/** Records the socket file a listener made, to remove it at close. */
+let own: (listener: UnixListener, path: string, published: FileId) => void;
 
 /** Options for {@linkcode UnixListener.accept}. */
 export interface AcceptOptions {
@@ -69,7 +78,7 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
    * @param fd A listening `AF_UNIX` socket (stream or seqpacket).
    */
   constructor(fd: number) {
-    const type = typeName(getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE"));
+    const type = typeName(adoptedSocketType(fd, "UnixListener"));
     if (type === undefined || type === "dgram") {
       throw new TypeError(
         `Cannot adopt fd ${fd} as UnixListener: only stream and seqpacket sockets listen`,
@@ -82,10 +91,28 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
     this.#fd = new OwnedFd(fd, "UnixListener");
   }
 
-  /** @internal Records the socket file to remove at close. */
-  _own(path: string, published: FileId): void {
-    this.#path = path;
-    this.#published = published;
+  static {
+    own = (listener, path, published) => {
+      listener.#path = path;
+      listener.#published = published;
+    };
+  }
+
+  /**
+   * Shows the kind, type, fd, state and name, as
+   * `UnixListener { type: "stream", fd: 5, state: "open", path: "/run/app.sock" }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const fields = {
+      type: this.#type,
+      ...this.#fd.state(),
+      ...(this.#path !== undefined ? { path: this.#path } : {}),
+      ...(this.#abstract !== undefined ? { abstract: this.#abstract } : {}),
+    };
+    return inspectEndpoint("UnixListener", fields, inspect, options);
   }
 
   /** The type of the sockets it accepts. */
@@ -136,13 +163,24 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
    * @returns The connected socket.
    * @throws The signal's reason when it is aborted; `BadResource` when the
    * listener is closed meanwhile.
+   *
+   * @example Accept one connection, or give up after five seconds
+   * ```ts
+   * import { connect, listen } from "@conduit/ipc/socketpair";
+   *
+   * using server = listen({ abstract: `example-${crypto.randomUUID()}` });
+   * using client = await connect({ abstract: server.abstract! });
+   * using conn = await server.accept({ signal: AbortSignal.timeout(5000) });
+   * await client.write(new TextEncoder().encode("hi"));
+   * console.log(await conn.read(new Uint8Array(8))); // 2
+   * ```
    */
   async accept(options: AcceptOptions = {}): Promise<UnixSocket> {
     const { signal } = options;
-    signal?.throwIfAborted();
+    checkSignal(signal, "Cannot accept on UnixListener");
     for (;;) {
       const fd = this.#tryAccept();
-      if (fd >= 0) return new UnixSocket(fd, this.#type);
+      if (fd >= 0) return this.#accepted(fd);
       await this.#fd.wait("read", signal);
     }
   }
@@ -151,6 +189,16 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
    * Waits for the next connection, blocking the thread.
    *
    * @returns The connected socket.
+   *
+   * @example Take a connection that is already queued
+   * ```ts
+   * import { connect, listen } from "@conduit/ipc/socketpair";
+   *
+   * using server = listen({ abstract: `example-${crypto.randomUUID()}` });
+   * using client = await connect({ abstract: server.abstract! });
+   * using conn = server.acceptSync(); // queued: it does not block
+   * console.log(conn.peerCredentials().pid === Deno.pid); // true
+   * ```
    */
   acceptSync(): UnixSocket {
     flushBeforeSpin(); // what this thread sent may be what a client awaits
@@ -158,7 +206,18 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
       "accept4",
       () => libc().accept4(this.#fd.fd, null, null, SOCK.CLOEXEC),
     );
-    return new UnixSocket(fd, this.#type);
+    return this.#accepted(fd);
+  }
+
+  #accepted(fd: number): UnixSocket {
+    const socket = new UnixSocket(fd, this.#type);
+    socketNames.set(
+      socket,
+      this.#path !== undefined
+        ? { path: this.#path }
+        : { abstract: this.#abstract },
+    );
+    return socket;
   }
 
   /** Yields each accepted connection until the listener is closed. */
@@ -246,6 +305,8 @@ export type ListenOptions = UnixAddress & {
  *
  * @param options `{ path }` or `{ abstract }`, type, mode and backlog.
  * @returns The listener.
+ * @throws {Deno.errors.NotCapable} When write access to `path` is not
+ * granted (`--allow-write`); an abstract name needs no permission.
  * @throws {Deno.errors.AddrInUse} When a live server listens there.
  * @throws {Deno.errors.AlreadyExists} When a non-socket file is at `path`.
  * @throws {RangeError} When `path` is longer than 89 bytes.
@@ -264,7 +325,10 @@ export type ListenOptions = UnixAddress & {
  * ```
  */
 export function listen(options: ListenOptions): UnixListener {
-  const type = listenType(options?.type, "listen");
+  checkOptionsObject(options, "listen", "{ path } or { abstract }");
+  const type = listenType(options.type, "listen");
+  checkNumberOption(options.mode, "mode", "listen");
+  checkNumberOption(options.backlog, "backlog", "listen");
   const mode = options.mode ?? 0o600;
   if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) {
     throw new RangeError(
@@ -278,6 +342,10 @@ export function listen(options: ListenOptions): UnixListener {
     );
   }
   const address = encodeAddress(options, "listen on");
+  if (options.path !== undefined) {
+    // Deno's permissions, honoured although the FFI could bypass them.
+    requirePath(options.path, ["write"], `Cannot listen on ${options.path}`);
+  }
   const lib = libc();
   const fd = check(
     "socket",
@@ -287,7 +355,7 @@ export function listen(options: ListenOptions): UnixListener {
     if (options.path !== undefined) {
       const published = publishPath(fd, options.path, mode, backlog);
       const listener = new UnixListener(fd);
-      listener._own(options.path, published);
+      own(listener, options.path, published);
       return listener;
     }
     if (lib.bind(fd, address.bytes, address.length) === -1) {

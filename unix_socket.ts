@@ -21,9 +21,11 @@ import {
   asBytes,
   byteReadable,
   byteWritable,
+  checkSignal,
   readAsync,
   type ReadOptions,
   spinnerFor,
+  type WriteOptions,
 } from "./_byte_io.ts";
 // Loaded for every adopter, so received fds of any kind become endpoints.
 import type { Endpoint } from "./from_fd.ts";
@@ -38,10 +40,15 @@ import {
   recvBlocking,
   recvNoWait,
 } from "./_scm.ts";
+import { inspectEndpoint } from "./_inspect.ts";
+import { boundAddress } from "./_unix_addr.ts";
 import {
+  adoptedSocketType,
+  checkNumberOption,
   checkType,
-  getIntOption,
   peerCredentialsOf,
+  type SocketName,
+  socketNames,
   type SocketType,
   typeName,
 } from "./_socket_options.ts";
@@ -50,6 +57,7 @@ import { type SocketSendOptions, SocketSends } from "./_socket_send.ts";
 
 export type { SocketType } from "./_socket_options.ts";
 export type { SocketSendOptions } from "./_socket_send.ts";
+export type { ReadOptions, WriteOptions } from "./_byte_io.ts";
 
 /** Options for {@linkcode UnixSocket.recv}. */
 export interface SocketRecvOptions extends ReadOptions {
@@ -100,6 +108,9 @@ const SHUTDOWN: Record<ShutdownHow, number> = {
   both: SOCK.SHUT_RDWR,
 };
 
+const READ = "Cannot read from UnixSocket";
+const WRITE = "Cannot write to UnixSocket";
+const RECV = "Cannot receive on UnixSocket";
 const DEFAULT_MAX_BYTES = 64 * 1024;
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
 
@@ -110,6 +121,7 @@ function checkCount(
   what: string,
 ): number {
   if (value === undefined) return fallback;
+  checkNumberOption(value, what, "receive on UnixSocket");
   if (!Number.isInteger(value) || value < 0 || value > max) {
     throw new RangeError(
       `Cannot receive on UnixSocket: ${what} must be an integer from 0 to ${max}, got ${value}`,
@@ -170,7 +182,7 @@ export class UnixSocket implements Disposable {
    */
   constructor(fd: number, type?: SocketType) {
     if (type === undefined) {
-      const found = typeName(getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE"));
+      const found = typeName(adoptedSocketType(fd, "UnixSocket"));
       if (found === undefined) {
         throw new TypeError(
           `Cannot adopt fd ${fd} as UnixSocket: its socket type is not stream, dgram or seqpacket`,
@@ -198,6 +210,29 @@ export class UnixSocket implements Disposable {
     return this.#fd.closed;
   }
 
+  /**
+   * Shows the kind, type, fd, state and the name it was connected or
+   * accepted on, if any, as
+   * `UnixSocket { type: "stream", fd: 7, state: "open", path: "/run/app.sock" }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const state = this.#fd.state();
+    let name: SocketName | undefined = socketNames.get(this);
+    if (name === undefined && state.fd !== undefined) {
+      try {
+        // Adopted (fromFd): an accepted socket is bound to its server's name.
+        name = boundAddress(state.fd);
+      } catch {
+        // Only detail for the printout.
+      }
+    }
+    const fields = { type: this.#type, ...state, ...name };
+    return inspectEndpoint("UnixSocket", fields, inspect, options);
+  }
+
   #assertStream(doing: string): void {
     this.#fd.assertOpen();
     if (this.#type !== "stream") {
@@ -214,59 +249,114 @@ export class UnixSocket implements Disposable {
    * blocking the thread) until at least one byte arrives. Fds sent along
    * are discarded; use {@linkcode recv} to receive them.
    *
-   * @param buffer Where to put the bytes.
-   * @param options Read options.
+   * @param buffer Where to put the bytes: a `Uint8Array`, or any other
+   * typed array or `DataView`, filled byte for byte.
+   * @param options How the read spins, and a `signal` to give up waiting
+   * (nothing is taken then: a later read gets the data).
    * @returns The number of bytes read, or `null` at end of stream (the peer
    * closed or shut down its writing side).
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away (also while the read waits: the data stays
+   * for the next read).
+   * @throws The signal's reason when it is aborted.
+   *
+   * @example Read what the peer wrote
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * await a.write(new TextEncoder().encode("hi"));
+   * const buf = new Uint8Array(16);
+   * const n = await b.read(buf, { signal: AbortSignal.timeout(5000) });
+   * console.log(new TextDecoder().decode(buf.subarray(0, n ?? 0))); // "hi"
+   * ```
    */
-  read(buffer: Uint8Array, options?: ReadOptions): Promise<number | null> {
+  read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
+    let into: Uint8Array;
     let spinner: Spinner;
     try {
       this.#assertStream("read from");
-      spinner = spinnerFor(
-        options?.spin,
-        this.#readSpinner,
-        "Cannot read from UnixSocket",
-      );
+      into = asBytes(buffer, READ);
+      spinner = spinnerFor(options?.spin, this.#readSpinner, READ);
+      checkSignal(options?.signal, READ);
     } catch (error) {
       return Promise.reject(error);
     }
-    return readAsync(this.#fd, recvNoWait, buffer, spinner);
+    return readAsync(this.#fd, recvNoWait, into, spinner, options?.signal);
   }
 
   /**
    * Stream sockets: reads what is available into `buffer`, blocking the
    * thread until at least one byte arrives.
    *
-   * @param buffer Where to put the bytes.
+   * @param buffer Where to put the bytes (any `ArrayBufferView`).
    * @returns The number of bytes read, or `null` at end of stream.
+   * @throws {TypeError} When `buffer` is not an `ArrayBufferView`, or its
+   * buffer was transferred away.
+   *
+   * @example Read with a blocking call
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * a.writeSync(new Uint8Array([1, 2, 3]));
+   * console.log(b.readSync(new Uint8Array(8))); // 3
+   * ```
    */
-  readSync(buffer: Uint8Array): number | null {
+  readSync(buffer: ArrayBufferView): number | null {
     this.#assertStream("read from");
-    if (buffer.byteLength === 0) return 0;
+    const into = asBytes(buffer, READ);
+    if (into.byteLength === 0) return 0;
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
-    const n = recvBlocking(this.#fd.fd, buffer);
+    const n = recvBlocking(this.#fd.fd, into);
     return n === 0 ? null : n;
   }
 
   /**
    * Stream sockets: writes every byte, waiting (without blocking the
    * thread) while the peer is full. Concurrent writes and sends are queued,
-   * never interleaved.
+   * never interleaved. A `signal` gives the write up while it waits: one
+   * that has not started is withdrawn; one partly out rejects at once while
+   * the rest of its bytes still follow (see {@linkcode WriteOptions}).
    *
-   * @param bytes The bytes to write.
+   * @param bytes The bytes to write (any `ArrayBufferView`).
+   * @param options A `signal` to give up waiting for room.
    * @returns Resolves once every byte is in the socket; rejects with
-   * `Deno.errors.BrokenPipe` when the peer is gone.
+   * `Deno.errors.BrokenPipe` when the peer is gone, with `TypeError` when
+   * `bytes` is not an `ArrayBufferView` or its buffer was transferred
+   * away, and with the signal's reason when it is aborted.
+   *
+   * @example Write, giving up if the peer does not read within a second
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * await a.write(new TextEncoder().encode("ping"), {
+   *   signal: AbortSignal.timeout(1000),
+   * });
+   * console.log(await b.read(new Uint8Array(8))); // 4
+   * ```
    */
-  write(bytes: ArrayBufferView): Promise<void> {
+  write(bytes: ArrayBufferView, options?: WriteOptions): Promise<void> {
+    return this.#write(bytes, options?.signal);
+  }
+
+  #write(
+    bytes: ArrayBufferView,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     let from: Uint8Array;
     try {
       this.#assertStream("write to");
-      from = asBytes(bytes, "Cannot write to UnixSocket");
+      from = asBytes(bytes, WRITE);
+      checkSignal(signal, WRITE);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.send(from);
+    return this.#sends.write(from, signal);
   }
 
   /**
@@ -275,10 +365,20 @@ export class UnixSocket implements Disposable {
    * call order and never land inside a pending write.
    *
    * @param bytes The bytes to write.
+   *
+   * @example Write without awaiting
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * a.writeSync(new TextEncoder().encode("now"));
+   * console.log(await b.read(new Uint8Array(8))); // 3
+   * ```
    */
   writeSync(bytes: ArrayBufferView): void {
     this.#assertStream("write to");
-    const from = asBytes(bytes, "Cannot write to UnixSocket");
+    const from = asBytes(bytes, WRITE);
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
     this.#sends.writeSync(from);
   }
@@ -301,14 +401,17 @@ export class UnixSocket implements Disposable {
   }
 
   /**
-   * Stream sockets: a byte sink with backpressure. Closing or aborting it
-   * shuts down this side's writing, so the peer reads end of stream; the
-   * socket stays open for reading.
+   * Stream sockets: a byte sink with backpressure. Closing it shuts down
+   * this side's writing, so the peer reads end of stream; the socket stays
+   * open for reading. Aborting it discards, as a stream abort does: the
+   * chunk that waits for room is given up and writing shut down at once,
+   * so a chunk partly out is cut off there (the peer reads end of stream
+   * after part of it).
    */
   get writable(): WritableStream<Uint8Array> {
     this.#assertStream("write to");
     return this.#writable ??= byteWritable(
-      (chunk) => this.write(chunk),
+      (chunk, signal) => this.#write(chunk, signal),
       () => this.#shutdownQuietly("write"),
     );
   }
@@ -319,6 +422,19 @@ export class UnixSocket implements Disposable {
    * read everything sent before, and this side can still read.
    *
    * @param how `"write"` (the default), `"read"` or `"both"`.
+   *
+   * @example Ask, then end writing; the answer still comes
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * const [a, b] = pair;
+   * await a.write(new TextEncoder().encode("question"));
+   * a.shutdown("write");
+   * console.log(await new Response(b.readable).text()); // "question"
+   * await b.write(new TextEncoder().encode("answer"));
+   * console.log(await a.read(new Uint8Array(16))); // 6
+   * ```
    */
   shutdown(how: ShutdownHow = "write"): void {
     const value = SHUTDOWN[how];
@@ -361,11 +477,16 @@ export class UnixSocket implements Disposable {
    * is what was named at the call.
    *
    * @param bytes The message (datagram, seqpacket) or bytes (stream).
-   * @param options Fds to pass and whether to close them once sent.
+   * @param options Fds to pass, whether to close them once sent, and a
+   * `signal` to give up waiting for room (see
+   * {@linkcode SocketSendOptions.signal}).
    * @returns Resolves once everything is in the socket.
    * @throws {RangeError} When a message is larger than the socket can
    * carry, or too many fds are given.
    * @throws {Deno.errors.BrokenPipe} When the peer is gone.
+   * @throws {TypeError} When `bytes` is not a `Uint8Array` or its buffer
+   * was transferred away.
+   * @throws The signal's reason when it is aborted.
    *
    * @example Send fds and close this process's copies
    * ```ts
@@ -394,6 +515,16 @@ export class UnixSocket implements Disposable {
    *
    * @param bytes The message or bytes.
    * @param options Fds to pass and whether to close them once sent.
+   *
+   * @example Send a message with a blocking call
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair({ type: "seqpacket" });
+   * const [a, b] = pair;
+   * a.sendSync(new TextEncoder().encode("hello"));
+   * console.log(b.recvSync()!.data.length); // 5
+   * ```
    */
   sendSync(bytes: Uint8Array, options: SocketSendOptions = {}): void {
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
@@ -410,11 +541,14 @@ export class UnixSocket implements Disposable {
    * A datagram socket has no end of stream: when its peer is gone, `recv()`
    * keeps waiting (and `send()` fails).
    *
-   * @param options Spin time, fd and byte limits.
+   * @param options Spin time, fd and byte limits, and a `signal` to give up
+   * waiting (nothing is taken then: a later receive gets the message).
    * @returns The message, or `null` at end of stream (the peer closed or shut
    * down its writing side).
    * @throws {RangeError} When a message carries more fds than `maxFds`; they
    * are closed.
+   * @throws The signal's reason when it is aborted (at once when it already
+   * was).
    *
    * @example Receive whole messages
    * ```ts
@@ -430,16 +564,14 @@ export class UnixSocket implements Disposable {
    * ```
    */
   recv(options: SocketRecvOptions = {}): Promise<SocketMessage | null> {
+    const { signal } = options;
     let maxFds: number;
     let maxBytes: number;
     let spinner: Spinner;
     try {
+      checkSignal(signal, RECV);
       ({ maxFds, maxBytes } = recvLimits(options));
-      spinner = spinnerFor(
-        options.spin,
-        this.#readSpinner,
-        "Cannot receive on UnixSocket",
-      );
+      spinner = spinnerFor(options.spin, this.#readSpinner, RECV);
       const now = this.#tryRecv(maxFds, maxBytes, false);
       if (now !== undefined) {
         // A peer that keeps the socket full never lets this wait; timers
@@ -451,7 +583,7 @@ export class UnixSocket implements Disposable {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#recvLater(maxFds, maxBytes, spinner);
+    return this.#recvLater(maxFds, maxBytes, spinner, signal);
   }
 
   /** A receive that found nothing at once: spins, then parks. */
@@ -459,6 +591,7 @@ export class UnixSocket implements Disposable {
     maxFds: number,
     maxBytes: number,
     spinner: Spinner,
+    signal: AbortSignal | undefined,
   ): Promise<SocketMessage | null> {
     let waited = false;
     // recv() tried once already: go straight to the spin.
@@ -466,7 +599,7 @@ export class UnixSocket implements Disposable {
       () => this.#tryRecv(maxFds, maxBytes, false),
       () => {
         waited = true;
-        return this.#fd.wait("read");
+        return this.#fd.wait("read", signal);
       },
       spinner,
       true,
@@ -515,6 +648,16 @@ export class UnixSocket implements Disposable {
    *
    * @param options Fd and byte limits.
    * @returns The message, or `null` at end of stream.
+   *
+   * @example Receive a message with a blocking call
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair({ type: "dgram" });
+   * const [a, b] = pair;
+   * await a.send(new Uint8Array([7]));
+   * console.log(b.recvSync()!.data[0]); // 7
+   * ```
    */
   recvSync(options: SocketRecvOptions = {}): SocketMessage | null {
     const { maxFds, maxBytes } = recvLimits(options);
@@ -619,6 +762,15 @@ export class UnixSocket implements Disposable {
    * process that created the pair.
    *
    * @returns The peer's pid, uid and gid.
+   *
+   * @example Check who is at the other end
+   * ```ts
+   * import { socketpair } from "@conduit/ipc/socketpair";
+   *
+   * using pair = socketpair();
+   * // A pair's peer is the process that made it: this one.
+   * console.log(pair[0].peerCredentials().pid === Deno.pid); // true
+   * ```
    */
   peerCredentials(): PeerCredentials {
     return peerCredentialsOf(this.#fd.fd);

@@ -51,7 +51,7 @@ function streamOnce(mib: number): Promise<Throughput> {
   const start = performance.now();
   // A 1 MiB buffer, as the pipe benchmark gives its pipe: room for a whole
   // write of dd.
-  const [mine, theirs] = socketpair({ type: "stream", bufferSize: MIB });
+  const [mine, theirs] = socketpair({ type: "stream", bufferBytes: MIB });
   const dd = ddWriter(mib);
   return childThroughput(start, {
     name: "dd",

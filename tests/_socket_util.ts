@@ -19,14 +19,17 @@ export const SOCKET_CHILD: string = fixture("socket_child.ts");
 /**
  * Starts {@linkcode SOCKET_CHILD} with `args` (the mode first) and stdout
  * piped. When `theirs` is given the child gets it as fd 3, and this
- * process's copy is closed, so the child holds the only one.
+ * process's copy is closed, so the child holds the only one. The child has
+ * `--allow-ffi` and the permission `flags` given (a path socket needs
+ * `--allow-write` for its path, and `--allow-read` to connect).
  */
 export function socketChild(
   args: string[],
   theirs?: UnixSocket,
+  flags: string[] = [],
 ): ChildProcess {
   const child = spawn(DENO, {
-    args: ["run", "--allow-ffi", SOCKET_CHILD, ...args],
+    args: ["run", "--allow-ffi", ...flags, SOCKET_CHILD, ...args],
     fds: theirs === undefined ? [] : [theirs],
     stdout: "piped",
   });

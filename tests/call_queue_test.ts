@@ -20,6 +20,10 @@ class FakeHost implements QueueHost<Job, string> {
   parks = 0;
   blocking: string[] = [];
   parkError: Error | undefined;
+  /** Jobs that count as partly out. */
+  partlyOut = new Set<string>();
+  abandoned: string[] = [];
+  abandonError: Error | undefined;
   #wake: PromiseWithResolvers<void> | undefined;
 
   advance(jobs: readonly Job[]): number {
@@ -62,6 +66,15 @@ class FakeHost implements QueueHost<Job, string> {
 
   failed(job: Job, error: unknown): unknown {
     return new Error(`${job.name}: ${(error as Error).message}`);
+  }
+
+  started(job: Job): boolean {
+    return this.partlyOut.has(job.name);
+  }
+
+  abandon(job: Job): void {
+    if (this.abandonError !== undefined) throw this.abandonError;
+    this.abandoned.push(job.name);
   }
 
   finishBlocking(job: Job): void {
@@ -214,4 +227,111 @@ Deno.test("CallQueue: calls that finish while an earlier call yields its turn se
   turn.resolve();
   await withTimeout(Promise.all([a, b]), 5000, "settle");
   assert.deepEqual(order, ["turn", "a done", "b failed"]);
+});
+
+/** Lets the queue's flush run up to its park. */
+function settle(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+Deno.test("CallQueue: a call whose signal aborts before it starts leaves the queue; the calls around it go on", async () => {
+  const host = new FakeHost();
+  const q = queue(host);
+  const controller = new AbortController();
+  const a = q.push({ name: "a" });
+  const b = q.push({ name: "b", signal: controller.signal });
+  const c = q.push({ name: "c" });
+  await settle();
+  assert.equal(host.parks, 1);
+  controller.abort(new Error("gave up"));
+  // The host says what a failed call rejects with; this one names it.
+  await assert.rejects(b, /^Error: b: gave up$/);
+  assert.equal(q.length, 2);
+  host.open(3);
+  assert.deepEqual(
+    await withTimeout(Promise.all([a, c]), 5000, "a and c"),
+    ["a done", "c done"],
+  );
+  assert.deepEqual(host.sent, ["a", "c"]);
+  assert.deepEqual(host.abandoned, []);
+});
+
+Deno.test("CallQueue: aborting the parked head rejects it at once and the flush parks for the next call", async () => {
+  const host = new FakeHost();
+  const q = queue(host);
+  const controller = new AbortController();
+  const a = q.push({ name: "a", signal: controller.signal });
+  const b = q.push({ name: "b" });
+  await settle();
+  assert.equal(host.parks, 1);
+  controller.abort(new Error("timed out"));
+  await assert.rejects(a, /^Error: a: timed out$/);
+  await settle();
+  assert.equal(host.parks, 2, "parked again, for b");
+  host.open(1);
+  assert.equal(await withTimeout(b, 5000, "b"), "b done");
+  assert.deepEqual(host.sent, ["b"]);
+});
+
+Deno.test("CallQueue: a started call whose signal aborts rejects at once, yet still finishes ahead of later calls", async () => {
+  const host = new FakeHost();
+  const q = queue(host);
+  const controller = new AbortController();
+  host.partlyOut.add("a");
+  const a = q.push({ name: "a", signal: controller.signal });
+  const b = q.push({ name: "b" });
+  await settle();
+  const reason = new Error("gave up");
+  controller.abort(reason);
+  await assert.rejects(a, (error) => error === reason);
+  assert.deepEqual(host.abandoned, ["a"]);
+  assert.equal(q.length, 2, "a stays in line to finish");
+  host.open(2);
+  assert.equal(await withTimeout(b, 5000, "b"), "b done");
+  assert.deepEqual(host.sent, ["a", "b"]);
+  assert.equal(q.length, 0);
+});
+
+Deno.test("CallQueue: a started call that cannot be kept fails with the host's error and leaves the queue", async () => {
+  const host = new FakeHost();
+  const q = queue(host);
+  const controller = new AbortController();
+  host.partlyOut.add("a");
+  host.abandonError = new Error("buffer gone");
+  const a = q.push({ name: "a", signal: controller.signal });
+  const b = q.push({ name: "b" });
+  await settle();
+  controller.abort(new Error("gave up"));
+  await assert.rejects(a, /^Error: a: buffer gone$/);
+  host.open(1);
+  assert.equal(await withTimeout(b, 5000, "b"), "b done");
+  assert.deepEqual(host.sent, ["b"]);
+});
+
+Deno.test("CallQueue: a call pushed with an aborted signal rejects with its reason and queues nothing", async () => {
+  const host = new FakeHost();
+  host.room = 5;
+  const q = queue(host);
+  const reason = new Error("already");
+  const a = q.push({ name: "a", signal: AbortSignal.abort(reason) });
+  assert.equal(q.length, 0);
+  await assert.rejects(a, /^Error: a: already$/);
+  assert.deepEqual(host.advances, []);
+});
+
+Deno.test("CallQueue: a settled call no longer listens to its signal", async () => {
+  const host = new FakeHost();
+  host.room = 5;
+  const q = queue(host);
+  const controller = new AbortController();
+  const job: Job = { name: "a", signal: controller.signal };
+  const a = q.push(job);
+  assert.equal(await withTimeout(a, 5000, "a"), "a done");
+  assert.equal(job.onAbort, undefined, "its abort listener was removed");
+  // An abort after the call settled changes nothing (no double settle, no
+  // throw from a stale listener).
+  controller.abort(new Error("late"));
+  const b = q.push({ name: "b" });
+  assert.equal(await withTimeout(b, 5000, "b"), "b done");
+  assert.deepEqual(host.sent, ["a", "b"]);
 });

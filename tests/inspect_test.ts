@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { pipe } from "../mod.ts";
+import { connect, fromFd, listen, pipe, socketpair } from "../mod.ts";
+import { dupCloexec } from "../ffi/fd.ts";
 import { SharedMemory, shmQueue } from "../shm/mod.ts";
 import { test } from "./_util.ts";
 
@@ -58,3 +59,71 @@ test("shm queue ends print their carrier fd, state, ring size and largest messag
   rx.close();
   assert.match(plain(rx), /^ShmReceiver \{ state: "closed"/);
 });
+
+test("socket pairs print their type, fd and state", () => {
+  const [a, b] = socketpair({ type: "seqpacket" });
+  b.unref();
+  assert.equal(
+    plain(a),
+    `UnixSocket { type: "seqpacket", fd: ${a.rawFd}, state: "open" }`,
+  );
+  assert.equal(
+    plain(b),
+    `UnixSocket { type: "seqpacket", fd: ${b.rawFd}, state: "open", ref: false }`,
+  );
+  a.close();
+  b.close();
+  assert.equal(plain(a), `UnixSocket { type: "seqpacket", state: "closed" }`);
+});
+
+test(
+  "listeners and their connections print the name they listen or connected on",
+  async () => {
+    // One line, however long the path.
+    const wide = (value: unknown) =>
+      Deno.inspect(value, { colors: false, breakLength: Infinity });
+    const dir = Deno.makeTempDirSync({ prefix: "conduit-inspect-" });
+    try {
+      const path = `${dir}/s.sock`;
+      using server = listen({ path });
+      using client = await connect({ path });
+      using conn = await server.accept();
+      assert.equal(
+        wide(server),
+        `UnixListener { type: "stream", fd: ${server.rawFd}, state: "open", path: "${path}" }`,
+      );
+      assert.equal(
+        wide(client),
+        `UnixSocket { type: "stream", fd: ${client.rawFd}, state: "open", path: "${path}" }`,
+      );
+      assert.equal(
+        wide(conn),
+        `UnixSocket { type: "stream", fd: ${conn.rawFd}, state: "open", path: "${path}" }`,
+      );
+      // An accepted socket adopted from its fd still knows its server's name.
+      using adopted = fromFd(dupCloexec(conn.rawFd), { allowCloexec: true });
+      assert.equal(
+        wide(adopted),
+        `UnixSocket { type: "stream", fd: ${adopted.rawFd}, state: "open", path: "${path}" }`,
+      );
+      const name = `conduit-inspect-${crypto.randomUUID()}`;
+      using abstract = listen({ abstract: name, type: "seqpacket" });
+      using other = await connect({ abstract: name, type: "seqpacket" });
+      using accepted = await abstract.accept();
+      for (const end of [abstract, other, accepted]) {
+        assert.match(
+          wide(end),
+          new RegExp(`state: "open", abstract: "${name}" }$`),
+        );
+      }
+      server.close();
+      assert.equal(
+        wide(server),
+        `UnixListener { type: "stream", state: "closed", path: "${path}" }`,
+      );
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+  { read: true, write: true },
+);

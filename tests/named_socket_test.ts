@@ -130,7 +130,13 @@ for (const type of ["stream", "seqpacket"] as ListenType[]) {
             assert.equal(server.type, type);
             if (kind === "path") assert.equal(server.path, name);
             else assert.equal(server.abstract, name);
-            await using child = socketChild(["connect", kind, name, type]);
+            await using child = socketChild(
+              ["connect", kind, name, type],
+              undefined,
+              kind === "path"
+                ? [`--allow-read=${dir}`, `--allow-write=${dir}`]
+                : [],
+            );
             const line = lines(child.stdout);
             await serveOne(server, child.pid);
             const seen = JSON.parse(await line());
@@ -194,7 +200,9 @@ Deno.test({
     await inTempDir(async (dir) => {
       const path = `${dir}/crash.sock`;
       {
-        await using child = socketChild(["listen", path]);
+        await using child = socketChild(["listen", path], undefined, [
+          `--allow-write=${dir}`,
+        ]);
         assert.equal(await lineOf(child.stdout), "listening");
         child.kill("SIGKILL");
         assert.equal((await child.status).signal, "SIGKILL");
@@ -231,7 +239,9 @@ Deno.test({
       const path = `${dir}/live.sock`;
       // A live server in another process.
       {
-        await using child = socketChild(["listen", path]);
+        await using child = socketChild(["listen", path], undefined, [
+          `--allow-write=${dir}`,
+        ]);
         assert.equal(await lineOf(child.stdout), "listening");
         const inode = Deno.lstatSync(path).ino;
         assert.throws(
@@ -386,7 +396,8 @@ Deno.test({
         () => listen({ path }),
         (error: Error) =>
           error instanceof Deno.errors.AlreadyExists &&
-          /a file that is not a socket is in the way/.test(error.message),
+          error.message ===
+            `Cannot listen on ${path}: a regular file is in the way, and only a socket file left by a server that died is replaced`,
       );
       assert.equal(Deno.readTextFileSync(path), "not a socket");
       assert.deepEqual(
@@ -417,7 +428,7 @@ Deno.test({
         (error: Error) =>
           error instanceof Deno.errors.NotADirectory &&
           error.message ===
-            `Cannot listen on ${dir}/file/s.sock: ${dir}/file/ is not a directory`,
+            `Cannot listen on ${dir}/file/s.sock: ${dir}/file/ is a regular file, not a directory`,
       );
       assert.deepEqual(
         [...Deno.readDirSync(dir)].map((entry) => entry.name),
@@ -803,5 +814,125 @@ Deno.test({
         assert.equal(Deno.readTextFileSync(target), "mine");
       });
     });
+  },
+});
+
+Deno.test({
+  name:
+    "connect() says what is at the path when it is no socket, and which directory is missing or not one",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await inTempDir(async (dir) => {
+      await Deno.writeTextFile(`${dir}/file`, "");
+      await Deno.mkdir(`${dir}/sub`);
+      const cases: [string, new (message: string) => Error, string][] = [
+        [
+          `${dir}/file`,
+          Deno.errors.ConnectionRefused,
+          "it is a regular file, not a socket",
+        ],
+        [
+          `${dir}/sub`,
+          Deno.errors.ConnectionRefused,
+          "it is a directory, not a socket",
+        ],
+        [
+          `${dir}/missing/deeper/s.sock`,
+          Deno.errors.NotFound,
+          `directory ${dir}/missing/ does not exist`,
+        ],
+        [
+          `${dir}/file/s.sock`,
+          Deno.errors.NotADirectory,
+          `${dir}/file/ is a regular file, not a directory`,
+        ],
+        [`${dir}/sub/s.sock`, Deno.errors.NotFound, "no socket exists there"],
+      ];
+      for (const [path, Class, detail] of cases) {
+        await assert.rejects(
+          connect({ path }),
+          (error: Error) =>
+            error instanceof Class &&
+            error.message === `Cannot connect to ${path}: ${detail}`,
+          path,
+        );
+      }
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "listen() says what is in the way of its path, and which directory on it is not one",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    await inTempDir(async (dir) => {
+      await Deno.mkdir(`${dir}/sub`);
+      await Deno.writeTextFile(`${dir}/file`, "");
+      assert.throws(
+        () => listen({ path: `${dir}/sub` }),
+        (error: Error) =>
+          error instanceof Deno.errors.AlreadyExists &&
+          error.message ===
+            `Cannot listen on ${dir}/sub: a directory is in the way, and only a socket file left by a server that died is replaced`,
+      );
+      assert.throws(
+        () => listen({ path: `${dir}/file/deeper/s.sock` }),
+        (error: Error) =>
+          error instanceof Deno.errors.NotADirectory &&
+          error.message ===
+            `Cannot listen on ${dir}/file/deeper/s.sock: ${dir}/file/ is a regular file, not a directory`,
+      );
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)].map((entry) => entry.name).sort(),
+        ["file", "sub"],
+        "no private directory was left behind",
+      );
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "listen() and connect() refuse options of the wrong type with a TypeError naming the option",
+  permissions: perms,
+  ...SANITIZE,
+  async fn() {
+    // deno-lint-ignore no-explicit-any
+    const any = (value: unknown) => value as any;
+    const typeError = (message: string) => (error: unknown) =>
+      error instanceof TypeError && (error as Error).message === message;
+    const name = uniqueName();
+    assert.throws(
+      () => listen(any(undefined)),
+      typeError(
+        "Cannot listen: expected { path } or { abstract }, got undefined",
+      ),
+    );
+    assert.throws(
+      () => listen({ abstract: name, mode: any("0600") }),
+      typeError("Cannot listen: mode must be a number, got string"),
+    );
+    assert.throws(
+      () => listen({ abstract: name, backlog: any("16") }),
+      typeError("Cannot listen: backlog must be a number, got string"),
+    );
+    await assert.rejects(
+      connect(any(null)),
+      typeError("Cannot connect: expected { path } or { abstract }, got null"),
+    );
+    await assert.rejects(
+      connect({ abstract: name, signal: any("soon") }),
+      typeError("Cannot connect: signal must be an AbortSignal, got string"),
+    );
+    using server = listen({ abstract: name });
+    await assert.rejects(
+      server.accept({ signal: any(5) }),
+      typeError(
+        "Cannot accept on UnixListener: signal must be an AbortSignal, got number",
+      ),
+    );
   },
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { SharedMemory } from "../mod.ts";
+import { listen, SharedMemory } from "../mod.ts";
 import { fixture, runDeno } from "./_util.ts";
 
 /** Runs one guarded operation in a child with exactly `flags`. */
@@ -93,6 +93,77 @@ Deno.test({
       } catch {
         // Unlinked by the last probe, as it should be.
       }
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "listen({ path }) needs write permission for the path and connect({ path }) read and write; abstract names need none",
+  permissions: { ffi: true, read: true, write: true, run: true },
+  async fn() {
+    const dir = Deno.makeTempDirSync({ prefix: "conduit-perm-" });
+    try {
+      const path = `${dir}/s.sock`;
+      refused(
+        await probe(["--allow-ffi", "--allow-read"], "listen-path", path),
+        "--allow-write",
+        path,
+      );
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)],
+        [],
+        "a refused listen() leaves nothing behind",
+      );
+      assert.equal(
+        await probe(
+          ["--allow-ffi", `--allow-write=${dir}`],
+          "listen-path",
+          path,
+        ),
+        "ok",
+      );
+      assert.deepEqual([...Deno.readDirSync(dir)], [], "close() removed it");
+
+      using server = listen({ path });
+      refused(
+        await probe(
+          ["--allow-ffi", `--allow-write=${path}`],
+          "connect-path",
+          path,
+        ),
+        "--allow-read",
+        path,
+      );
+      refused(
+        await probe(
+          ["--allow-ffi", `--allow-read=${path}`],
+          "connect-path",
+          path,
+        ),
+        "--allow-write",
+        path,
+      );
+      assert.equal(
+        await probe(
+          ["--allow-ffi", `--allow-read=${dir}`, `--allow-write=${dir}`],
+          "connect-path",
+          path,
+        ),
+        "ok",
+      );
+
+      const name = `conduit-perm-${crypto.randomUUID()}`;
+      assert.equal(await probe(["--allow-ffi"], "listen-abstract", name), "ok");
+      using named = listen({ abstract: name });
+      assert.equal(
+        await probe(["--allow-ffi"], "connect-abstract", name),
+        "ok",
+      );
+      void server;
+      void named;
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
     }
   },
 });

@@ -1310,3 +1310,281 @@ test("writeSync() that finds a pending write() failing rejects that write and th
     Deno.errors.BrokenPipe,
   );
 });
+
+// Cancellation: every wait takes a signal, and giving up loses no data.
+
+function transfer(buffer: ArrayBufferLike): void {
+  structuredClone(buffer, { transfer: [buffer as ArrayBuffer] });
+}
+
+/** Reads exactly `length` bytes; each read is bounded. */
+async function readExactly(
+  reader: PipeReader,
+  length: number,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  let got = 0;
+  while (got < length) {
+    const n = await withTimeout(reader.read(out.subarray(got)), 5000, "read");
+    if (n === null) throw new Error(`EOF after ${got} of ${length} bytes`);
+    got += n;
+  }
+  return out;
+}
+
+const isTimeout = (error: unknown) =>
+  error instanceof DOMException && error.name === "TimeoutError";
+
+test("read({ signal }) rejects with the signal's reason once it aborts, and the data that comes later is read whole", async () => {
+  using p = pipe();
+  const buffer = new Uint8Array(16);
+  await assert.rejects(
+    withTimeout(
+      p.reader.read(buffer, { signal: AbortSignal.timeout(50) }),
+      5000,
+      "the aborted read",
+    ),
+    isTimeout,
+  );
+  await p.writer.write(encoder.encode("later"));
+  const n = await withTimeout(p.reader.read(buffer), 2000, "the next read");
+  assert.equal(decoder.decode(buffer.subarray(0, n!)), "later");
+});
+
+test("read() with an aborted signal rejects at once and takes nothing, even when data is there", async () => {
+  using p = pipe();
+  await p.writer.write(encoder.encode("kept"));
+  const reason = new Error("not now");
+  const buffer = new Uint8Array(16);
+  await assert.rejects(
+    p.reader.read(buffer, { signal: AbortSignal.abort(reason) }),
+    (error) => error === reason,
+  );
+  assert.equal(buffer[0], 0, "nothing was read into the buffer");
+  const n = await p.reader.read(buffer);
+  assert.equal(decoder.decode(buffer.subarray(0, n!)), "kept");
+});
+
+test(
+  "a read aborted by AbortSignal.timeout leaves a pipe to a child usable: the child's answer arrives whole",
+  async () => {
+    const down = pipe();
+    const up = pipe();
+    try {
+      await using child = spawn(DENO, {
+        args: ["run", "--allow-ffi", PEER, "echo"],
+        fds: [down.reader, up.writer],
+        stdin: "null",
+      });
+      down.reader.close();
+      up.writer.close();
+      const buffer = new Uint8Array(64);
+      // The child echoes only what it gets: nothing yet.
+      await assert.rejects(
+        withTimeout(
+          up.reader.read(buffer, { signal: AbortSignal.timeout(100) }),
+          5000,
+          "the aborted read",
+        ),
+        isTimeout,
+      );
+      await down.writer.write(encoder.encode("echo me"));
+      down.writer.close();
+      const text = await withTimeout(
+        new Response(up.reader.readable).text(),
+        10_000,
+        "the child's echo",
+      );
+      assert.equal(text, "echo me");
+      assert.equal(
+        (await withTimeout(child.status, 10_000, "the child's exit")).code,
+        0,
+      );
+    } finally {
+      for (const end of [down.reader, down.writer, up.reader, up.writer]) {
+        end.close();
+      }
+    }
+  },
+  SPAWN,
+);
+
+test("a read whose buffer is transferred while it waits rejects with TypeError naming the transfer, never a false EOF; the data stays for the next read", async () => {
+  using p = pipe();
+  const buffer = new Uint8Array(64);
+  const read = p.reader.read(buffer);
+  read.catch(() => {});
+  assert.ok(await stillPending(read, 20));
+  transfer(buffer.buffer);
+  await p.writer.write(encoder.encode("still here"));
+  await assert.rejects(
+    withTimeout(read, 2000, "the read"),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot read from PipeReader: the buffer was transferred (detached) while the read waited; the data stays for the next read",
+  );
+  const next = new Uint8Array(64);
+  const n = await p.reader.read(next);
+  assert.equal(decoder.decode(next.subarray(0, n!)), "still here");
+});
+
+test("read, readSync, write and writeSync refuse a buffer already transferred with TypeError, and move nothing", async () => {
+  using p = pipe();
+  for (const make of [() => new Uint8Array(8), () => new Float64Array(2)]) {
+    const view = make();
+    transfer(view.buffer);
+    const named = (doing: string) => (error: unknown) =>
+      error instanceof TypeError &&
+      error.message === `${doing}: the buffer was transferred (detached)`;
+    await assert.rejects(
+      p.reader.read(view),
+      named("Cannot read from PipeReader"),
+    );
+    assert.throws(
+      () => p.reader.readSync(view),
+      named("Cannot read from PipeReader"),
+    );
+    await assert.rejects(
+      p.writer.write(view),
+      named("Cannot write to PipeWriter"),
+    );
+    assert.throws(
+      () => p.writer.writeSync(view),
+      named("Cannot write to PipeWriter"),
+    );
+  }
+  // An empty view of a live buffer is still fine.
+  assert.equal(await p.reader.read(new Uint8Array(0)), 0);
+  await p.writer.write(new Uint8Array(0));
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+});
+
+test("write({ signal }) that has not started when it aborts is withdrawn: none of it is written, and later writes go on", async () => {
+  using p = pipe({ bytes: 4096 });
+  // Fill the pipe, so the next write cannot start.
+  const fill = p.writer.write(pattern(4096, 0));
+  await withTimeout(fill, 2000, "filling the pipe");
+  const withdrawn = p.writer.write(new Uint8Array(100).fill(0xee), {
+    signal: AbortSignal.timeout(50),
+  });
+  const after = p.writer.write(pattern(100, 4096));
+  await assert.rejects(
+    withTimeout(withdrawn, 5000, "the aborted write"),
+    isTimeout,
+  );
+  const all = await readExactly(p.reader, 4196);
+  assertPattern(all, 0);
+  await withTimeout(after, 2000, "the later write");
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+});
+
+test("write({ signal }) partly out when it aborts rejects at once; the rest of its bytes still arrive, from a copy, ahead of later writes", async () => {
+  using p = pipe({ bytes: 4096 });
+  const bytes = pattern(64 * 1024, 0);
+  const partly = p.writer.write(bytes, { signal: AbortSignal.timeout(50) });
+  const after = p.writer.write(pattern(1000, 64 * 1024));
+  await assert.rejects(
+    withTimeout(partly, 5000, "the aborted write"),
+    isTimeout,
+  );
+  // The caller may reuse its buffer once the write is given up.
+  bytes.fill(0);
+  const all = await readExactly(p.reader, 64 * 1024 + 1000);
+  assertPattern(all, 0);
+  await withTimeout(after, 2000, "the later write");
+  assert.equal(
+    readNoWait(p.reader.rawFd, new Uint8Array(16)),
+    -1,
+    "no byte repeated",
+  );
+});
+
+test("write() with an aborted signal rejects at once and writes nothing, even with room in the pipe", async () => {
+  using p = pipe();
+  const reason = new Error("not now");
+  await assert.rejects(
+    p.writer.write(new Uint8Array([1]), { signal: AbortSignal.abort(reason) }),
+    (error) => error === reason,
+  );
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+});
+
+test("a queued write whose buffer is transferred while it waits rejects with TypeError saying how much was written; later writes go on", async () => {
+  using p = pipe({ bytes: 4096 });
+  const first = new Uint8Array(10_000).fill(1);
+  const second = new Uint8Array(100).fill(2);
+  const a = p.writer.write(first);
+  const b = p.writer.write(second);
+  const c = p.writer.write(new Uint8Array(10).fill(3));
+  a.catch(() => {});
+  b.catch(() => {});
+  assert.ok(await stillPending(a, 20));
+  transfer(first.buffer);
+  transfer(second.buffer);
+  // Drain what is in the pipe, so the queue moves on.
+  const buffer = new Uint8Array(64 * 1024);
+  const n = await p.reader.read(buffer);
+  assert.equal(n, 4096);
+  await assert.rejects(
+    withTimeout(a, 2000, "the first write"),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot write to PipeWriter: the buffer was transferred (detached) while the write waited, after 4096 of its bytes were written; the rest were not",
+  );
+  await assert.rejects(
+    withTimeout(b, 2000, "the second write"),
+    (error: Error) =>
+      error instanceof TypeError &&
+      /while the write waited; none of it was written$/.test(error.message),
+  );
+  await withTimeout(c, 2000, "the third write");
+  assert.equal(await p.reader.read(buffer), 10);
+  assert.ok(buffer.subarray(0, 10).every((byte) => byte === 3));
+});
+
+test("aborting writable while a chunk waits for room settles promptly and closes the writer", async () => {
+  using p = pipe({ bytes: 4096 });
+  const writer = p.writer.writable.getWriter();
+  const chunk = writer.write(new Uint8Array(16 * 1024));
+  chunk.catch(() => {});
+  assert.ok(await stillPending(chunk, 20), "the chunk finished on a full pipe");
+  const reason = new Error("stop");
+  await withTimeout(writer.abort(reason), 2000, "abort()");
+  await assert.rejects(chunk, (error) => error === reason);
+  assert.equal(p.writer.closed, true);
+});
+
+test("cancelling readable while a read waits settles it and closes the reader", async () => {
+  using p = pipe();
+  const reader = p.reader.readable.getReader();
+  const read = reader.read();
+  assert.ok(await stillPending(read, 20));
+  await withTimeout(reader.cancel(), 2000, "cancel()");
+  assert.deepEqual(await withTimeout(read, 2000, "the read"), {
+    value: undefined,
+    done: true,
+  });
+  assert.equal(p.reader.closed, true);
+});
+
+test("read() and write() refuse a signal that is not an AbortSignal with TypeError", async () => {
+  using p = pipe();
+  const signal = { aborted: true } as unknown as AbortSignal;
+  await assert.rejects(
+    p.reader.read(new Uint8Array(4), { signal }),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot read from PipeReader: signal must be an AbortSignal, got Object",
+  );
+  await assert.rejects(
+    p.writer.write(new Uint8Array(4), { signal }),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot write to PipeWriter: signal must be an AbortSignal, got Object",
+  );
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+});

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
-import { socketpair, type SocketType } from "../mod.ts";
+import { pipe, socketpair, type SocketType, UnixSocket } from "../mod.ts";
+import { peekSize, sendNoWait } from "../_scm.ts";
 import { libc } from "../ffi/libc.ts";
-import { F, O } from "../ffi/layout.ts";
+import { F, O, SOCK } from "../ffi/layout.ts";
+import { getIntOption } from "../_socket_options.ts";
 import {
   lineOf,
   readExactly,
@@ -185,11 +187,11 @@ test(
 );
 
 Deno.test({
-  name: "a larger bufferSize lets a datagram pair carry larger messages",
+  name: "a larger bufferBytes lets a datagram pair carry larger messages",
   permissions: perms,
   ...SANITIZE,
   async fn() {
-    using pair = socketpair({ type: "dgram", bufferSize: 1 << 20 });
+    using pair = socketpair({ type: "dgram", bufferBytes: 1 << 20 });
     const [a, b] = pair;
     const big = pattern(400_000);
     await a.send(big);
@@ -403,7 +405,7 @@ Deno.test({
       () => socketpair({ type: "raw" as any }),
       /type must be "stream", "dgram" or "seqpacket"/,
     );
-    assert.throws(() => socketpair({ bufferSize: -1 }), RangeError);
+    assert.throws(() => socketpair({ bufferBytes: -1 }), RangeError);
     using pair = socketpair({ type: "stream" });
     const [a] = pair;
     await assert.rejects(
@@ -550,7 +552,7 @@ for (const type of MESSAGE_TYPES) {
   test(
     `${type}: sends of one turn keep their order, and each failure goes to its own caller`,
     async () => {
-      using pair = socketpair({ type, bufferSize: 16 * 1024 });
+      using pair = socketpair({ type, bufferBytes: 16 * 1024 });
       const [a, b] = pair;
       const big = new Uint8Array(64 * 1024);
       const results = await Promise.allSettled([
@@ -751,3 +753,438 @@ test("recv() checks its spin option", async () => {
   // deno-lint-ignore no-explicit-any
   await assert.rejects(bounded(a.recv({ spin: "10" as any })), TypeError);
 }, perms);
+
+// Cancellation: every wait takes a signal, and giving up loses no data.
+
+const isTimeout = (error: unknown) =>
+  error instanceof DOMException && error.name === "TimeoutError";
+
+function transfer(buffer: ArrayBufferLike): void {
+  structuredClone(buffer, { transfer: [buffer as ArrayBuffer] });
+}
+
+/** Fills `socket`'s peer with `size`-byte messages until nothing fits. */
+function fillUp(socket: { rawFd: number }, size: number): number {
+  const chunk = new Uint8Array(size);
+  let sent = 0;
+  while (sendNoWait(socket.rawFd, chunk) >= 0) sent++;
+  return sent;
+}
+
+for (const type of TYPES) {
+  test(
+    `${type}: recv({ signal: AbortSignal.timeout(100) }) rejects with the TimeoutError instead of staying pending, and the next message still arrives`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      await assert.rejects(
+        withTimeout(
+          b.recv({ signal: AbortSignal.timeout(100) }),
+          5_000,
+          "the aborted recv",
+        ),
+        isTimeout,
+      );
+      await a.send(encoder.encode("next"));
+      const message = await withTimeout(b.recv(), 5_000, "the next recv");
+      assert.equal(decoder.decode(message!.data), "next");
+    },
+    perms,
+  );
+
+  test(
+    `${type}: recv() with an aborted signal rejects at once and takes nothing, even with a message waiting`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      await a.send(encoder.encode("kept"));
+      const reason = new Error("not now");
+      await assert.rejects(
+        b.recv({ signal: AbortSignal.abort(reason) }),
+        (error) => error === reason,
+      );
+      const message = await withTimeout(b.recv(), 5_000, "recv");
+      assert.equal(decoder.decode(message!.data), "kept");
+    },
+    perms,
+  );
+}
+
+Deno.test({
+  name:
+    "a recv() aborted by AbortSignal.timeout leaves a socket to a child usable: the child's answer arrives whole",
+  permissions: childPerms,
+  ...SANITIZE,
+  async fn() {
+    const [mine, theirs] = socketpair({ type: "dgram" });
+    try {
+      await using child = socketChild(["echo"], theirs);
+      assert.equal(await lineOf(child.stdout!), "type dgram");
+      // The child answers only what it gets: nothing yet.
+      await assert.rejects(
+        withTimeout(
+          mine.recv({ signal: AbortSignal.timeout(100) }),
+          5_000,
+          "the aborted recv",
+        ),
+        isTimeout,
+      );
+      await mine.send(encoder.encode("hello"));
+      const answer = await withTimeout(mine.recv(), 10_000, "the answer");
+      assert.equal(decoder.decode(answer!.data), "hello received!");
+      await mine.send(encoder.encode("bye"));
+      assert.equal(
+        (await withTimeout(child.status, 10_000, "the child's exit")).code,
+        0,
+      );
+    } finally {
+      mine.close();
+      await pollerIdle();
+    }
+  },
+});
+
+test(
+  "stream read({ signal }) rejects once it aborts and loses nothing; a read whose buffer is transferred while it waits is a TypeError, the data kept",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const buffer = new Uint8Array(64);
+    await assert.rejects(
+      withTimeout(
+        b.read(buffer, { signal: AbortSignal.timeout(50) }),
+        5_000,
+        "the aborted read",
+      ),
+      isTimeout,
+    );
+    const read = b.read(buffer);
+    read.catch(() => {});
+    assert.ok(await stillPending(read, 20));
+    transfer(buffer.buffer);
+    await a.write(encoder.encode("still here"));
+    await assert.rejects(
+      withTimeout(read, 2_000, "the read"),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message ===
+          "Cannot read from UnixSocket: the buffer was transferred (detached) while the read waited; the data stays for the next read",
+    );
+    assert.equal(decoder.decode(await readExactly(b, 10)), "still here");
+  },
+  perms,
+);
+
+test(
+  "read, write, send and their sync forms refuse a buffer already transferred with TypeError, sending nothing",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const view = new Uint8Array(8);
+    transfer(view.buffer);
+    const named = (doing: string) => (error: unknown) =>
+      error instanceof TypeError &&
+      error.message === `${doing}: the buffer was transferred (detached)`;
+    await assert.rejects(b.read(view), named("Cannot read from UnixSocket"));
+    assert.throws(() => b.readSync(view), named("Cannot read from UnixSocket"));
+    await assert.rejects(a.write(view), named("Cannot write to UnixSocket"));
+    assert.throws(() => a.writeSync(view), named("Cannot write to UnixSocket"));
+    await assert.rejects(a.send(view), named("Cannot send on UnixSocket"));
+    assert.throws(() => a.sendSync(view), named("Cannot send on UnixSocket"));
+    a.shutdown("write");
+    assert.equal(
+      await withTimeout(b.read(new Uint8Array(8)), 2_000, "EOF"),
+      null,
+    );
+  },
+  perms,
+);
+
+for (const type of MESSAGE_TYPES) {
+  test(
+    `${type}: a send({ signal }) waiting for room is withdrawn when it aborts: the peer never gets it or its fds, and later sends go on`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const filled = fillUp(a, 1000);
+      using p = pipe();
+      const withdrawn = a.send(encoder.encode("withdrawn"), {
+        fds: [p.reader],
+        signal: AbortSignal.timeout(50),
+      });
+      const after = a.send(encoder.encode("after"));
+      await assert.rejects(
+        withTimeout(withdrawn, 5_000, "the aborted send"),
+        isTimeout,
+      );
+      for (let i = 0; i < filled; i++) {
+        const message = await withTimeout(b.recv(), 5_000, "a filler");
+        assert.equal(message!.data.length, 1000);
+      }
+      const next = await withTimeout(b.recv(), 5_000, "the later message");
+      assert.equal(decoder.decode(next!.data), "after");
+      assert.deepEqual(next!.fds, []);
+      await withTimeout(after, 2_000, "the later send");
+      // Nothing else is queued: the withdrawn message never went.
+      a.close();
+      if (type === "seqpacket") {
+        assert.equal(await withTimeout(b.recv(), 2_000, "EOF"), null);
+      } else {
+        assert.equal(peekSize(b.rawFd, false), -1);
+      }
+    },
+    perms,
+  );
+
+  test(
+    `${type}: a message whose buffer is transferred while it waits fails with TypeError and is never sent as an empty message`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const filled = fillUp(a, 1000);
+      const data = encoder.encode("moved away");
+      const first = a.send(encoder.encode("first"));
+      const moved = a.send(data);
+      const last = a.send(encoder.encode("last"));
+      moved.catch(() => {});
+      transfer(data.buffer);
+      for (let i = 0; i < filled; i++) {
+        await withTimeout(b.recv(), 5_000, "a filler");
+      }
+      await assert.rejects(
+        withTimeout(moved, 5_000, "the moved send"),
+        (error: Error) =>
+          error instanceof TypeError &&
+          error.message ===
+            "Cannot send on UnixSocket: the buffer was transferred (detached) while the send waited; none of it was sent",
+      );
+      const got = [];
+      for (let i = 0; i < 2; i++) {
+        const message = await withTimeout(b.recv(), 5_000, "a message");
+        got.push(decoder.decode(message!.data));
+      }
+      assert.deepEqual(got, ["first", "last"]);
+      await withTimeout(Promise.all([first, last]), 2_000, "the other sends");
+    },
+    perms,
+  );
+}
+
+test(
+  "stream write({ signal }) partly out when it aborts rejects at once; the rest still arrives, from a copy, ahead of later writes",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const size = 4 << 20; // far more than the socket holds
+    const bytes = pattern(size, 0);
+    const partly = a.write(bytes, { signal: AbortSignal.timeout(50) });
+    const after = a.send(pattern(1000, size));
+    await assert.rejects(
+      withTimeout(partly, 5_000, "the aborted write"),
+      isTimeout,
+    );
+    bytes.fill(0); // the caller may reuse its buffer now
+    assertPattern(await readExactly(b, size + 1000), 0);
+    await withTimeout(after, 2_000, "the later send");
+    a.shutdown("write");
+    assert.equal(
+      await withTimeout(b.read(new Uint8Array(8)), 2_000, "EOF"),
+      null,
+      "no byte repeated",
+    );
+  },
+  perms,
+);
+
+test(
+  "stream write({ signal }) that has not started when it aborts is withdrawn: none of it is written",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    let filled = 0;
+    const chunk = new Uint8Array(4096);
+    for (;;) {
+      const n = sendNoWait(a.rawFd, chunk);
+      if (n < 0) break;
+      filled += n;
+    }
+    const withdrawn = a.write(new Uint8Array(100).fill(0xee), {
+      signal: AbortSignal.timeout(50),
+    });
+    await assert.rejects(
+      withTimeout(withdrawn, 5_000, "the aborted write"),
+      isTimeout,
+    );
+    a.shutdown("write");
+    const all = await withTimeout(
+      new Response(b.readable).arrayBuffer(),
+      5_000,
+      "reading to EOF",
+    );
+    assert.equal(all.byteLength, filled);
+    assert.ok(!new Uint8Array(all).includes(0xee));
+  },
+  perms,
+);
+
+test(
+  "aborting a stream socket's writable while a chunk waits settles promptly and shuts down writing, cutting that chunk off",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const writer = a.writable.getWriter();
+    const size = 4 << 20;
+    const chunk = writer.write(pattern(size, 0));
+    chunk.catch(() => {});
+    assert.ok(await stillPending(chunk, 20), "4 MiB fit in the socket");
+    const reason = new Error("stop");
+    await withTimeout(writer.abort(reason), 2_000, "abort()");
+    await assert.rejects(chunk, (error) => error === reason);
+    // Abort discards: what was out arrives, then end of stream.
+    const all = new Uint8Array(
+      await withTimeout(
+        new Response(b.readable).arrayBuffer(),
+        10_000,
+        "reading to EOF",
+      ),
+    );
+    assert.ok(all.length > 0 && all.length < size, `${all.length} bytes`);
+    assertPattern(all, 0);
+  },
+  perms,
+);
+
+test(
+  "socketpair()'s deprecated bufferSize still sets the buffer size; disagreeing with bufferBytes is a TypeError",
+  () => {
+    // The kernel doubles what it is asked for, for its own bookkeeping.
+    for (const options of [{ bufferBytes: 1 << 16 }, { bufferSize: 1 << 16 }]) {
+      using pair = socketpair(options);
+      for (const end of pair) {
+        assert.equal(
+          getIntOption(end.rawFd, SOCK.SO_SNDBUF, "SO_SNDBUF"),
+          1 << 17,
+        );
+        assert.equal(
+          getIntOption(end.rawFd, SOCK.SO_RCVBUF, "SO_RCVBUF"),
+          1 << 17,
+        );
+      }
+    }
+    using same = socketpair({ bufferBytes: 1 << 16, bufferSize: 1 << 16 });
+    void same;
+    assert.throws(
+      () => socketpair({ bufferBytes: 1 << 16, bufferSize: 1 << 17 }),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message ===
+          "Cannot create socket pair: bufferBytes (65536) and its deprecated name bufferSize (131072) disagree; pass bufferBytes only",
+    );
+  },
+  perms,
+);
+
+test(
+  "options of the wrong type are TypeErrors naming the option, out of range ones RangeErrors",
+  async () => {
+    const typeError = (pattern: RegExp) => (error: unknown) =>
+      error instanceof TypeError && pattern.test((error as Error).message);
+    // deno-lint-ignore no-explicit-any
+    const any = (value: unknown) => value as any;
+    assert.throws(
+      () => socketpair({ bufferBytes: any("1024") }),
+      typeError(
+        /^Cannot create socket pair: bufferBytes must be a number, got string$/,
+      ),
+    );
+    assert.throws(
+      () => socketpair({ bufferSize: any("1024") }),
+      typeError(
+        /^Cannot create socket pair: bufferSize must be a number, got string$/,
+      ),
+    );
+    assert.throws(
+      () => socketpair({ bufferBytes: 2 ** 31 }),
+      (error: Error) =>
+        error instanceof RangeError &&
+        /bufferBytes must be a positive integer/.test(error.message),
+    );
+    assert.throws(
+      () => socketpair(any(null)),
+      typeError(
+        /^Cannot create socket pair: expected an options object, got null$/,
+      ),
+    );
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    await assert.rejects(
+      b.recv({ maxFds: any("3") }),
+      typeError(
+        /^Cannot receive on UnixSocket: maxFds must be a number, got string$/,
+      ),
+    );
+    await assert.rejects(
+      b.recv({ maxBytes: any(null) }),
+      typeError(
+        /^Cannot receive on UnixSocket: maxBytes must be a number, got null$/,
+      ),
+    );
+    await assert.rejects(
+      a.send(new Uint8Array(1), { fds: any(5) }),
+      typeError(
+        /^Cannot send on UnixSocket: fds must be an array of endpoints or fds, got number$/,
+      ),
+    );
+    await assert.rejects(
+      b.recv({ signal: any("soon") }),
+      typeError(
+        /^Cannot receive on UnixSocket: signal must be an AbortSignal, got string$/,
+      ),
+    );
+    await assert.rejects(
+      b.read(new Uint8Array(4), { signal: any({ aborted: false }) }),
+      typeError(
+        /^Cannot read from UnixSocket: signal must be an AbortSignal, got Object$/,
+      ),
+    );
+    await assert.rejects(
+      a.write(new Uint8Array(4), { signal: any(1) }),
+      typeError(
+        /^Cannot write to UnixSocket: signal must be an AbortSignal, got number$/,
+      ),
+    );
+    await assert.rejects(
+      a.send(new Uint8Array(4), { signal: any(1) }),
+      typeError(
+        /^Cannot send on UnixSocket: signal must be an AbortSignal, got number$/,
+      ),
+    );
+    // Nothing was sent by the refused calls.
+    assert.equal(peekSize(b.rawFd, false), -1);
+  },
+  perms,
+);
+
+test(
+  "new UnixSocket() names why an fd cannot be adopted: not open, or not a socket",
+  () => {
+    using p = pipe();
+    assert.throws(
+      () => new UnixSocket(p.reader.rawFd),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message ===
+          `Cannot adopt fd ${p.reader.rawFd} as UnixSocket: it is not a socket`,
+    );
+    const closed = p.writer.rawFd;
+    p.writer.close();
+    assert.throws(
+      () => new UnixSocket(closed),
+      (error: Error) =>
+        error instanceof Deno.errors.BadResource &&
+        error.message ===
+          `Cannot adopt fd ${closed} as UnixSocket: it is not open`,
+    );
+  },
+  perms,
+);
