@@ -249,6 +249,14 @@ export class OneShotServer<T> implements Disposable {
   }
 
   /**
+   * Whether the server stopped listening: {@linkcode close} was called, or
+   * {@linkcode accept} got its client or gave up.
+   */
+  get closed(): boolean {
+    return this.#listener.closed;
+  }
+
+  /**
    * Waits for the client and its first message. Connections of other
    * users are dropped and waiting goes on.
    *
@@ -257,6 +265,19 @@ export class OneShotServer<T> implements Disposable {
    * @throws {Deno.errors.TimedOut} When `timeout` passes first.
    * @throws The signal's reason when it is aborted.
    * @throws {Deno.errors.BadResource} When the server was already used.
+   *
+   * @example Give up when no client comes
+   * ```ts
+   * import { OneShotServer } from "@conduit/ipc/oneshot";
+   *
+   * const server = new OneShotServer<string>();
+   * try {
+   *   await server.accept({ timeout: 50 });
+   * } catch (error) {
+   *   console.log(error instanceof Deno.errors.TimedOut); // true
+   * }
+   * console.log(server.closed); // true: used up either way
+   * ```
    */
   async accept(
     options: ServerAcceptOptions = {},
@@ -378,6 +399,17 @@ export class ChannelServer<T>
    * @param options An abort signal and a timeout in milliseconds.
    * @returns The receiver of that client's channel.
    * @throws {Deno.errors.TimedOut} When `timeout` passes first.
+   *
+   * @example One client at a time
+   * ```ts
+   * import { ChannelServer, connectOneShot } from "@conduit/ipc/oneshot";
+   *
+   * using server = new ChannelServer<string>();
+   * using tx = await connectOneShot<string>(server.name);
+   * await tx.send("ping");
+   * using rx = await server.accept({ timeout: 5000 });
+   * console.log(await rx.recv()); // "ping"
+   * ```
    */
   async accept(options: ServerAcceptOptions = {}): Promise<Receiver<T>> {
     const { signal, done } = limits(options, "accept on ChannelServer");

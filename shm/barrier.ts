@@ -134,6 +134,23 @@ export class Barrier implements Disposable {
    * @returns This wait's place in the order of arrival, 0 to `parties - 1`.
    * @throws {Deno.errors.BadResource} When closed, then or while waiting.
    * @throws {Deno.errors.InvalidData} When the state is corrupt.
+   *
+   * @example Rounds of three
+   * ```ts
+   * import { Barrier, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const barrier = Barrier.create(mem, 0, 3);
+   * for (let round = 0; round < 2; round++) {
+   *   const signal = AbortSignal.timeout(5000);
+   *   const order = await Promise.all([
+   *     barrier.wait({ signal }),
+   *     barrier.wait({ signal }),
+   *     barrier.wait({ signal }),
+   *   ]);
+   *   console.log(order.sort()); // [ 0, 1, 2 ]
+   * }
+   * ```
    */
   async wait(options: SyncWaitOptions = {}): Promise<number> {
     const place = this.#place;

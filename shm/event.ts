@@ -101,7 +101,19 @@ export class Event implements Disposable {
     return this.#place.closed;
   }
 
-  /** Sets the event and wakes every waiter, in every process. */
+  /**
+   * Sets the event and wakes every waiter, in every process.
+   *
+   * @example Set once, seen by every attached view
+   * ```ts
+   * import { Event, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const ready = Event.create(mem, 0);
+   * ready.set();
+   * console.log(Event.from(mem, 0).isSet); // true
+   * ```
+   */
   set(): void {
     const place = this.#place;
     place.assertOpen();
@@ -117,7 +129,20 @@ export class Event implements Disposable {
     place.notify();
   }
 
-  /** Clears the event; later waits wait for the next {@linkcode set}. */
+  /**
+   * Clears the event; later waits wait for the next {@linkcode set}.
+   *
+   * @example Reuse an event for the next round
+   * ```ts
+   * import { Event, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const round = Event.create(mem, 0);
+   * round.set();
+   * round.clear();
+   * console.log(round.isSet); // false
+   * ```
+   */
   clear(): void {
     const place = this.#place;
     place.assertOpen();
@@ -129,6 +154,17 @@ export class Event implements Disposable {
    *
    * @param options `signal` to give up waiting.
    * @throws {Deno.errors.BadResource} When closed, then or while waiting.
+   *
+   * @example Wait with a deadline
+   * ```ts
+   * import { Event, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const done = Event.create(mem, 0);
+   * setTimeout(() => done.set(), 10); // another process would do this
+   * await done.wait({ signal: AbortSignal.timeout(5000) });
+   * console.log(done.isSet); // true
+   * ```
    */
   async wait(options: SyncWaitOptions = {}): Promise<void> {
     const place = this.#place;

@@ -55,6 +55,19 @@ export type LockOptions = SyncWaitOptions;
 /**
  * Proof of holding a {@linkcode Mutex}: `using` it unlocks at the end of
  * the block.
+ *
+ * @example Hold the lock for one block
+ * ```ts
+ * import { Mutex, SharedMemory } from "@conduit/ipc";
+ *
+ * using mem = SharedMemory.create(4096);
+ * const mutex = Mutex.create(mem, 0);
+ * {
+ *   using guard = await mutex.lock();
+ *   console.log(guard.held, mutex.holder === Deno.pid); // true true
+ * }
+ * console.log(mutex.holder); // undefined: unlocked at the end of the block
+ * ```
  */
 export class MutexGuard implements Disposable {
   #unlock: (() => void) | undefined;
@@ -86,6 +99,17 @@ export class MutexGuard implements Disposable {
    * @throws {Deno.errors.InvalidData} When the lock is no longer this
    * process's (its shared state was overwritten).
    * @throws {Deno.errors.BadResource} When the memory was closed.
+   *
+   * @example Unlock before the end of the block
+   * ```ts
+   * import { Mutex, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const mutex = Mutex.create(mem, 0);
+   * const guard = await mutex.lock();
+   * guard.unlock();
+   * console.log(guard.held, mutex.tryLock() !== undefined); // false true
+   * ```
    */
   unlock(): void {
     const unlock = this.#unlock;

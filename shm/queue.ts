@@ -517,6 +517,21 @@ export class ShmSender implements Disposable {
    * ended or every copy of it was closed). While there is room, sends to a
    * receiver that died unnoticed still succeed: at most a ring's worth.
    * @throws {Deno.errors.InvalidData} When the ring's shared state is corrupt.
+   *
+   * @example Give up when the receiver does not make room in time
+   * ```ts
+   * import { shmQueue } from "@conduit/ipc/shm";
+   *
+   * using q = shmQueue({ bytes: 4096 });
+   * const [tx, rx] = q;
+   * await tx.send(new Uint8Array(4096)); // fills the ring
+   * try {
+   *   await tx.send(new Uint8Array(1), { signal: AbortSignal.timeout(50) });
+   * } catch (error) {
+   *   console.log((error as Error).name); // "TimeoutError": nothing was sent
+   * }
+   * console.log((await rx.recv())?.length); // 4096
+   * ```
    */
   send(bytes: Uint8Array, options: ShmWaitOptions = {}): Promise<void> {
     if (!(bytes instanceof Uint8Array)) {

@@ -75,6 +75,18 @@ export class ShmReceiverSet implements Disposable {
    * @throws {TypeError} When it is not a `ShmReceiver`.
    * @throws {Deno.errors.BadResource} When the set or the receiver is
    * closed.
+   *
+   * @example Add a client's queue as it arrives
+   * ```ts
+   * import { shmQueue, ShmReceiverSet } from "@conduit/ipc/shm";
+   *
+   * using set = new ShmReceiverSet();
+   * const [tx, rx] = shmQueue();
+   * const id = set.add(rx); // the set owns rx now
+   * await tx.send(new TextEncoder().encode("hi"));
+   * console.log((await set.select()).id === id); // true
+   * tx.close();
+   * ```
    */
   add(receiver: ShmReceiver): number {
     if (this.#closed) throw closedError("ShmReceiverSet");
@@ -94,7 +106,23 @@ export class ShmReceiverSet implements Disposable {
     return this.#entries.size;
   }
 
-  /** The receiver of an id, or `undefined` once it left the set. */
+  /**
+   * The receiver of an id, or `undefined` once it left the set.
+   *
+   * @param id Its id.
+   * @returns The receiver, still owned by the set.
+   *
+   * @example Look a receiver up by id
+   * ```ts
+   * import { shmQueue, ShmReceiverSet } from "@conduit/ipc/shm";
+   *
+   * using set = new ShmReceiverSet();
+   * const [tx, rx] = shmQueue();
+   * const id = set.add(rx);
+   * console.log(set.get(id) === rx, set.get(id + 1)); // true undefined
+   * tx.close();
+   * ```
+   */
   get(id: number): ShmReceiver | undefined {
     return this.#entries.get(id)?.receiver;
   }
@@ -105,6 +133,17 @@ export class ShmReceiverSet implements Disposable {
    *
    * @param id Its id.
    * @returns Whether the id was in the set.
+   *
+   * @example Stop serving one client
+   * ```ts
+   * import { shmQueue, ShmReceiverSet } from "@conduit/ipc/shm";
+   *
+   * using set = new ShmReceiverSet();
+   * const [tx, rx] = shmQueue();
+   * const id = set.add(rx);
+   * console.log(set.drop(id), rx.closed, set.size); // true true 0
+   * tx.close();
+   * ```
    */
   drop(id: number): boolean {
     const entry = this.#entries.get(id);
@@ -124,6 +163,25 @@ export class ShmReceiverSet implements Disposable {
    * the ring was corrupt): that receiver is then closed and out of the set.
    * @throws {Deno.errors.BadResource} When the set is closed, then or while
    * waiting.
+   *
+   * @example Serve until every sender is gone
+   * ```ts
+   * import { shmQueue, ShmReceiverSet } from "@conduit/ipc/shm";
+   *
+   * using set = new ShmReceiverSet();
+   * for (const n of [1, 2]) {
+   *   const [tx, rx] = shmQueue();
+   *   set.add(rx);
+   *   await tx.send(new Uint8Array([n]));
+   *   tx.close();
+   * }
+   * let sum = 0;
+   * while (set.size > 0) {
+   *   const got = await set.select({ signal: AbortSignal.timeout(5000) });
+   *   if (!got.closed) sum += got.value[0];
+   * }
+   * console.log(sum); // 3
+   * ```
    */
   async select(options: ShmSelectOptions = {}): Promise<ShmSelectResult> {
     const { signal } = options;

@@ -145,6 +145,21 @@ export class Semaphore implements Disposable {
    *
    * @returns Whether a unit was taken.
    * @throws {Deno.errors.InvalidData} When the count is corrupt.
+   *
+   * @example Do the work only if a slot is free
+   * ```ts
+   * import { Semaphore, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const slots = Semaphore.create(mem, 0, { value: 1 });
+   * if (slots.tryAcquire()) {
+   *   try {
+   *     console.log("working"); // the one slot is ours
+   *   } finally {
+   *     slots.release();
+   *   }
+   * }
+   * ```
    */
   tryAcquire(): boolean {
     this.#place.assertOpen();
@@ -157,6 +172,18 @@ export class Semaphore implements Disposable {
    * @param options `signal` to give up waiting.
    * @throws {Deno.errors.BadResource} When closed, then or while waiting.
    * @throws {Deno.errors.InvalidData} When the count is corrupt.
+   *
+   * @example Wait for a slot, with a deadline
+   * ```ts
+   * import { Semaphore, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const slots = Semaphore.create(mem, 0, { value: 0 });
+   * const waiting = slots.acquire({ signal: AbortSignal.timeout(5000) });
+   * slots.release(); // another process would do this
+   * await waiting;
+   * console.log(slots.value); // 0
+   * ```
    */
   async acquire(options: SyncWaitOptions = {}): Promise<void> {
     const place = this.#place;
@@ -188,6 +215,16 @@ export class Semaphore implements Disposable {
    * @param count Units to give back, default 1.
    * @throws {RangeError} When the count would exceed the semaphore's max.
    * @throws {Deno.errors.InvalidData} When the count is corrupt.
+   *
+   * @example Give back several units at once
+   * ```ts
+   * import { Semaphore, SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096);
+   * const slots = Semaphore.create(mem, 0, { value: 0, max: 4 });
+   * slots.release(3);
+   * console.log(slots.value); // 3
+   * ```
    */
   release(count = 1): void {
     const place = this.#place;

@@ -545,6 +545,16 @@ export class SharedMemory implements Disposable {
    * allowed before or after {@linkcode close}.
    *
    * @throws {TypeError} When the memory has no name (a memfd).
+   *
+   * @example Unlink once the peers have opened it
+   * ```ts
+   * import { SharedMemory } from "@conduit/ipc";
+   *
+   * using mem = SharedMemory.create(4096, { name: `doc-own-${Deno.pid}` });
+   * using peer = SharedMemory.open(`doc-own-${Deno.pid}`);
+   * mem.unlink(); // the name is gone; both mappings stay
+   * console.log(peer.size); // 4096
+   * ```
    */
   unlink(): void {
     if (this.#name === undefined) {
