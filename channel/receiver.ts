@@ -12,6 +12,7 @@ import {
   untilClosed,
 } from "../_channel_error.ts";
 import { closedError } from "../ffi/errors.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
 import { HEADER } from "../_channel_wire.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
@@ -168,6 +169,24 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
 
   set limits(value: DecodeLimits) {
     this.#in.limits = resolveLimits(value, "set limits of Receiver");
+  }
+
+  /**
+   * Shows the kind, the first connection's fd, the state and how many
+   * sender connections are open, as
+   * `Receiver { fd: 8, state: "open", senders: 2 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const conns = this.#in.conns;
+    const fields = this.#closed
+      ? { state: "closed" }
+      : conns.length === 0
+      ? { state: "open", senders: 0 }
+      : { ...conns[0].fd.state(), senders: conns.length };
+    return inspectEndpoint("Receiver", fields, inspect, options);
   }
 
   #assertOpen(): void {

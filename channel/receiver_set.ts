@@ -7,6 +7,7 @@
 import { ChannelClosedError } from "../_channel_error.ts";
 import { closedError } from "../ffi/errors.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import { lookFull, pollOnce, waitReady } from "./_keys.ts";
 import { type ChannelRecvOptions, Receiver } from "./receiver.ts";
 
@@ -108,6 +109,19 @@ export class ReceiverSet<T = unknown> implements Disposable {
   /** How many receivers are in the set. */
   get size(): number {
     return this.#entries.size;
+  }
+
+  /** Shows how many receivers are in the set, as `ReceiverSet { size: 2 }`. */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint(
+      "ReceiverSet",
+      { size: this.#entries.size },
+      inspect,
+      options,
+    );
   }
 
   /**

@@ -10,6 +10,7 @@ import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { checkSpin, Spinner } from "../ffi/spin.ts";
 import { closeAll } from "../_scm.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import {
   FRAME,
   header,
@@ -100,6 +101,22 @@ export class Sender<T> implements Disposable {
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * Shows the kind, fd, state, mode and capacity, as
+   * `Sender { fd: 7, state: "open", mode: "values", capacity: 64 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const fields = {
+      ...(this.#closed ? { state: "closed" } : this.#fd.state()),
+      mode: this.#mode === MODE_BYTES ? "bytes" : "values",
+      capacity: this.#capacity,
+    };
+    return inspectEndpoint("Sender", fields, inspect, options);
   }
 
   #assertOpen(): void {
