@@ -52,6 +52,7 @@ import {
   type UnixListener,
 } from "./socketpair.ts";
 import { randomName } from "./_unix_addr.ts";
+import { inspectEndpoint } from "./_inspect.ts";
 
 const PREFIX = "conduit-oneshot/";
 
@@ -91,6 +92,18 @@ export interface ServerOptions {
    * first message under them. Fields left out keep their defaults.
    */
   limits?: DecodeLimits;
+}
+
+/** What a server shows when inspected: its listener's fd and state, its name. */
+function serverFields(
+  listener: UnixListener,
+  name: string,
+  ref: boolean,
+): object {
+  if (listener.closed) return { state: "closed", name };
+  return ref
+    ? { fd: listener.rawFd, state: "open", name }
+    : { fd: listener.rawFd, state: "open", ref: false, name };
 }
 
 /** A fresh server name: the prefix and 128 random bits. */
@@ -257,6 +270,26 @@ export class OneShotServer<T> implements Disposable {
   }
 
   /**
+   * Shows the kind, the listening fd, the state and the name, as
+   * `OneShotServer { fd: 9, state: "open", name: "conduit-oneshot/…" }`,
+   * and `accepting: true` while {@linkcode accept} waits.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const fields = serverFields(this.#listener, this.#name, true);
+    return inspectEndpoint(
+      "OneShotServer",
+      this.#used && !this.#listener.closed
+        ? { ...fields, accepting: true }
+        : fields,
+      inspect,
+      options,
+    );
+  }
+
+  /**
    * Waits for the client and its first message. Connections of other
    * users are dropped and waiting goes on.
    *
@@ -367,6 +400,7 @@ export class ChannelServer<T>
   #name: string;
   #allow: (uid: number) => boolean;
   #decodeLimits: DecodeLimits;
+  #ref = true;
 
   /**
    * Starts listening on a fresh random name.
@@ -391,6 +425,22 @@ export class ChannelServer<T>
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
     return this.#listener.closed;
+  }
+
+  /**
+   * Shows the kind, the listening fd, the state and the name, as
+   * `ChannelServer { fd: 9, state: "open", name: "conduit-oneshot/…" }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint(
+      "ChannelServer",
+      serverFields(this.#listener, this.#name, this.#ref),
+      inspect,
+      options,
+    );
   }
 
   /**
@@ -442,11 +492,13 @@ export class ChannelServer<T>
 
   /** Lets a pending accept keep the process alive (the default). */
   ref(): void {
+    this.#ref = true;
     this.#listener.ref();
   }
 
   /** Lets the process exit while an accept is pending. */
   unref(): void {
+    this.#ref = false;
     this.#listener.unref();
   }
 
