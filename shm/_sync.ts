@@ -32,6 +32,7 @@
  */
 
 import { closedError } from "../ffi/errors.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import { checkSpin, Spinner } from "../ffi/spin.ts";
 import { SharedMemory } from "./shared_memory.ts";
 import type { WaitResult } from "./wait.ts";
@@ -131,6 +132,23 @@ export class Place {
 
   assertOpen(): void {
     if (this.closed) throw closedError(this.what);
+  }
+
+  /**
+   * How the primitive prints: `{ state: "closed" }` once closed (its words
+   * may be unmapped), else its offset and `fields(words)`, which must only
+   * read the words (never wait, never throw on a value another process
+   * wrote).
+   */
+  inspect(
+    fields: (words: Int32Array) => object,
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const shown = this.closed
+      ? { state: "closed" }
+      : { state: "open", offset: this.index * 4, ...fields(this.words) };
+    return inspectEndpoint(this.what, shown, inspect, options);
   }
 
   /** The signal a slow path stops on: the caller's, or `close()`. */

@@ -114,6 +114,25 @@ export class Barrier implements Disposable {
     return this.#place.closed;
   }
 
+  /**
+   * Shows the state, the offset, the parties and how many of this round
+   * have arrived, as `Barrier { state: "open", offset: 0, parties: 3,
+   * arrived: 1 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return this.#place.inspect(
+      (words) => ({
+        parties: this.#parties,
+        arrived: Atomics.load(words, 0) & COUNT_BITS,
+      }),
+      inspect,
+      options,
+    );
+  }
+
   #state(verb: string): { v: number; generation: number; arrived: number } {
     const v = Atomics.load(this.#place.words, 0);
     const arrived = v & COUNT_BITS;

@@ -102,6 +102,21 @@ export class Event implements Disposable {
   }
 
   /**
+   * Shows the state, the offset and whether the event is set, as
+   * `Event { state: "open", offset: 0, set: true }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return this.#place.inspect(
+      (words) => ({ set: (Atomics.load(words, 0) & 1) === 1 }),
+      inspect,
+      options,
+    );
+  }
+
+  /**
    * Sets the event and wakes every waiter, in every process.
    *
    * @example Set once, seen by every attached view

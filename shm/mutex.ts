@@ -6,6 +6,7 @@
  */
 
 import { closedError } from "../ffi/errors.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import type { SharedMemory } from "./shared_memory.ts";
 import {
@@ -91,6 +92,22 @@ export class MutexGuard implements Disposable {
   /** Whether {@linkcode unlock} has not been called yet. */
   get held(): boolean {
     return this.#unlock !== undefined;
+  }
+
+  /**
+   * Shows whether the guard still holds the lock and whether the previous
+   * holder died, as `MutexGuard { held: true, ownerDied: false }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint(
+      "MutexGuard",
+      { held: this.held, ownerDied: this.#ownerDied },
+      inspect,
+      options,
+    );
   }
 
   /**
@@ -248,6 +265,26 @@ export class Mutex implements Disposable {
   /** Whether {@linkcode close} was called or the memory closed. */
   get closed(): boolean {
     return this.#place.closed;
+  }
+
+  /**
+   * Shows the state, the offset and who holds the lock, without waiting,
+   * as `Mutex { state: "open", offset: 0, locked: true, holder: 4242 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return this.#place.inspect(
+      () => {
+        const low = Number(Atomics.load(this.#wide, 0) & LOW);
+        return low === 0
+          ? { locked: false }
+          : { locked: true, holder: low & PID_BITS };
+      },
+      inspect,
+      options,
+    );
   }
 
   /**

@@ -6,6 +6,7 @@
  */
 
 import { closedError } from "../ffi/errors.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import { ShmReceiver } from "./queue.ts";
 
 /** What {@linkcode ShmReceiverSet.select} returns. */
@@ -104,6 +105,22 @@ export class ShmReceiverSet implements Disposable {
   /** How many receivers are in the set. */
   get size(): number {
     return this.#entries.size;
+  }
+
+  /**
+   * Shows the state and how many receivers are in the set, as
+   * `ShmReceiverSet { state: "open", size: 2 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return inspectEndpoint(
+      "ShmReceiverSet",
+      { state: this.#closed ? "closed" : "open", size: this.#entries.size },
+      inspect,
+      options,
+    );
   }
 
   /**

@@ -123,6 +123,21 @@ export class Semaphore implements Disposable {
     return this.#place.closed;
   }
 
+  /**
+   * Shows the state, the offset, the count and its max, without waiting,
+   * as `Semaphore { state: "open", offset: 0, value: 2, max: 4 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    return this.#place.inspect(
+      (words) => ({ value: Atomics.load(words, 0), max: this.#max }),
+      inspect,
+      options,
+    );
+  }
+
   #count(verb: string): number {
     return this.#place.word(0, 0, this.#max, verb, "count");
   }
