@@ -139,6 +139,12 @@ export class Link {
       this.nc.info !== undefined;
   }
 
+  /** The connection as an end shows it when inspected. */
+  get state(): "up" | "down" | "closed" {
+    if (this.#closed !== undefined) return "closed";
+    return this.up ? "up" : "down";
+  }
+
   /** Set once the connection is closed for good. */
   get closedError(): ChannelClosedError | undefined {
     return this.#closed;

@@ -34,6 +34,7 @@ import {
 import { decodeValue, KIND, parse } from "./_wire.ts";
 import { abortable, pause } from "./_abort.ts";
 import { checkCapacity, closedError } from "./_checks.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import type { NatsReceiverOptions, NatsRecvOptions } from "./options.ts";
 
 const DEFAULT_MAX_PENDING_BYTES = 64 << 20;
@@ -231,6 +232,38 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   /** Values that arrived and are not taken yet. */
   get pending(): number {
     return this.#queue.length - this.#head;
+  }
+
+  /**
+   * Shows the subject, the state, the connection's state, whether values
+   * come from JetStream, the senders heard from, the values waiting, and
+   * the values lost or dropped when there are any, as `NatsReceiver {
+   * subject: "jobs", state: "open", connection: "up", jetstream: false,
+   * senders: 1, pending: 0 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    if (this.#closed) {
+      return inspectEndpoint(
+        "NatsReceiver",
+        { subject: this.#subject, state: "closed" },
+        inspect,
+        options,
+      );
+    }
+    const fields: Record<string, unknown> = {
+      subject: this.#subject,
+      state: "open",
+      connection: this.#link.state,
+      jetstream: this.#js !== undefined,
+      senders: this.#live,
+      pending: this.pending,
+    };
+    if (this.#lost > 0) fields.lost = this.#lost;
+    if (this.#dropped > 0) fields.dropped = this.#dropped;
+    return inspectEndpoint("NatsReceiver", fields, inspect, options);
   }
 
   /** @internal Resolves once the consumer is ready (JetStream). */

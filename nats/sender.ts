@@ -28,6 +28,7 @@ import {
 } from "./_wire.ts";
 import { abortable, pause } from "./_abort.ts";
 import { closedError } from "./_checks.ts";
+import { inspectEndpoint } from "../_inspect.ts";
 import type { NatsSendOptions } from "./options.ts";
 
 /** Where a JetStream sender's values go, and the API to ask after it. */
@@ -134,6 +135,27 @@ export class NatsSender<T> implements AsyncDisposable {
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * Shows the subject, the state, the connection's state, whether values
+   * go to JetStream and the capacity, as `NatsSender { subject: "jobs",
+   * state: "open", connection: "up", jetstream: false, capacity: 256 }`.
+   */
+  [Symbol.for("Deno.customInspect")](
+    inspect: (value: unknown, options?: unknown) => string,
+    options: unknown,
+  ): string {
+    const fields = this.#closed
+      ? { subject: this.#subject, state: "closed" }
+      : {
+        subject: this.#subject,
+        state: "open",
+        connection: this.#link.state,
+        jetstream: this.#stream !== undefined,
+        capacity: this.#capacity,
+      };
+    return inspectEndpoint("NatsSender", fields, inspect, options);
   }
 
   /**
