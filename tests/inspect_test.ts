@@ -3,6 +3,23 @@ import { connect, fromFd, listen, pipe, socketpair } from "../mod.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import { SharedMemory, shmQueue } from "../shm/mod.ts";
 import { test } from "./_util.ts";
+import { bytesChannel, channel, ReceiverSet } from "../channel.ts";
+import { ChannelServer, OneShotServer } from "../oneshot.ts";
+import {
+  Barrier,
+  Event,
+  Mutex,
+  Semaphore,
+  ShmReceiverSet,
+} from "../shm/mod.ts";
+import { natsChannel } from "../nats/mod.ts";
+import { assertNoFdLeak, SANITIZE, withTimeout } from "./_util.ts";
+import {
+  NATS_MISSING,
+  NATS_PERMISSIONS,
+  natsServer,
+  ownProcesses,
+} from "./_nats_util.ts";
 
 const plain = (value: unknown) => Deno.inspect(value, { colors: false });
 
@@ -127,3 +144,213 @@ test(
   },
   { read: true, write: true },
 );
+
+// Channels, servers, the primitives in shared memory and NATS ends.
+
+/** One line, whatever its length, so long names compare exactly. */
+const line = (value: unknown) =>
+  Deno.inspect(value, { colors: false, breakLength: Infinity });
+
+test("channel ends print their fd, state, mode, capacity and senders", async () => {
+  const [tx, rx] = channel<number>({ capacity: 4 });
+  const [btx, brx] = bytesChannel();
+  try {
+    assert.equal(
+      plain(tx),
+      `Sender { fd: ${tx.rawFd}, state: "open", mode: "values", capacity: 4 }`,
+    );
+    assert.equal(
+      plain(btx),
+      `Sender { fd: ${btx.rawFd}, state: "open", mode: "bytes", capacity: 64 }`,
+    );
+    assert.equal(
+      plain(rx),
+      `Receiver { fd: ${rx.rawFd}, state: "open", senders: 1 }`,
+    );
+    using clone = tx.clone();
+    await clone.send(1);
+    assert.equal(
+      await withTimeout(rx.recv(), 5000, "the clone's message"),
+      1,
+    );
+    assert.equal(
+      plain(rx),
+      `Receiver { fd: ${rx.rawFd}, state: "open", senders: 2 }`,
+    );
+    tx.unref();
+    assert.equal(
+      line(tx),
+      `Sender { fd: ${tx.rawFd}, state: "open", ref: false, mode: "values", capacity: 4 }`,
+    );
+  } finally {
+    tx.close();
+    rx.close();
+    btx.close();
+    brx.close();
+  }
+  assert.equal(
+    plain(tx),
+    `Sender { state: "closed", mode: "values", capacity: 4 }`,
+  );
+  assert.equal(plain(rx), `Receiver { state: "closed" }`);
+});
+
+test("ReceiverSet prints how many receivers it holds", () => {
+  using set = new ReceiverSet<number>();
+  assert.equal(plain(set), "ReceiverSet { size: 0 }");
+  const [tx, rx] = channel<number>();
+  set.add(rx);
+  assert.equal(plain(set), "ReceiverSet { size: 1 }");
+  tx.close();
+  set.close();
+  assert.equal(plain(set), "ReceiverSet { size: 0 }");
+});
+
+test("servers print their listening fd, state and name, and a pending accept", async () => {
+  const one = new OneShotServer<string>();
+  const fd = String.raw`\d+`;
+  const name = one.name.replaceAll("/", "\\/");
+  assert.match(
+    line(one),
+    new RegExp(
+      `^OneShotServer \\{ fd: ${fd}, state: "open", name: "${name}" \\}$`,
+    ),
+  );
+  const stop = new AbortController();
+  const accepting = one.accept({ signal: stop.signal });
+  assert.match(
+    line(one),
+    new RegExp(
+      `^OneShotServer \\{ fd: ${fd}, state: "open", name: "${name}", accepting: true \\}$`,
+    ),
+  );
+  stop.abort(new Error("stopped"));
+  await assert.rejects(accepting, /stopped/);
+  assert.equal(
+    line(one),
+    `OneShotServer { state: "closed", name: "${one.name}" }`,
+  );
+
+  const many = new ChannelServer<string>();
+  try {
+    many.unref();
+    assert.match(
+      line(many),
+      new RegExp(
+        `^ChannelServer \\{ fd: ${fd}, state: "open", ref: false, name: "${
+          many.name.replaceAll("/", "\\/")
+        }" \\}$`,
+      ),
+    );
+  } finally {
+    many.close();
+  }
+  assert.equal(
+    line(many),
+    `ChannelServer { state: "closed", name: "${many.name}" }`,
+  );
+});
+
+test("primitives in shared memory print their state without waiting", async () => {
+  const mem = SharedMemory.create(4096);
+  const mutex = Mutex.create(mem, 0);
+  const slots = Semaphore.create(mem, 16, { value: 2, max: 4 });
+  const go = Event.create(mem, 32);
+  const barrier = Barrier.create(mem, 48, 2);
+  try {
+    assert.equal(
+      plain(mutex),
+      `Mutex { state: "open", offset: 0, locked: false }`,
+    );
+    const guard = mutex.tryLock();
+    assert.ok(guard !== undefined);
+    assert.equal(
+      plain(mutex),
+      `Mutex { state: "open", offset: 0, locked: true, holder: ${Deno.pid} }`,
+    );
+    assert.equal(plain(guard), "MutexGuard { held: true, ownerDied: false }");
+    guard.unlock();
+    assert.equal(plain(guard), "MutexGuard { held: false, ownerDied: false }");
+
+    assert.equal(
+      plain(slots),
+      `Semaphore { state: "open", offset: 16, value: 2, max: 4 }`,
+    );
+    assert.ok(slots.tryAcquire());
+    assert.match(plain(slots), /value: 1, max: 4 \}$/);
+
+    assert.equal(plain(go), `Event { state: "open", offset: 32, set: false }`);
+    go.set();
+    assert.equal(plain(go), `Event { state: "open", offset: 32, set: true }`);
+
+    const signal = AbortSignal.timeout(5000);
+    const first = barrier.wait({ signal });
+    assert.equal(
+      plain(barrier),
+      `Barrier { state: "open", offset: 48, parties: 2, arrived: 1 }`,
+    );
+    await Promise.all([first, barrier.wait({ signal })]);
+    assert.match(plain(barrier), /parties: 2, arrived: 0 \}$/);
+
+    slots.close();
+    assert.equal(plain(slots), `Semaphore { state: "closed" }`);
+  } finally {
+    mem.close();
+  }
+  for (const [primitive, kind] of [[mutex, "Mutex"], [go, "Event"]] as const) {
+    assert.equal(plain(primitive), `${kind} { state: "closed" }`);
+  }
+  assert.equal(plain(barrier), `Barrier { state: "closed" }`);
+});
+
+test("ShmReceiverSet prints its state and size", () => {
+  const set = new ShmReceiverSet();
+  const [tx, rx] = shmQueue({ bytes: 4096 });
+  try {
+    set.add(rx);
+    assert.equal(plain(set), `ShmReceiverSet { state: "open", size: 1 }`);
+  } finally {
+    tx.close();
+    set.close();
+  }
+  assert.equal(plain(set), `ShmReceiverSet { state: "closed", size: 0 }`);
+});
+
+Deno.test({
+  name: "NATS ends print their subject, state and connection",
+  ignore: NATS_MISSING !== undefined,
+  permissions: { ffi: true, ...NATS_PERMISSIONS },
+  ...SANITIZE,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      await using server = await natsServer();
+      const [tx, rx] = await natsChannel<number>("inspect.me", {
+        servers: server.url,
+      });
+      try {
+        assert.equal(
+          line(tx),
+          `NatsSender { subject: "inspect.me", state: "open", connection: "up", jetstream: false, capacity: 256 }`,
+        );
+        await tx.send(1);
+        assert.equal(await withTimeout(rx.recv(), 10_000, "the value"), 1);
+        assert.equal(
+          line(rx),
+          `NatsReceiver { subject: "inspect.me", state: "open", connection: "up", jetstream: false, senders: 1, pending: 0 }`,
+        );
+      } finally {
+        await tx.close();
+        await rx.close();
+      }
+      assert.equal(
+        plain(tx),
+        `NatsSender { subject: "inspect.me", state: "closed" }`,
+      );
+      assert.equal(
+        plain(rx),
+        `NatsReceiver { subject: "inspect.me", state: "closed" }`,
+      );
+    }, "NATS inspect");
+    assert.deepEqual(ownProcesses(), [], "child processes left behind");
+  },
+});
