@@ -266,7 +266,7 @@ class Ring {
     return {
       ...this.carrier.state(),
       ringBytes: this.capacity,
-      maxMessage: this.maxMessage,
+      maxMessageBytes: this.maxMessage,
       ...(this.peerGone ? { peer: "gone" } : {}),
     };
   }
@@ -471,6 +471,15 @@ export class ShmSender implements Disposable {
   }
 
   /** The largest message this queue takes, in bytes. */
+  get maxMessageBytes(): number {
+    return this.#ring.maxMessage;
+  }
+
+  /**
+   * The old name of `maxMessageBytes`.
+   *
+   * @deprecated Use `maxMessageBytes`; `maxMessage` will be removed in 0.2.0.
+   */
   get maxMessage(): number {
     return this.#ring.maxMessage;
   }
@@ -490,7 +499,7 @@ export class ShmSender implements Disposable {
 
   /**
    * Shows the kind, carrier fd, state, ring size and largest message, as
-   * `ShmSender { fd: 9, state: "open", ringBytes: 65536, maxMessage: 65528 }`.
+   * `ShmSender { fd: 9, state: "open", ringBytes: 65536, maxMessageBytes: 65528 }`.
    */
   [Symbol.for("Deno.customInspect")](
     inspect: (value: unknown, options?: unknown) => string,
@@ -509,7 +518,7 @@ export class ShmSender implements Disposable {
    * the thread) while the ring is too full. Sends are queued, never
    * interleaved.
    *
-   * @param bytes The message, 0 to {@linkcode maxMessage} bytes.
+   * @param bytes The message, 0 to {@linkcode maxMessageBytes} bytes.
    * @param options `signal` to give up waiting for room.
    * @returns Resolves once the message is in the ring.
    * @throws {RangeError} When the message is larger than the ring takes.
@@ -678,6 +687,15 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   }
 
   /** The largest message this queue takes, in bytes. */
+  get maxMessageBytes(): number {
+    return this.#ring.maxMessage;
+  }
+
+  /**
+   * The old name of `maxMessageBytes`.
+   *
+   * @deprecated Use `maxMessageBytes`; `maxMessage` will be removed in 0.2.0.
+   */
   get maxMessage(): number {
     return this.#ring.maxMessage;
   }
@@ -697,7 +715,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
 
   /**
    * Shows the kind, carrier fd, state, ring size and largest message, as
-   * `ShmReceiver { fd: 9, state: "open", ringBytes: 65536, maxMessage: 65528 }`.
+   * `ShmReceiver { fd: 9, state: "open", ringBytes: 65536, maxMessageBytes: 65528 }`.
    */
   [Symbol.for("Deno.customInspect")](
     inspect: (value: unknown, options?: unknown) => string,

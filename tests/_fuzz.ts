@@ -1154,7 +1154,7 @@ const ring: FuzzTarget = {
                 return "invalid";
               }
               if (got === null) return "end";
-              assert.ok(got.byteLength <= rx.maxMessage);
+              assert.ok(got.byteLength <= rx.maxMessageBytes);
             }
             return "message";
           }

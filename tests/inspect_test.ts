@@ -62,9 +62,9 @@ test("shm queue ends print their carrier fd, state, ring size and largest messag
   const [tx, rx] = shmQueue({ bytes: 1 << 16 });
   try {
     assert.match(
-      plain(tx),
+      Deno.inspect(tx, { colors: false, breakLength: Infinity }),
       new RegExp(
-        `^ShmSender \\{ fd: ${tx.rawFd}, state: "open", ringBytes: \\d+, maxMessage: ${tx.maxMessage} \\}$`,
+        `^ShmSender \\{ fd: ${tx.rawFd}, state: "open", ringBytes: \\d+, maxMessageBytes: ${tx.maxMessageBytes} \\}$`,
       ),
     );
     assert.match(plain(rx), /^ShmReceiver \{ fd: \d+, state: "open"/);

@@ -140,6 +140,9 @@ test(
   async () => {
     using q = shmQueue({ bytes: 4096 });
     const [tx, rx] = q;
+    assert.equal(tx.maxMessageBytes, 4096);
+    assert.equal(rx.maxMessageBytes, 4096);
+    // The deprecated name, kept until 0.2.0.
     assert.equal(tx.maxMessage, 4096);
     const sizes = [0, 1, 7, 8, 9, 4096, 3000, 2500, 4095, 100, 0, 4000];
     for (let round = 0; round < 20; round++) {
