@@ -73,7 +73,18 @@ export interface ServerAcceptOptions {
  * by its server and taken by another user gets nothing.
  */
 export interface ConnectOneShotOptions extends ChannelOptions, ExpectedServer {
-  /** `true` for a bytes channel (`Uint8Array` messages, no serialization). */
+  /**
+   * `"values"` (the default) for a channel of structured-clone values, as
+   * `channel()` makes; `"bytes"` for `Uint8Array` messages without
+   * serialization, as `bytesChannel()` makes.
+   */
+  mode?: "values" | "bytes";
+  /**
+   * The old way to ask for a bytes channel: `true` is `mode: "bytes"`.
+   *
+   * @deprecated Use `mode: "bytes"` (a `bytes` option is a size in bytes
+   * elsewhere in the module); `bytes` will be removed in 0.2.0.
+   */
   bytes?: boolean;
   /** Aborting it gives up while the server's queue is full. */
   signal?: AbortSignal;
@@ -513,6 +524,31 @@ export class ChannelServer<T>
   }
 }
 
+/** The channel mode `connectOneShot()` asks for, from `mode` or `bytes`. */
+function channelMode(options: ConnectOneShotOptions): number {
+  const { mode, bytes } = options;
+  if (mode !== undefined && mode !== "values" && mode !== "bytes") {
+    throw new TypeError(
+      `Cannot connect to server: mode must be "values" or "bytes", got ${
+        JSON.stringify(mode)
+      }`,
+    );
+  }
+  if (bytes !== undefined && typeof bytes !== "boolean") {
+    throw new TypeError(
+      `Cannot connect to server: bytes must be a boolean, got ${typeof bytes}`,
+    );
+  }
+  if (
+    mode !== undefined && bytes !== undefined && (mode === "bytes") !== bytes
+  ) {
+    throw new TypeError(
+      `Cannot connect to server: mode "${mode}" and its deprecated form bytes: ${bytes} disagree; pass mode only`,
+    );
+  }
+  return mode === "bytes" || bytes === true ? MODE_BYTES : MODE_VALUE;
+}
+
 /**
  * Connects to a {@linkcode OneShotServer} or {@linkcode ChannelServer} by
  * name and returns a sender of a new channel whose receiver the server
@@ -520,7 +556,8 @@ export class ChannelServer<T>
  *
  * @typeParam T The message type.
  * @param name The server's name.
- * @param options The sender's capacity, bytes mode, an abort signal.
+ * @param options The sender's capacity, its mode (values or bytes), the
+ * expected server, an abort signal.
  * @returns The sender.
  * @throws {Deno.errors.ConnectionRefused} When no server has that name.
  * @throws {Deno.errors.PermissionDenied} When the server is not the
@@ -550,7 +587,7 @@ export async function connectOneShot<T>(
       `Cannot connect to server: capacity must be an integer from 1 to 1000000, got ${capacity}`,
     );
   }
-  const mode = options.bytes ? MODE_BYTES : MODE_VALUE;
+  const mode = channelMode(options);
   const socket = await connect({
     abstract: name,
     type: "seqpacket",

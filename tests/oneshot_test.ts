@@ -406,3 +406,46 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    'connectOneShot({ mode: "bytes" }) makes a bytes channel, as the deprecated bytes: true still does; a disagreement is a TypeError',
+  ...local,
+  async fn() {
+    await assertNoFdLeak(async () => {
+      using server = new ChannelServer<Uint8Array>();
+      for (const options of [{ mode: "bytes" }, { bytes: true }] as const) {
+        using tx = await connectOneShot<Uint8Array>(server.name, options);
+        // Only a bytes channel refuses what is not a Uint8Array.
+        await assert.rejects(
+          tx.send("text" as unknown as Uint8Array),
+          /must be a Uint8Array/,
+        );
+        await tx.send(new Uint8Array([1, 2]));
+        using rx = await server.accept({ timeout: 5000 });
+        assert.deepEqual(
+          await withTimeout(rx.recv(), 5000, "recv"),
+          new Uint8Array([1, 2]),
+        );
+      }
+      using values = await connectOneShot<unknown>(server.name, {
+        mode: "values",
+      });
+      await values.send("text");
+      using rx = await server.accept({ timeout: 5000 });
+      assert.equal(await withTimeout(rx.recv(), 5000, "recv"), "text");
+      await assert.rejects(
+        connectOneShot(server.name, { mode: "bytes", bytes: false }),
+        (error: unknown) =>
+          error instanceof TypeError && /disagree/.test(error.message),
+      );
+      await assert.rejects(
+        connectOneShot(server.name, {
+          mode: "binary" as unknown as "bytes",
+        }),
+        (error: unknown) =>
+          error instanceof TypeError && /mode must be/.test(error.message),
+      );
+    });
+  },
+});
