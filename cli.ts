@@ -182,8 +182,8 @@ function parse<const T extends ParseArgsConfig>(
  * @param args The arguments after the script, such as `["demo", "random_byte"]`.
  * @returns The exit code: 0 ok, 1 failure, 2 usage error ({@linkcode ExitCode}).
  *
- * @example Run the command line from a script
- * ```ts
+ * @example Run the command line from a script (it exits the process)
+ * ```ts ignore
  * import { main } from "@conduit/ipc/cli";
  *
  * Deno.exit(await main(Deno.args));
