@@ -4,7 +4,7 @@
  *
  * Substantive: every method but `close`, `ref`, `unref`, accessors and
  * symbol-keyed protocol methods (`[Symbol.dispose]`, async iteration,
- * `Deno.customInspect`).
+ * `Deno.customInspect`) and members tagged `@internal` (not public API).
  *
  * Usage: `deno run --allow-read --allow-run scripts/check_examples.ts <entry>...`
  *
@@ -59,7 +59,8 @@ export function missingExamples(json: DocJson): string[] {
           if (
             method.name.startsWith("[") || ROUTINE.has(method.name) ||
             method.kind === "getter" || method.kind === "setter" ||
-            method.accessibility === "private"
+            method.accessibility === "private" ||
+            method.jsDoc?.tags?.some((tag) => tag.kind === "internal")
           ) {
             continue;
           }
