@@ -1,17 +1,52 @@
 /**
- * The registry behind `fromFd()`: each endpoint module registers how it
- * recognises its kind of fd, so `fromFd()` needs no import of theirs at
- * evaluation time. Modules that adopt received fds call
- * {@linkcode adoptFd} (and import `from_fd.ts` so every adopter is
- * registered).
+ * From an fd to the endpoint that fits it: the algorithm behind `fromFd()`,
+ * `UnixSocket.recv()` and the endpoints in channel values. It sits above
+ * every endpoint module (it imports them all, none imports it) and hands
+ * {@linkcode adoptFd} to `_received.ts` for the endpoints that receive fds.
+ *
+ * The fd's file type (`fstat`) picks the candidates; those of one file
+ * type are asked in the order of {@linkcode ADOPTERS}, most specific
+ * first, and the first that recognises the fd makes its endpoint.
  *
  * @module
  */
 
 import { libc } from "./ffi/libc.ts";
 import { check, errno, systemError } from "./ffi/errors.ts";
-import { F, O, S, STAT } from "./ffi/layout.ts";
-import type { Endpoint } from "./from_fd.ts";
+import { F, O, S, SOCK, STAT } from "./ffi/layout.ts";
+import { OwnedFd } from "./ffi/fd.ts";
+import { getIntOption, typeName } from "./_socket_options.ts";
+import { readMark, seqpacketProblem } from "./_channel_wire.ts";
+import { boundAddress } from "./_unix_addr.ts";
+import { setReceivedAdopter } from "./_received.ts";
+import { PipeReader, PipeWriter } from "./pipe.ts";
+import { UnixSocket } from "./unix_socket.ts";
+import { UnixListener } from "./unix_listener.ts";
+import { SharedMemory } from "./shm/shared_memory.ts";
+import { fdLink, SHM_NAME } from "./shm/_memfd.ts";
+import {
+  adoptQueueEnd,
+  type ShmReceiver,
+  type ShmSender,
+} from "./shm/queue.ts";
+import { Sender } from "./channel/sender.ts";
+import { Receiver } from "./channel/receiver.ts";
+
+/**
+ * Every endpoint class `fromFd()` can return: a socket by `SO_TYPE`
+ * (a listening one as `UnixListener`), a memfd as `SharedMemory`, queue and
+ * channel ends by their marker.
+ */
+export type Endpoint =
+  | PipeReader
+  | PipeWriter
+  | UnixSocket
+  | UnixListener
+  | SharedMemory
+  | ShmSender
+  | ShmReceiver
+  | Sender<unknown>
+  | Receiver<unknown>;
 
 /** What kind of file an fd refers to, by `fstat`. */
 export type FdKind = "fifo" | "socket" | "file" | "other";
@@ -43,26 +78,125 @@ export function setCloexec(fd: number): void {
   }
 }
 
-/** Returns the endpoint for an fd of its kind, or `null`. */
-export type Adopter = (
-  fd: number,
-  kind: FdKind,
-  access: number,
-) => Endpoint | null;
-const adopters: Adopter[] = [];
+/** Whether an fd is close-on-exec; `BadResource` when it is not open. */
+export function isCloexec(fd: number): boolean {
+  const flags = libc().fcntl(fd, F.GETFD, 0);
+  if (flags === -1) {
+    const error = systemError("fcntl(F_GETFD)", errno());
+    if (error.code !== "EBADF") throw error;
+    throw new Deno.errors.BadResource(
+      `Cannot adopt fd ${fd}: it is not open in this process`,
+      { cause: error },
+    );
+  }
+  return (flags & F.FD_CLOEXEC) !== 0;
+}
 
 /**
- * Wraps an fd in the endpoint that fits it, asking each registered adopter
- * in turn, and makes it CLOEXEC. No check of where the fd came from: this
- * is the path of fds this process received (SCM_RIGHTS fds arrive
- * CLOEXEC); `fromFd()` adds the check for fds named by a caller.
+ * One kind of endpoint: the file type it is made from, and how it
+ * recognises an fd of that type as its own. `adopt` returns `null` for an
+ * fd that is not its kind, and may throw a `TypeError` for one that is but
+ * that it refuses (the fd is left open then).
+ */
+interface Adopter {
+  readonly file: FdKind;
+  readonly adopt: (fd: number, access: number) => Endpoint | null;
+}
+
+// Pipe ends (and FIFOs), by their access mode.
+function pipeEnd(fd: number, access: number): Endpoint {
+  if (access === O.RDONLY) return new PipeReader(fd);
+  if (access === O.WRONLY) return new PipeWriter(fd);
+  throw new TypeError(
+    `Cannot adopt fd ${fd}: a FIFO opened for reading and writing has no single direction`,
+  );
+}
+
+// Channel ends handed over by spawn or raw fd passing carry a mark (their
+// socket's abstract name) that says which end, mode and capacity they are.
+function channelEnd(fd: number): Endpoint | null {
+  let mark;
+  try {
+    mark = readMark(boundAddress(fd).abstract);
+  } catch {
+    return null;
+  }
+  if (mark === null) return null;
+  const problem = seqpacketProblem(fd);
+  if (problem !== undefined) {
+    throw new TypeError(
+      `Cannot adopt fd ${fd} as a channel ${
+        mark.role === "s" ? "Sender" : "Receiver"
+      }: it is ${problem}, not a unix seqpacket socket`,
+    );
+  }
+  if (mark.role === "s") return new Sender(fd, mark.capacity, mark.mode);
+  return new Receiver([{
+    fd: new OwnedFd(fd, "Receiver"),
+    capacity: mark.capacity,
+    unacked: 0,
+  }]);
+}
+
+// Any other unix socket, by SO_TYPE; a listening one as UnixListener.
+function unixSocket(fd: number): Endpoint | null {
+  if (getIntOption(fd, SOCK.SO_DOMAIN, "SO_DOMAIN") !== SOCK.AF_UNIX) {
+    return null;
+  }
+  const type = typeName(getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE"));
+  if (type === undefined) return null;
+  if (getIntOption(fd, SOCK.SO_ACCEPTCONN, "SO_ACCEPTCONN") === 1) {
+    return new UnixListener(fd);
+  }
+  return new UnixSocket(fd, type);
+}
+
+// Memory adopted from another process gets the constructor's defaults:
+// sealed against shrinking and at most 1 GiB. A named object (which takes no
+// seals) is therefore refused; a trusted peer's can be mapped with
+// `new SharedMemory(fd, { allowShrink: true })`.
+function sharedMemory(fd: number, access: number): Endpoint | null {
+  if (access !== O.RDWR) return null;
+  const link = fdLink(fd);
+  if (link === undefined) return null;
+  if (link.startsWith("/memfd:")) return new SharedMemory(fd);
+  if (link.startsWith("/dev/shm/")) {
+    const name = link.slice("/dev/shm/".length);
+    return new SharedMemory(fd, {
+      name: SHM_NAME.test(name) ? name : undefined,
+    });
+  }
+  return null;
+}
+
+/**
+ * The adopters in rank order: for an fd of one file type, the first that
+ * recognises it makes the endpoint. A shmQueue end and a channel end are
+ * unix sockets too, so both rank above the plain socket. A channel end is
+ * asked first since its test (the socket's name) costs one syscall and
+ * reads nothing, while a queue end's peeks at the socket's first message.
+ */
+const ADOPTERS: readonly Adopter[] = [
+  { file: "fifo", adopt: pipeEnd },
+  { file: "socket", adopt: channelEnd },
+  { file: "socket", adopt: (fd) => adoptQueueEnd(fd, undefined) },
+  { file: "socket", adopt: unixSocket },
+  { file: "file", adopt: sharedMemory },
+];
+
+/**
+ * Wraps an fd in the endpoint that fits it and makes it CLOEXEC. No check
+ * of where the fd came from: this is the path of fds this process
+ * received (SCM_RIGHTS fds arrive CLOEXEC); `fromFd()` adds the check for
+ * fds named by a caller.
  *
- * @throws {TypeError} When no endpoint fits the fd.
+ * @throws {TypeError} When no endpoint fits the fd (it is left open).
  */
 export function adoptFd(fd: number): Endpoint {
   const { kind, access } = describeFd(fd);
-  for (const adopter of adopters) {
-    const endpoint = adopter(fd, kind, access);
+  for (const adopter of ADOPTERS) {
+    if (adopter.file !== kind) continue;
+    const endpoint = adopter.adopt(fd, access);
     if (endpoint !== null) {
       setCloexec(fd);
       return endpoint;
@@ -83,28 +217,4 @@ const KIND_NAMES: Record<FdKind, string> = {
     "neither a pipe, a socket nor a regular file (a terminal, a device, a directory, ...)",
 };
 
-/** Whether an fd is close-on-exec; `BadResource` when it is not open. */
-export function isCloexec(fd: number): boolean {
-  const flags = libc().fcntl(fd, F.GETFD, 0);
-  if (flags === -1) {
-    const error = systemError("fcntl(F_GETFD)", errno());
-    if (error.code !== "EBADF") throw error;
-    throw new Deno.errors.BadResource(
-      `Cannot adopt fd ${fd}: it is not open in this process`,
-      { cause: error },
-    );
-  }
-  return (flags & F.FD_CLOEXEC) !== 0;
-}
-
-/**
- * Lets an endpoint module (sockets, shared memory, channels) teach
- * `fromFd()` its kind of fd. An adopter may throw a `TypeError` for an fd
- * of its kind that it refuses.
- */
-export function registerAdopter(adopter: Adopter, first = false): void {
-  // A more specific kind (a shared-memory queue end is also a socket) asks
-  // before the general one.
-  if (first) adopters.unshift(adopter);
-  else adopters.push(adopter);
-}
+setReceivedAdopter(adoptFd);

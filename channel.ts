@@ -67,11 +67,7 @@ export {
   type ValueChannelOptions,
 } from "./channel/channel.ts";
 export { type ChannelSendOptions, Sender } from "./channel/sender.ts";
-export {
-  type ChannelRecvOptions,
-  type Polled,
-  Receiver,
-} from "./channel/receiver.ts";
+export { type ChannelRecvOptions, Receiver } from "./channel/receiver.ts";
 export { ReceiverSet, type SelectResult } from "./channel/receiver_set.ts";
-// Lets fromFd() recognise channel ends.
-import "./channel/_from_fd.ts";
+// Received fds become endpoints of every kind: see _received.ts.
+import "./_adopt.ts";

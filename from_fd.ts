@@ -13,33 +13,9 @@
  * @module
  */
 
-import { O } from "./ffi/layout.ts";
-import { adoptFd, isCloexec, registerAdopter } from "./_adopt.ts";
-import { PipeReader, PipeWriter } from "./pipe.ts";
-// Loaded for their adopters, so fromFd() knows every kind of endpoint even
-// when imported on its own.
-import "./socketpair.ts";
-import "./shm/mod.ts";
-import "./channel.ts";
-import type { UnixListener, UnixSocket } from "./socketpair.ts";
-import type { SharedMemory, ShmReceiver, ShmSender } from "./shm/mod.ts";
-import type { Receiver, Sender } from "./channel.ts";
+import { adoptFd, type Endpoint, isCloexec } from "./_adopt.ts";
 
-/**
- * Every endpoint class {@linkcode fromFd} can return: a socket by `SO_TYPE`
- * (a listening one as `UnixListener`), a memfd as `SharedMemory`, queue and
- * channel ends by their marker.
- */
-export type Endpoint =
-  | PipeReader
-  | PipeWriter
-  | UnixSocket
-  | UnixListener
-  | SharedMemory
-  | ShmSender
-  | ShmReceiver
-  | Sender<unknown>
-  | Receiver<unknown>;
+export type { Endpoint };
 
 /** Options for {@linkcode fromFd}. */
 export interface FromFdOptions {
@@ -53,16 +29,6 @@ export interface FromFdOptions {
    */
   allowCloexec?: boolean;
 }
-
-// Pipe ends (and FIFOs), by their access mode.
-registerAdopter((fd, kind, access) => {
-  if (kind !== "fifo") return null;
-  if (access === O.RDONLY) return new PipeReader(fd);
-  if (access === O.WRONLY) return new PipeWriter(fd);
-  throw new TypeError(
-    `Cannot adopt fd ${fd}: a FIFO opened for reading and writing has no single direction`,
-  );
-});
 
 /**
  * Wraps an fd this process inherited in the endpoint that fits it: a

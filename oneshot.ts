@@ -53,6 +53,7 @@ import {
 } from "./socketpair.ts";
 import { randomName } from "./_unix_addr.ts";
 import { inspectEndpoint } from "./_inspect.ts";
+import { releaseFd } from "./_keys.ts";
 
 const PREFIX = "conduit-oneshot/";
 
@@ -188,7 +189,7 @@ async function acceptClient<T>(
     }
     // Until the hello arrives, every message is acknowledged.
     const rx = new Receiver<T>([{
-      fd: new OwnedFd(conn._release(), "Receiver"),
+      fd: new OwnedFd(conn[releaseFd](), "Receiver"),
       capacity: 1,
       unacked: 0,
     }]);
@@ -606,5 +607,5 @@ export async function connectOneShot<T>(
     socket.close();
     throw error;
   }
-  return new Sender<T>(socket._release(), capacity, mode);
+  return new Sender<T>(socket[releaseFd](), capacity, mode);
 }

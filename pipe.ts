@@ -49,6 +49,7 @@ import {
   spinnerFor,
   type WriteOptions,
 } from "./_byte_io.ts";
+import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
 
 export type { ReadOptions, WriteOptions } from "./_byte_io.ts";
 
@@ -256,8 +257,13 @@ export class PipeReader implements Disposable {
     this.close();
   }
 
-  /** @internal Gives up the fd without closing it. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "PipeReader";
+  }
+
+  /** @ignore Gives up the fd without closing it. */
+  [releaseFd](): number {
     return this.#fd.release();
   }
 }
@@ -431,8 +437,13 @@ export class PipeWriter implements Disposable {
     this.close();
   }
 
-  /** @internal Gives up the fd without closing it. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "PipeWriter";
+  }
+
+  /** @ignore Gives up the fd without closing it. */
+  [releaseFd](): number {
     return this.#fd.release();
   }
 }

@@ -33,25 +33,23 @@
 import { libc } from "./ffi/libc.ts";
 import { check } from "./ffi/errors.ts";
 import { SOCK } from "./ffi/layout.ts";
-import { registerAdopter } from "./_adopt.ts";
+// Received fds become endpoints of every kind: see _received.ts.
+import "./_adopt.ts";
 import {
   checkNumberOption,
   checkOptionsObject,
   checkType,
-  getIntOption,
   KERNEL_TYPES,
   setIntOption,
   type SocketType,
-  typeName,
 } from "./_socket_options.ts";
 import { UnixSocket } from "./unix_socket.ts";
-import { UnixListener } from "./unix_listener.ts";
 
 export * from "./unix_socket.ts";
 export * from "./unix_listener.ts";
 export * from "./connect.ts";
 export type { ReadOptions } from "./_byte_io.ts";
-export type { Endpoint } from "./from_fd.ts";
+export type { Endpoint } from "./_adopt.ts";
 export type { FdEndpoint } from "./spawn.ts";
 export type { UnixAddress } from "./_unix_addr.ts";
 
@@ -151,16 +149,3 @@ export function socketpair(options: SocketPairOptions = {}): SocketPair {
     },
   });
 }
-
-registerAdopter((fd, kind) => {
-  if (kind !== "socket") return null;
-  if (getIntOption(fd, SOCK.SO_DOMAIN, "SO_DOMAIN") !== SOCK.AF_UNIX) {
-    return null;
-  }
-  const type = typeName(getIntOption(fd, SOCK.SO_TYPE, "SO_TYPE"));
-  if (type === undefined) return null;
-  if (getIntOption(fd, SOCK.SO_ACCEPTCONN, "SO_ACCEPTCONN") === 1) {
-    return new UnixListener(fd);
-  }
-  return new UnixSocket(fd, type);
-});

@@ -35,6 +35,7 @@ import { UnixSocket } from "./unix_socket.ts";
 import { requirePath } from "./_permissions.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { checkSignal } from "./_byte_io.ts";
+import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
 
 export type { ListenType } from "./_socket_options.ts";
 
@@ -269,8 +270,13 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
     this.close();
   }
 
-  /** @internal Gives up the fd without closing it (or removing the file). */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "UnixListener";
+  }
+
+  /** @ignore Gives up the fd without closing it (or removing the file). */
+  [releaseFd](): number {
     this.#published = undefined;
     return this.#fd.release();
   }

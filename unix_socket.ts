@@ -27,10 +27,8 @@ import {
   spinnerFor,
   type WriteOptions,
 } from "./_byte_io.ts";
-// Loaded for every adopter, so received fds of any kind become endpoints.
-import type { Endpoint } from "./from_fd.ts";
-import "./from_fd.ts";
-import { adoptFd } from "./_adopt.ts";
+import type { Endpoint } from "./_adopt.ts";
+import { adoptReceived } from "./_received.ts";
 import {
   closeAll,
   MAX_FDS,
@@ -54,6 +52,7 @@ import {
 } from "./_socket_options.ts";
 
 import { type SocketSendOptions, SocketSends } from "./_socket_send.ts";
+import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
 
 export type { SocketType } from "./_socket_options.ts";
 export type { SocketSendOptions } from "./_socket_send.ts";
@@ -738,7 +737,7 @@ export class UnixSocket implements Disposable {
     const endpoints: Endpoint[] = [];
     for (let i = 0; i < fds.length; i++) {
       try {
-        endpoints.push(adoptFd(fds[i]));
+        endpoints.push(adoptReceived(fds[i]) as Endpoint);
       } catch (error) {
         for (const endpoint of endpoints) endpoint.close();
         closeAll(fds.slice(i));
@@ -801,8 +800,13 @@ export class UnixSocket implements Disposable {
     this.close();
   }
 
-  /** @internal Gives up the fd without closing it. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "UnixSocket";
+  }
+
+  /** @ignore Gives up the fd without closing it. */
+  [releaseFd](): number {
     this.#endQueue();
     return this.#fd.release();
   }

@@ -16,14 +16,8 @@ import {
   seqpacketProblem,
   socketIdentity,
 } from "../_channel_wire.ts";
-// Loaded for their adopters, so that adoptFd() knows every kind of
-// endpoint.
-import "../from_fd.ts";
-import { adoptFd } from "../_adopt.ts";
-import { PipeReader, PipeWriter } from "../pipe.ts";
-import { UnixListener } from "../unix_listener.ts";
-import { UnixSocket } from "../unix_socket.ts";
-import { SharedMemory, ShmReceiver, ShmSender } from "../shm/mod.ts";
+import { type EndpointKind, kindOf } from "../_keys.ts";
+import { adoptReceived } from "../_received.ts";
 import type { Reader, Writer } from "./_codec_bytes.ts";
 import type { EndpointHooks } from "./_codec_tags.ts";
 import {
@@ -34,18 +28,33 @@ import {
 } from "./_connection.ts";
 import { beginMove, endMove, senderMode } from "./_keys.ts";
 
-/** Endpoint kinds in the value codec. */
-const KIND = {
-  PIPE_READER: 1,
-  PIPE_WRITER: 2,
-  UNIX_SOCKET: 3,
-  UNIX_LISTENER: 4,
-  SHARED_MEMORY: 5,
-  SHM_SENDER: 6,
-  SHM_RECEIVER: 7,
-  SENDER: 8,
-  RECEIVER: 9,
-} as const;
+/** The value codec's number of each kind of endpoint. */
+const KIND: Readonly<Record<EndpointKind, number>> = {
+  PipeReader: 1,
+  PipeWriter: 2,
+  UnixSocket: 3,
+  UnixListener: 4,
+  SharedMemory: 5,
+  ShmSender: 6,
+  ShmReceiver: 7,
+  Sender: 8,
+  Receiver: 9,
+};
+
+/**
+ * The kinds that travel as one fd, at their number (channel ends travel
+ * their own way).
+ */
+const ONE_FD: readonly (EndpointKind | undefined)[] = [
+  undefined,
+  "PipeReader",
+  "PipeWriter",
+  "UnixSocket",
+  "UnixListener",
+  "SharedMemory",
+  "ShmSender",
+  "ShmReceiver",
+];
 
 /** What a message takes of a Sender in it: a clone of it travels. */
 interface SenderEnd {
@@ -96,24 +105,17 @@ export class Outgoing implements EndpointHooks {
   }
 
   encode(value: object, out: Writer): boolean {
-    if (senderMode in value) {
+    const kind = kindOf(value);
+    if (kind === undefined) return false;
+    if (kind === "Sender") {
       this.#sender(value as SenderEnd, out);
       return true;
     }
-    if (beginMove in value) {
+    if (kind === "Receiver") {
       this.#receiver(value as ReceiverEnd, out);
       return true;
     }
-    let kind: number;
-    if (value instanceof PipeReader) kind = KIND.PIPE_READER;
-    else if (value instanceof PipeWriter) kind = KIND.PIPE_WRITER;
-    else if (value instanceof UnixSocket) kind = KIND.UNIX_SOCKET;
-    else if (value instanceof UnixListener) kind = KIND.UNIX_LISTENER;
-    else if (value instanceof SharedMemory) kind = KIND.SHARED_MEMORY;
-    else if (value instanceof ShmSender) kind = KIND.SHM_SENDER;
-    else if (value instanceof ShmReceiver) kind = KIND.SHM_RECEIVER;
-    else return false;
-    out.u8(kind);
+    out.u8(KIND[kind]);
     out.varint(this.#fd((value as { rawFd: number }).rawFd, false));
     return true;
   }
@@ -122,7 +124,7 @@ export class Outgoing implements EndpointHooks {
   #sender(sender: SenderEnd, out: Writer): void {
     const clone = sender.clone();
     this.clones.push(clone);
-    out.u8(KIND.SENDER);
+    out.u8(KIND.Sender);
     out.varint(this.#fd(clone.rawFd, true));
     out.varint(clone.capacity);
     out.u8(clone[senderMode]);
@@ -132,7 +134,7 @@ export class Outgoing implements EndpointHooks {
   #receiver(receiver: ReceiverEnd, out: Writer): void {
     const connections = receiver[beginMove]();
     this.moving.push(receiver);
-    out.u8(KIND.RECEIVER);
+    out.u8(KIND.Receiver);
     out.varint(connections.length);
     for (const conn of connections) {
       out.varint(this.#fd(conn.fd.fd, false));
@@ -169,27 +171,6 @@ export class Outgoing implements EndpointHooks {
     for (const clone of this.clones) clone.close();
     for (const receiver of this.moving) receiver[endMove](false);
   }
-}
-
-type EndpointClass = abstract new (...args: never[]) => unknown;
-/**
- * The other endpoint classes, at their kind - 1; made on first use, since
- * their modules and this one import each other.
- */
-let adopted: readonly EndpointClass[] | undefined;
-
-/** The endpoint class of a kind adopted from its fd, if there is one. */
-function adoptedClass(kind: number): EndpointClass | undefined {
-  adopted ??= [
-    PipeReader,
-    PipeWriter,
-    UnixSocket,
-    UnixListener,
-    SharedMemory,
-    ShmSender,
-    ShmReceiver,
-  ];
-  return adopted[kind - 1];
 }
 
 /** Rebuilds the endpoints of a received value from the fds that came. */
@@ -237,21 +218,21 @@ export class Incoming implements EndpointHooks {
     const kind = input.u8();
     // An fd is taken only once its endpoint is sure to be made: an fd not
     // taken is closed by fail().
-    if (kind === KIND.SENDER) return this.#sender(input);
-    if (kind === KIND.RECEIVER) return this.#receiver(input);
-    const expected = adoptedClass(kind);
+    if (kind === KIND.Sender) return this.#sender(input);
+    if (kind === KIND.Receiver) return this.#receiver(input);
+    const expected = ONE_FD[kind];
     if (expected === undefined) throw invalid(`unknown endpoint kind ${kind}`);
     const fd = this.#take(input.varint());
     let endpoint: { close(): void };
     try {
-      endpoint = adoptFd(fd);
+      endpoint = adoptReceived(fd);
     } catch (error) {
       closeAll([fd]);
       throw invalid(`fd fits no endpoint: ${(error as Error).message}`);
     }
     this.made.push(endpoint);
-    if (!(endpoint instanceof expected)) {
-      throw invalid(`fd is not the ${expected.name} the message says`);
+    if (kindOf(endpoint) !== expected) {
+      throw invalid(`fd is not the ${expected} the message says`);
     }
     return endpoint;
   }

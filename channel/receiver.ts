@@ -22,8 +22,7 @@ import { Inbox, type Polled } from "./_inbox.ts";
 import { beginMove, endMove, lookFull, pollOnce, waitReady } from "./_keys.ts";
 import { FrameParser } from "./_parse.ts";
 import { Sender } from "./sender.ts";
-
-export type { Polled };
+import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
 
 /** Options for {@linkcode Receiver.recv}. */
 export interface ChannelRecvOptions {
@@ -97,7 +96,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /** Messages handed out without waiting since the last turn. */
   #slice = new TurnSlice();
 
-  /** @internal Use {@linkcode channel} or `fromFd()`. */
+  /** @ignore Use {@linkcode channel} or `fromFd()`. */
   constructor(conns: Connection[]) {
     this.#in = new Inbox(conns, frames ??= makeFrames());
   }
@@ -296,14 +295,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   }
 
   /**
-   * @internal One look at the connections, never waiting: the first
+   * @ignore One look at the connections, never waiting: the first
    * message found, "closed" when no connection is left, else "empty".
    */
   [pollOnce](): Polled<T> {
     return this.#in.poll() as Polled<T>;
   }
 
-  /** @internal Waits until some connection may have something. */
+  /** @ignore Waits until some connection may have something. */
   [waitReady](signal?: AbortSignal): Promise<void> {
     return this.#in.wait(signal);
   }
@@ -356,7 +355,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     this.close();
   }
 
-  /** @internal Connections to send along; the receiver is frozen meanwhile. */
+  /** @ignore Connections to send along; the receiver is frozen meanwhile. */
   [beginMove](): readonly Connection[] {
     this.#assertOpen();
     if (this.#pending > 0) {
@@ -368,14 +367,19 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     return this.#in.conns;
   }
 
-  /** @internal The move is over: sent (close this copy) or given up. */
+  /** @ignore The move is over: sent (close this copy) or given up. */
   [endMove](sent: boolean): void {
     this.#moving = false;
     if (sent) this.close();
   }
 
-  /** @internal Gives up the first connection's fd (a one-sender receiver). */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "Receiver";
+  }
+
+  /** @ignore Gives up the first connection's fd (a one-sender receiver). */
+  [releaseFd](): number {
     this.#assertOpen();
     const conns = this.#in.conns;
     if (conns.length !== 1) {

@@ -22,6 +22,7 @@ import { MODE_BYTES } from "./_connection.ts";
 import { bytesFrame, type Frame, valueFrame } from "./_frame.ts";
 import { senderMode } from "./_keys.ts";
 import { Outbox } from "./_outbox.ts";
+import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
 
 /** Options for {@linkcode Sender.send}. */
 export interface ChannelSendOptions {
@@ -72,7 +73,7 @@ export class Sender<T> implements Disposable {
   #closed = false;
 
   /**
-   * @internal Use {@linkcode channel}, {@linkcode Sender.clone} or
+   * @ignore Use {@linkcode channel}, {@linkcode Sender.clone} or
    * `fromFd()`.
    */
   constructor(fd: number, capacity: number, mode: number) {
@@ -82,7 +83,7 @@ export class Sender<T> implements Disposable {
     this.#out = new Outbox(this.#fd, capacity, () => this.#closeIfDone());
   }
 
-  /** @internal The mode of the channel: values or bytes. */
+  /** @ignore The mode of the channel: values or bytes. */
   get [senderMode](): number {
     return this.#mode;
   }
@@ -286,8 +287,13 @@ export class Sender<T> implements Disposable {
     this.close();
   }
 
-  /** @internal Gives up the fd without closing it. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "Sender";
+  }
+
+  /** @ignore Gives up the fd without closing it. */
+  [releaseFd](): number {
     this.#assertOpen();
     this.#out.drainNow();
     if (this.#out.pending() || this.#registering > 0) {

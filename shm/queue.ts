@@ -71,9 +71,8 @@ import { check, closedError } from "../ffi/errors.ts";
 import { checkSpin, Spinner } from "../ffi/spin.ts";
 import { SOCK } from "../ffi/layout.ts";
 import { OwnedFd } from "../ffi/fd.ts";
-import { registerAdopter } from "../_adopt.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
-import { createMemfd, fileSize, sealedAgainstShrink } from "./shared_memory.ts";
+import { createMemfd, fileSize, sealedAgainstShrink } from "./_memfd.ts";
 import { type Mapping, mapShared, unmap } from "./_map.ts";
 import {
   doorbellProblem,
@@ -83,6 +82,8 @@ import {
   ROLE,
   sendHello,
 } from "./_carrier.ts";
+import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
+import { ringViews } from "./_keys.ts";
 
 /** Options for {@linkcode shmQueue}. */
 export interface ShmQueueOptions {
@@ -454,7 +455,7 @@ export class ShmSender implements Disposable {
   /** Sends that wait for room, in call order. */
   #sends: CallQueue<QueuedSend>;
 
-  /** @internal Use {@linkcode shmQueue} or `fromFd()`. */
+  /** @ignore Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
     this.#ring = ring;
     this.#sends = new CallQueue<QueuedSend>({
@@ -632,13 +633,18 @@ export class ShmSender implements Disposable {
     this.close();
   }
 
-  /** @internal Gives up the carrier fd without closing it. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "ShmSender";
+  }
+
+  /** @ignore Gives up the carrier fd without closing it. */
+  [releaseFd](): number {
     return this.#ring.release();
   }
 
-  /** @internal The ring's views, for tests that play a hostile peer. */
-  _ring(): { header: Int32Array; data: Uint8Array } {
+  /** @ignore The ring's views, for tests that play a hostile peer. */
+  [ringViews](): { header: Int32Array; data: Uint8Array } {
     this.#ring.assertOpen();
     return { header: this.#ring.header, data: this.#ring.data };
   }
@@ -666,7 +672,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   #recvs: CallQueue<QueuedRecv, Uint8Array | null>;
   #failure: Error | undefined;
 
-  /** @internal Use {@linkcode shmQueue} or `fromFd()`. */
+  /** @ignore Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
     this.#ring = ring;
     const arrived = () =>
@@ -894,13 +900,18 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
     this.close();
   }
 
-  /** @internal Gives up the carrier fd without closing it. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "ShmReceiver";
+  }
+
+  /** @ignore Gives up the carrier fd without closing it. */
+  [releaseFd](): number {
     return this.#ring.release();
   }
 
-  /** @internal The ring's views, for tests that play a hostile peer. */
-  _ring(): { header: Int32Array; data: Uint8Array } {
+  /** @ignore The ring's views, for tests that play a hostile peer. */
+  [ringViews](): { header: Int32Array; data: Uint8Array } {
     this.#ring.assertOpen();
     return { header: this.#ring.header, data: this.#ring.data };
   }
@@ -1022,14 +1033,24 @@ export function shmQueueFromFd(
   fd: number,
   options: Pick<ShmQueueOptions, "spin"> = {},
 ): ShmSender | ShmReceiver {
-  const end = adoptEnd(fd, checkSpin(options.spin, `Cannot adopt fd ${fd}`));
+  const end = adoptQueueEnd(
+    fd,
+    checkSpin(options.spin, `Cannot adopt fd ${fd}`),
+  );
   if (end === null) {
     throw new TypeError(`Cannot adopt fd ${fd}: it is not a shmQueue end`);
   }
   return end;
 }
 
-function adoptEnd(
+/**
+ * The queue end whose carrier socket `fd` is, or `null` when the socket
+ * holds no queue hello: `fromFd()`'s test for a queue end.
+ *
+ * @throws {TypeError} When the hello is there but what it carries is no
+ * valid queue end (the fds it carried are closed, `fd` is left open).
+ */
+export function adoptQueueEnd(
   fd: number,
   spin: number | undefined,
 ): ShmSender | ShmReceiver | null {
@@ -1077,8 +1098,3 @@ function adoptEnd(
     throw error;
   }
 }
-
-registerAdopter((fd, kind) => {
-  if (kind !== "socket") return null;
-  return adoptEnd(fd, undefined);
-}, true);

@@ -22,12 +22,13 @@ import { type PathAccess, requirePath } from "../_permissions.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
-import { F, MMAP, O, SEAL, STAT } from "../ffi/layout.ts";
+import { O } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
-import { registerAdopter } from "../_adopt.ts";
+import { createMemfd, fileSize, SHM_NAME, shrinkRisk } from "./_memfd.ts";
 import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
 import { type WaitOptions, type WaitResult, WordWaits } from "./wait.ts";
+import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
 
 /** Options for {@linkcode SharedMemory.create}. */
 export interface SharedMemoryOptions {
@@ -75,8 +76,6 @@ export type SharedMemoryWaitOptions = WaitOptions;
 /** How {@linkcode SharedMemory.wait} ended, as `Atomics.waitAsync` says. */
 export type SharedMemoryWaitResult = WaitResult;
 
-const NAME = /^[^/\0]{1,250}$/;
-
 /**
  * The `shm_open` form of a name, once the name is checked and Deno's
  * permissions for its file under `/dev/shm` are granted (`needs`).
@@ -87,7 +86,7 @@ function shmName(
   needs: readonly PathAccess[],
 ): Uint8Array<ArrayBuffer> {
   if (
-    typeof name !== "string" || !NAME.test(name) || name === "." ||
+    typeof name !== "string" || !SHM_NAME.test(name) || name === "." ||
     name === ".."
   ) {
     throw new TypeError(
@@ -106,74 +105,6 @@ function checkSize(size: number, action: string): void {
       `Cannot ${action} SharedMemory: size must be a positive integer, got ${size}`,
     );
   }
-}
-
-/** The size of the file behind an fd, by `fstat`. */
-export function fileSize(fd: number): number {
-  const stat = new Uint8Array(STAT.size);
-  check("fstat", libc().fstat(fd, stat));
-  return Number(new DataView(stat.buffer).getBigInt64(STAT.fsize, true));
-}
-
-const linkBuffer = new Uint8Array(4096);
-
-/** Where `/proc/self/fd/<fd>` points, or `undefined`. */
-export function fdLink(fd: number): string | undefined {
-  const n = Number(
-    libc().readlink(
-      cstr(`/proc/self/fd/${fd}`),
-      linkBuffer,
-      BigInt(linkBuffer.length),
-    ),
-  );
-  if (n < 0) return undefined;
-  return new TextDecoder().decode(linkBuffer.subarray(0, n));
-}
-
-/**
- * Creates a CLOEXEC memfd of `size` zero bytes, sealed so that its size can
- * never change: no process that maps it can be made to fault (SIGBUS) by
- * another one truncating it.
- */
-export function createMemfd(size: number, label: string): number {
-  const lib = libc();
-  const fd = check(
-    "memfd_create",
-    lib.memfd_create(cstr(label), MMAP.MFD_CLOEXEC | MMAP.MFD_ALLOW_SEALING),
-  );
-  try {
-    check("ftruncate", lib.ftruncate(fd, BigInt(size)));
-    check(
-      "fcntl(F_ADD_SEALS)",
-      lib.fcntl(fd, F.ADD_SEALS, SEAL.SHRINK | SEAL.GROW | SEAL.SEAL),
-    );
-  } catch (error) {
-    lib.close(fd);
-    throw error;
-  }
-  return fd;
-}
-
-/** Whether an fd's size is sealed against shrinking (a memfd made here). */
-export function sealedAgainstShrink(fd: number): boolean {
-  const seals = libc().fcntl(fd, F.GET_SEALS, 0);
-  return seals !== -1 && (seals & SEAL.SHRINK) !== 0;
-}
-
-/**
- * Why memory behind `fd` can shrink under a mapping, or `undefined` when it
- * is sealed against shrinking (`F_GET_SEALS` has `F_SEAL_SHRINK`; seals are
- * never removed once set).
- */
-export function shrinkRisk(fd: number): string | undefined {
-  const seals = libc().fcntl(fd, F.GET_SEALS, 0);
-  if (seals === -1) {
-    return "its file takes no seals (it is not a memfd), so its size can shrink";
-  }
-  if ((seals & SEAL.SHRINK) === 0) {
-    return "it is not sealed against shrinking (no F_SEAL_SHRINK)";
-  }
-  return undefined;
 }
 
 function checkMaxBytes(maxBytes: number): number {
@@ -580,8 +511,13 @@ export class SharedMemory implements Disposable {
     this.close();
   }
 
-  /** @internal Gives up the fd without closing it; the mapping is dropped. */
-  _release(): number {
+  /** @ignore The kind of endpoint this is. */
+  get [endpointKind](): EndpointKind {
+    return "SharedMemory";
+  }
+
+  /** @ignore Gives up the fd without closing it; the mapping is dropped. */
+  [releaseFd](): number {
     const fd = this.#fd.release();
     this.#drop();
     return fd;
@@ -594,23 +530,3 @@ export class SharedMemory implements Disposable {
     this.#mapping = undefined;
   }
 }
-
-// Memory adopted from another process gets the constructor's defaults:
-// sealed against shrinking and at most 1 GiB. A named object (which takes no
-// seals) is therefore refused; a trusted peer's can be mapped with
-// `new SharedMemory(fd, { allowShrink: true })`.
-registerAdopter((fd, kind, access) => {
-  if (kind !== "file" || access !== O.RDWR) return null;
-  const link = fdLink(fd);
-  if (link === undefined) return null;
-  if (link.startsWith("/memfd:")) {
-    return new SharedMemory(fd);
-  }
-  if (link.startsWith("/dev/shm/")) {
-    const name = link.slice("/dev/shm/".length);
-    return new SharedMemory(fd, {
-      name: NAME.test(name) ? name : undefined,
-    });
-  }
-  return null;
-});

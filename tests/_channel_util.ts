@@ -12,6 +12,7 @@ import {
 import { OwnedFd } from "../ffi/fd.ts";
 import { FRAME, header } from "../_channel_wire.ts";
 import { DENO, fixture, withTimeout } from "./_util.ts";
+import { releaseFd } from "../_keys.ts";
 
 /** What a test that starts child Deno processes asks for, besides ffi. */
 export const PROCS = { run: true, read: true } as const;
@@ -44,14 +45,14 @@ export async function exited(
  */
 export function rawPair(): [UnixSocket, Receiver<unknown>] {
   const [peer, mine] = socketpair({ type: "seqpacket" });
-  const owned = new OwnedFd(mine._release(), "Receiver");
+  const owned = new OwnedFd(mine[releaseFd](), "Receiver");
   return [peer, new Receiver([{ fd: owned, capacity: 4, unacked: 0 }])];
 }
 
 /** A Sender on a raw seqpacket socket whose other end the test reads. */
 export function rawSender(capacity = 64): [Sender<unknown>, UnixSocket] {
   const [mine, theirs] = socketpair({ type: "seqpacket" });
-  return [new Sender(mine._release(), capacity, 0), theirs];
+  return [new Sender(mine[releaseFd](), capacity, 0), theirs];
 }
 
 /**

@@ -44,6 +44,8 @@ import { CMSGHDR, MMAP, O, SOCK, SOCKADDR_UN } from "../ffi/layout.ts";
 import { HELLO_MAGIC, HELLO_VERSION, ROLE } from "../shm/_carrier.ts";
 import { everyKind } from "./fixtures/_channel_values.ts";
 import { withTimeout } from "./_util.ts";
+import { releaseFd } from "../_keys.ts";
+import { ringViews } from "../shm/_keys.ts";
 
 // --- Generators -------------------------------------------------------------
 
@@ -386,16 +388,16 @@ export const FD_KINDS: readonly [string, () => number][] = [
   ["pipe reader", () => {
     const { reader, writer } = pipe();
     writer.close();
-    return reader._release();
+    return reader[releaseFd]();
   }],
   ["pipe writer", () => {
     const { reader, writer } = pipe();
     reader.close();
-    return writer._release();
+    return writer[releaseFd]();
   }],
   ["sealed memfd", () => {
     const memory = SharedMemory.create(64);
-    return memory._release();
+    return memory[releaseFd]();
   }],
   ["unsealed memfd", () => {
     const fd = libc().memfd_create(cstr("fuzz"), MMAP.MFD_CLOEXEC);
@@ -422,12 +424,12 @@ export const FD_KINDS: readonly [string, () => number][] = [
   ["seqpacket socket", () => {
     const [a, b] = socketpair({ type: "seqpacket" });
     b.close();
-    return a._release();
+    return a[releaseFd]();
   }],
   ["stream socket", () => {
     const [a, b] = socketpair();
     b.close();
-    return a._release();
+    return a[releaseFd]();
   }],
 ];
 
@@ -498,7 +500,7 @@ export function messageFrame(
 /** A raw seqpacket peer and the receiver of its connection. */
 export function rawPair(capacity = 1_000_000): [UnixSocket, Receiver<unknown>] {
   const [peer, mine] = socketpair({ type: "seqpacket" });
-  const owned = new OwnedFd(mine._release(), "Receiver");
+  const owned = new OwnedFd(mine[releaseFd](), "Receiver");
   return [peer, new Receiver([{ fd: owned, capacity, unacked: 0 }])];
 }
 
@@ -799,7 +801,7 @@ function forgedCarrier(
         closeFds(fds);
         put.close();
       }
-      return keep._release();
+      return keep[releaseFd]();
     },
   };
 }
@@ -847,7 +849,7 @@ function markedSocket(f: Fuzz): {
     make: () => {
       const [a, b] = socketpair({ type });
       b.close();
-      const fd = a._release();
+      const fd = a[releaseFd]();
       bindAbstract(fd, name);
       return fd;
     },
@@ -1137,7 +1139,7 @@ const ring: FuzzTarget = {
               await withTimeout(rx.recv(), CASE_MS, "recv");
             }
           }
-          const shared = rx._ring();
+          const shared = rx[ringViews]();
           const writes = 1 + f.int(3);
           for (let k = 0; k < writes; k++) scribble(f, shared);
           if (f.int(2) === 0) {

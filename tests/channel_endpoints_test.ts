@@ -1,5 +1,5 @@
 // Endpoints inside channel values (channel/_marshal.ts), and channel ends
-// handed over as raw fds (channel/_from_fd.ts).
+// handed over as raw fds (_adopt.ts).
 
 import assert from "node:assert/strict";
 import {

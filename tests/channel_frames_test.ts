@@ -9,6 +9,7 @@ import { MMAP, O, SOCK } from "../ffi/layout.ts";
 import { FRAME, header } from "../_channel_wire.ts";
 import { batchFrame, frame, rawPair, stringFrame } from "./_channel_util.ts";
 import { test, withTimeout } from "./_util.ts";
+import { releaseFd } from "../_keys.ts";
 
 test(
   "malformed frames fail the receive with InvalidData, close their fds and drop that sender",
@@ -139,7 +140,7 @@ test(
       ["a unix stream socket", () => {
         const [x, y] = socketpair({ type: "stream" });
         y.close();
-        return x._release();
+        return x[releaseFd]();
       }],
     ];
     const trees: [string, number[]][] = [

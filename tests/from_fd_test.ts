@@ -1,30 +1,105 @@
 import assert from "node:assert/strict";
-import { fromFd, pipe, PipeWriter, socketpair, UnixSocket } from "../mod.ts";
+import {
+  channel,
+  fromFd,
+  listen,
+  pipe,
+  PipeWriter,
+  SharedMemory,
+  shmQueue,
+  socketpair,
+  spawn,
+  UnixSocket,
+} from "../mod.ts";
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
-import { fdTarget, fixture, openFds, runDeno, test } from "./_util.ts";
+import {
+  DENO,
+  fdTarget,
+  fixture,
+  openFds,
+  runDeno,
+  test,
+  withTimeout,
+} from "./_util.ts";
 
 /** fcntl F_DUPFD: a copy without close-on-exec, as exec would pass it. */
 const F_DUPFD = 0;
 
-Deno.test({
-  name: "fromFd() imported on its own recognises sockets, pipes and memfds",
-  permissions: { ffi: true, read: true, run: true },
-  async fn() {
-    const run = await runDeno(
-      ["run", "--allow-ffi", fixture("from_fd_alone.ts")],
+test(
+  "fromFd() imported on its own recognises every kind of endpoint handed to the process",
+  async () => {
+    using s1 = socketpair({ type: "stream" });
+    using s2 = socketpair({ type: "dgram" });
+    using s3 = socketpair({ type: "seqpacket" });
+    using p = pipe();
+    using mem = SharedMemory.create(4096);
+    using listener = listen({
+      abstract: `conduit-from-fd-${crypto.randomUUID()}`,
+      type: "seqpacket",
+    });
+    using q = shmQueue({ bytes: 4096 });
+    using ch = channel<number>();
+    const fds = [
+      s1[1],
+      s2[1],
+      s3[1],
+      listener,
+      p.reader,
+      p.writer,
+      mem,
+      q[0],
+      q[1],
+      ch[0],
+      ch[1],
+    ];
+    await using child = spawn(DENO, {
+      args: [
+        "run",
+        "--allow-ffi",
+        fixture("from_fd_alone.ts"),
+        String(fds.length),
+      ],
+      fds,
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const [status, stdout, stderr] = await withTimeout(
+      Promise.all([
+        child.status,
+        new Response(child.stdout).text(),
+        new Response(child.stderr).text(),
+      ]),
       20_000,
       "from_fd_alone.ts",
     );
-    assert.equal(run.code, 0, run.stderr);
+    assert.equal(status.code, 0, stderr);
     assert.equal(
-      run.stdout.trim(),
+      stdout.trim(),
       "UnixSocket:stream UnixSocket:dgram UnixSocket:seqpacket " +
-        "PipeReader PipeWriter SharedMemory",
+        "UnixListener:seqpacket PipeReader PipeWriter SharedMemory " +
+        "ShmSender ShmReceiver Sender Receiver",
     );
   },
-});
+  { read: true, run: true },
+);
+
+for (const entry of ["socketpair", "channel"]) {
+  test(
+    `the ${entry} entry point imported on its own makes received fds endpoints`,
+    async () => {
+      const run = await runDeno(
+        ["run", "--allow-ffi", fixture("recv_alone.ts"), entry],
+        20_000,
+        `recv_alone.ts ${entry}`,
+      );
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stdout.trim(), "PipeReader");
+    },
+    { read: true, run: true },
+  );
+}
 
 test(
   "fromFd() refuses a close-on-exec fd, names it, says it was not handed over, and leaves it open",

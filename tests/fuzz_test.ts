@@ -21,6 +21,7 @@ import {
   TARGETS,
 } from "./_fuzz.ts";
 import { test } from "./_util.ts";
+import { releaseFd } from "../_keys.ts";
 
 /** The seed of the suite's runs. */
 const SEED = 0xc0dec;
@@ -205,7 +206,7 @@ test(
     for (const [fields, expected] of cases) {
       const [a, b] = socketpair({ type: "seqpacket" });
       b.close();
-      const fd = a._release();
+      const fd = a[releaseFd]();
       bindAbstract(fd, `conduit-ch/${fields}/${"ab".repeat(12)}`);
       const endpoint = fromFd(fd, { allowCloexec: true });
       endpoint.close();

@@ -28,7 +28,9 @@ import { libc } from "../ffi/libc.ts";
 import { MMAP, O, SOCK } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { peekHello, ROLE, sendHello } from "../shm/_carrier.ts";
-import { createMemfd } from "../shm/shared_memory.ts";
+import { createMemfd } from "../shm/_memfd.ts";
+import { releaseFd } from "../_keys.ts";
+import { ringViews } from "../shm/_keys.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -272,7 +274,7 @@ test(
       using q = shmQueue({ bytes: 256 });
       const [tx, rx] = q;
       await tx.send(new Uint8Array(10));
-      const { header, data } = tx._ring();
+      const { header, data } = tx[ringViews]();
       corrupt(header, new DataView(data.buffer, data.byteOffset));
       await assert.rejects(
         rx.recv(),
@@ -298,7 +300,7 @@ test(
       () => shmQueueFromFd(pair[0].rawFd),
       /is not a shmQueue end/,
     );
-    const again = fromFd(pair[0]._release(), { allowCloexec: true });
+    const again = fromFd(pair[0][releaseFd](), { allowCloexec: true });
     assert.ok(again instanceof UnixSocket);
     // The peek left the message in place.
     assert.deepEqual((await again.recv())?.data, new Uint8Array([1, 2, 3]));
@@ -455,8 +457,8 @@ test(
     await q[0].send(new Uint8Array([1]));
     assert.deepEqual(await q[1].recv(), new Uint8Array([1]));
     await q[0].send(new Uint8Array([2]));
-    const tx = shmQueueFromFd(q[0]._release());
-    const rx = fromFd(q[1]._release(), { allowCloexec: true });
+    const tx = shmQueueFromFd(q[0][releaseFd]());
+    const rx = fromFd(q[1][releaseFd](), { allowCloexec: true });
     assert.ok(tx instanceof ShmSender);
     assert.ok(rx instanceof ShmReceiver);
     await tx.send(new Uint8Array([3]));
@@ -496,7 +498,7 @@ function forgedCarrier(role: number, fds: (carrier: number) => number[]) {
   const [keep, put] = socketpair({ type: "seqpacket" });
   sendHello(put.rawFd, role, fds(keep.rawFd));
   put.close();
-  return keep._release();
+  return keep[releaseFd]();
 }
 
 test(
@@ -524,14 +526,14 @@ test(
       );
       const eventfd = keep(lib.eventfd(0, 0o2000000));
       const { reader, writer } = pipe();
-      const pipeFd = keep(reader._release());
+      const pipeFd = keep(reader[releaseFd]());
       writer.close();
       const [stream, streamPeer] = socketpair({ type: "stream" });
       streamPeer.close();
-      const streamFd = keep(stream._release());
+      const streamFd = keep(stream[releaseFd]());
       const [dgram, dgramPeer] = socketpair({ type: "dgram" });
       dgramPeer.close();
-      const dgramFd = keep(dgram._release());
+      const dgramFd = keep(dgram[releaseFd]());
       const name = `conduit-test-bell-${crypto.randomUUID()}`;
       using listener = listen({ abstract: name, type: "seqpacket" });
       const bells: [string, (carrier: number) => number, RegExp][] = [
@@ -678,7 +680,7 @@ test(
     try {
       // The child fills the ring before the loop starts, and refills it
       // faster than the loop empties it: the loop never has to wait.
-      const { header, data } = rx._ring();
+      const { header, data } = rx[ringViews]();
       const span = 2 * data.length;
       const used = () =>
         (Atomics.load(header, 16) - Atomics.load(header, 32) + span) % span;
@@ -800,7 +802,7 @@ test(
   async () => {
     using q = shmQueue({ bytes: 1024, spin: 0 });
     const [tx, rx] = q;
-    const { header } = tx._ring();
+    const { header } = tx[ringViews]();
     const SENDER_WAITING = 34;
     // Eight records of 128 bytes fill the ring of 1032 but 8 bytes.
     for (let i = 0; i < 8; i++) await tx.send(message(i, 120));

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { shmQueue, ShmReceiverSet } from "../mod.ts";
 import { stillPending, test, withTimeout } from "./_util.ts";
+import { ringViews } from "../shm/_keys.ts";
 
 const local = { ffi: true } as const;
 const bytes = (...values: number[]) => new Uint8Array(values);
@@ -83,7 +84,7 @@ test(
     const bad = set.add(badRx);
     const good = set.add(goodRx);
     // A hostile sender publishes a tail beyond the ring.
-    Atomics.store(badTx._ring().header, 16, 1 << 30);
+    Atomics.store(badTx[ringViews]().header, 16, 1 << 30);
     await badTx.send(bytes(1)).catch(() => {});
     const event = await withTimeout(set.select(), 5000, "the corrupt ring");
     assert.equal(event.id, bad);

@@ -14,7 +14,8 @@ import { libc } from "../ffi/libc.ts";
 import { MMAP, O, STAT } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { dupCloexec } from "../ffi/fd.ts";
-import { createMemfd } from "../shm/shared_memory.ts";
+import { createMemfd } from "../shm/_memfd.ts";
+import { releaseFd } from "../_keys.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -172,7 +173,7 @@ Deno.test({
     await assertNoFdLeak(async () => {
       using mem = SharedMemory.create(100);
       new Uint8Array(mem.buffer)[99] = 5;
-      const again = fromFd(mem._release(), { allowCloexec: true });
+      const again = fromFd(mem[releaseFd](), { allowCloexec: true });
       assert.ok(again instanceof SharedMemory);
       assert.equal(again.size, 100);
       assert.equal(new Uint8Array(again.buffer)[99], 5);

@@ -1,0 +1,13 @@
+/**
+ * The keys of what shared-memory queue ends show only to this package's
+ * own code: symbols no entry point exports, on members the documentation
+ * leaves out.
+ *
+ * @module
+ */
+
+/**
+ * The views of a queue end's ring (header words and data), for tests that
+ * play a hostile peer.
+ */
+export const ringViews: unique symbol = Symbol("shm queue ring");
