@@ -173,7 +173,7 @@ export class ChildProcess implements AsyncDisposable {
   #refed = true;
   #onAbort = () => this.#terminate();
 
-  /** @internal Use {@linkcode spawn}. */
+  /** @ignore Use {@linkcode spawn}. */
   constructor(
     pid: number,
     pidfd: number,

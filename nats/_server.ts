@@ -50,7 +50,7 @@ export class NatsServer implements AsyncDisposable {
   #log: string[] = [];
   #port = 0;
 
-  /** @internal Use {@linkcode startNatsServer}. */
+  /** @ignore Use {@linkcode startNatsServer}. */
   constructor(
     command: string,
     args: string[],

@@ -19,6 +19,7 @@ import type {
 } from "./options.ts";
 import { NatsReceiver } from "./receiver.ts";
 import { NatsSender, type Stored } from "./sender.ts";
+import { startReceiver } from "./_keys.ts";
 
 function jetstreamOptions(
   value: boolean | NatsJetStreamOptions | undefined,
@@ -54,7 +55,7 @@ async function openReceiver<T>(
     spec,
   });
   try {
-    await receiver._start();
+    await receiver[startReceiver]();
   } catch (error) {
     await receiver.close();
     throw error;

@@ -36,6 +36,7 @@ import { abortable, pause } from "./_abort.ts";
 import { checkCapacity, closedError } from "./_checks.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import type { NatsReceiverOptions, NatsRecvOptions } from "./options.ts";
+import { startReceiver } from "./_keys.ts";
 
 const DEFAULT_MAX_PENDING_BYTES = 64 << 20;
 /** The most senders a receiver keeps track of at once. */
@@ -127,7 +128,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   #readable: ReadableStream<T> | undefined;
   #listener: LinkListener;
 
-  /** @internal Use {@linkcode natsReceiver} or {@linkcode natsChannel}. */
+  /** @ignore Use {@linkcode natsReceiver} or {@linkcode natsChannel}. */
   constructor(
     link: Link,
     subject: string,
@@ -266,8 +267,8 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     return inspectEndpoint("NatsReceiver", fields, inspect, options);
   }
 
-  /** @internal Resolves once the consumer is ready (JetStream). */
-  async _start(): Promise<void> {
+  /** @ignore Resolves once the consumer is ready (JetStream). */
+  async [startReceiver](): Promise<void> {
     if (this.#js === undefined) return;
     this.#reset();
     await this.#js.resetting;

@@ -89,7 +89,7 @@ export class NatsSender<T> implements AsyncDisposable {
   #room = new Set<() => void>();
   #listener: LinkListener;
 
-  /** @internal Use {@linkcode natsSender} or {@linkcode natsChannel}. */
+  /** @ignore Use {@linkcode natsSender} or {@linkcode natsChannel}. */
   constructor(
     link: Link,
     subject: string,

@@ -42,6 +42,7 @@ export class Barrier implements Disposable {
   #place: Place;
   #parties: number;
 
+  /** @ignore Made by the static `create` and `from`. */
   private constructor(place: Place) {
     this.#place = place;
     this.#parties = place.word(1, 1, MAX_PARTIES, "attach", "parties");

@@ -36,6 +36,7 @@ export class Event implements Disposable {
 
   #place: Place;
 
+  /** @ignore Made by the static `create` and `from`. */
   private constructor(place: Place) {
     this.#place = place;
   }

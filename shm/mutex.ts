@@ -74,7 +74,7 @@ export class MutexGuard implements Disposable {
   #unlock: (() => void) | undefined;
   #ownerDied: boolean;
 
-  /** @internal Made by {@linkcode Mutex.lock} and {@linkcode Mutex.tryLock}. */
+  /** @ignore Made by {@linkcode Mutex.lock} and {@linkcode Mutex.tryLock}. */
   constructor(unlock: () => void, ownerDied: boolean) {
     this.#unlock = unlock;
     this.#ownerDied = ownerDied;
@@ -180,6 +180,7 @@ export class Mutex implements Disposable {
   #me: bigint;
   #self: ProcessId;
 
+  /** @ignore Made by the static `create` and `from`. */
   private constructor(place: Place) {
     this.#place = place;
     this.#wide = new BigUint64Array(

@@ -50,6 +50,7 @@ export class Semaphore implements Disposable {
   #place: Place;
   #max: number;
 
+  /** @ignore Made by the static `create` and `from`. */
   private constructor(place: Place) {
     this.#place = place;
     this.#max = place.word(3, 1, INT_MAX, "attach", "largest count");
