@@ -45,7 +45,7 @@ export function writeRights(
   view.setInt32(at + CMSGHDR.level, SOCK.SOL_SOCKET, true);
   view.setInt32(at + CMSGHDR.type, SOCK.SCM_RIGHTS, true);
   for (let i = 0; i < fds.length; i++) {
-    view.setInt32(at + CMSGHDR.size + i * 4, fds[i], true);
+    view.setInt32(at + CMSGHDR.data + i * 4, fds[i], true);
   }
   // An odd fd count leaves 4 bytes of padding up to CMSG_SPACE.
   for (let i = len; i < space; i += 4) view.setInt32(at + i, 0, true);
@@ -152,8 +152,8 @@ function parseOne(
 ): string {
   const level = view.getInt32(start + CMSGHDR.level, true);
   const type = view.getInt32(start + CMSGHDR.type, true);
-  const data = start + CMSGHDR.size;
-  const payload = len - CMSGHDR.size;
+  const data = start + CMSGHDR.data;
+  const payload = len - CMSGHDR.data;
   if (level !== SOCK.SOL_SOCKET) {
     return `control message of level ${level} (type ${type}), which a unix socket never carries`;
   }

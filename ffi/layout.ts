@@ -26,7 +26,6 @@ export type OpenFlags = {
   readonly ACCMODE: number;
   readonly CREAT: number;
   readonly EXCL: number;
-  readonly TRUNC: number;
   readonly NONBLOCK: number;
   readonly DIRECTORY: number;
   readonly NOFOLLOW: number;
@@ -40,7 +39,6 @@ const O_COMMON = {
   ACCMODE: 3,
   CREAT: 0o100,
   EXCL: 0o200,
-  TRUNC: 0o1000,
   NONBLOCK: 0o4000,
   CLOEXEC: 0o2000000,
 } as const;
@@ -134,7 +132,7 @@ export const IOCB = {
 } as const;
 
 /** `struct io_event`: 0 data u64, 8 obj u64, 16 res i64, 24 res2 i64. */
-export const IO_EVENT = { size: 32, data: 0, res: 16 } as const;
+export const IO_EVENT = { size: 32, data: 0 } as const;
 
 /** `struct timespec`: 16 bytes. 0 sec i64, 8 nsec i64. */
 export const TIMESPEC = { size: 16, sec: 0, nsec: 8 } as const;
@@ -154,7 +152,6 @@ export const SOCK = {
   CLOEXEC: 0o2000000,
   SOL_SOCKET: 1,
   SO_TYPE: 3,
-  SO_ERROR: 4,
   SO_SNDBUF: 7,
   SO_RCVBUF: 8,
   SO_PEERCRED: 17,
@@ -175,8 +172,6 @@ export const MSG = {
   CTRUNC: 0x08,
   TRUNC: 0x20,
   DONTWAIT: 0x40,
-  EOR: 0x80,
-  WAITALL: 0x100,
   NOSIGNAL: 0x4000,
   CMSG_CLOEXEC: 0x40000000,
 } as const;
@@ -215,7 +210,7 @@ export const CMSGHDR = {
  * `struct mmsghdr` (for `sendmmsg`): 64 bytes. 0 msg_hdr (a msghdr),
  * 56 msg_len u32, then padding.
  */
-export const MMSGHDR = { size: 64, hdr: 0, len: 56 } as const;
+export const MMSGHDR = { size: 64, hdr: 0 } as const;
 
 /** CMSG_SPACE for `n` bytes of data: the header plus the data, 8-aligned. */
 export function cmsgSpace(n: number): number {
@@ -288,14 +283,13 @@ export const S = {
  */
 export const SIGINFO = {
   size: 128,
-  signo: 0,
   code: 8,
   pid: 16,
   status: 24,
 } as const;
 
 /** `si_code` values for SIGCHLD. */
-export const CLD = { EXITED: 1, KILLED: 2, DUMPED: 3 } as const;
+export const CLD = { EXITED: 1 } as const;
 
 /** waitid constants. */
 export const WAIT = { P_PID: 1, P_PIDFD: 3, WEXITED: 4, WNOHANG: 1 } as const;
@@ -328,7 +322,7 @@ export const MMAP = {
 export const SEAL = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8 } as const;
 
 /** Futex operations (without FUTEX_PRIVATE_FLAG: they work across processes). */
-export const FUTEX = { WAIT: 0, WAKE: 1, PRIVATE_FLAG: 128 } as const;
+export const FUTEX = { WAKE: 1, PRIVATE_FLAG: 128 } as const;
 
 /**
  * `struct futex_waitv` (24 bytes: u64 val, u64 uaddr, u32 flags, u32

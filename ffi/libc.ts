@@ -17,8 +17,6 @@ const symbols = {
   pipe2: { parameters: ["buffer", "i32"], result: "i32" },
   // int fcntl(int fd, int cmd, ... /* int arg */);
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
-  // int dup3(int oldfd, int newfd, int flags);
-  dup3: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count);
@@ -102,8 +100,6 @@ const symbols = {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   // int unlink(const char *pathname);
   unlink: { parameters: ["buffer"], result: "i32" },
-  // int chmod(const char *pathname, mode_t mode);
-  chmod: { parameters: ["buffer", "u32"], result: "i32" },
   // int mkdir(const char *pathname, mode_t mode);
   mkdir: { parameters: ["buffer", "u32"], result: "i32" },
   // int renameat2(int olddirfd, const char *oldpath, int newdirfd,
@@ -124,12 +120,6 @@ const symbols = {
   },
   // int unlinkat(int dirfd, const char *pathname, int flags);
   unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
-  // int rename(const char *oldpath, const char *newpath);
-  rename: { parameters: ["buffer", "buffer"], result: "i32" },
-  // int fchmod(int fd, mode_t mode);
-  fchmod: { parameters: ["i32", "u32"], result: "i32" },
-  // int lstat(const char *pathname, struct stat *statbuf);
-  lstat: { parameters: ["buffer", "buffer"], result: "i32" },
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout);
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 
