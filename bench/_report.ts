@@ -58,7 +58,7 @@ export interface WakePath {
 export interface SkippedArea {
   /** The area name, such as `"socketpair"`. */
   area: string;
-  /** Why it was skipped, such as `"not built yet"`. */
+  /** Why it was skipped, such as `"does not load: ..."`. */
   reason: string;
 }
 

@@ -2,8 +2,8 @@
  * The benchmark runner behind `cli.ts bench`: finds the area files
  * (`bench/<area>_bench.ts`) that exist, runs their cases with a progress
  * line, prints the machine and the table, and writes the JSON report and the
- * SVG chart. Areas whose file is missing or does not load yet are skipped
- * and named in the report.
+ * SVG chart. Areas whose file does not load are skipped and named in the
+ * report.
  *
  * It lives in bench/ (not published) and `cli.ts` loads it on demand, so the
  * published command line stays free of benchmark code.
@@ -38,8 +38,19 @@ import {
 import type { BenchCase, BenchResult } from "./_types.ts";
 import { currentWakePath } from "./_wake.ts";
 
-/** The areas the issue tracker plans; the ones without a file are listed as skipped. */
-export const PLANNED_AREAS: readonly string[] = ["pipe", "spawn", "socketpair"];
+/**
+ * The order of the areas in the report (the published table's); an area
+ * not listed comes after them, by name.
+ */
+export const AREA_ORDER: readonly string[] = [
+  "pipe",
+  "spawn",
+  "socketpair",
+  "channel",
+  "nats",
+  "shm",
+  "sync",
+];
 
 /** Options of one benchmark run. */
 export interface RunnerOptions {
@@ -70,8 +81,8 @@ export interface AreaFile {
 const BENCH_DIR = new URL("./", import.meta.url);
 
 /**
- * Lists the area files in a directory (`<area>_bench.ts`), planned areas
- * first, then the rest by name.
+ * Lists the area files in a directory (`<area>_bench.ts`) in
+ * {@linkcode AREA_ORDER}, then the rest by name.
  *
  * @param dir The directory. Default this file's (bench/).
  * @returns The areas found.
@@ -85,8 +96,8 @@ export async function discoverAreas(dir: URL = BENCH_DIR): Promise<AreaFile[]> {
     }
   }
   const rank = (area: string) => {
-    const i = PLANNED_AREAS.indexOf(area);
-    return i === -1 ? PLANNED_AREAS.length : i;
+    const i = AREA_ORDER.indexOf(area);
+    return i === -1 ? AREA_ORDER.length : i;
   };
   return found.sort((a, b) =>
     rank(a.area) - rank(b.area) || a.area.localeCompare(b.area)
@@ -199,9 +210,8 @@ function message(error: unknown): string {
  */
 export async function runBench(options: RunnerOptions): Promise<number> {
   const dir = options.dir ?? BENCH_DIR;
-  const planned = options.dir === undefined ? PLANNED_AREAS : [];
   const files = await discoverAreas(dir);
-  const known = new Set([...planned, ...files.map((f) => f.area)]);
+  const known = new Set(files.map((f) => f.area));
   const unknown = options.only.filter((a) => !known.has(a));
   if (unknown.length > 0) {
     console.error(
@@ -233,14 +243,6 @@ export async function runBench(options: RunnerOptions): Promise<number> {
   const failed: FailedCase[] = [];
   const results: BenchResult[] = [];
   const areas: string[] = [];
-  for (const area of planned) {
-    if (wanted(area) && !files.some((f) => f.area === area)) {
-      skipped.push({
-        area,
-        reason: `not built yet (no bench/${area}_bench.ts)`,
-      });
-    }
-  }
   for (const file of files) {
     if (!wanted(file.area)) continue;
     let cases: BenchCase[];
@@ -255,7 +257,7 @@ export async function runBench(options: RunnerOptions): Promise<number> {
       progress.clear();
       skipped.push({
         area: file.area,
-        reason: `does not load yet: ${message(error)}`,
+        reason: `does not load: ${message(error)}`,
       });
       continue;
     }

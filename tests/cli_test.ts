@@ -414,7 +414,7 @@ Deno.test({
     assert.match(r.stdout, /FAILED broken\.case: the mechanism broke/);
     assert.match(
       r.stdout,
-      /skipped unbuilt: does not load yet: .*not_built_yet\.ts/,
+      /skipped unbuilt: does not load: .*not_built_yet\.ts/,
     );
 
     const only = await cli(ALL, [
