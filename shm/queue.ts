@@ -954,60 +954,60 @@ export function shmQueue(options: ShmQueueOptions = {}): ShmQueue {
     );
   }
   const capacity = align8(bytes) + RECORD;
+  const size = HEADER_BYTES + capacity;
   const lib = libc();
-  const opened: number[] = [];
-  const mappings: Mapping[] = [];
-  try {
-    const memfd = createMemfd(HEADER_BYTES + capacity, "conduit-shmq");
-    opened.push(memfd);
-    const first = mapShared(memfd, HEADER_BYTES + capacity, "shmQueue");
-    mappings.push(first);
-    const header = new Int32Array(first.buffer, 0, HEADER_BYTES / 4);
-    header[VERSION] = RING_VERSION;
-    header[CAPACITY] = capacity;
-    header[MAX_MESSAGE] = bytes;
-    Atomics.store(header, MAGIC, RING_MAGIC);
-    const second = mapShared(memfd, HEADER_BYTES + capacity, "shmQueue");
-    mappings.push(second);
-
-    const pair = (): [number, number] => {
-      const fds = new Int32Array(2);
-      check(
-        "socketpair",
-        lib.socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, fds),
-      );
-      opened.push(fds[0], fds[1]);
-      return [fds[0], fds[1]];
-    };
-    const [bellTx, bellRx] = pair();
-    const carrier = (role: number, bell: number): number => {
-      const [keep, put] = pair();
-      sendHello(put, role, [memfd, bell]);
-      lib.close(put);
-      opened.splice(opened.indexOf(put), 1);
-      return keep;
-    };
-    const carrierTx = carrier(ROLE.sender, bellTx);
-    const carrierRx = carrier(ROLE.receiver, bellRx);
-    lib.close(memfd);
-    opened.length = 0;
-    const tx = new ShmSender(
-      new Ring("ShmSender", first, carrierTx, bellTx, spin),
+  // Released whatever happens: the memfd (the hellos carry it to the ends)
+  // and this process's copies of what the hellos carry.
+  using setUp = new DisposableStack();
+  // Released only when shmQueue() fails: what the two ends take over.
+  using onFailure = new DisposableStack();
+  // A seqpacket pair, each end's closing deferred to the stack given for it.
+  const socketPair = (
+    a: DisposableStack,
+    b: DisposableStack,
+  ): [number, number] => {
+    const fds = new Int32Array(2);
+    check(
+      "socketpair",
+      lib.socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, fds),
     );
-    const rx = new ShmReceiver(
-      new Ring("ShmReceiver", second, carrierRx, bellRx, spin),
-    );
-    return Object.assign([tx, rx] as [ShmSender, ShmReceiver], {
-      [Symbol.dispose]() {
-        tx.close();
-        rx.close();
-      },
-    });
-  } catch (error) {
-    for (const fd of opened) lib.close(fd);
-    for (const mapping of mappings) unmap(mapping);
-    throw error;
-  }
+    a.defer(() => lib.close(fds[0]));
+    b.defer(() => lib.close(fds[1]));
+    return [fds[0], fds[1]];
+  };
+  const memfd = createMemfd(size, "conduit-shmq");
+  setUp.defer(() => lib.close(memfd));
+  const first = onFailure.adopt(mapShared(memfd, size, "shmQueue"), unmap);
+  const header = new Int32Array(first.buffer, 0, HEADER_BYTES / 4);
+  header[VERSION] = RING_VERSION;
+  header[CAPACITY] = capacity;
+  header[MAX_MESSAGE] = bytes;
+  Atomics.store(header, MAGIC, RING_MAGIC);
+  const second = onFailure.adopt(mapShared(memfd, size, "shmQueue"), unmap);
+  const [bellTx, bellRx] = socketPair(onFailure, onFailure);
+  // A carrier: the queue end's socket, with the hello (its role, the memfd
+  // and its doorbell) queued on it by the other end of its pair, which is
+  // then closed. Whoever the end is handed to reads the hello.
+  const carrier = (role: number, bell: number): number => {
+    const [keep, put] = socketPair(onFailure, setUp);
+    sendHello(put, role, [memfd, bell]);
+    return keep;
+  };
+  const carrierTx = carrier(ROLE.sender, bellTx);
+  const carrierRx = carrier(ROLE.receiver, bellRx);
+  const tx = new ShmSender(
+    new Ring("ShmSender", first, carrierTx, bellTx, spin),
+  );
+  const rx = new ShmReceiver(
+    new Ring("ShmReceiver", second, carrierRx, bellRx, spin),
+  );
+  onFailure.move();
+  return Object.assign([tx, rx] as [ShmSender, ShmReceiver], {
+    [Symbol.dispose]() {
+      tx.close();
+      rx.close();
+    },
+  });
 }
 
 /**
@@ -1058,43 +1058,43 @@ export function adoptQueueEnd(
   if (hello === null) return null;
   const lib = libc();
   const { role, fds } = hello;
-  const closeAll = () => {
-    for (const f of fds) lib.close(f);
-  };
+  // Released only when adoption fails: every fd the hello carried, and the
+  // mapping.
+  using onFailure = new DisposableStack();
+  for (const received of fds) onFailure.defer(() => lib.close(received));
   if (fds.length !== 2 || (role !== ROLE.sender && role !== ROLE.receiver)) {
-    closeAll();
     throw new TypeError(
       `Cannot adopt fd ${fd}: a shmQueue end with role ${role} and ${fds.length} fds`,
     );
   }
   const [memfd, bell] = fds;
   const what = role === ROLE.sender ? "ShmSender" : "ShmReceiver";
-  let mapping: Mapping | undefined;
-  try {
-    // Every fd the peer put in the hello is checked before anything maps
-    // or waits on it.
-    const bellProblem = doorbellProblem(bell, fd);
-    if (bellProblem !== undefined) {
-      throw new TypeError(`Cannot adopt ${what} from fd ${fd}: ${bellProblem}`);
-    }
-    if (!sealedAgainstShrink(memfd)) {
-      throw new TypeError(
-        `Cannot adopt ${what} from fd ${fd}: its shared memory is not sealed against shrinking`,
-      );
-    }
-    const size = fileSize(memfd);
-    if (size < HEADER_BYTES || size > HEADER_BYTES + MAX_BYTES + RECORD) {
-      throw new TypeError(
-        `Cannot adopt ${what} from fd ${fd}: shared memory of ${size} bytes is no shmQueue ring`,
-      );
-    }
-    mapping = mapShared(memfd, size, what);
-    const ring = new Ring(what, mapping, fd, bell, spin);
-    lib.close(memfd);
-    return role === ROLE.sender ? new ShmSender(ring) : new ShmReceiver(ring);
-  } catch (error) {
-    if (mapping !== undefined) unmap(mapping);
-    closeAll();
-    throw error;
+  // Every fd the peer put in the hello is checked before anything maps or
+  // waits on it.
+  const bellProblem = doorbellProblem(bell, fd);
+  if (bellProblem !== undefined) {
+    throw new TypeError(`Cannot adopt ${what} from fd ${fd}: ${bellProblem}`);
   }
+  if (!sealedAgainstShrink(memfd)) {
+    throw new TypeError(
+      `Cannot adopt ${what} from fd ${fd}: its shared memory is not sealed against shrinking`,
+    );
+  }
+  const size = fileSize(memfd);
+  if (size < HEADER_BYTES || size > HEADER_BYTES + MAX_BYTES + RECORD) {
+    throw new TypeError(
+      `Cannot adopt ${what} from fd ${fd}: shared memory of ${size} bytes is no shmQueue ring`,
+    );
+  }
+  const ring = new Ring(
+    what,
+    onFailure.adopt(mapShared(memfd, size, what), unmap),
+    fd,
+    bell,
+    spin,
+  );
+  onFailure.move();
+  // The ring holds the mapping and the doorbell; the memfd is done with.
+  lib.close(memfd);
+  return role === ROLE.sender ? new ShmSender(ring) : new ShmReceiver(ring);
 }
