@@ -30,14 +30,7 @@ import {
 import { libc, platformProblem, SYS, SYS_BY_ARCH } from "../ffi/libc.ts";
 import { ERRNO, errno } from "../ffi/errors.ts";
 import { cstr } from "../ffi/mem.ts";
-import {
-  assertNoFdLeak,
-  fixture,
-  runDeno,
-  SANITIZE,
-  test,
-  withTimeout,
-} from "./_util.ts";
+import { fixture, runDeno, test, withTimeout } from "./_util.ts";
 
 const SOURCE = fixture("layout.c");
 const ARCHES: readonly Arch[] = ["x86_64", "aarch64"];
@@ -229,29 +222,23 @@ const headers = new Map<Arch, Headers>();
 
 for (const arch of ARCHES) {
   const chain = TOOLCHAINS.get(arch)!;
-  Deno.test({
-    name: `the ${arch} tables match the ${arch} C headers (layout.c)`,
-    ignore: typeof chain === "string",
-    permissions: { ffi: true, run: true, read: true, write: true },
-    ...SANITIZE,
-    fn: () =>
-      assertNoFdLeak(async () => {
-        const c = await headersOf(arch, chain as Toolchain);
-        headers.set(arch, c);
-        assert.equal(typeof c.tables.STAT?.size, "number", "layout.c: STAT");
-        const sizes = Object.keys(c.tables.cmsgSpace ?? {});
-        assert.deepEqual(differences(moduleTables(arch, sizes), c), []);
-      }),
-  });
+  test(
+    `the ${arch} tables match the ${arch} C headers (layout.c)`,
+    async () => {
+      const c = await headersOf(arch, chain as Toolchain);
+      headers.set(arch, c);
+      assert.equal(typeof c.tables.STAT?.size, "number", "layout.c: STAT");
+      const sizes = Object.keys(c.tables.cmsgSpace ?? {});
+      assert.deepEqual(differences(moduleTables(arch, sizes), c), []);
+    },
+    { ffi: true, run: true, read: true, write: true },
+    { ignore: typeof chain === "string" },
+  );
 }
 
-Deno.test({
-  name:
-    "the comparison tells the architectures apart: each one's tables differ from the other's headers where the ABIs do",
-  ignore: ARCHES.some((arch) => typeof TOOLCHAINS.get(arch) === "string"),
-  permissions: { ffi: true, run: true, read: true, write: true },
-  ...SANITIZE,
-  fn: async () => {
+test(
+  "the comparison tells the architectures apart: each one's tables differ from the other's headers where the ABIs do",
+  async () => {
     for (const arch of ARCHES) {
       if (!headers.has(arch)) {
         headers.set(
@@ -286,7 +273,9 @@ Deno.test({
     assert.deepEqual(armOnX86.toSorted(), known.toSorted());
     assert.deepEqual(x86OnArm.toSorted(), known.toSorted());
   },
-});
+  { ffi: true, run: true, read: true, write: true },
+  { ignore: ARCHES.some((arch) => typeof TOOLCHAINS.get(arch) === "string") },
+);
 
 test("this process reads the tables of its own architecture", () => {
   assert.equal(ARCH, Deno.build.arch);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "../mod.ts";
-import { DENO, pollerIdle, withTimeout } from "./_util.ts";
+import { DENO, pollerIdle, test, withTimeout } from "./_util.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
@@ -58,11 +58,9 @@ const ALL = [
 ];
 const perms = { ffi: true, run: true, read: true, env: true } as const;
 
-Deno.test({
-  name:
-    "cli.ts --help and every command's --help print usage with the exit codes and exit 0",
-  permissions: perms,
-  async fn() {
+test(
+  "cli.ts --help and every command's --help print usage with the exit codes and exit 0",
+  async () => {
     const cases: [string[], RegExp][] = [
       [
         ["--help"],
@@ -84,13 +82,12 @@ Deno.test({
       assert.match(r.stdout, /Exit codes:[\s\S]*0 [\s\S]*1 [\s\S]*2 /);
     }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "cli.ts exits 2 on no command, an unknown command, an unknown option or a stray argument",
-  permissions: perms,
-  async fn() {
+test(
+  "cli.ts exits 2 on no command, an unknown command, an unknown option or a stray argument",
+  async () => {
     const cases: [string[], RegExp][] = [
       [[], /Usage: cli\.ts/],
       [["frobnicate"], /Unknown command: frobnicate/],
@@ -109,12 +106,12 @@ Deno.test({
       assert.match(r.stderr, pattern);
     }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "doctor passes every required check with --allow-ffi and exits 0",
-  permissions: perms,
-  async fn() {
+test(
+  "doctor passes every required check with --allow-ffi and exits 0",
+  async () => {
     const r = await cli(["--allow-ffi"], ["doctor"]);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     for (
@@ -148,13 +145,12 @@ Deno.test({
       if (c.required) assert.equal(c.ok, true, `${c.name}: ${c.detail}`);
     }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "doctor reports the wake path: aio by default here, ffi when CONDUIT_IPC_WAKE=ffi forces it, and a bad value names the variable",
-  permissions: perms,
-  async fn() {
+test(
+  "doctor reports the wake path: aio by default here, ffi when CONDUIT_IPC_WAKE=ffi forces it, and a bad value names the variable",
+  async () => {
     const flags = ["--allow-ffi", "--allow-env"];
     const wakeLine = (run: Run) =>
       JSON.parse(run.stdout).checks.find((c: { name: string }) =>
@@ -185,13 +181,12 @@ Deno.test({
       /CONDUIT_IPC_WAKE must be "aio" or "ffi", got "fast"/,
     );
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "doctor without --allow-ffi fails that check, says what to do and exits 1",
-  permissions: perms,
-  async fn() {
+test(
+  "doctor without --allow-ffi fails that check, says what to do and exits 1",
+  async () => {
     const r = await cli([], ["doctor"]);
     assert.equal(r.code, 1, r.stdout + r.stderr);
     assert.match(r.stdout, /FAIL\s+--allow-ffi\s+not granted/);
@@ -199,13 +194,12 @@ Deno.test({
     assert.match(r.stdout, /skip\s+memfd_create\s+not checked/);
     assert.match(r.stdout, /1 required check failed: --allow-ffi/);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "demo runs every example but _-prefixed ones under a heading and exits 1 when one fails",
-  permissions: perms,
-  async fn() {
+test(
+  "demo runs every example but _-prefixed ones under a heading and exits 1 when one fails",
+  async () => {
     const dir = `${FIXTURES}demo`;
     const r = await cli(["--allow-read", "--allow-run"], [
       "demo",
@@ -228,13 +222,12 @@ Deno.test({
     assert.equal(list.code, 0);
     assert.deepEqual(list.stdout.trim().split("\n"), ["fails", "passes"]);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "demo <name> runs only that example; an unknown name exits 2 with the list",
-  permissions: perms,
-  async fn() {
+test(
+  "demo <name> runs only that example; an unknown name exits 2 with the list",
+  async () => {
     const dir = `${FIXTURES}demo`;
     const one = await cli(["--allow-read", "--allow-run"], [
       "demo",
@@ -259,12 +252,12 @@ Deno.test({
       /Unknown example: nope\. Examples: fails, passes/,
     );
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "demo stops an example that outlives --timeout and exits 1",
-  permissions: perms,
-  async fn() {
+test(
+  "demo stops an example that outlives --timeout and exits 1",
+  async () => {
     const r = await cli(["--allow-read", "--allow-run"], [
       "demo",
       "--dir",
@@ -278,13 +271,12 @@ Deno.test({
       /hangs: started[\s\S]*--- hangs: FAILED, timed out after 1500 ms/,
     );
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "demo random_byte runs the repository's example: a byte crosses from child to parent",
-  permissions: perms,
-  async fn() {
+test(
+  "demo random_byte runs the repository's example: a byte crosses from child to parent",
+  async () => {
     const r = await cli(["--allow-read", "--allow-run"], [
       "demo",
       "random_byte",
@@ -296,13 +288,12 @@ Deno.test({
       /child -> parent through the pipe: 1 byte, value \d+/,
     );
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "bench --quick --only spawn prints the machine and the table and writes valid JSON and SVG",
-  permissions: { ...perms, write: true },
-  async fn() {
+test(
+  "bench --quick --only spawn prints the machine and the table and writes valid JSON and SVG",
+  async () => {
     const dir = await Deno.makeTempDir({ prefix: "conduit-bench-test-" });
     try {
       const json = `${dir}/bench.json`;
@@ -398,13 +389,12 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
-});
+  { ...perms, write: true },
+);
 
-Deno.test({
-  name:
-    "bench reports a failing case and a module that does not load, and exits 1",
-  permissions: perms,
-  async fn() {
+test(
+  "bench reports a failing case and a module that does not load, and exits 1",
+  async () => {
     const r = await cli(ALL, ["bench", "--quick", "--dir", `${FIXTURES}bench`]);
     assert.equal(r.code, 1, r.stdout + r.stderr);
     assert.match(
@@ -428,13 +418,12 @@ Deno.test({
     assert.equal(only.code, 0, only.stdout + only.stderr);
     assert.doesNotMatch(only.stdout, /broken|unbuilt/);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "bench exits 2 on fewer than 5 runs without --quick, a bad --runs or an unknown area",
-  permissions: perms,
-  async fn() {
+test(
+  "bench exits 2 on fewer than 5 runs without --quick, a bad --runs or an unknown area",
+  async () => {
     const cases: [string[], RegExp][] = [
       [["bench", "--runs", "3"], /at least 5 runs.*--quick/],
       [["bench", "--quick", "--runs", "0"], /Invalid --runs/],
@@ -451,4 +440,5 @@ Deno.test({
       assert.match(r.stderr, pattern);
     }
   },
-});
+  perms,
+);

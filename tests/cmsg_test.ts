@@ -78,7 +78,7 @@ function isOpen(fd: number): boolean {
   return libc().fcntl(fd, F.GETFD, 0) !== -1;
 }
 
-Deno.test("parseControl takes the fds of SCM_RIGHTS messages, in order", () => {
+test("parseControl takes the fds of SCM_RIGHTS messages, in order", () => {
   const parsed = parse(concat(rights(7, 8, 9), rights(10)));
   assert.equal(parsed.malformed, "");
   assert.deepEqual(parsed.fds, [7, 8, 9, 10]);
@@ -86,7 +86,7 @@ Deno.test("parseControl takes the fds of SCM_RIGHTS messages, in order", () => {
   assert.equal(parsed.credentials, undefined);
 });
 
-Deno.test("parseControl reads SCM_CREDENTIALS and skips a security label", () => {
+test("parseControl reads SCM_CREDENTIALS and skips a security label", () => {
   const label = cmsg(
     SOCK.SOL_SOCKET,
     SOCK.SCM_SECURITY,
@@ -98,7 +98,7 @@ Deno.test("parseControl reads SCM_CREDENTIALS and skips a security label", () =>
   assert.deepEqual(parsed.fds, [5]);
 });
 
-Deno.test("parseControl reports a pidfd as stray, never as a received fd", () => {
+test("parseControl reports a pidfd as stray, never as a received fd", () => {
   const pidfd = cmsg(SOCK.SOL_SOCKET, SOCK.SCM_PIDFD, ints(12));
   const parsed = parse(concat(pidfd, rights(3)));
   assert.equal(parsed.malformed, "");
@@ -106,7 +106,7 @@ Deno.test("parseControl reports a pidfd as stray, never as a received fd", () =>
   assert.deepEqual(parsed.stray, [12]);
 });
 
-Deno.test("parseControl accepts a last message without its padding", () => {
+test("parseControl accepts a last message without its padding", () => {
   // Room for CMSG_LEN but not CMSG_SPACE: the kernel then cuts the padding.
   const one = rights(4);
   const parsed = parse(one, CMSGHDR.size + 4);
@@ -114,7 +114,7 @@ Deno.test("parseControl accepts a last message without its padding", () => {
   assert.deepEqual(parsed.fds, [4]);
 });
 
-Deno.test("parseControl: an empty control buffer holds nothing", () => {
+test("parseControl: an empty control buffer holds nothing", () => {
   const parsed = parse(new Uint8Array(0));
   assert.equal(parsed.malformed, "");
   assert.deepEqual(parsed.fds, []);
@@ -199,20 +199,20 @@ const malformed: [string, () => Uint8Array, RegExp][] = [
 ];
 
 for (const [what, build, message] of malformed) {
-  Deno.test(`parseControl calls malformed: ${what}`, () => {
+  test(`parseControl calls malformed: ${what}`, () => {
     const parsed = parse(build());
     assert.match(parsed.malformed, message);
     for (const fd of parsed.fds) assert.ok(fd >= 0);
   });
 }
 
-Deno.test("parseControl still reports the fds found before a fault, to close them", () => {
+test("parseControl still reports the fds found before a fault, to close them", () => {
   const parsed = parse(concat(rights(3, 4), cmsg(41, 1, ints(5))));
   assert.match(parsed.malformed, /level 41/);
   assert.deepEqual(parsed.fds, [3, 4]);
 });
 
-Deno.test("writeRights writes what parseControl reads back, padding zeroed", () => {
+test("writeRights writes what parseControl reads back, padding zeroed", () => {
   for (const count of [1, 2, 3, MAX_FDS]) {
     const fds = Array.from({ length: count }, (_, i) => 100 + i);
     const memory = new Uint8Array(8 + 16 + 4 * MAX_FDS + 8).fill(0xff);

@@ -17,7 +17,6 @@ import {
   assertNoFdLeak,
   fdInode,
   fixture,
-  SANITIZE,
   stillPending,
   test,
   withTimeout,
@@ -281,12 +280,9 @@ async function findPython(): Promise<string | null> {
 }
 
 for (const type of TYPES) {
-  Deno.test({
-    name:
-      `${type}: a Python peer receives fds from us and sends fds to us (socket.send_fds/recv_fds)`,
-    permissions: childPerms,
-    ...SANITIZE,
-    async fn() {
+  test(
+    `${type}: a Python peer receives fds from us and sends fds to us (socket.send_fds/recv_fds)`,
+    async () => {
       const exe = await findPython();
       if (exe === null) {
         console.log(
@@ -331,7 +327,8 @@ for (const type of TYPES) {
         mine.close();
       });
     },
-  });
+    childPerms,
+  );
 }
 
 /** Fills `socket` without blocking; returns how many messages it took. */

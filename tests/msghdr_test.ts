@@ -10,7 +10,7 @@ function u64(view: DataView, at: number): bigint {
   return view.getBigUint64(at, true);
 }
 
-Deno.test("MessageArea fills every msghdr field at its layout offset", () => {
+test("MessageArea fills every msghdr field at its layout offset", () => {
   const area = new MessageArea({ iovecs: 4, stage: 64, control: 48 });
   assert.equal(area.controlAt % 8, 0);
   const view = area.view;
@@ -32,7 +32,7 @@ Deno.test("MessageArea fills every msghdr field at its layout offset", () => {
   assert.equal(area.controlLength(0), 0);
 });
 
-Deno.test("MessageArea lays out several headers as an mmsghdr array", () => {
+test("MessageArea lays out several headers as an mmsghdr array", () => {
   const area = new MessageArea({
     headers: 3,
     iovecs: 3,
@@ -54,7 +54,7 @@ Deno.test("MessageArea lays out several headers as an mmsghdr array", () => {
   assert.ok(iov0 - base >= 3n * BigInt(MMSGHDR.size));
 });
 
-Deno.test("MessageArea stages buffers V8 may move and references the rest in place", () => {
+test("MessageArea stages buffers V8 may move and references the rest in place", () => {
   const area = new MessageArea({ iovecs: 2, stage: 2 * MAY_MOVE, control: 0 });
   const iov = (i: number) =>
     Deno.UnsafePointer.value(area.iovPointer) as bigint +

@@ -26,12 +26,7 @@ import {
   Peer,
   summaryOf,
 } from "./_nats_util.ts";
-import {
-  assertNoFdLeak,
-  SANITIZE,
-  stillPending,
-  withTimeout,
-} from "./_util.ts";
+import { stillPending, test, withTimeout } from "./_util.ts";
 
 /**
  * A NATS test: FFI for the leak checks and child processes, net, run,
@@ -39,17 +34,16 @@ import {
  * left running or unreaped.
  */
 function natsTest(name: string, fn: () => Promise<void>): void {
-  Deno.test({
+  test(
     name,
-    ignore: NATS_MISSING !== undefined,
-    permissions: { ffi: true, ...NATS_PERMISSIONS },
-    ...SANITIZE,
-    async fn() {
-      await assertNoFdLeak(fn, name);
+    async () => {
+      await fn();
       // nats-server and the peers: killed and reaped.
       assert.deepEqual(ownProcesses(), [], "child processes left behind");
     },
-  });
+    NATS_PERMISSIONS,
+    { ignore: NATS_MISSING !== undefined },
+  );
 }
 
 const COUNT = 100_000;

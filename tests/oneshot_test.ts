@@ -16,8 +16,8 @@ import {
   listDir,
   readProcText,
   runDeno,
-  SANITIZE,
   stillPending,
+  test,
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
@@ -31,146 +31,126 @@ import {
 
 const CHILD = fixture("channel_child.ts");
 const EXAMPLE = new URL("../examples/ipc_channel.ts", import.meta.url).pathname;
-const local = { ...SANITIZE, permissions: { ffi: true } } as const;
-const procs = {
-  ...SANITIZE,
-  permissions: { ffi: true, run: true, read: true },
-} as const;
 
-Deno.test({
-  name:
-    "OneShotServer.accept() returns the receiver and the first message, and the name leaves no file",
-  ...local,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const server = new OneShotServer<{ n: number }>();
-      assert.match(server.name, /^conduit-oneshot\/[0-9a-f]{32}$/);
-      using other = new OneShotServer();
-      assert.notEqual(server.name, other.name);
-      const listed = () => readProcText("/proc/net/unix") ?? "";
-      assert.ok(listed().includes(`@${server.name}`), "listening");
-      const accepting = server.accept({ timeout: 5000 });
-      const tx = await connectOneShot<{ n: number }>(server.name);
-      await tx.send({ n: 1 });
-      await tx.send({ n: 2 });
-      const [rx, first] = await accepting;
-      assert.deepEqual(first, { n: 1 });
-      assert.deepEqual(await rx.recv(), { n: 2 });
-      tx.close();
-      await assert.rejects(rx.recv(), ChannelClosedError);
-      rx.close();
-      // Used up: the name is free, nothing listens, no file anywhere.
-      assert.ok(!listed().includes(`@${server.name}`), "not listening");
-      await assert.rejects(
-        connectOneShot(server.name),
-        Deno.errors.ConnectionRefused,
-      );
-      await assert.rejects(server.accept(), Deno.errors.BadResource);
-    });
+test(
+  "OneShotServer.accept() returns the receiver and the first message, and the name leaves no file",
+  async () => {
+    const server = new OneShotServer<{ n: number }>();
+    assert.match(server.name, /^conduit-oneshot\/[0-9a-f]{32}$/);
+    using other = new OneShotServer();
+    assert.notEqual(server.name, other.name);
+    const listed = () => readProcText("/proc/net/unix") ?? "";
+    assert.ok(listed().includes(`@${server.name}`), "listening");
+    const accepting = server.accept({ timeout: 5000 });
+    const tx = await connectOneShot<{ n: number }>(server.name);
+    await tx.send({ n: 1 });
+    await tx.send({ n: 2 });
+    const [rx, first] = await accepting;
+    assert.deepEqual(first, { n: 1 });
+    assert.deepEqual(await rx.recv(), { n: 2 });
+    tx.close();
+    await assert.rejects(rx.recv(), ChannelClosedError);
+    rx.close();
+    // Used up: the name is free, nothing listens, no file anywhere.
+    assert.ok(!listed().includes(`@${server.name}`), "not listening");
+    await assert.rejects(
+      connectOneShot(server.name),
+      Deno.errors.ConnectionRefused,
+    );
+    await assert.rejects(server.accept(), Deno.errors.BadResource);
   },
-});
+  { ffi: true },
+);
 
-Deno.test({
-  name:
-    "a second OneShotServer.accept() while the first waits rejects at once, naming OneShotServer; the first still serves its client",
-  permissions: { ffi: true },
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using server = new OneShotServer<string>();
-      const accepting = server.accept({ timeout: 5000 });
-      await assert.rejects(
-        server.accept({ timeout: 5000 }),
-        (error: unknown) =>
-          error instanceof Deno.errors.BadResource &&
-          /OneShotServer/.test(error.message) &&
-          /already called/.test(error.message),
-      );
-      using tx = await connectOneShot<string>(server.name);
-      await tx.send("first");
-      const [rx, first] = await accepting;
-      assert.equal(first, "first");
-      rx.close();
-    });
+test(
+  "a second OneShotServer.accept() while the first waits rejects at once, naming OneShotServer; the first still serves its client",
+  async () => {
+    using server = new OneShotServer<string>();
+    const accepting = server.accept({ timeout: 5000 });
+    await assert.rejects(
+      server.accept({ timeout: 5000 }),
+      (error: unknown) =>
+        error instanceof Deno.errors.BadResource &&
+        /OneShotServer/.test(error.message) &&
+        /already called/.test(error.message),
+    );
+    using tx = await connectOneShot<string>(server.name);
+    await tx.send("first");
+    const [rx, first] = await accepting;
+    assert.equal(first, "first");
+    rx.close();
   },
-});
+  { ffi: true },
+);
 
-Deno.test({
-  name:
-    "OneShotServer.accept() honours its timeout and signal and leaves no fd",
-  ...local,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const timed = new OneShotServer();
-      await assert.rejects(
-        timed.accept({ timeout: 50 }),
-        (error: unknown) =>
-          error instanceof Deno.errors.TimedOut &&
-          error.message ===
-            "Cannot accept on OneShotServer: no client connected within 50 ms",
-      );
+test(
+  "OneShotServer.accept() honours its timeout and signal and leaves no fd",
+  async () => {
+    const timed = new OneShotServer();
+    await assert.rejects(
+      timed.accept({ timeout: 50 }),
+      (error: unknown) =>
+        error instanceof Deno.errors.TimedOut &&
+        error.message ===
+          "Cannot accept on OneShotServer: no client connected within 50 ms",
+    );
 
-      const aborted = new OneShotServer();
-      const controller = new AbortController();
-      const pending = aborted.accept({ signal: controller.signal });
-      assert.ok(await stillPending(pending, 20));
-      controller.abort();
-      await assert.rejects(
-        pending,
-        (e: unknown) => e instanceof DOMException && e.name === "AbortError",
-      );
+    const aborted = new OneShotServer();
+    const controller = new AbortController();
+    const pending = aborted.accept({ signal: controller.signal });
+    assert.ok(await stillPending(pending, 20));
+    controller.abort();
+    await assert.rejects(
+      pending,
+      (e: unknown) => e instanceof DOMException && e.name === "AbortError",
+    );
 
-      // A client that connects but never sends: the timeout still holds,
-      // and says what was missing.
-      const silent = new OneShotServer();
-      const tx = await connectOneShot(silent.name);
-      await assert.rejects(
-        silent.accept({ timeout: 50 }),
-        (error: unknown) =>
-          error instanceof Deno.errors.TimedOut &&
-          error.message ===
-            "Cannot accept on OneShotServer: a client connected but sent no message within 50 ms",
-      );
-      tx.close();
-      await assert.rejects(
-        new OneShotServer().accept({ timeout: -1 }),
-        RangeError,
-      );
-    });
+    // A client that connects but never sends: the timeout still holds,
+    // and says what was missing.
+    const silent = new OneShotServer();
+    const tx = await connectOneShot(silent.name);
+    await assert.rejects(
+      silent.accept({ timeout: 50 }),
+      (error: unknown) =>
+        error instanceof Deno.errors.TimedOut &&
+        error.message ===
+          "Cannot accept on OneShotServer: a client connected but sent no message within 50 ms",
+    );
+    tx.close();
+    await assert.rejects(
+      new OneShotServer().accept({ timeout: -1 }),
+      RangeError,
+    );
   },
-});
+  { ffi: true },
+);
 
-Deno.test({
-  name:
-    "the servers drop connections of users that allowUid refuses (unit seam)",
-  ...local,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const seen: number[] = [];
-      const server = new OneShotServer<string>({
-        allowUid: (uid) => {
-          seen.push(uid);
-          return false;
-        },
-      });
-      const tx = await connectOneShot<string>(server.name);
-      await tx.send("let me in");
-      await assert.rejects(
-        server.accept({ timeout: 200 }),
-        Deno.errors.TimedOut,
-      );
-      assert.deepEqual(seen, [libc().getuid()]);
-      await assert.rejects(tx.send("again"), ChannelClosedError);
-      tx.close();
+test(
+  "the servers drop connections of users that allowUid refuses (unit seam)",
+  async () => {
+    const seen: number[] = [];
+    const server = new OneShotServer<string>({
+      allowUid: (uid) => {
+        seen.push(uid);
+        return false;
+      },
     });
+    const tx = await connectOneShot<string>(server.name);
+    await tx.send("let me in");
+    await assert.rejects(
+      server.accept({ timeout: 200 }),
+      Deno.errors.TimedOut,
+    );
+    assert.deepEqual(seen, [libc().getuid()]);
+    await assert.rejects(tx.send("again"), ChannelClosedError);
+    tx.close();
   },
-});
+  { ffi: true },
+);
 
-Deno.test({
-  name:
-    "OneShotServer drops a client of another user (a real process under setpriv)",
-  ignore: libc().getuid() !== 0 || listDir("/usr/bin").indexOf("setpriv") < 0,
-  ...procs,
-  async fn() {
+test(
+  "OneShotServer drops a client of another user (a real process under setpriv)",
+  async () => {
     await assertNoFdLeak(async () => {
       const server = new OneShotServer<string>();
       // nobody connects, says hello and sends "intruder", then reports
@@ -232,12 +212,15 @@ except (BrokenPipeError, ConnectionResetError):
     });
     assert.deepEqual(zombieChildren(), []);
   },
-});
+  { ffi: true, run: true, read: true },
+  {
+    ignore: libc().getuid() !== 0 || listDir("/usr/bin").indexOf("setpriv") < 0,
+  },
+);
 
-Deno.test({
-  name: "ChannelServer serves several concurrent client processes",
-  ...procs,
-  async fn() {
+test(
+  "ChannelServer serves several concurrent client processes",
+  async () => {
     await assertNoFdLeak(async () => {
       using server = new ChannelServer<{ pid: number; i: number }>();
       const clients = Array.from({ length: 4 }, () =>
@@ -288,13 +271,12 @@ Deno.test({
     });
     assert.deepEqual(zombieChildren(), []);
   },
-});
+  { ffi: true, run: true, read: true },
+);
 
-Deno.test({
-  name: "the seed flow: examples/ipc_channel.ts talks to its child end to end",
-  ...SANITIZE,
-  permissions: { run: true, read: true },
-  async fn() {
+test(
+  "the seed flow: examples/ipc_channel.ts talks to its child end to end",
+  async () => {
     const run = await runDeno(
       ["run", "--allow-ffi", "--allow-run", EXAMPLE],
       30_000,
@@ -331,14 +313,12 @@ Deno.test({
       3,
     );
   },
-});
+  { run: true, read: true },
+);
 
-Deno.test({
-  name:
-    "connectOneShot() refuses a released server name taken by another user, and sends it nothing",
-  ignore: otherUserSkip !== undefined,
-  ...procs,
-  async fn() {
+test(
+  "connectOneShot() refuses a released server name taken by another user, and sends it nothing",
+  async () => {
     await assertNoFdLeak(async () => {
       // Names released both ways: an accept that timed out, a closed server.
       const oneShot = new OneShotServer<string>();
@@ -370,82 +350,78 @@ Deno.test({
     });
     assert.deepEqual(zombieChildren(), []);
   },
-});
+  { ffi: true, run: true, read: true },
+  { ignore: otherUserSkip !== undefined },
+);
 
-Deno.test({
-  name:
-    "connectOneShot() passes expectUid and expectPid on: a server of the expected process is accepted, another refused",
-  ...local,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using server = new ChannelServer<string>();
-      await assert.rejects(
-        connectOneShot(server.name, { expectPid: Deno.pid + 1 }),
-        Deno.errors.PermissionDenied,
-      );
-      const tx = await connectOneShot<string>(server.name, {
-        expectPid: Deno.pid,
-        expectUid: libc().getuid(),
-      });
-      // The refused connection is dropped by the server; the accepted one
-      // arrives with its message.
-      await tx.send("expected");
-      let rx: Receiver<string> | undefined;
-      for (;;) {
-        rx = await server.accept({ timeout: 5000 });
-        try {
-          assert.equal(await withTimeout(rx.recv(), 5000, "recv"), "expected");
-          break;
-        } catch (error) {
-          rx.close();
-          if (!(error instanceof ChannelClosedError)) throw error;
-        }
-      }
-      tx.close();
-      rx.close();
+test(
+  "connectOneShot() passes expectUid and expectPid on: a server of the expected process is accepted, another refused",
+  async () => {
+    using server = new ChannelServer<string>();
+    await assert.rejects(
+      connectOneShot(server.name, { expectPid: Deno.pid + 1 }),
+      Deno.errors.PermissionDenied,
+    );
+    const tx = await connectOneShot<string>(server.name, {
+      expectPid: Deno.pid,
+      expectUid: libc().getuid(),
     });
-  },
-});
-
-Deno.test({
-  name:
-    'connectOneShot({ mode: "bytes" }) makes a bytes channel, as the deprecated bytes: true still does; a disagreement is a TypeError',
-  ...local,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using server = new ChannelServer<Uint8Array>();
-      for (const options of [{ mode: "bytes" }, { bytes: true }] as const) {
-        using tx = await connectOneShot<Uint8Array>(server.name, options);
-        // Only a bytes channel refuses what is not a Uint8Array.
-        await assert.rejects(
-          tx.send("text" as unknown as Uint8Array),
-          /must be a Uint8Array/,
-        );
-        await tx.send(new Uint8Array([1, 2]));
-        using rx = await server.accept({ timeout: 5000 });
-        assert.deepEqual(
-          await withTimeout(rx.recv(), 5000, "recv"),
-          new Uint8Array([1, 2]),
-        );
+    // The refused connection is dropped by the server; the accepted one
+    // arrives with its message.
+    await tx.send("expected");
+    let rx: Receiver<string> | undefined;
+    for (;;) {
+      rx = await server.accept({ timeout: 5000 });
+      try {
+        assert.equal(await withTimeout(rx.recv(), 5000, "recv"), "expected");
+        break;
+      } catch (error) {
+        rx.close();
+        if (!(error instanceof ChannelClosedError)) throw error;
       }
-      using values = await connectOneShot<unknown>(server.name, {
-        mode: "values",
-      });
-      await values.send("text");
+    }
+    tx.close();
+    rx.close();
+  },
+  { ffi: true },
+);
+
+test(
+  'connectOneShot({ mode: "bytes" }) makes a bytes channel, as the deprecated bytes: true still does; a disagreement is a TypeError',
+  async () => {
+    using server = new ChannelServer<Uint8Array>();
+    for (const options of [{ mode: "bytes" }, { bytes: true }] as const) {
+      using tx = await connectOneShot<Uint8Array>(server.name, options);
+      // Only a bytes channel refuses what is not a Uint8Array.
+      await assert.rejects(
+        tx.send("text" as unknown as Uint8Array),
+        /must be a Uint8Array/,
+      );
+      await tx.send(new Uint8Array([1, 2]));
       using rx = await server.accept({ timeout: 5000 });
-      assert.equal(await withTimeout(rx.recv(), 5000, "recv"), "text");
-      await assert.rejects(
-        connectOneShot(server.name, { mode: "bytes", bytes: false }),
-        (error: unknown) =>
-          error instanceof TypeError && /disagree/.test(error.message),
+      assert.deepEqual(
+        await withTimeout(rx.recv(), 5000, "recv"),
+        new Uint8Array([1, 2]),
       );
-      await assert.rejects(
-        connectOneShot(server.name, {
-          mode: "binary" as unknown as "bytes",
-        }),
-        (error: unknown) =>
-          error instanceof TypeError && /mode must be/.test(error.message),
-      );
+    }
+    using values = await connectOneShot<unknown>(server.name, {
+      mode: "values",
     });
+    await values.send("text");
+    using rx = await server.accept({ timeout: 5000 });
+    assert.equal(await withTimeout(rx.recv(), 5000, "recv"), "text");
+    await assert.rejects(
+      connectOneShot(server.name, { mode: "bytes", bytes: false }),
+      (error: unknown) =>
+        error instanceof TypeError && /disagree/.test(error.message),
+    );
+    await assert.rejects(
+      connectOneShot(server.name, {
+        mode: "binary" as unknown as "bytes",
+      }),
+      (error: unknown) =>
+        error instanceof TypeError && /mode must be/.test(error.message),
+    );
   },
-});
+  { ffi: true },
+);

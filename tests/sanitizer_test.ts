@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fixture, runDeno } from "./_util.ts";
+import { fixture, runDeno, test } from "./_util.ts";
 
 // A user's tests that import only the public API pass under Deno's op and
 // resource sanitizers: libc is opened while the module is evaluated when FFI
@@ -7,11 +7,9 @@ import { fixture, runDeno } from "./_util.ts";
 // fixture fails ("a dynamic library was loaded during the test") without the
 // first, and with a leaked op or resource without the second.
 for (const wake of ["aio", "ffi"]) {
-  Deno.test({
-    name:
-      `a user's test file passes under --sanitize-ops --sanitize-resources (${wake} wake path)`,
-    permissions: { read: true, run: true, env: true },
-    async fn() {
+  test(
+    `a user's test file passes under --sanitize-ops --sanitize-resources (${wake} wake path)`,
+    async () => {
       const run = await runDeno(
         [
           "test",
@@ -29,5 +27,6 @@ for (const wake of ["aio", "ffi"]) {
       assert.equal(run.code, 0, run.stdout + run.stderr);
       assert.match(run.stdout, /4 passed/);
     },
-  });
+    { read: true, run: true, env: true },
+  );
 }

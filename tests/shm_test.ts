@@ -5,7 +5,6 @@ import {
   DENO,
   fdTarget,
   fixture,
-  SANITIZE,
   test,
   withTimeout,
   zombieChildren,
@@ -88,116 +87,105 @@ test(
   local,
 );
 
-Deno.test({
-  name:
-    "SharedMemory.create({ name }) makes a 0600 shm object that open() maps and other programs read; unlink() removes the name",
-  permissions: {
+test(
+  "SharedMemory.create({ name }) makes a 0600 shm object that open() maps and other programs read; unlink() removes the name",
+  async () => {
+    const name = uniqueName("named");
+    using made = SharedMemory.create(4096, { name });
+    try {
+      assert.equal(made.name, name);
+      const stat = new Uint8Array(STAT.size);
+      assert.equal(libc().fstat(made.rawFd, stat), 0);
+      const mode = new DataView(stat.buffer).getUint32(STAT.mode, true);
+      assert.equal(mode & 0o777, 0o600);
+      assert.equal(fdTarget(made.rawFd), `/dev/shm/${name}`);
+      assert.throws(
+        () => SharedMemory.create(4096, { name }),
+        Deno.errors.AlreadyExists,
+      );
+      using same = SharedMemory.open(name);
+      assert.equal(same.size, 4096);
+      new TextEncoder().encodeInto("from deno", new Uint8Array(made.buffer));
+      assert.equal(
+        decoder.decode(new Uint8Array(same.buffer, 0, 9)),
+        "from deno",
+      );
+      // Any program can map it by name; head reads the bytes.
+      const child = spawn("head", {
+        args: ["-c", "9", `/dev/shm/${name}`],
+        stdout: "piped",
+      });
+      const out = await withTimeout(child.output(), 10_000, "head");
+      assert.equal(decoder.decode(out.stdout), "from deno");
+    } finally {
+      made.unlink();
+    }
+    assert.throws(() => SharedMemory.open(name), Deno.errors.NotFound);
+    assert.throws(() => made.unlink(), Deno.errors.NotFound);
+    assert.throws(
+      () => SharedMemory.create(64, { name: "a/b" }),
+      (e: Error) => e instanceof TypeError && /invalid name/.test(e.message),
+    );
+    assert.deepEqual(zombieChildren(), []);
+  },
+  {
     ffi: true,
     run: true,
     read: ["/dev/shm"],
     write: ["/dev/shm"],
   },
-  ...SANITIZE,
-  fn: async () => {
-    await assertNoFdLeak(async () => {
-      const name = uniqueName("named");
-      using made = SharedMemory.create(4096, { name });
+);
+
+test(
+  "a memfd handed to a child becomes SharedMemory there (fromFd), and Atomics add up exactly across both processes",
+  async () => {
+    using mem = SharedMemory.create(4096);
+    const counter = new Int32Array(mem.buffer, 0, 1);
+    const child = spawn(DENO, {
+      args: ["run", "--allow-ffi", "--allow-read", PEER, "add", "300000"],
+      fds: [mem],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    for (let i = 0; i < 300000; i++) Atomics.add(counter, 0, 1);
+    const out = await withTimeout(child.output(), 20_000, "child");
+    assert.equal(decoder.decode(out.stderr), "");
+    assert.equal(decoder.decode(out.stdout), "added 300000 to 4096 bytes\n");
+    assert.equal(Atomics.load(counter, 0), 600000);
+  },
+  { ffi: true, run: true, read: true, env: true },
+);
+
+test(
+  "fromFd() adopts a memfd as SharedMemory and refuses a regular file",
+  async () => {
+    using mem = SharedMemory.create(100);
+    new Uint8Array(mem.buffer)[99] = 5;
+    const again = fromFd(mem[releaseFd](), { allowCloexec: true });
+    assert.ok(again instanceof SharedMemory);
+    assert.equal(again.size, 100);
+    assert.equal(new Uint8Array(again.buffer)[99], 5);
+    again.close();
+
+    const path = await Deno.makeTempFile();
+    try {
+      await Deno.writeFile(path, new Uint8Array(10));
+      const fd = libc().open(cstr(path), O.RDWR | O.CLOEXEC, 0);
+      assert.ok(fd >= 0);
       try {
-        assert.equal(made.name, name);
-        const stat = new Uint8Array(STAT.size);
-        assert.equal(libc().fstat(made.rawFd, stat), 0);
-        const mode = new DataView(stat.buffer).getUint32(STAT.mode, true);
-        assert.equal(mode & 0o777, 0o600);
-        assert.equal(fdTarget(made.rawFd), `/dev/shm/${name}`);
         assert.throws(
-          () => SharedMemory.create(4096, { name }),
-          Deno.errors.AlreadyExists,
+          () => fromFd(fd, { allowCloexec: true }),
+          TypeError,
         );
-        using same = SharedMemory.open(name);
-        assert.equal(same.size, 4096);
-        new TextEncoder().encodeInto("from deno", new Uint8Array(made.buffer));
-        assert.equal(
-          decoder.decode(new Uint8Array(same.buffer, 0, 9)),
-          "from deno",
-        );
-        // Any program can map it by name; head reads the bytes.
-        const child = spawn("head", {
-          args: ["-c", "9", `/dev/shm/${name}`],
-          stdout: "piped",
-        });
-        const out = await withTimeout(child.output(), 10_000, "head");
-        assert.equal(decoder.decode(out.stdout), "from deno");
       } finally {
-        made.unlink();
+        libc().close(fd);
       }
-      assert.throws(() => SharedMemory.open(name), Deno.errors.NotFound);
-      assert.throws(() => made.unlink(), Deno.errors.NotFound);
-      assert.throws(
-        () => SharedMemory.create(64, { name: "a/b" }),
-        (e: Error) => e instanceof TypeError && /invalid name/.test(e.message),
-      );
-      assert.deepEqual(zombieChildren(), []);
-    });
+    } finally {
+      await Deno.remove(path);
+    }
   },
-});
-
-Deno.test({
-  name:
-    "a memfd handed to a child becomes SharedMemory there (fromFd), and Atomics add up exactly across both processes",
-  permissions: { ffi: true, run: true, read: true, env: true },
-  ...SANITIZE,
-  fn: async () => {
-    await assertNoFdLeak(async () => {
-      using mem = SharedMemory.create(4096);
-      const counter = new Int32Array(mem.buffer, 0, 1);
-      const child = spawn(DENO, {
-        args: ["run", "--allow-ffi", "--allow-read", PEER, "add", "300000"],
-        fds: [mem],
-        stdout: "piped",
-        stderr: "piped",
-      });
-      for (let i = 0; i < 300000; i++) Atomics.add(counter, 0, 1);
-      const out = await withTimeout(child.output(), 20_000, "child");
-      assert.equal(decoder.decode(out.stderr), "");
-      assert.equal(decoder.decode(out.stdout), "added 300000 to 4096 bytes\n");
-      assert.equal(Atomics.load(counter, 0), 600000);
-    });
-  },
-});
-
-Deno.test({
-  name: "fromFd() adopts a memfd as SharedMemory and refuses a regular file",
-  permissions: { ffi: true, read: true, write: true },
-  ...SANITIZE,
-  fn: async () => {
-    await assertNoFdLeak(async () => {
-      using mem = SharedMemory.create(100);
-      new Uint8Array(mem.buffer)[99] = 5;
-      const again = fromFd(mem[releaseFd](), { allowCloexec: true });
-      assert.ok(again instanceof SharedMemory);
-      assert.equal(again.size, 100);
-      assert.equal(new Uint8Array(again.buffer)[99], 5);
-      again.close();
-
-      const path = await Deno.makeTempFile();
-      try {
-        await Deno.writeFile(path, new Uint8Array(10));
-        const fd = libc().open(cstr(path), O.RDWR | O.CLOEXEC, 0);
-        assert.ok(fd >= 0);
-        try {
-          assert.throws(
-            () => fromFd(fd, { allowCloexec: true }),
-            TypeError,
-          );
-        } finally {
-          libc().close(fd);
-        }
-      } finally {
-        await Deno.remove(path);
-      }
-    });
-  },
-});
+  { ffi: true, read: true, write: true },
+);
 
 /** A memfd of `size` bytes made without seals, as a hostile peer makes it. */
 function unsealedMemfd(size: number): number {

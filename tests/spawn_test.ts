@@ -21,6 +21,7 @@ import {
   readProcText,
   runDeno,
   stillPending,
+  test,
   until,
   withTimeout,
   zombieChildren,
@@ -31,109 +32,101 @@ const CHILD = new URL("./fixtures/spawn_child.ts", import.meta.url).pathname;
 const perms = { ffi: true, read: true, run: true, env: true } as const;
 const decoder = new TextDecoder();
 
-Deno.test({
-  name:
-    "spawn() hands endpoints to the child as fd 3, 4, ... in order, even when fd numbers collide",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      // Target i gets writer i % 24, with as many targets as it takes to
-      // cover every writer's own fd number: installing one target must not
-      // clobber a source that a later target still needs.
-      const pipes = Array.from({ length: 24 }, () => pipe());
-      const top = Math.max(...pipes.map((p) => p.writer.rawFd));
-      const count = top - 2;
-      const fds = Array.from({ length: count }, (_, i) => pipes[i % 24].writer);
-      const child = spawn(DENO, {
-        args: ["run", "--allow-ffi", CHILD, "write-index", String(count)],
-        fds,
-      });
-      for (const p of pipes) p.writer.close();
-      const got = await Promise.all(
-        pipes.map((p, i) => readAllText(p.reader, `pipe ${i}`)),
-      );
-      const expected = pipes.map((_, j) =>
-        Array.from({ length: count }, (_, i) => i)
-          .filter((i) => i % 24 === j).join("")
-      );
-      assert.deepEqual(got, expected);
-      assert.deepEqual(await withTimeout(child.status, 10_000, "child"), {
-        success: true,
-        code: 0,
-        signal: null,
-      });
-      for (const p of pipes) p.reader.close();
+test(
+  "spawn() hands endpoints to the child as fd 3, 4, ... in order, even when fd numbers collide",
+  async () => {
+    // Target i gets writer i % 24, with as many targets as it takes to
+    // cover every writer's own fd number: installing one target must not
+    // clobber a source that a later target still needs.
+    const pipes = Array.from({ length: 24 }, () => pipe());
+    const top = Math.max(...pipes.map((p) => p.writer.rawFd));
+    const count = top - 2;
+    const fds = Array.from({ length: count }, (_, i) => pipes[i % 24].writer);
+    const child = spawn(DENO, {
+      args: ["run", "--allow-ffi", CHILD, "write-index", String(count)],
+      fds,
     });
-  },
-});
-
-Deno.test({
-  name: "spawn() passes the child nothing but stdio and the listed fds",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const { reader, writer } = pipe();
-      const extra = pipe(); // open in the parent, not listed: must not leak
-      await using child = spawn("sleep", { args: ["30"], fds: [writer] });
-      // sleep opens files while it starts (locale data); list its fds once
-      // it sits in clock_nanosleep (syscall 230).
-      await until(
-        () =>
-          readProcText(`/proc/${child.pid}/syscall`)?.startsWith("230 ") ===
-            true,
-        10_000,
-        "the child to sleep",
-      );
-      assert.deepEqual(procFds(child.pid), [0, 1, 2, 3]);
-      assert.equal(procFdTarget(child.pid, 3), fdTarget(writer.rawFd));
-      writer.close();
-      reader.close();
-      extra[Symbol.dispose]();
+    for (const p of pipes) p.writer.close();
+    const got = await Promise.all(
+      pipes.map((p, i) => readAllText(p.reader, `pipe ${i}`)),
+    );
+    const expected = pipes.map((_, j) =>
+      Array.from({ length: count }, (_, i) => i)
+        .filter((i) => i % 24 === j).join("")
+    );
+    assert.deepEqual(got, expected);
+    assert.deepEqual(await withTimeout(child.status, 10_000, "child"), {
+      success: true,
+      code: 0,
+      signal: null,
     });
+    for (const p of pipes) p.reader.close();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "spawn() connects piped, null and endpoint stdio",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const child = spawn("sh", {
-        args: ["-c", "cat; echo err >&2"],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      });
-      const w = child.stdin.getWriter();
-      await w.write(new TextEncoder().encode("through stdin\n"));
-      await w.close();
-      const out = await withTimeout(child.output(), 10_000, "output");
-      assert.equal(decoder.decode(out.stdout), "through stdin\n");
-      assert.equal(decoder.decode(out.stderr), "err\n");
-      assert.equal(out.success, true);
+test(
+  "spawn() passes the child nothing but stdio and the listed fds",
+  async () => {
+    const { reader, writer } = pipe();
+    const extra = pipe(); // open in the parent, not listed: must not leak
+    await using child = spawn("sleep", { args: ["30"], fds: [writer] });
+    // sleep opens files while it starts (locale data); list its fds once
+    // it sits in clock_nanosleep (syscall 230).
+    await until(
+      () =>
+        readProcText(`/proc/${child.pid}/syscall`)?.startsWith("230 ") ===
+          true,
+      10_000,
+      "the child to sleep",
+    );
+    assert.deepEqual(procFds(child.pid), [0, 1, 2, 3]);
+    assert.equal(procFdTarget(child.pid, 3), fdTarget(writer.rawFd));
+    writer.close();
+    reader.close();
+    extra[Symbol.dispose]();
+  },
+  perms,
+);
 
-      const sink = pipe();
-      const quiet = spawn("sh", {
-        args: ["-c", "cat; echo to-endpoint"],
-        stdin: "null",
-        stdout: sink.writer,
-      });
-      sink.writer.close();
-      assert.equal(
-        await readAllText(sink.reader, "endpoint stdout"),
-        "to-endpoint\n",
-      );
-      assert.equal((await quiet.status).code, 0);
-      sink.reader.close();
-      assert.throws(() => quiet.stdout, TypeError);
+test(
+  "spawn() connects piped, null and endpoint stdio",
+  async () => {
+    const child = spawn("sh", {
+      args: ["-c", "cat; echo err >&2"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
     });
-  },
-});
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("through stdin\n"));
+    await w.close();
+    const out = await withTimeout(child.output(), 10_000, "output");
+    assert.equal(decoder.decode(out.stdout), "through stdin\n");
+    assert.equal(decoder.decode(out.stderr), "err\n");
+    assert.equal(out.success, true);
 
-Deno.test({
-  name: "spawn() sets env, clearEnv and cwd",
-  permissions: perms,
-  async fn() {
+    const sink = pipe();
+    const quiet = spawn("sh", {
+      args: ["-c", "cat; echo to-endpoint"],
+      stdin: "null",
+      stdout: sink.writer,
+    });
+    sink.writer.close();
+    assert.equal(
+      await readAllText(sink.reader, "endpoint stdout"),
+      "to-endpoint\n",
+    );
+    assert.equal((await quiet.status).code, 0);
+    sink.reader.close();
+    assert.throws(() => quiet.stdout, TypeError);
+  },
+  perms,
+);
+
+test(
+  "spawn() sets env, clearEnv and cwd",
+  async () => {
     const a = await spawn("sh", {
       args: ["-c", 'printf "%s|%s|%s" "$CONDUIT_X" "$HOME" "$(pwd)"'],
       env: { CONDUIT_X: "one two" },
@@ -156,13 +149,12 @@ Deno.test({
     );
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "spawn() of a command that does not exist throws NotFound and leaves no zombie or fd",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() of a command that does not exist throws NotFound and leaves no zombie or fd",
+  async () => {
     await assertNoFdLeak(() => {
       const p = pipe();
       assert.throws(
@@ -179,13 +171,12 @@ Deno.test({
       p[Symbol.dispose]();
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "ChildProcess.kill() signals through the pidfd and status reports the signal",
-  permissions: perms,
-  async fn() {
+test(
+  "ChildProcess.kill() signals through the pidfd and status reports the signal",
+  async () => {
     const child = spawn("sleep", { args: ["30"] });
     child.kill("SIGKILL");
     assert.deepEqual(await withTimeout(child.status, 5000, "status"), {
@@ -199,12 +190,12 @@ Deno.test({
     assert.deepEqual(exit3, { success: false, code: 3, signal: null });
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "spawn() kills the child with SIGTERM when its AbortSignal fires",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() kills the child with SIGTERM when its AbortSignal fires",
+  async () => {
     const controller = new AbortController();
     const child = spawn("sleep", { args: ["30"], signal: controller.signal });
     setTimeout(() => controller.abort(), 20);
@@ -216,12 +207,12 @@ Deno.test({
     );
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "await using ends a running child with SIGTERM and reaps it",
-  permissions: perms,
-  async fn() {
+test(
+  "await using ends a running child with SIGTERM and reaps it",
+  async () => {
     let pid = 0;
     let status: Promise<ChildStatus> | undefined;
     {
@@ -234,7 +225,8 @@ Deno.test({
     assert.equal(readProcText(`/proc/${pid}/stat`), undefined);
     await pollerIdle();
   },
-});
+  perms,
+);
 
 /** Reads the child's stdout until it has said `ready`. */
 async function untilReady(child: ChildProcess): Promise<void> {
@@ -255,89 +247,81 @@ async function untilReady(child: ChildProcess): Promise<void> {
   }
 }
 
-Deno.test({
-  name:
-    "await using a child that cleans up on SIGTERM lets it: the child exits by itself after its handler ran",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      using note = pipe();
-      let status: Promise<ChildStatus> | undefined;
-      {
-        // The handler runs once the current short sleep has returned.
-        await using child = spawn("sh", {
-          args: [
-            "-c",
-            "trap 'echo cleaned up >&3; exit 7' TERM; echo ready; while :; do sleep 0.01; done",
-          ],
-          fds: [note.writer],
-          stdout: "piped",
-          killGrace: 60_000,
-        });
-        note.writer.close();
-        status = child.status;
-        await untilReady(child);
-      }
-      assert.deepEqual(await status, { success: false, code: 7, signal: null });
-      assert.equal(
-        await readAllText(note.reader, "the child's note"),
-        "cleaned up\n",
-      );
-    });
+test(
+  "await using a child that cleans up on SIGTERM lets it: the child exits by itself after its handler ran",
+  async () => {
+    using note = pipe();
+    let status: Promise<ChildStatus> | undefined;
+    {
+      // The handler runs once the current short sleep has returned.
+      await using child = spawn("sh", {
+        args: [
+          "-c",
+          "trap 'echo cleaned up >&3; exit 7' TERM; echo ready; while :; do sleep 0.01; done",
+        ],
+        fds: [note.writer],
+        stdout: "piped",
+        killGrace: 60_000,
+      });
+      note.writer.close();
+      status = child.status;
+      await untilReady(child);
+    }
+    assert.deepEqual(await status, { success: false, code: 7, signal: null });
+    assert.equal(
+      await readAllText(note.reader, "the child's note"),
+      "cleaned up\n",
+    );
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "a child that ignores SIGTERM: await using waits for it, and with killGrace SIGKILL follows, also after an abort",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      const stubborn = (options: SpawnOptions = {}) =>
-        spawn("sh", {
-          args: ["-c", "trap '' TERM; echo ready; exec sleep 60"],
-          stdout: "piped",
-          ...options,
-        });
+test(
+  "a child that ignores SIGTERM: await using waits for it, and with killGrace SIGKILL follows, also after an abort",
+  async () => {
+    const stubborn = (options: SpawnOptions = {}) =>
+      spawn("sh", {
+        args: ["-c", "trap '' TERM; echo ready; exec sleep 60"],
+        stdout: "piped",
+        ...options,
+      });
 
-      // No killGrace: SIGTERM and a wait that lasts while the child runs.
-      const patient = stubborn();
-      await untilReady(patient);
-      const disposed = patient[Symbol.asyncDispose]();
-      assert.ok(await stillPending(disposed, 50), "dispose did not wait");
-      assert.ok(childPids().includes(patient.pid));
-      patient.kill("SIGKILL");
-      await withTimeout(disposed, 10_000, "dispose after SIGKILL");
-      assert.equal((await patient.status).signal, "SIGKILL");
+    // No killGrace: SIGTERM and a wait that lasts while the child runs.
+    const patient = stubborn();
+    await untilReady(patient);
+    const disposed = patient[Symbol.asyncDispose]();
+    assert.ok(await stillPending(disposed, 50), "dispose did not wait");
+    assert.ok(childPids().includes(patient.pid));
+    patient.kill("SIGKILL");
+    await withTimeout(disposed, 10_000, "dispose after SIGKILL");
+    assert.equal((await patient.status).signal, "SIGKILL");
 
-      // killGrace: SIGKILL once it has passed.
-      const graced = stubborn({ killGrace: 20 });
-      await untilReady(graced);
-      await withTimeout(
-        graced[Symbol.asyncDispose](),
-        10_000,
-        "dispose with killGrace",
-      );
-      assert.equal((await graced.status).signal, "SIGKILL");
+    // killGrace: SIGKILL once it has passed.
+    const graced = stubborn({ killGrace: 20 });
+    await untilReady(graced);
+    await withTimeout(
+      graced[Symbol.asyncDispose](),
+      10_000,
+      "dispose with killGrace",
+    );
+    assert.equal((await graced.status).signal, "SIGKILL");
 
-      // The same after an aborted signal.
-      const controller = new AbortController();
-      const aborted = stubborn({ killGrace: 20, signal: controller.signal });
-      await untilReady(aborted);
-      controller.abort();
-      const status = await withTimeout(aborted.status, 10_000, "aborted");
-      assert.equal(status.signal, "SIGKILL");
-      await aborted.stdout.cancel();
-      assert.deepEqual(childPids(), []);
-    });
+    // The same after an aborted signal.
+    const controller = new AbortController();
+    const aborted = stubborn({ killGrace: 20, signal: controller.signal });
+    await untilReady(aborted);
+    controller.abort();
+    const status = await withTimeout(aborted.status, 10_000, "aborted");
+    assert.equal(status.signal, "SIGKILL");
+    await aborted.stdout.cancel();
+    assert.deepEqual(childPids(), []);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "spawn() checks killGrace: a TypeError for a non-number, a RangeError out of range",
-  permissions: perms,
-  fn() {
+test(
+  "spawn() checks killGrace: a TypeError for a non-number, a RangeError out of range",
+  () => {
     assert.throws(
       () => spawn("true", { killGrace: "5" as unknown as number }),
       TypeError,
@@ -347,12 +331,12 @@ Deno.test({
     }
     assert.deepEqual(childPids(), []);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "spawn() restores SIGPIPE's default, so `yes | head` ends quietly",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() restores SIGPIPE's default, so `yes | head` ends quietly",
+  async () => {
     const out = await withTimeout(
       spawn("sh", {
         args: ["-c", "yes | head -n 2"],
@@ -366,89 +350,84 @@ Deno.test({
     assert.equal(decoder.decode(out.stderr), "");
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "1,000 spawn-and-reap cycles leave no zombie and no extra fd",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      for (let i = 0; i < 1000; i++) {
-        const status = await withTimeout(
-          spawn("/bin/true").status,
-          5000,
-          `spawn ${i}`,
-        );
-        assert.equal(status.success, true);
-      }
-      assert.deepEqual(childPids(), []);
-    });
-  },
-});
-
-Deno.test({
-  name:
-    "a child killed with SIGKILL mid-stream gives the parent EOF, and a writer BrokenPipe",
-  permissions: perms,
-  async fn() {
-    await assertNoFdLeak(async () => {
-      // The child writes; the parent reads until the kill gives EOF.
-      const down = pipe();
-      const writer = spawn(DENO, {
-        args: ["run", "--allow-ffi", CHILD, "stream-forever"],
-        fds: [down.writer],
-        stdout: "piped",
-      });
-      down.writer.close();
-      const buf = new Uint8Array(64 * 1024);
-      let total = 0;
-      while (total < 1 << 20) {
-        const n = await withTimeout(down.reader.read(buf), 10_000, "stream");
-        assert.notEqual(n, null);
-        total += n!;
-      }
-      writer.kill("SIGKILL");
-      let n: number | null = 0;
-      while (n !== null) {
-        n = await withTimeout(down.reader.read(buf), 5000, "EOF after kill");
-      }
-      assert.equal((await writer.status).signal, "SIGKILL");
-      down.reader.close();
-      await writer.stdout.cancel();
-
-      // The child reads; the parent's writes fail with BrokenPipe once killed.
-      const up = pipe();
-      const reader = spawn(DENO, {
-        args: ["run", "--allow-ffi", CHILD, "read-forever"],
-        fds: [up.reader],
-        stdout: "piped",
-      });
-      up.reader.close();
-      const started = reader.stdout.getReader();
-      await withTimeout(started.read(), 10_000, "child start");
-      started.releaseLock();
-      reader.kill("SIGKILL");
-      await reader.status;
-      await assert.rejects(
-        withTimeout(
-          (async () => {
-            for (;;) await up.writer.write(new Uint8Array(64 * 1024));
-          })(),
-          5000,
-          "BrokenPipe after kill",
-        ),
-        Deno.errors.BrokenPipe,
+test(
+  "1,000 spawn-and-reap cycles leave no zombie and no extra fd",
+  async () => {
+    for (let i = 0; i < 1000; i++) {
+      const status = await withTimeout(
+        spawn("/bin/true").status,
+        5000,
+        `spawn ${i}`,
       );
-      up.writer.close();
-      await reader.stdout.cancel();
-    });
+      assert.equal(status.success, true);
+    }
+    assert.deepEqual(childPids(), []);
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "an unref'd child does not keep the process alive",
-  permissions: perms,
-  async fn() {
+test(
+  "a child killed with SIGKILL mid-stream gives the parent EOF, and a writer BrokenPipe",
+  async () => {
+    // The child writes; the parent reads until the kill gives EOF.
+    const down = pipe();
+    const writer = spawn(DENO, {
+      args: ["run", "--allow-ffi", CHILD, "stream-forever"],
+      fds: [down.writer],
+      stdout: "piped",
+    });
+    down.writer.close();
+    const buf = new Uint8Array(64 * 1024);
+    let total = 0;
+    while (total < 1 << 20) {
+      const n = await withTimeout(down.reader.read(buf), 10_000, "stream");
+      assert.notEqual(n, null);
+      total += n!;
+    }
+    writer.kill("SIGKILL");
+    let n: number | null = 0;
+    while (n !== null) {
+      n = await withTimeout(down.reader.read(buf), 5000, "EOF after kill");
+    }
+    assert.equal((await writer.status).signal, "SIGKILL");
+    down.reader.close();
+    await writer.stdout.cancel();
+
+    // The child reads; the parent's writes fail with BrokenPipe once killed.
+    const up = pipe();
+    const reader = spawn(DENO, {
+      args: ["run", "--allow-ffi", CHILD, "read-forever"],
+      fds: [up.reader],
+      stdout: "piped",
+    });
+    up.reader.close();
+    const started = reader.stdout.getReader();
+    await withTimeout(started.read(), 10_000, "child start");
+    started.releaseLock();
+    reader.kill("SIGKILL");
+    await reader.status;
+    await assert.rejects(
+      withTimeout(
+        (async () => {
+          for (;;) await up.writer.write(new Uint8Array(64 * 1024));
+        })(),
+        5000,
+        "BrokenPipe after kill",
+      ),
+      Deno.errors.BrokenPipe,
+    );
+    up.writer.close();
+    await reader.stdout.cancel();
+  },
+  perms,
+);
+
+test(
+  "an unref'd child does not keep the process alive",
+  async () => {
     const script = `
       import { spawn } from ${
       JSON.stringify(new URL("../mod.ts", import.meta.url).href)
@@ -473,13 +452,12 @@ Deno.test({
     Deno.kill(pid, "SIGKILL");
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "spawn() near the fd limit either fails before a child exists or watches it to the end: no child left, no fd leaked, no unhandled rejection",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() near the fd limit either fails before a child exists or watches it to the end: no child left, no fd leaked, no unhandled rejection",
+  async () => {
     // The fixture lowers its own RLIMIT_NOFILE and, for 0, 1, 2, ... free
     // fd slots, fills the table and spawns `true` (plain, and with a piped
     // stdout plus one passed fd, which need more fds before the spawn).
@@ -519,13 +497,12 @@ Deno.test({
       assert.ok(started, `${mode}: no spawn succeeded`);
     }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "a child that cannot be watched is killed and reaped, and status rejects only for whoever awaits it",
-  permissions: perms,
-  async fn() {
+test(
+  "a child that cannot be watched is killed and reaped, and status rejects only for whoever awaits it",
+  async () => {
     const failure = new Error("injected wait failure");
     const wait = OwnedFd.prototype.wait;
     OwnedFd.prototype.wait = function (this: OwnedFd, ...args) {
@@ -550,13 +527,12 @@ Deno.test({
     }
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "spawn() that cannot open a pidfd once the child runs kills and reaps that child before it throws",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() that cannot open a pidfd once the child runs kills and reaps that child before it throws",
+  async () => {
     await assertNoFdLeak(() => {
       const lib = libc();
       const symbols = lib as { pidfd_open: typeof lib.pidfd_open };
@@ -578,7 +554,8 @@ Deno.test({
       assert.deepEqual(childPids(), [], "the child was left behind");
     });
   },
-});
+  perms,
+);
 
 /** The first executable `name` in PATH, or `undefined`. */
 function which(name: string): string | undefined {
@@ -593,11 +570,9 @@ function which(name: string): string | undefined {
   return undefined;
 }
 
-Deno.test({
-  name:
-    "spawn() requires the run permission for its command as Deno.Command does: refused with NotCapable naming --allow-run, granted by --allow-run=<name> for that command by name or path",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() requires the run permission for its command as Deno.Command does: refused with NotCapable naming --allow-run, granted by --allow-run=<name> for that command by name or path",
+  async () => {
     // git where it exists, else another binary that is surely there.
     const allowed = which("git") !== undefined ? "git" : "true";
     const allowedPath = which(allowed);
@@ -683,13 +658,12 @@ Deno.test({
       else assert.equal(line.ours, "exit 0", `${name}: ${line.message}`);
     }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "spawn() with a missing cwd throws NotFound naming the cwd, and with a file as cwd NotADirectory; no child, no fd left",
-  permissions: perms,
-  async fn() {
+test(
+  "spawn() with a missing cwd throws NotFound naming the cwd, and with a file as cwd NotADirectory; no child, no fd left",
+  async () => {
     await assertNoFdLeak(() => {
       const missing = "/nonexistent/conduit-cwd";
       assert.throws(
@@ -721,13 +695,12 @@ Deno.test({
       assert.deepEqual(childPids(), []);
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "spawn() runs a script without #! with /bin/sh as Deno.Command does, found by name in the child's PATH or by a path relative to its cwd",
-  permissions: { ...perms, write: true },
-  async fn() {
+test(
+  "spawn() runs a script without #! with /bin/sh as Deno.Command does, found by name in the child's PATH or by a path relative to its cwd",
+  async () => {
     const dir = Deno.makeTempDirSync({ prefix: "conduit-spawn-" });
     try {
       const script = `${dir}/no-shebang`;
@@ -760,13 +733,12 @@ Deno.test({
     }
     await pollerIdle();
   },
-});
+  { ...perms, write: true },
+);
 
-Deno.test({
-  name:
-    "a ChildProcess prints its pid and state: running with its pidfd, then exited with its code or signal",
-  permissions: perms,
-  async fn() {
+test(
+  "a ChildProcess prints its pid and state: running with its pidfd, then exited with its code or signal",
+  async () => {
     const child = spawn("sleep", { args: ["30"] });
     assert.equal(
       Deno.inspect(child),
@@ -789,4 +761,5 @@ Deno.test({
     );
     await pollerIdle();
   },
-});
+  perms,
+);

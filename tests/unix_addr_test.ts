@@ -5,7 +5,7 @@ import { boundAddress, encodeAddress, randomName } from "../_unix_addr.ts";
 import { markSocket, readMark } from "../_channel_wire.ts";
 import { test } from "./_util.ts";
 
-Deno.test("encodeAddress puts an abstract name after a NUL byte, its length ending it", () => {
+test("encodeAddress puts an abstract name after a NUL byte, its length ending it", () => {
   const { bytes, length, label } = encodeAddress({ abstract: "ab" }, "test");
   const view = new DataView(bytes.buffer);
   assert.equal(view.getUint16(SOCKADDR_UN.family, true), SOCK.AF_UNIX);
@@ -20,7 +20,7 @@ Deno.test("encodeAddress puts an abstract name after a NUL byte, its length endi
   assert.equal(label, 'abstract name "ab"');
 });
 
-Deno.test("encodeAddress ends a path with a NUL byte and refuses one too long", () => {
+test("encodeAddress ends a path with a NUL byte and refuses one too long", () => {
   const { bytes, length } = encodeAddress({ path: "/tmp/x" }, "test");
   assert.equal(length, SOCKADDR_UN.path + 6 + 1);
   assert.equal(bytes[SOCKADDR_UN.path + 6], 0);
@@ -39,7 +39,7 @@ Deno.test("encodeAddress ends a path with a NUL byte and refuses one too long", 
   );
 });
 
-Deno.test("randomName gives digits of its base only, each name fresh", () => {
+test("randomName gives digits of its base only, each name fresh", () => {
   const hex = new Set<string>();
   for (let i = 0; i < 200; i++) {
     const name = randomName(32);

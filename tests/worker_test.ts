@@ -3,6 +3,8 @@ import { pipe } from "../mod.ts";
 import { poller } from "../ffi/poller.ts";
 import { assertFdsUnchanged, fdSnapshot, withTimeout } from "./_util.ts";
 
+// Deno.test, not test(): the runtime opens and closes fds of its own for a
+// Worker, so the fd table is checked over the window the test controls.
 Deno.test({
   name:
     "a Worker waits in its own poller, and leaves no fd behind once its endpoints are closed",
