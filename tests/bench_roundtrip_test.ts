@@ -1,0 +1,66 @@
+// bench/_roundtrip.ts: round-trip cases, one row per baseline and condition.
+
+import assert from "node:assert/strict";
+import {
+  conditionCount,
+  conditionNote,
+  roundTripCase,
+} from "../bench/_roundtrip.ts";
+import { fakeEcho, QUIET } from "./_bench_util.ts";
+import { test } from "./_util.ts";
+
+test("roundTripCase() makes one row per baseline with the condition in the id and the mechanism", async () => {
+  const contender = (cpu: number[]) => ({
+    start: () => Promise.resolve(fakeEcho(cpu).echo),
+  });
+  const make = (condition: "tight" | "paced") =>
+    roundTripCase({
+      id: "x.rtt",
+      area: "x",
+      label: "x",
+      condition,
+      count: { full: 1000, quick: 7 },
+      mine: { mechanism: "ours", ...contender([0, 70]) },
+      baselines: [
+        { id: "x.rtt_a", mechanism: "theirs a", ...contender([0, 700]) },
+        { id: "x.rtt_b", mechanism: "theirs b", ...contender([0, 1400]) },
+      ],
+    });
+  assert.equal(make("tight").id, "x.rtt");
+  assert.equal(make("paced").id, "x.rtt_paced");
+  assert.equal(
+    conditionCount({ condition: "paced", count: { full: 1, quick: 1 } }, {
+      quick: false,
+    }),
+    500,
+  );
+  assert.equal(
+    conditionCount({ condition: "tight", count: { full: 9, quick: 7 } }, {
+      quick: true,
+    }),
+    7,
+  );
+
+  const rows = await make("tight").run(QUIET);
+  assert.deepEqual(rows.map((r) => r.id), ["x.rtt_a", "x.rtt_b"]);
+  assert.deepEqual(rows.map((r) => r.baseline?.mechanism), [
+    "theirs a",
+    "theirs b",
+  ]);
+  for (const r of rows) {
+    assert.equal(r.mechanism, "ours");
+    assert.equal(r.unit, "µs");
+    assert.equal(r.higherIsBetter, false);
+    assert.equal(r.samples.length, QUIET.runs);
+    // Child CPU per round trip: the difference of the fake's answers over 7.
+    assert.equal(r.cpu?.child, 10);
+  }
+  assert.equal(rows[0].baseline?.cpu?.child, 100);
+  assert.equal(rows[1].baseline?.cpu?.child, 200);
+
+  const paced = await make("paced").run({ ...QUIET, runs: 1 });
+  assert.deepEqual(paced.map((r) => r.id), ["x.rtt_a_paced", "x.rtt_b_paced"]);
+  assert.equal(paced[0].mechanism, `ours${conditionNote("paced")}`);
+  assert.match(conditionNote("paced"), /1 round trip per ms/);
+  assert.match(conditionNote("loaded"), /CPU-bound/);
+});
