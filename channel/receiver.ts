@@ -307,7 +307,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     return this.#in.wait(signal);
   }
 
-  /** @internal Whether the last look stopped with frames still queued. */
+  /** @ignore Whether the last look stopped with frames still queued. */
   [lookFull](): boolean {
     return this.#in.full;
   }
