@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { connect, fromFd, listen, pipe, socketpair } from "../mod.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import { SharedMemory, shmQueue } from "../shm/mod.ts";
-import { test } from "./_util.ts";
 import { bytesChannel, channel, ReceiverSet } from "../channel.ts";
 import { ChannelServer, OneShotServer } from "../oneshot.ts";
 import {
@@ -13,7 +12,7 @@ import {
   ShmReceiverSet,
 } from "../shm/mod.ts";
 import { natsChannel } from "../nats/mod.ts";
-import { assertNoFdLeak, SANITIZE, withTimeout } from "./_util.ts";
+import { assertNoFdLeak, test, withTimeout } from "./_util.ts";
 import {
   NATS_MISSING,
   NATS_PERMISSIONS,
@@ -316,12 +315,9 @@ test("ShmReceiverSet prints its state and size", () => {
   assert.equal(plain(set), `ShmReceiverSet { state: "closed", size: 0 }`);
 });
 
-Deno.test({
-  name: "NATS ends print their subject, state and connection",
-  ignore: NATS_MISSING !== undefined,
-  permissions: { ffi: true, ...NATS_PERMISSIONS },
-  ...SANITIZE,
-  async fn() {
+test(
+  "NATS ends print their subject, state and connection",
+  async () => {
     await assertNoFdLeak(async () => {
       await using server = await natsServer();
       const [tx, rx] = await natsChannel<number>("inspect.me", {
@@ -353,4 +349,6 @@ Deno.test({
     }, "NATS inspect");
     assert.deepEqual(ownProcesses(), [], "child processes left behind");
   },
-});
+  { ffi: true, ...NATS_PERMISSIONS },
+  { ignore: NATS_MISSING !== undefined },
+);

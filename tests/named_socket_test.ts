@@ -13,7 +13,6 @@ import { dupCloexec } from "../ffi/fd.ts";
 import {
   assertNoFdLeak,
   pollerIdle,
-  SANITIZE,
   stillPending,
   test,
   withTimeout,
@@ -115,12 +114,9 @@ async function serveOne(
 
 for (const type of ["stream", "seqpacket"] as ListenType[]) {
   for (const kind of ["path", "abstract"] as const) {
-    Deno.test({
-      name:
-        `listen({ ${kind} }) and connect() across processes (${type}), with peer credentials checked both ways`,
-      permissions: childPerms,
-      ...SANITIZE,
-      async fn() {
+    test(
+      `listen({ ${kind} }) and connect() across processes (${type}), with peer credentials checked both ways`,
+      async () => {
         await inTempDir(async (dir) => {
           await assertNoFdLeak(async () => {
             const name = kind === "path" ? `${dir}/server.sock` : uniqueName();
@@ -153,15 +149,14 @@ for (const type of ["stream", "seqpacket"] as ListenType[]) {
           assert.equal(exists(`${dir}/server.sock`), false, "file removed");
         });
       },
-    });
+      childPerms,
+    );
   }
 }
 
-Deno.test({
-  name: "a path socket is created owner-only (0600) unless mode says otherwise",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a path socket is created owner-only (0600) unless mode says otherwise",
+  async () => {
     await inTempDir((dir) => {
       const path = `${dir}/private.sock`;
       {
@@ -189,14 +184,12 @@ Deno.test({
       assert.throws(() => listen({ path, mode: 0o1777 }), RangeError);
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "a socket file left by a crashed server is replaced, not AddrInUse forever",
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a socket file left by a crashed server is replaced, not AddrInUse forever",
+  async () => {
     await inTempDir(async (dir) => {
       const path = `${dir}/crash.sock`;
       {
@@ -227,14 +220,12 @@ Deno.test({
       await pollerIdle();
     });
   },
-});
+  childPerms,
+);
 
-Deno.test({
-  name:
-    "a live server's socket is never taken over, in this or another process",
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a live server's socket is never taken over, in this or another process",
+  async () => {
     await inTempDir(async (dir) => {
       const path = `${dir}/live.sock`;
       // A live server in another process.
@@ -285,7 +276,8 @@ Deno.test({
       await pollerIdle();
     });
   },
-});
+  childPerms,
+);
 
 test(
   "abstract names: AddrInUse while a server holds one, free once it closes",
@@ -379,12 +371,9 @@ test(
   perms,
 );
 
-Deno.test({
-  name:
-    "close() removes the socket file, but never a file that replaced it or one in the way",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "close() removes the socket file, but never a file that replaced it or one in the way",
+  async () => {
     await inTempDir((dir) => {
       const path = `${dir}/s.sock`;
       const server = listen({ path });
@@ -406,14 +395,12 @@ Deno.test({
       );
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "listen() in a directory that does not exist names that directory, not the private one it would make",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "listen() in a directory that does not exist names that directory, not the private one it would make",
+  async () => {
     await inTempDir(async (dir) => {
       await Deno.writeTextFile(`${dir}/file`, "");
       assert.throws(
@@ -436,13 +423,12 @@ Deno.test({
       );
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "connect() names what failed: NotFound, ConnectionRefused, wrong type",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "connect() names what failed: NotFound, ConnectionRefused, wrong type",
+  async () => {
     await inTempDir(async (dir) => {
       await assert.rejects(
         connect({ path: `${dir}/missing.sock` }),
@@ -477,13 +463,12 @@ Deno.test({
       );
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "fromFd() adopts a listening socket as a UnixListener",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "fromFd() adopts a listening socket as a UnixListener",
+  async () => {
     await inTempDir(async (dir) => {
       await assertNoFdLeak(async () => {
         const path = `${dir}/adopt.sock`;
@@ -503,7 +488,8 @@ Deno.test({
       });
     });
   },
-});
+  perms,
+);
 
 test(
   "connect() checks the server's credentials: expectPid and expectUid refuse a mismatch with PermissionDenied and send nothing",
@@ -559,13 +545,9 @@ test(
 );
 
 for (const kind of ["path", "abstract"] as const) {
-  Deno.test({
-    name:
-      `connect({ ${kind} }) refuses a listener of another user before sending anything, unless expectUid names that user`,
-    ignore: otherUserSkip !== undefined,
-    permissions: childPerms,
-    ...SANITIZE,
-    async fn() {
+  test(
+    `connect({ ${kind} }) refuses a listener of another user before sending anything, unless expectUid names that user`,
+    async () => {
       await inTempDir(async (dir) => {
         await assertNoFdLeak(async () => {
           // The other user may create files here.
@@ -603,7 +585,9 @@ for (const kind of ["path", "abstract"] as const) {
         });
       });
     },
-  });
+    childPerms,
+    { ignore: otherUserSkip !== undefined },
+  );
 }
 
 /**
@@ -619,13 +603,9 @@ ready, _, _ = select.select([sys.stdin], [], [], 20)
 print("released on request" if ready else "timed out", flush=True)
 `;
 
-Deno.test({
-  name:
-    "listen({ path }) never waits on a lock another user holds on the directory",
-  ignore: otherUserSkip !== undefined,
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "listen({ path }) never waits on a lock another user holds on the directory",
+  async () => {
     await inTempDir(async (dir) => {
       await assertNoFdLeak(async () => {
         Deno.chmodSync(dir, 0o755);
@@ -652,7 +632,9 @@ Deno.test({
       });
     });
   },
-});
+  childPerms,
+  { ignore: otherUserSkip !== undefined },
+);
 
 // inotify, for the test below: its own small symbol table.
 const inotify = Deno.dlopen(
@@ -696,12 +678,9 @@ function inotifyEvents(fd: number): [number, string][] {
   }
 }
 
-Deno.test({
-  name:
-    "listen({ path }) sets the socket's mode before the file appears, never through its public name",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "listen({ path }) sets the socket's mode before the file appears, never through its public name",
+  async () => {
     await inTempDir(async (dir) => {
       await assertNoFdLeak(() => {
         const watch = inotify.inotify_init1(IN.NONBLOCK | IN.CLOEXEC);
@@ -744,7 +723,8 @@ Deno.test({
       });
     });
   },
-});
+  perms,
+);
 
 /**
  * Swaps `argv[1]` for a symlink to `argv[2]` over and over, until stdin
@@ -767,13 +747,9 @@ while not select.select([sys.stdin], [], [], 0)[0]:
 print("swaps", swaps, flush=True)
 `;
 
-Deno.test({
-  name:
-    "listen({ path, mode }) never changes the mode of a file another user swaps in by symlink",
-  ignore: otherUserSkip !== undefined,
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "listen({ path, mode }) never changes the mode of a file another user swaps in by symlink",
+  async () => {
     await inTempDir(async (dir) => {
       await assertNoFdLeak(async () => {
         // A directory the other user may change (no sticky bit), and a file
@@ -815,14 +791,13 @@ Deno.test({
       });
     });
   },
-});
+  childPerms,
+  { ignore: otherUserSkip !== undefined },
+);
 
-Deno.test({
-  name:
-    "connect() says what is at the path when it is no socket, and which directory is missing or not one",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "connect() says what is at the path when it is no socket, and which directory is missing or not one",
+  async () => {
     await inTempDir(async (dir) => {
       await Deno.writeTextFile(`${dir}/file`, "");
       await Deno.mkdir(`${dir}/sub`);
@@ -860,14 +835,12 @@ Deno.test({
       }
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "listen() says what is in the way of its path, and which directory on it is not one",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "listen() says what is in the way of its path, and which directory on it is not one",
+  async () => {
     await inTempDir(async (dir) => {
       await Deno.mkdir(`${dir}/sub`);
       await Deno.writeTextFile(`${dir}/file`, "");
@@ -892,14 +865,12 @@ Deno.test({
       );
     });
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "listen() and connect() refuse options of the wrong type with a TypeError naming the option",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "listen() and connect() refuse options of the wrong type with a TypeError naming the option",
+  async () => {
     // deno-lint-ignore no-explicit-any
     const any = (value: unknown) => value as any;
     const typeError = (message: string) => (error: unknown) =>
@@ -935,4 +906,5 @@ Deno.test({
       ),
     );
   },
-});
+  perms,
+);

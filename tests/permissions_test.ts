@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { listen, SharedMemory } from "../mod.ts";
-import { fixture, runDeno } from "./_util.ts";
+import { fixture, runDeno, test } from "./_util.ts";
 
 /** Runs one guarded operation in a child with exactly `flags`. */
 async function probe(
@@ -30,11 +30,9 @@ function refused(output: string, flag: string, path: string): void {
   assert.ok(output.includes(`run again with the ${flag} flag`), output);
 }
 
-Deno.test({
-  name:
-    "named shared memory needs write (create, unlink) or read and write (open) permission for /dev/shm/<name>; a memfd needs none",
-  permissions: { ffi: true, read: true, write: true, run: true },
-  async fn() {
+test(
+  "named shared memory needs write (create, unlink) or read and write (open) permission for /dev/shm/<name>; a memfd needs none",
+  async () => {
     const name = `conduit-perm-${crypto.randomUUID()}`;
     const path = `/dev/shm/${name}`;
     try {
@@ -95,13 +93,12 @@ Deno.test({
       }
     }
   },
-});
+  { ffi: true, read: true, write: true, run: true },
+);
 
-Deno.test({
-  name:
-    "listen({ path }) needs write permission for the path and connect({ path }) read and write; abstract names need none",
-  permissions: { ffi: true, read: true, write: true, run: true },
-  async fn() {
+test(
+  "listen({ path }) needs write permission for the path and connect({ path }) read and write; abstract names need none",
+  async () => {
     const dir = Deno.makeTempDirSync({ prefix: "conduit-perm-" });
     try {
       const path = `${dir}/s.sock`;
@@ -166,4 +163,5 @@ Deno.test({
       Deno.removeSync(dir, { recursive: true });
     }
   },
-});
+  { ffi: true, read: true, write: true, run: true },
+);

@@ -16,7 +16,6 @@ import {
   pattern,
   pollerIdle,
   readProcText,
-  SANITIZE,
   stillPending,
   test,
   withTimeout,
@@ -147,11 +146,9 @@ for (const type of MESSAGE_TYPES) {
     perms,
   );
 
-  Deno.test({
-    name: `${type}: read(), write() and the streams refuse a message socket`,
-    permissions: perms,
-    ...SANITIZE,
-    async fn() {
+  test(
+    `${type}: read(), write() and the streams refuse a message socket`,
+    async () => {
       using pair = socketpair({ type });
       const [a] = pair;
       await assert.rejects(a.read(new Uint8Array(8)), TypeError);
@@ -160,7 +157,8 @@ for (const type of MESSAGE_TYPES) {
       assert.throws(() => a.readable, /carries messages; use send\(\)/);
       assert.throws(() => a.writable, TypeError);
     },
-  });
+    perms,
+  );
 }
 
 test(
@@ -186,11 +184,9 @@ test(
   perms,
 );
 
-Deno.test({
-  name: "a larger bufferBytes lets a datagram pair carry larger messages",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a larger bufferBytes lets a datagram pair carry larger messages",
+  async () => {
     using pair = socketpair({ type: "dgram", bufferBytes: 1 << 20 });
     const [a, b] = pair;
     const big = pattern(400_000);
@@ -199,7 +195,8 @@ Deno.test({
     assert.equal(message!.data.length, big.length);
     assertPattern(message!.data, 0);
   },
-});
+  perms,
+);
 
 test(
   "seqpacket and stream recv() return null once the peer is gone",
@@ -281,11 +278,9 @@ test(
   perms,
 );
 
-Deno.test({
-  name: "an empty seqpacket message is a message; end of stream is told apart",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "an empty seqpacket message is a message; end of stream is told apart",
+  async () => {
     const [a, b] = socketpair({ type: "seqpacket" });
     await a.send(new Uint8Array(0));
     const empty = await b.recv();
@@ -296,7 +291,8 @@ Deno.test({
     a.close();
     b.close();
   },
-});
+  perms,
+);
 
 test("sync forms read, write, send and receive without the poller", () => {
   const [a, b] = socketpair({ type: "stream" });
@@ -319,11 +315,9 @@ test("sync forms read, write, send and receive without the poller", () => {
   d.close();
 }, perms);
 
-Deno.test({
-  name: "a UnixSocket used after close throws BadResource naming it",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a UnixSocket used after close throws BadResource naming it",
+  async () => {
     const [a, b] = socketpair({ type: "seqpacket" });
     const pending = a.recv();
     a.close();
@@ -343,14 +337,12 @@ Deno.test({
     assert.equal(b.closed, true);
     await pollerIdle();
   },
-});
+  perms,
+);
 
-Deno.test({
-  name:
-    "socket pairs are CLOEXEC and blocking at the open file description, every type",
-  permissions: perms,
-  ...SANITIZE,
-  fn() {
+test(
+  "socket pairs are CLOEXEC and blocking at the open file description, every type",
+  () => {
     const lib = libc();
     for (const type of TYPES) {
       using pair = socketpair({ type });
@@ -363,13 +355,12 @@ Deno.test({
       }
     }
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "peerCredentials() of a socket pair names this process",
-  permissions: perms,
-  ...SANITIZE,
-  fn() {
+test(
+  "peerCredentials() of a socket pair names this process",
+  () => {
     using pair = socketpair({ type: "dgram" });
     const creds = pair[1].peerCredentials();
     assert.equal(creds.pid, Deno.pid);
@@ -379,13 +370,12 @@ Deno.test({
     );
     assert.equal(creds.gid, Number(gid![1]));
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "recv({ spin }) receives a message that comes while it spins",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "recv({ spin }) receives a message that comes while it spins",
+  async () => {
     using pair = socketpair({ type: "seqpacket" });
     const [a, b] = pair;
     const waiting = b.recv({ spin: 2000 });
@@ -393,13 +383,12 @@ Deno.test({
     const message = await withTimeout(waiting, 5_000, "recv");
     assert.equal(decoder.decode(message!.data), "spun");
   },
-});
+  perms,
+);
 
-Deno.test({
-  name: "invalid options are refused with TypeError or RangeError",
-  permissions: perms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "invalid options are refused with TypeError or RangeError",
+  async () => {
     assert.throws(
       // deno-lint-ignore no-explicit-any
       () => socketpair({ type: "raw" as any }),
@@ -420,7 +409,8 @@ Deno.test({
     // deno-lint-ignore no-explicit-any
     await assert.rejects(a.send("text" as any), TypeError);
   },
-});
+  perms,
+);
 
 for (const type of TYPES) {
   test(`${type} socket pair works both ways with a child process`, async () => {
@@ -502,11 +492,9 @@ for (const type of ["stream", "seqpacket"] as const) {
   );
 }
 
-Deno.test({
-  name: "an unref'd pending recv() does not keep a process alive",
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "an unref'd pending recv() does not keep a process alive",
+  async () => {
     const [mine, theirs] = socketpair({ type: "seqpacket" });
     await using child = socketChild(["unref-recv"], theirs);
     const output = withTimeout(
@@ -519,7 +507,8 @@ Deno.test({
     assert.equal(await output, "waiting\n");
     mine.close();
   },
-});
+  childPerms,
+);
 
 test(
   "stream sockets: write() and writeSync() send any ArrayBufferView byte for byte, and refuse anything else with TypeError, sending nothing",
@@ -653,13 +642,9 @@ const STRACE = ["/usr/bin/strace", "/bin/strace"].find((path) => {
   }
 });
 
-Deno.test({
-  name:
-    "seqpacket: 100 sends issued in one turn leave in a few sendmmsg calls, not one syscall each",
-  ignore: STRACE === undefined,
-  permissions: { ...childPerms, write: true },
-  ...SANITIZE,
-  async fn() {
+test(
+  "seqpacket: 100 sends issued in one turn leave in a few sendmmsg calls, not one syscall each",
+  async () => {
     const dir = Deno.makeTempDirSync({ prefix: "conduit-strace-" });
     try {
       const log = `${dir}/trace`;
@@ -692,14 +677,13 @@ Deno.test({
       Deno.removeSync(dir, { recursive: true });
     }
   },
-});
+  { ...childPerms, write: true },
+  { ignore: STRACE === undefined },
+);
 
-Deno.test({
-  name:
-    "a receive loop fed by a child that keeps a seqpacket socket full still lets timers and other tasks run",
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a receive loop fed by a child that keeps a seqpacket socket full still lets timers and other tasks run",
+  async () => {
     const [mine, theirs] = socketpair({ type: "seqpacket" });
     await using child = socketChild(["packets"], theirs);
     try {
@@ -741,7 +725,8 @@ Deno.test({
     const status = await withTimeout(child.status, 10_000, "child exits");
     assert.equal(status.success, true);
   },
-});
+  childPerms,
+);
 
 test("recv() checks its spin option", async () => {
   using pair = socketpair({ type: "seqpacket" });
@@ -810,12 +795,9 @@ for (const type of TYPES) {
   );
 }
 
-Deno.test({
-  name:
-    "a recv() aborted by AbortSignal.timeout leaves a socket to a child usable: the child's answer arrives whole",
-  permissions: childPerms,
-  ...SANITIZE,
-  async fn() {
+test(
+  "a recv() aborted by AbortSignal.timeout leaves a socket to a child usable: the child's answer arrives whole",
+  async () => {
     const [mine, theirs] = socketpair({ type: "dgram" });
     try {
       await using child = socketChild(["echo"], theirs);
@@ -842,7 +824,8 @@ Deno.test({
       await pollerIdle();
     }
   },
-});
+  childPerms,
+);
 
 test(
   "stream read({ signal }) rejects once it aborts and loses nothing; a read whose buffer is transferred while it waits is a TypeError, the data kept",
