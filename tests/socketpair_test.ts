@@ -387,7 +387,7 @@ test(
 );
 
 test(
-  "invalid options are refused with TypeError or RangeError",
+  "socketpair(), send() and recv() refuse a bad type, buffer size, empty stream message with fds, too many fds or non-bytes with TypeError or RangeError",
   async () => {
     assert.throws(
       // deno-lint-ignore no-explicit-any
@@ -413,34 +413,38 @@ test(
 );
 
 for (const type of TYPES) {
-  test(`${type} socket pair works both ways with a child process`, async () => {
-    const [mine, theirs] = socketpair({ type });
-    await using child = socketChild(["echo"], theirs);
-    assert.equal(await lineOf(child.stdout), `type ${type}`);
-    if (type === "stream") {
-      const data = pattern(1 << 20);
-      const [, echoed] = await Promise.all([
-        mine.write(data),
-        readExactly(mine, data.length),
-      ]);
-      assertPattern(echoed, 0);
-      mine.shutdown("write");
-      assert.equal(
-        await withTimeout(mine.read(new Uint8Array(8)), 10_000, "EOF"),
-        null,
-      );
-    } else {
-      for (const word of ["Heavy lifting", "Feather lifting", ""]) {
-        await mine.send(encoder.encode(word));
-        const reply = await withTimeout(mine.recv(), 10_000, "reply");
-        assert.equal(decoder.decode(reply!.data), `${word} received!`);
+  test(
+    `${type}: a child echoes what this process sends over the pair, and the pair ends cleanly`,
+    async () => {
+      const [mine, theirs] = socketpair({ type });
+      await using child = socketChild(["echo"], theirs);
+      assert.equal(await lineOf(child.stdout), `type ${type}`);
+      if (type === "stream") {
+        const data = pattern(1 << 20);
+        const [, echoed] = await Promise.all([
+          mine.write(data),
+          readExactly(mine, data.length),
+        ]);
+        assertPattern(echoed, 0);
+        mine.shutdown("write");
+        assert.equal(
+          await withTimeout(mine.read(new Uint8Array(8)), 10_000, "EOF"),
+          null,
+        );
+      } else {
+        for (const word of ["Heavy lifting", "Feather lifting", ""]) {
+          await mine.send(encoder.encode(word));
+          const reply = await withTimeout(mine.recv(), 10_000, "reply");
+          assert.equal(decoder.decode(reply!.data), `${word} received!`);
+        }
+        await mine.send(encoder.encode("bye"));
       }
-      await mine.send(encoder.encode("bye"));
-    }
-    const status = await withTimeout(child.status, 10_000, "child exit");
-    assert.equal(status.success, true);
-    mine.close();
-  }, childPerms);
+      const status = await withTimeout(child.status, 10_000, "child exit");
+      assert.equal(status.success, true);
+      mine.close();
+    },
+    childPerms,
+  );
 }
 
 for (const type of ["stream", "seqpacket"] as const) {
@@ -728,16 +732,20 @@ test(
   childPerms,
 );
 
-test("recv() checks its spin option", async () => {
-  using pair = socketpair({ type: "seqpacket" });
-  const [a] = pair;
-  const bounded = (recv: Promise<unknown>) =>
-    withTimeout(recv, 5_000, "a refused recv settles");
-  await assert.rejects(bounded(a.recv({ spin: -1 })), RangeError);
-  await assert.rejects(bounded(a.recv({ spin: Infinity })), RangeError);
-  // deno-lint-ignore no-explicit-any
-  await assert.rejects(bounded(a.recv({ spin: "10" as any })), TypeError);
-}, perms);
+test(
+  "recv() refuses a negative, infinite or non-number spin option, and the refused recv settles",
+  async () => {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a] = pair;
+    const bounded = (recv: Promise<unknown>) =>
+      withTimeout(recv, 5_000, "a refused recv settles");
+    await assert.rejects(bounded(a.recv({ spin: -1 })), RangeError);
+    await assert.rejects(bounded(a.recv({ spin: Infinity })), RangeError);
+    // deno-lint-ignore no-explicit-any
+    await assert.rejects(bounded(a.recv({ spin: "10" as any })), TypeError);
+  },
+  perms,
+);
 
 // Cancellation: every wait takes a signal, and giving up loses no data.
 
