@@ -31,42 +31,36 @@
  * @module
  */
 
-import { libc } from "./ffi/libc.ts";
 import { FRAME, header, sendFrame } from "./_channel_wire.ts";
-import { OwnedFd } from "./ffi/fd.ts";
 import {
   type ChannelOptions,
   type DecodeLimits,
-  Receiver,
+  type Receiver,
   Sender,
 } from "./channel.ts";
-import { resolveLimits } from "./channel/_codec_limits.ts";
+import {
+  connect,
+  type ExpectedServer,
+  type UnixListener,
+} from "./socketpair.ts";
+import { inspectEndpoint } from "./_inspect.ts";
+import { releaseFd } from "./_keys.ts";
+import {
+  acceptClient,
+  limits,
+  listenOnRandomName,
+  PREFIX,
+  type ServerAcceptOptions,
+  serverFields,
+  type ServerOptions,
+} from "./_server.ts";
+
+export type { ServerAcceptOptions, ServerOptions } from "./_server.ts";
+export { ChannelServer } from "./channel_server.ts";
 
 // The channel's modes: values, or bytes without serialization.
 const MODE_VALUE = 0;
 const MODE_BYTES = 1;
-import {
-  connect,
-  type ExpectedServer,
-  listen,
-  type UnixListener,
-} from "./socketpair.ts";
-import { randomName } from "./_unix_addr.ts";
-import { inspectEndpoint } from "./_inspect.ts";
-import { releaseFd } from "./_keys.ts";
-
-const PREFIX = "conduit-oneshot/";
-
-/** Options for {@linkcode OneShotServer.accept} and {@linkcode ChannelServer.accept}. */
-export interface ServerAcceptOptions {
-  /** Aborting it rejects the pending accept with the signal's reason. */
-  signal?: AbortSignal;
-  /**
-   * Milliseconds to wait before rejecting with `Deno.errors.TimedOut`.
-   * Default: no limit.
-   */
-  timeout?: number;
-}
 
 /**
  * Options for {@linkcode connectOneShot}. The server must run as this
@@ -89,136 +83,6 @@ export interface ConnectOneShotOptions extends ChannelOptions, ExpectedServer {
   bytes?: boolean;
   /** Aborting it gives up while the server's queue is full. */
   signal?: AbortSignal;
-}
-
-/** Options for the servers. */
-export interface ServerOptions {
-  /**
-   * Decides whether a connecting user may stay connected. Default: only
-   * this process's own user (`getuid()`).
-   */
-  allowUid?: (uid: number) => boolean;
-  /**
-   * What decoding one message may build, for every receiver the server
-   * returns (see `Receiver.limits`); `OneShotServer.accept` decodes the
-   * first message under them. Fields left out keep their defaults.
-   */
-  limits?: DecodeLimits;
-}
-
-/** What a server shows when inspected: its listener's fd and state, its name. */
-function serverFields(
-  listener: UnixListener,
-  name: string,
-  ref: boolean,
-): object {
-  if (listener.closed) return { state: "closed", name };
-  return ref
-    ? { fd: listener.rawFd, state: "open", name }
-    : { fd: listener.rawFd, state: "open", ref: false, name };
-}
-
-/** A fresh server name: the prefix and 128 random bits. */
-function serverName(): string {
-  return PREFIX + randomName(32);
-}
-
-/**
- * A deadline and abort signal combined, cleared by `done()`. When the
- * deadline passes, the TimedOut error says what was still awaited, as
- * `waitingFor()` tells it at that moment.
- */
-function limits(
-  options: ServerAcceptOptions,
-  doing: string,
-  waitingFor: () => string = () => "no client connected",
-): { signal: AbortSignal; done(): void } {
-  const { timeout } = options;
-  if (
-    timeout !== undefined &&
-    (typeof timeout !== "number" || !(timeout >= 0))
-  ) {
-    throw new RangeError(
-      `Cannot ${doing}: timeout must be a non-negative number of milliseconds, got ${timeout}`,
-    );
-  }
-  const controller = new AbortController();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  if (timeout !== undefined) {
-    timer = setTimeout(() => {
-      controller.abort(
-        new Deno.errors.TimedOut(
-          `Cannot ${doing}: ${waitingFor()} within ${timeout} ms`,
-        ),
-      );
-    }, timeout);
-  }
-  const signal = options.signal === undefined
-    ? controller.signal
-    : AbortSignal.any([controller.signal, options.signal]);
-  return {
-    signal,
-    done() {
-      clearTimeout(timer);
-    },
-  };
-}
-
-/**
- * Accepts connections until one of a user that `allowUid` lets in,
- * dropping the others, and returns it as a receiver. The client's hello
- * (its capacity) is its first frame; the receiver takes it before any
- * message.
- */
-async function acceptClient<T>(
-  listener: UnixListener,
-  signal: AbortSignal,
-  allowUid: (uid: number) => boolean,
-  decodeLimits: DecodeLimits,
-): Promise<Receiver<T>> {
-  for (;;) {
-    const conn = await listener.accept({ signal });
-    try {
-      if (!allowUid(conn.peerCredentials().uid)) {
-        conn.close();
-        continue;
-      }
-    } catch (error) {
-      conn.close();
-      throw error;
-    }
-    // Until the hello arrives, every message is acknowledged.
-    const rx = new Receiver<T>([{
-      fd: new OwnedFd(conn[releaseFd](), "Receiver"),
-      capacity: 1,
-      unacked: 0,
-    }]);
-    rx.limits = decodeLimits;
-    return rx;
-  }
-}
-
-function sameUser(): (uid: number) => boolean {
-  const me = libc().getuid();
-  return (uid) => uid === me;
-}
-
-/** What both servers start with: a fresh random name, listened on. */
-function listenOnRandomName(options: ServerOptions): {
-  name: string;
-  listener: UnixListener;
-  allow: (uid: number) => boolean;
-  decodeLimits: DecodeLimits;
-} {
-  const decodeLimits = resolveLimits(options.limits, "create server");
-  const name = serverName();
-  const listener = listen({ abstract: name, type: "seqpacket" });
-  return {
-    name,
-    listener,
-    allow: options.allowUid ?? sameUser(),
-    decodeLimits,
-  };
 }
 
 /**
@@ -369,152 +233,6 @@ export class OneShotServer<T> implements Disposable {
   }
 
   /** Stops listening. Idempotent. */
-  close(): void {
-    this.#listener.close();
-  }
-
-  /** Stops listening. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-/**
- * A named server for any number of clients: each {@linkcode accept} (or
- * each step of `for await`) returns the receiver of one more client that
- * called {@linkcode connectOneShot} with its {@linkcode name}. Connections
- * of other users are dropped.
- *
- * @typeParam T The message type.
- *
- * @example Serve clients until closed
- * ```ts
- * import { ChannelServer, connectOneShot } from "@conduit/ipc/oneshot";
- *
- * using server = new ChannelServer<number>();
- * const clients = [1, 2, 3].map(async (n) => {
- *   const tx = await connectOneShot<number>(server.name);
- *   await tx.send(n);
- *   tx.close();
- * });
- * let sum = 0;
- * for (let i = 0; i < 3; i++) {
- *   using rx = await server.accept({ timeout: 5000 });
- *   for await (const n of rx) sum += n;
- * }
- * await Promise.all(clients);
- * console.log(sum); // 6
- * ```
- */
-export class ChannelServer<T>
-  implements Disposable, AsyncIterable<Receiver<T>> {
-  #listener: UnixListener;
-  #name: string;
-  #allow: (uid: number) => boolean;
-  #decodeLimits: DecodeLimits;
-  #ref = true;
-
-  /**
-   * Starts listening on a fresh random name.
-   *
-   * @param options Who may connect (default: this user only), and the
-   * receivers' decode limits.
-   */
-  constructor(options: ServerOptions = {}) {
-    ({
-      name: this.#name,
-      listener: this.#listener,
-      allow: this.#allow,
-      decodeLimits: this.#decodeLimits,
-    } = listenOnRandomName(options));
-  }
-
-  /** The name to pass to {@linkcode connectOneShot}: unguessable. */
-  get name(): string {
-    return this.#name;
-  }
-
-  /** Whether {@linkcode close} was called. */
-  get closed(): boolean {
-    return this.#listener.closed;
-  }
-
-  /**
-   * Shows the kind, the listening fd, the state and the name, as
-   * `ChannelServer { fd: 9, state: "open", name: "conduit-oneshot/…" }`.
-   */
-  [Symbol.for("Deno.customInspect")](
-    inspect: (value: unknown, options?: unknown) => string,
-    options: unknown,
-  ): string {
-    return inspectEndpoint(
-      "ChannelServer",
-      serverFields(this.#listener, this.#name, this.#ref),
-      inspect,
-      options,
-    );
-  }
-
-  /**
-   * Waits for the next client.
-   *
-   * @param options An abort signal and a timeout in milliseconds.
-   * @returns The receiver of that client's channel.
-   * @throws {Deno.errors.TimedOut} When `timeout` passes first.
-   *
-   * @example One client at a time
-   * ```ts
-   * import { ChannelServer, connectOneShot } from "@conduit/ipc/oneshot";
-   *
-   * using server = new ChannelServer<string>();
-   * using tx = await connectOneShot<string>(server.name);
-   * await tx.send("ping");
-   * using rx = await server.accept({ timeout: 5000 });
-   * console.log(await rx.recv()); // "ping"
-   * ```
-   */
-  async accept(options: ServerAcceptOptions = {}): Promise<Receiver<T>> {
-    const { signal, done } = limits(options, "accept on ChannelServer");
-    try {
-      signal.throwIfAborted();
-      return await acceptClient<T>(
-        this.#listener,
-        signal,
-        this.#allow,
-        this.#decodeLimits,
-      );
-    } finally {
-      done();
-    }
-  }
-
-  /** Yields each client's receiver until the server is closed. */
-  async *[Symbol.asyncIterator](): AsyncGenerator<Receiver<T>> {
-    for (;;) {
-      let rx: Receiver<T>;
-      try {
-        rx = await this.accept();
-      } catch (error) {
-        if (this.#listener.closed) return;
-        throw error;
-      }
-      yield rx;
-    }
-  }
-
-  /** Lets a pending accept keep the process alive (the default). */
-  ref(): void {
-    this.#ref = true;
-    this.#listener.ref();
-  }
-
-  /** Lets the process exit while an accept is pending. */
-  unref(): void {
-    this.#ref = false;
-    this.#listener.unref();
-  }
-
-  /** Stops listening; a pending accept rejects. Idempotent. */
   close(): void {
     this.#listener.close();
   }

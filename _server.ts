@@ -1,0 +1,158 @@
+/**
+ * What both named servers share: their options, a fresh random name
+ * listened on, the accept of one client with its checks, and the limits of
+ * an accept.
+ *
+ * @module
+ */
+
+import { libc } from "./ffi/libc.ts";
+import { OwnedFd } from "./ffi/fd.ts";
+import { type DecodeLimits, Receiver } from "./channel.ts";
+import { resolveLimits } from "./channel/_codec_limits.ts";
+import { listen, type UnixListener } from "./socketpair.ts";
+import { randomName } from "./_unix_addr.ts";
+import { releaseFd } from "./_keys.ts";
+
+export const PREFIX = "conduit-oneshot/";
+
+/** Options for {@linkcode OneShotServer.accept} and {@linkcode ChannelServer.accept}. */
+export interface ServerAcceptOptions {
+  /** Aborting it rejects the pending accept with the signal's reason. */
+  signal?: AbortSignal;
+  /**
+   * Milliseconds to wait before rejecting with `Deno.errors.TimedOut`.
+   * Default: no limit.
+   */
+  timeout?: number;
+}
+
+/** Options for the servers. */
+export interface ServerOptions {
+  /**
+   * Decides whether a connecting user may stay connected. Default: only
+   * this process's own user (`getuid()`).
+   */
+  allowUid?: (uid: number) => boolean;
+  /**
+   * What decoding one message may build, for every receiver the server
+   * returns (see `Receiver.limits`); `OneShotServer.accept` decodes the
+   * first message under them. Fields left out keep their defaults.
+   */
+  limits?: DecodeLimits;
+}
+
+/** What a server shows when inspected: its listener's fd and state, its name. */
+export function serverFields(
+  listener: UnixListener,
+  name: string,
+  ref: boolean,
+): object {
+  if (listener.closed) return { state: "closed", name };
+  return ref
+    ? { fd: listener.rawFd, state: "open", name }
+    : { fd: listener.rawFd, state: "open", ref: false, name };
+}
+
+/** A fresh server name: the prefix and 128 random bits. */
+export function serverName(): string {
+  return PREFIX + randomName(32);
+}
+
+/**
+ * A deadline and abort signal combined, cleared by `done()`. When the
+ * deadline passes, the TimedOut error says what was still awaited, as
+ * `waitingFor()` tells it at that moment.
+ */
+export function limits(
+  options: ServerAcceptOptions,
+  doing: string,
+  waitingFor: () => string = () => "no client connected",
+): { signal: AbortSignal; done(): void } {
+  const { timeout } = options;
+  if (
+    timeout !== undefined &&
+    (typeof timeout !== "number" || !(timeout >= 0))
+  ) {
+    throw new RangeError(
+      `Cannot ${doing}: timeout must be a non-negative number of milliseconds, got ${timeout}`,
+    );
+  }
+  const controller = new AbortController();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  if (timeout !== undefined) {
+    timer = setTimeout(() => {
+      controller.abort(
+        new Deno.errors.TimedOut(
+          `Cannot ${doing}: ${waitingFor()} within ${timeout} ms`,
+        ),
+      );
+    }, timeout);
+  }
+  const signal = options.signal === undefined
+    ? controller.signal
+    : AbortSignal.any([controller.signal, options.signal]);
+  return {
+    signal,
+    done() {
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * Accepts connections until one of a user that `allowUid` lets in,
+ * dropping the others, and returns it as a receiver. The client's hello
+ * (its capacity) is its first frame; the receiver takes it before any
+ * message.
+ */
+export async function acceptClient<T>(
+  listener: UnixListener,
+  signal: AbortSignal,
+  allowUid: (uid: number) => boolean,
+  decodeLimits: DecodeLimits,
+): Promise<Receiver<T>> {
+  for (;;) {
+    const conn = await listener.accept({ signal });
+    try {
+      if (!allowUid(conn.peerCredentials().uid)) {
+        conn.close();
+        continue;
+      }
+    } catch (error) {
+      conn.close();
+      throw error;
+    }
+    // Until the hello arrives, every message is acknowledged.
+    const rx = new Receiver<T>([{
+      fd: new OwnedFd(conn[releaseFd](), "Receiver"),
+      capacity: 1,
+      unacked: 0,
+    }]);
+    rx.limits = decodeLimits;
+    return rx;
+  }
+}
+
+export function sameUser(): (uid: number) => boolean {
+  const me = libc().getuid();
+  return (uid) => uid === me;
+}
+
+/** What both servers start with: a fresh random name, listened on. */
+export function listenOnRandomName(options: ServerOptions): {
+  name: string;
+  listener: UnixListener;
+  allow: (uid: number) => boolean;
+  decodeLimits: DecodeLimits;
+} {
+  const decodeLimits = resolveLimits(options.limits, "create server");
+  const name = serverName();
+  const listener = listen({ abstract: name, type: "seqpacket" });
+  return {
+    name,
+    listener,
+    allow: options.allowUid ?? sameUser(),
+    decodeLimits,
+  };
+}
