@@ -175,25 +175,55 @@ export function readAsync(
 
 /** One queued write: its bytes and how many are out. */
 interface WriteJob extends QueuedCall<void> {
+  /** The caller's bytes ({@linkcode pinned}), or a copy of the rest. */
   bytes: Uint8Array;
+  /** How many bytes `bytes` had when the write was queued. */
+  length: number;
   done: number;
 }
 
 /**
- * The error of a queued write or send whose buffer was transferred while it
- * waited: how much of it went out, so a torn stream is never silent.
+ * The view a call that has to wait keeps of the caller's bytes: the view
+ * itself, or, over a resizable or growable buffer, one of fixed length over
+ * the same bytes. Growing the buffer meanwhile then changes nothing, and
+ * shrinking it below those bytes leaves the view out of bounds (length 0)
+ * instead of silently shorter: {@linkcode lostWhileWaiting} tells.
+ */
+export function pinned(view: Uint8Array): Uint8Array {
+  const buffer = view.buffer as ArrayBuffer & { growable?: boolean };
+  if (buffer.resizable !== true && buffer.growable !== true) return view;
+  return new Uint8Array(buffer, view.byteOffset, view.byteLength);
+}
+
+/**
+ * Whether the bytes a waiting call kept ({@linkcode pinned}) are gone: the
+ * call was made with `length` bytes, and its buffer has been transferred
+ * away or shrunk below them since.
+ */
+export function lostWhileWaiting(view: Uint8Array, length: number): boolean {
+  return view.byteLength !== length;
+}
+
+/**
+ * The error of a queued write or send whose bytes were lost while it
+ * waited (its buffer transferred away or shrunk): how much of it went out,
+ * so a torn stream is never silent.
  */
 export function transferredWhileWaiting(
   doing: string,
   call: "write" | "send",
   done: number,
+  view?: Uint8Array,
 ): TypeError {
   const past = call === "write" ? "written" : "sent";
-  return detachedError(
-    doing,
-    done === 0
-      ? ` while the ${call} waited; none of it was ${past}`
-      : ` while the ${call} waited, after ${done} of its bytes were ${past}; the rest were not`,
+  const detail = done === 0
+    ? ` while the ${call} waited; none of it was ${past}`
+    : ` while the ${call} waited, after ${done} of its bytes were ${past}; the rest were not`;
+  if (view === undefined || isDetached(view)) {
+    return detachedError(doing, detail);
+  }
+  return new TypeError(
+    `${doing}: the buffer was resized below the bytes given${detail}`,
   );
 }
 
@@ -247,7 +277,13 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#queue.push({ bytes, done, signal });
+    const kept = pinned(bytes);
+    return this.#queue.push({
+      bytes: kept,
+      length: kept.byteLength,
+      done,
+      signal,
+    });
   }
 
   /** Finishes every queued write, then writes `bytes`, blocking. */
@@ -267,16 +303,22 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
     return done;
   }
 
-  /** @internal Writes what fits of the first queued write. */
-  advance(jobs: readonly WriteJob[]): number {
-    const job = jobs[0];
-    if (job.bytes.byteLength === 0 && isDetached(job.bytes)) {
+  /** Throws when a queued write's bytes were lost while it waited. */
+  #checkKept(job: WriteJob): void {
+    if (lostWhileWaiting(job.bytes, job.length)) {
       throw transferredWhileWaiting(
         `Cannot write to ${this.#owner.what}`,
         "write",
         job.done,
+        job.bytes,
       );
     }
+  }
+
+  /** @internal Writes what fits of the first queued write. */
+  advance(jobs: readonly WriteJob[]): number {
+    const job = jobs[0];
+    this.#checkKept(job);
     job.done = this.#some(job.bytes, job.done);
     return job.done === job.bytes.byteLength ? 1 : 0;
   }
@@ -288,14 +330,9 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
 
   /** @internal Its caller gave up: keep a copy of what is left. */
   abandon(job: WriteJob): void {
-    if (job.bytes.byteLength === 0 && isDetached(job.bytes)) {
-      throw transferredWhileWaiting(
-        `Cannot write to ${this.#owner.what}`,
-        "write",
-        job.done,
-      );
-    }
+    this.#checkKept(job);
     job.bytes = job.bytes.slice(job.done);
+    job.length = job.bytes.byteLength;
     job.done = 0;
   }
 
@@ -314,13 +351,7 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
 
   /** @internal Finishes a queued write, blocking. */
   finishBlocking(job: WriteJob): void {
-    if (job.bytes.byteLength === 0 && isDetached(job.bytes)) {
-      throw transferredWhileWaiting(
-        `Cannot write to ${this.#owner.what}`,
-        "write",
-        job.done,
-      );
-    }
+    this.#checkKept(job);
     this.#writeAllBlocking(this.#owner.fd, job.bytes.subarray(job.done));
     job.done = job.bytes.byteLength;
   }

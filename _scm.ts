@@ -23,7 +23,6 @@ import {
   writeRights,
 } from "./ffi/cmsg.ts";
 import { MAY_MOVE, MessageArea } from "./ffi/msghdr.ts";
-import { isDetached } from "./_byte_io.ts";
 
 export { closeAll, MAX_FDS } from "./ffi/cmsg.ts";
 
@@ -83,6 +82,11 @@ export function sendMessage(
 export interface OutgoingMessage {
   /** The bytes. */
   readonly data: Uint8Array;
+  /**
+   * How many bytes `data` had when the message was sent: a buffer
+   * transferred away or shrunk since must not go as a shorter message.
+   */
+  readonly length: number;
   /** The fds to pass with them; may be empty. */
   readonly fds: readonly number[];
 }
@@ -106,7 +110,8 @@ let batch: MessageArea | undefined;
  * @returns How many were sent (at least one), or -1 when the socket has no
  * room for the first. A message after the first that cannot go now ends the
  * count; sending from it again reports why. So does a message whose buffer
- * was transferred away (the caller checks the first itself).
+ * was transferred away or shrunk below its `length` (the caller checks the
+ * first itself).
  * @throws The system error of the first message when it cannot be sent
  * (EMSGSIZE, EPIPE, EBADF, ...).
  */
@@ -124,11 +129,11 @@ export function sendMessages(
   let count = 0;
   let control = 0;
   for (let i = start; i < messages.length && count < BATCH_MAX; i++) {
-    const { data, fds } = messages[i];
-    // A buffer transferred away while its message waited: it must not go
-    // as an empty message. The batch ends before it; the caller reports it
-    // once it is first.
-    if (data.byteLength === 0 && count > 0 && isDetached(data)) break;
+    const { data, fds, length } = messages[i];
+    // A buffer transferred away or shrunk while its message waited: it must
+    // not go as a shorter message. The batch ends before it; the caller
+    // reports it once it is first.
+    if (data.byteLength !== length && count > 0) break;
     const space = fds.length === 0 ? 0 : cmsgSpace(fds.length * 4);
     // A batch always takes its first message; MAX_FDS fit the space.
     if (control + space > BATCH_CONTROL) break;

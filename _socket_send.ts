@@ -29,6 +29,8 @@ import {
   describe,
   detachedError,
   isDetached,
+  lostWhileWaiting,
+  pinned,
   transferredWhileWaiting,
 } from "./_byte_io.ts";
 
@@ -62,8 +64,13 @@ export interface SocketSendOptions {
 
 /** One send: what is left, the fds it carries, and who waits for it. */
 interface SendJob extends QueuedCall<void> {
-  /** The message (datagram, seqpacket) or bytes (stream). */
+  /**
+   * The message (datagram, seqpacket) or bytes (stream): the caller's
+   * view, {@linkcode pinned} once the send waits, or a copy of the rest.
+   */
   data: Uint8Array;
+  /** How many bytes `data` had when the send was made. */
+  length: number;
   /**
    * The fds to pass: the caller's own numbers while the send is tried at
    * once, this socket's private copies once it waits in the queue.
@@ -129,6 +136,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
       // The caller may close or reuse its fds before this send goes out:
       // it carries copies of its own.
       this.#copyFds(job);
+      job.data = pinned(job.data);
     } catch (error) {
       return Promise.reject(this.#sendError(error, bytes?.byteLength ?? 0));
     }
@@ -186,13 +194,17 @@ export class SocketSends implements QueueHost<SendJob, void> {
   abandon(job: SendJob): void {
     this.#checkAttached(job);
     job.data = job.data.slice(job.offset);
+    job.length = job.data.byteLength;
     job.offset = 0;
   }
 
-  /** Throws when a queued send's buffer was transferred away meanwhile. */
+  /**
+   * Throws when a queued send's bytes were lost meanwhile: its buffer
+   * transferred away or shrunk below them.
+   */
   #checkAttached(job: SendJob): void {
-    if (job.data.byteLength === 0 && isDetached(job.data)) {
-      throw transferredWhileWaiting(SEND, "send", job.offset);
+    if (lostWhileWaiting(job.data, job.length)) {
+      throw transferredWhileWaiting(SEND, "send", job.offset, job.data);
     }
   }
 
@@ -273,6 +285,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
     }
     return {
       data: bytes,
+      length: bytes.byteLength,
       fds,
       copied: false,
       endpoints,

@@ -6,6 +6,11 @@
 
 import { inspectEndpoint } from "../_inspect.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
+import {
+  lostWhileWaiting,
+  pinned,
+  transferredWhileWaiting,
+} from "../_byte_io.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
 import { ringViews } from "./_keys.ts";
 import {
@@ -30,7 +35,10 @@ export interface ShmWaitOptions {
 
 /** A send that waits for room. */
 interface QueuedSend extends QueuedCall<void> {
+  /** The caller's message, {@linkcode pinned}. */
   bytes: Uint8Array;
+  /** How many bytes it had when it was sent. */
+  length: number;
   signal: AbortSignal | undefined;
 }
 
@@ -59,7 +67,20 @@ export class ShmSender implements Disposable {
   constructor(ring: Ring) {
     this.#ring = ring;
     this.#sends = new CallQueue<QueuedSend>({
-      advance: (jobs) => this.#trySend(jobs[0].bytes) === true ? 1 : 0,
+      advance: (jobs) => {
+        const { bytes, length } = jobs[0];
+        // Transferred away or shrunk while it waited: it must not go as a
+        // shorter message, nor wait for room it can never have.
+        if (lostWhileWaiting(bytes, length)) {
+          throw transferredWhileWaiting(
+            "Cannot send on shmQueue",
+            "send",
+            0,
+            bytes,
+          );
+        }
+        return this.#trySend(bytes) === true ? 1 : 0;
+      },
       park: (head) => {
         const need = RECORD + align8(head.bytes.byteLength);
         Atomics.store(ring.header, SENDER_NEEDS, need);
@@ -169,7 +190,14 @@ export class ShmSender implements Disposable {
         return Promise.reject(error);
       }
     }
-    return awaitedLater(this.#sends.push({ bytes, signal: options.signal }));
+    const kept = pinned(bytes);
+    return awaitedLater(
+      this.#sends.push({
+        bytes: kept,
+        length: kept.byteLength,
+        signal: options.signal,
+      }),
+    );
   }
 
   #room(need: number): boolean {

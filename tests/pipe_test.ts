@@ -1544,6 +1544,58 @@ test("a queued write whose buffer is transferred while it waits rejects with Typ
   assert.ok(buffer.subarray(0, 10).every((byte) => byte === 3));
 });
 
+test("a queued write whose resizable buffer shrinks below its bytes while it waits rejects with TypeError instead of hanging the writer; later writes go on", async () => {
+  using p = pipe({ bytes: 4096 });
+  const buffer = new ArrayBuffer(10_000, { maxByteLength: 20_000 });
+  const shrunk = new Uint8Array(buffer, 0, 10_000).fill(1);
+  const a = p.writer.write(shrunk);
+  const b = p.writer.write(new Uint8Array(10).fill(3));
+  a.catch(() => {});
+  assert.ok(await stillPending(a, 20));
+  buffer.resize(10); // the write's view is now out of bounds: no bytes
+  const all = new Uint8Array(64 * 1024);
+  assert.equal(await withTimeout(p.reader.read(all), 2000, "the read"), 4096);
+  await assert.rejects(
+    withTimeout(a, 2000, "the write of the shrunk buffer"),
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message ===
+        "Cannot write to PipeWriter: the buffer was resized below the bytes given while the write waited, after 4096 of its bytes were written; the rest were not",
+  );
+  await withTimeout(b, 2000, "the later write");
+  assert.equal(await withTimeout(p.reader.read(all), 2000, "the read"), 10);
+  assert.ok(all.subarray(0, 10).every((byte) => byte === 3));
+});
+
+test("a queued write of a length-tracking view writes the bytes it was given, whether its buffer grows or shrinks meanwhile", async () => {
+  using p = pipe({ bytes: 4096 });
+  const grows = new ArrayBuffer(6000, { maxByteLength: 64 * 1024 });
+  const grown = new Uint8Array(grows); // tracks the buffer's length
+  grown.set(pattern(6000, 0));
+  const a = p.writer.write(grown);
+  assert.ok(await stillPending(a, 20));
+  grows.resize(60_000);
+  const got = await readExactly(p.reader, 6000);
+  await withTimeout(a, 2000, "the write of the grown buffer");
+  assertPattern(got, 0);
+  assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
+
+  const shrinks = new ArrayBuffer(6000, { maxByteLength: 64 * 1024 });
+  const shrunk = new Uint8Array(shrinks);
+  const b = p.writer.write(shrunk);
+  b.catch(() => {});
+  assert.ok(await stillPending(b, 20));
+  shrinks.resize(5000); // still in bounds for the view, not for the write
+  assert.equal((await readExactly(p.reader, 4096)).length, 4096);
+  await assert.rejects(
+    withTimeout(b, 2000, "the write of the shrunk buffer"),
+    (error: Error) =>
+      error instanceof TypeError && /resized below the bytes given/.test(
+        error.message,
+      ),
+  );
+});
+
 test("aborting writable while a chunk waits for room settles promptly and closes the writer", async () => {
   using p = pipe({ bytes: 4096 });
   const writer = p.writer.writable.getWriter();

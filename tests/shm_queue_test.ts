@@ -138,6 +138,55 @@ test(
 );
 
 test(
+  "a queued send whose buffer is transferred, shrunk or grown past the ring while it waits never goes shorter and never hangs the sender",
+  async () => {
+    using q = shmQueue({ bytes: 4096 });
+    const [tx, rx] = q;
+    const fill = [];
+    for (let i = 0; i < 4; i++) fill.push(tx.send(message(i, 1000)));
+    const moved = message(10, 100);
+    const shrinks = new ArrayBuffer(100, { maxByteLength: 8192 });
+    const shrunk = new Uint8Array(shrinks); // tracks the buffer's length
+    shrunk.set(message(11, 100));
+    const grows = new ArrayBuffer(100, { maxByteLength: 1 << 20 });
+    const grown = new Uint8Array(grows); // tracks the buffer's length
+    grown.set(message(12, 100));
+    const sends = [moved, shrunk, grown].map((bytes) => tx.send(bytes));
+    const last = tx.send(message(13, 10));
+    for (const send of sends) send.catch(() => {});
+    assert.ok(await stillPending(sends[0], 20), "the ring was not full");
+    structuredClone(moved.buffer, { transfer: [moved.buffer] });
+    shrinks.resize(50);
+    grows.resize(1 << 19); // far more than the ring holds
+    for (let i = 0; i < 4; i++) {
+      const got = await withTimeout(rx.recv(), 5000, "a filler");
+      assert.equal(mismatch(got!, i, 1000), "");
+    }
+    await assert.rejects(
+      withTimeout(sends[0], 5000, "the send of the transferred buffer"),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        error.message ===
+          "Cannot send on shmQueue: the buffer was transferred (detached) while the send waited; none of it was sent",
+    );
+    await assert.rejects(
+      withTimeout(sends[1], 5000, "the send of the shrunk buffer"),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        /resized below the bytes given/.test(error.message),
+    );
+    await withTimeout(sends[2], 5000, "the send of the grown buffer");
+    const grownGot = await withTimeout(rx.recv(), 5000, "the grown message");
+    assert.equal(mismatch(grownGot!, 12, 100), "", "sent as it was given");
+    await withTimeout(Promise.all(fill), 5000, "the fillers");
+    await withTimeout(last, 5000, "the last send");
+    const lastGot = await withTimeout(rx.recv(), 5000, "the last message");
+    assert.equal(mismatch(lastGot!, 13, 10), "");
+  },
+  local,
+);
+
+test(
   "shmQueue() delivers whole messages of every size up to the ring, in order, across the wrap",
   async () => {
     using q = shmQueue({ bytes: 4096 });

@@ -959,7 +959,79 @@ for (const type of MESSAGE_TYPES) {
     },
     perms,
   );
+  test(
+    `${type}: a message whose resizable buffer shrinks while it waits fails with TypeError and is never sent shorter; one that grows goes as given`,
+    async () => {
+      using pair = socketpair({ type });
+      const [a, b] = pair;
+      const filled = fillUp(a, 1000);
+      const shrinks = new ArrayBuffer(100, { maxByteLength: 1000 });
+      const shrunk = new Uint8Array(shrinks).fill(7); // tracks the length
+      const grows = new ArrayBuffer(5, { maxByteLength: 1000 });
+      const grown = new Uint8Array(grows);
+      grown.set(encoder.encode("grown"));
+      const first = a.send(encoder.encode("first"));
+      const lost = a.send(shrunk);
+      const kept = a.send(grown);
+      const last = a.send(encoder.encode("last"));
+      lost.catch(() => {});
+      shrinks.resize(0);
+      grows.resize(500);
+      for (let i = 0; i < filled; i++) {
+        await withTimeout(b.recv(), 5_000, "a filler");
+      }
+      await assert.rejects(
+        withTimeout(lost, 5_000, "the send of the shrunk buffer"),
+        (error: Error) =>
+          error instanceof TypeError &&
+          error.message ===
+            "Cannot send on UnixSocket: the buffer was resized below the bytes given while the send waited; none of it was sent",
+      );
+      const got = [];
+      for (let i = 0; i < 3; i++) {
+        const message = await withTimeout(b.recv(), 5_000, "a message");
+        got.push(decoder.decode(message!.data));
+      }
+      assert.deepEqual(got, ["first", "grown", "last"]);
+      await withTimeout(Promise.all([first, kept, last]), 2_000, "the sends");
+    },
+    perms,
+  );
 }
+
+test(
+  "a stream write whose resizable buffer shrinks while it waits rejects with TypeError instead of hanging the socket; later writes go on",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    let filled = 0;
+    const chunk = new Uint8Array(4096);
+    for (;;) {
+      const n = sendNoWait(a.rawFd, chunk);
+      if (n < 0) break;
+      filled += n;
+    }
+    const buffer = new ArrayBuffer(1 << 20, { maxByteLength: 2 << 20 });
+    const shrunk = new Uint8Array(buffer, 0, 1 << 20).fill(0xee);
+    const lost = a.write(shrunk);
+    const after = a.write(new Uint8Array(100).fill(1));
+    lost.catch(() => {});
+    assert.ok(await stillPending(lost, 20));
+    buffer.resize(0);
+    assert.equal((await readExactly(b, filled)).length, filled);
+    await assert.rejects(
+      withTimeout(lost, 5_000, "the write of the shrunk buffer"),
+      (error: Error) =>
+        error instanceof TypeError &&
+        /^Cannot send on UnixSocket: the buffer was resized below the bytes given while the send waited/
+          .test(error.message),
+    );
+    await withTimeout(after, 5_000, "the later write");
+    const rest = await readExactly(b, 100);
+    assert.ok(rest.every((byte) => byte === 1));
+  },
+  perms,
+);
 
 test(
   "stream write({ signal }) partly out when it aborts rejects at once; the rest still arrives, from a copy, ahead of later writes",
