@@ -9,7 +9,9 @@
  * socket, not of the call), so nothing in it is believed unchecked: every
  * `cmsg_len` is checked against the control length before anything behind
  * it is read, payloads must have the size of their kind, and a kind a unix
- * socket never carries makes the whole buffer malformed.
+ * socket never carries makes the whole buffer malformed. The kinds that
+ * carry only data about the message (a security label, receive
+ * timestamps: `SO_TIMESTAMP*` are options of the socket too) are skipped.
  *
  * @module
  */
@@ -96,8 +98,10 @@ function readSize(view: DataView, at: number): number {
  * messages start 8-aligned (only the last may lack its padding); SCM_RIGHTS
  * carries whole non-negative ints, at most {@linkcode MAX_FDS} in all;
  * SCM_CREDENTIALS exactly one `struct ucred`; SCM_PIDFD exactly one fd;
- * SCM_SECURITY (a label) is skipped; any other level or type, or bytes
- * after the last message too few for a header, make the buffer malformed.
+ * SCM_SECURITY (a label) and the receive timestamps (SCM_TIMESTAMP,
+ * SCM_TIMESTAMPNS, SCM_TIMESTAMPING, old and new layouts) are skipped; any
+ * other level or type, or bytes after the last message too few for a
+ * header, make the buffer malformed.
  *
  * @param view The memory holding the control buffer.
  * @param at Where it starts (8-aligned).
@@ -190,9 +194,23 @@ function parseOne(
     into.stray.push(fd);
     return "";
   }
-  if (type === SOCK.SCM_SECURITY) return "";
+  if (type === SOCK.SCM_SECURITY || DATA_ONLY.has(type)) return "";
   return `control message of type ${type}, which a unix socket never carries`;
 }
+
+/**
+ * Receive timestamps, which a datagram or seqpacket socket carries once
+ * its `SO_TIMESTAMP*` option is set (a peer that handed the socket over
+ * may have set it): data about the message, no fds.
+ */
+const DATA_ONLY: ReadonlySet<number> = new Set([
+  SOCK.SCM_TIMESTAMP,
+  SOCK.SCM_TIMESTAMPNS,
+  SOCK.SCM_TIMESTAMPING,
+  SOCK.SO_TIMESTAMP_NEW,
+  SOCK.SO_TIMESTAMPNS_NEW,
+  SOCK.SO_TIMESTAMPING_NEW,
+]);
 
 /** Closes fds that arrived but will not be handed out. */
 export function closeAll(fds: readonly number[]): void {

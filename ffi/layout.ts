@@ -161,6 +161,14 @@ export const SOCK = {
   SCM_CREDENTIALS: 2,
   SCM_SECURITY: 3,
   SCM_PIDFD: 4,
+  // Receive timestamps, with the socket options that ask for them: data
+  // only, no fds. The _NEW kinds are the y2038-safe layouts.
+  SCM_TIMESTAMP: 29,
+  SCM_TIMESTAMPNS: 35,
+  SCM_TIMESTAMPING: 37,
+  SO_TIMESTAMP_NEW: 63,
+  SO_TIMESTAMPNS_NEW: 64,
+  SO_TIMESTAMPING_NEW: 65,
   SHUT_RD: 0,
   SHUT_WR: 1,
   SHUT_RDWR: 2,

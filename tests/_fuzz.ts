@@ -676,6 +676,16 @@ function scribble(
 
 // --- Control messages -------------------------------------------------------
 
+/** The receive timestamps a unix socket may carry, skipped by the parser. */
+const TIMESTAMPS: number[] = [
+  SOCK.SCM_TIMESTAMP,
+  SOCK.SCM_TIMESTAMPNS,
+  SOCK.SCM_TIMESTAMPING,
+  SOCK.SO_TIMESTAMP_NEW,
+  SOCK.SO_TIMESTAMPNS_NEW,
+  SOCK.SO_TIMESTAMPING_NEW,
+];
+
 /**
  * A control buffer of random messages, the SCM_RIGHTS fds it holds, and
  * whether it holds a kind a unix socket never carries (which the parser
@@ -706,15 +716,21 @@ function controlBuffer(
       type = SOCK.SCM_CREDENTIALS;
       payload = f.bytes(12);
     } else if (f.int(2) === 0) {
-      // A security label (skipped) or a pidfd (closed, never handed out).
-      type = f.pick([SOCK.SCM_SECURITY, SOCK.SCM_PIDFD]);
+      // A security label or a receive timestamp (skipped) or a pidfd
+      // (closed, never handed out).
+      type = f.pick([SOCK.SCM_SECURITY, SOCK.SCM_PIDFD, ...TIMESTAMPS]);
       payload = type === SOCK.SCM_PIDFD
         ? new Uint8Array(new Int32Array([f.int(1 << 20)]).buffer)
         : f.bytes(f.int(40));
     } else {
       level = f.pick([SOCK.SOL_SOCKET, 0, 41, f.int(300)]);
       type = f.pick([5, 6, f.int(1000)]);
-      if (level === SOCK.SOL_SOCKET && type <= SOCK.SCM_PIDFD) type = 5;
+      if (
+        level === SOCK.SOL_SOCKET &&
+        (type <= SOCK.SCM_PIDFD || TIMESTAMPS.includes(type))
+      ) {
+        type = 5;
+      }
       payload = f.bytes(f.int(40));
       foreign = true;
     }

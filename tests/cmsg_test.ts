@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { socketpair } from "../socketpair.ts";
+import { socketpair, UnixSocket } from "../socketpair.ts";
+import { PipeReader } from "../pipe.ts";
+import { spawn } from "../spawn.ts";
 import { libc } from "../ffi/libc.ts";
 import { CMSGHDR, F, MSG, SOCK } from "../ffi/layout.ts";
 import { MessageArea } from "../ffi/msghdr.ts";
@@ -10,7 +12,8 @@ import {
   receivedFds,
   writeRights,
 } from "../ffi/cmsg.ts";
-import { readProcText, test } from "./_util.ts";
+import { listDir, readProcText, test, withTimeout } from "./_util.ts";
+import { readAllText } from "./_socket_util.ts";
 
 const perms = { read: true } as const;
 
@@ -96,6 +99,26 @@ test("parseControl reads SCM_CREDENTIALS and skips a security label", () => {
   assert.equal(parsed.malformed, "");
   assert.deepEqual(parsed.credentials, { pid: 42, uid: 1000, gid: 100 });
   assert.deepEqual(parsed.fds, [5]);
+});
+
+test("parseControl skips receive timestamps, old and new layouts, and reads the fds around them", () => {
+  for (
+    const [type, size] of [
+      [SOCK.SCM_TIMESTAMP, 16],
+      [SOCK.SCM_TIMESTAMPNS, 16],
+      [SOCK.SCM_TIMESTAMPING, 48],
+      [SOCK.SO_TIMESTAMP_NEW, 16],
+      [SOCK.SO_TIMESTAMPNS_NEW, 16],
+      [SOCK.SO_TIMESTAMPING_NEW, 48],
+    ]
+  ) {
+    const stamp = cmsg(SOCK.SOL_SOCKET, type, new Uint8Array(size).fill(0xff));
+    const parsed = parse(concat(stamp, credentials(1, 2, 3), rights(6, 7)));
+    assert.equal(parsed.malformed, "", `type ${type}`);
+    assert.deepEqual(parsed.fds, [6, 7], `type ${type}`);
+    assert.deepEqual(parsed.stray, [], `type ${type}`);
+    assert.deepEqual(parsed.credentials, { pid: 1, uid: 2, gid: 3 });
+  }
 });
 
 test("parseControl reports a pidfd as stray, never as a received fd", () => {
@@ -389,4 +412,69 @@ test(
     }
   },
   perms,
+);
+
+const PYTHON = "/usr/bin/python3";
+
+/**
+ * A peer that hands over one end of a socket pair of each message type
+ * with a receive timestamp option set on it (SO_TIMESTAMP, SO_TIMESTAMPNS
+ * and their _NEW forms), after sending on the other end a message with an
+ * fd (a pipe's read end) and one without.
+ */
+const TIMESTAMP_PEER = `
+import os, socket
+out = socket.socket(fileno=3)
+for kind in (socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
+    for option in (29, 35, 63, 64):
+        here, there = socket.socketpair(socket.AF_UNIX, kind)
+        here.setsockopt(socket.SOL_SOCKET, option, 1)
+        r, w = os.pipe()
+        os.write(w, b"through the pipe")
+        os.close(w)
+        socket.send_fds(there, [b"with an fd"], [r])
+        os.close(r)
+        there.send(b"without")
+        there.close()
+        socket.send_fds(out, [f"type {kind}, option {option}".encode()], [here.fileno()])
+        here.close()
+out.close()
+`;
+
+test(
+  "sockets a peer set up with a receive timestamp option still deliver their messages and fds, none lost to a malformed-control error",
+  async () => {
+    const decoder = new TextDecoder();
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    await using child = spawn(PYTHON, {
+      args: ["-c", TIMESTAMP_PEER],
+      fds: [theirs],
+    });
+    theirs.close();
+    let handed = 0;
+    for (;;) {
+      const message = await withTimeout(mine.recv(), 10_000, "a socket");
+      if (message === null) break;
+      const what = decoder.decode(message.data);
+      const [socket] = message.fds;
+      assert.ok(socket instanceof UnixSocket, what);
+      const first = await withTimeout(socket.recv(), 5_000, what);
+      assert.equal(decoder.decode(first!.data), "with an fd", what);
+      const [reader] = first!.fds;
+      assert.ok(reader instanceof PipeReader, what);
+      assert.equal(await readAllText(reader, what), "through the pipe");
+      reader.close();
+      const second = await withTimeout(socket.recv(), 5_000, what);
+      assert.equal(decoder.decode(second!.data), "without", what);
+      assert.deepEqual(second!.fds, [], what);
+      socket.close();
+      handed++;
+    }
+    mine.close();
+    assert.equal(handed, 8);
+    const status = await withTimeout(child.status, 10_000, "the peer");
+    assert.equal(status.success, true);
+  },
+  { read: true, run: true },
+  { ignore: !listDir("/usr/bin").includes("python3") },
 );
