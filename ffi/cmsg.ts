@@ -11,7 +11,8 @@
  * it is read, payloads must have the size of their kind, and a kind a unix
  * socket never carries makes the whole buffer malformed. The kinds that
  * carry only data about the message (a security label, receive
- * timestamps: `SO_TIMESTAMP*` are options of the socket too) are skipped.
+ * timestamps, the bytes still queued: `SO_TIMESTAMP*` and `SO_INQ` are
+ * options of the socket too) are skipped.
  *
  * @module
  */
@@ -98,8 +99,9 @@ function readSize(view: DataView, at: number): number {
  * messages start 8-aligned (only the last may lack its padding); SCM_RIGHTS
  * carries whole non-negative ints, at most {@linkcode MAX_FDS} in all;
  * SCM_CREDENTIALS exactly one `struct ucred`; SCM_PIDFD exactly one fd;
- * SCM_SECURITY (a label) and the receive timestamps (SCM_TIMESTAMP,
- * SCM_TIMESTAMPNS, SCM_TIMESTAMPING, old and new layouts) are skipped; any
+ * SCM_SECURITY (a label), the receive timestamps (SCM_TIMESTAMP,
+ * SCM_TIMESTAMPNS, SCM_TIMESTAMPING, old and new layouts) and SCM_INQ (the
+ * bytes still queued) are skipped; any
  * other level or type, or bytes after the last message too few for a
  * header, make the buffer malformed.
  *
@@ -200,10 +202,12 @@ function parseOne(
 
 /**
  * Receive timestamps, which a datagram or seqpacket socket carries once
- * its `SO_TIMESTAMP*` option is set (a peer that handed the socket over
- * may have set it): data about the message, no fds.
+ * its `SO_TIMESTAMP*` option is set, and the bytes still queued, which a
+ * stream socket carries once `SO_INQ` is set (a peer that handed the socket
+ * over may have set them): data about the message, no fds.
  */
 const DATA_ONLY: ReadonlySet<number> = new Set([
+  SOCK.SCM_INQ,
   SOCK.SCM_TIMESTAMP,
   SOCK.SCM_TIMESTAMPNS,
   SOCK.SCM_TIMESTAMPING,

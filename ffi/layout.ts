@@ -169,6 +169,8 @@ export const SOCK = {
   SO_TIMESTAMP_NEW: 63,
   SO_TIMESTAMPNS_NEW: 64,
   SO_TIMESTAMPING_NEW: 65,
+  // A stream socket's bytes still queued, with SO_INQ (Linux 6.16): data.
+  SCM_INQ: 84,
   SHUT_RD: 0,
   SHUT_WR: 1,
   SHUT_RDWR: 2,

@@ -676,8 +676,12 @@ function scribble(
 
 // --- Control messages -------------------------------------------------------
 
-/** The receive timestamps a unix socket may carry, skipped by the parser. */
+/**
+ * The data-only kinds a unix socket may carry besides a label (receive
+ * timestamps, bytes still queued), skipped by the parser.
+ */
 const TIMESTAMPS: number[] = [
+  SOCK.SCM_INQ,
   SOCK.SCM_TIMESTAMP,
   SOCK.SCM_TIMESTAMPNS,
   SOCK.SCM_TIMESTAMPING,

@@ -169,8 +169,9 @@ function moduleTables(
  * The constants that C headers may be too old to define (layout.c lists
  * those it could not print under "undefined"): glibc defines SCM_SECURITY
  * and SCM_PIDFD from 2.39 on, kernel headers the SO_TIMESTAMP*_NEW kinds
- * from 5.1 on. All are the same on every architecture (the kernel's
- * include/linux/socket.h and asm-generic/socket.h).
+ * from 5.1 on and SCM_INQ from 6.16 on. All are the same on every
+ * architecture (the kernel's include/linux/socket.h and
+ * asm-generic/socket.h).
  */
 const MAY_BE_UNDEFINED = new Set([
   "SOCK.SCM_SECURITY",
@@ -178,6 +179,7 @@ const MAY_BE_UNDEFINED = new Set([
   "SOCK.SO_TIMESTAMP_NEW",
   "SOCK.SO_TIMESTAMPNS_NEW",
   "SOCK.SO_TIMESTAMPING_NEW",
+  "SOCK.SCM_INQ",
 ]);
 
 /** What layout.c prints: its architecture, the tables, what it lacks. */
