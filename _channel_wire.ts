@@ -81,20 +81,29 @@ const ALL_SEALS = SEAL.SHRINK | SEAL.GROW | SEAL.WRITE | SEAL.SEAL;
 const SMALL_PART = 256;
 const MAX_IOV = 64;
 // One area: header, iovecs, staging for small parts (and for small memfd
-// reads and writes), and the control buffer.
-const area = new MessageArea({
-  iovecs: MAX_IOV,
-  stage: INLINE_MAX + SMALL_PART,
-  control: cmsgSpace(MAX_FDS * 4),
-});
-const controlAddress = area.address(area.controlAt);
+// reads and writes), and the control buffer. Made on first use, since
+// taking a buffer's address needs FFI permission, which importing the
+// module must not.
+let wire: MessageArea | undefined;
+let controlAddress = 0n;
+
+function wireArea(): MessageArea {
+  if (wire !== undefined) return wire;
+  const area = new MessageArea({
+    iovecs: MAX_IOV,
+    stage: INLINE_MAX + SMALL_PART,
+    control: cmsgSpace(MAX_FDS * 4),
+  });
+  controlAddress = area.address(area.controlAt);
+  return wire = area;
+}
 
 /**
  * Lays out `parts` as iovecs: small parts are copied into the staging area
  * (all of them when there are more than the iovecs), larger ones are
  * referenced where they are. Returns the iovec count.
  */
-function gather(parts: readonly Uint8Array[]): number {
+function gather(area: MessageArea, parts: readonly Uint8Array[]): number {
   const { bytes, stageAt, stageSize, stageAddress } = area;
   let count = 0;
   let stage = 0;
@@ -135,7 +144,8 @@ export function sendFrame(
   parts: readonly Uint8Array[],
   fds: readonly number[],
 ): boolean {
-  const iovs = gather(parts);
+  const area = wireArea();
+  const iovs = gather(area, parts);
   const space = fds.length > 0
     ? writeRights(area.view, area.controlAt, fds)
     : 0;
@@ -373,6 +383,7 @@ function positioned(
 ): number {
   const n = Math.min(part.byteLength, 1 << 30);
   const small = n <= SMALL_PART;
+  const area = wireArea();
   const { bytes, stageAt } = area;
   if (small && write) bytes.set(part.subarray(0, n), stageAt);
   area.setIovec(0, small ? area.stageAddress : addressOf(part), n);

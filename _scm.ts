@@ -31,13 +31,20 @@ export { closeAll, MAX_FDS } from "./ffi/cmsg.ts";
 const CONTROL_SIZE = cmsgSpace(MAX_FDS * 4) + 256;
 
 // One message at a time: its header and iovec are filled once, and each
-// call sets only what changes.
-const single = new MessageArea({
-  iovecs: 1,
-  stage: MAY_MOVE,
-  control: CONTROL_SIZE,
-});
-single.setHeader(0, 0, 1, single.address(single.controlAt), CONTROL_SIZE);
+// call sets only what changes. Made on first use, since taking a buffer's
+// address needs FFI permission, which importing the module must not.
+let oneMessage: MessageArea | undefined;
+
+function singleArea(): MessageArea {
+  if (oneMessage !== undefined) return oneMessage;
+  const area = new MessageArea({
+    iovecs: 1,
+    stage: MAY_MOVE,
+    control: CONTROL_SIZE,
+  });
+  area.setHeader(0, 0, 1, area.address(area.controlAt), CONTROL_SIZE);
+  return oneMessage = area;
+}
 
 /** A buffer for peeks that take no bytes. */
 const empty = new Uint8Array(new ArrayBuffer(64));
@@ -61,6 +68,7 @@ export function sendMessage(
   fds: readonly number[],
   wait: boolean,
 ): number {
+  const single = singleArea();
   const controlBytes = fds.length === 0
     ? 0
     : writeRights(single.view, single.controlAt, fds);
@@ -193,6 +201,7 @@ export function receiveMessage(
     CONTROL_SIZE,
     cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4) + CREDENTIALS_SPACE,
   );
+  const single = singleArea();
   const staged = single.setIovecFor(0, into, 0, false);
   single.reset(0, offered);
   const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);

@@ -33,27 +33,35 @@ export const ROLE = { sender: 1, receiver: 2 } as const;
 const PEEK_FDS = 8;
 
 // The hello travels in the staging area; header and iovec never change.
-const area = new MessageArea({
-  iovecs: 1,
-  stage: HELLO_SIZE,
-  control: cmsgSpace(PEEK_FDS * 4),
-});
-const { view } = area;
-const DATA_AT = area.stageAt;
-area.setIovec(0, area.stageAddress, HELLO_SIZE);
+// Made on first use, since taking a buffer's address needs FFI permission,
+// which importing the module must not.
+let hello: MessageArea | undefined;
+
+function helloArea(): MessageArea {
+  if (hello !== undefined) return hello;
+  const area = new MessageArea({
+    iovecs: 1,
+    stage: HELLO_SIZE,
+    control: cmsgSpace(PEEK_FDS * 4),
+  });
+  area.setIovec(0, area.stageAddress, HELLO_SIZE);
+  return hello = area;
+}
 
 /** Points the header at the hello and `controlBytes` of control space. */
-function fill(controlBytes: number): void {
+function fill(area: MessageArea, controlBytes: number): void {
   area.setHeader(0, 0, 1, area.address(area.controlAt), controlBytes);
 }
 
 /** Puts the hello for `role` with `fds` into the socket `fd`. */
 export function sendHello(fd: number, role: number, fds: number[]): void {
-  view.setUint32(DATA_AT, HELLO_MAGIC, true);
-  view.setUint32(DATA_AT + 4, HELLO_VERSION, true);
-  view.setUint32(DATA_AT + 8, role, true);
-  view.setUint32(DATA_AT + 12, 0, true);
-  fill(writeRights(view, area.controlAt, fds));
+  const area = helloArea();
+  const { view, stageAt: dataAt } = area;
+  view.setUint32(dataAt, HELLO_MAGIC, true);
+  view.setUint32(dataAt + 4, HELLO_VERSION, true);
+  view.setUint32(dataAt + 8, role, true);
+  view.setUint32(dataAt + 12, 0, true);
+  fill(area, writeRights(view, area.controlAt, fds));
   const n = Number(
     libc().sendmsg(fd, area.pointer, MSG.NOSIGNAL | MSG.DONTWAIT),
   );
@@ -132,8 +140,10 @@ export interface Hello {
 export function peekHello(fd: number): Hello | null {
   const lib = libc();
   if (!isSeqpacket(fd)) return null;
+  const area = helloArea();
+  const { view, stageAt: dataAt } = area;
   area.bytes.fill(0, area.controlAt, area.controlAt + area.controlSize);
-  fill(area.controlSize);
+  fill(area, area.controlSize);
   const n = Number(
     lib.recvmsg(
       fd,
@@ -166,20 +176,20 @@ export function peekHello(fd: number): Hello | null {
     return null;
   }
   const ok = n === HELLO_SIZE && (flags & MSG.TRUNC) === 0 &&
-    view.getUint32(DATA_AT, true) === HELLO_MAGIC;
+    view.getUint32(dataAt, true) === HELLO_MAGIC;
   if (!ok) {
     closeAll(fds);
     return null;
   }
-  if (view.getUint32(DATA_AT + 4, true) !== HELLO_VERSION) {
+  if (view.getUint32(dataAt + 4, true) !== HELLO_VERSION) {
     closeAll(fds);
     throw new TypeError(
       `Cannot adopt fd ${fd}: a shmQueue end of layout version ${
-        view.getUint32(DATA_AT + 4, true)
+        view.getUint32(dataAt + 4, true)
       }, this module reads version ${HELLO_VERSION}`,
     );
   }
-  return { role: view.getUint32(DATA_AT + 8, true), fds };
+  return { role: view.getUint32(dataAt + 8, true), fds };
 }
 
 const bell = new Uint8Array(new ArrayBuffer(64));

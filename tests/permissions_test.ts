@@ -165,3 +165,22 @@ test(
   },
   { ffi: true, read: true, write: true, run: true },
 );
+
+test(
+  "without --allow-ffi the module still imports, and its first call is refused with NotCapable naming --allow-ffi",
+  async () => {
+    // other_platform.ts imports mod.ts (every entry point but nats and the
+    // command line), then makes a pipe; "{}" keeps this platform.
+    const run = await runDeno(
+      ["run", "--no-prompt", fixture("other_platform.ts"), "{}"],
+      30_000,
+      "the module without --allow-ffi",
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const { imported, error } = JSON.parse(run.stdout);
+    assert.equal(imported, true, "importing needs no permission");
+    assert.equal(error.name, "NotCapable");
+    assert.ok(error.message.includes("--allow-ffi"), error.message);
+  },
+  { read: true, run: true },
+);
