@@ -32,7 +32,15 @@ export function childEnvironment(
     }
   }
   for (const [key, value] of Object.entries(env ?? {})) {
-    const text = String(value);
+    if (typeof value !== "string") {
+      // String(value) would hand the child "undefined" or "[object Object]".
+      throw new TypeError(
+        `Cannot spawn: the value of environment variable ${key} must be a string, got ${
+          value === null ? "null" : typeof value
+        }`,
+      );
+    }
+    const text = value;
     if (key === "" || key.includes("=") || key.includes("\0")) {
       throw new TypeError(
         `Cannot spawn: invalid environment variable name ${
@@ -212,14 +220,37 @@ export function spawnError(
     const problem = cwdProblem(name, cwd, code);
     if (problem !== undefined) return problem;
   }
+  const quoted = JSON.stringify(path);
+  // The resolved path, unless it is the command as given.
+  const it = path === command ? "it" : quoted;
   if (code === ERRNO.ENOENT) {
+    // The file is there, so what exec did not find is what it names.
+    const why = fileType(path) === S.IFREG
+      ? `${it} exists, but its interpreter does not (the program on its #! line, or the dynamic loader of a binary)`
+      : `no such file ${quoted}`;
+    return failure(Deno.errors.NotFound, `Cannot spawn ${name}: ${why}`, code);
+  }
+  if (code === ERRNO.EACCES) {
+    const type = fileType(path);
+    const why = type === S.IFDIR
+      ? `${it} is a directory`
+      : type === S.IFREG && !isExecutableFile(path)
+      ? `${it} is not executable`
+      : `permission denied for ${quoted}`;
     return failure(
-      Deno.errors.NotFound,
-      `Cannot spawn ${name}: no such file ${JSON.stringify(path)}`,
+      Deno.errors.PermissionDenied,
+      `Cannot spawn ${name}: ${why}`,
       code,
     );
   }
   return systemError("posix_spawnp", code, `command ${name}`);
+}
+
+/** The file type bits (`S.IFMT`) of `path`, or `undefined` if it is not there. */
+function fileType(path: string): number | undefined {
+  const stat = new Uint8Array(STAT.size);
+  if (libc().fstatat(AT.FDCWD, cstr(path), stat, 0) === -1) return undefined;
+  return new DataView(stat.buffer).getUint32(STAT.mode, true) & S.IFMT;
 }
 
 function cwdProblem(

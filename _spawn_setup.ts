@@ -12,6 +12,7 @@ import { libc, SYS } from "./ffi/libc.ts";
 import { check, checkReturn, ERRNO, errno, systemError } from "./ffi/errors.ts";
 import {
   EFD,
+  F,
   O,
   POSIX_SPAWN,
   SIGINFO,
@@ -72,10 +73,20 @@ export function planFds(
     parentEnds: [null, null, null],
     floor: 3 + fds.length,
   };
+  // The fds given are taken first, each checked open before any pipe or
+  // copy is made: a new fd takes the lowest free number, which may be that
+  // of a closed fd given here, and the child would get it in its place.
+  stdio.forEach((choice, target) => {
+    if (!isKeyword(choice)) {
+      plan.moves.push([givenFd(STDIO_NAMES[target], choice), target]);
+    }
+  });
+  fds.forEach((value, i) =>
+    plan.moves.push([givenFd(`fds[${i}]`, value), 3 + i])
+  );
   stdio.forEach((choice, target) =>
     planStdio(plan, choice, target, setUp, onFailure)
   );
-  fds.forEach((value, i) => plan.moves.push([fdOf(`fds[${i}]`, value), 3 + i]));
   const lib = libc();
   for (const move of plan.moves) {
     const copy = dupCloexec(move[0], plan.floor);
@@ -85,6 +96,14 @@ export function planFds(
   return plan;
 }
 
+function isKeyword(
+  choice: StdioChoice,
+): choice is "inherit" | "piped" | "null" | undefined {
+  return choice === undefined || choice === "inherit" || choice === "piped" ||
+    choice === "null";
+}
+
+/** Plans a `"null"` or `"piped"` stdio; endpoints are planned already. */
 function planStdio(
   plan: FdPlan,
   choice: StdioChoice,
@@ -92,7 +111,6 @@ function planStdio(
   setUp: DisposableStack,
   onFailure: DisposableStack,
 ): void {
-  if (choice === undefined || choice === "inherit") return;
   if (choice === "null") {
     plan.opens.push([target, target === 0 ? O.RDONLY : O.WRONLY]);
   } else if (choice === "piped") {
@@ -104,15 +122,19 @@ function planStdio(
       plan.parentEnds[target as 1 | 2] = onFailure.use(reader);
       plan.moves.push([setUp.use(writer).rawFd, target]);
     }
-  } else {
-    plan.moves.push([fdOf(STDIO_NAMES[target], choice), target]);
   }
 }
 
-function fdOf(what: string, value: HasFd | number): number {
+/** The fd of an endpoint or fd number given to spawn(), checked open. */
+function givenFd(what: string, value: HasFd | number): number {
   const fd = typeof value === "number" ? value : value?.rawFd;
   if (!Number.isInteger(fd) || fd < 0) {
     throw new TypeError(`Cannot spawn: ${what} is not an endpoint or an fd`);
+  }
+  if (libc().fcntl(fd, F.GETFD, 0) === -1) {
+    throw new Deno.errors.BadResource(
+      `Cannot spawn: ${what} is fd ${fd}, which is not open in this process`,
+    );
   }
   return fd;
 }

@@ -483,10 +483,18 @@ function statusOf(info: DataView): ChildStatus {
  * command, or `env` sets an `LD_*` or `DYLD_*` variable without
  * `--allow-run` for every command.
  * @throws {Deno.errors.NotFound} When the command or the cwd does not
- * exist; the message says which.
+ * exist, or the interpreter a script names on its `#!` line; the message
+ * says which.
  * @throws {Deno.errors.NotADirectory} When the cwd is not a directory.
+ * @throws {Deno.errors.PermissionDenied} When the command is not
+ * executable or is a directory.
+ * @throws {Deno.errors.BadResource} When an endpoint in `fds` or stdio is
+ * closed, or a raw fd there is not open.
+ * @throws {TypeError} When an option has the wrong type: `args` not an
+ * array of strings, an `env` value not a string, an fd that is neither an
+ * endpoint nor an fd number.
  *
- * @example Run a Deno child with a socket and a pipe as fd 3 and 4
+ * @example Run a Deno child with a pipe's write end as fd 3
  * ```ts ignore
  * import { pipe, spawn } from "@conduit/ipc";
  *
@@ -555,6 +563,14 @@ function checkGrace(killGrace: number | undefined): void {
 }
 
 function checkedArgs(args: readonly string[] = []): readonly string[] {
+  // A string is iterable too, and would run `echo h i`.
+  if (!Array.isArray(args)) {
+    throw new TypeError(
+      `Cannot spawn: args must be an array of strings, got ${
+        args === null ? "null" : typeof args
+      }`,
+    );
+  }
   for (const arg of args) {
     if (typeof arg !== "string") {
       throw new TypeError("Cannot spawn: every argument must be a string");

@@ -1,0 +1,133 @@
+import assert from "node:assert/strict";
+import { pipe, spawn, type SpawnOptions } from "../mod.ts";
+import { childPids, test } from "./_util.ts";
+
+/** Asserts that `spawn(command, options)` throws `Class` with `message`. */
+function refuses(
+  command: string,
+  options: SpawnOptions,
+  Class: new (...args: never[]) => Error,
+  message: string,
+): void {
+  assert.throws(
+    () => spawn(command, options),
+    (e: unknown) => {
+      assert.ok(e instanceof Class, `${e}`);
+      assert.equal((e as Error).message, message);
+      return true;
+    },
+  );
+}
+
+test(
+  "spawn() names what exec could not use: a script whose #! interpreter is missing (NotFound), a file that is not executable and a directory (PermissionDenied); no child is left",
+  () => {
+    const dir = Deno.makeTempDirSync({ prefix: "conduit-spawn-" });
+    try {
+      const orphan = `${dir}/orphan.sh`;
+      Deno.writeTextFileSync(orphan, "#!/nonexistent/interpreter\necho hi\n", {
+        mode: 0o755,
+      });
+      const plain = `${dir}/plain.sh`;
+      Deno.writeTextFileSync(plain, "#!/bin/sh\necho hi\n", { mode: 0o644 });
+      refuses(
+        orphan,
+        {},
+        Deno.errors.NotFound,
+        `Cannot spawn "${orphan}": it exists, but its interpreter does not (the program on its #! line, or the dynamic loader of a binary)`,
+      );
+      // By a relative path, the resolved path is named.
+      refuses(
+        "./orphan.sh",
+        { cwd: dir },
+        Deno.errors.NotFound,
+        `Cannot spawn "./orphan.sh": "${orphan}" exists, but its interpreter does not (the program on its #! line, or the dynamic loader of a binary)`,
+      );
+      refuses(
+        plain,
+        {},
+        Deno.errors.PermissionDenied,
+        `Cannot spawn "${plain}": it is not executable`,
+      );
+      refuses(
+        dir,
+        {},
+        Deno.errors.PermissionDenied,
+        `Cannot spawn "${dir}": it is a directory`,
+      );
+      // A file that is truly missing is still named as such.
+      refuses(
+        `${dir}/missing`,
+        {},
+        Deno.errors.NotFound,
+        `Cannot spawn "${dir}/missing": no such file "${dir}/missing"`,
+      );
+      assert.deepEqual(childPids(), []);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+  { read: true, write: true, run: true },
+);
+
+test(
+  "spawn() refuses args that are not an array and env values that are not strings with a TypeError naming them, and starts nothing",
+  () => {
+    // A string is iterable: unchecked, it would run `echo h i`.
+    refuses(
+      "echo",
+      { args: "hi" as unknown as string[] },
+      TypeError,
+      "Cannot spawn: args must be an array of strings, got string",
+    );
+    // String() would give the child A=1 and B=undefined.
+    refuses(
+      "true",
+      { env: { A: 1 } as unknown as Record<string, string> },
+      TypeError,
+      "Cannot spawn: the value of environment variable A must be a string, got number",
+    );
+    refuses(
+      "true",
+      { env: { B: undefined } as unknown as Record<string, string> },
+      TypeError,
+      "Cannot spawn: the value of environment variable B must be a string, got undefined",
+    );
+    assert.deepEqual(childPids(), []);
+  },
+  { read: true, run: true },
+);
+
+test(
+  "spawn() with a raw fd that is not open throws BadResource naming the option and the fd, and starts nothing, even where a copy or a new pipe would take that number",
+  () => {
+    // The lowest free fd number: the next fd made takes it.
+    const { reader, writer } = pipe();
+    const closed = reader.rawFd;
+    reader.close();
+    using _writer = writer;
+    // The copy of fds[0] made for the child would take the closed number,
+    // and fds[1] would then hand the child that copy.
+    refuses(
+      "true",
+      { fds: [writer, closed] },
+      Deno.errors.BadResource,
+      `Cannot spawn: fds[1] is fd ${closed}, which is not open in this process`,
+    );
+    // So would the pipe made for a "piped" stdout.
+    refuses(
+      "true",
+      { fds: [closed], stdout: "piped" },
+      Deno.errors.BadResource,
+      `Cannot spawn: fds[0] is fd ${closed}, which is not open in this process`,
+    );
+    refuses(
+      "true",
+      { stdout: { rawFd: closed } },
+      Deno.errors.BadResource,
+      `Cannot spawn: stdout is fd ${closed}, which is not open in this process`,
+    );
+    assert.deepEqual(childPids(), []);
+  },
+  { read: true, run: true },
+);
