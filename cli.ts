@@ -186,7 +186,7 @@ function parse<const T extends ParseArgsConfig>(
  * ```ts ignore
  * import { main } from "@conduit/ipc/cli";
  *
- * Deno.exit(await main(Deno.args));
+ * if (import.meta.main) Deno.exit(await main(Deno.args));
  * ```
  */
 export async function main(args: string[]): Promise<number> {
