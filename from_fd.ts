@@ -14,6 +14,7 @@
  */
 
 import { adoptFd, type Endpoint, isCloexec } from "./_adopt.ts";
+import { checkNumberOption } from "./_socket_options.ts";
 
 export type { Endpoint };
 
@@ -60,6 +61,7 @@ export interface FromFdOptions {
  * ```
  */
 export function fromFd(fd: number, options: FromFdOptions = {}): Endpoint {
+  checkNumberOption(fd, "fd", "adopt fd");
   if (!Number.isInteger(fd) || fd < 0) {
     throw new TypeError(`Cannot adopt fd: ${fd} is not a valid fd number`);
   }

@@ -45,6 +45,7 @@ import {
 } from "./socketpair.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { releaseFd } from "./_keys.ts";
+import { checkNumberOption } from "./_socket_options.ts";
 import {
   acceptClient,
   limits,
@@ -301,6 +302,7 @@ export async function connectOneShot<T>(
     );
   }
   const capacity = options.capacity ?? 64;
+  checkNumberOption(capacity, "capacity", "connect to server");
   if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1_000_000) {
     throw new RangeError(
       `Cannot connect to server: capacity must be an integer from 1 to 1000000, got ${capacity}`,

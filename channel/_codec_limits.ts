@@ -7,6 +7,7 @@
  */
 
 import { MAX_DEPTH } from "./_codec_tags.ts";
+import { checkNumberOption } from "../_socket_options.ts";
 
 /**
  * Limits on what decoding one received value may build. A few bytes on the
@@ -60,6 +61,7 @@ export function resolveLimits(
     const value = limits[key];
     if (value === undefined) continue;
     const most = key === "maxDepth" ? MAX_DEPTH : Number.MAX_SAFE_INTEGER;
+    checkNumberOption(value, `limits.${key}`, doing);
     if (!Number.isInteger(value) || value < 1 || value > most) {
       throw new RangeError(
         `Cannot ${doing}: limits.${key} must be an integer from 1 to ${most}, got ${value}`,

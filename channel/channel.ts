@@ -8,6 +8,7 @@
 import { OwnedFd } from "../ffi/fd.ts";
 import { closeAll } from "../_scm.ts";
 import { markSocket, seqpacketPair } from "../_channel_wire.ts";
+import { checkNumberOption } from "../_socket_options.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
 import { MAX_CAPACITY, MODE_BYTES, MODE_VALUE } from "./_connection.ts";
 import { Receiver } from "./receiver.ts";
@@ -38,6 +39,7 @@ const DEFAULT_CAPACITY = 64;
 
 function checkCapacity(value: number | undefined, doing: string): number {
   if (value === undefined) return DEFAULT_CAPACITY;
+  checkNumberOption(value, "capacity", doing);
   if (!Number.isInteger(value) || value < 1 || value > MAX_CAPACITY) {
     throw new RangeError(
       `Cannot ${doing}: capacity must be an integer from 1 to ${MAX_CAPACITY}, got ${value}`,

@@ -67,6 +67,7 @@ import { libc } from "../ffi/libc.ts";
 import { check } from "../ffi/errors.ts";
 import { checkSpin } from "../ffi/spin.ts";
 import { SOCK } from "../ffi/layout.ts";
+import { checkNumberOption } from "../_socket_options.ts";
 import { createMemfd, fileSize, sealedAgainstShrink } from "./_memfd.ts";
 import { mapShared, unmap } from "./_map.ts";
 import { doorbellProblem, peekHello, ROLE, sendHello } from "./_carrier.ts";
@@ -138,6 +139,7 @@ export type ShmQueue = [ShmSender, ShmReceiver] & Disposable;
 export function shmQueue(options: ShmQueueOptions = {}): ShmQueue {
   const bytes = options.bytes ?? DEFAULT_BYTES;
   const spin = checkSpin(options.spin, "Cannot create shmQueue");
+  checkNumberOption(bytes, "bytes", "create shmQueue");
   if (!Number.isInteger(bytes) || bytes < 1 || bytes > MAX_BYTES) {
     throw new RangeError(
       `Cannot create shmQueue: bytes must be an integer from 1 to ${MAX_BYTES}, got ${bytes}`,

@@ -20,6 +20,7 @@
 
 import { type PathAccess, requirePath } from "../_permissions.ts";
 import { inspectEndpoint } from "../_inspect.ts";
+import { checkNumberOption } from "../_socket_options.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
 import { O } from "../ffi/layout.ts";
@@ -100,6 +101,7 @@ function shmName(
 }
 
 function checkSize(size: number, action: string): void {
+  checkNumberOption(size, "size", `${action} SharedMemory`);
   if (!Number.isSafeInteger(size) || size <= 0) {
     throw new RangeError(
       `Cannot ${action} SharedMemory: size must be a positive integer, got ${size}`,

@@ -178,7 +178,6 @@ test(
         { maxElements: 1.5 },
         { maxBytes: NaN },
         { maxDepth: MAX_DEPTH + 1 },
-        { maxBytes: "1" as unknown as number },
       ]
     ) {
       assert.throws(
@@ -187,6 +186,11 @@ test(
         JSON.stringify(bad),
       );
     }
+    // A string is a type error (tests/option_types_test.ts).
+    assert.throws(
+      () => channel({ limits: { maxBytes: "1" as unknown as number } }),
+      TypeError,
+    );
     const [tx, rx] = channel({ limits: { maxDepth: 10 } });
     try {
       assert.deepEqual(rx.limits, { ...DEFAULT_LIMITS, maxDepth: 10 });
