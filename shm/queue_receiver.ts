@@ -111,7 +111,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
 
   /**
    * Shows the kind, carrier fd, state, ring size and largest message, as
-   * `ShmReceiver { fd: 9, state: "open", ringBytes: 65536, maxMessageBytes: 65528 }`.
+   * `ShmReceiver { fd: 9, state: "open", ringBytes: 65544, maxMessageBytes: 65536 }`.
    */
   [Symbol.for("Deno.customInspect")](
     inspect: (value: unknown, options?: unknown) => string,

@@ -121,7 +121,7 @@ export class ShmSender implements Disposable {
 
   /**
    * Shows the kind, carrier fd, state, ring size and largest message, as
-   * `ShmSender { fd: 9, state: "open", ringBytes: 65536, maxMessageBytes: 65528 }`.
+   * `ShmSender { fd: 9, state: "open", ringBytes: 65544, maxMessageBytes: 65536 }`.
    */
   [Symbol.for("Deno.customInspect")](
     inspect: (value: unknown, options?: unknown) => string,
