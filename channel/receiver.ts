@@ -68,6 +68,11 @@ function recvClosed(): ChannelClosedError {
  * receiver can change process any number of times. Messages that arrived
  * here but were not taken move with it.
  *
+ * What one message may be is set on the receiver, in two properties:
+ * `maxMessageBytes` (default 1 GiB) bounds its size, and `limits` (a
+ * {@linkcode DecodeLimits}) what decoding it may build. A message beyond
+ * them fails its `recv()` with `InvalidData` and drops its sender.
+ *
  * @typeParam T The message type.
  *
  * @example Iterate until the senders are gone

@@ -93,6 +93,9 @@ interface SenderState {
  * The receiving end of a NATS channel, from {@linkcode natsReceiver} or
  * {@linkcode natsChannel}.
  *
+ * Its `limits` property (a {@linkcode DecodeLimits}) bounds what decoding
+ * one value may build, as on a local channel's `Receiver`.
+ *
  * @typeParam T The message type.
  *
  * @example Iterate until every sender is closed
