@@ -534,27 +534,30 @@ export interface DuplexEnd extends Disposable {
   writer: PipeWriter;
 }
 
+/** The two sides of a {@linkcode duplex}; `using` closes all four ends. */
+export type Duplex = [DuplexEnd, DuplexEnd] & Disposable;
+
 /**
  * Two pipes in opposite directions: `a.writer` feeds `b.reader`, and
  * `b.writer` feeds `a.reader`. Hand one side to a child, keep the other.
  *
  * @param options Options for both pipes.
- * @returns The two sides.
+ * @returns The two sides; `using` closes both, as each side's own
+ * `[Symbol.dispose]` closes its ends.
  *
  * @example Talk both ways
  * ```ts
  * import { duplex } from "@conduit/ipc/pipe";
  *
- * const [a, b] = duplex();
+ * using pipes = duplex();
+ * const [a, b] = pipes;
  * await a.writer.write(new TextEncoder().encode("ping"));
  * const buf = new Uint8Array(16);
  * const n = await b.reader.read(buf);
  * console.log(new TextDecoder().decode(buf.subarray(0, n ?? 0))); // "ping"
- * a[Symbol.dispose]();
- * b[Symbol.dispose]();
  * ```
  */
-export function duplex(options: PipeOptions = {}): [DuplexEnd, DuplexEnd] {
+export function duplex(options: PipeOptions = {}): Duplex {
   const ab = pipe(options);
   let ba: Pipe;
   try {
@@ -571,5 +574,12 @@ export function duplex(options: PipeOptions = {}): [DuplexEnd, DuplexEnd] {
       writer.close();
     },
   });
-  return [side(ba.reader, ab.writer), side(ab.reader, ba.writer)];
+  const a = side(ba.reader, ab.writer);
+  const b = side(ab.reader, ba.writer);
+  return Object.assign([a, b] as [DuplexEnd, DuplexEnd], {
+    [Symbol.dispose]() {
+      a[Symbol.dispose]();
+      b[Symbol.dispose]();
+    },
+  });
 }

@@ -767,6 +767,17 @@ test("duplex() carries bytes both ways over two pipes", async () => {
   }
 });
 
+test("using duplex() closes both sides, as using pipe() or socketpair() closes theirs", () => {
+  let ends: (PipeReader | PipeWriter)[];
+  {
+    using pipes = duplex();
+    const [a, b] = pipes;
+    ends = [a.reader, a.writer, b.reader, b.writer];
+    assert.ok(ends.every((end) => !end.closed));
+  }
+  assert.ok(ends.every((end) => end.closed));
+});
+
 test("duplex() applies the capacity option to both pipes", () => {
   const [a, b] = duplex({ bytes: 8192 });
   try {
