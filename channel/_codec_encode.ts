@@ -251,9 +251,46 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   ) {
     throw cloneError(`a ${object.constructor.name}`);
   }
+  const refused = platformRefusal(object);
+  if (refused !== undefined) throw cloneError(refused);
   // Any other object (class instances included) clones as its own
   // enumerable properties, as structured clone does.
   writeProperties(e, object, depth);
+}
+
+/**
+ * Platform objects whose state is not in their own properties: sent as
+ * those, they would arrive as `{}`. Structured clone refuses the first
+ * ones; a Blob's bytes can only be read asynchronously, so it cannot go
+ * into a message encoded at `send()`.
+ */
+const PLATFORM_REFUSED: readonly [string, string][] = [
+  ["URL", ""],
+  ["URLSearchParams", ""],
+  ["Headers", ""],
+  ["Request", ""],
+  ["Response", ""],
+  ["ReadableStream", ""],
+  ["WritableStream", ""],
+  ["TransformStream", ""],
+  ["Blob", " (send await blob.bytes() instead)"],
+];
+
+/** Why `object` cannot travel, if it is one of {@linkcode PLATFORM_REFUSED}. */
+function platformRefusal(object: object): string | undefined {
+  // Only objects with a tag of their own can be platform objects; plain
+  // class instances say "[object Object]" and skip the lookups.
+  if (Object.prototype.toString.call(object) === "[object Object]") {
+    return undefined;
+  }
+  const scope = globalThis as Record<string, unknown>;
+  for (const [name, hint] of PLATFORM_REFUSED) {
+    const Class = scope[name];
+    if (typeof Class === "function" && object instanceof Class) {
+      return `a ${object.constructor?.name ?? name}${hint}`;
+    }
+  }
+  return undefined;
 }
 
 function writeArray(e: Encoder, array: unknown[], depth: number): void {

@@ -147,7 +147,8 @@ export class Sender<T> implements Disposable {
    * @throws {ChannelClosedError} When the receiver is closed (or refused
    * this sender).
    * @throws {DOMException} `DataCloneError` when the value holds something
-   * that cannot travel (a function, a symbol, a `WeakMap`, ...).
+   * that cannot travel (a function, a symbol, a `WeakMap`, a `URL`, a
+   * `Blob`, ...).
    *
    * @example Send endpoints along
    * ```ts

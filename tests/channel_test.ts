@@ -58,6 +58,41 @@ test(
 );
 
 test(
+  "channel() refuses platform objects that would arrive empty (URL, Headers, Request, streams, Blob) with a DataCloneError naming them; class instances still travel as their properties",
+  async () => {
+    using ch = channel<unknown>();
+    const [tx, rx] = ch;
+    for (
+      const [bad, named] of [
+        [new URL("http://example.com/"), "a URL"],
+        [new URLSearchParams("a=1"), "a URLSearchParams"],
+        [new Headers({ a: "1" }), "a Headers"],
+        [{ nested: new Request("http://example.com/") }, "a Request"],
+        [new ReadableStream(), "a ReadableStream"],
+        [new Blob(["x"]), "a Blob (send await blob.bytes() instead)"],
+        [new File(["x"], "f"), "a File (send await blob.bytes() instead)"],
+      ] as const
+    ) {
+      await assert.rejects(
+        tx.send(bad),
+        (e: unknown) =>
+          e instanceof DOMException && e.name === "DataCloneError" &&
+          e.message === `Cannot send on channel: ${named} could not be cloned`,
+      );
+    }
+    assert.equal(rx.tryRecv(), undefined, "nothing was sent");
+    class Point {
+      constructor(public x: number) {}
+      get [Symbol.toStringTag](): string {
+        return "Point";
+      }
+    }
+    await tx.send(new Point(3));
+    assert.deepEqual(await rx.recv(), { x: 3 });
+  },
+);
+
+test(
   "typed arrays travel beside the header; a subarray arrives without the rest of its buffer",
   async () => {
     using ch = channel<{ part: Uint8Array; whole: Float64Array }>();
