@@ -150,8 +150,10 @@ function writeValue(e: Encoder, v: unknown, depth: number): void {
       return;
     case "symbol":
       throw cloneError("a symbol");
-    case "function":
-      throw cloneError(`function ${(v as { name?: string }).name || ""}`);
+    case "function": {
+      const name = (v as { name?: string }).name;
+      throw cloneError(name ? `function ${name}` : "a function");
+    }
   }
   if (v === null) e.out.u8(TAG.NULL);
   else writeObject(e, v as object, depth);

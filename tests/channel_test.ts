@@ -47,6 +47,12 @@ test(
           e instanceof DOMException && e.name === "DataCloneError",
       );
     }
+    await assert.rejects(tx.send(() => 1), {
+      message: "Cannot send on channel: a function could not be cloned",
+    });
+    await assert.rejects(tx.send({ f: function named() {} }), {
+      message: "Cannot send on channel: function named could not be cloned",
+    });
     const deep: Record<string, unknown> = {};
     let at = deep;
     for (let i = 0; i < 2000; i++) {
