@@ -25,7 +25,7 @@ for (const wake of ["aio", "ffi"]) {
         { CONDUIT_IPC_WAKE: wake },
       );
       assert.equal(run.code, 0, run.stdout + run.stderr);
-      assert.match(run.stdout, /4 passed/);
+      assert.match(run.stdout, /5 passed/);
     },
     { read: true, run: true, env: true },
   );
