@@ -283,6 +283,8 @@ export class ChildProcess implements AsyncDisposable {
    * piped stdin first, so a child that reads it to the end can finish.
    *
    * @returns The status with everything read from the piped streams.
+   * @throws {TypeError} When a piped stdout or stderr was read already (by
+   * an earlier `output()`, or through {@linkcode stdout}) or is being read.
    *
    * @example Run a command and collect what it printed
    * ```ts
@@ -298,6 +300,20 @@ export class ChildProcess implements AsyncDisposable {
    * ```
    */
   async output(): Promise<ChildOutput> {
+    for (
+      const [name, reader] of [["stdout", this.#stdout], [
+        "stderr",
+        this.#stderr,
+      ]] as const
+    ) {
+      // Read to its end (which closes it), or being read: what output()
+      // would return is gone, as Deno.ChildProcess says too.
+      if (reader !== null && (reader.closed || reader.readable.locked)) {
+        throw new TypeError(
+          `Cannot collect output: '${name}' was read already or is being read`,
+        );
+      }
+    }
     const collect = async (reader: PipeReader | null) =>
       reader === null
         ? new Uint8Array(0)

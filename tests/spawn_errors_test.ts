@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { pipe, spawn, type SpawnOptions } from "../mod.ts";
-import { childPids, test } from "./_util.ts";
+import { childPids, test, withTimeout } from "./_util.ts";
 
 /** Asserts that `spawn(command, options)` throws `Class` with `message`. */
 function refuses(
@@ -128,6 +128,29 @@ test(
       `Cannot spawn: stdout is fd ${closed}, which is not open in this process`,
     );
     assert.deepEqual(childPids(), []);
+  },
+  { read: true, run: true },
+);
+
+test(
+  "output() of a child whose piped stdout was read already, by output() or through stdout, rejects with a TypeError saying so",
+  async () => {
+    const twice = spawn("sh", { args: ["-c", "echo once"], stdout: "piped" });
+    const first = await withTimeout(twice.output(), 10_000, "first output()");
+    assert.equal(new TextDecoder().decode(first.stdout), "once\n");
+    await assert.rejects(twice.output(), {
+      name: "TypeError",
+      message:
+        "Cannot collect output: 'stdout' was read already or is being read",
+    });
+    const read = spawn("sh", { args: ["-c", "echo hi >&2"], stderr: "piped" });
+    assert.equal(await new Response(read.stderr).text(), "hi\n");
+    await assert.rejects(read.output(), {
+      name: "TypeError",
+      message:
+        "Cannot collect output: 'stderr' was read already or is being read",
+    });
+    await withTimeout(read.status, 10_000, "status");
   },
   { read: true, run: true },
 );
