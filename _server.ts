@@ -8,9 +8,10 @@
 
 import { libc } from "./ffi/libc.ts";
 import { OwnedFd } from "./ffi/fd.ts";
+import { closedError } from "./ffi/errors.ts";
 import { type DecodeLimits, Receiver } from "./channel.ts";
 import { resolveLimits } from "./channel/_codec_limits.ts";
-import { listen, type UnixListener } from "./socketpair.ts";
+import { listen, type UnixListener, type UnixSocket } from "./socketpair.ts";
 import { randomName } from "./_unix_addr.ts";
 import { releaseFd } from "./_keys.ts";
 
@@ -107,13 +108,23 @@ export function limits(
  * message.
  */
 export async function acceptClient<T>(
+  server: string,
   listener: UnixListener,
   signal: AbortSignal,
   allowUid: (uid: number) => boolean,
   decodeLimits: DecodeLimits,
 ): Promise<Receiver<T>> {
   for (;;) {
-    const conn = await listener.accept({ signal });
+    let conn: UnixSocket;
+    try {
+      conn = await listener.accept({ signal });
+    } catch (error) {
+      // The listener is the server's own: a closed one is the server.
+      if (error instanceof Deno.errors.BadResource && listener.closed) {
+        throw closedError(server);
+      }
+      throw error;
+    }
     try {
       if (!allowUid(conn.peerCredentials().uid)) {
         conn.close();
@@ -147,12 +158,20 @@ export function listenOnRandomName(options: ServerOptions): {
   decodeLimits: DecodeLimits;
 } {
   const decodeLimits = resolveLimits(options.limits, "create server");
+  const allowUid = options.allowUid;
+  if (allowUid !== undefined && typeof allowUid !== "function") {
+    throw new TypeError(
+      `Cannot create server: allowUid must be a function of a uid, got ${
+        allowUid === null ? "null" : typeof allowUid
+      }`,
+    );
+  }
   const name = serverName();
   const listener = listen({ abstract: name, type: "seqpacket" });
   return {
     name,
     listener,
-    allow: options.allowUid ?? sameUser(),
+    allow: allowUid ?? sameUser(),
     decodeLimits,
   };
 }

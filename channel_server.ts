@@ -115,6 +115,7 @@ export class ChannelServer<T>
     try {
       signal.throwIfAborted();
       return await acceptClient<T>(
+        "ChannelServer",
         this.#listener,
         signal,
         this.#allow,

@@ -213,6 +213,7 @@ export class OneShotServer<T> implements Disposable {
       ));
       signal.throwIfAborted();
       const rx = await acceptClient<T>(
+        "OneShotServer",
         listener,
         signal,
         this.#allow,

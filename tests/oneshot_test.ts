@@ -425,3 +425,40 @@ test(
   },
   { ffi: true },
 );
+
+test(
+  "a closed server names itself, not its listener, in the BadResource of a pending or later accept",
+  async () => {
+    const many = new ChannelServer();
+    const pending = many.accept();
+    many.close();
+    const closed = {
+      name: "BadResource",
+      message: "Cannot use ChannelServer: it is closed",
+    };
+    await assert.rejects(pending, closed);
+    await assert.rejects(many.accept(), closed);
+    const one = new OneShotServer();
+    one.close();
+    await assert.rejects(one.accept(), {
+      name: "BadResource",
+      message: "Cannot use OneShotServer: it is closed",
+    });
+  },
+);
+
+test(
+  "a server's allowUid that is not a function is a TypeError at construction, not at the first client",
+  () => {
+    for (const Server of [OneShotServer, ChannelServer]) {
+      assert.throws(
+        () => new Server({ allowUid: 0 as unknown as () => boolean }),
+        {
+          name: "TypeError",
+          message:
+            "Cannot create server: allowUid must be a function of a uid, got number",
+        },
+      );
+    }
+  },
+);
