@@ -497,6 +497,13 @@ function pipeBytes(options: PipeOptions): number | undefined {
  * ```
  */
 export function pipe(options: PipeOptions = {}): Pipe {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Cannot create pipe: options must be an object, got ${
+        options === null ? "null" : typeof options
+      }`,
+    );
+  }
   const bytes = pipeBytes(options);
   const spin = checkSpin(options.spin, "Cannot create pipe");
   const lib = libc();

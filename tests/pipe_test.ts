@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { duplex, pipe, PipeReader, PipeWriter } from "../pipe.ts";
+import {
+  duplex,
+  pipe,
+  type PipeOptions,
+  PipeReader,
+  PipeWriter,
+} from "../pipe.ts";
 import { spawn } from "../spawn.ts";
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
@@ -343,6 +349,18 @@ test("pipe() rejects a size that is not a positive integer with RangeError, unde
         `${name} ${bytes}`,
       );
     }
+  }
+});
+
+test("pipe() rejects options that are not an object with a TypeError saying so", () => {
+  for (const options of [null, 5, "x"]) {
+    assert.throws(
+      () => pipe(options as unknown as PipeOptions),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        /Cannot create pipe: options must be an object/.test(error.message),
+      String(options),
+    );
   }
 });
 
