@@ -19,6 +19,7 @@
  * the pipe) cannot be taken back: its promise rejects with the reason at
  * once, and the host keeps the rest ({@linkcode QueueHost.abandon}), which
  * still goes out ahead of later calls, so a byte stream is never torn.
+ * {@linkcode CallQueue.cancel} gives up every queued call that way at once.
  *
  * @module
  */
@@ -35,6 +36,11 @@ export interface QueuedCall<T> {
   signal?: AbortSignal;
   /** Set by the queue while it listens to `signal`. */
   onAbort?: () => void;
+  /**
+   * How a flush waits while this call is at the head when the wait starts
+   * (a call's own `spin` option); the queue's own spinner when absent.
+   */
+  spinner?: Spinner;
 }
 
 /** What an endpoint tells its queue. */
@@ -201,6 +207,40 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
     for (const job of this.#jobs.splice(0)) this.#fail(job, error);
   }
 
+  /**
+   * Gives up every queued call without trying it again: each rejects with
+   * `error` and nothing more of it goes, except a call partly gone out,
+   * which is given up as an aborted one is (its caller hears now, the rest
+   * still goes). Called while the host advances (from a settle), it takes
+   * effect right after.
+   */
+  cancel(error: unknown): void {
+    if (this.#advancing) {
+      queueMicrotask(() => this.cancel(error));
+      return;
+    }
+    const jobs = this.#jobs;
+    if (jobs.length === 0) return;
+    // Only the head can have started: it alone may stay in line.
+    const head = jobs[0];
+    const rest = jobs.splice(this.#host.started?.(head) ? 1 : 0);
+    if (rest[0] !== head) this.#giveUp(head, error);
+    for (const job of rest) this.#fail(job, error);
+    this.#parked?.abort(LOOK_AGAIN);
+  }
+
+  /**
+   * Moves the queued calls on now, without waiting, as a flush would (a
+   * waiting flush is told to look again). Whether none is left.
+   */
+  tryNow(): boolean {
+    if (this.#jobs.length === 0) return true;
+    const head = this.#jobs[0];
+    const done = this.#advance();
+    if (this.#jobs[0] !== head) this.#parked?.abort(LOOK_AGAIN);
+    return done;
+  }
+
   #flush(): void {
     if (this.#flushing || this.#jobs.length === 0) return;
     this.#flushing = true;
@@ -211,7 +251,11 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
     const jobs = this.#jobs;
     while (jobs.length > 0) {
       try {
-        await untilReady(this.#attempt, this.#park, this.#spinner);
+        await untilReady(
+          this.#attempt,
+          this.#park,
+          jobs[0].spinner ?? this.#spinner,
+        );
       } catch (error) {
         // A blocking call finished the queue meanwhile, or the call parked
         // for was given up: look again.
@@ -244,10 +288,17 @@ export class CallQueue<J extends QueuedCall<T>, T = void> {
       queueMicrotask(() => this.#abort(job));
       return;
     }
+    this.#giveUp(job, job.signal!.reason);
+  }
+
+  /**
+   * Gives up `job` with `reason`: out of the queue if it has not started,
+   * else it stays in line to finish and only its caller hears now.
+   */
+  #giveUp(job: J, reason: unknown): void {
     const jobs = this.#jobs;
     const at = jobs.indexOf(job);
     if (at === -1) return; // settled meanwhile
-    const reason = job.signal!.reason;
     if (this.#host.started?.(job)) {
       try {
         this.#host.abandon?.(job);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { CallQueue, type QueuedCall, type QueueHost } from "../_call_queue.ts";
 import { Spinner } from "../ffi/spin.ts";
-import { withTimeout } from "./_util.ts";
+import { until, withTimeout } from "./_util.ts";
 
 interface Job extends QueuedCall<string> {
   name: string;
@@ -332,6 +332,122 @@ Deno.test("CallQueue: a settled call no longer listens to its signal", async () 
   // throw from a stale listener).
   controller.abort(new Error("late"));
   const b = q.push({ name: "b" });
+  assert.equal(await withTimeout(b, 5000, "b"), "b done");
+  assert.deepEqual(host.sent, ["a", "b"]);
+});
+
+/** A spinner that never spins and counts how often a flush asked it. */
+class CountingSpinner extends Spinner {
+  asked = 0;
+  constructor() {
+    super(0);
+  }
+  override spin<T>(attempt: () => T | undefined): T | undefined {
+    this.asked++;
+    return super.spin(attempt);
+  }
+}
+
+Deno.test("CallQueue: a flush waits with the head's own spinner, else with the queue's", async () => {
+  const host = new FakeHost();
+  const own = new CountingSpinner();
+  const mine = new CountingSpinner();
+  const q = new CallQueue<Job, string>(host, own);
+  const a = q.push({ name: "a", spinner: mine });
+  await settle();
+  assert.equal(host.parks, 1);
+  assert.equal(mine.asked, 1, "the head's spinner before its park");
+  assert.equal(own.asked, 0);
+  host.open(1);
+  assert.equal(await withTimeout(a, 5000, "a"), "a done");
+  const b = q.push({ name: "b" });
+  await settle();
+  assert.equal(host.parks, 2);
+  assert.equal(own.asked, 1, "no spinner of its own: the queue's");
+  assert.equal(mine.asked, 1);
+  host.open(1);
+  assert.equal(await withTimeout(b, 5000, "b"), "b done");
+});
+
+Deno.test("CallQueue: cancel() rejects every queued call without trying it again, and a parked flush looks again", async () => {
+  const host = new FakeHost();
+  const q = queue(host);
+  const controller = new AbortController();
+  const a = q.push({ name: "a", signal: controller.signal });
+  const b = q.push({ name: "b" });
+  await settle();
+  assert.equal(host.parks, 1);
+  const tried = host.advances.length;
+  host.room = 5;
+  q.cancel(new Error("closed"));
+  assert.equal(q.length, 0);
+  await assert.rejects(a, /^Error: a: closed$/);
+  await assert.rejects(b, /^Error: b: closed$/);
+  assert.equal(host.advances.length, tried, "cancel() sends nothing");
+  assert.deepEqual(host.sent, []);
+  // The parked flush stopped: a new call gets a flush of its own.
+  const c = q.push({ name: "c" });
+  assert.equal(await withTimeout(c, 5000, "c"), "c done");
+  assert.deepEqual(host.sent, ["c"]);
+});
+
+Deno.test("CallQueue: cancel() keeps a started head in line to finish; its caller hears at once", async () => {
+  const host = new FakeHost();
+  const q = queue(host);
+  host.partlyOut.add("a");
+  const a = q.push({ name: "a" });
+  const b = q.push({ name: "b" });
+  await settle();
+  const reason = new Error("closed");
+  q.cancel(reason);
+  await assert.rejects(a, (error) => error === reason);
+  await assert.rejects(b, /^Error: b: closed$/);
+  assert.deepEqual(host.abandoned, ["a"]);
+  assert.equal(q.length, 1, "a stays to finish");
+  host.open(1);
+  await until(() => q.length === 0, 5000, "a to finish");
+  assert.deepEqual(host.sent, ["a"]);
+});
+
+Deno.test("CallQueue: cancel() from inside an advance takes effect right after it", async () => {
+  const host = new FakeHost();
+  host.room = 1;
+  const q = queue(host);
+  const original = host.advance.bind(host);
+  host.advance = (jobs) => {
+    // As a host that learns while sending that its endpoint is over.
+    const sent = original(jobs);
+    if (jobs[0].name === "a") q.cancel(new Error("closed"));
+    return sent;
+  };
+  const a = q.push({ name: "a" });
+  const b = q.push({ name: "b" });
+  // a went out before the cancel: it is done, not cancelled.
+  assert.equal(await withTimeout(a, 5000, "a"), "a done");
+  await assert.rejects(withTimeout(b, 5000, "b"), /^Error: b: closed$/);
+  assert.deepEqual(host.sent, ["a"]);
+  assert.equal(q.length, 0);
+});
+
+Deno.test("CallQueue: tryNow() moves the queue on at once and the parked flush looks again", async () => {
+  const host = new FakeHost();
+  host.batch = 5;
+  const q = queue(host);
+  assert.equal(q.tryNow(), true, "nothing queued");
+  const a = q.push({ name: "a" });
+  const b = q.push({ name: "b" });
+  await settle();
+  assert.equal(host.parks, 1);
+  assert.equal(q.tryNow(), false, "no room yet");
+  host.room = 1;
+  assert.equal(q.tryNow(), false, "room for a only");
+  assert.deepEqual(host.sent, ["a"]);
+  assert.equal(await a, "a done");
+  // The flush parked for a now parks for b.
+  await settle();
+  assert.equal(host.parks, 2);
+  host.room = 1;
+  assert.equal(q.tryNow(), true);
   assert.equal(await withTimeout(b, 5000, "b"), "b done");
   assert.deepEqual(host.sent, ["a", "b"]);
 });
