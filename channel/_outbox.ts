@@ -2,8 +2,8 @@
  * The delivery of a sender's frames: credit-based flow control (a credit
  * per message the receiver has room for, given back by its
  * acknowledgements), the batch that gathers the sends of one turn, and the
- * queue of sends that wait for credit or room, sent by a pump that spins
- * and then parks.
+ * sends that wait for credit or room, queued in the module's one send queue
+ * ({@linkcode CallQueue}), which spins and then parks.
  *
  * @module
  */
@@ -11,12 +11,8 @@
 import { ChannelClosedError, invalid } from "../_channel_error.ts";
 import type { OwnedFd } from "../ffi/fd.ts";
 import { ERRNO, type SystemError } from "../ffi/errors.ts";
-import {
-  cancelBeforeSpin,
-  runBeforeSpin,
-  Spinner,
-  untilReady,
-} from "../ffi/spin.ts";
+import { cancelBeforeSpin, runBeforeSpin, Spinner } from "../ffi/spin.ts";
+import { CallQueue, type QueuedCall, type QueueHost } from "../_call_queue.ts";
 import { closeAll, receiveMessage } from "../_scm.ts";
 import {
   FRAME,
@@ -54,22 +50,25 @@ function refused(why: number): ChannelClosedError {
   );
 }
 
-/** A send that waits for its frame to leave. */
-interface SendWaiter {
-  resolve(): void;
-  reject(error: unknown): void;
+/**
+ * An entry of the send queue: a send that waits for credit or room, or,
+ * with no frame, the batch itself when it waits for room with no send
+ * queued (its sends resolved already).
+ */
+interface Outbound extends QueuedCall<void> {
+  frame: Frame | undefined;
+  signal: AbortSignal | undefined;
   /** The spin this send asked for, if any. */
-  spinner?: Spinner;
+  spinner: Spinner | undefined;
+  /** Why the packet it went in failed, if it did: `done()` throws it. */
+  error: unknown;
 }
 
-/** A frame that waits for credit or room, and its send. */
-interface Outbound {
-  frame: Frame;
-  waiter: SendWaiter;
-}
+/** Where sending the batch stopped: all out, no room, or failed. */
+type BatchState = "done" | "write" | "failed";
 
-/** Where sending stopped: all out, no credit, no room, or failed. */
-type DrainState = "done" | "credit" | "write" | "failed";
+/** What the batch's own queue entry settles with: nobody waits for it. */
+function ignore(): void {}
 
 /** What one sender has on its way to the receiver, and its credits. */
 export class Outbox {
@@ -86,20 +85,21 @@ export class Outbox {
   #batchEnd = HEADER;
   #accepted = 0;
   /** Sends that wait for credit or room, in order. */
-  #queue: Outbound[] = [];
+  #queue: CallQueue<Outbound, void>;
+  /** Sends in `#queue` (the batch's own entry not counted). */
+  #waiting = 0;
+  /** What the queue waits for: acks (`"read"`) or room (`"write"`). */
+  #blocked: "read" | "write" = "write";
   /** A burst of sends is under way: later sends of the turn are gathered. */
   #burst = false;
   /** The ticker's count at this sender's last send of the burst. */
   #lastSend = 0;
-  #pumping = false;
-  #stopPump: AbortController | undefined;
   /** Why every later send fails (the receiver went away under a batch). */
   #failed: unknown = undefined;
-  #spinner = new Spinner();
   /** Sends resolved without waiting since the last turn. */
   #slice = new TurnSlice();
   #ackBuf = new Uint8Array(new ArrayBuffer(64));
-  /** Runs when the pump stops with nothing left to send. */
+  /** Runs when the queue is left with nothing to send. */
   #idle: () => void;
 
   constructor(fd: OwnedFd, capacity: number, idle: () => void) {
@@ -107,16 +107,18 @@ export class Outbox {
     this.#capacity = capacity;
     this.#credits = capacity;
     this.#idle = idle;
+    const host: QueueHost<Outbound, void> = {
+      advance: (jobs) => this.#advance(jobs),
+      park: (_head, signal) => this.#park(signal),
+      done: (job) => this.#done(job),
+      failed: (job, error) => this.#failedEntry(job, error),
+    };
+    this.#queue = new CallQueue(host, new Spinner());
   }
 
   /** Why every later send fails, once the channel is over for the sender. */
   get failed(): unknown {
     return this.#failed;
-  }
-
-  /** Whether the pump runs. */
-  get pumping(): boolean {
-    return this.#pumping;
   }
 
   /**
@@ -128,7 +130,7 @@ export class Outbox {
     signal: AbortSignal | undefined,
     spinner: Spinner | undefined,
   ): Promise<void> {
-    if (this.#queue.length === 0) {
+    if (this.#waiting === 0) {
       // Nothing waits for room: the frame goes now, or joins the batch.
       try {
         if (this.#sendNow(frame)) return this.#resolved();
@@ -142,25 +144,23 @@ export class Outbox {
 
   /**
    * The sender closes: queued sends reject with `error`, the batch goes
-   * (through the pump if it must wait).
+   * (through the queue if it must wait).
    */
   close(error: unknown): void {
-    for (const out of this.#queue.splice(0)) {
-      out.frame.abandon();
-      out.waiter.reject(error);
-    }
+    this.#queue.cancel(error);
     this.#flushBatch();
-    if (!this.pending()) this.#stopPump?.abort();
   }
 
   /** Sends the batch if it can, without waiting (before giving up the fd). */
   drainNow(): void {
-    if (this.#accepted > 0) this.#drain();
+    if (this.#accepted === 0) return;
+    if (this.#queue.length === 0) this.#flushBatch();
+    else this.#queue.tryNow();
   }
 
   /** Whether anything waits to go out. */
   pending(): boolean {
-    return this.#accepted > 0 || this.#queue.length > 0;
+    return this.#accepted > 0 || this.#waiting > 0;
   }
 
   /** A resolved send; after a slice of sends without waiting, a turn first. */
@@ -183,20 +183,22 @@ export class Outbox {
     }
     if (!batchable(frame)) {
       // Fds and memfds travel alone, after what was gathered before them.
-      if (this.#accepted > 0 && this.#drainOrThrow() !== "done") return false;
+      if (this.#accepted > 0 && this.#sendBatchOrThrow() !== "done") {
+        return false;
+      }
       return this.#trySend(frame);
     }
     const bytes = RECORD_PREFIX + frame.size;
     if (this.#accepted > 0 && this.#batchEnd + bytes > INLINE_MAX) {
       // The batch is full: it goes now, this frame starts the next one.
-      if (this.#drainOrThrow() !== "done") return false;
+      if (this.#sendBatchOrThrow() !== "done") return false;
     }
     if (this.#credits === this.#accepted) {
       this.#takeAcks();
       if (this.#credits === this.#accepted) {
         // Out of credit: what was gathered goes now, so that the receiver
         // can take it and acknowledge.
-        if (this.#accepted > 0) this.#drainOrThrow();
+        if (this.#accepted > 0) this.#sendBatchOrThrow();
         return false;
       }
     }
@@ -256,83 +258,31 @@ export class Outbox {
     return true;
   };
 
-  /** Sends what resolved sends left behind; waits in the pump if full. */
+  /**
+   * Sends what resolved sends left behind; if the socket is full, the queue
+   * sends it once there is room (ahead of any send queued).
+   */
   #flushBatch = (): void => {
     if (this.#accepted === 0) return;
-    const state = this.#drain();
-    if (state === "credit" || state === "write") this.#pump();
+    const state = this.#sendBatch();
+    if (state === "failed") this.#queue.cancel(this.#failed);
+    else if (state === "write" && this.#queue.length === 0) this.#queueBatch();
   };
 
-  #drainOrThrow(): DrainState {
-    const state = this.#drain();
-    if (state === "failed") throw this.#failed;
+  #sendBatchOrThrow(): BatchState {
+    const state = this.#sendBatch();
+    if (state === "failed") {
+      this.#queue.cancel(this.#failed);
+      throw this.#failed;
+    }
     return state;
   }
 
   /**
-   * Sends the batch, then queued frames, as many per packet as fit, until
-   * everything is out or the credits or the socket run out. Never throws:
-   * a failure that ends the channel fails every queued send and later ones.
+   * Sends the gathered batch (its credits are held). A failure ends the
+   * channel for this sender.
    */
-  #drain(): DrainState {
-    if (this.#accepted > 0) {
-      const state = this.#sendBatch();
-      if (state !== "done") return state;
-    }
-    while (this.#queue.length > 0) {
-      if (this.#credits === 0) {
-        try {
-          this.#takeAcks();
-        } catch (error) {
-          this.#fail(error);
-          return "failed";
-        }
-        if (this.#credits === 0) return "credit";
-      }
-      const n = this.#batchLength();
-      let parts: Uint8Array[];
-      let fds: number[] = [];
-      if (n === 1) {
-        const { frame } = this.#queue[0];
-        parts = partsOf(frame);
-        fds = frame.fds;
-      } else {
-        parts = [header(FRAME.BATCH, n)];
-        for (let i = 0; i < n; i++) {
-          const { frame } = this.#queue[i];
-          const length = new Uint8Array(RECORD_PREFIX);
-          putU32(length, 0, frame.size);
-          parts.push(length, ...partsOf(frame));
-        }
-      }
-      let sent: boolean;
-      try {
-        sent = sendFrame(this.#fd.fd, parts, fds);
-      } catch (error) {
-        if (isGone(error)) {
-          this.#fail(error);
-          return "failed";
-        }
-        // Only this packet fails (too many fds in flight, ...).
-        const reason = this.#sendError(error);
-        for (const out of this.#queue.splice(0, n)) {
-          out.frame.abandon();
-          out.waiter.reject(reason);
-        }
-        continue;
-      }
-      if (!sent) return "write";
-      this.#credits -= n;
-      for (const out of this.#queue.splice(0, n)) {
-        out.frame.sent();
-        out.waiter.resolve();
-      }
-    }
-    return "done";
-  }
-
-  /** Sends the gathered batch (its credits are held). */
-  #sendBatch(): DrainState {
+  #sendBatch(): BatchState {
     const batch = this.#batch!;
     const n = this.#accepted;
     let sent: boolean;
@@ -349,8 +299,7 @@ export class Outbox {
       }
     } catch (error) {
       // Sends that resolved are lost: every later send says why.
-      this.#dropBatch();
-      this.#fail(error);
+      this.#end(error);
       return "failed";
     }
     if (!sent) return "write";
@@ -365,34 +314,32 @@ export class Outbox {
     cancelBeforeSpin(this.#flushBatch);
   }
 
-  /** How many frames from the head of the queue go in the next packet. */
-  #batchLength(): number {
-    const queue = this.#queue;
-    if (!batchable(queue[0].frame)) return 1;
-    let n = 0;
-    let bytes = HEADER;
-    while (n < queue.length && n < this.#credits) {
-      const { frame } = queue[n];
-      if (!batchable(frame)) break;
-      bytes += RECORD_PREFIX + frame.size;
-      if (n > 0 && bytes > INLINE_MAX) break;
-      n++;
-    }
-    return n;
+  /** The batch waits for room with nothing queued: it gets an entry. */
+  #queueBatch(): void {
+    this.#queue.push({
+      frame: undefined,
+      signal: undefined,
+      spinner: undefined,
+      error: undefined,
+      resolve: undefined,
+      reject: undefined,
+      onAbort: undefined,
+    }).then(undefined, ignore);
   }
 
-  /** The channel is over for this sender: every queued send fails. */
-  #fail(error: unknown): void {
+  /**
+   * The channel is over for this sender: the batch is dropped, and this
+   * and every later send fail with the reason returned. (Sends still
+   * queued fail as the queue reaches them, or by `cancel`.)
+   */
+  #end(error: unknown): unknown {
     const reason = this.#sendError(error);
     this.#failed = reason;
     this.#dropBatch();
-    for (const out of this.#queue.splice(0)) {
-      out.frame.abandon();
-      out.waiter.reject(reason);
-    }
+    return reason;
   }
 
-  /** Queues a send that waits for credit or room; the pump sends it. */
+  /** Queues a send that waits for credit or room. */
   #enqueue(
     frame: Frame,
     signal: AbortSignal | undefined,
@@ -406,76 +353,140 @@ export class Outbox {
       );
       frame.owned = frame.body.length;
     }
-    const { promise, resolve, reject } = Promise.withResolvers<void>();
-    const out: Outbound = { frame, waiter: { resolve, reject, spinner } };
-    if (signal !== undefined) {
-      const onAbort = () => {
-        const at = this.#queue.indexOf(out);
-        if (at === -1) return;
-        this.#queue.splice(at, 1);
-        frame.abandon();
-        reject(signal.reason);
-        if (!this.pending()) this.#stopPump?.abort();
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      const done = () => signal.removeEventListener("abort", onAbort);
-      out.waiter = {
-        resolve() {
-          done();
-          resolve();
-        },
-        reject(error) {
-          done();
-          reject(error);
-        },
-        spinner,
-      };
-    }
-    this.#queue.push(out);
-    this.#pump();
-    return promise;
+    this.#waiting++;
+    return this.#queue.push({
+      frame,
+      signal,
+      spinner,
+      error: undefined,
+      resolve: undefined,
+      reject: undefined,
+      onAbort: undefined,
+    });
   }
 
   /**
-   * Sends the queue as credit and room come, spinning and then parking
-   * between attempts. One pump per sender.
+   * The queue's advance: sends the batch first, then queued frames, as many
+   * per packet as credits and `INLINE_MAX` allow. How many entries are
+   * done, 0 when out of credit or room. A packet that fails fails its own
+   * sends (through `error`); a receiver gone fails this and every later
+   * send (a throw, for each entry the queue reaches).
    */
-  async #pump(): Promise<void> {
-    if (this.#pumping) return;
-    this.#pumping = true;
-    const stop = new AbortController();
-    this.#stopPump = stop;
-    let state: DrainState = "done";
-    const spinner = this.#queue[0]?.waiter.spinner ?? this.#spinner;
-    try {
-      // Sends queued while the last attempt's result was on its way to
-      // here are picked up by the next round.
-      while (this.pending() && !stop.signal.aborted) {
-        await untilReady(
-          () => {
-            state = this.#drain();
-            return state === "credit" || state === "write" ? undefined : true;
-          },
-          async () => {
-            await this.#fd.wait(
-              state === "credit" ? "read" : "write",
-              stop.signal,
-            );
-            this.#slice.waited();
-          },
-          spinner,
-        );
+  #advance(jobs: readonly Outbound[]): number {
+    if (this.#failed !== undefined) throw this.#failed;
+    if (this.#accepted > 0) {
+      const state = this.#sendBatch();
+      if (state === "failed") throw this.#failed;
+      if (state === "write") {
+        this.#blocked = "write";
+        return 0;
       }
-    } catch (error) {
-      // Given up on purpose (nothing left to send), or the fd was closed.
-      if (!stop.signal.aborted) this.#fail(error);
-    } finally {
-      this.#pumping = false;
-      this.#stopPump = undefined;
-      // A send queued after the pump was told to stop still needs one.
-      if (this.pending()) this.#pump();
-      else this.#idle();
     }
+    // The batch's own entry: the batch is out.
+    if (jobs[0].frame === undefined) return 1;
+    if (this.#credits === 0) {
+      try {
+        this.#takeAcks();
+      } catch (error) {
+        throw this.#end(error);
+      }
+      if (this.#credits === 0) {
+        this.#blocked = "read";
+        return 0;
+      }
+    }
+    const n = this.#batchLength(jobs);
+    let parts: Uint8Array[];
+    let fds: number[] = [];
+    if (n === 1) {
+      const frame = jobs[0].frame;
+      parts = partsOf(frame);
+      fds = frame.fds;
+    } else {
+      parts = [header(FRAME.BATCH, n)];
+      for (let i = 0; i < n; i++) {
+        const frame = jobs[i].frame!;
+        const length = new Uint8Array(RECORD_PREFIX);
+        putU32(length, 0, frame.size);
+        parts.push(length, ...partsOf(frame));
+      }
+    }
+    let sent: boolean;
+    try {
+      sent = sendFrame(this.#fd.fd, parts, fds);
+    } catch (error) {
+      if (isGone(error)) throw this.#end(error);
+      // Only this packet fails (too many fds in flight, ...).
+      const reason = this.#sendError(error);
+      for (let i = 0; i < n; i++) jobs[i].error = reason;
+      return n;
+    }
+    if (!sent) {
+      this.#blocked = "write";
+      return 0;
+    }
+    this.#credits -= n;
+    return n;
+  }
+
+  /**
+   * The queue's park: waits until acks arrive (out of credit) or there is
+   * room. A wait that fails under sends still pending ends the channel for
+   * this sender.
+   */
+  async #park(signal: AbortSignal | undefined): Promise<void> {
+    try {
+      await this.#fd.wait(this.#blocked, signal);
+    } catch (error) {
+      // Given up on purpose (the queue changed), or nothing left to send.
+      if (signal?.aborted || !this.pending()) throw error;
+      throw this.#end(error);
+    }
+    this.#slice.waited();
+  }
+
+  /** A queued entry went out (or its packet failed). */
+  #done(job: Outbound): void {
+    const { frame, error } = job;
+    if (frame !== undefined) {
+      this.#waiting--;
+      if (error === undefined) frame.sent();
+      else frame.abandon();
+    }
+    this.#left();
+    if (error !== undefined) throw error;
+  }
+
+  /** A queued entry failed or was given up. */
+  #failedEntry(job: Outbound, error: unknown): unknown {
+    if (job.frame !== undefined) {
+      this.#waiting--;
+      job.frame.abandon();
+    }
+    this.#left();
+    return error;
+  }
+
+  /** An entry left the queue: a batch left behind gets its own entry. */
+  #left(): void {
+    if (this.#queue.length > 0) return;
+    if (this.#accepted > 0) this.#queueBatch();
+    else this.#idle();
+  }
+
+  /** How many frames from the head of the queue go in the next packet. */
+  #batchLength(jobs: readonly Outbound[]): number {
+    if (!batchable(jobs[0].frame!)) return 1;
+    let n = 0;
+    let bytes = HEADER;
+    while (n < jobs.length && n < this.#credits) {
+      const frame = jobs[n].frame;
+      if (frame === undefined || !batchable(frame)) break;
+      bytes += RECORD_PREFIX + frame.size;
+      if (n > 0 && bytes > INLINE_MAX) break;
+      n++;
+    }
+    return n;
   }
 
   /** Reads the acknowledgements that arrived (at most ACK_BUDGET). */

@@ -276,8 +276,7 @@ export class Sender<T> implements Disposable {
 
   #closeIfDone(): void {
     if (
-      this.#closed && this.#registering === 0 && !this.#out.pending() &&
-      !this.#out.pumping
+      this.#closed && this.#registering === 0 && !this.#out.pending()
     ) {
       this.#fd.close();
     }

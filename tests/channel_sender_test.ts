@@ -11,7 +11,22 @@ import {
   pipe,
   socketpair,
 } from "../mod.ts";
-import { FRAME } from "../_channel_wire.ts";
+import {
+  FRAME,
+  HEADER,
+  header,
+  sendFrame,
+  seqpacketPair,
+} from "../_channel_wire.ts";
+import { Outbox } from "../channel/_outbox.ts";
+import { bytesFrame, type Frame } from "../channel/_frame.ts";
+import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
+import { OwnedFd } from "../ffi/fd.ts";
+import { libc } from "../ffi/libc.ts";
+import { SOCK } from "../ffi/layout.ts";
+import { Spinner } from "../ffi/spin.ts";
+import { receiveMessage } from "../_scm.ts";
+import { setIntOption } from "../_socket_options.ts";
 import { rawSender } from "./_channel_util.ts";
 import { stillPending, test, withTimeout } from "./_util.ts";
 
@@ -195,6 +210,210 @@ test(
       assert.equal(rx.tryRecv(), n, name);
       assert.equal(rx.tryRecv(), n + 1, `${name}: the batch left first`);
       n += 2;
+    }
+  },
+);
+
+test(
+  "a send waiting for credit whose signal aborts leaves the queue: nothing of it goes, its fds close, the sends around it go on",
+  async () => {
+    using ch = channel<unknown>({ capacity: 1 });
+    const [tx, rx] = ch;
+    using p = pipe();
+    await tx.send(0);
+    const before = tx.send(1);
+    const stop = new AbortController();
+    // Its copy of the pipe's fd is closed when it is given up (the test
+    // checks that no fd leaks).
+    const given = tx.send({ writer: p.writer }, { signal: stop.signal });
+    const after = tx.send(3);
+    assert.ok(await stillPending(given, 20), "the send waits for credit");
+    const reason = new Error("gave up");
+    stop.abort(reason);
+    await assert.rejects(
+      withTimeout(given, 2000, "the aborted send"),
+      (error) => error === reason,
+    );
+    const got = [];
+    for (let i = 0; i < 3; i++) {
+      got.push(await withTimeout(rx.recv(), 2000, `message ${i}`));
+    }
+    await withTimeout(Promise.all([before, after]), 2000, "the other sends");
+    assert.deepEqual(got, [0, 1, 3]);
+  },
+);
+
+test(
+  "close() rejects the sends waiting for credit with BadResource; the sends that resolved still arrive",
+  async () => {
+    const [tx, rx] = channel<number>({ capacity: 2 });
+    await tx.send(0); // leaves at once
+    await tx.send(1); // gathered: resolves, holds the last credit
+    const waiting = [tx.send(2), tx.send(3)];
+    assert.ok(await stillPending(waiting[0], 20), "out of credit");
+    tx.close();
+    for (const send of waiting) {
+      await assert.rejects(
+        withTimeout(send, 2000, "waiting send"),
+        Deno.errors.BadResource,
+      );
+    }
+    const got = [];
+    for await (const n of rx) got.push(n);
+    assert.deepEqual(got, [0, 1]);
+    rx.close();
+  },
+);
+
+test(
+  "once the receiver is gone, every send waiting for credit and every later one fail with the same ChannelClosedError",
+  async () => {
+    const [tx, rx] = channel<number>({ capacity: 1 });
+    await tx.send(0);
+    const waiting = [tx.send(1), tx.send(2), tx.send(3)];
+    assert.ok(await stillPending(waiting[0], 20), "out of credit");
+    rx.close();
+    const errors = await withTimeout(
+      Promise.all(waiting.map((send) => send.then(() => null, (e) => e))),
+      2000,
+      "waiting sends",
+    );
+    assert.ok(errors[0] instanceof ChannelClosedError, String(errors[0]));
+    assert.equal(errors[1], errors[0]);
+    assert.equal(errors[2], errors[0]);
+    const later = tx.send(4).then(() => null, (e) => e);
+    assert.equal(await withTimeout(later, 2000, "a later send"), errors[0]);
+    tx.close();
+  },
+);
+
+/** Counts the frames in one packet a sender sent: a batch, or one. */
+function framesIn(data: Uint8Array): number {
+  return data[0] === FRAME.BATCH
+    ? new DataView(data.buffer, data.byteOffset).getUint32(4, true)
+    : 1;
+}
+
+test(
+  "a batch that finds the socket full waits for room with nothing queued behind it; close() lets it go first",
+  async () => {
+    const [tx, peer] = rawSender(64);
+    try {
+      // 8 KiB: one 7,000-byte packet fills it.
+      setIntOption(tx.rawFd, SOCK.SO_SNDBUF, "SO_SNDBUF", 4096);
+      const large = "x".repeat(7000);
+      // The first send leaves at once and fills the socket; the next two,
+      // made in the same turn, are gathered into a batch and resolve.
+      await Promise.all([tx.send(large), tx.send(1), tx.send(2)]);
+      // The burst ends: the batch finds no room.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      // The reads never spin here, so nothing flushes the batch but its own
+      // wait for room.
+      const next = (what: string) =>
+        withTimeout(peer.recv({ spin: 0 }), 2000, what);
+      let got = await next("the large message");
+      assert.equal(framesIn(got!.data), 1);
+      got = await next("the batch");
+      assert.equal(framesIn(got!.data), 2);
+
+      await Promise.all([tx.send(large), tx.send(3)]);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      tx.close(); // the batch still waits for room: the socket stays open
+      got = await next("the large message");
+      assert.equal(framesIn(got!.data), 1);
+      got = await next("the batch of one");
+      assert.equal(got!.data[0], FRAME.MESSAGE);
+      assert.equal(await next("the end"), null, "closed once the batch left");
+    } finally {
+      // A batch still waiting fails once its peer is gone.
+      peer.close();
+      tx.close();
+    }
+  },
+);
+
+/** A spinner that never spins and counts how often a wait asked it. */
+class CountingSpinner extends Spinner {
+  asked = 0;
+  constructor() {
+    super(0);
+  }
+  override spin<T>(attempt: () => T | undefined): T | undefined {
+    this.asked++;
+    return super.spin(attempt);
+  }
+}
+
+/** An outbox of `capacity` on a seqpacket pair, and the raw other end. */
+function outbox(capacity: number): [Outbox, OwnedFd, number] {
+  const [mine, theirs] = seqpacketPair();
+  const fd = new OwnedFd(mine, "Sender");
+  return [new Outbox(fd, capacity, () => {}), fd, theirs];
+}
+
+test(
+  "a send that waits for credit waits with the spin it asked for",
+  async () => {
+    const [out, fd, peer] = outbox(1);
+    try {
+      await out.send(bytesFrame(new Uint8Array(1)), undefined, undefined);
+      const spinner = new CountingSpinner();
+      const waiting = out.send(
+        bytesFrame(new Uint8Array(2)),
+        undefined,
+        spinner,
+      );
+      assert.ok(await stillPending(waiting, 20), "out of credit");
+      assert.ok(spinner.asked > 0, "the wait asked the send's spinner");
+      out.close(closedError("Sender"));
+      await assert.rejects(
+        withTimeout(waiting, 2000, "the waiting send"),
+        Deno.errors.BadResource,
+      );
+    } finally {
+      fd.close();
+      libc().close(peer);
+    }
+  },
+);
+
+test(
+  "a packet that fails for a reason of its own fails its sends only; the sends behind it still go",
+  async () => {
+    const [out, fd, peer] = outbox(1);
+    try {
+      await out.send(bytesFrame(new Uint8Array([1])), undefined, undefined);
+      let abandoned = 0;
+      // A frame whose fd cannot be passed: sendmsg fails with EBADF.
+      const bad: Frame = {
+        ...bytesFrame(new Uint8Array([2])),
+        fds: [0x3fffffff],
+        abandon: () => abandoned++,
+      };
+      const failing = out.send(bad, undefined, undefined);
+      const after = out.send(
+        bytesFrame(new Uint8Array([3])),
+        undefined,
+        undefined,
+      );
+      assert.ok(await stillPending(failing, 20), "out of credit");
+      // The receiver takes the first message and acknowledges it.
+      const buf = new Uint8Array(64);
+      assert.equal(receiveMessage(peer, buf, 0, false)!.bytes, HEADER + 1);
+      assert.ok(sendFrame(peer, [header(FRAME.ACK, 1)], []));
+      await assert.rejects(
+        withTimeout(failing, 2000, "the bad send"),
+        (error) => (error as SystemError).errno === ERRNO.EBADF,
+      );
+      assert.equal(abandoned, 1);
+      await withTimeout(after, 2000, "the send behind it");
+      const got = receiveMessage(peer, buf, 0, false)!;
+      assert.deepEqual([got.bytes, buf[HEADER]], [HEADER + 1, 3]);
+      assert.equal(out.failed, undefined, "the channel goes on");
+    } finally {
+      out.close(closedError("Sender"));
+      fd.close();
+      libc().close(peer);
     }
   },
 );
