@@ -23,10 +23,8 @@ import { bytesFrame, type Frame } from "../channel/_frame.ts";
 import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
-import { SOCK } from "../ffi/layout.ts";
 import { Spinner } from "../ffi/spin.ts";
 import { receiveMessage } from "../_scm.ts";
-import { setIntOption } from "../_socket_options.ts";
 import { rawSender } from "./_channel_util.ts";
 import { stillPending, test, withTimeout } from "./_util.ts";
 
@@ -299,30 +297,46 @@ test(
   async () => {
     const [tx, peer] = rawSender(64);
     try {
-      // 8 KiB: one 7,000-byte packet fills it.
-      setIntOption(tx.rawFd, SOCK.SO_SNDBUF, "SO_SNDBUF", 4096);
-      const large = "x".repeat(7000);
-      // The first send leaves at once and fills the socket; the next two,
-      // made in the same turn, are gathered into a batch and resolve.
-      await Promise.all([tx.send(large), tx.send(1), tx.send(2)]);
-      // The burst ends: the batch finds no room.
-      await new Promise((resolve) => setTimeout(resolve, 0));
+      const filler = new Uint8Array(1000);
+      /** Fills the sender's socket with packets of its own: how many. */
+      const fill = () => {
+        let n = 0;
+        while (sendFrame(tx.rawFd, [filler], [])) n++;
+        return n;
+      };
       // The reads never spin here, so nothing flushes the batch but its own
       // wait for room.
       const next = (what: string) =>
         withTimeout(peer.recv({ spin: 0 }), 2000, what);
-      let got = await next("the large message");
-      assert.equal(framesIn(got!.data), 1);
-      got = await next("the batch");
-      assert.equal(framesIn(got!.data), 2);
+      /** Reads the first message, the fillers, and the packet after them. */
+      const afterFill = async (filled: number) => {
+        assert.equal((await next("the first message"))!.data[0], FRAME.MESSAGE);
+        for (let i = 0; i < filled; i++) {
+          assert.equal((await next("a filler"))!.data.byteLength, 1000);
+        }
+        return (await next("the batch"))!.data;
+      };
 
-      await Promise.all([tx.send(large), tx.send(3)]);
+      // The first send leaves at once; the next two, made in the same turn
+      // once the socket is full, are gathered into a batch and resolve.
+      const first = tx.send(0);
+      let filled = fill();
+      await Promise.all([first, tx.send(1), tx.send(2)]);
+      // The burst ends: the batch finds no room.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      // Room as the peer reads: the batch goes without a further send.
+      assert.equal(framesIn(await afterFill(filled)), 2);
+
+      const again = tx.send(3);
+      filled = fill();
+      await Promise.all([again, tx.send(4)]);
       await new Promise((resolve) => setTimeout(resolve, 0));
       tx.close(); // the batch still waits for room: the socket stays open
-      got = await next("the large message");
-      assert.equal(framesIn(got!.data), 1);
-      got = await next("the batch of one");
-      assert.equal(got!.data[0], FRAME.MESSAGE);
+      assert.equal(
+        (await afterFill(filled))[0],
+        FRAME.MESSAGE,
+        "a batch of one",
+      );
       assert.equal(await next("the end"), null, "closed once the batch left");
     } finally {
       // A batch still waiting fails once its peer is gone.
