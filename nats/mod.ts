@@ -31,7 +31,10 @@
  *   waits while `capacity` values are not yet acknowledged by the server
  *   (backpressure through acknowledgements); after a reconnection, once
  *   the stream answers again, values it did not acknowledge are sent again,
- *   in order (it drops the copies within its two-minute duplicate window).
+ *   in order (it drops the copies within its two-minute duplicate window,
+ *   and the receiver drops any copy of a value it already took among each
+ *   sender's last 8,192, such as one the stream stored twice around a
+ *   server restart).
  *   The receiver acknowledges what it has taken as it asks for more: every
  *   64 values while they keep coming, at once when it has to wait, and when
  *   it closes. A receiver that dies gets again what it took since its last

@@ -87,7 +87,17 @@ interface Pulling {
 interface SenderState {
   next: number;
   ended: boolean;
+  /**
+   * JetStream only: which of the last {@linkcode SEEN_WINDOW} sequence
+   * numbers below `next` were taken (1) or skipped as lost (0), by
+   * `seq % SEEN_WINDOW`, so that a copy the stream stored twice is dropped
+   * and a late value that fills a gap is delivered.
+   */
+  seen?: Uint8Array;
 }
+
+/** How many recent sequence numbers of a JetStream sender are remembered. */
+const SEEN_WINDOW = 8192;
 
 /**
  * The receiving end of a NATS channel, from {@linkcode natsReceiver} or
@@ -505,17 +515,35 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     if (sender === undefined) {
       sender = this.#track(parsed.sender, parsed.seq);
     }
+    const seen = sender.seen;
     if (parsed.seq >= sender.next) {
       // A higher number than the next expected: values were lost between.
+      if (seen !== undefined) {
+        if (parsed.seq - sender.next >= SEEN_WINDOW) seen.fill(0);
+        else {
+          for (let skipped = sender.next; skipped < parsed.seq; skipped++) {
+            seen[skipped % SEEN_WINDOW] = 0;
+          }
+        }
+        seen[parsed.seq % SEEN_WINDOW] = 1;
+      }
       this.#lost += parsed.seq - sender.next;
       sender.next = parsed.seq + 1;
-    } else if (this.#js === undefined) {
+    } else if (seen === undefined) {
       // Core NATS neither repeats nor reorders one connection's messages:
       // a lower number is stale.
       return undefined;
+    } else if (sender.next - parsed.seq <= SEEN_WINDOW) {
+      // JetStream: a lower number is either a copy the stream stored twice
+      // (a re-send it did not recognise, around a server restart), dropped,
+      // or a value that arrives after later ones, which fills its gap.
+      const at = parsed.seq % SEEN_WINDOW;
+      if (seen[at] === 1) return undefined;
+      seen[at] = 1;
+      this.#lost--;
     }
-    // JetStream: a lower number is a copy the stream stored twice (a
-    // re-send after its duplicate window): at least once, it goes on.
+    // Older than the window: not known to be a copy; at least once, it
+    // goes on.
     if (parsed.kind === KIND.END) {
       if (!sender.ended) {
         sender.ended = true;
@@ -536,7 +564,11 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
         throw invalid(`more than ${MAX_SENDERS} senders are open`);
       }
     }
-    const state = { next: seq, ended: false };
+    const state: SenderState = {
+      next: seq,
+      ended: false,
+      seen: this.#js === undefined ? undefined : new Uint8Array(SEEN_WINDOW),
+    };
     this.#senders.set(id, state);
     this.#live++;
     return state;

@@ -105,6 +105,46 @@ natsTest(
 );
 
 natsTest(
+  "JetStream: a copy of a value that the stream stored twice is dropped, in order, and the rest arrive once",
+  async () => {
+    await using server = await natsServer(true);
+    const subject = "copies";
+    const [tx, rx] = await natsChannel<TestValue>(subject, {
+      servers: server.url,
+      jetstream: true,
+    });
+    const nc = await connect({ servers: server.url });
+    try {
+      for (let i = 0; i < 10; i++) await tx.send(valueOf(i));
+      await tx.flush();
+      // The stream holds values 0..9 at stream sequences 1..10. Store value
+      // 3 again under a new message id, as a re-send the stream did not
+      // recognise would be (around a server restart), then value 10.
+      const jsm = await nc.jetstreamManager();
+      const stored = await jsm.streams.getMessage(streamNameFor(subject), {
+        seq: 4,
+      });
+      await nc.jetstream().publish(subject, stored.data, { msgID: "copy-3" });
+      await tx.send(valueOf(10));
+      await tx.flush();
+      const got: number[] = [];
+      for (let i = 0; i <= 10; i++) {
+        got.push((await recvWithin(rx, `value ${i}`)).i);
+      }
+      // The copy came before value 10 in the stream: delivered, it would
+      // have been the eleventh value taken.
+      assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      assert.equal(rx.lost, 0);
+      const info = await jsm.streams.info(streamNameFor(subject));
+      assert.ok(info.state.messages >= 11, "the stream kept the copy");
+    } finally {
+      await nc.close();
+      await closeQuietly(tx, rx);
+    }
+  },
+);
+
+natsTest(
   "A value holding an endpoint fails at send() with a DataCloneError that names it",
   async () => {
     await using server = await natsServer();
