@@ -150,13 +150,20 @@ export function sameUser(): (uid: number) => boolean {
   return (uid) => uid === me;
 }
 
-/** What both servers start with: a fresh random name, listened on. */
-export function listenOnRandomName(options: ServerOptions): {
+/** What both servers hold: a fresh random name, listened on. */
+export interface Listening {
+  /** The abstract name, for `connectOneShot()`. */
   name: string;
+  /** The seqpacket listener on it. */
   listener: UnixListener;
+  /** Whether a client of this uid may connect. */
   allow: (uid: number) => boolean;
+  /** The limits of the receivers the server hands out. */
   decodeLimits: DecodeLimits;
-} {
+}
+
+/** What both servers start with: a fresh random name, listened on. */
+export function listenOnRandomName(options: ServerOptions): Listening {
   const decodeLimits = resolveLimits(options.limits, "create server");
   const allowUid = options.allowUid;
   if (allowUid !== undefined && typeof allowUid !== "function") {

@@ -4,12 +4,12 @@
  * @module
  */
 
-import type { DecodeLimits, Receiver } from "./channel.ts";
-import type { UnixListener } from "./socketpair.ts";
+import type { Receiver } from "./channel.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import {
   acceptClient,
   limits,
+  type Listening,
   listenOnRandomName,
   type ServerAcceptOptions,
   serverFields,
@@ -45,10 +45,7 @@ import {
  */
 export class ChannelServer<T>
   implements Disposable, AsyncIterable<Receiver<T>> {
-  #listener: UnixListener;
-  #name: string;
-  #allow: (uid: number) => boolean;
-  #decodeLimits: DecodeLimits;
+  #server: Listening;
   #ref = true;
 
   /**
@@ -58,22 +55,17 @@ export class ChannelServer<T>
    * receivers' decode limits.
    */
   constructor(options: ServerOptions = {}) {
-    ({
-      name: this.#name,
-      listener: this.#listener,
-      allow: this.#allow,
-      decodeLimits: this.#decodeLimits,
-    } = listenOnRandomName(options));
+    this.#server = listenOnRandomName(options);
   }
 
   /** The name to pass to {@linkcode connectOneShot}: unguessable. */
   get name(): string {
-    return this.#name;
+    return this.#server.name;
   }
 
   /** Whether {@linkcode close} was called. */
   get closed(): boolean {
-    return this.#listener.closed;
+    return this.#server.listener.closed;
   }
 
   /**
@@ -86,7 +78,7 @@ export class ChannelServer<T>
   ): string {
     return inspectEndpoint(
       "ChannelServer",
-      serverFields(this.#listener, this.#name, this.#ref),
+      serverFields(this.#server.listener, this.#server.name, this.#ref),
       inspect,
       options,
     );
@@ -116,10 +108,10 @@ export class ChannelServer<T>
       signal.throwIfAborted();
       return await acceptClient<T>(
         "ChannelServer",
-        this.#listener,
+        this.#server.listener,
         signal,
-        this.#allow,
-        this.#decodeLimits,
+        this.#server.allow,
+        this.#server.decodeLimits,
       );
     } finally {
       done();
@@ -133,7 +125,7 @@ export class ChannelServer<T>
       try {
         rx = await this.accept();
       } catch (error) {
-        if (this.#listener.closed) return;
+        if (this.#server.listener.closed) return;
         throw error;
       }
       yield rx;
@@ -143,18 +135,18 @@ export class ChannelServer<T>
   /** Lets a pending accept keep the process alive (the default). */
   ref(): void {
     this.#ref = true;
-    this.#listener.ref();
+    this.#server.listener.ref();
   }
 
   /** Lets the process exit while an accept is pending. */
   unref(): void {
     this.#ref = false;
-    this.#listener.unref();
+    this.#server.listener.unref();
   }
 
   /** Stops listening; a pending accept rejects. Idempotent. */
   close(): void {
-    this.#listener.close();
+    this.#server.listener.close();
   }
 
   /** Stops listening. */

@@ -32,23 +32,15 @@
  */
 
 import { FRAME, header, sendFrame } from "./_channel_wire.ts";
-import {
-  type ChannelOptions,
-  type DecodeLimits,
-  type Receiver,
-  Sender,
-} from "./channel.ts";
-import {
-  connect,
-  type ExpectedServer,
-  type UnixListener,
-} from "./socketpair.ts";
+import { type ChannelOptions, type Receiver, Sender } from "./channel.ts";
+import { connect, type ExpectedServer } from "./socketpair.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { releaseFd } from "./_keys.ts";
 import { checkNumberOption } from "./_socket_options.ts";
 import {
   acceptClient,
   limits,
+  type Listening,
   listenOnRandomName,
   PREFIX,
   type ServerAcceptOptions,
@@ -112,10 +104,7 @@ export interface ConnectOneShotOptions extends ChannelOptions, ExpectedServer {
  * ```
  */
 export class OneShotServer<T> implements Disposable {
-  #listener: UnixListener;
-  #name: string;
-  #allow: (uid: number) => boolean;
-  #decodeLimits: DecodeLimits;
+  #server: Listening;
   #used = false;
 
   /**
@@ -125,17 +114,12 @@ export class OneShotServer<T> implements Disposable {
    * receivers' decode limits.
    */
   constructor(options: ServerOptions = {}) {
-    ({
-      name: this.#name,
-      listener: this.#listener,
-      allow: this.#allow,
-      decodeLimits: this.#decodeLimits,
-    } = listenOnRandomName(options));
+    this.#server = listenOnRandomName(options);
   }
 
   /** The name to pass to {@linkcode connectOneShot}: unguessable. */
   get name(): string {
-    return this.#name;
+    return this.#server.name;
   }
 
   /**
@@ -143,7 +127,7 @@ export class OneShotServer<T> implements Disposable {
    * {@linkcode accept} got its client or gave up.
    */
   get closed(): boolean {
-    return this.#listener.closed;
+    return this.#server.listener.closed;
   }
 
   /**
@@ -155,10 +139,10 @@ export class OneShotServer<T> implements Disposable {
     inspect: (value: unknown, options?: unknown) => string,
     options: unknown,
   ): string {
-    const fields = serverFields(this.#listener, this.#name, true);
+    const fields = serverFields(this.#server.listener, this.#server.name, true);
     return inspectEndpoint(
       "OneShotServer",
-      this.#used && !this.#listener.closed
+      this.#used && !this.#server.listener.closed
         ? { ...fields, accepting: true }
         : fields,
       inspect,
@@ -198,7 +182,7 @@ export class OneShotServer<T> implements Disposable {
       );
     }
     this.#used = true;
-    const listener = this.#listener;
+    const listener = this.#server.listener;
     let connected = false;
     let done = () => {};
     try {
@@ -216,8 +200,8 @@ export class OneShotServer<T> implements Disposable {
         "OneShotServer",
         listener,
         signal,
-        this.#allow,
-        this.#decodeLimits,
+        this.#server.allow,
+        this.#server.decodeLimits,
       );
       connected = true;
       listener.close();
@@ -236,7 +220,7 @@ export class OneShotServer<T> implements Disposable {
 
   /** Stops listening. Idempotent. */
   close(): void {
-    this.#listener.close();
+    this.#server.listener.close();
   }
 
   /** Stops listening. */
