@@ -131,6 +131,33 @@ export function asBytes(value: unknown, doing: string): Uint8Array {
 }
 
 /**
+ * `read(buffer, options)` of a byte-stream endpoint: the buffer, spin and
+ * signal checked (a bad one rejects), then {@linkcode readAsync}.
+ *
+ * @param own The endpoint's own adaptive spinner, used without a `spin`.
+ * @param doing What a refusal says was refused, e.g. "Cannot read from PipeReader".
+ */
+export function readChecked(
+  owner: OwnedFd,
+  tryRead: TryRead,
+  buffer: unknown,
+  options: ReadOptions | undefined,
+  own: Spinner,
+  doing: string,
+): Promise<number | null> {
+  let into: Uint8Array;
+  let spinner: Spinner;
+  try {
+    into = asBytes(buffer, doing);
+    spinner = spinnerFor(options?.spin, own, doing);
+    checkSignal(options?.signal, doing);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  return readAsync(owner, tryRead, into, spinner, options?.signal);
+}
+
+/**
  * Reads into `into`: bytes read, or `null` at EOF. Tries now, then spins as
  * `spinner` allows, then waits in the poller and tries again. `signal`,
  * checked by the caller ({@linkcode checkSignal}), ends the wait (never a

@@ -44,9 +44,8 @@ import {
   byteWritable,
   checkSignal,
   OrderedWrites,
-  readAsync,
+  readChecked,
   type ReadOptions,
-  spinnerFor,
   type WriteOptions,
 } from "./_byte_io.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
@@ -183,16 +182,14 @@ export class PipeReader implements Disposable {
    * ```
    */
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
-    let into: Uint8Array;
-    let spinner: Spinner;
-    try {
-      into = asBytes(buffer, READ);
-      spinner = spinnerFor(options?.spin, this.#spinner, READ);
-      checkSignal(options?.signal, READ);
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    return readAsync(this.#fd, readNoWait, into, spinner, options?.signal);
+    return readChecked(
+      this.#fd,
+      readNoWait,
+      buffer,
+      options,
+      this.#spinner,
+      READ,
+    );
   }
 
   /**

@@ -22,7 +22,7 @@ import {
   byteReadable,
   byteWritable,
   checkSignal,
-  readAsync,
+  readChecked,
   type ReadOptions,
   spinnerFor,
   type WriteOptions,
@@ -272,17 +272,19 @@ export class UnixSocket implements Disposable {
    * ```
    */
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
-    let into: Uint8Array;
-    let spinner: Spinner;
     try {
       this.#assertStream("read from");
-      into = asBytes(buffer, READ);
-      spinner = spinnerFor(options?.spin, this.#readSpinner, READ);
-      checkSignal(options?.signal, READ);
     } catch (error) {
       return Promise.reject(error);
     }
-    return readAsync(this.#fd, recvNoWait, into, spinner, options?.signal);
+    return readChecked(
+      this.#fd,
+      recvNoWait,
+      buffer,
+      options,
+      this.#readSpinner,
+      READ,
+    );
   }
 
   /**
