@@ -34,19 +34,44 @@ export interface DecodeLimits {
    * deeper than 1000 levels). Default 1000.
    */
   maxDepth?: number;
+  /**
+   * The most endpoints (pipe ends, sockets, channel ends, shared memory)
+   * one message may carry, from 0 to 253. A message with more is refused
+   * (`InvalidData`, every fd it carried closed) and its sender dropped. A
+   * receiver that expects plain data sets 0, so that no sender can make
+   * this process hold fds it never asked for: JavaScript closes nothing
+   * that is dropped, and an endpoint holds its fd until it is closed.
+   * Default 253 (as many as one message can carry).
+   */
+  maxEndpoints?: number;
 }
+
+/** The most fds one message can carry (`SCM_MAX_FD` is 253). */
+const MAX_ENDPOINTS = 253;
 
 /** The limits of a receiver that sets none. */
 export const DEFAULT_LIMITS: Readonly<Required<DecodeLimits>> = Object.freeze({
   maxBytes: 256 * 1024 * 1024,
   maxElements: 1 << 24,
   maxDepth: MAX_DEPTH,
+  maxEndpoints: MAX_ENDPOINTS,
 });
 
+/** The range of each limit. */
+const RANGES: Readonly<Record<keyof DecodeLimits, readonly [number, number]>> =
+  {
+    maxBytes: [1, Number.MAX_SAFE_INTEGER],
+    maxElements: [1, Number.MAX_SAFE_INTEGER],
+    maxDepth: [1, MAX_DEPTH],
+    maxEndpoints: [0, MAX_ENDPOINTS],
+  };
+const KEYS = Object.keys(RANGES) as (keyof DecodeLimits)[];
+
 /**
- * Checks `limits` and fills in the defaults: every given field must be a
- * positive integer (`maxDepth` at most {@linkcode MAX_DEPTH}), else a
- * RangeError that says which.
+ * Checks `limits` and fills in the defaults: every given field must be an
+ * integer in its range (`maxDepth` 1 to {@linkcode MAX_DEPTH},
+ * `maxEndpoints` 0 to 253, the others positive), else a RangeError that
+ * says which.
  */
 export function resolveLimits(
   limits: DecodeLimits | undefined,
@@ -57,14 +82,14 @@ export function resolveLimits(
     throw new TypeError(`Cannot ${doing}: limits must be an object`);
   }
   const resolved = { ...DEFAULT_LIMITS };
-  for (const key of ["maxBytes", "maxElements", "maxDepth"] as const) {
+  for (const key of KEYS) {
     const value = limits[key];
     if (value === undefined) continue;
-    const most = key === "maxDepth" ? MAX_DEPTH : Number.MAX_SAFE_INTEGER;
+    const [least, most] = RANGES[key];
     checkNumberOption(value, `limits.${key}`, doing);
-    if (!Number.isInteger(value) || value < 1 || value > most) {
+    if (!Number.isInteger(value) || value < least || value > most) {
       throw new RangeError(
-        `Cannot ${doing}: limits.${key} must be an integer from 1 to ${most}, got ${value}`,
+        `Cannot ${doing}: limits.${key} must be an integer from ${least} to ${most}, got ${value}`,
       );
     }
     resolved[key] = value;

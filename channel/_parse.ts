@@ -24,7 +24,7 @@ import {
   VERSION,
 } from "../_channel_wire.ts";
 import { type BlobSpec, decode, readBlobTable } from "./_codec_decode.ts";
-import type { DecodeLimits } from "./_codec_limits.ts";
+import { type DecodeLimits, overLimit } from "./_codec_limits.ts";
 import { MAX_CAPACITY, notSeqpacket } from "./_connection.ts";
 import { type ChannelEnds, Incoming } from "./_marshal.ts";
 
@@ -134,6 +134,13 @@ export class FrameParser {
     try {
       if (fds.length !== a) {
         throw invalid(`frame says ${a} fds, ${fds.length} came`);
+      }
+      if (fds.length > limits.maxEndpoints) {
+        throw overLimit(
+          "maxEndpoints",
+          limits.maxEndpoints,
+          `it carries ${fds.length} endpoints`,
+        );
       }
       let head: Uint8Array;
       let blobsAt: number;

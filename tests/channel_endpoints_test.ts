@@ -8,6 +8,7 @@ import {
   fromFd,
   OneShotServer,
   pipe,
+  PipeReader,
   Receiver,
   Sender,
   SharedMemory,
@@ -215,3 +216,53 @@ test(
     }
   },
 );
+
+test(
+  "limits.maxEndpoints refuses a message with more endpoints than allowed, closes every fd it carried and drops its sender; 0 takes plain data only",
+  async () => {
+    {
+      const [tx, rx] = channel<unknown>({ limits: { maxEndpoints: 0 } });
+      await tx.send({ plain: [1, "two"] });
+      assert.deepEqual(await rx.recv(), { plain: [1, "two"] });
+      using p = pipe();
+      await tx.send({ end: p.reader });
+      await assert.rejects(
+        rx.recv(),
+        (error: unknown) =>
+          error instanceof Deno.errors.InvalidData &&
+          /limits\.maxEndpoints \(0\)/.test(error.message) &&
+          /1 endpoints/.test(error.message),
+      );
+      assert.equal(rx.senders, 0, "the sender that sent it is dropped");
+      tx.close();
+      rx.close();
+    }
+    {
+      const [tx, rx] = channel<unknown>({ limits: { maxEndpoints: 1 } });
+      using a = pipe();
+      using b = pipe();
+      await tx.send([a.reader]);
+      const [got] = await rx.recv() as PipeReader[];
+      assert.ok(got instanceof PipeReader);
+      got.close();
+      await tx.send([a.writer, b.writer]);
+      await assert.rejects(rx.recv(), /limits\.maxEndpoints \(1\)/);
+      tx.close();
+      rx.close();
+    }
+    // The fd-leak check of test() proves every fd that arrived was closed.
+  },
+);
+
+test("limits.maxEndpoints is an integer from 0 to 253", () => {
+  for (const maxEndpoints of [-1, 254, 1.5]) {
+    assert.throws(
+      () => channel({ limits: { maxEndpoints } }),
+      (error: unknown) =>
+        error instanceof RangeError &&
+        /limits\.maxEndpoints must be an integer from 0 to 253/.test(
+          error.message,
+        ),
+    );
+  }
+});
