@@ -426,3 +426,37 @@ test(
     }
   },
 );
+
+test(
+  "strings of every length up to 130 round-trip, ASCII or with a multi-byte character first, in the middle or last, and invalid UTF-8 of any length is InvalidData",
+  () => {
+    const cases: string[] = [];
+    for (let n = 0; n <= 130; n++) {
+      const ascii = "abcdefghijklmnopqrstuvwxyz0123456789".repeat(4).slice(
+        0,
+        n,
+      );
+      cases.push(ascii);
+      if (n > 0) {
+        for (const at of [0, n >> 1, n - 1]) {
+          cases.push(ascii.slice(0, at) + "é" + ascii.slice(at + 1));
+          cases.push(ascii.slice(0, at) + "😀" + ascii.slice(at + 1));
+        }
+      }
+    }
+    for (const value of cases) {
+      assert.equal(decodeSample(sampleOf(value)), value, JSON.stringify(value));
+    }
+    // A lone continuation byte inside an otherwise ASCII string, at lengths
+    // on both sides of the decoder's paths.
+    for (const n of [1, 15, 16, 17, 95, 96, 97, 130]) {
+      const bytes = new Uint8Array(n).fill(0x61);
+      bytes[n - 1] = 0x80;
+      assert.throws(
+        () => decodeSample(treeSample([TAG.STRING, ...varint(n), ...bytes])),
+        Deno.errors.InvalidData,
+        `length ${n}`,
+      );
+    }
+  },
+);
