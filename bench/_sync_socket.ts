@@ -14,14 +14,7 @@
  * @module
  */
 
-import {
-  answer,
-  fnv1a,
-  random,
-  readReply,
-  REPLY_BYTES,
-  request,
-} from "../examples/_shm_wire.ts";
+import { answer, REPLY_BYTES, RequestWindow } from "../examples/_shm_wire.ts";
 
 const now = () => performance.timeOrigin + performance.now();
 const [mode, ...args] = Deno.args;
@@ -81,26 +74,11 @@ if (mode === "server") {
     Number(args[3]),
   ];
   const conn = await Deno.connect({ transport: "unix", path });
-  const next = random(Deno.pid);
-  const expected: { length: number; checksum: number }[] = [];
-  let credit = window;
-  let gotCredit: (() => void) | undefined;
-  let bytes = 0;
-  let digest = 0;
+  const requests = new RequestWindow(Deno.pid, size, window);
   const startedAt = now();
   const sending = (async () => {
     for (let seq = 0; seq < messages; seq++) {
-      while (credit === 0) {
-        await new Promise<void>((resolve) => gotCredit = resolve);
-      }
-      credit--;
-      const payload = new Uint8Array(1 + Math.floor(next() * size));
-      for (let i = 0; i < payload.length; i += 64) payload[i] = next() * 256;
-      const checksum = fnv1a(payload);
-      expected.push({ length: payload.length, checksum });
-      bytes += payload.length;
-      digest = (digest ^ checksum) >>> 0;
-      const body = request(seq, payload);
+      const body = await requests.next(seq);
       const frame = new Uint8Array(4 + body.length);
       new DataView(frame.buffer).setUint32(0, body.length, true);
       frame.set(body, 4);
@@ -116,20 +94,10 @@ if (mode === "server") {
     have += n;
     let at = 0;
     for (; have - at >= REPLY_BYTES; at += REPLY_BYTES, seq++) {
-      const reply = readReply(buffer.subarray(at, at + REPLY_BYTES))!;
-      const want = expected[seq];
-      if (
-        reply.seq !== seq || reply.length !== want.length ||
-        reply.checksum !== want.checksum
-      ) {
-        throw new Error(`Reply ${seq} does not match`);
-      }
-      credit++;
+      requests.answered(seq, buffer.subarray(at, at + REPLY_BYTES));
     }
     buffer.copyWithin(0, at, have);
     have -= at;
-    gotCredit?.();
-    gotCredit = undefined;
   }
   await sending;
   const endedAt = now();
@@ -137,8 +105,8 @@ if (mode === "server") {
   console.log(JSON.stringify({
     pid: Deno.pid,
     messages,
-    bytes,
-    digest: digest.toString(16).padStart(8, "0"),
+    bytes: requests.bytes,
+    digest: requests.digest,
     startedAt,
     endedAt,
   }));

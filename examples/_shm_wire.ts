@@ -109,3 +109,74 @@ export function count(
   }
   return value;
 }
+
+/**
+ * A client's side of the exchange, whatever carries it: random requests
+ * of up to `size` bytes, at most `window` of them unanswered, each reply
+ * checked against the request it answers.
+ */
+export class RequestWindow {
+  /** Payload bytes sent so far. */
+  bytes = 0;
+  #digest = 0;
+  #credit: number;
+  #gotCredit: (() => void) | undefined;
+  #next: () => number;
+  #size: number;
+  #expected: { length: number; checksum: number }[] = [];
+
+  /**
+   * @param seed Seeds the payloads (a client's pid).
+   * @param size The largest payload, in bytes.
+   * @param window How many requests may be unanswered.
+   */
+  constructor(seed: number, size: number, window: number) {
+    this.#next = random(seed);
+    this.#size = size;
+    this.#credit = window;
+  }
+
+  /** The XOR of every payload's checksum, as 8 hex digits. */
+  get digest(): string {
+    return this.#digest.toString(16).padStart(8, "0");
+  }
+
+  /** Waits for room in the window, then makes request `seq`. */
+  async next(seq: number): Promise<Uint8Array> {
+    while (this.#credit === 0) {
+      await new Promise<void>((resolve) => this.#gotCredit = resolve);
+    }
+    this.#credit--;
+    const next = this.#next;
+    const payload = new Uint8Array(1 + Math.floor(next() * this.#size));
+    for (let i = 0; i < payload.length; i += 64) payload[i] = next() * 256;
+    const checksum = fnv1a(payload);
+    this.#expected.push({ length: payload.length, checksum });
+    this.bytes += payload.length;
+    this.#digest = (this.#digest ^ checksum) >>> 0;
+    return request(seq, payload);
+  }
+
+  /**
+   * Checks the reply to request `seq` and opens the window by one.
+   *
+   * @throws {Error} When the reply does not answer that request.
+   */
+  answered(seq: number, message: Uint8Array): void {
+    const reply = readReply(message);
+    const want = this.#expected[seq];
+    if (
+      reply === undefined || reply.seq !== seq ||
+      reply.length !== want.length || reply.checksum !== want.checksum
+    ) {
+      throw new Error(
+        `Reply ${seq} does not match: ${JSON.stringify(reply)}, expected ${
+          JSON.stringify(want)
+        }`,
+      );
+    }
+    this.#credit++;
+    this.#gotCredit?.();
+    this.#gotCredit = undefined;
+  }
+}

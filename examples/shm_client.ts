@@ -26,15 +26,7 @@ import {
   spawn,
 } from "../mod.ts";
 import { lines } from "./_lines.ts";
-import {
-  count,
-  fnv1a,
-  type Grant,
-  type Hello,
-  random,
-  readReply,
-  request,
-} from "./_shm_wire.ts";
+import { count, type Grant, type Hello, RequestWindow } from "./_shm_wire.ts";
 
 const SERVER = new URL("./shm_server.ts", import.meta.url).pathname;
 
@@ -115,27 +107,12 @@ async function run(name: string, args: string[]): Promise<Summary> {
     };
   }
 
-  const next = random(Deno.pid);
-  const expected: { length: number; checksum: number }[] = [];
-  let credit = window;
-  let gotCredit: (() => void) | undefined;
-  let bytes = 0;
-  let digest = 0;
+  const requests = new RequestWindow(Deno.pid, size, window);
   const startedAt = now();
 
   const sending = (async () => {
     for (let seq = 0; seq < messages; seq++) {
-      while (credit === 0) {
-        await new Promise<void>((resolve) => gotCredit = resolve);
-      }
-      credit--;
-      const payload = new Uint8Array(1 + Math.floor(next() * size));
-      for (let i = 0; i < payload.length; i += 64) payload[i] = next() * 256;
-      const checksum = fnv1a(payload);
-      expected.push({ length: payload.length, checksum });
-      bytes += payload.length;
-      digest = (digest ^ checksum) >>> 0;
-      await toServer.send(request(seq, payload));
+      await toServer.send(await requests.next(seq));
     }
   })();
 
@@ -144,21 +121,7 @@ async function run(name: string, args: string[]): Promise<Summary> {
     if (message === null) {
       throw new Error(`The server went away after ${seq} replies`);
     }
-    const reply = readReply(message);
-    const want = expected[seq];
-    if (
-      reply === undefined || reply.seq !== seq ||
-      reply.length !== want.length || reply.checksum !== want.checksum
-    ) {
-      throw new Error(
-        `Reply ${seq} does not match: ${JSON.stringify(reply)}, expected ${
-          JSON.stringify(want)
-        }`,
-      );
-    }
-    credit++;
-    gotCredit?.();
-    gotCredit = undefined;
+    requests.answered(seq, message);
   }
   await sending;
   const endedAt = now();
@@ -168,15 +131,15 @@ async function run(name: string, args: string[]): Promise<Summary> {
     pid: Deno.pid,
     id,
     messages,
-    bytes,
-    digest: digest.toString(16).padStart(8, "0"),
+    bytes: requests.bytes,
+    digest: requests.digest,
     startedAt,
     endedAt,
   };
   console.log(
     values.json
       ? JSON.stringify(summary)
-      : `client ${Deno.pid}: ${messages} requests (${bytes} bytes) sent through shared memory, ${messages} replies, every checksum matched, digest 0x${summary.digest}`,
+      : `client ${Deno.pid}: ${messages} requests (${summary.bytes} bytes) sent through shared memory, ${messages} replies, every checksum matched, digest 0x${summary.digest}`,
   );
   return summary;
 }
