@@ -45,7 +45,7 @@ export const RING_MAGIC = 0x51_4d_48_53;
 export const RING_VERSION = 1;
 export const RECORD = 8;
 export const MAX_BYTES = 1 << 30;
-export const DEFAULT_BYTES = 1 << 20;
+export const DEFAULT_BYTES = 4 << 20;
 // Continuous delivery after which a send or receive yields a macrotask turn.
 // Time only: unlike sockets and channels (_turn.ts), a ring is counted in
 // bytes at memory speed, and a message count would cut its throughput.
