@@ -57,7 +57,7 @@ test("SharedMemory prints its fd, state, size and name", () => {
   }
 }, { read: ["/dev/shm"], write: ["/dev/shm"] });
 
-test("shm queue ends print their carrier fd, state, ring size and largest message", () => {
+test("shm queue ends print their carrier fd, state, ring size and largest message, and a receiver whose sender is gone says so", async () => {
   const [tx, rx] = shmQueue({ bytes: 1 << 16 });
   try {
     assert.match(
@@ -71,9 +71,17 @@ test("shm queue ends print their carrier fd, state, ring size and largest messag
     tx.close();
   }
   assert.match(plain(tx), /^ShmSender \{ state: "closed"/);
-  assert.match(plain(rx), /peer: "gone"|state: "open"/);
+  assert.doesNotMatch(plain(rx), /peer/, "not known to be gone until seen");
+  assert.equal(await rx.recv(), null, "the end: drained, sender gone");
+  assert.match(
+    Deno.inspect(rx, { colors: false, breakLength: Infinity }),
+    /^ShmReceiver \{ fd: \d+, state: "open", .*peer: "gone" \}$/,
+  );
   rx.close();
-  assert.match(plain(rx), /^ShmReceiver \{ state: "closed"/);
+  assert.match(
+    Deno.inspect(rx, { colors: false, breakLength: Infinity }),
+    /^ShmReceiver \{ state: "closed"/,
+  );
 });
 
 test("socket pairs print their type, fd and state", () => {
