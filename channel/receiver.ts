@@ -260,6 +260,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
           this.#assertOpen();
         },
         spinner,
+        // The look above found nothing: go straight to the spin.
+        true,
       );
       if (parked) this.#slice.waited();
       else if (polled.kind === "value" && this.#slice.delivered()) {

@@ -19,9 +19,11 @@ export interface Wake {
   readonly path: WakePathName;
   /**
    * Makes sure `onEvents` runs once the set has events; `ref` says whether
-   * that wait keeps the process alive. Called whenever waiters change.
+   * that wait keeps the process alive, `set` whether any fd waits through
+   * the epoll set (on the `aio` path, fds polled directly need no watch on
+   * the set). Called whenever waiters change.
    */
-  arm(ref: boolean): void;
+  arm(ref: boolean, set: boolean): void;
   /** No one waits any more. */
   disarm(): void;
   /** Whether something is still in flight that must return before close. */

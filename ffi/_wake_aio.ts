@@ -8,7 +8,7 @@
 
 import process from "node:process";
 import { libc, SYS } from "./libc.ts";
-import { errno, systemError } from "./errors.ts";
+import { ERRNO, errno, systemError } from "./errors.ts";
 import { EFD, EPOLL, IO_EVENT, IOCB, TIMESPEC } from "./layout.ts";
 import { addressOf, stableBuffer } from "./mem.ts";
 import type { Wake } from "./_wake.ts";
@@ -32,6 +32,7 @@ interface PipeHandle {
   ref(): void;
   unref(): void;
   onread: (buffer?: ArrayBuffer) => void;
+  useUserBuffer?: (buffer: Uint8Array) => void;
 }
 
 /** The `pipe_wrap` binding's `Pipe` class, or why it cannot be had. */
@@ -54,12 +55,46 @@ export function pipeWrap(): { make: () => PipeHandle } | string {
   }
 }
 
-/** Completions reaped at once; one is expected, stale ones are skipped. */
-const REAP_EVENTS = 8;
+/** Completions taken at once through `io_getevents` (the fallback reap). */
+const REAP_EVENTS = 16;
 /** How long closing waits for a cancelled poll's completion, in ns. */
 const CANCEL_REAP_NS = 100_000_000n;
+/**
+ * Events of the AIO context: room for the epoll fd's poll and for
+ * {@linkcode DIRECT_MAX} direct polls with their cancellations. The kernel
+ * counts twice this against `fs.aio-max-nr` (65,536 by default).
+ */
+const CTX_EVENTS = 64;
+/** Direct polls (one watched fd each) outstanding at once. */
+const DIRECT_MAX = 48;
+/** The context of the fallback when `fs.aio-max-nr` has no room: no direct polls. */
+const SMALL_CTX_EVENTS = 8;
 
-let aioContext: bigint | undefined;
+/** `struct aio_ring`: the header the kernel maps at the context address. */
+const RING = {
+  header: 32,
+  /** u32 fields: 1 nr, 2 head, 3 tail, 4 magic, 6 incompat, 7 header size. */
+  nr: 1,
+  head: 2,
+  tail: 3,
+  magic: 4,
+  incompat: 6,
+  headerLength: 7,
+  MAGIC: 0xa10a10a1,
+} as const;
+
+/** What a tag's low two bits say: the epoll fd's poll or a direct one. */
+const KIND_MASK = 3n;
+
+interface AioContext {
+  ctx: bigint;
+  /** The completion ring, read in place, or undefined to reap by syscall. */
+  ring: CompletionRing | undefined;
+  /** Whether direct polls fit. */
+  direct: boolean;
+}
+
+let aioContext: AioContext | undefined;
 let aioTags = 0n;
 
 /**
@@ -67,28 +102,108 @@ let aioTags = 0n;
  * AIO context holds no fd, and `io_destroy` waits for an RCU grace period
  * (about 30 ms here), far too long to pay each time the poller goes idle.
  */
-function aioCtx(): bigint {
+function aioCtx(): AioContext {
   if (aioContext !== undefined) return aioContext;
   const ctxBuf = stableBuffer(8);
-  if (sys(SYS.io_setup, BigInt(REAP_EVENTS), addressOf(ctxBuf)) !== 0) {
-    throw systemError("io_setup", errno());
+  let direct = true;
+  if (sys(SYS.io_setup, BigInt(CTX_EVENTS), addressOf(ctxBuf)) !== 0) {
+    // fs.aio-max-nr may have room for a small context only.
+    direct = false;
+    if (
+      sys(SYS.io_setup, BigInt(SMALL_CTX_EVENTS), addressOf(ctxBuf)) !== 0
+    ) {
+      throw systemError("io_setup", errno());
+    }
   }
-  return aioContext = new DataView(ctxBuf).getBigUint64(0, true);
+  const ctx = new DataView(ctxBuf).getBigUint64(0, true);
+  return aioContext = { ctx, ring: CompletionRing.open(ctx), direct };
 }
 
 /**
- * The one-hand-off path: an AIO poll on the epoll fd signals a private
- * eventfd that Deno's event loop reads on the JS thread.
+ * The context's completion ring as the kernel maps it into this process
+ * (`struct aio_ring`), read in place: taking a completion costs no syscall.
+ * This thread is its only reader; the kernel reads the head back when it
+ * needs the room.
+ */
+class CompletionRing {
+  #header: Uint32Array;
+  #events: DataView;
+  #nr: number;
+
+  private constructor(header: Uint32Array, events: DataView, nr: number) {
+    this.#header = header;
+    this.#events = events;
+    this.#nr = nr;
+  }
+
+  /** The ring at `ctx`, or undefined when its header is not the known one. */
+  static open(ctx: bigint): CompletionRing | undefined {
+    try {
+      const pointer = Deno.UnsafePointer.create(ctx);
+      if (pointer === null) return undefined;
+      const head = new Uint32Array(
+        Deno.UnsafePointerView.getArrayBuffer(pointer, RING.header),
+      );
+      const nr = head[RING.nr];
+      if (
+        head[RING.magic] !== RING.MAGIC || head[RING.incompat] !== 0 ||
+        head[RING.headerLength] !== RING.header || nr === 0 || nr > 1 << 16
+      ) {
+        return undefined;
+      }
+      const all = Deno.UnsafePointerView.getArrayBuffer(
+        pointer,
+        RING.header + nr * IO_EVENT.size,
+      );
+      return new CompletionRing(
+        new Uint32Array(all, 0, RING.header / 4),
+        new DataView(all, RING.header),
+        nr,
+      );
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Takes every completion in the ring into `tags` and `results`; false
+   * when head or tail is out of range (then the caller reaps by syscall).
+   */
+  take(tags: bigint[], results: number[]): boolean {
+    const header = this.#header;
+    const nr = this.#nr;
+    let head = Atomics.load(header, RING.head);
+    const tail = Atomics.load(header, RING.tail);
+    if (head >= nr || tail >= nr) return false;
+    const events = this.#events;
+    while (head !== tail) {
+      const at = head * IO_EVENT.size;
+      tags.push(events.getBigUint64(at + IO_EVENT.data, true));
+      results.push(Number(events.getBigInt64(at + IO_EVENT.res, true)));
+      head = head + 1 === nr ? 0 : head + 1;
+      Atomics.store(header, RING.head, head);
+    }
+    return true;
+  }
+}
+
+/**
+ * The one-hand-off path. Each watched fd that someone waits on gets its own
+ * AIO poll (a direct poll) while there is room for it; the others, and fds
+ * past {@linkcode DIRECT_MAX}, go through the poller's epoll set, which one
+ * more AIO poll watches. Every completion signals a private eventfd that
+ * Deno's event loop reads on the JS thread.
  */
 export class AioWake implements Wake {
   readonly path = "aio" as const;
   readonly busy = false;
-  #ctx: bigint;
+  #ctx: AioContext;
   #efd: number;
   #pipe: PipeHandle;
   #iocb = stableBuffer(IOCB.size);
   #iocbView = new DataView(this.#iocb);
   #iocbList = stableBuffer(8);
+  #iocbListView = new DataView(this.#iocbList);
   #events = stableBuffer(REAP_EVENTS * IO_EVENT.size);
   #eventsView = new DataView(this.#events);
   #time = stableBuffer(TIMESPEC.size);
@@ -98,12 +213,36 @@ export class AioWake implements Wake {
   #tag = 0n;
   #armed = false;
   #refed = true;
+  #onDirect: (tag: bigint, result: number) => void;
+  // Direct polls: one iocb slot each, known by its address to io_cancel and
+  // kept until its completion is taken (a cancelled one too).
+  #slots = stableBuffer(DIRECT_MAX * IOCB.size);
+  #slotsView = new DataView(this.#slots);
+  #slotsAddress = addressOf(this.#slots);
+  #slotOf = new Map<bigint, number>();
+  #free: number[] = [];
+  #tags: bigint[] = [];
+  #results: number[] = [];
 
-  /** Throws, having released what it took, when AIO poll is refused. */
-  constructor(epfd: number, onEvents: () => void, make: () => PipeHandle) {
+  /**
+   * Throws, having released what it took, when AIO poll is refused.
+   *
+   * @param epfd The poller's epoll fd.
+   * @param onEvents Called when the epoll set has events.
+   * @param onDirect Called with a direct poll's tag and result (the events,
+   * or a negative errno).
+   * @param make Makes the `pipe_wrap` handle that reads the eventfd.
+   */
+  constructor(
+    epfd: number,
+    onEvents: () => void,
+    onDirect: (tag: bigint, result: number) => void,
+    make: () => PipeHandle,
+  ) {
     const lib = libc();
     this.#ctx = aioCtx();
-    this.#reap(0, 0n);
+    this.#onDirect = onDirect;
+    this.#take();
     const efd = lib.eventfd(0, EFD.CLOEXEC);
     if (efd === -1) throw systemError("eventfd", errno());
     this.#efd = efd;
@@ -113,7 +252,14 @@ export class AioWake implements Wake {
     iocb.setBigUint64(IOCB.buf, BigInt(EPOLL.IN), true);
     iocb.setUint32(IOCB.flags, IOCB.FLAG_RESFD, true);
     iocb.setUint32(IOCB.resfd, efd, true);
-    new DataView(this.#iocbList).setBigUint64(0, addressOf(this.#iocb), true);
+    const slots = this.#slotsView;
+    for (let i = DIRECT_MAX - 1; i >= 0; i--) {
+      const at = i * IOCB.size;
+      slots.setUint16(at + IOCB.lioOpcode, IOCB.CMD_POLL, true);
+      slots.setUint32(at + IOCB.flags, IOCB.FLAG_RESFD, true);
+      slots.setUint32(at + IOCB.resfd, efd, true);
+      this.#free.push(i);
+    }
     let pipe: PipeHandle | undefined;
     try {
       // A first submission proves that IOCB_CMD_POLL is allowed here (Linux
@@ -123,6 +269,9 @@ export class AioWake implements Wake {
       if (pipe.open(efd) !== 0) {
         throw new Error("Pipe#open of an eventfd failed");
       }
+      // Reads of the eventfd land in one small buffer instead of a new
+      // 64 KiB one each time (where this Deno has the call).
+      pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
       pipe.onread = () => this.#completed(onEvents);
       if (pipe.readStart() !== 0) throw new Error("Pipe#readStart failed");
     } catch (error) {
@@ -136,7 +285,7 @@ export class AioWake implements Wake {
   }
 
   get holding(): boolean {
-    return this.#armed && this.#refed;
+    return (this.#armed || this.#slotOf.size > 0) && this.#refed;
   }
 
   /** The private eventfd that Deno's event loop watches. */
@@ -144,9 +293,14 @@ export class AioWake implements Wake {
     return this.#efd;
   }
 
-  arm(ref: boolean): void {
+  /** Whether fds can be polled directly (the AIO context has room). */
+  get direct(): boolean {
+    return this.#ctx.direct;
+  }
+
+  arm(ref: boolean, set: boolean): void {
     this.#setRef(ref);
-    if (!this.#armed) this.#submit();
+    if (set && !this.#armed) this.#submit();
   }
 
   disarm(): void {
@@ -155,7 +309,51 @@ export class AioWake implements Wake {
     this.#setRef(false);
   }
 
+  /**
+   * Polls `fd` for `events` directly; `tag`'s low two bits must not be 0.
+   * False when no slot is free (the caller goes through the epoll set).
+   *
+   * @throws When the kernel refuses the poll (the fd is closed).
+   */
+  poll(tag: bigint, fd: number, events: number): boolean {
+    const slot = this.#free.pop();
+    if (slot === undefined) return false;
+    const view = this.#slotsView;
+    const at = slot * IOCB.size;
+    view.setBigUint64(at + IOCB.data, tag, true);
+    view.setUint32(at + IOCB.fildes, fd, true);
+    view.setBigUint64(at + IOCB.buf, BigInt(events), true);
+    const address = this.#slotsAddress + BigInt(at);
+    this.#iocbListView.setBigUint64(0, address, true);
+    const n = sys(SYS.io_submit, this.#ctx.ctx, 1n, addressOf(this.#iocbList));
+    if (n !== 1) {
+      const code = errno();
+      this.#free.push(slot);
+      if (code === ERRNO.EAGAIN) return false;
+      throw systemError("io_submit(IOCB_CMD_POLL)", code, `fd ${fd}`);
+    }
+    this.#slotOf.set(tag, slot);
+    return true;
+  }
+
+  /**
+   * Cancels the direct poll tagged `tag`, if it is outstanding: its file is
+   * no longer held once the kernel has completed it (microseconds).
+   */
+  cancel(tag: bigint): void {
+    const slot = this.#slotOf.get(tag);
+    if (slot === undefined) return;
+    // EINPROGRESS: it completes shortly and its slot is freed then.
+    sys(
+      SYS.io_cancel,
+      this.#ctx.ctx,
+      this.#slotsAddress + BigInt(slot * IOCB.size),
+      addressOf(this.#events),
+    );
+  }
+
   close(): void {
+    for (const tag of [...this.#slotOf.keys()]) this.cancel(tag);
     this.#cancel();
     this.#pipe.close();
   }
@@ -168,56 +366,101 @@ export class AioWake implements Wake {
   }
 
   #submit(): void {
-    this.#tag = ++aioTags;
+    this.#tag = ++aioTags << 2n;
     this.#iocbView.setBigUint64(IOCB.data, this.#tag, true);
-    const n = sys(SYS.io_submit, this.#ctx, 1n, addressOf(this.#iocbList));
+    this.#iocbListView.setBigUint64(0, addressOf(this.#iocb), true);
+    const n = sys(
+      SYS.io_submit,
+      this.#ctx.ctx,
+      1n,
+      addressOf(this.#iocbList),
+    );
     if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
     this.#armed = true;
   }
 
-  /** Cancels an armed poll and reaps its completion (microseconds). */
+  /** Cancels an armed epoll fd poll and reaps its completion (microseconds). */
   #cancel(): void {
     if (!this.#armed) return;
     // EINPROGRESS: the cancelled poll completes shortly; EINVAL: it already
     // had. Either way its completion is reaped here.
     sys(
       SYS.io_cancel,
-      this.#ctx,
+      this.#ctx.ctx,
       addressOf(this.#iocb),
       addressOf(this.#events),
     );
-    this.#reap(1, CANCEL_REAP_NS);
+    const deadline = performance.now() + Number(CANCEL_REAP_NS / 1_000_000n);
+    while (this.#armed && performance.now() < deadline) {
+      this.#syscallReap(1, CANCEL_REAP_NS);
+      this.#settle(() => {});
+    }
     this.#armed = false;
   }
 
+  /** Takes the completions there are into #tags and #results. */
+  #take(): void {
+    if (this.#ctx.ring?.take(this.#tags, this.#results)) return;
+    while (this.#syscallReap(0, 0n) === REAP_EVENTS);
+  }
+
   /**
-   * Reaps completions (at least `min`, waiting up to `ns`); clears `armed`
-   * when the current poll's completion is among them.
+   * Reaps completions by syscall (at least `min`, waiting up to `ns`) into
+   * #tags and #results; returns how many.
    */
-  #reap(min: number, ns: bigint): void {
+  #syscallReap(min: number, ns: bigint): number {
     this.#timeView.setBigInt64(TIMESPEC.sec, ns / 1_000_000_000n, true);
     this.#timeView.setBigInt64(TIMESPEC.nsec, ns % 1_000_000_000n, true);
     const n = sys(
       SYS.io_getevents,
-      this.#ctx,
+      this.#ctx.ctx,
       BigInt(min),
       BigInt(REAP_EVENTS),
       addressOf(this.#events),
       addressOf(this.#time),
     );
+    const view = this.#eventsView;
     for (let i = 0; i < n; i++) {
-      const tag = this.#eventsView.getBigUint64(
-        i * IO_EVENT.size + IO_EVENT.data,
-        true,
-      );
-      if (tag === this.#tag) this.#armed = false;
+      const at = i * IO_EVENT.size;
+      this.#tags.push(view.getBigUint64(at + IO_EVENT.data, true));
+      this.#results.push(Number(view.getBigInt64(at + IO_EVENT.res, true)));
     }
+    return Math.max(n, 0);
+  }
+
+  /**
+   * Sorts the completions taken: the epoll fd's poll (its current one)
+   * calls `onEvents`, a direct poll frees its slot and goes to `onDirect`,
+   * anything else (a poll of an earlier wake path) is dropped.
+   */
+  #settle(onEvents: () => void): void {
+    const tags = this.#tags;
+    const results = this.#results;
+    let setReady = false;
+    for (let i = 0; i < tags.length; i++) {
+      const tag = tags[i];
+      if ((tag & KIND_MASK) === 0n) {
+        if (tag === this.#tag && this.#armed) {
+          this.#armed = false;
+          setReady = true;
+        }
+        continue;
+      }
+      const slot = this.#slotOf.get(tag);
+      if (slot === undefined) continue;
+      this.#slotOf.delete(tag);
+      this.#free.push(slot);
+      this.#onDirect(tag, results[i]);
+    }
+    tags.length = 0;
+    results.length = 0;
+    if (setReady) onEvents();
   }
 
   #completed(onEvents: () => void): void {
-    // Deno's reader has consumed the eventfd count; reap the completion so
-    // the next poll can be submitted.
-    this.#reap(0, 0n);
-    onEvents();
+    // Deno's reader has consumed the eventfd count; take the completions so
+    // the next polls can be submitted.
+    this.#take();
+    this.#settle(onEvents);
   }
 }

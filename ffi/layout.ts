@@ -132,7 +132,7 @@ export const IOCB = {
 } as const;
 
 /** `struct io_event`: 0 data u64, 8 obj u64, 16 res i64, 24 res2 i64. */
-export const IO_EVENT = { size: 32, data: 0 } as const;
+export const IO_EVENT = { size: 32, data: 0, res: 16 } as const;
 
 /** `struct timespec`: 16 bytes. 0 sec i64, 8 nsec i64. */
 export const TIMESPEC = { size: 16, sec: 0, nsec: 8 } as const;

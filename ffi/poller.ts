@@ -5,12 +5,19 @@
  *
  * How the JS thread learns that the set has events (the wake path):
  *
- * - `aio` (the default where it works): one Linux AIO `IOCB_CMD_POLL` on the
- *   private epoll fd, with `IOCB_FLAG_RESFD` on a private eventfd that Deno's
- *   own event loop watches (through the `pipe_wrap` binding). When a watched
- *   fd becomes ready the kernel completes the poll and signals the eventfd,
- *   which wakes the JS thread directly: one thread hand-off per wake. Only the
- *   private eventfd is made non-blocking; watched fds are never touched.
+ * - `aio` (the default where it works): Linux AIO `IOCB_CMD_POLL` with
+ *   `IOCB_FLAG_RESFD` on a private eventfd that Deno's own event loop watches
+ *   (through the `pipe_wrap` binding). When a watched fd becomes ready the
+ *   kernel completes the poll and signals the eventfd, which wakes the JS
+ *   thread directly: one thread hand-off per wake. A waited-on fd is polled
+ *   directly (one AIO poll per fd and direction, up to 48 at once), so a
+ *   wait costs one `io_submit` and a wake no syscall of ours: completions
+ *   are read from the AIO ring in place. Fds past that, and everything when
+ *   `fs.aio-max-nr` leaves no room, wait through the epoll set, which one
+ *   more AIO poll watches. Only the private eventfd is made non-blocking;
+ *   watched fds are never touched. A direct poll holds its fd's open file
+ *   until it completes, so an fd's owner closes its handle (which cancels
+ *   the poll) before the fd.
  * - `ffi` (the fallback): a single nonblocking FFI `epoll_wait` in flight on
  *   one of Deno's blocking-pool threads, which then wakes the JS thread: two
  *   hand-offs per wake. While only unref'd waiters are left, an unref'd timer
@@ -23,10 +30,11 @@
  * (read only when `--allow-env` grants it); {@linkcode wakePath} says which
  * is in use and why.
  *
- * Interest is armed per fd with EPOLLONESHOT and re-armed while waiters
- * remain. Each registration carries a fresh token in `epoll_data`, so an event
- * that was already collected for a closed fd can never reach a later fd that
- * reuses its number.
+ * Interest is armed per fd with EPOLLONESHOT (or a one-shot direct poll) and
+ * re-armed while waiters remain. Each registration carries a fresh token in
+ * `epoll_data` (and in a direct poll's `aio_data`), so an event that was
+ * already collected for a closed fd can never reach a later fd that reuses
+ * its number.
  *
  * @module
  */
@@ -80,6 +88,12 @@ export class PollHandle {
   #ref = true;
   #inSet = false;
   #closed = false;
+  /** Direct polls outstanding (`aio` path): 1 for reading, 2 for writing. */
+  #direct = 0;
+  /** Whether this fd waits through the epoll set rather than directly. */
+  #viaSet = false;
+  /** Whether epoll took this fd once (so it can be waited on at all). */
+  #checked = false;
 
   constructor(poller: Poller, fd: number, token: number) {
     this.#poller = poller;
@@ -90,6 +104,16 @@ export class PollHandle {
   /** Whether waits on this handle keep the process alive. */
   get refed(): boolean {
     return this.#ref;
+  }
+
+  /** Direct polls outstanding: 1 for reading, 2 for writing (for tests). */
+  get directKinds(): number {
+    return this.#direct;
+  }
+
+  /** Whether this fd waits through the epoll set (always on `ffi`). */
+  get viaSet(): boolean {
+    return this.#viaSet;
   }
 
   /** Number of pending waits. */
@@ -162,6 +186,10 @@ export class PollHandle {
   close(error?: Error): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#direct !== 0) {
+      this.#poller.cancelDirect(this, this.#direct);
+      this.#direct = 0;
+    }
     if (this.#inSet) {
       this.#poller.ctl(EPOLL.CTL_DEL, this.fd, 0, this.token);
       this.#inSet = false;
@@ -200,6 +228,17 @@ export class PollHandle {
     for (const waiter of failed) waiter.reject(error as Error);
   }
 
+  /**
+   * Called by the poller when a direct poll of this fd completed: `kind` 1
+   * (reading) or 2 (writing), `result` the events or a negative errno.
+   */
+  directDone(kind: number, result: number): void {
+    this.#direct &= ~kind;
+    if (this.#closed) return;
+    // A failed poll wakes everyone: their retry meets the error.
+    this.dispatch(result < 0 ? EPOLL.ERR : result);
+  }
+
   #takeAll(): Waiter[] {
     const all = this.#readers.concat(this.#writers);
     this.#readers = [];
@@ -208,16 +247,39 @@ export class PollHandle {
   }
 
   #arm(): void {
+    const reading = this.#readers.length > 0;
+    const writing = this.#writers.length > 0;
+    if (!reading && !writing) return;
+    if (!this.#viaSet) {
+      if (!this.#checked) {
+        // Epoll's verdict decides what can be waited on, on either path.
+        this.#poller.ctl(EPOLL.CTL_ADD, this.fd, 0, this.token);
+        this.#poller.ctl(EPOLL.CTL_DEL, this.fd, 0, this.token);
+        this.#checked = true;
+      }
+      if (reading) this.#armDirect(1, EPOLL.IN | EPOLL.RDHUP);
+      if (writing && !this.#viaSet) this.#armDirect(2, EPOLL.OUT);
+      if (!this.#viaSet) return;
+    }
     let mask = 0;
-    if (this.#readers.length > 0) mask |= EPOLL.IN | EPOLL.RDHUP;
-    if (this.#writers.length > 0) mask |= EPOLL.OUT;
-    if (mask === 0) return;
+    if (reading) mask |= EPOLL.IN | EPOLL.RDHUP;
+    if (writing) mask |= EPOLL.OUT;
     mask |= EPOLL.ONESHOT;
     if (this.#inSet) {
       this.#poller.ctl(EPOLL.CTL_MOD, this.fd, mask, this.token);
     } else {
       this.#poller.ctl(EPOLL.CTL_ADD, this.fd, mask, this.token);
       this.#inSet = true;
+    }
+  }
+
+  /** Polls directly for `kind`, or moves this fd to the epoll set. */
+  #armDirect(kind: number, events: number): void {
+    if ((this.#direct & kind) !== 0) return;
+    if (this.#poller.pollDirect(this, kind, events)) this.#direct |= kind;
+    else {
+      this.#viaSet = true;
+      this.#poller.movedToSet();
     }
   }
 }
@@ -271,6 +333,8 @@ export class Poller {
   #refWaiting = 0;
   #waiting = 0;
   #dispatching = false;
+  /** Registered handles that wait through the epoll set. */
+  #setHandles = 0;
 
   constructor() {
     this.#events = stableBuffer(MAX_EVENTS * EPOLL_EVENT.size);
@@ -313,7 +377,7 @@ export class Poller {
     const lib = libc();
     const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
     try {
-      new AioWake(epfd, () => {}, wrap.make).close();
+      new AioWake(epfd, () => {}, () => {}, wrap.make).close();
       return undefined;
     } catch (error) {
       // Out of fds says nothing about AIO: fail this registration as any
@@ -337,7 +401,12 @@ export class Poller {
       if (path === "aio") {
         const wrap = pipeWrap();
         if (typeof wrap === "string") throw new Error(wrap);
-        this.#wake = new AioWake(epfd, () => this.#collect(), wrap.make);
+        this.#wake = new AioWake(
+          epfd,
+          () => this.#collect(),
+          (tag, result) => this.#onDirect(tag, result),
+          wrap.make,
+        );
       } else {
         this.#wake = new FfiWake(
           epfd,
@@ -403,6 +472,22 @@ export class Poller {
     return wake instanceof AioWake ? wake.eventFd : -1;
   }
 
+  /**
+   * The fds polled directly on the `aio` path (not through the epoll set),
+   * with their tokens and what they are polled for: 1 reading, 2 writing
+   * (for tests and diagnostics).
+   */
+  get directPolls(): { fd: number; token: number; kinds: number }[] {
+    const polls = [];
+    for (const handle of this.#handles.values()) {
+      const kinds = handle.directKinds;
+      if (kinds !== 0) {
+        polls.push({ fd: handle.fd, token: handle.token, kinds });
+      }
+    }
+    return polls;
+  }
+
   /** The epoll fd, or -1 while nothing is registered (for tests). */
   get epollFd(): number {
     return this.#epfd;
@@ -441,6 +526,36 @@ export class Poller {
     }
   }
 
+  /**
+   * Polls `handle`'s fd directly for `events` (`aio` path, while there is
+   * room); false when it must wait through the epoll set instead.
+   *
+   * @internal
+   */
+  pollDirect(handle: PollHandle, kind: number, events: number): boolean {
+    const wake = this.#wake;
+    if (!(wake instanceof AioWake) || !wake.direct) return false;
+    return wake.poll(
+      BigInt(handle.token) << 2n | BigInt(kind),
+      handle.fd,
+      events,
+    );
+  }
+
+  /** @internal */
+  cancelDirect(handle: PollHandle, kinds: number): void {
+    const wake = this.#wake;
+    if (!(wake instanceof AioWake)) return;
+    const tag = BigInt(handle.token) << 2n;
+    if (kinds & 1) wake.cancel(tag | 1n);
+    if (kinds & 2) wake.cancel(tag | 2n);
+  }
+
+  /** @internal */
+  movedToSet(): void {
+    this.#setHandles++;
+  }
+
   /** @internal */
   waitersChanged(handle: PollHandle, delta: number): void {
     this.#waiting += delta;
@@ -457,6 +572,7 @@ export class Poller {
 
   /** @internal */
   forget(handle: PollHandle, pending: number): void {
+    if (handle.viaSet) this.#setHandles--;
     this.#handles.delete(handle.token);
     if (this.#byFd.get(handle.fd) === handle) this.#byFd.delete(handle.fd);
     this.#waiting -= pending;
@@ -468,7 +584,7 @@ export class Poller {
     if (this.#dispatching) return;
     const wake = this.#wake;
     if (wake === undefined) return;
-    if (this.#waiting > 0) wake.arm(this.#refWaiting > 0);
+    if (this.#waiting > 0) wake.arm(this.#refWaiting > 0, this.#setHandles > 0);
     else wake.disarm();
     if (this.#handles.size === 0 && !wake.busy) this.#release();
   }
@@ -479,6 +595,19 @@ export class Poller {
     this.#onEvents(
       libc().epoll_wait(this.#epfd, this.#eventsPtr, MAX_EVENTS, 0),
     );
+  }
+
+  // A direct poll completed (aio path).
+  #onDirect(tag: bigint, result: number): void {
+    const handle = this.#handles.get(Number(tag >> 2n));
+    if (handle === undefined) return;
+    this.#dispatching = true;
+    try {
+      handle.directDone(Number(tag & 3n), result);
+    } finally {
+      this.#dispatching = false;
+    }
+    this.#schedule();
   }
 
   #onEvents(n: number): void {

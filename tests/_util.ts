@@ -475,8 +475,19 @@ export function pollerEpfd(): number | undefined {
 export function pollerInterest(): EpollEntry[] {
   const epfd = pollerEpfd();
   if (epfd === undefined) return [];
-  return epollEntries(epfd).filter((entry) => !isPollerEventfd(entry));
+  const inSet = epollEntries(epfd).filter((entry) => !isPollerEventfd(entry));
+  // On the aio path most fds are polled directly, outside the set.
+  const direct = poller().directPolls.map(({ fd, token, kinds }) => ({
+    fd,
+    events: ((kinds & 1) ? EPOLLIN : 0) | ((kinds & 2) ? EPOLLOUT : 0),
+    data: BigInt(token),
+    ino: fdInode(fd) ?? -1,
+  }));
+  return [...inSet, ...direct].sort((a, b) => a.fd - b.fd);
 }
+
+const EPOLLIN = 0x1;
+const EPOLLOUT = 0x4;
 
 /**
  * How many waits of the poller are in flight right now; the design allows at
