@@ -162,9 +162,14 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
       if (refused !== undefined) return Promise.reject(refused);
     }
     if (this.#recvs.length === 0) {
-      // Nothing queued ahead: a message already there needs no promise chain.
+      // Nothing queued ahead: a message already there, or one that comes
+      // within the spin, needs no promise chain. Nothing else runs while
+      // this thread spins, so no later call can overtake this one.
       try {
-        const message = this.#tryRecv(into);
+        let message = this.#tryRecv(into);
+        if (message === undefined && options.signal?.aborted !== true) {
+          message = r.spinner.spin(() => this.#tryRecv(into));
+        }
         if (message !== undefined) {
           return message === null && r.turn === undefined
             ? Promise.resolve(null)
