@@ -33,7 +33,7 @@ export interface Encoded {
 
 /** The writer's size; it returns to it after a larger value. */
 const WRITER_SIZE = 64 * 1024;
-/** Above this, the writer is let go once its head is copied out. */
+/** Above this, the writer is let go after the encode (its head view keeps it while needed). */
 const WRITER_KEEP = 1024 * 1024;
 
 /** The hooks between encodes: they hold no endpoint of the last value. */
@@ -79,8 +79,9 @@ export function writerCapacity(): number {
 }
 
 /**
- * Encodes `value`. The head is a fresh copy; blobs are views of the
- * caller's buffers.
+ * Encodes `value`. The head is a view of the shared writer, valid until the
+ * next encode: a caller that keeps it past that copies it (a frame does so
+ * when it has to wait). Blobs are views of the caller's buffers.
  *
  * @throws {DOMException} `DataCloneError` when the value holds something
  * that cannot travel.
@@ -115,7 +116,7 @@ function finish(e: Encoder): Encoded {
     views.push(new Uint8Array(blob.buffer, blob.start, blob.end - blob.start));
   }
   return {
-    head: out.buf.slice(0, out.pos),
+    head: out.buf.subarray(0, out.pos),
     treeLength,
     blobs: views,
     blobBytes,

@@ -81,7 +81,9 @@ export function valueFrame(
       b: head.byteLength,
       c: treeLength,
       body: blobs.length === 0 ? [head] : [head, ...blobs],
-      owned: 1,
+      // The head is a view of the encoder's writer, copied if the frame
+      // has to wait (the next encode reuses the writer).
+      owned: 0,
       size: total,
       fds: outgoing.fds,
       sent: plain ? nothing : () => outgoing.finish(transfer),

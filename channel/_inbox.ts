@@ -41,6 +41,12 @@ export type Polled<T> =
   | { kind: "closed" }
   | { kind: "empty" };
 
+/** What a look that found nothing, or no connection left, returns. */
+const EMPTY: Polled<never> = { kind: "empty" };
+const CLOSED: Polled<never> = { kind: "closed" };
+/** A message taken by a look. */
+type Taken = { kind: "value"; value: unknown };
+
 /** The largest message a receiver takes (it refuses bigger memfds). */
 const MAX_MESSAGE = 2 ** 30;
 /** Frames one look at a receiver reads at most (wake-up work bound). */
@@ -161,18 +167,18 @@ export class Inbox {
         if (got === undefined) break;
         if (got !== AGAIN) {
           this.#next = (this.#next + k + 1) % Math.max(1, this.#conns.length);
-          return { kind: "value", value: got.value };
+          return got;
         }
         // A control frame was taken, or the connection closed.
         if (conn.fd.closed) break;
       }
     }
-    if (this.#conns.length === 0) return { kind: "closed" };
+    if (this.#conns.length === 0) return CLOSED;
     if (budget === 0) {
       this.#next = (this.#next + k) % this.#conns.length;
       this.#full = true;
     }
-    return { kind: "empty" };
+    return EMPTY;
   }
 
   /**
@@ -188,10 +194,10 @@ export class Inbox {
     }
     for (const conn of this.#batched) {
       this.#batched.delete(conn);
-      return { kind: "value", value: this.#record(conn).value };
+      return this.#record(conn);
     }
     if (!this.#socketsFirst) return this.#pollSockets();
-    return this.#conns.length === 0 ? { kind: "closed" } : { kind: "empty" };
+    return this.#conns.length === 0 ? CLOSED : EMPTY;
   }
 
   /** Reads the connections the epoll set names ready. */
@@ -203,7 +209,7 @@ export class Inbox {
         budget--;
         const got = this.#read(conn);
         if (got === undefined) break;
-        if (got !== AGAIN) return { kind: "value", value: got.value };
+        if (got !== AGAIN) return got;
         if (conn.fd.closed) break;
       }
       if (budget === 0) {
@@ -211,7 +217,7 @@ export class Inbox {
         break;
       }
     }
-    return this.#conns.length === 0 ? { kind: "closed" } : { kind: "empty" };
+    return this.#conns.length === 0 ? CLOSED : EMPTY;
   }
 
   /** Puts the connections in an epoll set (or goes on without one). */
@@ -299,7 +305,7 @@ export class Inbox {
    * control frame, `undefined` when nothing is there. A malformed frame
    * drops the connection and throws.
    */
-  #read(conn: Connection): { value: unknown } | typeof AGAIN | undefined {
+  #read(conn: Connection): Taken | typeof AGAIN | undefined {
     if (conn.batch !== undefined) return this.#record(conn);
     let got;
     try {
@@ -355,7 +361,7 @@ export class Inbox {
       handedOn = true;
       const value = this.#message(scratch, 0, got.bytes, got.fds);
       this.#took(conn);
-      return { value };
+      return { kind: "value", value };
     } catch (error) {
       if (!handedOn) closeAll(got.fds);
       this.#drop(conn);
@@ -364,7 +370,7 @@ export class Inbox {
   }
 
   /** Takes the next message of the batch `conn` is in. */
-  #record(conn: Connection): { value: unknown } {
+  #record(conn: Connection): Taken {
     const batch = conn.batch!;
     const at = conn.at!;
     const start = at + RECORD_PREFIX;
@@ -386,7 +392,7 @@ export class Inbox {
       this.#drop(conn);
       throw error;
     }
-    return { value };
+    return { kind: "value", value };
   }
 
   /** Counts messages taken; acknowledges a quarter of the capacity at once. */

@@ -212,7 +212,8 @@ export function sampleOf(value: unknown): Sample {
     blobs.set(blob, at);
     at += blob.byteLength;
   }
-  return { head: encoded.head, treeLength: encoded.treeLength, blobs };
+  // The head is a view of the shared writer: the next encode reuses it.
+  return { head: encoded.head.slice(), treeLength: encoded.treeLength, blobs };
 }
 
 /** A sample of a bare value tree (no blobs). */
