@@ -119,6 +119,11 @@ function aioCtx(): AioContext {
   return aioContext = { ctx, ring: CompletionRing.open(ctx), direct };
 }
 
+/** Whether this process's AIO context has room for direct polls. */
+export function aioDirect(): boolean {
+  return aioCtx().direct;
+}
+
 /**
  * The context's completion ring as the kernel maps it into this process
  * (`struct aio_ring`), read in place: taking a completion costs no syscall.

@@ -49,7 +49,7 @@ import {
   type Wake,
   type WakePathName,
 } from "./_wake.ts";
-import { AioWake, pipeWrap } from "./_wake_aio.ts";
+import { aioDirect, AioWake, pipeWrap } from "./_wake_aio.ts";
 import { FfiWake } from "./_wake_ffi.ts";
 
 export type { WakePathName };
@@ -356,11 +356,14 @@ export class Poller {
     }
     const refused = this.#aioRefusal();
     if (refused === undefined) {
+      const how = aioDirect()
+        ? "each waited-on fd polled directly"
+        : "fs.aio-max-nr left room for a small AIO context only: fds wait through the epoll set";
       return {
         path: "aio",
         reason: forced === "aio"
-          ? `forced by ${WAKE_ENV}=aio`
-          : "AIO poll on the epoll fd is available",
+          ? `forced by ${WAKE_ENV}=aio (${how})`
+          : `AIO poll is available (${how})`,
       };
     }
     if (forced === "aio") {
