@@ -62,13 +62,25 @@ const CANCEL_REAP_NS = 100_000_000n;
 /**
  * Events of the AIO context: room for the epoll fd's poll and for
  * {@linkcode DIRECT_MAX} direct polls with their cancellations. The kernel
- * counts twice this against `fs.aio-max-nr` (65,536 by default).
+ * counts this against `fs.aio-max-nr` (65,536 for the whole machine by
+ * default) until the process exits.
  */
 const CTX_EVENTS = 64;
 /** Direct polls (one watched fd each) outstanding at once. */
 const DIRECT_MAX = 48;
 /** The context of the fallback when `fs.aio-max-nr` has no room: no direct polls. */
 const SMALL_CTX_EVENTS = 8;
+
+/**
+ * Whether this isolate is a Worker. Its AIO context outlives it (a context
+ * belongs to the process; a terminated Worker runs no code to destroy it),
+ * and so would any direct poll it left outstanding, holding its fd's open
+ * file after every fd is closed. A Worker therefore takes the small context
+ * and waits through the epoll set only: an epoll set holds no watched file,
+ * and each Worker ever started keeps only that much of `fs.aio-max-nr`.
+ */
+const IN_WORKER = typeof (globalThis as { WorkerGlobalScope?: unknown })
+  .WorkerGlobalScope === "function";
 
 /** `struct aio_ring`: the header the kernel maps at the context address. */
 const RING = {
@@ -105,9 +117,11 @@ let aioTags = 0n;
 function aioCtx(): AioContext {
   if (aioContext !== undefined) return aioContext;
   const ctxBuf = stableBuffer(8);
-  let direct = true;
-  if (sys(SYS.io_setup, BigInt(CTX_EVENTS), addressOf(ctxBuf)) !== 0) {
-    // fs.aio-max-nr may have room for a small context only.
+  let direct = !IN_WORKER;
+  if (
+    !direct || sys(SYS.io_setup, BigInt(CTX_EVENTS), addressOf(ctxBuf)) !== 0
+  ) {
+    // A Worker, or fs.aio-max-nr with room for a small context only.
     direct = false;
     if (
       sys(SYS.io_setup, BigInt(SMALL_CTX_EVENTS), addressOf(ctxBuf)) !== 0
@@ -190,8 +204,8 @@ class CompletionRing {
 /**
  * The one-hand-off path. Each watched fd that someone waits on gets its own
  * AIO poll (a direct poll) while there is room for it; the others, and fds
- * past {@linkcode DIRECT_MAX}, go through the poller's epoll set, which one
- * more AIO poll watches. Every completion signals a private eventfd that
+ * past {@linkcode DIRECT_MAX} (and every fd in a Worker), go through the
+ * poller's epoll set, which one more AIO poll watches. Every completion signals a private eventfd that
  * Deno's event loop reads on the JS thread.
  */
 export class AioWake implements Wake {

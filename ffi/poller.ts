@@ -12,7 +12,8 @@
  *   thread directly: one thread hand-off per wake. A waited-on fd is polled
  *   directly (one AIO poll per fd and direction, up to 48 at once), so a
  *   wait costs one `io_submit` and a wake no syscall of ours: completions
- *   are read from the AIO ring in place. Fds past that, and everything when
+ *   are read from the AIO ring in place. Fds past that, and everything in a
+ *   Worker (a terminated Worker could not cancel its polls) or when
  *   `fs.aio-max-nr` leaves no room, wait through the epoll set, which one
  *   more AIO poll watches. Only the private eventfd is made non-blocking;
  *   watched fds are never touched. A direct poll holds its fd's open file

@@ -54,3 +54,43 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a Worker terminated while it waits holds no open file: once the fd it waited on is closed here, the pipe's writer sees BrokenPipe",
+  permissions: { ffi: true, read: true },
+  async fn() {
+    const worker = new Worker(
+      new URL("./fixtures/worker_pipe.ts", import.meta.url),
+      { type: "module" },
+    );
+    const { reader, writer } = pipe();
+    try {
+      const waiting = new Promise<unknown>((resolve) => {
+        worker.onmessage = (e) => resolve(e.data);
+      });
+      worker.postMessage({ fd: reader.rawFd });
+      assert.deepEqual(
+        await withTimeout(waiting, 10_000, "worker waiting"),
+        { waiting: true, busy: true },
+      );
+      // The Worker ends with its read pending: no code of it runs again, so
+      // whatever its wait left in the kernel stays there.
+      worker.terminate();
+      // This thread owns the fd; with it closed, no read end is left.
+      reader.close();
+      await assert.rejects(
+        withTimeout(
+          writer.write(new TextEncoder().encode("nobody reads this")),
+          10_000,
+          "the write to a pipe without readers",
+        ),
+        Deno.errors.BrokenPipe,
+      );
+    } finally {
+      worker.terminate();
+      reader.close();
+      writer.close();
+    }
+  },
+});
