@@ -325,7 +325,9 @@ export class AioWake implements Wake {
 
   /**
    * Polls `fd` for `events` directly; `tag`'s low two bits must not be 0.
-   * False when no slot is free (the caller goes through the epoll set).
+   * False when no slot is free, or when AIO refuses a file that epoll takes
+   * (one whose poll waits on two queues, such as a pipe opened for reading
+   * and writing): the caller goes through the epoll set.
    *
    * @throws When the kernel refuses the poll (the fd is closed).
    */
@@ -343,7 +345,7 @@ export class AioWake implements Wake {
     if (n !== 1) {
       const code = errno();
       this.#free.push(slot);
-      if (code === ERRNO.EAGAIN) return false;
+      if (code === ERRNO.EAGAIN || code === ERRNO.EINVAL) return false;
       throw systemError("io_submit(IOCB_CMD_POLL)", code, `fd ${fd}`);
     }
     this.#slotOf.set(tag, slot);
