@@ -79,8 +79,13 @@ const SMALL_CTX_EVENTS = 8;
  * and waits through the epoll set only: an epoll set holds no watched file,
  * and each Worker ever started keeps only that much of `fs.aio-max-nr`.
  */
-const IN_WORKER = typeof (globalThis as { WorkerGlobalScope?: unknown })
-  .WorkerGlobalScope === "function";
+const IN_WORKER = (() => {
+  const scope = globalThis as { Window?: unknown; WorkerGlobalScope?: unknown };
+  // Only the main thread has Window: a web Worker has WorkerGlobalScope, a
+  // node:worker_threads Worker neither.
+  return typeof scope.Window !== "function" ||
+    typeof scope.WorkerGlobalScope === "function";
+})();
 
 /** `struct aio_ring`: the header the kernel maps at the context address. */
 const RING = {
