@@ -68,7 +68,10 @@ const CANCEL_REAP_NS = 100_000_000n;
 const CTX_EVENTS = 64;
 /** Direct polls (one watched fd each) outstanding at once. */
 const DIRECT_MAX = 48;
-/** The context of the fallback when `fs.aio-max-nr` has no room: no direct polls. */
+/**
+ * The context of a Worker, and of the fallback when `fs.aio-max-nr` has no
+ * room for a full one: no direct polls.
+ */
 const SMALL_CTX_EVENTS = 8;
 
 /**
