@@ -62,13 +62,33 @@ const CANCEL_REAP_NS = 100_000_000n;
 /**
  * Events of the AIO context: room for the epoll fd's poll and for
  * {@linkcode DIRECT_MAX} direct polls with their cancellations. The kernel
- * counts twice this against `fs.aio-max-nr` (65,536 by default).
+ * counts this against `fs.aio-max-nr` (65,536 for the whole machine by
+ * default) until the process exits.
  */
 const CTX_EVENTS = 64;
 /** Direct polls (one watched fd each) outstanding at once. */
 const DIRECT_MAX = 48;
-/** The context of the fallback when `fs.aio-max-nr` has no room: no direct polls. */
+/**
+ * The context of a Worker, and of the fallback when `fs.aio-max-nr` has no
+ * room for a full one: no direct polls.
+ */
 const SMALL_CTX_EVENTS = 8;
+
+/**
+ * Whether this isolate is a Worker. Its AIO context outlives it (a context
+ * belongs to the process; a terminated Worker runs no code to destroy it),
+ * and so would any direct poll it left outstanding, holding its fd's open
+ * file after every fd is closed. A Worker therefore takes the small context
+ * and waits through the epoll set only: an epoll set holds no watched file,
+ * and each Worker ever started keeps only that much of `fs.aio-max-nr`.
+ */
+const IN_WORKER = (() => {
+  const scope = globalThis as { Window?: unknown; WorkerGlobalScope?: unknown };
+  // Only the main thread has Window: a web Worker has WorkerGlobalScope, a
+  // node:worker_threads Worker neither.
+  return typeof scope.Window !== "function" ||
+    typeof scope.WorkerGlobalScope === "function";
+})();
 
 /** `struct aio_ring`: the header the kernel maps at the context address. */
 const RING = {
@@ -105,9 +125,11 @@ let aioTags = 0n;
 function aioCtx(): AioContext {
   if (aioContext !== undefined) return aioContext;
   const ctxBuf = stableBuffer(8);
-  let direct = true;
-  if (sys(SYS.io_setup, BigInt(CTX_EVENTS), addressOf(ctxBuf)) !== 0) {
-    // fs.aio-max-nr may have room for a small context only.
+  let direct = !IN_WORKER;
+  if (
+    !direct || sys(SYS.io_setup, BigInt(CTX_EVENTS), addressOf(ctxBuf)) !== 0
+  ) {
+    // A Worker, or fs.aio-max-nr with room for a small context only.
     direct = false;
     if (
       sys(SYS.io_setup, BigInt(SMALL_CTX_EVENTS), addressOf(ctxBuf)) !== 0
@@ -195,8 +217,8 @@ class CompletionRing {
 /**
  * The one-hand-off path. Each watched fd that someone waits on gets its own
  * AIO poll (a direct poll) while there is room for it; the others, and fds
- * past {@linkcode DIRECT_MAX}, go through the poller's epoll set, which one
- * more AIO poll watches. Every completion signals a private eventfd that
+ * past {@linkcode DIRECT_MAX} (and every fd in a Worker), go through the
+ * poller's epoll set, which one more AIO poll watches. Every completion signals a private eventfd that
  * Deno's event loop reads on the JS thread.
  */
 export class AioWake implements Wake {
@@ -316,7 +338,9 @@ export class AioWake implements Wake {
 
   /**
    * Polls `fd` for `events` directly; `tag`'s low two bits must not be 0.
-   * False when no slot is free (the caller goes through the epoll set).
+   * False when no slot is free, or when AIO refuses a file that epoll takes
+   * (one whose poll waits on two queues, such as a pipe opened for reading
+   * and writing): the caller goes through the epoll set.
    *
    * @throws When the kernel refuses the poll (the fd is closed).
    */
@@ -334,7 +358,7 @@ export class AioWake implements Wake {
     if (n !== 1) {
       const code = errno();
       this.#free.push(slot);
-      if (code === ERRNO.EAGAIN) return false;
+      if (code === ERRNO.EAGAIN || code === ERRNO.EINVAL) return false;
       throw systemError("io_submit(IOCB_CMD_POLL)", code, `fd ${fd}`);
     }
     this.#slotOf.set(tag, slot);

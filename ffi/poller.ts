@@ -12,7 +12,8 @@
  *   thread directly: one thread hand-off per wake. A waited-on fd is polled
  *   directly (one AIO poll per fd and direction, up to 48 at once), so a
  *   wait costs one `io_submit` and a wake no syscall of ours: completions
- *   are read from the AIO ring in place. Fds past that, and everything when
+ *   are read from the AIO ring in place. Fds past that, and everything in a
+ *   Worker (a terminated Worker could not cancel its polls) or when
  *   `fs.aio-max-nr` leaves no room, wait through the epoll set, which one
  *   more AIO poll watches. Only the private eventfd is made non-blocking;
  *   watched fds are never touched. A direct poll holds its fd's open file
@@ -250,6 +251,11 @@ export class PollHandle {
     const reading = this.#readers.length > 0;
     const writing = this.#writers.length > 0;
     if (!reading && !writing) return;
+    if (!this.#viaSet && !this.#poller.canPollDirect) {
+      // The ffi path, a Worker or a small AIO context: the epoll set only.
+      this.#viaSet = true;
+      this.#poller.movedToSet();
+    }
     if (!this.#viaSet) {
       if (!this.#checked) {
         // Epoll's verdict decides what can be waited on, on either path.
@@ -527,6 +533,12 @@ export class Poller {
       }
       throw systemError("epoll_ctl", code, `fd ${fd} cannot be waited on`);
     }
+  }
+
+  /** Whether fds may be polled directly (the `aio` path, with room). */
+  get canPollDirect(): boolean {
+    const wake = this.#wake;
+    return wake instanceof AioWake && wake.direct;
   }
 
   /**

@@ -3,6 +3,7 @@ import { type Pipe, pipe } from "../pipe.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
 import { cstr } from "../ffi/mem.ts";
+import { O } from "../ffi/layout.ts";
 import {
   delay,
   EPOLL_WAIT_SYSCALLS,
@@ -364,4 +365,29 @@ test("a second registration of one fd number is refused while the first lives", 
   );
   p.writer.writeSync(new Uint8Array([3]));
   assert.equal(await withTimeout(read, 2000, "the first owner's read"), 1);
+});
+
+test("an fd that epoll takes but an AIO poll refuses (a pipe opened for reading and writing polls two queues) is still waited on", async () => {
+  using p = pipe();
+  // Reopening the read end through /proc gives a description with both
+  // modes: its poll waits on two queues, which epoll takes and AIO does not.
+  const fd = libc().open(
+    cstr(`/proc/self/fd/${p.reader.rawFd}`),
+    O.RDWR | O.CLOEXEC,
+    0,
+  );
+  assert.ok(fd >= 0);
+  const handle = poller().register(fd);
+  try {
+    const woken = handle.wait("read");
+    assert.ok(
+      await stillPending(woken, 20),
+      "the wait settled (or was refused) with nothing to read",
+    );
+    p.writer.writeSync(new Uint8Array([7]));
+    await withTimeout(woken, 2000, "the wait on the two-mode pipe");
+  } finally {
+    handle.close();
+    libc().close(fd);
+  }
 });

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { Worker as NodeWorker } from "node:worker_threads";
 import { pipe } from "../mod.ts";
 import { poller } from "../ffi/poller.ts";
 import { assertFdsUnchanged, fdSnapshot, withTimeout } from "./_util.ts";
@@ -54,3 +55,83 @@ Deno.test({
     }
   },
 });
+
+/**
+ * Starts a Worker of `kind` that wraps `fd` in a PipeReader and leaves a
+ * read pending; resolves once it waits, with a function that ends it.
+ */
+async function workerWaitingOn(
+  kind: "web" | "node",
+  fd: number,
+): Promise<() => Promise<unknown>> {
+  if (kind === "web") {
+    const worker = new Worker(
+      new URL("./fixtures/worker_pipe.ts", import.meta.url),
+      { type: "module" },
+    );
+    try {
+      const waiting = new Promise<unknown>((resolve) => {
+        worker.onmessage = (e) => resolve(e.data);
+      });
+      worker.postMessage({ fd });
+      assert.deepEqual(
+        await withTimeout(waiting, 10_000, "worker waiting"),
+        { waiting: true, busy: true },
+      );
+    } catch (error) {
+      worker.terminate();
+      throw error;
+    }
+    return () => Promise.resolve(worker.terminate());
+  }
+  const worker = new NodeWorker(
+    new URL("./fixtures/node_worker_pipe.ts", import.meta.url),
+    { workerData: { fd } },
+  );
+  try {
+    const waiting = new Promise<unknown>((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+    });
+    assert.deepEqual(
+      await withTimeout(waiting, 10_000, "worker waiting"),
+      { waiting: true },
+    );
+  } catch (error) {
+    await worker.terminate();
+    throw error;
+  }
+  return () => worker.terminate();
+}
+
+for (const kind of ["web", "node"] as const) {
+  Deno.test({
+    name:
+      `a ${kind} Worker terminated while it waits holds no open file: once the fd it waited on is closed here, the pipe's writer sees BrokenPipe`,
+    permissions: { ffi: true, read: true },
+    async fn() {
+      const { reader, writer } = pipe();
+      let end: (() => Promise<unknown>) | undefined;
+      try {
+        end = await workerWaitingOn(kind, reader.rawFd);
+        // The Worker ends with its read pending: no code of it runs again,
+        // so whatever its wait left in the kernel stays there.
+        await end();
+        // This thread owns the fd; with it closed, no read end is left.
+        reader.close();
+        await assert.rejects(
+          withTimeout(
+            writer.write(new TextEncoder().encode("nobody reads this")),
+            10_000,
+            "the write to a pipe without readers",
+          ),
+          Deno.errors.BrokenPipe,
+        );
+      } finally {
+        await end?.();
+        reader.close();
+        writer.close();
+      }
+    },
+  });
+}
