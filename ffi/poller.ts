@@ -363,13 +363,13 @@ export class Poller {
     const refused = this.#aioRefusal();
     if (refused === undefined) {
       const how = aioDirect()
-        ? "each waited-on fd polled directly"
-        : "fs.aio-max-nr left room for a small AIO context only: fds wait through the epoll set";
+        ? "each waited-on fd is polled directly"
+        : "fds wait through the epoll set (a Worker, or fs.aio-max-nr left room for a small AIO context only)";
       return {
         path: "aio",
         reason: forced === "aio"
-          ? `forced by ${WAKE_ENV}=aio (${how})`
-          : `AIO poll is available (${how})`,
+          ? `forced by ${WAKE_ENV}=aio; ${how}`
+          : `AIO poll is available; ${how}`,
       };
     }
     if (forced === "aio") {
