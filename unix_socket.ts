@@ -15,6 +15,7 @@ import { libc } from "./ffi/libc.ts";
 import { check, ERRNO, errno, type SystemError } from "./ffi/errors.ts";
 import { MSG, SOCK } from "./ffi/layout.ts";
 import { OwnedFd } from "./ffi/fd.ts";
+import { poller } from "./ffi/poller.ts";
 import { flushBeforeSpin, Spinner, untilReady } from "./ffi/spin.ts";
 import { TurnSlice, yieldTurn } from "./_turn.ts";
 import {
@@ -573,6 +574,13 @@ export class UnixSocket implements Disposable {
       checkSignal(signal, RECV);
       ({ maxFds, maxBytes } = recvLimits(options));
       spinner = spinnerFor(options.spin, this.#readSpinner, RECV);
+      // Recent waits went unanswered for long (paced traffic): arm the wait
+      // at once. Its direct poll still sees a message that is here already,
+      // and completes without a turn of the event loop; a look first would
+      // cost a syscall that finds nothing nearly every time.
+      if (spinner.resting && this.#fd.waitsDirectly) {
+        return this.#recvLater(maxFds, maxBytes, spinner, signal);
+      }
       const now = this.#tryRecv(maxFds, maxBytes, false);
       if (now !== undefined) {
         // A peer that keeps the socket full never lets this wait; timers
@@ -594,18 +602,18 @@ export class UnixSocket implements Disposable {
     spinner: Spinner,
     signal: AbortSignal | undefined,
   ): Promise<SocketMessage | null> {
-    let waited = false;
-    // recv() tried once already: go straight to the spin.
+    // Whether a wait let the event loop turn: a poll that found the socket
+    // ready when it was armed did not.
+    const turns = poller().turns;
+    // recv() tried once already, or skipped its look: go straight to the
+    // spin (a resting spinner parks at once).
     const message = await untilReady(
       () => this.#tryRecv(maxFds, maxBytes, false),
-      () => {
-        waited = true;
-        return this.#fd.wait("read", signal);
-      },
+      () => this.#fd.wait("read", signal),
       spinner,
       true,
     );
-    if (waited) this.#slice.waited();
+    if (poller().turns !== turns) this.#slice.waited();
     else if (this.#slice.delivered()) await yieldTurn();
     return message;
   }

@@ -145,6 +145,17 @@ export class Inbox {
   }
 
   /**
+   * Whether a look would only cost a syscall that a wait can make instead:
+   * one connection, polled directly (its poll completes at once when a
+   * frame is there), with nothing of a batch left here.
+   */
+  get armFirst(): boolean {
+    if (this.#set !== undefined || this.#conns.length !== 1) return false;
+    const conn = this.#conns[0];
+    return conn.batch === undefined && conn.fd.waitsDirectly;
+  }
+
+  /**
    * Whether the last look stopped at its budget with frames still to read:
    * the receiver should then yield a macrotask turn and look again rather
    * than wait (a wait on a ready fd need not let the event loop turn).

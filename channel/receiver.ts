@@ -12,6 +12,7 @@ import {
   untilClosed,
 } from "../_channel_error.ts";
 import { closedError } from "../ffi/errors.ts";
+import { poller } from "../ffi/poller.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
 import { HEADER } from "../_channel_wire.ts";
@@ -233,15 +234,20 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
     this.#assertOpen();
     signal?.throwIfAborted();
-    // A message that is here already needs no wait loop.
-    const ready = this[pollOnce]();
-    if (ready.kind === "value") {
-      if (this.#slice.delivered()) await yieldTurn();
-      return ready.value;
+    // A message that is here already needs no wait loop. After waits that
+    // went unanswered for long (paced traffic), the wait is armed at once
+    // instead: its direct poll still sees a frame that is there.
+    if (!(spinner.resting && this.#in.armFirst)) {
+      const ready = this[pollOnce]();
+      if (ready.kind === "value") {
+        if (this.#slice.delivered()) await yieldTurn();
+        return ready.value;
+      }
+      if (ready.kind === "closed") throw recvClosed();
     }
-    if (ready.kind === "closed") throw recvClosed();
     this.#pending++;
     let parked = false;
+    const turns = poller().turns;
     try {
       const polled = await untilReady<Polled<T>>(
         () => {
@@ -263,7 +269,9 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         // The look above found nothing: go straight to the spin.
         true,
       );
-      if (parked) this.#slice.waited();
+      // A wait that let the event loop turn starts a new slice; one whose
+      // poll found the frame there at once did not.
+      if (parked && poller().turns !== turns) this.#slice.waited();
       else if (polled.kind === "value" && this.#slice.delivered()) {
         await yieldTurn();
       }

@@ -192,6 +192,12 @@ class CompletionRing {
     }
   }
 
+  /** Whether the ring holds no completion (false when in doubt). */
+  get empty(): boolean {
+    return Atomics.load(this.#header, RING.head) ===
+      Atomics.load(this.#header, RING.tail);
+  }
+
   /**
    * Takes every completion in the ring into `tags` and `results`; false
    * when head or tail is out of range (then the caller reaps by syscall).
@@ -241,6 +247,18 @@ export class AioWake implements Wake {
   #armed = false;
   #refed = true;
   #onDirect: (tag: bigint, result: number) => void;
+  #onEvents: () => void;
+  /** Wakes that came through the event loop (the eventfd was read). */
+  #turns = 0;
+  /** Whether a look at completions is due in a microtask. */
+  #soon = false;
+  #closed = false;
+  readonly #lookSoon = (): void => {
+    this.#soon = false;
+    // The context outlives this wake path: once closed, its completions
+    // are a later one's.
+    if (!this.#closed) this.#completed(this.#onEvents);
+  };
   // Direct polls: one iocb slot each, known by its address to io_cancel and
   // kept until its completion is taken (a cancelled one too).
   #slots = stableBuffer(DIRECT_MAX * IOCB.size);
@@ -269,6 +287,7 @@ export class AioWake implements Wake {
     const lib = libc();
     this.#ctx = aioCtx();
     this.#onDirect = onDirect;
+    this.#onEvents = onEvents;
     this.#take();
     const efd = lib.eventfd(0, EFD.CLOEXEC);
     if (efd === -1) throw systemError("eventfd", errno());
@@ -299,7 +318,10 @@ export class AioWake implements Wake {
       // Reads of the eventfd land in one small buffer instead of a new
       // 64 KiB one each time (where this Deno has the call).
       pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
-      pipe.onread = () => this.#completed(onEvents);
+      pipe.onread = () => {
+        this.#turns++;
+        this.#completed(onEvents);
+      };
       if (pipe.readStart() !== 0) throw new Error("Pipe#readStart failed");
     } catch (error) {
       this.#cancel();
@@ -318,6 +340,11 @@ export class AioWake implements Wake {
   /** The private eventfd that Deno's event loop watches. */
   get eventFd(): number {
     return this.#efd;
+  }
+
+  /** Wakes that came through the event loop, not from a submit. */
+  get turns(): number {
+    return this.#turns;
   }
 
   /** Whether fds can be polled directly (the AIO context has room). */
@@ -362,7 +389,19 @@ export class AioWake implements Wake {
       throw systemError("io_submit(IOCB_CMD_POLL)", code, `fd ${fd}`);
     }
     this.#slotOf.set(tag, slot);
+    this.#completedAtSubmit();
     return true;
+  }
+
+  /**
+   * A poll of an fd that is ready already completes inside `io_submit`:
+   * its completion is taken in a microtask rather than after a turn of the
+   * event loop (which still reads the eventfd, and then finds nothing).
+   */
+  #completedAtSubmit(): void {
+    if (this.#soon || this.#ctx.ring?.empty !== false) return;
+    this.#soon = true;
+    queueMicrotask(this.#lookSoon);
   }
 
   /**
@@ -382,6 +421,7 @@ export class AioWake implements Wake {
   }
 
   close(): void {
+    this.#closed = true;
     for (const tag of [...this.#slotOf.keys()]) this.cancel(tag);
     this.#cancel();
     this.#pipe.close();
@@ -406,6 +446,7 @@ export class AioWake implements Wake {
     );
     if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
     this.#armed = true;
+    this.#completedAtSubmit();
   }
 
   /** Cancels an armed epoll fd poll and reaps its completion (microseconds). */

@@ -41,6 +41,15 @@ export class OwnedFd {
     return this.#what;
   }
 
+  /**
+   * Whether a wait on this fd sees readiness there at once (its poll is
+   * direct, and completes inside the submit when the fd is ready) rather
+   * than after a turn of the event loop.
+   */
+  get waitsDirectly(): boolean {
+    return poller().canPollDirect && this.#handle?.viaSet !== true;
+  }
+
   /** Whether {@linkcode close} or {@linkcode release} was called. */
   get closed(): boolean {
     return this.#closed;

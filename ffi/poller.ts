@@ -341,6 +341,7 @@ export class Poller {
   #dispatching = false;
   /** Registered handles that wait through the epoll set. */
   #setHandles = 0;
+  #ffiTurns = 0;
 
   constructor() {
     this.#events = stableBuffer(MAX_EVENTS * EPOLL_EVENT.size);
@@ -421,7 +422,10 @@ export class Poller {
           epfd,
           this.#eventsPtr,
           (op, fd, events, token) => this.ctl(op, fd, events, token),
-          (n) => this.#onEvents(n),
+          (n) => {
+            this.#ffiTurns++;
+            this.#onEvents(n);
+          },
         );
       }
     } catch (error) {
@@ -533,6 +537,17 @@ export class Poller {
       }
       throw systemError("epoll_ctl", code, `fd ${fd} cannot be waited on`);
     }
+  }
+
+  /**
+   * Counts the wakes that came through the event loop (timers and other
+   * I/O had their turn), as opposed to a wait whose fd was ready when it
+   * was armed. A receive loop compares it across a wait to tell whether it
+   * let the event loop run.
+   */
+  get turns(): number {
+    const wake = this.#wake;
+    return wake instanceof AioWake ? wake.turns : this.#ffiTurns;
   }
 
   /** Whether fds may be polled directly (the `aio` path, with room). */

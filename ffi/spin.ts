@@ -116,6 +116,14 @@ export class Spinner {
     this.#fixed = spin;
   }
 
+  /**
+   * Whether the adaptive rule is resting after misses: the next wait will
+   * park without spinning, as the answer is not expected soon.
+   */
+  get resting(): boolean {
+    return this.#fixed === undefined && this.#cooldown > 0;
+  }
+
   /** Whether this spinner never spins. */
   get off(): boolean {
     return this.#fixed === 0;

@@ -266,3 +266,34 @@ test(
     for (const e of [tx, rx, late, ...clones]) e.close();
   },
 );
+
+test("after a wait that went unanswered, recv() arms its wait first, and messages already there, single or batched, still arrive in order without a turn of the event loop", async () => {
+  const [tx, rx] = channel<number>();
+  try {
+    const late = setTimeout(() => tx.send(0), 30);
+    assert.equal(await withTimeout(rx.recv(), 5000, "the late message"), 0);
+    clearTimeout(late);
+
+    // Sends of one turn leave as one batch frame.
+    for (const n of [1, 2, 3]) tx.send(n);
+    await tx.send(4);
+    let turned = false;
+    setImmediate(() => turned = true);
+    assert.equal(await withTimeout(rx.recv(), 5000, "a message there"), 1);
+    assert.equal(
+      turned,
+      false,
+      "the event loop turned before a message that was there was delivered",
+    );
+    assert.deepEqual([await rx.recv(), await rx.recv(), await rx.recv()], [
+      2,
+      3,
+      4,
+    ]);
+    tx.close();
+    await assert.rejects(rx.recv(), ChannelClosedError);
+  } finally {
+    tx.close();
+    rx.close();
+  }
+});

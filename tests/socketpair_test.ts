@@ -1251,3 +1251,31 @@ test(
   },
   perms,
 );
+
+test("after a wait that went unanswered, recv() arms its wait first, and messages already there still arrive in order without a turn of the event loop", async () => {
+  const [a, b] = socketpair({ type: "seqpacket" });
+  try {
+    // A reply that comes long after the spin gave up: the receiver's
+    // spinner rests for the next waits.
+    const late = setTimeout(() => a.sendSync(new Uint8Array([0])), 30);
+    const first = await withTimeout(b.recv(), 5000, "the late message");
+    clearTimeout(late);
+    assert.deepEqual([...first!.data], [0]);
+
+    for (const n of [1, 2, 3]) await a.send(new Uint8Array([n]));
+    let turned = false;
+    setImmediate(() => turned = true);
+    const got = await withTimeout(b.recv(), 5000, "a message already there");
+    assert.deepEqual([...got!.data], [1]);
+    assert.equal(
+      turned,
+      false,
+      "the event loop turned before a message that was there was delivered",
+    );
+    const rest = [await b.recv(), await b.recv()].map((m) => m!.data[0]);
+    assert.deepEqual(rest, [2, 3]);
+  } finally {
+    a.close();
+    b.close();
+  }
+});

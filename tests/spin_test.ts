@@ -116,3 +116,18 @@ test("checkSpin accepts undefined, 0 and µs up to a second, and names what is w
     );
   }
 });
+
+test("an adaptive spinner rests while it backs off, and never with a fixed budget", () => {
+  const spinner = new Spinner();
+  assert.equal(spinner.resting, false, "a new spinner probes first");
+  assert.equal(spinner.spin(counted().attempt), undefined); // a miss
+  assert.equal(spinner.resting, true, "it parks straight away after a miss");
+  assert.equal(spinner.spin(counted().attempt), undefined);
+  assert.equal(spinner.resting, true);
+  assert.equal(spinner.spin(counted().attempt), undefined);
+  assert.equal(spinner.resting, false, "the back-off of 2 waits is over");
+  assert.equal(spinner.spin(counted(1).attempt), 1);
+  assert.equal(spinner.resting, false, "a fast hit keeps it spinning");
+  assert.equal(new Spinner(0).resting, false);
+  assert.equal(new Spinner(50).resting, false);
+});
