@@ -113,6 +113,8 @@ const WRITE = "Cannot write to UnixSocket";
 const RECV = "Cannot receive on UnixSocket";
 const DEFAULT_MAX_BYTES = 64 * 1024;
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
+/** The spin of a receive that waits behind another: none (it holds no state). */
+const NO_SPIN = new Spinner(0);
 
 function checkCount(
   value: number | undefined,
@@ -170,6 +172,8 @@ export class UnixSocket implements Disposable {
   /** Sends, at once or in call order once one has to wait. */
   #sends: SocketSends;
   #slice = new TurnSlice();
+  /** Receives that armed their wait without a look, not yet done. */
+  #armedFirst = 0;
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
 
@@ -577,9 +581,13 @@ export class UnixSocket implements Disposable {
       // Recent waits went unanswered for long (paced traffic): arm the wait
       // at once. Its direct poll still sees a message that is here already,
       // and completes without a turn of the event loop; a look first would
-      // cost a syscall that finds nothing nearly every time.
-      if (spinner.resting && this.#fd.waitsDirectly) {
-        return this.#recvLater(maxFds, maxBytes, spinner, signal);
+      // cost a syscall that finds nothing nearly every time. While such a
+      // receive is pending, later ones wait behind it without a look, so
+      // messages that are there go out in call order.
+      if (
+        this.#armedFirst > 0 || (spinner.resting && this.#fd.waitsDirectly)
+      ) {
+        return this.#recvLater(maxFds, maxBytes, spinner, signal, true);
       }
       const now = this.#tryRecv(maxFds, maxBytes, false);
       if (now !== undefined) {
@@ -595,24 +603,35 @@ export class UnixSocket implements Disposable {
     return this.#recvLater(maxFds, maxBytes, spinner, signal);
   }
 
-  /** A receive that found nothing at once: spins, then parks. */
+  /**
+   * A receive that found nothing at once, or (`armed`) skipped its look:
+   * spins, then parks. One armed behind another does not spin either: its
+   * wait is woken after the earlier one's, and looks after it.
+   */
   async #recvLater(
     maxFds: number,
     maxBytes: number,
     spinner: Spinner,
     signal: AbortSignal | undefined,
+    armed = false,
   ): Promise<SocketMessage | null> {
+    if (armed && this.#armedFirst++ > 0) spinner = NO_SPIN;
     // Whether a wait let the event loop turn: a poll that found the socket
     // ready when it was armed did not.
     const turns = poller().turns;
-    // recv() tried once already, or skipped its look: go straight to the
-    // spin (a resting spinner parks at once).
-    const message = await untilReady(
-      () => this.#tryRecv(maxFds, maxBytes, false),
-      () => this.#fd.wait("read", signal),
-      spinner,
-      true,
-    );
+    let message: SocketMessage | null;
+    try {
+      // recv() tried once already, or skipped its look: go straight to the
+      // spin (a resting spinner parks at once).
+      message = await untilReady(
+        () => this.#tryRecv(maxFds, maxBytes, false),
+        () => this.#fd.wait("read", signal),
+        spinner,
+        true,
+      );
+    } finally {
+      if (armed) this.#armedFirst--;
+    }
     if (poller().turns !== turns) this.#slice.waited();
     else if (this.#slice.delivered()) await yieldTurn();
     return message;

@@ -45,6 +45,8 @@ export interface ChannelRecvOptions {
  * Made with the first receiver: the modules it needs import this one.
  */
 let frames: FrameParser | undefined;
+/** The spin of a receive that waits behind another: none (it holds no state). */
+const NO_SPIN = new Spinner(0);
 
 function makeFrames(): FrameParser {
   return new FrameParser({
@@ -97,6 +99,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #closed = false;
   #moving = false;
   #pending = 0;
+  /** Receives that armed their wait without a look, not yet done. */
+  #armedFirst = 0;
   #readable: ReadableStream<T> | undefined;
   #spinner = new Spinner();
   /** Messages handed out without waiting since the last turn. */
@@ -229,15 +233,22 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    */
   async recv(options: ChannelRecvOptions = {}): Promise<T> {
     const { signal } = options;
-    const spinner = options.spin === undefined
+    let spinner = options.spin === undefined
       ? this.#spinner
       : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
     this.#assertOpen();
     signal?.throwIfAborted();
     // A message that is here already needs no wait loop. After waits that
     // went unanswered for long (paced traffic), the wait is armed at once
-    // instead: its direct poll still sees a frame that is there.
-    if (!(spinner.resting && this.#in.armFirst)) {
+    // instead: its direct poll still sees a frame that is there. While such
+    // a receive is pending, later ones wait behind it without a look or a
+    // spin (their waits are woken after its own), so messages that are
+    // there go out in call order.
+    const armed = this.#armedFirst > 0 ||
+      (spinner.resting && this.#in.armFirst);
+    if (armed) {
+      if (this.#armedFirst++ > 0) spinner = NO_SPIN;
+    } else {
       const ready = this[pollOnce]();
       if (ready.kind === "value") {
         if (this.#slice.delivered()) await yieldTurn();
@@ -279,6 +290,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       return polled.value;
     } finally {
       this.#pending--;
+      if (armed) this.#armedFirst--;
     }
   }
 

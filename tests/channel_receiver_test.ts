@@ -297,3 +297,27 @@ test("after a wait that went unanswered, recv() arms its wait first, and message
     rx.close();
   }
 });
+
+test("receives called together after a wait that went unanswered take messages already there, single or batched, in call order", async () => {
+  const [tx, rx] = channel<number>();
+  try {
+    const late = setTimeout(() => tx.send(0), 30);
+    assert.equal(await withTimeout(rx.recv(), 5000, "the late message"), 0);
+    clearTimeout(late);
+
+    await tx.send(1);
+    // Sends of one turn leave as one batch frame, once the turn ends.
+    for (const n of [2, 3]) tx.send(n);
+    await new Promise((resolve) => setImmediate(resolve));
+    const calls = [rx.recv(), rx.recv(), rx.recv(), rx.recv(), rx.recv()];
+    await tx.send(4);
+    await tx.send(5);
+    assert.deepEqual(
+      await withTimeout(Promise.all(calls), 5000, "five receives"),
+      [1, 2, 3, 4, 5],
+    );
+  } finally {
+    tx.close();
+    rx.close();
+  }
+});

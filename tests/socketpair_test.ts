@@ -1279,3 +1279,22 @@ test("after a wait that went unanswered, recv() arms its wait first, and message
     b.close();
   }
 });
+
+test("receives called together after a wait that went unanswered take messages already there in call order", async () => {
+  const [a, b] = socketpair({ type: "seqpacket" });
+  try {
+    // A reply long after the spin gave up: the next waits rest.
+    const late = setTimeout(() => a.sendSync(new Uint8Array([0])), 30);
+    await withTimeout(b.recv(), 5000, "the late message");
+    clearTimeout(late);
+
+    for (const n of [1, 2, 3]) a.sendSync(new Uint8Array([n]));
+    const calls = [b.recv(), b.recv(), b.recv(), b.recv(), b.recv()];
+    for (const n of [4, 5]) a.sendSync(new Uint8Array([n]));
+    const got = await withTimeout(Promise.all(calls), 5000, "five receives");
+    assert.deepEqual(got.map((m) => m!.data[0]), [1, 2, 3, 4, 5]);
+  } finally {
+    a.close();
+    b.close();
+  }
+});
