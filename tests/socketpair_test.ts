@@ -1298,3 +1298,35 @@ test("receives called together after a wait that went unanswered take messages a
     b.close();
   }
 });
+
+test("a wait armed on a message already there, cut short by closing every endpoint, leaves the completions of the next wake path to it", async () => {
+  const [a, b] = socketpair({ type: "seqpacket" });
+  const late = setTimeout(() => a.sendSync(new Uint8Array([0])), 30);
+  await withTimeout(b.recv(), 5000, "the late message");
+  clearTimeout(late);
+  // Armed at once (the spinner rests) on a message that is there: where
+  // fds are polled directly, its poll completes at the submit, to be taken
+  // in a microtask. Closing every endpoint first ends this wake path.
+  a.sendSync(new Uint8Array([1]));
+  // (Elsewhere it takes the message with its look, at once.)
+  const cut = b.recv().then((message) => message!.data[0], (error) => error);
+  a.close();
+  b.close();
+  // The next one shares the AIO context: a wait armed before its message
+  // comes, completed before that microtask runs, is still woken.
+  const [c, d] = socketpair({ type: "seqpacket" });
+  try {
+    const waiting = d.recv();
+    c.sendSync(new Uint8Array([2]));
+    const outcome = await cut;
+    assert.ok(
+      outcome === 1 || outcome instanceof Deno.errors.BadResource,
+      `the receive cut short ended with ${outcome}`,
+    );
+    const got = await withTimeout(waiting, 5000, "the message after");
+    assert.deepEqual([...got!.data], [2]);
+  } finally {
+    c.close();
+    d.close();
+  }
+});
