@@ -9,6 +9,7 @@
  */
 
 import { ChannelClosedError, invalid } from "../_channel_error.ts";
+import { poller } from "../ffi/poller.ts";
 import type { OwnedFd } from "../ffi/fd.ts";
 import { ERRNO, type SystemError } from "../ffi/errors.ts";
 import { cancelBeforeSpin, runBeforeSpin, Spinner } from "../ffi/spin.ts";
@@ -435,6 +436,7 @@ export class Outbox {
    * this sender.
    */
   async #park(signal: AbortSignal | undefined): Promise<void> {
+    const turns = poller().turns;
     try {
       await this.#fd.wait(this.#blocked, signal);
     } catch (error) {
@@ -442,7 +444,8 @@ export class Outbox {
       if (signal?.aborted || !this.pending()) throw error;
       throw this.#end(error);
     }
-    this.#slice.waited();
+    // Only a wait that let the event loop turn starts a new slice.
+    if (poller().turns !== turns) this.#slice.waited();
   }
 
   /** A queued entry went out (or its packet failed). */

@@ -5,6 +5,7 @@
  */
 
 import { ChannelClosedError } from "../_channel_error.ts";
+import { poller } from "../ffi/poller.ts";
 import { closedError } from "../ffi/errors.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { inspectEndpoint } from "../_inspect.ts";
@@ -158,6 +159,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
     const { signal } = options;
     signal?.throwIfAborted();
     let parked = false;
+    const turns = poller().turns;
     for (;;) {
       const entries = [...this.#entries];
       if (entries.length === 0) {
@@ -174,7 +176,8 @@ export class ReceiverSet<T = unknown> implements Disposable {
         const polled = receiver[pollOnce]();
         if (polled.kind === "value") {
           this.#start = (this.#start + i + 1) % entries.length;
-          if (parked) this.#slice.waited();
+          // Only a wait that let the event loop turn starts a new slice.
+          if (parked && poller().turns !== turns) this.#slice.waited();
           else if (this.#slice.delivered()) await yieldTurn();
           return { id, value: polled.value };
         }

@@ -66,6 +66,11 @@ const CANCEL_REAP_NS = 100_000_000n;
  * default) until the process exits.
  */
 const CTX_EVENTS = 64;
+/**
+ * Completions taken in a microtask (their fd was ready when its poll was
+ * submitted) in a row before one is left to the event loop.
+ */
+const SOON_IN_A_ROW = 64;
 /** Direct polls (one watched fd each) outstanding at once. */
 const DIRECT_MAX = 48;
 /**
@@ -253,8 +258,11 @@ export class AioWake implements Wake {
   /** Whether a look at completions is due in a microtask. */
   #soon = false;
   #closed = false;
+  /** Looks taken in a microtask since the event loop last woke this path. */
+  #soonInARow = 0;
   readonly #lookSoon = (): void => {
     this.#soon = false;
+    this.#soonInARow++;
     // The context outlives this wake path: once closed, its completions
     // are a later one's.
     if (!this.#closed) this.#completed(this.#onEvents);
@@ -320,6 +328,7 @@ export class AioWake implements Wake {
       pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
       pipe.onread = () => {
         this.#turns++;
+        this.#soonInARow = 0;
         this.#completed(onEvents);
       };
       if (pipe.readStart() !== 0) throw new Error("Pipe#readStart failed");
@@ -400,6 +409,10 @@ export class AioWake implements Wake {
    */
   #completedAtSubmit(): void {
     if (this.#soon || this.#ctx.ring?.empty !== false) return;
+    // An fd that polls ready while its owner's call makes no progress must
+    // not loop in microtasks, where timers and other I/O never run: after a
+    // run of such looks, completions wait for the event loop again.
+    if (this.#soonInARow >= SOON_IN_A_ROW) return;
     this.#soon = true;
     queueMicrotask(this.#lookSoon);
   }

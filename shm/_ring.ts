@@ -7,6 +7,7 @@
  */
 
 import { setImmediate } from "node:timers";
+import { poller } from "../ffi/poller.ts";
 import { yieldTurn } from "../_turn.ts";
 import { closedError } from "../ffi/errors.ts";
 import { Spinner } from "../ffi/spin.ts";
@@ -204,13 +205,15 @@ export class Ring {
       Atomics.store(this.header, flag, 0);
       return;
     }
+    const turns = poller().turns;
     try {
       await this.doorbell.wait("read", signal);
     } finally {
       if (!this.closed) Atomics.store(this.header, flag, 0);
     }
-    // The wait went through the event loop: a new slice starts.
-    this.#turnAt = performance.now();
+    // A wait that went through the event loop starts a new slice (one
+    // whose doorbell was rung already when it was armed did not).
+    if (poller().turns !== turns) this.#turnAt = performance.now();
     if (!drain(this.doorbell.fd)) this.peerGone = true;
   }
 

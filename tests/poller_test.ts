@@ -3,7 +3,7 @@ import { type Pipe, pipe } from "../pipe.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
 import { cstr } from "../ffi/mem.ts";
-import { O } from "../ffi/layout.ts";
+import { F, O } from "../ffi/layout.ts";
 import {
   delay,
   EPOLL_WAIT_SYSCALLS,
@@ -391,3 +391,31 @@ test("an fd that epoll takes but an AIO poll refuses (a pipe opened for reading 
     libc().close(fd);
   }
 });
+
+test("waits on an fd that stays ready let timers run: completions taken at submit give way to the event loop after a run of them", async () => {
+  // A pipe with data nobody reads: every wait on it finds it ready.
+  const p = pipe();
+  await p.writer.write(new Uint8Array([1]));
+  const handle = poller().register(dupOf(p.reader.rawFd));
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 0);
+  try {
+    for (let i = 0; i < 2_000 && ticks === 0; i++) {
+      await withTimeout(handle.wait("read"), 5000, `wait ${i}`);
+    }
+    assert.ok(ticks > 0, "2,000 waits on a ready fd never let a timer run");
+  } finally {
+    clearInterval(timer);
+    const fd = handle.fd;
+    handle.close();
+    libc().close(fd);
+    closePipes([p]);
+  }
+});
+
+/** A CLOEXEC duplicate of `fd` (the poller refuses a second handle on one number). */
+function dupOf(fd: number): number {
+  const copy = libc().fcntl(fd, F.DUPFD_CLOEXEC, 0);
+  assert.ok(copy >= 0, "fcntl(F_DUPFD_CLOEXEC) failed");
+  return copy;
+}
