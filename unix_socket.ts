@@ -672,7 +672,9 @@ export class UnixSocket implements Disposable {
 
   /**
    * Receives like {@linkcode recv}, blocking the thread until a message
-   * arrives.
+   * arrives. A message goes to the call that looks first: made while a
+   * `recv()` is pending, `recvSync()` may take the message that would have
+   * ended that wait.
    *
    * @param options Fd and byte limits.
    * @returns The message, or `null` at end of stream.

@@ -295,7 +295,9 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   }
 
   /**
-   * Takes a message if one is ready, never waiting.
+   * Takes a message if one is ready, never waiting. A message goes to the
+   * call that looks first: made while a `recv()` is pending, `tryRecv()` may
+   * take the message that would have ended that wait.
    *
    * @returns The message, or `undefined` when none has arrived.
    * @throws {ChannelClosedError} Once every sender is closed and every
