@@ -16,7 +16,7 @@ import { check, ERRNO, errno, type SystemError } from "./ffi/errors.ts";
 import { MSG, SOCK } from "./ffi/layout.ts";
 import { OwnedFd } from "./ffi/fd.ts";
 import { poller } from "./ffi/poller.ts";
-import { flushBeforeSpin, Spinner, untilReady } from "./ffi/spin.ts";
+import { flushBeforeSpin, NO_SPIN, Spinner, untilReady } from "./ffi/spin.ts";
 import { TurnSlice, yieldTurn } from "./_turn.ts";
 import {
   asBytes,
@@ -113,8 +113,6 @@ const WRITE = "Cannot write to UnixSocket";
 const RECV = "Cannot receive on UnixSocket";
 const DEFAULT_MAX_BYTES = 64 * 1024;
 let streamScratch: Uint8Array<ArrayBuffer> | undefined;
-/** The spin of a receive that waits behind another: none (it holds no state). */
-const NO_SPIN = new Spinner(0);
 
 function checkCount(
   value: number | undefined,

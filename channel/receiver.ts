@@ -14,7 +14,7 @@ import {
 import { closedError } from "../ffi/errors.ts";
 import { poller } from "../ffi/poller.ts";
 import { inspectEndpoint } from "../_inspect.ts";
-import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
+import { checkSpin, NO_SPIN, Spinner, untilReady } from "../ffi/spin.ts";
 import { HEADER } from "../_channel_wire.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
@@ -45,8 +45,6 @@ export interface ChannelRecvOptions {
  * Made with the first receiver: the modules it needs import this one.
  */
 let frames: FrameParser | undefined;
-/** The spin of a receive that waits behind another: none (it holds no state). */
-const NO_SPIN = new Spinner(0);
 
 function makeFrames(): FrameParser {
   return new FrameParser({

@@ -184,6 +184,12 @@ export class Spinner {
 }
 
 /**
+ * The spinner of a wait that queues behind another on the same endpoint:
+ * it never spins, and holds no state, so one serves every such wait.
+ */
+export const NO_SPIN: Spinner = new Spinner(0);
+
+/**
  * The wait loop: `attempt` now (unless the caller just `tried` it), then a
  * spin, then `park()` (a poller wait) and again, until `attempt` returns
  * something other than `undefined`.
