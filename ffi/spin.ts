@@ -8,7 +8,11 @@
  * awake); after a miss, or a few slow hits in a row (the peer had to be woken
  * each time), it parks straight away for 2, 4, ... 256 waits before it probes
  * again. A probe spins long enough to catch a parked peer's answer, so two
- * ends that both backed off lock in again. A tight ping-pong gets answers
+ * ends that both backed off lock in again. One miss after a long run of
+ * fast hits is taken for a hiccup of the peer (a GC pause, a preempted CPU):
+ * the next wait probes at once instead of parking. A spin calls
+ * `sched_yield()` once per pass; a pass makes one attempt, or several when
+ * an attempt only reads shared memory. A tight ping-pong gets answers
  * within the spin and never parks; paced or one-way traffic and a busy
  * machine see misses and stop spinning, so the spin never costs more than a
  * few probes.
@@ -25,7 +29,7 @@ import { libc } from "./libc.ts";
 /** Largest budget the adaptive rule spins for after fast hits, in µs. */
 const MAX_BUDGET_US = 100;
 /** Smallest budget the adaptive rule spins for, in µs. */
-const MIN_BUDGET_US = 10;
+const MIN_BUDGET_US = 50;
 /** A spin answered within this many µs is a fast hit: the peer is awake. */
 const FAST_US = 30;
 /**
@@ -42,6 +46,12 @@ const PROBE_US = 150;
 const SLOW_HITS = 3;
 /** Longest back-off after misses: 2^MAX_MISSES parked waits. */
 const MAX_MISSES = 8;
+/**
+ * Fast hits in a row after which one miss is taken for a hiccup of the
+ * peer (a GC pause, a preempted vCPU) rather than a change of pace: the
+ * next wait probes at once instead of parking for two.
+ */
+const STREAK = 16;
 /** Largest fixed budget accepted, in µs (one second). */
 const MAX_FIXED_US = 1_000_000;
 
@@ -103,6 +113,8 @@ export function flushBeforeSpin(): void {
 // `Deno.exit()` right after a send must not lose what was put off.
 globalThis.addEventListener?.("unload", flushBeforeSpin);
 
+const now = () => performance.now();
+
 /** One waiter's spin state: keep one per endpoint and direction. */
 export class Spinner {
   #fixed: number | undefined;
@@ -111,9 +123,20 @@ export class Spinner {
   #misses = 0;
   #slowHits = 0;
 
-  /** @param spin `undefined` for the adaptive rule, `0` for none, or µs. */
-  constructor(spin?: number) {
+  #streak = 0;
+  #looks: number;
+  #clock: () => number;
+
+  /**
+   * @param spin `undefined` for the adaptive rule, `0` for none, or µs.
+   * @param looks Attempts between two `sched_yield()` calls: 1 when an
+   * attempt is a syscall, more when it only reads memory.
+   * @param clock The clock in ms (tests pass their own).
+   */
+  constructor(spin?: number, looks = 1, clock: () => number = now) {
     this.#fixed = spin;
+    this.#looks = looks;
+    this.#clock = clock;
   }
 
   /**
@@ -149,13 +172,16 @@ export class Spinner {
     }
     if (beforeSpin.size > 0) flushBeforeSpin();
     const lib = libc();
-    const start = performance.now();
+    const clock = this.#clock;
+    const start = clock();
     const end = start + budgetUs / 1000;
     let now = start;
+    const looks = this.#looks;
     while (now < end) {
       lib.sched_yield();
-      const got = attempt();
-      now = performance.now();
+      let got = attempt();
+      for (let k = 1; k < looks && got === undefined; k++) got = attempt();
+      now = clock();
       if (got !== undefined) {
         if (fixed === undefined) this.#hit((now - start) * 1000);
         return got;
@@ -172,10 +198,18 @@ export class Spinner {
     }
     this.#misses = 0;
     this.#slowHits = 0;
+    this.#streak++;
     this.#budget = Math.min(MAX_BUDGET_US, Math.max(MIN_BUDGET_US, 4 * us));
   }
 
   #miss(): void {
+    if (this.#streak >= STREAK) {
+      this.#streak = 0;
+      this.#slowHits = 0;
+      this.#budget = PROBE_US;
+      return;
+    }
+    this.#streak = 0;
     this.#misses = Math.min(this.#misses + 1, MAX_MISSES);
     this.#cooldown = 1 << this.#misses;
     this.#slowHits = 0;

@@ -61,6 +61,8 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** Receives that wait for a message, in call order. */
   #recvs: CallQueue<QueuedRecv, Uint8Array | null>;
   #failure: Error | undefined;
+  /** A look without a buffer, made once: a spin calls it many times. */
+  #tryPlain = (): Uint8Array | null | undefined => this.#tryRecv();
 
   /** @ignore Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
@@ -168,7 +170,9 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
       try {
         let message = this.#tryRecv(into);
         if (message === undefined && options.signal?.aborted !== true) {
-          message = r.spinner.spin(() => this.#tryRecv(into));
+          message = r.spinner.spin(
+            into === undefined ? this.#tryPlain : () => this.#tryRecv(into),
+          );
         }
         if (message !== undefined) {
           return message === null && r.turn === undefined
@@ -192,20 +196,27 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
     const r = this.#ring;
     r.assertOpen();
     if (this.#failure !== undefined) throw this.#failure;
-    return this.#guard(() => {
+    try {
       const head = r.position(HEAD, "receive");
       const tail = r.position(TAIL, "receive");
       if (tail !== head) return this.#read(head, tail, into);
       return r.peerGone ? null : undefined;
-    });
+    } catch (error) {
+      throw this.#failed(error);
+    }
+  }
+
+  /** Keeps a corrupt ring's error: every later call throws it. */
+  #failed(error: unknown): unknown {
+    if (error instanceof Deno.errors.InvalidData) this.#failure = error;
+    return error;
   }
 
   #guard<T>(fn: () => T): T {
     try {
       return fn();
     } catch (error) {
-      if (error instanceof Deno.errors.InvalidData) this.#failure = error;
-      throw error;
+      throw this.#failed(error);
     }
   }
 

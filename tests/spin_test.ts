@@ -131,3 +131,49 @@ test("an adaptive spinner rests while it backs off, and never with a fixed budge
   assert.equal(new Spinner(0).resting, false);
   assert.equal(new Spinner(50).resting, false);
 });
+
+/** A clock that moves 1 µs each time it is read: spins take no real time. */
+function fakeClock(): () => number {
+  let ms = 0;
+  return () => (ms += 0.001);
+}
+
+test("one miss after a long run of fast hits is a hiccup: the next wait probes; a second miss backs off", () => {
+  const spinner = new Spinner(undefined, 1, fakeClock());
+  for (let k = 0; k < 16; k++) {
+    assert.equal(spinner.spin(counted(1).attempt), 1, `fast hit ${k + 1}`);
+  }
+  assert.equal(spinner.spin(counted().attempt), undefined); // the hiccup
+  assert.equal(spinner.resting, false, "no back-off after one miss");
+  const probe = counted();
+  assert.equal(spinner.spin(probe.attempt), undefined);
+  assert.ok(probe.calls > 0, "the wait after the hiccup spun");
+  assert.equal(spinner.resting, true, "a second miss in a row backs off");
+
+  // A short run of hits does not earn that: its miss backs off at once.
+  const fresh = new Spinner(undefined, 1, fakeClock());
+  for (let k = 0; k < 3; k++) fresh.spin(counted(1).attempt);
+  assert.equal(fresh.spin(counted().attempt), undefined);
+  assert.equal(fresh.resting, true);
+});
+
+test("a spinner with several looks per yield tries that many times per pass", () => {
+  // The clock is read once per pass (and once at the start).
+  let reads = 0;
+  const clock = fakeClock();
+  const counting = () => {
+    reads++;
+    return clock();
+  };
+  const many = new Spinner(undefined, 16, counting);
+  assert.equal(many.spin(counted(16).attempt), 16);
+  assert.equal(reads, 2, "16 looks took one pass");
+  reads = 0;
+  const one = new Spinner(undefined, 1, counting);
+  assert.equal(one.spin(counted(16).attempt), 16);
+  assert.equal(reads, 17, "one look per pass");
+  const off = new Spinner(0, 16, counting);
+  const never = counted();
+  assert.equal(off.spin(never.attempt), undefined);
+  assert.equal(never.calls, 0, "spin: 0 never looks, whatever the looks");
+});
