@@ -47,24 +47,138 @@ export function invalid(detail: string): Deno.errors.InvalidData {
   );
 }
 
+/** What a receiver's `next` gives when every sender is closed. */
+export const CLOSED_NOW: unique symbol = Symbol("closed");
+
 /**
  * Each value `recv()` gives until it throws {@linkcode ChannelClosedError}:
- * the `for await` of a receiver, local or over NATS.
+ * the `for await` of a receiver, local or over NATS. `next`, when given,
+ * is asked instead of `recv()`: it gives a value that is there already (a
+ * value never is a promise: functions are not sent), `CLOSED_NOW`, or a
+ * promise as `recv()` does, so a message that is there costs one settled
+ * promise and no generator machinery.
  */
-export async function* untilClosed<T>(
+export function untilClosed<T>(
   recv: () => Promise<T>,
+  next: () => T | typeof CLOSED_NOW | Promise<T> = recv,
 ): AsyncGenerator<T> {
-  for (;;) {
-    let value: T;
-    try {
-      value = await recv();
-    } catch (error) {
-      if (error instanceof ChannelClosedError) return;
-      throw error;
+  return new UntilClosed(next);
+}
+
+const DONE: IteratorReturnResult<undefined> = Object.freeze({
+  value: undefined,
+  done: true,
+});
+
+/**
+ * The iterator behind {@linkcode untilClosed}, with an async generator's
+ * rules: calls settle one after another in call order, the first error
+ * ends it, `return()` and `throw()` end it (after a call still pending),
+ * and once ended every `next()` gives `{ done: true }`.
+ */
+class UntilClosed<T> implements AsyncGenerator<T> {
+  #take: () => T | typeof CLOSED_NOW | Promise<T>;
+  #done = false;
+  /** The last call that has not settled yet, which later calls wait for. */
+  #pending: Promise<unknown> | undefined;
+
+  constructor(take: () => T | typeof CLOSED_NOW | Promise<T>) {
+    this.#take = take;
+  }
+
+  next(): Promise<IteratorResult<T>> {
+    if (this.#pending === undefined) {
+      this.#running = false;
+      const result = this.#step();
+      if (this.#running) this.#track(result);
+      return result;
     }
-    yield value;
+    return this.#queued(() => this.#step());
+  }
+
+  return(value?: unknown): Promise<IteratorResult<T>> {
+    return this.#queued(() => {
+      this.#done = true;
+      this.#running = true;
+      return Promise.resolve(value).then((v) => ({ value: v, done: true }));
+    });
+  }
+
+  throw(error?: unknown): Promise<IteratorResult<T>> {
+    return this.#queued(() => {
+      this.#done = true;
+      return Promise.reject(error);
+    });
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.return();
+  }
+
+  /** Runs `call` now, or once the pending call settled. */
+  #queued(
+    call: () => Promise<IteratorResult<T>>,
+  ): Promise<IteratorResult<T>> {
+    const before = this.#pending;
+    if (before === undefined) {
+      this.#running = false;
+      const result = call();
+      // A call that settled at once needs no waiting for.
+      if (this.#running) this.#track(result);
+      return result;
+    }
+    const result = before.then(call, call);
+    this.#track(result);
+    return result;
+  }
+
+  /** Later calls wait for `result` to settle. */
+  #track(result: Promise<unknown>): void {
+    const settled = result.then(noop, noop);
+    this.#pending = settled;
+    settled.then(() => {
+      if (this.#pending === settled) this.#pending = undefined;
+    });
+  }
+
+  /** Whether the call just made waits for a value that is not here yet. */
+  #running = false;
+
+  #step(): Promise<IteratorResult<T>> {
+    if (this.#done) return Promise.resolve(DONE);
+    let got;
+    try {
+      got = this.#take();
+    } catch (error) {
+      return this.#fail(error);
+    }
+    if (got === CLOSED_NOW) {
+      this.#done = true;
+      return Promise.resolve(DONE);
+    }
+    if (got instanceof Promise) {
+      this.#running = true;
+      return got.then(
+        (value: T) => ({ value, done: false }),
+        (error) => this.#fail(error),
+      );
+    }
+    return Promise.resolve({ value: got, done: false });
+  }
+
+  /** Ends the iteration: at the end of the channel, or with its error. */
+  #fail(error: unknown): Promise<IteratorResult<T>> {
+    this.#done = true;
+    if (error instanceof ChannelClosedError) return Promise.resolve(DONE);
+    return Promise.reject(error);
   }
 }
+
+function noop(): void {}
 
 /**
  * A stream of the values `recv()` gives, taken only as it is read and ended

@@ -9,7 +9,7 @@
  */
 
 /** Deliveries in one slice of continuous delivery. */
-const SLICE_MESSAGES = 64;
+const SLICE_MESSAGES = 1024;
 /** The longest slice, in ms, however few deliveries it made. */
 const SLICE_MS = 2;
 

@@ -36,6 +36,7 @@ import { type ChannelOptions, type Receiver, Sender } from "./channel.ts";
 import { connect, type ExpectedServer } from "./socketpair.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { releaseFd } from "./_keys.ts";
+import { DEFAULT_CAPACITY } from "./channel/_connection.ts";
 import { checkNumberOption } from "./_socket_options.ts";
 import {
   acceptClient,
@@ -286,7 +287,7 @@ export async function connectOneShot<T>(
       `Cannot connect to server: ${JSON.stringify(name)} is not a server name`,
     );
   }
-  const capacity = options.capacity ?? 64;
+  const capacity = options.capacity ?? DEFAULT_CAPACITY;
   checkNumberOption(capacity, "capacity", "connect to server");
   if (!Number.isInteger(capacity) || capacity < 1 || capacity > 1_000_000) {
     throw new RangeError(

@@ -68,6 +68,11 @@ const COST = {
   BLOB: 64,
 } as const;
 
+const NO_BUFFERS: (ArrayBuffer | undefined)[] = [];
+
+/** The blob table of a message without blobs (most messages). */
+export const NO_BLOBS: readonly BlobSpec[] = Object.freeze([]);
+
 /**
  * Reads the blob table of a head: each blob's original start offset and
  * length. `available` is the number of blob bytes that came with the head;
@@ -79,7 +84,7 @@ export function readBlobTable(
   treeLength: number,
   available: number,
   limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
-): BlobSpec[] {
+): readonly BlobSpec[] {
   if (treeLength > head.byteLength) throw invalid("tree length out of range");
   const input = new Reader(head, treeLength);
   const count = input.varint();
@@ -91,6 +96,13 @@ export function readBlobTable(
   }
   if (count > input.left) {
     throw invalid(`count ${count} exceeds the ${input.left} bytes left`);
+  }
+  if (count === 0) {
+    if (input.left !== 0) throw invalid("bytes after the blob table");
+    if (available !== 0) {
+      throw invalid(`blobs claim 0 of the ${available} bytes sent`);
+    }
+    return NO_BLOBS;
   }
   const specs: BlobSpec[] = [];
   let total = 0;
@@ -120,7 +132,7 @@ export function readBlobTable(
 export function decode(
   head: Uint8Array,
   treeLength: number,
-  specs: BlobSpec[],
+  specs: readonly BlobSpec[],
   blob: (index: number) => ArrayBuffer,
   hooks: EndpointHooks,
   limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
@@ -139,7 +151,7 @@ export function decode(
 class Decoder {
   readonly input: Reader;
   readonly objects: unknown[] = [];
-  readonly specs: BlobSpec[];
+  readonly specs: readonly BlobSpec[];
   readonly buffers: (ArrayBuffer | undefined)[];
   readonly blob: (index: number) => ArrayBuffer;
   readonly hooks: EndpointHooks;
@@ -149,14 +161,15 @@ class Decoder {
 
   constructor(
     input: Reader,
-    specs: BlobSpec[],
+    specs: readonly BlobSpec[],
     blob: (index: number) => ArrayBuffer,
     hooks: EndpointHooks,
     limits: Readonly<Required<DecodeLimits>>,
   ) {
     this.input = input;
     this.specs = specs;
-    this.buffers = new Array(specs.length);
+    // Never written without blobs (bufferAt checks the index first).
+    this.buffers = specs.length === 0 ? NO_BUFFERS : new Array(specs.length);
     this.blob = blob;
     this.hooks = hooks;
     this.limits = limits;

@@ -16,6 +16,14 @@ export const MODE_VALUE = 0;
 /** A channel of `Uint8Array`s, without serialization. */
 export const MODE_BYTES = 1;
 
+/**
+ * The capacity of a sender when none is given: large enough that a sender
+ * streaming small messages seldom waits for the receiver's acknowledgements
+ * (each one wakes the sender; the receiver acknowledges a quarter of the
+ * capacity at once), small enough to bound what is in flight.
+ */
+export const DEFAULT_CAPACITY = 1024;
+
 /** The largest capacity a sender may have. */
 export const MAX_CAPACITY = 1_000_000;
 /** The most sender connections one receiver keeps. */

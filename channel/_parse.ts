@@ -162,29 +162,16 @@ export class FrameParser {
         blobBytes = total - headLength;
         source = memfd;
       }
-      const specs: BlobSpec[] = readBlobTable(
+      const specs = readBlobTable(head, treeLength, blobBytes, limits);
+      const value = decode(
         head,
         treeLength,
-        blobBytes,
+        specs,
+        specs.length === 0 ? noBlob : blobReader(specs, blobsAt, source),
+        incoming,
         limits,
       );
-      const offsets: number[] = [];
-      let at = blobsAt;
-      for (const spec of specs) {
-        offsets.push(at);
-        at += spec.length;
-      }
-      const blob = (index: number): ArrayBuffer => {
-        const { length } = specs[index];
-        if (typeof source === "number") {
-          const out = new Uint8Array(length);
-          preadAll(source, out, offsets[index]);
-          return out.buffer;
-        }
-        return source.slice(offsets[index], offsets[index] + length).buffer;
-      };
-      const value = decode(head, treeLength, specs, blob, incoming, limits);
-      if (incoming.used.some((used) => !used)) {
+      if (incoming.used.some(unused)) {
         throw invalid("fds that no endpoint in the value names");
       }
       return value;
@@ -196,4 +183,39 @@ export class FrameParser {
       if (memfd !== undefined) closeAll([memfd]);
     }
   }
+}
+
+/** What a decode asks for a blob when the message has none. */
+function noBlob(index: number): ArrayBuffer {
+  throw invalid(`blob ${index} does not exist`);
+}
+
+function unused(used: boolean): boolean {
+  return !used;
+}
+
+/**
+ * Reads blob `index` of a message whose blobs start at `blobsAt` of
+ * `source` (the frame's bytes, or its memfd), one after another.
+ */
+function blobReader(
+  specs: readonly BlobSpec[],
+  blobsAt: number,
+  source: Uint8Array | number,
+): (index: number) => ArrayBuffer {
+  const offsets: number[] = [];
+  let at = blobsAt;
+  for (const spec of specs) {
+    offsets.push(at);
+    at += spec.length;
+  }
+  return (index: number): ArrayBuffer => {
+    const { length } = specs[index];
+    if (typeof source === "number") {
+      const out = new Uint8Array(length);
+      preadAll(source, out, offsets[index]);
+      return out.buffer;
+    }
+    return source.slice(offsets[index], offsets[index] + length).buffer;
+  };
 }

@@ -10,7 +10,12 @@ import { closeAll } from "../_scm.ts";
 import { markSocket, seqpacketPair } from "../_channel_wire.ts";
 import { checkNumberOption } from "../_socket_options.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
-import { MAX_CAPACITY, MODE_BYTES, MODE_VALUE } from "./_connection.ts";
+import {
+  DEFAULT_CAPACITY,
+  MAX_CAPACITY,
+  MODE_BYTES,
+  MODE_VALUE,
+} from "./_connection.ts";
 import { Receiver } from "./receiver.ts";
 import { Sender } from "./sender.ts";
 
@@ -20,7 +25,7 @@ export type { DecodeLimits };
 export interface ChannelOptions {
   /**
    * Messages each sender may have in flight (sent but not yet read by the
-   * receiving process) before `send()` waits. Default 64, at most
+   * receiving process) before `send()` waits. Default 1024, at most
    * 1_000_000.
    */
   capacity?: number;
@@ -34,8 +39,6 @@ export interface ValueChannelOptions extends ChannelOptions {
    */
   limits?: DecodeLimits;
 }
-
-const DEFAULT_CAPACITY = 64;
 
 function checkCapacity(value: number | undefined, doing: string): number {
   if (value === undefined) return DEFAULT_CAPACITY;

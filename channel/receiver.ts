@@ -8,6 +8,7 @@
 
 import {
   ChannelClosedError,
+  CLOSED_NOW,
   streamUntilClosed,
   untilClosed,
 } from "../_channel_error.ts";
@@ -254,6 +255,18 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       }
       if (ready.kind === "closed") throw recvClosed();
     }
+    return await this.#waitFor(spinner, armed, signal);
+  }
+
+  /**
+   * The rest of a receive whose look found nothing (or that armed its wait
+   * first): spin, then wait, until a message or the end comes.
+   */
+  async #waitFor(
+    spinner: Spinner,
+    armed: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<T> {
     this.#pending++;
     let parked = false;
     const turns = poller().turns;
@@ -341,7 +354,29 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
 
   /** Yields each message until every sender is closed. */
   [Symbol.asyncIterator](): AsyncGenerator<T> {
-    return untilClosed(() => this.recv());
+    return untilClosed(() => this.recv(), () => this.#next());
+  }
+
+  /**
+   * The next message for `for await`: what is here already comes without
+   * the promise of a `recv()` (the value itself, or `CLOSED_NOW` at the
+   * end); otherwise, or when other receives are pending, a `recv()`.
+   */
+  #next(): T | typeof CLOSED_NOW | Promise<T> {
+    if (
+      this.#closed || this.#moving || this.#pending > 0 ||
+      this.#armedFirst > 0 || (this.#spinner.resting && this.#in.armFirst)
+    ) {
+      return this.recv();
+    }
+    const ready = this[pollOnce]();
+    if (ready.kind === "value") {
+      if (!this.#slice.delivered()) return ready.value;
+      return yieldTurn().then(() => ready.value);
+    }
+    if (ready.kind === "closed") return CLOSED_NOW;
+    // The look found nothing: the wait goes on from there.
+    return this.#waitFor(this.#spinner, false, undefined);
   }
 
   /**

@@ -106,7 +106,7 @@ export class Sender<T> implements Disposable {
 
   /**
    * Shows the kind, fd, state, mode and capacity, as
-   * `Sender { fd: 7, state: "open", mode: "values", capacity: 64 }`.
+   * `Sender { fd: 7, state: "open", mode: "values", capacity: 1024 }`.
    */
   [Symbol.for("Deno.customInspect")](
     inspect: (value: unknown, options?: unknown) => string,

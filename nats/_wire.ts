@@ -20,11 +20,7 @@
 
 import { invalid } from "../_channel_error.ts";
 import { Reader, Writer } from "../channel/_codec_bytes.ts";
-import {
-  type BlobSpec,
-  decode,
-  readBlobTable,
-} from "../channel/_codec_decode.ts";
+import { decode, readBlobTable } from "../channel/_codec_decode.ts";
 import { encode } from "../channel/_codec_encode.ts";
 import type { DecodeLimits } from "../channel/_codec_limits.ts";
 import type { EndpointHooks } from "../channel/_codec_tags.ts";
@@ -187,7 +183,7 @@ export function decodeValue(
   if (headLength > input.left) throw invalid("head past the message");
   const head = payload.subarray(input.pos, input.pos + headLength);
   const blobsAt = input.pos + headLength;
-  const specs: BlobSpec[] = readBlobTable(
+  const specs = readBlobTable(
     head,
     treeLength,
     payload.byteLength - blobsAt,

@@ -168,7 +168,7 @@ test("channel ends print their fd, state, mode, capacity and senders", async () 
     );
     assert.equal(
       plain(btx),
-      `Sender { fd: ${btx.rawFd}, state: "open", mode: "bytes", capacity: 64 }`,
+      `Sender { fd: ${btx.rawFd}, state: "open", mode: "bytes", capacity: 1024 }`,
     );
     assert.equal(
       plain(rx),
