@@ -86,6 +86,13 @@ export function readBlobTable(
   limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
 ): readonly BlobSpec[] {
   if (treeLength > head.byteLength) throw invalid("tree length out of range");
+  // Most messages have no blobs: a table of one zero byte.
+  if (head.byteLength === treeLength + 1 && head[treeLength] === 0) {
+    if (available !== 0) {
+      throw invalid(`blobs claim 0 of the ${available} bytes sent`);
+    }
+    return NO_BLOBS;
+  }
   const input = new Reader(head, treeLength);
   const count = input.varint();
   if (count > limits.maxElements) {
@@ -150,7 +157,8 @@ export function decode(
  */
 class Decoder {
   readonly input: Reader;
-  readonly objects: unknown[] = [];
+  /** The objects met so far, made at the first (most values have none). */
+  objects: unknown[] | undefined;
   readonly specs: readonly BlobSpec[];
   readonly buffers: (ArrayBuffer | undefined)[];
   readonly blob: (index: number) => ArrayBuffer;
@@ -224,6 +232,13 @@ class Decoder {
     }
     return this.buffers[index] ??= this.blob(index);
   }
+}
+
+/** Records an object for back-references; returns its index. */
+function remember(d: Decoder, object: unknown): number {
+  const objects = d.objects ??= [];
+  objects.push(object);
+  return objects.length - 1;
 }
 
 /** Reads any value: its tag, then what that tag's reader takes. */
@@ -339,7 +354,7 @@ function readArray(d: Decoder, depth: number): unknown[] {
   // Grown as items come rather than made at its full length: a sparse
   // array then never holds a slot per hole.
   const array: unknown[] = [];
-  d.objects.push(array);
+  remember(d, array);
   for (let i = 0; i < length; i++) {
     if (input.pos < input.end && input.buf[input.pos] === TAG.HOLE) {
       input.pos++;
@@ -359,7 +374,7 @@ function readObject(d: Decoder, depth: number): Record<string, unknown> {
   d.reserve(count, COST.PROPERTY + COST.STRING, what);
   d.charge(COST.OBJECT, what);
   const object: Record<string, unknown> = {};
-  d.objects.push(object);
+  remember(d, object);
   for (let i = 0; i < count; i++) {
     d.charge(COST.PROPERTY, what);
     const key = d.string("a key");
@@ -381,7 +396,7 @@ function readObject(d: Decoder, depth: number): Record<string, unknown> {
 function readDate(d: Decoder): Date {
   d.charge(COST.DATE, "a Date");
   const date = new Date(d.input.f64());
-  d.objects.push(date);
+  remember(d, date);
   return date;
 }
 
@@ -398,7 +413,7 @@ function readRegExp(d: Decoder): RegExp {
   } catch {
     throw invalid("bad regular expression");
   }
-  d.objects.push(regexp);
+  remember(d, regexp);
   return regexp;
 }
 
@@ -409,7 +424,7 @@ function readMap(d: Decoder, depth: number): Map<unknown, unknown> {
   d.reserve(2 * count, COST.MAP_ENTRY / 2, what);
   d.charge(COST.MAP, what);
   const map = new Map();
-  d.objects.push(map);
+  remember(d, map);
   for (let i = 0; i < count; i++) {
     d.charge(COST.MAP_ENTRY, what);
     const k = readValue(d, depth + 1);
@@ -424,7 +439,7 @@ function readSet(d: Decoder, depth: number): Set<unknown> {
   d.reserve(count, COST.SET_ENTRY, what);
   d.charge(COST.SET, what);
   const set = new Set();
-  d.objects.push(set);
+  remember(d, set);
   for (let i = 0; i < count; i++) {
     d.charge(COST.SET_ENTRY, what);
     set.add(readValue(d, depth + 1));
@@ -439,7 +454,7 @@ function readArrayBuffer(d: Decoder): ArrayBuffer {
   if (d.specs[index].start !== 0) {
     throw invalid("an ArrayBuffer blob must start at 0");
   }
-  d.objects.push(buffer);
+  remember(d, buffer);
   return buffer;
 }
 
@@ -470,7 +485,7 @@ function readView(d: Decoder): ArrayBufferView {
   } catch {
     throw invalid("misaligned view");
   }
-  d.objects.push(view);
+  remember(d, view);
   return view;
 }
 
@@ -482,7 +497,7 @@ function readError(d: Decoder, depth: number): Error {
   const Class = ERROR_CLASSES[name];
   if (Class === undefined) throw invalid(`unknown error type ${name}`);
   const error = new Class(message);
-  d.objects.push(error);
+  remember(d, error);
   const hasStack = input.u8();
   if (hasStack === 1) {
     Object.defineProperty(error, "stack", {
@@ -508,10 +523,11 @@ function readError(d: Decoder, depth: number): Error {
 
 function readRef(d: Decoder): unknown {
   const index = d.input.varint();
-  if (index >= d.objects.length) {
+  const objects = d.objects ?? [];
+  if (index >= objects.length) {
     throw invalid(`reference to object ${index} not yet seen`);
   }
-  return d.objects[index];
+  return objects[index];
 }
 
 function readEndpoint(d: Decoder): unknown {
@@ -521,8 +537,7 @@ function readEndpoint(d: Decoder): unknown {
 
 function readBoxed(d: Decoder, depth: number): object {
   d.charge(COST.BOXED, "a boxed primitive");
-  const at = d.objects.length;
-  d.objects.push(undefined);
+  const at = remember(d, undefined);
   const inner = readValue(d, depth + 1);
   if (
     typeof inner !== "number" && typeof inner !== "string" &&
@@ -531,6 +546,6 @@ function readBoxed(d: Decoder, depth: number): object {
     throw invalid("boxed value is not a primitive");
   }
   const boxed = Object(inner);
-  d.objects[at] = boxed;
+  d.objects![at] = boxed;
   return boxed;
 }

@@ -444,12 +444,17 @@ test(
         }
       }
     }
+    // Around the longest string checked for ASCII before it is decoded.
+    for (const n of [1023, 1024, 1025, 4096]) {
+      const ascii = "x".repeat(n);
+      cases.push(ascii, ascii.slice(1) + "é", "é" + ascii.slice(1));
+    }
     for (const value of cases) {
       assert.equal(decodeSample(sampleOf(value)), value, JSON.stringify(value));
     }
     // A lone continuation byte inside an otherwise ASCII string, at lengths
     // on both sides of the decoder's paths.
-    for (const n of [1, 15, 16, 17, 95, 96, 97, 130]) {
+    for (const n of [1, 15, 16, 17, 95, 96, 97, 130, 1024, 1025]) {
       const bytes = new Uint8Array(n).fill(0x61);
       bytes[n - 1] = 0x80;
       assert.throws(
@@ -460,3 +465,34 @@ test(
     }
   },
 );
+
+test("a message without blobs has a blob table of one zero byte: blob bytes, or bytes after it, are InvalidData", () => {
+  const tree = [TAG.STRING, ...varint(1), 0x61];
+  const ok: Sample = {
+    head: new Uint8Array([...tree, 0]),
+    treeLength: tree.length,
+    blobs: new Uint8Array(0),
+  };
+  assert.equal(decodeSample(ok), "a");
+  for (
+    const bad of [
+      { ...ok, blobs: new Uint8Array(3) },
+      { ...ok, head: new Uint8Array([...tree, 0, 0]) },
+    ]
+  ) {
+    assert.throws(() => decodeSample(bad), Deno.errors.InvalidData);
+  }
+});
+
+test("back-references are kept only once an object was met: a reference to none is InvalidData", () => {
+  const shared = { n: 1 };
+  const value = decodeSample(sampleOf([shared, shared, new Date(5), shared]));
+  assert.ok(Array.isArray(value));
+  assert.equal(value[0], value[1]);
+  assert.equal(value[3], value[0]);
+  assert.deepEqual(value[2], new Date(5));
+  assert.throws(
+    () => decodeSample(treeSample([TAG.REF, ...varint(0)])),
+    Deno.errors.InvalidData,
+  );
+});
