@@ -10,7 +10,8 @@
 import { invalid } from "../_channel_error.ts";
 
 const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder("utf-8", { fatal: true });
+// A string may begin with U+FEFF: it is text, not a byte order mark.
+const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Writes `value` as UTF-8 at `buf[at]`, where there is room for 3 bytes per

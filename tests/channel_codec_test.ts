@@ -466,6 +466,23 @@ test(
   },
 );
 
+test("a string that begins with U+FEFF keeps it, as a value, a key, a Map key and a RegExp source, on every decoding path", () => {
+  for (const n of [0, 1, 14, 15, 16, 600, 1100]) {
+    for (const rest of ["x".repeat(n), "é".repeat(n)]) {
+      const text = "\uFEFF" + rest;
+      assert.equal(decodeSample(sampleOf(text)), text, `${n} after the mark`);
+      // Keys that differ only by the mark stay two keys.
+      const object = decodeSample(sampleOf({ [text]: 1, [rest]: 2 }));
+      assert.deepEqual(Object.keys(object as object).sort(), [rest, text]);
+      const map = decodeSample(sampleOf(new Map([[text, 1]])));
+      assert.deepEqual([...(map as Map<string, number>).keys()], [text]);
+    }
+  }
+  const source = "\uFEFF+b|\\uFEFF";
+  const regexp = decodeSample(sampleOf(new RegExp(source, "u"))) as RegExp;
+  assert.equal(regexp.source, source);
+});
+
 test("a message without blobs has a blob table of one zero byte: blob bytes, or bytes after it, are InvalidData", () => {
   const tree = [TAG.STRING, ...varint(1), 0x61];
   const ok: Sample = {
