@@ -370,8 +370,12 @@ export class Inbox {
         return this.#record(conn);
       }
       handedOn = true;
+      const carried = got.fds.length;
       const value = this.#message(scratch, 0, got.bytes, got.fds);
       this.#took(conn);
+      // A sender has few frames with fds in flight: each is acknowledged
+      // at once, so that the sender may send the next.
+      if (carried > 0) sendAck(conn);
       return { kind: "value", value };
     } catch (error) {
       if (!handedOn) closeAll(got.fds);

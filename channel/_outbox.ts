@@ -35,6 +35,15 @@ import { batchable, type Frame, partsOf } from "./_frame.ts";
 
 /** Acknowledgements one look at a sender reads at most. */
 const ACK_BUDGET = 64;
+/**
+ * Frames with fds (memfds, endpoints) one sender has in flight at most,
+ * whatever its capacity: the kernel counts every fd in flight against the
+ * sending user's fd limit (ETOOMANYREFS beyond it, for all of that user's
+ * processes), so a few senders of large messages at a capacity of 1024
+ * would exhaust a limit of 1024. The receiver acknowledges each such frame
+ * as it takes it.
+ */
+const FD_WINDOW = 64;
 
 function sendClosed(cause?: unknown): ChannelClosedError {
   return new ChannelClosedError(
@@ -100,6 +109,15 @@ export class Outbox {
   /** Sends resolved without waiting since the last turn. */
   #slice = new TurnSlice();
   #ackBuf = new Uint8Array(new ArrayBuffer(64));
+  /** Messages acknowledged so far. */
+  #acked = 0;
+  /**
+   * The numbers (messages sent before each) of the frames with fds still
+   * in flight, a ring of `#fdCount` from `#fdHead`; made at the first.
+   */
+  #fdSent: Float64Array | undefined;
+  #fdHead = 0;
+  #fdCount = 0;
   /** Runs when the queue is left with nothing to send. */
   #idle: () => void;
 
@@ -245,10 +263,36 @@ export class Outbox {
       this.#takeAcks();
       if (this.#credits === 0) return false;
     }
+    const fds = frame.fds.length > 0;
+    if (fds && !this.#fdRoom()) {
+      this.#takeAcks();
+      if (!this.#fdRoom()) return false;
+    }
     if (!sendFrame(this.#fd.fd, partsOf(frame), frame.fds)) return false;
+    if (fds) this.#fdWent();
     this.#credits--;
     frame.sent();
     return true;
+  }
+
+  /** Whether a frame with fds may go: fewer than FD_WINDOW in flight. */
+  #fdRoom(): boolean {
+    const sent = this.#fdSent;
+    if (sent === undefined) return true;
+    // A frame is taken once the acknowledgements count past it.
+    while (this.#fdCount > 0 && sent[this.#fdHead] < this.#acked) {
+      this.#fdHead = (this.#fdHead + 1) % FD_WINDOW;
+      this.#fdCount--;
+    }
+    return this.#fdCount < FD_WINDOW;
+  }
+
+  /** A frame with fds went (before its credit is taken). */
+  #fdWent(): void {
+    const sent = this.#fdSent ??= new Float64Array(FD_WINDOW);
+    sent[(this.#fdHead + this.#fdCount) % FD_WINDOW] = this.#acked +
+      this.#capacity - this.#credits;
+    this.#fdCount++;
   }
 
   /** Asked by the ticker each turn: once idle long enough, the batch goes. */
@@ -403,6 +447,17 @@ export class Outbox {
       const frame = jobs[0].frame;
       parts = partsOf(frame);
       fds = frame.fds;
+      if (fds.length > 0 && !this.#fdRoom()) {
+        try {
+          this.#takeAcks();
+        } catch (error) {
+          throw this.#end(error);
+        }
+        if (!this.#fdRoom()) {
+          this.#blocked = "read";
+          return 0;
+        }
+      }
     } else {
       parts = [header(FRAME.BATCH, n)];
       for (let i = 0; i < n; i++) {
@@ -426,6 +481,7 @@ export class Outbox {
       this.#blocked = "write";
       return 0;
     }
+    if (fds.length > 0) this.#fdWent();
     this.#credits -= n;
     return n;
   }
@@ -515,6 +571,7 @@ export class Outbox {
         throw invalid("the receiver sent something other than an ack");
       }
       this.#credits = Math.min(this.#capacity, this.#credits + n);
+      this.#acked += n;
     }
   }
 

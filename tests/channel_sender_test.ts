@@ -431,3 +431,52 @@ test(
     }
   },
 );
+
+test(
+  "a sender of any capacity has at most 64 frames with fds in flight: the kernel counts each fd against the user's limit",
+  async () => {
+    const [tx, peer] = rawSender(1024);
+    try {
+      // Each message is larger than a packet: it travels as a memfd.
+      const big = new Uint8Array(70_000);
+      const sends: Promise<void>[] = [];
+      for (let i = 0; i < 70; i++) sends.push(tx.send(big.fill(i)));
+      // Failures are asserted below; a failed test leaves none unhandled.
+      for (const send of sends) send.catch(() => {});
+      await withTimeout(
+        Promise.all(sends.slice(0, 64)),
+        5000,
+        "64 sends with fds",
+      );
+      assert.ok(
+        await stillPending(sends[64], 50),
+        "the 65th waits for a frame with fds to be acknowledged",
+      );
+      const buf = new Uint8Array(64);
+      /** Reads the frames that are there: how many, each a memfd alone. */
+      const drain = () => {
+        let n = 0;
+        for (;;) {
+          const got = receiveMessage(peer.rawFd, buf, 4, false);
+          if (got === null) return n;
+          assert.equal(buf[0], FRAME.MESSAGE_MEMFD);
+          assert.equal(got.fds.length, 1);
+          for (const fd of got.fds) libc().close(fd);
+          n++;
+        }
+      };
+      assert.equal(drain(), 64);
+      // The first frame is taken: one more may go.
+      await peer.send(header(FRAME.ACK, 1));
+      await withTimeout(sends[64], 5000, "the 65th send after an ack");
+      assert.ok(await stillPending(sends[65], 50), "the 66th still waits");
+      assert.equal(drain(), 1);
+      await peer.send(header(FRAME.ACK, 64));
+      await withTimeout(Promise.all(sends), 5000, "every send");
+      assert.equal(drain(), 5);
+    } finally {
+      tx.close();
+      peer.close();
+    }
+  },
+);

@@ -203,6 +203,33 @@ test(
 );
 
 test(
+  "300 messages of 100 KiB from a child at the default capacity all arrive: the sender holds few memfds in flight, and the receiver acknowledges each as it takes it",
+  async () => {
+    const server = new OneShotServer<Uint8Array>();
+    await using proc = child("memfds", server.name, "300");
+    const [rx, first] = await server.accept({ timeout: 15_000 });
+    const check = (m: Uint8Array, i: number) => {
+      assert.equal(m.byteLength, 100 << 10);
+      assert.ok(m.every((b) => b === (i & 0xff)), `message ${i}`);
+    };
+    check(first, 0);
+    // The child waits whenever 64 memfds are in flight: without an
+    // acknowledgement of each, it would wait for good.
+    for (let i = 1; i < 300; i++) {
+      check(await rx.recv({ signal: AbortSignal.timeout(10_000) }), i);
+    }
+    await assert.rejects(
+      rx.recv({ signal: AbortSignal.timeout(10_000) }),
+      ChannelClosedError,
+    );
+    rx.close();
+    await exited(proc, "memfds child");
+    assert.deepEqual(zombieChildren(), []);
+  },
+  PROCS,
+);
+
+test(
   "a sender killed with SIGKILL mid-message leaves whole messages, then ChannelClosedError",
   async () => {
     const server = new OneShotServer<{ i: number; data: Uint8Array }>();
