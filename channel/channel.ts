@@ -26,7 +26,9 @@ export interface ChannelOptions {
   /**
    * Messages each sender may have in flight (sent but not yet read by the
    * receiving process) before `send()` waits. Default 1024, at most
-   * 1_000_000.
+   * 1_000_000. Of these, at most 64 may carry fds (a message too large for
+   * one packet travels in a memfd; endpoints travel as fds): the kernel
+   * counts each fd in flight against the sending user's fd limit.
    */
   capacity?: number;
 }
