@@ -10,7 +10,11 @@
 import { invalid } from "../_channel_error.ts";
 
 const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder("utf-8", { fatal: true });
+/**
+ * Decodes and validates UTF-8. `ignoreBOM` keeps a leading U+FEFF: inside a
+ * value it is a character like any other, not a byte order mark.
+ */
+const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Writes `value` as UTF-8 at `buf[at]`, where there is room for 3 bytes per
