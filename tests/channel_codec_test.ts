@@ -485,6 +485,13 @@ test("a string that starts with U+FEFF keeps it, as a value or a key, at every l
   rx.close();
 });
 
+test("strings travel as UTF-8: a lone surrogate arrives as U+FFFD, as the docs say", () => {
+  for (const [sent, got] of [["\uD800", "\uFFFD"], ["a\uDC00b", "a\uFFFDb"]]) {
+    assert.equal(decodeSample(sampleOf(sent)), got);
+  }
+  assert.equal(decodeSample(sampleOf("\uD83D\uDE00")), "\uD83D\uDE00");
+});
+
 test("a message without blobs has a blob table of one zero byte: blob bytes, or bytes after it, are InvalidData", () => {
   const tree = [TAG.STRING, ...varint(1), 0x61];
   const ok: Sample = {
