@@ -26,7 +26,11 @@ export interface ChannelOptions {
   /**
    * Messages each sender may have in flight (sent but not yet read by the
    * receiving process) before `send()` waits. Default 1024, at most
-   * 1_000_000.
+   * 1_000_000. A message above 64 KiB travels in a memfd that holds its
+   * bytes until it is read, so a sender of large messages to a slower
+   * receiver may keep up to `capacity` of them in memory (as many as the
+   * socket's buffer takes: a few hundred with Linux's default): give such
+   * a channel a smaller capacity.
    */
   capacity?: number;
 }
