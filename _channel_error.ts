@@ -115,6 +115,11 @@ class UntilClosed<T> implements AsyncGenerator<T> {
     return this;
   }
 
+  /** Tells what it stands for, as a generator's does: `AsyncGenerator`. */
+  get [Symbol.toStringTag](): string {
+    return "AsyncGenerator";
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.return();
   }

@@ -136,7 +136,7 @@ const PROBES: readonly Probe[] = [
     required: false,
     needs: FFI,
     fix:
-      "pipe({ capacity: 1 << 20 }) needs /proc/sys/fs/pipe-max-size of 1048576 or more (as root: sysctl fs.pipe-max-size=1048576)",
+      "pipe({ bytes: 1 << 20 }) needs /proc/sys/fs/pipe-max-size of 1048576 or more (as root: sysctl fs.pipe-max-size=1048576)",
     run: probePipeCapacity,
   },
   {

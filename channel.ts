@@ -23,13 +23,15 @@
  * - Waits spin briefly before parking, only while recent spins were
  *   answered (`spin: 0` turns that off, a number of µs makes it fixed),
  *   and a receive loop fed faster than it reads still yields a macrotask
- *   turn every 64 messages or 2 ms, so timers and other I/O run.
+ *   turn every 1,024 messages or 2 ms, so timers and other I/O run.
  * - `tx.clone()` makes another sender of the same channel; the receiver
  *   reports {@linkcode ChannelClosedError} once every sender, in every
  *   process, is closed.
  * - Values are encoded by a compact binary codec (not `node:v8`); the bytes
  *   of typed arrays, `DataView`s and `ArrayBuffer`s travel beside the
- *   encoded header, written straight from the caller's buffers.
+ *   encoded header, written straight from the caller's buffers. Strings
+ *   travel as UTF-8, so a lone surrogate (half of a UTF-16 pair) arrives
+ *   as U+FFFD, as through `TextEncoder`.
  * - Sending a `Sender` sends a new sender of its channel (the original stays
  *   usable); sending a `Receiver` moves it: this process's copy is closed.
  *   Other endpoints (pipe ends, sockets, shared memory, queue ends) arrive

@@ -10,7 +10,10 @@
 import { invalid } from "../_channel_error.ts";
 
 const textEncoder = new TextEncoder();
-// A string may begin with U+FEFF: it is text, not a byte order mark.
+/**
+ * Decodes and validates UTF-8. `ignoreBOM` keeps a leading U+FEFF: inside a
+ * value it is a character like any other, not a byte order mark.
+ */
 const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**

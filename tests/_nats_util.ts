@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type ChildProcess, spawn } from "../mod.ts";
+import { type ChildProcess, type ChildStatus, spawn } from "../mod.ts";
 import {
   findNatsServer,
   type NatsServer,
@@ -122,10 +122,20 @@ export class Peer implements AsyncDisposable {
     await this.#stdin!.write(new TextEncoder().encode(line + "\n"));
   }
 
+  /**
+   * Waits (bounded) for it to exit and for its output to be read to the
+   * end: disposing of the child instead would close the pipe under a read
+   * still behind, losing the last lines and failing that read.
+   */
+  async exited(what: string, ms = 30_000): Promise<ChildStatus> {
+    const status = await withTimeout(this.child.status, ms, what);
+    await withTimeout(this.#reading, ms, `the output of ${what}`);
+    return status;
+  }
+
   /** Waits for it to exit with success (bounded). */
   async success(what: string, ms = 30_000): Promise<void> {
-    const status = await withTimeout(this.child.status, ms, what);
-    await this.#reading;
+    const status = await this.exited(what, ms);
     if (!status.success) {
       throw new Error(`${what} failed (${status.code}): ${this.tail()}`);
     }

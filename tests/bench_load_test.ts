@@ -8,22 +8,30 @@ import { readProcText, test, withTimeout } from "./_util.ts";
 test(
   "withLoad() runs a CPU-bound process during the measurement and kills and reaps it after, also on failure",
   async () => {
-    const state = (pid: number) => {
+    /** Clock ticks of CPU the process has used (utime + stime). */
+    const cpuTicks = (pid: number) => {
       const stat = readProcText(`/proc/${pid}/stat`);
-      return stat?.slice(stat.lastIndexOf(")") + 2)[0];
+      assert.ok(stat !== undefined, "the process runs");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return Number(fields[11]) + Number(fields[12]);
     };
     let pid = 0;
-    const seen = await withTimeout(
-      withLoad((load) => {
+    await withTimeout(
+      withLoad(async (load) => {
         pid = load.pid;
         assert.match(load.command, /for\(;;\)\{\}/);
-        return Promise.resolve(state(load.pid));
+        // It spins while the measurement runs: its CPU time grows (one look
+        // at its state could catch even a spinning process in a page
+        // fault, "D", on a loaded machine).
+        const start = cpuTicks(load.pid);
+        for (let looks = 0; cpuTicks(load.pid) - start < 20; looks++) {
+          assert.ok(looks < 2000, "the load process used no CPU time");
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
       }),
       CHILD_WAIT_MS,
-      "withLoad()",
+      "withLoad() with a process that spins",
     );
-    // Running or runnable while the measurement ran: it spins.
-    assert.equal(seen, "R");
     // Killed and reaped: no process (not even a zombie) is left.
     assert.equal(readProcText(`/proc/${pid}/stat`), undefined);
 

@@ -483,6 +483,32 @@ test("a string that begins with U+FEFF keeps it, as a value, a key, a Map key an
   assert.equal(regexp.source, source);
 });
 
+test("a string that starts with U+FEFF keeps it, as a value or a key, at every length the decoder treats apart", async () => {
+  // U+FEFF is an ordinary character inside a value (structured clone keeps
+  // it); only a file's first bytes take it for a byte order mark.
+  for (const n of [0, 1, 14, 15, 16, 40, 1023, 1024, 1025]) {
+    for (const rest of ["x".repeat(n), "é".repeat(n)]) {
+      const value = "\uFEFF" + rest;
+      assert.equal(decodeSample(sampleOf(value)), value, `length ${n}`);
+      const keyed = decodeSample(sampleOf({ [value]: 1 }));
+      assert.deepEqual(Object.keys(keyed as object), [value], `key ${n}`);
+    }
+  }
+  const [tx, rx] = channel<string[]>();
+  const sent = ["\uFEFF", "\uFEFFhello", "\uFEFF\uFEFF"];
+  await tx.send(sent);
+  assert.deepEqual(await withTimeout(rx.recv(), 2000, "recv"), sent);
+  tx.close();
+  rx.close();
+});
+
+test("strings travel as UTF-8: a lone surrogate arrives as U+FFFD, as the docs say", () => {
+  for (const [sent, got] of [["\uD800", "\uFFFD"], ["a\uDC00b", "a\uFFFDb"]]) {
+    assert.equal(decodeSample(sampleOf(sent)), got);
+  }
+  assert.equal(decodeSample(sampleOf("\uD83D\uDE00")), "\uD83D\uDE00");
+});
+
 test("a message without blobs has a blob table of one zero byte: blob bytes, or bytes after it, are InvalidData", () => {
   const tree = [TAG.STRING, ...varint(1), 0x61];
   const ok: Sample = {

@@ -110,3 +110,12 @@ test("for await over a receiver: next() calls made together get the messages in 
   ]);
   rx.close();
 });
+
+test("for await over a receiver: the iterator reads as an AsyncGenerator, as the generator it replaced did", () => {
+  const [tx, rx] = channel<number>();
+  const it = rx[Symbol.asyncIterator]();
+  assert.equal(Object.prototype.toString.call(it), "[object AsyncGenerator]");
+  assert.match(Deno.inspect(it), /\[AsyncGenerator\]/);
+  tx.close();
+  rx.close();
+});
