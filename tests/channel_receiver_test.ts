@@ -331,3 +331,34 @@ test("receives called together after a wait that went unanswered take messages a
     rx.close();
   }
 });
+
+test(
+  "batches from one sender or ten (the receiver's own epoll set) arrive whole and in each sender's order",
+  async () => {
+    for (const senders of [1, 10]) {
+      const [tx, rx] = channel<[number, number]>();
+      const all: Sender<[number, number]>[] = [tx];
+      while (all.length < senders) all.push(tx.clone());
+      // Each sender's 40 sends of one turn leave as one batch.
+      const sent = all.flatMap((s, id) =>
+        Array.from({ length: 40 }, (_, n) => s.send([id, n]))
+      );
+      await Promise.all(sent);
+      for (const s of all) s.close();
+      const got: [number, number][] = [];
+      for (let k = 0; k < senders * 40; k++) {
+        got.push(await withTimeout(rx.recv(), 5000, `message ${k}`));
+      }
+      const next: number[] = new Array(senders).fill(0);
+      for (const [id, n] of got) {
+        assert.equal(n, next[id]++, `sender ${id} in order`);
+      }
+      assert.deepEqual(next, new Array(senders).fill(40));
+      await assert.rejects(
+        withTimeout(rx.recv(), 5000, "end"),
+        ChannelClosedError,
+      );
+      rx.close();
+    }
+  },
+);
