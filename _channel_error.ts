@@ -80,7 +80,7 @@ class UntilClosed<T> implements AsyncGenerator<T> {
   #take: () => T | typeof CLOSED_NOW | Promise<T>;
   #done = false;
   /** The last call that has not settled yet, which later calls wait for. */
-  #pending: Promise<unknown> | undefined;
+  #pending: Promise<IteratorResult<T>> | undefined;
 
   constructor(take: () => T | typeof CLOSED_NOW | Promise<T>) {
     this.#take = take;
@@ -141,13 +141,17 @@ class UntilClosed<T> implements AsyncGenerator<T> {
     return result;
   }
 
-  /** Later calls wait for `result` to settle. */
-  #track(result: Promise<unknown>): void {
-    const settled = result.then(noop, noop);
-    this.#pending = settled;
-    settled.then(() => {
-      if (this.#pending === settled) this.#pending = undefined;
-    });
+  /**
+   * Later calls wait for `result` to settle. Its own handler, added before
+   * the caller's, forgets it at once, so the call the caller makes when it
+   * has the result takes the direct path again.
+   */
+  #track(result: Promise<IteratorResult<T>>): void {
+    this.#pending = result;
+    const forget = () => {
+      if (this.#pending === result) this.#pending = undefined;
+    };
+    result.then(forget, forget);
   }
 
   /** Whether the call just made waits for a value that is not here yet. */
@@ -182,8 +186,6 @@ class UntilClosed<T> implements AsyncGenerator<T> {
     return Promise.reject(error);
   }
 }
-
-function noop(): void {}
 
 /**
  * A stream of the values `recv()` gives, taken only as it is read and ended

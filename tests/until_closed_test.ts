@@ -119,3 +119,20 @@ test("for await over a receiver: the iterator reads as an AsyncGenerator, as the
   tx.close();
   rx.close();
 });
+
+test("untilClosed: once a call that waited has settled, the next call asks at once (no chain behind it)", async () => {
+  let asked = 0;
+  const it = untilClosed<number>(
+    () => Promise.resolve(0),
+    () => ++asked === 1 ? Promise.resolve(1) : asked,
+  );
+  assert.deepEqual(await it.next(), { value: 1, done: false });
+  const pending = it.next();
+  assert.equal(asked, 2, "the second call asked before any await");
+  assert.deepEqual(await pending, { value: 2, done: false });
+  for (let k = 3; k <= 5; k++) {
+    const next = it.next();
+    assert.equal(asked, k);
+    assert.deepEqual(await next, { value: k, done: false });
+  }
+});
