@@ -30,6 +30,12 @@ export const endpointKind: unique symbol = Symbol("endpoint kind");
  */
 export const releaseFd: unique symbol = Symbol("release fd");
 
+/**
+ * Whether a pipe reader's stream is being read (locked to a reader): on
+ * `PipeReader`.
+ */
+export const streamInUse: unique symbol = Symbol("stream in use");
+
 /** The kind of an endpoint of this package, or `undefined` for anything else. */
 export function kindOf(value: unknown): EndpointKind | undefined {
   if (typeof value !== "object" || value === null) return undefined;

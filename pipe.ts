@@ -48,7 +48,12 @@ import {
   type ReadOptions,
   type WriteOptions,
 } from "./_byte_io.ts";
-import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
+import {
+  type EndpointKind,
+  endpointKind,
+  releaseFd,
+  streamInUse,
+} from "./_keys.ts";
 
 export type { ReadOptions, WriteOptions } from "./_byte_io.ts";
 
@@ -262,6 +267,11 @@ export class PipeReader implements Disposable {
   /** @ignore Gives up the fd without closing it. */
   [releaseFd](): number {
     return this.#fd.release();
+  }
+
+  /** @ignore Whether {@linkcode readable} is locked to a reader. */
+  [streamInUse](): boolean {
+    return this.#readable?.locked === true;
   }
 }
 

@@ -36,6 +36,7 @@ import {
 import { OwnedFd } from "./ffi/fd.ts";
 import { type Inspect, inspectEndpoint } from "./_inspect.ts";
 import type { PipeReader, PipeWriter } from "./pipe.ts";
+import { streamInUse } from "./_keys.ts";
 import {
   fileActions,
   killAndReap,
@@ -335,7 +336,9 @@ export class ChildProcess implements AsyncDisposable {
   /**
    * Sends SIGTERM if the child still runs (SIGKILL follows after
    * `killGrace`, when set), waits until it has exited and is reaped, and
-   * closes its pipes.
+   * closes its pipes, except an output whose stream is being read: that
+   * read goes on to the end of the output (as with `Deno.ChildProcess`),
+   * and the stream closes its pipe there.
    *
    * @example Give a child a second to clean up on SIGTERM
    * ```ts
@@ -353,8 +356,9 @@ export class ChildProcess implements AsyncDisposable {
       await this.status;
     } finally {
       this.#stdin?.close();
-      this.#stdout?.close();
-      this.#stderr?.close();
+      for (const output of [this.#stdout, this.#stderr]) {
+        if (output !== null && !output[streamInUse]()) output.close();
+      }
     }
   }
 

@@ -14,6 +14,7 @@ import {
   DENO,
   fdTarget,
   fixture,
+  openFds,
   pollerIdle,
   procFds,
   procFdTarget,
@@ -221,6 +222,43 @@ test(
     assert.ok(!childPids().includes(pid), "the child must be reaped");
     assert.equal(readProcText(`/proc/${pid}/stat`), undefined);
     await pollerIdle();
+  },
+  perms,
+);
+
+test(
+  "await using leaves an output that is being read to its reader, which gets the rest and the end; an output nobody reads is closed",
+  async () => {
+    // head cannot finish 3 MB while nobody reads: at the scope's end the
+    // pipe is full, and SIGTERM ends head with that data still in it.
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    let fds = 0;
+    {
+      await using child = spawn("sh", {
+        args: ["-c", "exec head -c 3000000 /dev/zero"],
+        stdout: "piped",
+        stderr: "piped",
+      });
+      reader = child.stdout.getReader();
+      const first = await withTimeout(reader.read(), 10_000, "first bytes");
+      assert.ok(!first.done && first.value.byteLength > 0);
+      fds = openFds().length;
+    }
+    let rest = 0;
+    for (;;) {
+      const { value, done } = await withTimeout(
+        reader.read(),
+        10_000,
+        "the rest of stdout",
+      );
+      if (done) break;
+      rest += value.byteLength;
+    }
+    assert.ok(rest > 0, "what the pipe held when the child ended was read");
+    assert.ok(rest < 3_000_000, "the child ended before it wrote it all");
+    // Its end closed stdout, the scope's end the unread stderr: test()
+    // finds no fd left open.
+    assert.ok(openFds().length < fds);
   },
   perms,
 );
