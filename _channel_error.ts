@@ -81,6 +81,8 @@ class UntilClosed<T> implements AsyncGenerator<T> {
   #done = false;
   /** The last call that has not settled yet, which later calls wait for. */
   #pending: Promise<IteratorResult<T>> | undefined;
+  /** Whether the call just made waits for a value that is not here yet. */
+  #running = false;
 
   constructor(take: () => T | typeof CLOSED_NOW | Promise<T>) {
     this.#take = take;
@@ -153,9 +155,6 @@ class UntilClosed<T> implements AsyncGenerator<T> {
     };
     result.then(forget, forget);
   }
-
-  /** Whether the call just made waits for a value that is not here yet. */
-  #running = false;
 
   #step(): Promise<IteratorResult<T>> {
     if (this.#done) return Promise.resolve(DONE);
