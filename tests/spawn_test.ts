@@ -229,35 +229,48 @@ test(
 test(
   "await using leaves an output that is being read to its reader, which gets the rest and the end; an output nobody reads is closed",
   async () => {
-    // head cannot finish 3 MB while nobody reads: at the scope's end the
-    // pipe is full, and SIGTERM ends head with that data still in it.
+    // 10,000 bytes fit in the pipe: once stderr says "written", they are all
+    // in it, and the scope's end kills the sleep that follows.
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
     let fds = 0;
     {
       await using child = spawn("sh", {
-        args: ["-c", "exec head -c 3000000 /dev/zero"],
+        args: [
+          "-c",
+          "head -c 10000 /dev/zero; echo written >&2; exec sleep 30",
+        ],
         stdout: "piped",
         stderr: "piped",
       });
       reader = child.stdout.getReader();
-      const first = await withTimeout(reader.read(), 10_000, "first bytes");
-      assert.ok(!first.done && first.value.byteLength > 0);
+      const errors = child.stderr.getReader();
+      let said = "";
+      while (!said.includes("written")) {
+        const { value, done } = await withTimeout(
+          errors.read(),
+          10_000,
+          "the child to say written",
+        );
+        if (done) throw new Error(`stderr ended early: ${said}`);
+        said += decoder.decode(value);
+      }
+      // stderr is not being read any more: the scope's end closes it.
+      errors.releaseLock();
       fds = openFds().length;
     }
-    let rest = 0;
+    let got = 0;
     for (;;) {
       const { value, done } = await withTimeout(
         reader.read(),
         10_000,
-        "the rest of stdout",
+        "stdout to its end",
       );
       if (done) break;
-      rest += value.byteLength;
+      got += value.byteLength;
     }
-    assert.ok(rest > 0, "what the pipe held when the child ended was read");
-    assert.ok(rest < 3_000_000, "the child ended before it wrote it all");
-    // Its end closed stdout, the scope's end the unread stderr: test()
-    // finds no fd left open.
+    assert.equal(got, 10_000, "all of stdout, read after the scope ended");
+    // Its end closed stdout; stderr was closed by the scope's end (test()
+    // finds no fd left open).
     assert.ok(openFds().length < fds);
   },
   perms,
