@@ -226,6 +226,33 @@ test(
   perms,
 );
 
+/**
+ * Reads `stream` until `word` has come, then releases it (nobody reads it
+ * any more).
+ */
+async function untilSaid(
+  stream: ReadableStream<Uint8Array>,
+  word: string,
+): Promise<void> {
+  const reader = stream.getReader();
+  try {
+    let text = "";
+    while (!text.includes(word)) {
+      const { value, done } = await withTimeout(
+        reader.read(),
+        10_000,
+        `the child to say ${word}`,
+      );
+      if (done) {
+        throw new Error(`The child ended before it said ${word}: ${text}`);
+      }
+      text += decoder.decode(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
 test(
   "await using leaves an output that is being read to its reader, which gets the rest and the end; an output nobody reads is closed",
   async () => {
@@ -243,19 +270,9 @@ test(
         stderr: "piped",
       });
       reader = child.stdout.getReader();
-      const errors = child.stderr.getReader();
-      let said = "";
-      while (!said.includes("written")) {
-        const { value, done } = await withTimeout(
-          errors.read(),
-          10_000,
-          "the child to say written",
-        );
-        if (done) throw new Error(`stderr ended early: ${said}`);
-        said += decoder.decode(value);
-      }
-      // stderr is not being read any more: the scope's end closes it.
-      errors.releaseLock();
+      // Read, then released: stderr is not being read at the scope's end,
+      // which closes it.
+      await untilSaid(child.stderr, "written");
       fds = openFds().length;
     }
     let got = 0;
@@ -277,22 +294,8 @@ test(
 );
 
 /** Reads the child's stdout until it has said `ready`. */
-async function untilReady(child: ChildProcess): Promise<void> {
-  const reader = child.stdout.getReader();
-  try {
-    let text = "";
-    while (!text.includes("ready")) {
-      const { value, done } = await withTimeout(
-        reader.read(),
-        10_000,
-        "the child to say ready",
-      );
-      if (done) throw new Error(`The child ended before it was ready: ${text}`);
-      text += decoder.decode(value);
-    }
-  } finally {
-    reader.releaseLock();
-  }
+function untilReady(child: ChildProcess): Promise<void> {
+  return untilSaid(child.stdout, "ready");
 }
 
 test(
