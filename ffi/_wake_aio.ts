@@ -87,7 +87,7 @@ const SMALL_CTX_EVENTS = 8;
  * and waits through the epoll set only: an epoll set holds no watched file,
  * and each Worker ever started keeps only that much of `fs.aio-max-nr`.
  */
-const IN_WORKER = (() => {
+export const IN_WORKER: boolean = (() => {
   const scope = globalThis as { Window?: unknown; WorkerGlobalScope?: unknown };
   // Only the main thread has Window: a web Worker has WorkerGlobalScope, a
   // node:worker_threads Worker neither.

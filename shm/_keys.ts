@@ -11,3 +11,9 @@
  * play a hostile peer.
  */
 export const ringViews: unique symbol = Symbol("shm queue ring");
+
+/**
+ * Where a queue end's pending wait is parked: `"bell"` (Deno's event loop
+ * reads the doorbell), `"poller"`, or `undefined` when none is, for tests.
+ */
+export const parkedOn: unique symbol = Symbol("shm queue park");

@@ -14,6 +14,7 @@ import { Spinner } from "../ffi/spin.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { type Mapping, unmap } from "./_map.ts";
 import { drain, ring } from "./_carrier.ts";
+import { ReactorBell } from "./_bell.ts";
 
 /**
  * Marks the promise of a queued call as handled: a caller may attach its
@@ -100,6 +101,10 @@ export class Ring {
   #turnAt = performance.now();
   #turnChecks = 0;
   #deferredWake = false;
+  /** The doorbell as the event loop reads it; null: the poller waits. */
+  #bell: ReactorBell | null | undefined;
+  #refed = true;
+  #parked: "bell" | "poller" | undefined;
 
   constructor(
     what: string,
@@ -212,16 +217,57 @@ export class Ring {
       Atomics.store(this.header, flag, 0);
       return;
     }
+    const bell = this.#bell === undefined ? this.#openBell() : this.#bell;
+    if (bell !== null) {
+      this.#parked = "bell";
+      try {
+        await bell.wait(signal);
+      } finally {
+        this.#parked = undefined;
+        if (!this.closed) Atomics.store(this.header, flag, 0);
+      }
+      // The wake came through the event loop: a new slice starts.
+      this.#turnAt = performance.now();
+      if (bell.gone) this.peerGone = true;
+      return;
+    }
     const turns = poller().turns;
+    this.#parked = "poller";
     try {
       await this.doorbell.wait("read", signal);
     } finally {
+      this.#parked = undefined;
       if (!this.closed) Atomics.store(this.header, flag, 0);
     }
     // A wait that went through the event loop starts a new slice (one
     // whose doorbell was rung already when it was armed did not).
     if (poller().turns !== turns) this.#turnAt = performance.now();
     if (!drain(this.doorbell.fd)) this.peerGone = true;
+  }
+
+  /** Where a wait of this end is parked, if one is. */
+  get parked(): "bell" | "poller" | undefined {
+    return this.#parked;
+  }
+
+  #openBell(): ReactorBell | null {
+    const bell = ReactorBell.open(this.doorbell.fd) ?? null;
+    if (bell !== null && !this.#refed) bell.unref();
+    return this.#bell = bell;
+  }
+
+  /** A pending wait keeps the process alive (the default). */
+  ref(): void {
+    this.#refed = true;
+    this.doorbell.ref();
+    this.#bell?.ref();
+  }
+
+  /** A pending wait does not keep the process alive. */
+  unref(): void {
+    this.#refed = false;
+    this.doorbell.unref();
+    this.#bell?.unref();
   }
 
   /** Rings the other end if it is parked (its flag was up). */
@@ -308,6 +354,7 @@ export class Ring {
   close(): void {
     if (this.carrier.closed) return;
     this.#flushWake();
+    this.#bell?.close(closedError(this.what));
     this.doorbell.close();
     this.carrier.close();
     this.#unmap();
@@ -316,6 +363,7 @@ export class Ring {
   release(): number {
     this.#flushWake();
     const fd = this.carrier.release();
+    this.#bell?.close(closedError(this.what));
     this.doorbell.close();
     this.#unmap();
     return fd;

@@ -13,9 +13,10 @@
  * the other process may have crashed or may be hostile.
  *
  * Waiting needs no polling loop and no thread: each end owns one side of a
- * SOCK_SEQPACKET doorbell, watched by the process's one poller. A wait
- * first spins briefly (the shared spin-then-park of `ffi/spin.ts`), then
- * parks. The protocol that keeps a busy queue free of system calls, and
+ * SOCK_SEQPACKET doorbell. In the main thread on the `aio` wake path, Deno's
+ * own event loop reads a duplicate of it (`_bell.ts`: a wake is one read of
+ * the ring); elsewhere the process's one poller watches it. A wait first
+ * spins briefly (the shared spin-then-park of `ffi/spin.ts`), then parks. The protocol that keeps a busy queue free of system calls, and
  * that no wake-up is ever lost:
  *
  * - A receiver parks only when the ring is empty. It raises

@@ -7,7 +7,7 @@
 import { inspectEndpoint } from "../_inspect.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
-import { ringViews } from "./_keys.ts";
+import { parkedOn, ringViews } from "./_keys.ts";
 import {
   align8,
   awaitedLater,
@@ -284,12 +284,12 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
 
   /** Lets a pending receive keep the process alive (the default). */
   ref(): void {
-    this.#ring.doorbell.ref();
+    this.#ring.ref();
   }
 
   /** Lets the process exit while a receive is pending. */
   unref(): void {
-    this.#ring.doorbell.unref();
+    this.#ring.unref();
   }
 
   /**
@@ -314,6 +314,11 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** @ignore Gives up the carrier fd without closing it. */
   [releaseFd](): number {
     return this.#ring.release();
+  }
+
+  /** @ignore Where a pending wait is parked, for tests. */
+  [parkedOn](): "bell" | "poller" | undefined {
+    return this.#ring.parked;
   }
 
   /** @ignore The ring's views, for tests that play a hostile peer. */

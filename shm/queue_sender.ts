@@ -12,7 +12,7 @@ import {
   transferredWhileWaiting,
 } from "../_byte_io.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
-import { ringViews } from "./_keys.ts";
+import { parkedOn, ringViews } from "./_keys.ts";
 import {
   align8,
   awaitedLater,
@@ -239,12 +239,12 @@ export class ShmSender implements Disposable {
 
   /** Lets a pending send keep the process alive (the default). */
   ref(): void {
-    this.#ring.doorbell.ref();
+    this.#ring.ref();
   }
 
   /** Lets the process exit while a send waits for room. */
   unref(): void {
-    this.#ring.doorbell.unref();
+    this.#ring.unref();
   }
 
   /**
@@ -269,6 +269,11 @@ export class ShmSender implements Disposable {
   /** @ignore Gives up the carrier fd without closing it. */
   [releaseFd](): number {
     return this.#ring.release();
+  }
+
+  /** @ignore Where a pending wait is parked, for tests. */
+  [parkedOn](): "bell" | "poller" | undefined {
+    return this.#ring.parked;
   }
 
   /** @ignore The ring's views, for tests that play a hostile peer. */

@@ -11,6 +11,7 @@ import {
   socketpair,
   spawn,
   UnixSocket,
+  wakePath,
 } from "../mod.ts";
 import {
   delay,
@@ -30,7 +31,7 @@ import { cstr } from "../ffi/mem.ts";
 import { peekHello, ROLE, sendHello } from "../shm/_carrier.ts";
 import { createMemfd } from "../shm/_memfd.ts";
 import { releaseFd } from "../_keys.ts";
-import { ringViews } from "../shm/_keys.ts";
+import { parkedOn, ringViews } from "../shm/_keys.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -233,14 +234,17 @@ test(
 );
 
 test(
-  "recv() parks in the poller without a polling loop and wakes when a message is sent; send() waits for room the same way",
+  "recv() parks without a polling loop (on the event loop's read of the doorbell on the aio path, in the poller on ffi) and wakes when a message is sent; send() waits for room the same way",
   async () => {
     using q = shmQueue({ bytes: 1024 });
     const [tx, rx] = q;
+    const aio = wakePath().path === "aio";
     const pending = rx.recv();
     assert.ok(await stillPending(pending, 50));
-    // One wait in the poller, nothing else running: no timer, no loop.
-    assert.equal(pollerWaits(), 1);
+    // One wait, nothing else running: no timer, no loop. On the aio path
+    // Deno's event loop reads the doorbell and the poller has no wait.
+    assert.equal(rx[parkedOn](), aio ? "bell" : "poller");
+    assert.equal(pollerWaits(), aio ? 0 : 1);
     await tx.send(new Uint8Array([42]));
     assert.deepEqual(
       await withTimeout(pending, 2000, "recv"),
@@ -250,6 +254,8 @@ test(
     await tx.send(new Uint8Array(1024));
     const blocked = tx.send(new Uint8Array(512));
     assert.ok(await stillPending(blocked, 50));
+    assert.equal(tx[parkedOn](), aio ? "bell" : "poller");
+    assert.equal(rx[parkedOn](), undefined);
     assert.equal((await rx.recv())?.length, 1024);
     await withTimeout(blocked, 2000, "send after room");
     assert.equal((await rx.recv())?.length, 512);

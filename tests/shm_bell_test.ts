@@ -1,0 +1,232 @@
+// A parked shmQueue end and its doorbell: on the aio wake path Deno's event
+// loop reads a duplicate of the doorbell (shm/_bell.ts), on the ffi path the
+// poller waits on it. Every test holds on both paths; where it says which
+// one parks, it asks the wake path first.
+import assert from "node:assert/strict";
+import {
+  fromFd,
+  settled,
+  shmQueue,
+  ShmReceiver,
+  spawn,
+  wakePath,
+} from "../mod.ts";
+import { releaseFd } from "../_keys.ts";
+import { parkedOn, ringViews } from "../shm/_keys.ts";
+import { RECEIVER_WAITING } from "../shm/_ring.ts";
+import {
+  DENO,
+  fixture,
+  openFds,
+  stillPending,
+  test,
+  until,
+  withTimeout,
+} from "./_util.ts";
+
+const PEER = fixture("shm_peer.ts");
+const local = { ffi: true } as const;
+const perms = { ffi: true, read: true, run: true } as const;
+
+/** Where this thread parks a queue end's wait. */
+function expectedPark(): "bell" | "poller" {
+  return wakePath().path === "aio" ? "bell" : "poller";
+}
+
+/** Resolves once `end` has a wait parked; throws after 5 s. */
+async function parked(end: { [parkedOn](): string | undefined }) {
+  await until(() => end[parkedOn]() !== undefined, 5_000, "the park");
+  return end[parkedOn]();
+}
+
+test(
+  "an aborted receive leaves the doorbell and the flag as they were: the next receive parks and wakes",
+  async () => {
+    using q = shmQueue({ bytes: 1024 });
+    const [tx, rx] = q;
+    const controller = new AbortController();
+    const pending = rx.recv({ signal: controller.signal });
+    assert.equal(await parked(rx), expectedPark());
+    const reason = new Error("no longer wanted");
+    controller.abort(reason);
+    await assert.rejects(
+      withTimeout(pending, 5_000, "abort"),
+      (e) => e === reason,
+    );
+    assert.equal(rx[parkedOn](), undefined);
+    assert.equal(Atomics.load(rx[ringViews]().header, RECEIVER_WAITING), 0);
+    for (let i = 1; i <= 3; i++) {
+      const next = rx.recv();
+      assert.equal(await parked(rx), expectedPark());
+      await tx.send(new Uint8Array([i]));
+      assert.deepEqual(
+        await withTimeout(next, 5_000, `receive ${i}`),
+        new Uint8Array([i]),
+      );
+    }
+  },
+  local,
+);
+
+test(
+  "closing a receiver with a receive parked rejects it with BadResource and closes every fd it had, the doorbell's duplicate too",
+  async () => {
+    const before = openFds();
+    const [tx, rx] = shmQueue({ bytes: 1024 });
+    const pending = rx.recv();
+    assert.equal(await parked(rx), expectedPark());
+    rx.close();
+    await assert.rejects(
+      withTimeout(pending, 5_000, "close"),
+      Deno.errors.BadResource,
+    );
+    tx.close();
+    // The ffi path's poller lets go of its epoll fd once its wait returns.
+    await settled();
+    assert.deepEqual(openFds(), before);
+  },
+  local,
+);
+
+test(
+  "an end handed over while its receive is parked: that receive rejects, and the new owner is woken by the next send (the old wait takes no ring)",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 1024 });
+    const old = rx.recv();
+    assert.equal(await parked(rx), expectedPark());
+    const moved = fromFd(rx[releaseFd](), { allowCloexec: true });
+    try {
+      await assert.rejects(
+        withTimeout(old, 5_000, "release"),
+        Deno.errors.BadResource,
+      );
+      assert.ok(moved instanceof ShmReceiver);
+      for (let i = 1; i <= 3; i++) {
+        const next = moved.recv();
+        assert.equal(await parked(moved), expectedPark());
+        await tx.send(new Uint8Array([i]));
+        assert.deepEqual(
+          await withTimeout(next, 5_000, `receive ${i} by the new owner`),
+          new Uint8Array([i]),
+        );
+      }
+    } finally {
+      moved.close();
+      tx.close();
+    }
+  },
+  local,
+);
+
+test(
+  "a receive parked while the sending process is killed wakes with null",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 1024 });
+    const child = spawn(DENO, {
+      args: ["run", "--allow-ffi", "--allow-read", PEER, "hold"],
+      fds: [tx],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    tx.close();
+    try {
+      const reader = child.stdout!.pipeThrough(new TextDecoderStream())
+        .getReader();
+      const first = await withTimeout(reader.read(), 20_000, "child start");
+      assert.equal(first.value?.trim(), "holding");
+      reader.releaseLock();
+      const pending = rx.recv();
+      assert.equal(await parked(rx), expectedPark());
+      assert.ok(await stillPending(pending, 20));
+      child.kill("SIGKILL");
+      assert.equal(await withTimeout(pending, 10_000, "the end"), null);
+      assert.equal((await child.status).signal, "SIGKILL");
+    } finally {
+      rx.close();
+      await child[Symbol.asyncDispose]();
+    }
+  },
+  perms,
+);
+
+/** Runs the peer's `park` mode on a receiver, sending `value` if given. */
+async function park(mode: string[], value?: number) {
+  const [tx, rx] = shmQueue({ bytes: 1024 });
+  const child = spawn(DENO, {
+    args: ["run", "--allow-ffi", "--allow-read", PEER, "park", ...mode],
+    fds: [rx],
+    stdout: "piped",
+    stderr: "piped",
+  });
+  rx.close();
+  try {
+    const lines = child.stdout!.pipeThrough(new TextDecoderStream())
+      .getReader();
+    const first = await withTimeout(lines.read(), 20_000, "child parks");
+    const said = first.value!.trim().split(" ");
+    if (value !== undefined) await tx.send(new Uint8Array([value]));
+    let rest = "";
+    for (;;) {
+      const { done, value: text } = await withTimeout(
+        lines.read(),
+        20_000,
+        "child output",
+      );
+      if (done) break;
+      rest += text;
+    }
+    const status = await withTimeout(child.status, 20_000, "child exit");
+    return { said, rest: rest.trim(), code: status.code };
+  } finally {
+    tx.close();
+    await child[Symbol.asyncDispose]();
+  }
+}
+
+test(
+  "unref() lets a process end whose only work is a parked receive; a ref'd receive keeps it until the message comes",
+  async () => {
+    for (const when of ["unref", "unref-parked"]) {
+      const unrefd = await park([when]);
+      // The child's wake path is its default one (it cannot read the env).
+      assert.equal(unrefd.said[0], "parked");
+      assert.equal(
+        unrefd.said[1],
+        unrefd.said[3] === "aio" ? "bell" : "poller",
+      );
+      assert.equal(unrefd.code, 0);
+      assert.equal(unrefd.rest, "");
+    }
+    const refd = await park([], 42);
+    assert.equal(refd.said[1], refd.said[3] === "aio" ? "bell" : "poller");
+    assert.equal(refd.rest, "got 42");
+    assert.equal(refd.code, 0);
+  },
+  perms,
+);
+
+// Deno.test, not test(): the runtime opens and closes fds of its own for a
+// Worker.
+Deno.test({
+  name:
+    "a queue end in a Worker parks in the Worker's poller (a terminated Worker runs no code to close an event loop handle) and wakes",
+  permissions: { ffi: true, read: true },
+  async fn() {
+    const worker = new Worker(
+      new URL("./fixtures/worker_shm.ts", import.meta.url),
+      { type: "module" },
+    );
+    try {
+      const said = new Promise<unknown>((resolve, reject) => {
+        worker.onmessage = (e) => resolve(e.data);
+        worker.onerror = (e) => reject(new Error(e.message));
+      });
+      assert.deepEqual(await withTimeout(said, 20_000, "worker"), {
+        parked: "poller",
+        got: 7,
+      });
+    } finally {
+      worker.terminate();
+    }
+  },
+});
