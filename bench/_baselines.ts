@@ -480,16 +480,20 @@ export async function timeRoundTrips(
  * @param start Starts the child; the first round trip (start-up) is done.
  * @param count Round trips.
  * @param intervalMs The pace, or 0 for back to back. Default 0.
- * @returns The figures.
+ * @param warmUp Round trips at the same pace before those timed, not
+ * counted. Default 0.
+ * @returns The figures of the timed round trips.
  */
 export async function measureRoundTrips(
   start: () => Promise<Echo>,
   count: number,
   intervalMs = 0,
+  warmUp = 0,
 ): Promise<PingPong> {
   const echo = await start();
   let out: PingPong;
   try {
+    if (warmUp > 0) await timeRoundTrips(echo, warmUp, intervalMs);
     out = await timeRoundTrips(echo, count, intervalMs);
   } catch (error) {
     await echo.close().catch(() => {});

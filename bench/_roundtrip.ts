@@ -4,7 +4,12 @@
  *
  * - `"tight"`: round trips back to back (the caller's count);
  * - `"paced"`: one round trip per ms, 500 of them (100 with --quick), both
- *   processes idle in between, as request/response traffic looks;
+ *   processes idle in between, as request/response traffic looks; each
+ *   child is new, so these are its first round trips (its JavaScript runs
+ *   before V8 optimizes it);
+ * - `"warm"`: the same after 1,000 paced round trips (50 with --quick) in
+ *   the same child that are not counted: a process that has served
+ *   requests for a while;
  * - `"loaded"`: back to back, 2,000 (200 with --quick), while one CPU-bound
  *   process runs (bench/_load.ts), started before and killed after each run
  *   so the mechanism and its baselines share it.
@@ -46,15 +51,19 @@ import { result } from "./_report.ts";
 import type { BenchCase, BenchOptions, BenchResult } from "./_types.ts";
 
 /** How the round trips run. */
-export type Condition = "tight" | "paced" | "loaded";
+export type Condition = "tight" | "paced" | "warm" | "loaded";
 
 /** Round trips of the paced and loaded conditions. */
 export const CONDITION_COUNTS: Readonly<
-  Record<"paced" | "loaded", { full: number; quick: number }>
+  Record<"paced" | "warm" | "loaded", { full: number; quick: number }>
 > = {
   paced: { full: 500, quick: 100 },
+  warm: { full: 500, quick: 100 },
   loaded: { full: 2_000, quick: 200 },
 };
+
+/** Paced round trips each child makes before the `"warm"` ones counted. */
+export const WARM_UP = { full: 1_000, quick: 50 } as const;
 
 /** The pace of the paced condition: one round trip per this many ms. */
 export const PACE_MS = 1;
@@ -104,9 +113,13 @@ export interface RoundTripSpec {
   extra?: () => ExtraStep;
 }
 
-/** The id suffix of a condition: `""`, `"_paced"` or `"_loaded"`. */
+/**
+ * The id suffix of a condition: `""`, `"_paced"`, `"_paced_warm"` or
+ * `"_loaded"`.
+ */
 export function conditionSuffix(condition: Condition): string {
-  return condition === "tight" ? "" : `_${condition}`;
+  if (condition === "tight") return "";
+  return condition === "warm" ? "_paced_warm" : `_${condition}`;
 }
 
 /** What a condition adds to a mechanism's name in the report. */
@@ -115,12 +128,20 @@ export function conditionNote(condition: Condition): string {
     case "tight":
       return "";
     case "paced":
-      return PACE_MS === 1
-        ? ", paced: 1 round trip per ms"
-        : `, paced: 1 round trip per ${PACE_MS} ms`;
+      return `, paced: ${pace()}, new child`;
+    case "warm":
+      return `, paced: ${pace()}, after ${
+        WARM_UP.full.toLocaleString("en-US")
+      } of warm-up`;
     case "loaded":
       return ", loaded: 1 CPU-bound process running";
   }
+}
+
+function pace(): string {
+  return PACE_MS === 1
+    ? "1 round trip per ms"
+    : `1 round trip per ${PACE_MS} ms`;
 }
 
 /** Round trips per measurement of a condition. */
@@ -148,14 +169,25 @@ export function roundTripCase(spec: RoundTripSpec): BenchCase {
     area: spec.area,
     async run(options) {
       const count = conditionCount(spec, options);
-      const interval = spec.condition === "paced" ? PACE_MS : 0;
+      const paced = spec.condition === "paced" || spec.condition === "warm";
+      const interval = paced ? PACE_MS : 0;
+      const warmUp = spec.condition !== "warm"
+        ? 0
+        : options.quick
+        ? WARM_UP.quick
+        : WARM_UP.full;
       const mine = new RoundTrips();
       const theirs = spec.baselines.map(() => new RoundTrips());
       const measure = (contender: Contender, into: RoundTrips) =>
       async (
         measured: boolean,
       ) => {
-        const r = await measureRoundTrips(contender.start, count, interval);
+        const r = await measureRoundTrips(
+          contender.start,
+          count,
+          interval,
+          warmUp,
+        );
         if (measured) into.add(r);
       };
       const steps = [

@@ -168,7 +168,7 @@ const forkBaseline = (serialization: Serialization, id: string) => ({
 });
 
 const roundTripCases: BenchCase[] = (
-  ["tight", "paced", "loaded"] as Condition[]
+  ["tight", "paced", "warm", "loaded"] as Condition[]
 ).map((condition) =>
   roundTripCase({
     id: "channel.rtt",

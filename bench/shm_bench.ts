@@ -417,7 +417,7 @@ export async function queueEcho(): Promise<Echo> {
 }
 
 const roundTripCases: BenchCase[] = (
-  ["tight", "paced", "loaded"] as Condition[]
+  ["tight", "paced", "warm", "loaded"] as Condition[]
 ).map((condition) =>
   roundTripCase({
     id: "shm.rtt",

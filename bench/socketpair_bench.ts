@@ -182,7 +182,9 @@ function cLimit(): ExtraStep {
   };
 }
 
-const pingPongCases: BenchCase[] = (["tight", "paced", "loaded"] as const)
+const pingPongCases: BenchCase[] = (
+  ["tight", "paced", "warm", "loaded"] as const
+)
   .map((condition) =>
     roundTripCase({
       ...SEQPACKET,

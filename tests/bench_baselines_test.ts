@@ -147,6 +147,31 @@ test(
   { ffi: true },
 );
 
+test(
+  "measureRoundTrips() with a warm-up makes those round trips first on the same child and counts only the rest",
+  async () => {
+    // Child CPU answers: before and after the warm-up, then before and
+    // after the round trips counted.
+    const fake = fakeEcho([0, 9_000, 9_000, 9_500]);
+    let starts = 0;
+    const out = await measureRoundTrips(
+      () => {
+        starts++;
+        return Promise.resolve(fake.echo);
+      },
+      5,
+      0,
+      3,
+    );
+    assert.equal(starts, 1);
+    assert.deepEqual(fake.seen, [0, 1, 2, 0, 1, 2, 3, 4]);
+    assert.equal(out.rtts.length, 5);
+    assert.equal(out.cpu.child, 100);
+    assert.equal(fake.closed, 1);
+  },
+  { ffi: true },
+);
+
 test("alternating() reverses the steps on odd runs and wraps each whole run", async () => {
   const order: string[] = [];
   await alternating(

@@ -13,7 +13,7 @@ test("roundTripCase() makes one row per baseline with the condition in the id an
   const contender = (cpu: number[]) => ({
     start: () => Promise.resolve(fakeEcho(cpu).echo),
   });
-  const make = (condition: "tight" | "paced") =>
+  const make = (condition: "tight" | "paced" | "warm") =>
     roundTripCase({
       id: "x.rtt",
       area: "x",
@@ -61,6 +61,12 @@ test("roundTripCase() makes one row per baseline with the condition in the id an
   const paced = await make("paced").run({ ...QUIET, runs: 1 });
   assert.deepEqual(paced.map((r) => r.id), ["x.rtt_a_paced", "x.rtt_b_paced"]);
   assert.equal(paced[0].mechanism, `ours${conditionNote("paced")}`);
-  assert.match(conditionNote("paced"), /1 round trip per ms/);
+  assert.match(conditionNote("paced"), /1 round trip per ms, new child/);
+  const warm = await make("warm").run({ ...QUIET, runs: 1 });
+  assert.deepEqual(warm.map((r) => r.id), [
+    "x.rtt_a_paced_warm",
+    "x.rtt_b_paced_warm",
+  ]);
+  assert.match(conditionNote("warm"), /1 round trip per ms, after 1,000/);
   assert.match(conditionNote("loaded"), /CPU-bound/);
 });
