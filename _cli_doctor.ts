@@ -112,7 +112,7 @@ const PROBES: readonly Probe[] = [
     required: false,
     needs: FFI,
     fix:
-      "the aio path needs Linux 4.18 or later with io_submit allowed (seccomp), room in fs.aio-max-nr, and Deno's pipe_wrap binding; without it the ffi fallback works, with two thread hand-offs per wake",
+      "the aio path needs Linux 4.18 or later with io_submit allowed (seccomp), room in fs.aio-max-nr, and Deno's pipe_wrap binding; without it the ffi fallback works, with two thread hand-offs per wake (shm queue doorbells then wait through the poller too)",
     run: probeWakePath,
   },
   {
@@ -252,7 +252,8 @@ function probeSeqpacket(): string {
 function probeWakePath(): string {
   const { path, reason } = wakePath();
   if (path !== "aio") throw new Error(`ffi fallback in use: ${reason}`);
-  return `aio: ${reason}`;
+  // The same binding reads shm queue doorbells in the main thread.
+  return `aio: ${reason}; shm queue doorbells are read by Deno's event loop`;
 }
 
 function probeAbstract(): string {

@@ -162,6 +162,10 @@ test(
     const aio = wakeLine(forcedAio);
     assert.equal(aio.ok, true, aio.detail);
     assert.match(aio.detail, /^aio: forced by CONDUIT_IPC_WAKE=aio/);
+    assert.match(
+      aio.detail,
+      /shm queue doorbells are read by Deno's event loop$/,
+    );
 
     const forcedFfi = await cli(flags, ["doctor", "--json"], 20_000, {
       CONDUIT_IPC_WAKE: "ffi",
