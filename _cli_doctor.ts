@@ -52,6 +52,7 @@ interface Probe {
 const MIN_FDS = 1024;
 
 const FFI = "--allow-ffi";
+const WAKE_ENV = "CONDUIT_IPC_WAKE";
 
 const PROBES: readonly Probe[] = [
   {
@@ -251,9 +252,20 @@ function probeSeqpacket(): string {
 
 function probeWakePath(): string {
   const { path, reason } = wakePath();
-  if (path !== "aio") throw new Error(`ffi fallback in use: ${reason}`);
+  // Without the permission the variable is never read: say so, or a user
+  // who set it would take the path shown for the one it forces.
+  const { state } = Deno.permissions.querySync({
+    name: "env",
+    variable: WAKE_ENV,
+  });
+  const unread = state === "granted"
+    ? ""
+    : ` (${WAKE_ENV} is read only with --allow-env)`;
+  if (path !== "aio") {
+    throw new Error(`ffi fallback in use: ${reason}${unread}`);
+  }
   // The same binding reads shm queue doorbells in the main thread.
-  return `aio: ${reason}; shm queue doorbells are read by Deno's event loop`;
+  return `aio: ${reason}; shm queue doorbells are read by Deno's event loop${unread}`;
 }
 
 function probeAbstract(): string {

@@ -189,6 +189,31 @@ test(
 );
 
 test(
+  "doctor without --allow-env says that CONDUIT_IPC_WAKE was not read",
+  async () => {
+    const run = await cli(["--allow-ffi"], ["doctor", "--json"], 20_000, {
+      CONDUIT_IPC_WAKE: "ffi",
+    });
+    const wake = JSON.parse(run.stdout).checks.find((
+      c: { name: string },
+    ) => c.name === "wake path");
+    assert.match(
+      wake.detail,
+      /CONDUIT_IPC_WAKE is read only with --allow-env/,
+    );
+    const granted = await cli(["--allow-ffi", "--allow-env"], [
+      "doctor",
+      "--json",
+    ]);
+    const plain = JSON.parse(granted.stdout).checks.find((
+      c: { name: string },
+    ) => c.name === "wake path");
+    assert.doesNotMatch(plain.detail, /--allow-env/);
+  },
+  perms,
+);
+
+test(
   "doctor without --allow-ffi fails that check, says what to do and exits 1",
   async () => {
     const r = await cli([], ["doctor"]);
