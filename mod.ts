@@ -13,7 +13,8 @@
  * - {@linkcode socketpair}, {@linkcode listen}, {@linkcode connect}: Unix
  *   domain sockets, with fd passing on every socket type
  * - {@linkcode SharedMemory}, {@linkcode shmQueue}: shared memory and a
- *   message ring in it, with wake-ups through the poller
+ *   message ring in it, with wake-ups through Deno's event loop or the
+ *   poller
  * - {@linkcode channel}, {@linkcode bytesChannel}, {@linkcode ReceiverSet}:
  *   typed channels of structured-clone values and endpoints
  * - {@linkcode OneShotServer}, {@linkcode ChannelServer},

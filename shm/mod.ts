@@ -2,7 +2,8 @@
  * Shared memory between processes: {@linkcode SharedMemory} (a memfd or a
  * POSIX shared memory name, mapped as an `ArrayBuffer`) and
  * {@linkcode shmQueue} (whole messages of any size through a ring in shared
- * memory, with wake-ups through the process's one poller).
+ * memory, woken through Deno's event loop in the main thread and through
+ * the process's one poller in a Worker or on the `ffi` wake path).
  *
  * Both travel to other processes like any endpoint of this module: as an fd
  * to `spawn({ fds })` or in `UnixSocket.send(bytes, { fds })`, rebuilt there

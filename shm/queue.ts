@@ -105,8 +105,8 @@ export interface ShmQueueOptions {
    */
   bytes?: number;
   /**
-   * How a send or receive that would wait first retries before it parks in
-   * the poller (yielding the CPU each pass). Default: adaptive, spinning up
+   * How a send or receive that would wait first retries before it parks
+   * (yielding the CPU each pass). Default: adaptive, spinning up
    * to 100 µs only while recent spins were answered, so a quick peer is
    * met without a wake-up and a slow one costs no CPU. `0`: never spin. A
    * number: always spin up to that many µs (at most one second).

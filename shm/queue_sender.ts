@@ -145,8 +145,9 @@ export class ShmSender implements Disposable {
    * @returns Resolves once the message is in the ring.
    * @throws {RangeError} When the message is larger than the ring takes.
    * @throws {Deno.errors.BrokenPipe} When the receiver is gone (its process
-   * ended or every copy of it was closed). While there is room, sends to a
-   * receiver that died unnoticed still succeed: at most a ring's worth.
+   * ended or every copy of it was closed) and the message must wait for
+   * room. A send that finds room does not look for the receiver: after it
+   * is gone, sends still succeed until the ring is full.
    * @throws {Deno.errors.InvalidData} When the ring's shared state is corrupt.
    *
    * @example Give up when the receiver does not make room in time

@@ -36,8 +36,8 @@ interface Entry {
  * closed and out of the set, and the others go on. No receiver starves the
  * others: each has at most one message waiting in the set.
  *
- * The set keeps one receive pending on each receiver (parked in the
- * poller: no thread, no polling), and holds at most one message per
+ * The set keeps one receive pending on each receiver (parked as any
+ * receive is: no thread, no polling), and holds at most one message per
  * receiver until `select()` takes it; the next receive starts only then,
  * so a receiver whose messages are not taken is not read further.
  *
