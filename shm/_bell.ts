@@ -71,9 +71,11 @@ function bytesRead(): number {
 }
 
 /**
- * A doorbell's rings as Deno's event loop reads them. Rings that come while
- * nobody waits are taken and forgotten (a ring only says "look again"); the
- * end of the stream, or an error, marks the bell {@linkcode gone} for good.
+ * A doorbell's rings as Deno's event loop reads them, only while a wait is
+ * pending: a ring that comes while nobody waits stays in the socket (for the
+ * next wait here, which wakes at once and looks again, or for whoever holds
+ * the end by then). The end of the stream, or an error, marks the bell
+ * {@linkcode gone} for good.
  */
 export class ReactorBell {
   #handle: BellHandle;
@@ -111,7 +113,9 @@ export class ReactorBell {
       // Rings land in one small buffer; a ring is one byte.
       handle.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
       handle.onread = (buffer) => bell.#onRead(buffer);
-      if (handle.readStart() !== 0) {
+      // Reads only while a wait is pending (see wait()); starting them once
+      // here tells whether the binding takes the fd at all.
+      if (handle.readStart() !== 0 || handle.readStop() !== 0) {
         handle.close();
         return undefined;
       }
@@ -141,6 +145,12 @@ export class ReactorBell {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#waiter !== undefined) {
       return Promise.reject(new Error("a bell takes one wait at a time"));
+    }
+    // The doorbell is read only while a wait is pending: an end handed to
+    // another process (spawn, a socket) may stay open here, and a read
+    // while nobody waits would take a ring meant for that process.
+    if (this.#handle.readStart() !== 0) {
+      return Promise.reject(new Error("the doorbell cannot be read"));
     }
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = { resolve, reject, signal, onAbort: undefined };
@@ -200,7 +210,10 @@ export class ReactorBell {
     if (waiter.onAbort !== undefined) {
       waiter.signal!.removeEventListener("abort", waiter.onAbort);
     }
-    if (!this.#closed) this.#handle.unref();
+    if (!this.#closed) {
+      this.#handle.readStop();
+      this.#handle.unref();
+    }
     return waiter;
   }
 }

@@ -8,12 +8,14 @@ import {
   settled,
   shmQueue,
   ShmReceiver,
+  socketpair,
   spawn,
   wakePath,
 } from "../mod.ts";
 import { releaseFd } from "../_keys.ts";
 import { parkedOn, ringViews } from "../shm/_keys.ts";
 import { RECEIVER_WAITING } from "../shm/_ring.ts";
+import { message, messageSizes } from "./fixtures/_shm_messages.ts";
 import {
   DENO,
   fixture,
@@ -144,6 +146,86 @@ test(
     } finally {
       rx.close();
       await child[Symbol.asyncDispose]();
+    }
+  },
+  perms,
+);
+
+test(
+  "a receiver that parked here and was then handed to a child (spawn, or a socket without closeSent) while this copy stays open: the copy takes none of the child's rings",
+  async () => {
+    for (const way of ["spawn", "socket"]) {
+      const [tx, rx] = shmQueue({ bytes: 1024 });
+      // A receive parked here and woken: this end's wait path is set up.
+      const first = rx.recv();
+      assert.equal(await parked(rx), expectedPark());
+      await tx.send(new Uint8Array([9]));
+      assert.deepEqual(
+        await withTimeout(first, 5_000, "receive here"),
+        new Uint8Array([9]),
+      );
+      const count = 6;
+      let child;
+      if (way === "spawn") {
+        child = spawn(DENO, {
+          args: [
+            "run",
+            "--allow-ffi",
+            "--allow-read",
+            PEER,
+            "verify",
+            `${count}`,
+            "16",
+          ],
+          fds: [rx],
+          stdout: "piped",
+          stderr: "piped",
+        });
+      } else {
+        const [mine, theirs] = socketpair({ type: "seqpacket" });
+        child = spawn(DENO, {
+          args: [
+            "run",
+            "--allow-ffi",
+            "--allow-read",
+            PEER,
+            "via-socket",
+            `${count}`,
+            "16",
+          ],
+          fds: [theirs],
+          stdout: "piped",
+          stderr: "piped",
+        });
+        theirs.close();
+        await mine.send(new Uint8Array([1]), { fds: [rx] });
+        mine.close();
+      }
+      try {
+        // rx stays open here until the child is done. Each message is sent
+        // once the child has parked for it, so each needs its ring.
+        const { header } = tx[ringViews]();
+        const sizes = messageSizes(count, 16);
+        for (let i = 0; i < count; i++) {
+          await until(
+            () => Atomics.load(header, RECEIVER_WAITING) === 1,
+            20_000,
+            `the child parked for message ${i} (${way})`,
+          );
+          await tx.send(message(i, sizes[i]));
+        }
+        tx.close();
+        const out = await withTimeout(child.output(), 20_000, "child");
+        assert.equal(
+          new TextDecoder().decode(out.stdout),
+          `verified ${count}\n`,
+        );
+        assert.equal(out.code, 0);
+      } finally {
+        tx.close();
+        rx.close();
+        await child[Symbol.asyncDispose]();
+      }
     }
   },
   perms,
