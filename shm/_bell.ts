@@ -14,6 +14,12 @@
  * whoever holds the end next). So do the `ffi` path and a Deno without
  * the binding.
  *
+ * The binding puts the fd in non-blocking mode, and a duplicate shares that
+ * flag with the doorbell itself and with every process holding the same
+ * end: unlike the module's other fds, a doorbell that parked here stays
+ * non-blocking (it is never given back blocking: another holder's bell may
+ * be reading it).
+ *
  * @module
  */
 
