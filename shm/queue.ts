@@ -38,7 +38,10 @@
  * All of these are sequentially consistent `Atomics` operations: a flag
  * raised before the re-read and a position published before the flag is
  * read mean that either the waiter sees the new position or the other side
- * sees the flag. A peer in another language must use the same orderings.
+ * sees the flag. A peer in another language must use the same orderings,
+ * and must not count on a blocking doorbell: where Deno's event loop reads
+ * it, it is non-blocking for every holder of the end (wait with `poll()`,
+ * read and write with `MSG_DONTWAIT`).
  * When the other process exits or closes its end, the doorbell hangs up,
  * which also ends a wait.
  *
