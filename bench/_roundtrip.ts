@@ -7,13 +7,17 @@
  *   processes idle in between, as request/response traffic looks; each
  *   child is new, so these are its first round trips (its JavaScript runs
  *   before V8 optimizes it);
- * - `"warm"`: the same after 1,000 paced round trips (50 with --quick) in
- *   the same child that are not counted: a process that has served
- *   requests for a while;
+ * - `"paced_warm"`: the same after 1,000 paced round trips (50 with
+ *   --quick) in the same child that are not counted: a process that has
+ *   served requests for a while;
  * - `"loaded"`: back to back, 2,000 (200 with --quick), while one CPU-bound
  *   process runs (bench/_load.ts), started before and killed after each run
  *   so the mechanism and its baselines share it.
- *
+
+ * - `"loaded_warm"`: the same after 2,000 round trips (200 with --quick)
+ *   under the same load in the same child that are not counted: a new
+ *   child runs much of a loaded run before V8 has optimized it, as its
+ *   compiler threads share the CPUs with the load. *
  * Every row has p50/p99 over all round trips and the CPU time per round trip
  * of both processes.
  *
@@ -51,19 +55,33 @@ import { result } from "./_report.ts";
 import type { BenchCase, BenchOptions, BenchResult } from "./_types.ts";
 
 /** How the round trips run. */
-export type Condition = "tight" | "paced" | "warm" | "loaded";
+export type Condition =
+  | "tight"
+  | "paced"
+  | "paced_warm"
+  | "loaded"
+  | "loaded_warm";
 
 /** Round trips of the paced and loaded conditions. */
 export const CONDITION_COUNTS: Readonly<
-  Record<"paced" | "warm" | "loaded", { full: number; quick: number }>
+  Record<Exclude<Condition, "tight">, { full: number; quick: number }>
 > = {
   paced: { full: 500, quick: 100 },
-  warm: { full: 500, quick: 100 },
+  paced_warm: { full: 500, quick: 100 },
   loaded: { full: 2_000, quick: 200 },
+  loaded_warm: { full: 2_000, quick: 200 },
 };
 
-/** Paced round trips each child makes before the `"warm"` ones counted. */
-export const WARM_UP = { full: 1_000, quick: 50 } as const;
+/**
+ * Round trips each child makes, under the same condition, before those of
+ * a warm condition that are counted.
+ */
+export const WARM_UP: Readonly<
+  Record<"paced_warm" | "loaded_warm", { full: number; quick: number }>
+> = {
+  paced_warm: { full: 1_000, quick: 50 },
+  loaded_warm: { full: 2_000, quick: 200 },
+};
 
 /** The pace of the paced condition: one round trip per this many ms. */
 export const PACE_MS = 1;
@@ -114,12 +132,11 @@ export interface RoundTripSpec {
 }
 
 /**
- * The id suffix of a condition: `""`, `"_paced"`, `"_paced_warm"` or
- * `"_loaded"`.
+ * The id suffix of a condition: `""`, or `"_"` and the condition, such as
+ * `"_paced_warm"`.
  */
 export function conditionSuffix(condition: Condition): string {
-  if (condition === "tight") return "";
-  return condition === "warm" ? "_paced_warm" : `_${condition}`;
+  return condition === "tight" ? "" : `_${condition}`;
 }
 
 /** What a condition adds to a mechanism's name in the report. */
@@ -129,13 +146,19 @@ export function conditionNote(condition: Condition): string {
       return "";
     case "paced":
       return `, paced: ${pace()}, new child`;
-    case "warm":
-      return `, paced: ${pace()}, after ${
-        WARM_UP.full.toLocaleString("en-US")
-      } of warm-up`;
+    case "paced_warm":
+      return `, paced: ${pace()}, after ${warmUpText("paced_warm")}`;
     case "loaded":
-      return ", loaded: 1 CPU-bound process running";
+      return ", loaded: 1 CPU-bound process running, new child";
+    case "loaded_warm":
+      return `, loaded: 1 CPU-bound process running, after ${
+        warmUpText("loaded_warm")
+      }`;
   }
+}
+
+function warmUpText(condition: "paced_warm" | "loaded_warm"): string {
+  return `${WARM_UP[condition].full.toLocaleString("en-US")} of warm-up`;
 }
 
 function pace(): string {
@@ -169,13 +192,18 @@ export function roundTripCase(spec: RoundTripSpec): BenchCase {
     area: spec.area,
     async run(options) {
       const count = conditionCount(spec, options);
-      const paced = spec.condition === "paced" || spec.condition === "warm";
+      const { condition } = spec;
+      const paced = condition === "paced" || condition === "paced_warm";
+      const loaded = condition === "loaded" || condition === "loaded_warm";
       const interval = paced ? PACE_MS : 0;
-      const warmUp = spec.condition !== "warm"
+      const warm = condition === "paced_warm" || condition === "loaded_warm"
+        ? WARM_UP[condition]
+        : undefined;
+      const warmUp = warm === undefined
         ? 0
         : options.quick
-        ? WARM_UP.quick
-        : WARM_UP.full;
+        ? warm.quick
+        : warm.full;
       const mine = new RoundTrips();
       const theirs = spec.baselines.map(() => new RoundTrips());
       const measure = (contender: Contender, into: RoundTrips) =>
@@ -202,7 +230,7 @@ export function roundTripCase(spec: RoundTripSpec): BenchCase {
           spec.condition === "tight" ? "" : ` ${spec.condition}`
         } ×${count}`,
         steps,
-        spec.condition === "loaded" ? (run) => withLoad(run) : undefined,
+        loaded ? (run) => withLoad(run) : undefined,
       );
       const mechanism = spec.mine.mechanism + conditionNote(spec.condition);
       const out: BenchResult[] = spec.baselines.map((b, i) =>

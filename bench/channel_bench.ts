@@ -168,7 +168,7 @@ const forkBaseline = (serialization: Serialization, id: string) => ({
 });
 
 const roundTripCases: BenchCase[] = (
-  ["tight", "paced", "warm", "loaded"] as Condition[]
+  ["tight", "paced", "paced_warm", "loaded", "loaded_warm"] as Condition[]
 ).map((condition) =>
   roundTripCase({
     id: "channel.rtt",

@@ -417,7 +417,7 @@ export async function queueEcho(): Promise<Echo> {
 }
 
 const roundTripCases: BenchCase[] = (
-  ["tight", "paced", "warm", "loaded"] as Condition[]
+  ["tight", "paced", "paced_warm", "loaded", "loaded_warm"] as Condition[]
 ).map((condition) =>
   roundTripCase({
     id: "shm.rtt",

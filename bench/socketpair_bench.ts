@@ -183,7 +183,7 @@ function cLimit(): ExtraStep {
 }
 
 const pingPongCases: BenchCase[] = (
-  ["tight", "paced", "warm", "loaded"] as const
+  ["tight", "paced", "paced_warm", "loaded", "loaded_warm"] as const
 )
   .map((condition) =>
     roundTripCase({

@@ -13,7 +13,9 @@ test("roundTripCase() makes one row per baseline with the condition in the id an
   const contender = (cpu: number[]) => ({
     start: () => Promise.resolve(fakeEcho(cpu).echo),
   });
-  const make = (condition: "tight" | "paced" | "warm") =>
+  const make = (
+    condition: "tight" | "paced" | "paced_warm" | "loaded_warm",
+  ) =>
     roundTripCase({
       id: "x.rtt",
       area: "x",
@@ -62,11 +64,17 @@ test("roundTripCase() makes one row per baseline with the condition in the id an
   assert.deepEqual(paced.map((r) => r.id), ["x.rtt_a_paced", "x.rtt_b_paced"]);
   assert.equal(paced[0].mechanism, `ours${conditionNote("paced")}`);
   assert.match(conditionNote("paced"), /1 round trip per ms, new child/);
-  const warm = await make("warm").run({ ...QUIET, runs: 1 });
+  const warm = await make("paced_warm").run({ ...QUIET, runs: 1 });
   assert.deepEqual(warm.map((r) => r.id), [
     "x.rtt_a_paced_warm",
     "x.rtt_b_paced_warm",
   ]);
-  assert.match(conditionNote("warm"), /1 round trip per ms, after 1,000/);
+  assert.match(conditionNote("paced_warm"), /1 round trip per ms, after 1,000/);
+  assert.equal(make("loaded_warm").id, "x.rtt_loaded_warm");
+  assert.match(conditionNote("loaded"), /CPU-bound process running, new child/);
+  assert.match(
+    conditionNote("loaded_warm"),
+    /CPU-bound process running, after 2,000 of warm-up/,
+  );
   assert.match(conditionNote("loaded"), /CPU-bound/);
 });
