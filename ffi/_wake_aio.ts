@@ -25,9 +25,11 @@ function sys(
   return Number(libc().syscall6(BigInt(nr), a, b, c, d, e));
 }
 
-interface PipeHandle {
+/** What this module and the shm queue's bell use of a `pipe_wrap` Pipe. */
+export interface PipeHandle {
   open(fd: number): number;
   readStart(): number;
+  readStop(): number;
   close(): void;
   ref(): void;
   unref(): void;

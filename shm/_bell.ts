@@ -24,22 +24,10 @@
  */
 
 import process from "node:process";
-import { IN_WORKER, pipeWrap } from "../ffi/_wake_aio.ts";
+import { IN_WORKER, type PipeHandle, pipeWrap } from "../ffi/_wake_aio.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
-
-/** What a handle of the binding offers that a bell uses. */
-interface BellHandle {
-  open(fd: number): number;
-  readStart(): number;
-  readStop(): number;
-  close(): void;
-  ref(): void;
-  unref(): void;
-  onread: (buffer?: ArrayBuffer) => void;
-  useUserBuffer?: (buffer: Uint8Array) => void;
-}
 
 /** A wait for the next ring. */
 interface Waiter {
@@ -84,13 +72,13 @@ function bytesRead(): number {
  * {@linkcode gone} for good.
  */
 export class ReactorBell {
-  #handle: BellHandle;
+  #handle: PipeHandle;
   #waiter: Waiter | undefined;
   #gone = false;
   #closed = false;
   #refed = true;
 
-  private constructor(handle: BellHandle) {
+  private constructor(handle: PipeHandle) {
     this.#handle = handle;
   }
 
@@ -104,10 +92,10 @@ export class ReactorBell {
     const binding = pipeWrap();
     if (typeof binding === "string") return undefined;
     let copy = -1;
-    let handle: BellHandle | undefined;
+    let handle: PipeHandle | undefined;
     try {
       copy = dupCloexec(fd);
-      handle = binding.make() as unknown as BellHandle;
+      handle = binding.make();
       if (handle.open(copy) !== 0) {
         handle.close();
         handle = undefined;

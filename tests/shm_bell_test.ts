@@ -41,6 +41,25 @@ async function parked(end: { [parkedOn](): string | undefined }) {
   return end[parkedOn]();
 }
 
+/** Starts the peer fixture in `mode` with `fds` as fd 3 on. */
+function peer(mode: string[], fds: { rawFd: number }[]) {
+  return spawn(DENO, {
+    args: ["run", "--allow-ffi", "--allow-read", PEER, ...mode],
+    fds,
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+/** The first chunk a child writes to stdout, trimmed; throws after 20 s. */
+async function firstWords(
+  lines: ReadableStreamDefaultReader<string>,
+  what: string,
+): Promise<string> {
+  const first = await withTimeout(lines.read(), 20_000, what);
+  return first.value?.trim() ?? "";
+}
+
 test(
   "an aborted receive leaves the doorbell and the flag as they were: the next receive parks and wakes",
   async () => {
@@ -124,18 +143,12 @@ test(
   "a receive parked while the sending process is killed wakes with null",
   async () => {
     const [tx, rx] = shmQueue({ bytes: 1024 });
-    const child = spawn(DENO, {
-      args: ["run", "--allow-ffi", "--allow-read", PEER, "hold"],
-      fds: [tx],
-      stdout: "piped",
-      stderr: "piped",
-    });
+    const child = peer(["hold"], [tx]);
     tx.close();
     try {
       const reader = child.stdout!.pipeThrough(new TextDecoderStream())
         .getReader();
-      const first = await withTimeout(reader.read(), 20_000, "child start");
-      assert.equal(first.value?.trim(), "holding");
+      assert.equal(await firstWords(reader, "child start"), "holding");
       reader.releaseLock();
       const pending = rx.recv();
       assert.equal(await parked(rx), expectedPark());
@@ -167,36 +180,10 @@ test(
       const count = 6;
       let child;
       if (way === "spawn") {
-        child = spawn(DENO, {
-          args: [
-            "run",
-            "--allow-ffi",
-            "--allow-read",
-            PEER,
-            "verify",
-            `${count}`,
-            "16",
-          ],
-          fds: [rx],
-          stdout: "piped",
-          stderr: "piped",
-        });
+        child = peer(["verify", `${count}`, "16"], [rx]);
       } else {
         const [mine, theirs] = socketpair({ type: "seqpacket" });
-        child = spawn(DENO, {
-          args: [
-            "run",
-            "--allow-ffi",
-            "--allow-read",
-            PEER,
-            "via-socket",
-            `${count}`,
-            "16",
-          ],
-          fds: [theirs],
-          stdout: "piped",
-          stderr: "piped",
-        });
+        child = peer(["via-socket", `${count}`, "16"], [theirs]);
         theirs.close();
         await mine.send(new Uint8Array([1]), { fds: [rx] });
         mine.close();
@@ -234,18 +221,12 @@ test(
 /** Runs the peer's `park` mode on a receiver, sending `value` if given. */
 async function park(mode: string[], value?: number) {
   const [tx, rx] = shmQueue({ bytes: 1024 });
-  const child = spawn(DENO, {
-    args: ["run", "--allow-ffi", "--allow-read", PEER, "park", ...mode],
-    fds: [rx],
-    stdout: "piped",
-    stderr: "piped",
-  });
+  const child = peer(["park", ...mode], [rx]);
   rx.close();
   try {
     const lines = child.stdout!.pipeThrough(new TextDecoderStream())
       .getReader();
-    const first = await withTimeout(lines.read(), 20_000, "child parks");
-    const said = first.value!.trim().split(" ");
+    const said = (await firstWords(lines, "child parks")).split(" ");
     if (value !== undefined) await tx.send(new Uint8Array([value]));
     let rest = "";
     for (;;) {
