@@ -16,7 +16,7 @@ import { check, ERRNO, errno, type SystemError } from "./ffi/errors.ts";
 import { MSG, SOCK } from "./ffi/layout.ts";
 import { OwnedFd } from "./ffi/fd.ts";
 import { poller } from "./ffi/poller.ts";
-import { flushBeforeSpin, NO_SPIN, Spinner, untilReady } from "./ffi/spin.ts";
+import { flushBeforeSpin, NO_SPIN, Spinner, waitLoop } from "./ffi/spin.ts";
 import { TurnSlice, yieldTurn } from "./_turn.ts";
 import {
   asBytes,
@@ -606,7 +606,7 @@ export class UnixSocket implements Disposable {
    * spins, then parks. One armed behind another does not spin either: its
    * wait is woken after the earlier one's, and looks after it.
    */
-  async #recvLater(
+  #recvLater(
     maxFds: number,
     maxBytes: number,
     spinner: Spinner,
@@ -617,22 +617,22 @@ export class UnixSocket implements Disposable {
     // Whether a wait let the event loop turn: a poll that found the socket
     // ready when it was armed did not.
     const turns = poller().turns;
-    let message: SocketMessage | null;
-    try {
-      // recv() tried once already, or skipped its look: go straight to the
-      // spin (a resting spinner parks at once).
-      message = await untilReady(
-        () => this.#tryRecv(maxFds, maxBytes, false),
-        () => this.#fd.wait("read", signal),
-        spinner,
-        true,
-      );
-    } finally {
-      if (armed) this.#armedFirst--;
-    }
-    if (poller().turns !== turns) this.#slice.waited();
-    else if (this.#slice.delivered()) await yieldTurn();
-    return message;
+    // recv() tried once already, or skipped its look: go straight to the
+    // spin (a resting spinner parks at once).
+    return waitLoop(
+      () => this.#tryRecv(maxFds, maxBytes, false),
+      (ready, fail) => this.#fd.waitThen("read", ready, fail, signal),
+      spinner,
+      true,
+      (message) => {
+        if (poller().turns !== turns) this.#slice.waited();
+        else if (this.#slice.delivered()) {
+          return yieldTurn().then(() => message);
+        }
+        return message;
+      },
+      armed ? () => this.#armedFirst-- : undefined,
+    );
   }
 
   /**

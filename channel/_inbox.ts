@@ -83,7 +83,7 @@ async function waitAny(
   fds: readonly OwnedFd[],
   signal: AbortSignal | undefined,
 ): Promise<void> {
-  if (fds.length === 1) return await fds[0].wait("read", signal);
+  if (fds.length === 1) return fds[0].wait("read", signal);
   const stop = new AbortController();
   const both = signal === undefined
     ? stop.signal
@@ -256,6 +256,21 @@ export class Inbox {
   wait(signal?: AbortSignal): Promise<void> {
     if (this.#set !== undefined) return this.#set.wait(signal);
     return waitAny(this.#conns.map((conn) => conn.fd), signal);
+  }
+
+  /**
+   * {@linkcode wait} without a promise where there is one connection (see
+   * `PollHandle.waitThen`): `ready` is called from the poller's dispatch.
+   */
+  waitThen(
+    signal: AbortSignal | undefined,
+    ready: () => void,
+    fail: (error: unknown) => void,
+  ): void {
+    if (this.#set === undefined && this.#conns.length === 1) {
+      return this.#conns[0].fd.waitThen("read", ready, fail, signal);
+    }
+    this.wait(signal).then(ready, fail);
   }
 
   #drop(conn: Connection): void {

@@ -15,7 +15,7 @@ import {
 import { closedError } from "../ffi/errors.ts";
 import { poller } from "../ffi/poller.ts";
 import { inspectEndpoint } from "../_inspect.ts";
-import { checkSpin, NO_SPIN, Spinner, untilReady } from "../ffi/spin.ts";
+import { checkSpin, NO_SPIN, Spinner, waitLoop } from "../ffi/spin.ts";
 import { HEADER } from "../_channel_wire.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
@@ -58,6 +58,12 @@ function recvClosed(): ChannelClosedError {
   return new ChannelClosedError(
     "Cannot receive on channel: every sender is closed",
   );
+}
+
+/** A look's message, or the error of a receiver whose senders are gone. */
+function valueOf<T>(polled: Polled<T>): T {
+  if (polled.kind !== "value") throw recvClosed();
+  return polled.value;
 }
 
 /**
@@ -231,39 +237,47 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    * rx.close();
    * ```
    */
-  async recv(options: ChannelRecvOptions = {}): Promise<T> {
+  recv(options: ChannelRecvOptions = {}): Promise<T> {
     const { signal } = options;
-    let spinner = options.spin === undefined
-      ? this.#spinner
-      : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
-    this.#assertOpen();
-    signal?.throwIfAborted();
-    // A message that is here already needs no wait loop. After waits that
-    // went unanswered for long (paced traffic), the wait is armed at once
-    // instead: its direct poll still sees a frame that is there. While such
-    // a receive is pending, later ones wait behind it without a look or a
-    // spin (their waits are woken after its own), so messages that are
-    // there go out in call order.
-    const armed = this.#armedFirst > 0 ||
-      (spinner.resting && this.#in.armFirst);
-    if (armed) {
-      if (this.#armedFirst++ > 0) spinner = NO_SPIN;
-    } else {
-      const ready = this[pollOnce]();
-      if (ready.kind === "value") {
-        if (this.#slice.delivered()) await yieldTurn();
-        return ready.value;
+    let spinner: Spinner;
+    let armed: boolean;
+    try {
+      spinner = options.spin === undefined
+        ? this.#spinner
+        : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
+      this.#assertOpen();
+      signal?.throwIfAborted();
+      // A message that is here already needs no wait loop. After waits that
+      // went unanswered for long (paced traffic), the wait is armed at once
+      // instead: its direct poll still sees a frame that is there. While
+      // such a receive is pending, later ones wait behind it without a look
+      // or a spin (their waits are woken after its own), so messages that
+      // are there go out in call order.
+      armed = this.#armedFirst > 0 ||
+        (spinner.resting && this.#in.armFirst);
+      if (armed) {
+        if (this.#armedFirst++ > 0) spinner = NO_SPIN;
+      } else {
+        const ready = this[pollOnce]();
+        if (ready.kind === "value") {
+          return this.#slice.delivered()
+            ? yieldTurn().then(() => ready.value)
+            : Promise.resolve(ready.value);
+        }
+        if (ready.kind === "closed") throw recvClosed();
       }
-      if (ready.kind === "closed") throw recvClosed();
+    } catch (error) {
+      return Promise.reject(error);
     }
-    return await this.#waitFor(spinner, armed, signal);
+    return this.#waitFor(spinner, armed, signal);
   }
 
   /**
    * The rest of a receive whose look found nothing (or that armed its wait
-   * first): spin, then wait, until a message or the end comes.
+   * first): spin, then wait, until a message or the end comes. A wake-up
+   * looks again from the poller's dispatch (see {@linkcode waitLoop}).
    */
-  async #waitFor(
+  #waitFor(
     spinner: Spinner,
     armed: boolean,
     signal: AbortSignal | undefined,
@@ -271,39 +285,49 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     this.#pending++;
     let parked = false;
     const turns = poller().turns;
-    try {
-      const polled = await untilReady<Polled<T>>(
-        () => {
-          const polled = this[pollOnce]();
-          return polled.kind === "empty" ? undefined : polled;
-        },
-        async () => {
-          if (this.#in.full) {
-            // Frames are still queued: take a macrotask turn, then read on.
-            await yieldTurn();
+    return waitLoop<Polled<T>, T>(
+      () => {
+        const polled = this[pollOnce]();
+        return polled.kind === "empty" ? undefined : polled;
+      },
+      (ready, fail) => {
+        // Whether the receiver is still open and the wait still wanted.
+        const resume = () => {
+          try {
             signal?.throwIfAborted();
-          } else {
-            await this[waitReady](signal);
-            parked = true;
+            this.#assertOpen();
+          } catch (error) {
+            return fail(error);
           }
-          this.#assertOpen();
-        },
-        spinner,
-        // The look above found nothing: go straight to the spin.
-        true,
-      );
-      // A wait that let the event loop turn starts a new slice; one whose
-      // poll found the frame there at once did not.
-      if (parked && poller().turns !== turns) this.#slice.waited();
-      else if (polled.kind === "value" && this.#slice.delivered()) {
-        await yieldTurn();
-      }
-      if (polled.kind !== "value") throw recvClosed();
-      return polled.value;
-    } finally {
-      this.#pending--;
-      if (armed) this.#armedFirst--;
-    }
+          ready();
+        };
+        if (this.#in.full) {
+          // Frames are still queued: take a macrotask turn, then read on.
+          yieldTurn().then(resume);
+          return;
+        }
+        this.#in.waitThen(signal, () => {
+          parked = true;
+          resume();
+        }, fail);
+      },
+      spinner,
+      // The look in recv() found nothing: go straight to the spin.
+      true,
+      (polled) => {
+        // A wait that let the event loop turn starts a new slice; one whose
+        // poll found the frame there at once did not.
+        if (parked && poller().turns !== turns) this.#slice.waited();
+        else if (polled.kind === "value" && this.#slice.delivered()) {
+          return yieldTurn().then(() => valueOf(polled));
+        }
+        return valueOf(polled);
+      },
+      () => {
+        this.#pending--;
+        if (armed) this.#armedFirst--;
+      },
+    );
   }
 
   /**

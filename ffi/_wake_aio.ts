@@ -57,6 +57,8 @@ export function pipeWrap(): { make: () => PipeHandle } | string {
   }
 }
 
+const IO_SUBMIT = BigInt(SYS.io_submit);
+
 /** Completions taken at once through `io_getevents` (the fallback reap). */
 const REAP_EVENTS = 16;
 /** How long closing waits for a cancelled poll's completion, in ns. */
@@ -115,6 +117,8 @@ const KIND_MASK = 3n;
 
 interface AioContext {
   ctx: bigint;
+  /** The same as a pointer, for `io_submit`. */
+  pointer: Deno.PointerValue;
   /** The completion ring, read in place, or undefined to reap by syscall. */
   ring: CompletionRing | undefined;
   /** Whether direct polls fit. */
@@ -145,7 +149,12 @@ function aioCtx(): AioContext {
     }
   }
   const ctx = new DataView(ctxBuf).getBigUint64(0, true);
-  return aioContext = { ctx, ring: CompletionRing.open(ctx), direct };
+  return aioContext = {
+    ctx,
+    pointer: Deno.UnsafePointer.create(ctx),
+    ring: CompletionRing.open(ctx),
+    direct,
+  };
 }
 
 /** Whether this process's AIO context has room for direct polls. */
@@ -244,6 +253,7 @@ export class AioWake implements Wake {
   #iocbView = new DataView(this.#iocb);
   #iocbList = stableBuffer(8);
   #iocbListView = new DataView(this.#iocbList);
+  #iocbAddress = addressOf(this.#iocb);
   #events = stableBuffer(REAP_EVENTS * IO_EVENT.size);
   #eventsView = new DataView(this.#events);
   #time = stableBuffer(TIMESPEC.size);
@@ -392,7 +402,12 @@ export class AioWake implements Wake {
     view.setBigUint64(at + IOCB.buf, BigInt(events), true);
     const address = this.#slotsAddress + BigInt(at);
     this.#iocbListView.setBigUint64(0, address, true);
-    const n = sys(SYS.io_submit, this.#ctx.ctx, 1n, addressOf(this.#iocbList));
+    const n = libc().io_submit(
+      IO_SUBMIT,
+      this.#ctx.pointer,
+      1n,
+      this.#iocbList,
+    );
     if (n !== 1) {
       const code = errno();
       this.#free.push(slot);
@@ -452,12 +467,12 @@ export class AioWake implements Wake {
   #submit(): void {
     this.#tag = ++aioTags << 2n;
     this.#iocbView.setBigUint64(IOCB.data, this.#tag, true);
-    this.#iocbListView.setBigUint64(0, addressOf(this.#iocb), true);
-    const n = sys(
-      SYS.io_submit,
-      this.#ctx.ctx,
+    this.#iocbListView.setBigUint64(0, this.#iocbAddress, true);
+    const n = libc().io_submit(
+      IO_SUBMIT,
+      this.#ctx.pointer,
       1n,
-      addressOf(this.#iocbList),
+      this.#iocbList,
     );
     if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
     this.#armed = true;

@@ -74,11 +74,30 @@ export class OwnedFd {
    */
   wait(interest: Interest, signal?: AbortSignal): Promise<void> {
     if (this.#closed) return Promise.reject(closedError(this.#what));
+    return this.#registered().wait(interest, signal);
+  }
+
+  /**
+   * {@linkcode wait} without a promise (see `PollHandle.waitThen`): `ready`
+   * is called from the poller's dispatch, `fail` with why the wait ended
+   * otherwise, at once when it cannot start.
+   */
+  waitThen(
+    interest: Interest,
+    ready: () => void,
+    fail: (error: unknown) => void,
+    signal?: AbortSignal,
+  ): void {
+    if (this.#closed) return fail(closedError(this.#what));
+    this.#registered().waitThen(interest, ready, fail, signal);
+  }
+
+  #registered(): PollHandle {
     if (this.#handle === undefined) {
       this.#handle = poller().register(this.#fd);
       if (!this.#ref) this.#handle.unref();
     }
-    return this.#handle.wait(interest, signal);
+    return this.#handle;
   }
 
   /** Pending waits keep the process alive (the default). */

@@ -220,6 +220,13 @@ const symbols = {
     nonblocking: true,
   },
 
+  // long io_submit(aio_context_t ctx, long nr, struct iocb **iocbpp):
+  // SYS.io_submit, the context as a pointer (it is the ring's address).
+  io_submit: {
+    name: "syscall",
+    parameters: ["i64", "pointer", "i64", "buffer"],
+    result: "i32",
+  },
   // long syscall(long number, ...): the Linux AIO calls io_setup,
   // io_cancel, io_getevents and io_submit, with pointers as addresses.
   syscall6: {

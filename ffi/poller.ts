@@ -62,7 +62,7 @@ const WRITE_READY = EPOLL.OUT | EPOLL.HUP | EPOLL.ERR;
 
 interface Waiter {
   resolve(): void;
-  reject(error: Error): void;
+  reject(error: unknown): void;
 }
 
 /** Which readiness a caller waits for. */
@@ -130,17 +130,35 @@ export class PollHandle {
    * the poller is left exactly as it was.
    */
   wait(interest: Interest, signal?: AbortSignal): Promise<void> {
-    if (this.#closed) return Promise.reject(closedError(`fd ${this.fd}`));
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    const list = interest === "read" ? this.#readers : this.#writers;
     const { promise, resolve, reject } = Promise.withResolvers<void>();
-    const waiter: Waiter = { resolve, reject };
+    this.waitThen(interest, resolve, reject, signal);
+    return promise;
+  }
+
+  /**
+   * {@linkcode wait} without a promise: calls `ready` from the poller's
+   * dispatch once the fd may be ready (or has hung up or failed), or `fail`
+   * with why the wait ended otherwise (at once when it cannot start). A
+   * caller that retries its sync call inside `ready` hands a wake-up to its
+   * own caller without the promise hops of a `wait()` and the loop around
+   * it. Neither callback may throw; `ready` may wait again.
+   */
+  waitThen(
+    interest: Interest,
+    ready: () => void,
+    fail: (error: unknown) => void,
+    signal?: AbortSignal,
+  ): void {
+    if (this.#closed) return fail(closedError(`fd ${this.fd}`));
+    if (signal?.aborted) return fail(signal.reason);
+    const list = interest === "read" ? this.#readers : this.#writers;
+    const waiter: Waiter = { resolve: ready, reject: fail };
     list.push(waiter);
     try {
       this.#arm();
     } catch (error) {
       list.pop();
-      return Promise.reject(error);
+      return fail(error);
     }
     if (signal !== undefined) {
       const onAbort = () => {
@@ -149,21 +167,20 @@ export class PollHandle {
         if (at === -1) return;
         list.splice(at, 1);
         this.#poller.waitersChanged(this, -1);
-        reject(signal.reason);
+        fail(signal.reason);
       };
       signal.addEventListener("abort", onAbort, { once: true });
       const done = () => signal.removeEventListener("abort", onAbort);
       waiter.resolve = () => {
         done();
-        resolve();
+        ready();
       };
       waiter.reject = (error) => {
         done();
-        reject(error);
+        fail(error);
       };
     }
     this.#poller.waitersChanged(this, 1);
-    return promise;
   }
 
   /** Makes pending and later waits keep the process alive (the default). */

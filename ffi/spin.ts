@@ -245,3 +245,53 @@ export async function untilReady<T>(
     await park();
   }
 }
+
+/**
+ * The wait loop of {@linkcode untilReady} with one promise for the whole
+ * wait: `park` calls `ready` from the poller's dispatch (see
+ * `PollHandle.waitThen`), which looks again right there, instead of
+ * resolving a promise that a loop awaits. On a paced wake-up that saves the
+ * promise hops between the event loop and the caller.
+ *
+ * `attempt` runs now unless the caller just `tried` it, then the spin,
+ * then `park`, and again after each wake-up, until it returns something
+ * other than `undefined`; `settle` turns that into what the promise
+ * resolves with. `ended` runs once, when the wait settles either way,
+ * before the promise does. An error thrown by `attempt`, `settle` or
+ * `park`, or passed to `park`'s `fail`, rejects the promise.
+ */
+export function waitLoop<T, R>(
+  attempt: () => T | undefined,
+  park: (ready: () => void, fail: (error: unknown) => void) => void,
+  spinner: Spinner,
+  tried: boolean,
+  settle: (value: T) => R | PromiseLike<R>,
+  ended?: () => void,
+): Promise<R> {
+  return new Promise<R>((resolve, reject) => {
+    let over = false;
+    const fail = (error: unknown) => {
+      if (over) return;
+      over = true;
+      ended?.();
+      reject(error);
+    };
+    const look = (first: boolean) => {
+      if (over) return;
+      let value: R | PromiseLike<R>;
+      try {
+        let got = first ? attempt() : undefined;
+        if (got === undefined) got = spinner.spin(attempt);
+        if (got === undefined) return park(ready, fail);
+        value = settle(got);
+      } catch (error) {
+        return fail(error);
+      }
+      over = true;
+      ended?.();
+      resolve(value);
+    };
+    const ready = () => look(true);
+    look(!tried);
+  });
+}

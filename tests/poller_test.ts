@@ -419,3 +419,62 @@ function dupOf(fd: number): number {
   assert.ok(copy >= 0, "fcntl(F_DUPFD_CLOEXEC) failed");
   return copy;
 }
+
+test("waitThen calls ready from the wake-up itself, before the microtasks it queues; a closed handle or an aborted signal calls fail, once", async () => {
+  const p = pipe();
+  const handle = poller().register(dupOf(p.reader.rawFd));
+  const seen: string[] = [];
+  try {
+    const { promise: woke, resolve } = Promise.withResolvers<void>();
+    handle.waitThen("read", () => {
+      // Called by the dispatch itself, not from a microtask after it.
+      seen.push(
+        /PollHandle\.dispatch/.test(new Error().stack ?? "")
+          ? "ready"
+          : "ready later",
+      );
+      // The promise wait queued with it settles only after ready() ran.
+      resolve();
+    }, () => seen.push("fail"));
+    const byPromise = handle.wait("read").then(() => seen.push("promise"));
+    assert.equal(seen.length, 0);
+    p.writer.writeSync(new Uint8Array([1]));
+    await withTimeout(Promise.all([woke, byPromise]), 2000, "the wake-up");
+    assert.equal(seen.join(), "ready,promise");
+
+    // An aborted signal: fail with its reason, at once or on abort.
+    const before = new AbortController();
+    before.abort(new Error("before"));
+    const failures: unknown[] = [];
+    handle.waitThen(
+      "write",
+      () => seen.push("late"),
+      (e) => failures.push(e),
+      before.signal,
+    );
+    const during = new AbortController();
+    handle.waitThen(
+      "read",
+      () => seen.push("late"),
+      (e) => failures.push(e),
+      during.signal,
+    );
+    during.abort(new Error("during"));
+    assert.deepEqual(failures.map((e) => (e as Error).message), [
+      "before",
+      "during",
+    ]);
+    assert.equal(handle.pending, 0, "the aborted wait left the handle");
+  } finally {
+    const fd = handle.fd;
+    handle.close();
+    libc().close(fd);
+    closePipes([p]);
+  }
+  // Closed: fail at once with BadResource.
+  const failures: unknown[] = [];
+  handle.waitThen("read", () => seen.push("late"), (e) => failures.push(e));
+  assert.equal(failures.length, 1);
+  assert.ok(failures[0] instanceof Deno.errors.BadResource);
+  assert.ok(!seen.includes("late"));
+});

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { checkSpin, Spinner, untilReady } from "../ffi/spin.ts";
+import { checkSpin, Spinner, untilReady, waitLoop } from "../ffi/spin.ts";
 import { test } from "./_util.ts";
 
 /** An attempt that answers on its `answerAt`-th call (never when 0). */
@@ -101,6 +101,110 @@ test("untilReady tries, spins, then parks until the attempt answers", async () =
   }, new Spinner(0));
   assert.equal(result, "done");
   assert.equal(parks, 3);
+});
+
+test("waitLoop looks again inside each wake-up's ready() and settles its one promise with what settle makes", async () => {
+  let answer: string | undefined;
+  let looks = 0;
+  const readies: (() => void)[] = [];
+  const ended: string[] = [];
+  const done = waitLoop<string, string>(
+    () => {
+      looks++;
+      return answer;
+    },
+    (ready) => readies.push(ready),
+    new Spinner(0),
+    true,
+    (value) => `settled ${value}`,
+    () => ended.push("ended"),
+  );
+  // Tried by the caller: no look before the first park.
+  assert.equal(looks, 0);
+  assert.equal(readies.length, 1);
+  // A wake-up that finds nothing parks again, right there.
+  readies[0]();
+  assert.equal(looks, 1);
+  assert.equal(readies.length, 2);
+  assert.deepEqual(ended, []);
+  answer = "m";
+  readies[1]();
+  assert.equal(looks, 2);
+  assert.equal(readies.length, 2, "no park after the answer");
+  // ended ran before the promise settled, once.
+  assert.deepEqual(ended, ["ended"]);
+  assert.equal(await done, "settled m");
+  // A late ready() (a stale wake-up) changes nothing.
+  readies[1]();
+  assert.deepEqual(ended, ["ended"]);
+
+  // Not tried: the first look comes before any park; settle may defer.
+  const now = await waitLoop(
+    () => 7,
+    () => assert.fail("parked with an answer there"),
+    new Spinner(0),
+    false,
+    (value) => Promise.resolve(value * 2),
+  );
+  assert.equal(now, 14);
+});
+
+test("waitLoop rejects once, after ended, when the attempt, settle or park fails", async () => {
+  const boom = new Error("boom");
+  for (
+    const make of [
+      // The attempt throws on the wake-up's look.
+      () => {
+        let calls = 0;
+        return {
+          attempt: () => {
+            if (++calls > 1) throw boom;
+            return undefined;
+          },
+          settle: (v: number) => v,
+        };
+      },
+      // settle throws.
+      () => ({
+        attempt: () => 1,
+        settle: (_: number): number => {
+          throw boom;
+        },
+      }),
+    ]
+  ) {
+    const { attempt, settle } = make();
+    let ended = 0;
+    let ready: (() => void) | undefined;
+    const done = waitLoop(
+      attempt,
+      (r) => ready = r,
+      new Spinner(0),
+      false,
+      settle,
+      () => ended++,
+    );
+    ready?.();
+    await assert.rejects(done, (error) => error === boom);
+    assert.equal(ended, 1);
+  }
+  // park fails at once (the fd is closed), and a later fail is ignored.
+  let ended = 0;
+  let failLater: ((error: unknown) => void) | undefined;
+  const done = waitLoop(
+    () => undefined,
+    (_ready, fail) => {
+      failLater = fail;
+      fail(boom);
+    },
+    new Spinner(0),
+    true,
+    (v) => v,
+    () => ended++,
+  );
+  failLater!(new Error("second"));
+  await assert.rejects(done, (error) => error === boom);
+  assert.equal(ended, 1);
 });
 
 test("checkSpin accepts undefined, 0 and µs up to a second, and names what is wrong", () => {
