@@ -482,6 +482,8 @@ export async function timeRoundTrips(
  * @param intervalMs The pace, or 0 for back to back. Default 0.
  * @param warmUp Round trips at the same pace before those timed, not
  * counted. Default 0.
+ * @param backToBack Round trips back to back before the warm-up, not
+ * counted. Default 0.
  * @returns The figures of the timed round trips.
  */
 export async function measureRoundTrips(
@@ -489,10 +491,12 @@ export async function measureRoundTrips(
   count: number,
   intervalMs = 0,
   warmUp = 0,
+  backToBack = 0,
 ): Promise<PingPong> {
   const echo = await start();
   let out: PingPong;
   try {
+    if (backToBack > 0) await timeRoundTrips(echo, backToBack, 0);
     if (warmUp > 0) await timeRoundTrips(echo, warmUp, intervalMs);
     out = await timeRoundTrips(echo, count, intervalMs);
   } catch (error) {

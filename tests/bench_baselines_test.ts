@@ -172,6 +172,26 @@ test(
   { ffi: true },
 );
 
+test(
+  "measureRoundTrips() makes back-to-back round trips, then the warm-up, on the same child, and counts only the rest",
+  async () => {
+    // Child CPU answers around each of the three series.
+    const fake = fakeEcho([0, 1_000, 1_000, 9_000, 9_000, 9_500]);
+    const out = await measureRoundTrips(
+      () => Promise.resolve(fake.echo),
+      5,
+      0,
+      3,
+      2,
+    );
+    assert.deepEqual(fake.seen, [0, 1, 0, 1, 2, 0, 1, 2, 3, 4]);
+    assert.equal(out.rtts.length, 5);
+    assert.equal(out.cpu.child, 100);
+    assert.equal(fake.closed, 1);
+  },
+  { ffi: true },
+);
+
 test("alternating() reverses the steps on odd runs and wraps each whole run", async () => {
   const order: string[] = [];
   await alternating(

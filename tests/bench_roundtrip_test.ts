@@ -69,7 +69,10 @@ test("roundTripCase() makes one row per baseline with the condition in the id an
     "x.rtt_a_paced_warm",
     "x.rtt_b_paced_warm",
   ]);
-  assert.match(conditionNote("paced_warm"), /1 round trip per ms, after 1,000/);
+  assert.match(
+    conditionNote("paced_warm"),
+    /1 round trip per ms, after 20,000 back-to-back and 1,000 paced of warm-up/,
+  );
   assert.equal(make("loaded_warm").id, "x.rtt_loaded_warm");
   assert.match(conditionNote("loaded"), /CPU-bound process running, new child/);
   assert.match(
