@@ -170,8 +170,8 @@ export class UnixSocket implements Disposable {
   /** Sends, at once or in call order once one has to wait. */
   #sends: SocketSends;
   #slice = new TurnSlice();
-  /** Receives that armed their wait without a look, not yet done. */
-  #armedFirst = 0;
+  /** Receives that wait (spin or park), not yet done. */
+  #waiting = 0;
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
 
@@ -576,16 +576,14 @@ export class UnixSocket implements Disposable {
       checkSignal(signal, RECV);
       ({ maxFds, maxBytes } = recvLimits(options));
       spinner = spinnerFor(options.spin, this.#readSpinner, RECV);
-      // Recent waits went unanswered for long (paced traffic): arm the wait
-      // at once. Its direct poll still sees a message that is here already,
-      // and completes without a turn of the event loop; a look first would
-      // cost a syscall that finds nothing nearly every time. While such a
-      // receive is pending, later ones wait behind it without a look, so
-      // messages that are there go out in call order.
-      if (
-        this.#armedFirst > 0 || (spinner.resting && this.#fd.waitsDirectly)
-      ) {
-        return this.#recvLater(maxFds, maxBytes, spinner, signal, true);
+      // While receives wait, a later one waits behind them without a look,
+      // so that messages go out in call order. Recent waits went unanswered
+      // for long (paced traffic): arm the wait at once. Its direct poll
+      // still sees a message that is here already, and completes without a
+      // turn of the event loop; a look first would cost a syscall that finds
+      // nothing nearly every time.
+      if (this.#waiting > 0 || (spinner.resting && this.#fd.waitsDirectly)) {
+        return this.#recvLater(maxFds, maxBytes, spinner, signal);
       }
       const now = this.#tryRecv(maxFds, maxBytes, false);
       if (now !== undefined) {
@@ -602,18 +600,17 @@ export class UnixSocket implements Disposable {
   }
 
   /**
-   * A receive that found nothing at once, or (`armed`) skipped its look:
-   * spins, then parks. One armed behind another does not spin either: its
-   * wait is woken after the earlier one's, and looks after it.
+   * A receive that found nothing at once, or skipped its look: spins, then
+   * parks. One behind another does not spin either: its wait is woken
+   * after the earlier one's, and looks after it.
    */
   #recvLater(
     maxFds: number,
     maxBytes: number,
     spinner: Spinner,
     signal: AbortSignal | undefined,
-    armed = false,
   ): Promise<SocketMessage | null> {
-    if (armed && this.#armedFirst++ > 0) spinner = NO_SPIN;
+    if (this.#waiting++ > 0) spinner = NO_SPIN;
     // Whether a wait let the event loop turn: a poll that found the socket
     // ready when it was armed did not.
     const turns = poller().turns;
@@ -631,7 +628,7 @@ export class UnixSocket implements Disposable {
         }
         return message;
       },
-      armed ? () => this.#armedFirst-- : undefined,
+      () => this.#waiting--,
     );
   }
 

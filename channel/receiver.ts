@@ -103,9 +103,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #in: Inbox;
   #closed = false;
   #moving = false;
+  /** Receives that wait (spin or park), not yet done. */
   #pending = 0;
-  /** Receives that armed their wait without a look, not yet done. */
-  #armedFirst = 0;
   #readable: ReadableStream<T> | undefined;
   #spinner = new Spinner();
   /** Messages handed out without waiting since the last turn. */
@@ -238,26 +237,25 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    * ```
    */
   recv(options: ChannelRecvOptions = {}): Promise<T> {
-    const { signal } = options;
+    let signal: AbortSignal | undefined;
     let spinner: Spinner;
     let armed: boolean;
     try {
+      ({ signal } = options);
       spinner = options.spin === undefined
         ? this.#spinner
         : new Spinner(checkSpin(options.spin, "Cannot receive on channel"));
       this.#assertOpen();
       signal?.throwIfAborted();
-      // A message that is here already needs no wait loop. After waits that
-      // went unanswered for long (paced traffic), the wait is armed at once
-      // instead: its direct poll still sees a frame that is there. While
-      // such a receive is pending, later ones wait behind it without a look
-      // or a spin (their waits are woken after its own), so messages that
-      // are there go out in call order.
-      armed = this.#armedFirst > 0 ||
-        (spinner.resting && this.#in.armFirst);
-      if (armed) {
-        if (this.#armedFirst++ > 0) spinner = NO_SPIN;
-      } else {
+      // A message that is here already needs no wait loop. While receives
+      // wait, a later one waits behind them without a look or a spin (its
+      // wait is woken after theirs), so messages go out in call order.
+      // After waits that went unanswered for long (paced traffic), the wait
+      // is armed at once instead: its direct poll still sees a frame that
+      // is there.
+      armed = this.#pending > 0 || (spinner.resting && this.#in.armFirst);
+      if (this.#pending > 0) spinner = NO_SPIN;
+      if (!armed) {
         const ready = this[pollOnce]();
         if (ready.kind === "value") {
           return this.#slice.delivered()
@@ -269,7 +267,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#waitFor(spinner, armed, signal);
+    return this.#waitFor(spinner, signal);
   }
 
   /**
@@ -279,7 +277,6 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    */
   #waitFor(
     spinner: Spinner,
-    armed: boolean,
     signal: AbortSignal | undefined,
   ): Promise<T> {
     this.#pending++;
@@ -309,7 +306,14 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         this.#in.waitThen(signal, () => {
           parked = true;
           resume();
-        }, fail);
+        }, (error) => {
+          // Another call's look took the end of stream and closed the
+          // connection this wait was on: look again, to find the end.
+          if (!this.#closed && error instanceof Deno.errors.BadResource) {
+            return queueMicrotask(resume);
+          }
+          fail(error);
+        });
       },
       spinner,
       // The look in recv() found nothing: go straight to the spin.
@@ -323,10 +327,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         }
         return valueOf(polled);
       },
-      () => {
-        this.#pending--;
-        if (armed) this.#armedFirst--;
-      },
+      () => this.#pending--,
     );
   }
 
@@ -390,7 +391,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #next(): T | typeof CLOSED_NOW | Promise<T> {
     if (
       this.#closed || this.#moving || this.#pending > 0 ||
-      this.#armedFirst > 0 || (this.#spinner.resting && this.#in.armFirst)
+      (this.#spinner.resting && this.#in.armFirst)
     ) {
       return this.recv();
     }
@@ -401,7 +402,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     }
     if (ready.kind === "closed") return CLOSED_NOW;
     // The look found nothing: the wait goes on from there.
-    return this.#waitFor(this.#spinner, false, undefined);
+    return this.#waitFor(this.#spinner, undefined);
   }
 
   /**

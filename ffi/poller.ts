@@ -220,13 +220,14 @@ export class PollHandle {
 
   /** Called by the poller with the events epoll reported for this handle. */
   dispatch(events: number): void {
-    let woken: Waiter[] = [];
+    let readers: Waiter[] = [];
+    let writers: Waiter[] = [];
     if (events & READ_READY && this.#readers.length > 0) {
-      woken = this.#readers;
+      readers = this.#readers;
       this.#readers = [];
     }
     if (events & WRITE_READY && this.#writers.length > 0) {
-      woken = woken.concat(this.#writers);
+      writers = this.#writers;
       this.#writers = [];
     }
     // EPOLLONESHOT disarmed the fd; arm again for whoever still waits. Should
@@ -240,10 +241,35 @@ export class PollHandle {
       error = caught;
       failed = this.#takeAll();
     }
-    const settled = woken.length + failed.length;
+    const settled = readers.length + writers.length + failed.length;
     if (settled > 0) this.#poller.waitersChanged(this, -settled);
-    for (const waiter of woken) waiter.resolve();
+    this.#wake(readers, "read");
+    this.#wake(writers, "write");
     for (const waiter of failed) waiter.reject(error as Error);
+  }
+
+  /**
+   * Settles the woken waits of `interest` in their order. A wait that looks
+   * from the dispatch itself (`waitThen`) and finds nothing waits again:
+   * those woken after it then wait again behind it without a look, so a
+   * message that arrives meanwhile goes to the earliest wait.
+   */
+  #wake(woken: Waiter[], interest: Interest): void {
+    for (let i = 0; i < woken.length; i++) {
+      const list = interest === "read" ? this.#readers : this.#writers;
+      const before = list.length;
+      woken[i].resolve();
+      const after = interest === "read" ? this.#readers : this.#writers;
+      if (
+        after === list && after.length > before && i + 1 < woken.length &&
+        !this.#closed
+      ) {
+        const rest = woken.slice(i + 1);
+        for (const waiter of rest) after.push(waiter);
+        this.#poller.waitersChanged(this, rest.length);
+        return;
+      }
+    }
   }
 
   /**

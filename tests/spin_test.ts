@@ -104,14 +104,14 @@ test("untilReady tries, spins, then parks until the attempt answers", async () =
 });
 
 test("waitLoop looks again inside each wake-up's ready() and settles its one promise with what settle makes", async () => {
-  let answer: string | undefined;
+  const peer: { answer?: string } = {};
   let looks = 0;
   const readies: (() => void)[] = [];
   const ended: string[] = [];
   const done = waitLoop<string, string>(
     () => {
       looks++;
-      return answer;
+      return peer.answer;
     },
     (ready) => readies.push(ready),
     new Spinner(0),
@@ -127,7 +127,7 @@ test("waitLoop looks again inside each wake-up's ready() and settles its one pro
   assert.equal(looks, 1);
   assert.equal(readies.length, 2);
   assert.deepEqual(ended, []);
-  answer = "m";
+  peer.answer = "m";
   readies[1]();
   assert.equal(looks, 2);
   assert.equal(readies.length, 2, "no park after the answer");
