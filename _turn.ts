@@ -8,6 +8,8 @@
  * @module
  */
 
+import { loopTurn, loopTurned } from "./ffi/_turns.ts";
+
 /** Deliveries in one slice of continuous delivery. */
 const SLICE_MESSAGES = 1024;
 /** The longest slice, in ms, however few deliveries it made. */
@@ -17,12 +19,19 @@ const SLICE_MS = 2;
 export class TurnSlice {
   #count = 0;
   #start = 0;
+  #turn = -1;
 
   /**
    * Records one delivery made without waiting. Returns whether the slice
-   * is used up: the receiver should then `await yieldTurn()`.
+   * is used up: the receiver should then `await yieldTurn()`. A delivery
+   * after the event loop turned (see `loopTurn`) starts a new slice.
    */
   delivered(): boolean {
+    const turn = loopTurn();
+    if (turn !== this.#turn) {
+      this.#turn = turn;
+      this.#count = 0;
+    }
     const count = ++this.#count;
     if (count === 1) {
       this.#start = performance.now();
@@ -52,5 +61,10 @@ export class TurnSlice {
  * `setTimeout(0)` would cost a timer tick.
  */
 export function yieldTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+  return new Promise((resolve) =>
+    setImmediate(() => {
+      loopTurned();
+      resolve();
+    })
+  );
 }

@@ -108,8 +108,6 @@ export class Outbox {
   #failed: unknown = undefined;
   /** Sends resolved without waiting since the last turn. */
   #slice = new TurnSlice();
-  /** The poller's wake-ups at the last resolved send. */
-  #turns = -1;
   #ackBuf = new Uint8Array(new ArrayBuffer(64));
   /** Messages acknowledged so far. */
   #acked = 0;
@@ -186,13 +184,9 @@ export class Outbox {
 
   /** A resolved send; after a slice of sends without waiting, a turn first. */
   #resolved(): Promise<void> {
-    // Sends with a wake-up of this thread's poller between them (a reply
-    // awaited, an ack) are no run of sends that starves the event loop.
-    const turns = poller().turns;
-    if (turns !== this.#turns) {
-      this.#turns = turns;
-      this.#slice.waited();
-    }
+    // Sends with a turn of the event loop between them (a reply awaited,
+    // an ack, a timer) are no run of sends that starves it: the slice
+    // starts over then.
     return this.#slice.delivered() ? yieldTurn() : Promise.resolve();
   }
 

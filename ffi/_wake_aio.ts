@@ -12,6 +12,7 @@ import { ERRNO, errno, systemError } from "./errors.ts";
 import { EFD, EPOLL, IO_EVENT, IOCB, TIMESPEC } from "./layout.ts";
 import { addressOf, stableBuffer } from "./mem.ts";
 import type { Wake } from "./_wake.ts";
+import { loopTurned } from "./_turns.ts";
 
 /** Raw syscall through `syscall(2)`: a number, or -1 with errno set. */
 function sys(
@@ -339,6 +340,7 @@ export class AioWake implements Wake {
       // 64 KiB one each time (where this Deno has the call).
       pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
       pipe.onread = () => {
+        loopTurned();
         this.#turns++;
         this.#soonInARow = 0;
         this.#completed(onEvents);

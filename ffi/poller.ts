@@ -52,6 +52,7 @@ import {
 } from "./_wake.ts";
 import { aioDirect, AioWake, pipeWrap } from "./_wake_aio.ts";
 import { FfiWake } from "./_wake_ffi.ts";
+import { loopTurned } from "./_turns.ts";
 
 export type { WakePathName };
 
@@ -466,6 +467,7 @@ export class Poller {
           this.#eventsPtr,
           (op, fd, events, token) => this.ctl(op, fd, events, token),
           (n) => {
+            loopTurned();
             this.#ffiTurns++;
             this.#onEvents(n);
           },

@@ -28,6 +28,7 @@ import { IN_WORKER, type PipeHandle, pipeWrap } from "../ffi/_wake_aio.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
+import { loopTurned } from "../ffi/_turns.ts";
 
 /** A wait for the next ring. */
 interface Waiter {
@@ -188,6 +189,7 @@ export class ReactorBell {
   }
 
   #onRead(buffer: ArrayBuffer | undefined): void {
+    loopTurned();
     if (this.#closed) return;
     if (buffer === undefined && bytesRead() < 0) {
       // End of the stream or an error: the binding has stopped reading.

@@ -9,6 +9,7 @@
 import { setImmediate } from "node:timers";
 import { poller } from "../ffi/poller.ts";
 import { yieldTurn } from "../_turn.ts";
+import { loopTurn } from "../ffi/_turns.ts";
 import { closedError } from "../ffi/errors.ts";
 import { Spinner } from "../ffi/spin.ts";
 import { OwnedFd } from "../ffi/fd.ts";
@@ -100,6 +101,8 @@ export class Ring {
   #mapping: Mapping | undefined;
   #turnAt = performance.now();
   #turnChecks = 0;
+  /** `loopTurn()` when the slice started. */
+  #turn = -1;
   #deferredWake = false;
   /** The doorbell as the event loop reads it; null: the poller waits. */
   #bell: ReactorBell | null | undefined;
@@ -309,6 +312,14 @@ export class Ring {
     // The clock is read at every 8th call only: a call costs far less than
     // a slice.
     if ((++this.#turnChecks & 7) !== 0) return false;
+    const turn = loopTurn();
+    if (turn !== this.#turn) {
+      // The event loop turned since (a wake-up of this process, paced
+      // traffic): a new slice starts.
+      this.#turn = turn;
+      this.#turnAt = performance.now();
+      return false;
+    }
     return performance.now() - this.#turnAt >= SLICE_MS;
   }
 
