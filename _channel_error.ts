@@ -65,6 +65,17 @@ export function untilClosed<T>(
   return new UntilClosed(next);
 }
 
+/**
+ * The same iterator over a receive that gives `null` at the end (a shm
+ * queue's): each value until the first `null`. `next` gives a value or
+ * `null` that is there already, or a promise of one.
+ */
+export function untilNull<T>(
+  next: () => T | null | Promise<T | null>,
+): AsyncGenerator<T> {
+  return new UntilClosed<T>(next as () => T | Promise<T>, true);
+}
+
 const DONE: IteratorReturnResult<undefined> = Object.freeze({
   value: undefined,
   done: true,
@@ -78,14 +89,20 @@ const DONE: IteratorReturnResult<undefined> = Object.freeze({
  */
 class UntilClosed<T> implements AsyncGenerator<T> {
   #take: () => T | typeof CLOSED_NOW | Promise<T>;
+  /** Whether a `null` value is the end. */
+  #nullEnds: boolean;
   #done = false;
   /** The last call that has not settled yet, which later calls wait for. */
   #pending: Promise<IteratorResult<T>> | undefined;
   /** Whether the call just made waits for a value that is not here yet. */
   #running = false;
 
-  constructor(take: () => T | typeof CLOSED_NOW | Promise<T>) {
+  constructor(
+    take: () => T | typeof CLOSED_NOW | Promise<T>,
+    nullEnds = false,
+  ) {
     this.#take = take;
+    this.#nullEnds = nullEnds;
   }
 
   next(): Promise<IteratorResult<T>> {
@@ -164,14 +181,18 @@ class UntilClosed<T> implements AsyncGenerator<T> {
     } catch (error) {
       return this.#fail(error);
     }
-    if (got === CLOSED_NOW) {
+    if (got === CLOSED_NOW || (got === null && this.#nullEnds)) {
       this.#done = true;
       return Promise.resolve(DONE);
     }
     if (got instanceof Promise) {
       this.#running = true;
       return got.then(
-        (value: T) => ({ value, done: false }),
+        (value: T): IteratorResult<T> => {
+          if (value !== null || !this.#nullEnds) return { value, done: false };
+          this.#done = true;
+          return DONE;
+        },
         (error) => this.#fail(error),
       );
     }

@@ -338,8 +338,14 @@ export class Ring {
    * is yielding (calls settle in the order they were made).
    */
   settle<T>(value: T): Promise<T> {
+    const soon = this.settleSoon(value);
+    return soon instanceof Promise ? soon : Promise.resolve(soon);
+  }
+
+  /** {@linkcode settle}, with `value` itself when no turn is due. */
+  settleSoon<T>(value: T): T | Promise<T> {
     if (this.turn === undefined) {
-      if (!this.turnDue()) return Promise.resolve(value);
+      if (!this.turnDue()) return value;
       const turn = this.yieldTurn();
       this.turn = turn;
       turn.then(() => {

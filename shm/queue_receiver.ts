@@ -6,6 +6,7 @@
 
 import { inspectEndpoint } from "../_inspect.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
+import { untilNull } from "../_channel_error.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
 import { parkedOn, ringViews } from "./_keys.ts";
 import {
@@ -274,12 +275,22 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   }
 
   /** Yields messages until {@linkcode recv} returns `null`. */
-  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    for (;;) {
-      const message = await this.recv();
-      if (message === null) return;
-      yield message;
+  [Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    return untilNull(() => this.#next());
+  }
+
+  /**
+   * The next message for `for await`: one that is here already comes
+   * without the promise of a `recv()` (or `null` at the end); otherwise a
+   * `recv()`.
+   */
+  #next(): Uint8Array | null | Promise<Uint8Array | null> {
+    if (this.#recvs.length === 0) {
+      const message = this.#tryRecv();
+      if (message === null && this.#ring.turn === undefined) return null;
+      if (message !== undefined) return this.#ring.settleSoon(message);
     }
+    return this.recv();
   }
 
   /** Lets a pending receive keep the process alive (the default). */

@@ -958,3 +958,43 @@ test(
   },
   local,
 );
+
+test("for await over a ShmReceiver takes messages that are there without a recv(), waits through recv() for the rest, and ends at the sender's close", async () => {
+  const [tx, rx] = shmQueue({ bytes: 1 << 16 });
+  let recvs = 0;
+  const recv = rx.recv.bind(rx);
+  rx.recv = (options) => {
+    recvs++;
+    return recv(options);
+  };
+  try {
+    for (let i = 0; i < 5; i++) await tx.send(new Uint8Array([i]));
+    const seen: number[] = [];
+    const iterator = rx[Symbol.asyncIterator]();
+    assert.equal(
+      Object.prototype.toString.call(iterator),
+      "[object AsyncGenerator]",
+    );
+    for (let i = 0; i < 5; i++) {
+      const { value, done } = await iterator.next();
+      assert.equal(done, false);
+      seen.push(value![0]);
+    }
+    assert.equal(recvs, 0, "messages that were there went through recv()");
+    // Nothing there: the next call waits in a recv(); the close ends it.
+    const waiting = iterator.next();
+    await delay(20);
+    await tx.send(new Uint8Array([5]));
+    const sixth = await withTimeout(waiting, 2000, "the sixth message");
+    seen.push(sixth.value![0]);
+    assert.equal(recvs, 1);
+    tx.close();
+    const end = await withTimeout(iterator.next(), 2000, "the end");
+    assert.equal(end.done, true);
+    assert.deepEqual(seen, [0, 1, 2, 3, 4, 5]);
+    assert.equal((await iterator.next()).done, true, "ended for good");
+  } finally {
+    tx.close();
+    rx.close();
+  }
+});
