@@ -480,30 +480,3 @@ test(
     }
   },
 );
-
-test("sends that each follow a wake-up of this thread's poller take no turn of their own: paced sends are no flood", async () => {
-  using ch = channel<number>();
-  const [tx, rx] = ch;
-  const real = globalThis.setImmediate;
-  let turnsTaken = 0;
-  globalThis.setImmediate = ((
-    callback: (...args: unknown[]) => void,
-    ...args: unknown[]
-  ) => {
-    turnsTaken++;
-    return real(callback, ...args);
-  }) as typeof setImmediate;
-  try {
-    // One message per ms, each received by a receive that parked first:
-    // slices of 2 ms would otherwise end every 8 sends.
-    for (let i = 0; i < 32; i++) {
-      const got = rx.recv({ spin: 0 });
-      await new Promise((resolve) => setTimeout(resolve, 1));
-      await tx.send(i);
-      assert.equal(await withTimeout(got, 2000, `message ${i}`), i);
-    }
-  } finally {
-    globalThis.setImmediate = real;
-  }
-  assert.equal(turnsTaken, 0, "a paced send yielded a turn");
-});
