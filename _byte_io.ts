@@ -9,6 +9,7 @@
 import type { OwnedFd } from "./ffi/fd.ts";
 import { checkSpin, Spinner, untilReady } from "./ffi/spin.ts";
 import { CallQueue, type QueuedCall, type QueueHost } from "./_call_queue.ts";
+import { TurnSlice, yieldTurn } from "./_turn.ts";
 
 /** Tries a read now: bytes read, `0` at EOF, `-1` when nothing is ready. */
 export type TryRead = (fd: number, into: Uint8Array) => number;
@@ -181,23 +182,42 @@ export function readAsync(
     }
     return Promise.resolve(0);
   }
-  return untilReady(
-    () => {
-      const n = tryRead(owner.fd, into);
-      if (n > 0) return n;
-      if (n < 0) return undefined;
-      // A transferred buffer reads 0 bytes too: that is no EOF.
-      if (into.byteLength === 0) {
-        throw detachedError(
-          `Cannot read from ${owner.what}`,
-          " while the read waited; the data stays for the next read",
-        );
-      }
-      return null;
-    },
-    () => owner.wait("read", signal),
-    spinner,
-  );
+  const attempt = () => {
+    const n = tryRead(owner.fd, into);
+    if (n > 0) return n;
+    if (n < 0) return undefined;
+    // A transferred buffer reads 0 bytes too: that is no EOF.
+    if (into.byteLength === 0) {
+      throw detachedError(
+        `Cannot read from ${owner.what}`,
+        " while the read waited; the data stays for the next read",
+      );
+    }
+    return null;
+  };
+  let now: number | null | undefined;
+  try {
+    now = attempt();
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  if (now !== undefined) {
+    // A peer that keeps the fd full never lets a read wait: timers and
+    // other I/O get a turn after each slice of such reads.
+    return sliceOf(owner).delivered()
+      ? yieldTurn().then(() => now)
+      : Promise.resolve(now);
+  }
+  return untilReady(attempt, () => owner.wait("read", signal), spinner, true);
+}
+
+/** Each fd's slice of reads that did not wait (see `_turn.ts`). */
+const readSlices = new WeakMap<OwnedFd, TurnSlice>();
+
+function sliceOf(owner: OwnedFd): TurnSlice {
+  let slice = readSlices.get(owner);
+  if (slice === undefined) readSlices.set(owner, slice = new TurnSlice());
+  return slice;
 }
 
 /** One queued write: its bytes and how many are out. */

@@ -4,6 +4,10 @@
  * @module
  */
 
+import { errno, systemError } from "./errors.ts";
+import { libc } from "./libc.ts";
+import { MMAP } from "./layout.ts";
+
 const encoder = new TextEncoder();
 
 /** Encodes a string as a NUL-terminated C string. */
@@ -49,4 +53,38 @@ export function pointerOf(
  */
 export function mayMove(view: ArrayBufferView): boolean {
   return view.buffer.byteLength <= 64;
+}
+
+/** What `mmap` returns on failure: `(void *) -1`. */
+const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
+
+/**
+ * Zeroed memory outside the JS heap that is never freed, for a buffer that
+ * a call still running on a blocking-pool thread may write to after this
+ * isolate is gone (the runtime frees the heap when it ends by an uncaught
+ * error while such a call runs). Whole pages; keep them few.
+ *
+ * @throws When `mmap` fails.
+ */
+export function lastingArea(
+  size: number,
+): { buffer: ArrayBuffer; pointer: NonNullable<Deno.PointerValue> } {
+  const length = Math.ceil(Math.max(size, 1) / 4096) * 4096;
+  const pointer = libc().mmap(
+    null,
+    BigInt(length),
+    MMAP.PROT_READ | MMAP.PROT_WRITE,
+    MMAP.MAP_PRIVATE | MMAP.MAP_ANONYMOUS,
+    -1,
+    0n,
+  );
+  if (
+    pointer === null || BigInt(Deno.UnsafePointer.value(pointer)) === MAP_FAILED
+  ) {
+    throw systemError("mmap", errno(), `${length} bytes`);
+  }
+  return {
+    buffer: Deno.UnsafePointerView.getArrayBuffer(pointer, length),
+    pointer,
+  };
 }

@@ -43,7 +43,7 @@
 import { libc } from "./libc.ts";
 import { check, closedError, ERRNO, errno, systemError } from "./errors.ts";
 import { EPOLL, EPOLL_EVENT } from "./layout.ts";
-import { pointerOf, stableBuffer } from "./mem.ts";
+import { lastingArea } from "./mem.ts";
 import {
   KICK_TOKEN,
   MAX_EVENTS,
@@ -388,9 +388,14 @@ export class Poller {
   #ffiTurns = 0;
 
   constructor() {
-    this.#events = stableBuffer(MAX_EVENTS * EPOLL_EVENT.size);
+    // Outside the JS heap, and never freed: on the ffi path an epoll_wait
+    // may still be running on a blocking-pool thread when the isolate ends
+    // (an uncaught error, a terminated Worker), and it writes its events
+    // here after the runtime has freed the heap.
+    const area = lastingArea(MAX_EVENTS * EPOLL_EVENT.size);
+    this.#events = area.buffer;
     this.#eventsView = new DataView(this.#events);
-    this.#eventsPtr = pointerOf(this.#events);
+    this.#eventsPtr = area.pointer;
   }
 
   /** The wake path in use (chosen on first registration, then kept). */

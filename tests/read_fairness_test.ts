@@ -1,0 +1,45 @@
+// A read loop over a pipe (and a stream socket) that a child keeps full:
+// like a socket's or a channel's receive loop, it must let a timer of this
+// process run between slices of reads that never wait.
+import assert from "node:assert/strict";
+import { pipe, socketpair, spawn } from "../mod.ts";
+import { test, withTimeout } from "./_util.ts";
+
+for (const kind of ["pipe", "stream socket"] as const) {
+  test(
+    `a read loop over a ${kind} that \`cat /dev/zero\` keeps full lets a setInterval tick`,
+    async () => {
+      const { mine, theirs } = kind === "pipe"
+        ? (({ reader, writer }) => ({ mine: reader, theirs: writer }))(
+          pipe({ bytes: 1 << 20 }),
+        )
+        : (([a, b]) => ({ mine: a, theirs: b }))(
+          socketpair({ type: "stream" }),
+        );
+      const child = spawn("cat", { args: ["/dev/zero"], stdout: theirs });
+      theirs.close();
+      let ticks = 0;
+      const interval = setInterval(() => ticks++, 1);
+      try {
+        // Let the child fill the buffer first.
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        ticks = 0;
+        const buffer = new Uint8Array(16);
+        let reads = 0;
+        // No timer can bound this loop (a starved event loop never fires
+        // one): it gives up after far more reads than a few slices take.
+        while (ticks < 3 && reads < 300_000) {
+          if ((await mine.read(buffer)) === null) break;
+          reads++;
+        }
+        assert.ok(ticks >= 3, `${reads} reads and ${ticks} ticks`);
+      } finally {
+        clearInterval(interval);
+        mine.close();
+        child.kill("SIGKILL");
+        await withTimeout(child.status, 10_000, "cat exits");
+      }
+    },
+    { run: true, read: true },
+  );
+}
