@@ -151,6 +151,11 @@ export function decode(
   return value;
 }
 
+/** "`what` of `n` `unit`", or `what` alone without a unit. */
+function named(what: string, n: number, unit: string | undefined): string {
+  return unit === undefined ? what : `${what} of ${n} ${unit}`;
+}
+
 /**
  * The state of one decode: the input, the objects met so far (for
  * back-references), the blobs, and what is left of the limits.
@@ -186,18 +191,26 @@ class Decoder {
     this.bytesLeft = limits.maxBytes - specs.length * COST.BLOB;
   }
 
-  /** Takes `bytes` from the budget; `what` names them in the error. */
-  charge(bytes: number, what: string): void {
+  /**
+   * Takes `bytes` from the budget; `what` names them in the error, as
+   * "`what` of `n` `unit`" when `unit` is given (made only then: a decode
+   * names every container and string it meets).
+   */
+  charge(bytes: number, what: string, n = 0, unit?: string): void {
     this.bytesLeft -= bytes;
     if (this.bytesLeft < 0) {
-      throw overLimit("maxBytes", this.limits.maxBytes, what);
+      throw overLimit("maxBytes", this.limits.maxBytes, named(what, n, unit));
     }
   }
 
-  /** Takes one element from the budget; `what` names it in the error. */
-  element(what: string): void {
+  /** Takes one element from the budget; named as {@linkcode charge} says. */
+  element(what: string, n = 0, unit?: string): void {
     if (--this.elementsLeft < 0) {
-      throw overLimit("maxElements", this.limits.maxElements, what);
+      throw overLimit(
+        "maxElements",
+        this.limits.maxElements,
+        named(what, n, unit),
+      );
     }
   }
 
@@ -206,12 +219,22 @@ class Decoder {
    * element budget, and `each` bytes apiece the byte budget, then they
    * must fit in the input (each item takes at least one byte).
    */
-  reserve(count: number, each: number, what: string): void {
+  reserve(
+    count: number,
+    each: number,
+    what: string,
+    unit?: string,
+    n = count,
+  ): void {
     if (count > this.elementsLeft) {
-      throw overLimit("maxElements", this.limits.maxElements, what);
+      throw overLimit(
+        "maxElements",
+        this.limits.maxElements,
+        named(what, n, unit),
+      );
     }
     if (count * each > this.bytesLeft) {
-      throw overLimit("maxBytes", this.limits.maxBytes, what);
+      throw overLimit("maxBytes", this.limits.maxBytes, named(what, n, unit));
     }
     if (count > this.input.left) {
       throw invalid(`count ${count} exceeds the ${this.input.left} bytes left`);
@@ -221,7 +244,7 @@ class Decoder {
   /** A string, its size charged before it is made. */
   string(what: string): string {
     const n = this.input.varint();
-    this.charge(COST.STRING + n, `${what} of ${n} bytes`);
+    this.charge(COST.STRING + n, what, n, "bytes");
     return this.input.stringOf(n);
   }
 
@@ -338,7 +361,7 @@ function readBigint(d: Decoder): bigint {
   if (sign > 1) throw invalid("bad bigint sign");
   const n = input.varint();
   if (n > MAX_BIGINT_BYTES) throw invalid("bigint too large");
-  d.charge(COST.BIGINT + n * COST.BIGINT_BYTE, `a bigint of ${n} bytes`);
+  d.charge(COST.BIGINT + n * COST.BIGINT_BYTE, "a bigint", n, "bytes");
   const bytes = input.bytes(n);
   if (n === 0) return 0n;
   const magnitude = bigintOf(bytes);
@@ -348,9 +371,9 @@ function readBigint(d: Decoder): bigint {
 function readArray(d: Decoder, depth: number): unknown[] {
   const input = d.input;
   const length = input.varint();
-  const what = `an array of ${length} items`;
-  d.reserve(length, COST.SLOT, what);
-  d.charge(COST.ARRAY + length * COST.SLOT, what);
+  const what = "an array";
+  d.reserve(length, COST.SLOT, what, "items");
+  d.charge(COST.ARRAY + length * COST.SLOT, what, length, "items");
   // Grown as items come rather than made at its full length: a sparse
   // array then never holds a slot per hole.
   const array: unknown[] = [];
@@ -358,7 +381,7 @@ function readArray(d: Decoder, depth: number): unknown[] {
   for (let i = 0; i < length; i++) {
     if (input.pos < input.end && input.buf[input.pos] === TAG.HOLE) {
       input.pos++;
-      d.element(what);
+      d.element(what, length, "items");
       continue;
     }
     array[i] = readValue(d, depth + 1);
@@ -369,14 +392,14 @@ function readArray(d: Decoder, depth: number): unknown[] {
 
 function readObject(d: Decoder, depth: number): Record<string, unknown> {
   const count = d.input.varint();
-  const what = `an object of ${count} properties`;
+  const what = "an object";
   // A property is at least a key and a value: two bytes.
-  d.reserve(count, COST.PROPERTY + COST.STRING, what);
-  d.charge(COST.OBJECT, what);
+  d.reserve(count, COST.PROPERTY + COST.STRING, what, "properties");
+  d.charge(COST.OBJECT, what, count, "properties");
   const object: Record<string, unknown> = {};
   remember(d, object);
   for (let i = 0; i < count; i++) {
-    d.charge(COST.PROPERTY, what);
+    d.charge(COST.PROPERTY, what, count, "properties");
     const key = d.string("a key");
     const item = readValue(d, depth + 1);
     if (key === "__proto__") {
@@ -404,7 +427,7 @@ function readRegExp(d: Decoder): RegExp {
   d.charge(COST.REGEXP, "a RegExp");
   const n = d.input.varint();
   // Kept as text and as the parsed pattern.
-  d.charge(COST.STRING + 2 * n, `a RegExp of ${n} bytes`);
+  d.charge(COST.STRING + 2 * n, "a RegExp", n, "bytes");
   const source = d.input.stringOf(n);
   const flags = d.string("RegExp flags");
   let regexp: RegExp;
@@ -419,14 +442,14 @@ function readRegExp(d: Decoder): RegExp {
 
 function readMap(d: Decoder, depth: number): Map<unknown, unknown> {
   const count = d.input.varint();
-  const what = `a Map of ${count} entries`;
+  const what = "a Map";
   // An entry is a key and a value: two elements.
-  d.reserve(2 * count, COST.MAP_ENTRY / 2, what);
-  d.charge(COST.MAP, what);
+  d.reserve(2 * count, COST.MAP_ENTRY / 2, what, "entries", count);
+  d.charge(COST.MAP, what, count, "entries");
   const map = new Map();
   remember(d, map);
   for (let i = 0; i < count; i++) {
-    d.charge(COST.MAP_ENTRY, what);
+    d.charge(COST.MAP_ENTRY, what, count, "entries");
     const k = readValue(d, depth + 1);
     map.set(k, readValue(d, depth + 1));
   }
@@ -435,13 +458,13 @@ function readMap(d: Decoder, depth: number): Map<unknown, unknown> {
 
 function readSet(d: Decoder, depth: number): Set<unknown> {
   const count = d.input.varint();
-  const what = `a Set of ${count} items`;
-  d.reserve(count, COST.SET_ENTRY, what);
-  d.charge(COST.SET, what);
+  const what = "a Set";
+  d.reserve(count, COST.SET_ENTRY, what, "items");
+  d.charge(COST.SET, what, count, "items");
   const set = new Set();
   remember(d, set);
   for (let i = 0; i < count; i++) {
-    d.charge(COST.SET_ENTRY, what);
+    d.charge(COST.SET_ENTRY, what, count, "items");
     set.add(readValue(d, depth + 1));
   }
   return set;

@@ -539,3 +539,24 @@ test("back-references are kept only once an object was met: a reference to none 
     Deno.errors.InvalidData,
   );
 });
+
+test("a limit's error names what went over it: the container with its count, or the string with its size", () => {
+  const cases: [unknown, Parameters<typeof decodeSample>[1], RegExp][] = [
+    [[1, 2, 3, 4, 5], { maxElements: 3 }, /: an array of 5 items;/],
+    [{ a: 1, b: 2, c: 3 }, { maxElements: 2 }, /: an object of 3 properties;/],
+    [new Map([[1, 2], [3, 4]]), { maxElements: 3 }, /: a Map of 2 entries;/],
+    [new Set([1, 2, 3]), { maxElements: 2 }, /: a Set of 3 items;/],
+    [{ k: "x".repeat(5000) }, { maxBytes: 4000 }, /: a string of 5000 bytes;/],
+    [{ ["y".repeat(5000)]: 1 }, { maxBytes: 4000 }, /: a key of 5000 bytes;/],
+  ];
+  for (const [value, limits, name] of cases) {
+    assert.throws(
+      () => decodeSample(sampleOf(value), limits),
+      (error: Error) => {
+        assert.ok(error instanceof Deno.errors.InvalidData, String(error));
+        assert.match(error.message, name);
+        return true;
+      },
+    );
+  }
+});
