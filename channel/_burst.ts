@@ -20,15 +20,26 @@ export const IDLE_TICKS = 4;
 /** Microtask turns counted by the ticker. */
 let ticks = 0;
 let ticking = false;
-/** Bursts under way: each returns true once its sender's burst ended. */
-const bursts = new Set<() => boolean>();
+/**
+ * Bursts under way: each returns true once its sender's burst ended. An
+ * array, not a set: a lone send starts and ends a burst, and a set's
+ * iterator and deletions allocate on each of the ticker's turns.
+ */
+const bursts: (() => boolean)[] = [];
 
 function ticker(): void {
   ticks++;
-  for (const ended of bursts) {
-    if (ended()) bursts.delete(ended);
+  let kept = 0;
+  // A burst that ends may start another (a send from inside its flush):
+  // that one is appended and asked on the next turn.
+  const n = bursts.length;
+  for (let i = 0; i < n; i++) {
+    const ended = bursts[i];
+    if (!ended()) bursts[kept++] = ended;
   }
-  if (bursts.size > 0) queueMicrotask(ticker);
+  bursts.copyWithin(kept, n);
+  bursts.length -= n - kept;
+  if (bursts.length > 0) queueMicrotask(ticker);
   else ticking = false;
 }
 
@@ -42,9 +53,12 @@ export function idleSince(tick: number): boolean {
   return ticks - tick >= IDLE_TICKS;
 }
 
-/** Registers a sender's burst with the ticker (started if it sleeps). */
+/**
+ * Registers a sender's burst with the ticker (started if it sleeps). A
+ * sender registers again only after its burst ended.
+ */
 export function burstStarted(ended: () => boolean): void {
-  bursts.add(ended);
+  bursts.push(ended);
   if (!ticking) {
     ticking = true;
     queueMicrotask(ticker);

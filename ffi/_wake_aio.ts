@@ -113,8 +113,25 @@ const RING = {
   MAGIC: 0xa10a10a1,
 } as const;
 
-/** What a tag's low two bits say: the epoll fd's poll or a direct one. */
-const KIND_MASK = 3n;
+/**
+ * A submission's `aio_data`: a number unique in the context (`aioSeq`)
+ * times {@linkcode DATA_STEP}, plus, for a direct poll, its slot times 4
+ * and 1. Low two bits 0: the epoll fd's poll. Numbers, not bigints: no
+ * allocation and no map per wake-up. The counter stays below 2^45 for any
+ * process's life (one submission a ns would take a year to reach it).
+ */
+const DATA_STEP = 256;
+
+/** `aio_data` read from a completion (two u32 halves, little-endian). */
+function readData(view: DataView, at: number): number {
+  return view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000;
+}
+
+/** Writes `data` as an iocb's `aio_data`. */
+function writeData(view: DataView, at: number, data: number): void {
+  view.setUint32(at, data % 0x1_0000_0000, true);
+  view.setUint32(at + 4, Math.floor(data / 0x1_0000_0000), true);
+}
 
 interface AioContext {
   ctx: bigint;
@@ -127,7 +144,7 @@ interface AioContext {
 }
 
 let aioContext: AioContext | undefined;
-let aioTags = 0n;
+let aioSeq = 0;
 
 /**
  * This process's (or Worker's) AIO context, set up on first use and kept: an
@@ -216,10 +233,10 @@ class CompletionRing {
   }
 
   /**
-   * Takes every completion in the ring into `tags` and `results`; false
-   * when head or tail is out of range (then the caller reaps by syscall).
+   * Takes every completion in the ring into `into`; false when head or
+   * tail is out of range (then the caller reaps by syscall).
    */
-  take(tags: bigint[], results: number[]): boolean {
+  take(into: Completions): boolean {
     const header = this.#header;
     const nr = this.#nr;
     let head = Atomics.load(header, RING.head);
@@ -228,12 +245,39 @@ class CompletionRing {
     const events = this.#events;
     while (head !== tail) {
       const at = head * IO_EVENT.size;
-      tags.push(events.getBigUint64(at + IO_EVENT.data, true));
-      results.push(Number(events.getBigInt64(at + IO_EVENT.res, true)));
+      // res is an i64 holding events (small) or a negative errno.
+      into.add(
+        readData(events, at + IO_EVENT.data),
+        events.getInt32(at + IO_EVENT.res, true),
+      );
       head = head + 1 === nr ? 0 : head + 1;
       Atomics.store(header, RING.head, head);
     }
     return true;
+  }
+}
+
+/**
+ * Completions taken and not yet sorted: kept in typed arrays that are
+ * reused, so that taking them allocates nothing.
+ */
+class Completions {
+  datas = new Float64Array(REAP_EVENTS);
+  results = new Int32Array(REAP_EVENTS);
+  count = 0;
+
+  add(data: number, result: number): void {
+    if (this.count === this.datas.length) {
+      const datas = new Float64Array(this.count * 2);
+      const results = new Int32Array(this.count * 2);
+      datas.set(this.datas);
+      results.set(this.results);
+      this.datas = datas;
+      this.results = results;
+    }
+    this.datas[this.count] = data;
+    this.results[this.count] = result;
+    this.count++;
   }
 }
 
@@ -259,12 +303,12 @@ export class AioWake implements Wake {
   #eventsView = new DataView(this.#events);
   #time = stableBuffer(TIMESPEC.size);
   #timeView = new DataView(this.#time);
-  // Each submission is tagged (aio_data, unique in this context) so that a
+  // Each submission carries an aio_data unique in this context, so that a
   // late completion of an earlier poll is never taken for the current one.
-  #tag = 0n;
+  #data = 0;
   #armed = false;
   #refed = true;
-  #onDirect: (tag: bigint, result: number) => void;
+  #onDirect: (tag: number, result: number) => void;
   #onEvents: () => void;
   /** Wakes that came through the event loop (the eventfd was read). */
   #turns = 0;
@@ -281,14 +325,16 @@ export class AioWake implements Wake {
     if (!this.#closed) this.#completed(this.#onEvents);
   };
   // Direct polls: one iocb slot each, known by its address to io_cancel and
-  // kept until its completion is taken (a cancelled one too).
+  // kept until its completion is taken (a cancelled one too). A slot in use
+  // has its submission's aio_data (0 when free) and its caller's tag.
   #slots = stableBuffer(DIRECT_MAX * IOCB.size);
   #slotsView = new DataView(this.#slots);
   #slotsAddress = addressOf(this.#slots);
-  #slotOf = new Map<bigint, number>();
+  #slotData: number[] = new Array(DIRECT_MAX).fill(0);
+  #slotTag: number[] = new Array(DIRECT_MAX).fill(0);
+  #inUse = 0;
   #free: number[] = [];
-  #tags: bigint[] = [];
-  #results: number[] = [];
+  #taken = new Completions();
 
   /**
    * Throws, having released what it took, when AIO poll is refused.
@@ -302,7 +348,7 @@ export class AioWake implements Wake {
   constructor(
     epfd: number,
     onEvents: () => void,
-    onDirect: (tag: bigint, result: number) => void,
+    onDirect: (tag: number, result: number) => void,
     make: () => PipeHandle,
   ) {
     const lib = libc();
@@ -357,7 +403,7 @@ export class AioWake implements Wake {
   }
 
   get holding(): boolean {
-    return (this.#armed || this.#slotOf.size > 0) && this.#refed;
+    return (this.#armed || this.#inUse > 0) && this.#refed;
   }
 
   /** The private eventfd that Deno's event loop watches. */
@@ -387,19 +433,20 @@ export class AioWake implements Wake {
   }
 
   /**
-   * Polls `fd` for `events` directly; `tag`'s low two bits must not be 0.
-   * False when no slot is free, or when AIO refuses a file that epoll takes
-   * (one whose poll waits on two queues, such as a pipe opened for reading
-   * and writing): the caller goes through the epoll set.
+   * Polls `fd` for `events` directly; its completion goes to `onDirect`
+   * with `tag`. False when no slot is free, or when AIO refuses a file that
+   * epoll takes (one whose poll waits on two queues, such as a pipe opened
+   * for reading and writing): the caller goes through the epoll set.
    *
    * @throws When the kernel refuses the poll (the fd is closed).
    */
-  poll(tag: bigint, fd: number, events: number): boolean {
+  poll(tag: number, fd: number, events: number): boolean {
     const slot = this.#free.pop();
     if (slot === undefined) return false;
     const view = this.#slotsView;
     const at = slot * IOCB.size;
-    view.setBigUint64(at + IOCB.data, tag, true);
+    const data = ++aioSeq * DATA_STEP + slot * 4 + 1;
+    writeData(view, at + IOCB.data, data);
     view.setUint32(at + IOCB.fildes, fd, true);
     view.setBigUint64(at + IOCB.buf, BigInt(events), true);
     const address = this.#slotsAddress + BigInt(at);
@@ -416,7 +463,9 @@ export class AioWake implements Wake {
       if (code === ERRNO.EAGAIN || code === ERRNO.EINVAL) return false;
       throw systemError("io_submit(IOCB_CMD_POLL)", code, `fd ${fd}`);
     }
-    this.#slotOf.set(tag, slot);
+    this.#slotData[slot] = data;
+    this.#slotTag[slot] = tag;
+    this.#inUse++;
     this.#completedAtSubmit();
     return true;
   }
@@ -440,9 +489,16 @@ export class AioWake implements Wake {
    * Cancels the direct poll tagged `tag`, if it is outstanding: its file is
    * no longer held once the kernel has completed it (microseconds).
    */
-  cancel(tag: bigint): void {
-    const slot = this.#slotOf.get(tag);
-    if (slot === undefined) return;
+  cancel(tag: number): void {
+    // Rare (a handle closing): a scan of the slots in use.
+    for (let slot = 0; slot < DIRECT_MAX; slot++) {
+      if (this.#slotData[slot] !== 0 && this.#slotTag[slot] === tag) {
+        this.#cancelSlot(slot);
+      }
+    }
+  }
+
+  #cancelSlot(slot: number): void {
     // EINPROGRESS: it completes shortly and its slot is freed then.
     sys(
       SYS.io_cancel,
@@ -454,7 +510,9 @@ export class AioWake implements Wake {
 
   close(): void {
     this.#closed = true;
-    for (const tag of [...this.#slotOf.keys()]) this.cancel(tag);
+    for (let slot = 0; slot < DIRECT_MAX; slot++) {
+      if (this.#slotData[slot] !== 0) this.#cancelSlot(slot);
+    }
     this.#cancel();
     this.#pipe.close();
   }
@@ -467,8 +525,8 @@ export class AioWake implements Wake {
   }
 
   #submit(): void {
-    this.#tag = ++aioTags << 2n;
-    this.#iocbView.setBigUint64(IOCB.data, this.#tag, true);
+    this.#data = ++aioSeq * DATA_STEP;
+    writeData(this.#iocbView, IOCB.data, this.#data);
     this.#iocbListView.setBigUint64(0, this.#iocbAddress, true);
     const n = libc().io_submit(
       IO_SUBMIT,
@@ -500,15 +558,15 @@ export class AioWake implements Wake {
     this.#armed = false;
   }
 
-  /** Takes the completions there are into #tags and #results. */
+  /** Takes the completions there are into #taken. */
   #take(): void {
-    if (this.#ctx.ring?.take(this.#tags, this.#results)) return;
+    if (this.#ctx.ring?.take(this.#taken)) return;
     while (this.#syscallReap(0, 0n) === REAP_EVENTS);
   }
 
   /**
    * Reaps completions by syscall (at least `min`, waiting up to `ns`) into
-   * #tags and #results; returns how many.
+   * #taken; returns how many.
    */
   #syscallReap(min: number, ns: bigint): number {
     this.#timeView.setBigInt64(TIMESPEC.sec, ns / 1_000_000_000n, true);
@@ -524,8 +582,10 @@ export class AioWake implements Wake {
     const view = this.#eventsView;
     for (let i = 0; i < n; i++) {
       const at = i * IO_EVENT.size;
-      this.#tags.push(view.getBigUint64(at + IO_EVENT.data, true));
-      this.#results.push(Number(view.getBigInt64(at + IO_EVENT.res, true)));
+      this.#taken.add(
+        readData(view, at + IO_EVENT.data),
+        view.getInt32(at + IO_EVENT.res, true),
+      );
     }
     return Math.max(n, 0);
   }
@@ -536,26 +596,28 @@ export class AioWake implements Wake {
    * anything else (a poll of an earlier wake path) is dropped.
    */
   #settle(onEvents: () => void): void {
-    const tags = this.#tags;
-    const results = this.#results;
+    const taken = this.#taken;
     let setReady = false;
-    for (let i = 0; i < tags.length; i++) {
-      const tag = tags[i];
-      if ((tag & KIND_MASK) === 0n) {
-        if (tag === this.#tag && this.#armed) {
+    // A callback may take more (a wake path closing reaps its last
+    // completions): count and arrays are read afresh each time.
+    for (let i = 0; i < taken.count; i++) {
+      const data = taken.datas[i];
+      const low = data % DATA_STEP;
+      if (low === 0) {
+        if (data === this.#data && this.#armed) {
           this.#armed = false;
           setReady = true;
         }
         continue;
       }
-      const slot = this.#slotOf.get(tag);
-      if (slot === undefined) continue;
-      this.#slotOf.delete(tag);
+      const slot = low >>> 2;
+      if (slot >= DIRECT_MAX || this.#slotData[slot] !== data) continue;
+      this.#slotData[slot] = 0;
+      this.#inUse--;
       this.#free.push(slot);
-      this.#onDirect(tag, results[i]);
+      this.#onDirect(this.#slotTag[slot], taken.results[i]);
     }
-    tags.length = 0;
-    results.length = 0;
+    taken.count = 0;
     if (setReady) onEvents();
   }
 

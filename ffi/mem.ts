@@ -36,7 +36,8 @@ export function stableBuffer(size: number): ArrayBuffer {
 
 /** The address of a stable buffer, as a bigint. */
 export function addressOf(buffer: ArrayBuffer | ArrayBufferView): bigint {
-  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+  const address = libc().address_of(buffer, buffer, 0n);
+  return typeof address === "bigint" ? address : BigInt(address);
 }
 
 /** A pointer object for a stable buffer. */

@@ -66,6 +66,18 @@ interface Waiter {
   reject(error: unknown): void;
 }
 
+/** No waiters: what a dispatch wakes for an interest nobody waits on. */
+const NONE: readonly Waiter[] = Object.freeze([]);
+
+/**
+ * Empties a woken list for reuse: `pop()` keeps its storage, where
+ * `length = 0` would drop it and the next wait would allocate it again.
+ */
+function emptied(list: Waiter[]): Waiter[] {
+  while (list.length > 0) list.pop();
+  return list;
+}
+
 /** Which readiness a caller waits for. */
 export type Interest = "read" | "write";
 
@@ -87,6 +99,12 @@ export class PollHandle {
   #poller: Poller;
   #readers: Waiter[] = [];
   #writers: Waiter[] = [];
+  /**
+   * Emptied lists for the next waits, so that a wake-up allocates none.
+   * Undefined while a dispatch still walks the list that becomes one.
+   */
+  #spareReaders: Waiter[] | undefined = [];
+  #spareWriters: Waiter[] | undefined = [];
   #ref = true;
   #inSet = false;
   #closed = false;
@@ -221,20 +239,22 @@ export class PollHandle {
 
   /** Called by the poller with the events epoll reported for this handle. */
   dispatch(events: number): void {
-    let readers: Waiter[] = [];
-    let writers: Waiter[] = [];
+    let readers: readonly Waiter[] = NONE;
+    let writers: readonly Waiter[] = NONE;
     if (events & READ_READY && this.#readers.length > 0) {
       readers = this.#readers;
-      this.#readers = [];
+      this.#readers = this.#spareReaders ?? [];
+      this.#spareReaders = undefined;
     }
     if (events & WRITE_READY && this.#writers.length > 0) {
       writers = this.#writers;
-      this.#writers = [];
+      this.#writers = this.#spareWriters ?? [];
+      this.#spareWriters = undefined;
     }
     // EPOLLONESHOT disarmed the fd; arm again for whoever still waits. Should
     // epoll refuse (the fd was closed behind its owner's back), the waits
     // left fail with that error instead of hanging.
-    let failed: Waiter[] = [];
+    let failed: readonly Waiter[] = NONE;
     let error: unknown;
     try {
       this.#arm();
@@ -247,6 +267,8 @@ export class PollHandle {
     this.#wake(readers, "read");
     this.#wake(writers, "write");
     for (const waiter of failed) waiter.reject(error as Error);
+    if (readers !== NONE) this.#spareReaders ??= emptied(readers as Waiter[]);
+    if (writers !== NONE) this.#spareWriters ??= emptied(writers as Waiter[]);
   }
 
   /**
@@ -255,7 +277,7 @@ export class PollHandle {
    * those woken after it then wait again behind it without a look, so a
    * message that arrives meanwhile goes to the earliest wait.
    */
-  #wake(woken: Waiter[], interest: Interest): void {
+  #wake(woken: readonly Waiter[], interest: Interest): void {
     for (let i = 0; i < woken.length; i++) {
       const list = interest === "read" ? this.#readers : this.#writers;
       const before = list.length;
@@ -615,20 +637,16 @@ export class Poller {
   pollDirect(handle: PollHandle, kind: number, events: number): boolean {
     const wake = this.#wake;
     if (!(wake instanceof AioWake) || !wake.direct) return false;
-    return wake.poll(
-      BigInt(handle.token) << 2n | BigInt(kind),
-      handle.fd,
-      events,
-    );
+    return wake.poll(handle.token * 4 + kind, handle.fd, events);
   }
 
   /** @internal */
   cancelDirect(handle: PollHandle, kinds: number): void {
     const wake = this.#wake;
     if (!(wake instanceof AioWake)) return;
-    const tag = BigInt(handle.token) << 2n;
-    if (kinds & 1) wake.cancel(tag | 1n);
-    if (kinds & 2) wake.cancel(tag | 2n);
+    const tag = handle.token * 4;
+    if (kinds & 1) wake.cancel(tag + 1);
+    if (kinds & 2) wake.cancel(tag + 2);
   }
 
   /** @internal */
@@ -678,12 +696,12 @@ export class Poller {
   }
 
   // A direct poll completed (aio path).
-  #onDirect(tag: bigint, result: number): void {
-    const handle = this.#handles.get(Number(tag >> 2n));
+  #onDirect(tag: number, result: number): void {
+    const handle = this.#handles.get(Math.floor(tag / 4));
     if (handle === undefined) return;
     this.#dispatching = true;
     try {
-      handle.directDone(Number(tag & 3n), result);
+      handle.directDone(tag % 4, result);
     } finally {
       this.#dispatching = false;
     }
