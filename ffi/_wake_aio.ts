@@ -124,7 +124,8 @@ const DATA_STEP = 256;
 
 /** `aio_data` read from a completion (two u32 halves, little-endian). */
 function readData(view: DataView, at: number): number {
-  return view.getUint32(at, true) + view.getUint32(at + 4, true) * 0x1_0000_0000;
+  return view.getUint32(at, true) +
+    view.getUint32(at + 4, true) * 0x1_0000_0000;
 }
 
 /** Writes `data` as an iocb's `aio_data`. */
