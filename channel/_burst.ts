@@ -37,8 +37,10 @@ function ticker(): void {
     const ended = bursts[i];
     if (!ended()) bursts[kept++] = ended;
   }
-  bursts.copyWithin(kept, n);
-  bursts.length -= n - kept;
+  for (let i = n; i < bursts.length; i++) bursts[kept++] = bursts[i];
+  // pop() keeps the array's storage; setting its length would drop it, and
+  // the next burst would allocate it again.
+  while (bursts.length > kept) bursts.pop();
   if (bursts.length > 0) queueMicrotask(ticker);
   else ticking = false;
 }
