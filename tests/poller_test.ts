@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type Pipe, pipe } from "../pipe.ts";
 import { libc } from "../ffi/libc.ts";
-import { poller } from "../ffi/poller.ts";
+import { poller, type PollHandle } from "../ffi/poller.ts";
 import { cstr } from "../ffi/mem.ts";
 import { F, O } from "../ffi/layout.ts";
 import {
@@ -477,4 +477,119 @@ test("waitThen calls ready from the wake-up itself, before the microtasks it que
   assert.equal(failures.length, 1);
   assert.ok(failures[0] instanceof Deno.errors.BadResource);
   assert.ok(!seen.includes("late"));
+});
+
+test("60 fds, more than take a direct poll each: ready callbacks that wait again, close other fds (whose numbers new fds take), or abort other waits leave every wait settled once and every byte read once", async () => {
+  const lib = libc();
+  let seed = 1;
+  const random = () =>
+    (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+  interface End {
+    r: number;
+    w: number;
+    handle: PollHandle;
+    closed: boolean;
+    sent: number;
+    got: number;
+  }
+  const fds = new Int32Array(2);
+  const open = (): End => {
+    assert.equal(lib.pipe2(fds, O.NONBLOCK | O.CLOEXEC), 0, "pipe2");
+    const [r, w] = fds;
+    const handle = poller().register(r);
+    return { r, w, handle, closed: false, sent: 0, got: 0 };
+  };
+  const shut = (end: End) => {
+    if (end.closed) return;
+    end.closed = true;
+    end.handle.close();
+    lib.close(end.r);
+    lib.close(end.w);
+  };
+  const scratch = new Uint8Array(4096);
+  const drain = (end: End) => {
+    for (;;) {
+      const n = Number(lib.read(end.r, scratch, BigInt(scratch.length)));
+      if (n <= 0) return;
+      end.got += n;
+    }
+  };
+  const put = (end: End, n: number) => {
+    if (Number(lib.write(end.w, scratch, BigInt(n))) === n) end.sent += n;
+  };
+  let ends = Array.from({ length: 60 }, open);
+  let issued = 0;
+  let settled = 0;
+  let twice = 0;
+  let aborts: AbortController[] = [];
+  const waitOn = (end: End, depth: number): void => {
+    if (end.closed) return;
+    issued++;
+    let done = false;
+    const settle = () => {
+      if (done) twice++;
+      done = true;
+      settled++;
+    };
+    const abort = new AbortController();
+    aborts.push(abort);
+    end.handle.waitThen(
+      "read",
+      () => {
+        settle();
+        drain(end);
+        const x = random();
+        if (depth > 20) return;
+        if (x < 0.3) waitOn(end, depth + 1);
+        else if (x < 0.4) shut(ends[Math.floor(random() * ends.length)]);
+        else if (x < 0.5) aborts[Math.floor(random() * aborts.length)].abort();
+        else if (x < 0.6) {
+          waitOn(end, depth + 1);
+          waitOn(end, depth + 1);
+        } else if (x < 0.65) shut(end);
+      },
+      settle,
+      random() < 0.5 ? abort.signal : undefined,
+    );
+  };
+  try {
+    for (let round = 0; round < 12; round++) {
+      ends = ends.map((end) => end.closed ? open() : end);
+      for (const end of ends) {
+        for (let k = Math.floor(random() * 3); k >= 0; k--) waitOn(end, 0);
+      }
+      if (round === 0 && poller().canPollDirect) {
+        // Where fds take direct polls, their slots ran out: both kinds wait.
+        assert.ok(poller().directPolls.length > 0, "no fd polled directly");
+        assert.ok(ends.some((end) => end.handle.viaSet), "no fd in the set");
+      }
+      for (const end of ends) {
+        if (random() < 0.7) put(end, 1 + Math.floor(random() * 150));
+      }
+      // A byte to each fd still waited on, until every wait has settled.
+      const deadline = performance.now() + 10_000;
+      while (settled < issued) {
+        if (performance.now() > deadline) {
+          assert.fail(
+            `round ${round}: ${issued - settled} waits never settled`,
+          );
+        }
+        await delay(0);
+        for (const end of ends) {
+          if (!end.closed && end.handle.pending > 0) put(end, 1);
+        }
+      }
+      assert.equal(twice, 0, `round ${round}: a wait settled twice`);
+      aborts = [];
+      for (const end of ends) {
+        if (end.closed) continue;
+        drain(end);
+        assert.equal(end.got, end.sent, `round ${round}: bytes of fd ${end.r}`);
+      }
+    }
+  } finally {
+    for (const end of ends) shut(end);
+  }
+  assert.ok(issued > 1000, `only ${issued} waits`);
+  assert.equal(poller().size, 0);
 });
