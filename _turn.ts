@@ -12,7 +12,10 @@ import { loopTurn, loopTurned } from "./ffi/_turns.ts";
 
 /** Deliveries in one slice of continuous delivery. */
 const SLICE_MESSAGES = 1024;
-/** The longest slice, in ms, however few deliveries it made. */
+/**
+ * The longest slice, in ms, however few deliveries it made, counted from
+ * its 8th delivery.
+ */
 const SLICE_MS = 2;
 
 /** One receiver's slice of continuous delivery. */
@@ -33,16 +36,20 @@ export class TurnSlice {
       this.#count = 0;
     }
     const count = ++this.#count;
-    if (count === 1) {
-      this.#start = performance.now();
+    if (count >= SLICE_MESSAGES) {
+      this.#count = 0;
+      return true;
+    }
+    // The clock is read at every 8th delivery only, and first at the 8th: a
+    // delivery costs far less than a slice, and reading it each time costs
+    // as much as the rest (most slices of paced traffic have one delivery).
+    if ((count & 7) !== 0) return false;
+    const now = performance.now();
+    if (count === 8) {
+      this.#start = now;
       return false;
     }
-    // The clock is read at every 8th delivery only: a delivery costs far
-    // less than a slice, and reading it each time costs as much as the rest.
-    if (
-      count >= SLICE_MESSAGES ||
-      ((count & 7) === 0 && performance.now() - this.#start >= SLICE_MS)
-    ) {
+    if (now - this.#start >= SLICE_MS) {
       this.#count = 0;
       return true;
     }

@@ -82,10 +82,14 @@ export class OwnedFd {
    * is called from the poller's dispatch, `fail` with why the wait ended
    * otherwise, at once when it cannot start.
    */
-  waitThen(...args: Parameters<PollHandle["waitThen"]>): void {
-    // args: interest, ready, fail, signal.
-    if (this.#closed) return args[2](closedError(this.#what));
-    this.#registered().waitThen(...args);
+  waitThen(
+    interest: Interest,
+    ready: () => void,
+    fail: (error: unknown) => void,
+    signal?: AbortSignal,
+  ): void {
+    if (this.#closed) return fail(closedError(this.#what));
+    this.#registered().waitThen(interest, ready, fail, signal);
   }
 
   #registered(): PollHandle {

@@ -7,7 +7,6 @@
  */
 
 import { setImmediate } from "node:timers";
-import { poller } from "../ffi/poller.ts";
 import { yieldTurn } from "../_turn.ts";
 import { loopTurn } from "../ffi/_turns.ts";
 import { closedError } from "../ffi/errors.ts";
@@ -229,12 +228,11 @@ export class Ring {
         this.#parked = undefined;
         if (!this.closed) Atomics.store(this.header, flag, 0);
       }
-      // The wake came through the event loop: a new slice starts.
-      this.#turnAt = performance.now();
+      // The wake came through the event loop, which the bell counted
+      // (loopTurned): turnDue() starts a new slice.
       if (bell.gone) this.peerGone = true;
       return;
     }
-    const turns = poller().turns;
     this.#parked = "poller";
     try {
       await this.doorbell.wait("read", signal);
@@ -242,9 +240,9 @@ export class Ring {
       this.#parked = undefined;
       if (!this.closed) Atomics.store(this.header, flag, 0);
     }
-    // A wait that went through the event loop starts a new slice (one
-    // whose doorbell was rung already when it was armed did not).
-    if (poller().turns !== turns) this.#turnAt = performance.now();
+    // A wait that went through the event loop starts a new slice: the
+    // poller counted its turn (loopTurned), and turnDue() sees it; one
+    // whose doorbell was rung already when it was armed did not.
     if (!drain(this.doorbell.fd)) this.peerGone = true;
   }
 
