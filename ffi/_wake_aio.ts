@@ -117,10 +117,21 @@ const RING = {
  * A submission's `aio_data`: a number unique in the context (`aioSeq`)
  * times {@linkcode DATA_STEP}, plus, for a direct poll, its slot times 4
  * and 1. Low two bits 0: the epoll fd's poll. Numbers, not bigints: no
- * allocation and no map per wake-up. The counter stays below 2^45 for any
- * process's life (one submission a ns would take a year to reach it).
+ * allocation and no map per wake-up.
  */
 const DATA_STEP = 256;
+/**
+ * Where `aioSeq` starts over, so that `aio_data` stays an exact integer
+ * below 2^53. At one submission a µs (about what one costs) it takes half
+ * a year to get there, and a completion that old is long taken.
+ */
+const SEQ_WRAP = 2 ** 44;
+
+/** The next submission number of this context. */
+function nextSeq(): number {
+  aioSeq = aioSeq >= SEQ_WRAP ? 1 : aioSeq + 1;
+  return aioSeq;
+}
 
 /** `aio_data` read from a completion (two u32 halves, little-endian). */
 function readData(view: DataView, at: number): number {
@@ -446,7 +457,7 @@ export class AioWake implements Wake {
     if (slot === undefined) return false;
     const view = this.#slotsView;
     const at = slot * IOCB.size;
-    const data = ++aioSeq * DATA_STEP + slot * 4 + 1;
+    const data = nextSeq() * DATA_STEP + slot * 4 + 1;
     writeData(view, at + IOCB.data, data);
     view.setUint32(at + IOCB.fildes, fd, true);
     view.setBigUint64(at + IOCB.buf, BigInt(events), true);
@@ -526,7 +537,7 @@ export class AioWake implements Wake {
   }
 
   #submit(): void {
-    this.#data = ++aioSeq * DATA_STEP;
+    this.#data = nextSeq() * DATA_STEP;
     writeData(this.#iocbView, IOCB.data, this.#data);
     this.#iocbListView.setBigUint64(0, this.#iocbAddress, true);
     const n = libc().io_submit(
