@@ -23,6 +23,7 @@ import {
   writeRights,
 } from "./ffi/cmsg.ts";
 import { MAY_MOVE, MessageArea } from "./ffi/msghdr.ts";
+import { addressOf, reservedArea, stableBuffer } from "./ffi/mem.ts";
 
 export { closeAll, MAX_FDS } from "./ffi/cmsg.ts";
 
@@ -194,39 +195,12 @@ export function receiveMessage(
   maxFds: number,
   wait: boolean,
 ): Received | null {
-  // Room for the fds allowed plus a credentials message, should the socket
-  // carry one; a message with more fds than allowed is caught below either
-  // way (truncated, or counted).
-  const offered = Math.min(
-    CONTROL_SIZE,
-    cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4) + CREDENTIALS_SPACE,
-  );
   const single = singleArea();
   const staged = single.setIovecFor(0, into, 0, false);
-  single.reset(0, offered);
-  const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);
-  const lib = libc();
-  let n: number;
-  for (;;) {
-    n = Number(lib.recvmsg(fd, single.pointer, flags));
-    if (n >= 0) break;
-    const code = errno();
-    if (code === ERRNO.EINTR) continue;
-    if (code === ERRNO.EAGAIN && !wait) return null;
-    throw systemError("recvmsg", code);
-  }
-  const msgFlags = single.flags(0);
-  const controlLen = single.controlLength(0);
-  const fds = controlLen > 0 || (msgFlags & MSG.CTRUNC) !== 0
-    ? receivedFds(
-      single.view,
-      single.controlAt,
-      controlLen,
-      offered,
-      msgFlags,
-      maxFds,
-    )
-    : [];
+  const got = recvInto(single, fd, maxFds, wait);
+  if (got === null) return null;
+  const n = got.bytes;
+  const fds = got.fds;
   if (n > into.byteLength) {
     closeAll(fds);
     throw new RangeError(
@@ -234,7 +208,160 @@ export function receiveMessage(
     );
   }
   if (staged) single.copyOut(0, into, n);
+  return got;
+}
+
+/**
+ * One `recvmsg` through `area`'s first header (its iovecs set by the
+ * caller), offering control room for `maxFds` fds: what arrived, or `null`
+ * when nothing is ready (never when `wait`).
+ */
+function recvInto(
+  area: MessageArea,
+  fd: number,
+  maxFds: number,
+  wait: boolean,
+): Received | null {
+  // Room for the fds allowed plus a credentials message, should the socket
+  // carry one; a message with more fds than allowed is caught below either
+  // way (truncated, or counted).
+  const offered = Math.min(
+    CONTROL_SIZE,
+    cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4) + CREDENTIALS_SPACE,
+  );
+  area.reset(0, offered);
+  const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);
+  const lib = libc();
+  let n: number;
+  for (;;) {
+    n = Number(lib.recvmsg(fd, area.pointer, flags));
+    if (n >= 0) break;
+    const code = errno();
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN && !wait) return null;
+    throw systemError("recvmsg", code);
+  }
+  const msgFlags = area.flags(0);
+  const controlLen = area.controlLength(0);
+  const fds = controlLen > 0 || (msgFlags & MSG.CTRUNC) !== 0
+    ? receivedFds(
+      area.view,
+      area.controlAt,
+      controlLen,
+      offered,
+      msgFlags,
+      maxFds,
+    )
+    : [];
   return { bytes: n, fds, flags: msgFlags };
+}
+
+/** Bytes of a packet received in place; a larger one goes on in the reserve. */
+const WHOLE_SCRATCH = 64 * 1024;
+/**
+ * Room past the scratch for the rest of the largest packet a peer can send.
+ * The kernel refuses a datagram or packet larger than its sender's send
+ * buffer, which even `SO_SNDBUFFORCE` keeps below 2^31 bytes.
+ */
+const WHOLE_RESERVE = 2 ** 31;
+/** `MADV_DONTNEED`: give the pages of a range back. */
+const MADV_DONTNEED = 4;
+
+interface WholeArea {
+  area: MessageArea;
+  scratch: Uint8Array<ArrayBuffer>;
+  reserve: NonNullable<Deno.PointerValue>;
+}
+
+// Made on first use; null when the reserve cannot be mapped (a strict
+// overcommit policy, an address-space limit): packets are then measured
+// first.
+let wholeMessage: WholeArea | null | undefined;
+
+function wholeArea(): WholeArea | null {
+  if (wholeMessage !== undefined) return wholeMessage;
+  // Address space only: pages are made when a large packet lands in it,
+  // and given back once it is copied out.
+  const reserve = reservedArea(WHOLE_RESERVE);
+  if (reserve === null) return wholeMessage = null;
+  const area = new MessageArea({ iovecs: 2, stage: 0, control: CONTROL_SIZE });
+  const scratch = new Uint8Array(stableBuffer(WHOLE_SCRATCH));
+  area.setIovec(0, addressOf(scratch), WHOLE_SCRATCH);
+  area.setIovec(1, reserve.address, WHOLE_RESERVE);
+  area.setHeader(0, 0, 2, area.address(area.controlAt), CONTROL_SIZE);
+  return wholeMessage = { area, scratch, reserve: reserve.pointer };
+}
+
+let measureFirst = false;
+
+/**
+ * For tests: the address of the reserve, once a whole-packet receive has
+ * made it.
+ *
+ * @internal
+ */
+export function wholeReserve(): bigint | undefined {
+  return wholeMessage
+    ? BigInt(Deno.UnsafePointer.value(wholeMessage.reserve))
+    : undefined;
+}
+
+/**
+ * For tests: `false` makes {@linkcode receiveWhole} decline, so that
+ * packets are measured first, as where the reserve cannot be made.
+ *
+ * @internal
+ */
+export function receiveWholly(on: boolean): void {
+  measureFirst = !on;
+}
+
+/** What one whole-packet receive returned. */
+export interface ReceivedWhole {
+  /** The packet's bytes, a new buffer of their length. */
+  data: Uint8Array<ArrayBuffer>;
+  /** Received fds, already CLOEXEC, now owned by the caller. */
+  fds: number[];
+  /** `msg_flags` as the kernel set them. */
+  flags: number;
+}
+
+/**
+ * Receives one datagram or packet whole in one `recvmsg`, however large,
+ * without measuring it first: it lands in a 64 KiB scratch buffer and, past
+ * that, in a reserve of address space as large as any packet the kernel
+ * lets a peer send. Returns `undefined` when the reserve could not be made
+ * (the caller measures with {@linkcode peekSize} and receives into a buffer
+ * of that size), `null` when nothing is ready (never when `wait`).
+ */
+export function receiveWhole(
+  fd: number,
+  maxFds: number,
+  wait: boolean,
+): ReceivedWhole | null | undefined {
+  if (measureFirst) return undefined;
+  const whole = wholeArea();
+  if (whole === null) return undefined;
+  const got = recvInto(whole.area, fd, maxFds, wait);
+  if (got === null) return null;
+  const n = got.bytes;
+  // The kernel takes at most about 2 GiB in one call: a packet larger than
+  // that (a peer with SO_SNDBUFFORCE near its cap) cannot be taken whole.
+  if ((got.flags & MSG.TRUNC) !== 0 || n > WHOLE_SCRATCH + WHOLE_RESERVE) {
+    closeAll(got.fds);
+    throw new RangeError(
+      `Cannot receive on socket: a packet of more than ${n} bytes was truncated`,
+    );
+  }
+  if (n <= WHOLE_SCRATCH) {
+    return { data: whole.scratch.slice(0, n), fds: got.fds, flags: got.flags };
+  }
+  const data = new Uint8Array(n);
+  data.set(whole.scratch);
+  Deno.UnsafePointerView.copyInto(whole.reserve, data.subarray(WHOLE_SCRATCH));
+  const touched = Math.ceil((n - WHOLE_SCRATCH) / 4096) * 4096;
+  libc().madvise(whole.reserve, BigInt(touched), MADV_DONTNEED);
+  return { data, fds: got.fds, flags: got.flags };
 }
 
 /**

@@ -36,6 +36,7 @@ import {
   peekSize,
   readHangup,
   receiveMessage,
+  receiveWhole,
   recvBlocking,
   recvNoWait,
 } from "./_scm.ts";
@@ -710,6 +711,31 @@ export class UnixSocket implements Disposable {
       if (got.bytes === 0 && got.fds.length === 0) return null;
       return this.#message(into.slice(0, got.bytes), got.fds);
     }
+    let whole;
+    try {
+      whole = receiveWhole(fd, maxFds, wait);
+    } catch (error) {
+      // A peer that closed with unread messages of ours reports ECONNRESET
+      // once, ahead of the messages it sent before closing: read on.
+      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
+        return this.#tryRecv(maxFds, maxBytes, wait);
+      }
+      throw error;
+    }
+    if (whole === null) return undefined;
+    if (whole !== undefined) {
+      // The reserve behind the scratch holds any packet the kernel lets a
+      // peer send: none comes truncated.
+      if (
+        whole.data.byteLength === 0 && whole.fds.length === 0 &&
+        readHangup(fd)
+      ) {
+        return null;
+      }
+      return this.#message(whole.data, whole.fds);
+    }
+    // No reserve here: measure the packet, then take it into a buffer of
+    // its size.
     let size: number;
     try {
       size = peekSize(fd, wait);

@@ -241,6 +241,8 @@ const symbols = {
   shm_open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   // int shm_unlink(const char *name);
   shm_unlink: { parameters: ["buffer"], result: "i32" },
+  // int madvise(void *addr, size_t length, int advice);
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
   // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
   mmap: {
     parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],

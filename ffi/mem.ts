@@ -48,6 +48,28 @@ export function pointerOf(
 }
 
 /**
+ * Reserves `size` bytes of address space (private, anonymous, with no swap
+ * set aside): pages are made only where something is written, and
+ * `madvise(MADV_DONTNEED)` gives them back. Never unmapped. Null when the
+ * kernel refuses (a strict overcommit policy, an address-space limit).
+ */
+export function reservedArea(
+  size: number,
+): { pointer: NonNullable<Deno.PointerValue>; address: bigint } | null {
+  const pointer = libc().mmap(
+    null,
+    BigInt(size),
+    MMAP.PROT_READ | MMAP.PROT_WRITE,
+    MMAP.MAP_PRIVATE | MMAP.MAP_ANONYMOUS | MMAP.MAP_NORESERVE,
+    -1,
+    0n,
+  );
+  if (pointer === null) return null;
+  const address = BigInt(Deno.UnsafePointer.value(pointer));
+  return address === MAP_FAILED ? null : { pointer, address };
+}
+
+/**
  * Whether a view's memory may move under the garbage collector: V8 keeps
  * typed arrays of 64 bytes or less inside its heap, where a scavenge can move
  * them, so their address must not be stored in a struct.

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { pipe, socketpair, type SocketType, UnixSocket } from "../mod.ts";
-import { peekSize, sendNoWait } from "../_scm.ts";
+import { peekSize, receiveWholly, sendNoWait, wholeReserve } from "../_scm.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
 import { F, O, SOCK } from "../ffi/layout.ts";
@@ -102,28 +102,40 @@ test(
 );
 
 for (const type of MESSAGE_TYPES) {
-  test(
-    `${type} sockets keep message boundaries, from 0 bytes to 150 KB`,
-    async () => {
-      using pair = socketpair({ type });
-      const [a, b] = pair;
-      const sizes = [0, 1, 63, 64, 65, 1000, 65_536, 150_000, 5];
-      // Queued back to back before any is read (the later ones wait for
-      // room): none may merge, split or overtake another.
-      const sends = Promise.all(
-        sizes.map((size) => a.send(pattern(size, size))),
-      );
-      for (const size of sizes) {
-        const message = await withTimeout(b.recv(), 5_000, "recv");
-        assert.ok(message !== null);
-        assert.equal(message.data.length, size);
-        assertPattern(message.data, size);
-        assert.deepEqual(message.fds, []);
-      }
-      await withTimeout(sends, 5_000, "sends");
-    },
-    perms,
-  );
+  // Received whole in one call (a 64 KiB scratch, then the reserve behind
+  // it), or measured first where the reserve cannot be made.
+  for (const whole of [true, false]) {
+    test(
+      `${type} sockets keep message boundaries, from 0 bytes to 150 KB${
+        whole ? "" : ", each message measured first"
+      }`,
+      async () => {
+        receiveWholly(whole);
+        try {
+          using pair = socketpair({ type });
+          const [a, b] = pair;
+          const sizes = [0, 1, 63, 64, 65, 1000, 65_535, 65_536, 65_537];
+          sizes.push(150_000, 5, 100_000, 7);
+          // Queued back to back before any is read (the later ones wait for
+          // room): none may merge, split or overtake another.
+          const sends = Promise.all(
+            sizes.map((size) => a.send(pattern(size, size))),
+          );
+          for (const size of sizes) {
+            const message = await withTimeout(b.recv(), 5_000, "recv");
+            assert.ok(message !== null);
+            assert.equal(message.data.length, size);
+            assertPattern(message.data, size);
+            assert.deepEqual(message.fds, []);
+          }
+          await withTimeout(sends, 5_000, "sends");
+        } finally {
+          receiveWholly(true);
+        }
+      },
+      perms,
+    );
+  }
 
   test(
     `${type}: a message larger than the socket can carry fails at send with a RangeError`,
@@ -181,6 +193,48 @@ test(
       assertPattern(message!.data, i);
     }
     await withTimeout(Promise.all(sends), 5_000, "sends");
+  },
+  perms,
+);
+
+test(
+  "a packet past the 64 KiB scratch lands in the reserve with its fds, and the reserve's pages are given back",
+  async () => {
+    using pair = socketpair({ type: "seqpacket", bufferBytes: 1 << 20 });
+    const [a, b] = pair;
+    const p = pipe();
+    const big = pattern(400_000, 3);
+    await a.send(big, { fds: [p.reader] });
+    const message = await withTimeout(b.recv(), 5_000, "recv");
+    assert.equal(message!.data.length, big.length);
+    assertPattern(message!.data, 3);
+    assert.equal(message!.fds.length, 1);
+    // The pipe arrived live: what is written at one end is read at the other.
+    await p.writer.write(new Uint8Array([42]));
+    const got = new Uint8Array(1);
+    const reader = message!.fds[0] as typeof p.reader;
+    assert.equal(await withTimeout(reader.read(got), 5_000, "read"), 1);
+    assert.equal(got[0], 42);
+    for (const end of [p.reader, p.writer, reader]) end.close();
+    // Once the packet is copied out, none of the pages it took in the
+    // reserve stay resident (mincore: one byte a page, bit 0 resident).
+    const reserve = wholeReserve()!;
+    const pages = Math.ceil(big.length / 4096);
+    const residency = new Uint8Array(pages);
+    const mincore = Deno.dlopen("libc.so.6", {
+      mincore: { parameters: ["pointer", "usize", "buffer"], result: "i32" },
+    });
+    try {
+      const rc = mincore.symbols.mincore(
+        Deno.UnsafePointer.create(reserve),
+        BigInt(pages * 4096),
+        residency,
+      );
+      assert.equal(rc, 0);
+    } finally {
+      mincore.close();
+    }
+    assert.equal(residency.filter((page) => (page & 1) !== 0).length, 0);
   },
   perms,
 );
