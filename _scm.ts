@@ -222,28 +222,55 @@ function recvInto(
   maxFds: number,
   wait: boolean,
 ): Received | null {
-  // Room for the fds allowed plus a credentials message, should the socket
-  // carry one; a message with more fds than allowed is caught below either
-  // way (truncated, or counted).
-  const offered = Math.min(
+  const offered = controlRoom(maxFds);
+  const n = recvRaw(area, fd, offered, wait);
+  if (n < 0) return null;
+  return { bytes: n, fds: fdsOf(area, offered, maxFds), flags: area.flags(0) };
+}
+
+/**
+ * Control room for `maxFds` fds plus a credentials message, should the
+ * socket carry one; a message with more fds than allowed is caught by
+ * {@linkcode fdsOf} either way (truncated, or counted).
+ */
+function controlRoom(maxFds: number): number {
+  return Math.min(
     CONTROL_SIZE,
     cmsgSpace(Math.max(1, Math.min(maxFds, MAX_FDS)) * 4) + CREDENTIALS_SPACE,
   );
+}
+
+/**
+ * The `recvmsg` itself, offering `offered` bytes of control room: bytes
+ * received, or -1 when nothing is ready (never when `wait`).
+ */
+function recvRaw(
+  area: MessageArea,
+  fd: number,
+  offered: number,
+  wait: boolean,
+): number {
   area.reset(0, offered);
   const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);
   const lib = libc();
-  let n: number;
   for (;;) {
-    n = Number(lib.recvmsg(fd, area.pointer, flags));
-    if (n >= 0) break;
+    const n = Number(lib.recvmsg(fd, area.pointer, flags));
+    if (n >= 0) return n;
     const code = errno();
     if (code === ERRNO.EINTR) continue;
-    if (code === ERRNO.EAGAIN && !wait) return null;
+    if (code === ERRNO.EAGAIN && !wait) return -1;
     throw systemError("recvmsg", code);
   }
+}
+
+/**
+ * The fds a `recvmsg` through `area` took: throws, with them closed, when
+ * the control data is malformed, truncated or carries more than `maxFds`.
+ */
+function fdsOf(area: MessageArea, offered: number, maxFds: number): number[] {
   const msgFlags = area.flags(0);
   const controlLen = area.controlLength(0);
-  const fds = controlLen > 0 || (msgFlags & MSG.CTRUNC) !== 0
+  return controlLen > 0 || (msgFlags & MSG.CTRUNC) !== 0
     ? receivedFds(
       area.view,
       area.controlAt,
@@ -253,7 +280,6 @@ function recvInto(
       maxFds,
     )
     : [];
-  return { bytes: n, fds, flags: msgFlags };
 }
 
 /** Bytes of a packet received in place; a larger one goes on in the reserve. */
@@ -342,26 +368,46 @@ export function receiveWhole(
   if (measureFirst) return undefined;
   const whole = wholeArea();
   if (whole === null) return undefined;
-  const got = recvInto(whole.area, fd, maxFds, wait);
-  if (got === null) return null;
-  const n = got.bytes;
+  const area = whole.area;
+  const offered = controlRoom(maxFds);
+  const n = recvRaw(area, fd, offered, wait);
+  if (n < 0) return null;
+  const flags = area.flags(0);
+  let fds: number[];
+  try {
+    fds = fdsOf(area, offered, maxFds);
+  } catch (error) {
+    // The packet is taken, refused for its control data: its pages in the
+    // reserve go back all the same.
+    giveBack(whole, n);
+    throw error;
+  }
   // The kernel takes at most about 2 GiB in one call: a packet larger than
   // that (a peer with SO_SNDBUFFORCE near its cap) cannot be taken whole.
-  if ((got.flags & MSG.TRUNC) !== 0 || n > WHOLE_SCRATCH + WHOLE_RESERVE) {
-    closeAll(got.fds);
+  if ((flags & MSG.TRUNC) !== 0 || n > WHOLE_SCRATCH + WHOLE_RESERVE) {
+    closeAll(fds);
+    giveBack(whole, n);
     throw new RangeError(
       `Cannot receive on socket: a packet of more than ${n} bytes was truncated`,
     );
   }
   if (n <= WHOLE_SCRATCH) {
-    return { data: whole.scratch.slice(0, n), fds: got.fds, flags: got.flags };
+    return { data: whole.scratch.slice(0, n), fds, flags };
   }
   const data = new Uint8Array(n);
   data.set(whole.scratch);
   Deno.UnsafePointerView.copyInto(whole.reserve, data.subarray(WHOLE_SCRATCH));
-  const touched = Math.ceil((n - WHOLE_SCRATCH) / 4096) * 4096;
+  giveBack(whole, n);
+  return { data, fds, flags };
+}
+
+/** Gives back the reserve's pages that a packet of `n` bytes touched. */
+function giveBack(whole: WholeArea, n: number): void {
+  if (n <= WHOLE_SCRATCH) return;
+  const touched = Math.ceil(
+    Math.min(n - WHOLE_SCRATCH, WHOLE_RESERVE) / 4096,
+  ) * 4096;
   libc().madvise(whole.reserve, BigInt(touched), MADV_DONTNEED);
-  return { data, fds: got.fds, flags: got.flags };
 }
 
 /**

@@ -25,6 +25,31 @@ import {
 const TYPES: SocketType[] = ["stream", "dgram", "seqpacket"];
 const MESSAGE_TYPES: SocketType[] = ["dgram", "seqpacket"];
 const perms = { ffi: true, read: true } as const;
+
+/**
+ * How many of the first `bytes` of the whole-packet reserve are resident
+ * (mincore: one byte a page, bit 0 resident).
+ */
+function residentReservePages(bytes: number): number {
+  const reserve = wholeReserve();
+  assert.ok(reserve !== undefined, "the reserve was never made");
+  const pages = Math.ceil(bytes / 4096);
+  const residency = new Uint8Array(pages);
+  const mincore = Deno.dlopen("libc.so.6", {
+    mincore: { parameters: ["pointer", "usize", "buffer"], result: "i32" },
+  });
+  try {
+    const rc = mincore.symbols.mincore(
+      Deno.UnsafePointer.create(reserve),
+      BigInt(pages * 4096),
+      residency,
+    );
+    assert.equal(rc, 0);
+  } finally {
+    mincore.close();
+  }
+  return residency.filter((page) => (page & 1) !== 0).length;
+}
 const childPerms = { ffi: true, read: true, run: true } as const;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -217,24 +242,37 @@ test(
     assert.equal(got[0], 42);
     for (const end of [p.reader, p.writer, reader]) end.close();
     // Once the packet is copied out, none of the pages it took in the
-    // reserve stay resident (mincore: one byte a page, bit 0 resident).
-    const reserve = wholeReserve()!;
-    const pages = Math.ceil(big.length / 4096);
-    const residency = new Uint8Array(pages);
-    const mincore = Deno.dlopen("libc.so.6", {
-      mincore: { parameters: ["pointer", "usize", "buffer"], result: "i32" },
-    });
-    try {
-      const rc = mincore.symbols.mincore(
-        Deno.UnsafePointer.create(reserve),
-        BigInt(pages * 4096),
-        residency,
-      );
-      assert.equal(rc, 0);
-    } finally {
-      mincore.close();
-    }
-    assert.equal(residency.filter((page) => (page & 1) !== 0).length, 0);
+    // reserve stay resident.
+    assert.equal(residentReservePages(big.length), 0);
+  },
+  perms,
+);
+
+test(
+  "a packet refused for carrying more fds than allowed gives the reserve's pages back",
+  async () => {
+    using pair = socketpair({ type: "seqpacket", bufferBytes: 1 << 20 });
+    const [a, b] = pair;
+    // Makes the reserve, so that its pages can be counted before the refusal.
+    await a.send(new Uint8Array(1));
+    assert.equal((await withTimeout(b.recv(), 5_000, "recv"))!.data.length, 1);
+    const p = pipe();
+    const big = pattern(400_000, 5);
+    await a.send(big, { fds: [p.reader, p.writer] });
+    p.reader.close();
+    p.writer.close();
+    await assert.rejects(
+      withTimeout(b.recv({ maxFds: 1 }), 5_000, "recv"),
+      RangeError,
+    );
+    // The packet was taken into the reserve before its fds were counted:
+    // refusing it must give its pages back as a delivered one does.
+    assert.equal(residentReservePages(big.length), 0);
+    // The socket goes on: the next packet arrives whole and clean.
+    await a.send(pattern(70_000, 6));
+    const next = await withTimeout(b.recv(), 5_000, "recv");
+    assert.equal(next!.data.length, 70_000);
+    assertPattern(next!.data, 6);
   },
   perms,
 );
