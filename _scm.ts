@@ -24,6 +24,7 @@ import {
 } from "./ffi/cmsg.ts";
 import { MAY_MOVE, MessageArea } from "./ffi/msghdr.ts";
 import { addressOf, reservedArea, stableBuffer } from "./ffi/mem.ts";
+import { IN_WORKER } from "./ffi/_wake_aio.ts";
 
 export { closeAll, MAX_FDS } from "./ffi/cmsg.ts";
 
@@ -299,13 +300,16 @@ interface WholeArea {
   reserve: NonNullable<Deno.PointerValue>;
 }
 
-// Made on first use; null when the reserve cannot be mapped (a strict
-// overcommit policy, an address-space limit): packets are then measured
-// first.
+// Made on first use; null in a Worker and where the reserve cannot be
+// mapped (a strict overcommit policy, an address-space limit): packets are
+// then measured first.
 let wholeMessage: WholeArea | null | undefined;
 
 function wholeArea(): WholeArea | null {
   if (wholeMessage !== undefined) return wholeMessage;
+  // A Worker's reserve would outlive it (nothing unmaps it when the Worker
+  // ends), and a process may start Workers without end: they measure.
+  if (IN_WORKER) return wholeMessage = null;
   // Address space only: pages are made when a large packet lands in it,
   // and given back once it is copied out.
   const reserve = reservedArea(WHOLE_RESERVE);

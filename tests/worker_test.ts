@@ -135,3 +135,30 @@ for (const kind of ["web", "node"] as const) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "a Worker receives packets past the 64 KiB scratch measured first: it maps no whole-packet reserve, which would outlive it",
+  permissions: { ffi: true, read: true },
+  async fn() {
+    const worker = new Worker(
+      new URL("./fixtures/worker_whole.ts", import.meta.url),
+      { type: "module" },
+    );
+    try {
+      for (const size of [64, 65_537, 300_000]) {
+        const answer = new Promise<unknown>((resolve) => {
+          worker.onmessage = (e) => resolve(e.data);
+        });
+        worker.postMessage({ size });
+        assert.deepEqual(await withTimeout(answer, 10_000, `${size} B`), {
+          length: size,
+          intact: true,
+          reserve: false,
+        });
+      }
+    } finally {
+      worker.terminate();
+    }
+  },
+});
