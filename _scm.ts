@@ -13,7 +13,7 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { ERRNO, errno, systemError } from "./ffi/errors.ts";
+import { ERRNO, errno, type SystemError, systemError } from "./ffi/errors.ts";
 import { cmsgSpace, MSG, POLL, POLLFD } from "./ffi/layout.ts";
 import {
   closeAll,
@@ -460,6 +460,25 @@ export function pollNow(fd: number, events: number): number {
  */
 export function readHangup(fd: number): boolean {
   return pollNow(fd, POLL.RDHUP) !== 0;
+}
+
+/**
+ * After a seqpacket receive that took 0 bytes and no fds: whether that was
+ * the end of stream rather than an empty packet, which the kernel reports
+ * alike. Once the peer has hung up, a packet of more than 0 bytes still
+ * queued shows the 0 bytes were an empty packet; an empty packet followed
+ * only by empty packets and the hang-up still reads as the end.
+ */
+export function endOfPackets(fd: number): boolean {
+  if (!readHangup(fd)) return false;
+  for (;;) {
+    try {
+      return peekSize(fd, false) <= 0;
+    } catch (error) {
+      // Reported once, ahead of what the peer sent before closing.
+      if ((error as SystemError).errno !== ERRNO.ECONNRESET) throw error;
+    }
+  }
 }
 
 /**

@@ -32,9 +32,9 @@ import type { Endpoint } from "./_adopt.ts";
 import { adoptReceived } from "./_received.ts";
 import {
   closeAll,
+  endOfPackets,
   MAX_FDS,
   peekSize,
-  readHangup,
   receiveMessage,
   receiveWhole,
   recvBlocking,
@@ -728,7 +728,7 @@ export class UnixSocket implements Disposable {
       // peer send: none comes truncated.
       if (
         whole.data.byteLength === 0 && whole.fds.length === 0 &&
-        readHangup(fd)
+        endOfPackets(fd)
       ) {
         return null;
       }
@@ -759,7 +759,7 @@ export class UnixSocket implements Disposable {
       );
     }
     // An empty read is an empty message unless this side can read no more.
-    if (got.bytes === 0 && got.fds.length === 0 && readHangup(fd)) {
+    if (got.bytes === 0 && got.fds.length === 0 && endOfPackets(fd)) {
       return null;
     }
     return this.#message(

@@ -126,6 +126,38 @@ test(
   perms,
 );
 
+for (const whole of [true, false]) {
+  test(
+    `seqpacket: an empty packet queued when the peer closes is a message, not the end: those behind it still arrive${
+      whole ? "" : " (measured first)"
+    }`,
+    async () => {
+      receiveWholly(whole);
+      try {
+        const [a, b] = socketpair({ type: "seqpacket", bufferBytes: 1 << 20 });
+        try {
+          const sizes = [100_000, 0, 65_536, 3];
+          for (const size of sizes) await a.send(pattern(size, size));
+          a.close();
+          for (const size of sizes) {
+            const message = await withTimeout(b.recv(), 5_000, "recv");
+            assert.ok(message !== null, `${size} B arrived as the end`);
+            assert.equal(message.data.length, size);
+            assertPattern(message.data, size);
+          }
+          assert.equal(await withTimeout(b.recv(), 5_000, "end"), null);
+          assert.equal(b.recvSync(), null);
+        } finally {
+          b.close();
+        }
+      } finally {
+        receiveWholly(true);
+      }
+    },
+    perms,
+  );
+}
+
 for (const type of MESSAGE_TYPES) {
   // Received whole in one call (a 64 KiB scratch, then the reserve behind
   // it), or measured first where the reserve cannot be made.
