@@ -711,17 +711,24 @@ export class UnixSocket implements Disposable {
       if (got.bytes === 0 && got.fds.length === 0) return null;
       return this.#message(into.slice(0, got.bytes), got.fds);
     }
-    let whole;
-    try {
-      whole = receiveWhole(fd, maxFds, wait);
-    } catch (error) {
-      // A peer that closed with unread messages of ours reports ECONNRESET
-      // once, ahead of the messages it sent before closing: read on.
-      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
-        return this.#tryRecv(maxFds, maxBytes, wait);
+    for (;;) {
+      try {
+        return this.#tryRecvPacket(fd, maxFds, wait);
+      } catch (error) {
+        // A peer that closed with unread messages of ours reports ECONNRESET
+        // once, ahead of the messages it sent before closing: read on.
+        if ((error as SystemError).errno !== ERRNO.ECONNRESET) throw error;
       }
-      throw error;
     }
+  }
+
+  /** {@linkcode #tryRecv} of one datagram or packet, taken whole. */
+  #tryRecvPacket(
+    fd: number,
+    maxFds: number,
+    wait: boolean,
+  ): SocketMessage | null | undefined {
+    const whole = receiveWhole(fd, maxFds, wait);
     if (whole === null) return undefined;
     if (whole !== undefined) {
       // The reserve behind the scratch holds any packet the kernel lets a
@@ -736,21 +743,11 @@ export class UnixSocket implements Disposable {
     }
     // No reserve here: measure the packet, then take it into a buffer of
     // its size.
-    let size: number;
-    try {
-      size = peekSize(fd, wait);
-    } catch (error) {
-      // A peer that closed with unread messages of ours reports ECONNRESET
-      // once, ahead of the messages it sent before closing: read on.
-      if ((error as SystemError).errno === ERRNO.ECONNRESET) {
-        return this.#tryRecv(maxFds, maxBytes, wait);
-      }
-      throw error;
-    }
+    const size = peekSize(fd, wait);
     if (size < 0) return undefined;
     const data = new Uint8Array(size);
-    const got = this.#receive(fd, data, maxFds, wait);
-    if (got === undefined || got === null) return got;
+    const got = receiveMessage(fd, data, maxFds, wait);
+    if (got === null) return undefined;
     if ((got.flags & MSG.TRUNC) !== 0) {
       // Only possible when another process took the peeked message first.
       closeAll(got.fds);

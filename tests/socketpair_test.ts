@@ -381,6 +381,32 @@ test(
 );
 
 test(
+  "a peer that closes with our messages unread still delivers what it sent, each message measured first",
+  async () => {
+    receiveWholly(false);
+    try {
+      const [a, b] = socketpair({ type: "seqpacket" });
+      await a.send(encoder.encode("one"));
+      await a.send(new Uint8Array(0));
+      await a.send(encoder.encode("two"));
+      await b.send(encoder.encode("never read by a"));
+      a.close();
+      const got: string[] = [];
+      for (;;) {
+        const message = await withTimeout(b.recv(), 5_000, "recv");
+        if (message === null) break;
+        got.push(decoder.decode(message.data));
+      }
+      assert.deepEqual(got, ["one", "", "two"]);
+      b.close();
+    } finally {
+      receiveWholly(true);
+    }
+  },
+  perms,
+);
+
+test(
   "sending to a peer that is gone rejects with BrokenPipe, every type",
   async () => {
     for (const type of TYPES) {
