@@ -18,11 +18,19 @@ const SLICE_MESSAGES = 1024;
  */
 const SLICE_MS = 2;
 
+const now = () => performance.now();
+
 /** One receiver's slice of continuous delivery. */
 export class TurnSlice {
   #count = 0;
   #start = 0;
   #turn = -1;
+  #clock: () => number;
+
+  /** @param clock The clock in ms (tests pass their own). */
+  constructor(clock: () => number = now) {
+    this.#clock = clock;
+  }
 
   /**
    * Records one delivery made without waiting. Returns whether the slice
@@ -44,7 +52,7 @@ export class TurnSlice {
     // delivery costs far less than a slice, and reading it each time costs
     // as much as the rest (most slices of paced traffic have one delivery).
     if ((count & 7) !== 0) return false;
-    const now = performance.now();
+    const now = this.#clock();
     if (count === 8) {
       this.#start = now;
       return false;

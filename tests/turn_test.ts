@@ -8,7 +8,8 @@ import { loopTurned } from "../ffi/_turns.ts";
 import { test, withTimeout } from "./_util.ts";
 
 test("a TurnSlice ends after 1,024 deliveries without a turn, and a turn of the event loop starts a new one", () => {
-  const slice = new TurnSlice();
+  // A clock that stands still: only the count ends a slice here.
+  const slice = new TurnSlice(() => 0);
   for (let i = 1; i < 1024; i++) assert.equal(slice.delivered(), false);
   assert.equal(slice.delivered(), true, "the 1,024th delivery ends it");
   for (let i = 1; i < 1024; i++) assert.equal(slice.delivered(), false);
@@ -16,6 +17,20 @@ test("a TurnSlice ends after 1,024 deliveries without a turn, and a turn of the 
   assert.equal(slice.delivered(), false, "a new slice after the turn");
   for (let i = 2; i < 1024; i++) assert.equal(slice.delivered(), false);
   assert.equal(slice.delivered(), true);
+});
+
+test("a TurnSlice also ends 2 ms after its 8th delivery, however few deliveries it made", () => {
+  let ms = 0;
+  const slice = new TurnSlice(() => ms);
+  for (let i = 1; i <= 8; i++) assert.equal(slice.delivered(), false);
+  ms = 1.9;
+  for (let i = 9; i <= 16; i++) assert.equal(slice.delivered(), false);
+  ms = 2;
+  for (let i = 17; i < 24; i++) assert.equal(slice.delivered(), false);
+  assert.equal(slice.delivered(), true, "the 24th delivery, 2 ms on, ends it");
+  loopTurned();
+  ms = 100;
+  assert.equal(slice.delivered(), false, "a new slice after the turn");
 });
 
 /** Counts the turns yielded with `setImmediate` while `body` runs. */
