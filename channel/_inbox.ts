@@ -10,6 +10,7 @@
 
 import { OwnedFd } from "../ffi/fd.ts";
 import { ERRNO, type SystemError } from "../ffi/errors.ts";
+import { channelMessageTaken } from "../ffi/_turns.ts";
 import { invalid } from "../_channel_error.ts";
 import { closeAll, receiveMessage } from "../_scm.ts";
 import {
@@ -448,6 +449,9 @@ export class Inbox {
     end: number,
     fds: number[],
   ): unknown {
+    // The next send of this thread is an answer, or a new request: it goes
+    // at once (see Outbox).
+    channelMessageTaken();
     return this.#frames.message(
       buf,
       start,

@@ -30,6 +30,7 @@ import {
 } from "../_channel_wire.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { burstStarted, currentTick, idleSince } from "./_burst.ts";
+import { heardMark } from "../ffi/_turns.ts";
 import { isGone, MAX_ADDED, MAX_CONNECTIONS } from "./_connection.ts";
 import { batchable, type Frame, partsOf } from "./_frame.ts";
 
@@ -104,6 +105,8 @@ export class Outbox {
   #burst = false;
   /** The ticker's count at this sender's last send of the burst. */
   #lastSend = 0;
+  /** `heardMark()` at the last send. */
+  #mark = -1;
   /** Why every later send fails (the receiver went away under a batch). */
   #failed: unknown = undefined;
   /** Sends resolved without waiting since the last turn. */
@@ -195,13 +198,21 @@ export class Outbox {
    * has to wait (no credit, or the socket is full).
    */
   #sendNow(frame: Frame): boolean {
+    // A send made after this thread heard from a peer (a message taken, a
+    // wake-up) is a request or a reply: with nothing gathered before it, it
+    // leaves at once, alone, even during a burst.
+    const mark = heardMark();
+    const heard = mark !== this.#mark;
+    this.#mark = mark;
     this.#lastSend = currentTick();
     if (!this.#burst) {
-      // The first send of a burst leaves at once: a lone message (say, a
-      // request whose reply is awaited next) never waits for the turn.
+      // The first send of a burst leaves at once: a lone message never
+      // waits for the turn.
       this.#burst = true;
       burstStarted(this.#burstEnded);
       if (this.#accepted === 0) return this.#trySend(frame);
+    } else if (heard && this.#accepted === 0) {
+      return this.#trySend(frame);
     }
     if (!batchable(frame)) {
       // Fds and memfds travel alone, after what was gathered before them.

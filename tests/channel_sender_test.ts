@@ -119,6 +119,49 @@ test(
 );
 
 test(
+  "a send made after this thread heard from a peer goes at once, even within the same microtask; one with nothing heard since the last is gathered",
+  async () => {
+    const [tx, peer] = rawSender(1000);
+    using other = channel<number>();
+    const [otx, orx] = other;
+    const packets = new Uint8Array(64);
+    /** The packets already in the peer's socket, taken without waiting. */
+    const inSocket = () => {
+      let n = 0;
+      while (receiveMessage(peer.rawFd, packets, 0, false) !== null) n++;
+      return n;
+    };
+    try {
+      const sends = [tx.send(1)];
+      assert.equal(inSocket(), 1, "the first send leaves at once");
+      // Nothing heard since: gathered until the sender falls idle.
+      sends.push(tx.send(2));
+      assert.equal(inSocket(), 0, "a second send right after is gathered");
+      await Promise.all(sends);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      assert.equal(inSocket(), 1, "the batch left once idle");
+
+      // A request, a message taken from a peer, then a send, with no
+      // microtask turn in between: a reply, which goes at once.
+      sends.push(tx.send(3));
+      assert.equal(inSocket(), 1, "a send after a pause goes at once");
+      sends.push(otx.send(7));
+      assert.equal(orx.tryRecv(), 7);
+      sends.push(tx.send(4));
+      assert.equal(inSocket(), 1, "a send after a message taken goes at once");
+      sends.push(tx.send(5));
+      assert.equal(inSocket(), 0, "the send after it is gathered again");
+      await Promise.all(sends);
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      assert.equal(inSocket(), 1);
+    } finally {
+      tx.close();
+      peer.close();
+    }
+  },
+);
+
+test(
   "a send that resolved before its batch left, or waits for credit, carries the value as it was at the call; close() still sends a batch",
   async () => {
     const [tx, rx] = channel<{ bytes: Uint8Array } | number>();
