@@ -29,7 +29,7 @@ import {
   writeHeader,
 } from "../_channel_wire.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
-import { burstStarted, currentTick, idleSince } from "./_burst.ts";
+import { afterIdleTicks } from "./_burst.ts";
 import { heardMark } from "../ffi/_turns.ts";
 import { isGone, MAX_ADDED, MAX_CONNECTIONS } from "./_connection.ts";
 import { batchable, type Frame, partsOf } from "./_frame.ts";
@@ -103,8 +103,9 @@ export class Outbox {
   #blocked: "read" | "write" = "write";
   /** A burst of sends is under way: later sends of the turn are gathered. */
   #burst = false;
-  /** The ticker's count at this sender's last send of the burst. */
-  #lastSend = 0;
+  /** Sends so far, and at the last look for the end of the burst. */
+  #sends = 0;
+  #sendsLooked = 0;
   /** `heardMark()` at the last send. */
   #mark = -1;
   /** Why every later send fails (the receiver went away under a batch). */
@@ -204,12 +205,13 @@ export class Outbox {
     const mark = heardMark();
     const heard = mark !== this.#mark;
     this.#mark = mark;
-    this.#lastSend = currentTick();
+    this.#sends++;
     if (!this.#burst) {
       // The first send of a burst leaves at once: a lone message never
       // waits for the turn.
       this.#burst = true;
-      burstStarted(this.#burstEnded);
+      this.#sendsLooked = this.#sends;
+      afterIdleTicks(this.#burstEnds);
       if (this.#accepted === 0) return this.#trySend(frame);
     } else if (heard && this.#accepted === 0) {
       return this.#trySend(frame);
@@ -309,12 +311,18 @@ export class Outbox {
     this.#fdCount++;
   }
 
-  /** Asked by the ticker each turn: once idle long enough, the batch goes. */
-  #burstEnded = (): boolean => {
-    if (!idleSince(this.#lastSend)) return false;
+  /**
+   * A look for the end of the burst, IDLE_TICKS turns after the last: no
+   * send since, the batch goes; else another look as many turns later.
+   */
+  #burstEnds = (): void => {
+    if (this.#sends !== this.#sendsLooked) {
+      this.#sendsLooked = this.#sends;
+      afterIdleTicks(this.#burstEnds);
+      return;
+    }
     this.#burst = false;
     this.#flushBatch();
-    return true;
   };
 
   /**
