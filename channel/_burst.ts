@@ -13,9 +13,9 @@
  * together; a request awaited before the next send (a round trip, or a
  * `for await` echo loop, about 10 turns) leaves alone, without waiting.
  * (16 made round trips a quarter slower and one-way sends no faster.) A
- * send made after this thread took a channel message or woke up leaves
- * alone however few turns passed (the outbox asks `heardMark()`): a request
- * and its reply in one thread take fewer than this.
+ * send made after this thread took the last message of a packet or woke up
+ * leaves alone however few turns passed (the outbox asks `heardMark()`): a
+ * request and its reply in one thread take fewer than this.
  */
 export const IDLE_TICKS = 4;
 

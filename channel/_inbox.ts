@@ -393,6 +393,9 @@ export class Inbox {
       }
       handedOn = true;
       const carried = got.fds.length;
+      // The next send of this thread is an answer, or a new request: it
+      // goes at once (see Outbox).
+      channelMessageTaken();
       const value = this.#message(scratch, 0, got.bytes, got.fds);
       this.#took(conn);
       // A sender has few frames with fds in flight: each is acknowledged
@@ -414,6 +417,10 @@ export class Inbox {
     const end = start + getU32(batch, at);
     conn.left!--;
     if (conn.left === 0) {
+      // The batch's last message: the next send may answer it (goes at
+      // once). A send after one taken with more behind it, as a relay's,
+      // is gathered with the sends after the next ones.
+      channelMessageTaken();
       conn.batch = undefined;
       this.#batched.delete(conn);
     } else {
@@ -449,9 +456,6 @@ export class Inbox {
     end: number,
     fds: number[],
   ): unknown {
-    // The next send of this thread is an answer, or a new request: it goes
-    // at once (see Outbox).
-    channelMessageTaken();
     return this.#frames.message(
       buf,
       start,

@@ -7,9 +7,11 @@
  * in a turn of its own.
  *
  * Channel messages taken are counted apart (they may come without the
- * event loop turning): a channel sender tells a send made after this thread
- * heard from a peer (a request or a reply, which goes at once) from one made
- * right after another send (gathered with it) by {@linkcode heardMark}.
+ * event loop turning), the last of each packet only (one taken with more of
+ * its packet behind it was not awaited: a relay's next send is gathered): a
+ * channel sender tells a send made after this thread heard from a peer (a
+ * request or a reply, which goes at once) from one made right after another
+ * send (gathered with it) by {@linkcode heardMark}.
  *
  * @module
  */
@@ -27,14 +29,14 @@ export function loopTurn(): number {
   return turns;
 }
 
-/** Records that a channel message was taken. */
+/** Records that a channel message was taken, the last of its packet. */
 export function channelMessageTaken(): void {
   heard++;
 }
 
 /**
  * A count that moves whenever this thread heard from a peer: a turn of the
- * event loop as above, or a channel message taken. Equal counts at two
+ * event loop as above, or a packet's last message taken. Equal counts at two
  * sends mean nothing came in between.
  */
 export function heardMark(): number {

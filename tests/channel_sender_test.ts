@@ -162,6 +162,45 @@ test(
 );
 
 test(
+  "a relay that sends on each message it takes from a batch still gathers its sends: the messages behind the one taken were already there",
+  async () => {
+    const N = 400;
+    const [tx, peer] = rawSender(1000);
+    const [stx, srx] = channel<number>({ capacity: 1000 });
+    // The upstream's sends of one turn: a lone one, then batches.
+    for (let i = 0; i < N; i++) await stx.send(i);
+    stx.close();
+    const types: number[] = [];
+    const got: number[] = [];
+    const reading = (async () => {
+      const view = (d: Uint8Array) => new DataView(d.buffer, d.byteOffset);
+      for (let total = 0; total < N;) {
+        const packet = await withTimeout(peer.recv(), 5000, "packet");
+        const data = packet!.data;
+        types.push(data[0]);
+        total += data[0] === FRAME.BATCH ? view(data).getUint32(4, true) : 1;
+      }
+    })();
+    try {
+      for await (const n of srx) {
+        got.push(n);
+        await tx.send(n);
+      }
+      await reading;
+    } finally {
+      tx.close();
+      peer.close();
+      srx.close();
+    }
+    assert.deepEqual(got, Array.from({ length: N }, (_, i) => i));
+    assert.ok(types.includes(FRAME.BATCH), `packets ${types}`);
+    // One packet per message before the fix; a turn yielded every 2 ms of
+    // delivery ends a batch early, so a busy machine sees a few more.
+    assert.ok(types.length <= N / 8, `${types.length} packets`);
+  },
+);
+
+test(
   "a send that resolved before its batch left, or waits for credit, carries the value as it was at the call; close() still sends a batch",
   async () => {
     const [tx, rx] = channel<{ bytes: Uint8Array } | number>();
