@@ -81,6 +81,8 @@ export function checkSpin(spin: unknown, what: string): number | undefined {
 // frame) and must be done before this thread busy-waits: a peer cannot
 // answer what it has not received.
 const beforeSpin = new Set<() => void>();
+/** The thread is exiting: nothing put off runs later. */
+let exiting = false;
 
 /**
  * Asks for `flush` to run once, before the next spin of any waiter in this
@@ -88,7 +90,9 @@ const beforeSpin = new Set<() => void>();
  * itself and calls {@linkcode cancelBeforeSpin}). `flush` must not throw.
  */
 export function runBeforeSpin(flush: () => void): void {
-  beforeSpin.add(flush);
+  // An unload listener's sends: no turn and no spin comes after it.
+  if (exiting) flush();
+  else beforeSpin.add(flush);
 }
 
 /** Withdraws a {@linkcode runBeforeSpin} request. */
@@ -110,8 +114,12 @@ export function flushBeforeSpin(): void {
   }
 }
 
-// `Deno.exit()` right after a send must not lose what was put off.
-globalThis.addEventListener?.("unload", flushBeforeSpin);
+// `Deno.exit()` right after a send must not lose what was put off, nor
+// sends made by the unload listeners that run after this one.
+globalThis.addEventListener?.("unload", () => {
+  exiting = true;
+  flushBeforeSpin();
+});
 
 const now = () => performance.now();
 

@@ -8,6 +8,7 @@ import {
   ChannelClosedError,
   connect,
   listen,
+  OneShotServer,
   pipe,
   socketpair,
 } from "../mod.ts";
@@ -25,8 +26,8 @@ import { OwnedFd } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { Spinner } from "../ffi/spin.ts";
 import { receiveMessage } from "../_scm.ts";
-import { rawSender } from "./_channel_util.ts";
-import { stillPending, test, withTimeout } from "./_util.ts";
+import { child, exited, PROCS, rawSender } from "./_channel_util.ts";
+import { stillPending, test, withTimeout, zombieChildren } from "./_util.ts";
 
 test(
   "send() waits when capacity messages are unacknowledged and resumes as the receiver drains",
@@ -199,6 +200,31 @@ test(
     assert.ok(types.length <= N / 8, `${types.length} packets`);
   },
 );
+
+for (const when of ["now", "unload"]) {
+  test(
+    `sends gathered in one turn reach the receiver when the sender's process exits ${
+      when === "now"
+        ? "at once (Deno.exit)"
+        : "and they were made in an unload listener"
+    }`,
+    async () => {
+      const server = new OneShotServer<number>();
+      await using proc = child("exit", server.name, when);
+      const [rx, first] = await server.accept({ timeout: 15_000 });
+      try {
+        const got = [first];
+        for await (const n of rx) got.push(n);
+        assert.deepEqual(got, [0, 1, 2, 3, 4]);
+      } finally {
+        rx.close();
+      }
+      await exited(proc, "exit child");
+      assert.deepEqual(zombieChildren(), []);
+    },
+    PROCS,
+  );
+}
 
 test(
   "a send that resolved before its batch left, or waits for credit, carries the value as it was at the call; close() still sends a batch",
