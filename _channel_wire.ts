@@ -99,17 +99,23 @@ function wireArea(): MessageArea {
 }
 
 /**
- * Lays out `parts` as iovecs: small parts are copied into the staging area
- * (all of them when there are more than the iovecs), larger ones are
- * referenced where they are. Returns the iovec count.
+ * Lays out `parts` as iovecs after the `staged` bytes already at the start
+ * of the staging area: small parts are copied into the staging area (all
+ * of them when there are more than the iovecs), larger ones are referenced
+ * where they are. Returns the iovec count.
  */
-function gather(area: MessageArea, parts: readonly Uint8Array[]): number {
+function gather(
+  area: MessageArea,
+  parts: readonly Uint8Array[],
+  staged: number,
+): number {
   const { bytes, stageAt, stageSize, stageAddress } = area;
   let count = 0;
-  let stage = 0;
-  let runStart = -1;
-  const pack = parts.length > MAX_IOV;
-  for (const part of parts) {
+  let stage = staged;
+  let runStart = staged > 0 ? 0 : -1;
+  const pack = parts.length + (staged > 0 ? 1 : 0) > MAX_IOV;
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i];
     const n = part.byteLength;
     if (n === 0) continue;
     if (pack || n <= SMALL_PART) {
@@ -145,7 +151,35 @@ export function sendFrame(
   fds: readonly number[],
 ): boolean {
   const area = wireArea();
-  const iovs = gather(area, parts);
+  return sendArea(fd, area, gather(area, parts, 0), fds);
+}
+
+/**
+ * Sends one frame of header `type`, `a`, `b`, `c` and then `body`, as
+ * {@linkcode sendFrame} does; the header is written where it goes (a
+ * message's every send would otherwise make one and copy it there).
+ */
+export function sendHeaded(
+  fd: number,
+  type: number,
+  a: number,
+  b: number,
+  c: number,
+  body: readonly Uint8Array[],
+  fds: readonly number[],
+): boolean {
+  const area = wireArea();
+  writeHeader(area.bytes, area.stageAt, type, a, b, c);
+  return sendArea(fd, area, gather(area, body, HEADER), fds);
+}
+
+/** Sends the `iovs` iovecs laid out in `area`, with `fds`. */
+function sendArea(
+  fd: number,
+  area: MessageArea,
+  iovs: number,
+  fds: readonly number[],
+): boolean {
   const space = fds.length > 0
     ? writeRights(area.view, area.controlAt, fds)
     : 0;

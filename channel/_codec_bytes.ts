@@ -47,6 +47,11 @@ export class Writer {
 
   ensure(n: number): void {
     if (this.pos + n <= this.buf.byteLength) return;
+    this.grow(n);
+  }
+
+  /** Makes room for `n` more bytes (the callers checked there is none). */
+  grow(n: number): void {
     let size = this.buf.byteLength * 2;
     while (size < this.pos + n) size *= 2;
     const next = new Uint8Array(size);
@@ -55,13 +60,22 @@ export class Writer {
     this.view = new DataView(next.buffer);
   }
 
+  // The writes below check for room themselves rather than through
+  // ensure(): a value's encode makes a few dozen of them, and until V8
+  // optimizes the codec (a process's first few hundred messages) each call
+  // costs as much as the write.
+
   u8(value: number): void {
-    this.ensure(1);
+    if (this.pos >= this.buf.byteLength) this.grow(1);
     this.buf[this.pos++] = value;
   }
 
   varint(value: number): void {
-    this.ensure(8);
+    if (this.pos + 8 > this.buf.byteLength) this.grow(8);
+    if (value < 0x80) {
+      this.buf[this.pos++] = value;
+      return;
+    }
     while (value >= 0x80) {
       this.buf[this.pos++] = (value % 0x80) | 0x80;
       value = Math.floor(value / 0x80);
@@ -70,7 +84,7 @@ export class Writer {
   }
 
   f64(value: number): void {
-    this.ensure(8);
+    if (this.pos + 8 > this.buf.byteLength) this.grow(8);
     this.view.setFloat64(this.pos, value, true);
     this.pos += 8;
   }
@@ -79,7 +93,9 @@ export class Writer {
     const length = value.length;
     if (length <= 42) {
       // At most 126 UTF-8 bytes: the length fits in one varint byte.
-      this.ensure(1 + length * 3);
+      if (this.pos + 1 + length * 3 > this.buf.byteLength) {
+        this.grow(1 + length * 3);
+      }
       const at = this.pos + 1;
       const n = writeUtf8(this.buf, at, value);
       this.buf[this.pos] = n;
@@ -148,6 +164,15 @@ export class Reader {
   }
 
   varint(): number {
+    // One byte (counts, lengths and tags of most values) without the loop.
+    const pos = this.pos;
+    if (pos < this.end) {
+      const byte = this.buf[pos];
+      if (byte < 0x80) {
+        this.pos = pos + 1;
+        return byte;
+      }
+    }
     let result = 0;
     let scale = 1;
     for (let i = 0; i < 8; i++) {
@@ -165,7 +190,7 @@ export class Reader {
   /** A count of items that each take at least one byte. */
   count(): number {
     const n = this.varint();
-    if (n > this.left) {
+    if (n > this.end - this.pos) {
       throw invalid(`count ${n} exceeds the ${this.left} bytes left`);
     }
     return n;
@@ -173,13 +198,16 @@ export class Reader {
 
   f64(): number {
     if (this.pos + 8 > this.end) throw invalid("value cut short");
-    const value = this.view.getFloat64(this.pos, true);
+    const view = this.#view ?? this.view;
+    const value = view.getFloat64(this.pos, true);
     this.pos += 8;
     return value;
   }
 
   bytes(n: number): Uint8Array {
-    if (n > this.left) throw invalid(`length ${n} exceeds what is left`);
+    if (n > this.end - this.pos) {
+      throw invalid(`length ${n} exceeds what is left`);
+    }
     const out = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return out;
@@ -191,7 +219,9 @@ export class Reader {
 
   /** A string of `n` UTF-8 bytes (its length already read). */
   stringOf(n: number): string {
-    if (n > this.left) throw invalid(`string of ${n} bytes cut short`);
+    if (n > this.end - this.pos) {
+      throw invalid(`string of ${n} bytes cut short`);
+    }
     const start = this.pos;
     this.pos += n;
     // Short ASCII strings (most keys) are made here: a call to the decoder

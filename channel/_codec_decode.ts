@@ -198,20 +198,26 @@ class Decoder {
    */
   charge(bytes: number, what: string, n = 0, unit?: string): void {
     this.bytesLeft -= bytes;
-    if (this.bytesLeft < 0) {
-      throw overLimit("maxBytes", this.limits.maxBytes, named(what, n, unit));
-    }
+    if (this.bytesLeft < 0) throw this.overBytes(what, n, unit);
   }
 
   /** Takes one element from the budget; named as {@linkcode charge} says. */
   element(what: string, n = 0, unit?: string): void {
-    if (--this.elementsLeft < 0) {
-      throw overLimit(
-        "maxElements",
-        this.limits.maxElements,
-        named(what, n, unit),
-      );
-    }
+    if (--this.elementsLeft < 0) throw this.overElements(what, n, unit);
+  }
+
+  /** The failure of a value with more elements than the limit. */
+  overElements(what: string, n = 0, unit?: string): Deno.errors.InvalidData {
+    return overLimit(
+      "maxElements",
+      this.limits.maxElements,
+      named(what, n, unit),
+    );
+  }
+
+  /** The failure of a value that would take more bytes than the limit. */
+  overBytes(what: string, n = 0, unit?: string): Deno.errors.InvalidData {
+    return overLimit("maxBytes", this.limits.maxBytes, named(what, n, unit));
   }
 
   /**
@@ -236,7 +242,7 @@ class Decoder {
     if (count * each > this.bytesLeft) {
       throw overLimit("maxBytes", this.limits.maxBytes, named(what, n, unit));
     }
-    if (count > this.input.left) {
+    if (count > this.input.end - this.input.pos) {
       throw invalid(`count ${count} exceeds the ${this.input.left} bytes left`);
     }
   }
@@ -244,7 +250,8 @@ class Decoder {
   /** A string, its size charged before it is made. */
   string(what: string): string {
     const n = this.input.varint();
-    this.charge(COST.STRING + n, what, n, "bytes");
+    this.bytesLeft -= COST.STRING + n;
+    if (this.bytesLeft < 0) throw this.overBytes(what, n, "bytes");
     return this.input.stringOf(n);
   }
 
@@ -269,8 +276,12 @@ function readValue(d: Decoder, depth: number): unknown {
   if (depth > d.limits.maxDepth) {
     throw overLimit("maxDepth", d.limits.maxDepth, "the value nests deeper");
   }
-  d.element("too many values");
-  const tag = d.input.u8();
+  // The element taken and the tag read in line: the code of a message's
+  // first few hundred values runs unoptimized, where calls cost most.
+  if (--d.elementsLeft < 0) throw d.overElements("too many values");
+  const input = d.input;
+  if (input.pos >= input.end) throw invalid("value cut short");
+  const tag = input.buf[input.pos++];
   switch (tag) {
     case TAG.UNDEFINED:
       return undefined;
@@ -283,7 +294,9 @@ function readValue(d: Decoder, depth: number): unknown {
     case TAG.INT:
       return readInt(d);
     case TAG.FLOAT:
-      return readFloat(d);
+      d.bytesLeft -= COST.NUMBER;
+      if (d.bytesLeft < 0) throw d.overBytes("a number");
+      return input.f64();
     case TAG.BIGINT:
       return readBigint(d);
     case TAG.STRING:
@@ -324,11 +337,6 @@ function readInt(d: Decoder): number {
   // Beyond 31 bits, V8 keeps the number on the heap.
   if (value !== (value << 1) >> 1) d.charge(COST.NUMBER, "a number");
   return value;
-}
-
-function readFloat(d: Decoder): number {
-  d.charge(COST.NUMBER, "a number");
-  return d.input.f64();
 }
 
 /** Each byte's two hex digits, as the two bytes of one UTF-16 unit. */
@@ -399,7 +407,8 @@ function readObject(d: Decoder, depth: number): Record<string, unknown> {
   const object: Record<string, unknown> = {};
   remember(d, object);
   for (let i = 0; i < count; i++) {
-    d.charge(COST.PROPERTY, what, count, "properties");
+    d.bytesLeft -= COST.PROPERTY;
+    if (d.bytesLeft < 0) throw d.overBytes(what, count, "properties");
     const key = d.string("a key");
     const item = readValue(d, depth + 1);
     if (key === "__proto__") {

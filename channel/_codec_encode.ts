@@ -139,9 +139,19 @@ function writeValue(e: Encoder, v: unknown, depth: number): void {
     case "boolean":
       e.out.u8(v ? TAG.TRUE : TAG.FALSE);
       return;
-    case "number":
-      writeNumber(e.out, v);
+    case "number": {
+      // An int in 32 bits as a zigzag varint, any other number as a
+      // float64.
+      const out = e.out;
+      if ((v | 0) === v && !(v === 0 && 1 / v < 0)) {
+        out.u8(TAG.INT);
+        out.varint(((v << 1) ^ (v >> 31)) >>> 0);
+      } else {
+        out.u8(TAG.FLOAT);
+        out.f64(v);
+      }
       return;
+    }
     case "string":
       e.out.u8(TAG.STRING);
       e.out.string(v);
@@ -158,17 +168,6 @@ function writeValue(e: Encoder, v: unknown, depth: number): void {
   }
   if (v === null) e.out.u8(TAG.NULL);
   else writeObject(e, v as object, depth);
-}
-
-/** An int in 32 bits as a zigzag varint, any other number as a float64. */
-function writeNumber(out: Writer, v: number): void {
-  if ((v | 0) === v && !(v === 0 && 1 / v < 0)) {
-    out.u8(TAG.INT);
-    out.varint(((v << 1) ^ (v >> 31)) >>> 0);
-  } else {
-    out.u8(TAG.FLOAT);
-    out.f64(v);
-  }
 }
 
 function writeBigint(out: Writer, v: bigint): void {
@@ -225,16 +224,22 @@ function writeObject(e: Encoder, object: object, depth: number): void {
       `Cannot send on channel: the value nests deeper than ${MAX_DEPTH} levels`,
     );
   }
+  // Arrays and plain objects (most of a value) are never endpoints: they
+  // skip the hooks.
+  if (Array.isArray(object)) {
+    e.seen.set(object, e.seen.size);
+    return writeArray(e, object, depth);
+  }
+  const proto = Object.getPrototypeOf(object);
+  if (proto === Object.prototype || proto === null) {
+    e.seen.set(object, e.seen.size);
+    return writeProperties(e, object, depth);
+  }
   const at = out.pos;
   out.u8(TAG.ENDPOINT);
   if (e.hooks.encode(object, out)) return;
   out.pos = at;
   e.seen.set(object, e.seen.size);
-  if (Array.isArray(object)) return writeArray(e, object, depth);
-  const proto = Object.getPrototypeOf(object);
-  if (proto === Object.prototype || proto === null) {
-    return writeProperties(e, object, depth);
-  }
   if (ArrayBuffer.isView(object)) return writeView(e, object);
   if (object instanceof ArrayBuffer) return writeArrayBuffer(e, object);
   if (object instanceof Date) return writeDate(out, object);

@@ -12,6 +12,7 @@ import {
   HEADER,
   header,
   INLINE_MAX,
+  sendHeaded,
   writeMemfd,
 } from "../_channel_wire.ts";
 import { encode } from "./_codec_encode.ts";
@@ -43,6 +44,23 @@ export interface Frame {
 /** Whether a frame may travel in a batch: inline, without fds. */
 export function batchable(frame: Frame): boolean {
   return frame.size >= 0 && frame.fds.length === 0;
+}
+
+/**
+ * Sends the frame alone on `fd`, as `sendFrame()` does.
+ *
+ * @returns `true` when sent, `false` when the socket is full.
+ */
+export function sendAlone(fd: number, frame: Frame): boolean {
+  return sendHeaded(
+    fd,
+    frame.type,
+    frame.a,
+    frame.b,
+    frame.c,
+    frame.body,
+    frame.fds,
+  );
 }
 
 /** The frame as parts to send: header, then body. */

@@ -32,7 +32,7 @@ import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { afterIdleTicks } from "./_burst.ts";
 import { heardMark } from "../ffi/_turns.ts";
 import { isGone, MAX_ADDED, MAX_CONNECTIONS } from "./_connection.ts";
-import { batchable, type Frame, partsOf } from "./_frame.ts";
+import { batchable, type Frame, partsOf, sendAlone } from "./_frame.ts";
 
 /** Acknowledgements one look at a sender reads at most. */
 const ACK_BUDGET = 64;
@@ -284,7 +284,7 @@ export class Outbox {
       this.#takeAcks();
       if (!this.#fdRoom()) return false;
     }
-    if (!sendFrame(this.#fd.fd, partsOf(frame), frame.fds)) return false;
+    if (!sendAlone(this.#fd.fd, frame)) return false;
     if (fds) this.#fdWent();
     this.#credits--;
     frame.sent();
