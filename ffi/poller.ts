@@ -422,17 +422,20 @@ export class Poller {
 
   /** The wake path in use (chosen on first registration, then kept). */
   get wakePath(): WakePath {
-    return this.#chosen ??= this.#probe();
+    return this.#chosen ??= this.#probe(() => this.#aioRefusal());
   }
 
-  // Try the AIO path on a scratch epoll fd, once per poller.
-  #probe(): WakePath {
+  /**
+   * Chooses the wake path, once per poller: AIO unless forced off or
+   * `tryAio` says why it cannot be had.
+   */
+  #probe(tryAio: () => string | undefined): WakePath {
     const forced = FORCED_PATH;
     if (forced instanceof TypeError) throw forced;
     if (forced === "ffi") {
       return { path: "ffi", reason: `forced by ${WAKE_ENV}=ffi` };
     }
-    const refused = this.#aioRefusal();
+    const refused = tryAio();
     if (refused === undefined) {
       const how = aioDirect()
         ? "each waited-on fd is polled directly"
@@ -452,21 +455,36 @@ export class Poller {
     return { path: "ffi", reason: `AIO poll unavailable: ${refused}` };
   }
 
+  // Tries the AIO path on a scratch epoll fd (the path asked for before
+  // any registration).
   #aioRefusal(): string | undefined {
-    const wrap = pipeWrap();
-    if (typeof wrap === "string") return wrap;
     const lib = libc();
     const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
     try {
-      new AioWake(epfd, () => {}, () => {}, wrap.make).close();
+      const wake = this.#tryAio(epfd, () => {}, () => {});
+      if (typeof wake === "string") return wake;
+      wake.close();
       return undefined;
+    } finally {
+      lib.close(epfd);
+    }
+  }
+
+  /** An AIO wake over `epfd`, or why there can be none here. */
+  #tryAio(
+    epfd: number,
+    onEvents: () => void,
+    onDirect: (tag: number, result: number) => void,
+  ): AioWake | string {
+    const wrap = pipeWrap();
+    if (typeof wrap === "string") return wrap;
+    try {
+      return new AioWake(epfd, onEvents, onDirect, wrap.make);
     } catch (error) {
       // Out of fds says nothing about AIO: fail this registration as any
       // fd creation would, and probe again next time.
       if (isFdExhaustion(error)) throw error;
       return (error as Error).message;
-    } finally {
-      lib.close(epfd);
     }
   }
 
@@ -474,20 +492,31 @@ export class Poller {
   // registered: a Worker that closed its endpoints leaves nothing open.
   #open(): void {
     if (this.#epfd !== -1) return;
-    const { path } = this.wakePath;
     const lib = libc();
     const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
     this.#epfd = epfd;
     try {
-      if (path === "aio") {
-        const wrap = pipeWrap();
-        if (typeof wrap === "string") throw new Error(wrap);
-        this.#wake = new AioWake(
-          epfd,
-          () => this.#collect(),
-          (tag, result) => this.#onDirect(tag, result),
-          wrap.make,
-        );
+      const onEvents = () => this.#collect();
+      const onDirect = (tag: number, result: number) =>
+        this.#onDirect(tag, result);
+      // The first registration's wake is the probe itself: a wake built on
+      // a scratch epoll fd and closed again cost a new process a third of
+      // a millisecond more.
+      let probed: AioWake | undefined;
+      this.#chosen ??= this.#probe(() => {
+        const wake = this.#tryAio(epfd, onEvents, onDirect);
+        if (typeof wake === "string") return wake;
+        probed = wake;
+        return undefined;
+      });
+      if (this.#chosen.path === "aio") {
+        let wake = probed;
+        if (wake === undefined) {
+          const made = this.#tryAio(epfd, onEvents, onDirect);
+          if (typeof made === "string") throw new Error(made);
+          wake = made;
+        }
+        this.#wake = wake;
       } else {
         this.#wake = new FfiWake(
           epfd,

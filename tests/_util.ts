@@ -321,16 +321,19 @@ export interface DenoRun {
  * own spawn, so it also serves tests of code that spawn depends on) and waits
  * for it to exit. After `ms` milliseconds the child is killed with SIGKILL,
  * reaped, and an error naming `what`, with the child's output, is thrown.
+ * `via` is a launcher and its arguments that run the Deno binary.
  */
 export async function runDeno(
   args: string[],
   ms: number,
   what: string,
   env?: Record<string, string>,
+  via: readonly string[] = [],
 ): Promise<DenoRun> {
   const started = performance.now();
-  const child = new Deno.Command(DENO, {
-    args,
+  const command = [...via, DENO, ...args];
+  const child = new Deno.Command(command[0], {
+    args: command.slice(1),
     env,
     stdin: "null",
     stdout: "piped",

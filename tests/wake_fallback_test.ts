@@ -1,0 +1,119 @@
+/**
+ * The wake path's fallback where a sandbox forbids Linux AIO: a child runs
+ * under a seccomp filter (tests/fixtures/deny_syscall.c, built here with the
+ * machine's C compiler) that fails `io_setup` or `io_submit` with EPERM. Its
+ * first wait chooses the path; it must fall back to the `ffi` path, say why,
+ * and deliver every message; with `CONDUIT_IPC_WAKE=aio` it must fail and
+ * say why instead.
+ *
+ * Without a C compiler (CI installs one: `apt-get install gcc`) these tests
+ * are skipped with a message.
+ *
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { fixture, runDeno, test, withTimeout } from "./_util.ts";
+
+/** Bound on the compile and on each child. */
+const STEP_MS = 60_000;
+
+/** The launcher built from deny_syscall.c, or why there is none. */
+async function buildLauncher(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "conduit-deny-" });
+  const binary = `${dir}/deny_syscall`;
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("cc", {
+      args: ["-Wall", "-Werror", "-o", binary, fixture("deny_syscall.c")],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (error) {
+    await Deno.remove(dir, { recursive: true });
+    if (error instanceof Deno.errors.NotFound) {
+      throw new Deno.errors.NotFound("no C compiler (apt-get install gcc)");
+    }
+    throw error;
+  }
+  const output = child.output();
+  let result: Deno.CommandOutput;
+  try {
+    result = await withTimeout(output, STEP_MS, "cc deny_syscall.c");
+  } catch (error) {
+    child.kill("SIGKILL");
+    await output;
+    throw error;
+  }
+  assert.ok(
+    result.success,
+    `cc deny_syscall.c: ${new TextDecoder().decode(result.stderr)}`,
+  );
+  return binary;
+}
+
+let launcher: string | Error;
+try {
+  launcher = await buildLauncher();
+} catch (error) {
+  if (!(error instanceof Deno.errors.NotFound)) throw error;
+  launcher = error;
+  console.warn(`${error.message}: the AIO fallback tests are skipped`);
+}
+const NO_LAUNCHER = launcher instanceof Error;
+
+globalThis.addEventListener("unload", () => {
+  if (typeof launcher === "string") {
+    Deno.removeSync(launcher.slice(0, launcher.lastIndexOf("/")), {
+      recursive: true,
+    });
+  }
+});
+
+/** Runs the fallback fixture with `call` denied; its exit and output. */
+function runDenied(call: string, env: Record<string, string> = {}) {
+  return runDeno(
+    ["run", "--allow-ffi", "--allow-env", fixture("wake_fallback.ts")],
+    STEP_MS,
+    `the child without ${call}`,
+    // The parent's choice must not reach the child.
+    { CONDUIT_IPC_WAKE: "", ...env },
+    [launcher as string, call],
+  );
+}
+
+for (const call of ["io_setup", "io_submit"]) {
+  test(
+    `where ${call} is refused, the first wait falls back to the ffi wake path, says why, and delivers every message`,
+    async () => {
+      const run = await runDenied(call);
+      assert.equal(run.code, 0, run.stderr);
+      const report = JSON.parse(run.stdout);
+      assert.equal(report.path, "ffi", run.stdout);
+      assert.match(report.reason, /^AIO poll unavailable: /);
+      assert.match(report.reason, new RegExp(call));
+      assert.equal(report.got, 101);
+      assert.equal(report.last, 101);
+    },
+    { run: true, read: true },
+    { ignore: NO_LAUNCHER },
+  );
+
+  test(
+    `where ${call} is refused, CONDUIT_IPC_WAKE=aio fails the first wait and says why`,
+    async () => {
+      const run = await runDenied(call, { CONDUIT_IPC_WAKE: "aio" });
+      assert.notEqual(run.code, 0, run.stdout);
+      assert.match(run.stderr, /NotSupported/);
+      assert.match(
+        run.stderr,
+        new RegExp(
+          `Cannot use the wake path forced by CONDUIT_IPC_WAKE=aio: .*${call}`,
+        ),
+      );
+    },
+    { run: true, read: true },
+    { ignore: NO_LAUNCHER },
+  );
+}
