@@ -9,7 +9,15 @@ import {
 import { DEFAULT_LIMITS, resolveLimits } from "../channel/_codec_limits.ts";
 import { MAX_DEPTH, TAG } from "../channel/_codec_tags.ts";
 import { writerCapacity } from "../channel/_codec_encode.ts";
-import { decodeSample, type Sample, sampleOf, treeSample } from "./_fuzz.ts";
+import { decode, readBlobTable } from "../channel/_codec_decode.ts";
+import {
+  decodeSample,
+  hooks,
+  type Sample,
+  sampleOf,
+  seeds,
+  treeSample,
+} from "./_fuzz.ts";
 import { fixture, runDeno, test, varint, withTimeout } from "./_util.ts";
 
 const MiB = 1024 * 1024;
@@ -559,4 +567,80 @@ test("a limit's error names what went over it: the container with its count, or 
       },
     );
   }
+});
+
+test("a tree cut anywhere is InvalidData, whatever bytes follow it: no read goes past the tree into the blob table", () => {
+  const whole = seeds()[0] as Record<string, unknown>;
+  // Each kind on its own too: a read past the end of the tree's last value
+  // would make a whole value of the bytes after it.
+  for (const value of [whole, ...Object.values(whole)]) {
+    const { head, treeLength, blobs } = sampleOf(value);
+    const specs = readBlobTable(head, treeLength, blobs.byteLength);
+    const offsets: number[] = [];
+    let at = 0;
+    for (const spec of specs) {
+      offsets.push(at);
+      at += spec.length;
+    }
+    const blob = (i: number) =>
+      blobs.slice(offsets[i], offsets[i] + specs[i].length).buffer;
+    // The decoder reads the tree in [0, treeLength): what follows it (the
+    // blob table on the wire; here also bytes that read as a tag, a hole,
+    // a varint, a length, a float or UTF-8) must not change the outcome.
+    const tails = [
+      head.subarray(treeLength),
+      new Uint8Array(16),
+      new Uint8Array(16).fill(TAG.TRUE),
+      new Uint8Array(16).fill(TAG.HOLE),
+    ];
+    for (const tail of tails) {
+      for (let cut = 0; cut < treeLength; cut++) {
+        const bytes = new Uint8Array(cut + tail.length);
+        bytes.set(head.subarray(0, cut));
+        bytes.set(tail, cut);
+        // A proper prefix of a tree is never a whole value: a decode that
+        // ends does so past the cut, having read what follows it.
+        assert.throws(
+          () => decode(bytes, cut, specs, blob, hooks),
+          (error: Error) => {
+            assert.ok(error instanceof Deno.errors.InvalidData, String(error));
+            assert.doesNotMatch(error.message, /bytes after the value/);
+            return true;
+          },
+          `tree cut at ${cut} of ${treeLength}`,
+        );
+      }
+    }
+    assert.deepEqual(decode(head, treeLength, specs, blob, hooks), value);
+  }
+});
+
+test("every value, float and property is charged to the limits: a boxed primitive's and an error's inner value, a float's heap number, a property's slot", () => {
+  // Two values each (the box or error and what is inside).
+  for (const value of [Object(5), new Error("e", { cause: 1 })]) {
+    assertOverLimit(sampleOf(value), "maxElements", { maxElements: 1 });
+    assert.deepEqual(decodeSample(sampleOf(value), { maxElements: 2 }), value);
+  }
+  // 1000 floats take 16 KB more than 1000 small ints (which V8 keeps in
+  // the array's slots).
+  const ints = sampleOf(Array.from({ length: 1000 }, (_, i) => i));
+  const floats = sampleOf(Array.from({ length: 1000 }, (_, i) => i + 0.5));
+  assert.equal(
+    (decodeSample(ints, { maxBytes: 16_000 }) as number[]).length,
+    1000,
+  );
+  assertOverLimit(floats, "maxBytes", { maxBytes: 16_000 });
+  assert.equal(
+    (decodeSample(floats, { maxBytes: 32_000 }) as number[]).length,
+    1000,
+  );
+  // 100 properties with keys of 100 bytes: 12,400 bytes of keys, and each
+  // property's own slot on top.
+  const object: Record<string, number> = {};
+  for (let i = 0; i < 100; i++) object[String(i).padStart(100, "k")] = i;
+  assertOverLimit(sampleOf(object), "maxBytes", { maxBytes: 15_000 });
+  assert.deepEqual(
+    decodeSample(sampleOf(object), { maxBytes: 20_000 }),
+    object,
+  );
 });
