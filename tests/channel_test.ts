@@ -7,6 +7,7 @@ import {
   channel,
   ChannelClosedError,
   OneShotServer,
+  pipe,
 } from "../mod.ts";
 import { everyKind } from "./fixtures/_channel_values.ts";
 import { child, exited, PROCS } from "./_channel_util.ts";
@@ -112,6 +113,52 @@ test(
     assert.deepEqual([...got.part], [...backing.subarray(1000, 1010)]);
     assert.ok(got.part.buffer.byteLength < 64);
     assert.deepEqual([...got.whole], [1, 2, 3]);
+  },
+);
+
+test(
+  "a message of many parts arrives whole at and around the 64 iovecs of a packet: small parts packed, large ones sent in place, with and without fds, alone and in a batch",
+  async () => {
+    using ch = channel<unknown[]>();
+    const [tx, rx] = ch;
+    // Each array on its own buffer: a part of the frame each, after the
+    // header and the head.
+    const parts = (n: number, size: (i: number) => number) =>
+      Array.from({ length: n }, (_, i) => {
+        const part = new Uint8Array(size(i));
+        for (let k = 0; k < part.length; k++) part[k] = (i * 31 + k) & 0xff;
+        return part;
+      });
+    const shapes: [string, (i: number) => number][] = [
+      ["large", () => 300],
+      ["small", () => 8],
+      ["alternating", (i) => (i % 2 ? 5 : 400)],
+    ];
+    for (const [shape, size] of shapes) {
+      for (const n of [1, 61, 62, 63, 64, 65, 100]) {
+        const what = `${n} ${shape} parts`;
+        const value = parts(n, size);
+        await tx.send(value);
+        assert.deepEqual(await withTimeout(rx.recv(), 5000, what), value, what);
+        // With an fd, which never travels in a batch.
+        const { reader, writer } = pipe();
+        await tx.send([...value, reader], { transfer: [reader] });
+        const got = await withTimeout(rx.recv(), 5000, `${what}, fd`);
+        (got.pop() as { close(): void }).close();
+        writer.close();
+        assert.deepEqual(got, value, `${what}, fd`);
+        // Three in one turn: a batch.
+        const sends = [tx.send(value), tx.send(value), tx.send(value)];
+        await Promise.all(sends);
+        for (let i = 0; i < 3; i++) {
+          assert.deepEqual(
+            await withTimeout(rx.recv(), 5000, `${what}, batch`),
+            value,
+            `${what}, batch ${i}`,
+          );
+        }
+      }
+    }
   },
 );
 
