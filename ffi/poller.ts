@@ -462,7 +462,7 @@ export class Poller {
     const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
     try {
       const wake = this.#tryAio(epfd, () => {}, () => {});
-      if (typeof wake === "string") return wake;
+      if (wake instanceof Error) return wake.message;
       wake.close();
       return undefined;
     } finally {
@@ -470,21 +470,21 @@ export class Poller {
     }
   }
 
-  /** An AIO wake over `epfd`, or why there can be none here. */
+  /** An AIO wake over `epfd`, or the error that says why there is none. */
   #tryAio(
     epfd: number,
     onEvents: () => void,
     onDirect: (tag: number, result: number) => void,
-  ): AioWake | string {
+  ): AioWake | Error {
     const wrap = pipeWrap();
-    if (typeof wrap === "string") return wrap;
+    if (typeof wrap === "string") return new Error(wrap);
     try {
       return new AioWake(epfd, onEvents, onDirect, wrap.make);
     } catch (error) {
       // Out of fds says nothing about AIO: fail this registration as any
       // fd creation would, and probe again next time.
       if (isFdExhaustion(error)) throw error;
-      return (error as Error).message;
+      return error instanceof Error ? error : new Error(String(error));
     }
   }
 
@@ -505,7 +505,7 @@ export class Poller {
       let probed: AioWake | undefined;
       this.#chosen ??= this.#probe(() => {
         const wake = this.#tryAio(epfd, onEvents, onDirect);
-        if (typeof wake === "string") return wake;
+        if (wake instanceof Error) return wake.message;
         probed = wake;
         return undefined;
       });
@@ -513,7 +513,7 @@ export class Poller {
         let wake = probed;
         if (wake === undefined) {
           const made = this.#tryAio(epfd, onEvents, onDirect);
-          if (typeof made === "string") throw new Error(made);
+          if (made instanceof Error) throw made;
           wake = made;
         }
         this.#wake = wake;
