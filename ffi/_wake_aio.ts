@@ -153,6 +153,8 @@ interface AioContext {
   ring: CompletionRing | undefined;
   /** Whether direct polls fit. */
   direct: boolean;
+  /** Why the context cannot serve (a call it needs is refused), if so. */
+  refused: Error | undefined;
 }
 
 let aioContext: AioContext | undefined;
@@ -164,7 +166,10 @@ let aioSeq = 0;
  * (about 30 ms here), far too long to pay each time the poller goes idle.
  */
 function aioCtx(): AioContext {
-  if (aioContext !== undefined) return aioContext;
+  if (aioContext !== undefined) {
+    if (aioContext.refused !== undefined) throw aioContext.refused;
+    return aioContext;
+  }
   const ctxBuf = stableBuffer(8);
   let direct = !IN_WORKER;
   if (
@@ -179,12 +184,43 @@ function aioCtx(): AioContext {
     }
   }
   const ctx = new DataView(ctxBuf).getBigUint64(0, true);
-  return aioContext = {
+  aioContext = {
     ctx,
     pointer: Deno.UnsafePointer.create(ctx),
     ring: CompletionRing.open(ctx),
     direct,
+    refused: refusedCall(ctx),
   };
+  if (aioContext.refused !== undefined) throw aioContext.refused;
+  return aioContext;
+}
+
+/**
+ * Why `ctx` cannot serve a wake path: a sandbox that allows `io_setup` and
+ * `io_submit` but refuses `io_cancel` or `io_getevents` would leave each
+ * poll of a closed wake outstanding (holding its file, and a place in the
+ * context until none is left) after waiting for its completion in vain.
+ * Both are asked something harmless: to cancel a request never submitted
+ * (the kernel's answer is EINVAL) and to take no completion.
+ */
+function refusedCall(ctx: bigint): Error | undefined {
+  const iocb = stableBuffer(IOCB.size);
+  const events = stableBuffer(IO_EVENT.size);
+  if (sys(SYS.io_cancel, ctx, addressOf(iocb), addressOf(events)) === -1) {
+    const code = errno();
+    if (code !== ERRNO.EINVAL) return systemError("io_cancel", code);
+  }
+  const time = stableBuffer(TIMESPEC.size);
+  const n = sys(
+    SYS.io_getevents,
+    ctx,
+    0n,
+    0n,
+    addressOf(events),
+    addressOf(time),
+  );
+  if (n === -1) return systemError("io_getevents", errno());
+  return undefined;
 }
 
 /** Whether this process's AIO context has room for direct polls. */

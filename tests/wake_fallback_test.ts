@@ -1,10 +1,13 @@
 /**
  * The wake path's fallback where a sandbox forbids Linux AIO: a child runs
  * under a seccomp filter (tests/fixtures/deny_syscall.c, built here with the
- * machine's C compiler) that fails `io_setup` or `io_submit` with EPERM. Its
- * first wait chooses the path; it must fall back to the `ffi` path, say why,
- * and deliver every message; with `CONDUIT_IPC_WAKE=aio` it must fail and
- * say why instead.
+ * machine's C compiler) that fails `io_setup`, `io_submit`, `io_cancel` or
+ * `io_getevents` with EPERM. Its first wait chooses the path; it must fall
+ * back to the `ffi` path, say why, deliver every message, keep doing so after
+ * its poller went idle, and leave no fd open; with `CONDUIT_IPC_WAKE=aio` it
+ * must fail and say why instead. (Where `io_cancel` or `io_getevents` is
+ * refused, the `aio` path would leave each closed wake's poll outstanding,
+ * after waiting for its completion in vain, until the AIO context is full.)
  *
  * Without a C compiler (CI installs one: `apt-get install gcc`) these tests
  * are skipped with a message.
@@ -74,7 +77,12 @@ globalThis.addEventListener("unload", () => {
 /** Runs the fallback fixture with `call` denied; its exit and output. */
 function runDenied(call: string, env: Record<string, string> = {}) {
   return runDeno(
-    ["run", "--allow-ffi", "--allow-env", fixture("wake_fallback.ts")],
+    [
+      "run",
+      "--allow-ffi",
+      "--allow-env",
+      fixture("wake_fallback.ts"),
+    ],
     STEP_MS,
     `the child without ${call}`,
     // The parent's choice must not reach the child.
@@ -83,9 +91,9 @@ function runDenied(call: string, env: Record<string, string> = {}) {
   );
 }
 
-for (const call of ["io_setup", "io_submit"]) {
+for (const call of ["io_setup", "io_submit", "io_cancel", "io_getevents"]) {
   test(
-    `where ${call} is refused, the first wait falls back to the ffi wake path, says why, and delivers every message`,
+    `where ${call} is refused, the first wait falls back to the ffi wake path, says why, and delivers every message, also after its poller went idle`,
     async () => {
       const run = await runDenied(call);
       assert.equal(run.code, 0, run.stderr);
@@ -95,6 +103,8 @@ for (const call of ["io_setup", "io_submit"]) {
       assert.match(report.reason, new RegExp(call));
       assert.equal(report.got, 101);
       assert.equal(report.last, 101);
+      assert.equal(report.rounds, 20, run.stdout);
+      assert.deepEqual(report.leaked, []);
     },
     { run: true, read: true },
     { ignore: NO_LAUNCHER },
