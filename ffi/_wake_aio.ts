@@ -422,6 +422,8 @@ export class AioWake implements Wake {
       this.#free.push(i);
     }
     let pipe: PipeHandle | undefined;
+    // The pipe handle owns the eventfd once it opened it, not before.
+    let opened = false;
     try {
       // A first submission proves that IOCB_CMD_POLL is allowed here (Linux
       // 4.18 or later, no seccomp or sandbox refusal); it stays armed.
@@ -430,6 +432,7 @@ export class AioWake implements Wake {
       if (pipe.open(efd) !== 0) {
         throw new Error("Pipe#open of an eventfd failed");
       }
+      opened = true;
       // Reads of the eventfd land in one small buffer instead of a new
       // 64 KiB one each time (where this Deno has the call).
       pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
@@ -443,7 +446,7 @@ export class AioWake implements Wake {
     } catch (error) {
       this.#cancel();
       if (pipe !== undefined) pipe.close();
-      else lib.close(efd);
+      if (!opened) lib.close(efd);
       throw error;
     }
     this.#pipe = pipe;
