@@ -232,16 +232,8 @@ class Decoder {
     unit?: string,
     n = count,
   ): void {
-    if (count > this.elementsLeft) {
-      throw overLimit(
-        "maxElements",
-        this.limits.maxElements,
-        named(what, n, unit),
-      );
-    }
-    if (count * each > this.bytesLeft) {
-      throw overLimit("maxBytes", this.limits.maxBytes, named(what, n, unit));
-    }
+    if (count > this.elementsLeft) throw this.overElements(what, n, unit);
+    if (count * each > this.bytesLeft) throw this.overBytes(what, n, unit);
     if (count > this.input.end - this.input.pos) {
       throw invalid(`count ${count} exceeds the ${this.input.left} bytes left`);
     }
