@@ -113,7 +113,7 @@ const PROBES: readonly Probe[] = [
     required: false,
     needs: FFI,
     fix:
-      "the aio path needs Linux 4.18 or later with io_submit allowed (seccomp), room in fs.aio-max-nr, and Deno's pipe_wrap binding; without it the ffi fallback works, with two thread hand-offs per wake (shm queue doorbells then wait through the poller too)",
+      "the uring path needs Linux 5.5 or later with io_uring allowed (seccomp, kernel.io_uring_disabled) and Deno's pipe_wrap binding; without it the aio path needs Linux 4.18 or later with io_submit allowed and room in fs.aio-max-nr; without both the ffi fallback works, with two thread hand-offs per wake (shm queue doorbells then wait through the poller too)",
     run: probeWakePath,
   },
   {
@@ -261,11 +261,11 @@ function probeWakePath(): string {
   const unread = state === "granted"
     ? ""
     : ` (${WAKE_ENV} is read only with --allow-env)`;
-  if (path !== "aio") {
+  if (path === "ffi") {
     throw new Error(`ffi fallback in use: ${reason}${unread}`);
   }
   // The same binding reads shm queue doorbells in the main thread.
-  return `aio: ${reason}; shm queue doorbells are read by Deno's event loop${unread}`;
+  return `${path}: ${reason}; shm queue doorbells are read by Deno's event loop${unread}`;
 }
 
 function probeAbstract(): string {

@@ -70,6 +70,8 @@ export function childRun(): ChildRun {
   const { path } = currentWakePath();
   return {
     flags: ["--allow-ffi", `--allow-env=${WAKE_ENV}`],
-    env: path === "aio" || path === "ffi" ? { [WAKE_ENV]: path } : {},
+    env: path === "uring" || path === "aio" || path === "ffi"
+      ? { [WAKE_ENV]: path }
+      : {},
   };
 }

@@ -1,7 +1,8 @@
 /**
- * The `aio` wake path: one Linux AIO `IOCB_CMD_POLL` on the poller's epoll
- * fd signals a private eventfd that Deno's own event loop reads on the JS
- * thread (through the `pipe_wrap` binding): one hand-off per wake.
+ * The queue of the `aio` wake path (see `_wake_direct.ts`): Linux AIO
+ * `IOCB_CMD_POLL` requests with `IOCB_FLAG_RESFD` on the wake path's
+ * eventfd. Also the `pipe_wrap` binding both one-hand-off paths read their
+ * eventfd through.
  *
  * @module
  */
@@ -9,10 +10,16 @@
 import process from "node:process";
 import { libc, SYS } from "./libc.ts";
 import { ERRNO, errno, systemError } from "./errors.ts";
-import { EFD, EPOLL, IO_EVENT, IOCB, TIMESPEC } from "./layout.ts";
+import { IO_EVENT, IOCB, TIMESPEC } from "./layout.ts";
 import { addressOf, stableBuffer } from "./mem.ts";
-import type { Wake } from "./_wake.ts";
-import { loopTurned } from "./_turns.ts";
+import {
+  type Completions,
+  DIRECT_MAX,
+  type PollQueue,
+  readData,
+  REAP_EVENTS,
+  writeData,
+} from "./_wake.ts";
 
 /** Raw syscall through `syscall(2)`: a number, or -1 with errno set. */
 function sys(
@@ -60,10 +67,6 @@ export function pipeWrap(): { make: () => PipeHandle } | string {
 
 const IO_SUBMIT = BigInt(SYS.io_submit);
 
-/** Completions taken at once through `io_getevents` (the fallback reap). */
-const REAP_EVENTS = 16;
-/** How long closing waits for a cancelled poll's completion, in ns. */
-const CANCEL_REAP_NS = 100_000_000n;
 /**
  * Events of the AIO context: room for the epoll fd's poll and for
  * {@linkcode DIRECT_MAX} direct polls with their cancellations. The kernel
@@ -71,13 +74,6 @@ const CANCEL_REAP_NS = 100_000_000n;
  * default) until the process exits.
  */
 const CTX_EVENTS = 64;
-/**
- * Completions taken in a microtask (their fd was ready when its poll was
- * submitted) in a row before one is left to the event loop.
- */
-const SOON_IN_A_ROW = 64;
-/** Direct polls (one watched fd each) outstanding at once. */
-const DIRECT_MAX = 48;
 /**
  * The context of a Worker, and of the fallback when `fs.aio-max-nr` has no
  * room for a full one: no direct polls.
@@ -113,38 +109,6 @@ const RING = {
   MAGIC: 0xa10a10a1,
 } as const;
 
-/**
- * A submission's `aio_data`: a number unique in the context (`aioSeq`)
- * times {@linkcode DATA_STEP}, plus, for a direct poll, its slot times 4
- * and 1. Low two bits 0: the epoll fd's poll. Numbers, not bigints: no
- * allocation and no map per wake-up.
- */
-const DATA_STEP = 256;
-/**
- * Where `aioSeq` starts over, so that `aio_data` stays an exact integer
- * below 2^53. At one submission a µs (about what one costs) it takes half
- * a year to get there, and a completion that old is long taken.
- */
-const SEQ_WRAP = 2 ** 44;
-
-/** The next submission number of this context. */
-function nextSeq(): number {
-  aioSeq = aioSeq >= SEQ_WRAP ? 1 : aioSeq + 1;
-  return aioSeq;
-}
-
-/** `aio_data` read from a completion (two u32 halves, little-endian). */
-function readData(view: DataView, at: number): number {
-  return view.getUint32(at, true) +
-    view.getUint32(at + 4, true) * 0x1_0000_0000;
-}
-
-/** Writes `data` as an iocb's `aio_data`. */
-function writeData(view: DataView, at: number, data: number): void {
-  view.setUint32(at, data % 0x1_0000_0000, true);
-  view.setUint32(at + 4, Math.floor(data / 0x1_0000_0000), true);
-}
-
 interface AioContext {
   ctx: bigint;
   /** The same as a pointer, for `io_submit`. */
@@ -158,7 +122,6 @@ interface AioContext {
 }
 
 let aioContext: AioContext | undefined;
-let aioSeq = 0;
 
 /**
  * This process's (or Worker's) AIO context, set up on first use and kept: an
@@ -306,320 +269,97 @@ class CompletionRing {
 }
 
 /**
- * Completions taken and not yet sorted: kept in typed arrays that are
- * reused, so that taking them allocates nothing.
+ * The AIO queue of one wake path: the process's context (kept), an iocb for
+ * the epoll set's poll and one per direct-poll slot, each known by its
+ * address to `io_cancel`.
  */
-class Completions {
-  datas = new Float64Array(REAP_EVENTS);
-  results = new Int32Array(REAP_EVENTS);
-  count = 0;
-
-  add(data: number, result: number): void {
-    if (this.count === this.datas.length) {
-      const datas = new Float64Array(this.count * 2);
-      const results = new Int32Array(this.count * 2);
-      datas.set(this.datas);
-      results.set(this.results);
-      this.datas = datas;
-      this.results = results;
-    }
-    this.datas[this.count] = data;
-    this.results[this.count] = result;
-    this.count++;
-  }
-}
-
-/**
- * The one-hand-off path. Each watched fd that someone waits on gets its own
- * AIO poll (a direct poll) while there is room for it; the others, and fds
- * past {@linkcode DIRECT_MAX} (and every fd in a Worker), go through the
- * poller's epoll set, which one more AIO poll watches. Every completion signals a private eventfd that
- * Deno's event loop reads on the JS thread.
- */
-export class AioWake implements Wake {
+export class AioQueue implements PollQueue {
   readonly path = "aio" as const;
-  readonly busy = false;
+  readonly call = "io_submit(IOCB_CMD_POLL)";
+  readonly closeEnds = false;
   #ctx: AioContext;
-  #efd: number;
-  #pipe: PipeHandle;
-  #iocb = stableBuffer(IOCB.size);
-  #iocbView = new DataView(this.#iocb);
+  #iocbs = stableBuffer((DIRECT_MAX + 1) * IOCB.size);
+  #iocbsView = new DataView(this.#iocbs);
+  #iocbsAddress = addressOf(this.#iocbs);
   #iocbList = stableBuffer(8);
   #iocbListView = new DataView(this.#iocbList);
-  #iocbAddress = addressOf(this.#iocb);
   #events = stableBuffer(REAP_EVENTS * IO_EVENT.size);
   #eventsView = new DataView(this.#events);
   #time = stableBuffer(TIMESPEC.size);
   #timeView = new DataView(this.#time);
-  // Each submission carries an aio_data unique in this context, so that a
-  // late completion of an earlier poll is never taken for the current one.
-  #data = 0;
-  #armed = false;
-  #refed = true;
-  #onDirect: (tag: number, result: number) => void;
-  #onEvents: () => void;
-  /** Wakes that came through the event loop (the eventfd was read). */
-  #turns = 0;
-  /** Whether a look at completions is due in a microtask. */
-  #soon = false;
-  #closed = false;
-  /** Looks taken in a microtask since the event loop last woke this path. */
-  #soonInARow = 0;
-  readonly #lookSoon = (): void => {
-    this.#soon = false;
-    this.#soonInARow++;
-    // The context outlives this wake path: once closed, its completions
-    // are a later one's.
-    if (!this.#closed) this.#completed(this.#onEvents);
-  };
-  // Direct polls: one iocb slot each, known by its address to io_cancel and
-  // kept until its completion is taken (a cancelled one too). A slot in use
-  // has its submission's aio_data (0 when free) and its caller's tag.
-  #slots = stableBuffer(DIRECT_MAX * IOCB.size);
-  #slotsView = new DataView(this.#slots);
-  #slotsAddress = addressOf(this.#slots);
-  #slotData: number[] = new Array(DIRECT_MAX).fill(0);
-  #slotTag: number[] = new Array(DIRECT_MAX).fill(0);
-  #inUse = 0;
-  #free: number[] = [];
-  #taken = new Completions();
 
-  /**
-   * Throws, having released what it took, when AIO poll is refused.
-   *
-   * @param epfd The poller's epoll fd.
-   * @param onEvents Called when the epoll set has events.
-   * @param onDirect Called with a direct poll's tag and result (the events,
-   * or a negative errno).
-   * @param make Makes the `pipe_wrap` handle that reads the eventfd.
-   */
-  constructor(
-    epfd: number,
-    onEvents: () => void,
-    onDirect: (tag: number, result: number) => void,
-    make: () => PipeHandle,
-  ) {
-    const lib = libc();
+  /** @throws When AIO is refused (the context cannot be set up). */
+  constructor() {
     this.#ctx = aioCtx();
-    this.#onDirect = onDirect;
-    this.#onEvents = onEvents;
-    this.#take();
-    const efd = lib.eventfd(0, EFD.CLOEXEC);
-    if (efd === -1) throw systemError("eventfd", errno());
-    this.#efd = efd;
-    const iocb = this.#iocbView;
-    iocb.setUint16(IOCB.lioOpcode, IOCB.CMD_POLL, true);
-    iocb.setUint32(IOCB.fildes, epfd, true);
-    iocb.setBigUint64(IOCB.buf, BigInt(EPOLL.IN), true);
-    iocb.setUint32(IOCB.flags, IOCB.FLAG_RESFD, true);
-    iocb.setUint32(IOCB.resfd, efd, true);
-    const slots = this.#slotsView;
-    for (let i = DIRECT_MAX - 1; i >= 0; i--) {
-      const at = i * IOCB.size;
-      slots.setUint16(at + IOCB.lioOpcode, IOCB.CMD_POLL, true);
-      slots.setUint32(at + IOCB.flags, IOCB.FLAG_RESFD, true);
-      slots.setUint32(at + IOCB.resfd, efd, true);
-      this.#free.push(i);
-    }
-    let pipe: PipeHandle | undefined;
-    // The pipe handle owns the eventfd once it opened it, not before.
-    let opened = false;
-    try {
-      // A first submission proves that IOCB_CMD_POLL is allowed here (Linux
-      // 4.18 or later, no seccomp or sandbox refusal); it stays armed.
-      this.#submit();
-      pipe = make();
-      if (pipe.open(efd) !== 0) {
-        throw new Error("Pipe#open of an eventfd failed");
-      }
-      opened = true;
-      // Reads of the eventfd land in one small buffer instead of a new
-      // 64 KiB one each time (where this Deno has the call).
-      pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
-      pipe.onread = () => {
-        loopTurned();
-        this.#turns++;
-        this.#soonInARow = 0;
-        this.#completed(onEvents);
-      };
-      if (pipe.readStart() !== 0) throw new Error("Pipe#readStart failed");
-    } catch (error) {
-      this.#cancel();
-      if (pipe !== undefined) pipe.close();
-      if (!opened) lib.close(efd);
-      throw error;
-    }
-    this.#pipe = pipe;
-    this.#setRef(false);
   }
 
-  get holding(): boolean {
-    return (this.#armed || this.#inUse > 0) && this.#refed;
-  }
-
-  /** The private eventfd that Deno's event loop watches. */
-  get eventFd(): number {
-    return this.#efd;
-  }
-
-  /** Wakes that came through the event loop, not from a submit. */
-  get turns(): number {
-    return this.#turns;
-  }
-
-  /** Whether fds can be polled directly (the AIO context has room). */
   get direct(): boolean {
     return this.#ctx.direct;
   }
 
-  arm(ref: boolean, set: boolean): void {
-    this.#setRef(ref);
-    if (set && !this.#armed) this.#submit();
+  get empty(): boolean {
+    return this.#ctx.ring?.empty !== false;
   }
 
-  disarm(): void {
-    // An armed poll may stay: the set has no interest left, so it completes
-    // only for a late event, which is then drained and ignored.
-    this.#setRef(false);
+  attach(efd: number): void {
+    const view = this.#iocbsView;
+    for (let i = 0; i <= DIRECT_MAX; i++) {
+      const at = i * IOCB.size;
+      view.setUint16(at + IOCB.lioOpcode, IOCB.CMD_POLL, true);
+      view.setUint32(at + IOCB.flags, IOCB.FLAG_RESFD, true);
+      view.setUint32(at + IOCB.resfd, efd, true);
+    }
   }
 
-  /**
-   * Polls `fd` for `events` directly; its completion goes to `onDirect`
-   * with `tag`. False when no slot is free, or when AIO refuses a file that
-   * epoll takes (one whose poll waits on two queues, such as a pipe opened
-   * for reading and writing): the caller goes through the epoll set.
-   *
-   * @throws When the kernel refuses the poll (the fd is closed).
-   */
-  poll(tag: number, fd: number, events: number): boolean {
-    const slot = this.#free.pop();
-    if (slot === undefined) return false;
-    const view = this.#slotsView;
-    const at = slot * IOCB.size;
-    const data = nextSeq() * DATA_STEP + slot * 4 + 1;
+  // The epoll set's iocb comes after the slots'.
+  #at(slot: number): number {
+    return (slot === -1 ? DIRECT_MAX : slot) * IOCB.size;
+  }
+
+  poll(data: number, fd: number, events: number, slot: number): number {
+    const view = this.#iocbsView;
+    const at = this.#at(slot);
     writeData(view, at + IOCB.data, data);
     view.setUint32(at + IOCB.fildes, fd, true);
     view.setBigUint64(at + IOCB.buf, BigInt(events), true);
-    const address = this.#slotsAddress + BigInt(at);
-    this.#iocbListView.setBigUint64(0, address, true);
+    this.#iocbListView.setBigUint64(0, this.#iocbsAddress + BigInt(at), true);
     const n = libc().io_submit(
       IO_SUBMIT,
       this.#ctx.pointer,
       1n,
       this.#iocbList,
     );
-    if (n !== 1) {
-      const code = errno();
-      this.#free.push(slot);
-      if (code === ERRNO.EAGAIN || code === ERRNO.EINVAL) return false;
-      throw systemError("io_submit(IOCB_CMD_POLL)", code, `fd ${fd}`);
-    }
-    this.#slotData[slot] = data;
-    this.#slotTag[slot] = tag;
-    this.#inUse++;
-    this.#completedAtSubmit();
-    return true;
+    return n === 1 ? 0 : errno();
   }
 
-  /**
-   * A poll of an fd that is ready already completes inside `io_submit`:
-   * its completion is taken in a microtask rather than after a turn of the
-   * event loop (which still reads the eventfd, and then finds nothing).
-   */
-  #completedAtSubmit(): void {
-    if (this.#soon || this.#ctx.ring?.empty !== false) return;
-    // An fd that polls ready while its owner's call makes no progress must
-    // not loop in microtasks, where timers and other I/O never run: after a
-    // run of such looks, completions wait for the event loop again.
-    if (this.#soonInARow >= SOON_IN_A_ROW) return;
-    this.#soon = true;
-    queueMicrotask(this.#lookSoon);
-  }
-
-  /**
-   * Cancels the direct poll tagged `tag`, if it is outstanding: its file is
-   * no longer held once the kernel has completed it (microseconds).
-   */
-  cancel(tag: number): void {
-    // Rare (a handle closing): a scan of the slots in use.
-    for (let slot = 0; slot < DIRECT_MAX; slot++) {
-      if (this.#slotData[slot] !== 0 && this.#slotTag[slot] === tag) {
-        this.#cancelSlot(slot);
-      }
-    }
-  }
-
-  #cancelSlot(slot: number): void {
-    // EINPROGRESS: it completes shortly and its slot is freed then.
+  cancel(_data: number, slot: number): void {
+    // EINPROGRESS: it completes shortly; EINVAL: it already had.
     sys(
       SYS.io_cancel,
       this.#ctx.ctx,
-      this.#slotsAddress + BigInt(slot * IOCB.size),
+      this.#iocbsAddress + BigInt(this.#at(slot)),
       addressOf(this.#events),
     );
+  }
+
+  take(into: Completions): void {
+    if (this.#ctx.ring?.take(into)) return;
+    while (this.#reap(into, 0, 0n) === REAP_EVENTS);
+  }
+
+  waitTake(into: Completions, ns: bigint): void {
+    this.#reap(into, 1, ns);
   }
 
   close(): void {
-    this.#closed = true;
-    for (let slot = 0; slot < DIRECT_MAX; slot++) {
-      if (this.#slotData[slot] !== 0) this.#cancelSlot(slot);
-    }
-    this.#cancel();
-    this.#pipe.close();
-  }
-
-  #setRef(ref: boolean): void {
-    if (ref === this.#refed) return;
-    this.#refed = ref;
-    if (ref) this.#pipe.ref();
-    else this.#pipe.unref();
-  }
-
-  #submit(): void {
-    this.#data = nextSeq() * DATA_STEP;
-    writeData(this.#iocbView, IOCB.data, this.#data);
-    this.#iocbListView.setBigUint64(0, this.#iocbAddress, true);
-    const n = libc().io_submit(
-      IO_SUBMIT,
-      this.#ctx.pointer,
-      1n,
-      this.#iocbList,
-    );
-    if (n !== 1) throw systemError("io_submit(IOCB_CMD_POLL)", errno());
-    this.#armed = true;
-    this.#completedAtSubmit();
-  }
-
-  /** Cancels an armed epoll fd poll and reaps its completion (microseconds). */
-  #cancel(): void {
-    if (!this.#armed) return;
-    // EINPROGRESS: the cancelled poll completes shortly; EINVAL: it already
-    // had. Either way its completion is reaped here.
-    sys(
-      SYS.io_cancel,
-      this.#ctx.ctx,
-      addressOf(this.#iocb),
-      addressOf(this.#events),
-    );
-    const deadline = performance.now() + Number(CANCEL_REAP_NS / 1_000_000n);
-    while (this.#armed && performance.now() < deadline) {
-      this.#syscallReap(1, CANCEL_REAP_NS);
-      this.#settle(() => {});
-    }
-    this.#armed = false;
-  }
-
-  /** Takes the completions there are into #taken. */
-  #take(): void {
-    if (this.#ctx.ring?.take(this.#taken)) return;
-    while (this.#syscallReap(0, 0n) === REAP_EVENTS);
+    // The context is kept for the next wake path.
   }
 
   /**
    * Reaps completions by syscall (at least `min`, waiting up to `ns`) into
-   * #taken; returns how many.
+   * `into`; returns how many.
    */
-  #syscallReap(min: number, ns: bigint): number {
+  #reap(into: Completions, min: number, ns: bigint): number {
     this.#timeView.setBigInt64(TIMESPEC.sec, ns / 1_000_000_000n, true);
     this.#timeView.setBigInt64(TIMESPEC.nsec, ns % 1_000_000_000n, true);
     const n = sys(
@@ -633,49 +373,11 @@ export class AioWake implements Wake {
     const view = this.#eventsView;
     for (let i = 0; i < n; i++) {
       const at = i * IO_EVENT.size;
-      this.#taken.add(
+      into.add(
         readData(view, at + IO_EVENT.data),
         view.getInt32(at + IO_EVENT.res, true),
       );
     }
     return Math.max(n, 0);
-  }
-
-  /**
-   * Sorts the completions taken: the epoll fd's poll (its current one)
-   * calls `onEvents`, a direct poll frees its slot and goes to `onDirect`,
-   * anything else (a poll of an earlier wake path) is dropped.
-   */
-  #settle(onEvents: () => void): void {
-    const taken = this.#taken;
-    let setReady = false;
-    // A callback may take more (a wake path closing reaps its last
-    // completions): count and arrays are read afresh each time.
-    for (let i = 0; i < taken.count; i++) {
-      const data = taken.datas[i];
-      const low = data % DATA_STEP;
-      if (low === 0) {
-        if (data === this.#data && this.#armed) {
-          this.#armed = false;
-          setReady = true;
-        }
-        continue;
-      }
-      const slot = low >>> 2;
-      if (slot >= DIRECT_MAX || this.#slotData[slot] !== data) continue;
-      this.#slotData[slot] = 0;
-      this.#inUse--;
-      this.#free.push(slot);
-      this.#onDirect(this.#slotTag[slot], taken.results[i]);
-    }
-    taken.count = 0;
-    if (setReady) onEvents();
-  }
-
-  #completed(onEvents: () => void): void {
-    // Deno's reader has consumed the eventfd count; take the completions so
-    // the next polls can be submitted.
-    this.#take();
-    this.#settle(onEvents);
   }
 }

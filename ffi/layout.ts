@@ -131,6 +131,53 @@ export const IOCB = {
   FLAG_RESFD: 1,
 } as const;
 
+/**
+ * `struct io_uring_params` (120 bytes) with the fields of its
+ * `io_sqring_offsets` (at 40) and `io_cqring_offsets` (at 80) that the
+ * `uring` wake path reads, and the `io_uring_setup`, `mmap` and
+ * `io_uring_register` constants it uses; the same on every 64-bit Linux.
+ */
+export const URING_PARAMS = {
+  size: 120,
+  sqEntries: 0,
+  cqEntries: 4,
+  flags: 8,
+  features: 20,
+  sqHead: 40,
+  sqTail: 44,
+  sqMask: 48,
+  sqArray: 64,
+  cqHead: 80,
+  cqTail: 84,
+  cqMask: 88,
+  cqes: 100,
+  SETUP_CQSIZE: 8,
+  FEAT_SINGLE_MMAP: 1,
+  FEAT_NODROP: 2,
+  OFF_SQ_RING: 0,
+  OFF_CQ_RING: 0x8000000,
+  OFF_SQES: 0x10000000,
+  REGISTER_EVENTFD: 4,
+} as const;
+
+/**
+ * `struct io_uring_sqe` (64 bytes), the fields of a poll request, and the
+ * two poll opcodes; `pollEvents` is `poll32_events`.
+ */
+export const URING_SQE = {
+  size: 64,
+  opcode: 0,
+  fd: 4,
+  addr: 16,
+  pollEvents: 28,
+  userData: 32,
+  OP_POLL_ADD: 6,
+  OP_POLL_REMOVE: 7,
+} as const;
+
+/** `struct io_uring_cqe`: 0 user_data u64, 8 res i32, 12 flags u32. */
+export const URING_CQE = { size: 16, userData: 0, res: 8 } as const;
+
 /** `struct io_event`: 0 data u64, 8 obj u64, 16 res i64, 24 res2 i64. */
 export const IO_EVENT = { size: 32, data: 0, res: 16 } as const;
 
@@ -448,6 +495,9 @@ export function tablesFor(arch: Arch): Readonly<Record<string, Table>> {
     EPOLL,
     EPOLL_EVENT: EPOLL_EVENT_BY_ARCH[arch],
     IOCB,
+    URING_PARAMS,
+    URING_SQE,
+    URING_CQE,
     IO_EVENT,
     TIMESPEC,
     EFD,

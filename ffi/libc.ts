@@ -227,6 +227,14 @@ const symbols = {
     parameters: ["i64", "pointer", "i64", "buffer"],
     result: "i32",
   },
+  // int io_uring_enter(unsigned fd, unsigned to_submit, unsigned
+  // min_complete, unsigned flags, const void *arg, size_t argsz):
+  // SYS.io_uring_enter.
+  io_uring_enter: {
+    name: "syscall",
+    parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "i32",
+  },
   // long syscall(long number, ...): the Linux AIO calls io_setup,
   // io_cancel, io_getevents and io_submit, with pointers as addresses.
   syscall6: {
@@ -348,6 +356,9 @@ export type SyscallNumbers = {
   readonly pidfd_send_signal: number;
   readonly pidfd_open: number;
   readonly futex_waitv: number;
+  readonly io_uring_setup: number;
+  readonly io_uring_enter: number;
+  readonly io_uring_register: number;
 };
 
 /** Syscall numbers used through `syscall(2)`, per architecture. */
@@ -362,6 +373,9 @@ export const SYS_BY_ARCH: Readonly<Record<Arch, SyscallNumbers>> = {
     pidfd_send_signal: 424,
     pidfd_open: 434,
     futex_waitv: 449,
+    io_uring_setup: 425,
+    io_uring_enter: 426,
+    io_uring_register: 427,
   },
   aarch64: {
     io_setup: 0,
@@ -373,6 +387,9 @@ export const SYS_BY_ARCH: Readonly<Record<Arch, SyscallNumbers>> = {
     pidfd_send_signal: 424,
     pidfd_open: 434,
     futex_waitv: 449,
+    io_uring_setup: 425,
+    io_uring_enter: 426,
+    io_uring_register: 427,
   },
 };
 

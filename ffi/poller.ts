@@ -5,31 +5,36 @@
  *
  * How the JS thread learns that the set has events (the wake path):
  *
- * - `aio` (the default where it works): Linux AIO `IOCB_CMD_POLL` with
- *   `IOCB_FLAG_RESFD` on a private eventfd that Deno's own event loop watches
- *   (through the `pipe_wrap` binding). When a watched fd becomes ready the
- *   kernel completes the poll and signals the eventfd, which wakes the JS
- *   thread directly: one thread hand-off per wake. A waited-on fd is polled
- *   directly (one AIO poll per fd and direction, up to 48 at once), so a
- *   wait costs one `io_submit` and a wake no syscall of ours: completions
- *   are read from the AIO ring in place. Fds past that, and everything in a
- *   Worker (a terminated Worker could not cancel its polls) or when
- *   `fs.aio-max-nr` leaves no room, wait through the epoll set, which one
- *   more AIO poll watches. Only the private eventfd is made non-blocking;
- *   watched fds are never touched. A direct poll holds its fd's open file
- *   until it completes, so an fd's owner closes its handle (which cancels
- *   the poll) before the fd.
+ * - `uring` (the default where it works) and `aio`: a kernel queue of
+ *   one-shot polls whose completions signal a private eventfd that Deno's
+ *   own event loop watches (through the `pipe_wrap` binding), so a watched
+ *   fd becoming ready wakes the JS thread directly. `uring` uses an
+ *   io_uring (`IORING_OP_POLL_ADD`, the eventfd registered): the kernel
+ *   completes the poll in the JS thread's own task work, one hand-off per
+ *   wake. `aio` uses Linux AIO `IOCB_CMD_POLL` with `IOCB_FLAG_RESFD`, which
+ *   Linux completes in a kernel worker thread before it wakes the JS thread
+ *   (a second, in-kernel hand-off); it serves where io_uring is refused, and
+ *   in Workers. A waited-on fd is polled directly (one poll per fd and
+ *   direction, up to 48 at once), so a wait costs one submission syscall and
+ *   a wake no syscall of ours: completions are read from the ring in place.
+ *   Fds past that, and everything in a Worker (a terminated Worker could not
+ *   cancel its polls) or when `fs.aio-max-nr` leaves no room, wait through
+ *   the epoll set, which one more poll watches. Only the private eventfd is
+ *   made non-blocking; watched fds are never touched. A direct poll holds
+ *   its fd's open file until it completes, so an fd's owner closes its
+ *   handle (which cancels the poll) before the fd.
  * - `ffi` (the fallback): a single nonblocking FFI `epoll_wait` in flight on
  *   one of Deno's blocking-pool threads, which then wakes the JS thread: two
  *   hand-offs per wake. While only unref'd waiters are left, an unref'd timer
  *   polls with a zero timeout instead (a pending FFI call keeps the process
  *   alive).
  *
- * The path is chosen at first use: `aio` unless the kernel, a seccomp filter,
- * `fs.aio-max-nr` or the Deno internal it needs refuses, then `ffi`. The
- * environment variable `CONDUIT_IPC_WAKE` set to `aio` or `ffi` forces one
- * (read only when `--allow-env` grants it); {@linkcode wakePath} says which
- * is in use and why.
+ * The path is chosen at first use: `uring`, else `aio`, unless the kernel, a
+ * seccomp filter, `kernel.io_uring_disabled`, `fs.aio-max-nr` or the Deno
+ * internal they need refuses, then `ffi`. The environment variable
+ * `CONDUIT_IPC_WAKE` set to `uring`, `aio` or `ffi` forces one (read only
+ * when `--allow-env` grants it); {@linkcode wakePath} says which is in use
+ * and why.
  *
  * Interest is armed per fd with EPOLLONESHOT (or a one-shot direct poll) and
  * re-armed while waiters remain. Each registration carries a fresh token in
@@ -47,16 +52,34 @@ import { lastingArea } from "./mem.ts";
 import {
   KICK_TOKEN,
   MAX_EVENTS,
+  type PollQueue,
   type Wake,
   type WakePathName,
 } from "./_wake.ts";
-import { aioDirect, AioWake, pipeWrap } from "./_wake_aio.ts";
+import { aioDirect, AioQueue, IN_WORKER, pipeWrap } from "./_wake_aio.ts";
+import { DirectWake } from "./_wake_direct.ts";
+import { UringQueue } from "./_wake_uring.ts";
 import { FfiWake } from "./_wake_ffi.ts";
 import { loopTurned } from "./_turns.ts";
 
 export type { WakePathName };
 
 const WAKE_ENV = "CONDUIT_IPC_WAKE";
+
+/** The one-hand-off wake paths, in the order they are tried. */
+const DIRECT_PATHS = ["uring", "aio"] as const;
+type DirectPath = typeof DIRECT_PATHS[number];
+const POLL_NAME: Readonly<Record<DirectPath, string>> = {
+  uring: "io_uring",
+  aio: "AIO",
+};
+
+/** How a one-hand-off path waits on fds, for its reason. */
+function howPolled(kind: DirectPath): string {
+  return kind === "uring" || aioDirect()
+    ? "each waited-on fd is polled directly"
+    : "fds wait through the epoll set (a Worker, or fs.aio-max-nr left room for a small AIO context only)";
+}
 
 const READ_READY = EPOLL.IN | EPOLL.HUP | EPOLL.ERR | EPOLL.RDHUP;
 const WRITE_READY = EPOLL.OUT | EPOLL.HUP | EPOLL.ERR;
@@ -83,9 +106,12 @@ export type Interest = "read" | "write";
 
 /** Which wake path this process uses, and why. */
 export interface WakePath {
-  /** `aio` (one hand-off per wake) or `ffi` (the fallback, two). */
+  /**
+   * `uring` (one hand-off per wake), `aio` (one, and one in the kernel) or
+   * `ffi` (the fallback, two).
+   */
   path: WakePathName;
-  /** Why this path: forced by the environment, or why `aio` was refused. */
+  /** Why this path: forced by the environment, or why others were refused. */
   reason: string;
 }
 
@@ -108,7 +134,7 @@ export class PollHandle {
   #ref = true;
   #inSet = false;
   #closed = false;
-  /** Direct polls outstanding (`aio` path): 1 for reading, 2 for writing. */
+  /** Direct polls outstanding (`uring`, `aio`): 1 for reading, 2 for writing. */
   #direct = 0;
   /** Whether this fd waits through the epoll set rather than directly. */
   #viaSet = false;
@@ -374,9 +400,9 @@ function readForcedPath(): WakePathName | TypeError | undefined {
     return undefined;
   }
   if (value === undefined || value === "") return undefined;
-  if (value === "aio" || value === "ffi") return value;
+  if (value === "uring" || value === "aio" || value === "ffi") return value;
   return new TypeError(
-    `Cannot choose the wake path: ${WAKE_ENV} must be "aio" or "ffi", got ${
+    `Cannot choose the wake path: ${WAKE_ENV} must be "uring", "aio" or "ffi", got ${
       JSON.stringify(value)
     }`,
   );
@@ -422,46 +448,47 @@ export class Poller {
 
   /** The wake path in use (chosen on first registration, then kept). */
   get wakePath(): WakePath {
-    return this.#chosen ??= this.#probe(() => this.#aioRefusal());
+    return this.#chosen ??= this.#probe((kind) => this.#refusal(kind));
   }
 
   /**
-   * Chooses the wake path, once per poller: AIO unless forced off or
-   * `tryAio` says why it cannot be had.
+   * Chooses the wake path, once per poller: `uring`, else `aio`, else
+   * `ffi`, unless one is forced; `attempt` tries a one-hand-off path and
+   * says why it cannot be had.
    */
-  #probe(tryAio: () => string | undefined): WakePath {
+  #probe(attempt: (kind: DirectPath) => string | undefined): WakePath {
     const forced = FORCED_PATH;
     if (forced instanceof TypeError) throw forced;
     if (forced === "ffi") {
       return { path: "ffi", reason: `forced by ${WAKE_ENV}=ffi` };
     }
-    const refused = tryAio();
-    if (refused === undefined) {
-      const how = aioDirect()
-        ? "each waited-on fd is polled directly"
-        : "fds wait through the epoll set (a Worker, or fs.aio-max-nr left room for a small AIO context only)";
-      return {
-        path: "aio",
-        reason: forced === "aio"
-          ? `forced by ${WAKE_ENV}=aio; ${how}`
-          : `AIO poll is available; ${how}`,
-      };
+    const refusals: string[] = [];
+    for (const kind of DIRECT_PATHS) {
+      if (forced !== undefined && forced !== kind) continue;
+      const refused = attempt(kind);
+      if (refused === undefined) {
+        const why = forced === kind
+          ? `forced by ${WAKE_ENV}=${kind}`
+          : [...refusals, `${POLL_NAME[kind]} poll is available`].join("; ");
+        return { path: kind, reason: `${why}; ${howPolled(kind)}` };
+      }
+      if (forced === kind) {
+        throw new Deno.errors.NotSupported(
+          `Cannot use the wake path forced by ${WAKE_ENV}=${kind}: ${refused}`,
+        );
+      }
+      refusals.push(`${POLL_NAME[kind]} poll unavailable: ${refused}`);
     }
-    if (forced === "aio") {
-      throw new Deno.errors.NotSupported(
-        `Cannot use the wake path forced by ${WAKE_ENV}=aio: ${refused}`,
-      );
-    }
-    return { path: "ffi", reason: `AIO poll unavailable: ${refused}` };
+    return { path: "ffi", reason: refusals.join("; ") };
   }
 
-  // Tries the AIO path on a scratch epoll fd (the path asked for before
-  // any registration).
-  #aioRefusal(): string | undefined {
+  // Tries a one-hand-off path on a scratch epoll fd (the path asked for
+  // before any registration).
+  #refusal(kind: DirectPath): string | undefined {
     const lib = libc();
     const epfd = check("epoll_create1", lib.epoll_create1(EPOLL.CLOEXEC));
     try {
-      const wake = this.#tryAio(epfd, () => {}, () => {});
+      const wake = this.#tryDirect(kind, epfd, () => {}, () => {});
       if (wake instanceof Error) return wake.message;
       wake.close();
       return undefined;
@@ -470,19 +497,27 @@ export class Poller {
     }
   }
 
-  /** An AIO wake over `epfd`, or the error that says why there is none. */
-  #tryAio(
+  /** A `kind` wake over `epfd`, or the error that says why there is none. */
+  #tryDirect(
+    kind: DirectPath,
     epfd: number,
     onEvents: () => void,
     onDirect: (tag: number, result: number) => void,
-  ): AioWake | Error {
+  ): DirectWake | Error {
     const wrap = pipeWrap();
     if (typeof wrap === "string") return new Error(wrap);
+    if (kind === "uring" && IN_WORKER) {
+      // A terminated Worker runs no code to close its ring.
+      return new Error("not in a Worker, whose ring would outlive it");
+    }
     try {
-      return new AioWake(epfd, onEvents, onDirect, wrap.make);
+      const queue: PollQueue = kind === "uring"
+        ? new UringQueue()
+        : new AioQueue();
+      return new DirectWake(epfd, onEvents, onDirect, wrap.make, queue);
     } catch (error) {
-      // Out of fds says nothing about AIO: fail this registration as any
-      // fd creation would, and probe again next time.
+      // Out of fds says nothing about the path: fail this registration as
+      // any fd creation would, and probe again next time.
       if (isFdExhaustion(error)) throw error;
       return error instanceof Error ? error : new Error(String(error));
     }
@@ -502,17 +537,18 @@ export class Poller {
       // The first registration's wake is the probe itself: a wake built on
       // a scratch epoll fd and closed again cost a new process a third of
       // a millisecond more.
-      let probed: AioWake | undefined;
-      this.#chosen ??= this.#probe(() => {
-        const wake = this.#tryAio(epfd, onEvents, onDirect);
+      let probed: DirectWake | undefined;
+      this.#chosen ??= this.#probe((kind) => {
+        const wake = this.#tryDirect(kind, epfd, onEvents, onDirect);
         if (wake instanceof Error) return wake.message;
         probed = wake;
         return undefined;
       });
-      if (this.#chosen.path === "aio") {
+      const path = this.#chosen.path;
+      if (path !== "ffi") {
         let wake = probed;
         if (wake === undefined) {
-          const made = this.#tryAio(epfd, onEvents, onDirect);
+          const made = this.#tryDirect(path, epfd, onEvents, onDirect);
           if (made instanceof Error) throw made;
           wake = made;
         }
@@ -578,16 +614,17 @@ export class Poller {
   }
 
   /**
-   * On the `aio` path, the eventfd the kernel signals when the set has
+   * On the `uring` and `aio` paths, the eventfd the kernel signals when the set has
    * events; -1 otherwise (for tests).
    */
   get eventFd(): number {
     const wake = this.#wake;
-    return wake instanceof AioWake ? wake.eventFd : -1;
+    return wake instanceof DirectWake ? wake.eventFd : -1;
   }
 
   /**
-   * The fds polled directly on the `aio` path (not through the epoll set),
+   * The fds polled directly on the `uring` and `aio` paths (not through the
+   * epoll set),
    * with their tokens and what they are polled for: 1 reading, 2 writing
    * (for tests and diagnostics).
    */
@@ -648,31 +685,31 @@ export class Poller {
    */
   get turns(): number {
     const wake = this.#wake;
-    return wake instanceof AioWake ? wake.turns : this.#ffiTurns;
+    return wake instanceof DirectWake ? wake.turns : this.#ffiTurns;
   }
 
-  /** Whether fds may be polled directly (the `aio` path, with room). */
+  /** Whether fds may be polled directly (`uring`, or `aio` with room). */
   get canPollDirect(): boolean {
     const wake = this.#wake;
-    return wake instanceof AioWake && wake.direct;
+    return wake instanceof DirectWake && wake.direct;
   }
 
   /**
-   * Polls `handle`'s fd directly for `events` (`aio` path, while there is
+   * Polls `handle`'s fd directly for `events` (`uring` and `aio`, while there is
    * room); false when it must wait through the epoll set instead.
    *
    * @internal
    */
   pollDirect(handle: PollHandle, kind: number, events: number): boolean {
     const wake = this.#wake;
-    if (!(wake instanceof AioWake) || !wake.direct) return false;
+    if (!(wake instanceof DirectWake) || !wake.direct) return false;
     return wake.poll(handle.token * 4 + kind, handle.fd, events);
   }
 
   /** @internal */
   cancelDirect(handle: PollHandle, kinds: number): void {
     const wake = this.#wake;
-    if (!(wake instanceof AioWake)) return;
+    if (!(wake instanceof DirectWake)) return;
     const tag = handle.token * 4;
     if (kinds & 1) wake.cancel(tag + 1);
     if (kinds & 2) wake.cancel(tag + 2);
@@ -716,7 +753,7 @@ export class Poller {
     if (this.#handles.size === 0 && !wake.busy) this.#release();
   }
 
-  // The aio path: the set has events; take them without blocking.
+  // The uring and aio paths: the set has events; take them without blocking.
   #collect(): void {
     if (this.#epfd === -1) return;
     this.#onEvents(
@@ -724,7 +761,7 @@ export class Poller {
     );
   }
 
-  // A direct poll completed (aio path).
+  // A direct poll completed (uring and aio paths).
   #onDirect(tag: number, result: number): void {
     const handle = this.#handles.get(Math.floor(tag / 4));
     if (handle === undefined) return;
@@ -769,10 +806,11 @@ export function poller(): Poller {
 
 /**
  * Which wake path this process (or Worker) uses to learn that a watched fd
- * is ready, and why: `aio` hands each wake-up straight to the JS thread's
- * event loop; `ffi` is the fallback through one of Deno's blocking-pool
- * threads. Set `CONDUIT_IPC_WAKE=aio` or `=ffi` (with `--allow-env`) to force
- * one.
+ * is ready, and why: `uring` hands each wake-up straight to the JS thread's
+ * event loop, `aio` does so through a kernel worker thread (where io_uring
+ * is refused, and in Workers); `ffi` is the fallback through one of Deno's
+ * blocking-pool threads. Set `CONDUIT_IPC_WAKE=uring`, `=aio` or `=ffi`
+ * (with `--allow-env`) to force one.
  *
  * @example Print the wake path
  * ```ts

@@ -89,7 +89,7 @@ export class ReactorBell {
    * fd (the caller then waits through the poller).
    */
   static open(fd: number): ReactorBell | undefined {
-    if (IN_WORKER || poller().wakePath.path !== "aio") return undefined;
+    if (IN_WORKER || poller().wakePath.path === "ffi") return undefined;
     const binding = pipeWrap();
     if (typeof binding === "string") return undefined;
     let copy = -1;

@@ -503,7 +503,7 @@ const EPOLLOUT = 0x4;
 export function pollerWaits(): number {
   const epfd = pollerEpfd();
   if (epfd === undefined) return 0;
-  if (poller().wakePath.path === "aio") return poller().busy ? 1 : 0;
+  if (poller().wakePath.path !== "ffi") return poller().busy ? 1 : 0;
   let count = 0;
   for (const tid of listDir("/proc/self/task")) {
     const fields = readProcText(`/proc/self/task/${tid}/syscall`)?.split(" ");

@@ -18,9 +18,9 @@ test(
       }),
       { path: "unknown", reason: "wakePath() threw: AIO refused" },
     );
-    // The real poller: one of its two paths, the forced one when forced.
+    // The real poller: one of its three paths, the forced one when forced.
     const real = currentWakePath();
-    assert.ok(real.path === "aio" || real.path === "ffi", real.path);
+    assert.ok(["uring", "aio", "ffi"].includes(real.path), real.path);
     assert.notEqual(real.reason, "");
     const forced = Deno.env.get(WAKE_ENV);
     if (forced) assert.equal(real.path, forced);

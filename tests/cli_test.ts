@@ -149,13 +149,22 @@ test(
 );
 
 test(
-  "doctor reports the wake path: aio by default here, ffi when CONDUIT_IPC_WAKE=ffi forces it, and a bad value names the variable",
+  "doctor reports the wake path: uring by default here, aio or ffi when CONDUIT_IPC_WAKE forces it, and a bad value names the variable",
   async () => {
     const flags = ["--allow-ffi", "--allow-env"];
     const wakeLine = (run: Run) =>
       JSON.parse(run.stdout).checks.find((c: { name: string }) =>
         c.name === "wake path"
       );
+    const standard = wakeLine(
+      await cli(flags, ["doctor", "--json"], 20_000, { CONDUIT_IPC_WAKE: "" }),
+    );
+    assert.equal(standard.ok, true, standard.detail);
+    assert.match(
+      standard.detail,
+      /^uring: io_uring poll is available; each waited-on fd is polled directly; shm queue doorbells are read by Deno's event loop$/,
+    );
+
     const forcedAio = await cli(flags, ["doctor", "--json"], 20_000, {
       CONDUIT_IPC_WAKE: "aio",
     });
@@ -182,7 +191,7 @@ test(
     });
     assert.match(
       wakeLine(bad).detail,
-      /CONDUIT_IPC_WAKE must be "aio" or "ffi", got "fast"/,
+      /CONDUIT_IPC_WAKE must be "uring", "aio" or "ffi", got "fast"/,
     );
   },
   perms,

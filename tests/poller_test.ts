@@ -293,19 +293,21 @@ test("a script whose endpoints are all closed exits by itself", async () => {
   assert.ok(run.ms < 5000, `took ${run.ms} ms`);
 }, { run: true });
 
-test("the aio wake path is used where the kernel and Deno allow it, unless CONDUIT_IPC_WAKE forces one", async () => {
+test("the uring wake path is used where the kernel and Deno allow it, unless CONDUIT_IPC_WAKE forces one", async () => {
   const { path, reason } = poller().wakePath;
   if (FORCED === "ffi") {
     assert.equal(path, "ffi");
     assert.match(reason, /forced by CONDUIT_IPC_WAKE=ffi/);
     return;
   }
-  // These machines run Linux 6 with AIO poll allowed: aio must be chosen.
-  assert.equal(path, "aio", reason);
+  // These machines run Linux 6 with io_uring and AIO poll allowed: uring
+  // must be chosen, or aio where forced.
+  assert.equal(path, FORCED === "aio" ? "aio" : "uring", reason);
+  if (FORCED === "aio") assert.match(reason, /forced by CONDUIT_IPC_WAKE=aio/);
   using p = pipe();
   const buffer = new Uint8Array(4);
   const read = p.reader.read(buffer);
-  await until(() => poller().busy, 2000, "the AIO poll to be armed");
+  await until(() => poller().busy, 2000, "the poll to be armed");
   // One hand-off: no thread of this process sits in epoll_wait on the set.
   const epfd = poller().epollFd;
   for (const tid of listDir("/proc/self/task")) {

@@ -6,7 +6,7 @@ import { fixture, runDeno, test } from "./_util.ts";
 // is granted, and the poller holds nothing once its waits are served. The
 // fixture fails ("a dynamic library was loaded during the test") without the
 // first, and with a leaked op or resource without the second.
-for (const wake of ["aio", "ffi"]) {
+for (const wake of ["uring", "aio", "ffi"]) {
   test(
     `a user's test file passes under --sanitize-ops --sanitize-resources (${wake} wake path)`,
     async () => {

@@ -32,7 +32,7 @@ const perms = { ffi: true, read: true, run: true } as const;
 
 /** Where this thread parks a queue end's wait. */
 function expectedPark(): "bell" | "poller" {
-  return wakePath().path === "aio" ? "bell" : "poller";
+  return wakePath().path !== "ffi" ? "bell" : "poller";
 }
 
 /** Resolves once `end` has a wait parked; throws after 5 s. */
@@ -255,13 +255,13 @@ test(
       assert.equal(unrefd.said[0], "parked");
       assert.equal(
         unrefd.said[1],
-        unrefd.said[3] === "aio" ? "bell" : "poller",
+        unrefd.said[3] !== "ffi" ? "bell" : "poller",
       );
       assert.equal(unrefd.code, 0);
       assert.equal(unrefd.rest, "");
     }
     const refd = await park([], 42);
-    assert.equal(refd.said[1], refd.said[3] === "aio" ? "bell" : "poller");
+    assert.equal(refd.said[1], refd.said[3] !== "ffi" ? "bell" : "poller");
     assert.equal(refd.rest, "got 42");
     assert.equal(refd.code, 0);
   },

@@ -238,7 +238,7 @@ test(
   async () => {
     using q = shmQueue({ bytes: 1024 });
     const [tx, rx] = q;
-    const aio = wakePath().path === "aio";
+    const aio = wakePath().path !== "ffi";
     const pending = rx.recv();
     assert.ok(await stillPending(pending, 50));
     // One wait, nothing else running: no timer, no loop. On the aio path

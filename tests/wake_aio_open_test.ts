@@ -7,7 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { AioWake, type PipeHandle, pipeWrap } from "../ffi/_wake_aio.ts";
+import { AioQueue, type PipeHandle, pipeWrap } from "../ffi/_wake_aio.ts";
+import { DirectWake } from "../ffi/_wake_direct.ts";
 import { libc } from "../ffi/libc.ts";
 import { EPOLL } from "../ffi/layout.ts";
 import { assertFdsUnchanged, fdSnapshot, test } from "./_util.ts";
@@ -32,7 +33,7 @@ test("an AIO wake whose pipe handle refuses the eventfd closes the eventfd", () 
       return pipe;
     };
     assert.throws(
-      () => new AioWake(epfd, () => {}, () => {}, refusing),
+      () => new DirectWake(epfd, () => {}, () => {}, refusing, new AioQueue()),
       /Pipe#open of an eventfd failed/,
     );
     assert.equal(refused, 1);

@@ -1,13 +1,16 @@
 /**
- * The wake path's fallback where a sandbox forbids Linux AIO: a child runs
- * under a seccomp filter (tests/fixtures/deny_syscall.c, built here with the
- * machine's C compiler) that fails `io_setup`, `io_submit`, `io_cancel` or
- * `io_getevents` with EPERM. Its first wait chooses the path; it must fall
- * back to the `ffi` path, say why, deliver every message, keep doing so after
- * its poller went idle, and leave no fd open; with `CONDUIT_IPC_WAKE=aio` it
- * must fail and say why instead. (Where `io_cancel` or `io_getevents` is
- * refused, the `aio` path would leave each closed wake's poll outstanding,
- * after waiting for its completion in vain, until the AIO context is full.)
+ * The wake path's fallbacks where a sandbox forbids io_uring or Linux AIO: a
+ * child runs under a seccomp filter (tests/fixtures/deny_syscall.c, built
+ * here with the machine's C compiler) that fails some calls with EPERM. Its
+ * first wait chooses the path. With `io_uring_setup`, `io_uring_enter` or
+ * `io_uring_register` refused it must fall back to the `aio` path; with
+ * io_uring and `io_setup`, `io_submit`, `io_cancel` or `io_getevents`
+ * refused, to the `ffi` path. Either way it must say why, deliver every
+ * message, keep doing so after its poller went idle, and leave no fd open;
+ * with `CONDUIT_IPC_WAKE` forcing the refused path it must fail and say why
+ * instead. (Where `io_cancel` or `io_getevents` is refused, the `aio` path
+ * would leave each closed wake's poll outstanding, after waiting for its
+ * completion in vain, until the AIO context is full.)
  *
  * Without a C compiler (CI installs one: `apt-get install gcc`) these tests
  * are skipped with a message.
@@ -62,7 +65,7 @@ try {
 } catch (error) {
   if (!(error instanceof Deno.errors.NotFound)) throw error;
   launcher = error;
-  console.warn(`${error.message}: the AIO fallback tests are skipped`);
+  console.warn(`${error.message}: the wake path fallback tests are skipped`);
 }
 const NO_LAUNCHER = launcher instanceof Error;
 
@@ -91,38 +94,67 @@ function runDenied(call: string, env: Record<string, string> = {}) {
   );
 }
 
+/** Runs the fixture with `calls` refused; checks what it reports. */
+async function fallsBack(calls: string, path: string, reasons: RegExp[]) {
+  const run = await runDenied(calls);
+  assert.equal(run.code, 0, run.stderr);
+  const report = JSON.parse(run.stdout);
+  assert.equal(report.path, path, run.stdout);
+  for (const reason of reasons) assert.match(report.reason, reason);
+  assert.equal(report.got, 101);
+  assert.equal(report.last, 101);
+  assert.equal(report.rounds, 20, run.stdout);
+  assert.deepEqual(report.leaked, []);
+}
+
+/** Runs the fixture with `calls` refused and `path` forced: it must fail. */
+async function forcedFails(calls: string, path: string, call: string) {
+  const run = await runDenied(calls, { CONDUIT_IPC_WAKE: path });
+  assert.notEqual(run.code, 0, run.stdout);
+  assert.match(run.stderr, /NotSupported/);
+  assert.match(
+    run.stderr,
+    new RegExp(
+      `Cannot use the wake path forced by CONDUIT_IPC_WAKE=${path}: .*${call}`,
+    ),
+  );
+}
+
+for (const call of ["io_uring_setup", "io_uring_enter", "io_uring_register"]) {
+  test(
+    `where ${call} is refused, the first wait falls back to the aio wake path, says why, and delivers every message, also after its poller went idle`,
+    () =>
+      fallsBack(call, "aio", [
+        new RegExp(`^io_uring poll unavailable: ${call}`),
+        /; AIO poll is available; /,
+      ]),
+    { run: true, read: true },
+    { ignore: NO_LAUNCHER },
+  );
+
+  test(
+    `where ${call} is refused, CONDUIT_IPC_WAKE=uring fails the first wait and says why`,
+    () => forcedFails(call, "uring", call),
+    { run: true, read: true },
+    { ignore: NO_LAUNCHER },
+  );
+}
+
 for (const call of ["io_setup", "io_submit", "io_cancel", "io_getevents"]) {
   test(
-    `where ${call} is refused, the first wait falls back to the ffi wake path, says why, and delivers every message, also after its poller went idle`,
-    async () => {
-      const run = await runDenied(call);
-      assert.equal(run.code, 0, run.stderr);
-      const report = JSON.parse(run.stdout);
-      assert.equal(report.path, "ffi", run.stdout);
-      assert.match(report.reason, /^AIO poll unavailable: /);
-      assert.match(report.reason, new RegExp(call));
-      assert.equal(report.got, 101);
-      assert.equal(report.last, 101);
-      assert.equal(report.rounds, 20, run.stdout);
-      assert.deepEqual(report.leaked, []);
-    },
+    `where io_uring and ${call} are refused, the first wait falls back to the ffi wake path, says why, and delivers every message, also after its poller went idle`,
+    () =>
+      fallsBack(`io_uring_setup,${call}`, "ffi", [
+        /^io_uring poll unavailable: io_uring_setup/,
+        new RegExp(`; AIO poll unavailable: ${call}`),
+      ]),
     { run: true, read: true },
     { ignore: NO_LAUNCHER },
   );
 
   test(
     `where ${call} is refused, CONDUIT_IPC_WAKE=aio fails the first wait and says why`,
-    async () => {
-      const run = await runDenied(call, { CONDUIT_IPC_WAKE: "aio" });
-      assert.notEqual(run.code, 0, run.stdout);
-      assert.match(run.stderr, /NotSupported/);
-      assert.match(
-        run.stderr,
-        new RegExp(
-          `Cannot use the wake path forced by CONDUIT_IPC_WAKE=aio: .*${call}`,
-        ),
-      );
-    },
+    () => forcedFails(call, "aio", call),
     { run: true, read: true },
     { ignore: NO_LAUNCHER },
   );
