@@ -30,8 +30,14 @@ import { libc } from "./libc.ts";
 const MAX_BUDGET_US = 100;
 /** Smallest budget the adaptive rule spins for, in µs. */
 const MIN_BUDGET_US = 50;
-/** A spin answered within this many µs is a fast hit: the peer is awake. */
-const FAST_US = 30;
+/**
+ * A spin answered within this many µs is a fast hit: the peer is awake. On
+ * a day of slow wake-ups an awake channel peer's answers spread past 30 µs
+ * (median 26, mean 52), and a bound of 30 took three of them in a row for a
+ * parked peer: both ends stopped spinning and parked every time, at four
+ * times the round trip. Parking costs more than this much CPU on each side.
+ */
+const FAST_US = 60;
 /**
  * Budget of a probe after misses, in µs: long enough to catch the answer of
  * a peer that was parked and had to be woken, so two ends that both backed

@@ -73,7 +73,7 @@ test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit res
 
 test("the adaptive spin stops for a peer that answers slowly every time", () => {
   const spinner = new Spinner();
-  // Each answer comes 50 µs into the spin: a parked peer being woken. On a
+  // Each answer comes 90 µs into the spin: a parked peer being woken. On a
   // quiet machine four such slow hits in a row end the spinning; on a busy
   // one a probe may miss outright, which ends it too. Either way some of
   // twelve waits must park without spinning.
@@ -82,7 +82,7 @@ test("the adaptive spin stops for a peer that answers slowly every time", () => 
     let first = 0;
     spinner.spin(() => {
       first ||= performance.now();
-      return performance.now() - first < 0.05 ? undefined : 1;
+      return performance.now() - first < 0.09 ? undefined : 1;
     });
     if (first === 0) skipped++;
   }
