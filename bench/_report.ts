@@ -48,7 +48,7 @@ export interface MachineInfo {
 
 /** The poller's wake path during the run (see bench/_wake.ts). */
 export interface WakePath {
-  /** `"aio"`, `"ffi"`, or `"unknown"` when the poller does not say. */
+  /** `"uring"`, `"aio"`, `"ffi"`, or `"unknown"` when the poller does not say. */
   path: string;
   /** Why this path (or why it is unknown). */
   reason: string;

@@ -1,7 +1,7 @@
 /**
- * The poller's wake path in the benchmarks: `"aio"` (readiness forwarded
- * into Deno's event loop) or `"ffi"` (the nonblocking `epoll_wait`
- * fallback), and why (ffi/poller.ts `wakePath()`).
+ * The poller's wake path in the benchmarks: `"uring"` or `"aio"` (readiness
+ * forwarded into Deno's event loop) or `"ffi"` (the nonblocking
+ * `epoll_wait` fallback), and why (ffi/poller.ts `wakePath()`).
  *
  * - {@linkcode currentWakePath}: this process's path, for the report.
  * - {@linkcode childRun}: the `deno run` flags and environment of every Deno

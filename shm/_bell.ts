@@ -8,7 +8,8 @@
  *
  * Only for doorbells: the binding reads whatever arrives, so it suits a
  * socket that carries nothing but rings (a message's fds would be lost).
- * Used by the main thread on the `aio` wake path. A Worker waits through
+ * Used by the main thread on the `uring` and `aio` wake paths. A Worker
+ * waits through
  * the poller as before: a terminated Worker runs no code, so a handle of
  * its event loop would keep the doorbell open (and take the rings of
  * whoever holds the end next). So do the `ffi` path and a Deno without
@@ -85,7 +86,7 @@ export class ReactorBell {
 
   /**
    * A bell on a duplicate of `fd`, or `undefined` in a Worker, when the
-   * wake path is not `aio`, or when the binding is missing or refuses the
+   * wake path is `ffi`, or when the binding is missing or refuses the
    * fd (the caller then waits through the poller).
    */
   static open(fd: number): ReactorBell | undefined {

@@ -13,7 +13,8 @@
  * the other process may have crashed or may be hostile.
  *
  * Waiting needs no polling loop and no thread: each end owns one side of a
- * SOCK_SEQPACKET doorbell. In the main thread on the `aio` wake path, Deno's
+ * SOCK_SEQPACKET doorbell. In the main thread on the `uring` and `aio` wake
+ * paths, Deno's
  * own event loop reads a duplicate of it (`_bell.ts`: a wake is one read of
  * the ring); elsewhere the process's one poller watches it. A wait first
  * spins briefly (the shared spin-then-park of `ffi/spin.ts`), then parks. The protocol that keeps a busy queue free of system calls, and
