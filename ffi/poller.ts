@@ -31,7 +31,8 @@
  *
  * The path is chosen at first use: `uring`, else `aio`, unless the kernel, a
  * seccomp filter, `kernel.io_uring_disabled`, `fs.aio-max-nr` or the Deno
- * internal they need refuses, then `ffi`. The environment variable
+ * internal they need refuses, then `ffi`; it is chosen again should its ring
+ * be refused when the poller wakes from idle. The environment variable
  * `CONDUIT_IPC_WAKE` set to `uring`, `aio` or `ffi` forces one (read only
  * when `--allow-env` grants it); {@linkcode wakePath} says which is in use
  * and why.
@@ -446,7 +447,7 @@ export class Poller {
     this.#eventsPtr = area.pointer;
   }
 
-  /** The wake path in use (chosen on first registration, then kept). */
+  /** The wake path in use (chosen on first registration, then kept while it serves). */
   get wakePath(): WakePath {
     return this.#chosen ??= this.#probe((kind) => this.#refusal(kind));
   }
@@ -538,6 +539,16 @@ export class Poller {
       // a scratch epoll fd and closed again cost a new process a third of
       // a millisecond more.
       let probed: DirectWake | undefined;
+      const chosen = this.#chosen;
+      if (chosen !== undefined && chosen.path !== "ffi") {
+        // A ring is set up anew each time the poller wakes from idle: one
+        // refused now, though it served before (`kernel.io_uring_disabled`
+        // set since, a sandbox), has the path chosen again (out of fds
+        // throws as before) instead of failing every wait from now on.
+        const made = this.#tryDirect(chosen.path, epfd, onEvents, onDirect);
+        if (made instanceof Error) this.#chosen = undefined;
+        else probed = made;
+      }
       this.#chosen ??= this.#probe((kind) => {
         const wake = this.#tryDirect(kind, epfd, onEvents, onDirect);
         if (wake instanceof Error) return wake.message;

@@ -159,3 +159,29 @@ for (const call of ["io_setup", "io_submit", "io_cancel", "io_getevents"]) {
     { ignore: NO_LAUNCHER },
   );
 }
+
+test(
+  "where io_uring is refused only after the first wait chose it (kernel.io_uring_disabled set later), a wait after the poller went idle falls back to aio instead of failing",
+  async () => {
+    const run = await runDeno(
+      [
+        "run",
+        "--allow-ffi",
+        "--allow-env",
+        fixture("wake_refused_later.ts"),
+      ],
+      STEP_MS,
+      "the child that refuses io_uring_setup after its first wait",
+      { CONDUIT_IPC_WAKE: "" },
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const report = JSON.parse(run.stdout);
+    assert.equal(report.first, 1, run.stdout);
+    assert.equal(report.firstPath, "uring", run.stdout);
+    assert.equal(report.error, undefined, run.stdout);
+    assert.equal(report.second, 2, run.stdout);
+    assert.equal(report.path, "aio", run.stdout);
+    assert.match(report.reason, /^io_uring poll unavailable: io_uring_setup/);
+  },
+  { run: true, read: true },
+);
