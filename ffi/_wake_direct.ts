@@ -120,6 +120,9 @@ export class DirectWake implements Wake {
       // 64 KiB one each time (where this Deno has the call).
       pipe.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
       pipe.onread = () => {
+        // A read that lands after close would take completions of the AIO
+        // context that belong to the next wake path.
+        if (this.#closed) return;
         loopTurned();
         this.#turns++;
         this.#soonInARow = 0;
