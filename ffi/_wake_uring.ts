@@ -19,8 +19,8 @@
 
 import { libc, SYS } from "./libc.ts";
 import { ERRNO, errno, systemError } from "./errors.ts";
-import { MMAP, URING_CQE, URING_PARAMS, URING_SQE } from "./layout.ts";
-import { addressOf, stableBuffer } from "./mem.ts";
+import { URING_CQE, URING_PARAMS, URING_SQE } from "./layout.ts";
+import { addressOf, mapFd, stableBuffer } from "./mem.ts";
 import {
   type Completions,
   type PollQueue,
@@ -39,9 +39,6 @@ const CQ_ENTRIES = 256;
 
 const ENTER = BigInt(SYS.io_uring_enter);
 
-/** What `mmap` returns on failure: `(void *) -1`. */
-const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
-
 /** Raw syscall through `syscall(2)`: a number, or -1 with errno set. */
 function sys(nr: number, a = 0n, b = 0n, c = 0n, d = 0n): number {
   return Number(libc().syscall6(BigInt(nr), a, b, c, d, 0n));
@@ -53,17 +50,8 @@ function mapRing(
   length: number,
   offset: number,
 ): NonNullable<Deno.PointerValue> {
-  const pointer = libc().mmap(
-    null,
-    BigInt(length),
-    MMAP.PROT_READ | MMAP.PROT_WRITE,
-    MMAP.MAP_SHARED,
-    fd,
-    BigInt(offset),
-  );
-  if (
-    pointer === null || BigInt(Deno.UnsafePointer.value(pointer)) === MAP_FAILED
-  ) {
+  const pointer = mapFd(fd, length, offset);
+  if (pointer === null) {
     throw systemError("mmap(io_uring)", errno(), `${length} bytes`);
   }
   return pointer;

@@ -81,6 +81,32 @@ export function mayMove(view: ArrayBufferView): boolean {
 /** What `mmap` returns on failure: `(void *) -1`. */
 const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
 
+/** Whether `mmap` returned failure (typed as null: no pointer to use). */
+function mapFailed(pointer: Deno.PointerValue): pointer is null {
+  return pointer === null ||
+    BigInt(Deno.UnsafePointer.value(pointer)) === MAP_FAILED;
+}
+
+/**
+ * Maps `length` bytes of `fd` from `offset`, shared, readable and writable;
+ * `null` when `mmap` fails (errno says why).
+ */
+export function mapFd(
+  fd: number,
+  length: number,
+  offset = 0,
+): Deno.PointerObject | null {
+  const pointer = libc().mmap(
+    null,
+    BigInt(length),
+    MMAP.PROT_READ | MMAP.PROT_WRITE,
+    MMAP.MAP_SHARED,
+    fd,
+    BigInt(offset),
+  );
+  return mapFailed(pointer) ? null : pointer;
+}
+
 /**
  * Zeroed memory outside the JS heap that is never freed, for a buffer that
  * a call still running on a blocking-pool thread may write to after this
@@ -101,11 +127,7 @@ export function lastingArea(
     -1,
     0n,
   );
-  if (
-    pointer === null || BigInt(Deno.UnsafePointer.value(pointer)) === MAP_FAILED
-  ) {
-    throw systemError("mmap", errno(), `${length} bytes`);
-  }
+  if (mapFailed(pointer)) throw systemError("mmap", errno(), `${length} bytes`);
   return {
     buffer: Deno.UnsafePointerView.getArrayBuffer(pointer, length),
     pointer,

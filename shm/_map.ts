@@ -14,8 +14,7 @@
 import { libc } from "../ffi/libc.ts";
 import { errno, systemError } from "../ffi/errors.ts";
 import { MMAP } from "../ffi/layout.ts";
-
-const MAP_FAILED = 0xffff_ffff_ffff_ffffn;
+import { mapFd } from "../ffi/mem.ts";
 
 /** A shared mapping of a file and the ArrayBuffer over it. */
 export interface Mapping {
@@ -27,22 +26,10 @@ export interface Mapping {
   buffer: ArrayBuffer;
 }
 
-function failed(pointer: Deno.PointerValue): boolean {
-  return pointer === null ||
-    BigInt(Deno.UnsafePointer.value(pointer)) === MAP_FAILED;
-}
-
 /** Maps `size` bytes of `fd` shared, readable and writable. */
 export function mapShared(fd: number, size: number, what: string): Mapping {
-  const pointer = libc().mmap(
-    null,
-    BigInt(size),
-    MMAP.PROT_READ | MMAP.PROT_WRITE,
-    MMAP.MAP_SHARED,
-    fd,
-    0n,
-  );
-  if (failed(pointer)) {
+  const pointer = mapFd(fd, size);
+  if (pointer === null) {
     const error = systemError("mmap", errno(), `${what}, ${size} bytes`);
     if (error.code !== "ENOMEM") throw error;
     // No Deno error class means "too big for this process"; a RangeError
@@ -52,8 +39,8 @@ export function mapShared(fd: number, size: number, what: string): Mapping {
       { cause: error },
     );
   }
-  const buffer = Deno.UnsafePointerView.getArrayBuffer(pointer!, size);
-  return { pointer: pointer!, size, buffer };
+  const buffer = Deno.UnsafePointerView.getArrayBuffer(pointer, size);
+  return { pointer, size, buffer };
 }
 
 /**
