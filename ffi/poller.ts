@@ -333,6 +333,14 @@ export class PollHandle {
     this.dispatch(result < 0 ? EPOLL.ERR : result);
   }
 
+  /** Rejects every pending wait with `error`: the poller cannot watch. */
+  failWaits(error: unknown): void {
+    const waiters = this.#takeAll();
+    if (waiters.length === 0) return;
+    this.#poller.waitersChanged(this, -waiters.length);
+    for (const waiter of waiters) waiter.reject(error as Error);
+  }
+
   #takeAll(): Waiter[] {
     const all = this.#readers.concat(this.#writers);
     this.#readers = [];
@@ -759,9 +767,28 @@ export class Poller {
     if (this.#dispatching) return;
     const wake = this.#wake;
     if (wake === undefined) return;
-    if (this.#waiting > 0) wake.arm(this.#refWaiting > 0, this.#setHandles > 0);
-    else wake.disarm();
+    if (this.#waiting > 0) {
+      try {
+        wake.arm(this.#refWaiting > 0, this.#setHandles > 0);
+      } catch (error) {
+        // The kernel refused to poll the set again (after it had served):
+        // the waits through the set would never wake. They fail instead,
+        // here, not from the dispatch that called this.
+        this.#failSetWaits(error);
+      }
+    } else wake.disarm();
     if (this.#handles.size === 0 && !wake.busy) this.#release();
+  }
+
+  #failSetWaits(error: unknown): void {
+    this.#dispatching = true;
+    try {
+      for (const handle of this.#handles.values()) {
+        if (handle.viaSet) handle.failWaits(error);
+      }
+    } finally {
+      this.#dispatching = false;
+    }
   }
 
   // The uring and aio paths: the set has events; take them without blocking.

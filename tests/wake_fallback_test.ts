@@ -185,3 +185,31 @@ test(
   },
   { run: true, read: true },
 );
+
+test(
+  "on the uring path, a poll of the epoll set that the kernel refuses to arm again fails the waits through the set, and the rest goes on",
+  async () => {
+    const run = await runDeno(
+      [
+        "run",
+        "--allow-ffi",
+        "--allow-env",
+        fixture("wake_rearm_refused.ts"),
+      ],
+      STEP_MS,
+      "the child that refuses io_uring_enter while fds wait through the set",
+      { CONDUIT_IPC_WAKE: "" },
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const report = JSON.parse(run.stdout);
+    assert.equal(report.path, "uring", run.stdout);
+    assert.equal(report.direct, 48, run.stdout);
+    assert.equal(report.got, 1, run.stdout);
+    assert.deepEqual(report.failed, [
+      "PermissionDenied",
+      "PermissionDenied",
+      "PermissionDenied",
+    ]);
+  },
+  { run: true, read: true },
+);
