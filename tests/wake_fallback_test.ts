@@ -160,27 +160,34 @@ for (const call of ["io_setup", "io_submit", "io_cancel", "io_getevents"]) {
   );
 }
 
+/**
+ * Runs a fixture that refuses a call itself, mid-run, on its JS thread (it
+ * needs no launcher), on the path it would choose; checks that it ended
+ * well and returns its JSON report.
+ */
+async function runRefusing(name: string, what: string) {
+  const run = await runDeno(
+    ["run", "--allow-ffi", "--allow-env", fixture(name)],
+    STEP_MS,
+    what,
+    { CONDUIT_IPC_WAKE: "" },
+  );
+  assert.equal(run.code, 0, run.stderr);
+  return { report: JSON.parse(run.stdout), stdout: run.stdout };
+}
+
 test(
   "where io_uring is refused only after the first wait chose it (kernel.io_uring_disabled set later), a wait after the poller went idle falls back to aio instead of failing",
   async () => {
-    const run = await runDeno(
-      [
-        "run",
-        "--allow-ffi",
-        "--allow-env",
-        fixture("wake_refused_later.ts"),
-      ],
-      STEP_MS,
+    const { report, stdout } = await runRefusing(
+      "wake_refused_later.ts",
       "the child that refuses io_uring_setup after its first wait",
-      { CONDUIT_IPC_WAKE: "" },
     );
-    assert.equal(run.code, 0, run.stderr);
-    const report = JSON.parse(run.stdout);
-    assert.equal(report.first, 1, run.stdout);
-    assert.equal(report.firstPath, "uring", run.stdout);
-    assert.equal(report.error, undefined, run.stdout);
-    assert.equal(report.second, 2, run.stdout);
-    assert.equal(report.path, "aio", run.stdout);
+    assert.equal(report.first, 1, stdout);
+    assert.equal(report.firstPath, "uring", stdout);
+    assert.equal(report.error, undefined, stdout);
+    assert.equal(report.second, 2, stdout);
+    assert.equal(report.path, "aio", stdout);
     assert.match(report.reason, /^io_uring poll unavailable: io_uring_setup/);
   },
   { run: true, read: true },
@@ -189,22 +196,13 @@ test(
 test(
   "on the uring path, a poll of the epoll set that the kernel refuses to arm again fails the waits through the set, and the rest goes on",
   async () => {
-    const run = await runDeno(
-      [
-        "run",
-        "--allow-ffi",
-        "--allow-env",
-        fixture("wake_rearm_refused.ts"),
-      ],
-      STEP_MS,
+    const { report, stdout } = await runRefusing(
+      "wake_rearm_refused.ts",
       "the child that refuses io_uring_enter while fds wait through the set",
-      { CONDUIT_IPC_WAKE: "" },
     );
-    assert.equal(run.code, 0, run.stderr);
-    const report = JSON.parse(run.stdout);
-    assert.equal(report.path, "uring", run.stdout);
-    assert.equal(report.direct, 48, run.stdout);
-    assert.equal(report.got, 1, run.stdout);
+    assert.equal(report.path, "uring", stdout);
+    assert.equal(report.direct, 48, stdout);
+    assert.equal(report.got, 1, stdout);
     assert.deepEqual(report.failed, [
       "PermissionDenied",
       "PermissionDenied",
