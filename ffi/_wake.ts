@@ -20,8 +20,8 @@ export interface Wake {
   /**
    * Makes sure `onEvents` runs once the set has events; `ref` says whether
    * that wait keeps the process alive, `set` whether any fd waits through
-   * the epoll set (on the `uring` and `aio` paths, fds polled directly need no watch on
-   * the set). Called whenever waiters change.
+   * the epoll set (on the `uring` and `aio` paths, fds polled directly need
+   * no watch on the set). Called whenever waiters change.
    */
   arm(ref: boolean, set: boolean): void;
   /** No one waits any more. */

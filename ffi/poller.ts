@@ -135,7 +135,7 @@ export class PollHandle {
   #ref = true;
   #inSet = false;
   #closed = false;
-  /** Direct polls outstanding (`uring`, `aio`): 1 for reading, 2 for writing. */
+  /** Direct polls outstanding (`uring`, `aio`): 1 reading, 2 writing. */
   #direct = 0;
   /** Whether this fd waits through the epoll set rather than directly. */
   #viaSet = false;
@@ -455,7 +455,10 @@ export class Poller {
     this.#eventsPtr = area.pointer;
   }
 
-  /** The wake path in use (chosen on first registration, then kept while it serves). */
+  /**
+   * The wake path in use (chosen on first registration, then kept while it
+   * serves).
+   */
   get wakePath(): WakePath {
     return this.#chosen ??= this.#probe((kind) => this.#refusal(kind));
   }
@@ -517,7 +520,7 @@ export class Poller {
     if (typeof wrap === "string") return new Error(wrap);
     if (kind === "uring" && IN_WORKER) {
       // A terminated Worker runs no code to close its ring.
-      return new Error("not in a Worker, whose ring would outlive it");
+      return new Error("not used in a Worker, whose ring would outlive it");
     }
     try {
       const queue: PollQueue = kind === "uring"
@@ -563,15 +566,10 @@ export class Poller {
         probed = wake;
         return undefined;
       });
-      const path = this.#chosen.path;
-      if (path !== "ffi") {
-        let wake = probed;
-        if (wake === undefined) {
-          const made = this.#tryDirect(path, epfd, onEvents, onDirect);
-          if (made instanceof Error) throw made;
-          wake = made;
-        }
-        this.#wake = wake;
+      if (this.#chosen.path !== "ffi") {
+        // Built above: by the retry of the chosen path, or by the probe,
+        // which builds whichever one-hand-off path it chooses.
+        this.#wake = probed!;
       } else {
         this.#wake = new FfiWake(
           epfd,
@@ -633,8 +631,8 @@ export class Poller {
   }
 
   /**
-   * On the `uring` and `aio` paths, the eventfd the kernel signals when the set has
-   * events; -1 otherwise (for tests).
+   * On the `uring` and `aio` paths, the eventfd the kernel signals when the
+   * set has events; -1 otherwise (for tests).
    */
   get eventFd(): number {
     const wake = this.#wake;
@@ -643,9 +641,8 @@ export class Poller {
 
   /**
    * The fds polled directly on the `uring` and `aio` paths (not through the
-   * epoll set),
-   * with their tokens and what they are polled for: 1 reading, 2 writing
-   * (for tests and diagnostics).
+   * epoll set), with their tokens and what they are polled for: 1 reading,
+   * 2 writing (for tests and diagnostics).
    */
   get directPolls(): { fd: number; token: number; kinds: number }[] {
     const polls = [];
@@ -714,8 +711,8 @@ export class Poller {
   }
 
   /**
-   * Polls `handle`'s fd directly for `events` (`uring` and `aio`, while there is
-   * room); false when it must wait through the epoll set instead.
+   * Polls `handle`'s fd directly for `events` (`uring` and `aio`, while
+   * there is room); false when it must wait through the epoll set instead.
    *
    * @internal
    */
