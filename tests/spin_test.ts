@@ -71,22 +71,45 @@ test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit res
   parkedFor(2);
 });
 
-test("the adaptive spin stops for a peer that answers slowly every time", () => {
-  const spinner = new Spinner();
-  // Each answer comes 90 µs into the spin: a parked peer being woken. On a
-  // quiet machine four such slow hits in a row end the spinning; on a busy
-  // one a probe may miss outright, which ends it too. Either way some of
-  // twelve waits must park without spinning.
+/**
+ * A clock that moves `stepUs` µs each time it is read: spins take no real
+ * time. The clock is read once per pass (and once at the start), so a step
+ * is what one pass of a spin appears to take.
+ */
+function fakeClock(stepUs = 1): () => number {
+  let ms = 0;
+  return () => (ms += stepUs / 1000);
+}
+
+/** How many of `waits` waits of `spinner` parked without spinning. */
+function parkedWaits(spinner: Spinner, waits: number, answerAt: number) {
   let skipped = 0;
-  for (let k = 0; k < 12; k++) {
-    let first = 0;
-    spinner.spin(() => {
-      first ||= performance.now();
-      return performance.now() - first < 0.09 ? undefined : 1;
-    });
-    if (first === 0) skipped++;
+  for (let k = 0; k < waits; k++) {
+    const wait = counted(answerAt);
+    spinner.spin(wait.attempt);
+    if (wait.calls === 0) skipped++;
   }
+  return skipped;
+}
+
+test("the adaptive spin stops for a peer that answers slowly every time", () => {
+  // Each answer comes on the 91st pass, 91 µs into the spin, each pass
+  // burning its µs: a parked peer being woken while this waiter spins. Four
+  // such slow hits in a row end the spinning.
+  const spinner = new Spinner(undefined, 1, fakeClock(1));
+  const skipped = parkedWaits(spinner, 12, 91);
   assert.ok(skipped >= 2, `${skipped} of 12 waits parked without spinning`);
+});
+
+test("the adaptive spin goes on for answers that take long but few passes (its yields handed the CPU away)", () => {
+  // Each answer comes on the 9th pass, 90 µs into the spin: each
+  // sched_yield() let another thread run for 10 µs (the peer on this core,
+  // a CPU-bound process), so the spin burned little CPU. Every wait spins.
+  const spinner = new Spinner(undefined, 1, fakeClock(10));
+  assert.equal(parkedWaits(spinner, 40, 9), 0);
+  // The same 90 µs in 91 passes is slow: the spinning ends.
+  const burning = new Spinner(undefined, 1, fakeClock(90 / 91));
+  assert.ok(parkedWaits(burning, 12, 91) >= 2);
 });
 
 test("untilReady tries, spins, then parks until the attempt answers", async () => {
@@ -235,12 +258,6 @@ test("an adaptive spinner rests while it backs off, and never with a fixed budge
   assert.equal(new Spinner(0).resting, false);
   assert.equal(new Spinner(50).resting, false);
 });
-
-/** A clock that moves 1 µs each time it is read: spins take no real time. */
-function fakeClock(): () => number {
-  let ms = 0;
-  return () => (ms += 0.001);
-}
 
 test("one miss after a long run of fast hits is a hiccup: the next wait probes; a second miss backs off", () => {
   const spinner = new Spinner(undefined, 1, fakeClock());
