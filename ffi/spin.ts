@@ -51,6 +51,8 @@ const FAST_US = 60;
  * 100 µs spinning, and with more CPU per message (93 µs a side against 68).
  */
 const FAST_PASSES = 30;
+/** Such cheap hits in a row that end a back-off as a fast hit does. */
+const CHEAP_RUN = 4;
 /**
  * Budget of a probe after misses, in µs: long enough to catch the answer of
  * a peer that was parked and had to be woken, so two ends that both backed
@@ -221,8 +223,19 @@ export class Spinner {
   }
 
   #hit(us: number, passes: number): void {
-    if (us > FAST_US && passes > FAST_PASSES) {
-      if (++this.#slowHits > SLOW_HITS) this.#miss();
+    if (us > FAST_US) {
+      if (passes > FAST_PASSES) {
+        if (++this.#slowHits > SLOW_HITS) this.#miss();
+        return;
+      }
+      // Cheap but late: the spin goes on, and a lone miss after a run of
+      // such hits is a hiccup. Only a few of them in a row reset the
+      // back-off: a paced peer answers so now and then, between misses
+      // (this thread's first yield lasting until its message came), and a
+      // reset at each would have it probe, and miss, every few waits.
+      this.#slowHits = 0;
+      if (++this.#streak >= CHEAP_RUN) this.#misses = 0;
+      this.#budget = MAX_BUDGET_US;
       return;
     }
     this.#misses = 0;

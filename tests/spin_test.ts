@@ -112,6 +112,33 @@ test("the adaptive spin goes on for answers that take long but few passes (its y
   assert.ok(parkedWaits(burning, 12, 91) >= 2);
 });
 
+test("cheap late hits between misses let the back-off grow; a run of them ends it", () => {
+  // Each pass appears to take 10 µs: a hit on the 9th pass came 90 µs
+  // late but cheap (its yields handed the CPU away).
+  const spinner = new Spinner(undefined, 1, fakeClock(10));
+  const parkedNow = () => {
+    let parked = 0;
+    while (spinner.resting) {
+      const wait = counted();
+      spinner.spin(wait.attempt);
+      assert.equal(wait.calls, 0, "a resting wait spun");
+      parked++;
+    }
+    return parked;
+  };
+  assert.equal(spinner.spin(counted().attempt), undefined);
+  assert.equal(parkedNow(), 2);
+  assert.equal(spinner.spin(counted(9).attempt), 9);
+  // One cheap hit between two misses: the back-off doubles (a paced
+  // peer's answer now and then does not make it probe every few waits).
+  assert.equal(spinner.spin(counted().attempt), undefined);
+  assert.equal(parkedNow(), 4);
+  // Four in a row end it, as a fast hit would.
+  for (let k = 0; k < 4; k++) assert.equal(spinner.spin(counted(9).attempt), 9);
+  assert.equal(spinner.spin(counted().attempt), undefined);
+  assert.equal(parkedNow(), 2);
+});
+
 test("untilReady tries, spins, then parks until the attempt answers", async () => {
   let ready = false;
   let parks = 0;
