@@ -41,10 +41,10 @@ const MIN_BUDGET_US = 50;
  */
 const FAST_US = 60;
 /**
- * A spin answered after FAST_US but within this many passes is a fast hit
- * too: its `sched_yield()` calls handed the CPU to another thread (the peer
- * woken on this core, a CPU-bound process) for most of the wait, so it
- * burned little CPU. A pass that yields to nobody takes 1 to 2 µs here, so
+ * A spin answered after FAST_US but within this many passes (and before
+ * BUSY_US) is a fast hit too: its `sched_yield()` calls handed the CPU to
+ * another thread (the peer woken on this core, a CPU-bound process) for
+ * most of the wait, so it burned little CPU. A pass that yields to nobody takes 1 to 2 µs here, so
  * this many of them cost about FAST_US of CPU. Timed in µs alone, a busy
  * machine's spins all looked slow: a channel round trip with one CPU-bound
  * process running stopped spinning and parked every time, at 160 µs against
@@ -59,6 +59,16 @@ const CHEAP_RUN = 4;
  * off can lock in again.
  */
 const PROBE_US = 150;
+/**
+ * A spin answered after this many µs counts as a miss, however few its
+ * passes: one of its yields gave the CPU to a CPU-bound process for a
+ * scheduler slice, where a parked wait is woken at once. Channel round trips
+ * here with one CPU-bound process on two cores had 2 % of their answers come
+ * this late, with four 40 %; taking those for cheap answers made round trips
+ * several times slower on average than parking, and a bound of 300 µs (7 %
+ * with one) stopped the spin under one CPU-bound process too.
+ */
+const BUSY_US = 1_000;
 /**
  * Slow hits (answered after FAST_US and FAST_PASSES, within PROBE_US) in a
  * row that still count as hits: a peer that keeps answering slowly is
@@ -224,15 +234,19 @@ export class Spinner {
 
   #hit(us: number, passes: number): void {
     if (us > FAST_US) {
+      // A yield that lasted this long gave the CPU to a CPU-bound process
+      // for a whole slice, where a parked wait would have been woken at
+      // once: the machine is too busy for spinning.
+      if (us > BUSY_US) return this.#miss();
       if (passes > FAST_PASSES) {
         if (++this.#slowHits > SLOW_HITS) this.#miss();
         return;
       }
       // Cheap but late: the spin goes on, and a lone miss after a run of
       // such hits is a hiccup. Only a few of them in a row reset the
-      // back-off: a paced peer answers so now and then, between misses
-      // (this thread's first yield lasting until its message came), and a
-      // reset at each would have it probe, and miss, every few waits.
+      // back-off: a paced peer answers so now and then, between misses (this
+      // thread's first yield lasting until its message came), and a reset at
+      // each would have it probe, and miss, every few waits.
       this.#slowHits = 0;
       if (++this.#streak >= CHEAP_RUN) this.#misses = 0;
       this.#budget = MAX_BUDGET_US;

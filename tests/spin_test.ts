@@ -110,6 +110,12 @@ test("the adaptive spin goes on for answers that take long but few passes (its y
   // The same 90 µs in 91 passes is slow: the spinning ends.
   const burning = new Spinner(undefined, 1, fakeClock(90 / 91));
   assert.ok(parkedWaits(burning, 12, 91) >= 2);
+  // One yield that lasted 1.1 ms gave the CPU away for a whole scheduler
+  // slice: the answer is taken, and counts as a miss (the spinner backs
+  // off), where a parked wait would have been woken at once.
+  const sliced = new Spinner(undefined, 1, fakeClock(1_100));
+  assert.equal(sliced.spin(counted(1).attempt), 1);
+  assert.equal(sliced.resting, true);
 });
 
 test("cheap late hits between misses let the back-off grow; a run of them ends it", () => {
