@@ -15,9 +15,11 @@
  * the next wait probes at once instead of parking. A spin calls
  * `sched_yield()` once per pass; a pass makes one attempt, or several when
  * an attempt only reads shared memory. A tight ping-pong gets answers
- * within the spin and never parks, on a busy machine too (its yields let
- * the CPU-bound processes run); paced or one-way traffic sees misses and
- * stops spinning, so the spin never costs more than a few probes.
+ * within the spin and never parks, with a CPU-bound process running too
+ * (its yields let it run); paced or one-way traffic, and a machine with
+ * more CPU-bound processes than cores (a yield that loses a whole scheduler
+ * slice is a miss), see misses and stop spinning, so the spin never costs
+ * more than a few probes.
  *
  * - `spin: undefined` (the default): the hit-gated rule above.
  * - `spin: 0`: never spin; park at once.
@@ -44,11 +46,12 @@ const FAST_US = 60;
  * A spin answered after FAST_US but within this many passes (and before
  * BUSY_US) is a fast hit too: its `sched_yield()` calls handed the CPU to
  * another thread (the peer woken on this core, a CPU-bound process) for
- * most of the wait, so it burned little CPU. A pass that yields to nobody takes 1 to 2 µs here, so
- * this many of them cost about FAST_US of CPU. Timed in µs alone, a busy
- * machine's spins all looked slow: a channel round trip with one CPU-bound
- * process running stopped spinning and parked every time, at 160 µs against
- * 100 µs spinning, and with more CPU per message (93 µs a side against 68).
+ * most of the wait, so it burned little CPU. A pass that yields to nobody
+ * takes 1 to 2 µs here, so this many of them cost about FAST_US of CPU.
+ * Timed in µs alone, a busy machine's spins all looked slow: a channel round
+ * trip with one CPU-bound process running stopped spinning and parked every
+ * time, at 160 µs against 100 µs spinning, and with more CPU per message (93
+ * µs a side against 68).
  */
 const FAST_PASSES = 30;
 /** Such cheap hits in a row that end a back-off as a fast hit does. */
