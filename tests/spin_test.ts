@@ -41,7 +41,9 @@ test("spin: 0 never calls the attempt; a fixed budget always spins", () => {
 });
 
 test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit resets it", () => {
-  const spinner = new Spinner();
+  // A clock of 1 µs per pass: on a busy machine one real sched_yield() can
+  // last a scheduler slice, which counts as a miss.
+  const spinner = new Spinner(undefined, 1, fakeClock(1));
   const parkedFor = (n: number) => {
     for (let k = 0; k < n; k++) {
       const skipped = counted();
@@ -63,8 +65,6 @@ test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit res
 
   // An answer on the first pass is a fast hit: misses start over.
   assert.equal(spinner.spin(counted(1).attempt), 1);
-  // (An answer on the first call: on a busy machine one sched_yield() can
-  // outlast the whole budget, leaving room for a single call.)
   const next = counted(1);
   assert.equal(spinner.spin(next.attempt), 1, "spins again after a hit");
   assert.equal(spinner.spin(counted().attempt), undefined);
@@ -278,7 +278,7 @@ test("checkSpin accepts undefined, 0 and µs up to a second, and names what is w
 });
 
 test("an adaptive spinner rests while it backs off, and never with a fixed budget", () => {
-  const spinner = new Spinner();
+  const spinner = new Spinner(undefined, 1, fakeClock(1));
   assert.equal(spinner.resting, false, "a new spinner probes first");
   assert.equal(spinner.spin(counted().attempt), undefined); // a miss
   assert.equal(spinner.resting, true, "it parks straight away after a miss");
