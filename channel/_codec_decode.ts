@@ -75,25 +75,28 @@ export const NO_BLOBS: readonly BlobSpec[] = Object.freeze([]);
 
 /**
  * Reads the blob table of a head: each blob's original start offset and
- * length. `available` is the number of blob bytes that came with the head;
- * the lengths must add up to exactly that. The blob count is checked
- * against `limits` before anything is built.
+ * length. The head is `head[start, end)` (all of `head` by default).
+ * `available` is the number of blob bytes that came with the head; the
+ * lengths must add up to exactly that. The blob count is checked against
+ * `limits` before anything is built.
  */
 export function readBlobTable(
   head: Uint8Array,
   treeLength: number,
   available: number,
   limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
+  start = 0,
+  end: number = head.byteLength,
 ): readonly BlobSpec[] {
-  if (treeLength > head.byteLength) throw invalid("tree length out of range");
+  if (treeLength > end - start) throw invalid("tree length out of range");
   // Most messages have no blobs: a table of one zero byte.
-  if (head.byteLength === treeLength + 1 && head[treeLength] === 0) {
+  if (end - start === treeLength + 1 && head[start + treeLength] === 0) {
     if (available !== 0) {
       throw invalid(`blobs claim 0 of the ${available} bytes sent`);
     }
     return NO_BLOBS;
   }
-  const input = new Reader(head, treeLength);
+  const input = new Reader(head, start + treeLength, end);
   const count = input.varint();
   if (count > limits.maxElements) {
     throw overLimit("maxElements", limits.maxElements, `${count} blobs`);
@@ -114,13 +117,13 @@ export function readBlobTable(
   const specs: BlobSpec[] = [];
   let total = 0;
   for (let i = 0; i < count; i++) {
-    const start = input.varint();
+    const blobStart = input.varint();
     const length = input.varint();
     total += length;
     if (total > available) {
       throw invalid(`blobs claim more than the ${available} bytes sent`);
     }
-    specs.push({ start, length });
+    specs.push({ start: blobStart, length });
   }
   if (input.left !== 0) throw invalid("bytes after the blob table");
   if (total !== available) {
@@ -130,11 +133,11 @@ export function readBlobTable(
 }
 
 /**
- * Decodes a value tree. `blob(i)` returns blob `i`'s bytes as a fresh
- * ArrayBuffer (called at most once per blob). What the value would build
- * is checked against `limits` as it goes, each container and string
- * before it is allocated; going over throws `Deno.errors.InvalidData`
- * naming the limit.
+ * Decodes a value tree: `head[start, start + treeLength)`. `blob(i)`
+ * returns blob `i`'s bytes as a fresh ArrayBuffer (called at most once per
+ * blob). What the value would build is checked against `limits` as it
+ * goes, each container and string before it is allocated; going over
+ * throws `Deno.errors.InvalidData` naming the limit.
  */
 export function decode(
   head: Uint8Array,
@@ -143,11 +146,13 @@ export function decode(
   blob: (index: number) => ArrayBuffer,
   hooks: EndpointHooks,
   limits: Readonly<Required<DecodeLimits>> = DEFAULT_LIMITS,
+  start = 0,
 ): unknown {
-  const input = new Reader(head, 0, treeLength);
+  const end = start + treeLength;
+  const input = new Reader(head, start, end);
   const d = new Decoder(input, specs, blob, hooks, limits);
   const value = readValue(d, 0);
-  if (input.pos !== treeLength) throw invalid("bytes after the value");
+  if (input.pos !== end) throw invalid("bytes after the value");
   return value;
 }
 

@@ -142,14 +142,18 @@ export class FrameParser {
           `it carries ${fds.length} endpoints`,
         );
       }
+      // The head is head[headAt, headAt + headLength): the frame's own
+      // bytes, or read from the memfd.
       let head: Uint8Array;
+      let headAt: number;
       let blobsAt: number;
       let blobBytes: number;
       let source: Uint8Array | number;
       if (memfd === undefined) {
         if (HEADER + headLength > size) throw invalid("head past the frame");
-        head = buf.subarray(start + HEADER, start + HEADER + headLength);
-        blobsAt = start + HEADER + headLength;
+        head = buf;
+        headAt = start + HEADER;
+        blobsAt = headAt + headLength;
         blobBytes = end - blobsAt;
         source = buf;
       } else {
@@ -158,11 +162,19 @@ export class FrameParser {
         if (headLength > total) throw invalid("head past the memfd");
         head = new Uint8Array(headLength);
         preadAll(memfd, head, 0);
+        headAt = 0;
         blobsAt = headLength;
         blobBytes = total - headLength;
         source = memfd;
       }
-      const specs = readBlobTable(head, treeLength, blobBytes, limits);
+      const specs = readBlobTable(
+        head,
+        treeLength,
+        blobBytes,
+        limits,
+        headAt,
+        headAt + headLength,
+      );
       const value = decode(
         head,
         treeLength,
@@ -170,8 +182,9 @@ export class FrameParser {
         specs.length === 0 ? noBlob : blobReader(specs, blobsAt, source),
         incoming,
         limits,
+        headAt,
       );
-      if (incoming.used.some(unused)) {
+      if (fds.length > 0 && incoming.used.some(unused)) {
         throw invalid("fds that no endpoint in the value names");
       }
       return value;
