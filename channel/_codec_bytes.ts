@@ -139,7 +139,12 @@ const utf8Slice = (Buffer.prototype as {
 }).utf8Slice;
 const replacingDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
-/** A checked input cursor. */
+/**
+ * A checked input cursor over `buf[start, end)`. The bytes must be this
+ * process's own, never shared memory: strings are read twice (decoded,
+ * then validated where needed), and a peer writing between the two reads
+ * could make them disagree.
+ */
 export class Reader {
   buf: Uint8Array;
   pos: number;

@@ -452,8 +452,9 @@ test(
         }
       }
     }
-    // Around the longest string checked for ASCII before it is decoded.
-    for (const n of [1023, 1024, 1025, 4096]) {
+    // Around the longest ASCII string the native decoder makes without
+    // converting it, and far beyond.
+    for (const n of [255, 256, 257, 1024, 4096]) {
       const ascii = "x".repeat(n);
       cases.push(ascii, ascii.slice(1) + "é", "é" + ascii.slice(1));
     }
@@ -461,8 +462,9 @@ test(
       assert.equal(decodeSample(sampleOf(value)), value, JSON.stringify(value));
     }
     // A lone continuation byte inside an otherwise ASCII string, at lengths
-    // on both sides of the decoder's paths.
-    for (const n of [1, 15, 16, 17, 95, 96, 97, 130, 1024, 1025]) {
+    // on both sides of the decoder's paths (made in JavaScript below 8
+    // bytes; natively, ASCII up to 256 bytes without conversion).
+    for (const n of [1, 7, 8, 9, 15, 16, 17, 130, 255, 256, 257, 1025]) {
       const bytes = new Uint8Array(n).fill(0x61);
       bytes[n - 1] = 0x80;
       assert.throws(
@@ -472,6 +474,53 @@ test(
       );
     }
   },
+);
+
+test("U+FFFD sent on purpose arrives, alone or beside invalid UTF-8, which is InvalidData", () => {
+  // The decoder takes a U+FFFD in its result for the mark of invalid
+  // input and asks the validating decoder: a real one must survive that.
+  for (const n of [0, 1, 7, 8, 40, 300]) {
+    const value = "x".repeat(n) + "\uFFFD" + "y".repeat(n);
+    assert.equal(decodeSample(sampleOf(value)), value, `length ${n}`);
+    const bytes = new TextEncoder().encode(value + "z");
+    bytes[bytes.length - 1] = 0xff;
+    assert.throws(
+      () =>
+        decodeSample(
+          treeSample([TAG.STRING, ...varint(bytes.length), ...bytes]),
+        ),
+      Deno.errors.InvalidData,
+      `invalid beside U+FFFD, length ${n}`,
+    );
+  }
+});
+
+test(
+  "strings decode the same where Buffer has no utf8Slice (the TextDecoder path)",
+  async () => {
+    const script = `
+    import { Buffer } from "node:buffer";
+    delete Buffer.prototype.utf8Slice;
+    const { channel } = await import(${
+      JSON.stringify(new URL("../channel.ts", import.meta.url).href)
+    });
+    const [tx, rx] = channel();
+    const sent = ["ascii ".repeat(20), "é😀\uFFFD".repeat(5), "short", ""];
+    await tx.send(sent);
+    const got = await rx.recv();
+    tx.close();
+    rx.close();
+    console.log(JSON.stringify(got) === JSON.stringify(sent) ? "same" : "differ");
+  `;
+    const run = await runDeno(
+      ["eval", "--ext=ts", script],
+      30_000,
+      "the decode without utf8Slice",
+    );
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout.trim(), "same");
+  },
+  { run: true, read: true },
 );
 
 test("a string that begins with U+FEFF keeps it, as a value, a key, a Map key and a RegExp source, on every decoding path", () => {
