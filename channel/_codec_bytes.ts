@@ -140,6 +140,13 @@ const utf8Slice = (Buffer.prototype as {
 const replacingDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /**
+ * A float64 and its bytes, in this machine's order: little-end first, as
+ * the codec's (Deno runs on x86-64 and AArch64, both little-endian).
+ */
+const F64 = new Float64Array(1);
+const F64_BYTES = new Uint8Array(F64.buffer);
+
+/**
  * A checked input cursor over `buf[start, end)`. The bytes must be this
  * process's own, never shared memory: strings are read twice (decoded,
  * then validated where needed), and a peer writing between the two reads
@@ -209,11 +216,22 @@ export class Reader {
   }
 
   f64(): number {
-    if (this.pos + 8 > this.end) throw invalid("value cut short");
-    const view = this.#view ?? this.view;
-    const value = view.getFloat64(this.pos, true);
-    this.pos += 8;
-    return value;
+    const at = this.pos;
+    if (at + 8 > this.end) throw invalid("value cut short");
+    // Copied into a float's own bytes (no DataView to make per message):
+    // the codec's order is the machine's, little-end first.
+    const from = this.buf;
+    const bytes = F64_BYTES;
+    bytes[0] = from[at];
+    bytes[1] = from[at + 1];
+    bytes[2] = from[at + 2];
+    bytes[3] = from[at + 3];
+    bytes[4] = from[at + 4];
+    bytes[5] = from[at + 5];
+    bytes[6] = from[at + 6];
+    bytes[7] = from[at + 7];
+    this.pos = at + 8;
+    return F64[0];
   }
 
   bytes(n: number): Uint8Array {

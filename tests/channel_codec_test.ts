@@ -476,6 +476,32 @@ test(
   },
 );
 
+test("floats keep every bit a number shows: -0, NaN, infinities, subnormals, the extremes, at every byte offset", () => {
+  const floats = [
+    0.5,
+    -0,
+    NaN,
+    Infinity,
+    -Infinity,
+    Number.MIN_VALUE,
+    -Number.MIN_VALUE,
+    Number.MAX_VALUE,
+    Number.EPSILON,
+    2 ** 53 + 2,
+    -1e-310,
+    Math.PI,
+  ];
+  for (let pad = 0; pad < 8; pad++) {
+    // A string before each float moves it to every offset mod 8.
+    const value = floats.map((f) => ["x".repeat(pad), f, new Date(f)]);
+    const got = decodeSample(sampleOf(value)) as [string, number, Date][];
+    got.forEach(([, f, date], i) => {
+      assert.ok(Object.is(f, floats[i]), `${floats[i]} after ${pad}`);
+      assert.ok(Object.is(date.getTime(), new Date(floats[i]).getTime()));
+    });
+  }
+});
+
 test("U+FFFD sent on purpose arrives, alone or beside invalid UTF-8, which is InvalidData", () => {
   // The decoder takes a U+FFFD in its result for the mark of invalid
   // input and asks the validating decoder: a real one must survive that.
