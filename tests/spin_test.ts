@@ -40,7 +40,7 @@ test("spin: 0 never calls the attempt; a fixed budget always spins", () => {
   assert.equal(fixed.spin(counted(1).attempt), 1);
 });
 
-test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit resets it", () => {
+test("the adaptive spin backs off 2, 4, 8 waits after misses; fast hits bring it down a step per two", () => {
   // A clock of 1 µs per pass: on a busy machine one real sched_yield() can
   // last a scheduler slice, which counts as a miss.
   const spinner = new Spinner(undefined, 1, fakeClock(1));
@@ -51,24 +51,61 @@ test("the adaptive spin backs off 2, 4, 8 waits after misses, and a fast hit res
       assert.equal(skipped.calls, 0, `wait ${k + 1} of ${n} spun`);
     }
   };
-  const probe = counted();
-  assert.equal(spinner.spin(probe.attempt), undefined);
-  assert.ok(probe.calls > 0, "the first wait probes");
+  const missed = () => {
+    const probe = counted();
+    assert.equal(spinner.spin(probe.attempt), undefined);
+    assert.ok(probe.calls > 0, "no probe");
+  };
+  // Answered on the first pass: a fast hit.
+  const hit = () => assert.equal(spinner.spin(counted(1).attempt), 1);
+  missed();
   parkedFor(2);
-  const second = counted();
-  assert.equal(spinner.spin(second.attempt), undefined);
-  assert.ok(second.calls > 0);
+  missed();
   parkedFor(4);
-  const third = counted();
-  assert.equal(spinner.spin(third.attempt), undefined);
+  missed();
   parkedFor(8);
-
-  // An answer on the first pass is a fast hit: misses start over.
-  assert.equal(spinner.spin(counted(1).attempt), 1);
-  const next = counted(1);
-  assert.equal(spinner.spin(next.attempt), 1, "spins again after a hit");
-  assert.equal(spinner.spin(counted().attempt), undefined);
+  // Three steps of back-off. One fast hit: the next wait spins too; a
+  // second: a step down, and the waiter rests for as long as that step says.
+  hit();
+  hit();
+  parkedFor(4);
+  hit();
+  hit();
   parkedFor(2);
+  hit();
+  hit();
+  // Back-off over: every wait spins.
+  for (let k = 0; k < 20; k++) hit();
+  // After that run of hits one miss is a hiccup; a second backs off again.
+  missed();
+  missed();
+  parkedFor(2);
+});
+
+test("a paced peer that answers every other probe leaves the adaptive spin resting longer and longer", () => {
+  // Messages one per ms, now and then two close together (a late timer):
+  // half of the probes are answered at once, the other half miss. The
+  // spinner must not probe every few waits (10 to 20 µs of CPU per message
+  // when each miss spins its whole budget).
+  const spinner = new Spinner(undefined, 1, fakeClock(1));
+  let spins = 0;
+  let answer = false;
+  let longestRest = 0;
+  let rest = 0;
+  for (let k = 0; k < 2_000; k++) {
+    const wait = counted(answer ? 1 : 0);
+    spinner.spin(wait.attempt);
+    if (wait.calls === 0) {
+      rest++;
+      continue;
+    }
+    longestRest = Math.max(longestRest, rest);
+    rest = 0;
+    spins++;
+    answer = !answer;
+  }
+  assert.ok(spins <= 40, `${spins} of 2,000 waits spun`);
+  assert.ok(longestRest >= 128, `longest rest ${longestRest} waits`);
 });
 
 /**
