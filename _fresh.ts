@@ -1,0 +1,46 @@
+/**
+ * Buffers for received messages that the caller keeps.
+ *
+ * Deno keeps no typed array's bytes in V8's heap: every `new Uint8Array(n)`
+ * or `slice()` is a `calloc` and a backing store, 1.2 µs for 64 bytes and
+ * 2.5 µs for 1 KiB on the machines this was measured on, against 0.03 µs for
+ * a view. A 64 B shmQueue round trip spent a fifth of its time there. So a
+ * small message is copied into a view of a shared block instead, as Node's
+ * `Buffer` pool does: its `buffer` holds other small messages too, and it
+ * keeps the block alive while it lives.
+ *
+ * @module
+ */
+
+/** A message of at most this many bytes gets a view of the shared block. */
+export const SMALL_MESSAGE_BYTES = 1024;
+/** Size of a shared block: 16 messages of the largest small size. */
+const BLOCK_BYTES = 16 * SMALL_MESSAGE_BYTES;
+
+let block = new Uint8Array(0);
+let used = 0;
+
+/**
+ * A zeroed buffer of `n` bytes for a message: a view of the shared block
+ * when `n` is at most {@linkcode SMALL_MESSAGE_BYTES}, otherwise a buffer of
+ * its own. Views start at multiples of 8, and none overlaps another.
+ */
+export function freshBytes(n: number): Uint8Array<ArrayBuffer> {
+  if (n > SMALL_MESSAGE_BYTES) return new Uint8Array(n);
+  // No block yet, or a transferred view detached it (its byteLength reads
+  // 0 then), or it is full: a new block.
+  if (block.byteLength === 0 || used + n > block.byteLength) {
+    block = new Uint8Array(BLOCK_BYTES);
+    used = 0;
+  }
+  const view = block.subarray(used, used + n);
+  used += (n + 7) & ~7;
+  return view;
+}
+
+/** A copy of `bytes` that the caller keeps, through {@linkcode freshBytes}. */
+export function freshCopy(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  const copy = freshBytes(bytes.byteLength);
+  copy.set(bytes);
+  return copy;
+}

@@ -1,0 +1,133 @@
+import assert from "node:assert/strict";
+import { freshBytes, freshCopy, SMALL_MESSAGE_BYTES } from "../_fresh.ts";
+import { shmQueue, socketpair } from "../mod.ts";
+import { test } from "./_util.ts";
+
+/** Whether two views share bytes. */
+function overlap(a: Uint8Array, b: Uint8Array): boolean {
+  return a.buffer === b.buffer &&
+    a.byteOffset < b.byteOffset + b.byteLength &&
+    b.byteOffset < a.byteOffset + a.byteLength;
+}
+
+/** Messages of the sizes given, each filled with its own index + 1. */
+function numbered(sizes: number[]): Uint8Array[] {
+  return sizes.map((n, i) => new Uint8Array(n).fill(i + 1));
+}
+
+/** Checks received copies against what was sent, then that they stay apart. */
+function checkApart(got: Uint8Array[], sent: Uint8Array[]): void {
+  assert.equal(got.length, sent.length);
+  for (let i = 0; i < got.length; i++) {
+    assert.deepEqual(got[i], sent[i], `message ${i} arrived whole`);
+  }
+  // Writing to one received message changes no other.
+  for (const message of got) message.fill(0xee);
+  for (let i = 0; i < got.length; i++) {
+    for (let j = i + 1; j < got.length; j++) {
+      assert.ok(!overlap(got[i], got[j]), `messages ${i} and ${j} overlap`);
+    }
+  }
+}
+
+test("freshBytes() hands out zeroed, 8-aligned, disjoint views of one block up to 1 KiB", () => {
+  const sizes = [0, 1, 7, 64, 100, SMALL_MESSAGE_BYTES, 3];
+  const views = sizes.map((n) => freshBytes(n));
+  views.forEach((view, i) => {
+    assert.equal(view.byteLength, sizes[i]);
+    assert.equal(view.byteOffset % 8, 0, `view ${i} starts at a multiple of 8`);
+    assert.ok(view.every((b) => b === 0), `view ${i} is zeroed`);
+    assert.ok(
+      view.buffer.byteLength > view.byteLength,
+      `view ${i} is part of a shared block`,
+    );
+  });
+  for (let i = 0; i < views.length; i++) {
+    views[i].fill(i + 1);
+    for (let j = 0; j < i; j++) {
+      assert.ok(!overlap(views[i], views[j]), `views ${j} and ${i} overlap`);
+    }
+  }
+  views.forEach((view, i) => assert.ok(view.every((b) => b === i + 1)));
+
+  const large = freshBytes(SMALL_MESSAGE_BYTES + 1);
+  assert.equal(large.byteOffset, 0);
+  assert.equal(large.buffer.byteLength, SMALL_MESSAGE_BYTES + 1);
+
+  const source = new Uint8Array([5, 6, 7]);
+  const copy = freshCopy(source);
+  assert.deepEqual(copy, source);
+  source[0] = 9;
+  assert.equal(copy[0], 5, "a copy, not a view of the source");
+});
+
+test("freshBytes() starts a new block when the current one is full", () => {
+  const first = freshBytes(8);
+  const seen = new Set([first.buffer]);
+  // Two blocks' worth of the largest small size.
+  for (let i = 0; i < 40; i++) {
+    const view = freshBytes(SMALL_MESSAGE_BYTES).fill(1);
+    assert.ok(view.byteOffset + view.byteLength <= view.buffer.byteLength);
+    seen.add(view.buffer);
+  }
+  assert.ok(seen.size >= 3, `${seen.size} blocks for 40 KiB of views`);
+  assert.ok(first.every((b) => b === 0), "a full block is never reused");
+});
+
+test("freshBytes() after a view's buffer was transferred starts a new block", () => {
+  const given = freshBytes(16).fill(3);
+  const kept = freshBytes(16).fill(4);
+  const moved = structuredClone(given, { transfer: [given.buffer] });
+  assert.deepEqual(moved.subarray(0, 16), new Uint8Array(16).fill(3));
+  assert.equal(kept.byteLength, 0, "the transfer detached the whole block");
+  const next = freshBytes(16);
+  assert.equal(next.byteLength, 16);
+  assert.notEqual(next.buffer, given.buffer);
+  next.fill(5);
+  assert.ok(next.every((b) => b === 5));
+});
+
+test("shmQueue recv() and for await: small messages share blocks without touching each other", async () => {
+  using q = shmQueue({ bytes: 1 << 16 });
+  const [tx, rx] = q;
+  const sizes = [1, 64, 63, 1000, SMALL_MESSAGE_BYTES, 2000, 0, 17, 8];
+  const sent = numbered(sizes);
+  for (const m of sent) await tx.send(m);
+  const got: Uint8Array[] = [];
+  for (let i = 0; i < 4; i++) got.push((await rx.recv())!);
+  tx.close();
+  for await (const m of rx) got.push(m);
+  checkApart(got, sent);
+  assert.equal(got[1].buffer, got[2].buffer, "two small messages, one block");
+  assert.equal(got[5].buffer.byteLength, 2000, "a large message, its own");
+});
+
+test("shmQueue recv() after a received message's buffer was transferred", async () => {
+  using q = shmQueue({ bytes: 1 << 16 });
+  const [tx, rx] = q;
+  await tx.send(new Uint8Array(32).fill(1));
+  const first = (await rx.recv())!;
+  structuredClone(first, { transfer: [first.buffer as ArrayBuffer] });
+  await tx.send(new Uint8Array(32).fill(2));
+  const second = (await rx.recv())!;
+  assert.deepEqual(second, new Uint8Array(32).fill(2));
+});
+
+for (const type of ["seqpacket", "dgram", "stream"] as const) {
+  test(`UnixSocket recv() on a ${type} pair: small messages share blocks without touching each other`, async () => {
+    const [a, b] = socketpair({ type });
+    using _a = a;
+    using _b = b;
+    const sizes = [1, 64, 63, 1000, SMALL_MESSAGE_BYTES, 2000, 17, 8];
+    const sent = numbered(sizes);
+    const got: Uint8Array[] = [];
+    for (const m of sent) {
+      // One at a time, so that a stream socket hands back each whole.
+      await a.send(m);
+      got.push((await b.recv())!.data);
+    }
+    checkApart(got, sent);
+    assert.equal(got[0].buffer, got[1].buffer, "two small messages, one block");
+    assert.equal(got[5].buffer.byteLength, 2000, "a large message, its own");
+  });
+}
