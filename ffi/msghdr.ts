@@ -69,6 +69,9 @@ export class MessageArea {
   #stride: number;
   #iovAt: number;
   #iovAddresses: bigint[] = [];
+  /** The last view {@linkcode setIovecFor} took the address of, and it. */
+  #lastView: WeakRef<Uint8Array> | undefined;
+  #lastAddress = 0n;
 
   constructor(layout: MessageAreaLayout) {
     const headers = layout.headers ?? 1;
@@ -165,7 +168,16 @@ export class MessageArea {
   ): boolean {
     const n = data.byteLength;
     if (n > MAY_MOVE) {
-      this.setIovec(index, addressOf(data), n);
+      // A receive loop passes the same view every time: its address is
+      // remembered (a buffer this large is outside V8's heap and never
+      // moves; a detached one has no bytes and never gets here), which
+      // saves an FFI call per message, 2 µs while V8 has not optimized it.
+      // Weakly: a caller's large buffer is not kept alive by this.
+      if (this.#lastView?.deref() !== data) {
+        this.#lastAddress = addressOf(data);
+        this.#lastView = new WeakRef(data);
+      }
+      this.setIovec(index, this.#lastAddress, n);
       return false;
     }
     const at = this.stageAt + stage;

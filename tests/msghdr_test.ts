@@ -163,3 +163,36 @@ test("addressOf gives the address the runtime gives, for buffers and views at an
   );
   assert.deepEqual([...big.subarray(200, 204)], [1, 2, 3, 4]);
 });
+
+test("MessageArea takes a large view's address once, and each other view's anew", () => {
+  const area = new MessageArea({ iovecs: 1, stage: 0, control: 0 });
+  const base = () =>
+    new Deno.UnsafePointerView(area.iovPointer!).getBigUint64(0);
+  const buffer = new Uint8Array(4 * MAY_MOVE);
+  const whole = buffer.subarray(0);
+  const later = buffer.subarray(MAY_MOVE + 8);
+  const other = new Uint8Array(2 * MAY_MOVE);
+  const expected = [whole, later, other].map((view) => addressOf(view));
+  const lib = libc() as { address_of: (...args: never[]) => unknown };
+  const real = lib.address_of;
+  let calls = 0;
+  lib.address_of = (...args: never[]) => {
+    calls++;
+    return real(...args);
+  };
+  try {
+    for (let i = 0; i < 3; i++) area.setIovecFor(0, whole, 0, false);
+    assert.equal(base(), expected[0]);
+    assert.equal(calls, 1, "one address_of call for three receives");
+    // Another view of the same buffer, then the first again: each its own.
+    area.setIovecFor(0, later, 0, false);
+    assert.equal(base(), expected[1]);
+    area.setIovecFor(0, whole, 0, false);
+    assert.equal(base(), expected[0]);
+    area.setIovecFor(0, other, 0, false);
+    assert.equal(base(), expected[2]);
+    assert.equal(calls, 4);
+  } finally {
+    lib.address_of = real;
+  }
+});
