@@ -12,7 +12,6 @@
  * @module
  */
 
-import { freshCopy } from "./_fresh.ts";
 import { libc } from "./ffi/libc.ts";
 import { ERRNO, errno, type SystemError, systemError } from "./ffi/errors.ts";
 import { cmsgSpace, MSG, POLL, POLLFD } from "./ffi/layout.ts";
@@ -397,7 +396,7 @@ export function receiveWhole(
     );
   }
   if (n <= WHOLE_SCRATCH) {
-    return { data: freshCopy(whole.scratch.subarray(0, n)), fds, flags };
+    return { data: whole.scratch.slice(0, n), fds, flags };
   }
   const data = new Uint8Array(n);
   data.set(whole.scratch);

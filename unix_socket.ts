@@ -40,7 +40,6 @@ import {
   recvBlocking,
   recvNoWait,
 } from "./_scm.ts";
-import { freshCopy } from "./_fresh.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { boundAddress } from "./_unix_addr.ts";
 import {
@@ -85,13 +84,7 @@ export interface SocketRecvOptions extends ReadOptions {
 
 /** A message received by {@linkcode UnixSocket.recv}. */
 export interface SocketMessage {
-  /**
-   * The bytes. For a stream socket, whatever arrived (at most `maxBytes`).
-   * Up to 1 KiB, a view of a 16 KiB block shared with other small messages
-   * received in this thread (as Node's `Buffer` pool does): it saves an
-   * allocation that costs more than the receive. `slice()` one to keep it
-   * alone, and never transfer its `buffer`: that empties the others.
-   */
+  /** The bytes. For a stream socket, whatever arrived (at most `maxBytes`). */
   data: Uint8Array<ArrayBuffer>;
   /** Endpoints that came with it, owned by the receiver. */
   fds: Endpoint[];
@@ -716,7 +709,7 @@ export class UnixSocket implements Disposable {
       const got = this.#receive(fd, into, maxFds, wait);
       if (got === undefined || got === null) return got;
       if (got.bytes === 0 && got.fds.length === 0) return null;
-      return this.#message(freshCopy(into.subarray(0, got.bytes)), got.fds);
+      return this.#message(into.slice(0, got.bytes), got.fds);
     }
     for (;;) {
       try {

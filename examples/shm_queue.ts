@@ -63,7 +63,7 @@ if (Deno.args[0] === "child") {
     await toChild.send(message);
     const reply = await fromChild.recv();
     if (reply === null) throw new Error("the child closed its queue early");
-    const view = new DataView(reply.buffer);
+    const view = new DataView(reply.buffer, reply.byteOffset, reply.byteLength);
     const ok = view.getUint32(0, true) === size &&
       view.getUint32(4, true) === checksum(message);
     console.log(`parent: ${size} bytes echoed as length+checksum: ${ok}`);

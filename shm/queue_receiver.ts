@@ -4,7 +4,7 @@
  * @module
  */
 
-import { freshBytes } from "../_fresh.ts";
+import { freshBytes } from "./_fresh.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
 import { untilNull } from "../_channel_error.ts";
@@ -137,8 +137,9 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * into.
    * @returns A copy of the message (a view of `into` when given; up to 1
    * KiB, a view of a 16 KiB block shared with other small messages received
-   * in this thread, as Node's `Buffer` pool does: `slice()` one to keep it
-   * alone, and never transfer its `buffer`, which empties the others), or `null`
+   * in this thread, as Node's `Buffer` pool does: read it through its
+   * `byteOffset`, `slice()` one to keep it alone, and never transfer its
+   * `buffer`, which empties the others), or `null`
    * once the ring is drained and the sender is gone (closed everywhere, or
    * its process ended). A message the sender had not finished when it died
    * is never returned.

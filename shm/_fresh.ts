@@ -1,5 +1,5 @@
 /**
- * Buffers for received messages that the caller keeps.
+ * Buffers for the messages a shmQueue receiver returns.
  *
  * Deno keeps no typed array's bytes in V8's heap: every `new Uint8Array(n)`
  * or `slice()` is a `calloc` and a backing store, 1.2 µs for 64 bytes and
@@ -36,11 +36,4 @@ export function freshBytes(n: number): Uint8Array<ArrayBuffer> {
   const view = block.subarray(used, used + n);
   used += (n + 7) & ~7;
   return view;
-}
-
-/** A copy of `bytes` that the caller keeps, through {@linkcode freshBytes}. */
-export function freshCopy(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
-  const copy = freshBytes(bytes.byteLength);
-  copy.set(bytes);
-  return copy;
 }
