@@ -139,10 +139,10 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * KiB, a view of a 16 KiB block shared with other small messages received
    * in this thread, as Node's `Buffer` pool does: read it through its
    * `byteOffset`, `slice()` one to keep it alone, and never transfer its
-   * `buffer`, which empties the others), or `null`
-   * once the ring is drained and the sender is gone (closed everywhere, or
-   * its process ended). A message the sender had not finished when it died
-   * is never returned.
+   * `buffer` (a byte stream's `enqueue()` does), which empties the others),
+   * or `null` once the ring is drained and the sender is gone (closed
+   * everywhere, or its process ended). A message the sender had not
+   * finished when it died is never returned.
    * @throws {Deno.errors.InvalidData} When the ring's shared state is
    * corrupt; every later call throws the same error.
    * @throws {RangeError} When the message is larger than `into`; it stays
