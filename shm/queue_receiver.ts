@@ -4,7 +4,7 @@
  * @module
  */
 
-import { freshBytes } from "./_fresh.ts";
+import { FreshBytes } from "./_fresh.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
 import { untilNull } from "../_channel_error.ts";
@@ -63,6 +63,8 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** Receives that wait for a message, in call order. */
   #recvs: CallQueue<QueuedRecv, Uint8Array | null>;
   #failure: Error | undefined;
+  /** Where messages received without `into` go (see `_fresh.ts`). */
+  #fresh = new FreshBytes();
   /** A look without a buffer, made once: a spin calls it many times. */
   #tryPlain = (): Uint8Array | null | undefined => this.#tryRecv();
 
@@ -136,10 +138,11 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * @param options `signal` to give up waiting; `into`, a buffer to receive
    * into.
    * @returns A copy of the message (a view of `into` when given; up to 1
-   * KiB, a view of a 16 KiB block shared with other small messages received
-   * in this thread, as Node's `Buffer` pool does: read it through its
-   * `byteOffset`, `slice()` one to keep it alone, and never transfer its
-   * `buffer` (a byte stream's `enqueue()` does), which empties the others),
+   * KiB, a view of a 16 KiB block shared with this receiver's other small
+   * messages, as Node's `Buffer` pool does: read it through its
+   * `byteOffset`; cloning it copies the whole block, and transferring its
+   * `buffer` (a byte stream's `enqueue()` does) empties the block's other
+   * messages, so `slice()` one to keep or pass it alone),
    * or `null` once the ring is drained and the sender is gone (closed
    * everywhere, or its process ended). A message the sender had not
    * finished when it died is never returned.
@@ -257,7 +260,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
     }
     let out: Uint8Array;
     if (into === undefined) {
-      out = freshBytes(n);
+      out = this.#fresh.take(n);
     } else if ((into.buffer as ArrayBuffer).detached) {
       // Transferred while this receive waited: the message stays queued.
       throw badInto(into);
@@ -279,7 +282,11 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
     return out;
   }
 
-  /** Yields messages until {@linkcode recv} returns `null`. */
+  /**
+   * Yields messages until {@linkcode recv} returns `null`; a message of up
+   * to 1 KiB is a view of a block shared with this receiver's other small
+   * messages, as from {@linkcode recv}.
+   */
   [Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
     return untilNull(() => this.#next());
   }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freshBytes, SMALL_MESSAGE_BYTES } from "../shm/_fresh.ts";
+import { BLOCK_BYTES, FreshBytes, SMALL_MESSAGE_BYTES } from "../shm/_fresh.ts";
 import { shmQueue, socketpair } from "../mod.ts";
 import { test } from "./_util.ts";
 
@@ -30,17 +30,16 @@ function checkApart(got: Uint8Array[], sent: Uint8Array[]): void {
   }
 }
 
-test("freshBytes() hands out zeroed, 8-aligned, disjoint views of one block up to 1 KiB", () => {
+test("FreshBytes take() hands out zeroed, 8-aligned, disjoint views of one block up to 1 KiB", () => {
+  const fresh = new FreshBytes();
   const sizes = [0, 1, 7, 64, 100, SMALL_MESSAGE_BYTES, 3];
-  const views = sizes.map((n) => freshBytes(n));
+  const views = sizes.map((n) => fresh.take(n));
   views.forEach((view, i) => {
     assert.equal(view.byteLength, sizes[i]);
     assert.equal(view.byteOffset % 8, 0, `view ${i} starts at a multiple of 8`);
     assert.ok(view.every((b) => b === 0), `view ${i} is zeroed`);
-    assert.ok(
-      view.buffer.byteLength > view.byteLength,
-      `view ${i} is part of a shared block`,
-    );
+    assert.equal(view.buffer, views[0].buffer, `view ${i} is in the block`);
+    assert.equal(view.buffer.byteLength, BLOCK_BYTES);
   });
   for (let i = 0; i < views.length; i++) {
     views[i].fill(i + 1);
@@ -50,17 +49,18 @@ test("freshBytes() hands out zeroed, 8-aligned, disjoint views of one block up t
   }
   views.forEach((view, i) => assert.ok(view.every((b) => b === i + 1)));
 
-  const large = freshBytes(SMALL_MESSAGE_BYTES + 1);
+  const large = fresh.take(SMALL_MESSAGE_BYTES + 1);
   assert.equal(large.byteOffset, 0);
   assert.equal(large.buffer.byteLength, SMALL_MESSAGE_BYTES + 1);
 });
 
-test("freshBytes() starts a new block when the current one is full", () => {
-  const first = freshBytes(8);
+test("FreshBytes take() starts a new block when the current one is full", () => {
+  const fresh = new FreshBytes();
+  const first = fresh.take(8);
   const seen = new Set([first.buffer]);
   // Two blocks' worth of the largest small size.
   for (let i = 0; i < 40; i++) {
-    const view = freshBytes(SMALL_MESSAGE_BYTES).fill(1);
+    const view = fresh.take(SMALL_MESSAGE_BYTES).fill(1);
     assert.ok(view.byteOffset + view.byteLength <= view.buffer.byteLength);
     seen.add(view.buffer);
   }
@@ -68,13 +68,14 @@ test("freshBytes() starts a new block when the current one is full", () => {
   assert.ok(first.every((b) => b === 0), "a full block is never reused");
 });
 
-test("freshBytes() after a view's buffer was transferred starts a new block", () => {
-  const given = freshBytes(16).fill(3);
-  const kept = freshBytes(16).fill(4);
+test("FreshBytes take() after a view's buffer was transferred starts a new block", () => {
+  const fresh = new FreshBytes();
+  const given = fresh.take(16).fill(3);
+  const kept = fresh.take(16).fill(4);
   const moved = structuredClone(given, { transfer: [given.buffer] });
   assert.deepEqual(moved.subarray(0, 16), new Uint8Array(16).fill(3));
   assert.equal(kept.byteLength, 0, "the transfer detached the whole block");
-  const next = freshBytes(16);
+  const next = fresh.take(16);
   assert.equal(next.byteLength, 16);
   assert.notEqual(next.buffer, given.buffer);
   next.fill(5);
@@ -105,6 +106,38 @@ test("shmQueue recv() after a received message's buffer was transferred", async 
   await tx.send(new Uint8Array(32).fill(2));
   const second = (await rx.recv())!;
   assert.deepEqual(second, new Uint8Array(32).fill(2));
+});
+
+test("FreshBytes: two instances never hand out views of one block", () => {
+  const a = new FreshBytes();
+  const b = new FreshBytes();
+  const fromA = a.take(64).fill(1);
+  const fromB = b.take(64).fill(2);
+  assert.notEqual(fromA.buffer, fromB.buffer);
+  assert.ok(fromA.every((x) => x === 1) && fromB.every((x) => x === 2));
+});
+
+test("shmQueue: a cloned small message carries no other queue's bytes; a transfer empties no other queue's messages", async () => {
+  using alice = shmQueue({ bytes: 1 << 16 });
+  using bob = shmQueue({ bytes: 1 << 16 });
+  const secret = new TextEncoder().encode("alice: password=hunter2");
+  await alice[0].send(secret);
+  await bob[0].send(new TextEncoder().encode("bob: hi"));
+  await bob[0].send(new TextEncoder().encode("bob: bye"));
+  const fromAlice = (await alice[1].recv())!;
+  const first = (await bob[1].recv())!;
+  const second = (await bob[1].recv())!;
+  assert.notEqual(fromAlice.buffer, first.buffer, "one block per receiver");
+  // A clone copies the whole buffer behind the view: Bob's block holds
+  // Bob's messages only.
+  const cloned = new Uint8Array(structuredClone(first.buffer));
+  const text = new TextDecoder().decode(cloned.filter((b) => b !== 0));
+  assert.ok(!text.includes("alice"), `the clone holds ${JSON.stringify(text)}`);
+  assert.ok(text.includes("bob: hi"));
+  // Giving one of Bob's messages away empties Bob's block only.
+  structuredClone(second, { transfer: [second.buffer as ArrayBuffer] });
+  assert.equal(first.byteLength, 0, "the other message of the same block");
+  assert.deepEqual(fromAlice, secret, "Alice's message is untouched");
 });
 
 for (const type of ["seqpacket", "dgram", "stream"] as const) {
