@@ -159,12 +159,15 @@ export class Ring {
     return this.carrier.closed;
   }
 
-  /** The fields an end shows when inspected. */
-  inspectFields(): object {
+  /**
+   * The fields an end shows when inspected; `maxMessage`, the end's largest
+   * message (a receiver may take less than the ring allows).
+   */
+  inspectFields(maxMessage = this.maxMessage): object {
     return {
       ...this.carrier.state(),
       ringBytes: this.capacity,
-      maxMessageBytes: this.maxMessage,
+      maxMessageBytes: maxMessage,
       ...(this.peerGone ? { peer: "gone" } : {}),
     };
   }

@@ -63,6 +63,8 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** Receives that wait for a message, in call order. */
   #recvs: CallQueue<QueuedRecv, Uint8Array | null>;
   #failure: Error | undefined;
+  /** The largest message taken (see {@linkcode maxMessageBytes}). */
+  #maxMessage: number;
   /** Where messages received without `into` go (see `_fresh.ts`). */
   #fresh = new FreshBytes();
   /** A look without a buffer, made once: a spin calls it many times. */
@@ -71,6 +73,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** @ignore Use {@linkcode shmQueue} or `fromFd()`. */
   constructor(ring: Ring) {
     this.#ring = ring;
+    this.#maxMessage = ring.maxMessage;
     const arrived = () =>
       ring.position(TAIL, "receive") !== ring.position(HEAD, "receive");
     this.#recvs = new CallQueue<QueuedRecv, Uint8Array | null>({
@@ -88,9 +91,38 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
     }, ring.spinner);
   }
 
-  /** The largest message this queue takes, in bytes. */
+  /**
+   * The largest message this receiver takes, in bytes: the ring's (set by
+   * whoever made the queue) unless lowered here. A ring from another process
+   * may allow messages up to its whole size (at most 1 GiB), each of which
+   * `recv()` copies into a new buffer; a receiver that expects less sets
+   * this, and a larger message then fails the receive with `InvalidData`, as
+   * a corrupt ring does (every later call throws the same error). It cannot
+   * be raised above the ring's.
+   *
+   * @example Take messages of at most 4 KiB from a peer's queue
+   * ```ts
+   * import { shmQueue } from "@conduit/ipc/shm";
+   *
+   * using q = shmQueue({ bytes: 1 << 20 });
+   * const [tx, rx] = q;
+   * rx.maxMessageBytes = 4096;
+   * await tx.send(new Uint8Array(8192));
+   * await rx.recv().catch((e) => console.log(e.name)); // "InvalidData"
+   * ```
+   */
   get maxMessageBytes(): number {
-    return this.#ring.maxMessage;
+    return this.#maxMessage;
+  }
+
+  set maxMessageBytes(value: number) {
+    const most = this.#ring.maxMessage;
+    if (!Number.isInteger(value) || value < 0 || value > most) {
+      throw new RangeError(
+        `Cannot set maxMessageBytes of ShmReceiver: must be an integer from 0 to the ring's ${most}, got ${value}`,
+      );
+    }
+    this.#maxMessage = value;
   }
 
   /**
@@ -99,7 +131,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * @deprecated Use `maxMessageBytes`; `maxMessage` will be removed in 0.2.0.
    */
   get maxMessage(): number {
-    return this.#ring.maxMessage;
+    return this.#maxMessage;
   }
 
   /**
@@ -125,7 +157,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   ): string {
     return inspectEndpoint(
       "ShmReceiver",
-      this.#ring.inspectFields(),
+      this.#ring.inspectFields(this.#maxMessage),
       inspect,
       options,
     );
@@ -249,6 +281,11 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
       throw r.corrupt(
         "receive",
         `record of ${n} bytes exceeds the largest message ${r.maxMessage}`,
+      );
+    }
+    if (n > this.#maxMessage) {
+      throw new Deno.errors.InvalidData(
+        `Cannot receive on shmQueue: a message of ${n} bytes exceeds this receiver's maxMessageBytes ${this.#maxMessage}`,
       );
     }
     const need = RECORD + align8(n);

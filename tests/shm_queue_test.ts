@@ -188,6 +188,40 @@ test(
 );
 
 test(
+  "ShmReceiver maxMessageBytes lowered: a larger message fails the receive with InvalidData, for good; smaller ones before it arrive",
+  async () => {
+    using q = shmQueue({ bytes: 1 << 16 });
+    const [tx, rx] = q;
+    assert.equal(rx.maxMessageBytes, 1 << 16);
+    for (const bad of [-1, 1.5, NaN, (1 << 16) + 1]) {
+      assert.throws(
+        () => (rx.maxMessageBytes = bad),
+        RangeError,
+        `maxMessageBytes = ${bad}`,
+      );
+    }
+    rx.maxMessageBytes = 100;
+    assert.equal(rx.maxMessageBytes, 100);
+    assert.match(Deno.inspect(rx), /maxMessageBytes: 100 \}/);
+    assert.equal(tx.maxMessageBytes, 1 << 16, "the sender keeps the ring's");
+    await tx.send(message(1, 100));
+    await tx.send(message(2, 101));
+    assert.equal(mismatch((await rx.recv())!, 1, 100), "");
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(
+        withTimeout(rx.recv(), 5000, "the refused message"),
+        (error: Error) =>
+          error instanceof Deno.errors.InvalidData &&
+          /101 bytes exceeds this receiver's maxMessageBytes 100/.test(
+            error.message,
+          ),
+      );
+    }
+  },
+  local,
+);
+
+test(
   "shmQueue() delivers whole messages of every size up to the ring, in order, across the wrap",
   async () => {
     using q = shmQueue({ bytes: 4096 });
