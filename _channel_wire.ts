@@ -32,7 +32,7 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import { check, ERRNO, ioErrno, systemError } from "./ffi/errors.ts";
 import { cmsgSpace, F, MMAP, MSG, S, SEAL, SOCK, STAT } from "./ffi/layout.ts";
 import { addressOf, cstr } from "./ffi/mem.ts";
 import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
@@ -185,12 +185,13 @@ function sendArea(
     : 0;
   area.setHeader(0, 0, iovs, controlAddress, space);
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(
       lib.sendmsg(fd, area.pointer, MSG.DONTWAIT | MSG.NOSIGNAL),
     );
     if (n >= 0) return true;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.EAGAIN) return false;
     throw systemError("sendmsg", code);
@@ -422,6 +423,7 @@ function positioned(
   if (small && write) bytes.set(part.subarray(0, n), stageAt);
   area.setIovec(0, small ? area.stageAddress : addressOf(part), n);
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const result = Number(
       write
@@ -434,7 +436,7 @@ function positioned(
       }
       return result;
     }
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code !== ERRNO.EINTR) {
       throw systemError(name, code, "channel frame memfd");
     }

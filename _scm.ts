@@ -13,7 +13,13 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { ERRNO, errno, type SystemError, systemError } from "./ffi/errors.ts";
+import {
+  ERRNO,
+  errno,
+  ioErrno,
+  type SystemError,
+  systemError,
+} from "./ffi/errors.ts";
 import { cmsgSpace, MSG, POLL, POLLFD } from "./ffi/layout.ts";
 import {
   closeAll,
@@ -78,10 +84,11 @@ export function sendMessage(
   single.reset(0, controlBytes);
   const flags = wait ? MSG.NOSIGNAL : SEND_NOWAIT;
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(lib.sendmsg(fd, single.pointer, flags));
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.EAGAIN && !wait) return -1;
     throw systemError("sendmsg", code);
@@ -159,10 +166,11 @@ export function sendMessages(
     count++;
   }
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = lib.sendmmsg(fd, area.pointer, count, SEND_NOWAIT);
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.EAGAIN) return -1;
     throw systemError("sendmmsg", code);
@@ -254,10 +262,11 @@ function recvRaw(
   area.reset(0, offered);
   const flags = MSG.CMSG_CLOEXEC | (wait ? 0 : MSG.DONTWAIT);
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(lib.recvmsg(fd, area.pointer, flags));
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.EAGAIN && !wait) return -1;
     throw systemError("recvmsg", code);
@@ -422,10 +431,11 @@ function giveBack(whole: WholeArea, n: number): void {
 export function peekSize(fd: number, wait: boolean): number {
   const flags = MSG.PEEK | MSG.TRUNC | (wait ? 0 : MSG.DONTWAIT);
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(lib.recv(fd, empty, 0n, flags));
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.EAGAIN && !wait) return -1;
     throw systemError("recv", code);
@@ -487,12 +497,13 @@ export function endOfPackets(fd: number): boolean {
  */
 export function recvNoWait(fd: number, into: Uint8Array): number {
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(
       lib.recv(fd, into, BigInt(into.byteLength), MSG.DONTWAIT),
     );
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EAGAIN) return -1;
     // A peer that closed with unread data of ours reports ECONNRESET once,
     // ahead of what it sent before closing: read on to that data, then EOF.
@@ -504,10 +515,11 @@ export function recvNoWait(fd: number, into: Uint8Array): number {
 /** Stream sockets: a blocking read. Bytes read, 0 at end of stream. */
 export function recvBlocking(fd: number, into: Uint8Array): number {
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(lib.recv(fd, into, BigInt(into.byteLength), 0));
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.ECONNRESET) continue; // once, ahead of queued data
     if (code !== ERRNO.EINTR) throw systemError("recv", code);
   }
@@ -519,12 +531,13 @@ export function recvBlocking(fd: number, into: Uint8Array): number {
  */
 export function sendNoWait(fd: number, from: Uint8Array): number {
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(
       lib.send(fd, from, BigInt(from.byteLength), SEND_NOWAIT),
     );
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EAGAIN) return -1;
     if (code !== ERRNO.EINTR) throw systemError("send", code);
   }
@@ -536,12 +549,13 @@ export function sendNoWait(fd: number, from: Uint8Array): number {
  */
 export function sendBlocking(fd: number, from: Uint8Array): number {
   const lib = libc();
+  let failed = 0;
   for (;;) {
     const n = Number(
       lib.send(fd, from, BigInt(from.byteLength), MSG.NOSIGNAL),
     );
     if (n >= 0) return n;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code !== ERRNO.EINTR) throw systemError("send", code);
   }
 }
@@ -550,6 +564,7 @@ export function sendBlocking(fd: number, from: Uint8Array): number {
 export function sendAllBlocking(fd: number, from: Uint8Array): void {
   const lib = libc();
   let done = 0;
+  let failed = 0;
   while (done < from.byteLength) {
     const part = from.subarray(done);
     const n = Number(lib.send(fd, part, BigInt(part.byteLength), MSG.NOSIGNAL));
@@ -557,7 +572,7 @@ export function sendAllBlocking(fd: number, from: Uint8Array): void {
       done += n;
       continue;
     }
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code !== ERRNO.EINTR) throw systemError("send", code);
   }
 }

@@ -7,7 +7,14 @@
  */
 
 import { libc } from "./ffi/libc.ts";
-import { check, ERRNO, errno, retry, systemError } from "./ffi/errors.ts";
+import {
+  check,
+  ERRNO,
+  errno,
+  ioErrno,
+  retry,
+  systemError,
+} from "./ffi/errors.ts";
 import { POLL, SOCK } from "./ffi/layout.ts";
 import { OwnedFd } from "./ffi/fd.ts";
 import { flushBeforeSpin } from "./ffi/spin.ts";
@@ -145,12 +152,13 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
     // The listener stays blocking (a child may share it), so accept4 is only
     // called once poll says a connection is queued.
     const lib = libc();
+    let failed = 0;
     for (;;) {
       const fd = this.#fd.fd;
       if (pollNow(fd, POLL.IN) === 0) return -1;
       const result = lib.accept4(fd, null, null, SOCK.CLOEXEC);
       if (result >= 0) return result;
-      const code = errno();
+      const code = ioErrno(failed++);
       if (code === ERRNO.EINTR || code === ERRNO.ECONNABORTED) continue;
       if (code === ERRNO.EAGAIN) return -1;
       check("accept4", result);

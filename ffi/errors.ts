@@ -133,16 +133,74 @@ export interface SystemError extends Error {
   syscall: string;
 }
 
-let errnoView: Deno.UnsafePointerView | undefined;
+/** The calling thread's errno, as memory (this module is per thread). */
+let errnoCell: Int32Array | undefined;
 
-/** Reads the calling thread's errno. Only valid right after a sync call. */
+function errnoCellOf(): Int32Array {
+  const ptr = libc().__errno_location();
+  if (ptr === null) throw new Error("Cannot read errno: no errno location");
+  return new Int32Array(Deno.UnsafePointerView.getArrayBuffer(ptr, 4));
+}
+
+/**
+ * Reads the calling thread's errno. Only valid right after a sync call. A
+ * plain read of its memory: nothing runs between the call and the read but
+ * this function's own entry.
+ */
 export function errno(): number {
-  if (errnoView === undefined) {
-    const ptr = libc().__errno_location();
-    if (ptr === null) throw new Error("Cannot read errno: no errno location");
-    errnoView = new Deno.UnsafePointerView(ptr);
-  }
-  return errnoView.getInt32(0);
+  return (errnoCell ??= errnoCellOf())[0];
+}
+
+/**
+ * What a socket, pipe or eventfd read or write (`recvmsg`, `sendmsg`,
+ * `sendmmsg`, `recv`, `send`, `read`, `write`, `accept4`) can fail with.
+ */
+const IO_ERRORS: ReadonlySet<number> = new Set([
+  ERRNO.EAGAIN,
+  ERRNO.EINTR,
+  ERRNO.EBADF,
+  ERRNO.EFAULT,
+  ERRNO.EINVAL,
+  ERRNO.ENOMEM,
+  ERRNO.ENOBUFS,
+  ERRNO.EIO,
+  ERRNO.EPIPE,
+  ERRNO.ECONNRESET,
+  ERRNO.ECONNREFUSED,
+  ERRNO.ECONNABORTED,
+  ERRNO.ENOTCONN,
+  ERRNO.ENOTSOCK,
+  ERRNO.EISCONN,
+  ERRNO.EDESTADDRREQ,
+  ERRNO.EMSGSIZE,
+  ERRNO.EOPNOTSUPP,
+  ERRNO.ETOOMANYREFS,
+  ERRNO.EMFILE,
+  ERRNO.ENFILE,
+  ERRNO.EPERM,
+  ERRNO.EACCES,
+  ERRNO.ENOSPC,
+  ERRNO.EFBIG,
+  ERRNO.ESPIPE,
+  ERRNO.EISDIR,
+  ERRNO.ETIMEDOUT,
+]);
+/**
+ * The errno of a socket, pipe or eventfd read or write that returned -1,
+ * for a loop that retries on EINTR: a value no such call sets comes back as
+ * EINTR while `failed` (the calls of this loop that failed before) is below
+ * 2, so the call is made again; after that it is returned as it is.
+ *
+ * A nonblocking `recvmsg` in a benchmark child was once seen to report
+ * ENOENT, which it never sets (what set it was not found: between a libc
+ * call's return and the read of errno the engine may run code of its own
+ * on this thread, at a function's entry); taken as the call's error, a
+ * routine EAGAIN became a `NotFound` thrown from a receive. Making the call
+ * again is safe: one that failed moved no data.
+ */
+export function ioErrno(failed: number): number {
+  const code = errno();
+  return IO_ERRORS.has(code) || failed >= 2 ? code : ERRNO.EINTR;
 }
 
 /** The errno name for a number, such as `"EPIPE"` for 32. */
@@ -200,11 +258,12 @@ export function retry(syscall: string, fn: () => number | bigint): number {
  * other error.
  */
 export function tryIo(syscall: string, fn: () => number | bigint): number {
+  let failed = 0;
   for (;;) {
     const result = fn();
     const value = typeof result === "bigint" ? Number(result) : result;
     if (value >= 0) return value;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EAGAIN) return -1;
     if (code !== ERRNO.EINTR) throw systemError(syscall, code);
   }

@@ -13,7 +13,7 @@
  */
 
 import { libc } from "../ffi/libc.ts";
-import { ERRNO, errno, systemError } from "../ffi/errors.ts";
+import { ERRNO, errno, ioErrno, systemError } from "../ffi/errors.ts";
 import { cmsgSpace, MSG, S, SOCK, STAT } from "../ffi/layout.ts";
 import { closeAll, receivedFds, writeRights } from "../ffi/cmsg.ts";
 import { MessageArea } from "../ffi/msghdr.ts";
@@ -223,11 +223,12 @@ const DRAIN_READS = 64;
  */
 export function drain(fd: number): boolean {
   const lib = libc();
+  let failed = 0;
   for (let reads = 0; reads < DRAIN_READS; reads++) {
     const n = Number(lib.recv(fd, drainBuffer, 64n, MSG.DONTWAIT));
     if (n > 0) continue;
     if (n === 0) return false;
-    const code = errno();
+    const code = ioErrno(failed++);
     if (code === ERRNO.EAGAIN) return true;
     if (code === ERRNO.EINTR) continue;
     if (code === ERRNO.ECONNRESET || code === ERRNO.ENOTCONN) return false;

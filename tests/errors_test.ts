@@ -10,11 +10,14 @@ import {
   ERRNO,
   errno,
   errnoName,
+  ioErrno,
   retry,
   systemError,
   tryIo,
 } from "../ffi/errors.ts";
-import { test } from "./_util.ts";
+import { socketpair } from "../socketpair.ts";
+import { channel } from "../channel.ts";
+import { test, withTimeout } from "./_util.ts";
 
 /** Sets the calling thread's errno, as a failing libc call would. */
 function setErrno(code: number): void {
@@ -154,6 +157,92 @@ test("tryIo() returns -1 on EAGAIN, retries EINTR and throws on other errors", (
       }),
     Deno.errors.BrokenPipe,
   );
+});
+
+test("ioErrno() takes an errno no read or write sets for a leftover: EINTR for a loop's first two failures, then the value itself", () => {
+  setErrno(ERRNO.EAGAIN);
+  assert.equal(ioErrno(0), ERRNO.EAGAIN);
+  setErrno(ERRNO.EPIPE);
+  assert.equal(ioErrno(5), ERRNO.EPIPE);
+  setErrno(ERRNO.ENOENT);
+  assert.equal(ioErrno(0), ERRNO.EINTR);
+  assert.equal(ioErrno(1), ERRNO.EINTR);
+  assert.equal(ioErrno(2), ERRNO.ENOENT, "the third failure is reported");
+});
+
+/**
+ * Makes libc's `name` fail `times` times as if its errno had been
+ * overwritten by another call (ENOENT, which no socket call sets) before
+ * it was read, then calls the real one; returns how to undo it.
+ */
+function leaveForeignErrno(name: string, times: number): () => void {
+  const lib = libc() as unknown as Record<
+    string,
+    (...args: never[]) => unknown
+  >;
+  const real = lib[name];
+  let left = times;
+  lib[name] = (...args: never[]) => {
+    if (left > 0) {
+      left--;
+      setErrno(ERRNO.ENOENT);
+      return -1;
+    }
+    return real(...args);
+  };
+  return () => {
+    lib[name] = real;
+  };
+}
+
+test("a socket receive and send whose errno was overwritten are made again, not failed with NotFound", async () => {
+  const [a, b] = socketpair({ type: "seqpacket" });
+  using _a = a;
+  using _b = b;
+  let undo = leaveForeignErrno("sendmsg", 2);
+  try {
+    await withTimeout(a.send(new Uint8Array([1, 2, 3])), 5000, "the send");
+  } finally {
+    undo();
+  }
+  undo = leaveForeignErrno("recvmsg", 2);
+  try {
+    const got = await withTimeout(b.recv(), 5000, "the receive");
+    assert.deepEqual(got?.data, new Uint8Array([1, 2, 3]));
+  } finally {
+    undo();
+  }
+  // Three in a row are an error of the call's own: reported as they are.
+  undo = leaveForeignErrno("recvmsg", 3);
+  try {
+    await a.send(new Uint8Array([4]));
+    await assert.rejects(b.recv(), Deno.errors.NotFound);
+  } finally {
+    undo();
+  }
+});
+
+test("a channel send and receive whose errno was overwritten are made again", async () => {
+  const [tx, rx] = channel<{ n: number }>();
+  try {
+    let undo = leaveForeignErrno("sendmsg", 2);
+    try {
+      await withTimeout(tx.send({ n: 1 }), 5000, "the send");
+    } finally {
+      undo();
+    }
+    undo = leaveForeignErrno("recvmsg", 2);
+    try {
+      assert.deepEqual(await withTimeout(rx.recv(), 5000, "the receive"), {
+        n: 1,
+      });
+    } finally {
+      undo();
+    }
+  } finally {
+    tx.close();
+    rx.close();
+  }
 });
 
 test("checkReturn() throws for a nonzero error number and closedError() names the endpoint", () => {
