@@ -13,7 +13,7 @@
  */
 
 import { libc } from "../ffi/libc.ts";
-import { ERRNO, errno, ioErrno, systemError } from "../ffi/errors.ts";
+import { ERRNO, ioErrno, systemError } from "../ffi/errors.ts";
 import { cmsgSpace, MSG, S, SOCK, STAT } from "../ffi/layout.ts";
 import { closeAll, receivedFds, writeRights } from "../ffi/cmsg.ts";
 import { MessageArea } from "../ffi/msghdr.ts";
@@ -62,10 +62,16 @@ export function sendHello(fd: number, role: number, fds: number[]): void {
   view.setUint32(dataAt + 8, role, true);
   view.setUint32(dataAt + 12, 0, true);
   fill(area, writeRights(view, area.controlAt, fds));
-  const n = Number(
-    libc().sendmsg(fd, area.pointer, MSG.NOSIGNAL | MSG.DONTWAIT),
-  );
-  if (n === -1) throw systemError("sendmsg", errno(), "queue end hello");
+  const lib = libc();
+  let n: number;
+  for (let failed = 0;;) {
+    n = Number(lib.sendmsg(fd, area.pointer, MSG.NOSIGNAL | MSG.DONTWAIT));
+    if (n !== -1) break;
+    const code = ioErrno(failed++);
+    if (code !== ERRNO.EINTR) {
+      throw systemError("sendmsg", code, "queue end hello");
+    }
+  }
   if (n !== HELLO_SIZE) {
     throw new Error(
       `Cannot create shmQueue: hello sent ${n} of ${HELLO_SIZE} bytes`,
@@ -144,15 +150,14 @@ export function peekHello(fd: number): Hello | null {
   const { view, stageAt: dataAt } = area;
   area.bytes.fill(0, area.controlAt, area.controlAt + area.controlSize);
   fill(area, area.controlSize);
-  const n = Number(
-    lib.recvmsg(
-      fd,
-      area.pointer,
-      MSG.PEEK | MSG.DONTWAIT | MSG.CMSG_CLOEXEC,
-    ),
-  );
-  if (n === -1) {
-    const code = errno();
+  let n: number;
+  for (let failed = 0;;) {
+    n = Number(
+      lib.recvmsg(fd, area.pointer, MSG.PEEK | MSG.DONTWAIT | MSG.CMSG_CLOEXEC),
+    );
+    if (n !== -1) break;
+    const code = ioErrno(failed++);
+    if (code === ERRNO.EINTR) continue;
     if (
       code === ERRNO.EAGAIN || code === ERRNO.EINVAL || code === ERRNO.ENOTCONN
     ) {
@@ -199,17 +204,21 @@ const bell = new Uint8Array(new ArrayBuffer(64));
  * side is gone; a full doorbell (a ring is already pending) counts as rung.
  */
 export function ring(fd: number): boolean {
-  const n = Number(libc().send(fd, bell, 1n, MSG.DONTWAIT | MSG.NOSIGNAL));
-  if (n !== -1) return true;
-  const code = errno();
-  if (code === ERRNO.EAGAIN) return true;
-  if (
-    code === ERRNO.EPIPE || code === ERRNO.ECONNRESET ||
-    code === ERRNO.ENOTCONN
-  ) {
-    return false;
+  const lib = libc();
+  for (let failed = 0;;) {
+    const n = Number(lib.send(fd, bell, 1n, MSG.DONTWAIT | MSG.NOSIGNAL));
+    if (n !== -1) return true;
+    const code = ioErrno(failed++);
+    if (code === ERRNO.EINTR) continue;
+    if (code === ERRNO.EAGAIN) return true;
+    if (
+      code === ERRNO.EPIPE || code === ERRNO.ECONNRESET ||
+      code === ERRNO.ENOTCONN
+    ) {
+      return false;
+    }
+    throw systemError("send", code, "shmQueue doorbell");
   }
-  throw systemError("send", code, "shmQueue doorbell");
 }
 
 const drainBuffer = new Uint8Array(new ArrayBuffer(64));

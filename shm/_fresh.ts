@@ -20,30 +20,53 @@
 
 /** A message of at most this many bytes gets a view of a block. */
 export const SMALL_MESSAGE_BYTES = 1024;
-/** Size of a block: 16 messages of the largest small size. */
+/** Largest block: 16 messages of the largest small size. */
 export const BLOCK_BYTES = 16 * SMALL_MESSAGE_BYTES;
+/** Smallest block. */
+const MIN_BLOCK_BYTES = 64;
 
 /** One receiver's blocks: the current one, and how much of it is taken. */
 export class FreshBytes {
   #block = new Uint8Array(0);
   #used = 0;
+  #blockBytes: number;
+
+  /**
+   * @param largest The largest message the receiver takes: a block holds 16
+   * of the largest small one it can get, so a queue of tiny messages does
+   * not hold 16 KiB for them.
+   */
+  constructor(largest: number) {
+    const small = Math.min(SMALL_MESSAGE_BYTES, Math.max(0, largest));
+    this.#blockBytes = Math.max(MIN_BLOCK_BYTES, 16 * ((small + 7) & ~7));
+  }
 
   /**
    * A zeroed buffer of `n` bytes for a message: a view of this receiver's
-   * current block when `n` is at most {@linkcode SMALL_MESSAGE_BYTES},
-   * otherwise a buffer of its own. Views start at multiples of 8, and none
-   * overlaps another.
+   * current block when `n` is at most {@linkcode SMALL_MESSAGE_BYTES} and
+   * fits a block, otherwise a buffer of its own. Views start at multiples of
+   * 8, and none overlaps another.
    */
   take(n: number): Uint8Array<ArrayBuffer> {
-    if (n > SMALL_MESSAGE_BYTES) return new Uint8Array(n);
+    if (n > SMALL_MESSAGE_BYTES || 16 * n > this.#blockBytes) {
+      return new Uint8Array(n);
+    }
     // No block yet, or a transferred view detached it (its byteLength reads
     // 0 then), or it is full: a new block.
-    if (this.#block.byteLength === 0 || this.#used + n > BLOCK_BYTES) {
-      this.#block = new Uint8Array(BLOCK_BYTES);
+    if (
+      this.#block.byteLength === 0 || this.#used + n > this.#block.byteLength
+    ) {
+      this.#block = new Uint8Array(this.#blockBytes);
       this.#used = 0;
     }
     const at = this.#used;
     this.#used += (n + 7) & ~7;
     return this.#block.subarray(at, at + n);
+  }
+
+  /** Lets the current block go (views handed out keep it alive). */
+  release(): void {
+    this.#block = new Uint8Array(0);
+    this.#used = 0;
   }
 }

@@ -9,7 +9,7 @@
 import { setImmediate } from "node:timers";
 import { yieldTurn } from "../_turn.ts";
 import { loopTurn } from "../ffi/_turns.ts";
-import { closedError } from "../ffi/errors.ts";
+import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
 import { Spinner } from "../ffi/spin.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import { type Mapping, unmap } from "./_map.ts";
@@ -103,6 +103,8 @@ export class Ring {
   /** `loopTurn()` when the slice started. */
   #turn = -1;
   #deferredWake = false;
+  /** A ring the kernel refused for lack of memory, to be tried again. */
+  #wakeRetry: ReturnType<typeof setTimeout> | undefined;
   /** The doorbell as the event loop reads it; null: the poller waits. */
   #bell: ReactorBell | null | undefined;
   #refed = true;
@@ -274,11 +276,39 @@ export class Ring {
     this.#bell?.unref();
   }
 
-  /** Rings the other end if it is parked (its flag was up). */
+  /**
+   * Rings the other end if it is parked (its flag was up). Never throws: the
+   * message it rings for is in the ring already, so the send or receive
+   * that made it must not fail.
+   */
   wake(flag: number): void {
-    if (Atomics.compareExchange(this.header, flag, 1, 0) === 1) {
-      if (!ring(this.doorbell.fd)) this.peerGone = true;
+    if (Atomics.compareExchange(this.header, flag, 1, 0) !== 1) return;
+    let rung: boolean;
+    try {
+      rung = ring(this.doorbell.fd);
+    } catch (error) {
+      const code = (error as Partial<SystemError>).errno;
+      if (code === ERRNO.ENOBUFS || code === ERRNO.ENOMEM) {
+        // The kernel is short of memory for the 1-byte ring: the flag goes
+        // back up, and the ring is tried again in a millisecond.
+        Atomics.store(this.header, flag, 1);
+        this.#wakeLater(flag);
+      } else {
+        // No doorbell left to ring (EBADF, ...): nothing can reach the
+        // other end any more.
+        this.peerGone = true;
+      }
+      return;
     }
+    if (!rung) this.peerGone = true;
+  }
+
+  #wakeLater(flag: number): void {
+    if (this.#wakeRetry !== undefined) return;
+    this.#wakeRetry = setTimeout(() => {
+      this.#wakeRetry = undefined;
+      if (!this.closed) this.wake(flag);
+    }, 1);
   }
 
   /**
@@ -372,6 +402,7 @@ export class Ring {
   close(): void {
     if (this.carrier.closed) return;
     this.#flushWake();
+    clearTimeout(this.#wakeRetry);
     this.#bell?.close(closedError(this.what));
     this.doorbell.close();
     this.carrier.close();
@@ -380,6 +411,7 @@ export class Ring {
 
   release(): number {
     this.#flushWake();
+    clearTimeout(this.#wakeRetry);
     const fd = this.carrier.release();
     this.#bell?.close(closedError(this.what));
     this.doorbell.close();

@@ -66,7 +66,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** The largest message taken (see {@linkcode maxMessageBytes}). */
   #maxMessage: number;
   /** Where messages received without `into` go (see `_fresh.ts`). */
-  #fresh = new FreshBytes();
+  #fresh: FreshBytes;
   /** A look without a buffer, made once: a spin calls it many times. */
   #tryPlain = (): Uint8Array | null | undefined => this.#tryRecv();
 
@@ -74,6 +74,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   constructor(ring: Ring) {
     this.#ring = ring;
     this.#maxMessage = ring.maxMessage;
+    this.#fresh = new FreshBytes(ring.maxMessage);
     const arrived = () =>
       ring.position(TAIL, "receive") !== ring.position(HEAD, "receive");
     this.#recvs = new CallQueue<QueuedRecv, Uint8Array | null>({
@@ -98,7 +99,9 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * `recv()` copies into a new buffer; a receiver that expects less sets
    * this, and a larger message then fails the receive with `InvalidData`, as
    * a corrupt ring does (every later call throws the same error). It cannot
-   * be raised above the ring's.
+   * be raised above the ring's. It stays with this object: a receiver sent
+   * to another process, or rebuilt with `fromFd()`, starts from the ring's
+   * again.
    *
    * @example Take messages of at most 4 KiB from a peer's queue
    * ```ts
@@ -123,6 +126,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
       );
     }
     this.#maxMessage = value;
+    this.#fresh = new FreshBytes(value);
   }
 
   /**
@@ -359,6 +363,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    */
   close(): void {
     this.#ring.close();
+    this.#fresh.release();
   }
 
   /** Closes the receiver. */
@@ -373,6 +378,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
 
   /** @ignore Gives up the carrier fd without closing it. */
   [releaseFd](): number {
+    this.#fresh.release();
     return this.#ring.release();
   }
 

@@ -561,3 +561,40 @@ export function test(
     fn: () => assertNoFdLeak(fn, name),
   });
 }
+
+/** Sets the calling thread's errno, as a failing libc call would. */
+export function setErrno(code: number): void {
+  const location = libc().__errno_location();
+  if (location === null) throw new Error("no errno location");
+  new Int32Array(Deno.UnsafePointerView.getArrayBuffer(location, 4))[0] = code;
+}
+
+/**
+ * Makes libc's `name` return -1 with errno `code` for its next `times`
+ * calls (ENOENT, which no socket call sets, stands for an errno overwritten
+ * before it was read), then calls the real one again; returns how to undo
+ * it.
+ */
+export function failLibcCall(
+  name: string,
+  times: number,
+  code: number,
+): () => void {
+  const lib = libc() as unknown as Record<
+    string,
+    (...args: never[]) => unknown
+  >;
+  const real = lib[name];
+  let left = times;
+  lib[name] = (...args: never[]) => {
+    if (left > 0) {
+      left--;
+      setErrno(code);
+      return -1;
+    }
+    return real(...args);
+  };
+  return () => {
+    lib[name] = real;
+  };
+}

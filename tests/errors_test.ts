@@ -17,14 +17,7 @@ import {
 } from "../ffi/errors.ts";
 import { socketpair } from "../socketpair.ts";
 import { channel } from "../channel.ts";
-import { test, withTimeout } from "./_util.ts";
-
-/** Sets the calling thread's errno, as a failing libc call would. */
-function setErrno(code: number): void {
-  const location = libc().__errno_location();
-  assert.ok(location !== null);
-  new Int32Array(Deno.UnsafePointerView.getArrayBuffer(location, 4))[0] = code;
-}
+import { failLibcCall, setErrno, test, withTimeout } from "./_util.ts";
 
 test("systemError() maps errno values to the matching Deno.errors classes", () => {
   const cases: [keyof typeof ERRNO, new (...args: never[]) => Error][] = [
@@ -170,42 +163,17 @@ test("ioErrno() takes an errno no read or write sets for a leftover: EINTR for a
   assert.equal(ioErrno(2), ERRNO.ENOENT, "the third failure is reported");
 });
 
-/**
- * Makes libc's `name` fail `times` times as if its errno had been
- * overwritten by another call (ENOENT, which no socket call sets) before
- * it was read, then calls the real one; returns how to undo it.
- */
-function leaveForeignErrno(name: string, times: number): () => void {
-  const lib = libc() as unknown as Record<
-    string,
-    (...args: never[]) => unknown
-  >;
-  const real = lib[name];
-  let left = times;
-  lib[name] = (...args: never[]) => {
-    if (left > 0) {
-      left--;
-      setErrno(ERRNO.ENOENT);
-      return -1;
-    }
-    return real(...args);
-  };
-  return () => {
-    lib[name] = real;
-  };
-}
-
 test("a socket receive and send whose errno was overwritten are made again, not failed with NotFound", async () => {
   const [a, b] = socketpair({ type: "seqpacket" });
   using _a = a;
   using _b = b;
-  let undo = leaveForeignErrno("sendmsg", 2);
+  let undo = failLibcCall("sendmsg", 2, ERRNO.ENOENT);
   try {
     await withTimeout(a.send(new Uint8Array([1, 2, 3])), 5000, "the send");
   } finally {
     undo();
   }
-  undo = leaveForeignErrno("recvmsg", 2);
+  undo = failLibcCall("recvmsg", 2, ERRNO.ENOENT);
   try {
     const got = await withTimeout(b.recv(), 5000, "the receive");
     assert.deepEqual(got?.data, new Uint8Array([1, 2, 3]));
@@ -213,7 +181,7 @@ test("a socket receive and send whose errno was overwritten are made again, not 
     undo();
   }
   // Three in a row are an error of the call's own: reported as they are.
-  undo = leaveForeignErrno("recvmsg", 3);
+  undo = failLibcCall("recvmsg", 3, ERRNO.ENOENT);
   try {
     await a.send(new Uint8Array([4]));
     await assert.rejects(b.recv(), Deno.errors.NotFound);
@@ -225,13 +193,13 @@ test("a socket receive and send whose errno was overwritten are made again, not 
 test("a channel send and receive whose errno was overwritten are made again", async () => {
   const [tx, rx] = channel<{ n: number }>();
   try {
-    let undo = leaveForeignErrno("sendmsg", 2);
+    let undo = failLibcCall("sendmsg", 2, ERRNO.ENOENT);
     try {
       await withTimeout(tx.send({ n: 1 }), 5000, "the send");
     } finally {
       undo();
     }
-    undo = leaveForeignErrno("recvmsg", 2);
+    undo = failLibcCall("recvmsg", 2, ERRNO.ENOENT);
     try {
       assert.deepEqual(await withTimeout(rx.recv(), 5000, "the receive"), {
         n: 1,

@@ -16,8 +16,10 @@ import { releaseFd } from "../_keys.ts";
 import { parkedOn, ringViews } from "../shm/_keys.ts";
 import { RECEIVER_WAITING } from "../shm/_ring.ts";
 import { message, messageSizes } from "./fixtures/_shm_messages.ts";
+import { ERRNO } from "../ffi/errors.ts";
 import {
   DENO,
+  failLibcCall,
   fixture,
   openFds,
   stillPending,
@@ -85,6 +87,62 @@ test(
         new Uint8Array([i]),
       );
     }
+  },
+  local,
+);
+
+test(
+  "a doorbell send whose errno was overwritten is made again: the send succeeds and the parked receiver wakes",
+  async () => {
+    using q = shmQueue({ bytes: 1024 });
+    const [tx, rx] = q;
+    const next = rx.recv();
+    assert.equal(await parked(rx), expectedPark());
+    const undo = failLibcCall("send", 2, ERRNO.ENOENT);
+    try {
+      await tx.send(new Uint8Array([7]));
+    } finally {
+      undo();
+    }
+    assert.deepEqual(
+      await withTimeout(next, 5_000, "the receive"),
+      new Uint8Array([7]),
+    );
+  },
+  local,
+);
+
+test(
+  "a doorbell the kernel refuses for lack of memory (ENOBUFS) is rung again a moment later: neither the send nor the receive that rings it fails",
+  async () => {
+    using q = shmQueue({ bytes: 64 });
+    const [tx, rx] = q;
+    // The receiver parks; the send that wakes it meets ENOBUFS three times.
+    const first = rx.recv();
+    assert.equal(await parked(rx), expectedPark());
+    let undo = failLibcCall("send", 3, ERRNO.ENOBUFS);
+    try {
+      await tx.send(new Uint8Array([1]));
+      assert.deepEqual(
+        await withTimeout(first, 5_000, "the woken receive"),
+        new Uint8Array([1]),
+      );
+    } finally {
+      undo();
+    }
+    // A sender parks on a full ring; the receive that makes room rings it
+    // through the same refusals.
+    await tx.send(new Uint8Array(56));
+    const blocked = tx.send(new Uint8Array(56));
+    assert.equal(await parked(tx), expectedPark());
+    undo = failLibcCall("send", 3, ERRNO.ENOBUFS);
+    try {
+      assert.equal((await rx.recv())?.byteLength, 56);
+      await withTimeout(blocked, 5_000, "the woken send");
+    } finally {
+      undo();
+    }
+    assert.equal((await rx.recv())?.byteLength, 56);
   },
   local,
 );

@@ -31,7 +31,7 @@ function checkApart(got: Uint8Array[], sent: Uint8Array[]): void {
 }
 
 test("FreshBytes take() hands out zeroed, 8-aligned, disjoint views of one block up to 1 KiB", () => {
-  const fresh = new FreshBytes();
+  const fresh = new FreshBytes(1 << 20);
   const sizes = [0, 1, 7, 64, 100, SMALL_MESSAGE_BYTES, 3];
   const views = sizes.map((n) => fresh.take(n));
   views.forEach((view, i) => {
@@ -55,7 +55,7 @@ test("FreshBytes take() hands out zeroed, 8-aligned, disjoint views of one block
 });
 
 test("FreshBytes take() starts a new block when the current one is full", () => {
-  const fresh = new FreshBytes();
+  const fresh = new FreshBytes(1 << 20);
   const first = fresh.take(8);
   const seen = new Set([first.buffer]);
   // Two blocks' worth of the largest small size.
@@ -69,7 +69,7 @@ test("FreshBytes take() starts a new block when the current one is full", () => 
 });
 
 test("FreshBytes take() after a view's buffer was transferred starts a new block", () => {
-  const fresh = new FreshBytes();
+  const fresh = new FreshBytes(1 << 20);
   const given = fresh.take(16).fill(3);
   const kept = fresh.take(16).fill(4);
   const moved = structuredClone(given, { transfer: [given.buffer] });
@@ -108,9 +108,43 @@ test("shmQueue recv() after a received message's buffer was transferred", async 
   assert.deepEqual(second, new Uint8Array(32).fill(2));
 });
 
+test("FreshBytes: a receiver of small messages gets small blocks; release() lets the block go", () => {
+  const tiny = new FreshBytes(1);
+  const one = tiny.take(1);
+  assert.equal(one.buffer.byteLength, 16 * 8, "16 of the largest, 8-aligned");
+  const mid = new FreshBytes(100);
+  const view = mid.take(100);
+  assert.equal(view.buffer.byteLength, 16 * 104);
+  // Larger than a sixteenth of the block: a buffer of its own.
+  const alone = tiny.take(9);
+  assert.equal(alone.buffer.byteLength, 9);
+  assert.equal(alone.byteOffset, 0);
+  const before = mid.take(8);
+  mid.release();
+  const after = mid.take(8);
+  assert.notEqual(after.buffer, before.buffer, "a new block after release()");
+  assert.equal(before.byteLength, 8, "views handed out stay usable");
+});
+
+test("shmQueue: a small ring's receiver takes small blocks, and lowering maxMessageBytes shrinks them", async () => {
+  using small = shmQueue({ bytes: 64 });
+  await small[0].send(new Uint8Array([1]));
+  const got = (await small[1].recv())!;
+  assert.deepEqual(got, new Uint8Array([1]));
+  assert.ok(got.buffer.byteLength <= 16 * 64, `${got.buffer.byteLength} bytes`);
+  using large = shmQueue({ bytes: 1 << 16 });
+  await large[0].send(new Uint8Array([2]));
+  assert.equal((await large[1].recv())!.buffer.byteLength, BLOCK_BYTES);
+  large[1].maxMessageBytes = 16;
+  await large[0].send(new Uint8Array([3]));
+  const lowered = (await large[1].recv())!;
+  assert.deepEqual(lowered, new Uint8Array([3]));
+  assert.equal(lowered.buffer.byteLength, 16 * 16);
+});
+
 test("FreshBytes: two instances never hand out views of one block", () => {
-  const a = new FreshBytes();
-  const b = new FreshBytes();
+  const a = new FreshBytes(1 << 20);
+  const b = new FreshBytes(1 << 20);
   const fromA = a.take(64).fill(1);
   const fromB = b.take(64).fill(2);
   assert.notEqual(fromA.buffer, fromB.buffer);
