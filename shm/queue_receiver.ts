@@ -174,7 +174,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * @param options `signal` to give up waiting; `into`, a buffer to receive
    * into.
    * @returns A copy of the message (a view of `into` when given; up to 1
-   * KiB, a view of a 16 KiB block shared with this receiver's other small
+   * KiB, a view of a block of up to 16 KiB shared with this receiver's other small
    * messages, as Node's `Buffer` pool does: read it through its
    * `byteOffset`; cloning it copies the whole block, and transferring its
    * `buffer` (a byte stream's `enqueue()` does) empties the block's other
