@@ -267,38 +267,48 @@ function writeObject(e: Encoder, object: object, depth: number): void {
 }
 
 /**
- * Platform objects whose state is not in their own properties: sent as
- * those, they would arrive as `{}`. Structured clone refuses the first
- * ones; a Blob's bytes can only be read asynchronously, so it cannot go
- * into a message encoded at `send()`.
+ * What to say instead of a refused object, by its class: how to send what
+ * it holds.
  */
-const PLATFORM_REFUSED: readonly [string, string][] = [
-  ["URL", ""],
-  ["URLSearchParams", ""],
-  ["Headers", ""],
-  ["Request", ""],
-  ["Response", ""],
-  ["ReadableStream", ""],
-  ["WritableStream", ""],
-  ["TransformStream", ""],
+const REFUSAL_HINTS: ReadonlyMap<string, string> = new Map([
   ["Blob", " (send await blob.bytes() instead)"],
-];
+  ["File", " (send await file.bytes() instead)"],
+  [
+    "SharedArrayBuffer",
+    " (memory shared with another process is a SharedMemory; or send a copy in an ArrayBuffer)",
+  ],
+  ["WebAssembly.Module", " (send the bytes it was compiled from)"],
+]);
 
-/** Why `object` cannot travel, if it is one of {@linkcode PLATFORM_REFUSED}. */
+/**
+ * Why `object` cannot travel, if it is a platform or built-in object whose
+ * state is not in its own properties (a `URL`, `Headers`, a stream, a
+ * `Blob`, a `SharedArrayBuffer`, a `MessagePort`, a `WebAssembly.Module`, a
+ * `Temporal` value, ...): sent as those, it would arrive as `{}`. Such an
+ * object carries the name of its global class as its tag; an object of
+ * the program's own class with a tag of its own is not an instance of a
+ * global class of that name, and travels as its own properties, as
+ * structured clone sends it.
+ */
 function platformRefusal(object: object): string | undefined {
-  // Only objects with a tag of their own can be platform objects; plain
-  // class instances say "[object Object]" and skip the lookups.
-  if (Object.prototype.toString.call(object) === "[object Object]") {
+  const tag = Object.prototype.toString.call(object);
+  if (tag === "[object Object]") return undefined;
+  const name = tag.slice(8, -1);
+  // The class by its name, from the global object's own properties down.
+  let Class: unknown = globalThis;
+  for (const part of name.split(".")) {
+    if (
+      (typeof Class !== "object" && typeof Class !== "function") ||
+      Class === null || !Object.hasOwn(Class, part)
+    ) {
+      return undefined;
+    }
+    Class = (Class as Record<string, unknown>)[part];
+  }
+  if (typeof Class !== "function" || !(object instanceof Class)) {
     return undefined;
   }
-  const scope = globalThis as Record<string, unknown>;
-  for (const [name, hint] of PLATFORM_REFUSED) {
-    const Class = scope[name];
-    if (typeof Class === "function" && object instanceof Class) {
-      return `a ${object.constructor?.name ?? name}${hint}`;
-    }
-  }
-  return undefined;
+  return `a ${name}${REFUSAL_HINTS.get(name) ?? ""}`;
 }
 
 function writeArray(e: Encoder, array: unknown[], depth: number): void {

@@ -163,7 +163,13 @@ export class Outgoing implements EndpointHooks {
     closeAll(this.#dups);
     for (const clone of this.clones) clone.close();
     for (const receiver of this.moving) receiver[endMove](true);
-    for (const endpoint of transfer ?? []) endpoint.close();
+    for (const endpoint of transfer ?? []) {
+      try {
+        endpoint.close();
+      } catch {
+        // The message is out: a close that fails does not undo the send.
+      }
+    }
   }
 
   abandon(): void {

@@ -23,12 +23,16 @@ import { bytesFrame, type Frame, valueFrame } from "./_frame.ts";
 import { senderMode } from "./_keys.ts";
 import { Outbox } from "./_outbox.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
+import { describe } from "../_byte_io.ts";
 
 /** Options for {@linkcode Sender.send}. */
 export interface ChannelSendOptions {
   /**
    * Endpoints inside the value that this process gives up: closed once the
-   * message is sent. (Receivers in a message are always moved.)
+   * message is sent (a `close()` that throws then is ignored: the message
+   * is out). Receivers in a message are always moved. Buffers need no
+   * transfer: the message carries a copy. A `bytesChannel()` sender takes
+   * none.
    */
   transfer?: readonly { close(): void }[];
   /** Aborting it while the send still waits for room gives the send up. */
@@ -39,6 +43,43 @@ export interface ChannelSendOptions {
    * By default the sender spins only while recent spins were answered.
    */
   spin?: number;
+}
+
+/**
+ * The `transfer` option, checked before anything is sent: an array of
+ * objects that have a `close()` (endpoints), and none for a bytes channel.
+ */
+function checkTransfer(
+  transfer: unknown,
+  mode: number,
+): readonly { close(): void }[] | undefined {
+  if (transfer === undefined) return undefined;
+  const doing = "Cannot send on channel";
+  if (!Array.isArray(transfer)) {
+    throw new TypeError(
+      `${doing}: transfer must be an array of endpoints, got ${
+        describe(transfer)
+      }`,
+    );
+  }
+  if (mode === MODE_BYTES && transfer.length > 0) {
+    throw new TypeError(
+      `${doing}: a bytesChannel() sender sends bytes, which hold no endpoint to transfer`,
+    );
+  }
+  transfer.forEach((entry, i) => {
+    if (
+      typeof entry !== "object" || entry === null ||
+      typeof (entry as { close?: unknown }).close !== "function"
+    ) {
+      throw new TypeError(
+        `${doing}: transfer[${i}] is ${
+          describe(entry)
+        }, not an endpoint to close once the message is sent (buffers need no transfer: the message carries a copy)`,
+      );
+    }
+  });
+  return transfer;
 }
 
 /**
@@ -177,9 +218,10 @@ export class Sender<T> implements Disposable {
         );
       }
       if (this.#out.failed !== undefined) throw this.#out.failed;
+      const transfer = checkTransfer(options.transfer, this.#mode);
       frame = this.#mode === MODE_BYTES
         ? bytesFrame(value as Uint8Array)
-        : valueFrame(value, options.transfer);
+        : valueFrame(value, transfer);
     } catch (error) {
       return Promise.reject(error);
     }

@@ -3,6 +3,7 @@
 
 import assert from "node:assert/strict";
 import {
+  bytesChannel,
   channel,
   ChannelClosedError,
   fromFd,
@@ -264,5 +265,72 @@ test("limits.maxEndpoints is an integer from 0 to 253", () => {
           error.message,
         ),
     );
+  }
+});
+
+test("send() checks transfer before anything is sent: a buffer or a non-array is a TypeError, and nothing arrives", async () => {
+  const [tx, rx] = channel<unknown>();
+  try {
+    const bytes = new Uint8Array([1, 2, 3]);
+    await assert.rejects(
+      tx.send(bytes, { transfer: [bytes.buffer] } as never),
+      (e: unknown) =>
+        e instanceof TypeError &&
+        e.message.startsWith(
+          "Cannot send on channel: transfer[0] is ArrayBuffer, not an endpoint",
+        ),
+    );
+    await assert.rejects(
+      tx.send(1, { transfer: { close() {} } } as never),
+      (e: unknown) =>
+        e instanceof TypeError && e.message.includes("must be an array"),
+    );
+    assert.equal(rx.tryRecv(), undefined, "nothing was sent");
+  } finally {
+    tx.close();
+    rx.close();
+  }
+});
+
+test("a transfer entry whose close() throws once the message is out does not fail the send; the others are closed", async () => {
+  const [tx, rx] = channel<{ out: { close(): void } }>();
+  const { reader, writer } = pipe();
+  try {
+    let closes = 0;
+    const failing = {
+      close() {
+        closes++;
+        throw new Error("close failed");
+      },
+    };
+    await tx.send({ out: writer }, { transfer: [failing, writer] });
+    assert.equal(closes, 1);
+    assert.ok(writer.closed, "the writer was given up");
+    const { out } = (await rx.recv())!;
+    out.close();
+    assert.equal(rx.tryRecv(), undefined, "sent once");
+  } finally {
+    reader.close();
+    tx.close();
+    rx.close();
+  }
+});
+
+test("a bytesChannel() sender takes no transfer", async () => {
+  const [tx, rx] = bytesChannel();
+  const { reader, writer } = pipe();
+  try {
+    await assert.rejects(
+      tx.send(new Uint8Array([1]), { transfer: [writer] }),
+      TypeError,
+    );
+    assert.ok(!writer.closed);
+    await tx.send(new Uint8Array([2]), { transfer: [] });
+    assert.deepEqual(await rx.recv(), new Uint8Array([2]));
+  } finally {
+    reader.close();
+    writer.close();
+    tx.close();
+    rx.close();
   }
 });

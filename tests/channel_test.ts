@@ -65,10 +65,40 @@ test(
 );
 
 test(
-  "channel() refuses platform objects that would arrive empty (URL, Headers, Request, streams, Blob) with a DataCloneError naming them; class instances still travel as their properties",
+  "channel() refuses platform and built-in objects that would arrive empty (URL, Headers, Request, streams, Blob, SharedArrayBuffer, MessagePort, WebAssembly.Module, Temporal values, ...) with a DataCloneError naming them; class instances still travel as their properties",
   async () => {
     using ch = channel<unknown>();
     const [tx, rx] = ch;
+    const ports = new MessageChannel();
+    const temporal = (globalThis as {
+      Temporal?: { Now: { instant(): object } };
+    }).Temporal;
+    const others: [unknown, string][] = [
+      [
+        new SharedArrayBuffer(8),
+        "a SharedArrayBuffer (memory shared with another process is a SharedMemory; or send a copy in an ArrayBuffer)",
+      ],
+      [{ inner: ports.port1 }, "a MessagePort"],
+      [
+        new WebAssembly.Module(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0])),
+        "a WebAssembly.Module (send the bytes it was compiled from)",
+      ],
+      [new FinalizationRegistry(() => {}), "a FinalizationRegistry"],
+    ];
+    if (temporal !== undefined) {
+      others.push([temporal.Now.instant(), "a Temporal.Instant"]);
+    }
+    for (const [bad, named] of others) {
+      await assert.rejects(
+        tx.send(bad),
+        (e: unknown) =>
+          e instanceof DOMException && e.name === "DataCloneError" &&
+          e.message === `Cannot send on channel: ${named} could not be cloned`,
+        named,
+      );
+    }
+    ports.port1.close();
+    ports.port2.close();
     for (
       const [bad, named] of [
         [new URL("http://example.com/"), "a URL"],
@@ -77,7 +107,7 @@ test(
         [{ nested: new Request("http://example.com/") }, "a Request"],
         [new ReadableStream(), "a ReadableStream"],
         [new Blob(["x"]), "a Blob (send await blob.bytes() instead)"],
-        [new File(["x"], "f"), "a File (send await blob.bytes() instead)"],
+        [new File(["x"], "f"), "a File (send await file.bytes() instead)"],
       ] as const
     ) {
       await assert.rejects(
@@ -96,6 +126,18 @@ test(
     }
     await tx.send(new Point(3));
     assert.deepEqual(await rx.recv(), { x: 3 });
+    // A class of the program's own whose tag names a global class, or an
+    // Object.prototype member, is no instance of it: its properties travel.
+    for (const tag of ["Map", "constructor", "URL", "Temporal.Instant"]) {
+      const tagged = new (class {
+        y = 4;
+        get [Symbol.toStringTag](): string {
+          return tag;
+        }
+      })();
+      await tx.send(tagged);
+      assert.deepEqual({ ...(await rx.recv() as object) }, { y: 4 }, tag);
+    }
   },
 );
 
