@@ -107,6 +107,9 @@ export interface ConnectOneShotOptions extends ChannelOptions, ExpectedServer {
 export class OneShotServer<T> implements Disposable {
   #server: Listening;
   #used = false;
+  #ref = true;
+  /** The client's receiver while `accept()` waits for its first message. */
+  #first: Receiver<T> | undefined;
 
   /**
    * Starts listening on a fresh random name.
@@ -140,7 +143,11 @@ export class OneShotServer<T> implements Disposable {
     inspect: (value: unknown, options?: unknown) => string,
     options: unknown,
   ): string {
-    const fields = serverFields(this.#server.listener, this.#server.name, true);
+    const fields = serverFields(
+      this.#server.listener,
+      this.#server.name,
+      this.#ref,
+    );
     return inspectEndpoint(
       "OneShotServer",
       this.#used && !this.#server.listener.closed
@@ -206,17 +213,41 @@ export class OneShotServer<T> implements Disposable {
       );
       connected = true;
       listener.close();
+      if (!this.#ref) rx.unref();
+      this.#first = rx;
       try {
         const first = await rx.recv({ signal });
+        // The receiver is the caller's now: it keeps the process alive
+        // while it waits, as any receiver does.
+        rx.ref();
         return [rx, first];
       } catch (error) {
         rx.close();
         throw error;
+      } finally {
+        this.#first = undefined;
       }
     } finally {
       done();
       listener.close();
     }
+  }
+
+  /** Lets a pending accept keep the process alive (the default). */
+  ref(): void {
+    this.#ref = true;
+    this.#server.listener.ref();
+    this.#first?.ref();
+  }
+
+  /**
+   * Lets the process exit while an accept is pending (waiting for the
+   * client, or for its first message).
+   */
+  unref(): void {
+    this.#ref = false;
+    this.#server.listener.unref();
+    this.#first?.unref();
   }
 
   /** Stops listening. Idempotent. */

@@ -462,3 +462,40 @@ test(
     }
   },
 );
+
+test(
+  "OneShotServer unref() lets the process exit while accept() waits; ref() makes the wait keep it alive again",
+  async () => {
+    const mod = new URL("../mod.ts", import.meta.url).href;
+    const script = (refAgain: boolean) =>
+      `import { OneShotServer } from ${JSON.stringify(mod)};
+      const server = new OneShotServer();
+      server.unref();
+      console.log(Deno.inspect(server).includes("ref: false"));
+      ${refAgain ? "server.ref();" : ""}
+      server.accept().catch(() => {});
+      // A timer that does not keep the process alive: it fires only if the
+      // accept does.
+      Deno.unrefTimer(setTimeout(() => {
+        console.log("alive");
+        server.close();
+      }, 300));`;
+    const gone = await runDeno(
+      ["eval", "--ext=ts", script(false)],
+      20_000,
+      "an unref'd accept",
+      { CONDUIT_IPC_WAKE: Deno.env.get("CONDUIT_IPC_WAKE") ?? "" },
+    );
+    assert.equal(gone.code, 0, gone.stderr);
+    assert.equal(gone.stdout.trim(), "true", "exited without waiting");
+    const kept = await runDeno(
+      ["eval", "--ext=ts", script(true)],
+      20_000,
+      "an accept ref'd again",
+      { CONDUIT_IPC_WAKE: Deno.env.get("CONDUIT_IPC_WAKE") ?? "" },
+    );
+    assert.equal(kept.code, 0, kept.stderr);
+    assert.equal(kept.stdout.trim(), "true\nalive");
+  },
+  { run: true, read: true, env: true },
+);
