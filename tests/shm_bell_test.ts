@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   fromFd,
   settled,
+  type ShmQueue,
   shmQueue,
   ShmReceiver,
   socketpair,
@@ -91,23 +92,36 @@ test(
   local,
 );
 
+/**
+ * Parks a receive on `rx`, then sends `[byte]` on `tx` while libc's `send`
+ * (the doorbell's) fails `times` times with `code`: the send must succeed
+ * and the receive get the byte.
+ */
+async function wakeThroughFailures(
+  [tx, rx]: ShmQueue,
+  byte: number,
+  times: number,
+  code: number,
+): Promise<void> {
+  const next = rx.recv();
+  assert.equal(await parked(rx), expectedPark());
+  const undo = failLibcCall("send", times, code);
+  try {
+    await tx.send(new Uint8Array([byte]));
+    assert.deepEqual(
+      await withTimeout(next, 5_000, "the woken receive"),
+      new Uint8Array([byte]),
+    );
+  } finally {
+    undo();
+  }
+}
+
 test(
   "a doorbell send whose errno was overwritten is made again: the send succeeds and the parked receiver wakes",
   async () => {
     using q = shmQueue({ bytes: 1024 });
-    const [tx, rx] = q;
-    const next = rx.recv();
-    assert.equal(await parked(rx), expectedPark());
-    const undo = failLibcCall("send", 2, ERRNO.ENOENT);
-    try {
-      await tx.send(new Uint8Array([7]));
-    } finally {
-      undo();
-    }
-    assert.deepEqual(
-      await withTimeout(next, 5_000, "the receive"),
-      new Uint8Array([7]),
-    );
+    await wakeThroughFailures(q, 7, 2, ERRNO.ENOENT);
   },
   local,
 );
@@ -117,25 +131,14 @@ test(
   async () => {
     using q = shmQueue({ bytes: 64 });
     const [tx, rx] = q;
-    // The receiver parks; the send that wakes it meets ENOBUFS three times.
-    const first = rx.recv();
-    assert.equal(await parked(rx), expectedPark());
-    let undo = failLibcCall("send", 3, ERRNO.ENOBUFS);
-    try {
-      await tx.send(new Uint8Array([1]));
-      assert.deepEqual(
-        await withTimeout(first, 5_000, "the woken receive"),
-        new Uint8Array([1]),
-      );
-    } finally {
-      undo();
-    }
+    // The send that wakes a parked receiver meets ENOBUFS three times.
+    await wakeThroughFailures(q, 1, 3, ERRNO.ENOBUFS);
     // A sender parks on a full ring; the receive that makes room rings it
     // through the same refusals.
     await tx.send(new Uint8Array(56));
     const blocked = tx.send(new Uint8Array(56));
     assert.equal(await parked(tx), expectedPark());
-    undo = failLibcCall("send", 3, ERRNO.ENOBUFS);
+    const undo = failLibcCall("send", 3, ERRNO.ENOBUFS);
     try {
       assert.equal((await rx.recv())?.byteLength, 56);
       await withTimeout(blocked, 5_000, "the woken send");
