@@ -118,10 +118,24 @@ export interface ChildStatus {
 
 /** What {@linkcode ChildProcess.output} collects. */
 export interface ChildOutput extends ChildStatus {
-  /** Everything the child wrote to stdout (empty unless `"piped"`). */
-  stdout: Uint8Array;
-  /** Everything the child wrote to stderr (empty unless `"piped"`). */
-  stderr: Uint8Array;
+  /**
+   * Everything the child wrote to stdout.
+   *
+   * @throws {TypeError} When stdout was not `"piped"` (as
+   * `Deno.CommandOutput` does).
+   */
+  readonly stdout: Uint8Array;
+  /**
+   * Everything the child wrote to stderr.
+   *
+   * @throws {TypeError} When stderr was not `"piped"`.
+   */
+  readonly stderr: Uint8Array;
+}
+
+/** What reading an output that was not piped does, as in Deno. */
+function notPiped(name: "stdout" | "stderr"): never {
+  throw new TypeError(`Cannot get '${name}': '${name}' is not piped`);
 }
 
 function validateSignal(signal: SignalName | number): number {
@@ -283,7 +297,9 @@ export class ChildProcess implements AsyncDisposable {
    * Waits for the child and collects its piped stdout and stderr. Closes a
    * piped stdin first, so a child that reads it to the end can finish.
    *
-   * @returns The status with everything read from the piped streams.
+   * @returns The status with everything read from the piped streams;
+   * reading `stdout` or `stderr` of one that was not piped throws a
+   * `TypeError`, as with `Deno.Command`.
    * @throws {TypeError} When a piped stdout or stderr was read already (by
    * an earlier `output()`, or through {@linkcode stdout}) or is being read.
    *
@@ -317,7 +333,7 @@ export class ChildProcess implements AsyncDisposable {
     }
     const collect = async (reader: PipeReader | null) =>
       reader === null
-        ? new Uint8Array(0)
+        ? undefined
         : new Uint8Array(await new Response(reader.readable).arrayBuffer());
     this.#stdin?.close();
     try {
@@ -326,7 +342,15 @@ export class ChildProcess implements AsyncDisposable {
         collect(this.#stderr),
         this.status,
       ]);
-      return { ...status, stdout, stderr };
+      return {
+        ...status,
+        get stdout() {
+          return stdout ?? notPiped("stdout");
+        },
+        get stderr() {
+          return stderr ?? notPiped("stderr");
+        },
+      };
     } finally {
       this.#stdout?.close();
       this.#stderr?.close();

@@ -120,6 +120,34 @@ test(
     assert.equal((await quiet.status).code, 0);
     sink.reader.close();
     assert.throws(() => quiet.stdout, TypeError);
+
+    // Output that was not piped is no empty array: reading it throws, as
+    // Deno.CommandOutput's does.
+    const half = await withTimeout(
+      spawn("sh", {
+        args: ["-c", "echo out; echo err >&2; exit 4"],
+        stdout: "piped",
+        stderr: "null",
+      }).output(),
+      10_000,
+      "output with stderr not piped",
+    );
+    assert.equal(decoder.decode(half.stdout), "out\n");
+    assert.equal(half.code, 4);
+    assert.throws(() => half.stderr, {
+      name: "TypeError",
+      message: "Cannot get 'stderr': 'stderr' is not piped",
+    });
+    const none = await withTimeout(
+      spawn("true", { stdout: "null" }).output(),
+      10_000,
+      "output with nothing piped",
+    );
+    assert.equal(none.success, true);
+    assert.throws(() => none.stdout, {
+      name: "TypeError",
+      message: "Cannot get 'stdout': 'stdout' is not piped",
+    });
   },
   perms,
 );
