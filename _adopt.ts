@@ -135,7 +135,7 @@ function channelEnd(fd: number): Endpoint | null {
     fd: new OwnedFd(fd, "Receiver"),
     capacity: mark.capacity,
     unacked: 0,
-  }]);
+  }], mark.mode);
 }
 
 // Any other unix socket, by SO_TYPE; a listening one as UnixListener.

@@ -450,7 +450,10 @@ export function byteReadable(
  * A `WritableStream` over a write-all function: each chunk is written whole
  * before the next is taken, so the stream's queue gives backpressure.
  * Aborting the stream gives up the write in flight (through its signal),
- * then calls `close` at once: abort discards what has not gone out.
+ * then calls `close` at once: abort discards what has not gone out. A
+ * failed write errors the stream, which cannot be closed after that: it
+ * calls `close` itself (as Deno's own streams close their resource then),
+ * so that a writer given up on a `BrokenPipe` does not keep its fd.
  */
 export function byteWritable(
   write: (chunk: Uint8Array, signal: AbortSignal) => Promise<void>,
@@ -458,12 +461,21 @@ export function byteWritable(
 ): WritableStream<Uint8Array> {
   return new WritableStream({
     async write(chunk, controller) {
-      if (!(chunk instanceof Uint8Array)) {
-        throw new TypeError(
-          "Cannot write to stream: chunk must be a Uint8Array",
-        );
+      try {
+        if (!(chunk instanceof Uint8Array)) {
+          throw new TypeError(
+            "Cannot write to stream: chunk must be a Uint8Array",
+          );
+        }
+        await write(chunk, controller.signal);
+      } catch (error) {
+        try {
+          close();
+        } catch {
+          // Closed already: the failure to report is the write's.
+        }
+        throw error;
       }
-      await write(chunk, controller.signal);
     },
     close() {
       close();

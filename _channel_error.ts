@@ -56,13 +56,17 @@ export const CLOSED_NOW: unique symbol = Symbol("closed");
  * is asked instead of `recv()`: it gives a value that is there already (a
  * value never is a promise: functions are not sent), `CLOSED_NOW`, or a
  * promise as `recv()` does, so a message that is there costs one settled
- * promise and no generator machinery.
+ * promise and no generator machinery. Once `closed()` says the receiver
+ * was closed (by this program, during the loop or before it), the
+ * `BadResource` its receive then throws ends the loop quietly, as a
+ * socket's or a listener's loop ends.
  */
 export function untilClosed<T>(
   recv: () => Promise<T>,
   next: () => T | typeof CLOSED_NOW | Promise<T> = recv,
+  closed?: () => boolean,
 ): AsyncGenerator<T> {
-  return new UntilClosed(next);
+  return new UntilClosed(next, false, closed);
 }
 
 /**
@@ -72,8 +76,9 @@ export function untilClosed<T>(
  */
 export function untilNull<T>(
   next: () => T | null | Promise<T | null>,
+  closed?: () => boolean,
 ): AsyncGenerator<T> {
-  return new UntilClosed<T>(next as () => T | Promise<T>, true);
+  return new UntilClosed<T>(next as () => T | Promise<T>, true, closed);
 }
 
 const DONE: IteratorReturnResult<undefined> = Object.freeze({
@@ -91,6 +96,8 @@ class UntilClosed<T> implements AsyncGenerator<T> {
   #take: () => T | typeof CLOSED_NOW | Promise<T>;
   /** Whether a `null` value is the end. */
   #nullEnds: boolean;
+  /** Whether the receiver was closed: its `BadResource` is the end then. */
+  #closed: (() => boolean) | undefined;
   #done = false;
   /** The last call that has not settled yet, which later calls wait for. */
   #pending: Promise<IteratorResult<T>> | undefined;
@@ -100,9 +107,11 @@ class UntilClosed<T> implements AsyncGenerator<T> {
   constructor(
     take: () => T | typeof CLOSED_NOW | Promise<T>,
     nullEnds = false,
+    closed?: () => boolean,
   ) {
     this.#take = take;
     this.#nullEnds = nullEnds;
+    this.#closed = closed;
   }
 
   next(): Promise<IteratorResult<T>> {
@@ -199,10 +208,18 @@ class UntilClosed<T> implements AsyncGenerator<T> {
     return Promise.resolve({ value: got, done: false });
   }
 
-  /** Ends the iteration: at the end of the channel, or with its error. */
+  /**
+   * Ends the iteration: at the end of the channel, when the receiver was
+   * closed, or with its error.
+   */
   #fail(error: unknown): Promise<IteratorResult<T>> {
     this.#done = true;
-    if (error instanceof ChannelClosedError) return Promise.resolve(DONE);
+    if (
+      error instanceof ChannelClosedError ||
+      (error instanceof Deno.errors.BadResource && this.#closed?.() === true)
+    ) {
+      return Promise.resolve(DONE);
+    }
     return Promise.reject(error);
   }
 }

@@ -167,6 +167,8 @@ export class OneShotServer<T> implements Disposable {
    * @throws {Deno.errors.TimedOut} When `timeout` passes first.
    * @throws The signal's reason when it is aborted.
    * @throws {Deno.errors.BadResource} When the server was already used.
+   * @throws {ChannelClosedError} When the client that connected closed
+   * without sending a message.
    *
    * @example Give up when no client comes
    * ```ts

@@ -415,7 +415,9 @@ export class PipeWriter implements Disposable {
    * Closing the stream closes the writer. Aborting it discards, as a stream
    * abort does: the chunk that waits for room is given up and the writer
    * closed at once, so a chunk partly in the pipe is cut off there (the
-   * reader sees EOF after part of it).
+   * reader sees EOF after part of it). A write that fails (`BrokenPipe`
+   * once the reader is gone) errors the stream and closes the writer, as
+   * Deno's streams close theirs.
    */
   get writable(): WritableStream<Uint8Array> {
     return this.#writable ??= byteWritable(

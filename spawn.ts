@@ -269,15 +269,22 @@ export class ChildProcess implements AsyncDisposable {
     this.#send(signo);
   }
 
-  /** Waiting for the child keeps this process alive (the default). */
+  /**
+   * Waiting for the child, and reading or writing its piped stdio, keep
+   * this process alive (the default).
+   */
   ref(): void {
     this.#refed = true;
     if (this.#graceTimer !== undefined) Deno.refTimer(this.#graceTimer);
     if (!this.#exited) this.#pidfd.ref();
+    this.#stdin?.ref();
+    this.#stdout?.ref();
+    this.#stderr?.ref();
   }
 
   /**
-   * Lets this process exit while the child still runs.
+   * Lets this process exit while the child still runs, and while its piped
+   * stdio is being read or written (as `Deno.ChildProcess.unref()` does).
    *
    * @example Start a child and leave it running
    * ```ts
@@ -291,6 +298,9 @@ export class ChildProcess implements AsyncDisposable {
     this.#refed = false;
     if (this.#graceTimer !== undefined) Deno.unrefTimer(this.#graceTimer);
     if (!this.#exited) this.#pidfd.unref();
+    this.#stdin?.unref();
+    this.#stdout?.unref();
+    this.#stderr?.unref();
   }
 
   /**
@@ -589,6 +599,9 @@ function commandPath(command: string | URL): string {
   if (typeof file !== "string" || file === "") {
     throw new TypeError("Cannot spawn: command must be a non-empty string");
   }
+  if (file.includes("\0")) {
+    throw new TypeError("Cannot spawn: the command contains a NUL byte");
+  }
   return file;
 }
 
@@ -615,9 +628,13 @@ function checkedArgs(args: readonly string[] = []): readonly string[] {
       }`,
     );
   }
-  for (const arg of args) {
+  for (const [i, arg] of args.entries()) {
     if (typeof arg !== "string") {
       throw new TypeError("Cannot spawn: every argument must be a string");
+    }
+    // C strings end at the first NUL: the child would get part of it.
+    if (arg.includes("\0")) {
+      throw new TypeError(`Cannot spawn: argument ${i} contains a NUL byte`);
     }
   }
   return args;

@@ -411,7 +411,9 @@ export class UnixSocket implements Disposable {
    * open for reading. Aborting it discards, as a stream abort does: the
    * chunk that waits for room is given up and writing shut down at once,
    * so a chunk partly out is cut off there (the peer reads end of stream
-   * after part of it).
+   * after part of it). A write that fails errors the stream and shuts down
+   * this side's writing as closing it does; the socket stays open for
+   * reading until it is closed.
    */
   get writable(): WritableStream<Uint8Array> {
     this.#assertStream("write to");

@@ -118,9 +118,16 @@ export class Inbox {
   #socketsFirst = false;
   #full = false;
 
-  constructor(conns: Connection[], frames: FrameParser) {
+  /**
+   * The channel's mode when the receiver knows it (`MODE_VALUE` or
+   * `MODE_BYTES`): frames of the other kind are refused.
+   */
+  readonly mode: number | undefined;
+
+  constructor(conns: Connection[], frames: FrameParser, mode?: number) {
     this.#conns = conns;
     this.#frames = frames;
+    this.mode = mode;
     for (const conn of conns) {
       if (conn.batch !== undefined) this.#batched.add(conn);
     }
@@ -463,6 +470,7 @@ export class Inbox {
       fds,
       this.maxMessage,
       this.limits,
+      this.mode,
     );
   }
 

@@ -578,7 +578,13 @@ export class Outbox {
         got = receiveMessage(this.#fd.fd, this.#ackBuf, 1, false);
       } catch (error) {
         if (isGone(error)) throw sendClosed(error);
-        throw error;
+        // What the receiver sent cannot be an ack (more fds than one, a
+        // cut control message): the receive closed its fds.
+        throw invalid(
+          `the receiver sent something other than an ack: ${
+            (error as Error).message
+          }`,
+        );
       }
       if (got === null) return;
       if (got.bytes === 0 && got.fds.length === 0) throw sendClosed();

@@ -25,7 +25,7 @@ import {
 } from "../_channel_wire.ts";
 import { type BlobSpec, decode, readBlobTable } from "./_codec_decode.ts";
 import { type DecodeLimits, overLimit } from "./_codec_limits.ts";
-import { MAX_CAPACITY, notSeqpacket } from "./_connection.ts";
+import { MAX_CAPACITY, MODE_BYTES, notSeqpacket } from "./_connection.ts";
 import { type ChannelEnds, Incoming } from "./_marshal.ts";
 
 /** Parses the frames of the receivers whose ends `ends` makes. */
@@ -99,8 +99,24 @@ export class FrameParser {
     fds: number[],
     maxMessage: number,
     limits: Readonly<Required<DecodeLimits>>,
+    mode?: number,
   ): unknown {
     const type = buf[start];
+    // A receiver that knows its channel's mode takes only that kind of
+    // frame: values on a bytesChannel() (or bytes on a channel()) come from
+    // no sender of this channel.
+    if (mode !== undefined) {
+      const bytes = type === FRAME.BYTES || type === FRAME.BYTES_MEMFD;
+      const values = type === FRAME.MESSAGE || type === FRAME.MESSAGE_MEMFD;
+      if ((bytes && mode !== MODE_BYTES) || (values && mode === MODE_BYTES)) {
+        closeAll(fds);
+        throw invalid(
+          `a ${bytes ? "bytes" : "value"} frame on a ${
+            mode === MODE_BYTES ? "bytes" : "value"
+          } channel`,
+        );
+      }
+    }
     const a = getU32(buf, start + 4);
     const headLength = getU32(buf, start + 8);
     const treeLength = getU32(buf, start + 12);
@@ -126,6 +142,9 @@ export class FrameParser {
     if (type !== FRAME.MESSAGE && type !== FRAME.MESSAGE_MEMFD) {
       closeAll(fds);
       throw invalid(`unexpected frame type ${type}`);
+    }
+    if (type === FRAME.MESSAGE_MEMFD && fds.length === 0) {
+      throw invalid("a large message frame carries its memfd");
     }
     const memfd = type === FRAME.MESSAGE_MEMFD ? fds.pop() : undefined;
     const incoming = fds.length === 0

@@ -68,7 +68,7 @@ function makePair<T>(capacity: number, mode: number): [Sender<T>, Receiver<T>] {
       fd: new OwnedFd(r, "Receiver"),
       capacity,
       unacked: 0,
-    }]),
+    }], mode),
   ];
 }
 

@@ -110,9 +110,13 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /** Messages handed out without waiting since the last turn. */
   #slice = new TurnSlice();
 
-  /** @ignore Use {@linkcode channel} or `fromFd()`. */
-  constructor(conns: Connection[]) {
-    this.#in = new Inbox(conns, frames ??= makeFrames());
+  /**
+   * @ignore Use {@linkcode channel} or `fromFd()`. `mode` is the channel's
+   * mode, where the maker knows it: the receiver refuses frames of the
+   * other kind.
+   */
+  constructor(conns: Connection[], mode?: number) {
+    this.#in = new Inbox(conns, frames ??= makeFrames(), mode);
   }
 
   /** The first connection's socket, for interop; the receiver owns it. */
@@ -378,9 +382,17 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     return this.#in.full;
   }
 
-  /** Yields each message until every sender is closed. */
+  /**
+   * Yields each message until every sender is closed. Closing this
+   * receiver (during the loop, or before it) ends the loop quietly, as a
+   * socket's loop ends.
+   */
   [Symbol.asyncIterator](): AsyncGenerator<T> {
-    return untilClosed(() => this.recv(), () => this.#next());
+    return untilClosed(
+      () => this.recv(),
+      () => this.#next(),
+      () => this.#closed,
+    );
   }
 
   /**

@@ -624,9 +624,12 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     return this.#take()?.value;
   }
 
-  /** Yields each value until every sender is closed. */
+  /**
+   * Yields each value until every sender is closed. Closing this receiver
+   * (during the loop, or before it) ends the loop quietly.
+   */
   [Symbol.asyncIterator](): AsyncGenerator<T> {
-    return untilClosed(() => this.recv());
+    return untilClosed(() => this.recv(), undefined, () => this.#closed);
   }
 
   /**

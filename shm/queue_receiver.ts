@@ -326,10 +326,11 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /**
    * Yields messages until {@linkcode recv} returns `null`; a message of up
    * to 1 KiB is a view of a block shared with this receiver's other small
-   * messages, as from {@linkcode recv}.
+   * messages, as from {@linkcode recv}. Closing this receiver (during the
+   * loop, or before it) ends the loop quietly, as a socket's loop ends.
    */
   [Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
-    return untilNull(() => this.#next());
+    return untilNull(() => this.#next(), () => this.closed);
   }
 
   /**

@@ -41,12 +41,14 @@ export async function exited(
 
 /**
  * A receiver of capacity 4 whose one connection's other end is a raw
- * seqpacket socket: the test writes frames into it by hand.
+ * seqpacket socket: the test writes frames into it by hand. With `mode`,
+ * the receiver knows its channel's mode, as one from `channel()`,
+ * `bytesChannel()` or `fromFd()` does.
  */
-export function rawPair(): [UnixSocket, Receiver<unknown>] {
+export function rawPair(mode?: number): [UnixSocket, Receiver<unknown>] {
   const [peer, mine] = socketpair({ type: "seqpacket" });
   const owned = new OwnedFd(mine[releaseFd](), "Receiver");
-  return [peer, new Receiver([{ fd: owned, capacity: 4, unacked: 0 }])];
+  return [peer, new Receiver([{ fd: owned, capacity: 4, unacked: 0 }], mode)];
 }
 
 /** A Sender on a raw seqpacket socket whose other end the test reads. */

@@ -2,7 +2,15 @@
 // fails its receive with InvalidData, closes its fds and drops that sender.
 
 import assert from "node:assert/strict";
-import { ChannelClosedError, pipe, socketpair } from "../mod.ts";
+import {
+  bytesChannel,
+  ChannelClosedError,
+  pipe,
+  Sender,
+  socketpair,
+} from "../mod.ts";
+import { dupCloexec } from "../ffi/fd.ts";
+import { MODE_BYTES, MODE_VALUE } from "../channel/_connection.ts";
 import { libc } from "../ffi/libc.ts";
 import { cstr } from "../ffi/mem.ts";
 import { MMAP, O, SOCK } from "../ffi/layout.ts";
@@ -35,6 +43,14 @@ test(
       ["blob table lies", frame(FRAME.MESSAGE, 0, [14, 0, 1, 0, 50], 2)],
       ["unknown frame type", frame(42, 0, [1, 0])],
       ["memfd frame without memfd", frame(FRAME.MESSAGE_MEMFD, 0, [])],
+      [
+        "memfd frame with its head inline and no memfd",
+        (() => {
+          const f = stringFrame("inline");
+          f[0] = FRAME.MESSAGE_MEMFD;
+          return f;
+        })(),
+      ],
     ];
     for (const [what, bytes, withFd] of cases) {
       const [peer, rx] = rawPair();
@@ -178,5 +194,67 @@ test(
       /a new sender's connection \(fd \d+ here\) is a unix stream socket/,
     );
     for (const e of [peer, rx, x, y]) e.close();
+  },
+);
+
+test(
+  "a receiver that knows its mode refuses the other kind of frame: values (and the endpoints in them) on a bytesChannel(), bytes on a channel()",
+  async () => {
+    const bytes = frame(FRAME.BYTES, 0, [1, 2, 3]);
+    const cases: [string, number, Uint8Array][] = [
+      ["a value on a bytes channel", MODE_BYTES, stringFrame("admin")],
+      [
+        "a value in a batch on a bytes channel",
+        MODE_BYTES,
+        batchFrame([
+          stringFrame("admin"),
+        ]),
+      ],
+      ["bytes on a value channel", MODE_VALUE, bytes],
+      ["bytes in a batch on a value channel", MODE_VALUE, batchFrame([bytes])],
+    ];
+    for (const [what, mode, sent] of cases) {
+      const [peer, rx] = rawPair(mode);
+      await peer.send(sent);
+      await assert.rejects(
+        withTimeout(rx.recv(), 2000, what),
+        (e: Error) =>
+          e instanceof Deno.errors.InvalidData && /frame on a/.test(e.message),
+        what,
+      );
+      await assert.rejects(rx.recv(), ChannelClosedError, `${what}: dropped`);
+      peer.close();
+      rx.close();
+    }
+    // A value frame carrying a pipe end: the fd is closed, not adopted.
+    const [peer, rx] = rawPair(MODE_BYTES);
+    const { reader, writer } = pipe();
+    await peer.send(frame(FRAME.MESSAGE, 1, [18, 1, 0, 0]), {
+      fds: [reader],
+    });
+    reader.close();
+    await assert.rejects(
+      withTimeout(rx.recv(), 2000, "endpoint on a bytes channel"),
+      Deno.errors.InvalidData,
+    );
+    await assert.rejects(
+      writer.write(new Uint8Array(1)),
+      Deno.errors.BrokenPipe,
+      "the pipe's read end was closed by the receiver",
+    );
+    for (const e of [peer, rx, writer]) e.close();
+
+    // Through the public API: a second, value-mode sender on a
+    // bytesChannel()'s socket.
+    const [btx, brx] = bytesChannel();
+    const intruder = new Sender(dupCloexec(btx.rawFd), 4, MODE_VALUE);
+    await btx.send(new Uint8Array([7]));
+    await intruder.send({ admin: true });
+    assert.deepEqual(await brx.recv(), new Uint8Array([7]));
+    await assert.rejects(
+      withTimeout(brx.recv(), 2000, "intruder"),
+      Deno.errors.InvalidData,
+    );
+    for (const e of [intruder, btx, brx]) e.close();
   },
 );

@@ -588,3 +588,34 @@ test(
     }
   },
 );
+
+test(
+  "an ack that comes with fds fails the send with InvalidData and closes them: none is kept",
+  async () => {
+    const [tx, peer] = rawSender(1);
+    try {
+      await tx.send(1);
+      const { reader, writer } = pipe();
+      const other = pipe();
+      await peer.send(header(FRAME.ACK, 1), { fds: [reader, other.reader] });
+      reader.close();
+      other.reader.close();
+      await assert.rejects(
+        withTimeout(tx.send(2), 5000, "send after a bad ack"),
+        (e: Error) =>
+          e instanceof Deno.errors.InvalidData &&
+          /something other than an ack/.test(e.message),
+      );
+      await assert.rejects(
+        writer.write(new Uint8Array(1)),
+        Deno.errors.BrokenPipe,
+        "the fds that came with the ack were closed",
+      );
+      writer.close();
+      other.writer.close();
+    } finally {
+      tx.close();
+      peer.close();
+    }
+  },
+);

@@ -98,7 +98,7 @@ test("shm iterator: a corrupt ring rejects once with InvalidData, then the itera
   await assert.rejects(rx.recv(), Deno.errors.InvalidData);
 });
 
-test("shm iterator: break leaves the receiver usable; close() during a pending next() rejects it with BadResource, then done", async () => {
+test("shm iterator: break leaves the receiver usable; close() during a pending next() ends the iteration quietly", async () => {
   const [tx, rx] = shmQueue({ bytes: 4096 });
   try {
     for (let i = 0; i < 3; i++) await tx.send(b(i));
@@ -112,12 +112,16 @@ test("shm iterator: break leaves the receiver usable; close() during a pending n
     const pending = it.next();
     assert.ok(await stillPending(pending, 20));
     rx.close();
-    await assert.rejects(
-      withTimeout(pending, 5000, "pending"),
-      Deno.errors.BadResource,
-    );
+    assert.deepEqual(await withTimeout(pending, 5000, "pending"), {
+      value: undefined,
+      done: true,
+    });
     assert.deepEqual(await it.next(), { value: undefined, done: true });
     assert.deepEqual(await it.return!(3), { value: 3, done: true });
+    // A loop over a receiver closed before it ends at once.
+    for await (const _ of rx) assert.fail("a closed receiver yielded");
+    // recv() itself still says the receiver is closed.
+    await assert.rejects(rx.recv(), Deno.errors.BadResource);
     await assert.rejects(it.throw!(new RangeError("x")), RangeError);
   } finally {
     tx.close();
@@ -189,6 +193,37 @@ test("socket: a receive requeued behind one that found nothing, then aborted, lo
   } finally {
     a.close();
     s.close();
+  }
+});
+
+test("channel: closing the receiver inside or during a for await ends the loop quietly; a receive after still says it is closed", async () => {
+  const [tx, rx] = channel<number>();
+  try {
+    for (let i = 0; i < 5; i++) await tx.send(i);
+    const got: number[] = [];
+    for await (const v of rx) {
+      got.push(v);
+      if (v === 2) rx.close();
+    }
+    assert.deepEqual(got, [0, 1, 2]);
+    await assert.rejects(rx.recv(), Deno.errors.BadResource);
+    for await (const _ of rx) assert.fail("a closed receiver yielded");
+
+    // Closed while the loop waits for a message.
+    const [tx2, rx2] = channel<number>();
+    const seen: number[] = [];
+    const loop = (async () => {
+      for await (const v of rx2) seen.push(v);
+    })();
+    await tx2.send(7);
+    await new Promise((r) => setTimeout(r, 20));
+    rx2.close();
+    await withTimeout(loop, 5000, "loop after close");
+    assert.deepEqual(seen, [7]);
+    tx2.close();
+  } finally {
+    tx.close();
+    rx.close();
   }
 });
 

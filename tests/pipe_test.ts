@@ -242,6 +242,27 @@ test("cancelling readable closes the reader", async () => {
   p.writer.close();
 });
 
+test("a writable whose write fails with BrokenPipe closes the writer, as Deno's streams close theirs", async () => {
+  const p = pipe();
+  p.reader.close();
+  const w = p.writer.writable.getWriter();
+  await assert.rejects(w.write(new Uint8Array(1)), Deno.errors.BrokenPipe);
+  assert.equal(p.writer.closed, true);
+  // The stream is errored: closing it fails, and there is nothing left to
+  // close by hand.
+  await assert.rejects(w.close(), TypeError);
+
+  // A chunk that is no Uint8Array fails the stream the same way.
+  const q = pipe();
+  const v = q.writer.writable.getWriter();
+  await assert.rejects(
+    v.write("text" as unknown as Uint8Array),
+    TypeError,
+  );
+  assert.equal(q.writer.closed, true);
+  q.reader.close();
+});
+
 test("writable applies backpressure: a write larger than the pipe finishes only as the reader drains", async () => {
   const capacity = 64 * 1024;
   const chunk = 256 * 1024;

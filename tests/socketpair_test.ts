@@ -104,6 +104,29 @@ test(
 );
 
 test(
+  "a stream socket's writable whose write fails errors and shuts down writing; the socket stays open for reading",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    b.shutdown("read");
+    const writer = a.writable.getWriter();
+    await assert.rejects(
+      writer.write(new Uint8Array(8)),
+      Deno.errors.BrokenPipe,
+    );
+    await assert.rejects(writer.close(), TypeError);
+    assert.equal(a.closed, false);
+    await b.write(encoder.encode("still here"));
+    b.shutdown("write");
+    assert.equal(
+      decoder.decode(await readExactly(a, 10)),
+      "still here",
+    );
+  },
+  perms,
+);
+
+test(
   "shutdown('write') gives the peer end of stream while it can still answer",
   async () => {
     using pair = socketpair({ type: "stream" });

@@ -71,7 +71,7 @@ test(
 );
 
 test(
-  "spawn() refuses args that are not an array and env values that are not strings with a TypeError naming them, and starts nothing",
+  "spawn() refuses args that are not an array, env values that are not strings and a NUL in the command or an argument with a TypeError naming them, and starts nothing",
   () => {
     // A string is iterable: unchecked, it would run `echo h i`.
     refuses(
@@ -92,6 +92,19 @@ test(
       { env: { B: undefined } as unknown as Record<string, string> },
       TypeError,
       "Cannot spawn: the value of environment variable B must be a string, got undefined",
+    );
+    // A C string ends at its first NUL: the child would get part of it.
+    refuses(
+      "echo",
+      { args: ["ok", "a\0b"] },
+      TypeError,
+      "Cannot spawn: argument 1 contains a NUL byte",
+    );
+    refuses(
+      "ec\0ho",
+      {},
+      TypeError,
+      "Cannot spawn: the command contains a NUL byte",
     );
     assert.deepEqual(childPids(), []);
   },

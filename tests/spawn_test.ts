@@ -513,7 +513,16 @@ test(
     };
       const child = spawn("sleep", { args: ["30"], stdout: "null", stderr: "null" });
       child.unref();
-      console.log(child.pid);
+      // Its piped stdio being read or written keeps nothing alive either.
+      const piped = spawn("sleep", {
+        args: ["30"], stdin: "piped", stdout: "piped", stderr: "piped",
+      });
+      piped.stdout.pipeTo(new WritableStream());
+      piped.stderr.pipeTo(new WritableStream());
+      const w = piped.stdin.getWriter();
+      w.write(new Uint8Array(1 << 20)).catch(() => {});
+      piped.unref();
+      console.log(child.pid, piped.pid);
     `;
     const out = await withTimeout(
       new Deno.Command(DENO, {
@@ -525,10 +534,14 @@ test(
       "script with an unref'd child",
     );
     assert.equal(out.code, 0);
-    const pid = Number(decoder.decode(out.stdout).trim());
-    assert.ok(pid > 0);
-    // The orphaned sleep keeps running; end it so it does not outlive the test.
-    Deno.kill(pid, "SIGKILL");
+    const pids = decoder.decode(out.stdout).trim().split(" ").map(Number);
+    assert.equal(pids.length, 2);
+    // The orphaned sleeps keep running; end them so they do not outlive the
+    // test.
+    for (const pid of pids) {
+      assert.ok(pid > 0);
+      Deno.kill(pid, "SIGKILL");
+    }
     await pollerIdle();
   },
   perms,
