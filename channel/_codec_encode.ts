@@ -47,6 +47,12 @@ class Encoder {
   out = new Writer(WRITER_SIZE);
   hooks: EndpointHooks = noHooks;
   /** Each object met so far, by the order it was first met. */
+  /**
+   * The first objects met, by the order they were first met: a value of a
+   * few objects is looked up here, without hashing them.
+   */
+  readonly first: object[] = [];
+  /** Each object met past the first FIRST_MAX, by the order it was met. */
   readonly seen = new Map<object, number>();
   /** The blob of each buffer met so far, by its index in `blobs`. */
   readonly blobIndex = new Map<ArrayBuffer, number>();
@@ -57,6 +63,7 @@ class Encoder {
   /** Forgets the last value, so it keeps none of it alive. */
   clear(): void {
     this.hooks = noHooks;
+    if (this.first.length > 0) this.first.length = 0;
     if (this.seen.size > 0) this.seen.clear();
     if (this.blobs.length > 0) {
       this.blobIndex.clear();
@@ -207,13 +214,30 @@ function writeMagnitude(out: Writer, magnitude: bigint): void {
   out.pos = at;
 }
 
+/** Objects a value's encode looks up by a scan before it hashes them. */
+const FIRST_MAX = 8;
+
+/** The index `object` was met at, if it was. */
+function seenIndex(e: Encoder, object: object): number | undefined {
+  const first = e.first;
+  for (let i = 0; i < first.length; i++) if (first[i] === object) return i;
+  return first.length < FIRST_MAX ? undefined : e.seen.get(object);
+}
+
+/** Records `object` as met, at the next index. */
+function remember(e: Encoder, object: object): void {
+  const first = e.first;
+  if (first.length < FIRST_MAX) first.push(object);
+  else e.seen.set(object, FIRST_MAX + e.seen.size);
+}
+
 /**
  * Writes an object: a back-reference when it was met before, else an
  * endpoint when the hooks take it, else its own tag.
  */
 function writeObject(e: Encoder, object: object, depth: number): void {
   const out = e.out;
-  const ref = e.seen.get(object);
+  const ref = seenIndex(e, object);
   if (ref !== undefined) {
     out.u8(TAG.REF);
     out.varint(ref);
@@ -227,19 +251,19 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   // Arrays and plain objects (most of a value) are never endpoints: they
   // skip the hooks.
   if (Array.isArray(object)) {
-    e.seen.set(object, e.seen.size);
+    remember(e, object);
     return writeArray(e, object, depth);
   }
   const proto = Object.getPrototypeOf(object);
   if (proto === Object.prototype || proto === null) {
-    e.seen.set(object, e.seen.size);
+    remember(e, object);
     return writeProperties(e, object, depth);
   }
   const at = out.pos;
   out.u8(TAG.ENDPOINT);
   if (e.hooks.encode(object, out)) return;
   out.pos = at;
-  e.seen.set(object, e.seen.size);
+  remember(e, object);
   if (ArrayBuffer.isView(object)) return writeView(e, object);
   if (object instanceof ArrayBuffer) return writeArrayBuffer(e, object);
   if (object instanceof Date) return writeDate(out, object);

@@ -623,6 +623,29 @@ test("back-references are kept only once an object was met: a reference to none 
   );
 });
 
+test("back-references hold past the first objects an encode looks up by a scan: 40 objects met twice, in a cycle, and a buffer", () => {
+  const objects = Array.from({ length: 40 }, (_, i) => ({ i }));
+  const root: { all: object[]; again: object[]; self?: unknown } = {
+    all: objects,
+    again: [...objects].reverse(),
+  };
+  root.self = root;
+  const value = decodeSample(sampleOf(root)) as typeof root & {
+    all: { i: number }[];
+    again: { i: number }[];
+  };
+  assert.equal(value.self, value);
+  assert.equal(value.all.length, 40);
+  for (let i = 0; i < 40; i++) {
+    assert.equal(value.all[i].i, i);
+    assert.equal(value.again[39 - i], value.all[i], `object ${i}`);
+  }
+  // A second encode starts with nothing met: no reference to the last one.
+  const fresh = decodeSample(sampleOf([objects[0], objects[0]])) as unknown[];
+  assert.deepEqual(fresh[0], { i: 0 });
+  assert.equal(fresh[1], fresh[0]);
+});
+
 test("a limit's error names what went over it: the container with its count, or the string with its size", () => {
   const cases: [unknown, Parameters<typeof decodeSample>[1], RegExp][] = [
     [[1, 2, 3, 4, 5], { maxElements: 3 }, /: an array of 5 items;/],
