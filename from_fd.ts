@@ -68,8 +68,9 @@ export function fromFd(fd: number, options: FromFdOptions = {}): Endpoint {
   if (options?.allowCloexec !== true && isCloexec(fd)) {
     throw new TypeError(
       `Cannot adopt fd ${fd}: it is close-on-exec, so it was not handed to this process ` +
-        "through exec, or fromFd() adopted it already (an fd has one owner: the endpoint " +
-        "returned then); one opened here, perhaps by Deno itself, is adopted only with " +
+        "through exec (did the parent pass it, as in spawn(..., { fds: [...] })?), or " +
+        "fromFd() adopted it already (an fd has one owner: the endpoint returned then); " +
+        "one opened here, perhaps by Deno itself, is adopted only with " +
         "{ allowCloexec: true }",
     );
   }

@@ -224,9 +224,15 @@ export class Place {
     const place = new Place(what, mem, offset, options, "attach");
     const tag = Atomics.load(place.words, 2);
     if (tag !== MAGIC[what]) {
+      // Another primitive there is the likely mistake: name it.
+      const other = (Object.keys(MAGIC) as Kind[]).find((kind) =>
+        MAGIC[kind] === tag
+      );
       throw new TypeError(
-        `Cannot attach ${what} at offset ${offset}: no ${what} is laid out there (tag 0x${
-          (tag >>> 0).toString(16)
+        `Cannot attach ${what} at offset ${offset}: no ${what} is laid out there (${
+          other === undefined
+            ? `tag 0x${(tag >>> 0).toString(16)}`
+            : `a ${other} is`
         })`,
       );
     }

@@ -112,7 +112,8 @@ test(
         error instanceof TypeError &&
         error.message.includes(`fd ${fd}:`) &&
         /close-on-exec/.test(error.message) &&
-        /not handed to this process/.test(error.message),
+        /not handed to this process/.test(error.message) &&
+        /spawn\(\.\.\., \{ fds: \[\.\.\.\] \}\)/.test(error.message),
     );
     // Still the pipe's, still working.
     await p.writer.write(new Uint8Array([7]));

@@ -25,14 +25,23 @@ test(
   "Mutex.create() lays out a free mutex that from() attaches to; from() refuses a region without one, and offsets are checked",
   () => {
     using mem = SharedMemory.create(4096);
-    assert.throws(() => Mutex.from(mem, 0), TypeError);
+    assert.throws(() => Mutex.from(mem, 0), {
+      name: "TypeError",
+      message:
+        "Cannot attach Mutex at offset 0: no Mutex is laid out there (tag 0x0)",
+    });
     const mutex = Mutex.create(mem, 64);
     assert.equal(mutex.holder, undefined);
     const same = Mutex.from(mem, 64);
     using guard = same.tryLock();
     assert.ok(guard !== undefined);
     assert.equal(mutex.holder, Deno.pid);
-    assert.throws(() => Semaphore.from(mem, 64), TypeError);
+    // Another primitive there is named.
+    assert.throws(() => Semaphore.from(mem, 64), {
+      name: "TypeError",
+      message:
+        "Cannot attach Semaphore at offset 64: no Semaphore is laid out there (a Mutex is)",
+    });
     assert.throws(() => Mutex.create(mem, 4), RangeError);
     assert.throws(() => Mutex.create(mem, 4096 - 8), RangeError);
     assert.throws(() => Mutex.create(mem, -8), RangeError);
