@@ -270,21 +270,22 @@ export class ChildProcess implements AsyncDisposable {
   }
 
   /**
-   * Waiting for the child, and reading or writing its piped stdio, keep
+   * Waiting for the child, and reading its piped stdout and stderr, keep
    * this process alive (the default).
    */
   ref(): void {
     this.#refed = true;
     if (this.#graceTimer !== undefined) Deno.refTimer(this.#graceTimer);
     if (!this.#exited) this.#pidfd.ref();
-    this.#stdin?.ref();
     this.#stdout?.ref();
     this.#stderr?.ref();
   }
 
   /**
    * Lets this process exit while the child still runs, and while its piped
-   * stdio is being read or written (as `Deno.ChildProcess.unref()` does).
+   * stdout or stderr is being read, as `Deno.ChildProcess.unref()` does. A
+   * write to its piped stdin still keeps the process alive until it is
+   * done (as in Deno); `child.pipes.stdin.unref()` lets go of that too.
    *
    * @example Start a child and leave it running
    * ```ts
@@ -298,7 +299,6 @@ export class ChildProcess implements AsyncDisposable {
     this.#refed = false;
     if (this.#graceTimer !== undefined) Deno.unrefTimer(this.#graceTimer);
     if (!this.#exited) this.#pidfd.unref();
-    this.#stdin?.unref();
     this.#stdout?.unref();
     this.#stderr?.unref();
   }

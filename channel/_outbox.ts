@@ -578,13 +578,14 @@ export class Outbox {
         got = receiveMessage(this.#fd.fd, this.#ackBuf, 1, false);
       } catch (error) {
         if (isGone(error)) throw sendClosed(error);
-        // What the receiver sent cannot be an ack (more fds than one, a
-        // cut control message): the receive closed its fds.
-        throw invalid(
-          `the receiver sent something other than an ack: ${
-            (error as Error).message
-          }`,
-        );
+        // More fds than an ack may carry (none): the receive closed them.
+        // What the receiver sent cannot be an ack.
+        if (error instanceof RangeError) {
+          throw invalid(
+            `the receiver sent something other than an ack: ${error.message}`,
+          );
+        }
+        throw error;
       }
       if (got === null) return;
       if (got.bytes === 0 && got.fds.length === 0) throw sendClosed();

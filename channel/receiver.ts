@@ -16,7 +16,8 @@ import { closedError } from "../ffi/errors.ts";
 import { poller } from "../ffi/poller.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { checkSpin, NO_SPIN, Spinner, waitLoop } from "../ffi/spin.ts";
-import { HEADER } from "../_channel_wire.ts";
+import { HEADER, readMark } from "../_channel_wire.ts";
+import { boundAddress } from "../_unix_addr.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
 import type { Connection } from "./_connection.ts";
@@ -50,8 +51,23 @@ let frames: FrameParser | undefined;
 function makeFrames(): FrameParser {
   return new FrameParser({
     sender: (fd, capacity, mode) => new Sender(fd, capacity, mode),
-    receiver: (conns) => new Receiver(conns),
+    receiver: (conns) => new Receiver(conns, markedMode(conns)),
   });
+}
+
+/**
+ * The mode a received receiver's first connection was marked with when its
+ * channel was made (`channel()`, `bytesChannel()`), if it was: a receiver
+ * that travels in a message keeps refusing the other kind of frame.
+ */
+function markedMode(conns: readonly Connection[]): number | undefined {
+  if (conns.length === 0) return undefined;
+  try {
+    const mark = readMark(boundAddress(conns[0].fd.fd).abstract);
+    return mark?.role === "r" ? mark.mode : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function recvClosed(): ChannelClosedError {
@@ -102,6 +118,8 @@ function valueOf<T>(polled: Polled<T>): T {
 export class Receiver<T> implements Disposable, AsyncIterable<T> {
   #in: Inbox;
   #closed = false;
+  /** Closed by this program's close(), not by being sent away. */
+  #closedHere = false;
   #moving = false;
   /** Receives that wait (spin or park), not yet done. */
   #pending = 0;
@@ -391,7 +409,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     return untilClosed(
       () => this.recv(),
       () => this.#next(),
-      () => this.#closed,
+      () => this.#closedHere,
     );
   }
 
@@ -446,6 +464,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
    */
   close(): void {
     if (this.#closed) return;
+    this.#closedHere = true;
+    this.#shut();
+  }
+
+  #shut(): void {
     this.#closed = true;
     this.#in.close();
   }
@@ -470,7 +493,8 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /** @ignore The move is over: sent (close this copy) or given up. */
   [endMove](sent: boolean): void {
     this.#moving = false;
-    if (sent) this.close();
+    // Sent away is no close() of this program's: a loop over it fails.
+    if (sent && !this.#closed) this.#shut();
   }
 
   /** @ignore The kind of endpoint this is. */

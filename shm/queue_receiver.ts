@@ -60,6 +60,8 @@ interface QueuedRecv extends QueuedCall<Uint8Array | null> {
  */
 export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   #ring: Ring;
+  /** Closed by this program's close(), not given up to be sent away. */
+  #closedHere = false;
   /** Receives that wait for a message, in call order. */
   #recvs: CallQueue<QueuedRecv, Uint8Array | null>;
   #failure: Error | undefined;
@@ -330,7 +332,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * loop, or before it) ends the loop quietly, as a socket's loop ends.
    */
   [Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
-    return untilNull(() => this.#next(), () => this.closed);
+    return untilNull(() => this.#next(), () => this.#closedHere);
   }
 
   /**
@@ -363,6 +365,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * room reject with `BrokenPipe`. Idempotent.
    */
   close(): void {
+    if (!this.#ring.closed) this.#closedHere = true;
     this.#ring.close();
     this.#fresh.release();
   }

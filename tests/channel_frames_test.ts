@@ -4,8 +4,10 @@
 import assert from "node:assert/strict";
 import {
   bytesChannel,
+  channel,
   ChannelClosedError,
   pipe,
+  type Receiver,
   Sender,
   socketpair,
 } from "../mod.ts";
@@ -256,5 +258,21 @@ test(
       Deno.errors.InvalidData,
     );
     for (const e of [intruder, btx, brx]) e.close();
+
+    // A bytes receiver that travelled in a message keeps its mode (read
+    // from its socket's mark).
+    const [ctx, crx] = channel<{ rx: Receiver<Uint8Array> }>();
+    const [btx2, brx2] = bytesChannel();
+    const intruder2 = new Sender(dupCloexec(btx2.rawFd), 4, MODE_VALUE);
+    await ctx.send({ rx: brx2 });
+    const { rx: moved } = await crx.recv();
+    await btx2.send(new Uint8Array([8]));
+    await intruder2.send("hello");
+    assert.deepEqual(await moved.recv(), new Uint8Array([8]));
+    await assert.rejects(
+      withTimeout(moved.recv(), 2000, "intruder to a moved receiver"),
+      Deno.errors.InvalidData,
+    );
+    for (const e of [intruder2, btx2, brx2, moved, ctx, crx]) e.close();
   },
 );

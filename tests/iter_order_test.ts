@@ -1,7 +1,7 @@
 // The shm queue's for-await iterator (async generator rules), and receives
 // in call order when a woken receive finds nothing and waits again.
 import assert from "node:assert/strict";
-import { channel, shmQueue, socketpair, spawn } from "../mod.ts";
+import { channel, type Receiver, shmQueue, socketpair, spawn } from "../mod.ts";
 import {
   DENO,
   fixture,
@@ -224,6 +224,31 @@ test("channel: closing the receiver inside or during a for await ends the loop q
   } finally {
     tx.close();
     rx.close();
+  }
+});
+
+test("channel: a for await over a receiver that was sent away fails with BadResource: being moved is no close() of this program's", async () => {
+  const [htx, hrx] = channel<unknown>();
+  const [tx, rx] = channel<number>();
+  try {
+    await tx.send(1);
+    await tx.send(2);
+    await assert.rejects(
+      withTimeout(
+        (async () => {
+          for await (const _ of rx) await htx.send({ rx });
+        })(),
+        5000,
+        "loop over a moved receiver",
+      ),
+      Deno.errors.BadResource,
+    );
+    // The receiver arrived whole where it was sent.
+    const moved = await hrx.recv() as { rx: Receiver<number> };
+    assert.equal(await moved.rx.recv(), 2);
+    moved.rx.close();
+  } finally {
+    for (const e of [htx, hrx, tx, rx]) e.close();
   }
 });
 

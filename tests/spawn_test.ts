@@ -513,14 +513,12 @@ test(
     };
       const child = spawn("sleep", { args: ["30"], stdout: "null", stderr: "null" });
       child.unref();
-      // Its piped stdio being read or written keeps nothing alive either.
+      // Its piped output being read keeps nothing alive either.
       const piped = spawn("sleep", {
-        args: ["30"], stdin: "piped", stdout: "piped", stderr: "piped",
+        args: ["30"], stdin: "null", stdout: "piped", stderr: "piped",
       });
       piped.stdout.pipeTo(new WritableStream());
       piped.stderr.pipeTo(new WritableStream());
-      const w = piped.stdin.getWriter();
-      w.write(new Uint8Array(1 << 20)).catch(() => {});
       piped.unref();
       console.log(child.pid, piped.pid);
     `;
@@ -545,6 +543,48 @@ test(
     await pollerIdle();
   },
   perms,
+);
+
+test(
+  "an unref'd child's piped stdin still takes a write that was awaited: the process stays for it, as in Deno",
+  async () => {
+    const out = await Deno.makeTempFile();
+    try {
+      const script = `
+        import { spawn } from ${
+        JSON.stringify(new URL("../mod.ts", import.meta.url).href)
+      };
+        const child = spawn("sh", {
+          args: ["-c", "sleep 0.3; wc -c > ${out}"],
+          stdin: "piped", stdout: "null", stderr: "null",
+        });
+        child.unref();
+        const w = child.stdin.getWriter();
+        await w.write(new Uint8Array(1 << 20));
+        await w.close();
+      `;
+      const run = await withTimeout(
+        new Deno.Command(DENO, {
+          args: ["eval", script],
+          stdout: "null",
+          stderr: "piped",
+        }).output(),
+        20_000,
+        "script writing to an unref'd child's stdin",
+      );
+      assert.equal(run.code, 0, decoder.decode(run.stderr));
+      // The child finishes on its own: wait for what it counted.
+      let counted = "";
+      for (let i = 0; i < 100 && counted === ""; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        counted = (await Deno.readTextFile(out)).trim();
+      }
+      assert.equal(counted, String(1 << 20));
+    } finally {
+      await Deno.remove(out);
+    }
+  },
+  { ...perms, write: true },
 );
 
 test(
