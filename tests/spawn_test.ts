@@ -522,17 +522,13 @@ test(
       piped.unref();
       console.log(child.pid, piped.pid);
     `;
-    const out = await withTimeout(
-      new Deno.Command(DENO, {
-        args: ["eval", script],
-        stdout: "piped",
-        stderr: "inherit",
-      }).output(),
+    const out = await runDeno(
+      ["eval", script],
       10_000,
       "script with an unref'd child",
     );
-    assert.equal(out.code, 0);
-    const pids = decoder.decode(out.stdout).trim().split(" ").map(Number);
+    assert.equal(out.code, 0, out.stderr);
+    const pids = out.stdout.trim().split(" ").map(Number);
     assert.equal(pids.length, 2);
     // The orphaned sleeps keep running; end them so they do not outlive the
     // test.
@@ -563,16 +559,12 @@ test(
         await w.write(new Uint8Array(1 << 20));
         await w.close();
       `;
-      const run = await withTimeout(
-        new Deno.Command(DENO, {
-          args: ["eval", script],
-          stdout: "null",
-          stderr: "piped",
-        }).output(),
+      const run = await runDeno(
+        ["eval", script],
         20_000,
         "script writing to an unref'd child's stdin",
       );
-      assert.equal(run.code, 0, decoder.decode(run.stderr));
+      assert.equal(run.code, 0, run.stderr);
       // The child finishes on its own: wait for what it counted.
       let counted = "";
       for (let i = 0; i < 100 && counted === ""; i++) {
