@@ -31,6 +31,13 @@ export const endpointKind: unique symbol = Symbol("endpoint kind");
 export const releaseFd: unique symbol = Symbol("release fd");
 
 /**
+ * Closes an endpoint that was transferred in a message: closed here, but
+ * not by the program's own `close()` (a loop over it fails rather than
+ * ends). On endpoints whose loops tell the two apart (`ShmReceiver`).
+ */
+export const givenAway: unique symbol = Symbol("given away");
+
+/**
  * Whether a pipe reader's stream is being read (locked to a reader): on
  * `PipeReader`.
  */

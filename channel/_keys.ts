@@ -9,6 +9,11 @@
 /** A Sender's mode (`MODE_VALUE` or `MODE_BYTES`); Senders only. */
 export const senderMode: unique symbol = Symbol("Sender mode");
 /**
+ * A Receiver's mode (`MODE_VALUE` or `MODE_BYTES`) when it knows it, else
+ * `undefined`; Receivers only.
+ */
+export const receiverMode: unique symbol = Symbol("Receiver mode");
+/**
  * Freezes a Receiver that is being sent and returns its connections;
  * Receivers only.
  */

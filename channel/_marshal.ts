@@ -16,7 +16,7 @@ import {
   seqpacketProblem,
   socketIdentity,
 } from "../_channel_wire.ts";
-import { type EndpointKind, kindOf } from "../_keys.ts";
+import { type EndpointKind, givenAway, kindOf } from "../_keys.ts";
 import { adoptReceived } from "../_received.ts";
 import type { Reader, Writer } from "./_codec_bytes.ts";
 import type { EndpointHooks } from "./_codec_tags.ts";
@@ -26,7 +26,7 @@ import {
   MODE_BYTES,
   notSeqpacket,
 } from "./_connection.ts";
-import { beginMove, endMove, senderMode } from "./_keys.ts";
+import { beginMove, endMove, receiverMode, senderMode } from "./_keys.ts";
 
 /** The value codec's number of each kind of endpoint. */
 const KIND: Readonly<Record<EndpointKind, number>> = {
@@ -67,6 +67,7 @@ interface SenderEnd {
 
 /** What a message takes of a Receiver in it: its connections move. */
 interface ReceiverEnd {
+  readonly [receiverMode]: number | undefined;
   [beginMove](): readonly Connection[];
   [endMove](sent: boolean): void;
 }
@@ -77,7 +78,7 @@ interface ReceiverEnd {
  */
 export interface ChannelEnds {
   sender(fd: number, capacity: number, mode: number): { close(): void };
-  receiver(conns: Connection[]): { close(): void };
+  receiver(conns: Connection[], mode: number | undefined): { close(): void };
 }
 
 /**
@@ -135,6 +136,10 @@ export class Outgoing implements EndpointHooks {
     const connections = receiver[beginMove]();
     this.moving.push(receiver);
     out.u8(KIND.Receiver);
+    // Its mode travels with it (0 when it knows none), so that it keeps
+    // refusing the other kind of frame wherever its connections came from.
+    const mode = receiver[receiverMode];
+    out.u8(mode === undefined ? 0 : mode + 1);
     out.varint(connections.length);
     for (const conn of connections) {
       out.varint(this.#fd(conn.fd.fd, false));
@@ -165,7 +170,9 @@ export class Outgoing implements EndpointHooks {
     for (const receiver of this.moving) receiver[endMove](true);
     for (const endpoint of transfer ?? []) {
       try {
-        endpoint.close();
+        const away = (endpoint as { [givenAway]?: () => void })[givenAway];
+        if (away !== undefined) away.call(endpoint);
+        else endpoint.close();
       } catch {
         // The message is out: a close that fails does not undo the send.
       }
@@ -257,6 +264,8 @@ export class Incoming implements EndpointHooks {
   }
 
   #receiver(input: Reader): unknown {
+    const marked = input.u8();
+    if (marked > MODE_BYTES + 1) throw invalid("bad receiver mode");
     const count = input.count();
     if (count > MAX_FDS) throw invalid("bad receiver");
     const conns: Connection[] = [];
@@ -299,7 +308,10 @@ export class Incoming implements EndpointHooks {
       for (const conn of conns) conn.fd.close();
       throw error;
     }
-    const receiver = this.#ends.receiver(conns);
+    const receiver = this.#ends.receiver(
+      conns,
+      marked === 0 ? undefined : marked - 1,
+    );
     this.made.push(receiver);
     return receiver;
   }

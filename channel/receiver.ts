@@ -16,13 +16,19 @@ import { closedError } from "../ffi/errors.ts";
 import { poller } from "../ffi/poller.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { checkSpin, NO_SPIN, Spinner, waitLoop } from "../ffi/spin.ts";
-import { HEADER, readMark } from "../_channel_wire.ts";
-import { boundAddress } from "../_unix_addr.ts";
+import { HEADER } from "../_channel_wire.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
 import type { Connection } from "./_connection.ts";
 import { Inbox, type Polled } from "./_inbox.ts";
-import { beginMove, endMove, lookFull, pollOnce, waitReady } from "./_keys.ts";
+import {
+  beginMove,
+  endMove,
+  lookFull,
+  pollOnce,
+  receiverMode,
+  waitReady,
+} from "./_keys.ts";
 import { FrameParser } from "./_parse.ts";
 import { Sender } from "./sender.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
@@ -51,23 +57,8 @@ let frames: FrameParser | undefined;
 function makeFrames(): FrameParser {
   return new FrameParser({
     sender: (fd, capacity, mode) => new Sender(fd, capacity, mode),
-    receiver: (conns) => new Receiver(conns, markedMode(conns)),
+    receiver: (conns, mode) => new Receiver(conns, mode),
   });
-}
-
-/**
- * The mode a received receiver's first connection was marked with when its
- * channel was made (`channel()`, `bytesChannel()`), if it was: a receiver
- * that travels in a message keeps refusing the other kind of frame.
- */
-function markedMode(conns: readonly Connection[]): number | undefined {
-  if (conns.length === 0) return undefined;
-  try {
-    const mark = readMark(boundAddress(conns[0].fd.fd).abstract);
-    return mark?.role === "r" ? mark.mode : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 function recvClosed(): ChannelClosedError {
@@ -476,6 +467,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
   /** Closes the receiver. */
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  /** @ignore The channel's mode, when this receiver knows it. */
+  get [receiverMode](): number | undefined {
+    return this.#in.mode;
   }
 
   /** @ignore Connections to send along; the receiver is frozen meanwhile. */

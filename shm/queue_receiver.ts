@@ -8,7 +8,12 @@ import { FreshBytes } from "./_fresh.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { CallQueue, type QueuedCall } from "../_call_queue.ts";
 import { untilNull } from "../_channel_error.ts";
-import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
+import {
+  type EndpointKind,
+  endpointKind,
+  givenAway,
+  releaseFd,
+} from "../_keys.ts";
 import { parkedOn, ringViews } from "./_keys.ts";
 import {
   align8,
@@ -378,6 +383,15 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
   /** @ignore The kind of endpoint this is. */
   get [endpointKind](): EndpointKind {
     return "ShmReceiver";
+  }
+
+  /**
+   * @ignore Closes this copy once a message transferred it: a loop over it
+   * fails rather than ends, as over a channel receiver that was sent.
+   */
+  [givenAway](): void {
+    this.#ring.close();
+    this.#fresh.release();
   }
 
   /** @ignore Gives up the carrier fd without closing it. */

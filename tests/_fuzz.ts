@@ -516,6 +516,8 @@ function endpointTree(f: Fuzz, fdCount: number): number[] {
     const kind = f.int(11);
     tree.push(TAG.ENDPOINT, kind);
     if (kind === KIND.RECEIVER) {
+      // Its mode (0 unknown, 1 values, 2 bytes; 3 and up are refused).
+      tree.push(f.pick([0, 1, 2, 0, 3, 0xff]));
       const conns = f.int(3);
       tree.push(conns);
       for (let j = 0; j < conns; j++) {

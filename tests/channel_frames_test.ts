@@ -16,7 +16,7 @@ import { MODE_BYTES, MODE_VALUE } from "../channel/_connection.ts";
 import { libc } from "../ffi/libc.ts";
 import { cstr } from "../ffi/mem.ts";
 import { MMAP, O, SOCK } from "../ffi/layout.ts";
-import { FRAME, header } from "../_channel_wire.ts";
+import { FRAME, header, sendFrame, seqpacketPair } from "../_channel_wire.ts";
 import { batchFrame, frame, rawPair, stringFrame } from "./_channel_util.ts";
 import { test, withTimeout } from "./_util.ts";
 import { releaseFd } from "../_keys.ts";
@@ -163,7 +163,7 @@ test(
     ];
     const trees: [string, number[]][] = [
       ["a Sender", [18, 8, 0, 4, 0]],
-      ["a Receiver's connection", [18, 9, 1, 0, 4, 0, 0]],
+      ["a Receiver's connection", [18, 9, 0, 1, 0, 4, 0, 0]],
     ];
     for (const [what, tree] of trees) {
       for (const [kind, make] of kinds) {
@@ -274,5 +274,29 @@ test(
       Deno.errors.InvalidData,
     );
     for (const e of [intruder2, btx2, brx2, moved, ctx, crx]) e.close();
+
+    // A peer that holds the sender adds a connection of its own (unmarked)
+    // and closes the original, before the receiver travels: the mode
+    // travels in the message, not in the sockets' names.
+    const [htx, hrx] = channel<{ rx: Receiver<Uint8Array> }>();
+    const [btx3, brx3] = bytesChannel();
+    const [evilFd, added] = seqpacketPair();
+    assert.ok(sendFrame(btx3.rawFd, [header(FRAME.ADD_PEER, 4)], [added]));
+    libc().close(added);
+    btx3.close();
+    const evil = new Sender(evilFd, 4, MODE_VALUE);
+    // The receiver takes the new connection and the original's end.
+    await assert.rejects(
+      brx3.recv({ signal: AbortSignal.timeout(200) }),
+      (e: Error) => e.name === "TimeoutError",
+    );
+    await htx.send({ rx: brx3 });
+    const { rx: travelled } = await hrx.recv();
+    await evil.send("hello");
+    await assert.rejects(
+      withTimeout(travelled.recv(), 2000, "a value after the receiver moved"),
+      Deno.errors.InvalidData,
+    );
+    for (const e of [evil, travelled, htx, hrx]) e.close();
   },
 );

@@ -1,7 +1,14 @@
 // The shm queue's for-await iterator (async generator rules), and receives
 // in call order when a woken receive finds nothing and waits again.
 import assert from "node:assert/strict";
-import { channel, type Receiver, shmQueue, socketpair, spawn } from "../mod.ts";
+import {
+  channel,
+  type Receiver,
+  shmQueue,
+  type ShmReceiver,
+  socketpair,
+  spawn,
+} from "../mod.ts";
 import {
   DENO,
   fixture,
@@ -247,6 +254,41 @@ test("channel: a for await over a receiver that was sent away fails with BadReso
     const moved = await hrx.recv() as { rx: Receiver<number> };
     assert.equal(await moved.rx.recv(), 2);
     moved.rx.close();
+
+    // A shm receiver transferred in a message is given away the same way;
+    // one sent as a copy and then closed ends its loop quietly.
+    const [stx, srx] = shmQueue({ bytes: 4096 });
+    await stx.send(b(1));
+    await stx.send(b(2));
+    await assert.rejects(
+      withTimeout(
+        (async () => {
+          for await (const _ of srx) {
+            await htx.send({ srx }, { transfer: [srx] });
+          }
+        })(),
+        5000,
+        "loop over a transferred shm receiver",
+      ),
+      Deno.errors.BadResource,
+    );
+    const sent = await hrx.recv() as { srx: ShmReceiver };
+    assert.deepEqual(await sent.srx.recv(), b(2));
+    sent.srx.close();
+    await stx.send(b(3));
+    const [stx2, srx2] = shmQueue({ bytes: 4096 });
+    await stx2.send(b(1));
+    await stx2.send(b(2));
+    const seen: number[] = [];
+    for await (const m of srx2) {
+      seen.push(m[0]);
+      await htx.send({ srx2 });
+      srx2.close();
+    }
+    assert.deepEqual(seen, [1]);
+    const copy = await hrx.recv() as { srx2: ShmReceiver };
+    assert.deepEqual(await copy.srx2.recv(), b(2));
+    for (const e of [copy.srx2, stx, stx2]) e.close();
   } finally {
     for (const e of [htx, hrx, tx, rx]) e.close();
   }
