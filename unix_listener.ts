@@ -161,7 +161,7 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
       const code = ioErrno(failed++);
       if (code === ERRNO.EINTR || code === ERRNO.ECONNABORTED) continue;
       if (code === ERRNO.EAGAIN) return -1;
-      check("accept4", result);
+      throw systemError("accept4", code);
     }
   }
 

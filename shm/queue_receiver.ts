@@ -181,14 +181,14 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    * @param options `signal` to give up waiting; `into`, a buffer to receive
    * into.
    * @returns A copy of the message (a view of `into` when given; up to 1
-   * KiB, a view of a block of up to 16 KiB shared with this receiver's other small
-   * messages, as Node's `Buffer` pool does: read it through its
+   * KiB, a view of a block of up to 16 KiB shared with this receiver's
+   * other small messages, as Node's `Buffer` pool does: read it through its
    * `byteOffset`; cloning it copies the whole block, and transferring its
    * `buffer` (a byte stream's `enqueue()` does) empties the block's other
-   * messages, so `slice()` one to keep or pass it alone),
-   * or `null` once the ring is drained and the sender is gone (closed
-   * everywhere, or its process ended). A message the sender had not
-   * finished when it died is never returned.
+   * messages, so `slice()` one to keep or pass it alone), or `null` once
+   * the ring is drained and the sender is gone (closed everywhere, or its
+   * process ended). A message the sender had not finished when it died is
+   * never returned.
    * @throws {Deno.errors.InvalidData} When the ring's shared state is
    * corrupt; every later call throws the same error.
    * @throws {RangeError} When the message is larger than `into`; it stays
@@ -371,8 +371,7 @@ export class ShmReceiver implements Disposable, AsyncIterable<Uint8Array> {
    */
   close(): void {
     if (!this.#ring.closed) this.#closedHere = true;
-    this.#ring.close();
-    this.#fresh.release();
+    this[givenAway]();
   }
 
   /** Closes the receiver. */

@@ -122,6 +122,21 @@ test(
       decoder.decode(await readExactly(a, 10)),
       "still here",
     );
+
+    // The failed write shut down this side's writing: the peer reads end of
+    // stream (a chunk that is no Uint8Array fails the write).
+    using second = socketpair({ type: "stream" });
+    const [c, d] = second;
+    const w = c.writable.getWriter();
+    await assert.rejects(
+      w.write("text" as unknown as Uint8Array),
+      TypeError,
+    );
+    assert.equal(
+      await withTimeout(d.read(new Uint8Array(8)), 5000, "end of stream"),
+      null,
+    );
+    assert.equal(c.closed, false);
   },
   perms,
 );
