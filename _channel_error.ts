@@ -47,6 +47,20 @@ export function invalid(detail: string): Deno.errors.InvalidData {
   );
 }
 
+/**
+ * The error of a message larger than the receiver takes (its
+ * `maxMessageBytes`, `max`): `size` bytes encoded.
+ */
+export function overMaxMessage(
+  size: number,
+  max: number,
+): Deno.errors.InvalidData {
+  return new Deno.errors.InvalidData(
+    `Cannot receive on channel: a message of ${size} bytes exceeds this receiver's maxMessageBytes (${max}); ` +
+      "a receiver that expects such messages can raise it",
+  );
+}
+
 /** What a receiver's `next` gives when every sender is closed. */
 export const CLOSED_NOW: unique symbol = Symbol("closed");
 

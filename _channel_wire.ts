@@ -37,7 +37,7 @@ import { cmsgSpace, F, MMAP, MSG, S, SEAL, SOCK, STAT } from "./ffi/layout.ts";
 import { addressOf, cstr } from "./ffi/mem.ts";
 import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
 import { MessageArea } from "./ffi/msghdr.ts";
-import { invalid } from "./_channel_error.ts";
+import { invalid, overMaxMessage } from "./_channel_error.ts";
 import { encodeAddress, randomName } from "./_unix_addr.ts";
 import { socketOption } from "./_socket_options.ts";
 
@@ -383,9 +383,8 @@ export function memfdSize(fd: number, max: number): number {
     throw invalid("a large frame must come in a memfd");
   }
   const size = Number(dv.getBigInt64(STAT.fsize, true));
-  if (size < 0 || size > max) {
-    throw invalid(`frame of ${size} bytes exceeds the limit of ${max}`);
-  }
+  if (size < 0) throw invalid("a memfd of negative size");
+  if (size > max) throw overMaxMessage(size, max);
   return size;
 }
 

@@ -71,10 +71,12 @@ export function limits(
   waitingFor: () => string = () => "no client connected",
 ): { signal: AbortSignal; done(): void } {
   const { timeout } = options;
-  if (
-    timeout !== undefined &&
-    (typeof timeout !== "number" || !(timeout >= 0))
-  ) {
+  if (timeout !== undefined && typeof timeout !== "number") {
+    throw new TypeError(
+      `Cannot ${doing}: timeout must be a number of milliseconds, got ${typeof timeout}`,
+    );
+  }
+  if (timeout !== undefined && !(timeout >= 0)) {
     throw new RangeError(
       `Cannot ${doing}: timeout must be a non-negative number of milliseconds, got ${timeout}`,
     );

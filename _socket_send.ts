@@ -42,7 +42,10 @@ export interface SocketSendOptions {
    * Endpoints (or raw fds) to pass along (SCM_RIGHTS), at most 253. The
    * receiver gets its own copies; this process keeps its own unless
    * `closeSent` is set. On a stream socket they travel with the first byte
-   * of this send, so the data must not be empty.
+   * of this send, so the data must not be empty. A receiving `UnixSocket`
+   * makes each an endpoint as `fromFd()` does: a raw fd of a kind none fits
+   * (a regular file, a terminal, `/dev/null`) fails that receive, and the
+   * message is lost.
    */
   fds?: readonly (FdEndpoint | number)[];
   /**

@@ -129,7 +129,12 @@ function planStdio(
 function givenFd(what: string, value: HasFd | number): number {
   const fd = typeof value === "number" ? value : value?.rawFd;
   if (!Number.isInteger(fd) || fd < 0) {
-    throw new TypeError(`Cannot spawn: ${what} is not an endpoint or an fd`);
+    // A stdio choice misspelled ("pipe") is named, with the ones there are.
+    throw new TypeError(
+      typeof value === "string" && !what.startsWith("fds[")
+        ? `Cannot spawn: ${what} must be "inherit", "piped", "null", an endpoint or an fd, got "${value}"`
+        : `Cannot spawn: ${what} is not an endpoint or an fd`,
+    );
   }
   if (libc().fcntl(fd, F.GETFD, 0) === -1) {
     throw new Deno.errors.BadResource(

@@ -191,20 +191,20 @@ export class OneShotServer<T> implements Disposable {
         "Cannot accept on OneShotServer: accept() was already called, and a OneShotServer serves one client (use ChannelServer for more)",
       );
     }
+    let connected = false;
+    // Options checked before the one accept is taken: a bad one leaves the
+    // server as it was.
+    const { signal, done } = limits(
+      options,
+      "accept on OneShotServer",
+      () =>
+        connected
+          ? "a client connected but sent no message"
+          : "no client connected",
+    );
     this.#used = true;
     const listener = this.#server.listener;
-    let connected = false;
-    let done = () => {};
     try {
-      let signal: AbortSignal;
-      ({ signal, done } = limits(
-        options,
-        "accept on OneShotServer",
-        () =>
-          connected
-            ? "a client connected but sent no message"
-            : "no client connected",
-      ));
       signal.throwIfAborted();
       const rx = await acceptClient<T>(
         "OneShotServer",

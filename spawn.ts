@@ -309,7 +309,9 @@ export class ChildProcess implements AsyncDisposable {
    *
    * @returns The status with everything read from the piped streams;
    * reading `stdout` or `stderr` of one that was not piped throws a
-   * `TypeError`, as with `Deno.Command`.
+   * `TypeError`, as `Deno.ChildProcess`'s `output()` does. Streams are
+   * inherited unless `spawn()` was told `stdout: "piped"` (and `stderr`):
+   * unlike `Deno.Command`'s own `output()`, which pipes both by default.
    * @throws {TypeError} When a piped stdout or stderr was read already (by
    * an earlier `output()`, or through {@linkcode stdout}) or is being read.
    *

@@ -554,6 +554,9 @@ export class UnixSocket implements Disposable {
    * down its writing side).
    * @throws {RangeError} When a message carries more fds than `maxFds`; they
    * are closed.
+   * @throws {TypeError} When a received fd fits no endpoint (a regular file,
+   * a terminal, `/dev/null`: `fromFd()` takes none of them): every fd of the
+   * message is closed, and its data is lost with it.
    * @throws The signal's reason when it is aborted (at once when it already
    * was).
    *

@@ -9,7 +9,9 @@
 import { invalid } from "../_channel_error.ts";
 import type { OwnedFd } from "../ffi/fd.ts";
 import { ERRNO, type SystemError } from "../ffi/errors.ts";
-import { seqpacketProblem } from "../_channel_wire.ts";
+import { seqpacketProblem, socketIdentity } from "../_channel_wire.ts";
+import { peerInode } from "../_unix_peer.ts";
+import { readHangup } from "../_scm.ts";
 
 /** A channel of values (encoded by the codec). */
 export const MODE_VALUE = 0;
@@ -55,6 +57,62 @@ export interface Connection {
   identity?: string;
   /** Open connections added through this one and those it added. */
   added?: number;
+}
+
+/**
+ * The sockets the receivers of this process hold as connections, by
+ * identity, with how many receivers hold each.
+ */
+const held = new Map<string, number>();
+
+/** Counts `conn` among the connections held here (once it has an identity). */
+export function holdConnection(conn: Connection): void {
+  try {
+    conn.identity ??= socketIdentity(conn.fd.fd);
+  } catch {
+    // Not an open socket: it is dropped at its first read.
+    return;
+  }
+  held.set(conn.identity, (held.get(conn.identity) ?? 0) + 1);
+}
+
+/** No longer counts `conn` among the connections held here. */
+export function releaseConnection(conn: Connection): void {
+  const identity = conn.identity;
+  if (identity === undefined) return;
+  const count = held.get(identity);
+  if (count === undefined) return;
+  if (count <= 1) held.delete(identity);
+  else held.set(identity, count - 1);
+}
+
+/**
+ * Why `fd`, handed over as a new sender, cannot be one, or `undefined`. A
+ * sender's clone is one end of a socket pair whose other end the clone
+ * holds; a socket whose other end no process can ever use or close would
+ * stay open here for good, costing the peer nothing. So the other end must
+ * be a socket some process holds (a connection waiting in a listener's
+ * queue, never accepted, is held by none), and not a connection that a
+ * receiver of this process holds (both ends would be held here). Both need
+ * the kernel's socket diagnostics; where they are missing, neither is made.
+ * A socket whose other end is closed already (a clone closed at once) is
+ * no problem: the receiver drops it at its first read.
+ */
+export function newSenderProblem(fd: number): string | undefined {
+  const identity = socketIdentity(fd);
+  const colon = identity.indexOf(":");
+  const ino = Number(identity.slice(colon + 1));
+  const other = Number.isSafeInteger(ino) ? peerInode(ino) : undefined;
+  if (other === undefined) return undefined;
+  if (other === 0) {
+    return readHangup(fd)
+      ? undefined
+      : "is connected to a socket no process holds (a connection a listener never accepted)";
+  }
+  if (held.has(`${identity.slice(0, colon)}:${other}`)) {
+    return "is connected to a connection a receiver of this process holds";
+  }
+  return undefined;
 }
 
 /** Whether `error` says the peer of a connection is gone. */

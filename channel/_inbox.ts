@@ -30,9 +30,11 @@ import { ConnSet } from "../_conn_set.ts";
 import { DEFAULT_LIMITS } from "./_codec_limits.ts";
 import {
   type Connection,
+  holdConnection,
   isGone,
   MAX_ADDED,
   MAX_CONNECTIONS,
+  releaseConnection,
 } from "./_connection.ts";
 import type { FrameParser } from "./_parse.ts";
 
@@ -129,6 +131,7 @@ export class Inbox {
     this.#frames = frames;
     this.mode = mode;
     for (const conn of conns) {
+      holdConnection(conn);
       if (conn.batch !== undefined) this.#batched.add(conn);
     }
   }
@@ -290,6 +293,7 @@ export class Inbox {
     this.#set?.remove(conn.fd.fd, conn);
     if (conn.origin !== undefined) conn.origin.added!--;
     if (conn.identity !== undefined) this.#identities?.delete(conn.identity);
+    releaseConnection(conn);
     conn.fd.close();
   }
 
@@ -331,6 +335,7 @@ export class Inbox {
     const conn = { fd: owned, capacity, unacked: 0, origin, identity };
     identities.set(identity, conn);
     this.#conns.push(conn);
+    holdConnection(conn);
     try {
       this.#set?.add(owned.fd, conn);
     } catch {
@@ -492,7 +497,10 @@ export class Inbox {
   close(): void {
     this.#set?.close();
     this.#set = undefined;
-    for (const conn of this.#conns) conn.fd.close();
+    for (const conn of this.#conns) {
+      releaseConnection(conn);
+      conn.fd.close();
+    }
     this.#conns = [];
     this.#batched.clear();
     this.#identities = undefined;
@@ -502,7 +510,9 @@ export class Inbox {
   release(): number {
     this.#set?.close();
     this.#set = undefined;
-    const fd = this.#conns[0].fd.release();
+    const conn = this.#conns[0];
+    releaseConnection(conn);
+    const fd = conn.fd.release();
     this.#conns = [];
     return fd;
   }

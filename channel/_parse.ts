@@ -9,7 +9,7 @@
  * @module
  */
 
-import { invalid } from "../_channel_error.ts";
+import { invalid, overMaxMessage } from "../_channel_error.ts";
 import { MSG } from "../ffi/layout.ts";
 import { closeAll } from "../_scm.ts";
 import {
@@ -25,7 +25,12 @@ import {
 } from "../_channel_wire.ts";
 import { type BlobSpec, decode, readBlobTable } from "./_codec_decode.ts";
 import { type DecodeLimits, overLimit } from "./_codec_limits.ts";
-import { MAX_CAPACITY, MODE_BYTES, notSeqpacket } from "./_connection.ts";
+import {
+  MAX_CAPACITY,
+  MODE_BYTES,
+  newSenderProblem,
+  notSeqpacket,
+} from "./_connection.ts";
 import { type ChannelEnds, Incoming } from "./_marshal.ts";
 
 /** Parses the frames of the receivers whose ends `ends` makes. */
@@ -74,6 +79,10 @@ export class FrameParser {
           fds[0],
         );
       }
+      const problem = newSenderProblem(fds[0]);
+      if (problem !== undefined) {
+        throw invalid(`a new sender's connection ${problem}`);
+      }
     } else if (type === FRAME.HELLO) {
       if (fds.length !== 0 || bytes !== HEADER) {
         throw invalid("a hello carries nothing but its header");
@@ -121,6 +130,15 @@ export class FrameParser {
     const headLength = getU32(buf, start + 8);
     const treeLength = getU32(buf, start + 12);
     const size = end - start;
+    // A large message's memfd is measured against the bound when it is
+    // opened; one in the frame itself, here.
+    if (
+      (type === FRAME.BYTES || type === FRAME.MESSAGE) &&
+      size - HEADER > maxMessage
+    ) {
+      closeAll(fds);
+      throw overMaxMessage(size - HEADER, maxMessage);
+    }
     if (type === FRAME.BYTES) {
       closeAll(fds);
       if (fds.length !== 0) throw invalid("a bytes frame carries no fds");

@@ -3,8 +3,11 @@
 
 import assert from "node:assert/strict";
 import {
+  bytesChannel,
   channel,
   ChannelClosedError,
+  connect,
+  listen,
   OneShotServer,
   type Sender,
   socketpair,
@@ -232,6 +235,159 @@ test(
       `${openFds().length - before} fds more`,
     );
     for (const e of [peer, rx, a, b]) e.close();
+  },
+);
+
+test(
+  "maxMessageBytes bounds a message that came in the frame itself, alone or in a batch, as one in a memfd",
+  async () => {
+    for (const kind of ["value", "bytes"] as const) {
+      for (const size of [10_000, 100_000]) {
+        for (const batched of [false, true]) {
+          const what = `${kind}, ${size} bytes, ${
+            batched ? "batched" : "alone"
+          }`;
+          const [tx, rx] = kind === "value"
+            ? channel<unknown>()
+            : bytesChannel();
+          rx.maxMessageBytes = 4096;
+          const small = new Uint8Array(100).fill(1);
+          const big = new Uint8Array(size).fill(2);
+          if (batched) {
+            // Sends of one turn leave as one packet (the large one alone,
+            // in its memfd, after the batch).
+            const sent = [tx.send(small), tx.send(big), tx.send(small)];
+            await Promise.all(sent);
+          } else {
+            await tx.send(small);
+            await tx.send(big);
+          }
+          assert.equal(
+            ((await withTimeout(rx.recv(), 2000, what)) as Uint8Array)
+              .byteLength,
+            100,
+            what,
+          );
+          await assert.rejects(
+            withTimeout(rx.recv(), 2000, what),
+            (error: Error) =>
+              error instanceof Deno.errors.InvalidData &&
+              /exceeds this receiver's maxMessageBytes \(4096\)/.test(
+                error.message,
+              ),
+            what,
+          );
+          // The sender that sent it is dropped: nothing after it arrives.
+          await assert.rejects(
+            withTimeout(rx.recv(), 2000, what),
+            ChannelClosedError,
+            what,
+          );
+          tx.close();
+          rx.close();
+        }
+      }
+    }
+  },
+);
+
+test(
+  "a new sender connected to a listener that never accepts it is refused, and the sender that handed it over is dropped",
+  async () => {
+    const [peer, rx] = rawPair();
+    const name = `conduit-test-${crypto.randomUUID()}`;
+    using _listener = listen({ abstract: name, type: "seqpacket" });
+    const before = openFds().length;
+    // Its other end waits in the listener's queue: nobody holds an fd of
+    // it, so the receiver would never see the end of it.
+    const client = await withTimeout(
+      connect({ abstract: name, type: "seqpacket" }),
+      2000,
+      "connect",
+    );
+    await peer.send(header(FRAME.ADD_PEER, 4), { fds: [client] });
+    client.close();
+    await assert.rejects(
+      withTimeout(rx.recv(), 2000, "recv"),
+      (error: Error) =>
+        error instanceof Deno.errors.InvalidData &&
+        /a new sender's connection is connected to a socket no process holds/
+          .test(error.message),
+    );
+    await assert.rejects(
+      withTimeout(rx.recv(), 2000, "recv"),
+      ChannelClosedError,
+    );
+    assert.equal(await withTimeout(peer.recv(), 2000, "peer recv"), null);
+    assert.ok(
+      openFds().length <= before,
+      `${openFds().length - before} fds more`,
+    );
+    peer.close();
+    rx.close();
+  },
+);
+
+test(
+  "both ends of a socket pair handed over as new senders, to one receiver or two, are not both kept",
+  async () => {
+    for (const split of [false, true]) {
+      const [peer1, rx1] = rawPair();
+      const [peer2, rx2] = split ? rawPair() : [peer1, rx1];
+      const [a, b] = socketpair({ type: "seqpacket" });
+      const before = openFds().length;
+      await peer1.send(header(FRAME.ADD_PEER, 4), { fds: [a] });
+      assert.equal(rx1.tryRecv(), undefined);
+      assert.equal(rx1.senders, 2, "the raw peer and the first end");
+      await peer2.send(header(FRAME.ADD_PEER, 4), { fds: [b] });
+      a.close();
+      b.close();
+      // The second end is refused: its other end is a connection of a
+      // receiver here. Then the first end reads the end of the second.
+      await assert.rejects(
+        withTimeout(rx2.recv(), 2000, "recv"),
+        (error: Error) =>
+          error instanceof Deno.errors.InvalidData &&
+          /connected to a connection a receiver of this process holds/.test(
+            error.message,
+          ),
+      );
+      if (split) {
+        assert.equal(rx1.tryRecv(), undefined);
+        assert.equal(rx1.senders, 1, "the first end is dropped");
+      }
+      await assert.rejects(
+        withTimeout(rx2.recv(), 2000, "recv"),
+        ChannelClosedError,
+      );
+      assert.ok(
+        openFds().length <= before - 2,
+        `${openFds().length - (before - 2)} fds more`,
+      );
+      for (const e of new Set([peer1, peer2, rx1, rx2])) e.close();
+    }
+  },
+);
+
+test(
+  "a peer that hands over its own end of the connection as a new sender is dropped",
+  async () => {
+    const [peer, rx] = rawPair();
+    await peer.send(header(FRAME.ADD_PEER, 4), { fds: [peer] });
+    await assert.rejects(
+      withTimeout(rx.recv(), 2000, "recv"),
+      (error: Error) =>
+        error instanceof Deno.errors.InvalidData &&
+        /connected to a connection a receiver of this process holds/.test(
+          error.message,
+        ),
+    );
+    await assert.rejects(
+      withTimeout(rx.recv(), 2000, "recv"),
+      ChannelClosedError,
+    );
+    peer.close();
+    rx.close();
   },
 );
 

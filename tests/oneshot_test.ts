@@ -117,10 +117,23 @@ test(
           "Cannot accept on OneShotServer: a client connected but sent no message within 50 ms",
     );
     tx.close();
+    // A bad timeout is refused before the one accept is taken: the server
+    // still serves its client after.
+    const server = new OneShotServer<string>();
+    await assert.rejects(server.accept({ timeout: -1 }), RangeError);
     await assert.rejects(
-      new OneShotServer().accept({ timeout: -1 }),
-      RangeError,
+      server.accept({ timeout: "5" as unknown as number }),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        error.message ===
+          "Cannot accept on OneShotServer: timeout must be a number of milliseconds, got string",
     );
+    const client = await connectOneShot<string>(server.name);
+    await client.send("still here");
+    const [rx, first] = await withTimeout(server.accept(), 5000, "accept");
+    assert.equal(first, "still here");
+    client.close();
+    rx.close();
   },
   { ffi: true },
 );

@@ -71,7 +71,7 @@ test(
 );
 
 test(
-  "spawn() refuses args that are not an array, env values that are not strings and a NUL in the command or an argument with a TypeError naming them, and starts nothing",
+  "spawn() refuses args that are not an array, env values that are not strings, a NUL in the command or an argument and an unknown stdio choice with a TypeError naming them, and starts nothing",
   () => {
     // A string is iterable: unchecked, it would run `echo h i`.
     refuses(
@@ -105,6 +105,13 @@ test(
       {},
       TypeError,
       "Cannot spawn: the command contains a NUL byte",
+    );
+    // A misspelled stdio choice is named, with the ones there are.
+    refuses(
+      "true",
+      { stdout: "pipe" as "piped" },
+      TypeError,
+      'Cannot spawn: stdout must be "inherit", "piped", "null", an endpoint or an fd, got "pipe"',
     );
     assert.deepEqual(childPids(), []);
   },
