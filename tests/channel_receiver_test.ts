@@ -9,6 +9,7 @@ import {
   connect,
   listen,
   OneShotServer,
+  type Receiver,
   type Sender,
   socketpair,
   type UnixSocket,
@@ -328,6 +329,21 @@ test(
   },
 );
 
+/**
+ * Waits for a receive of `rx` to fail as a new sender whose socket is
+ * connected to a connection a receiver of this process holds makes it fail.
+ */
+function refusedAsHeldHere(rx: Receiver<unknown>): Promise<void> {
+  return assert.rejects(
+    withTimeout(rx.recv(), 2000, "recv"),
+    (error: Error) =>
+      error instanceof Deno.errors.InvalidData &&
+      /connected to a connection a receiver of this process holds/.test(
+        error.message,
+      ),
+  );
+}
+
 test(
   "both ends of a socket pair handed over as new senders, to one receiver or two, are not both kept",
   async () => {
@@ -344,14 +360,7 @@ test(
       b.close();
       // The second end is refused: its other end is a connection of a
       // receiver here. Then the first end reads the end of the second.
-      await assert.rejects(
-        withTimeout(rx2.recv(), 2000, "recv"),
-        (error: Error) =>
-          error instanceof Deno.errors.InvalidData &&
-          /connected to a connection a receiver of this process holds/.test(
-            error.message,
-          ),
-      );
+      await refusedAsHeldHere(rx2);
       if (split) {
         assert.equal(rx1.tryRecv(), undefined);
         assert.equal(rx1.senders, 1, "the first end is dropped");
@@ -374,14 +383,7 @@ test(
   async () => {
     const [peer, rx] = rawPair();
     await peer.send(header(FRAME.ADD_PEER, 4), { fds: [peer] });
-    await assert.rejects(
-      withTimeout(rx.recv(), 2000, "recv"),
-      (error: Error) =>
-        error instanceof Deno.errors.InvalidData &&
-        /connected to a connection a receiver of this process holds/.test(
-          error.message,
-        ),
-    );
+    await refusedAsHeldHere(rx);
     await assert.rejects(
       withTimeout(rx.recv(), 2000, "recv"),
       ChannelClosedError,
