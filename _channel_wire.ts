@@ -60,6 +60,11 @@ export const REFUSAL = {
   FULL: 1,
   /** The sender it was cloned from has added as many as one may. */
   PER_SENDER: 2,
+  /**
+   * The receiver cannot check the new sender's socket (one made in another
+   * network namespace).
+   */
+  UNCHECKED: 3,
 } as const;
 
 /** Bytes in front of each record of a BATCH: its length. */

@@ -1,7 +1,7 @@
 /**
- * What is at the other end of a unix socket: the inode of the peer socket,
- * from the kernel's socket diagnostics (`NETLINK_SOCK_DIAG` with
- * `UDIAG_SHOW_PEER`, what `ss -x` reads). A socket no process holds (a
+ * What is at the other end of a unix socket, from the kernel's socket
+ * diagnostics (`NETLINK_SOCK_DIAG` with `UDIAG_SHOW_PEER`, what `ss -x`
+ * reads): the inode of the peer socket, where a socket no process holds (a
  * connection waiting in a listener's queue, or one closed) has inode 0.
  *
  * Everything read back from the kernel is checked against the bytes that
@@ -28,21 +28,36 @@ const UNIX_DIAG_MSG = 16;
 /** `UDIAG_SHOW_PEER` asks for the `UNIX_DIAG_PEER` attribute. */
 const UDIAG_SHOW_PEER = 4;
 const UNIX_DIAG_PEER = 2;
+/** `ENOENT`, the error of a lookup that found no such socket. */
+const ENOENT = 2;
 /** `MSG_DONTWAIT`: the kernel answers within the request; never wait. */
 const MSG_DONTWAIT = 0x40;
 /** Room for the reply: a header, the message and a few attributes. */
 const REPLY_ROOM = 1024;
 
-/**
- * The inode of the socket at the other end of the unix socket whose own
- * inode is `ino`, or `undefined` when the kernel cannot tell (no peer, no
- * socket diagnostics in this kernel, netlink refused by a sandbox, or a
- * reply of another shape).
- */
-export function peerInode(ino: number): number | undefined {
+/** What the kernel says of a unix socket's other end. */
+export type PeerLookup =
+  /** The socket's peer, by inode: 0 when no process holds it. */
+  | { kind: "peer"; ino: number }
+  /** The socket has no peer: a listener, or one never connected. */
+  | { kind: "none" }
+  /** No such socket here: one of another network namespace. */
+  | { kind: "absent" }
+  /**
+   * The kernel cannot tell: no socket diagnostics, netlink refused by a
+   * sandbox, or a reply of another shape.
+   */
+  | { kind: "unknown" };
+
+const UNKNOWN: PeerLookup = Object.freeze({ kind: "unknown" });
+const NONE: PeerLookup = Object.freeze({ kind: "none" });
+const ABSENT: PeerLookup = Object.freeze({ kind: "absent" });
+
+/** What is at the other end of the unix socket whose inode is `ino`. */
+export function peerOf(ino: number): PeerLookup {
   const lib = libc();
   const nl = lib.socket(AF_NETLINK, SOCK_RAW | SOCK.CLOEXEC, NETLINK_SOCK_DIAG);
-  if (nl === -1) return undefined;
+  if (nl === -1) return UNKNOWN;
   try {
     const request = new Uint8Array(NLMSG_HEADER + UNIX_DIAG_REQ);
     const out = new DataView(request.buffer);
@@ -61,7 +76,7 @@ export function peerInode(ino: number): number | undefined {
     const sent = Number(
       lib.send(nl, request, BigInt(request.byteLength), MSG_DONTWAIT),
     );
-    if (sent !== request.byteLength) return undefined;
+    if (sent !== request.byteLength) return UNKNOWN;
     const reply = new Uint8Array(REPLY_ROOM);
     const got = Number(
       lib.recv(nl, reply, BigInt(reply.byteLength), MSG_DONTWAIT),
@@ -72,32 +87,43 @@ export function peerInode(ino: number): number | undefined {
   }
 }
 
-/** The peer inode in a `SOCK_DIAG_BY_FAMILY` reply of `got` bytes. */
+/** What a `SOCK_DIAG_BY_FAMILY` reply of `got` bytes says. */
 function parseReply(
   reply: Uint8Array,
   got: number,
   ino: number,
-): number | undefined {
-  if (got < NLMSG_HEADER + UNIX_DIAG_MSG) return undefined;
+): PeerLookup {
+  if (got < NLMSG_HEADER + 4) return UNKNOWN;
   const view = new DataView(reply.buffer, reply.byteOffset, got);
   const length = view.getUint32(0, true);
   const type = view.getUint16(4, true);
-  if (type === NLMSG_ERROR || type !== SOCK_DIAG_BY_FAMILY) return undefined;
-  if (length < NLMSG_HEADER + UNIX_DIAG_MSG || length > got) return undefined;
+  if (length > got) return UNKNOWN;
+  if (type === NLMSG_ERROR) {
+    // A negative errno after the header: ENOENT, no socket of that inode
+    // in this network namespace.
+    return length >= NLMSG_HEADER + 4 &&
+        view.getInt32(NLMSG_HEADER, true) === -ENOENT
+      ? ABSENT
+      : UNKNOWN;
+  }
+  if (type !== SOCK_DIAG_BY_FAMILY) return UNKNOWN;
+  if (length < NLMSG_HEADER + UNIX_DIAG_MSG) return UNKNOWN;
   const msg = NLMSG_HEADER;
-  if (view.getUint8(msg) !== SOCK.AF_UNIX) return undefined;
-  if (view.getUint32(msg + 4, true) !== ino) return undefined;
+  if (view.getUint8(msg) !== SOCK.AF_UNIX) return UNKNOWN;
+  if (view.getUint32(msg + 4, true) !== ino) return UNKNOWN;
   // Attributes: a u16 length (header included) and a u16 type each, every
   // one starting 4-aligned.
   let at = msg + UNIX_DIAG_MSG;
   while (at + 4 <= length) {
     const attrLength = view.getUint16(at, true);
     const attrType = view.getUint16(at + 2, true);
-    if (attrLength < 4 || at + attrLength > length) return undefined;
+    if (attrLength < 4 || at + attrLength > length) return UNKNOWN;
     if (attrType === UNIX_DIAG_PEER) {
-      return attrLength >= 8 ? view.getUint32(at + 4, true) : undefined;
+      return attrLength >= 8
+        ? { kind: "peer", ino: view.getUint32(at + 4, true) }
+        : UNKNOWN;
     }
     at += (attrLength + 3) & ~3;
   }
-  return undefined;
+  return NONE;
 }

@@ -10,7 +10,7 @@ import { invalid } from "../_channel_error.ts";
 import type { OwnedFd } from "../ffi/fd.ts";
 import { ERRNO, type SystemError } from "../ffi/errors.ts";
 import { seqpacketProblem, socketIdentity } from "../_channel_wire.ts";
-import { peerInode } from "../_unix_peer.ts";
+import { peerOf } from "../_unix_peer.ts";
 import { readHangup } from "../_scm.ts";
 
 /** A channel of values (encoded by the codec). */
@@ -86,31 +86,66 @@ export function releaseConnection(conn: Connection): void {
   else held.set(identity, count - 1);
 }
 
+/** Why a socket handed over cannot be a channel connection. */
+export interface ConnectionProblem {
+  /** What is wrong, to follow "a new sender's connection". */
+  why: string;
+  /**
+   * Whether no channel end sends such a socket (a peer that does is
+   * dropped), rather than one this process cannot check.
+   */
+  hostile: boolean;
+}
+
 /**
- * Why `fd`, handed over as a new sender, cannot be one, or `undefined`. A
- * sender's clone is one end of a socket pair whose other end the clone
- * holds; a socket whose other end no process can ever use or close would
- * stay open here for good, costing the peer nothing. So the other end must
- * be a socket some process holds (a connection waiting in a listener's
- * queue, never accepted, is held by none), and not a connection that a
- * receiver of this process holds (both ends would be held here). Both need
- * the kernel's socket diagnostics; where they are missing, neither is made.
- * A socket whose other end is closed already (a clone closed at once) is
- * no problem: the receiver drops it at its first read.
+ * Why `fd`, handed over as a new sender or as a moved receiver's
+ * connection, cannot be a channel connection, or `undefined`. Its other end
+ * is a sender, held by some process; a socket whose other end no process
+ * can ever use or close would stay open here for good, costing the peer
+ * nothing. So the socket must be connected (not a listener), its other end
+ * must be a socket some process holds (a connection waiting in a
+ * listener's queue, never accepted, is held by none), and that other end
+ * must not be a connection that a receiver of this process holds, nor one
+ * of `alongside` (both ends would be held here). A socket of another
+ * network namespace cannot be looked up: it is refused too. All of this
+ * is asked of the kernel's socket diagnostics; where they are missing,
+ * none of it is checked. A socket whose other end is closed already (a
+ * clone closed at once) is no problem: it is dropped at its first read.
  */
-export function newSenderProblem(fd: number): string | undefined {
+export function connectionProblem(
+  fd: number,
+  alongside?: ReadonlySet<string>,
+): ConnectionProblem | undefined {
   const identity = socketIdentity(fd);
   const colon = identity.indexOf(":");
   const ino = Number(identity.slice(colon + 1));
-  const other = Number.isSafeInteger(ino) ? peerInode(ino) : undefined;
-  if (other === undefined) return undefined;
-  if (other === 0) {
-    return readHangup(fd)
-      ? undefined
-      : "is connected to a socket no process holds (a connection a listener never accepted)";
+  if (!Number.isSafeInteger(ino)) return undefined;
+  const peer = peerOf(ino);
+  switch (peer.kind) {
+    case "unknown":
+      return undefined;
+    case "absent":
+      return {
+        why:
+          "is a socket of another network namespace, whose other end cannot be checked",
+        hostile: false,
+      };
+    case "none":
+      return { why: "has no peer (a listening socket)", hostile: true };
   }
-  if (held.has(`${identity.slice(0, colon)}:${other}`)) {
-    return "is connected to a connection a receiver of this process holds";
+  if (peer.ino === 0) {
+    return readHangup(fd) ? undefined : {
+      why:
+        "is connected to a socket no process holds (a connection a listener never accepted)",
+      hostile: true,
+    };
+  }
+  const other = `${identity.slice(0, colon)}:${peer.ino}`;
+  if (held.has(other) || alongside?.has(other) === true) {
+    return {
+      why: "is connected to a connection a receiver of this process holds",
+      hostile: true,
+    };
   }
   return undefined;
 }

@@ -30,6 +30,7 @@ import { ConnSet } from "../_conn_set.ts";
 import { DEFAULT_LIMITS } from "./_codec_limits.ts";
 import {
   type Connection,
+  connectionProblem,
   holdConnection,
   isGone,
   MAX_ADDED,
@@ -314,8 +315,16 @@ export class Inbox {
       closeAll([fd]);
       return;
     }
+    const problem = connectionProblem(fd);
+    if (problem?.hostile === true) {
+      // No sender's clone is such a socket: the sender that sent it goes.
+      closeAll([fd]);
+      throw invalid(`a new sender's connection ${problem.why}`);
+    }
     const origin = via.origin ?? via;
-    const refusal = this.#conns.length >= MAX_CONNECTIONS
+    const refusal = problem !== undefined
+      ? REFUSAL.UNCHECKED
+      : this.#conns.length >= MAX_CONNECTIONS
       ? REFUSAL.FULL
       : (origin.added ?? 0) >= MAX_ADDED
       ? REFUSAL.PER_SENDER

@@ -22,6 +22,7 @@ import type { Reader, Writer } from "./_codec_bytes.ts";
 import type { EndpointHooks } from "./_codec_tags.ts";
 import {
   type Connection,
+  connectionProblem,
   MAX_CAPACITY,
   MODE_BYTES,
   notSeqpacket,
@@ -285,11 +286,14 @@ export class Incoming implements EndpointHooks {
           batch = input.bytes(length).slice();
           checkBatch(batch, 0, length, left);
         }
-        const identity = socketIdentity(
-          this.#socket(index, "a Receiver's connection"),
-        );
+        const socket = this.#socket(index, "a Receiver's connection");
+        const identity = socketIdentity(socket);
         if (seen.has(identity)) {
           throw invalid("a Receiver names one connection twice");
+        }
+        const problem = connectionProblem(socket, seen);
+        if (problem !== undefined) {
+          throw invalid(`a Receiver's connection ${problem.why}`);
         }
         seen.add(identity);
         const fd = new OwnedFd(this.#take(index), "Receiver");

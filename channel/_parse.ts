@@ -25,12 +25,7 @@ import {
 } from "../_channel_wire.ts";
 import { type BlobSpec, decode, readBlobTable } from "./_codec_decode.ts";
 import { type DecodeLimits, overLimit } from "./_codec_limits.ts";
-import {
-  MAX_CAPACITY,
-  MODE_BYTES,
-  newSenderProblem,
-  notSeqpacket,
-} from "./_connection.ts";
+import { MAX_CAPACITY, MODE_BYTES, notSeqpacket } from "./_connection.ts";
 import { type ChannelEnds, Incoming } from "./_marshal.ts";
 
 /** Parses the frames of the receivers whose ends `ends` makes. */
@@ -78,10 +73,6 @@ export class FrameParser {
           `a new sender's connection (fd ${fds[0]} here)`,
           fds[0],
         );
-      }
-      const problem = newSenderProblem(fds[0]);
-      if (problem !== undefined) {
-        throw invalid(`a new sender's connection ${problem}`);
       }
     } else if (type === FRAME.HELLO) {
       if (fds.length !== 0 || bytes !== HEADER) {

@@ -9,12 +9,14 @@ import {
   connect,
   listen,
   OneShotServer,
-  type Receiver,
+  Receiver,
   type Sender,
   socketpair,
+  spawn,
   type UnixSocket,
 } from "../mod.ts";
 import { FRAME, header } from "../_channel_wire.ts";
+import { dupCloexec, OwnedFd } from "../ffi/fd.ts";
 import { poller } from "../ffi/poller.ts";
 import {
   batchFrame,
@@ -25,6 +27,9 @@ import {
   stringFrame,
 } from "./_channel_util.ts";
 import {
+  DENO,
+  fixture,
+  listDir,
   openFds,
   pollerInterest,
   stillPending,
@@ -308,13 +313,7 @@ test(
     );
     await peer.send(header(FRAME.ADD_PEER, 4), { fds: [client] });
     client.close();
-    await assert.rejects(
-      withTimeout(rx.recv(), 2000, "recv"),
-      (error: Error) =>
-        error instanceof Deno.errors.InvalidData &&
-        /a new sender's connection is connected to a socket no process holds/
-          .test(error.message),
-    );
+    await refusedNewSender(rx, /connected to a socket no process holds/);
     await assert.rejects(
       withTimeout(rx.recv(), 2000, "recv"),
       ChannelClosedError,
@@ -330,19 +329,24 @@ test(
 );
 
 /**
- * Waits for a receive of `rx` to fail as a new sender whose socket is
- * connected to a connection a receiver of this process holds makes it fail.
+ * Waits for a receive of `rx` to fail with `InvalidData` saying `why` of a
+ * new sender's connection.
  */
-function refusedAsHeldHere(rx: Receiver<unknown>): Promise<void> {
+function refusedNewSender(
+  rx: Receiver<unknown>,
+  why: RegExp,
+): Promise<void> {
   return assert.rejects(
     withTimeout(rx.recv(), 2000, "recv"),
     (error: Error) =>
       error instanceof Deno.errors.InvalidData &&
-      /connected to a connection a receiver of this process holds/.test(
-        error.message,
-      ),
+      /a new sender's connection/.test(error.message) &&
+      why.test(error.message),
   );
 }
+
+/** Why a new sender's connection whose peer is held here is refused. */
+const HELD_HERE = /connected to a connection a receiver of this process holds/;
 
 test(
   "both ends of a socket pair handed over as new senders, to one receiver or two, are not both kept",
@@ -360,7 +364,7 @@ test(
       b.close();
       // The second end is refused: its other end is a connection of a
       // receiver here. Then the first end reads the end of the second.
-      await refusedAsHeldHere(rx2);
+      await refusedNewSender(rx2, HELD_HERE);
       if (split) {
         assert.equal(rx1.tryRecv(), undefined);
         assert.equal(rx1.senders, 1, "the first end is dropped");
@@ -383,7 +387,7 @@ test(
   async () => {
     const [peer, rx] = rawPair();
     await peer.send(header(FRAME.ADD_PEER, 4), { fds: [peer] });
-    await refusedAsHeldHere(rx);
+    await refusedNewSender(rx, HELD_HERE);
     await assert.rejects(
       withTimeout(rx.recv(), 2000, "recv"),
       ChannelClosedError,
@@ -391,6 +395,114 @@ test(
     peer.close();
     rx.close();
   },
+);
+
+test(
+  "a listening socket handed over as a new sender is refused, and the sender that handed it over is dropped",
+  async () => {
+    const [peer, rx] = rawPair();
+    const name = `conduit-test-${crypto.randomUUID()}`;
+    const before = openFds().length;
+    {
+      using listener = listen({ abstract: name, type: "seqpacket" });
+      await peer.send(header(FRAME.ADD_PEER, 4), { fds: [listener] });
+    }
+    await refusedNewSender(rx, /has no peer \(a listening socket\)/);
+    await assert.rejects(
+      withTimeout(rx.recv(), 2000, "recv"),
+      ChannelClosedError,
+    );
+    assert.ok(
+      openFds().length <= before,
+      `${openFds().length - before} fds more`,
+    );
+    peer.close();
+    rx.close();
+  },
+);
+
+test(
+  "a receiver moved in a message whose connections are listening sockets or both ends of a pair fails that message, and none is kept",
+  async () => {
+    const name = `conduit-test-${crypto.randomUUID()}`;
+    using listener = listen({ abstract: name, type: "seqpacket" });
+    const [x, y] = socketpair({ type: "seqpacket" });
+    const cases: [string, number[], RegExp][] = [
+      ["a listener", [listener.rawFd], /has no peer \(a listening socket\)/],
+      [
+        "both ends of a pair",
+        [x.rawFd, y.rawFd],
+        /connected to a connection a receiver of this process holds/,
+      ],
+    ];
+    for (const [what, fds, message] of cases) {
+      const [tx, rx] = channel<unknown>();
+      // A receiver made of those sockets (copies: the test keeps its own).
+      const moved = new Receiver(
+        fds.map((fd) => ({
+          fd: new OwnedFd(dupCloexec(fd), "Receiver"),
+          capacity: 4,
+          unacked: 0,
+        })),
+      );
+      const before = openFds().length;
+      await tx.send({ stream: moved }, { transfer: [moved] });
+      await assert.rejects(
+        withTimeout(rx.recv(), 2000, what),
+        (error: Error) =>
+          error instanceof Deno.errors.InvalidData &&
+          /a Receiver's connection/.test(error.message) &&
+          message.test(error.message),
+        what,
+      );
+      assert.ok(
+        openFds().length <= before - fds.length,
+        `${what}: ${openFds().length - (before - fds.length)} fds more`,
+      );
+      tx.close();
+      rx.close();
+    }
+    x.close();
+    y.close();
+  },
+);
+
+const UNSHARE = Deno.uid() === 0 && listDir("/usr/bin").includes("unshare");
+if (!UNSHARE) {
+  console.log(
+    "skipping the network namespace test: it needs root and /usr/bin/unshare",
+  );
+}
+
+test(
+  "a new sender made in another network namespace is refused (its socket cannot be checked), and the sender that handed it over keeps its channel",
+  async () => {
+    const [carrier, theirs] = socketpair({ type: "seqpacket" });
+    const proc = spawn("unshare", {
+      args: ["-n", DENO, "run", "--allow-ffi", fixture("netns_pair.ts")],
+      fds: [theirs],
+      stdin: "null",
+    });
+    theirs.close();
+    try {
+      const got = await withTimeout(carrier.recv(), 20_000, "the child's end");
+      const far = got?.fds[0] as UnixSocket;
+      const [peer, rx] = rawPair();
+      await peer.send(header(FRAME.ADD_PEER, 4), { fds: [far] });
+      far.close();
+      await peer.send(stringFrame("after"));
+      assert.equal(await withTimeout(rx.recv(), 2000, "recv"), "after");
+      assert.equal(rx.senders, 1, "only the raw peer");
+      peer.close();
+      rx.close();
+    } finally {
+      await carrier.send(new Uint8Array([0])).catch(() => {});
+      carrier.close();
+      await exited(proc, "netns child");
+    }
+  },
+  PROCS,
+  { ignore: !UNSHARE },
 );
 
 test(
