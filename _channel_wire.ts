@@ -61,10 +61,10 @@ export const REFUSAL = {
   /** The sender it was cloned from has added as many as one may. */
   PER_SENDER: 2,
   /**
-   * The receiver cannot check the new sender's socket (one made in another
-   * network namespace).
+   * The receivers of its thread hold as many connections that peers put
+   * there as they take.
    */
-  UNCHECKED: 3,
+  THREAD_FULL: 3,
 } as const;
 
 /** Bytes in front of each record of a BATCH: its length. */

@@ -9,6 +9,8 @@
 import { invalid } from "../_channel_error.ts";
 import type { OwnedFd } from "../ffi/fd.ts";
 import { ERRNO, type SystemError } from "../ffi/errors.ts";
+import { libc } from "../ffi/libc.ts";
+import { RLIMIT, SIZEOF } from "../ffi/layout.ts";
 import { seqpacketProblem, socketIdentity } from "../_channel_wire.ts";
 import { peerOf } from "../_unix_peer.ts";
 import { readHangup } from "../_scm.ts";
@@ -57,16 +59,47 @@ export interface Connection {
   identity?: string;
   /** Open connections added through this one and those it added. */
   added?: number;
+  /**
+   * Whether a peer put it here (a sender it added, or a connection of a
+   * receiver it moved here), counted against {@linkcode pushedRoom}.
+   */
+  pushed?: boolean;
 }
 
 /**
- * The sockets the receivers of this process hold as connections, by
- * identity, with how many receivers hold each.
+ * The sockets the receivers of this thread hold as connections, by
+ * identity, with how many receivers hold each. (A Worker has its own.)
  */
 const held = new Map<string, number>();
+/** Connections of this thread's receivers that peers put there. */
+let pushed = 0;
+/** The most of those, once known. */
+let pushedMax: number | undefined;
+
+/**
+ * Whether this thread's receivers may take `n` more connections that a
+ * peer puts there (senders it adds, receivers it moves here), all
+ * receivers together: at most half the soft fd limit, and 8,192. Whatever a
+ * peer finds that the checks of {@linkcode connectionProblem} cannot see,
+ * it cannot make this thread hold more than that.
+ */
+export function pushedRoom(n: number): boolean {
+  if (pushedMax === undefined) {
+    const limit = new BigUint64Array(SIZEOF.rlimit / 8);
+    const soft = libc().getrlimit(RLIMIT.NOFILE, limit) === 0
+      ? Number(limit[0] > 1_000_000n ? 1_000_000n : limit[0])
+      : 1024;
+    pushedMax = Math.max(64, Math.min(MAX_PUSHED, Math.floor(soft / 2)));
+  }
+  return pushed + n <= pushedMax;
+}
+
+/** The most connections peers may put in this thread's receivers. */
+export const MAX_PUSHED = 8192;
 
 /** Counts `conn` among the connections held here (once it has an identity). */
 export function holdConnection(conn: Connection): void {
+  if (conn.pushed === true) pushed++;
   try {
     conn.identity ??= socketIdentity(conn.fd.fd);
   } catch {
@@ -78,6 +111,10 @@ export function holdConnection(conn: Connection): void {
 
 /** No longer counts `conn` among the connections held here. */
 export function releaseConnection(conn: Connection): void {
+  if (conn.pushed === true) {
+    conn.pushed = false;
+    pushed--;
+  }
   const identity = conn.identity;
   if (identity === undefined) return;
   const count = held.get(identity);
@@ -86,15 +123,9 @@ export function releaseConnection(conn: Connection): void {
   else held.set(identity, count - 1);
 }
 
-/** Why a socket handed over cannot be a channel connection. */
-export interface ConnectionProblem {
-  /** What is wrong, to follow "a new sender's connection". */
-  why: string;
-  /**
-   * Whether no channel end sends such a socket (a peer that does is
-   * dropped), rather than one this process cannot check.
-   */
-  hostile: boolean;
+/** Whether a receiver of this thread holds the socket of `identity`. */
+export function heldHere(identity: string): boolean {
+  return held.has(identity);
 }
 
 /**
@@ -105,17 +136,18 @@ export interface ConnectionProblem {
  * nothing. So the socket must be connected (not a listener), its other end
  * must be a socket some process holds (a connection waiting in a
  * listener's queue, never accepted, is held by none), and that other end
- * must not be a connection that a receiver of this process holds, nor one
- * of `alongside` (both ends would be held here). A socket of another
- * network namespace cannot be looked up: it is refused too. All of this
- * is asked of the kernel's socket diagnostics; where they are missing,
- * none of it is checked. A socket whose other end is closed already (a
- * clone closed at once) is no problem: it is dropped at its first read.
+ * must not be a connection that a receiver of this thread holds, nor one
+ * of `alongside` (both ends would be held here). All of this is asked of
+ * the kernel's socket diagnostics; where they cannot answer (none in this
+ * kernel or sandbox, a socket of another network namespace), nothing is
+ * checked, and {@linkcode pushedRoom} still bounds what peers put here. A
+ * socket whose other end is closed already (a clone closed at once) is no
+ * problem: it is dropped at its first read.
  */
 export function connectionProblem(
   fd: number,
   alongside?: ReadonlySet<string>,
-): ConnectionProblem | undefined {
+): string | undefined {
   const identity = socketIdentity(fd);
   const colon = identity.indexOf(":");
   const ino = Number(identity.slice(colon + 1));
@@ -123,29 +155,19 @@ export function connectionProblem(
   const peer = peerOf(ino);
   switch (peer.kind) {
     case "unknown":
-      return undefined;
     case "absent":
-      return {
-        why:
-          "is a socket of another network namespace, whose other end cannot be checked",
-        hostile: false,
-      };
+      return undefined;
     case "none":
-      return { why: "has no peer (a listening socket)", hostile: true };
+      return "has no peer (a listening socket)";
   }
   if (peer.ino === 0) {
-    return readHangup(fd) ? undefined : {
-      why:
-        "is connected to a socket no process holds (a connection a listener never accepted)",
-      hostile: true,
-    };
+    return readHangup(fd)
+      ? undefined
+      : "is connected to a socket no process holds (a connection a listener never accepted)";
   }
   const other = `${identity.slice(0, colon)}:${peer.ino}`;
   if (held.has(other) || alongside?.has(other) === true) {
-    return {
-      why: "is connected to a connection a receiver of this process holds",
-      hostile: true,
-    };
+    return "is connected to a connection a receiver of this thread holds";
   }
   return undefined;
 }

@@ -31,10 +31,12 @@ import { DEFAULT_LIMITS } from "./_codec_limits.ts";
 import {
   type Connection,
   connectionProblem,
+  heldHere,
   holdConnection,
   isGone,
   MAX_ADDED,
   MAX_CONNECTIONS,
+  pushedRoom,
   releaseConnection,
 } from "./_connection.ts";
 import type { FrameParser } from "./_parse.ts";
@@ -315,19 +317,23 @@ export class Inbox {
       closeAll([fd]);
       return;
     }
-    const problem = connectionProblem(fd);
-    if (problem?.hostile === true) {
+    // A sender's clone is a new socket pair's end: held by no receiver
+    // yet, and connected to one some process holds.
+    const problem = heldHere(identity)
+      ? "is held by another receiver of this thread already"
+      : connectionProblem(fd);
+    if (problem !== undefined) {
       // No sender's clone is such a socket: the sender that sent it goes.
       closeAll([fd]);
-      throw invalid(`a new sender's connection ${problem.why}`);
+      throw invalid(`a new sender's connection ${problem}`);
     }
     const origin = via.origin ?? via;
-    const refusal = problem !== undefined
-      ? REFUSAL.UNCHECKED
-      : this.#conns.length >= MAX_CONNECTIONS
+    const refusal = this.#conns.length >= MAX_CONNECTIONS
       ? REFUSAL.FULL
       : (origin.added ?? 0) >= MAX_ADDED
       ? REFUSAL.PER_SENDER
+      : !pushedRoom(1)
+      ? REFUSAL.THREAD_FULL
       : 0;
     if (refusal !== 0) {
       try {
@@ -341,7 +347,14 @@ export class Inbox {
     const owned = new OwnedFd(fd, "Receiver");
     if (!this.#ref) owned.unref();
     origin.added = (origin.added ?? 0) + 1;
-    const conn = { fd: owned, capacity, unacked: 0, origin, identity };
+    const conn = {
+      fd: owned,
+      capacity,
+      unacked: 0,
+      origin,
+      identity,
+      pushed: true,
+    };
     identities.set(identity, conn);
     this.#conns.push(conn);
     holdConnection(conn);

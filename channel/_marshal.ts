@@ -24,8 +24,10 @@ import {
   type Connection,
   connectionProblem,
   MAX_CAPACITY,
+  MAX_PUSHED,
   MODE_BYTES,
   notSeqpacket,
+  pushedRoom,
 } from "./_connection.ts";
 import { beginMove, endMove, receiverMode, senderMode } from "./_keys.ts";
 
@@ -293,7 +295,7 @@ export class Incoming implements EndpointHooks {
         }
         const problem = connectionProblem(socket, seen);
         if (problem !== undefined) {
-          throw invalid(`a Receiver's connection ${problem.why}`);
+          throw invalid(`a Receiver's connection ${problem}`);
         }
         seen.add(identity);
         const fd = new OwnedFd(this.#take(index), "Receiver");
@@ -302,6 +304,7 @@ export class Incoming implements EndpointHooks {
           capacity,
           unacked,
           identity,
+          pushed: true,
           batch,
           at: 0,
           left: batch === undefined ? undefined : left,
@@ -311,6 +314,12 @@ export class Incoming implements EndpointHooks {
     } catch (error) {
       for (const conn of conns) conn.fd.close();
       throw error;
+    }
+    if (!pushedRoom(conns.length)) {
+      for (const conn of conns) conn.fd.close();
+      throw invalid(
+        `a Receiver's ${conns.length} connections would pass the ${MAX_PUSHED} (or half the fd limit) that peers may make this thread's receivers hold`,
+      );
     }
     const receiver = this.#ends.receiver(
       conns,

@@ -57,8 +57,8 @@ function refused(why: number): ChannelClosedError {
   return new ChannelClosedError(
     why === REFUSAL.PER_SENDER
       ? `Cannot send on channel: the receiver refused this sender: the sender it was cloned from already added ${MAX_ADDED} open senders`
-      : why === REFUSAL.UNCHECKED
-      ? "Cannot send on channel: the receiver refused this sender: it cannot check a socket made in another network namespace (clone the sender where the receiver's process runs)"
+      : why === REFUSAL.THREAD_FULL
+      ? "Cannot send on channel: the receiver refused this sender: the receivers of its process (or Worker) hold as many senders that peers added as they take"
       : `Cannot send on channel: the receiver refused this sender: it already holds ${MAX_CONNECTIONS} senders`,
   );
 }

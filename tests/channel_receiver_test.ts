@@ -347,7 +347,7 @@ function refusedNewSender(
 }
 
 /** Why a new sender's connection whose peer is held here is refused. */
-const HELD_HERE = /connected to a connection a receiver of this process holds/;
+const HELD_HERE = /connected to a connection a receiver of this thread holds/;
 
 test(
   "both ends of a socket pair handed over as new senders, to one receiver or two, are not both kept",
@@ -433,7 +433,7 @@ test(
       [
         "both ends of a pair",
         [x.rawFd, y.rawFd],
-        /connected to a connection a receiver of this process holds/,
+        /connected to a connection a receiver of this thread holds/,
       ],
     ];
     for (const [what, fds, message] of cases) {
@@ -477,7 +477,7 @@ if (!UNSHARE) {
 }
 
 test(
-  "a new sender made in another network namespace is refused (its socket cannot be checked), and the sender that handed it over keeps its channel",
+  "a new sender made in another network namespace, which the kernel cannot check, is taken, and the sender that handed it over keeps its channel",
   async () => {
     const [carrier, theirs] = socketpair({ type: "seqpacket" });
     const proc = spawn("unshare", {
@@ -494,7 +494,7 @@ test(
       far.close();
       await peer.send(stringFrame("after"));
       assert.equal(await withTimeout(rx.recv(), 2000, "recv"), "after");
-      assert.equal(rx.senders, 1, "only the raw peer");
+      assert.equal(rx.senders, 2, "the raw peer and the clone");
       peer.close();
       rx.close();
     } finally {
@@ -505,6 +505,74 @@ test(
   },
   PROCS,
   { ignore: !UNSHARE },
+);
+
+test(
+  "one socket handed over as a new sender to two receivers of a thread is kept by the first only",
+  async () => {
+    const [peer1, rx1] = rawPair();
+    const [peer2, rx2] = rawPair();
+    const [a, b] = socketpair({ type: "seqpacket" });
+    await peer1.send(header(FRAME.ADD_PEER, 4), { fds: [a] });
+    assert.equal(rx1.tryRecv(), undefined);
+    assert.equal(rx1.senders, 2);
+    await peer2.send(header(FRAME.ADD_PEER, 4), { fds: [a] });
+    await refusedNewSender(
+      rx2,
+      /is held by another receiver of this thread already/,
+    );
+    assert.equal(rx2.senders, 0);
+    for (const e of [peer1, peer2, rx1, rx2, a, b]) e.close();
+  },
+);
+
+test(
+  "peers can make a process's receivers hold at most half its fd limit in added senders; a clone past it is refused and told why",
+  async () => {
+    const [carrier, theirs] = socketpair({ type: "seqpacket" });
+    const proc = spawn("prlimit", {
+      args: [
+        "--nofile=300:300",
+        DENO,
+        "run",
+        "--allow-ffi",
+        fixture("pushed_bound.ts"),
+      ],
+      fds: [theirs],
+      stdin: "null",
+    });
+    theirs.close();
+    const clones: Sender<string>[] = [];
+    try {
+      const got = await withTimeout(carrier.recv(), 20_000, "the Sender");
+      const tx = got?.fds[0] as Sender<string>;
+      for (let i = 0; i < 200; i++) clones.push(tx.clone());
+      tx.close();
+      await carrier.send(new Uint8Array([0]));
+      const report = await withTimeout(carrier.recv(), 20_000, "the count");
+      // 150 of the clones (the first sender is closed by then).
+      assert.equal(new TextDecoder().decode(report?.data), "150");
+      const last = clones[199];
+      await assert.rejects(
+        (async () => {
+          // The refusal may arrive after a first send went out.
+          for (let i = 0; i < 3; i++) await last.send("late");
+        })(),
+        (error: Error) =>
+          error instanceof ChannelClosedError &&
+          /hold as many senders that peers added as they take/.test(
+            error.message,
+          ),
+      );
+    } finally {
+      for (const clone of clones) clone.close();
+      await carrier.send(new Uint8Array([0])).catch(() => {});
+      carrier.close();
+      await exited(proc, "bounded child");
+    }
+  },
+  PROCS,
+  { ignore: !listDir("/usr/bin").includes("prlimit") },
 );
 
 test(
