@@ -84,14 +84,22 @@ let pushedMax: number | undefined;
  * it cannot make this thread hold more than that.
  */
 export function pushedRoom(n: number): boolean {
+  return pushed + n <= pushedLimit();
+}
+
+/**
+ * The bound of {@linkcode pushedRoom}, from the soft fd limit when first
+ * asked (a later `setrlimit` does not move it).
+ */
+export function pushedLimit(): number {
   if (pushedMax === undefined) {
     const limit = new BigUint64Array(SIZEOF.rlimit / 8);
     const soft = libc().getrlimit(RLIMIT.NOFILE, limit) === 0
       ? Number(limit[0] > 1_000_000n ? 1_000_000n : limit[0])
       : 1024;
-    pushedMax = Math.max(64, Math.min(MAX_PUSHED, Math.floor(soft / 2)));
+    pushedMax = Math.max(1, Math.min(MAX_PUSHED, Math.floor(soft / 2)));
   }
-  return pushed + n <= pushedMax;
+  return pushedMax;
 }
 
 /** The most connections peers may put in this thread's receivers. */

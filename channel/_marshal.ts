@@ -27,6 +27,7 @@ import {
   MAX_PUSHED,
   MODE_BYTES,
   notSeqpacket,
+  pushedLimit,
   pushedRoom,
 } from "./_connection.ts";
 import { beginMove, endMove, receiverMode, senderMode } from "./_keys.ts";
@@ -318,7 +319,7 @@ export class Incoming implements EndpointHooks {
     if (!pushedRoom(conns.length)) {
       for (const conn of conns) conn.fd.close();
       throw invalid(
-        `a Receiver's ${conns.length} connections would pass the ${MAX_PUSHED} (or half the fd limit) that peers may make this thread's receivers hold`,
+        `a Receiver's ${conns.length} connections would pass the ${pushedLimit()} that peers may make this thread's receivers hold (half the soft fd limit, ${MAX_PUSHED} at most)`,
       );
     }
     const receiver = this.#ends.receiver(
