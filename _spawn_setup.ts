@@ -78,7 +78,10 @@ export function planFds(
   // of a closed fd given here, and the child would get it in its place.
   stdio.forEach((choice, target) => {
     if (!isKeyword(choice)) {
-      plan.moves.push([givenFd(STDIO_NAMES[target], choice), target]);
+      plan.moves.push([
+        givenFd(STDIO_NAMES[target], choice, STDIO_CHOICES),
+        target,
+      ]);
     }
   });
   fds.forEach((value, i) =>
@@ -125,14 +128,24 @@ function planStdio(
   }
 }
 
-/** The fd of an endpoint or fd number given to spawn(), checked open. */
-function givenFd(what: string, value: HasFd | number): number {
+/** The keywords a stdio option takes besides an endpoint or an fd. */
+const STDIO_CHOICES = '"inherit", "piped", "null"';
+
+/**
+ * The fd of an endpoint or fd number given to spawn(), checked open;
+ * `keywords`, the strings the option also takes, for the message.
+ */
+function givenFd(
+  what: string,
+  value: HasFd | number,
+  keywords?: string,
+): number {
   const fd = typeof value === "number" ? value : value?.rawFd;
   if (!Number.isInteger(fd) || fd < 0) {
-    // A stdio choice misspelled ("pipe") is named, with the ones there are.
+    // A misspelled keyword ("pipe") is named, with the ones there are.
     throw new TypeError(
-      typeof value === "string" && !what.startsWith("fds[")
-        ? `Cannot spawn: ${what} must be "inherit", "piped", "null", an endpoint or an fd, got "${value}"`
+      keywords !== undefined && typeof value === "string"
+        ? `Cannot spawn: ${what} must be ${keywords}, an endpoint or an fd, got "${value}"`
         : `Cannot spawn: ${what} is not an endpoint or an fd`,
     );
   }

@@ -46,7 +46,6 @@ const noHooks: EndpointHooks = {
 class Encoder {
   out = new Writer(WRITER_SIZE);
   hooks: EndpointHooks = noHooks;
-  /** Each object met so far, by the order it was first met. */
   /**
    * The first objects met, by the order they were first met: a value of a
    * few objects is looked up here, without hashing them.

@@ -137,8 +137,9 @@ export function heldHere(identity: string): boolean {
 }
 
 /**
- * Why `fd`, handed over as a new sender or as a moved receiver's
- * connection, cannot be a channel connection, or `undefined`. Its other end
+ * Why `fd` (whose {@linkcode socketIdentity} is `identity`), handed over
+ * as a new sender or as a moved receiver's connection, cannot be a channel
+ * connection, or `undefined`. Its other end
  * is a sender, held by some process; a socket whose other end no process
  * can ever use or close would stay open here for good, costing the peer
  * nothing. So the socket must be connected (not a listener), its other end
@@ -154,9 +155,9 @@ export function heldHere(identity: string): boolean {
  */
 export function connectionProblem(
   fd: number,
+  identity: string,
   alongside?: ReadonlySet<string>,
 ): string | undefined {
-  const identity = socketIdentity(fd);
   const colon = identity.indexOf(":");
   const ino = Number(identity.slice(colon + 1));
   if (!Number.isSafeInteger(ino)) return undefined;

@@ -321,7 +321,7 @@ export class Inbox {
     // yet, and connected to one some process holds.
     const problem = heldHere(identity)
       ? "is held by another receiver of this thread already"
-      : connectionProblem(fd);
+      : connectionProblem(fd, identity);
     if (problem !== undefined) {
       // No sender's clone is such a socket: the sender that sent it goes.
       closeAll([fd]);

@@ -294,7 +294,7 @@ export class Incoming implements EndpointHooks {
         if (seen.has(identity)) {
           throw invalid("a Receiver names one connection twice");
         }
-        const problem = connectionProblem(socket, seen);
+        const problem = connectionProblem(socket, identity, seen);
         if (problem !== undefined) {
           throw invalid(`a Receiver's connection ${problem}`);
         }
