@@ -33,7 +33,17 @@
 
 import { libc } from "./ffi/libc.ts";
 import { check, ERRNO, ioErrno, systemError } from "./ffi/errors.ts";
-import { cmsgSpace, F, MMAP, MSG, S, SEAL, SOCK, STAT } from "./ffi/layout.ts";
+import {
+  cmsgSpace,
+  F,
+  MMAP,
+  MSG,
+  S,
+  SEAL,
+  SEEK,
+  SOCK,
+  STAT,
+} from "./ffi/layout.ts";
 import { addressOf, cstr } from "./ffi/mem.ts";
 import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
 import { MessageArea } from "./ffi/msghdr.ts";
@@ -390,6 +400,13 @@ export function memfdSize(fd: number, max: number): number {
   const size = Number(dv.getBigInt64(STAT.fsize, true));
   if (size < 0) throw invalid("a memfd of negative size");
   if (size > max) throw overMaxMessage(size, max);
+  // A sender writes its memfd whole (writeMemfd). A hole reads as zeros
+  // that nobody paid for: a few bytes of frame would make this process
+  // allocate and read up to `max` bytes of them. (A page swapped out is
+  // still data, not a hole.)
+  if (size > 0 && Number(lib.lseek(fd, 0n, SEEK.HOLE)) !== size) {
+    throw invalid("a large frame's memfd has holes (unwritten bytes)");
+  }
   return size;
 }
 

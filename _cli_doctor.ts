@@ -10,6 +10,8 @@ import { errno, errnoName } from "./ffi/errors.ts";
 import { F, MMAP, O, RLIMIT, SIZEOF, SOCK, SOCKADDR_UN } from "./ffi/layout.ts";
 import { cstr } from "./ffi/mem.ts";
 import { wakePath } from "./ffi/poller.ts";
+import { requirePath } from "./_permissions.ts";
+import { randomName } from "./_unix_addr.ts";
 
 /**
  * One check of {@linkcode doctor}.
@@ -33,7 +35,10 @@ export interface DoctorCheck {
   detail: string;
   /** What to do when it does not work. */
   fix?: string;
-  /** Set when the check could not run (no `--allow-ffi`); `ok` is then false. */
+  /**
+   * Set when the check could not run (no `--allow-ffi`, or no
+   * `--allow-write` for `/dev/shm`); `ok` is then false.
+   */
   skipped?: boolean;
 }
 
@@ -187,6 +192,10 @@ async function runProbe(probe: Probe): Promise<DoctorCheck> {
     return { name, required, ok: true, detail: await probe.run() };
   } catch (error) {
     const detail = error instanceof Error ? error.message : String(error);
+    // A permission this run was not given: the check did not run.
+    if (error instanceof Deno.errors.NotCapable) {
+      return { name, required, ok: false, detail, skipped: true };
+    }
     return { name, required, ok: false, detail, fix };
   }
 }
@@ -291,10 +300,15 @@ function probeAbstract(): string {
 
 function probeDevShm(): string {
   const lib = libc();
-  const name = cstr(`/conduit-doctor-${lib.getpid()}`);
+  // A name nobody can guess: another user who made ours first would make
+  // the check fail with EEXIST.
+  const name = `conduit-doctor-${randomName(32)}`;
+  // As SharedMemory.create() would: the probe writes there too.
+  requirePath("/dev/shm", ["write"], "Cannot check /dev/shm");
+  const path = cstr(`/${name}`);
   const flags = O.CREAT | O.EXCL | O.RDWR | O.CLOEXEC;
-  lib.close(ok("shm_open", lib.shm_open(name, flags, 0o600)));
-  lib.shm_unlink(name);
+  lib.close(ok("shm_open", lib.shm_open(path, flags, 0o600)));
+  lib.shm_unlink(path);
   return "named shared memory works";
 }
 

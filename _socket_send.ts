@@ -9,7 +9,8 @@
  */
 
 import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
-import { SOCK } from "./ffi/layout.ts";
+import { F, SOCK } from "./ffi/layout.ts";
+import { libc } from "./ffi/libc.ts";
 import { dupCloexec, type OwnedFd } from "./ffi/fd.ts";
 import { Spinner } from "./ffi/spin.ts";
 import { CallQueue, type QueuedCall, type QueueHost } from "./_call_queue.ts";
@@ -122,7 +123,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
     options: SocketSendOptions,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    let job: SendJob;
+    let job: SendJob | undefined;
     try {
       checkSignal(signal, SEND);
       job = this.#prepareSend(bytes, options, signal);
@@ -141,20 +142,23 @@ export class SocketSends implements QueueHost<SendJob, void> {
       this.#copyFds(job);
       job.data = pinned(job.data);
     } catch (error) {
-      return Promise.reject(this.#sendError(error, bytes?.byteLength ?? 0));
+      return Promise.reject(
+        this.#sendError(error, bytes?.byteLength ?? 0, job?.fds),
+      );
     }
     return this.#queue.push(job);
   }
 
   /** `UnixSocket.sendSync()`: sends still queued go first. */
   sendSync(bytes: Uint8Array, options: SocketSendOptions): void {
+    let job: SendJob | undefined;
     try {
-      const job = this.#prepareSend(bytes, options, undefined);
+      job = this.#prepareSend(bytes, options, undefined);
       this.#queue.drainBlocking();
       this.#sendWhole(job);
       this.#finishSend(job);
     } catch (error) {
-      throw this.#sendError(error, bytes?.byteLength ?? 0);
+      throw this.#sendError(error, bytes?.byteLength ?? 0, job?.fds);
     }
   }
 
@@ -381,9 +385,22 @@ export class SocketSends implements QueueHost<SendJob, void> {
     }
   }
 
-  #sendError(error: unknown, size: number): unknown {
+  #sendError(error: unknown, size: number, fds?: readonly number[]): unknown {
     const code = (error as Partial<SystemError>)?.errno;
     if (code === undefined) return error;
+    if (code === ERRNO.EBADF && fds !== undefined) {
+      // The socket is open (checked first): an fd to pass is not.
+      const lib = libc();
+      const i = fds.findIndex((fd) => lib.fcntl(fd, F.GETFD, 0) === -1);
+      if (i !== -1) {
+        return new Deno.errors.BadResource(
+          `Cannot send on UnixSocket: fds[${i}] (fd ${
+            fds[i]
+          }) is not an open fd`,
+          { cause: error },
+        );
+      }
+    }
     if (
       code === ERRNO.EPIPE || code === ERRNO.ECONNREFUSED ||
       code === ERRNO.ECONNRESET || code === ERRNO.ENOTCONN

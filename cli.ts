@@ -145,7 +145,8 @@ Options:
   --json           Print the checks as JSON
   -h, --help       Show this help
 
-Permissions: --allow-ffi (without it, only the first checks can run).
+Permissions: --allow-ffi (without it, only the first checks can run);
+--allow-write=/dev/shm to check /dev/shm (it creates and removes a file there).
 
 Exit codes:
   0  every required check passed (warnings allowed)

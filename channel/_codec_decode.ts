@@ -98,12 +98,7 @@ export function readBlobTable(
   }
   const input = new Reader(head, start + treeLength, end);
   const count = input.varint();
-  if (count > limits.maxElements) {
-    throw overLimit("maxElements", limits.maxElements, `${count} blobs`);
-  }
-  if (count * COST.BLOB > limits.maxBytes) {
-    throw overLimit("maxBytes", limits.maxBytes, `${count} blobs`);
-  }
+  checkBlobCount(count, limits);
   if (count > input.left) {
     throw invalid(`count ${count} exceeds the ${input.left} bytes left`);
   }
@@ -130,6 +125,62 @@ export function readBlobTable(
     throw invalid(`blobs claim ${total} of the ${available} bytes sent`);
   }
   return specs;
+}
+
+/** Throws when a blob table of `count` entries is over `limits`. */
+function checkBlobCount(
+  count: number,
+  limits: Readonly<Required<DecodeLimits>>,
+): void {
+  if (count > limits.maxElements) {
+    throw overLimit("maxElements", limits.maxElements, `${count} blobs`);
+  }
+  if (count * COST.BLOB > limits.maxBytes) {
+    throw overLimit("maxBytes", limits.maxBytes, `${count} blobs`);
+  }
+}
+
+/**
+ * The most bytes a blob table entry takes: two varints of at most 8 bytes
+ * (what {@linkcode Reader.varint} reads).
+ */
+const MAX_ENTRY_BYTES = 16;
+
+/**
+ * Checks the sizes of a head that is not read yet (a large message's, in
+ * its memfd) against `limits`, so that a bogus one is refused before its
+ * bytes are allocated and read:
+ *
+ * - the tree: every byte of it builds at least 8/9 of a byte of the value
+ *   as {@linkcode decode} counts it (the cheapest: a small integer padded
+ *   to 9 bytes in an array slot of 8), so a tree longer than 9/8 of
+ *   `maxBytes` (and a top-level value's 16 bytes) cannot decode within it;
+ * - the blob table, of `tableLength` bytes, whose first bytes (up to 8)
+ *   are `tableStart`: its count must be within the limits, and its entries
+ *   must fit in it.
+ *
+ * @throws {Deno.errors.InvalidData} When they cannot be a value's.
+ */
+export function checkHeadSize(
+  treeLength: number,
+  tableLength: number,
+  tableStart: Uint8Array,
+  limits: Readonly<Required<DecodeLimits>>,
+): void {
+  const maxTree = limits.maxBytes + Math.ceil(limits.maxBytes / 8) + 16;
+  if (treeLength > maxTree) {
+    throw overLimit(
+      "maxBytes",
+      limits.maxBytes,
+      `a value encoded in ${treeLength} bytes`,
+    );
+  }
+  const input = new Reader(tableStart);
+  const count = input.varint();
+  checkBlobCount(count, limits);
+  if (tableLength > input.pos + count * MAX_ENTRY_BYTES) {
+    throw invalid(`a blob table of ${tableLength} bytes for ${count} blobs`);
+  }
 }
 
 /**

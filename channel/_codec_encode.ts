@@ -280,9 +280,9 @@ function writeObject(e: Encoder, object: object, depth: number): void {
     object instanceof Promise || object instanceof WeakMap ||
     object instanceof WeakSet || object instanceof WeakRef
   ) {
-    throw cloneError(`a ${object.constructor.name}`);
+    throw cloneError(article(object.constructor.name));
   }
-  const refused = platformRefusal(object);
+  const refused = platformRefusal(object) ?? resourceRefusal(object);
   if (refused !== undefined) throw cloneError(refused);
   // Any other object (class instances included) clones as its own
   // enumerable properties, as structured clone does.
@@ -331,7 +331,32 @@ function platformRefusal(object: object): string | undefined {
   if (typeof Class !== "function" || !(object instanceof Class)) {
     return undefined;
   }
-  return `a ${name}${REFUSAL_HINTS.get(name) ?? ""}`;
+  return `${article(name)}${REFUSAL_HINTS.get(name) ?? ""}`;
+}
+
+/**
+ * Why `object` cannot travel, if it holds a resource of this process: it
+ * has `Symbol.dispose` or `Symbol.asyncDispose` (a `Deno.FsFile`, a
+ * listener, a child process, a server or `Mutex` of this module, ...). Its
+ * state is that resource, not its own properties: it would arrive as `{}`.
+ * The endpoints that travel were taken by the hooks before this.
+ */
+function resourceRefusal(object: object): string | undefined {
+  if (!(Symbol.dispose in object) && !(Symbol.asyncDispose in object)) {
+    return undefined;
+  }
+  const name = object.constructor?.name || "object";
+  return `${
+    article(name)
+  } (it holds a resource of this process; send an endpoint of this module, or an fd through spawn or a socket)`;
+}
+
+/**
+ * `name` after "a" or "an" ("an Event", "a URL": the class names here that
+ * start with a U are said with a "you").
+ */
+function article(name: string): string {
+  return `${/^[aeio]/i.test(name) ? "an" : "a"} ${name}`;
 }
 
 function writeArray(e: Encoder, array: unknown[], depth: number): void {
@@ -370,6 +395,9 @@ function blobOf(
     (buffer as unknown) instanceof SharedArrayBuffer
   ) {
     throw cloneError("a SharedArrayBuffer");
+  }
+  if (buffer.detached) {
+    throw cloneError("a detached ArrayBuffer (transferred away)");
   }
   // Blobs start 8-aligned, so every view keeps its element alignment.
   start -= start % 8;

@@ -23,7 +23,12 @@ import {
   seqpacketProblem,
   VERSION,
 } from "../_channel_wire.ts";
-import { type BlobSpec, decode, readBlobTable } from "./_codec_decode.ts";
+import {
+  type BlobSpec,
+  checkHeadSize,
+  decode,
+  readBlobTable,
+} from "./_codec_decode.ts";
 import { type DecodeLimits, overLimit } from "./_codec_limits.ts";
 import { MAX_CAPACITY, MODE_BYTES, notSeqpacket } from "./_connection.ts";
 import { type ChannelEnds, Incoming } from "./_marshal.ts";
@@ -188,6 +193,13 @@ export class FrameParser {
         if (size !== HEADER) throw invalid("a large frame carries no data");
         const total = memfdSize(memfd, maxMessage);
         if (headLength > total) throw invalid("head past the memfd");
+        // The blob table follows the tree: at least one byte.
+        if (treeLength >= headLength) throw invalid("tree length out of range");
+        // Sizes first, from the table's first bytes: a bogus head is refused
+        // before it is allocated and read.
+        const tableStart = new Uint8Array(Math.min(8, headLength - treeLength));
+        preadAll(memfd, tableStart, treeLength);
+        checkHeadSize(treeLength, headLength - treeLength, tableStart, limits);
         head = new Uint8Array(headLength);
         preadAll(memfd, head, 0);
         headAt = 0;

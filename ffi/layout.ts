@@ -377,6 +377,11 @@ export const MMAP = {
 
 /** memfd seals (`F_ADD_SEALS`): what the file's size may no longer do. */
 export const SEAL = { SEAL: 1, SHRINK: 2, GROW: 4, WRITE: 8 } as const;
+/** `lseek` whence values. */
+export const SEEK = {
+  /** The next hole at or after the offset (the end when there is none). */
+  HOLE: 4,
+} as const;
 
 /** Futex operations (without FUTEX_PRIVATE_FLAG: they work across processes). */
 export const FUTEX = { WAKE: 1, PRIVATE_FLAG: 128 } as const;
@@ -520,6 +525,7 @@ export function tablesFor(arch: Arch): Readonly<Record<string, Table>> {
     POSIX_SPAWN,
     MMAP,
     SEAL,
+    SEEK,
     FUTEX,
     FUTEX_WAITV,
     RLIMIT,

@@ -507,52 +507,65 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   /**
    * Reads one entry: its value, or `undefined` for an end-of-stream marker
    * or a stale value. A malformed one throws (with JetStream it counts as
-   * taken, and is acknowledged with the rest).
+   * taken, and is acknowledged with the rest) and changes no sender's
+   * state: a message counts once it decodes, so a forged or corrupt one
+   * cannot add a sender, end one or move its sequence.
    */
   #open(entry: Entry): { value: T } | undefined {
     const parsed = parse(entry.data);
-    let sender = this.#senders.get(parsed.sender);
-    if (sender === undefined) {
-      sender = this.#track(parsed.sender, parsed.seq);
-    }
-    const seen = sender.seen;
-    if (parsed.seq >= sender.next) {
-      // A higher number than the next expected: values were lost between.
-      if (seen !== undefined) {
-        if (parsed.seq - sender.next >= SEEN_WINDOW) seen.fill(0);
-        else {
-          for (let skipped = sender.next; skipped < parsed.seq; skipped++) {
-            seen[skipped % SEEN_WINDOW] = 0;
-          }
-        }
-        seen[parsed.seq % SEEN_WINDOW] = 1;
-      }
-      this.#lost += parsed.seq - sender.next;
-      sender.next = parsed.seq + 1;
-    } else if (seen === undefined) {
-      // Core NATS neither repeats nor reorders one connection's messages:
-      // a lower number is stale.
-      return undefined;
-    } else if (sender.next - parsed.seq <= SEEN_WINDOW) {
-      // JetStream: a lower number is either a copy the stream stored twice
-      // (a re-send it did not recognise, around a server restart), dropped,
-      // or a value that arrives after later ones, which fills its gap.
-      const at = parsed.seq % SEEN_WINDOW;
-      if (seen[at] === 1) return undefined;
-      seen[at] = 1;
-      this.#lost--;
-    }
-    // Older than the window: not known to be a copy; at least once, it
-    // goes on.
-    if (parsed.kind === KIND.END) {
+    const known = this.#senders.get(parsed.sender);
+    if (known !== undefined && this.#stale(known, parsed.seq)) return undefined;
+    const value = parsed.kind === KIND.END
+      ? undefined
+      : { value: decodeValue(entry.data, parsed, this.#limits) as T };
+    const sender = known ?? this.#track(parsed.sender, parsed.seq);
+    this.#advance(sender, parsed.seq);
+    if (value === undefined) {
       if (!sender.ended) {
         sender.ended = true;
         this.#live--;
       }
       if (this.#endWithSenders && this.#live === 0) this.#ended = true;
-      return undefined;
     }
-    return { value: decodeValue(entry.data, parsed, this.#limits) as T };
+    return value;
+  }
+
+  /**
+   * Whether number `seq` of `sender` is stale: core NATS neither repeats
+   * nor reorders one connection's messages, so any number below the next
+   * expected is; with JetStream, one the window says was taken (a copy the
+   * stream stored twice, around a server restart).
+   */
+  #stale(sender: SenderState, seq: number): boolean {
+    if (seq >= sender.next) return false;
+    const seen = sender.seen;
+    if (seen === undefined) return true;
+    return sender.next - seq <= SEEN_WINDOW && seen[seq % SEEN_WINDOW] === 1;
+  }
+
+  /** Records number `seq` of `sender` as taken (not stale). */
+  #advance(sender: SenderState, seq: number): void {
+    const seen = sender.seen;
+    if (seq >= sender.next) {
+      // A higher number than the next expected: values were lost between.
+      if (seen !== undefined) {
+        if (seq - sender.next >= SEEN_WINDOW) seen.fill(0);
+        else {
+          for (let skipped = sender.next; skipped < seq; skipped++) {
+            seen[skipped % SEEN_WINDOW] = 0;
+          }
+        }
+        seen[seq % SEEN_WINDOW] = 1;
+      }
+      this.#lost += seq - sender.next;
+      sender.next = seq + 1;
+    } else if (seen !== undefined && sender.next - seq <= SEEN_WINDOW) {
+      // JetStream: a value that arrives after later ones fills its gap.
+      seen[seq % SEEN_WINDOW] = 1;
+      this.#lost--;
+    }
+    // Older than the window: not known to be a copy; at least once, it
+    // goes on.
   }
 
   #track(id: string, seq: number): SenderState {

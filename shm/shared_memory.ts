@@ -120,6 +120,18 @@ function checkMaxBytes(maxBytes: number): number {
   return maxBytes;
 }
 
+/** The failure of `shm_open` for {@linkcode SharedMemory.create} or `open`. */
+function shmOpenError(doing: "create" | "open", name: string): Error {
+  const error = systemError("shm_open", errno());
+  const what = error.code === "EEXIST"
+    ? `the name "${name}" is taken (SharedMemory.open() opens it)`
+    : error.code === "ENOENT"
+    ? `no shared memory is named "${name}"`
+    : `"${name}"`;
+  error.message = `Cannot ${doing} SharedMemory: ${what}: ${error.message}`;
+  return error;
+}
+
 /**
  * Memory shared between processes: an anonymous memfd, or a POSIX shared
  * memory object by name. {@linkcode buffer} is a plain `ArrayBuffer` over the
@@ -252,9 +264,7 @@ export class SharedMemory implements Disposable {
       O.RDWR | O.CREAT | O.EXCL | O.CLOEXEC,
       0o600,
     );
-    if (fd === -1) {
-      throw systemError("shm_open", errno(), options.name);
-    }
+    if (fd === -1) throw shmOpenError("create", options.name);
     try {
       check("ftruncate", lib.ftruncate(fd, BigInt(size)));
       return new SharedMemory(fd, {
@@ -303,7 +313,7 @@ export class SharedMemory implements Disposable {
     const path = shmName(name, "open", ["read", "write"]);
     const lib = libc();
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
-    if (fd === -1) throw systemError("shm_open", errno(), name);
+    if (fd === -1) throw shmOpenError("open", name);
     try {
       return new SharedMemory(fd, {
         name,

@@ -15,8 +15,14 @@ import { dupCloexec } from "../ffi/fd.ts";
 import { MODE_BYTES, MODE_VALUE } from "../channel/_connection.ts";
 import { libc } from "../ffi/libc.ts";
 import { cstr } from "../ffi/mem.ts";
-import { MMAP, O, SOCK } from "../ffi/layout.ts";
-import { FRAME, header, sendFrame, seqpacketPair } from "../_channel_wire.ts";
+import { F, MMAP, O, SOCK } from "../ffi/layout.ts";
+import {
+  FRAME,
+  header,
+  sendFrame,
+  seqpacketPair,
+  writeMemfd,
+} from "../_channel_wire.ts";
 import { batchFrame, frame, rawPair, stringFrame } from "./_channel_util.ts";
 import { test, withTimeout } from "./_util.ts";
 import { releaseFd } from "../_keys.ts";
@@ -87,6 +93,74 @@ test(
     assert.equal(await grx.recv(), "hi");
     good.close();
     grx.close();
+  },
+);
+
+test(
+  "a large message's memfd is checked before its head is read: holes, a tree longer than limits.maxBytes allows and a blob table longer than its count fail with InvalidData and drop that sender",
+  async () => {
+    const lib = libc();
+    // A sealed memfd of 64 MiB that nobody wrote: holes, which read as
+    // zeros without costing its sender any memory.
+    const sparse = lib.memfd_create(
+      cstr("sparse"),
+      MMAP.MFD_CLOEXEC | MMAP.MFD_ALLOW_SEALING,
+    );
+    assert.equal(lib.ftruncate(sparse, 64n << 20n), 0);
+    assert.equal(lib.fcntl(sparse, F.ADD_SEALS, 15), 0);
+    const hi = [7, 2, 104, 105];
+    // Written whole: 4,096 bytes, a string "hi" and then zeros.
+    const written = writeMemfd([
+      new Uint8Array([...hi, 0]),
+      new Uint8Array(4091),
+    ]);
+    const cases: [string, number, Uint8Array, RegExp, number?][] = [
+      [
+        "sparse memfd",
+        sparse,
+        header(FRAME.MESSAGE_MEMFD, 0, (64 << 20) - 8, 1),
+        /a large frame's memfd has holes \(unwritten bytes\)/,
+      ],
+      [
+        "tree longer than maxBytes allows",
+        written,
+        header(FRAME.MESSAGE_MEMFD, 0, 4096, 4000),
+        /exceeds limits\.maxBytes \(1024\): a value encoded in 4000 bytes/,
+        1024,
+      ],
+      [
+        "blob table longer than its count",
+        written,
+        header(FRAME.MESSAGE_MEMFD, 0, 4096, hi.length),
+        /a blob table of 4092 bytes for 0 blobs/,
+      ],
+    ];
+    for (const [what, memfd, bytes, error, maxBytes] of cases) {
+      const [peer, rx] = rawPair();
+      if (maxBytes !== undefined) rx.limits = { maxBytes };
+      await peer.send(bytes, { fds: [memfd] });
+      await assert.rejects(
+        withTimeout(rx.recv(), 10_000, what),
+        (e: unknown) =>
+          e instanceof Deno.errors.InvalidData && error.test(e.message),
+        what,
+      );
+      await assert.rejects(rx.recv(), ChannelClosedError, `${what}: dropped`);
+      peer.close();
+      rx.close();
+    }
+    // A memfd with a head that fits is a message.
+    const [peer, rx] = rawPair();
+    const good = writeMemfd([new Uint8Array([...hi, 0])]);
+    await peer.send(header(FRAME.MESSAGE_MEMFD, 0, hi.length + 1, hi.length), {
+      fds: [good],
+    });
+    assert.equal(await withTimeout(rx.recv(), 10_000, "good memfd"), "hi");
+    peer.close();
+    rx.close();
+    lib.close(good);
+    lib.close(sparse);
+    lib.close(written);
   },
 );
 

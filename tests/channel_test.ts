@@ -6,8 +6,13 @@ import {
   bytesChannel,
   channel,
   ChannelClosedError,
+  ChannelServer,
+  Mutex,
   OneShotServer,
   pipe,
+  ReceiverSet,
+  SharedMemory,
+  spawn,
 } from "../mod.ts";
 import { everyKind } from "./fixtures/_channel_values.ts";
 import { child, exited, PROCS } from "./_channel_util.ts";
@@ -139,6 +144,64 @@ test(
       assert.deepEqual({ ...(await rx.recv() as object) }, { y: 4 }, tag);
     }
   },
+);
+
+test(
+  "channel() refuses objects that hold a resource of this process (Symbol.dispose or Symbol.asyncDispose: a Deno.FsFile, a listener, a child process, this module's servers, mutexes and receiver sets) and detached buffers, with a DataCloneError naming them",
+  async () => {
+    using ch = channel<unknown>();
+    const [tx, rx] = ch;
+    const hint =
+      " (it holds a resource of this process; send an endpoint of this module, or an fd through spawn or a socket)";
+    using file = Deno.openSync(new URL(import.meta.url));
+    using server = new ChannelServer();
+    using set = new ReceiverSet();
+    using mem = SharedMemory.create(4096);
+    using mutex = Mutex.create(mem, 0);
+    await using child = spawn(Deno.execPath(), {
+      args: ["eval", "await new Promise((r) => setTimeout(r, 60_000))"],
+      stdin: "null",
+    });
+    class Lease {
+      id = 1;
+      [Symbol.dispose](): void {}
+    }
+    class Session {
+      id = 2;
+      [Symbol.asyncDispose](): Promise<void> {
+        return Promise.resolve();
+      }
+    }
+    const detached = new ArrayBuffer(8);
+    const view = new Uint16Array(detached);
+    structuredClone(detached, { transfer: [detached] });
+    for (
+      const [bad, named] of [
+        [file, `a FsFile${hint}`],
+        [{ nested: [server] }, `a ChannelServer${hint}`],
+        [set, `a ReceiverSet${hint}`],
+        [mutex, `a Mutex${hint}`],
+        [child, `a ChildProcess${hint}`],
+        [new Lease(), `a Lease${hint}`],
+        [new Session(), `a Session${hint}`],
+        [detached, "a detached ArrayBuffer (transferred away)"],
+        [{ view }, "a detached ArrayBuffer (transferred away)"],
+        [new AbortController().signal, "an AbortSignal"],
+        [new Event("x"), "an Event"],
+      ] as const
+    ) {
+      await assert.rejects(
+        tx.send(bad),
+        (e: unknown) =>
+          e instanceof DOMException && e.name === "DataCloneError" &&
+          e.message === `Cannot send on channel: ${named} could not be cloned`,
+        named,
+      );
+    }
+    assert.equal(rx.tryRecv(), undefined, "nothing was sent");
+    child.kill();
+  },
+  { read: true, run: true },
 );
 
 test(

@@ -14,6 +14,14 @@ import {
   natsSender,
 } from "../nats/mod.ts";
 import { streamNameFor } from "../nats/_jetstream.ts";
+import {
+  HEADER_BYTES,
+  ID_BYTES,
+  KIND,
+  newSenderId,
+  setSeq,
+  VERSION,
+} from "../nats/_wire.ts";
 import { mismatch, type TestValue, valueOf } from "./fixtures/_nats_values.ts";
 import {
   closeEnds,
@@ -268,6 +276,67 @@ natsTest(
           /limits\.maxElements/.test(error.message),
       );
       assert.equal(await recvWithin(rx, "8"), 8);
+    } finally {
+      await raw.close();
+      await closeQuietly(tx, rx);
+    }
+  },
+);
+
+natsTest(
+  "A message that does not decode changes no sender's state: forged under a real sender's id it moves no sequence, under new ids it adds no sender",
+  async () => {
+    await using server = await natsServer();
+    const rx = await natsReceiver<number>("forged", { servers: server.url });
+    const tx = await natsSender<number>("forged", { servers: server.url });
+    const raw = await connect({ servers: server.url });
+    try {
+      const sub = raw.subscribe("forged", { max: 1 });
+      await raw.flush();
+      await tx.send(0);
+      assert.equal(await recvWithin(rx, "0"), 0);
+      const seen = await withTimeout(
+        sub[Symbol.asyncIterator]().next(),
+        10_000,
+        "the sender's message, seen by a third client",
+      );
+      const realId = seen.value!.data.slice(2, 2 + ID_BYTES);
+      /** A value message of `id` numbered `seq` whose value does not decode. */
+      const forged = (id: Uint8Array, seq: number) => {
+        const message = new Uint8Array(HEADER_BYTES + 3);
+        message.set([KIND.VALUE, VERSION]);
+        message.set(id, 2);
+        setSeq(message, seq);
+        message.set([9, 9, 9], HEADER_BYTES);
+        return message;
+      };
+      raw.publish("forged", forged(realId, 2 ** 52));
+      await raw.flush();
+      await assert.rejects(recvWithin(rx, "forged"), Deno.errors.InvalidData);
+      // More new ids than a receiver tracks senders.
+      const flood = 4100;
+      for (let i = 0; i < flood; i++) {
+        raw.publish("forged", forged(newSenderId(), 1));
+      }
+      await raw.flush();
+      for (let i = 0; i < flood; i++) {
+        await assert.rejects(
+          recvWithin(rx, `flood ${i}`),
+          Deno.errors.InvalidData,
+        );
+      }
+      assert.equal(rx.senders, 1);
+      for (let i = 1; i <= 3; i++) await tx.send(i);
+      for (let i = 1; i <= 3; i++) {
+        assert.equal(await recvWithin(rx, `${i}`), i);
+      }
+      assert.equal(rx.lost, 0);
+      // A sender that starts now is still heard.
+      const late = await natsSender<number>("forged", { servers: server.url });
+      await late.send(42);
+      assert.equal(await recvWithin(rx, "a new sender's value"), 42);
+      assert.equal(rx.senders, 2);
+      await closeQuietly(late);
     } finally {
       await raw.close();
       await closeQuietly(tx, rx);

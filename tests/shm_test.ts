@@ -100,7 +100,11 @@ test(
       assert.equal(fdTarget(made.rawFd), `/dev/shm/${name}`);
       assert.throws(
         () => SharedMemory.create(4096, { name }),
-        Deno.errors.AlreadyExists,
+        (e: Error) =>
+          e instanceof Deno.errors.AlreadyExists &&
+          e.message.startsWith(
+            `Cannot create SharedMemory: the name "${name}" is taken (SharedMemory.open() opens it): shm_open failed: EEXIST`,
+          ),
       );
       using same = SharedMemory.open(name);
       assert.equal(same.size, 4096);
@@ -119,7 +123,14 @@ test(
     } finally {
       made.unlink();
     }
-    assert.throws(() => SharedMemory.open(name), Deno.errors.NotFound);
+    assert.throws(
+      () => SharedMemory.open(name),
+      (e: Error) =>
+        e instanceof Deno.errors.NotFound &&
+        e.message.startsWith(
+          `Cannot open SharedMemory: no shared memory is named "${name}": shm_open failed: ENOENT`,
+        ),
+    );
     assert.throws(() => made.unlink(), Deno.errors.NotFound);
     assert.throws(
       () => SharedMemory.create(64, { name: "a/b" }),

@@ -597,6 +597,27 @@ test(
     await assert.rejects(a.recv({ maxFds: 300 }), RangeError);
     // deno-lint-ignore no-explicit-any
     await assert.rejects(a.send("text" as any), TypeError);
+    // An fd that is not open is named, whether the send leaves at once or
+    // blocks.
+    using seq = socketpair({ type: "seqpacket" });
+    const closed = libc().fcntl(0, F.DUPFD_CLOEXEC, 0);
+    libc().close(closed);
+    const notOpen = (i: number) => (e: Error) =>
+      e instanceof Deno.errors.BadResource &&
+      e.message ===
+        `Cannot send on UnixSocket: fds[${i}] (fd ${closed}) is not an open fd`;
+    await assert.rejects(
+      seq[0].send(new Uint8Array(1), { fds: [closed] }),
+      notOpen(0),
+    );
+    assert.throws(
+      () => seq[0].sendSync(new Uint8Array(1), { fds: [0, closed] }),
+      notOpen(1),
+    );
+    await seq[0].send(encoder.encode("after"));
+    const after = await withTimeout(seq[1].recv(), 5_000, "recv");
+    assert.equal(decoder.decode(after!.data), "after", "nothing else was sent");
+    assert.equal(after!.fds.length, 0);
   },
   perms,
 );
