@@ -36,6 +36,7 @@ import { check, ERRNO, ioErrno, systemError } from "./ffi/errors.ts";
 import {
   cmsgSpace,
   F,
+  FS_MAGIC,
   MMAP,
   MSG,
   S,
@@ -43,6 +44,7 @@ import {
   SEEK,
   SOCK,
   STAT,
+  STATFS,
 } from "./ffi/layout.ts";
 import { addressOf, cstr } from "./ffi/mem.ts";
 import { MAX_FDS, writeRights } from "./ffi/cmsg.ts";
@@ -400,15 +402,45 @@ export function memfdSize(fd: number, max: number): number {
   const size = Number(dv.getBigInt64(STAT.fsize, true));
   if (size < 0) throw invalid("a memfd of negative size");
   if (size > max) throw overMaxMessage(size, max);
-  // A sender writes its memfd whole (writeMemfd). A hole reads as zeros
-  // that nobody paid for: a few bytes of frame would make this process
-  // allocate and read up to `max` bytes of them. (A page swapped out is
-  // still data, not a hole.)
+  // A sender writes a fresh memfd whole for each message (writeMemfd). A
+  // hole reads as zeros that nobody paid for, and so does a page of a
+  // hugetlbfs memfd never written (which `SEEK_HOLE` does not see): a few
+  // bytes of frame would make this process allocate and read up to `max`
+  // bytes of them. Only tmpfs memfds are taken, with no hole (a page
+  // swapped out is still data).
+  const fs = new BigInt64Array(STATFS.size / 8);
+  check("fstatfs", lib.fstatfs(fd, fs));
+  if (fs[STATFS.type / 8] !== BigInt(FS_MAGIC.TMPFS)) {
+    throw invalid("a large frame must come in a memfd of tmpfs");
+  }
   if (size > 0 && Number(lib.lseek(fd, 0n, SEEK.HOLE)) !== size) {
     throw invalid("a large frame's memfd has holes (unwritten bytes)");
   }
+  // One memfd sent again and again would cost its sender the memory once
+  // and this process a read of it each time.
+  const identity = `${dv.getBigUint64(STAT.dev, true)}:${
+    dv.getBigUint64(STAT.ino, true)
+  }`;
+  if (recentMemfds.has(identity)) {
+    throw invalid(
+      "a large frame's memfd came before (each message comes in a memfd of its own)",
+    );
+  }
+  recentMemfds.add(identity);
+  if (recentMemfds.size > RECENT_MEMFDS) {
+    recentMemfds.delete(recentMemfds.values().next().value!);
+  }
   return size;
 }
+
+/**
+ * How many memfds of large frames this thread remembers, to refuse one
+ * that comes again: a peer that cycles through more must have written as
+ * many, each at most `maxMessageBytes`.
+ */
+const RECENT_MEMFDS = 256;
+/** The identities (device and inode) of the last memfds taken, oldest first. */
+const recentMemfds = new Set<string>();
 
 /** Reads exactly `into.byteLength` bytes at `offset` of a memfd. */
 export function preadAll(fd: number, into: Uint8Array, offset: number): void {

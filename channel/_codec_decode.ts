@@ -154,7 +154,11 @@ const MAX_ENTRY_BYTES = 16;
  * - the tree: every byte of it builds at least 8/9 of a byte of the value
  *   as {@linkcode decode} counts it (the cheapest: a small integer padded
  *   to 9 bytes in an array slot of 8), so a tree longer than 9/8 of
- *   `maxBytes` (and a top-level value's 16 bytes) cannot decode within it;
+ *   `maxBytes`, a top-level value's 16 bytes and `endpointBytes` for each
+ *   endpoint it may carry cannot decode within it. Endpoints are charged
+ *   a fixed cost whatever they take in the tree (a moved receiver carries
+ *   what it held of a batch): `endpointBytes` is the most one fd's worth
+ *   of endpoint takes.
  * - the blob table, of `tableLength` bytes, whose first bytes (up to 8)
  *   are `tableStart`: its count must be within the limits, and its entries
  *   must fit in it.
@@ -166,8 +170,10 @@ export function checkHeadSize(
   tableLength: number,
   tableStart: Uint8Array,
   limits: Readonly<Required<DecodeLimits>>,
+  endpointBytes: number,
 ): void {
-  const maxTree = limits.maxBytes + Math.ceil(limits.maxBytes / 8) + 16;
+  const maxTree = limits.maxBytes + Math.ceil(limits.maxBytes / 8) + 16 +
+    limits.maxEndpoints * endpointBytes;
   if (treeLength > maxTree) {
     throw overLimit(
       "maxBytes",

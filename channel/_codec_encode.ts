@@ -334,21 +334,41 @@ function platformRefusal(object: object): string | undefined {
   return `${article(name)}${REFUSAL_HINTS.get(name) ?? ""}`;
 }
 
+/** What iterators and generators inherit `Symbol.dispose` from, if any. */
+const ITERATOR_DISPOSE = (Object.getPrototypeOf(
+  Object.getPrototypeOf([][Symbol.iterator]()),
+) as Partial<Disposable>)[Symbol.dispose];
+const ASYNC_ITERATOR_DISPOSE = (Object.getPrototypeOf(
+  Object.getPrototypeOf(Object.getPrototypeOf((async function* () {})())),
+) as Partial<AsyncDisposable>)[Symbol.asyncDispose];
+
 /**
  * Why `object` cannot travel, if it holds a resource of this process: it
  * has `Symbol.dispose` or `Symbol.asyncDispose` (a `Deno.FsFile`, a
  * listener, a child process, a server or `Mutex` of this module, ...). Its
  * state is that resource, not its own properties: it would arrive as `{}`.
+ * An iterator or generator (which inherit one) is named as what it is.
  * The endpoints that travel were taken by the hooks before this.
  */
 function resourceRefusal(object: object): string | undefined {
-  if (!(Symbol.dispose in object) && !(Symbol.asyncDispose in object)) {
-    return undefined;
+  const dispose = (object as Partial<Disposable>)[Symbol.dispose];
+  const asyncDispose = (object as Partial<AsyncDisposable>)[
+    Symbol.asyncDispose
+  ];
+  if (dispose === undefined && asyncDispose === undefined) return undefined;
+  if (
+    (dispose !== undefined && dispose === ITERATOR_DISPOSE) ||
+    (asyncDispose !== undefined && asyncDispose === ASYNC_ITERATOR_DISPOSE)
+  ) {
+    return article(Object.prototype.toString.call(object).slice(8, -1));
   }
-  const name = object.constructor?.name || "object";
-  return `${
-    article(name)
-  } (it holds a resource of this process; send an endpoint of this module, or an fd through spawn or a socket)`;
+  const Class = object.constructor;
+  const name = typeof Class === "function" && Class.name !== ""
+    ? ((Deno as unknown as Record<string, unknown>)[Class.name] === Class
+      ? `Deno.${Class.name}`
+      : Class.name)
+    : "object";
+  return `${article(name)} (it holds a resource of this process)`;
 }
 
 /**

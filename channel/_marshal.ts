@@ -12,6 +12,7 @@ import { dupCloexec, OwnedFd } from "../ffi/fd.ts";
 import { closeAll } from "../_scm.ts";
 import {
   checkBatch,
+  INLINE_MAX,
   MAX_FDS,
   seqpacketProblem,
   socketIdentity,
@@ -75,6 +76,14 @@ interface ReceiverEnd {
   [beginMove](): readonly Connection[];
   [endMove](sent: boolean): void;
 }
+
+/**
+ * The most bytes of a value's tree that one fd's worth of endpoint takes:
+ * a moved receiver's connection (five varints of at most 8 bytes and what
+ * was left of one packet), its receiver's own two. Decoding charges an
+ * endpoint a fixed cost, whatever it takes here.
+ */
+export const ENDPOINT_BYTES = INLINE_MAX + 64;
 
 /**
  * How {@linkcode Incoming} makes the channel ends of a value (their
@@ -286,6 +295,8 @@ export class Incoming implements EndpointHooks {
         let batch: Uint8Array | undefined;
         if (left > 0) {
           const length = input.count();
+          // What was left of one packet.
+          if (length > INLINE_MAX) throw invalid("bad receiver batch");
           batch = input.bytes(length).slice();
           checkBatch(batch, 0, length, left);
         }

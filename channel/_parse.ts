@@ -31,7 +31,7 @@ import {
 } from "./_codec_decode.ts";
 import { type DecodeLimits, overLimit } from "./_codec_limits.ts";
 import { MAX_CAPACITY, MODE_BYTES, notSeqpacket } from "./_connection.ts";
-import { type ChannelEnds, Incoming } from "./_marshal.ts";
+import { type ChannelEnds, ENDPOINT_BYTES, Incoming } from "./_marshal.ts";
 
 /** Parses the frames of the receivers whose ends `ends` makes. */
 export class FrameParser {
@@ -199,7 +199,13 @@ export class FrameParser {
         // before it is allocated and read.
         const tableStart = new Uint8Array(Math.min(8, headLength - treeLength));
         preadAll(memfd, tableStart, treeLength);
-        checkHeadSize(treeLength, headLength - treeLength, tableStart, limits);
+        checkHeadSize(
+          treeLength,
+          headLength - treeLength,
+          tableStart,
+          limits,
+          ENDPOINT_BYTES,
+        );
         head = new Uint8Array(headLength);
         preadAll(memfd, head, 0);
         headAt = 0;

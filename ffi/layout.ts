@@ -290,6 +290,18 @@ export const SOCKADDR_UN = {
 /** `struct ucred`: 12 bytes. 0 pid i32, 4 uid u32, 8 gid u32. */
 export const UCRED = { size: 12, pid: 0, uid: 4, gid: 8 } as const;
 
+/**
+ * `struct statfs`: 120 bytes on both architectures; `f_type` (the file
+ * system's magic number) first, a word.
+ */
+export const STATFS = { size: 120, type: 0 } as const;
+
+/** File system magic numbers (`f_type` of `statfs`). */
+export const FS_MAGIC = {
+  /** tmpfs and shmem, where memfds live (not those of `MFD_HUGETLB`). */
+  TMPFS: 0x01021994,
+} as const;
+
 /** `poll` event bits. */
 export const POLL = { IN: 0x001, RDHUP: 0x2000 } as const;
 
@@ -516,6 +528,8 @@ export function tablesFor(arch: Arch): Readonly<Record<string, Table>> {
     MMSGHDR,
     SOCKADDR_UN,
     UCRED,
+    STATFS,
+    FS_MAGIC,
     STAT: STAT_BY_ARCH[arch],
     S,
     SIGINFO,

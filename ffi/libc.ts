@@ -37,6 +37,8 @@ const symbols = {
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   // off_t lseek(int fd, off_t offset, int whence);
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  // int fstatfs(int fd, struct statfs *buf);
+  fstatfs: { parameters: ["i32", "buffer"], result: "i32" },
 
   // int epoll_create1(int flags);
   epoll_create1: { parameters: ["i32"], result: "i32" },

@@ -506,18 +506,29 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
 
   /**
    * Reads one entry: its value, or `undefined` for an end-of-stream marker
-   * or a stale value. A malformed one throws (with JetStream it counts as
-   * taken, and is acknowledged with the rest) and changes no sender's
-   * state: a message counts once it decodes, so a forged or corrupt one
-   * cannot add a sender, end one or move its sequence.
+   * or a stale value. A malformed one, or one over the limits, throws
+   * (with JetStream it counts as taken, and is acknowledged with the rest).
+   * It counts as its sender's only when it is the one that sender would
+   * send next, or fills a gap of a JetStream sender: a copy of it is then
+   * stale, and no later value counts it as lost. Any other one changes no
+   * sender's state, so a forged or corrupt message cannot add a sender or
+   * move one's sequence ahead.
    */
   #open(entry: Entry): { value: T } | undefined {
     const parsed = parse(entry.data);
     const known = this.#senders.get(parsed.sender);
     if (known !== undefined && this.#stale(known, parsed.seq)) return undefined;
-    const value = parsed.kind === KIND.END
-      ? undefined
-      : { value: decodeValue(entry.data, parsed, this.#limits) as T };
+    let value: { value: T } | undefined;
+    if (parsed.kind !== KIND.END) {
+      try {
+        value = { value: decodeValue(entry.data, parsed, this.#limits) as T };
+      } catch (error) {
+        if (known !== undefined && parsed.seq <= known.next) {
+          this.#advance(known, parsed.seq);
+        }
+        throw error;
+      }
+    }
     const sender = known ?? this.#track(parsed.sender, parsed.seq);
     this.#advance(sender, parsed.seq);
     if (value === undefined) {

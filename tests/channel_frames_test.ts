@@ -26,6 +26,7 @@ import {
 import { batchFrame, frame, rawPair, stringFrame } from "./_channel_util.ts";
 import { test, withTimeout } from "./_util.ts";
 import { releaseFd } from "../_keys.ts";
+import type { DecodeLimits } from "../channel/_codec_limits.ts";
 
 test(
   "malformed frames fail the receive with InvalidData, close their fds and drop that sender",
@@ -96,25 +97,37 @@ test(
   },
 );
 
+/** `MFD_HUGETLB` of `<linux/memfd.h>`: a memfd of hugetlbfs. */
+const MFD_HUGETLB = 0x0004;
+
 test(
-  "a large message's memfd is checked before its head is read: holes, a tree longer than limits.maxBytes allows and a blob table longer than its count fail with InvalidData and drop that sender",
+  "a large message's memfd is checked before its head is read: one not of tmpfs, one with holes, one that came before, a tree longer than limits.maxBytes allows and a blob table longer than its count fail with InvalidData and drop that sender",
   async () => {
     const lib = libc();
-    // A sealed memfd of 64 MiB that nobody wrote: holes, which read as
-    // zeros without costing its sender any memory.
-    const sparse = lib.memfd_create(
-      cstr("sparse"),
-      MMAP.MFD_CLOEXEC | MMAP.MFD_ALLOW_SEALING,
-    );
-    assert.equal(lib.ftruncate(sparse, 64n << 20n), 0);
-    assert.equal(lib.fcntl(sparse, F.ADD_SEALS, 15), 0);
+    const SEALS = 15;
+    /** A sealed memfd of `size` bytes that nobody wrote, or null. */
+    const unwritten = (size: bigint, flags = 0) => {
+      const fd = lib.memfd_create(
+        cstr("unwritten"),
+        MMAP.MFD_CLOEXEC | MMAP.MFD_ALLOW_SEALING | flags,
+      );
+      if (fd === -1) return null;
+      assert.equal(lib.ftruncate(fd, size), 0);
+      assert.equal(lib.fcntl(fd, F.ADD_SEALS, SEALS), 0);
+      return fd;
+    };
+    // Holes, which read as zeros without costing the sender any memory.
+    const sparse = unwritten(64n << 20n)!;
+    // Pages of hugetlbfs never written read as zeros too, and SEEK_HOLE
+    // does not see them.
+    const huge = unwritten(2n << 20n, MFD_HUGETLB);
     const hi = [7, 2, 104, 105];
     // Written whole: 4,096 bytes, a string "hi" and then zeros.
-    const written = writeMemfd([
-      new Uint8Array([...hi, 0]),
-      new Uint8Array(4091),
-    ]);
-    const cases: [string, number, Uint8Array, RegExp, number?][] = [
+    const whole = () =>
+      writeMemfd([new Uint8Array([...hi, 0]), new Uint8Array(4091)]);
+    const again = whole();
+    const opened = [sparse, again];
+    const cases: [string, number, Uint8Array, RegExp, DecodeLimits?][] = [
       [
         "sparse memfd",
         sparse,
@@ -122,22 +135,66 @@ test(
         /a large frame's memfd has holes \(unwritten bytes\)/,
       ],
       [
-        "tree longer than maxBytes allows",
-        written,
-        header(FRAME.MESSAGE_MEMFD, 0, 4096, 4000),
-        /exceeds limits\.maxBytes \(1024\): a value encoded in 4000 bytes/,
-        1024,
+        "the first time",
+        again,
+        header(FRAME.MESSAGE_MEMFD, 0, hi.length + 1, hi.length),
+        /blobs claim 0 of the 4091 bytes sent/,
       ],
       [
-        "blob table longer than its count",
-        written,
-        header(FRAME.MESSAGE_MEMFD, 0, 4096, hi.length),
-        /a blob table of 4092 bytes for 0 blobs/,
+        "the same memfd again",
+        again,
+        header(FRAME.MESSAGE_MEMFD, 0, hi.length + 1, hi.length),
+        /a large frame's memfd came before \(each message comes in a memfd of its own\)/,
       ],
     ];
-    for (const [what, memfd, bytes, error, maxBytes] of cases) {
+    for (
+      const [what, limits] of [
+        ["tree longer than maxBytes allows", {
+          maxBytes: 1024,
+          maxEndpoints: 0,
+        }],
+        // With endpoints, each may take a packet's worth of tree.
+        ["tree longer than maxBytes and endpoints allow", {
+          maxBytes: 1024,
+          maxEndpoints: 1,
+        }],
+      ] as const
+    ) {
+      const fd = whole();
+      opened.push(fd);
+      const tree = limits.maxEndpoints === 0 ? 4000 : 4096 - 2;
+      cases.push([
+        what,
+        fd,
+        header(FRAME.MESSAGE_MEMFD, 0, 4096, tree),
+        limits.maxEndpoints === 0
+          ? /exceeds limits\.maxBytes \(1024\): a value encoded in 4000 bytes/
+          : /a blob table of 2 bytes for 0 blobs/,
+        limits,
+      ]);
+    }
+    const table = whole();
+    opened.push(table);
+    cases.push([
+      "blob table longer than its count",
+      table,
+      header(FRAME.MESSAGE_MEMFD, 0, 4096, hi.length),
+      /a blob table of 4092 bytes for 0 blobs/,
+    ]);
+    if (huge !== null) {
+      opened.push(huge);
+      cases.push([
+        "hugetlbfs memfd",
+        huge,
+        header(FRAME.MESSAGE_MEMFD, 0, (2 << 20) - 8, 1),
+        /a large frame must come in a memfd of tmpfs/,
+      ]);
+    } else {
+      console.warn("hugetlbfs memfds are not available: that case is not run");
+    }
+    for (const [what, memfd, bytes, error, limits] of cases) {
       const [peer, rx] = rawPair();
-      if (maxBytes !== undefined) rx.limits = { maxBytes };
+      if (limits !== undefined) rx.limits = limits;
       await peer.send(bytes, { fds: [memfd] });
       await assert.rejects(
         withTimeout(rx.recv(), 10_000, what),
@@ -149,7 +206,7 @@ test(
       peer.close();
       rx.close();
     }
-    // A memfd with a head that fits is a message.
+    // A memfd of its own with a head that fits is a message.
     const [peer, rx] = rawPair();
     const good = writeMemfd([new Uint8Array([...hi, 0])]);
     await peer.send(header(FRAME.MESSAGE_MEMFD, 0, hi.length + 1, hi.length), {
@@ -159,8 +216,38 @@ test(
     peer.close();
     rx.close();
     lib.close(good);
-    lib.close(sparse);
-    lib.close(written);
+    for (const fd of opened) lib.close(fd);
+  },
+);
+
+test(
+  "a receiver moved in a large message with a batch it has not handed out arrives whole under limits its value fits: the batch is not counted against maxBytes",
+  async () => {
+    const [tx, rx] = channel<string>();
+    const text = "x".repeat(1000);
+    // Sent in one turn: the first leaves at once, the others gathered in
+    // one packet. The second recv reads that packet and takes one of it;
+    // the rest stays in the receiver.
+    const sends = [];
+    for (let i = 0; i < 50; i++) sends.push(tx.send(text));
+    await Promise.all(sends);
+    assert.equal(await rx.recv(), text);
+    assert.equal(await rx.recv(), text);
+    const [tx2, rx2] = channel<{ r: Receiver<string>; pad: Uint8Array }>();
+    rx2.limits = { maxBytes: 8192 };
+    // The pad makes the message larger than a packet: it travels in a memfd.
+    await tx2.send({ r: rx, pad: new Uint8Array(100_000) });
+    tx.close();
+    const got = await withTimeout(rx2.recv(), 10_000, "the moved receiver");
+    let taken = 0;
+    for await (const message of got.r) {
+      assert.equal(message, text);
+      taken++;
+    }
+    assert.equal(taken, 48);
+    got.r.close();
+    tx2.close();
+    rx2.close();
   },
 );
 

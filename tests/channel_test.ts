@@ -147,12 +147,11 @@ test(
 );
 
 test(
-  "channel() refuses objects that hold a resource of this process (Symbol.dispose or Symbol.asyncDispose: a Deno.FsFile, a listener, a child process, this module's servers, mutexes and receiver sets) and detached buffers, with a DataCloneError naming them",
+  "channel() refuses objects that hold a resource of this process (Symbol.dispose or Symbol.asyncDispose: a Deno.FsFile, a child process, this module's servers, mutexes and receiver sets), iterators, generators and detached buffers, with a DataCloneError naming them",
   async () => {
     using ch = channel<unknown>();
     const [tx, rx] = ch;
-    const hint =
-      " (it holds a resource of this process; send an endpoint of this module, or an fd through spawn or a socket)";
+    const hint = " (it holds a resource of this process)";
     using file = Deno.openSync(new URL(import.meta.url));
     using server = new ChannelServer();
     using set = new ReceiverSet();
@@ -177,7 +176,7 @@ test(
     structuredClone(detached, { transfer: [detached] });
     for (
       const [bad, named] of [
-        [file, `a FsFile${hint}`],
+        [file, `a Deno.FsFile${hint}`],
         [{ nested: [server] }, `a ChannelServer${hint}`],
         [set, `a ReceiverSet${hint}`],
         [mutex, `a Mutex${hint}`],
@@ -186,6 +185,10 @@ test(
         [new Session(), `a Session${hint}`],
         [detached, "a detached ArrayBuffer (transferred away)"],
         [{ view }, "a detached ArrayBuffer (transferred away)"],
+        // Iterators and generators inherit Symbol.dispose: named as such.
+        [[1].values(), "an Array Iterator"],
+        [(function* () {})(), "a Generator"],
+        [(async function* () {})(), "an AsyncGenerator"],
         [new AbortController().signal, "an AbortSignal"],
         [new Event("x"), "an Event"],
       ] as const

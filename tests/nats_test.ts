@@ -276,6 +276,8 @@ natsTest(
           /limits\.maxElements/.test(error.message),
       );
       assert.equal(await recvWithin(rx, "8"), 8);
+      // The refused value was the sender's next one: taken, not lost.
+      assert.equal(rx.lost, 0);
     } finally {
       await raw.close();
       await closeQuietly(tx, rx);
