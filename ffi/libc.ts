@@ -39,6 +39,8 @@ const symbols = {
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   // int fstatfs(int fd, struct statfs *buf);
   fstatfs: { parameters: ["i32", "buffer"], result: "i32" },
+  // int clock_gettime(clockid_t clockid, struct timespec *tp);
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
 
   // int epoll_create1(int flags);
   epoll_create1: { parameters: ["i32"], result: "i32" },

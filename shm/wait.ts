@@ -40,13 +40,19 @@
  * rotates every 10 ms, so a word outside the call is compared at least that
  * often (a bounded delay, not a lost wake, for a word that changes).
  *
+ * In a Worker, the call also ends by itself after a second and is issued
+ * again: `worker.terminate()` cannot end it through the private word (no
+ * JavaScript of the Worker runs any more), and it would keep a thread of
+ * the blocking pool, and what the Worker held, until the word changed.
+ *
  * @module
  */
 
 import { libc, SYS } from "../ffi/libc.ts";
 import { closedError, errno, errnoName } from "../ffi/errors.ts";
-import { FUTEX, FUTEX_WAITV } from "../ffi/layout.ts";
+import { FUTEX, FUTEX_WAITV, TIMESPEC } from "../ffi/layout.ts";
 import { addressOf, stableBuffer } from "../ffi/mem.ts";
+import { IN_WORKER } from "../ffi/_wake_aio.ts";
 
 /**
  * How a wait ended: woken (`"ok"`), the word did not hold the expected value
@@ -69,12 +75,25 @@ export interface WaitOptions {
 
 const ENTRIES = FUTEX_WAITV.MAX - 1;
 const ROTATE_MS = 10;
+/** How long a Worker's call lasts before it is issued again, in ns. */
+const WORKER_CALL_NS = 1_000_000_000n;
+/** `CLOCK_MONOTONIC`, the clock of the call's deadline. */
+const CLOCK_MONOTONIC = 1;
 const UNREF_POLL_MS = 10;
 const INT_MAX = 0x7fff_ffff;
 /** Calls in a row that fail and end no wait before the waits are failed. */
 const MAX_FAILURES = 100;
 
 let support: string | null | undefined;
+
+const clockTime = new BigInt64Array(TIMESPEC.size / 8);
+
+/** `CLOCK_MONOTONIC` now, in ns. */
+function monotonicNs(): bigint {
+  libc().clock_gettime(CLOCK_MONOTONIC, clockTime);
+  return clockTime[TIMESPEC.sec / 8] * 1_000_000_000n +
+    clockTime[TIMESPEC.nsec / 8];
+}
 
 /**
  * Why this kernel cannot serve waits on shared memory (`futex_waitv`
@@ -139,6 +158,9 @@ class FutexPool {
   #rotation = 0;
   #rotateTimer: ReturnType<typeof setTimeout> | undefined;
   #pollTimer: ReturnType<typeof setInterval> | undefined;
+  /** A Worker's call: its deadline (absolute, `CLOCK_MONOTONIC`), or none. */
+  #deadline = IN_WORKER ? new BigInt64Array(stableBuffer(TIMESPEC.size)) : null;
+  #deadlineNs = 0n;
 
   /** Whether the call is in flight (for tests and `settled()`). */
   get busy(): boolean {
@@ -309,13 +331,19 @@ class FutexPool {
     this.#armed = words;
     this.#inFlight = true;
     this.#cancelled = false;
+    const deadline = this.#deadline;
+    if (deadline !== null) {
+      this.#deadlineNs = monotonicNs() + WORKER_CALL_NS;
+      deadline[TIMESPEC.sec / 8] = this.#deadlineNs / 1_000_000_000n;
+      deadline[TIMESPEC.nsec / 8] = this.#deadlineNs % 1_000_000_000n;
+    }
     libc().futex_waitv_nb(
       BigInt(SYS.futex_waitv),
       this.#pointer,
       BigInt(words.length + 1),
       0n,
-      null,
-      0n,
+      deadline === null ? null : Deno.UnsafePointer.of(deadline),
+      deadline === null ? 0n : BigInt(CLOCK_MONOTONIC),
     ).then((result) => this.#returned(result));
   }
 
@@ -351,8 +379,11 @@ class FutexPool {
     }
     this.#update();
     // A call that fails at once (-1) and ends no wait, over and over, would
-    // spin through the blocking pool: give up on the waits instead.
-    const progress = ended || result >= 0 || this.#settled !== settledBefore;
+    // spin through the blocking pool: give up on the waits instead. A
+    // Worker's call that reached its deadline made progress.
+    const progress = ended || result >= 0 ||
+      this.#settled !== settledBefore ||
+      (this.#deadline !== null && monotonicNs() >= this.#deadlineNs);
     this.#failures = progress ? 0 : this.#failures + 1;
     if (this.#failures >= MAX_FAILURES) {
       this.#failures = 0;

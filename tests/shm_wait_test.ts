@@ -17,7 +17,8 @@ import {
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
-import { SYS } from "../ffi/libc.ts";
+import { libc, SYS } from "../ffi/libc.ts";
+import { dupCloexec } from "../ffi/fd.ts";
 
 const PEER = fixture("shm_peer.ts");
 const PYTHON_PEER = fixture("futex_peer.py");
@@ -348,3 +349,42 @@ test(
   },
   { run: true, read: true },
 );
+
+// Deno.test, not test(): the runtime opens and closes fds of its own for a
+// Worker, and the terminated Worker's memory keeps its fd (closed here).
+Deno.test({
+  name:
+    "a Worker terminated while a wait is pending gives back the blocking-pool thread of its futex_waitv call (it ends by itself and is not issued again)",
+  permissions: { ffi: true, read: true },
+  async fn() {
+    using mem = SharedMemory.create(4096);
+    const before = threadsIn(Deno.pid, SYS.futex_waitv);
+    const fd = dupCloexec(mem.rawFd);
+    const worker = new Worker(
+      new URL("./fixtures/worker_wait.ts", import.meta.url),
+      { type: "module" },
+    );
+    try {
+      const said = new Promise<unknown>((resolve, reject) => {
+        worker.onmessage = (e) => resolve(e.data);
+        worker.onerror = (e) => reject(new Error(e.message));
+      });
+      worker.postMessage(fd);
+      assert.equal(await withTimeout(said, 20_000, "the worker"), "waiting");
+      await until(
+        () => threadsIn(Deno.pid, SYS.futex_waitv) > before,
+        10_000,
+        "the Worker's futex_waitv to sleep",
+      );
+    } finally {
+      worker.terminate();
+    }
+    // Nobody changes or wakes the word: only the call's own end frees it.
+    await until(
+      () => threadsIn(Deno.pid, SYS.futex_waitv) === before,
+      20_000,
+      "the terminated Worker's futex_waitv to end",
+    );
+    libc().close(fd);
+  },
+});
