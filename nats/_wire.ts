@@ -112,7 +112,13 @@ export function encodeValue(
   value: unknown,
   sender: Uint8Array,
 ): Uint8Array<ArrayBuffer> {
-  const { head, treeLength, blobs, blobBytes } = encode(value, outgoing);
+  let encoded;
+  try {
+    encoded = encode(value, outgoing);
+  } catch (error) {
+    throw onNats(error);
+  }
+  const { head, treeLength, blobs, blobBytes } = encoded;
   const out = new Writer(32);
   header(out, KIND.VALUE, sender);
   out.varint(treeLength);
@@ -127,6 +133,22 @@ export function encodeValue(
     at += blob.byteLength;
   }
   return payload;
+}
+
+/**
+ * The codec's refusal of a value, as said by a NATS channel ("Cannot send
+ * on NATS channel: ..."); any other error as it is.
+ */
+function onNats(error: unknown): unknown {
+  const LOCAL = "Cannot send on channel: ";
+  if (!(error instanceof Error || error instanceof DOMException)) return error;
+  if (!error.message.startsWith(LOCAL)) return error;
+  const message = `Cannot send on NATS channel: ${
+    error.message.slice(LOCAL.length)
+  }`;
+  return error instanceof DOMException
+    ? new DOMException(message, error.name)
+    : new (error.constructor as ErrorConstructor)(message, { cause: error });
 }
 
 /** Encodes a sender's end-of-stream marker, to be numbered like a value. */

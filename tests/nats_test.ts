@@ -3,6 +3,7 @@ import { connect } from "nats";
 import {
   channel,
   ChannelClosedError,
+  Mutex,
   pipe,
   SharedMemory,
   socketpair,
@@ -194,10 +195,30 @@ natsTest(
       // A plain object with a rawFd field is data, and the sender still works.
       await tx.send({ rawFd: 3 });
       assert.deepEqual(await recvWithin(rx, "the plain object"), { rawFd: 3 });
+      // What the codec refuses is said as the NATS channel's refusal.
       await assert.rejects(
         tx.send({ f: () => 1 }),
         (error: unknown) =>
-          error instanceof DOMException && error.name === "DataCloneError",
+          error instanceof DOMException && error.name === "DataCloneError" &&
+          error.message ===
+            "Cannot send on NATS channel: function f could not be cloned",
+      );
+      using mutex = Mutex.create(memory, 0);
+      await assert.rejects(
+        tx.send([mutex]),
+        (error: unknown) =>
+          error instanceof DOMException && error.name === "DataCloneError" &&
+          error.message ===
+            "Cannot send on NATS channel: a Mutex (it holds a resource of this process) could not be cloned",
+      );
+      let deep: unknown[] = [];
+      for (let i = 0; i < 1100; i++) deep = [deep];
+      await assert.rejects(
+        tx.send(deep),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          /^Cannot send on NATS channel: the value nests deeper than 1000 levels/
+            .test(error.message),
       );
     } finally {
       reader.close();
