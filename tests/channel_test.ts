@@ -18,6 +18,20 @@ import { everyKind } from "./fixtures/_channel_values.ts";
 import { child, exited, PROCS } from "./_channel_util.ts";
 import { test, withTimeout, zombieChildren } from "./_util.ts";
 
+/** Checks that `sending` rejects with the DataCloneError that names `named`. */
+async function assertRefused(
+  sending: Promise<void>,
+  named: string,
+): Promise<void> {
+  await assert.rejects(
+    sending,
+    (e: unknown) =>
+      e instanceof DOMException && e.name === "DataCloneError" &&
+      e.message === `Cannot send on channel: ${named} could not be cloned`,
+    named,
+  );
+}
+
 test(
   "channel() round-trips every structured-clone kind in one process",
   async () => {
@@ -94,13 +108,7 @@ test(
       others.push([temporal.Now.instant(), "a Temporal.Instant"]);
     }
     for (const [bad, named] of others) {
-      await assert.rejects(
-        tx.send(bad),
-        (e: unknown) =>
-          e instanceof DOMException && e.name === "DataCloneError" &&
-          e.message === `Cannot send on channel: ${named} could not be cloned`,
-        named,
-      );
+      await assertRefused(tx.send(bad), named);
     }
     ports.port1.close();
     ports.port2.close();
@@ -115,12 +123,7 @@ test(
         [new File(["x"], "f"), "a File (send await file.bytes() instead)"],
       ] as const
     ) {
-      await assert.rejects(
-        tx.send(bad),
-        (e: unknown) =>
-          e instanceof DOMException && e.name === "DataCloneError" &&
-          e.message === `Cannot send on channel: ${named} could not be cloned`,
-      );
+      await assertRefused(tx.send(bad), named);
     }
     assert.equal(rx.tryRecv(), undefined, "nothing was sent");
     class Point {
@@ -193,13 +196,7 @@ test(
         [new Event("x"), "an Event"],
       ] as const
     ) {
-      await assert.rejects(
-        tx.send(bad),
-        (e: unknown) =>
-          e instanceof DOMException && e.name === "DataCloneError" &&
-          e.message === `Cannot send on channel: ${named} could not be cloned`,
-        named,
-      );
+      await assertRefused(tx.send(bad), named);
     }
     assert.equal(rx.tryRecv(), undefined, "nothing was sent");
     child.kill();
