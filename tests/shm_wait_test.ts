@@ -388,3 +388,48 @@ Deno.test({
     libc().close(fd);
   },
 });
+
+// Deno.test, not test(): the runtime opens and closes fds of its own for a
+// Worker.
+Deno.test({
+  name:
+    "a wait in a Worker outlives its futex_waitv call's own end (issued again every second) and is woken by notify()",
+  permissions: { ffi: true, read: true },
+  async fn() {
+    using mem = SharedMemory.create(4096);
+    const fd = dupCloexec(mem.rawFd);
+    const worker = new Worker(
+      new URL("./fixtures/worker_wait.ts", import.meta.url),
+      { type: "module" },
+    );
+    try {
+      const messages: unknown[] = [];
+      let heard: (() => void) | undefined;
+      worker.onmessage = (e) => {
+        messages.push(e.data);
+        heard?.();
+      };
+      const next = async (what: string) => {
+        while (messages.length === 0) {
+          await withTimeout(
+            new Promise<void>((resolve) => heard = resolve),
+            20_000,
+            what,
+          );
+        }
+        return messages.shift();
+      };
+      worker.postMessage(fd);
+      assert.equal(await next("the worker waiting"), "waiting");
+      // Past two of the call's own ends: the wait must still be there.
+      await delay(2_500);
+      assert.deepEqual(messages, []);
+      Atomics.store(new Int32Array(mem.buffer), 0, 1);
+      assert.equal(mem.notify(0), 1);
+      assert.equal(await next("the worker woken"), "ok");
+    } finally {
+      worker.terminate();
+      libc().close(fd);
+    }
+  },
+});
