@@ -168,7 +168,7 @@ test(
       id = 1;
       [Symbol.dispose](): void {}
     }
-    class Session {
+    class Transaction {
       id = 2;
       [Symbol.asyncDispose](): Promise<void> {
         return Promise.resolve();
@@ -185,7 +185,7 @@ test(
         [mutex, `a Mutex${hint}`],
         [child, `a ChildProcess${hint}`],
         [new Lease(), `a Lease${hint}`],
-        [new Session(), `a Session${hint}`],
+        [new Transaction(), `a Transaction${hint}`],
         [detached, "a detached ArrayBuffer (transferred away)"],
         [{ view }, "a detached ArrayBuffer (transferred away)"],
         // Iterators and generators inherit Symbol.dispose: named as such.
