@@ -341,6 +341,11 @@ const FILE_KINDS = new Map<number, string>([
 /** The identity of an open socket (device and inode), to tell duplicates. */
 export function socketIdentity(fd: number): string {
   check("fstat", libc().fstat(fd, stat));
+  return statIdentity();
+}
+
+/** Device and inode of the file the last `fstat` into `stat` described. */
+function statIdentity(): string {
   return `${statView.getBigUint64(STAT.dev, true)}:${
     statView.getBigUint64(STAT.ino, true)
   }`;
@@ -393,13 +398,12 @@ export function memfdSize(fd: number, max: number): number {
   ) {
     throw invalid("a large frame must come in a sealed memfd");
   }
-  const stat = new Uint8Array(STAT.size + 64);
   check("fstat", lib.fstat(fd, stat));
-  const dv = new DataView(stat.buffer);
-  if ((dv.getUint32(STAT.mode, true) & S.IFMT) !== S.IFREG) {
+  if ((statView.getUint32(STAT.mode, true) & S.IFMT) !== S.IFREG) {
     throw invalid("a large frame must come in a memfd");
   }
-  const size = Number(dv.getBigInt64(STAT.fsize, true));
+  const size = Number(statView.getBigInt64(STAT.fsize, true));
+  const identity = statIdentity();
   if (size < 0) throw invalid("a memfd of negative size");
   if (size > max) throw overMaxMessage(size, max);
   // A sender writes a fresh memfd whole for each message (writeMemfd). A
@@ -418,9 +422,6 @@ export function memfdSize(fd: number, max: number): number {
   }
   // One memfd sent again and again would cost its sender the memory once
   // and this process a read of it each time.
-  const identity = `${dv.getBigUint64(STAT.dev, true)}:${
-    dv.getBigUint64(STAT.ino, true)
-  }`;
   if (recentMemfds.has(identity)) {
     throw invalid(
       "a large frame's memfd came before (each message comes in a memfd of its own)",

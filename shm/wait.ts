@@ -160,6 +160,9 @@ class FutexPool {
   #pollTimer: ReturnType<typeof setInterval> | undefined;
   /** A Worker's call: its deadline (absolute, `CLOCK_MONOTONIC`), or none. */
   #deadline = IN_WORKER ? new BigInt64Array(stableBuffer(TIMESPEC.size)) : null;
+  #deadlinePointer = this.#deadline === null
+    ? null
+    : Deno.UnsafePointer.of(this.#deadline);
   #deadlineNs = 0n;
 
   /** Whether the call is in flight (for tests and `settled()`). */
@@ -342,7 +345,7 @@ class FutexPool {
       this.#pointer,
       BigInt(words.length + 1),
       0n,
-      deadline === null ? null : Deno.UnsafePointer.of(deadline),
+      this.#deadlinePointer,
       deadline === null ? 0n : BigInt(CLOCK_MONOTONIC),
     ).then((result) => this.#returned(result));
   }

@@ -350,6 +350,49 @@ test(
   { run: true, read: true },
 );
 
+/**
+ * A Worker (tests/fixtures/worker_wait.ts) sent `fd` to wait on word 0 of;
+ * `next()` takes what it says, in order ("waiting", then the wait's end),
+ * and `messages` holds what it said that was not taken yet.
+ */
+function waitingWorker(fd: number): {
+  worker: Worker;
+  messages: unknown[];
+  next(what: string): Promise<unknown>;
+} {
+  const worker = new Worker(
+    new URL("./fixtures/worker_wait.ts", import.meta.url),
+    { type: "module" },
+  );
+  const messages: unknown[] = [];
+  let heard: (() => void) | undefined;
+  let failed: Error | undefined;
+  worker.onmessage = (e) => {
+    messages.push(e.data);
+    heard?.();
+  };
+  worker.onerror = (e) => {
+    failed = new Error(e.message);
+    heard?.();
+  };
+  worker.postMessage(fd);
+  return {
+    worker,
+    messages,
+    async next(what) {
+      while (messages.length === 0) {
+        if (failed !== undefined) throw failed;
+        await withTimeout(
+          new Promise<void>((resolve) => heard = resolve),
+          20_000,
+          what,
+        );
+      }
+      return messages.shift();
+    },
+  };
+}
+
 // Deno.test, not test(): the runtime opens and closes fds of its own for a
 // Worker, and the terminated Worker's memory keeps its fd (closed here).
 Deno.test({
@@ -360,17 +403,9 @@ Deno.test({
     using mem = SharedMemory.create(4096);
     const before = threadsIn(Deno.pid, SYS.futex_waitv);
     const fd = dupCloexec(mem.rawFd);
-    const worker = new Worker(
-      new URL("./fixtures/worker_wait.ts", import.meta.url),
-      { type: "module" },
-    );
+    const { worker, next } = waitingWorker(fd);
     try {
-      const said = new Promise<unknown>((resolve, reject) => {
-        worker.onmessage = (e) => resolve(e.data);
-        worker.onerror = (e) => reject(new Error(e.message));
-      });
-      worker.postMessage(fd);
-      assert.equal(await withTimeout(said, 20_000, "the worker"), "waiting");
+      assert.equal(await next("the worker"), "waiting");
       await until(
         () => threadsIn(Deno.pid, SYS.futex_waitv) > before,
         10_000,
@@ -398,32 +433,12 @@ Deno.test({
   async fn() {
     using mem = SharedMemory.create(4096);
     const fd = dupCloexec(mem.rawFd);
-    const worker = new Worker(
-      new URL("./fixtures/worker_wait.ts", import.meta.url),
-      { type: "module" },
-    );
+    const { worker, messages, next } = waitingWorker(fd);
     try {
-      const messages: unknown[] = [];
-      let heard: (() => void) | undefined;
-      worker.onmessage = (e) => {
-        messages.push(e.data);
-        heard?.();
-      };
-      const next = async (what: string) => {
-        while (messages.length === 0) {
-          await withTimeout(
-            new Promise<void>((resolve) => heard = resolve),
-            20_000,
-            what,
-          );
-        }
-        return messages.shift();
-      };
-      worker.postMessage(fd);
       assert.equal(await next("the worker waiting"), "waiting");
       // Past two of the call's own ends: the wait must still be there.
       await delay(2_500);
-      assert.deepEqual(messages, []);
+      assert.deepEqual(messages, [], "the wait did not end by itself");
       Atomics.store(new Int32Array(mem.buffer), 0, 1);
       assert.equal(mem.notify(0), 1);
       assert.equal(await next("the worker woken"), "ok");
