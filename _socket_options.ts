@@ -179,6 +179,32 @@ export function checkNumberOption(
   }
 }
 
+/**
+ * The user id an `expectUid` option asks for: `me` when it is not given,
+ * `undefined` for `"any"` (no check).
+ *
+ * @throws {TypeError} When it is neither a user id nor `"any"`.
+ */
+export function expectedUid(
+  expectUid: unknown,
+  me: number,
+  doing: string,
+): number | undefined {
+  if (expectUid === undefined) return me;
+  if (expectUid === "any") return undefined;
+  if (
+    typeof expectUid !== "number" || !Number.isInteger(expectUid) ||
+    expectUid < 0 || expectUid > 2 ** 32 - 1
+  ) {
+    throw new TypeError(
+      `Cannot ${doing}: expectUid must be a user id or "any", got ${
+        JSON.stringify(expectUid)
+      }`,
+    );
+  }
+  return expectUid;
+}
+
 /** The name a socket was connected or accepted on. */
 export interface SocketName {
   /** A filesystem path. */

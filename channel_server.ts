@@ -58,7 +58,11 @@ export class ChannelServer<T>
     this.#server = listenOnRandomName(options);
   }
 
-  /** The name to pass to {@linkcode connectOneShot}: unguessable. */
+  /**
+   * The name to pass to {@linkcode connectOneShot}: random, but not secret
+   * (every user can list abstract names); other users' connections are
+   * dropped.
+   */
   get name(): string {
     return this.#server.name;
   }

@@ -17,6 +17,7 @@ import {
 } from "./_unix_addr.ts";
 import {
   checkOptionsObject,
+  expectedUid,
   KERNEL_TYPES,
   type ListenType,
   listenType,
@@ -60,21 +61,7 @@ interface ServerCheck {
 
 function serverCheck(expected: ExpectedServer): ServerCheck {
   const { expectUid, expectPid } = expected;
-  let uid: number | undefined;
-  if (expectUid === undefined) {
-    uid = libc().getuid();
-  } else if (expectUid !== "any") {
-    if (
-      !Number.isInteger(expectUid) || expectUid < 0 || expectUid > 2 ** 32 - 1
-    ) {
-      throw new TypeError(
-        `Cannot connect: expectUid must be a user id or "any", got ${
-          JSON.stringify(expectUid)
-        }`,
-      );
-    }
-    uid = expectUid;
-  }
+  const uid = expectedUid(expectUid, libc().getuid(), "connect");
   if (
     expectPid !== undefined &&
     (!Number.isInteger(expectPid) || expectPid <= 0)

@@ -35,6 +35,7 @@ import { FRAME, header, sendFrame } from "./_channel_wire.ts";
 import { type ChannelOptions, type Receiver, Sender } from "./channel.ts";
 import { connect, type ExpectedServer } from "./socketpair.ts";
 import { inspectEndpoint } from "./_inspect.ts";
+import { ChannelClosedError } from "./_channel_error.ts";
 import { releaseFd } from "./_keys.ts";
 import { DEFAULT_CAPACITY } from "./channel/_connection.ts";
 import { checkNumberOption } from "./_socket_options.ts";
@@ -121,7 +122,11 @@ export class OneShotServer<T> implements Disposable {
     this.#server = listenOnRandomName(options);
   }
 
-  /** The name to pass to {@linkcode connectOneShot}: unguessable. */
+  /**
+   * The name to pass to {@linkcode connectOneShot}: random, but not secret
+   * (every user can list abstract names); other users' connections are
+   * dropped.
+   */
   get name(): string {
     return this.#server.name;
   }
@@ -225,6 +230,12 @@ export class OneShotServer<T> implements Disposable {
         return [rx, first];
       } catch (error) {
         rx.close();
+        if (error instanceof ChannelClosedError) {
+          throw new ChannelClosedError(
+            "Cannot accept on OneShotServer: the client closed its sender before its first message",
+            { cause: error },
+          );
+        }
         throw error;
       } finally {
         this.#first = undefined;

@@ -42,6 +42,7 @@ import { UnixSocket } from "./unix_socket.ts";
 import { requirePath } from "./_permissions.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { checkSignal } from "./_byte_io.ts";
+import { TurnSlice, yieldTurn } from "./_turn.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
 
 export type { ListenType } from "./_socket_options.ts";
@@ -77,6 +78,7 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
   #path: string | undefined;
   #abstract: string | undefined;
   #published: FileId | undefined;
+  #slice = new TurnSlice();
 
   /**
    * Takes ownership of a listening Unix socket. Prefer
@@ -189,7 +191,14 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
     checkSignal(signal, "Cannot accept on UnixListener");
     for (;;) {
       const fd = this.#tryAccept();
-      if (fd >= 0) return this.#accepted(fd);
+      if (fd >= 0) {
+        const socket = this.#accepted(fd);
+        // Clients that keep the queue full (another user's flood, which
+        // its server drops one by one) never let this wait: timers and
+        // other I/O get a turn after each slice of such accepts.
+        if (this.#slice.delivered()) await yieldTurn();
+        return socket;
+      }
       await this.#fd.wait("read", signal);
     }
   }
@@ -310,6 +319,8 @@ export type ListenOptions = UnixAddress & {
  *
  * A socket file left behind by a server that died is detected (nothing
  * accepts on it) and replaced; a live server's socket is never taken over.
+ * To tell them apart, `listen()` connects to the socket there and hangs up
+ * at once: a live server accepts a connection that ends without data.
  * The file appears with its final permissions, already listening: it is
  * bound and given its mode in a private directory made next to it (named
  * `.ipc-` and 12 random characters, removed again before `listen()`

@@ -264,18 +264,30 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   out.pos = at;
   remember(e, object);
   if (ArrayBuffer.isView(object)) return writeView(e, object);
-  if (object instanceof ArrayBuffer) return writeArrayBuffer(e, object);
-  if (object instanceof Date) return writeDate(out, object);
-  if (object instanceof RegExp) return writeRegExp(out, object);
-  if (object instanceof Map) return writeMap(e, object, depth);
-  if (object instanceof Set) return writeSet(e, object, depth);
-  if (object instanceof Error) return writeError(e, object, depth);
-  if (
-    object instanceof Number || object instanceof String ||
-    object instanceof Boolean || object instanceof BigInt
-  ) {
-    return writeBoxed(e, object, depth);
+  try {
+    if (object instanceof ArrayBuffer) return writeArrayBuffer(e, object);
+    if (object instanceof Date) return writeDate(out, object);
+    if (object instanceof RegExp) return writeRegExp(out, object);
+    if (object instanceof Map) return writeMap(e, object, depth);
+    if (object instanceof Set) return writeSet(e, object, depth);
+    if (
+      object instanceof Number || object instanceof String ||
+      object instanceof Boolean || object instanceof BigInt
+    ) {
+      return writeBoxed(e, object, depth);
+    }
+  } catch (error) {
+    // A Proxy of a built-in (or an object that only inherits from one)
+    // passes instanceof but lacks its internal slots, and its methods
+    // throw: refused as structured clone refuses it.
+    if (error instanceof TypeError && !isBuiltin(object)) {
+      throw cloneError(
+        `a Proxy or imitation of ${article(builtinName(object))}`,
+      );
+    }
+    throw error;
   }
+  if (object instanceof Error) return writeError(e, object, depth);
   if (
     object instanceof Promise || object instanceof WeakMap ||
     object instanceof WeakSet || object instanceof WeakRef
@@ -287,6 +299,52 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   // Any other object (class instances included) clones as its own
   // enumerable properties, as structured clone does.
   writeProperties(e, object, depth);
+}
+
+/** The built-in classes whose values carry internal slots, with a check. */
+const BUILTIN_CHECKS: ReadonlyArray<
+  [new (...args: never[]) => object, string, (object: object) => unknown]
+> = [
+  [ArrayBuffer, "ArrayBuffer", getter(ArrayBuffer.prototype, "byteLength")],
+  [Date, "Date", (object) => Date.prototype.getTime.call(object)],
+  [RegExp, "RegExp", getter(RegExp.prototype, "source")],
+  [Map, "Map", getter(Map.prototype, "size")],
+  [Set, "Set", getter(Set.prototype, "size")],
+  [Number, "Number", (object) => Number.prototype.valueOf.call(object)],
+  [String, "String", (object) => String.prototype.valueOf.call(object)],
+  [Boolean, "Boolean", (object) => Boolean.prototype.valueOf.call(object)],
+  [
+    BigInt as never,
+    "BigInt",
+    (object) => BigInt.prototype.valueOf.call(object),
+  ],
+];
+
+function getter(proto: object, name: string): (object: object) => unknown {
+  const get = Object.getOwnPropertyDescriptor(proto, name)!.get!;
+  return (object) => get.call(object);
+}
+
+/** The built-in class `object` claims to be (by instanceof). */
+function builtinName(object: object): string {
+  for (const [type, name] of BUILTIN_CHECKS) {
+    if (object instanceof type) return name;
+  }
+  return "Object";
+}
+
+/** Whether `object` is really the built-in it claims to be. */
+function isBuiltin(object: object): boolean {
+  for (const [type, , check] of BUILTIN_CHECKS) {
+    if (!(object instanceof type)) continue;
+    try {
+      check(object);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  return true;
 }
 
 /**

@@ -14,11 +14,21 @@ import { cstr } from "../ffi/mem.ts";
 /** What a POSIX shared memory name may be (`/dev/shm/<name>`). */
 export const SHM_NAME: RegExp = /^[^/\0]{1,250}$/;
 
-/** The size of the file behind an fd, by `fstat`. */
-export function fileSize(fd: number): number {
+/** `fstat` of an fd, as a view of its `struct stat`. */
+function statOf(fd: number): DataView {
   const stat = new Uint8Array(STAT.size);
   check("fstat", libc().fstat(fd, stat));
-  return Number(new DataView(stat.buffer).getBigInt64(STAT.fsize, true));
+  return new DataView(stat.buffer);
+}
+
+/** The size of the file behind an fd, by `fstat`. */
+export function fileSize(fd: number): number {
+  return Number(statOf(fd).getBigInt64(STAT.fsize, true));
+}
+
+/** The user id that owns the file behind an fd, by `fstat`. */
+export function fileOwner(fd: number): number {
+  return statOf(fd).getUint32(STAT.uid, true);
 }
 
 const linkBuffer = new Uint8Array(4096);

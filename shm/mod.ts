@@ -25,6 +25,7 @@
 export {
   SharedMemory,
   type SharedMemoryAdoptOptions,
+  type SharedMemoryOpenOptions,
   type SharedMemoryOptions,
   type SharedMemoryWaitOptions,
   type SharedMemoryWaitResult,

@@ -20,13 +20,19 @@
 
 import { type PathAccess, requirePath } from "../_permissions.ts";
 import { inspectEndpoint } from "../_inspect.ts";
-import { checkNumberOption } from "../_socket_options.ts";
+import { checkNumberOption, expectedUid } from "../_socket_options.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
 import { O } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
-import { createMemfd, fileSize, SHM_NAME, shrinkRisk } from "./_memfd.ts";
+import {
+  createMemfd,
+  fileOwner,
+  fileSize,
+  SHM_NAME,
+  shrinkRisk,
+} from "./_memfd.ts";
 import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
 import { type WaitOptions, type WaitResult, WordWaits } from "./wait.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
@@ -63,6 +69,23 @@ export interface SharedMemoryAdoptOptions extends SharedMemoryOptions {
    * page tables here. Default 1 GiB; `Infinity` for no limit.
    */
   maxBytes?: number;
+}
+
+/** Options for {@linkcode SharedMemory.open}. */
+export interface SharedMemoryOpenOptions {
+  /**
+   * The largest size to map, in bytes. Default 1 GiB; `Infinity` for no
+   * limit.
+   */
+  maxBytes?: number;
+  /**
+   * The user id that must own the object. Default: this process's
+   * (effective) own, so that an object another user created first under
+   * the name (`/dev/shm` is writable by every user) is refused: its owner
+   * could read what this process writes and shrink it under this process
+   * (SIGBUS). `"any"` skips the check.
+   */
+  expectUid?: number | "any";
 }
 
 /** Largest memory adopted from another process by default: 1 GiB. */
@@ -287,9 +310,13 @@ export class SharedMemory implements Disposable {
    *
    * @param name The name given to {@linkcode SharedMemory.create} (or to
    * `shm_open` in another program, without the leading slash).
-   * @param options `maxBytes`: the largest size to map (default 1 GiB).
+   * @param options `maxBytes`: the largest size to map (default 1 GiB);
+   * `expectUid`: the user that must own the object (default this
+   * process's).
    * @returns The mapped memory.
    * @throws {Deno.errors.NotFound} When no object has that name.
+   * @throws {Deno.errors.PermissionDenied} When another user owns the
+   * object (see `expectUid`).
    * @throws {RangeError} When the object is empty or larger than `maxBytes`.
    * @throws {Deno.errors.NotCapable} Without read and write permission for
    * `/dev/shm/<name>`.
@@ -308,13 +335,24 @@ export class SharedMemory implements Disposable {
    */
   static open(
     name: string,
-    options: Pick<SharedMemoryAdoptOptions, "maxBytes"> = {},
+    options: SharedMemoryOpenOptions = {},
   ): SharedMemory {
     const path = shmName(name, "open", ["read", "write"]);
     const lib = libc();
+    const owner = expectedUid(
+      options.expectUid,
+      lib.geteuid(),
+      "open SharedMemory",
+    );
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
     if (fd === -1) throw shmOpenError("open", name);
     try {
+      const uid = fileOwner(fd);
+      if (owner !== undefined && uid !== owner) {
+        throw new Deno.errors.PermissionDenied(
+          `Cannot open SharedMemory "${name}": it is owned by uid ${uid}, not the expected uid ${owner} (the expectUid option); it was not mapped`,
+        );
+      }
       return new SharedMemory(fd, {
         name,
         allowShrink: true,

@@ -205,6 +205,37 @@ test(
 );
 
 test(
+  "a Proxy of a built-in (or an object that only inherits from one) is refused with DataCloneError, and a TypeError of the value's own is not renamed",
+  async () => {
+    using ch = channel<unknown>();
+    const [tx, rx] = ch;
+    for (
+      const [bad, named] of [
+        [new Proxy(new Map([[1, 2]]), {}), "a Map"],
+        [{ inner: new Proxy(new Set([1]), {}) }, "a Set"],
+        [new Proxy(new Date(0), {}), "a Date"],
+        [new Proxy(/a/g, {}), "a RegExp"],
+        [new Proxy(new ArrayBuffer(8), {}), "an ArrayBuffer"],
+        [new Proxy(new Number(1), {}), "a Number"],
+        [Object.create(Map.prototype), "a Map"],
+      ] as const
+    ) {
+      await assertRefused(tx.send(bad), `a Proxy or imitation of ${named}`);
+    }
+    const getterThrows = new Map([[1, {
+      get x(): number {
+        throw new TypeError("the value's own");
+      },
+    }]]);
+    await assert.rejects(tx.send(getterThrows), {
+      name: "TypeError",
+      message: "the value's own",
+    });
+    assert.equal(rx.tryRecv(), undefined, "nothing was sent");
+  },
+);
+
+test(
   "typed arrays travel beside the header; a subarray arrives without the rest of its buffer",
   async () => {
     using ch = channel<{ part: Uint8Array; whole: Float64Array }>();

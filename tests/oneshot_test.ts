@@ -232,6 +232,84 @@ except (BrokenPipeError, ConnectionResetError):
 );
 
 test(
+  "OneShotServer.accept() of a client that closes before its first message fails with ChannelClosedError saying so",
+  async () => {
+    const server = new OneShotServer<string>();
+    const tx = await connectOneShot<string>(server.name);
+    tx.close();
+    await assert.rejects(
+      withTimeout(server.accept({ timeout: 10_000 }), 20_000, "accept"),
+      (error: unknown) =>
+        error instanceof ChannelClosedError &&
+        error.message ===
+          "Cannot accept on OneShotServer: the client closed its sender before its first message",
+    );
+    assert.equal(server.closed, true);
+  },
+);
+
+/**
+ * Connects to the abstract name `argv[1]` and hangs up, again and again
+ * (a flood the server drops, one connection at a time), saying "flooding"
+ * after the first thousand attempts. Stops at a line on stdin ("stopped")
+ * or after 30 s ("capped").
+ */
+const CONNECT_FLOOD = `
+import select, socket, sys, time
+name = b"\\0" + sys.argv[1].encode()
+end = time.time() + 30
+n = 0
+while time.time() < end:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.setblocking(False)
+    try:
+        s.connect(name)
+    except OSError:
+        pass
+    s.close()
+    n += 1
+    if n == 1000:
+        print("flooding", flush=True)
+    if n % 256 == 0 and select.select([sys.stdin], [], [], 0)[0]:
+        print("stopped", flush=True)
+        sys.exit(0)
+print("capped", flush=True)
+`;
+
+test(
+  "another user's flood of connections leaves a ChannelServer's timers running and lets this user's client in",
+  async () => {
+    using server = new ChannelServer<string>();
+    await using flooder = spawnOtherUser(CONNECT_FLOOD, [server.name]);
+    const line = lineReader(flooder.stdout!, "the flooder");
+    const writer = flooder.stdin!.getWriter();
+    try {
+      assert.equal(await line(), "flooding");
+      // The timeout is a timer: it fires only if the event loop turns
+      // while the server drops the flood's connections.
+      await assert.rejects(
+        server.accept({ timeout: 200 }),
+        Deno.errors.TimedOut,
+      );
+      const accepting = server.accept({ timeout: 20_000 });
+      const tx = await connectOneShot<string>(server.name);
+      await tx.send("friend");
+      using rx = await accepting;
+      assert.equal(await rx.recv(), "friend");
+      tx.close();
+      await writer.write(new TextEncoder().encode("stop\n"));
+      // The flood still ran when all of the above was done.
+      assert.equal(await line(), "stopped");
+    } finally {
+      await writer.close().catch(() => {});
+      await withTimeout(flooder.status, 40_000, "the flooder exits");
+    }
+  },
+  { ffi: true, run: true, read: true },
+  { ignore: otherUserSkip !== undefined },
+);
+
+test(
   "ChannelServer serves several concurrent client processes",
   async () => {
     await assertNoFdLeak(async () => {

@@ -2,7 +2,14 @@
 // like a socket's or a channel's receive loop, it must let a timer of this
 // process run between slices of reads that never wait.
 import assert from "node:assert/strict";
-import { pipe, socketpair, spawn } from "../mod.ts";
+import {
+  connect,
+  listen,
+  pipe,
+  socketpair,
+  spawn,
+  type UnixSocket,
+} from "../mod.ts";
 import { test, withTimeout } from "./_util.ts";
 
 for (const kind of ["pipe", "stream socket"] as const) {
@@ -43,3 +50,38 @@ for (const kind of ["pipe", "stream socket"] as const) {
     { run: true, read: true },
   );
 }
+
+test(
+  "an accept loop over a listener whose queue is full lets a timer fire between slices",
+  async () => {
+    const abstract = `fairness-${crypto.randomUUID()}`;
+    // More connections than a slice takes (1,024), queued before the loop.
+    const queued = 1_100;
+    using server = listen({ abstract, backlog: 2_048 });
+    const clients: UnixSocket[] = [];
+    try {
+      for (let i = 0; i < queued; i++) {
+        clients.push(await connect({ abstract }));
+      }
+      let accepted = 0;
+      let atTimer = -1;
+      const timer = setTimeout(() => atTimer = accepted, 0);
+      try {
+        while (accepted < queued) {
+          (await withTimeout(server.accept(), 10_000, "a queued client"))
+            .close();
+          accepted++;
+        }
+      } finally {
+        clearTimeout(timer);
+      }
+      assert.ok(
+        atTimer >= 0 && atTimer < queued,
+        `the timer fired after ${atTimer} of ${queued} accepts`,
+      );
+    } finally {
+      for (const client of clients) client.close();
+    }
+  },
+  { ffi: true },
+);

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { fromFd, SharedMemory, socketpair, spawn } from "../mod.ts";
 import {
+  assertFdsUnchanged,
   DENO,
+  fdSnapshot,
   fdTarget,
   fixture,
   test,
@@ -14,6 +16,12 @@ import { cstr } from "../ffi/mem.ts";
 import { dupCloexec } from "../ffi/fd.ts";
 import { createMemfd } from "../shm/_memfd.ts";
 import { releaseFd } from "../_keys.ts";
+import {
+  lineReader,
+  OTHER_UID,
+  otherUserSkip,
+  spawnOtherUser,
+} from "./_other_user.ts";
 
 const PEER = fixture("shm_peer.ts");
 const local = { ffi: true } as const;
@@ -144,6 +152,73 @@ test(
     read: ["/dev/shm"],
     write: ["/dev/shm"],
   },
+);
+
+/**
+ * Creates `/dev/shm/argv[1]` of 4096 bytes open to every user (mode 0666),
+ * says "made", and then, when a line comes on stdin, prints the first 16
+ * bytes, truncates the object to nothing and exits.
+ */
+const SHM_SQUATTER = `
+import os, sys
+fd = os.open("/dev/shm/" + sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+os.fchmod(fd, 0o666)
+os.ftruncate(fd, 4096)
+print("made", flush=True)
+sys.stdin.readline()
+print(os.pread(fd, 16, 0).hex(), flush=True)
+os.ftruncate(fd, 0)
+`;
+
+test(
+  "SharedMemory.open() refuses an object another user made under the name, unless expectUid names that user",
+  async () => {
+    const name = uniqueName("squatted");
+    await using squatter = spawnOtherUser(SHM_SQUATTER, [name]);
+    const line = lineReader(squatter.stdout!, "the other user");
+    try {
+      assert.equal(await line(), "made");
+      const before = fdSnapshot();
+      assert.throws(
+        () => SharedMemory.open(name),
+        (e: Error) =>
+          e instanceof Deno.errors.PermissionDenied &&
+          e.message ===
+            `Cannot open SharedMemory "${name}": it is owned by uid ${OTHER_UID}, not the expected uid ${libc().geteuid()} (the expectUid option); it was not mapped`,
+      );
+      assertFdsUnchanged(before, "the refused open");
+      assert.throws(
+        () => SharedMemory.open(name, { expectUid: -1 }),
+        (e: Error) =>
+          e instanceof TypeError &&
+          e.message ===
+            'Cannot open SharedMemory: expectUid must be a user id or "any", got -1',
+      );
+      // Named explicitly, the other user's memory is mapped.
+      using theirs = SharedMemory.open(name, { expectUid: OTHER_UID });
+      assert.equal(theirs.size, 4096);
+      theirs.close();
+      using any = SharedMemory.open(name, { expectUid: "any" });
+      any.close();
+    } finally {
+      const writer = squatter.stdin!.getWriter();
+      await writer.write(new TextEncoder().encode("go\n")).catch(() => {});
+      await writer.close().catch(() => {});
+      // What this process wrote, seen by the other user (nothing: it
+      // never mapped the memory), then the end of its output.
+      assert.equal(await line(), "00".repeat(16));
+      assert.equal(await line(), "");
+      await withTimeout(squatter.status, 20_000, "the other user exits");
+      SharedMemory.unlink(name);
+    }
+  },
+  {
+    ffi: true,
+    run: true,
+    read: ["/dev/shm"],
+    write: ["/dev/shm"],
+  },
+  { ignore: otherUserSkip !== undefined },
 );
 
 test(
