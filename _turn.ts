@@ -9,6 +9,7 @@
  */
 
 import { loopTurn, loopTurned } from "./ffi/_turns.ts";
+import { ERRNO, type SystemError } from "./ffi/errors.ts";
 
 /** Deliveries in one slice of continuous delivery. */
 const SLICE_MESSAGES = 1024;
@@ -82,4 +83,45 @@ export function yieldTurn(): Promise<void> {
       resolve();
     })
   );
+}
+
+/** What an accept that fails for want of fds or memory fails with. */
+const SHORTAGES: ReadonlySet<number> = new Set([
+  ERRNO.EMFILE,
+  ERRNO.ENFILE,
+  ERRNO.ENOBUFS,
+  ERRNO.ENOMEM,
+]);
+
+/** The first pause of an accept loop after a shortage, in ms. */
+export const FIRST_SHORTAGE_PAUSE_MS = 5;
+/** The longest pause of an accept loop after a shortage, in ms. */
+const MAX_SHORTAGE_PAUSE_MS = 1_000;
+
+/**
+ * How an accept loop (`for await` over a listener or a server) meets a
+ * full fd table or a memory shortage: the connection stays queued, so it
+ * waits `pauseMs` and tries again instead of ending the loop (as servers
+ * that stop at the first `EMFILE` let any client that holds connections
+ * open end them).
+ *
+ * @param error What the accept threw.
+ * @param pauseMs This pause: {@linkcode FIRST_SHORTAGE_PAUSE_MS} after a
+ * success, then what the last call returned.
+ * @param ref Whether the pause keeps the process alive (the listener's).
+ * @returns The next pause (twice this one, at most 1 s), or `undefined`
+ * when `error` is no shortage and the loop should throw it.
+ */
+export async function pauseOnShortage(
+  error: unknown,
+  pauseMs: number,
+  ref: boolean,
+): Promise<number | undefined> {
+  const code = (error as Partial<SystemError> | undefined)?.errno;
+  if (code === undefined || !SHORTAGES.has(code)) return undefined;
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, pauseMs);
+    if (!ref) Deno.unrefTimer(timer);
+  });
+  return Math.min(pauseMs * 2, MAX_SHORTAGE_PAUSE_MS);
 }

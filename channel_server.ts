@@ -6,6 +6,7 @@
 
 import type { Receiver } from "./channel.ts";
 import { inspectEndpoint } from "./_inspect.ts";
+import { FIRST_SHORTAGE_PAUSE_MS, pauseOnShortage } from "./_turn.ts";
 import {
   acceptClient,
   limits,
@@ -122,16 +123,26 @@ export class ChannelServer<T>
     }
   }
 
-  /** Yields each client's receiver until the server is closed. */
+  /**
+   * Yields each client's receiver until the server is closed. When this
+   * process runs out of fds (`EMFILE`, as when clients hold many
+   * connections open) or memory, the connection stays queued and the loop
+   * tries again after a pause (5 ms, doubling up to 1 s) instead of ending.
+   */
   async *[Symbol.asyncIterator](): AsyncGenerator<Receiver<T>> {
+    let pause = FIRST_SHORTAGE_PAUSE_MS;
     for (;;) {
       let rx: Receiver<T>;
       try {
         rx = await this.accept();
       } catch (error) {
         if (this.#server.listener.closed) return;
-        throw error;
+        const next = await pauseOnShortage(error, pause, this.#ref);
+        if (next === undefined) throw error;
+        pause = next;
+        continue;
       }
+      pause = FIRST_SHORTAGE_PAUSE_MS;
       yield rx;
     }
   }

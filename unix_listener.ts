@@ -42,7 +42,12 @@ import { UnixSocket } from "./unix_socket.ts";
 import { requirePath } from "./_permissions.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { checkSignal } from "./_byte_io.ts";
-import { TurnSlice, yieldTurn } from "./_turn.ts";
+import {
+  FIRST_SHORTAGE_PAUSE_MS,
+  pauseOnShortage,
+  TurnSlice,
+  yieldTurn,
+} from "./_turn.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "./_keys.ts";
 
 export type { ListenType } from "./_socket_options.ts";
@@ -79,6 +84,8 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
   #abstract: string | undefined;
   #published: FileId | undefined;
   #slice = new TurnSlice();
+  /** Whether the last accept used up a slice: the next one yields first. */
+  #turnDue = false;
 
   /**
    * Takes ownership of a listening Unix socket. Prefer
@@ -190,14 +197,20 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
     const { signal } = options;
     checkSignal(signal, "Cannot accept on UnixListener");
     for (;;) {
+      if (this.#turnDue) {
+        // Clients that keep the queue full (another user's flood, which
+        // its server drops one by one) never let accepts wait: timers and
+        // other I/O get a turn after each slice of them. The turn comes
+        // before the next connection is taken, so that an abort or a
+        // close() made meanwhile leaves it queued.
+        this.#turnDue = false;
+        await yieldTurn();
+        checkSignal(signal, "Cannot accept on UnixListener");
+      }
       const fd = this.#tryAccept();
       if (fd >= 0) {
-        const socket = this.#accepted(fd);
-        // Clients that keep the queue full (another user's flood, which
-        // its server drops one by one) never let this wait: timers and
-        // other I/O get a turn after each slice of such accepts.
-        if (this.#slice.delivered()) await yieldTurn();
-        return socket;
+        this.#turnDue = this.#slice.delivered();
+        return this.#accepted(fd);
       }
       await this.#fd.wait("read", signal);
     }
@@ -238,16 +251,26 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
     return socket;
   }
 
-  /** Yields each accepted connection until the listener is closed. */
+  /**
+   * Yields each accepted connection until the listener is closed. When
+   * this process runs out of fds (`EMFILE`, as when clients hold many
+   * connections open) or memory, the connection stays queued and the loop
+   * tries again after a pause (5 ms, doubling up to 1 s) instead of ending.
+   */
   async *[Symbol.asyncIterator](): AsyncGenerator<UnixSocket> {
+    let pause = FIRST_SHORTAGE_PAUSE_MS;
     for (;;) {
       let socket: UnixSocket;
       try {
         socket = await this.accept();
       } catch (error) {
         if (this.#fd.closed) return;
-        throw error;
+        const next = await pauseOnShortage(error, pause, this.#fd.refed);
+        if (next === undefined) throw error;
+        pause = next;
+        continue;
       }
+      pause = FIRST_SHORTAGE_PAUSE_MS;
       yield socket;
     }
   }

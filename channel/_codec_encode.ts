@@ -264,30 +264,34 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   out.pos = at;
   remember(e, object);
   if (ArrayBuffer.isView(object)) return writeView(e, object);
-  try {
-    if (object instanceof ArrayBuffer) return writeArrayBuffer(e, object);
-    if (object instanceof Date) return writeDate(out, object);
-    if (object instanceof RegExp) return writeRegExp(out, object);
-    if (object instanceof Map) return writeMap(e, object, depth);
-    if (object instanceof Set) return writeSet(e, object, depth);
-    if (
-      object instanceof Number || object instanceof String ||
-      object instanceof Boolean || object instanceof BigInt
-    ) {
-      return writeBoxed(e, object, depth);
-    }
-  } catch (error) {
-    // A Proxy of a built-in (or an object that only inherits from one)
-    // passes instanceof but lacks its internal slots, and its methods
-    // throw: refused as structured clone refuses it.
-    if (error instanceof TypeError && !isBuiltin(object)) {
+  const builtin = builtinOf(object);
+  switch (builtin) {
+    case "":
+      break;
+    case "ArrayBuffer":
+      return writeArrayBuffer(e, object as ArrayBuffer);
+    case "Date":
+      return writeDate(out, object as Date);
+    case "RegExp":
+      return writeRegExp(out, object as RegExp);
+    case "Map":
+      return writeMap(e, object as Map<unknown, unknown>, depth);
+    case "Set":
+      return writeSet(e, object as Set<unknown>, depth);
+    case "Error":
+      return writeError(e, object as Error, depth);
+    case "Number":
+    case "String":
+    case "Boolean":
+    case "BigInt":
+      return writeBoxed(e, object as { valueOf(): unknown }, depth);
+    default:
+      // Structured clone refuses a Proxy; an imitation would arrive as
+      // something other than what it claims to be.
       throw cloneError(
-        `a Proxy or imitation of ${article(builtinName(object))}`,
+        `a Proxy or imitation of ${article(builtin.slice(IMITATION.length))}`,
       );
-    }
-    throw error;
   }
-  if (object instanceof Error) return writeError(e, object, depth);
   if (
     object instanceof Promise || object instanceof WeakMap ||
     object instanceof WeakSet || object instanceof WeakRef
@@ -301,15 +305,38 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   writeProperties(e, object, depth);
 }
 
-/** The built-in classes whose values carry internal slots, with a check. */
-const BUILTIN_CHECKS: ReadonlyArray<
-  [new (...args: never[]) => object, string, (object: object) => unknown]
-> = [
+/** A built-in class whose values carry internal slots, with their check. */
+type Builtin = [
+  type: abstract new (...args: never[]) => object,
+  name: string,
+  check: (object: object) => unknown,
+];
+
+const getter = (proto: object, name: string) => {
+  const get = Object.getOwnPropertyDescriptor(proto, name)!.get!;
+  return (object: object) => get.call(object);
+};
+const isError = (Error as { isError?: (value: unknown) => boolean }).isError;
+const notAView = () => {
+  // Views were taken by ArrayBuffer.isView() first.
+  throw new TypeError("not an ArrayBuffer view");
+};
+
+/**
+ * The built-ins that writeObject() copies by what their slots hold, each
+ * with a call that throws for an object without them.
+ */
+const BUILTINS: readonly Builtin[] = [
   [ArrayBuffer, "ArrayBuffer", getter(ArrayBuffer.prototype, "byteLength")],
   [Date, "Date", (object) => Date.prototype.getTime.call(object)],
   [RegExp, "RegExp", getter(RegExp.prototype, "source")],
   [Map, "Map", getter(Map.prototype, "size")],
   [Set, "Set", getter(Set.prototype, "size")],
+  [Error, "Error", (object) => {
+    if (isError !== undefined && !isError(object)) {
+      throw new TypeError("not an Error");
+    }
+  }],
   [Number, "Number", (object) => Number.prototype.valueOf.call(object)],
   [String, "String", (object) => String.prototype.valueOf.call(object)],
   [Boolean, "Boolean", (object) => Boolean.prototype.valueOf.call(object)],
@@ -318,33 +345,32 @@ const BUILTIN_CHECKS: ReadonlyArray<
     "BigInt",
     (object) => BigInt.prototype.valueOf.call(object),
   ],
+  [Object.getPrototypeOf(Uint8Array), "typed array", notAView],
+  [DataView, "DataView", notAView],
 ];
 
-function getter(proto: object, name: string): (object: object) => unknown {
-  const get = Object.getOwnPropertyDescriptor(proto, name)!.get!;
-  return (object) => get.call(object);
-}
+/** What {@linkcode builtinOf} returns for an object that imitates one. */
+const IMITATION = "!";
 
-/** The built-in class `object` claims to be (by instanceof). */
-function builtinName(object: object): string {
-  for (const [type, name] of BUILTIN_CHECKS) {
-    if (object instanceof type) return name;
-  }
-  return "Object";
-}
-
-/** Whether `object` is really the built-in it claims to be. */
-function isBuiltin(object: object): boolean {
-  for (const [type, , check] of BUILTIN_CHECKS) {
+/**
+ * Which of {@linkcode BUILTINS} `object` is: its name; `""` when it claims
+ * to be none (by `instanceof`); or {@linkcode IMITATION} and the name of
+ * the first it claims to be when it is none of them (a Proxy, or an object
+ * that only inherits from one), whose methods would throw.
+ */
+function builtinOf(object: object): string {
+  let claimed: string | undefined;
+  for (const [type, name, check] of BUILTINS) {
     if (!(object instanceof type)) continue;
+    claimed ??= name;
     try {
       check(object);
-      return true;
+      return name;
     } catch {
-      return false;
+      // Not this one; a later one it also claims may be what it is.
     }
   }
-  return true;
+  return claimed === undefined ? "" : IMITATION + claimed;
 }
 
 /**

@@ -14,8 +14,8 @@ import { type ChannelRecvOptions, Receiver } from "./receiver.ts";
 
 /** What {@linkcode ReceiverSet.select} returns. */
 export type SelectResult<T> =
-  | { id: number; value: T; closed?: false }
-  | { id: number; closed: true; value?: undefined };
+  | { id: number; value: T; closed?: false; error?: undefined }
+  | { id: number; closed: true; value?: undefined; error?: Error };
 
 /**
  * Waits on many receivers at once: {@linkcode select} returns the next
@@ -133,7 +133,9 @@ export class ReceiverSet<T = unknown> implements Disposable {
    *
    * @param options An abort signal.
    * @returns `{ id, value }`, or `{ id, closed: true }` (that receiver is
-   * then closed and out of the set).
+   * then closed and out of the set), with `error` when it ended because
+   * what it received could not be taken (such as `InvalidData` for a
+   * malformed frame, or a value over its `limits`).
    * @throws {ChannelClosedError} When the set is empty.
    *
    * @example Serve until every channel is done
@@ -173,7 +175,21 @@ export class ReceiverSet<T = unknown> implements Disposable {
           this.#entries.delete(id);
           continue;
         }
-        const polled = receiver[pollOnce]();
+        let polled;
+        try {
+          polled = receiver[pollOnce]();
+        } catch (error) {
+          // What one peer sent (a malformed frame, a value over the
+          // limits) ends its receiver, not the set: the others are still
+          // served.
+          this.#entries.delete(id);
+          receiver.close();
+          return {
+            id,
+            closed: true,
+            error: error instanceof Error ? error : new Error(String(error)),
+          };
+        }
         if (polled.kind === "value") {
           this.#start = (this.#start + i + 1) % entries.length;
           // Only a wait that let the event loop turn starts a new slice.

@@ -208,8 +208,16 @@ async function serve(args: string[]): Promise<void> {
       let rx: Receiver<Hello>;
       try {
         rx = await server.accept({ signal: shutdown.signal });
-      } catch {
-        return;
+      } catch (error) {
+        if (shutdown.signal.aborted || server.closed) return;
+        // Out of fds (clients that hold many connections open) or memory:
+        // the connection stays queued; try again shortly.
+        log(`accept failed: ${(error as Error).message}; trying again`, {
+          event: "accept-failed",
+          reason: String((error as Error).message),
+        });
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        continue;
       }
       handshake(rx).catch((error) =>
         log(`a connection was dropped in the handshake: ${error.message}`, {

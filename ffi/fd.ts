@@ -55,6 +55,11 @@ export class OwnedFd {
     return this.#closed;
   }
 
+  /** Whether a pending wait keeps the process alive (see `ref()`). */
+  get refed(): boolean {
+    return this.#ref;
+  }
+
   /** The fd number and state, for an endpoint's inspection. */
   state(): FdState {
     if (this.#closed) return { state: "closed" };

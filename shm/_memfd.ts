@@ -26,9 +26,13 @@ export function fileSize(fd: number): number {
   return Number(statOf(fd).getBigInt64(STAT.fsize, true));
 }
 
-/** The user id that owns the file behind an fd, by `fstat`. */
-export function fileOwner(fd: number): number {
-  return statOf(fd).getUint32(STAT.uid, true);
+/** Who owns the file behind an fd, and its permission bits, by `fstat`. */
+export function fileOwnership(fd: number): { uid: number; mode: number } {
+  const stat = statOf(fd);
+  return {
+    uid: stat.getUint32(STAT.uid, true),
+    mode: stat.getUint32(STAT.mode, true) & 0o7777,
+  };
 }
 
 const linkBuffer = new Uint8Array(4096);

@@ -28,7 +28,7 @@ import { cstr } from "../ffi/mem.ts";
 import { OwnedFd } from "../ffi/fd.ts";
 import {
   createMemfd,
-  fileOwner,
+  fileOwnership,
   fileSize,
   SHM_NAME,
   shrinkRisk,
@@ -80,10 +80,12 @@ export interface SharedMemoryOpenOptions {
   maxBytes?: number;
   /**
    * The user id that must own the object. Default: this process's
-   * (effective) own, so that an object another user created first under
-   * the name (`/dev/shm` is writable by every user) is refused: its owner
-   * could read what this process writes and shrink it under this process
-   * (SIGBUS). `"any"` skips the check.
+   * (effective) own, and no other user may write to it (no group or other
+   * write bit), so that an object another user created first under the
+   * name (`/dev/shm` is writable by every user), or one open to every user,
+   * is refused: another user could read what this process writes and
+   * shrink it under this process (SIGBUS). A uid checks the owner alone;
+   * `"any"` checks nothing.
    */
   expectUid?: number | "any";
 }
@@ -316,7 +318,7 @@ export class SharedMemory implements Disposable {
    * @returns The mapped memory.
    * @throws {Deno.errors.NotFound} When no object has that name.
    * @throws {Deno.errors.PermissionDenied} When another user owns the
-   * object (see `expectUid`).
+   * object, or, by default, can write to it (see `expectUid`).
    * @throws {RangeError} When the object is empty or larger than `maxBytes`.
    * @throws {Deno.errors.NotCapable} Without read and write permission for
    * `/dev/shm/<name>`.
@@ -347,10 +349,17 @@ export class SharedMemory implements Disposable {
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
     if (fd === -1) throw shmOpenError("open", name);
     try {
-      const uid = fileOwner(fd);
+      const { uid, mode } = fileOwnership(fd);
       if (owner !== undefined && uid !== owner) {
         throw new Deno.errors.PermissionDenied(
           `Cannot open SharedMemory "${name}": it is owned by uid ${uid}, not the expected uid ${owner} (the expectUid option); it was not mapped`,
+        );
+      }
+      if (options.expectUid === undefined && (mode & 0o022) !== 0) {
+        throw new Deno.errors.PermissionDenied(
+          `Cannot open SharedMemory "${name}": other users can write to it (mode 0${
+            mode.toString(8)
+          }), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
         );
       }
       return new SharedMemory(fd, {

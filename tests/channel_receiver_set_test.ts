@@ -8,6 +8,7 @@ import {
   type Sender,
 } from "../mod.ts";
 import { stillPending, test, withTimeout } from "./_util.ts";
+import { libc } from "../ffi/libc.ts";
 
 test(
   "ReceiverSet.select() returns messages of several receivers and reports each close once",
@@ -53,4 +54,37 @@ test(
     await assert.rejects(pending, /stop/);
     tx.close();
   },
+);
+
+test(
+  "a malformed frame ends only its own receiver: ReceiverSet.select() reports it closed with the error, and the others are still served",
+  async () => {
+    using set = new ReceiverSet<string>();
+    const [good, goodRx] = channel<string>();
+    const [bad, badRx] = channel<string>();
+    const goodId = set.add(goodRx);
+    const badId = set.add(badRx);
+    // 64 bytes that are no frame, written on the bad sender's socket.
+    assert.equal(
+      libc().write(bad.rawFd, new Uint8Array(64).fill(0xff), 64n),
+      64n,
+    );
+    await good.send("still served");
+    const results = [await set.select(), await set.select()];
+    const failed = results.find((r) => r.id === badId);
+    assert.ok(failed?.closed, JSON.stringify(results));
+    assert.ok(failed.error instanceof Deno.errors.InvalidData);
+    assert.match(failed.error.message, /malformed frame/);
+    assert.equal(badRx.closed, true);
+    assert.deepEqual(results.find((r) => r.id === goodId), {
+      id: goodId,
+      value: "still served",
+    });
+    assert.equal(set.size, 1);
+    await good.send("again");
+    assert.deepEqual(await set.select(), { id: goodId, value: "again" });
+    good.close();
+    bad.close();
+  },
+  { ffi: true },
 );

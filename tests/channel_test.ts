@@ -217,7 +217,28 @@ test(
         [new Proxy(/a/g, {}), "a RegExp"],
         [new Proxy(new ArrayBuffer(8), {}), "an ArrayBuffer"],
         [new Proxy(new Number(1), {}), "a Number"],
+        [new Proxy(new Uint8Array([1, 2]), {}), "a typed array"],
+        [new Proxy(new Error("e"), {}), "an Error"],
         [Object.create(Map.prototype), "a Map"],
+        // A Proxy whose methods run on its target behaves as a Map, but is
+        // refused as structured clone refuses it, before its contents are
+        // read.
+        [
+          new Proxy(
+            new Map([[1, {
+              get x(): number {
+                throw new TypeError("the value's own");
+              },
+            }]]),
+            {
+              get(target, key) {
+                const value = Reflect.get(target, key, target);
+                return typeof value === "function" ? value.bind(target) : value;
+              },
+            },
+          ),
+          "a Map",
+        ],
       ] as const
     ) {
       await assertRefused(tx.send(bad), `a Proxy or imitation of ${named}`);
@@ -231,6 +252,13 @@ test(
       name: "TypeError",
       message: "the value's own",
     });
+    // Subclasses and errors of the platform are what they claim to be.
+    class Table extends Map<number, number> {}
+    await tx.send([new Table([[1, 2]]), new DOMException("d", "AbortError")]);
+    const [table, error] = rx.tryRecv() as [Map<number, number>, Error];
+    assert.deepEqual([...table], [[1, 2]]);
+    assert.ok(error instanceof Error);
+    assert.equal(error.message, "d");
     assert.equal(rx.tryRecv(), undefined, "nothing was sent");
   },
 );

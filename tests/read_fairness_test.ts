@@ -85,3 +85,53 @@ test(
   },
   { ffi: true },
 );
+
+test(
+  "an accept aborted during its turn between slices rejects, and leaves its connection queued",
+  async () => {
+    const abstract = `fairness-${crypto.randomUUID()}`;
+    const queued = 1_100;
+    using server = listen({ abstract, backlog: 2_048 });
+    const clients: UnixSocket[] = [];
+    try {
+      for (let i = 0; i < queued; i++) {
+        clients.push(await connect({ abstract }));
+      }
+      const controller = new AbortController();
+      const reason = new Error("enough");
+      let aborted = false;
+      setTimeout(() => {
+        controller.abort(reason);
+        aborted = true;
+      }, 0);
+      let accepted = 0;
+      let afterAbort = 0;
+      for (;;) {
+        try {
+          const conn = await withTimeout(
+            server.accept({ signal: controller.signal }),
+            10_000,
+            "a queued client",
+          );
+          if (aborted) afterAbort++;
+          conn.close();
+          accepted++;
+        } catch (error) {
+          assert.equal(error, reason);
+          break;
+        }
+      }
+      assert.equal(afterAbort, 0, "an accept resolved after the abort");
+      assert.ok(accepted < queued, `${accepted} accepted before the abort`);
+      // Every connection not accepted is still queued.
+      while (accepted < queued) {
+        (await withTimeout(server.accept(), 10_000, "a queued client"))
+          .close();
+        accepted++;
+      }
+    } finally {
+      for (const client of clients) client.close();
+    }
+  },
+  { ffi: true },
+);

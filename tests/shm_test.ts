@@ -154,6 +154,41 @@ test(
   },
 );
 
+test(
+  "SharedMemory.open() refuses an object of this user that other users can write, unless expectUid is given",
+  () => {
+    const name = uniqueName("open-to-all");
+    using made = SharedMemory.create(4096, { name });
+    try {
+      // fchmodat(AT_FDCWD, ...): Deno's own chmod asks for more permissions
+      // under /dev.
+      const chmod = (mode: number) =>
+        assert.equal(
+          libc().fchmodat(-100, cstr(`/dev/shm/${name}`), mode, 0),
+          0,
+        );
+      chmod(0o666);
+      const before = fdSnapshot();
+      assert.throws(
+        () => SharedMemory.open(name),
+        (e: Error) =>
+          e instanceof Deno.errors.PermissionDenied &&
+          e.message ===
+            `Cannot open SharedMemory "${name}": other users can write to it (mode 0666), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
+      );
+      assertFdsUnchanged(before, "the refused open");
+      using mine = SharedMemory.open(name, { expectUid: libc().geteuid() });
+      assert.equal(mine.size, 4096);
+      chmod(0o644);
+      using readable = SharedMemory.open(name);
+      assert.equal(readable.size, 4096);
+    } finally {
+      made.unlink();
+    }
+  },
+  { ffi: true, read: ["/dev/shm"], write: ["/dev/shm"] },
+);
+
 /**
  * Creates `/dev/shm/argv[1]` of 4096 bytes open to every user (mode 0666),
  * says "made", and then, when a line comes on stdin, prints the first 16
