@@ -98,30 +98,41 @@ export const FIRST_SHORTAGE_PAUSE_MS = 5;
 /** The longest pause of an accept loop after a shortage, in ms. */
 const MAX_SHORTAGE_PAUSE_MS = 1_000;
 
+/** How often a pause looks whether its loop's listener was closed, in ms. */
+const PAUSE_STEP_MS = 20;
+
 /**
  * How an accept loop (`for await` over a listener or a server) meets a
  * full fd table or a memory shortage: the connection stays queued, so it
  * waits `pauseMs` and tries again instead of ending the loop (as servers
  * that stop at the first `EMFILE` let any client that holds connections
- * open end them).
+ * open end them). The pause ends early when the listener is closed, and
+ * keeps the process alive only while the listener does.
  *
  * @param error What the accept threw.
  * @param pauseMs This pause: {@linkcode FIRST_SHORTAGE_PAUSE_MS} after a
  * success, then what the last call returned.
- * @param ref Whether the pause keeps the process alive (the listener's).
+ * @param closed Whether the listener was closed: the pause then ends.
+ * @param refed Whether a pending accept keeps the process alive.
  * @returns The next pause (twice this one, at most 1 s), or `undefined`
  * when `error` is no shortage and the loop should throw it.
  */
 export async function pauseOnShortage(
   error: unknown,
   pauseMs: number,
-  ref: boolean,
+  closed: () => boolean,
+  refed: () => boolean,
 ): Promise<number | undefined> {
   const code = (error as Partial<SystemError> | undefined)?.errno;
   if (code === undefined || !SHORTAGES.has(code)) return undefined;
-  await new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, pauseMs);
-    if (!ref) Deno.unrefTimer(timer);
-  });
+  const end = performance.now() + pauseMs;
+  for (;;) {
+    const left = end - performance.now();
+    if (left <= 0 || closed()) break;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, Math.min(left, PAUSE_STEP_MS));
+      if (!refed()) Deno.unrefTimer(timer);
+    });
+  }
   return Math.min(pauseMs * 2, MAX_SHORTAGE_PAUSE_MS);
 }

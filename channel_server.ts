@@ -137,7 +137,12 @@ export class ChannelServer<T>
         rx = await this.accept();
       } catch (error) {
         if (this.#server.listener.closed) return;
-        const next = await pauseOnShortage(error, pause, this.#ref);
+        const next = await pauseOnShortage(
+          error,
+          pause,
+          () => this.closed,
+          () => this.#ref,
+        );
         if (next === undefined) throw error;
         pause = next;
         continue;

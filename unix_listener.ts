@@ -265,7 +265,12 @@ export class UnixListener implements Disposable, AsyncIterable<UnixSocket> {
         socket = await this.accept();
       } catch (error) {
         if (this.#fd.closed) return;
-        const next = await pauseOnShortage(error, pause, this.#fd.refed);
+        const next = await pauseOnShortage(
+          error,
+          pause,
+          () => this.#fd.closed,
+          () => this.#fd.refed,
+        );
         if (next === undefined) throw error;
         pause = next;
         continue;

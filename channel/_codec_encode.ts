@@ -264,34 +264,91 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   out.pos = at;
   remember(e, object);
   if (ArrayBuffer.isView(object)) return writeView(e, object);
-  const builtin = builtinOf(object);
-  switch (builtin) {
-    case "":
-      break;
-    case "ArrayBuffer":
-      return writeArrayBuffer(e, object as ArrayBuffer);
-    case "Date":
-      return writeDate(out, object as Date);
-    case "RegExp":
-      return writeRegExp(out, object as RegExp);
-    case "Map":
-      return writeMap(e, object as Map<unknown, unknown>, depth);
-    case "Set":
-      return writeSet(e, object as Set<unknown>, depth);
-    case "Error":
-      return writeError(e, object as Error, depth);
-    case "Number":
-    case "String":
-    case "Boolean":
-    case "BigInt":
-      return writeBoxed(e, object as { valueOf(): unknown }, depth);
-    default:
-      // Structured clone refuses a Proxy; an imitation would arrive as
-      // something other than what it claims to be.
-      throw cloneError(
-        `a Proxy or imitation of ${article(builtin.slice(IMITATION.length))}`,
-      );
+  // Each built-in is told by instanceof, then by its internal slots, which
+  // are checked before anything is read (structured clone refuses a Proxy).
+  if (object instanceof ArrayBuffer) {
+    try {
+      byteLengthOf.call(object);
+    } catch {
+      throw imitation("ArrayBuffer");
+    }
+    return writeArrayBuffer(e, object);
   }
+  if (object instanceof Date) {
+    try {
+      Date.prototype.getTime.call(object);
+    } catch {
+      throw imitation("Date");
+    }
+    return writeDate(out, object);
+  }
+  if (object instanceof RegExp) {
+    try {
+      sourceOf.call(object);
+    } catch {
+      throw imitation("RegExp");
+    }
+    return writeRegExp(out, object);
+  }
+  if (object instanceof Map) {
+    try {
+      mapSize.call(object);
+    } catch {
+      throw imitation("Map");
+    }
+    return writeMap(e, object, depth);
+  }
+  if (object instanceof Set) {
+    try {
+      setSize.call(object);
+    } catch {
+      throw imitation("Set");
+    }
+    return writeSet(e, object, depth);
+  }
+  if (object instanceof Error) {
+    try {
+      checkError.call(object);
+    } catch {
+      throw imitation("Error");
+    }
+    return writeError(e, object, depth);
+  }
+  if (object instanceof Number) {
+    try {
+      Number.prototype.valueOf.call(object);
+    } catch {
+      throw imitation("Number");
+    }
+    return writeBoxed(e, object, depth);
+  }
+  if (object instanceof String) {
+    try {
+      String.prototype.valueOf.call(object);
+    } catch {
+      throw imitation("String");
+    }
+    return writeBoxed(e, object, depth);
+  }
+  if (object instanceof Boolean) {
+    try {
+      Boolean.prototype.valueOf.call(object);
+    } catch {
+      throw imitation("Boolean");
+    }
+    return writeBoxed(e, object, depth);
+  }
+  if (object instanceof BigInt) {
+    try {
+      BigInt.prototype.valueOf.call(object);
+    } catch {
+      throw imitation("BigInt");
+    }
+    return writeBoxed(e, object, depth);
+  }
+  // Views were taken by ArrayBuffer.isView() above.
+  if (object instanceof TypedArray) throw imitation("typed array");
+  if (object instanceof DataView) throw imitation("DataView");
   if (
     object instanceof Promise || object instanceof WeakMap ||
     object instanceof WeakSet || object instanceof WeakRef
@@ -305,72 +362,24 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   writeProperties(e, object, depth);
 }
 
-/** A built-in class whose values carry internal slots, with their check. */
-type Builtin = [
-  type: abstract new (...args: never[]) => object,
-  name: string,
-  check: (object: object) => unknown,
-];
-
-const getter = (proto: object, name: string) => {
-  const get = Object.getOwnPropertyDescriptor(proto, name)!.get!;
-  return (object: object) => get.call(object);
-};
+const byteLengthOf = Object.getOwnPropertyDescriptor(
+  ArrayBuffer.prototype,
+  "byteLength",
+)!.get!;
+const sourceOf = Object.getOwnPropertyDescriptor(RegExp.prototype, "source")!
+  .get!;
+const mapSize = Object.getOwnPropertyDescriptor(Map.prototype, "size")!.get!;
+const setSize = Object.getOwnPropertyDescriptor(Set.prototype, "size")!.get!;
 const isError = (Error as { isError?: (value: unknown) => boolean }).isError;
-const notAView = () => {
-  // Views were taken by ArrayBuffer.isView() first.
-  throw new TypeError("not an ArrayBuffer view");
-};
+const TypedArray = Object.getPrototypeOf(Uint8Array);
 
-/**
- * The built-ins that writeObject() copies by what their slots hold, each
- * with a call that throws for an object without them.
- */
-const BUILTINS: readonly Builtin[] = [
-  [ArrayBuffer, "ArrayBuffer", getter(ArrayBuffer.prototype, "byteLength")],
-  [Date, "Date", (object) => Date.prototype.getTime.call(object)],
-  [RegExp, "RegExp", getter(RegExp.prototype, "source")],
-  [Map, "Map", getter(Map.prototype, "size")],
-  [Set, "Set", getter(Set.prototype, "size")],
-  [Error, "Error", (object) => {
-    if (isError !== undefined && !isError(object)) {
-      throw new TypeError("not an Error");
-    }
-  }],
-  [Number, "Number", (object) => Number.prototype.valueOf.call(object)],
-  [String, "String", (object) => String.prototype.valueOf.call(object)],
-  [Boolean, "Boolean", (object) => Boolean.prototype.valueOf.call(object)],
-  [
-    BigInt as never,
-    "BigInt",
-    (object) => BigInt.prototype.valueOf.call(object),
-  ],
-  [Object.getPrototypeOf(Uint8Array), "typed array", notAView],
-  [DataView, "DataView", notAView],
-];
+function checkError(this: object): void {
+  if (isError !== undefined && !isError(this)) throw new TypeError();
+}
 
-/** What {@linkcode builtinOf} returns for an object that imitates one. */
-const IMITATION = "!";
-
-/**
- * Which of {@linkcode BUILTINS} `object` is: its name; `""` when it claims
- * to be none (by `instanceof`); or {@linkcode IMITATION} and the name of
- * the first it claims to be when it is none of them (a Proxy, or an object
- * that only inherits from one), whose methods would throw.
- */
-function builtinOf(object: object): string {
-  let claimed: string | undefined;
-  for (const [type, name, check] of BUILTINS) {
-    if (!(object instanceof type)) continue;
-    claimed ??= name;
-    try {
-      check(object);
-      return name;
-    } catch {
-      // Not this one; a later one it also claims may be what it is.
-    }
-  }
-  return claimed === undefined ? "" : IMITATION + claimed;
+/** The refusal of an object that claims a built-in's class without its slots. */
+function imitation(name: string): DOMException {
+  return cloneError(`a Proxy or imitation of ${article(name)}`);
 }
 
 /**

@@ -43,6 +43,8 @@ export type SelectResult<T> =
  */
 export class ReceiverSet<T = unknown> implements Disposable {
   #entries = new Map<number, Receiver<T>>();
+  /** The last failed receive of each receiver, reported with its close. */
+  #errors = new Map<number, Error>();
   #slice = new TurnSlice();
   #nextId = 1;
   #start = 0;
@@ -104,6 +106,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
   remove(id: number): Receiver<T> | undefined {
     const receiver = this.#entries.get(id);
     this.#entries.delete(id);
+    this.#errors.delete(id);
     return receiver;
   }
 
@@ -133,9 +136,11 @@ export class ReceiverSet<T = unknown> implements Disposable {
    *
    * @param options An abort signal.
    * @returns `{ id, value }`, or `{ id, closed: true }` (that receiver is
-   * then closed and out of the set), with `error` when it ended because
-   * what it received could not be taken (such as `InvalidData` for a
-   * malformed frame, or a value over its `limits`).
+   * then closed and out of the set). A sender whose message could not be
+   * taken (`InvalidData` for a malformed frame, or a value over the
+   * receiver's `limits`) is dropped, as `recv()` drops it, without a
+   * result: its receiver goes on with its other senders, and its close
+   * comes with `error`, the last such failure.
    * @throws {ChannelClosedError} When the set is empty.
    *
    * @example Serve until every channel is done
@@ -163,6 +168,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
     let parked = false;
     const turns = poller().turns;
     for (;;) {
+      let failed = false;
       const entries = [...this.#entries];
       if (entries.length === 0) {
         throw new ChannelClosedError(
@@ -173,22 +179,24 @@ export class ReceiverSet<T = unknown> implements Disposable {
         const [id, receiver] = entries[(this.#start + i) % entries.length];
         if (receiver.closed) {
           this.#entries.delete(id);
+          this.#errors.delete(id);
           continue;
         }
         let polled;
         try {
           polled = receiver[pollOnce]();
         } catch (error) {
-          // What one peer sent (a malformed frame, a value over the
-          // limits) ends its receiver, not the set: the others are still
-          // served.
-          this.#entries.delete(id);
-          receiver.close();
-          return {
+          // What one sender sent (a malformed frame, a value over the
+          // limits) drops that sender, as in recv(); the receiver goes on
+          // with its other senders, if any, and the error comes with its
+          // close. A run of such frames still lets the event loop turn.
+          this.#errors.set(
             id,
-            closed: true,
-            error: error instanceof Error ? error : new Error(String(error)),
-          };
+            error instanceof Error ? error : new Error(String(error)),
+          );
+          failed = true;
+          if (this.#slice.delivered()) await yieldTurn();
+          continue;
         }
         if (polled.kind === "value") {
           this.#start = (this.#start + i + 1) % entries.length;
@@ -200,9 +208,15 @@ export class ReceiverSet<T = unknown> implements Disposable {
         if (polled.kind === "closed") {
           this.#entries.delete(id);
           receiver.close();
-          return { id, closed: true };
+          const error = this.#errors.get(id);
+          if (error === undefined) return { id, closed: true };
+          this.#errors.delete(id);
+          return { id, closed: true, error };
         }
       }
+      // A sender was dropped: look again before waiting (its receiver may
+      // have no sender left, which the look reports).
+      if (failed) continue;
       const live = [...this.#entries.values()];
       if (live.length === 0) continue;
       if (live.some((receiver) => receiver[lookFull]())) {
@@ -230,6 +244,7 @@ export class ReceiverSet<T = unknown> implements Disposable {
   close(): void {
     for (const receiver of this.#entries.values()) receiver.close();
     this.#entries.clear();
+    this.#errors.clear();
   }
 
   /** Closes the set. */

@@ -80,12 +80,13 @@ export interface SharedMemoryOpenOptions {
   maxBytes?: number;
   /**
    * The user id that must own the object. Default: this process's
-   * (effective) own, and no other user may write to it (no group or other
-   * write bit), so that an object another user created first under the
-   * name (`/dev/shm` is writable by every user), or one open to every user,
-   * is refused: another user could read what this process writes and
-   * shrink it under this process (SIGBUS). A uid checks the owner alone;
-   * `"any"` checks nothing.
+   * (effective) own, and not every user may write to it (no "other" write
+   * bit; a group-writable object trusts its group, as with the user
+   * private groups of a umask of 002), so that an object another user
+   * created first under the name (`/dev/shm` is writable by every user),
+   * or one open to every user, is refused: another user could read what
+   * this process writes and shrink it under this process (SIGBUS). A uid
+   * checks the owner alone; `"any"` checks nothing.
    */
   expectUid?: number | "any";
 }
@@ -318,7 +319,8 @@ export class SharedMemory implements Disposable {
    * @returns The mapped memory.
    * @throws {Deno.errors.NotFound} When no object has that name.
    * @throws {Deno.errors.PermissionDenied} When another user owns the
-   * object, or, by default, can write to it (see `expectUid`).
+   * object, or, by default, when every user can write to it (see
+   * `expectUid`).
    * @throws {RangeError} When the object is empty or larger than `maxBytes`.
    * @throws {Deno.errors.NotCapable} Without read and write permission for
    * `/dev/shm/<name>`.
@@ -355,9 +357,9 @@ export class SharedMemory implements Disposable {
           `Cannot open SharedMemory "${name}": it is owned by uid ${uid}, not the expected uid ${owner} (the expectUid option); it was not mapped`,
         );
       }
-      if (options.expectUid === undefined && (mode & 0o022) !== 0) {
+      if (options.expectUid === undefined && (mode & 0o002) !== 0) {
         throw new Deno.errors.PermissionDenied(
-          `Cannot open SharedMemory "${name}": other users can write to it (mode 0${
+          `Cannot open SharedMemory "${name}": every user can write to it (mode 0${
             mode.toString(8)
           }), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
         );

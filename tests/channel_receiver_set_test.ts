@@ -88,3 +88,40 @@ test(
   },
   { ffi: true },
 );
+
+test(
+  "a receiver of a ReceiverSet goes on with its other senders after one is dropped for what it sent, and reports the error with its close",
+  async () => {
+    using set = new ReceiverSet<unknown>();
+    const [tx, rx] = channel<unknown>();
+    const healthy = tx.clone();
+    rx.limits = { maxDepth: 2 };
+    const id = set.add(rx);
+    await tx.send({ a: { b: { c: 1 } } }); // deeper than the limit
+    await healthy.send("from the other sender");
+    assert.deepEqual(await withTimeout(set.select(), 5000, "select"), {
+      id,
+      value: "from the other sender",
+    });
+    assert.equal(rx.closed, false);
+    // The dropped sender's peer end is gone: its sends now fail.
+    await assert.rejects(
+      (async () => {
+        for (let i = 0; i < 10_000; i++) await tx.send(i);
+      })(),
+      ChannelClosedError,
+    );
+    await healthy.send("again");
+    assert.deepEqual(await set.select(), { id, value: "again" });
+    healthy.close();
+    tx.close();
+    const last = await withTimeout(set.select(), 5000, "the close");
+    assert.equal(last.id, id);
+    assert.equal(last.closed, true);
+    assert.ok(
+      last.error instanceof Deno.errors.InvalidData,
+      String(last.error),
+    );
+    assert.equal(set.size, 0);
+  },
+);

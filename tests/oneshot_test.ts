@@ -595,20 +595,26 @@ test(
 );
 
 for (const mode of ["server", "listener"] as const) {
+  const what = mode === "server" ? "ChannelServer" : "UnixListener";
   test(
-    `a for await loop over a ${
-      mode === "server" ? "ChannelServer" : "UnixListener"
-    } waits out a full fd table (EMFILE) instead of ending; a plain accept() rejects`,
+    `a for await loop over a ${what} waits out a full fd table (EMFILE) instead of ending; a plain accept() rejects; and a close() meanwhile ends the loop`,
     async () => {
-      // The fixture queues a client, fills its fd table, and gives the fds
-      // back 50 ms after its loop starts.
-      const run = await runDeno(
-        ["run", "--allow-ffi", fixture("accept_emfile.ts"), mode],
-        30_000,
-        `accept at the fd limit (${mode})`,
-      );
-      assert.equal(run.code, 0, run.stderr);
-      assert.equal(run.stdout, "explicit EMFILE\ngot hi\n", run.stderr);
+      // The fixture queues a client, fills its fd table, and 50 ms after
+      // its loop starts gives the fds back, or closes the server.
+      for (
+        const [then, expected] of [
+          ["free", "explicit EMFILE\ngot hi\nexit\n"],
+          ["close", "explicit EMFILE\nended quietly\nexit\n"],
+        ]
+      ) {
+        const run = await runDeno(
+          ["run", "--allow-ffi", fixture("accept_emfile.ts"), mode, then],
+          30_000,
+          `accept at the fd limit (${mode}, ${then})`,
+        );
+        assert.equal(run.code, 0, run.stderr);
+        assert.equal(run.stdout, expected, `${then}: ${run.stderr}`);
+      }
     },
     { run: true, read: true },
   );

@@ -8,6 +8,7 @@ import {
   pipe,
   socketpair,
   spawn,
+  type UnixListener,
   type UnixSocket,
 } from "../mod.ts";
 import { test, withTimeout } from "./_util.ts";
@@ -51,27 +52,41 @@ for (const kind of ["pipe", "stream socket"] as const) {
   );
 }
 
+/**
+ * Runs `fn` with a listener that has more connections queued than a slice
+ * of accepts takes (1,024), made before `fn` runs; closes them after.
+ */
+async function withQueued(
+  fn: (server: UnixListener, queued: number) => Promise<void>,
+): Promise<void> {
+  const abstract = `fairness-${crypto.randomUUID()}`;
+  const queued = 1_100;
+  using server = listen({ abstract, backlog: 2_048 });
+  const clients: UnixSocket[] = [];
+  try {
+    for (let i = 0; i < queued; i++) clients.push(await connect({ abstract }));
+    await fn(server, queued);
+  } finally {
+    for (const client of clients) client.close();
+  }
+}
+
+/** Accepts `n` queued connections and closes them. */
+async function acceptQueued(server: UnixListener, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    (await withTimeout(server.accept(), 10_000, "a queued client")).close();
+  }
+}
+
 test(
   "an accept loop over a listener whose queue is full lets a timer fire between slices",
   async () => {
-    const abstract = `fairness-${crypto.randomUUID()}`;
-    // More connections than a slice takes (1,024), queued before the loop.
-    const queued = 1_100;
-    using server = listen({ abstract, backlog: 2_048 });
-    const clients: UnixSocket[] = [];
-    try {
-      for (let i = 0; i < queued; i++) {
-        clients.push(await connect({ abstract }));
-      }
+    await withQueued(async (server, queued) => {
       let accepted = 0;
       let atTimer = -1;
       const timer = setTimeout(() => atTimer = accepted, 0);
       try {
-        while (accepted < queued) {
-          (await withTimeout(server.accept(), 10_000, "a queued client"))
-            .close();
-          accepted++;
-        }
+        for (; accepted < queued; accepted++) await acceptQueued(server, 1);
       } finally {
         clearTimeout(timer);
       }
@@ -79,9 +94,7 @@ test(
         atTimer >= 0 && atTimer < queued,
         `the timer fired after ${atTimer} of ${queued} accepts`,
       );
-    } finally {
-      for (const client of clients) client.close();
-    }
+    });
   },
   { ffi: true },
 );
@@ -89,14 +102,7 @@ test(
 test(
   "an accept aborted during its turn between slices rejects, and leaves its connection queued",
   async () => {
-    const abstract = `fairness-${crypto.randomUUID()}`;
-    const queued = 1_100;
-    using server = listen({ abstract, backlog: 2_048 });
-    const clients: UnixSocket[] = [];
-    try {
-      for (let i = 0; i < queued; i++) {
-        clients.push(await connect({ abstract }));
-      }
+    await withQueued(async (server, queued) => {
       const controller = new AbortController();
       const reason = new Error("enough");
       let aborted = false;
@@ -124,14 +130,8 @@ test(
       assert.equal(afterAbort, 0, "an accept resolved after the abort");
       assert.ok(accepted < queued, `${accepted} accepted before the abort`);
       // Every connection not accepted is still queued.
-      while (accepted < queued) {
-        (await withTimeout(server.accept(), 10_000, "a queued client"))
-          .close();
-        accepted++;
-      }
-    } finally {
-      for (const client of clients) client.close();
-    }
+      await acceptQueued(server, queued - accepted);
+    });
   },
   { ffi: true },
 );

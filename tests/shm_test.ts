@@ -154,8 +154,20 @@ test(
   },
 );
 
+/** Asserts that opening `name` is refused as `why` says, with no fd left. */
+function assertOpenRefused(name: string, why: string): void {
+  const before = fdSnapshot();
+  assert.throws(
+    () => SharedMemory.open(name),
+    (e: Error) =>
+      e instanceof Deno.errors.PermissionDenied &&
+      e.message === `Cannot open SharedMemory "${name}": ${why}`,
+  );
+  assertFdsUnchanged(before, "the refused open");
+}
+
 test(
-  "SharedMemory.open() refuses an object of this user that other users can write, unless expectUid is given",
+  "SharedMemory.open() refuses an object of this user that every user can write, unless expectUid is given; group write is allowed",
   () => {
     const name = uniqueName("open-to-all");
     using made = SharedMemory.create(4096, { name });
@@ -168,20 +180,16 @@ test(
           0,
         );
       chmod(0o666);
-      const before = fdSnapshot();
-      assert.throws(
-        () => SharedMemory.open(name),
-        (e: Error) =>
-          e instanceof Deno.errors.PermissionDenied &&
-          e.message ===
-            `Cannot open SharedMemory "${name}": other users can write to it (mode 0666), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
+      assertOpenRefused(
+        name,
+        "every user can write to it (mode 0666), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same",
       );
-      assertFdsUnchanged(before, "the refused open");
       using mine = SharedMemory.open(name, { expectUid: libc().geteuid() });
       assert.equal(mine.size, 4096);
-      chmod(0o644);
-      using readable = SharedMemory.open(name);
-      assert.equal(readable.size, 4096);
+      // A umask of 002 (user private groups) makes objects group-writable.
+      chmod(0o664);
+      using shared = SharedMemory.open(name);
+      assert.equal(shared.size, 4096);
     } finally {
       made.unlink();
     }
@@ -213,15 +221,10 @@ test(
     const line = lineReader(squatter.stdout!, "the other user");
     try {
       assert.equal(await line(), "made");
-      const before = fdSnapshot();
-      assert.throws(
-        () => SharedMemory.open(name),
-        (e: Error) =>
-          e instanceof Deno.errors.PermissionDenied &&
-          e.message ===
-            `Cannot open SharedMemory "${name}": it is owned by uid ${OTHER_UID}, not the expected uid ${libc().geteuid()} (the expectUid option); it was not mapped`,
+      assertOpenRefused(
+        name,
+        `it is owned by uid ${OTHER_UID}, not the expected uid ${libc().geteuid()} (the expectUid option); it was not mapped`,
       );
-      assertFdsUnchanged(before, "the refused open");
       assert.throws(
         () => SharedMemory.open(name, { expectUid: -1 }),
         (e: Error) =>
