@@ -265,7 +265,9 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   remember(e, object);
   if (ArrayBuffer.isView(object)) return writeView(e, object);
   // Each built-in is told by instanceof, then by its internal slots, which
-  // are checked before anything is read (structured clone refuses a Proxy).
+  // are checked before anything is read (structured clone refuses a Proxy of
+  // one; a Proxy of a plain object, an array or a class instance travels as
+  // what its traps show).
   if (object instanceof ArrayBuffer) {
     try {
       byteLengthOf.call(object);

@@ -189,14 +189,14 @@ export class ReceiverSet<T = unknown> implements Disposable {
           // What one sender sent (a malformed frame, a value over the
           // limits) drops that sender, as in recv(); the receiver goes on
           // with its other senders, if any, and the error comes with its
-          // close. A run of such frames still lets the event loop turn.
+          // close. The next look starts at the next receiver.
           this.#errors.set(
             id,
             error instanceof Error ? error : new Error(String(error)),
           );
+          this.#start = (this.#start + i + 1) % entries.length;
           failed = true;
-          if (this.#slice.delivered()) await yieldTurn();
-          continue;
+          break;
         }
         if (polled.kind === "value") {
           this.#start = (this.#start + i + 1) % entries.length;
@@ -214,9 +214,16 @@ export class ReceiverSet<T = unknown> implements Disposable {
           return { id, closed: true, error };
         }
       }
-      // A sender was dropped: look again before waiting (its receiver may
-      // have no sender left, which the look reports).
-      if (failed) continue;
+      if (failed) {
+        // A sender was dropped: look again before waiting (its receiver
+        // may have no sender left, which the look reports). A failure may
+        // have cost a whole decode up to the limits, and a peer can send
+        // them without end: each lets the event loop turn, and an abort
+        // end the select.
+        await yieldTurn();
+        signal?.throwIfAborted();
+        continue;
+      }
       const live = [...this.#entries.values()];
       if (live.length === 0) continue;
       if (live.some((receiver) => receiver[lookFull]())) {

@@ -80,13 +80,13 @@ export interface SharedMemoryOpenOptions {
   maxBytes?: number;
   /**
    * The user id that must own the object. Default: this process's
-   * (effective) own, and not every user may write to it (no "other" write
-   * bit; a group-writable object trusts its group, as with the user
-   * private groups of a umask of 002), so that an object another user
-   * created first under the name (`/dev/shm` is writable by every user),
-   * or one open to every user, is refused: another user could read what
-   * this process writes and shrink it under this process (SIGBUS). A uid
-   * checks the owner alone; `"any"` checks nothing.
+   * (effective) own, and no other user may write to it: no "other" write
+   * bit, and a group write bit only for this process's own (effective)
+   * group, as a umask of 002 with a group of one's own gives. So an object
+   * another user created first under the name (`/dev/shm` is writable by
+   * every user), or one that others can write, is refused: another user
+   * could read what this process writes and shrink it under this process
+   * (SIGBUS). A uid checks the owner alone; `"any"` checks nothing.
    */
   expectUid?: number | "any";
 }
@@ -319,7 +319,7 @@ export class SharedMemory implements Disposable {
    * @returns The mapped memory.
    * @throws {Deno.errors.NotFound} When no object has that name.
    * @throws {Deno.errors.PermissionDenied} When another user owns the
-   * object, or, by default, when every user can write to it (see
+   * object, or, by default, when other users can write to it (see
    * `expectUid`).
    * @throws {RangeError} When the object is empty or larger than `maxBytes`.
    * @throws {Deno.errors.NotCapable} Without read and write permission for
@@ -351,18 +351,28 @@ export class SharedMemory implements Disposable {
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
     if (fd === -1) throw shmOpenError("open", name);
     try {
-      const { uid, mode } = fileOwnership(fd);
+      const { uid, gid, mode } = fileOwnership(fd);
       if (owner !== undefined && uid !== owner) {
         throw new Deno.errors.PermissionDenied(
           `Cannot open SharedMemory "${name}": it is owned by uid ${uid}, not the expected uid ${owner} (the expectUid option); it was not mapped`,
         );
       }
-      if (options.expectUid === undefined && (mode & 0o002) !== 0) {
-        throw new Deno.errors.PermissionDenied(
-          `Cannot open SharedMemory "${name}": every user can write to it (mode 0${
-            mode.toString(8)
-          }), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
-        );
+      if (options.expectUid === undefined) {
+        // Writable by every user, or by a group other than this process's
+        // own (with a umask of 002, objects are group-writable, which with
+        // a group of one's own lets no one else in).
+        const others = (mode & 0o002) !== 0
+          ? "every user"
+          : (mode & 0o020) !== 0 && gid !== lib.getegid()
+          ? `the users of group ${gid}`
+          : undefined;
+        if (others !== undefined) {
+          throw new Deno.errors.PermissionDenied(
+            `Cannot open SharedMemory "${name}": ${others} can write to it (mode 0${
+              mode.toString(8)
+            }), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
+          );
+        }
       }
       return new SharedMemory(fd, {
         name,

@@ -125,3 +125,34 @@ test(
     assert.equal(set.size, 0);
   },
 );
+
+test(
+  "ReceiverSet.select() takes a turn after each dropped sender: a receiver removed then is left alone, and an abort then ends the select",
+  async () => {
+    using set = new ReceiverSet<unknown>();
+    const [tx, rx] = channel<unknown>();
+    rx.limits = { maxDepth: 2 };
+    const clones = Array.from({ length: 50 }, () => tx.clone());
+    for (const clone of clones) await clone.send({ a: { b: { c: 1 } } });
+    set.add(rx);
+    const [txB, rxB] = channel<string>();
+    const idB = set.add(rxB);
+    const controller = new AbortController();
+    const reason = new Error("done");
+    setTimeout(async () => {
+      assert.equal(set.remove(idB), rxB);
+      await txB.send("for the caller");
+      controller.abort(reason);
+    }, 0);
+    await assert.rejects(
+      withTimeout(set.select({ signal: controller.signal }), 10_000, "select"),
+      (error: unknown) => error === reason,
+    );
+    assert.equal(rxB.closed, false);
+    assert.equal(rxB.tryRecv(), "for the caller");
+    for (const clone of clones) clone.close();
+    tx.close();
+    txB.close();
+    rxB.close();
+  },
+);

@@ -197,6 +197,30 @@ test(
   { ffi: true, read: ["/dev/shm"], write: ["/dev/shm"] },
 );
 
+test(
+  "SharedMemory.open() refuses an object of this user that another group can write",
+  async () => {
+    const name = uniqueName("group");
+    using made = SharedMemory.create(4096, { name });
+    try {
+      const path = `/dev/shm/${name}`;
+      assert.equal(libc().fchmodat(-100, cstr(path), 0o660, 0), 0);
+      const chgrp = spawn("chgrp", { args: [String(OTHER_UID), path] });
+      assert.equal((await withTimeout(chgrp.status, 10_000, "chgrp")).code, 0);
+      assertOpenRefused(
+        name,
+        `the users of group ${OTHER_UID} can write to it (mode 0660), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
+      );
+      using mine = SharedMemory.open(name, { expectUid: libc().geteuid() });
+      assert.equal(mine.size, 4096);
+    } finally {
+      made.unlink();
+    }
+  },
+  { ffi: true, run: true, read: ["/dev/shm"], write: ["/dev/shm"] },
+  { ignore: otherUserSkip !== undefined },
+);
+
 /**
  * Creates `/dev/shm/argv[1]` of 4096 bytes open to every user (mode 0666),
  * says "made", and then, when a line comes on stdin, prints the first 16
