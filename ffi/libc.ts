@@ -282,8 +282,6 @@ const symbols = {
   getuid: { parameters: [], result: "u32" },
   // uid_t geteuid(void);
   geteuid: { parameters: [], result: "u32" },
-  // gid_t getegid(void);
-  getegid: { parameters: [], result: "u32" },
   // extern char **environ; (the address of the variable, read at each use)
   environ: { type: "pointer" },
   // int getrlimit(int resource, struct rlimit *rlim);

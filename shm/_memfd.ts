@@ -27,13 +27,10 @@ export function fileSize(fd: number): number {
 }
 
 /** Who owns the file behind an fd, and its permission bits, by `fstat`. */
-export function fileOwnership(
-  fd: number,
-): { uid: number; gid: number; mode: number } {
+export function fileOwnership(fd: number): { uid: number; mode: number } {
   const stat = statOf(fd);
   return {
     uid: stat.getUint32(STAT.uid, true),
-    gid: stat.getUint32(STAT.gid, true),
     mode: stat.getUint32(STAT.mode, true) & 0o7777,
   };
 }

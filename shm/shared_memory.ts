@@ -80,13 +80,14 @@ export interface SharedMemoryOpenOptions {
   maxBytes?: number;
   /**
    * The user id that must own the object. Default: this process's
-   * (effective) own, and no other user may write to it: no "other" write
-   * bit, and a group write bit only for this process's own (effective)
-   * group, as a umask of 002 with a group of one's own gives. So an object
+   * (effective) own, and no one else may write to it (no group or other
+   * write bit; with an ACL, the group bits are its mask), so that an object
    * another user created first under the name (`/dev/shm` is writable by
    * every user), or one that others can write, is refused: another user
    * could read what this process writes and shrink it under this process
-   * (SIGBUS). A uid checks the owner alone; `"any"` checks nothing.
+   * (SIGBUS). Objects made with a umask of 002 are group-writable: pass
+   * this user's uid to accept them. A uid checks the owner alone; `"any"`
+   * checks nothing.
    */
   expectUid?: number | "any";
 }
@@ -351,28 +352,20 @@ export class SharedMemory implements Disposable {
     const fd = lib.shm_open(path, O.RDWR | O.CLOEXEC, 0);
     if (fd === -1) throw shmOpenError("open", name);
     try {
-      const { uid, gid, mode } = fileOwnership(fd);
+      const { uid, mode } = fileOwnership(fd);
       if (owner !== undefined && uid !== owner) {
         throw new Deno.errors.PermissionDenied(
           `Cannot open SharedMemory "${name}": it is owned by uid ${uid}, not the expected uid ${owner} (the expectUid option); it was not mapped`,
         );
       }
-      if (options.expectUid === undefined) {
-        // Writable by every user, or by a group other than this process's
-        // own (with a umask of 002, objects are group-writable, which with
-        // a group of one's own lets no one else in).
-        const others = (mode & 0o002) !== 0
-          ? "every user"
-          : (mode & 0o020) !== 0 && gid !== lib.getegid()
-          ? `the users of group ${gid}`
-          : undefined;
-        if (others !== undefined) {
-          throw new Deno.errors.PermissionDenied(
-            `Cannot open SharedMemory "${name}": ${others} can write to it (mode 0${
-              mode.toString(8)
-            }), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
-          );
-        }
+      // The group bits are an ACL's mask where it has one: no write bit
+      // there means that no named user or group can write either.
+      if (options.expectUid === undefined && (mode & 0o022) !== 0) {
+        throw new Deno.errors.PermissionDenied(
+          `Cannot open SharedMemory "${name}": users other than its owner can write to it (mode 0${
+            mode.toString(8)
+          }), so they could shrink it under this process (SIGBUS); it was not mapped. Pass expectUid to map it all the same`,
+        );
       }
       return new SharedMemory(fd, {
         name,
