@@ -267,8 +267,14 @@ export function receivedFds(
   }
   if (fds.length > maxFds || (flags & MSG.CTRUNC) !== 0) {
     closeAll(fds);
+    // Room for maxFds that was not filled: the kernel could not install
+    // them all (this process's fd table is full), or other control data
+    // took the room.
+    const why = fds.length < maxFds
+      ? "not all of the message's fds could be received (this process may be out of fds: EMFILE)"
+      : `the message carried more fds than the ${maxFds} allowed`;
     throw new RangeError(
-      `Cannot receive on socket: the message carried more fds than the ${maxFds} allowed ` +
+      `Cannot receive on socket: ${why} ` +
         `(control data truncated); the ${fds.length} fds that arrived were closed`,
     );
   }

@@ -17,6 +17,7 @@ import {
   assertNoFdLeak,
   fdInode,
   fixture,
+  runDeno,
   stillPending,
   test,
   withTimeout,
@@ -458,4 +459,23 @@ test(
     await assert.rejects(waiting, Deno.errors.BadResource);
   },
   perms,
+);
+
+test(
+  "a message whose fds cannot be received because this process's fd table is full says so, and the next message arrives whole",
+  async () => {
+    const run = await runDeno(
+      ["run", "--allow-ffi", fixture("recv_emfile.ts")],
+      30_000,
+      "a receive at the fd limit",
+    );
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(
+      run.stdout,
+      "RangeError: Cannot receive on socket: not all of the message's fds could be received (this process may be out of fds: EMFILE) (control data truncated); the 0 fds that arrived were closed\n" +
+        "after: 1 fd\n",
+      run.stderr,
+    );
+  },
+  { run: true, read: true },
 );
