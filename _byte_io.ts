@@ -274,6 +274,9 @@ export function transferredWhileWaiting(
   );
 }
 
+/** What an empty write that waits its turn writes. */
+const NO_BYTES = new Uint8Array(0);
+
 /**
  * The writes of one byte-stream endpoint, in the order they were called.
  *
@@ -330,6 +333,20 @@ export class OrderedWrites implements QueueHost<WriteJob, void> {
       length: kept.byteLength,
       done,
       signal,
+    });
+  }
+
+  /**
+   * Settles once every write queued before it is done or failed (an empty
+   * write that waits its turn).
+   */
+  afterWrites(): Promise<void> {
+    if (this.#queue.length === 0) return Promise.resolve();
+    return this.#queue.push({
+      bytes: NO_BYTES,
+      length: 0,
+      done: 0,
+      signal: undefined,
     });
   }
 
@@ -447,30 +464,34 @@ export function byteReadable(
 }
 
 /**
- * A `WritableStream` over a write-all function: each chunk is written whole
- * before the next is taken, so the stream's queue gives backpressure.
- * Aborting the stream gives up the write in flight (through its signal),
- * then calls `close` at once: abort discards what has not gone out. A
- * failed write errors the stream, which cannot be closed after that: it
- * calls `close` itself (as Deno's own streams close their resource then),
- * so that a writer given up on a `BrokenPipe` does not keep its fd.
+ * A `WritableStream` over a write-all function: each chunk (any
+ * `ArrayBufferView`, written byte for byte) is written whole before the
+ * next is taken, so the stream's queue gives backpressure. Closing the
+ * stream calls `close` and waits for it. Aborting the stream gives up the
+ * write in flight (through its signal), then calls `abort` at once: abort
+ * discards what has not gone out. A failed write errors the stream, which
+ * cannot be closed after that: it calls `abort` itself (as Deno's own
+ * streams close their resource then), so that a writer given up on a
+ * `BrokenPipe` does not keep its fd. A chunk that is no view is refused
+ * before anything is written: the stream errors, the endpoint stays as it
+ * was.
+ *
+ * @param doing What a refused chunk's error starts with, e.g. "Cannot write to PipeWriter".
  */
 export function byteWritable(
+  doing: string,
   write: (chunk: Uint8Array, signal: AbortSignal) => Promise<void>,
-  close: () => void,
+  close: () => void | Promise<void>,
+  abort: () => void,
 ): WritableStream<Uint8Array> {
-  return new WritableStream({
+  return new WritableStream<Uint8Array>({
     async write(chunk, controller) {
+      const bytes = asBytes(chunk, `${doing} through its writable`);
       try {
-        if (!(chunk instanceof Uint8Array)) {
-          throw new TypeError(
-            "Cannot write to stream: chunk must be a Uint8Array",
-          );
-        }
-        await write(chunk, controller.signal);
+        await write(bytes, controller.signal);
       } catch (error) {
         try {
-          close();
+          abort();
         } catch {
           // Closed already: the failure to report is the write's.
         }
@@ -478,10 +499,10 @@ export function byteWritable(
       }
     },
     close() {
-      close();
+      return close();
     },
     abort() {
-      close();
+      abort();
     },
   });
 }

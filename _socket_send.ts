@@ -8,7 +8,12 @@
  * @module
  */
 
-import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
+import {
+  closedError,
+  endpointFd,
+  ERRNO,
+  type SystemError,
+} from "./ffi/errors.ts";
 import { F, SOCK } from "./ffi/layout.ts";
 import { libc } from "./ffi/libc.ts";
 import { dupCloexec, type OwnedFd } from "./ffi/fd.ts";
@@ -36,6 +41,8 @@ import {
 } from "./_byte_io.ts";
 
 const SEND = "Cannot send on UnixSocket";
+const WRITE = "Cannot write to UnixSocket";
+const EMPTY = new Uint8Array(0);
 
 /** Options for `UnixSocket.send()`. */
 export interface SocketSendOptions {
@@ -88,6 +95,13 @@ interface SendJob extends QueuedCall<void> {
   offset: number;
   fdsSent: boolean;
   signal: AbortSignal | undefined;
+  /** What a failure says was refused: "Cannot send on UnixSocket", ... */
+  call: string;
+  /**
+   * A mark that sends nothing: it is done once every send queued before it
+   * is, and then runs `then` (a `shutdown("write")` made while sends wait).
+   */
+  barrier?: () => void;
 }
 
 const NO_OPTIONS: SocketSendOptions = Object.freeze({});
@@ -97,6 +111,10 @@ export class SocketSends implements QueueHost<SendJob, void> {
   #fd: OwnedFd;
   #type: SocketType;
   #queue: CallQueue<SendJob>;
+  /** Whether this side's writing was shut down (or is, once sends drain). */
+  #shut = false;
+  /** Barriers in the queue: a batch of messages stops before one. */
+  #barriers = 0;
 
   /**
    * @param fd The socket's fd.
@@ -110,23 +128,61 @@ export class SocketSends implements QueueHost<SendJob, void> {
 
   /** `UnixSocket.write()`: a send without fds. */
   write(bytes: Uint8Array, signal: AbortSignal | undefined): Promise<void> {
-    return this.#send(bytes, NO_OPTIONS, signal);
+    return this.#send(bytes, NO_OPTIONS, signal, WRITE);
   }
 
   /** `UnixSocket.send()`. */
   send(bytes: Uint8Array, options: SocketSendOptions): Promise<void> {
-    return this.#send(bytes, options, options.signal);
+    return this.#send(bytes, options, options.signal, SEND);
+  }
+
+  /**
+   * Shuts down this side's writing with `now` (the `shutdown(2)` call):
+   * at once when no send is queued (`now` throwing throws), else once the
+   * sends queued before it are done, and the promise returned settles
+   * then (rejecting with `now`'s error, or with the queue's when the
+   * socket closes first). Sends made from here on are refused.
+   */
+  shutWrite(now: () => void): Promise<void> | undefined {
+    if (this.#queue.length === 0) {
+      if (this.#barriers === 0) {
+        now();
+        this.#shut = true;
+      }
+      return undefined;
+    }
+    this.#shut = true;
+    this.#barriers++;
+    return this.#queue.push({
+      data: EMPTY,
+      length: 0,
+      fds: [],
+      copied: false,
+      endpoints: [],
+      closeSent: false,
+      offset: 0,
+      fdsSent: true,
+      signal: undefined,
+      call: "Cannot shut down UnixSocket",
+      barrier: now,
+    });
+  }
+
+  /** Writing was shut down at once: later sends are refused. */
+  markShut(): void {
+    this.#shut = true;
   }
 
   #send(
     bytes: Uint8Array,
     options: SocketSendOptions,
     signal: AbortSignal | undefined,
+    call: string,
   ): Promise<void> {
     let job: SendJob | undefined;
     try {
-      checkSignal(signal, SEND);
-      job = this.#prepareSend(bytes, options, signal);
+      checkSignal(signal, call);
+      job = this.#prepareSend(bytes, options, signal, call);
       // Nothing waits before it: try right away. Further messages of this
       // turn are gathered and leave together (sendmmsg).
       if (this.#queue.clear) {
@@ -143,7 +199,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
       job.data = pinned(job.data);
     } catch (error) {
       return Promise.reject(
-        this.#sendError(error, bytes?.byteLength ?? 0, job?.fds),
+        this.#sendError(error, bytes?.byteLength ?? 0, call, job?.fds),
       );
     }
     return this.#queue.push(job);
@@ -153,22 +209,23 @@ export class SocketSends implements QueueHost<SendJob, void> {
   sendSync(bytes: Uint8Array, options: SocketSendOptions): void {
     let job: SendJob | undefined;
     try {
-      job = this.#prepareSend(bytes, options, undefined);
+      job = this.#prepareSend(bytes, options, undefined, SEND);
       this.#queue.drainBlocking();
       this.#sendWhole(job);
       this.#finishSend(job);
     } catch (error) {
-      throw this.#sendError(error, bytes?.byteLength ?? 0, job?.fds);
+      throw this.#sendError(error, bytes?.byteLength ?? 0, SEND, job?.fds);
     }
   }
 
   /** `UnixSocket.writeSync()`: writes still queued go first. */
   writeSync(from: Uint8Array): void {
     try {
+      this.#assertNotShut(WRITE);
       this.#queue.drainBlocking();
       sendAllBlocking(this.#fd.fd, from);
     } catch (error) {
-      throw this.#sendError(error, from.byteLength);
+      throw this.#sendError(error, from.byteLength, WRITE);
     }
   }
 
@@ -186,9 +243,19 @@ export class SocketSends implements QueueHost<SendJob, void> {
    * are done; a failure is the first one's.
    */
   advance(jobs: readonly SendJob[]): number {
-    this.#checkAttached(jobs[0]);
-    if (this.#type === "stream") return this.#step(jobs[0]) ? 1 : 0;
-    const sent = sendMessages(this.#fd.fd, jobs, 0);
+    const head = jobs[0];
+    if (head.barrier !== undefined) return 1;
+    this.#checkAttached(head);
+    if (this.#type === "stream") return this.#step(head) ? 1 : 0;
+    // A batch stops before a barrier: what follows it waits for it.
+    const upTo = this.#barriers > 0
+      ? jobs.findIndex((job) => job.barrier !== undefined)
+      : -1;
+    const sent = sendMessages(
+      this.#fd.fd,
+      upTo === -1 ? jobs : jobs.slice(0, upTo),
+      0,
+    );
     return sent < 0 ? 0 : sent;
   }
 
@@ -220,20 +287,33 @@ export class SocketSends implements QueueHost<SendJob, void> {
     return this.#fd.wait("write", signal);
   }
 
-  /** A queued send went out: its copies closed, its fds closed if asked. */
+  /**
+   * A queued send went out: its copies closed, its fds closed if asked. A
+   * barrier runs its call now.
+   */
   done(job: SendJob): void {
+    if (job.barrier !== undefined) {
+      this.#barriers--;
+      job.barrier();
+      return;
+    }
     this.#closeCopies(job);
     this.#finishSend(job);
   }
 
   /** A queued send failed: its copies closed; the error the caller gets. */
   failed(job: SendJob, error: unknown): unknown {
+    if (job.barrier !== undefined) {
+      this.#barriers--;
+      return error;
+    }
     this.#closeCopies(job);
-    return this.#sendError(error, job.data.byteLength);
+    return this.#sendError(error, job.data.byteLength, job.call);
   }
 
   /** Sends all of a queued job, blocking while the peer is full. */
   finishBlocking(job: SendJob): void {
+    if (job.barrier !== undefined) return;
     this.#checkAttached(job);
     this.#sendWhole(job);
   }
@@ -245,41 +325,58 @@ export class SocketSends implements QueueHost<SendJob, void> {
     }
   }
 
+  /**
+   * Refuses a send once this side's writing is shut down: the kernel's
+   * EPIPE would say the peer is gone.
+   */
+  #assertNotShut(call: string): void {
+    if (!this.#shut) return;
+    throw new Deno.errors.BrokenPipe(
+      `${call}: this socket's writing was shut down (shutdown("write"))`,
+    );
+  }
+
   #prepareSend(
     bytes: Uint8Array,
     options: SocketSendOptions,
     signal: AbortSignal | undefined,
+    call: string,
   ): SendJob {
     this.#fd.assertOpen();
     if (!(bytes instanceof Uint8Array)) {
       throw new TypeError(
-        `${SEND}: bytes must be a Uint8Array, got ${describe(bytes)}`,
+        `${call}: bytes must be a Uint8Array, got ${describe(bytes)}`,
       );
     }
     // A transferred buffer leaves a view of length 0: only then look.
     if (bytes.byteLength === 0 && isDetached(bytes)) {
-      throw detachedError(SEND);
+      throw detachedError(call);
     }
     const given = options.fds ?? [];
     if (!Array.isArray(given)) {
       throw new TypeError(
-        `${SEND}: fds must be an array of endpoints or fds, got ${
+        `${call}: fds must be an array of endpoints or fds, got ${
           describe(given)
         }`,
       );
     }
     if (given.length > MAX_FDS) {
       throw new RangeError(
-        `Cannot send on UnixSocket: ${given.length} fds in one message, at most ${MAX_FDS} allowed`,
+        `${call}: ${given.length} fds in one message, at most ${MAX_FDS} allowed`,
       );
     }
+    this.#assertNotShut(call);
     const fds: number[] = [];
     const endpoints: FdEndpoint[] = [];
     for (const [i, value] of given.entries()) {
-      const fd = typeof value === "number" ? value : value?.rawFd;
-      if (!Number.isInteger(fd) || fd < 0) {
+      const fd = typeof value === "number"
+        ? value
+        : typeof value === "object" && value !== null && "rawFd" in value
+        ? endpointFd(value, call, `fds[${i}]`)
+        : undefined;
+      if (fd === undefined || !Number.isInteger(fd) || fd < 0) {
         throw new TypeError(
-          `Cannot send on UnixSocket: fds[${i}] is not an endpoint or an fd`,
+          `${call}: fds[${i}] is not an endpoint or an fd`,
         );
       }
       fds.push(fd);
@@ -287,7 +384,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
     }
     if (fds.length > 0 && this.#type === "stream" && bytes.byteLength === 0) {
       throw new RangeError(
-        "Cannot send on UnixSocket: fds on a stream socket need at least one byte of data to travel with",
+        `${call}: fds on a stream socket need at least one byte of data to travel with`,
       );
     }
     return {
@@ -300,6 +397,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
       offset: 0,
       fdsSent: fds.length === 0,
       signal,
+      call,
     };
   }
 
@@ -313,7 +411,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
       } catch (error) {
         closeAll(copies);
         throw new Deno.errors.BadResource(
-          `Cannot send on UnixSocket: fds[${i}] (fd ${fd}) cannot be kept until the send: ${
+          `${job.call}: fds[${i}] (fd ${fd}) cannot be kept until the send: ${
             (error as Error).message
           }`,
           { cause: error },
@@ -385,7 +483,12 @@ export class SocketSends implements QueueHost<SendJob, void> {
     }
   }
 
-  #sendError(error: unknown, size: number, fds?: readonly number[]): unknown {
+  #sendError(
+    error: unknown,
+    size: number,
+    call: string,
+    fds?: readonly number[],
+  ): unknown {
     const code = (error as Partial<SystemError>)?.errno;
     if (code === undefined) return error;
     if (code === ERRNO.EBADF && fds !== undefined) {
@@ -394,19 +497,23 @@ export class SocketSends implements QueueHost<SendJob, void> {
       const i = fds.findIndex((fd) => lib.fcntl(fd, F.GETFD, 0) === -1);
       if (i !== -1) {
         return new Deno.errors.BadResource(
-          `Cannot send on UnixSocket: fds[${i}] (fd ${
-            fds[i]
-          }) is not an open fd`,
+          `${call}: fds[${i}] (fd ${fds[i]}) is not an open fd`,
           { cause: error },
         );
       }
+    }
+    if (code === ERRNO.EPIPE && this.#shut) {
+      return new Deno.errors.BrokenPipe(
+        `${call}: this socket's writing was shut down (shutdown("write"))`,
+        { cause: error },
+      );
     }
     if (
       code === ERRNO.EPIPE || code === ERRNO.ECONNREFUSED ||
       code === ERRNO.ECONNRESET || code === ERRNO.ENOTCONN
     ) {
       return new Deno.errors.BrokenPipe(
-        `Cannot send on UnixSocket: the peer is gone (${
+        `${call}: the peer is gone or no longer reads (${
           (error as SystemError).code
         })`,
         { cause: error },
@@ -421,13 +528,13 @@ export class SocketSends implements QueueHost<SendJob, void> {
         // The limit is only detail for the message.
       }
       return new RangeError(
-        `Cannot send on UnixSocket: message of ${size} bytes exceeds the socket's limit${limit}`,
+        `${call}: message of ${size} bytes exceeds the socket's limit${limit}`,
         { cause: error },
       );
     }
     if (code === ERRNO.ETOOMANYREFS) {
       return new RangeError(
-        "Cannot send on UnixSocket: too many fds are in flight to unread sockets (ETOOMANYREFS)",
+        `${call}: too many fds are in flight to unread sockets (ETOOMANYREFS)`,
         { cause: error },
       );
     }

@@ -9,7 +9,14 @@
  */
 
 import { libc, SYS } from "./ffi/libc.ts";
-import { check, checkReturn, ERRNO, errno, systemError } from "./ffi/errors.ts";
+import {
+  check,
+  checkReturn,
+  endpointFd,
+  ERRNO,
+  errno,
+  systemError,
+} from "./ffi/errors.ts";
 import {
   EFD,
   F,
@@ -140,8 +147,12 @@ function givenFd(
   value: HasFd | number,
   keywords?: string,
 ): number {
-  const fd = typeof value === "number" ? value : value?.rawFd;
-  if (!Number.isInteger(fd) || fd < 0) {
+  const fd = typeof value === "number"
+    ? value
+    : typeof value === "object" && value !== null && "rawFd" in value
+    ? endpointFd(value, "Cannot spawn", what)
+    : undefined;
+  if (fd === undefined || !Number.isInteger(fd) || fd < 0) {
     // A misspelled keyword ("pipe") is named, with the ones there are.
     throw new TypeError(
       keywords !== undefined && typeof value === "string"

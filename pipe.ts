@@ -411,8 +411,10 @@ export class PipeWriter implements Disposable {
   }
 
   /**
-   * A byte sink: each chunk is written whole before the next is taken.
-   * Closing the stream closes the writer. Aborting it discards, as a stream
+   * A byte sink: each chunk (any `ArrayBufferView`) is written whole before
+   * the next is taken. Closing the stream closes the writer once the writes
+   * queued before (direct `write()` calls too) are done. Aborting it
+   * discards, as a stream
    * abort does: the chunk that waits for room is given up and the writer
    * closed at once, so a chunk partly in the pipe is cut off there (the
    * reader sees EOF after part of it). A write that fails (`BrokenPipe`
@@ -421,7 +423,16 @@ export class PipeWriter implements Disposable {
    */
   get writable(): WritableStream<Uint8Array> {
     return this.#writable ??= byteWritable(
+      WRITE,
       (chunk, signal) => this.#write(chunk, signal),
+      async () => {
+        try {
+          await this.#writes.afterWrites();
+        } catch {
+          // A write that failed told its own caller.
+        }
+        this.close();
+      },
       () => this.close(),
     );
   }

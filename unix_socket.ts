@@ -23,6 +23,7 @@ import {
   byteReadable,
   byteWritable,
   checkSignal,
+  describe,
   readChecked,
   type ReadOptions,
   spinnerFor,
@@ -406,9 +407,11 @@ export class UnixSocket implements Disposable {
   }
 
   /**
-   * Stream sockets: a byte sink with backpressure. Closing it shuts down
-   * this side's writing, so the peer reads end of stream; the socket stays
-   * open for reading. Aborting it discards, as a stream abort does: the
+   * Stream sockets: a byte sink with backpressure, taking any
+   * `ArrayBufferView`. Closing it shuts down this side's writing once the
+   * writes queued before (direct `write()` calls too) are out, so the peer
+   * reads end of stream after them; the socket stays open for reading.
+   * Aborting it discards, as a stream abort does: the
    * chunk that waits for room is given up and writing shut down at once,
    * so a chunk partly out is cut off there (the peer reads end of stream
    * after part of it). A write that fails errors the stream and shuts down
@@ -418,15 +421,20 @@ export class UnixSocket implements Disposable {
   get writable(): WritableStream<Uint8Array> {
     this.#assertStream("write to");
     return this.#writable ??= byteWritable(
+      WRITE,
       (chunk, signal) => this.#write(chunk, signal),
-      () => this.#shutdownQuietly("write"),
+      () => this.#closeWriting(),
+      () => this.#abortWriting(),
     );
   }
 
   /**
    * Ends one or both directions without closing the socket: after
    * `shutdown("write")` the peer reads end of stream (`null`) once it has
-   * read everything sent before, and this side can still read.
+   * read everything sent before, and this side can still read. Writes and
+   * sends still queued (waiting for room) go out first, and the socket's
+   * writing ends after them; those made after this call reject with
+   * `Deno.errors.BrokenPipe`.
    *
    * @param how `"write"` (the default), `"read"` or `"both"`.
    *
@@ -444,14 +452,25 @@ export class UnixSocket implements Disposable {
    * ```
    */
   shutdown(how: ShutdownHow = "write"): void {
-    const value = SHUTDOWN[how];
-    if (value === undefined) {
+    if (!Object.hasOwn(SHUTDOWN, how)) {
       throw new TypeError(
         `Cannot shut down UnixSocket: how must be "read", "write" or "both", got ${
-          JSON.stringify(how)
+          typeof how === "string" ? JSON.stringify(how) : describe(how)
         }`,
       );
     }
+    this.#fd.assertOpen();
+    if (how !== "write") this.#shutdownNow(SOCK.SHUT_RD);
+    if (how !== "read") {
+      // A shutdown that waits for queued sends has no caller left to tell
+      // of a failure: the socket closed first, or the peer went.
+      this.#sends.shutWrite(() => this.#shutdownNow(SOCK.SHUT_WR))?.catch(
+        () => {},
+      );
+    }
+  }
+
+  #shutdownNow(value: number): void {
     const result = libc().shutdown(this.#fd.fd, value);
     // The peer may have gone already; there is nothing left to end then.
     if (result === -1 && errno() !== ERRNO.ENOTCONN) {
@@ -463,6 +482,33 @@ export class UnixSocket implements Disposable {
     if (this.#fd.closed) return;
     try {
       this.shutdown(how);
+    } catch {
+      // Ending a stream must not fail because the socket is gone.
+    }
+  }
+
+  /**
+   * The writable's abort, or its failed write: writing ends at once, sends
+   * still queued are cut off.
+   */
+  #abortWriting(): void {
+    if (this.#fd.closed) return;
+    this.#sends.markShut();
+    try {
+      this.#shutdownNow(SOCK.SHUT_WR);
+    } catch {
+      // Ending a stream must not fail because the socket is gone.
+    }
+  }
+
+  /**
+   * The writable's close: writing ends once the sends queued before it
+   * (direct writes made meanwhile) are out.
+   */
+  async #closeWriting(): Promise<void> {
+    if (this.#fd.closed) return;
+    try {
+      await this.#sends.shutWrite(() => this.#shutdownNow(SOCK.SHUT_WR));
     } catch {
       // Ending a stream must not fail because the socket is gone.
     }

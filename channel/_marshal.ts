@@ -8,6 +8,7 @@
  */
 
 import { invalid } from "../_channel_error.ts";
+import { endpointFd } from "../ffi/errors.ts";
 import { dupCloexec, OwnedFd } from "../ffi/fd.ts";
 import { closeAll } from "../_scm.ts";
 import {
@@ -130,7 +131,16 @@ export class Outgoing implements EndpointHooks {
       return true;
     }
     out.u8(KIND[kind]);
-    out.varint(this.#fd((value as { rawFd: number }).rawFd, false));
+    out.varint(
+      this.#fd(
+        endpointFd(
+          value as { rawFd: number },
+          "Cannot send on channel",
+          "an endpoint in the value",
+        ),
+        false,
+      ),
+    );
     return true;
   }
 

@@ -281,3 +281,27 @@ export function checkReturn(syscall: string, code: number): void {
 export function closedError(what: string): Deno.errors.BadResource {
   return new Deno.errors.BadResource(`Cannot use ${what}: it is closed`);
 }
+
+/**
+ * `endpoint.rawFd`, where a closed endpoint is said as the call's refusal
+ * of that argument: "Cannot spawn: fds[0] (a PipeReader) is closed".
+ *
+ * @param call What was refused, e.g. "Cannot spawn".
+ * @param what Which argument, e.g. "fds[0]".
+ */
+export function endpointFd(
+  endpoint: { readonly rawFd: number },
+  call: string,
+  what: string,
+): number {
+  try {
+    return endpoint.rawFd;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.BadResource)) throw error;
+    const name = (endpoint as { constructor?: { name?: string } }).constructor
+      ?.name ?? "endpoint";
+    throw new Deno.errors.BadResource(`${call}: ${what} (${name}) is closed`, {
+      cause: error,
+    });
+  }
+}

@@ -252,15 +252,28 @@ test("a writable whose write fails with BrokenPipe closes the writer, as Deno's 
   // close by hand.
   await assert.rejects(w.close(), TypeError);
 
-  // A chunk that is no Uint8Array fails the stream the same way.
-  const q = pipe();
+  // Any view is written byte for byte; a chunk that is none errors the
+  // stream before anything is written, and the writer stays usable.
+  using q = pipe();
   const v = q.writer.writable.getWriter();
+  await v.write(new Uint16Array([0x4241]) as unknown as Uint8Array);
+  await v.write(new DataView(Uint8Array.of(0x43).buffer) as never);
   await assert.rejects(
     v.write("text" as unknown as Uint8Array),
-    TypeError,
+    (error: Error) =>
+      error instanceof TypeError &&
+      error.message.includes(
+        "Cannot write to PipeWriter through its writable",
+      ) &&
+      error.message.includes("got string"),
   );
-  assert.equal(q.writer.closed, true);
-  q.reader.close();
+  assert.equal(q.writer.closed, false);
+  await q.writer.write(Uint8Array.of(0x44));
+  q.writer.close();
+  assert.equal(
+    new TextDecoder().decode(await readAll(q.reader)),
+    "ABCD",
+  );
 });
 
 test("writable applies backpressure: a write larger than the pipe finishes only as the reader drains", async () => {

@@ -123,20 +123,108 @@ test(
       "still here",
     );
 
-    // The failed write shut down this side's writing: the peer reads end of
-    // stream (a chunk that is no Uint8Array fails the write).
+    // A chunk that is no view errors the stream before anything is
+    // written: the socket's writing goes on; any view goes byte for byte.
     using second = socketpair({ type: "stream" });
     const [c, d] = second;
     const w = c.writable.getWriter();
+    await w.write(new Uint16Array([0x4241]) as unknown as Uint8Array);
     await assert.rejects(
       w.write("text" as unknown as Uint8Array),
-      TypeError,
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message.includes(
+          "Cannot write to UnixSocket through its writable",
+        ),
     );
+    await c.write(encoder.encode("C"));
+    c.shutdown("write");
+    assert.equal(decoder.decode(await readExactly(d, 3)), "ABC");
     assert.equal(
       await withTimeout(d.read(new Uint8Array(8)), 5000, "end of stream"),
       null,
     );
     assert.equal(c.closed, false);
+  },
+  perms,
+);
+
+/** Reads `socket` to end of stream; the byte count. */
+async function drainCount(socket: UnixSocket): Promise<number> {
+  const buffer = new Uint8Array(64 * 1024);
+  let total = 0;
+  for (;;) {
+    const n = await socket.read(buffer);
+    if (n === null) return total;
+    total += n;
+  }
+}
+
+test(
+  "shutdown('write') lets queued writes out first; later writes name the shutdown, not the peer",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const size = 4 << 20; // far more than the socket holds: it queues
+    const written = a.write(new Uint8Array(size).fill(7));
+    a.shutdown("write");
+    const reading = drainCount(b);
+    await withTimeout(written, 10_000, "the queued write");
+    assert.equal(await withTimeout(reading, 10_000, "end of stream"), size);
+    const shut = (error: Error, call: string) =>
+      error instanceof Deno.errors.BrokenPipe &&
+      error.message.startsWith(call) &&
+      error.message.includes('writing was shut down (shutdown("write"))');
+    await assert.rejects(
+      a.write(Uint8Array.of(1)),
+      (error: Error) => shut(error, "Cannot write to UnixSocket"),
+    );
+    await assert.rejects(
+      a.send(Uint8Array.of(1)),
+      (error: Error) => shut(error, "Cannot send on UnixSocket"),
+    );
+    assert.throws(
+      () => a.writeSync(Uint8Array.of(1)),
+      (error: Error) => shut(error, "Cannot write to UnixSocket"),
+    );
+    // Reading goes on.
+    await b.write(encoder.encode("ok"));
+    assert.equal(decoder.decode(await readExactly(a, 2)), "ok");
+
+    // The writable's close waits for direct writes queued before it.
+    using second = socketpair({ type: "stream" });
+    const [c, d] = second;
+    const direct = c.write(new Uint8Array(size));
+    const closing = c.writable.close();
+    const drained = drainCount(d);
+    await withTimeout(direct, 10_000, "the queued write");
+    await withTimeout(closing, 10_000, "the writable's close");
+    assert.equal(await withTimeout(drained, 10_000, "end of stream"), size);
+  },
+  perms,
+);
+
+test(
+  "shutdown('write') on seqpacket: queued messages arrive before end of messages",
+  async () => {
+    using pair = socketpair({ type: "seqpacket" });
+    const [a, b] = pair;
+    const sends: Promise<void>[] = [];
+    // Enough messages that some wait for room.
+    for (let i = 0; i < 600; i++) {
+      sends.push(a.send(new Uint8Array(1024).fill(i & 0xff)));
+    }
+    a.shutdown("write");
+    let count = 0;
+    for (;;) {
+      const message = await withTimeout(b.recv(), 10_000, "a message");
+      if (message === null) break;
+      assert.equal(message.data[0], count & 0xff);
+      count++;
+    }
+    await withTimeout(Promise.all(sends), 10_000, "the sends");
+    assert.equal(count, 600);
+    await assert.rejects(a.send(Uint8Array.of(1)), Deno.errors.BrokenPipe);
   },
   perms,
 );

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { pipe, spawn, type SpawnOptions } from "../mod.ts";
+import { channel, pipe, socketpair, spawn, type SpawnOptions } from "../mod.ts";
 import { childPids, test, withTimeout } from "./_util.ts";
 
 /** Asserts that `spawn(command, options)` throws `Class` with `message`. */
@@ -171,6 +171,49 @@ test(
         "Cannot collect output: 'stderr' was read already or is being read",
     });
     await withTimeout(read.status, 10_000, "status");
+  },
+  { read: true, run: true },
+);
+
+test(
+  "a closed endpoint given to spawn(), send() or a channel value is named with the call and the argument",
+  async () => {
+    const { reader, writer } = pipe();
+    reader.close();
+    refuses(
+      "true",
+      { fds: [writer, reader] },
+      Deno.errors.BadResource,
+      "Cannot spawn: fds[1] (PipeReader) is closed",
+    );
+    refuses(
+      "true",
+      { stdout: reader },
+      Deno.errors.BadResource,
+      "Cannot spawn: stdout (PipeReader) is closed",
+    );
+    using pair = socketpair({ type: "seqpacket" });
+    await assert.rejects(
+      pair[0].send(Uint8Array.of(1), { fds: [reader] }),
+      (e: Error) =>
+        e instanceof Deno.errors.BadResource &&
+        e.message ===
+          "Cannot send on UnixSocket: fds[0] (PipeReader) is closed",
+    );
+    const [tx, rx] = channel<unknown>();
+    try {
+      await assert.rejects(
+        tx.send({ out: reader }),
+        (e: Error) =>
+          e instanceof Deno.errors.BadResource &&
+          e.message ===
+            "Cannot send on channel: an endpoint in the value (PipeReader) is closed",
+      );
+    } finally {
+      tx.close();
+      rx.close();
+      writer.close();
+    }
   },
   { read: true, run: true },
 );
