@@ -59,7 +59,9 @@ function refused(why: number): ChannelClosedError {
       ? `Cannot send on channel: the receiver refused this sender: the sender it was cloned from already added ${MAX_ADDED} open senders`
       : why === REFUSAL.THREAD_FULL
       ? "Cannot send on channel: the receiver refused this sender: the receivers of its process (or Worker) hold as many senders that peers added as they take"
-      : `Cannot send on channel: the receiver refused this sender: it already holds ${MAX_CONNECTIONS} senders`,
+      : why === REFUSAL.FULL
+      ? `Cannot send on channel: the receiver refused this sender: it already holds ${MAX_CONNECTIONS} senders`
+      : `Cannot send on channel: the receiver refused this sender (reason ${why}, which this version does not know)`,
   );
 }
 

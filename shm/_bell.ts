@@ -8,18 +8,27 @@
  *
  * Only for doorbells: the binding reads whatever arrives, so it suits a
  * socket that carries nothing but rings (a message's fds would be lost).
- * Used by the main thread on the `uring` and `aio` wake paths. A Worker
- * waits through
- * the poller as before: a terminated Worker runs no code, so a handle of
- * its event loop would keep the doorbell open (and take the rings of
- * whoever holds the end next). So do the `ffi` path and a Deno without
- * the binding.
+ * Used by the main thread on the `uring` and `aio` wake paths, for ends
+ * made in this process. A Worker waits through the poller as before: a
+ * terminated Worker runs no code, so a handle of its event loop would keep
+ * the doorbell open (and take the rings of whoever holds the end next). So
+ * do the `ffi` path, a Deno without the binding, and an end adopted from
+ * another process (see below).
  *
- * The binding puts the fd in non-blocking mode, and a duplicate shares that
- * flag with the doorbell itself and with every process holding the same
- * end: unlike the module's other fds, a doorbell that parked here stays
+ * The binding reads with plain `read()`, which relies on the fd's
+ * `O_NONBLOCK`; that flag belongs to the open file, which a duplicate
+ * shares with the doorbell itself and with every process holding the same
+ * end. The process that made an end holds its doorbell's open file until it
+ * hands the end over, and may keep a copy: had it cleared the flag, the
+ * event loop's read would block the thread for good. So only an end made
+ * here parks on this bell; an adopted one waits through the poller, whose
+ * reads pass `MSG_DONTWAIT`. A doorbell that parked here stays
  * non-blocking (it is never given back blocking: another holder's bell may
  * be reading it).
+ *
+ * An empty packet reads as the end of the stream to the binding, which
+ * then stops; the bell looks for the hang-up itself, and when there is
+ * none its owner goes on through the poller.
  *
  * @module
  */
@@ -30,6 +39,7 @@ import { dupCloexec } from "../ffi/fd.ts";
 import { libc } from "../ffi/libc.ts";
 import { poller } from "../ffi/poller.ts";
 import { loopTurned } from "../ffi/_turns.ts";
+import { readHangup } from "../_scm.ts";
 
 /** A wait for the next ring. */
 interface Waiter {
@@ -75,13 +85,17 @@ function bytesRead(): number {
  */
 export class ReactorBell {
   #handle: PipeHandle;
+  /** The duplicate the handle reads (and owns). */
+  #fd: number;
   #waiter: Waiter | undefined;
   #gone = false;
+  #stopped = false;
   #closed = false;
   #refed = true;
 
-  private constructor(handle: PipeHandle) {
+  private constructor(handle: PipeHandle, fd: number) {
     this.#handle = handle;
+    this.#fd = fd;
   }
 
   /**
@@ -104,8 +118,8 @@ export class ReactorBell {
         return undefined;
       }
       // The handle owns the copy from here: closing it closes the copy.
+      const bell = new ReactorBell(handle, copy);
       copy = -1;
-      const bell = new ReactorBell(handle);
       // Rings land in one small buffer; a ring is one byte.
       handle.useUserBuffer?.(new Uint8Array(new ArrayBuffer(64)));
       handle.onread = (buffer) => bell.#onRead(buffer);
@@ -131,13 +145,22 @@ export class ReactorBell {
   }
 
   /**
+   * Whether the binding stopped at an empty packet, which it reads as the
+   * end of the stream while the other side is still there: the owner
+   * closes this bell and waits through the poller.
+   */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
+  /**
    * Resolves at the next ring, or at once when the bell is gone; rejects
    * with `closed` when the bell is closed first, or with the signal's
    * reason when `signal` is aborted first. One wait at a time.
    */
   wait(signal?: AbortSignal): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("bell closed"));
-    if (this.#gone) return Promise.resolve();
+    if (this.#gone || this.#stopped) return Promise.resolve();
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#waiter !== undefined) {
       return Promise.reject(new Error("a bell takes one wait at a time"));
@@ -193,8 +216,16 @@ export class ReactorBell {
     loopTurned();
     if (this.#closed) return;
     if (buffer === undefined && bytesRead() < 0) {
-      // End of the stream or an error: the binding has stopped reading.
-      this.#gone = true;
+      // End of the stream or an error: the binding has stopped reading. An
+      // empty packet reads as the end too; only a hang-up is one.
+      let hungUp = true;
+      try {
+        hungUp = readHangup(this.#fd);
+      } catch {
+        // The fd failed: no ring can come through it.
+      }
+      if (hungUp) this.#gone = true;
+      else this.#stopped = true;
     }
     this.#settle()?.resolve();
   }

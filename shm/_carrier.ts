@@ -18,6 +18,7 @@ import { cmsgSpace, MSG, S, SOCK, STAT } from "../ffi/layout.ts";
 import { closeAll, receivedFds, writeRights } from "../ffi/cmsg.ts";
 import { MessageArea } from "../ffi/msghdr.ts";
 import { socketOption } from "../_socket_options.ts";
+import { readHangup } from "../_scm.ts";
 
 /** "CQE1" little-endian: a conduit queue end. */
 export const HELLO_MAGIC = 0x31455143;
@@ -228,7 +229,7 @@ const DRAIN_READS = 64;
 
 /**
  * Takes the pending rings off a doorbell. Returns `false` once the peer's
- * side is gone (end of file, or never connected).
+ * side is gone (hung up, or never connected).
  */
 export function drain(fd: number): boolean {
   const lib = libc();
@@ -236,7 +237,12 @@ export function drain(fd: number): boolean {
   for (let reads = 0; reads < DRAIN_READS; reads++) {
     const n = Number(lib.recv(fd, drainBuffer, 64n, MSG.DONTWAIT));
     if (n > 0) continue;
-    if (n === 0) return false;
+    // 0 bytes: the hang-up, or an empty packet (a peer's, which reads
+    // alike): only a hang-up ends the end.
+    if (n === 0) {
+      if (readHangup(fd)) return false;
+      continue;
+    }
     const code = ioErrno(failed++);
     if (code === ERRNO.EAGAIN) return true;
     if (code === ERRNO.EINTR) continue;

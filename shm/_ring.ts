@@ -110,14 +110,23 @@ export class Ring {
   #refed = true;
   #parked: "bell" | "poller" | undefined;
 
+  /**
+   * @param sharedBell Whether the doorbell came from another process (an
+   * adopted end): whoever made it may hold the same open file, and so can
+   * take its `O_NONBLOCK` away, which would leave the event loop's read of
+   * it blocked; such an end waits through the poller, whose reads never
+   * block whatever the flag says.
+   */
   constructor(
     what: string,
     mapping: Mapping,
     carrier: number,
     doorbell: number,
     spin: number | undefined,
+    sharedBell: boolean,
   ) {
     this.what = what;
+    if (sharedBell) this.#bell = null;
     const header = new Int32Array(mapping.buffer, 0, HEADER_BYTES / 4);
     const fail = (detail: string): never => {
       throw new TypeError(`Cannot adopt ${what}: ${detail}`);
@@ -236,6 +245,12 @@ export class Ring {
       // The wake came through the event loop, which the bell counted
       // (loopTurned): turnDue() starts a new slice.
       if (bell.gone) this.peerGone = true;
+      else if (bell.stopped) {
+        // An empty packet read as the end by the binding: the bell has
+        // stopped, and the poller waits from now on.
+        bell.close(closedError(this.what));
+        this.#bell = null;
+      }
       return;
     }
     this.#parked = "poller";

@@ -198,10 +198,10 @@ export function shmQueue(options: ShmQueueOptions = {}): ShmQueue {
   const carrierTx = carrier(ROLE.sender, bellTx);
   const carrierRx = carrier(ROLE.receiver, bellRx);
   const tx = new ShmSender(
-    new Ring("ShmSender", first, carrierTx, bellTx, spin),
+    new Ring("ShmSender", first, carrierTx, bellTx, spin, false),
   );
   const rx = new ShmReceiver(
-    new Ring("ShmReceiver", second, carrierRx, bellRx, spin),
+    new Ring("ShmReceiver", second, carrierRx, bellRx, spin, false),
   );
   onFailure.move();
   return Object.assign([tx, rx] as [ShmSender, ShmReceiver], {
@@ -294,6 +294,7 @@ export function adoptQueueEnd(
     fd,
     bell,
     spin,
+    true,
   );
   onFailure.move();
   // The ring holds the mapping and the doorbell; the memfd is done with.

@@ -20,6 +20,7 @@ import {
   seqpacketPair,
 } from "../_channel_wire.ts";
 import { Outbox } from "../channel/_outbox.ts";
+import { releaseFd } from "../_keys.ts";
 import { bytesFrame, type Frame } from "../channel/_frame.ts";
 import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
 import { OwnedFd } from "../ffi/fd.ts";
@@ -616,6 +617,28 @@ test(
     } finally {
       tx.close();
       peer.close();
+    }
+  },
+);
+
+test(
+  "a refusal whose reason this version does not know says so, not that the receiver is full",
+  async () => {
+    const [tx, rx] = channel<number>({ capacity: 1 });
+    const fd = rx[releaseFd]();
+    try {
+      await tx.send(1);
+      assert.equal(sendFrame(fd, [header(FRAME.REFUSED, 77)], []), true);
+      await assert.rejects(
+        withTimeout(tx.send(2), 5_000, "the refusal"),
+        (error: Error) =>
+          error instanceof ChannelClosedError &&
+          error.message ===
+            "Cannot send on channel: the receiver refused this sender (reason 77, which this version does not know)",
+      );
+    } finally {
+      tx.close();
+      libc().close(fd);
     }
   },
 );
