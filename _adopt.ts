@@ -100,7 +100,12 @@ export function isCloexec(fd: number): boolean {
  */
 interface Adopter {
   readonly file: FdKind;
-  readonly adopt: (fd: number, access: number) => Endpoint | null;
+  /** `received`: the fd came in a message from a peer (see adoptFd). */
+  readonly adopt: (
+    fd: number,
+    access: number,
+    received: boolean,
+  ) => Endpoint | null;
 }
 
 // Pipe ends (and FIFOs), by their access mode.
@@ -179,7 +184,10 @@ function sharedMemory(fd: number, access: number): Endpoint | null {
 const ADOPTERS: readonly Adopter[] = [
   { file: "fifo", adopt: pipeEnd },
   { file: "socket", adopt: channelEnd },
-  { file: "socket", adopt: (fd) => adoptQueueEnd(fd, undefined) },
+  {
+    file: "socket",
+    adopt: (fd, _access, received) => adoptQueueEnd(fd, undefined, received),
+  },
   { file: "socket", adopt: unixSocket },
   { file: "file", adopt: sharedMemory },
 ];
@@ -190,13 +198,17 @@ const ADOPTERS: readonly Adopter[] = [
  * received (SCM_RIGHTS fds arrive CLOEXEC); `fromFd()` adds the check for
  * fds named by a caller.
  *
+ * @param received Whether the fd came in a message from a peer, which may
+ * be another user's process, rather than from `fromFd()` (an fd inherited
+ * from the process that started this one, or this process's own): a shm
+ * queue end received so waits through the poller (see shm/_bell.ts).
  * @throws {TypeError} When no endpoint fits the fd (it is left open).
  */
-export function adoptFd(fd: number): Endpoint {
+export function adoptFd(fd: number, received = false): Endpoint {
   const { kind, access } = describeFd(fd);
   for (const adopter of ADOPTERS) {
     if (adopter.file !== kind) continue;
-    const endpoint = adopter.adopt(fd, access);
+    const endpoint = adopter.adopt(fd, access, received);
     if (endpoint !== null) {
       setCloexec(fd);
       return endpoint;
@@ -217,4 +229,4 @@ const KIND_NAMES: Record<FdKind, string> = {
     "neither a pipe, a socket nor a regular file (a terminal, a device, a directory, ...)",
 };
 
-setReceivedAdopter(adoptFd);
+setReceivedAdopter((fd) => adoptFd(fd, true));

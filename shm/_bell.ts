@@ -9,20 +9,23 @@
  * Only for doorbells: the binding reads whatever arrives, so it suits a
  * socket that carries nothing but rings (a message's fds would be lost).
  * Used by the main thread on the `uring` and `aio` wake paths, for ends
- * made in this process. A Worker waits through the poller as before: a
- * terminated Worker runs no code, so a handle of its event loop would keep
- * the doorbell open (and take the rings of whoever holds the end next). So
- * do the `ffi` path, a Deno without the binding, and an end adopted from
- * another process (see below).
+ * made in this process or adopted with `fromFd()`. A Worker waits through
+ * the poller as before: a terminated Worker runs no code, so a handle of
+ * its event loop would keep the doorbell open (and take the rings of
+ * whoever holds the end next). So do the `ffi` path, a Deno without the
+ * binding, and an end received in a message (see below).
  *
  * The binding reads with plain `read()`, which relies on the fd's
  * `O_NONBLOCK`; that flag belongs to the open file, which a duplicate
  * shares with the doorbell itself and with every process holding the same
  * end. The process that made an end holds its doorbell's open file until it
  * hands the end over, and may keep a copy: had it cleared the flag, the
- * event loop's read would block the thread for good. So only an end made
- * here parks on this bell; an adopted one waits through the poller, whose
- * reads pass `MSG_DONTWAIT`. A doorbell that parked here stays
+ * event loop's read would block the thread for good. An end received in a
+ * message, whose maker may be any peer (another user's process), therefore
+ * waits through the poller, whose reads pass `MSG_DONTWAIT`. One made here,
+ * or inherited and adopted with `fromFd()`, parks on this bell: its maker
+ * is this process or the one that started it, which can stop this one
+ * anyway (SIGSTOP). A doorbell that parked here stays
  * non-blocking (it is never given back blocking: another holder's bell may
  * be reading it).
  *

@@ -111,11 +111,13 @@ export class Ring {
   #parked: "bell" | "poller" | undefined;
 
   /**
-   * @param sharedBell Whether the doorbell came from another process (an
-   * adopted end): whoever made it may hold the same open file, and so can
-   * take its `O_NONBLOCK` away, which would leave the event loop's read of
-   * it blocked; such an end waits through the poller, whose reads never
-   * block whatever the flag says.
+   * @param sharedBell Whether the end came in a message from a peer, which
+   * may be another user's process: whoever made it may hold the doorbell's
+   * open file, and so can take its `O_NONBLOCK` away, which would leave the
+   * event loop's read of it blocked; such an end waits through the poller,
+   * whose reads never block whatever the flag says. (The maker of an end
+   * this process made or inherited is this process, or the one that
+   * started it, which can stop it anyway.)
    */
   constructor(
     what: string,

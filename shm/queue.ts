@@ -247,7 +247,8 @@ export function shmQueueFromFd(
 
 /**
  * The queue end whose carrier socket `fd` is, or `null` when the socket
- * holds no queue hello: `fromFd()`'s test for a queue end.
+ * holds no queue hello: `fromFd()`'s test for a queue end. `received`: it
+ * came in a message from a peer, and so waits through the poller.
  *
  * @throws {TypeError} When the hello is there but what it carries is no
  * valid queue end (the fds it carried are closed, `fd` is left open).
@@ -255,6 +256,7 @@ export function shmQueueFromFd(
 export function adoptQueueEnd(
   fd: number,
   spin: number | undefined,
+  received = false,
 ): ShmSender | ShmReceiver | null {
   const hello = peekHello(fd);
   if (hello === null) return null;
@@ -263,7 +265,7 @@ export function adoptQueueEnd(
   // Released only when adoption fails: every fd the hello carried, and the
   // mapping.
   using onFailure = new DisposableStack();
-  for (const received of fds) onFailure.defer(() => lib.close(received));
+  for (const carried of fds) onFailure.defer(() => lib.close(carried));
   if (fds.length !== 2 || (role !== ROLE.sender && role !== ROLE.receiver)) {
     throw new TypeError(
       `Cannot adopt fd ${fd}: a shmQueue end with role ${role} and ${fds.length} fds`,
@@ -294,7 +296,7 @@ export function adoptQueueEnd(
     fd,
     bell,
     spin,
-    true,
+    received,
   );
   onFailure.move();
   // The ring holds the mapping and the doorbell; the memfd is done with.

@@ -188,8 +188,7 @@ test(
       assert.ok(moved instanceof ShmReceiver);
       for (let i = 1; i <= 3; i++) {
         const next = moved.recv();
-        // An adopted end waits through the poller (see shm/_bell.ts).
-        assert.equal(await parked(moved), "poller");
+        assert.equal(await parked(moved), expectedPark());
         await tx.send(new Uint8Array([i]));
         assert.deepEqual(
           await withTimeout(next, 5_000, `receive ${i} by the new owner`),
@@ -314,30 +313,123 @@ async function park(mode: string[], value?: number) {
 test(
   "unref() lets a process end whose only work is a parked receive; a ref'd receive keeps it until the message comes",
   async () => {
-    // The child's wake path is its default one (it cannot read the env).
-    // An end it adopted waits through its poller; one it made itself ("own")
-    // on the event loop's bell, except on the ffi path.
-    for (const own of [[], ["own"]]) {
-      for (const when of ["unref", "unref-parked"]) {
-        const unrefd = await park([when, ...own]);
-        assert.equal(unrefd.said[0], "parked");
-        assert.equal(
-          unrefd.said[1],
-          own.length > 0 && unrefd.said[3] !== "ffi" ? "bell" : "poller",
-        );
-        assert.equal(unrefd.code, 0);
-        assert.equal(unrefd.rest, "");
-      }
-      const refd = await park(["ref", ...own], 42);
+    for (const when of ["unref", "unref-parked"]) {
+      const unrefd = await park([when]);
+      // The child's wake path is its default one (it cannot read the env).
+      assert.equal(unrefd.said[0], "parked");
       assert.equal(
-        refd.said[1],
-        own.length > 0 && refd.said[3] !== "ffi" ? "bell" : "poller",
+        unrefd.said[1],
+        unrefd.said[3] !== "ffi" ? "bell" : "poller",
       );
-      assert.equal(refd.rest, "got 42");
-      assert.equal(refd.code, 0);
+      assert.equal(unrefd.code, 0);
+      assert.equal(unrefd.rest, "");
+    }
+    const refd = await park([], 42);
+    assert.equal(refd.said[1], refd.said[3] !== "ffi" ? "bell" : "poller");
+    assert.equal(refd.rest, "got 42");
+    assert.equal(refd.code, 0);
+  },
+  perms,
+);
+
+/** `end` as it arrives in a message: sent over a socket to this process. */
+async function receivedEnd(end: ShmReceiver): Promise<ShmReceiver> {
+  using pair = socketpair({ type: "seqpacket" });
+  await pair[0].send(new Uint8Array([1]), { fds: [end], closeSent: true });
+  const got = await withTimeout(pair[1].recv(), 5_000, "the end");
+  assert.ok(got !== null && got.fds[0] instanceof ShmReceiver);
+  return got.fds[0];
+}
+
+test(
+  "an end received in a message waits through the poller: its maker clearing O_NONBLOCK on the doorbell's open file, which it shares, blocks nothing",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 1024 });
+    // The maker's copies of what the hellos carry: the memfd, the
+    // receiver's doorbell (the same open file the child will read) and the
+    // sender's, which rings it.
+    const lib = libc();
+    const rxHello = peekHello(rx.rawFd)!;
+    const txHello = peekHello(tx.rawFd)!;
+    lib.close(rxHello.fds[0]);
+    lib.close(txHello.fds[0]);
+    const [doorbell, ringer] = [rxHello.fds[1], txHello.fds[1]];
+    const [mine, theirs] = socketpair({ type: "seqpacket" });
+    const child = peer(["park-abort"], [theirs]);
+    theirs.close();
+    try {
+      await mine.send(new Uint8Array([1]), { fds: [rx], closeSent: true });
+      const lines = child.stdout!.pipeThrough(new TextDecoderStream())
+        .getReader();
+      assert.equal(await firstWords(lines, "child parks"), "parked poller");
+      // Once the wait is set up: a ring with no message wakes it, and it
+      // parks again, now on a blocking open file.
+      const flags = lib.fcntl(doorbell, F.GETFL, 0);
+      assert.equal(lib.fcntl(doorbell, F.SETFL, flags & ~O.NONBLOCK), 0);
+      assert.equal(
+        Number(lib.send(ringer, new Uint8Array(1), 1n, MSG.DONTWAIT)),
+        1,
+      );
+      // Its signal still ends the receive: the thread was never blocked.
+      assert.equal(await firstWords(lines, "the abort"), "aborted");
+      lines.releaseLock();
+      assert.equal((await withTimeout(child.status, 20_000, "exit")).code, 0);
+    } finally {
+      lib.close(doorbell);
+      lib.close(ringer);
+      mine.close();
+      rx.close();
+      tx.close();
+      await child[Symbol.asyncDispose]();
     }
   },
   perms,
+);
+
+test(
+  "an empty packet on the doorbell is no hang-up: later messages arrive, on the event loop's bell and through the poller",
+  async () => {
+    for (const received of [false, true]) {
+      const [tx, made] = shmQueue({ bytes: 1024 });
+      const rx = received ? await receivedEnd(made) : made;
+      // The sender's doorbell: what it writes, the receiver's reads.
+      const hello = peekHello(tx.rawFd)!;
+      const lib = libc();
+      lib.close(hello.fds[0]);
+      let ringer = hello.fds[1];
+      try {
+        for (let i = 1; i <= 3; i++) {
+          const next = rx.recv();
+          // A bell that read an empty packet has stopped: the poller
+          // waits from then on.
+          assert.equal(
+            await parked(rx),
+            received || i > 1 ? "poller" : expectedPark(),
+          );
+          assert.equal(
+            Number(lib.send(ringer, new Uint8Array(1), 0n, MSG.DONTWAIT)),
+            0,
+          );
+          assert.ok(await stillPending(next, 20), `receive ${i}`);
+          await tx.send(new Uint8Array([i]));
+          assert.deepEqual(
+            await withTimeout(next, 5_000, `receive ${i}`),
+            new Uint8Array([i]),
+          );
+        }
+        // The copy of the doorbell goes first: it would hold it open.
+        lib.close(ringer);
+        ringer = -1;
+        tx.close();
+        assert.equal(await withTimeout(rx.recv(), 5_000, "the end"), null);
+      } finally {
+        if (ringer !== -1) lib.close(ringer);
+        tx.close();
+        rx.close();
+      }
+    }
+  },
+  local,
 );
 
 // Deno.test, not test(): the runtime opens and closes fds of its own for a
@@ -365,92 +457,3 @@ Deno.test({
     }
   },
 });
-
-test(
-  "an adopted end waits through the poller: the maker clearing O_NONBLOCK on the doorbell's open file, which it shares, blocks nothing",
-  async () => {
-    const [tx, rx] = shmQueue({ bytes: 1024 });
-    // The maker's copies of what the hellos carry: the memfd, the
-    // receiver's doorbell (the same open file the child will read) and the
-    // sender's, which rings it.
-    const lib = libc();
-    const rxHello = peekHello(rx.rawFd)!;
-    const txHello = peekHello(tx.rawFd)!;
-    lib.close(rxHello.fds[0]);
-    lib.close(txHello.fds[0]);
-    const [doorbell, ringer] = [rxHello.fds[1], txHello.fds[1]];
-    const child = peer(["park-abort"], [rx]);
-    rx.close();
-    try {
-      const lines = child.stdout!.pipeThrough(new TextDecoderStream())
-        .getReader();
-      assert.equal(await firstWords(lines, "child parks"), "parked poller");
-      // Once the wait is set up: a ring with no message wakes it, and it
-      // parks again, now on a blocking open file.
-      const flags = lib.fcntl(doorbell, F.GETFL, 0);
-      assert.equal(lib.fcntl(doorbell, F.SETFL, flags & ~O.NONBLOCK), 0);
-      assert.equal(
-        Number(lib.send(ringer, new Uint8Array(1), 1n, MSG.DONTWAIT)),
-        1,
-      );
-      // Its signal still ends the receive: the thread was never blocked.
-      assert.equal(await firstWords(lines, "the abort"), "aborted");
-      lines.releaseLock();
-      assert.equal((await withTimeout(child.status, 20_000, "exit")).code, 0);
-    } finally {
-      lib.close(doorbell);
-      lib.close(ringer);
-      tx.close();
-      await child[Symbol.asyncDispose]();
-    }
-  },
-  perms,
-);
-
-test(
-  "an empty packet on the doorbell is no hang-up: later messages arrive, on the event loop's bell and through the poller",
-  async () => {
-    for (const adopted of [false, true]) {
-      const [tx, made] = shmQueue({ bytes: 1024 });
-      const rx = adopted
-        ? fromFd(made[releaseFd](), { allowCloexec: true }) as ShmReceiver
-        : made;
-      // The sender's doorbell: what it writes, the receiver's reads.
-      const hello = peekHello(tx.rawFd)!;
-      const lib = libc();
-      lib.close(hello.fds[0]);
-      let ringer = hello.fds[1];
-      try {
-        for (let i = 1; i <= 3; i++) {
-          const next = rx.recv();
-          // A bell that read an empty packet has stopped: the poller
-          // waits from then on.
-          assert.equal(
-            await parked(rx),
-            adopted || i > 1 ? "poller" : expectedPark(),
-          );
-          assert.equal(
-            Number(lib.send(ringer, new Uint8Array(1), 0n, MSG.DONTWAIT)),
-            0,
-          );
-          assert.ok(await stillPending(next, 20), `receive ${i}`);
-          await tx.send(new Uint8Array([i]));
-          assert.deepEqual(
-            await withTimeout(next, 5_000, `receive ${i}`),
-            new Uint8Array([i]),
-          );
-        }
-        // The copy of the doorbell goes first: it would hold it open.
-        lib.close(ringer);
-        ringer = -1;
-        tx.close();
-        assert.equal(await withTimeout(rx.recv(), 5_000, "the end"), null);
-      } finally {
-        if (ringer !== -1) lib.close(ringer);
-        tx.close();
-        rx.close();
-      }
-    }
-  },
-  local,
-);
