@@ -204,7 +204,7 @@ export function readAsync(
   if (now !== undefined) {
     // A peer that keeps the fd full never lets a read wait: timers and
     // other I/O get a turn after each slice of such reads.
-    return sliceOf(owner).delivered()
+    return sliceOf(owner).delivered(now ?? 0)
       ? yieldTurn().then(() => now)
       : Promise.resolve(now);
   }

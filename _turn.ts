@@ -18,12 +18,25 @@ const SLICE_MESSAGES = 1024;
  * its 8th delivery.
  */
 const SLICE_MS = 2;
+/**
+ * The most bytes one slice delivers: a few large messages take longer than
+ * a slice each, before the clock is ever read (40 channel messages of 64
+ * MiB held a 100 ms interval off for 6.9 s).
+ */
+export const SLICE_BYTES = 4 * 1024 * 1024;
+/**
+ * Deliveries of at least this many bytes count toward
+ * {@linkcode SLICE_BYTES}; smaller ones are bounded by the count and the
+ * clock alone, at no cost to their path.
+ */
+export const LARGE_DELIVERY = 64 * 1024;
 
 const now = () => performance.now();
 
 /** One receiver's slice of continuous delivery. */
 export class TurnSlice {
   #count = 0;
+  #bytes = 0;
   #start = 0;
   #turn = -1;
   #clock: () => number;
@@ -34,19 +47,27 @@ export class TurnSlice {
   }
 
   /**
-   * Records one delivery made without waiting. Returns whether the slice
-   * is used up: the receiver should then `await yieldTurn()`. A delivery
-   * after the event loop turned (see `loopTurn`) starts a new slice.
+   * Records one delivery made without waiting, of `bytes` (0 when small or
+   * unknown). Returns whether the slice is used up: the receiver should
+   * then `await yieldTurn()`. A delivery after the event loop turned (see
+   * `loopTurn`) starts a new slice.
    */
-  delivered(): boolean {
+  delivered(bytes = 0): boolean {
     const turn = loopTurn();
     if (turn !== this.#turn) {
       this.#turn = turn;
       this.#count = 0;
+      this.#bytes = 0;
     }
     const count = ++this.#count;
     if (count >= SLICE_MESSAGES) {
       this.#count = 0;
+      this.#bytes = 0;
+      return true;
+    }
+    if (bytes >= LARGE_DELIVERY && (this.#bytes += bytes) >= SLICE_BYTES) {
+      this.#count = 0;
+      this.#bytes = 0;
       return true;
     }
     // The clock is read at every 8th delivery only, and first at the 8th: a
@@ -60,6 +81,7 @@ export class TurnSlice {
     }
     if (now - this.#start >= SLICE_MS) {
       this.#count = 0;
+      this.#bytes = 0;
       return true;
     }
     return false;
@@ -68,6 +90,7 @@ export class TurnSlice {
   /** The receiver waited (its event loop ran): a new slice starts. */
   waited(): void {
     this.#count = 0;
+    this.#bytes = 0;
   }
 }
 

@@ -641,7 +641,7 @@ export class UnixSocket implements Disposable {
       if (now !== undefined) {
         // A peer that keeps the socket full never lets this wait; timers
         // and other I/O get a turn after each slice of such deliveries.
-        return this.#slice.delivered()
+        return this.#slice.delivered(now?.data.byteLength)
           ? yieldTurn().then(() => now)
           : Promise.resolve(now);
       }
@@ -675,7 +675,7 @@ export class UnixSocket implements Disposable {
       true,
       (message) => {
         if (poller().turns !== turns) this.#slice.waited();
-        else if (this.#slice.delivered()) {
+        else if (this.#slice.delivered(message?.data.byteLength)) {
           return yieldTurn().then(() => message);
         }
         return message;

@@ -144,6 +144,11 @@ export class Inbox {
     return this.#conns;
   }
 
+  /** The size of the last message taken, its memfd's included. */
+  get lastBytes(): number {
+    return this.#frames.lastBytes;
+  }
+
   /**
    * One look at the connections, fairly rotated: the first
    * message found, "closed" when no connection is left, else "empty". It

@@ -22,6 +22,8 @@ export const beginMove: unique symbol = Symbol("Receiver begin move");
 export const endMove: unique symbol = Symbol("Receiver end move");
 /** One look at a Receiver's connections, never waiting. */
 export const pollOnce: unique symbol = Symbol("Receiver poll");
+/** The size of the last message a Receiver took (see `_turn.ts`). */
+export const lastBytes: unique symbol = Symbol("Receiver last bytes");
 /** Waits until some connection of a Receiver may have something. */
 export const waitReady: unique symbol = Symbol("Receiver wait");
 /**

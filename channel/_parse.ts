@@ -42,6 +42,11 @@ export class FrameParser {
    * before each).
    */
   #noFds: Incoming | undefined;
+  /**
+   * The size of the last message frame decoded, its memfd's included: what
+   * a receive loop's slice counts (see `_turn.ts`).
+   */
+  lastBytes = 0;
 
   constructor(ends: ChannelEnds) {
     this.#ends = ends;
@@ -107,6 +112,7 @@ export class FrameParser {
     mode?: number,
   ): unknown {
     const type = buf[start];
+    this.lastBytes = end - start;
     // A receiver that knows its channel's mode takes only that kind of
     // frame: values on a bytesChannel() (or bytes on a channel()) come from
     // no sender of this channel.
@@ -146,6 +152,7 @@ export class FrameParser {
           throw invalid("a large bytes frame carries exactly its memfd");
         }
         const length = memfdSize(fds[0], maxMessage);
+        this.lastBytes = length;
         const out = new Uint8Array(length);
         preadAll(fds[0], out, 0);
         return out;
@@ -192,6 +199,7 @@ export class FrameParser {
       } else {
         if (size !== HEADER) throw invalid("a large frame carries no data");
         const total = memfdSize(memfd, maxMessage);
+        this.lastBytes = total;
         if (headLength > total) throw invalid("head past the memfd");
         // The blob table follows the tree: at least one byte.
         if (treeLength >= headLength) throw invalid("tree length out of range");

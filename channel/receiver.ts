@@ -25,6 +25,7 @@ import {
   beginMove,
   endMove,
   lookFull,
+  lastBytes,
   pollOnce,
   receiverMode,
   waitReady,
@@ -271,7 +272,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
       if (!armed) {
         const ready = this[pollOnce]();
         if (ready.kind === "value") {
-          return this.#slice.delivered()
+          return this.#slice.delivered(this.#in.lastBytes)
             ? yieldTurn().then(() => ready.value)
             : Promise.resolve(ready.value);
         }
@@ -335,7 +336,9 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
         // A wait that let the event loop turn starts a new slice; one whose
         // poll found the frame there at once did not.
         if (parked && poller().turns !== turns) this.#slice.waited();
-        else if (polled.kind === "value" && this.#slice.delivered()) {
+        else if (
+          polled.kind === "value" && this.#slice.delivered(this.#in.lastBytes)
+        ) {
           return yieldTurn().then(() => valueOf(polled));
         }
         return valueOf(polled);
@@ -381,6 +384,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     return this.#in.poll() as Polled<T>;
   }
 
+  /** @ignore The size of the last message taken, its memfd's included. */
+  get [lastBytes](): number {
+    return this.#in.lastBytes;
+  }
+
   /** @ignore Waits until some connection may have something. */
   [waitReady](signal?: AbortSignal): Promise<void> {
     return this.#in.wait(signal);
@@ -418,7 +426,7 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
     }
     const ready = this[pollOnce]();
     if (ready.kind === "value") {
-      if (!this.#slice.delivered()) return ready.value;
+      if (!this.#slice.delivered(this.#in.lastBytes)) return ready.value;
       return yieldTurn().then(() => ready.value);
     }
     if (ready.kind === "closed") return CLOSED_NOW;

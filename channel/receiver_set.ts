@@ -9,7 +9,7 @@ import { poller } from "../ffi/poller.ts";
 import { closedError } from "../ffi/errors.ts";
 import { TurnSlice, yieldTurn } from "../_turn.ts";
 import { inspectEndpoint } from "../_inspect.ts";
-import { lookFull, pollOnce, waitReady } from "./_keys.ts";
+import { lastBytes, lookFull, pollOnce, waitReady } from "./_keys.ts";
 import { type ChannelRecvOptions, Receiver } from "./receiver.ts";
 
 /** What {@linkcode ReceiverSet.select} returns. */
@@ -202,7 +202,9 @@ export class ReceiverSet<T = unknown> implements Disposable {
           this.#start = (this.#start + i + 1) % entries.length;
           // Only a wait that let the event loop turn starts a new slice.
           if (parked && poller().turns !== turns) this.#slice.waited();
-          else if (this.#slice.delivered()) await yieldTurn();
+          else if (this.#slice.delivered(receiver[lastBytes])) {
+            await yieldTurn();
+          }
           return { id, value: polled.value };
         }
         if (polled.kind === "closed") {

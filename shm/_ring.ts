@@ -7,7 +7,7 @@
  */
 
 import { setImmediate } from "node:timers";
-import { yieldTurn } from "../_turn.ts";
+import { LARGE_DELIVERY, SLICE_BYTES, yieldTurn } from "../_turn.ts";
 import { loopTurn } from "../ffi/_turns.ts";
 import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
 import { Spinner } from "../ffi/spin.ts";
@@ -100,6 +100,10 @@ export class Ring {
   #mapping: Mapping | undefined;
   #turnAt = performance.now();
   #turnChecks = 0;
+  /** Bytes of large messages delivered since `#bytesTurn`. */
+  #turnBytes = 0;
+  /** `loopTurn()` when `#turnBytes` started. */
+  #bytesTurn = -1;
   /** `loopTurn()` when the slice started. */
   #turn = -1;
   #deferredWake = false;
@@ -356,7 +360,17 @@ export class Ring {
    * Whether the current slice of continuous delivery is over: a send or
    * receive that never had to wait should then {@linkcode yieldTurn}.
    */
-  turnDue(): boolean {
+  turnDue(bytes = 0): boolean {
+    // Large messages take longer than a slice each before the clock is
+    // read: past SLICE_BYTES of them the slice is over.
+    if (bytes >= LARGE_DELIVERY) {
+      const turn = loopTurn();
+      if (turn !== this.#bytesTurn) {
+        this.#bytesTurn = turn;
+        this.#turnBytes = 0;
+      }
+      if ((this.#turnBytes += bytes) >= SLICE_BYTES) return true;
+    }
     // The clock is read at every 8th call only: a call costs far less than
     // a slice.
     if ((++this.#turnChecks & 7) !== 0) return false;
@@ -375,6 +389,7 @@ export class Ring {
   async yieldTurn(): Promise<void> {
     await yieldTurn();
     this.#turnAt = performance.now();
+    this.#turnBytes = 0;
   }
 
   /** The turn being yielded by a call that did not wait, if any. */
@@ -393,7 +408,11 @@ export class Ring {
   /** {@linkcode settle}, with `value` itself when no turn is due. */
   settleSoon<T>(value: T): T | Promise<T> {
     if (this.turn === undefined) {
-      if (!this.turnDue()) return value;
+      if (
+        !this.turnDue(value instanceof Uint8Array ? value.byteLength : 0)
+      ) {
+        return value;
+      }
       const turn = this.yieldTurn();
       this.turn = turn;
       turn.then(() => {
@@ -410,7 +429,10 @@ export class Ring {
    * anyway (its end's queue waits for {@linkcode turn}).
    */
   settleQueued<T>(value: T): T | Promise<T> {
-    if (this.turn !== undefined || value === null || !this.turnDue()) {
+    if (
+      this.turn !== undefined || value === null ||
+      !this.turnDue(value instanceof Uint8Array ? value.byteLength : 0)
+    ) {
       return value;
     }
     return this.yieldTurn().then(() => value);

@@ -3,9 +3,11 @@
 // process run between slices of reads that never wait.
 import assert from "node:assert/strict";
 import {
+  channel,
   connect,
   listen,
   pipe,
+  shmQueue,
   socketpair,
   spawn,
   type UnixListener,
@@ -134,4 +136,62 @@ test(
     });
   },
   { ffi: true },
+);
+
+/**
+ * Takes `count` messages with `take` while a timer of 0 ms is due; how
+ * many were taken when the timer fired, -1 when it did not fire before
+ * the last.
+ */
+async function takenBeforeTimer(
+  count: number,
+  take: () => Promise<unknown>,
+): Promise<number> {
+  let fired = -1;
+  let taken = 0;
+  const timer = setTimeout(() => fired = taken, 0);
+  try {
+    for (; taken < count; taken++) await take();
+  } finally {
+    clearTimeout(timer);
+  }
+  return fired;
+}
+
+test(
+  "a receive loop over a few large queued messages (each longer than a slice) lets a timer fire between them: channel and shmQueue",
+  async () => {
+    const big = new Uint8Array(6 << 20);
+    {
+      const [tx, rx] = channel<Uint8Array>({ capacity: 8 });
+      try {
+        for (let i = 0; i < 4; i++) await tx.send(big);
+        const fired = await withTimeout(
+          takenBeforeTimer(4, () => rx.recv()),
+          60_000,
+          "the channel's messages",
+        );
+        assert.ok(fired >= 0 && fired < 3, `channel: timer at ${fired}`);
+      } finally {
+        tx.close();
+        rx.close();
+      }
+    }
+    {
+      const [tx, rx] = shmQueue({ bytes: 8 << 20 });
+      try {
+        const part = big.subarray(0, 2 << 20);
+        for (let i = 0; i < 3; i++) await tx.send(part);
+        const fired = await withTimeout(
+          takenBeforeTimer(3, () => rx.recv()),
+          60_000,
+          "the queue's messages",
+        );
+        assert.ok(fired >= 0 && fired < 2, `shmQueue: timer at ${fired}`);
+      } finally {
+        tx.close();
+        rx.close();
+      }
+    }
+  },
 );
