@@ -22,8 +22,9 @@ export interface ServerAcceptOptions {
   /** Aborting it rejects the pending accept with the signal's reason. */
   signal?: AbortSignal;
   /**
-   * Milliseconds to wait before rejecting with `Deno.errors.TimedOut`.
-   * Default: no limit.
+   * Milliseconds to wait before rejecting with `Deno.errors.TimedOut`, at
+   * most 2147483647 (a timer's limit; a larger one, `Infinity` included, is
+   * a `RangeError`). Default: no limit.
    */
   timeout?: number;
 }
@@ -60,6 +61,9 @@ export function serverName(): string {
   return PREFIX + randomName(32);
 }
 
+/** The longest timer a runtime sets: 2^31 - 1 ms (about 24.8 days). */
+const MAX_TIMEOUT = 2_147_483_647;
+
 /**
  * A deadline and abort signal combined, cleared by `done()`. When the
  * deadline passes, the TimedOut error says what was still awaited, as
@@ -76,9 +80,9 @@ export function limits(
       `Cannot ${doing}: timeout must be a number of milliseconds, got ${typeof timeout}`,
     );
   }
-  if (timeout !== undefined && !(timeout >= 0)) {
+  if (timeout !== undefined && !(timeout >= 0 && timeout <= MAX_TIMEOUT)) {
     throw new RangeError(
-      `Cannot ${doing}: timeout must be a non-negative number of milliseconds, got ${timeout}`,
+      `Cannot ${doing}: timeout must be between 0 and ${MAX_TIMEOUT} milliseconds (a timer's limit), got ${timeout}`,
     );
   }
   const controller = new AbortController();

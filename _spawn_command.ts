@@ -23,6 +23,16 @@ export function childEnvironment(
   env: Record<string, string> | undefined,
   clearEnv: boolean | undefined,
 ): string[] | null {
+  if (
+    env !== undefined &&
+    (typeof env !== "object" || env === null || Array.isArray(env))
+  ) {
+    throw new TypeError(
+      `Cannot spawn: env must be an object of strings, got ${
+        env === null ? "null" : Array.isArray(env) ? "an array" : typeof env
+      }`,
+    );
+  }
   if (!clearEnv && env === undefined) return null;
   const merged = new Map<string, string>();
   if (!clearEnv) {

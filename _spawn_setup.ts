@@ -22,6 +22,7 @@ import {
   F,
   O,
   POSIX_SPAWN,
+  RLIMIT,
   SIGINFO,
   SIGNALS,
   SIZEOF,
@@ -74,6 +75,19 @@ export function planFds(
   setUp: DisposableStack,
   onFailure: DisposableStack,
 ): FdPlan {
+  if (!Array.isArray(fds)) {
+    throw new TypeError(
+      `Cannot spawn: fds must be an array of endpoints or fds, got ${
+        fds === null ? "null" : typeof fds
+      }`,
+    );
+  }
+  const room = fdLimit() - 3;
+  if (fds.length > room) {
+    throw new RangeError(
+      `Cannot spawn: ${fds.length} fds given, more than the ${room} the child's fd table holds past 0, 1 and 2 (RLIMIT_NOFILE)`,
+    );
+  }
   const plan: FdPlan = {
     moves: [],
     opens: [],
@@ -138,6 +152,16 @@ function planStdio(
 /** The keywords a stdio option takes besides an endpoint or an fd. */
 const STDIO_CHOICES = '"inherit", "piped", "null"';
 
+/** The largest fd number there can be (an `int`). */
+const MAX_FD = 2 ** 31 - 1;
+
+/** This process's soft fd limit, which the child inherits. */
+function fdLimit(): number {
+  const limit = new BigUint64Array(SIZEOF.rlimit / 8);
+  if (libc().getrlimit(RLIMIT.NOFILE, limit) !== 0) return MAX_FD;
+  return limit[0] > BigInt(MAX_FD) ? MAX_FD : Number(limit[0]);
+}
+
 /**
  * The fd of an endpoint or fd number given to spawn(), checked open;
  * `keywords`, the strings the option also takes, for the message.
@@ -152,7 +176,7 @@ function givenFd(
     : typeof value === "object" && value !== null && "rawFd" in value
     ? endpointFd(value, "Cannot spawn", what)
     : undefined;
-  if (fd === undefined || !Number.isInteger(fd) || fd < 0) {
+  if (fd === undefined || !Number.isInteger(fd) || fd < 0 || fd > MAX_FD) {
     // A misspelled keyword ("pipe") is named, with the ones there are.
     throw new TypeError(
       keywords !== undefined && typeof value === "string"

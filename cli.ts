@@ -118,7 +118,7 @@ Options:
   --quick          Small payloads and 3 runs: a smoke run of about half a
                    minute, not for publishing
   --only AREA      Run only this area (repeatable or comma-separated:
-                   pipe, spawn, socketpair, channel, shm, nats)
+                   pipe, spawn, socketpair, channel, shm, sync, nats)
   --json FILE      Write the results as JSON
   --svg FILE       Draw the results as an SVG bar chart
   --markdown FILE  Write the table as Markdown (for the README)

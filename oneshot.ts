@@ -37,6 +37,7 @@ import { connect, type ExpectedServer } from "./socketpair.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { ChannelClosedError } from "./_channel_error.ts";
 import { releaseFd } from "./_keys.ts";
+import { ERRNO, type SystemError } from "./ffi/errors.ts";
 import { DEFAULT_CAPACITY } from "./channel/_connection.ts";
 import { checkNumberOption } from "./_socket_options.ts";
 import {
@@ -111,6 +112,8 @@ export class OneShotServer<T> implements Disposable {
   #ref = true;
   /** The client's receiver while `accept()` waits for its first message. */
   #first: Receiver<T> | undefined;
+  /** `close()` ended the wait for the first message. */
+  #closedWaiting = false;
 
   /**
    * Starts listening on a fresh random name.
@@ -230,6 +233,12 @@ export class OneShotServer<T> implements Disposable {
         return [rx, first];
       } catch (error) {
         rx.close();
+        if (this.#closedWaiting) {
+          throw new Deno.errors.BadResource(
+            "Cannot accept on OneShotServer: it was closed while waiting for the client's first message",
+            { cause: error },
+          );
+        }
         if (error instanceof ChannelClosedError) {
           throw new ChannelClosedError(
             "Cannot accept on OneShotServer: the client closed its sender before its first message",
@@ -263,9 +272,18 @@ export class OneShotServer<T> implements Disposable {
     this.#first?.unref();
   }
 
-  /** Stops listening. Idempotent. */
+  /**
+   * Stops listening; a pending `accept()` rejects with `BadResource`, also
+   * once its client has connected and it waits for the first message.
+   * Idempotent.
+   */
   close(): void {
     this.#server.listener.close();
+    const first = this.#first;
+    if (first !== undefined) {
+      this.#closedWaiting = true;
+      first.close();
+    }
   }
 
   /** Stops listening. */
@@ -309,7 +327,8 @@ function channelMode(options: ConnectOneShotOptions): number {
  * @param options The sender's capacity, its mode (values or bytes), the
  * expected server, an abort signal.
  * @returns The sender.
- * @throws {Deno.errors.ConnectionRefused} When no server has that name.
+ * @throws {Deno.errors.ConnectionRefused} When no server has that name, or
+ * when the server drops the connection at once (it does not take this user).
  * @throws {Deno.errors.PermissionDenied} When the server is not the
  * expected user (by default this process's) or process; nothing is sent.
  *
@@ -355,6 +374,20 @@ export async function connectOneShot<T>(
     }
   } catch (error) {
     socket.close();
+    const code = (error as Partial<SystemError>)?.errno;
+    if (
+      code === ERRNO.EPIPE || code === ERRNO.ECONNRESET ||
+      code === ERRNO.ENOTCONN
+    ) {
+      // The server took the connection and dropped it at once: it takes
+      // its own user's connections only (or those its allowUid lets in).
+      throw new Deno.errors.ConnectionRefused(
+        `Cannot connect to server: it dropped the connection before the hello (${
+          (error as SystemError).code
+        }): it takes only the users its allowUid lets in (by default its own)`,
+        { cause: error },
+      );
+    }
     throw error;
   }
   return new Sender<T>(socket[releaseFd](), capacity, mode);

@@ -37,6 +37,7 @@ import { OwnedFd } from "./ffi/fd.ts";
 import { type Inspect, inspectEndpoint } from "./_inspect.ts";
 import type { PipeReader, PipeWriter } from "./pipe.ts";
 import { streamInUse } from "./_keys.ts";
+import { checkSignal } from "./_byte_io.ts";
 import {
   fileActions,
   killAndReap,
@@ -570,8 +571,9 @@ export function spawn(
   const file = commandPath(command);
   const args = checkedArgs(options.args);
   checkGrace(options.killGrace);
-  if (options.signal?.aborted) throw options.signal.reason;
-  const cwd = pathOf(options.cwd);
+  // Checked before anything starts (an aborted one throws its reason).
+  checkSignal(options.signal, "Cannot spawn");
+  const cwd = pathOf(options.cwd, "cwd");
   const env = childEnvironment(options.env, options.clearEnv);
   const path = resolveCommand(file, cwd, env);
   requireRunPermission(file, path, env);
@@ -590,14 +592,27 @@ export function spawn(
   return child;
 }
 
-function pathOf(value: string | URL): string;
-function pathOf(value: string | URL | undefined): string | undefined;
-function pathOf(value: string | URL | undefined): string | undefined {
-  return value instanceof URL ? decodeURIComponent(value.pathname) : value;
+function pathOf(value: string | URL, what: string): string;
+function pathOf(
+  value: string | URL | undefined,
+  what: string,
+): string | undefined;
+function pathOf(
+  value: string | URL | undefined,
+  what: string,
+): string | undefined {
+  if (!(value instanceof URL)) return value;
+  // Any other scheme's path would be taken for a local one.
+  if (value.protocol !== "file:") {
+    throw new TypeError(
+      `Cannot spawn: ${what} must be a path or a file: URL, got a URL with scheme ${value.protocol}`,
+    );
+  }
+  return decodeURIComponent(value.pathname);
 }
 
 function commandPath(command: string | URL): string {
-  const file = pathOf(command);
+  const file = pathOf(command, "the command");
   if (typeof file !== "string" || file === "") {
     throw new TypeError("Cannot spawn: command must be a non-empty string");
   }

@@ -24,8 +24,8 @@ import { Inbox, type Polled } from "./_inbox.ts";
 import {
   beginMove,
   endMove,
-  lookFull,
   lastBytes,
+  lookFull,
   pollOnce,
   receiverMode,
   waitReady,

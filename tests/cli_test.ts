@@ -81,6 +81,14 @@ test(
       assert.match(r.stdout, pattern);
       assert.match(r.stdout, /Exit codes:[\s\S]*0 [\s\S]*1 [\s\S]*2 /);
     }
+    // bench's help names every area there is a benchmark for.
+    const help = (await cli([], ["bench", "--help"])).stdout;
+    const listed = help.match(/comma-separated:\s+([a-z, ]+)\)/)?.[1]
+      .split(",").map((area) => area.trim()).sort();
+    const areas = [...Deno.readDirSync(new URL("../bench/", import.meta.url))]
+      .map((entry) => entry.name.match(/^([a-z]+)_bench\.ts$/)?.[1])
+      .filter((area) => area !== undefined).sort();
+    assert.deepEqual(listed, areas);
   },
   perms,
 );

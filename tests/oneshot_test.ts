@@ -18,6 +18,7 @@ import {
   runDeno,
   stillPending,
   test,
+  until,
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
@@ -121,6 +122,16 @@ test(
     // still serves its client after.
     const server = new OneShotServer<string>();
     await assert.rejects(server.accept({ timeout: -1 }), RangeError);
+    // Past a timer's limit a timer would fire at once.
+    for (const timeout of [2 ** 31, Infinity]) {
+      await assert.rejects(
+        server.accept({ timeout }),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          error.message ===
+            `Cannot accept on OneShotServer: timeout must be between 0 and 2147483647 milliseconds (a timer's limit), got ${timeout}`,
+      );
+    }
     await assert.rejects(
       server.accept({ timeout: "5" as unknown as number }),
       (error: unknown) =>
@@ -619,3 +630,27 @@ for (const mode of ["server", "listener"] as const) {
     { run: true, read: true },
   );
 }
+
+test(
+  "close() ends a pending accept() whose client connected and has not sent yet",
+  async () => {
+    const server = new OneShotServer<string>();
+    const tx = await connectOneShot<string>(server.name);
+    try {
+      const accepting = server.accept();
+      // The client is accepted once the accept stops listening.
+      await until(() => server.closed, 5_000, "the client accepted");
+      server.close();
+      await assert.rejects(
+        withTimeout(accepting, 5_000, "the accept after close()"),
+        (error: unknown) =>
+          error instanceof Deno.errors.BadResource &&
+          error.message ===
+            "Cannot accept on OneShotServer: it was closed while waiting for the client's first message",
+      );
+    } finally {
+      tx.close();
+      server.close();
+    }
+  },
+);

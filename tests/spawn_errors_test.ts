@@ -217,3 +217,66 @@ test(
   },
   { read: true, run: true },
 );
+
+test(
+  "spawn() refuses, before any child starts, a URL of another scheme than file:, a signal that is no AbortSignal, fds that are no array or out of range, and an env that is no object",
+  () => {
+    const before = childPids();
+    refuses(
+      new URL("http://example.invalid/bin/true") as unknown as string,
+      {},
+      TypeError,
+      "Cannot spawn: the command must be a path or a file: URL, got a URL with scheme http:",
+    );
+    refuses(
+      "true",
+      { cwd: new URL("https://example.invalid/tmp") },
+      TypeError,
+      "Cannot spawn: cwd must be a path or a file: URL, got a URL with scheme https:",
+    );
+    refuses(
+      "true",
+      { signal: {} as AbortSignal },
+      TypeError,
+      "Cannot spawn: signal must be an AbortSignal, got Object",
+    );
+    refuses(
+      "true",
+      { fds: [2 ** 40] },
+      TypeError,
+      "Cannot spawn: fds[0] is not an endpoint or an fd",
+    );
+    refuses(
+      "true",
+      { fds: "3" as never },
+      TypeError,
+      "Cannot spawn: fds must be an array of endpoints or fds, got string",
+    );
+    refuses(
+      "true",
+      { env: null as never },
+      TypeError,
+      "Cannot spawn: env must be an object of strings, got null",
+    );
+    refuses(
+      "true",
+      { env: ["x"] as never },
+      TypeError,
+      "Cannot spawn: env must be an object of strings, got an array",
+    );
+    const { reader, writer } = pipe();
+    try {
+      assert.throws(
+        () => spawn("true", { fds: new Array(1 << 20).fill(writer) }),
+        (e: unknown) =>
+          e instanceof RangeError &&
+          e.message.startsWith(`Cannot spawn: ${1 << 20} fds given, more than`),
+      );
+    } finally {
+      reader.close();
+      writer.close();
+    }
+    assert.deepEqual(childPids(), before);
+  },
+  { read: true, run: true },
+);
