@@ -173,6 +173,11 @@ export class SocketSends implements QueueHost<SendJob, void> {
     this.#shut = true;
   }
 
+  /** Whether this side's writing is shut down, or will be once sends drain. */
+  get shut(): boolean {
+    return this.#shut;
+  }
+
   #send(
     bytes: Uint8Array,
     options: SocketSendOptions,

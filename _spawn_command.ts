@@ -25,11 +25,18 @@ export function childEnvironment(
 ): string[] | null {
   if (
     env !== undefined &&
-    (typeof env !== "object" || env === null || Array.isArray(env))
+    (typeof env !== "object" || env === null || Array.isArray(env) ||
+      env instanceof Map)
   ) {
     throw new TypeError(
       `Cannot spawn: env must be an object of strings, got ${
-        env === null ? "null" : Array.isArray(env) ? "an array" : typeof env
+        env === null
+          ? "null"
+          : Array.isArray(env)
+          ? "an array"
+          : env instanceof Map
+          ? "a Map (pass Object.fromEntries(map))"
+          : typeof env
       }`,
     );
   }

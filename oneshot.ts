@@ -37,7 +37,7 @@ import { connect, type ExpectedServer } from "./socketpair.ts";
 import { inspectEndpoint } from "./_inspect.ts";
 import { ChannelClosedError } from "./_channel_error.ts";
 import { releaseFd } from "./_keys.ts";
-import { ERRNO, type SystemError } from "./ffi/errors.ts";
+import { closedError, ERRNO, type SystemError } from "./ffi/errors.ts";
 import { DEFAULT_CAPACITY } from "./channel/_connection.ts";
 import { checkNumberOption } from "./_socket_options.ts";
 import {
@@ -227,6 +227,9 @@ export class OneShotServer<T> implements Disposable {
       this.#first = rx;
       try {
         const first = await rx.recv({ signal });
+        // close() may have come while the receive yielded a turn after
+        // taking the message (a large one): the receiver is closed.
+        if (rx.closed) throw closedError("Receiver");
         // The receiver is the caller's now: it keeps the process alive
         // while it waits, as any receiver does.
         rx.ref();

@@ -582,7 +582,12 @@ export function spawn(
   // Released only when spawn() fails: this process's ends of "piped" stdio.
   using onFailure = new DisposableStack();
   const stdio = [options.stdin, options.stdout, options.stderr];
-  const plan = planFds(stdio, options.fds ?? [], setUp, onFailure);
+  const plan = planFds(
+    stdio,
+    options.fds === undefined ? [] : options.fds,
+    setUp,
+    onFailure,
+  );
   const reserve = setUp.use(new Reserve());
   const actions = fileActions(plan, cwd, setUp);
   const attr = spawnAttributes(setUp);

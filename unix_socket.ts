@@ -492,7 +492,9 @@ export class UnixSocket implements Disposable {
    * still queued are cut off.
    */
   #abortWriting(): void {
-    if (this.#fd.closed) return;
+    // Shut down already, or once the sends queued before are out: a write
+    // refused since must not cut those off.
+    if (this.#fd.closed || this.#sends.shut) return;
     this.#sends.markShut();
     try {
       this.#shutdownNow(SOCK.SHUT_WR);

@@ -22,10 +22,12 @@
  * hands the end over, and may keep a copy: had it cleared the flag, the
  * event loop's read would block the thread for good. An end received in a
  * message, whose maker may be any peer (another user's process), therefore
- * waits through the poller, whose reads pass `MSG_DONTWAIT`. One made here,
- * or inherited and adopted with `fromFd()`, parks on this bell: its maker
- * is this process or the one that started it, which can stop this one
- * anyway (SIGSTOP). A doorbell that parked here stays
+ * waits through the poller, whose reads pass `MSG_DONTWAIT`; it is marked
+ * shared as it is received (its carrier's hello says so), and so is every
+ * later adoption of it, by a child it is handed to too. One made here, or
+ * inherited unmarked and adopted with `fromFd()`, parks on this bell: its
+ * maker is this process or the one that started it, which can stop this
+ * one anyway (SIGSTOP). A doorbell that parked here stays
  * non-blocking (it is never given back blocking: another holder's bell may
  * be reading it).
  *

@@ -30,6 +30,13 @@ export const HELLO_SIZE = 16;
 /** Which end a carrier belongs to. */
 export const ROLE = { sender: 1, receiver: 2 } as const;
 
+/**
+ * The hello's flags (its last u32). SHARED: the end came to a process in
+ * a message, so its maker, any peer, may hold its doorbell's open file;
+ * whoever adopts it from here waits through the poller (see `_bell.ts`).
+ */
+export const HELLO_FLAGS = { SHARED: 1 } as const;
+
 // The most fds a peek accepts; a hello carries two, anything else is closed.
 const PEEK_FDS = 8;
 
@@ -54,14 +61,19 @@ function fill(area: MessageArea, controlBytes: number): void {
   area.setHeader(0, 0, 1, area.address(area.controlAt), controlBytes);
 }
 
-/** Puts the hello for `role` with `fds` into the socket `fd`. */
-export function sendHello(fd: number, role: number, fds: number[]): void {
+/** Puts the hello for `role` with `fds` and `flags` into the socket `fd`. */
+export function sendHello(
+  fd: number,
+  role: number,
+  fds: number[],
+  flags = 0,
+): void {
   const area = helloArea();
   const { view, stageAt: dataAt } = area;
   view.setUint32(dataAt, HELLO_MAGIC, true);
   view.setUint32(dataAt + 4, HELLO_VERSION, true);
   view.setUint32(dataAt + 8, role, true);
-  view.setUint32(dataAt + 12, 0, true);
+  view.setUint32(dataAt + 12, flags, true);
   fill(area, writeRights(view, area.controlAt, fds));
   const lib = libc();
   let n: number;
@@ -137,6 +149,8 @@ export function doorbellProblem(
 export interface Hello {
   role: number;
   fds: number[];
+  /** {@linkcode HELLO_FLAGS} bits. */
+  flags: number;
 }
 
 /**
@@ -195,7 +209,11 @@ export function peekHello(fd: number): Hello | null {
       }, this module reads version ${HELLO_VERSION}`,
     );
   }
-  return { role: view.getUint32(dataAt + 8, true), fds };
+  return {
+    role: view.getUint32(dataAt + 8, true),
+    fds,
+    flags: view.getUint32(dataAt + 12, true),
+  };
 }
 
 const bell = new Uint8Array(new ArrayBuffer(64));

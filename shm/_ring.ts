@@ -115,8 +115,9 @@ export class Ring {
   #parked: "bell" | "poller" | undefined;
 
   /**
-   * @param sharedBell Whether the end came in a message from a peer, which
-   * may be another user's process: whoever made it may hold the doorbell's
+   * @param sharedBell Whether the end came in a message from a peer (here
+   * or, by its hello's mark, to an earlier holder), which may be another
+   * user's process: whoever made it may hold the doorbell's
    * open file, and so can take its `O_NONBLOCK` away, which would leave the
    * event loop's read of it blocked; such an end waits through the poller,
    * whose reads never block whatever the flag says. (The maker of an end

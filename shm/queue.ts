@@ -71,11 +71,17 @@
 import { libc } from "../ffi/libc.ts";
 import { check } from "../ffi/errors.ts";
 import { checkSpin } from "../ffi/spin.ts";
-import { SOCK } from "../ffi/layout.ts";
+import { O, SOCK } from "../ffi/layout.ts";
 import { checkNumberOption } from "../_socket_options.ts";
 import { createMemfd, fileSize, sealedAgainstShrink } from "./_memfd.ts";
 import { mapShared, unmap } from "./_map.ts";
-import { doorbellProblem, peekHello, ROLE, sendHello } from "./_carrier.ts";
+import {
+  doorbellProblem,
+  HELLO_FLAGS,
+  peekHello,
+  ROLE,
+  sendHello,
+} from "./_carrier.ts";
 import {
   align8,
   CAPACITY,
@@ -246,6 +252,24 @@ export function shmQueueFromFd(
 }
 
 /**
+ * Puts under `fd` a new carrier whose hello carries `fds` for `role` with
+ * the SHARED flag (the old carrier's file goes with its last fd).
+ */
+function remarkShared(fd: number, role: number, fds: number[]): void {
+  const lib = libc();
+  using setUp = new DisposableStack();
+  const pair = new Int32Array(2);
+  check(
+    "socketpair",
+    lib.socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, pair),
+  );
+  setUp.defer(() => lib.close(pair[0]));
+  setUp.defer(() => lib.close(pair[1]));
+  sendHello(pair[1], role, fds, HELLO_FLAGS.SHARED);
+  check("dup3", lib.dup3(pair[0], fd, O.CLOEXEC));
+}
+
+/**
  * The queue end whose carrier socket `fd` is, or `null` when the socket
  * holds no queue hello: `fromFd()`'s test for a queue end. `received`: it
  * came in a message from a peer, and so waits through the poller.
@@ -261,7 +285,7 @@ export function adoptQueueEnd(
   const hello = peekHello(fd);
   if (hello === null) return null;
   const lib = libc();
-  const { role, fds } = hello;
+  const { role, fds, flags } = hello;
   // Released only when adoption fails: every fd the hello carried, and the
   // mapping.
   using onFailure = new DisposableStack();
@@ -290,13 +314,21 @@ export function adoptQueueEnd(
       `Cannot adopt ${what} from fd ${fd}: shared memory of ${size} bytes is no shmQueue ring`,
     );
   }
+  const shared = received || (flags & HELLO_FLAGS.SHARED) !== 0;
+  // An end received in a message is marked shared for good: handed on to
+  // a child, it is adopted there with fromFd(), and the mark tells that
+  // child too to wait through the poller. The carrier under `fd` is swapped
+  // for a new one whose hello says so.
+  if (received && (flags & HELLO_FLAGS.SHARED) === 0) {
+    remarkShared(fd, role, [memfd, bell]);
+  }
   const ring = new Ring(
     what,
     onFailure.adopt(mapShared(memfd, size, what), unmap),
     fd,
     bell,
     spin,
-    received,
+    shared,
   );
   onFailure.move();
   // The ring holds the mapping and the doorbell; the memfd is done with.

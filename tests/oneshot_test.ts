@@ -654,3 +654,24 @@ test(
     }
   },
 );
+
+test(
+  "close() in the turn a large first message yields after it is taken: accept() rejects, it does not hand out a closed receiver",
+  async () => {
+    const server = new OneShotServer<Uint8Array>();
+    const tx = await connectOneShot<Uint8Array>(server.name);
+    try {
+      await tx.send(new Uint8Array(8 << 20));
+      const accepting = server.accept();
+      await new Promise((resolve) => setImmediate(resolve));
+      server.close();
+      await assert.rejects(
+        withTimeout(accepting, 5_000, "the accept"),
+        Deno.errors.BadResource,
+      );
+    } finally {
+      tx.close();
+      server.close();
+    }
+  },
+);

@@ -432,6 +432,50 @@ test(
   local,
 );
 
+test(
+  "an end received in a message stays marked when handed on: adopted again with fromFd(), here or in a child, it waits through the poller",
+  async () => {
+    // Here: released and adopted again, as a child adopts an inherited fd.
+    {
+      const [tx, made] = shmQueue({ bytes: 1024 });
+      const received = await receivedEnd(made);
+      const again = fromFd(received[releaseFd](), { allowCloexec: true });
+      try {
+        assert.ok(again instanceof ShmReceiver);
+        const next = again.recv();
+        assert.equal(await parked(again), "poller");
+        await tx.send(new Uint8Array([5]));
+        assert.deepEqual(
+          await withTimeout(next, 5_000, "the receive"),
+          new Uint8Array([5]),
+        );
+      } finally {
+        again.close();
+        tx.close();
+      }
+    }
+    // In a child: handed on with spawn().
+    const [tx, made] = shmQueue({ bytes: 1024 });
+    const received = await receivedEnd(made);
+    const child = peer(["park"], [received]);
+    received.close();
+    try {
+      const lines = child.stdout!.pipeThrough(new TextDecoderStream())
+        .getReader();
+      const said = (await firstWords(lines, "child parks")).split(" ");
+      assert.equal(said[1], "poller");
+      await tx.send(new Uint8Array([42]));
+      assert.equal(await firstWords(lines, "the message"), "got 42");
+      lines.releaseLock();
+      assert.equal((await withTimeout(child.status, 20_000, "exit")).code, 0);
+    } finally {
+      tx.close();
+      await child[Symbol.asyncDispose]();
+    }
+  },
+  perms,
+);
+
 // Deno.test, not test(): the runtime opens and closes fds of its own for a
 // Worker.
 Deno.test({

@@ -205,6 +205,26 @@ test(
 );
 
 test(
+  "after shutdown('write'), a write refused through the writable does not cut off the writes queued before the shutdown",
+  async () => {
+    using pair = socketpair({ type: "stream" });
+    const [a, b] = pair;
+    const size = 4 << 20;
+    const queued = a.write(new Uint8Array(size));
+    a.shutdown("write");
+    const writer = a.writable.getWriter();
+    await assert.rejects(
+      writer.write(Uint8Array.of(1)),
+      Deno.errors.BrokenPipe,
+    );
+    const reading = drainCount(b);
+    await withTimeout(queued, 10_000, "the queued write");
+    assert.equal(await withTimeout(reading, 10_000, "end of stream"), size);
+  },
+  perms,
+);
+
+test(
   "shutdown('write') on seqpacket: queued messages arrive before end of messages",
   async () => {
     using pair = socketpair({ type: "seqpacket" });

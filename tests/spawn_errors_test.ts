@@ -264,6 +264,18 @@ test(
       TypeError,
       "Cannot spawn: env must be an object of strings, got an array",
     );
+    refuses(
+      "true",
+      { env: new Map([["A", "1"]]) as never },
+      TypeError,
+      "Cannot spawn: env must be an object of strings, got a Map (pass Object.fromEntries(map))",
+    );
+    refuses(
+      "true",
+      { fds: null as never },
+      TypeError,
+      "Cannot spawn: fds must be an array of endpoints or fds, got null",
+    );
     const { reader, writer } = pipe();
     try {
       assert.throws(
