@@ -470,7 +470,7 @@ export function byteReadable(
  * stream calls `close` and waits for it. Aborting the stream gives up the
  * write in flight (through its signal), then calls `abort` at once: abort
  * discards what has not gone out. A failed write errors the stream, which
- * cannot be closed after that: it calls `abort` itself (as Deno's own
+ * cannot be closed after that: it calls `failed` (`abort` by default) (as Deno's own
  * streams close their resource then), so that a writer given up on a
  * `BrokenPipe` does not keep its fd. A chunk that is no view is refused
  * before anything is written: the stream errors, the endpoint stays as it
@@ -483,6 +483,7 @@ export function byteWritable(
   write: (chunk: Uint8Array, signal: AbortSignal) => Promise<void>,
   close: () => void | Promise<void>,
   abort: () => void,
+  failed: () => void = abort,
 ): WritableStream<Uint8Array> {
   return new WritableStream<Uint8Array>({
     async write(chunk, controller) {
@@ -491,7 +492,7 @@ export function byteWritable(
         await write(bytes, controller.signal);
       } catch (error) {
         try {
-          abort();
+          failed();
         } catch {
           // Closed already: the failure to report is the write's.
         }

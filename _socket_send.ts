@@ -168,9 +168,18 @@ export class SocketSends implements QueueHost<SendJob, void> {
     });
   }
 
-  /** Writing was shut down at once: later sends are refused. */
+  /**
+   * Writing was shut down at once: later sends are refused, and queued
+   * ones, which could never finish now, reject (one partly out still holds
+   * its place, its caller answered).
+   */
   markShut(): void {
     this.#shut = true;
+    this.#queue.cancel(
+      new Deno.errors.BrokenPipe(
+        `${WRITE}: this socket's writing was shut down (its writable was aborted, or a write through it failed)`,
+      ),
+    );
   }
 
   /** Whether this side's writing is shut down, or will be once sends drain. */

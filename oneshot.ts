@@ -112,6 +112,8 @@ export class OneShotServer<T> implements Disposable {
   #ref = true;
   /** The client's receiver while `accept()` waits for its first message. */
   #first: Receiver<T> | undefined;
+  /** Aborted by `close()` while the first message is awaited. */
+  #closeWait: AbortController | undefined;
   /** `close()` ended the wait for the first message. */
   #closedWaiting = false;
 
@@ -226,10 +228,13 @@ export class OneShotServer<T> implements Disposable {
       if (!this.#ref) rx.unref();
       this.#first = rx;
       try {
-        const first = await rx.recv({ signal });
-        // close() may have come while the receive yielded a turn after
-        // taking the message (a large one): the receiver is closed.
-        if (rx.closed) throw closedError("Receiver");
+        // close() ends a receive still waiting; one that took the message
+        // already (and yields a turn after a large one) resolves.
+        const closing = new AbortController();
+        this.#closeWait = closing;
+        const first = await rx.recv({
+          signal: AbortSignal.any([signal, closing.signal]),
+        });
         // The receiver is the caller's now: it keeps the process alive
         // while it waits, as any receiver does.
         rx.ref();
@@ -251,6 +256,7 @@ export class OneShotServer<T> implements Disposable {
         throw error;
       } finally {
         this.#first = undefined;
+        this.#closeWait = undefined;
       }
     } finally {
       done();
@@ -282,10 +288,10 @@ export class OneShotServer<T> implements Disposable {
    */
   close(): void {
     this.#server.listener.close();
-    const first = this.#first;
-    if (first !== undefined) {
+    const closing = this.#closeWait;
+    if (closing !== undefined) {
       this.#closedWaiting = true;
-      first.close();
+      closing.abort(closedError("OneShotServer"));
     }
   }
 

@@ -147,6 +147,17 @@ function recvLimits(
   };
 }
 
+/** Whether `error` (or its cause) says this process ran out of fds. */
+function shortOfFds(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 4; depth++) {
+    const code = (e as Partial<SystemError>).errno;
+    if (code === ERRNO.EMFILE || code === ERRNO.ENFILE) return true;
+    if (/\bE[MN]FILE\b/.test(e.message)) return true;
+    e = e.cause;
+  }
+  return false;
+}
+
 /**
  * A connected Unix domain socket of type `"stream"`, `"dgram"` or
  * `"seqpacket"`, from {@linkcode socketpair}, {@linkcode connect},
@@ -425,6 +436,11 @@ export class UnixSocket implements Disposable {
       (chunk, signal) => this.#write(chunk, signal),
       () => this.#closeWriting(),
       () => this.#abortWriting(),
+      () => {
+        // A write refused because writing is shut (or will be once the
+        // sends queued before are out) must not cut those off.
+        if (!this.#sends.shut) this.#abortWriting();
+      },
     );
   }
 
@@ -492,9 +508,7 @@ export class UnixSocket implements Disposable {
    * still queued are cut off.
    */
   #abortWriting(): void {
-    // Shut down already, or once the sends queued before are out: a write
-    // refused since must not cut those off.
-    if (this.#fd.closed || this.#sends.shut) return;
+    if (this.#fd.closed) return;
     this.#sends.markShut();
     try {
       this.#shutdownNow(SOCK.SHUT_WR);
@@ -843,6 +857,15 @@ export class UnixSocket implements Disposable {
       } catch (error) {
         for (const endpoint of endpoints) endpoint.close();
         closeAll(fds.slice(i));
+        if (shortOfFds(error)) {
+          throw new RangeError(
+            `Cannot receive on UnixSocket: fd ${
+              i + 1
+            } of ${fds.length} in the message could not be made an endpoint (this process may be out of fds: EMFILE); ` +
+              `all ${fds.length} received fds were closed`,
+            { cause: error },
+          );
+        }
         throw new TypeError(
           `Cannot receive on UnixSocket: fd ${
             i + 1

@@ -192,7 +192,18 @@ export function peekHello(fd: number): Hello | null {
       flags,
       PEEK_FDS,
     );
-  } catch {
+  } catch (error) {
+    // A hello whose fds could not all be installed (this process is short
+    // of fds) is still a queue end's, not some other socket's.
+    if (
+      (flags & MSG.CTRUNC) !== 0 && n === HELLO_SIZE &&
+      view.getUint32(dataAt, true) === HELLO_MAGIC
+    ) {
+      throw new RangeError(
+        `Cannot adopt fd ${fd}: a shmQueue end whose fds could not all be received (this process may be out of fds: EMFILE)`,
+        { cause: error },
+      );
+    }
     return null;
   }
   const ok = n === HELLO_SIZE && (flags & MSG.TRUNC) === 0 &&

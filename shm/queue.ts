@@ -318,10 +318,10 @@ export function adoptQueueEnd(
   // An end received in a message is marked shared for good: handed on to
   // a child, it is adopted there with fromFd(), and the mark tells that
   // child too to wait through the poller. The carrier under `fd` is swapped
-  // for a new one whose hello says so.
-  if (received && (flags & HELLO_FLAGS.SHARED) === 0) {
-    remarkShared(fd, role, [memfd, bell]);
-  }
+  // for a new one, this process's own, whose hello says so.
+  // Whatever the hello says: its maker may still hold this carrier and the
+  // socket that put the hello, and so could put another without the mark.
+  if (received) remarkShared(fd, role, [memfd, bell]);
   const ring = new Ring(
     what,
     onFailure.adopt(mapShared(memfd, size, what), unmap),

@@ -479,3 +479,26 @@ test(
   },
   { run: true, read: true },
 );
+
+test(
+  "a shmQueue end received with too few fds free to take and mark it says the process may be out of fds, and the next one arrives marked",
+  async () => {
+    // 1 free: its hello's fds cannot be peeked; 3: they can, but the new
+    // carrier that marks it cannot be made.
+    for (const free of [1, 3]) {
+      const run = await runDeno(
+        ["run", "--allow-ffi", fixture("recv_shm_emfile.ts"), String(free)],
+        30_000,
+        `a queue end received with ${free} fds free`,
+      );
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(
+        run.stdout,
+        "RangeError: Cannot receive on UnixSocket: fd 1 of 1 in the message could not be made an endpoint (this process may be out of fds: EMFILE); all 1 received fds were closed\n" +
+          "after: ShmReceiver, flags 1\n",
+        `${free} free: ${run.stderr}`,
+      );
+    }
+  },
+  { run: true, read: true },
+);

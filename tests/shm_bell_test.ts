@@ -19,7 +19,8 @@ import { RECEIVER_WAITING } from "../shm/_ring.ts";
 import { message, messageSizes } from "./fixtures/_shm_messages.ts";
 import { ERRNO } from "../ffi/errors.ts";
 import { libc } from "../ffi/libc.ts";
-import { F, MSG, O } from "../ffi/layout.ts";
+import { dupCloexec } from "../ffi/fd.ts";
+import { F, MSG, O, STAT } from "../ffi/layout.ts";
 import { peekHello } from "../shm/_carrier.ts";
 import {
   DENO,
@@ -332,6 +333,13 @@ test(
   perms,
 );
 
+/** The inode of the file behind `fd`. */
+function inode(fd: number): bigint {
+  const stat = new Uint8Array(STAT.size);
+  assert.equal(libc().fstat(fd, stat), 0);
+  return new DataView(stat.buffer).getBigUint64(STAT.ino, true);
+}
+
 /** `end` as it arrives in a message: sent over a socket to this process. */
 async function receivedEnd(end: ShmReceiver): Promise<ShmReceiver> {
   using pair = socketpair({ type: "seqpacket" });
@@ -451,6 +459,21 @@ test(
         );
       } finally {
         again.close();
+        tx.close();
+      }
+    }
+    // An end whose hello says it is marked already gets a carrier of this
+    // process's own all the same: its sender may hold the old one.
+    {
+      const [tx, made] = shmQueue({ bytes: 1024 });
+      const first = await receivedEnd(made);
+      const old = dupCloexec(first.rawFd);
+      try {
+        const second = await receivedEnd(first);
+        assert.notEqual(inode(second.rawFd), inode(old));
+        second.close();
+      } finally {
+        libc().close(old);
         tx.close();
       }
     }

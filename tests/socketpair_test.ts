@@ -220,6 +220,20 @@ test(
     const reading = drainCount(b);
     await withTimeout(queued, 10_000, "the queued write");
     assert.equal(await withTimeout(reading, 10_000, "end of stream"), size);
+
+    // An abort of the writable still discards at once, as documented: the
+    // write queued before it is cut off.
+    using second = socketpair({ type: "stream" });
+    const [c, d] = second;
+    const cut = c.write(new Uint8Array(size));
+    c.shutdown("write");
+    await c.writable.abort(new Error("stop"));
+    await assert.rejects(
+      withTimeout(cut, 10_000, "the cut write"),
+      Deno.errors.BrokenPipe,
+    );
+    const got = await withTimeout(drainCount(d), 10_000, "end of stream");
+    assert.ok(got < size, `${got} of ${size} bytes`);
   },
   perms,
 );
