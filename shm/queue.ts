@@ -169,20 +169,6 @@ export function shmQueue(options: ShmQueueOptions = {}): ShmQueue {
   using setUp = new DisposableStack();
   // Released only when shmQueue() fails: what the two ends take over.
   using onFailure = new DisposableStack();
-  // A seqpacket pair, each end's closing deferred to the stack given for it.
-  const socketPair = (
-    a: DisposableStack,
-    b: DisposableStack,
-  ): [number, number] => {
-    const fds = new Int32Array(2);
-    check(
-      "socketpair",
-      lib.socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, fds),
-    );
-    a.defer(() => lib.close(fds[0]));
-    b.defer(() => lib.close(fds[1]));
-    return [fds[0], fds[1]];
-  };
   const memfd = createMemfd(size, "conduit-shmq");
   setUp.defer(() => lib.close(memfd));
   const first = onFailure.adopt(mapShared(memfd, size, "shmQueue"), unmap);
@@ -251,22 +237,28 @@ export function shmQueueFromFd(
   return end;
 }
 
+/** A seqpacket pair, each end's closing deferred to the stack given for it. */
+function socketPair(a: DisposableStack, b: DisposableStack): [number, number] {
+  const lib = libc();
+  const fds = new Int32Array(2);
+  check(
+    "socketpair",
+    lib.socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, fds),
+  );
+  a.defer(() => lib.close(fds[0]));
+  b.defer(() => lib.close(fds[1]));
+  return [fds[0], fds[1]];
+}
+
 /**
  * Puts under `fd` a new carrier whose hello carries `fds` for `role` with
  * the SHARED flag (the old carrier's file goes with its last fd).
  */
 function remarkShared(fd: number, role: number, fds: number[]): void {
-  const lib = libc();
   using setUp = new DisposableStack();
-  const pair = new Int32Array(2);
-  check(
-    "socketpair",
-    lib.socketpair(SOCK.AF_UNIX, SOCK.SEQPACKET | SOCK.CLOEXEC, 0, pair),
-  );
-  setUp.defer(() => lib.close(pair[0]));
-  setUp.defer(() => lib.close(pair[1]));
-  sendHello(pair[1], role, fds, HELLO_FLAGS.SHARED);
-  check("dup3", lib.dup3(pair[0], fd, O.CLOEXEC));
+  const [keep, put] = socketPair(setUp, setUp);
+  sendHello(put, role, fds, HELLO_FLAGS.SHARED);
+  check("dup3", libc().dup3(keep, fd, O.CLOEXEC));
 }
 
 /**
