@@ -43,6 +43,12 @@ import {
 const SEND = "Cannot send on UnixSocket";
 const WRITE = "Cannot write to UnixSocket";
 const EMPTY = new Uint8Array(0);
+/** What a queued call rejects with when writing is shut at once. */
+function shutAtOnce(call: string): Deno.errors.BrokenPipe {
+  return new Deno.errors.BrokenPipe(
+    `${call}: this socket's writing was shut down (its writable was aborted, or a write through it failed)`,
+  );
+}
 
 /** Options for `UnixSocket.send()`. */
 export interface SocketSendOptions {
@@ -115,6 +121,8 @@ export class SocketSends implements QueueHost<SendJob, void> {
   #shut = false;
   /** Barriers in the queue: a batch of messages stops before one. */
   #barriers = 0;
+  /** What the queue was cancelled with when writing was shut at once. */
+  #shutError: Error | undefined;
 
   /**
    * @param fd The socket's fd.
@@ -175,11 +183,11 @@ export class SocketSends implements QueueHost<SendJob, void> {
    */
   markShut(): void {
     this.#shut = true;
-    this.#queue.cancel(
-      new Deno.errors.BrokenPipe(
-        `${WRITE}: this socket's writing was shut down (its writable was aborted, or a write through it failed)`,
-      ),
-    );
+    // Each queued call rejects in its own words (see failed()); a stream
+    // write partly out, which hears at once, with this one.
+    const error = shutAtOnce(WRITE);
+    this.#shutError = error;
+    this.#queue.cancel(error);
   }
 
   /** Whether this side's writing is shut down, or will be once sends drain. */
@@ -317,6 +325,9 @@ export class SocketSends implements QueueHost<SendJob, void> {
 
   /** A queued send failed: its copies closed; the error the caller gets. */
   failed(job: SendJob, error: unknown): unknown {
+    if (error !== undefined && error === this.#shutError) {
+      error = shutAtOnce(job.call);
+    }
     if (job.barrier !== undefined) {
       this.#barriers--;
       return error;

@@ -199,8 +199,15 @@ export function peekHello(fd: number): Hello | null {
       (flags & MSG.CTRUNC) !== 0 && n === HELLO_SIZE &&
       view.getUint32(dataAt, true) === HELLO_MAGIC
     ) {
-      throw new RangeError(
-        `Cannot adopt fd ${fd}: a shmQueue end whose fds could not all be received (this process may be out of fds: EMFILE)`,
+      // receivedFds() tells the two: fewer fds than room for them came.
+      if (/\bEMFILE\b/.test((error as Error)?.message ?? "")) {
+        throw new RangeError(
+          `Cannot adopt fd ${fd}: a shmQueue end whose fds could not all be received (this process may be out of fds: EMFILE)`,
+          { cause: error },
+        );
+      }
+      throw new TypeError(
+        `Cannot adopt fd ${fd}: a shmQueue end whose hello carries more than ${PEEK_FDS} fds`,
         { cause: error },
       );
     }

@@ -28,7 +28,13 @@ import { message, messageSizes, mismatch } from "./fixtures/_shm_messages.ts";
 import { libc } from "../ffi/libc.ts";
 import { MMAP, O, SOCK } from "../ffi/layout.ts";
 import { cstr } from "../ffi/mem.ts";
-import { peekHello, ROLE, sendHello } from "../shm/_carrier.ts";
+import {
+  HELLO_MAGIC,
+  HELLO_VERSION,
+  peekHello,
+  ROLE,
+  sendHello,
+} from "../shm/_carrier.ts";
 import { createMemfd } from "../shm/_memfd.ts";
 import { releaseFd } from "../_keys.ts";
 import { parkedOn, ringViews } from "../shm/_keys.ts";
@@ -1032,3 +1038,37 @@ test("for await over a ShmReceiver takes messages that are there without a recv(
     rx.close();
   }
 });
+
+test(
+  "a queue end whose hello carries more fds than a hello has room for is refused as malformed, not as a shortage of fds",
+  () => {
+    const lib = libc();
+    const extra: number[] = [];
+    try {
+      for (let i = 0; i < 9; i++) extra.push(lib.eventfd(0, 0o2000000));
+      // A hello as sendHello() writes one, with nine fds.
+      const [keep, put] = socketpair({ type: "seqpacket" });
+      const hello = new DataView(new ArrayBuffer(16));
+      hello.setUint32(0, HELLO_MAGIC, true);
+      hello.setUint32(4, HELLO_VERSION, true);
+      hello.setUint32(8, ROLE.receiver, true);
+      put.sendSync(new Uint8Array(hello.buffer), { fds: extra });
+      put.close();
+      const carrier = keep[releaseFd]();
+      try {
+        assert.throws(
+          () => fromFd(carrier, { allowCloexec: true }),
+          (e: Error) =>
+            e instanceof TypeError &&
+            e.message ===
+              `Cannot adopt fd ${carrier}: a shmQueue end whose hello carries more than 8 fds`,
+        );
+      } finally {
+        lib.close(carrier);
+      }
+    } finally {
+      for (const fd of extra) lib.close(fd);
+    }
+  },
+  local,
+);

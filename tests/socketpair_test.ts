@@ -226,12 +226,28 @@ test(
     using second = socketpair({ type: "stream" });
     const [c, d] = second;
     const cut = c.write(new Uint8Array(size));
+    const behind = c.send(Uint8Array.of(1));
     c.shutdown("write");
     await c.writable.abort(new Error("stop"));
-    await assert.rejects(
-      withTimeout(cut, 10_000, "the cut write"),
-      Deno.errors.BrokenPipe,
+    // Each in its own words: the write, and the send queued behind it.
+    const [wrote, sent] = await withTimeout(
+      Promise.allSettled([cut, behind]),
+      10_000,
+      "the cut calls",
     );
+    for (
+      const [result, call] of [[wrote, "write to"], [sent, "send on"]] as const
+    ) {
+      assert.equal(result.status, "rejected");
+      const e = (result as PromiseRejectedResult).reason as Error;
+      assert.ok(e instanceof Deno.errors.BrokenPipe, `${e}`);
+      assert.ok(
+        e.message.startsWith(
+          `Cannot ${call} UnixSocket: this socket's writing was shut down`,
+        ),
+        e.message,
+      );
+    }
     const got = await withTimeout(drainCount(d), 10_000, "end of stream");
     assert.ok(got < size, `${got} of ${size} bytes`);
   },
