@@ -1,7 +1,7 @@
 /**
  * The carrier of a queue end: a SOCK_SEQPACKET socket whose receive queue
  * holds one message that is never consumed, the "hello": a 16-byte record
- * (magic, version, role) with the ring's memfd and the end's doorbell
+ * (magic, version, role, flags) with the ring's memfd and the end's doorbell
  * attached by SCM_RIGHTS. Handing the carrier to another process (spawn,
  * SCM_RIGHTS) hands over the hello with it; that process peeks at it, which
  * installs copies of the attached fds, and leaves it in place so the end can
