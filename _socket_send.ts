@@ -104,8 +104,9 @@ interface SendJob extends QueuedCall<void> {
   /** What a failure says was refused: "Cannot send on UnixSocket", ... */
   call: string;
   /**
-   * A mark that sends nothing: it is done once every send queued before it
-   * is, and then runs `then` (a `shutdown("write")` made while sends wait).
+   * Set on a mark that sends nothing: once every send queued before it is
+   * done, this runs (the `shutdown(2)` of a `shutdown("write")` made while
+   * sends waited).
    */
   barrier?: () => void;
 }
