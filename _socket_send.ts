@@ -154,10 +154,8 @@ export class SocketSends implements QueueHost<SendJob, void> {
    */
   shutWrite(now: () => void): Promise<void> | undefined {
     if (this.#queue.length === 0) {
-      if (this.#barriers === 0) {
-        now();
-        this.#shut = true;
-      }
+      now();
+      this.#shut = true;
       return undefined;
     }
     this.#shut = true;

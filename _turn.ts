@@ -33,10 +33,41 @@ export const LARGE_DELIVERY = 64 * 1024;
 
 const now = () => performance.now();
 
+/**
+ * The bytes of large deliveries (of {@linkcode LARGE_DELIVERY} and more)
+ * since the event loop last turned: past {@linkcode SLICE_BYTES} of them a
+ * slice is over, however early its clock.
+ */
+export class LargeDeliveries {
+  #bytes = 0;
+  #turn = -1;
+
+  /**
+   * Counts a delivery of `bytes`. Whether the slice's bytes are used up;
+   * they start over then.
+   */
+  over(bytes: number): boolean {
+    if (bytes < LARGE_DELIVERY) return false;
+    const turn = loopTurn();
+    if (turn !== this.#turn) {
+      this.#turn = turn;
+      this.#bytes = 0;
+    }
+    if ((this.#bytes += bytes) < SLICE_BYTES) return false;
+    this.#bytes = 0;
+    return true;
+  }
+
+  /** A turn was taken: the bytes start over. */
+  reset(): void {
+    this.#bytes = 0;
+  }
+}
+
 /** One receiver's slice of continuous delivery. */
 export class TurnSlice {
   #count = 0;
-  #bytes = 0;
+  #large = new LargeDeliveries();
   #start = 0;
   #turn = -1;
   #clock: () => number;
@@ -57,17 +88,10 @@ export class TurnSlice {
     if (turn !== this.#turn) {
       this.#turn = turn;
       this.#count = 0;
-      this.#bytes = 0;
     }
     const count = ++this.#count;
-    if (count >= SLICE_MESSAGES) {
-      this.#count = 0;
-      this.#bytes = 0;
-      return true;
-    }
-    if (bytes >= LARGE_DELIVERY && (this.#bytes += bytes) >= SLICE_BYTES) {
-      this.#count = 0;
-      this.#bytes = 0;
+    if (count >= SLICE_MESSAGES || this.#large.over(bytes)) {
+      this.waited();
       return true;
     }
     // The clock is read at every 8th delivery only, and first at the 8th: a
@@ -80,17 +104,19 @@ export class TurnSlice {
       return false;
     }
     if (now - this.#start >= SLICE_MS) {
-      this.#count = 0;
-      this.#bytes = 0;
+      this.waited();
       return true;
     }
     return false;
   }
 
-  /** The receiver waited (its event loop ran): a new slice starts. */
+  /**
+   * The receiver waited (its event loop ran), or is about to yield: a new
+   * slice starts.
+   */
   waited(): void {
     this.#count = 0;
-    this.#bytes = 0;
+    this.#large.reset();
   }
 }
 

@@ -114,8 +114,6 @@ export class OneShotServer<T> implements Disposable {
   #first: Receiver<T> | undefined;
   /** Aborted by `close()` while the first message is awaited. */
   #closeWait: AbortController | undefined;
-  /** `close()` ended the wait for the first message. */
-  #closedWaiting = false;
 
   /**
    * Starts listening on a fresh random name.
@@ -227,11 +225,11 @@ export class OneShotServer<T> implements Disposable {
       listener.close();
       if (!this.#ref) rx.unref();
       this.#first = rx;
+      // close() ends a receive still waiting; one that took the message
+      // already (and yields a turn after a large one) resolves.
+      const closing = new AbortController();
+      this.#closeWait = closing;
       try {
-        // close() ends a receive still waiting; one that took the message
-        // already (and yields a turn after a large one) resolves.
-        const closing = new AbortController();
-        this.#closeWait = closing;
         const first = await rx.recv({
           signal: AbortSignal.any([signal, closing.signal]),
         });
@@ -241,7 +239,7 @@ export class OneShotServer<T> implements Disposable {
         return [rx, first];
       } catch (error) {
         rx.close();
-        if (this.#closedWaiting) {
+        if (closing.signal.aborted) {
           throw new Deno.errors.BadResource(
             "Cannot accept on OneShotServer: it was closed while waiting for the client's first message",
             { cause: error },
@@ -289,10 +287,7 @@ export class OneShotServer<T> implements Disposable {
   close(): void {
     this.#server.listener.close();
     const closing = this.#closeWait;
-    if (closing !== undefined) {
-      this.#closedWaiting = true;
-      closing.abort(closedError("OneShotServer"));
-    }
+    closing?.abort(closedError("OneShotServer"));
   }
 
   /** Stops listening. */

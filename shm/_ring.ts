@@ -7,7 +7,7 @@
  */
 
 import { setImmediate } from "node:timers";
-import { LARGE_DELIVERY, SLICE_BYTES, yieldTurn } from "../_turn.ts";
+import { LargeDeliveries, yieldTurn } from "../_turn.ts";
 import { loopTurn } from "../ffi/_turns.ts";
 import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
 import { Spinner } from "../ffi/spin.ts";
@@ -100,10 +100,8 @@ export class Ring {
   #mapping: Mapping | undefined;
   #turnAt = performance.now();
   #turnChecks = 0;
-  /** Bytes of large messages delivered since `#bytesTurn`. */
-  #turnBytes = 0;
-  /** `loopTurn()` when `#turnBytes` started. */
-  #bytesTurn = -1;
+  /** Bytes of large messages delivered in the current slice. */
+  #large = new LargeDeliveries();
   /** `loopTurn()` when the slice started. */
   #turn = -1;
   #deferredWake = false;
@@ -364,14 +362,7 @@ export class Ring {
   turnDue(bytes = 0): boolean {
     // Large messages take longer than a slice each before the clock is
     // read: past SLICE_BYTES of them the slice is over.
-    if (bytes >= LARGE_DELIVERY) {
-      const turn = loopTurn();
-      if (turn !== this.#bytesTurn) {
-        this.#bytesTurn = turn;
-        this.#turnBytes = 0;
-      }
-      if ((this.#turnBytes += bytes) >= SLICE_BYTES) return true;
-    }
+    if (this.#large.over(bytes)) return true;
     // The clock is read at every 8th call only: a call costs far less than
     // a slice.
     if ((++this.#turnChecks & 7) !== 0) return false;
@@ -390,7 +381,7 @@ export class Ring {
   async yieldTurn(): Promise<void> {
     await yieldTurn();
     this.#turnAt = performance.now();
-    this.#turnBytes = 0;
+    this.#large.reset();
   }
 
   /** The turn being yielded by a call that did not wait, if any. */
