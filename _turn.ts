@@ -90,7 +90,10 @@ export class TurnSlice {
       this.#count = 0;
     }
     const count = ++this.#count;
-    if (count >= SLICE_MESSAGES || this.#large.over(bytes)) {
+    if (
+      count >= SLICE_MESSAGES ||
+      (bytes >= LARGE_DELIVERY && this.#large.over(bytes))
+    ) {
       this.waited();
       return true;
     }

@@ -7,7 +7,7 @@
  */
 
 import { setImmediate } from "node:timers";
-import { LargeDeliveries, yieldTurn } from "../_turn.ts";
+import { LARGE_DELIVERY, LargeDeliveries, yieldTurn } from "../_turn.ts";
 import { loopTurn } from "../ffi/_turns.ts";
 import { closedError, ERRNO, type SystemError } from "../ffi/errors.ts";
 import { Spinner } from "../ffi/spin.ts";
@@ -362,7 +362,7 @@ export class Ring {
   turnDue(bytes = 0): boolean {
     // Large messages take longer than a slice each before the clock is
     // read: past SLICE_BYTES of them the slice is over.
-    if (this.#large.over(bytes)) return true;
+    if (bytes >= LARGE_DELIVERY && this.#large.over(bytes)) return true;
     // The clock is read at every 8th call only: a call costs far less than
     // a slice.
     if ((++this.#turnChecks & 7) !== 0) return false;
