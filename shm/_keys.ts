@@ -17,3 +17,15 @@ export const ringViews: unique symbol = Symbol("shm queue ring");
  * reads the doorbell), `"poller"`, or `undefined` when none is, for tests.
  */
 export const parkedOn: unique symbol = Symbol("shm queue park");
+
+/**
+ * Whether a {@linkcode SharedMemory}'s pending waits keep the process alive
+ * (`ref()`, `unref()`): what a mutex's watch on its holder's pidfd follows.
+ */
+export const memRefed: unique symbol = Symbol("shm memory ref");
+
+/**
+ * A {@linkcode SharedMemory}'s set of callbacks told of each `ref()` and
+ * `unref()` that changes its state, with the new state.
+ */
+export const refWatchers: unique symbol = Symbol("shm memory ref watchers");

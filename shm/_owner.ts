@@ -9,14 +9,21 @@
  * system (a second process with the same pid would have to start within the
  * same clock tick).
  *
- * A holder is dead when `pidfd_open` finds no such pid, when the process is
- * a zombie, when the pid now belongs to a process with another start time,
- * or when its pidfd reports that it exited. `kill(pid, 0)` is not used: it
- * says nothing about reuse or zombies, and gives no way to be told of the
- * exit. A live holder's pidfd is what a waiter watches (through the poller)
- * to learn of its death without polling.
+ * A holder is dead when `pidfd_open` finds no such pid, when its pidfd
+ * reports that it exited (a zombie has; a thread-group leader that ended
+ * while other threads of its process run shows as a zombie in
+ * `/proc/<pid>/stat` but has not), or when the pid now belongs to a process
+ * with another start time. `kill(pid, 0)` is not used: it says nothing about
+ * reuse or zombies, and gives no way to be told of the exit. A live holder's
+ * pidfd is what a waiter watches (through the poller) to learn of its death
+ * without polling.
  *
  * Every process sharing a lock must see the same pids: one pid namespace.
+ * A start time is shown relative to the boot time of the reader's time
+ * namespace, so a holder in another time namespace names itself with a
+ * start time this process does not see for it: then only its pidfd (or its
+ * pid gone) tells that it died, and a pid it left behind that another
+ * process took counts as alive until that process exits too.
  *
  * @module
  */
@@ -82,6 +89,31 @@ export function selfId(): ProcessId {
   return self;
 }
 
+const linkBuffer = new Uint8Array(64);
+
+/** Where `/proc/<pid>/ns/time` links, or `undefined` when it cannot say. */
+function timeNamespace(pid: number | "self"): string | undefined {
+  const n = Number(
+    libc().readlink(
+      cstr(`/proc/${pid}/ns/time`),
+      linkBuffer,
+      BigInt(linkBuffer.length),
+    ),
+  );
+  return n > 0 ? decoder.decode(linkBuffer.subarray(0, n)) : undefined;
+}
+
+/**
+ * Whether `pid` is in this process's time namespace, where the start times
+ * of both read alike. True when its namespace cannot be read (another
+ * user's process, a kernel without time namespaces): the start time then
+ * decides, as it always did.
+ */
+function sameTimeNamespace(pid: number): boolean {
+  const theirs = timeNamespace(pid);
+  return theirs === undefined || theirs === timeNamespace("self");
+}
+
 const pollBuffer = new Uint8Array(new ArrayBuffer(64));
 const pollView = new DataView(pollBuffer.buffer);
 
@@ -116,8 +148,10 @@ export function lookAt(
   const stat = procStat(owner.pid);
   let dead = false;
   if (stat !== undefined) {
-    dead = stat.state === "Z" || stat.state === "X" ||
-      stat.start !== owner.start;
+    // Without a pidfd a zombie is taken for one: its process most likely
+    // ended (pidfd_open fails for want of an fd at most).
+    dead = stat.state === "X" || (stat.state === "Z" && pidfd === -1) ||
+      (stat.start !== owner.start && sameTimeNamespace(owner.pid));
   }
   if (!dead && pidfd !== -1) dead = exited(pidfd);
   if (dead) {

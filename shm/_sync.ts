@@ -107,6 +107,11 @@ export class Place {
     if (!(mem instanceof SharedMemory)) {
       throw new TypeError(`Cannot ${verb} ${what}: not a SharedMemory`);
     }
+    if (mem.size < SIZE) {
+      throw new RangeError(
+        `Cannot ${verb} ${what}: the memory has ${mem.size} bytes, and a ${what} takes ${SIZE}`,
+      );
+    }
     if (
       !Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 ||
       offset + SIZE > mem.size
@@ -158,12 +163,23 @@ export class Place {
       : AbortSignal.any([signal, this.closer.signal]);
   }
 
-  wait(
+  /**
+   * Waits on word 0. A wait woken (`"ok"`) whose signal has aborted by the
+   * time it resumes is given up by its caller: the wake it took (a
+   * `release()` or `unlock()` wakes one waiter, here or in another
+   * process) is passed on to the next waiter.
+   */
+  async wait(
     expected: number,
     signal: AbortSignal,
     timeout?: number,
   ): Promise<WaitResult> {
-    return this.mem.wait(this.index, expected, { signal, timeout });
+    const result = await this.mem.wait(this.index, expected, {
+      signal,
+      timeout,
+    });
+    if (result === "ok" && signal.aborted && !this.mem.closed) this.notify(1);
+    return result;
   }
 
   notify(count?: number): number {

@@ -151,7 +151,12 @@ export class Barrier implements Disposable {
    *
    * @param options `signal` to give up waiting (the arrival is taken back
    * unless the round completed meanwhile, in which case the wait succeeds).
-   * @returns This wait's place in the order of arrival, 0 to `parties - 1`.
+   * @returns This wait's place in the order of arrival, 0 to `parties - 1`:
+   * how many had arrived before it in this round. The last arrival always
+   * gets `parties - 1`, and no other wait of the round does, so it is the
+   * one to pick a leader by. The places of a round are all different unless
+   * a wait of it gave up (its signal aborted): its arrival is taken back,
+   * so a later arrival gets the place of one already there.
    * @throws {Deno.errors.BadResource} When closed, then or while waiting.
    * @throws {Deno.errors.InvalidData} When the state is corrupt.
    *

@@ -18,10 +18,17 @@ import {
   TURNS_PER_YIELD,
 } from "./_sync.ts";
 import { lookAt, PID_MAX, type ProcessId, selfId } from "./_owner.ts";
+import { memRefed, refWatchers } from "./_keys.ts";
 
 /** How long a lock waits on an unknown holder before it looks at it. */
 const LOOK_AFTER_MS = 10;
-/** How often a holder without a pidfd to watch is looked at again. */
+/**
+ * How often a holder without a pidfd to watch is looked at again, and how
+ * often a wait that watches one reads the lock word again: the lock may
+ * have passed to another process meanwhile (an unlock wakes one waiter,
+ * whose taking the lock wakes no other), and if that one dies holding it,
+ * nothing wakes a wait still watching the earlier holder.
+ */
 const RELOOK_MS = 100;
 
 /**
@@ -256,11 +263,14 @@ export class Mutex implements Disposable {
   /**
    * The pid of the process that holds the lock, or `undefined` when it is
    * free.
+   *
+   * @throws {Deno.errors.InvalidData} When the lock word names no process
+   * (pid 0, or one past the largest Linux hands out).
    */
   get holder(): number | undefined {
     this.#place.assertOpen();
-    const low = Number(Atomics.load(this.#wide, 0) & LOW);
-    return low === 0 ? undefined : low & PID_BITS;
+    const v = Atomics.load(this.#wide, 0);
+    return (v & LOW) === 0n ? undefined : this.#owner(v, "read").pid;
   }
 
   /** Whether {@linkcode close} was called or the memory closed. */
@@ -279,9 +289,11 @@ export class Mutex implements Disposable {
     return this.#place.inspect(
       () => {
         const low = Number(Atomics.load(this.#wide, 0) & LOW);
-        return low === 0
-          ? { locked: false }
-          : { locked: true, holder: low & PID_BITS };
+        if (low === 0) return { locked: false };
+        const pid = low & PID_BITS;
+        return pid === 0 || pid > PID_MAX
+          ? { locked: true, corrupt: `lock word 0x${low.toString(16)}` }
+          : { locked: true, holder: pid };
       },
       inspect,
       options,
@@ -382,6 +394,11 @@ export class Mutex implements Disposable {
     let looked = false;
     let watch: OwnedFd | undefined;
     let turns = 0;
+    const followRef = (refed: boolean) => {
+      if (refed) watch?.ref();
+      else watch?.unref();
+    };
+    place.mem[refWatchers].add(followRef);
     try {
       for (;;) {
         stop.throwIfAborted();
@@ -437,13 +454,16 @@ export class Mutex implements Disposable {
           looked = true;
           if (seen.pidfd !== -1) {
             watch = new OwnedFd(seen.pidfd, "Mutex holder");
+            // It keeps the process alive only while the memory's waits do
+            // (`mem.unref()`).
+            if (!place.mem[memRefed]) watch.unref();
           }
         }
         const fd = watch;
         const again = fd === undefined
           ? await place.wait(word, stop, RELOOK_MS) === "timed-out"
           : await either(
-            (signal) => place.wait(word, signal),
+            (signal) => place.wait(word, signal, RELOOK_MS),
             (signal) => fd.wait("read", signal),
             stop,
           ) === 1;
@@ -457,6 +477,7 @@ export class Mutex implements Disposable {
         }
       }
     } finally {
+      place.mem[refWatchers].delete(followRef);
       watch?.close();
     }
   }

@@ -36,6 +36,7 @@ import {
 import { type Mapping, mapShared, retire, unmapWhenCollected } from "./_map.ts";
 import { type WaitOptions, type WaitResult, WordWaits } from "./wait.ts";
 import { type EndpointKind, endpointKind, releaseFd } from "../_keys.ts";
+import { memRefed, refWatchers } from "./_keys.ts";
 
 /** Options for {@linkcode SharedMemory.create}. */
 export interface SharedMemoryOptions {
@@ -519,10 +520,25 @@ export class SharedMemory implements Disposable {
     return this.#waits.notify(index, count);
   }
 
+  /** @ignore Whether pending waits keep the process alive. */
+  get [memRefed](): boolean {
+    return this.#waits.refed;
+  }
+
+  /** @ignore Told of each change of the ref state. */
+  readonly [refWatchers]: Set<(refed: boolean) => void> = new Set();
+
   /** Makes pending {@linkcode wait}s keep the process alive (the default). */
   ref(): void {
     this.#fd.ref();
-    this.#waits.ref();
+    this.#setRef(true);
+  }
+
+  #setRef(refed: boolean): void {
+    if (this.#waits.refed === refed) return;
+    if (refed) this.#waits.ref();
+    else this.#waits.unref();
+    for (const watcher of [...this[refWatchers]]) watcher(refed);
   }
 
   /**
@@ -532,7 +548,7 @@ export class SharedMemory implements Disposable {
    */
   unref(): void {
     this.#fd.unref();
-    this.#waits.unref();
+    this.#setRef(false);
   }
 
   /**
@@ -588,9 +604,11 @@ export class SharedMemory implements Disposable {
   }
 
   #drop(): void {
-    this.#waits.close();
-    if (this.#mapping === undefined) return;
-    retire(this.#mapping);
+    const mapping = this.#mapping;
     this.#mapping = undefined;
+    // Retired once no futex call of this process covers its words.
+    this.#waits.close(() => {
+      if (mapping !== undefined) retire(mapping);
+    });
   }
 }

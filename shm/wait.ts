@@ -153,6 +153,8 @@ class FutexPool {
   #cancelled = false;
   #settled = 0;
   #deferred: (() => void)[] = [];
+  /** Unmaps that wait for the call in flight to return (`afterCall`). */
+  #releases: (() => void)[] = [];
   #failures = 0;
   #scheduled = false;
   #rotation = 0;
@@ -216,6 +218,25 @@ class FutexPool {
     return woken.length;
   }
 
+  /**
+   * Runs `release` (which unmaps the range `base`, `bytes` long) once no
+   * call covers a word of it: at once, or when the call in flight has
+   * returned, which is made to happen now. Its entries stay in the kernel
+   * until then, and a wake that one of them takes must be passed on to the
+   * shared memory, not to whatever replaced the range.
+   */
+  afterCall(base: bigint, bytes: number, release: () => void): void {
+    const end = base + BigInt(bytes);
+    if (
+      !this.#inFlight ||
+      !this.#armed.some((w) => w.address >= base && w.address < end)
+    ) {
+      return release();
+    }
+    this.#releases.push(release);
+    this.#end();
+  }
+
   /** Whether the call in flight has an entry for `address`. */
   covers(address: bigint): boolean {
     return this.#inFlight && this.#armed.some((w) => w.address === address);
@@ -256,9 +277,13 @@ class FutexPool {
 
   #update(): void {
     if (this.#inFlight) {
-      const fresh = this.#armed.length < ENTRIES &&
-        [...this.#words.values()].some((word) => word.fresh);
-      if (this.#total === 0 || this.#refed === 0 || fresh) this.#end();
+      if (this.#total === 0 || this.#refed === 0) return this.#end();
+      if (![...this.#words.values()].some((word) => word.fresh)) return;
+      // A word the call does not cover: issue it again at once when the
+      // new set fits in one call (entries whose waiters all left make
+      // room), else let the rotation bring it in within ROTATE_MS.
+      if (this.#words.size <= ENTRIES) this.#end();
+      else this.#rotateSoon();
       return;
     }
     if (this.#refed === 0) {
@@ -299,10 +324,7 @@ class FutexPool {
         ENTRIES,
       );
       this.#rotation = start + ENTRIES;
-      this.#rotateTimer = setTimeout(() => {
-        this.#rotateTimer = undefined;
-        this.#end();
-      }, ROTATE_MS);
+      this.#rotateSoon();
     }
     const entries = this.#entries;
     const flags = FUTEX_WAITV.SIZE_U32;
@@ -380,6 +402,9 @@ class FutexPool {
         futexWake(word.address, 1);
       }
     }
+    const releases = this.#releases;
+    this.#releases = [];
+    for (const release of releases) release();
     this.#update();
     // A call that fails at once (-1) and ends no wait, over and over, would
     // spin through the blocking pool: give up on the waits instead. A
@@ -424,6 +449,15 @@ class FutexPool {
       0n,
       0n,
     );
+  }
+
+  /** Ends the call in flight within ROTATE_MS, so it is issued anew. */
+  #rotateSoon(): void {
+    if (this.#rotateTimer !== undefined) return;
+    this.#rotateTimer = setTimeout(() => {
+      this.#rotateTimer = undefined;
+      this.#end();
+    }, ROTATE_MS);
   }
 
   #startPolling(): void {
@@ -585,12 +619,20 @@ export class WordWaits {
       },
     };
     if (timeout !== Infinity) {
-      const timer = setTimeout(() => {
-        waiter.timer = undefined;
-        pool.remove(waiter, () => waiter.settle("timed-out"));
-      }, timeout);
-      if (!this.#refed) Deno.unrefTimer(timer);
-      waiter.timer = timer;
+      // A timer fires after 2^31 - 1 ms at most (a longer one at once):
+      // a longer timeout takes several.
+      const deadline = performance.now() + timeout;
+      const arm = (ms: number) => {
+        const timer = setTimeout(() => {
+          waiter.timer = undefined;
+          const left = deadline - performance.now();
+          if (left > 0) return arm(left);
+          pool.remove(waiter, () => waiter.settle("timed-out"));
+        }, Math.min(ms, INT_MAX));
+        if (!waiter.refed) Deno.unrefTimer(timer);
+        waiter.timer = timer;
+      };
+      arm(timeout);
     }
     if (signal !== undefined) {
       onAbort = () => {
@@ -656,14 +698,21 @@ export class WordWaits {
     if (delta !== 0) pool?.refChanged(delta);
   }
 
-  /** Ends every pending wait with `BadResource`; later calls throw it. */
-  close(): void {
-    if (this.#view === undefined) return;
+  /**
+   * Ends every pending wait with `BadResource`; later calls throw it.
+   * `release` unmaps the memory: it runs once this process's call no
+   * longer covers a word of it (see `FutexPool.afterCall`).
+   */
+  close(release: () => void): void {
+    if (this.#view === undefined) return release();
+    const bytes = this.#view.byteLength;
     this.#view = undefined;
     const error = closedError(this.#what);
     for (const waiter of [...this.#pending]) {
       pool?.remove(waiter, () => waiter.fail(error));
     }
     this.#pending.clear();
+    if (pool === undefined) release();
+    else pool.afterCall(this.#base, bytes, release);
   }
 }
