@@ -185,6 +185,11 @@ export interface Received {
   fds: number[];
   /** `msg_flags` as the kernel set them. */
   flags: number;
+  /**
+   * With `keepBytes`: why the control data was refused (its fds closed,
+   * none in `fds`), while `bytes` still counts the bytes received.
+   */
+  refused?: unknown;
 }
 
 /**
@@ -196,6 +201,9 @@ export interface Received {
  * @param into Where the data goes.
  * @param maxFds Room for this many fds, at most {@linkcode MAX_FDS}.
  * @param wait Whether the call may block (the `*Sync` forms).
+ * @param keepBytes Whether refused control data is reported in `refused`
+ * (the bytes kept) instead of thrown: a stream socket's bytes are not the
+ * message's alone.
  * @returns What arrived, or `null` when nothing is ready (never when `wait`).
  */
 export function receiveMessage(
@@ -203,10 +211,11 @@ export function receiveMessage(
   into: Uint8Array,
   maxFds: number,
   wait: boolean,
+  keepBytes = false,
 ): Received | null {
   const single = singleArea();
   const staged = single.setIovecFor(0, into, 0, false);
-  const got = recvInto(single, fd, maxFds, wait);
+  const got = recvInto(single, fd, maxFds, wait, keepBytes);
   if (got === null) return null;
   const n = got.bytes;
   const fds = got.fds;
@@ -230,11 +239,18 @@ function recvInto(
   fd: number,
   maxFds: number,
   wait: boolean,
+  keepBytes = false,
 ): Received | null {
   const offered = controlRoom(maxFds);
   const n = recvRaw(area, fd, offered, wait);
   if (n < 0) return null;
-  return { bytes: n, fds: fdsOf(area, offered, maxFds), flags: area.flags(0) };
+  const flags = area.flags(0);
+  if (!keepBytes) return { bytes: n, fds: fdsOf(area, offered, maxFds), flags };
+  try {
+    return { bytes: n, fds: fdsOf(area, offered, maxFds), flags };
+  } catch (error) {
+    return { bytes: n, fds: [], flags, refused: error };
+  }
 }
 
 /**

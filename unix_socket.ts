@@ -36,6 +36,7 @@ import {
   endOfPackets,
   MAX_FDS,
   peekSize,
+  type Received,
   receiveMessage,
   receiveWhole,
   recvBlocking,
@@ -186,6 +187,11 @@ export class UnixSocket implements Disposable {
   /** Receives that wait (spin or park), not yet done. */
   #waiting = 0;
   #readable: ReadableStream<Uint8Array> | undefined;
+  /**
+   * Stream sockets: bytes of a receive whose fds were refused, which the
+   * next read or receive returns first.
+   */
+  #held: Uint8Array<ArrayBuffer> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
 
   /**
@@ -290,6 +296,13 @@ export class UnixSocket implements Disposable {
   read(buffer: ArrayBufferView, options?: ReadOptions): Promise<number | null> {
     try {
       this.#assertStream("read from");
+      if (this.#held !== undefined) {
+        options?.signal?.throwIfAborted();
+        const into = asBytes(buffer, READ);
+        return Promise.resolve(
+          into.byteLength === 0 ? 0 : this.#takeHeld(into),
+        );
+      }
     } catch (error) {
       return Promise.reject(error);
     }
@@ -326,6 +339,7 @@ export class UnixSocket implements Disposable {
     this.#assertStream("read from");
     const into = asBytes(buffer, READ);
     if (into.byteLength === 0) return 0;
+    if (this.#held !== undefined) return this.#takeHeld(into);
     flushBeforeSpin(); // what this thread sent may be what the peer awaits
     const n = recvBlocking(this.#fd.fd, into);
     return n === 0 ? null : n;
@@ -618,7 +632,10 @@ export class UnixSocket implements Disposable {
    * are closed.
    * @throws {TypeError} When a received fd fits no endpoint (a regular file,
    * a terminal, `/dev/null`: `fromFd()` takes none of them): every fd of the
-   * message is closed, and its data is lost with it.
+   * message is closed. A datagram or packet is lost with its fds; on a
+   * stream socket, whose bytes are not one message's (a receive takes
+   * earlier sends' bytes along with those that came with fds), the bytes of
+   * a receive that either error refuses stay for the next read or receive.
    * @throws The signal's reason when it is aborted (at once when it already
    * was).
    *
@@ -769,14 +786,32 @@ export class UnixSocket implements Disposable {
   ): SocketMessage | null | undefined {
     const fd = this.#fd.fd;
     if (this.#type === "stream") {
+      if (this.#held !== undefined) {
+        const data = new Uint8Array(Math.min(maxBytes, this.#held.byteLength));
+        this.#takeHeld(data);
+        return { data, fds: [] };
+      }
       streamScratch ??= new Uint8Array(DEFAULT_MAX_BYTES);
       const into = maxBytes <= streamScratch.byteLength
         ? streamScratch.subarray(0, maxBytes)
         : new Uint8Array(maxBytes);
       const got = this.#receive(fd, into, maxFds, wait);
       if (got === undefined || got === null) return got;
+      // The bytes of a receive whose fds are refused may be those of
+      // earlier sends too (a stream read goes on until the bytes that came
+      // with fds): kept for the next read or receive.
+      const data = into.slice(0, got.bytes);
+      if (got.refused !== undefined) {
+        if (got.bytes > 0) this.#held = data;
+        throw got.refused;
+      }
       if (got.bytes === 0 && got.fds.length === 0) return null;
-      return this.#message(into.slice(0, got.bytes), got.fds);
+      try {
+        return this.#message(data, got.fds);
+      } catch (error) {
+        if (got.bytes > 0) this.#held = data;
+        throw error;
+      }
     }
     for (;;) {
       try {
@@ -837,9 +872,9 @@ export class UnixSocket implements Disposable {
     into: Uint8Array,
     maxFds: number,
     wait: boolean,
-  ): { bytes: number; fds: number[]; flags: number } | null | undefined {
+  ): Received | null | undefined {
     try {
-      return receiveMessage(fd, into, maxFds, wait) ?? undefined;
+      return receiveMessage(fd, into, maxFds, wait, true) ?? undefined;
     } catch (error) {
       // ECONNRESET is reported once, ahead of data still queued: try again.
       if ((error as SystemError).errno === ERRNO.ECONNRESET) {
@@ -847,6 +882,18 @@ export class UnixSocket implements Disposable {
       }
       throw error;
     }
+  }
+
+  /**
+   * Moves the first bytes kept from a refused receive into `into`: how
+   * many (the rest stays for the next read).
+   */
+  #takeHeld(into: Uint8Array): number {
+    const held = this.#held!;
+    const n = Math.min(into.byteLength, held.byteLength);
+    into.set(held.subarray(0, n));
+    this.#held = n === held.byteLength ? undefined : held.subarray(n);
+    return n;
   }
 
   #message(data: Uint8Array<ArrayBuffer>, fds: number[]): SocketMessage {

@@ -131,6 +131,47 @@ test(
 );
 
 test(
+  "a stream socket receive whose fds are refused (too many, or one that fits no endpoint) keeps its bytes, earlier sends' included, for the next read or receive",
+  async () => {
+    for (const refusal of ["maxFds", "no endpoint"] as const) {
+      using pair = socketpair();
+      const [a, b] = pair;
+      await a.send(encoder.encode("AAAA"));
+      const p = pipe();
+      const devNull = libc().open(cstr("/dev/null"), O.RDONLY | O.CLOEXEC, 0);
+      assert.ok(devNull >= 0);
+      try {
+        await a.send(encoder.encode("BBBB"), {
+          fds: refusal === "maxFds" ? [p.reader, p.writer] : [devNull],
+        });
+      } finally {
+        libc().close(devNull);
+        p.reader.close();
+        p.writer.close();
+      }
+      await a.send(encoder.encode("CCCC"));
+      a.close();
+      await assert.rejects(
+        withTimeout(b.recv({ maxFds: 1 }), 5_000, "recv"),
+        refusal === "maxFds" ? RangeError : TypeError,
+      );
+      // The bytes come back: two through read(), the rest through recv().
+      const two = new Uint8Array(2);
+      assert.equal(await b.read(two), 2);
+      let text = decoder.decode(two);
+      for (;;) {
+        const message = await withTimeout(b.recv(), 5_000, "recv");
+        if (message === null) break;
+        text += decoder.decode(message.data);
+        for (const fd of message.fds) fd.close();
+      }
+      assert.equal(text, "AAAABBBBCCCC", refusal);
+    }
+  },
+  perms,
+);
+
+test(
   "a message with more fds than maxFds fails (MSG_CTRUNC) and the fds that arrived are closed",
   async () => {
     using pair = socketpair({ type: "seqpacket" });
