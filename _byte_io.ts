@@ -45,7 +45,10 @@ export interface WriteOptions {
    * partly out cannot be taken back: its promise rejects at once, and the
    * rest of its bytes (copied, so the buffer may be reused) still go out
    * ahead of later writes, so the peer never sees a torn stream. Already
-   * aborted: the write rejects at once, without writing.
+   * aborted: the write rejects at once, without writing. `close()` of the
+   * endpoint discards what is still queued, that rest included: await an
+   * empty `write()` first (it settles once everything queued before it is
+   * out), or close through the `writable`, whose close waits for it.
    */
   signal?: AbortSignal;
 }

@@ -120,6 +120,12 @@ export class SocketSends implements QueueHost<SendJob, void> {
   #queue: CallQueue<SendJob>;
   /** Whether this side's writing was shut down (or is, once sends drain). */
   #shut = false;
+  /**
+   * Whether it is shut down now: `shutdown(2)` was made (a pending
+   * `shutdown("write")` waits behind queued sends, whose EPIPE is the
+   * peer's doing), or writing was shut at once.
+   */
+  #shutNow = false;
   /** Barriers in the queue: a batch of messages stops before one. */
   #barriers = 0;
   /** What the queue was cancelled with when writing was shut at once. */
@@ -156,6 +162,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
     if (this.#queue.length === 0) {
       now();
       this.#shut = true;
+      this.#shutNow = true;
       return undefined;
     }
     this.#shut = true;
@@ -171,7 +178,10 @@ export class SocketSends implements QueueHost<SendJob, void> {
       fdsSent: true,
       signal: undefined,
       call: "Cannot shut down UnixSocket",
-      barrier: now,
+      barrier: () => {
+        now();
+        this.#shutNow = true;
+      },
     });
   }
 
@@ -182,6 +192,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
    */
   markShut(): void {
     this.#shut = true;
+    this.#shutNow = true;
     // Each queued call rejects in its own words (see failed()); a stream
     // write partly out, which hears at once, with this one.
     const error = shutAtOnce(WRITE);
@@ -526,7 +537,7 @@ export class SocketSends implements QueueHost<SendJob, void> {
         );
       }
     }
-    if (code === ERRNO.EPIPE && this.#shut) {
+    if (code === ERRNO.EPIPE && this.#shutNow) {
       return new Deno.errors.BrokenPipe(
         `${call}: this socket's writing was shut down (shutdown("write"))`,
         { cause: error },

@@ -436,8 +436,11 @@ export class Receiver<T> implements Disposable, AsyncIterable<T> {
 
   /**
    * The messages as a stream, which ends once every sender is closed.
-   * Messages are taken only as the stream is read. Cancelling it closes
-   * the receiver.
+   * Messages are taken only as the stream is read: each read starts one
+   * receive, and a receive once started takes the next message even when
+   * its read is given up (a `pipeTo` aborted with `preventCancel`); that
+   * message then waits in the stream, ahead of what `recv()` gets, until
+   * the stream is read again. Cancelling it closes the receiver.
    */
   get readable(): ReadableStream<T> {
     return this.#readable ??= streamUntilClosed(

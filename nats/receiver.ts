@@ -658,7 +658,11 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
 
   /**
    * The values as a stream, which ends once every sender is closed. Values
-   * are taken only as the stream is read. Cancelling it closes the receiver.
+   * are taken only as the stream is read: each read starts one receive,
+   * and a receive once started takes the next value even when its read is
+   * given up (a `pipeTo` aborted with `preventCancel`); that value then
+   * waits in the stream, ahead of what `recv()` gets, until the stream is
+   * read again. Cancelling it closes the receiver.
    */
   get readable(): ReadableStream<T> {
     return this.#readable ??= streamUntilClosed(

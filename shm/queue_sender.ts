@@ -208,18 +208,24 @@ export class ShmSender implements Disposable {
     return r.capacity - r.used(head, tail, "send") >= need;
   }
 
-  /** Writes the message if it fits now: `true`, or `undefined` to wait. */
+  /**
+   * Writes the message if it fits now: `true`, or `undefined` to wait. A
+   * message that fits goes in whether or not the receiver is gone (its
+   * send resolves, as documented); one that must wait for room fails once
+   * the receiver is known to be gone, as nothing will make room.
+   */
   #trySend(bytes: Uint8Array): true | undefined {
     const r = this.#ring;
     r.assertOpen();
-    if (r.peerGone) throw receiverGone();
     const need = RECORD + align8(bytes.byteLength);
     const tail = r.position(TAIL, "send");
     const head = r.position(HEAD, "send");
-    if (r.capacity - r.used(head, tail, "send") < need) return undefined;
+    if (r.capacity - r.used(head, tail, "send") < need) {
+      if (r.peerGone) throw receiverGone();
+      return undefined;
+    }
     this.#write(bytes, tail, need);
     r.wake(RECEIVER_WAITING);
-    if (r.peerGone) throw receiverGone();
     return true;
   }
 

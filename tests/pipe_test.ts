@@ -7,6 +7,8 @@ import {
   PipeWriter,
 } from "../pipe.ts";
 import { spawn } from "../spawn.ts";
+import { socketpair } from "../socketpair.ts";
+import type { UnixSocket } from "../unix_socket.ts";
 import { libc } from "../ffi/libc.ts";
 import { F, O } from "../ffi/layout.ts";
 import { dupCloexec, readNoWait } from "../ffi/fd.ts";
@@ -1703,3 +1705,37 @@ test("read() and write() refuse a signal that is not an AbortSignal with TypeErr
   );
   assert.equal(readNoWait(p.reader.rawFd, new Uint8Array(16)), -1);
 });
+
+test(
+  "after a write partly out is aborted, an empty write() settles once the rest is out: closing then leaves the reader the whole write (pipe and stream socket)",
+  async () => {
+    for (const kind of ["pipe", "stream socket"] as const) {
+      let w: PipeWriter | UnixSocket;
+      let r: PipeReader | UnixSocket;
+      if (kind === "pipe") ({ writer: w, reader: r } = pipe());
+      else [w, r] = socketpair();
+      const size = 1 << 20; // more than either holds: partly out
+      const controller = new AbortController();
+      const written = w.write(new Uint8Array(size).fill(7), {
+        signal: controller.signal,
+      });
+      assert.ok(await stillPending(written, 20), kind);
+      controller.abort(new Error("gave up"));
+      await assert.rejects(written, /gave up/);
+      const reading = (async () => {
+        let total = 0;
+        const buffer = new Uint8Array(64 << 10);
+        for (let n; (n = await r.read(buffer)) !== null;) total += n;
+        return total;
+      })();
+      await withTimeout(
+        w.write(new Uint8Array(0)),
+        10_000,
+        `the empty write (${kind})`,
+      );
+      w.close();
+      assert.equal(await withTimeout(reading, 10_000, "the reader"), size);
+      r.close();
+    }
+  },
+);

@@ -68,6 +68,37 @@ async function firstWords(
 }
 
 test(
+  "after the receiver died parked in recv(), sends that find room still resolve; the one that must wait for room fails with BrokenPipe",
+  async () => {
+    const [tx, rx] = shmQueue({ bytes: 1024 });
+    const child = peer(["park"], [rx]);
+    rx.close();
+    const lines = child.stdout.pipeThrough(new TextDecoderStream())
+      .getReader();
+    try {
+      assert.match(await firstWords(lines, "the park"), /^parked /);
+      child.kill("SIGKILL");
+      await withTimeout(child.status, 20_000, "the receiver's death");
+      // The first rings the dead receiver's doorbell and finds it gone.
+      for (let i = 0; i < 3; i++) {
+        await withTimeout(tx.send(new Uint8Array(100)), 5_000, `send ${i}`);
+      }
+      await assert.rejects(
+        withTimeout(tx.send(new Uint8Array(900)), 5_000, "the send that waits"),
+        (e: Error) =>
+          e instanceof Deno.errors.BrokenPipe &&
+          /receiver is gone/.test(e.message),
+      );
+    } finally {
+      await lines.cancel();
+      await child.stderr.cancel();
+      tx.close();
+    }
+  },
+  perms,
+);
+
+test(
   "an aborted receive leaves the doorbell and the flag as they were: the next receive parks and wakes",
   async () => {
     using q = shmQueue({ bytes: 1024 });

@@ -205,6 +205,33 @@ test(
 );
 
 test(
+  "a write queued before shutdown('write') or the writable's close that fails because the peer left says the peer is gone, not that writing was shut",
+  async () => {
+    for (const how of ["shutdown", "writable.close"] as const) {
+      using pair = socketpair({ type: "stream" });
+      const [a, b] = pair;
+      const queued = a.write(new Uint8Array(8 << 20));
+      const closing = how === "shutdown"
+        ? a.shutdown("write")
+        : a.writable.close();
+      Promise.resolve(closing).catch(() => {});
+      await stillPending(queued, 10);
+      b.close();
+      await assert.rejects(
+        withTimeout(queued, 10_000, "the queued write"),
+        (error: Error) =>
+          error instanceof Deno.errors.BrokenPipe &&
+          /the peer is gone or no longer reads \(EPIPE\)/.test(
+            error.message,
+          ),
+        how,
+      );
+    }
+  },
+  perms,
+);
+
+test(
   "after shutdown('write'), a write refused through the writable does not cut off the writes queued before the shutdown",
   async () => {
     using pair = socketpair({ type: "stream" });
