@@ -6,6 +6,7 @@
  * @module
  */
 
+import { checkOptionsObject } from "./_socket_options.ts";
 import { libc } from "./ffi/libc.ts";
 import { OwnedFd } from "./ffi/fd.ts";
 import { closedError } from "./ffi/errors.ts";
@@ -170,6 +171,7 @@ export interface Listening {
 
 /** What both servers start with: a fresh random name, listened on. */
 export function listenOnRandomName(options: ServerOptions): Listening {
+  checkOptionsObject(options, "create server");
   const decodeLimits = resolveLimits(options.limits, "create server");
   const allowUid = options.allowUid;
   if (allowUid !== undefined && typeof allowUid !== "function") {

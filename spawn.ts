@@ -23,6 +23,7 @@
  * @module
  */
 
+import { checkOptionsObject } from "./_socket_options.ts";
 import { libc, SYS } from "./ffi/libc.ts";
 import { ERRNO, errno, systemError } from "./ffi/errors.ts";
 import {
@@ -568,6 +569,7 @@ export function spawn(
   command: string | URL,
   options: SpawnOptions = {},
 ): ChildProcess {
+  checkOptionsObject(options, "spawn");
   const file = commandPath(command);
   const args = checkedArgs(options.args);
   checkGrace(options.killGrace);

@@ -8,7 +8,7 @@
 import { OwnedFd } from "../ffi/fd.ts";
 import { closeAll } from "../_scm.ts";
 import { markSocket, seqpacketPair } from "../_channel_wire.ts";
-import { checkNumberOption } from "../_socket_options.ts";
+import { checkNumberOption, checkOptionsObject } from "../_socket_options.ts";
 import { type DecodeLimits, resolveLimits } from "./_codec_limits.ts";
 import {
   DEFAULT_CAPACITY,
@@ -104,6 +104,7 @@ function withDispose<T>(pair: [Sender<T>, Receiver<T>]): Channel<T> {
  * ```
  */
 export function channel<T>(options: ValueChannelOptions = {}): Channel<T> {
+  checkOptionsObject(options, "create channel");
   const capacity = checkCapacity(options.capacity, "create channel");
   const limits = resolveLimits(options.limits, "create channel");
   const pair = makePair<T>(capacity, MODE_VALUE);
@@ -131,6 +132,7 @@ export function channel<T>(options: ValueChannelOptions = {}): Channel<T> {
 export function bytesChannel(
   options: ChannelOptions = {},
 ): Channel<Uint8Array> {
+  checkOptionsObject(options, "create bytes channel");
   const capacity = checkCapacity(options.capacity, "create bytes channel");
   return withDispose(makePair<Uint8Array>(capacity, MODE_BYTES));
 }

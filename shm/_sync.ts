@@ -31,6 +31,7 @@
  * @module
  */
 
+import { checkOptionsObject } from "../_socket_options.ts";
 import { closedError } from "../ffi/errors.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import { checkSpin, Spinner } from "../ffi/spin.ts";
@@ -107,6 +108,7 @@ export class Place {
     if (!(mem instanceof SharedMemory)) {
       throw new TypeError(`Cannot ${verb} ${what}: not a SharedMemory`);
     }
+    checkOptionsObject(options, `${verb} ${what}`);
     if (mem.size < SIZE) {
       throw new RangeError(
         `Cannot ${verb} ${what}: the memory has ${mem.size} bytes, and a ${what} takes ${SIZE}`,

@@ -72,7 +72,7 @@ import { libc } from "../ffi/libc.ts";
 import { check } from "../ffi/errors.ts";
 import { checkSpin } from "../ffi/spin.ts";
 import { O, SOCK } from "../ffi/layout.ts";
-import { checkNumberOption } from "../_socket_options.ts";
+import { checkNumberOption, checkOptionsObject } from "../_socket_options.ts";
 import { createMemfd, fileSize, sealedAgainstShrink } from "./_memfd.ts";
 import { mapShared, unmap } from "./_map.ts";
 import {
@@ -153,6 +153,7 @@ export type ShmQueue = [ShmSender, ShmReceiver] & Disposable;
  * ```
  */
 export function shmQueue(options: ShmQueueOptions = {}): ShmQueue {
+  checkOptionsObject(options, "create shmQueue");
   const bytes = options.bytes ?? DEFAULT_BYTES;
   const spin = checkSpin(options.spin, "Cannot create shmQueue");
   checkNumberOption(bytes, "bytes", "create shmQueue");

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { checkOptionsObject } from "../_socket_options.ts";
 import type { SharedMemory } from "./shared_memory.ts";
 import {
   integerIn,
@@ -78,6 +79,7 @@ export class Semaphore implements Disposable {
     offset: number,
     options: SemaphoreOptions = {},
   ): Semaphore {
+    checkOptionsObject(options, "create Semaphore");
     const max = options.max ?? INT_MAX;
     const value = options.value ?? 0;
     integerIn("Semaphore", "max", max, 1, INT_MAX);

@@ -20,7 +20,11 @@
 
 import { type PathAccess, requirePath } from "../_permissions.ts";
 import { inspectEndpoint } from "../_inspect.ts";
-import { checkNumberOption, expectedUid } from "../_socket_options.ts";
+import {
+  checkNumberOption,
+  checkOptionsObject,
+  expectedUid,
+} from "../_socket_options.ts";
 import { libc } from "../ffi/libc.ts";
 import { check, closedError, errno, systemError } from "../ffi/errors.ts";
 import { O } from "../ffi/layout.ts";
@@ -276,6 +280,7 @@ export class SharedMemory implements Disposable {
    */
   static create(size: number, options: SharedMemoryOptions = {}): SharedMemory {
     checkSize(size, "create");
+    checkOptionsObject(options, "create SharedMemory");
     const lib = libc();
     if (options.name === undefined) {
       const fd = createMemfd(size, "conduit-shm");
@@ -343,6 +348,7 @@ export class SharedMemory implements Disposable {
     name: string,
     options: SharedMemoryOpenOptions = {},
   ): SharedMemory {
+    checkOptionsObject(options, "open SharedMemory");
     const path = shmName(name, "open", ["read", "write"]);
     const lib = libc();
     const owner = expectedUid(
