@@ -20,6 +20,7 @@ import {
   overLimit,
 } from "./_codec_limits.ts";
 import {
+  DOM_EXCEPTION,
   type EndpointHooks,
   ERROR_CLASSES,
   MAX_BIGINT_BYTES,
@@ -579,10 +580,17 @@ function readError(d: Decoder, depth: number): Error {
   d.charge(COST.ERROR, "an Error");
   const input = d.input;
   const name = d.string("an error name");
+  const domName = name === DOM_EXCEPTION
+    ? d.string("a DOMException name")
+    : undefined;
   const message = d.string("an error message");
-  const Class = ERROR_CLASSES[name];
-  if (Class === undefined) throw invalid(`unknown error type ${name}`);
-  const error = new Class(message);
+  let error: Error;
+  if (domName !== undefined) error = new DOMException(message, domName);
+  else {
+    const Class = ERROR_CLASSES[name];
+    if (Class === undefined) throw invalid(`unknown error type ${name}`);
+    error = new Class(message);
+  }
   remember(d, error);
   const hasStack = input.u8();
   if (hasStack === 1) {

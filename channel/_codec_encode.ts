@@ -8,6 +8,7 @@
 
 import { Writer } from "./_codec_bytes.ts";
 import {
+  DOM_EXCEPTION,
   type EndpointHooks,
   ERROR_CLASSES,
   MAX_DEPTH,
@@ -601,8 +602,15 @@ function writeSet(e: Encoder, set: Set<unknown>, depth: number): void {
 function writeError(e: Encoder, error: Error, depth: number): void {
   const out = e.out;
   out.u8(TAG.ERROR);
-  const name = error.name;
-  out.string(ERROR_CLASSES[name] ? name : "Error");
+  if (error instanceof DOMException) {
+    // As structured clone keeps it: a DOMException with its name (and so
+    // its code), such as the AbortError or TimeoutError of a signal.
+    out.string(DOM_EXCEPTION);
+    out.string(String(error.name));
+  } else {
+    const name = error.name;
+    out.string(ERROR_CLASSES[name] ? name : "Error");
+  }
   out.string(String(error.message ?? ""));
   if (typeof error.stack === "string") {
     out.u8(1);

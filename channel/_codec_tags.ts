@@ -110,6 +110,12 @@ export const ERROR_CLASSES: Readonly<Record<string, ErrorConstructor>> = Object
     },
   );
 
+/**
+ * The name an error is written under when it is a `DOMException`: its own
+ * name follows (no class of `ERROR_CLASSES` has this name).
+ */
+export const DOM_EXCEPTION = "DOMException";
+
 /** How endpoints are written and read: the channel supplies it. */
 export interface EndpointHooks {
   /** Writes the endpoint after its tag; `false` when `value` is none. */

@@ -436,6 +436,44 @@ test(
 );
 
 test(
+  "a DOMException arrives as a DOMException with its name, code, message and cause, as structured clone keeps it; a plain Error with a DOMException name stays an Error",
+  () => {
+    for (const name of ["AbortError", "TimeoutError", "DataCloneError", "x"]) {
+      const sent = new DOMException("gave up", name);
+      const got = decodeSample(sampleOf(sent)) as DOMException;
+      assert.ok(got instanceof DOMException, name);
+      assert.equal(got.name, name);
+      assert.equal(got.code, sent.code);
+      assert.equal(got.message, "gave up");
+      assert.equal(got.stack, sent.stack);
+    }
+    const reason = AbortSignal.abort().reason as DOMException;
+    const withCause = Object.assign(new DOMException("outer", "AbortError"), {
+      cause: reason,
+    });
+    const got = decodeSample(sampleOf(withCause)) as DOMException & {
+      cause: unknown;
+    };
+    assert.ok(got.cause instanceof DOMException);
+    assert.equal((got.cause as DOMException).name, "AbortError");
+    const plain = new Error("m");
+    plain.name = "AbortError";
+    const back = decodeSample(sampleOf(plain)) as Error;
+    assert.ok(!(back instanceof DOMException));
+    assert.equal(back.name, "Error");
+    // A truncated DOMException name is malformed, not a crash.
+    const utf8 = (text: string) => {
+      const bytes = new TextEncoder().encode(text);
+      return [bytes.length, ...bytes];
+    };
+    assert.throws(
+      () => decodeSample(treeSample([TAG.ERROR, ...utf8("DOMException")])),
+      Deno.errors.InvalidData,
+    );
+  },
+);
+
+test(
   "strings of every length up to 130 round-trip, ASCII or with a multi-byte character first, in the middle or last, and invalid UTF-8 of any length is InvalidData",
   () => {
     const cases: string[] = [];
