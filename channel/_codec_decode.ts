@@ -626,7 +626,10 @@ function readRef(d: Decoder): unknown {
 
 function readEndpoint(d: Decoder): unknown {
   d.charge(COST.ENDPOINT, "an endpoint");
-  return d.hooks.decode(d.input);
+  const endpoint = d.hooks.decode(d.input);
+  // Numbered as the sender numbered it: a later reference is this one.
+  remember(d, endpoint);
+  return endpoint;
 }
 
 function readBoxed(d: Decoder, depth: number): object {

@@ -261,7 +261,11 @@ function writeObject(e: Encoder, object: object, depth: number): void {
   }
   const at = out.pos;
   out.u8(TAG.ENDPOINT);
-  if (e.hooks.encode(object, out)) return;
+  if (e.hooks.encode(object, out)) {
+    // Met again, it is a reference: one endpoint arrives, over one fd.
+    remember(e, object);
+    return;
+  }
   out.pos = at;
   remember(e, object);
   if (ArrayBuffer.isView(object)) return writeView(e, object);

@@ -21,11 +21,49 @@ import { markSocket } from "../_channel_wire.ts";
 import { child, exited, PROCS } from "./_channel_util.ts";
 import {
   fdTarget,
+  openFds,
   stillPending,
   test,
   withTimeout,
   zombieChildren,
 } from "./_util.ts";
+
+test(
+  "an endpoint referenced twice in one value arrives as one endpoint over one fd, as any object shared within a value does; a Receiver listed twice moves once",
+  async () => {
+    using ch = channel<Record<string, unknown>>();
+    const [tx, rx] = ch;
+    const { reader, writer } = pipe();
+    const [inner, innerRx] = channel<number>();
+    const before = openFds().length;
+    await tx.send({
+      input: reader,
+      meta: { source: reader },
+      both: [innerRx, innerRx],
+    });
+    const got = await withTimeout(rx.recv(), 10_000, "the value");
+    const meta = got.meta as { source: PipeReader };
+    const both = got.both as Receiver<number>[];
+    assert.ok(got.input instanceof PipeReader);
+    assert.equal(got.input, meta.source);
+    assert.equal(both[0], both[1]);
+    // One new fd for the pipe (the moved receiver's connection replaced
+    // the one it had here).
+    assert.equal(openFds().length - before, 1);
+    await inner.send(7);
+    assert.equal(await withTimeout(both[0].recv(), 10_000, "via the moved"), 7);
+    // Closing the one reader closes the pipe's last read end here.
+    reader.close();
+    meta.source.close();
+    await assert.rejects(
+      writer.write(new Uint8Array(1)),
+      Deno.errors.BrokenPipe,
+    );
+    writer.close();
+    inner.close();
+    both[0].close();
+  },
+);
 
 test(
   "endpoints inside a message arrive live; sent Receivers move and transferred endpoints close",
