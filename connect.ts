@@ -141,7 +141,9 @@ function connectError(
       );
     }
     return new Deno.errors.ConnectionRefused(
-      `Cannot connect to ${label}: no server is listening`,
+      path === undefined
+        ? `Cannot connect to ${label}: no server of this socket type is listening (the kernel keeps abstract names per type: a server of another type is not found; pass its type)`
+        : `Cannot connect to ${label}: no server is listening`,
       cause,
     );
   }

@@ -48,7 +48,7 @@ const FD_WINDOW = 64;
 
 function sendClosed(cause?: unknown): ChannelClosedError {
   return new ChannelClosedError(
-    "Cannot send on channel: the receiver is closed",
+    "Cannot send on channel: the receiver is closed, or dropped this sender (after a malformed message from it, or one over its limits)",
     cause === undefined ? undefined : { cause },
   );
 }

@@ -54,6 +54,8 @@ export class ReceiverSet<T = unknown> implements Disposable {
    *
    * @param receiver The receiver.
    * @returns Its id in {@linkcode select} results.
+   * @throws {TypeError} When it is no `Receiver`, or is in the set already.
+   * @throws {Deno.errors.BadResource} When it is closed.
    *
    * @example Tell receivers apart by id
    * ```ts
@@ -76,6 +78,13 @@ export class ReceiverSet<T = unknown> implements Disposable {
       throw new TypeError("Cannot add to ReceiverSet: not a Receiver");
     }
     if (receiver.closed) throw closedError("Receiver");
+    for (const [id, entry] of this.#entries) {
+      if (entry === receiver) {
+        throw new TypeError(
+          `Cannot add to ReceiverSet: this receiver is in the set already, as id ${id}`,
+        );
+      }
+    }
     const id = this.#nextId++;
     this.#entries.set(id, receiver);
     return id;
