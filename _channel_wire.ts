@@ -82,8 +82,12 @@ export const REFUSAL = {
 /** Bytes in front of each record of a BATCH: its length. */
 export const RECORD_PREFIX = 4;
 
-/** The wire version in every frame header. */
-export const VERSION = 1;
+/**
+ * The wire version in every frame header: 2 since values number their
+ * endpoints as objects and carry a `DOMException`'s name (a peer of version
+ * 1 would read such a value differently, so its frames are refused).
+ */
+export const VERSION = 2;
 /** Size of the frame header. */
 export const HEADER = 16;
 /** The largest packet; bigger frames travel in a memfd. */

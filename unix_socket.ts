@@ -635,7 +635,10 @@ export class UnixSocket implements Disposable {
    * message is closed. A datagram or packet is lost with its fds; on a
    * stream socket, whose bytes are not one message's (a receive takes
    * earlier sends' bytes along with those that came with fds), the bytes of
-   * a receive that either error refuses stay for the next read or receive.
+   * a receive that either error refuses stay in this object for the next
+   * read or receive made after it (one already waiting meanwhile gets later
+   * bytes first; an fd handed on, through `rawFd`, a send or `spawn()`,
+   * does not carry them).
    * @throws The signal's reason when it is aborted (at once when it already
    * was).
    *
@@ -661,6 +664,10 @@ export class UnixSocket implements Disposable {
       checkSignal(signal, RECV);
       ({ maxFds, maxBytes } = recvLimits(options));
       spinner = spinnerFor(options.spin, this.#readSpinner, RECV);
+      // Bytes kept from a refused receive come first, whatever the wait.
+      if (this.#held !== undefined && this.#waiting === 0) {
+        return Promise.resolve(this.#tryRecv(maxFds, maxBytes, false)!);
+      }
       // While receives wait, a later one waits behind them without a look,
       // so that messages go out in call order. Recent waits went unanswered
       // for long (paced traffic): arm the wait at once. Its direct poll

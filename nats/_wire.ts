@@ -27,8 +27,11 @@ import type { EndpointHooks } from "../channel/_codec_tags.ts";
 
 /** The message kinds. */
 export const KIND = { VALUE: 1, END: 2 } as const;
-/** The wire version; a message of another version is refused. */
-export const VERSION = 1;
+/**
+ * The wire version; a message of another version is refused. 2 since a
+ * value carries a `DOMException`'s name (version 1 read it differently).
+ */
+export const VERSION = 2;
 /** Bytes of a sender id. */
 export const ID_BYTES = 8;
 /** Where the sequence number is. */

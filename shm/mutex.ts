@@ -24,12 +24,42 @@ import { memRefed, refWatchers } from "./_keys.ts";
 const LOOK_AFTER_MS = 10;
 /**
  * How often a holder without a pidfd to watch is looked at again, and how
- * often a wait that watches one reads the lock word again: the lock may
- * have passed to another process meanwhile (an unlock wakes one waiter,
- * whose taking the lock wakes no other), and if that one dies holding it,
- * nothing wakes a wait still watching the earlier holder.
+ * often a wait that watches one reads the lock word (a load, not a wake):
+ * the lock may have passed to another process meanwhile (an unlock wakes
+ * one waiter, whose taking the lock wakes no other), and if that one dies
+ * holding it, nothing wakes a wait still watching the earlier holder.
  */
 const RELOOK_MS = 100;
+
+/**
+ * Resolves once word 0 of `words` no longer holds `expected`, looking every
+ * {@linkcode RELOOK_MS} on an unref'd timer (the wait it races keeps the
+ * process alive, or not); rejects with the signal's reason.
+ */
+function moved(
+  words: Int32Array,
+  expected: number,
+  signal: AbortSignal,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearInterval(timer);
+      signal.removeEventListener("abort", onAbort);
+    };
+    const onAbort = () => {
+      done();
+      reject(signal.reason);
+    };
+    const timer = setInterval(() => {
+      if (Atomics.load(words, 0) === expected) return;
+      done();
+      resolve();
+    }, RELOOK_MS);
+    Deno.unrefTimer(timer);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 /**
  * Waits for whichever comes first and withdraws the other: 0 when `first`
@@ -463,13 +493,18 @@ export class Mutex implements Disposable {
         const again = fd === undefined
           ? await place.wait(word, stop, RELOOK_MS) === "timed-out"
           : await either(
-            (signal) => place.wait(word, signal, RELOOK_MS),
-            (signal) => fd.wait("read", signal),
+            (signal) => place.wait(word, signal),
+            (signal) =>
+              Promise.race([
+                fd.wait("read", signal),
+                moved(place.words, word, signal),
+              ]),
             stop,
           ) === 1;
         if (again) {
-          // The holder exited (its pidfd is readable), or it has no pidfd
-          // and is due for another look.
+          // The holder exited (its pidfd is readable), the lock word names
+          // another process now, or the holder has no pidfd and is due for
+          // another look.
           watch?.close();
           watch = undefined;
           looked = false;

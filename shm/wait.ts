@@ -187,17 +187,19 @@ class FutexPool {
 
   /**
    * Takes one waiter out (timeout, abort, close) and has `settle` called;
-   * does nothing when it is already gone.
+   * does nothing, and returns false, when it is already gone (woken, and
+   * settled or about to be).
    */
-  remove(waiter: Waiter, settle: () => void): void {
+  remove(waiter: Waiter, settle: () => void): boolean {
     const word = this.#words.get(waiter.word.address);
-    if (word === undefined) return;
+    if (word === undefined) return false;
     const at = word.waiters.indexOf(waiter);
-    if (at === -1) return;
+    if (at === -1) return false;
     word.waiters.splice(at, 1);
     this.#forget(word, [waiter]);
     this.#finish(settle);
     this.schedule();
+    return true;
   }
 
   /** Wakes up to `count` waiters of this process on `address`, oldest first. */
@@ -537,6 +539,11 @@ export class WordWaits {
   #base: bigint;
   #refed = true;
   #pending = new Set<Waiter>();
+  /**
+   * Waits woken ("ok") whose callers have not resumed yet: closing the
+   * memory in between gives them up, so their wakes are passed on.
+   */
+  #resuming = new Set<Waiter>();
 
   /**
    * @param what The owner's name, for error messages.
@@ -597,6 +604,7 @@ export class WordWaits {
       fresh: false,
     };
     const pending = this.#pending;
+    const resuming = this.#resuming;
     let onAbort: (() => void) | undefined;
     const done = () => {
       pending.delete(waiter);
@@ -611,6 +619,7 @@ export class WordWaits {
       timer: undefined,
       settle(result) {
         done();
+        if (result === "ok") resuming.add(waiter);
         resolve(result);
       },
       fail(error) {
@@ -642,6 +651,9 @@ export class WordWaits {
     }
     pending.add(waiter);
     pool.add(waiter, word);
+    // Registered before the caller's own reaction: the caller resumes in
+    // the job right after this one, and nothing runs in between.
+    promise.then(() => resuming.delete(waiter), () => {});
     return promise;
   }
 
@@ -708,10 +720,19 @@ export class WordWaits {
     const bytes = this.#view.byteLength;
     this.#view = undefined;
     const error = closedError(this.#what);
+    // A wake that reached a wait whose caller has not resumed (its settle
+    // may even wait for the call to return) is given up with the memory:
+    // the caller finds it closed. It is passed on while the range is still
+    // the shared memory.
+    const woken = [...this.#resuming];
     for (const waiter of [...this.#pending]) {
-      pool?.remove(waiter, () => waiter.fail(error));
+      if (pool?.remove(waiter, () => waiter.fail(error)) === false) {
+        woken.push(waiter);
+      }
     }
     this.#pending.clear();
+    this.#resuming.clear();
+    for (const waiter of woken) futexWake(waiter.word.address, 1);
     if (pool === undefined) release();
     else pool.afterCall(this.#base, bytes, release);
   }

@@ -43,6 +43,16 @@ test(
           return f;
         })(),
       ],
+      [
+        // Version 1 numbered endpoints differently: its values would
+        // decode to other objects.
+        "version 1",
+        (() => {
+          const f = frame(FRAME.MESSAGE, 0, [1, 0]);
+          f[1] = 1;
+          return f;
+        })(),
+      ],
       ["fd count mismatch", frame(FRAME.MESSAGE, 0, [1, 0]), true],
       ["string past the end", frame(FRAME.MESSAGE, 0, [7, 100, 65, 0], 3)],
       ["huge array count", frame(FRAME.MESSAGE, 0, [8, 0xff, 0xff, 0x7f, 0])],

@@ -97,6 +97,28 @@ test(
 );
 
 test(
+  "release() and then close() of the memory in the same turn, while this process's acquire() waits, passes the wake its waiter took to another process",
+  async () => {
+    using mem = SharedMemory.create(4096);
+    const semaphore = Semaphore.create(mem, 0, { value: 0 });
+    const mine = semaphore.acquire();
+    await using taker = syncChild(mem, "acquire", "0", "1");
+    const words = new Int32Array(mem.buffer);
+    await until(() => Atomics.load(words, 1) === 2, 20_000, "both waiting");
+    await until(
+      () => inFutexWaitv(taker.child.pid),
+      20_000,
+      "the child in futex_waitv",
+    );
+    semaphore.release();
+    mem.close();
+    await assert.rejects(mine, Deno.errors.BadResource);
+    assert.equal(await taker.out.next("the child's acquire"), "acquired 1");
+  },
+  children,
+);
+
+test(
   "closing a SharedMemory while the process waits on other words hands a wake its kernel entry took to the next waiter, in another process",
   async () => {
     using mem = SharedMemory.create(4096);
