@@ -36,6 +36,39 @@ export function checkCapacity(
   return value;
 }
 
+/**
+ * A durable consumer's name as NATS takes it: not empty, no whitespace,
+ * dots or wildcards (the client refuses it, and the receiver would retry
+ * for ever).
+ */
+export function checkDurable(durable: unknown, doing: string): void {
+  if (durable === undefined) return;
+  if (typeof durable !== "string" || !TOKEN.test(durable)) {
+    throw new TypeError(
+      `Cannot ${doing}: jetstream.durable must be a name without spaces, dots or wildcards, got ${
+        JSON.stringify(durable)
+      }`,
+    );
+  }
+}
+
+/** `maxPendingBytes`, checked: a positive integer, or the default. */
+export function checkMaxPending(
+  value: unknown,
+  fallback: number,
+  doing: string,
+): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+    throw new RangeError(
+      `Cannot ${doing}: maxPendingBytes must be a positive integer, got ${
+        typeof value === "number" ? value : typeof value
+      }`,
+    );
+  }
+  return value;
+}
+
 export function closedError(what: string): Deno.errors.BadResource {
   return new Deno.errors.BadResource(`Cannot use ${what}: it is closed`);
 }

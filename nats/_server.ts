@@ -91,8 +91,11 @@ export class NatsServer implements AsyncDisposable {
   /**
    * Starts the server (again, on the same port, after {@linkcode stop});
    * resolves once it is ready for clients.
+   *
+   * @param extra More arguments for this start only (a `-c` config file
+   * that changes a limit, say).
    */
-  async start(): Promise<void> {
+  async start(extra: readonly string[] = []): Promise<void> {
     if (this.#child !== undefined) throw new Error("nats-server already runs");
     const args = [
       "-a",
@@ -100,6 +103,7 @@ export class NatsServer implements AsyncDisposable {
       "-p",
       this.#port === 0 ? "-1" : String(this.#port),
       ...this.#args,
+      ...extra,
     ];
     const child = new Deno.Command(this.#command, {
       args,

@@ -9,7 +9,13 @@
 import { resolveLimits } from "../channel/_codec_limits.ts";
 import { Link } from "./_link.ts";
 import { type ConsumerSpec, ensureStream } from "./_jetstream.ts";
-import { checkCapacity, checkSubject } from "./_checks.ts";
+import {
+  checkCapacity,
+  checkDurable,
+  checkMaxPending,
+  checkSubject,
+} from "./_checks.ts";
+import { checkOptionsObject } from "../_socket_options.ts";
 import type {
   NatsChannelOptions,
   NatsConnectOptions,
@@ -116,6 +122,7 @@ export function natsSender<T>(
   options: NatsSenderOptions = {},
 ): Promise<NatsSender<T>> {
   try {
+    checkOptionsObject(options, "open NATS sender");
     checkSubject(subject, "open NATS sender");
     checkCapacity(options.capacity, "open NATS sender");
   } catch (error) {
@@ -152,9 +159,13 @@ export function natsReceiver<T>(
   options: NatsReceiverOptions = {},
 ): Promise<NatsReceiver<T>> {
   try {
+    checkOptionsObject(options, "open NATS receiver");
     checkSubject(subject, "open NATS receiver");
     checkCapacity(options.capacity, "open NATS receiver");
     resolveLimits(options.limits, "open NATS receiver");
+    checkMaxPending(options.maxPendingBytes, 0, "open NATS receiver");
+    const js = jetstreamOptions(options.jetstream);
+    checkDurable(js?.durable, "open NATS receiver");
   } catch (error) {
     return Promise.reject(error);
   }
@@ -186,9 +197,13 @@ export function natsChannel<T>(
   options: NatsChannelOptions = {},
 ): Promise<[NatsSender<T>, NatsReceiver<T>]> {
   try {
+    checkOptionsObject(options, "open NATS channel");
     checkSubject(subject, "open NATS channel");
     checkCapacity(options.capacity, "open NATS channel");
     resolveLimits(options.limits, "open NATS channel");
+    checkMaxPending(options.maxPendingBytes, 0, "open NATS channel");
+    const js = jetstreamOptions(options.jetstream);
+    checkDurable(js?.durable, "open NATS channel");
   } catch (error) {
     return Promise.reject(error);
   }

@@ -63,8 +63,10 @@ export interface NatsReceiverOptions extends NatsConnectOptions {
   /** With JetStream, the values fetched ahead of `recv()`. Default 256. */
   capacity?: number;
   /**
-   * With core NATS, the bytes a receiver holds that `recv()` has not taken;
-   * beyond it, arriving values are dropped. Default 64 MiB.
+   * With core NATS, the bytes a receiver holds that `recv()` has not taken,
+   * each value counted with 256 bytes more for what holding it costs (so
+   * empty values count too); beyond it, arriving values are dropped. A
+   * positive integer; default 64 MiB.
    */
   maxPendingBytes?: number;
   /**

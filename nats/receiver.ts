@@ -32,8 +32,8 @@ import {
   streamSeqOf,
 } from "./_jetstream.ts";
 import { decodeValue, KIND, parse } from "./_wire.ts";
-import { abortable, pause } from "./_abort.ts";
-import { checkCapacity, closedError } from "./_checks.ts";
+import { abortReason, pause } from "./_abort.ts";
+import { checkCapacity, checkMaxPending, closedError } from "./_checks.ts";
 import { inspectEndpoint } from "../_inspect.ts";
 import type { NatsReceiverOptions, NatsRecvOptions } from "./options.ts";
 import { startReceiver } from "./_keys.ts";
@@ -100,6 +100,18 @@ interface SenderState {
 const SEEN_WINDOW = 8192;
 
 /**
+ * What a held value costs beyond its bytes (the message, its entry and
+ * its view, measured at about 260 bytes), counted against
+ * `maxPendingBytes`: empty values from a publisher are not free.
+ */
+const ENTRY_OVERHEAD = 256;
+
+/** A receive waiting for a value: settled with nothing, or an error. */
+interface Waiter {
+  settle(error?: unknown): void;
+}
+
+/**
  * The receiving end of a NATS channel, from {@linkcode natsReceiver} or
  * {@linkcode natsChannel}.
  *
@@ -126,7 +138,12 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
   #queue: (Entry | undefined)[] = [];
   #head = 0;
   #bytes = 0;
-  #wake: PromiseWithResolvers<void> | undefined;
+  /**
+   * Receives waiting for a value: each leaves the set when woken or given
+   * up, so an abandoned wait holds nothing (a shared promise would keep a
+   * reaction of every abandoned wait until a value came).
+   */
+  #waiters = new Set<Waiter>();
   #senders = new Map<string, SenderState>();
   #live = 0;
   #ended = false;
@@ -153,8 +170,11 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     this.#link = link;
     this.#subject = subject;
     this.#capacity = checkCapacity(options.capacity, "open NATS receiver");
-    this.#maxPendingBytes = options.maxPendingBytes ??
-      DEFAULT_MAX_PENDING_BYTES;
+    this.#maxPendingBytes = checkMaxPending(
+      options.maxPendingBytes,
+      DEFAULT_MAX_PENDING_BYTES,
+      "open NATS receiver",
+    );
     this.#endWithSenders = options.endWithSenders ?? true;
     this.#limits = resolveLimits(options.limits, "open NATS receiver");
     this.#listener = {
@@ -294,19 +314,40 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
 
   #push(entry: Entry): void {
     this.#queue.push(entry);
-    this.#bytes += entry.data.byteLength;
+    this.#bytes += entry.data.byteLength + ENTRY_OVERHEAD;
     this.#notify();
   }
 
   #notify(): void {
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.resolve();
+    const waiters = [...this.#waiters];
+    this.#waiters.clear();
+    for (const waiter of waiters) waiter.settle();
+  }
+
+  /** Resolves at the next value or end; rejects when `signal` aborts. */
+  #waitForValue(signal: AbortSignal | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        this.#waiters.delete(waiter);
+        reject(abortReason(signal!));
+      };
+      const waiter: Waiter = {
+        settle(error?: unknown) {
+          signal?.removeEventListener("abort", onAbort);
+          if (error === undefined) resolve();
+          else reject(error);
+        },
+      };
+      this.#waiters.add(waiter);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
   }
 
   #onCore(msg: Msg): void {
     const data = msg.data;
-    if (this.#bytes + data.byteLength > this.#maxPendingBytes) {
+    if (
+      this.#bytes + data.byteLength + ENTRY_OVERHEAD > this.#maxPendingBytes
+    ) {
       this.#dropped++;
       return;
     }
@@ -475,7 +516,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     while (!this.#ended && this.#head < this.#queue.length) {
       const entry = this.#queue[this.#head]!;
       this.#queue[this.#head++] = undefined;
-      this.#bytes -= entry.data.byteLength;
+      this.#bytes -= entry.data.byteLength + ENTRY_OVERHEAD;
       if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
         this.#queue = this.#queue.slice(this.#head);
         this.#head = 0;
@@ -624,8 +665,7 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
       signal?.throwIfAborted();
       const got = this.#take();
       if (got !== undefined) return got.value;
-      this.#wake ??= Promise.withResolvers<void>();
-      await abortable(this.#wake.promise, signal);
+      await this.#waitForValue(signal);
     }
   }
 
@@ -683,10 +723,10 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     this.#closing ??= (async () => {
       this.#closed = true;
       this.#stop.abort();
-      const wake = this.#wake;
-      this.#wake = undefined;
-      wake?.reject(closedError("NatsReceiver"));
-      wake?.promise.catch(() => {});
+      const waiters = [...this.#waiters];
+      this.#waiters.clear();
+      const closed = closedError("NatsReceiver");
+      for (const waiter of waiters) waiter.settle(closed);
       const js = this.#js;
       if (js !== undefined) {
         clearTimeout(js.timer);

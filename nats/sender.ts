@@ -38,6 +38,13 @@ export interface Stored {
 }
 
 /**
+ * Bytes a JetStream value's headers take beyond the sender id and the
+ * stream name: `NATS/1.0`, the two header names, a sequence number of up
+ * to 16 digits, separators.
+ */
+const HEADER_ROOM = 96;
+
+/**
  * The sending end of a NATS channel, from {@linkcode natsSender} or
  * {@linkcode natsChannel}. Sends of one sender arrive in order.
  *
@@ -199,9 +206,17 @@ export class NatsSender<T> implements AsyncDisposable {
 
   #checkSize(payload: Uint8Array): void {
     const max = this.#link.maxPayload;
-    if (payload.byteLength > max) {
+    // The server's limit covers headers too: a JetStream sender's two
+    // (its message id and the stream expected).
+    const stream = this.#stream?.ref.stream;
+    const headerRoom = stream === undefined
+      ? 0
+      : HEADER_ROOM + this.#idText.length + stream.length;
+    if (payload.byteLength + headerRoom > max) {
       throw new RangeError(
-        `Cannot send on NATS channel: the value takes ${payload.byteLength} bytes, more than the server's max_payload of ${max}`,
+        `Cannot send on NATS channel: the value takes ${payload.byteLength} bytes${
+          headerRoom > 0 ? ` (and its headers up to ${headerRoom})` : ""
+        }, more than the server's max_payload of ${max}`,
       );
     }
   }
@@ -267,7 +282,13 @@ export class NatsSender<T> implements AsyncDisposable {
     this.#held = [];
     const nc = this.#link.nc;
     if (this.#stream === undefined) {
-      for (const { payload } of held) nc.publish(this.#subject, payload);
+      for (const { seq, payload } of held) {
+        try {
+          nc.publish(this.#subject, payload);
+        } catch (error) {
+          this.#unpublished(seq, error);
+        }
+      }
       this.#ping();
     } else {
       for (const { seq, payload } of held) this.#publishStored(seq, payload);
@@ -301,10 +322,29 @@ export class NatsSender<T> implements AsyncDisposable {
     // The stream drops a second copy with the same id (a re-send).
     h.set("Nats-Msg-Id", `${this.#idText}-${seq}`);
     h.set("Nats-Expected-Stream", this.#stream!.ref.stream);
-    this.#link.nc.publish(this.#subject, payload, {
-      reply: `${this.#ackInbox}.${seq}`,
-      headers: h,
-    });
+    try {
+      this.#link.nc.publish(this.#subject, payload, {
+        reply: `${this.#ackInbox}.${seq}`,
+        headers: h,
+      });
+    } catch (error) {
+      this.#unacked.delete(seq);
+      this.#unpublished(seq, error);
+    }
+  }
+
+  /**
+   * A value accepted earlier that the client refuses to publish now (a
+   * server that came back with a smaller `max_payload`): it is lost, and
+   * the sender fails with that (never an error out of the connection's
+   * own event handlers).
+   */
+  #unpublished(seq: number, error: unknown): void {
+    this.#fail(
+      `value ${seq} could not be published, and is lost: ${
+        (error as Error)?.message ?? error
+      }`,
+    );
   }
 
   /** Waits until a value may be accepted (or the state changes). */

@@ -35,7 +35,7 @@ import {
   Peer,
   summaryOf,
 } from "./_nats_util.ts";
-import { stillPending, test, withTimeout } from "./_util.ts";
+import { stillPending, test, until, withTimeout } from "./_util.ts";
 
 /**
  * A NATS test: FFI for the leak checks and child processes, net, run,
@@ -395,6 +395,116 @@ natsTest(
       await tx.send(new Uint8Array(1000));
     } finally {
       await closeQuietly(tx);
+    }
+  },
+);
+
+natsTest(
+  "a value held while the server is down that the server, back with a smaller max_payload, refuses fails the sender; nothing escapes the connection's event handlers",
+  async () => {
+    await using server = await natsServer();
+    const tx = await natsSender<Uint8Array>("shrunk", { servers: server.url });
+    const config = await Deno.makeTempFile({ suffix: ".conf" });
+    try {
+      await tx.send(new Uint8Array(10));
+      await tx.flush({ signal: AbortSignal.timeout(10_000) });
+      await server.stop();
+      // Accepted and held: the size is checked against the limit known.
+      await tx.send(new Uint8Array(200_000));
+      await Deno.writeTextFile(config, "max_payload: 65536\n");
+      await server.start(["-c", config]);
+      await assert.rejects(
+        tx.flush({ signal: AbortSignal.timeout(20_000) }),
+        (error: Error) =>
+          /value 2 could not be published, and is lost/.test(error.message),
+      );
+      await assert.rejects(
+        tx.send(new Uint8Array(1)),
+        /could not be published/,
+      );
+    } finally {
+      await closeQuietly(tx);
+      await Deno.remove(config);
+    }
+  },
+);
+
+natsTest(
+  "JetStream: a value that fits max_payload but not with the sender's headers is refused at send() with a RangeError; the sender and its connection go on",
+  async () => {
+    await using server = await natsServer(true);
+    const [tx, rx] = await natsChannel<Uint8Array>("nearly", {
+      servers: server.url,
+      jetstream: true,
+    });
+    try {
+      await tx.send(new Uint8Array(1));
+      const near = 1024 * 1024 - 40;
+      await assert.rejects(
+        tx.send(new Uint8Array(near)),
+        (error: Error) =>
+          error instanceof RangeError && /and its headers/.test(error.message),
+      );
+      await tx.send(new Uint8Array(2));
+      await tx.flush({ signal: AbortSignal.timeout(10_000) });
+      assert.equal((await recvWithin(rx, "the first")).byteLength, 1);
+      assert.equal((await recvWithin(rx, "the last")).byteLength, 2);
+    } finally {
+      await closeQuietly(tx, rx);
+    }
+  },
+);
+
+natsTest(
+  "arguments checked before connecting: options that are no object, a durable name NATS refuses, maxPendingBytes that is no positive integer",
+  async () => {
+    await assert.rejects(
+      natsSender("x", null as never),
+      /Cannot open NATS sender: expected an options object, got null/,
+    );
+    await assert.rejects(
+      natsReceiver("x", "127.0.0.1:4222" as never),
+      /Cannot open NATS receiver: expected an options object, got string/,
+    );
+    for (const durable of ["a.b", "", "a b", "a*"]) {
+      await assert.rejects(
+        natsReceiver("x", { jetstream: { durable } }),
+        (error: Error) =>
+          error instanceof TypeError &&
+          error.message.includes("jetstream.durable must be a name"),
+        durable,
+      );
+    }
+    for (const bad of [-1, 0, NaN, 1.5, "abc"]) {
+      await assert.rejects(
+        natsChannel("x", { maxPendingBytes: bad as number }),
+        (error: Error) =>
+          error instanceof RangeError &&
+          error.message.includes("maxPendingBytes must be a positive integer"),
+        String(bad),
+      );
+    }
+  },
+);
+
+natsTest(
+  "core NATS: empty values count against maxPendingBytes (each value costs its bytes and 256 more)",
+  async () => {
+    await using server = await natsServer();
+    const rx = await natsReceiver<unknown>("empties", {
+      servers: server.url,
+      maxPendingBytes: 1024,
+    });
+    const nc = await connect({ servers: server.url });
+    try {
+      for (let i = 0; i < 100; i++) nc.publish("empties");
+      await nc.flush();
+      await until(() => rx.dropped + rx.pending >= 100, 10_000, "the empties");
+      assert.ok(rx.pending <= 4, `${rx.pending} held`);
+      assert.equal(rx.dropped, 100 - rx.pending);
+    } finally {
+      await nc.close();
+      await closeQuietly(rx);
     }
   },
 );
