@@ -12,7 +12,6 @@ import {
 } from "nats";
 import {
   ChannelClosedError,
-  invalid,
   streamUntilClosed,
   untilClosed,
 } from "../_channel_error.ts";
@@ -39,7 +38,10 @@ import type { NatsReceiverOptions, NatsRecvOptions } from "./options.ts";
 import { startReceiver } from "./_keys.ts";
 
 const DEFAULT_MAX_PENDING_BYTES = 64 << 20;
-/** The most senders a receiver keeps track of at once. */
+/**
+ * The most senders a receiver keeps track of at once; past it, the one
+ * silent longest is forgotten.
+ */
 const MAX_SENDERS = 4096;
 /** How long a pull request for JetStream values waits on the server. */
 const PULL_EXPIRES_MS = 5_000;
@@ -570,7 +572,14 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
         throw error;
       }
     }
-    const sender = known ?? this.#track(parsed.sender, parsed.seq);
+    let sender = known;
+    if (sender === undefined) sender = this.#track(parsed.sender, parsed.seq);
+    else if (this.#senders.size >= MAX_SENDERS / 2) {
+      // Kept in the order last heard from, for #track to forget the
+      // sender silent longest (only once the table fills up).
+      this.#senders.delete(parsed.sender);
+      this.#senders.set(parsed.sender, sender);
+    }
     this.#advance(sender, parsed.seq);
     if (value === undefined) {
       if (!sender.ended) {
@@ -626,7 +635,13 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
         if (state.ended) this.#senders.delete(known);
       }
       if (this.#senders.size >= MAX_SENDERS) {
-        throw invalid(`more than ${MAX_SENDERS} senders are open`);
+        // Senders that never sent their end (a producer that crashed, or
+        // whose end marker core NATS lost): the one silent longest is
+        // forgotten, as if it had ended. Were it alive, its next value
+        // starts its count afresh.
+        const [oldest, state] = this.#senders.entries().next().value!;
+        this.#senders.delete(oldest);
+        if (!state.ended) this.#live--;
       }
     }
     const state: SenderState = {

@@ -74,6 +74,10 @@ export class NatsSender<T> implements AsyncDisposable {
   #closed = false;
   #closing: Promise<void> | undefined;
   #failure: Error | undefined;
+  /** Aborted by a `close()` signal: the close stops waiting. */
+  #giveUpClose = new AbortController();
+  /** Why a close gave up waiting for the server. */
+  #closeError: unknown;
   /**
    * Values accepted and numbered but not yet published: held while an
    * earlier publish is unanswered, then published together (one write to
@@ -525,20 +529,41 @@ export class NatsSender<T> implements AsyncDisposable {
    * JetStream: acknowledged), then lets go of the connection (closing it
    * when the sender opened it). New sends throw `BadResource`. Idempotent.
    *
+   * While the server is unreachable that wait lasts until it is back (with
+   * the default `maxReconnectAttempts: -1`, for good): a `signal` bounds
+   * it. When it aborts, the sender stops waiting, lets go of the
+   * connection, and `close()` rejects with the signal's reason: values
+   * not yet at the server, and the end marker, may be lost.
+   *
+   * @param options A `signal` to stop waiting for the server.
    * @returns Resolves once closed.
    */
-  close(): Promise<void> {
+  close(options: NatsSendOptions = {}): Promise<void> {
+    const { signal } = options;
+    if (signal !== undefined) {
+      if (signal.aborted) this.#giveUpClose.abort(signal.reason);
+      else {
+        signal.addEventListener(
+          "abort",
+          () => this.#giveUpClose.abort(signal.reason),
+          { once: true },
+        );
+      }
+    }
     this.#closing ??= (async () => {
       this.#closed = true;
+      const giveUp = this.#giveUpClose.signal;
       try {
-        await this.#tail;
+        await abortable(this.#tail, giveUp);
         if (this.#failure === undefined && !this.#link.closedError) {
           const end = encodeEnd(this.#id);
-          await this.#enqueue(end, undefined);
-          await this.#flush(undefined);
+          await this.#enqueue(end, giveUp);
+          await this.#flush(giveUp);
         }
-      } catch {
+      } catch (error) {
         // The connection or the stream failed: nothing more can go out.
+        // Given up: said once the connection is let go.
+        if (giveUp.aborted) this.#closeError = error;
       } finally {
         this.#stop.abort();
         this.#ackSub?.unsubscribe();
@@ -546,7 +571,9 @@ export class NatsSender<T> implements AsyncDisposable {
         await this.#link.release(this.#listener);
       }
     })();
-    return this.#closing;
+    return this.#closing.then(() => {
+      if (this.#closeError !== undefined) throw this.#closeError;
+    });
   }
 
   /** Closes the sender ({@linkcode close}). */

@@ -430,6 +430,61 @@ natsTest(
 );
 
 natsTest(
+  "close({ signal }) of a sender while the server is down gives up waiting when the signal aborts, lets the connection go and rejects with its reason",
+  async () => {
+    await using server = await natsServer();
+    const tx = await natsSender<number>("down", {
+      servers: server.url,
+      reconnectTimeWait: 20,
+    });
+    await tx.send(1);
+    await tx.flush({ signal: AbortSignal.timeout(10_000) });
+    await server.stop();
+    await tx.send(2);
+    const closing = tx.close({ signal: AbortSignal.timeout(300) });
+    await assert.rejects(
+      withTimeout(closing, 10_000, "the close given up"),
+      (error: Error) => error.name === "TimeoutError",
+    );
+    assert.equal(tx.closed, true);
+    await assert.rejects(tx.send(3), Deno.errors.BadResource);
+    // The nats client's pause between reconnection attempts (20 ms here)
+    // outlives its close(): let it end before the sanitizer looks.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  },
+);
+
+natsTest(
+  "a receiver that has heard from 4,096 senders that never closed forgets the one silent longest: a new sender's values arrive",
+  async () => {
+    await using server = await natsServer();
+    const [tx, rx] = await natsChannel<number>("crowd", {
+      servers: server.url,
+      endWithSenders: false,
+    });
+    const clones = Array.from({ length: 4100 }, () => tx.clone());
+    try {
+      // Each sends one value and never its end, as a producer that died.
+      for (let i = 0; i < clones.length; i++) await clones[i].send(i);
+      for (let i = 0; i < clones.length; i++) {
+        assert.equal(await recvWithin(rx, `value ${i}`), i);
+      }
+      const late = tx.clone();
+      clones.push(late);
+      await late.send(-1);
+      await late.send(-2);
+      assert.equal(await recvWithin(rx, "the new sender's first"), -1);
+      assert.equal(await recvWithin(rx, "the new sender's second"), -2);
+      // The first clone, forgotten, is heard afresh.
+      await clones[0].send(-3);
+      assert.equal(await recvWithin(rx, "the forgotten sender's"), -3);
+    } finally {
+      await closeQuietly(...clones, tx, rx);
+    }
+  },
+);
+
+natsTest(
   "JetStream: a value that fits max_payload but not with the sender's headers is refused at send() with a RangeError; the sender and its connection go on",
   async () => {
     await using server = await natsServer(true);
