@@ -450,7 +450,11 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     const js = this.#js!;
     if (sub !== js.sub) return;
     const code = msg.headers?.code ?? 0;
-    if (code !== 0 && msg.data.byteLength === 0) {
+    const sseq = streamSeqOf(msg.reply);
+    // A status from the server has no stored message's ack subject; a
+    // stored message with a status line (a publisher can forge one) is a
+    // value that does not decode, taken and acknowledged like one.
+    if (code !== 0 && msg.data.byteLength === 0 && sseq === undefined) {
       // 100: heartbeat; 404/408: the request is over. 409 (the consumer
       // changed or is busy): ask again after a pause, not in a tight loop.
       if (code === 409) {
@@ -465,7 +469,6 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
       }
       return;
     }
-    const sseq = streamSeqOf(msg.reply);
     // Only what a pull request asked for is taken in: JetStream never sends
     // more, so anything beyond is not from it.
     if (sseq === undefined || this.pending >= 2 * this.#capacity) return;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { connect } from "nats";
+import { connect, headers } from "nats";
 import {
   channel,
   ChannelClosedError,
@@ -480,6 +480,34 @@ natsTest(
       assert.equal(await recvWithin(rx, "the forgotten sender's"), -3);
     } finally {
       await closeQuietly(...clones, tx, rx);
+    }
+  },
+);
+
+natsTest(
+  "JetStream: a stored message with a status line in its headers and no body (a publisher can forge one) fails recv() with InvalidData instead of passing for the server's status; the values after it arrive",
+  async () => {
+    await using server = await natsServer(true);
+    const [tx, rx] = await natsChannel<number>("forged", {
+      servers: server.url,
+      jetstream: true,
+      endWithSenders: false,
+    });
+    const nc = await connect({ servers: server.url });
+    try {
+      const js = nc.jetstream();
+      await js.publish("forged", new Uint8Array(0), {
+        headers: headers(100, "Forged"),
+      });
+      await tx.send(1);
+      await assert.rejects(
+        withTimeout(rx.recv(), 10_000, "the forged message"),
+        Deno.errors.InvalidData,
+      );
+      assert.equal(await recvWithin(rx, "the value after it"), 1);
+    } finally {
+      await nc.close();
+      await closeQuietly(tx, rx);
     }
   },
 );
