@@ -397,7 +397,14 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
         } catch (error) {
           if (signal.aborted || this.#link.closedError !== undefined) return;
           if (isRefusal(error)) {
-            this.#failure = error as Error;
+            // A TypeError names the argument at fault already (a consumer
+            // that reads another subject); the server's refusals say what.
+            this.#failure = error instanceof TypeError ? error : new Error(
+              `Cannot receive on NATS channel: consumer ${js.spec.durable} of stream ${js.ref.stream} cannot be made (again): ${
+                (error as Error)?.message ?? error
+              }`,
+              { cause: error },
+            );
             this.#notify();
             return;
           }
@@ -455,9 +462,16 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     // stored message with a status line (a publisher can forge one) is a
     // value that does not decode, taken and acknowledged like one.
     if (code !== 0 && msg.data.byteLength === 0 && sseq === undefined) {
-      // 100: heartbeat; 404/408: the request is over. 409 (the consumer
-      // changed or is busy): ask again after a pause, not in a tight loop.
-      if (code === 409) {
+      // 100: heartbeat; 404/408: the request is over. A consumer deleted
+      // under the receiver (409 "Consumer Deleted", or 503: no one answers
+      // pull requests for it any more) is made again, as after a
+      // reconnection; a stream that is gone fails recv() then. Another
+      // 409 (the consumer changed or is busy): ask again after a pause,
+      // not in a tight loop.
+      const description = msg.headers?.description ?? "";
+      if (code === 503 || (code === 409 && /deleted/i.test(description))) {
+        this.#reset();
+      } else if (code === 409) {
         js.outstanding = 0;
         clearTimeout(js.timer);
         js.timer = setTimeout(() => {

@@ -513,6 +513,39 @@ natsTest(
 );
 
 natsTest(
+  "JetStream: a receiver whose durable consumer is deleted under it makes it again and goes on; one whose stream is deleted fails recv() naming the consumer and stream",
+  async () => {
+    await using server = await natsServer(true);
+    const [tx, rx] = await natsChannel<number>("deleted", {
+      servers: server.url,
+      jetstream: { durable: "d" },
+      endWithSenders: false,
+    });
+    const nc = await connect({ servers: server.url });
+    try {
+      await tx.send(1);
+      assert.equal(await recvWithin(rx, "the first"), 1);
+      const jsm = await nc.jetstreamManager();
+      const stream = streamNameFor("deleted");
+      const waiting = rx.recv();
+      waiting.catch(() => {});
+      await jsm.consumers.delete(stream, "d");
+      await tx.send(2);
+      assert.equal(await withTimeout(waiting, 20_000, "after the delete"), 2);
+      await jsm.streams.delete(stream);
+      await assert.rejects(
+        withTimeout(rx.recv(), 20_000, "after the stream's delete"),
+        (error: Error) =>
+          error.message.includes(`consumer d of stream ${stream}`),
+      );
+    } finally {
+      await nc.close();
+      await closeQuietly(tx, rx);
+    }
+  },
+);
+
+natsTest(
   "JetStream: a value that fits max_payload but not with the sender's headers is refused at send() with a RangeError; the sender and its connection go on",
   async () => {
     await using server = await natsServer(true);
