@@ -104,6 +104,9 @@ export interface ConsumerSpec {
   ackWaitMs: number;
 }
 
+/** Thrown inside {@linkcode resetConsumer} for a consumer half deleted. */
+const CONSUMER_GONE = new Error("consumer gone");
+
 /**
  * Makes the durable consumer deliver, in stream order, everything not yet
  * acknowledged. A consumer with deliveries still unacknowledged (a receiver
@@ -120,6 +123,8 @@ export async function resetConsumer(
   let start = 0;
   try {
     const info = await jsm.consumers.info(ref.stream, spec.durable);
+    // A consumer being deleted can answer without its config: made anew.
+    if (info?.config === undefined) throw CONSUMER_GONE;
     if (info.config.filter_subject !== spec.subject) {
       throw new TypeError(
         `Cannot open NATS receiver: consumer ${spec.durable} of stream ${ref.stream} reads ${info.config.filter_subject}, not ${spec.subject}`,
@@ -134,7 +139,9 @@ export async function resetConsumer(
     start = info.ack_floor.stream_seq + 1;
     await jsm.consumers.delete(ref.stream, spec.durable);
   } catch (error) {
-    if (apiCode(error) !== CONSUMER_NOT_FOUND) throw error;
+    if (error !== CONSUMER_GONE && apiCode(error) !== CONSUMER_NOT_FOUND) {
+      throw error;
+    }
   }
   const fromFloor = start > 0 && !ref.workqueue;
   await jsm.consumers.add(ref.stream, {
