@@ -69,6 +69,21 @@ export function checkMaxPending(
   return value;
 }
 
+/** `servers`: a string, or an array of them, or absent. */
+export function checkServers(servers: unknown, doing: string): void {
+  if (
+    servers === undefined || typeof servers === "string" ||
+    (Array.isArray(servers) && servers.every((s) => typeof s === "string"))
+  ) {
+    return;
+  }
+  throw new TypeError(
+    `Cannot ${doing}: servers must be a string or an array of strings, got ${
+      servers === null ? "null" : typeof servers
+    }`,
+  );
+}
+
 export function closedError(what: string): Deno.errors.BadResource {
   return new Deno.errors.BadResource(`Cannot use ${what}: it is closed`);
 }

@@ -13,6 +13,7 @@ import {
   checkCapacity,
   checkDurable,
   checkMaxPending,
+  checkServers,
   checkSubject,
 } from "./_checks.ts";
 import { checkOptionsObject } from "../_socket_options.ts";
@@ -123,6 +124,7 @@ export function natsSender<T>(
 ): Promise<NatsSender<T>> {
   try {
     checkOptionsObject(options, "open NATS sender");
+    checkServers(options.servers, "open NATS sender");
     checkSubject(subject, "open NATS sender");
     checkCapacity(options.capacity, "open NATS sender");
   } catch (error) {
@@ -160,6 +162,7 @@ export function natsReceiver<T>(
 ): Promise<NatsReceiver<T>> {
   try {
     checkOptionsObject(options, "open NATS receiver");
+    checkServers(options.servers, "open NATS receiver");
     checkSubject(subject, "open NATS receiver");
     checkCapacity(options.capacity, "open NATS receiver");
     resolveLimits(options.limits, "open NATS receiver");
@@ -198,6 +201,7 @@ export function natsChannel<T>(
 ): Promise<[NatsSender<T>, NatsReceiver<T>]> {
   try {
     checkOptionsObject(options, "open NATS channel");
+    checkServers(options.servers, "open NATS channel");
     checkSubject(subject, "open NATS channel");
     checkCapacity(options.capacity, "open NATS channel");
     resolveLimits(options.limits, "open NATS channel");

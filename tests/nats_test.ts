@@ -582,6 +582,10 @@ natsTest(
       natsReceiver("x", "127.0.0.1:4222" as never),
       /Cannot open NATS receiver: expected an options object, got string/,
     );
+    await assert.rejects(
+      natsSender("x", { servers: 123 as never }),
+      /Cannot open NATS sender: servers must be a string or an array of strings, got number/,
+    );
     for (const durable of ["a.b", "", "a b", "a*"]) {
       await assert.rejects(
         natsReceiver("x", { jetstream: { durable } }),
