@@ -286,7 +286,9 @@ export function checkBatch(
       throw invalid(`batch record of ${length} bytes`);
     }
     const type = buf[inner];
-    if (buf[inner + 1] !== VERSION) throw invalid("bad record header");
+    if (buf[inner + 1] !== VERSION) {
+      throw invalid(`batch record of wire version ${buf[inner + 1]}`);
+    }
     if (type === FRAME.MESSAGE) {
       if (getU32(buf, inner + 4) !== 0) {
         throw invalid("a batched message carries no fds");

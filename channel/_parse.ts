@@ -68,8 +68,11 @@ export class FrameParser {
     if ((flags & MSG.TRUNC) !== 0) {
       throw invalid(`frame larger than ${INLINE_MAX} bytes`);
     }
-    if (bytes < HEADER || buf[1] !== VERSION) {
-      throw invalid("bad frame header");
+    if (bytes < HEADER) throw invalid("bad frame header");
+    if (buf[1] !== VERSION) {
+      throw invalid(
+        `wire version ${buf[1]}, where this end speaks ${VERSION} (both ends need the same version of this module)`,
+      );
     }
     const a = getU32(buf, 4);
     const type = buf[0];

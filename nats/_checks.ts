@@ -9,6 +9,12 @@ const DEFAULT_CAPACITY = 256;
 const MAX_CAPACITY = 1_000_000;
 /** A subject token: no whitespace, no wildcard. */
 const TOKEN = /^[^\s.*>]+$/;
+/**
+ * A durable consumer's name: a token that is also a file name on the
+ * server (no path separators, no control characters).
+ */
+// deno-lint-ignore no-control-regex
+const DURABLE = /^[^\s.*>/\\\x00-\x1f\x7f]+$/;
 
 export function checkSubject(subject: string, doing: string): void {
   if (
@@ -43,9 +49,9 @@ export function checkCapacity(
  */
 export function checkDurable(durable: unknown, doing: string): void {
   if (durable === undefined) return;
-  if (typeof durable !== "string" || !TOKEN.test(durable)) {
+  if (typeof durable !== "string" || !DURABLE.test(durable)) {
     throw new TypeError(
-      `Cannot ${doing}: jetstream.durable must be a name without spaces, dots or wildcards, got ${
+      `Cannot ${doing}: jetstream.durable must be a name without spaces, dots, wildcards, slashes or control characters, got ${
         JSON.stringify(durable)
       }`,
     );

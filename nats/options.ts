@@ -65,8 +65,9 @@ export interface NatsReceiverOptions extends NatsConnectOptions {
   /**
    * With core NATS, the bytes a receiver holds that `recv()` has not taken,
    * each value counted with 256 bytes more for what holding it costs (so
-   * empty values count too); beyond it, arriving values are dropped. A
-   * positive integer; default 64 MiB.
+   * empty values count too); beyond it, arriving values are dropped (a value
+   * that finds nothing held is always taken). A positive integer; default
+   * 64 MiB.
    */
   maxPendingBytes?: number;
   /**

@@ -347,7 +347,10 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
 
   #onCore(msg: Msg): void {
     const data = msg.data;
+    // A value into an empty receiver is always taken: the bound is on what
+    // waits behind it.
     if (
+      this.#queue.length > this.#head &&
       this.#bytes + data.byteLength + ENTRY_OVERHEAD > this.#maxPendingBytes
     ) {
       this.#dropped++;
@@ -591,9 +594,9 @@ export class NatsReceiver<T> implements AsyncDisposable, AsyncIterable<T> {
     }
     let sender = known;
     if (sender === undefined) sender = this.#track(parsed.sender, parsed.seq);
-    else if (this.#senders.size >= MAX_SENDERS / 2) {
+    else {
       // Kept in the order last heard from, for #track to forget the
-      // sender silent longest (only once the table fills up).
+      // sender silent longest.
       this.#senders.delete(parsed.sender);
       this.#senders.set(parsed.sender, sender);
     }

@@ -38,11 +38,13 @@ export interface Stored {
 }
 
 /**
- * Bytes a JetStream value's headers take beyond the sender id and the
- * stream name: `NATS/1.0`, the two header names, a sequence number of up
- * to 16 digits, separators.
+ * Bytes a JetStream value's headers take beyond the sender id, its sequence
+ * number and the stream name: `NATS/1.0`, the two header names, separators
+ * (`NATS/1.0\r\nNats-Msg-Id: <id>-<seq>\r\nNats-Expected-Stream:
+ * <stream>\r\n\r\n`), and room for a few more digits of the sequence
+ * number (values queued ahead take numbers first).
  */
-const HEADER_ROOM = 96;
+const HEADER_ROOM = 56;
 
 /**
  * The sending end of a NATS channel, from {@linkcode natsSender} or
@@ -76,8 +78,10 @@ export class NatsSender<T> implements AsyncDisposable {
   #failure: Error | undefined;
   /** Aborted by a `close()` signal: the close stops waiting. */
   #giveUpClose = new AbortController();
-  /** Why a close gave up waiting for the server. */
-  #closeError: unknown;
+  /** Whether the close gave up waiting for the server. */
+  #gaveUp = false;
+  /** Whether the close has finished. */
+  #closeDone = false;
   /**
    * Values accepted and numbered but not yet published: held while an
    * earlier publish is unanswered, then published together (one write to
@@ -215,7 +219,8 @@ export class NatsSender<T> implements AsyncDisposable {
     const stream = this.#stream?.ref.stream;
     const headerRoom = stream === undefined
       ? 0
-      : HEADER_ROOM + this.#idText.length + stream.length;
+      : HEADER_ROOM + String(this.#seq + 1).length + this.#idText.length +
+        stream.length;
     if (payload.byteLength + headerRoom > max) {
       throw new RangeError(
         `Cannot send on NATS channel: the value takes ${payload.byteLength} bytes${
@@ -540,15 +545,14 @@ export class NatsSender<T> implements AsyncDisposable {
    */
   close(options: NatsSendOptions = {}): Promise<void> {
     const { signal } = options;
-    if (signal !== undefined) {
-      if (signal.aborted) this.#giveUpClose.abort(signal.reason);
-      else {
-        signal.addEventListener(
-          "abort",
-          () => this.#giveUpClose.abort(signal.reason),
-          { once: true },
-        );
-      }
+    // This call's signal gives up the wait for the server (the close then
+    // finishes for every caller); only this call rejects for it, and only
+    // when the close had to be given up.
+    let onAbort: (() => void) | undefined;
+    if (signal !== undefined && !this.#closeDone) {
+      onAbort = () => this.#giveUpClose.abort(signal.reason);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
     }
     this.#closing ??= (async () => {
       this.#closed = true;
@@ -560,19 +564,21 @@ export class NatsSender<T> implements AsyncDisposable {
           await this.#enqueue(end, giveUp);
           await this.#flush(giveUp);
         }
-      } catch (error) {
-        // The connection or the stream failed: nothing more can go out.
-        // Given up: said once the connection is let go.
-        if (giveUp.aborted) this.#closeError = error;
+      } catch {
+        // The connection or the stream failed, or the close was given
+        // up: nothing more can go out.
       } finally {
         this.#stop.abort();
         this.#ackSub?.unsubscribe();
         this.#wakeAll();
         await this.#link.release(this.#listener);
+        this.#gaveUp = giveUp.aborted;
+        this.#closeDone = true;
       }
     })();
     return this.#closing.then(() => {
-      if (this.#closeError !== undefined) throw this.#closeError;
+      if (onAbort !== undefined) signal!.removeEventListener("abort", onAbort);
+      if (this.#gaveUp && signal?.aborted) throw signal.reason;
     });
   }
 

@@ -299,7 +299,10 @@ natsTest(
     const raw = await connect({ servers: server.url });
     try {
       raw.publish("garbage", new Uint8Array([9, 9, 9]));
-      raw.publish("garbage", new Uint8Array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+      raw.publish(
+        "garbage",
+        new Uint8Array([KIND.VALUE, VERSION, 0, 0, 0, 0, 0, 0, 0, 0]),
+      );
       await raw.flush();
       await tx.send(7);
       await assert.rejects(recvWithin(rx, "garbage"), Deno.errors.InvalidData);
@@ -474,31 +477,39 @@ natsTest(
 );
 
 natsTest(
-  "a receiver that has heard from 4,096 senders that never closed forgets the one silent longest: a new sender's values arrive",
+  "a receiver that has heard from 4,096 senders that never closed forgets the one silent longest (by when it was last heard): a new sender's values arrive, one heard since is kept, and the receiver does not end while it is open",
   async () => {
     await using server = await natsServer();
     const [tx, rx] = await natsChannel<number>("crowd", {
       servers: server.url,
-      endWithSenders: false,
     });
-    const clones = Array.from({ length: 4100 }, () => tx.clone());
+    const active = tx.clone();
+    const silent = tx.clone();
+    const clones = Array.from({ length: 4095 }, () => tx.clone());
     try {
-      // Each sends one value and never its end, as a producer that died.
+      // `active` is heard first, then `silent`, then `active` again: the
+      // one silent longest is `silent`.
+      await active.send(-10);
+      await silent.send(-11);
+      await active.send(-12);
+      for (const expected of [-10, -11, -12]) {
+        assert.equal(await recvWithin(rx, `value ${expected}`), expected);
+      }
+      // Each clone sends one value and not yet its end, as producers that
+      // died would: the table fills up, and `silent` is forgotten.
       for (let i = 0; i < clones.length; i++) await clones[i].send(i);
       for (let i = 0; i < clones.length; i++) {
         assert.equal(await recvWithin(rx, `value ${i}`), i);
       }
-      const late = tx.clone();
-      clones.push(late);
-      await late.send(-1);
-      await late.send(-2);
-      assert.equal(await recvWithin(rx, "the new sender's first"), -1);
-      assert.equal(await recvWithin(rx, "the new sender's second"), -2);
-      // The first clone, forgotten, is heard afresh.
-      await clones[0].send(-3);
-      assert.equal(await recvWithin(rx, "the forgotten sender's"), -3);
+      // Every sender but `active` closes (the clones first): the receiver,
+      // which still knows `active` is open, goes on. Had it forgotten
+      // `active`, it would end here.
+      await closeEnds(20_000, ...clones, tx);
+      await closeEnds(20_000, silent);
+      await active.send(-2);
+      assert.equal(await recvWithin(rx, "the active sender's"), -2);
     } finally {
-      await closeQuietly(...clones, tx, rx);
+      await closeQuietly(active, silent, ...clones, tx, rx);
     }
   },
 );
@@ -565,6 +576,48 @@ natsTest(
 );
 
 natsTest(
+  "close({ signal }) given up fails only the call whose signal aborted: a plain close() made with it resolves, and later ones too",
+  async () => {
+    await using server = await natsServer();
+    const tx = await natsSender<number>("down2", {
+      servers: server.url,
+      reconnectTimeWait: 20,
+    });
+    await tx.send(1);
+    await tx.flush({ signal: AbortSignal.timeout(10_000) });
+    await server.stop();
+    await tx.send(2);
+    const plain = tx.close();
+    const bounded = tx.close({ signal: AbortSignal.timeout(300) });
+    await assert.rejects(
+      withTimeout(bounded, 10_000, "the bounded close"),
+      (error: Error) => error.name === "TimeoutError",
+    );
+    await withTimeout(plain, 10_000, "the plain close");
+    await withTimeout(tx.close(), 10_000, "a later close");
+    await withTimeout(tx[Symbol.asyncDispose](), 10_000, "the dispose");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  },
+);
+
+natsTest(
+  "core NATS: a value into an empty receiver is taken whatever maxPendingBytes says; the bound is on what waits behind it",
+  async () => {
+    await using server = await natsServer();
+    const [tx, rx] = await natsChannel<Uint8Array>("small", {
+      servers: server.url,
+      maxPendingBytes: 1,
+    });
+    try {
+      await tx.send(new Uint8Array(800));
+      assert.equal((await recvWithin(rx, "the value")).byteLength, 800);
+    } finally {
+      await closeQuietly(tx, rx);
+    }
+  },
+);
+
+natsTest(
   "JetStream: a value that fits max_payload but not with the sender's headers is refused at send() with a RangeError; the sender and its connection go on",
   async () => {
     await using server = await natsServer(true);
@@ -605,7 +658,7 @@ natsTest(
       natsSender("x", { servers: 123 as never }),
       /Cannot open NATS sender: servers must be a string or an array of strings, got number/,
     );
-    for (const durable of ["a.b", "", "a b", "a*"]) {
+    for (const durable of ["a.b", "", "a b", "a*", "a/b", "a\\b"]) {
       await assert.rejects(
         natsReceiver("x", { jetstream: { durable } }),
         (error: Error) =>
