@@ -12,9 +12,11 @@ import {
   natsChannel,
   type NatsReceiver,
   natsReceiver,
+  type NatsSender,
   natsSender,
 } from "../nats/mod.ts";
 import { streamNameFor } from "../nats/_jetstream.ts";
+import type { NatsServer } from "../nats/_server.ts";
 import {
   HEADER_BYTES,
   ID_BYTES,
@@ -59,6 +61,26 @@ async function removing(remove: () => Promise<unknown>): Promise<void> {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
+}
+
+/**
+ * A sender on `subject` whose first value reached `server`, which is then
+ * stopped: the sender holds a second value. Its pause between reconnection
+ * attempts is 20 ms (the nats client's timer of it outlives a close).
+ */
+async function senderHolding(
+  server: NatsServer,
+  subject: string,
+): Promise<NatsSender<number>> {
+  const tx = await natsSender<number>(subject, {
+    servers: server.url,
+    reconnectTimeWait: 20,
+  });
+  await tx.send(1);
+  await tx.flush({ signal: AbortSignal.timeout(10_000) });
+  await server.stop();
+  await tx.send(2);
+  return tx;
 }
 
 function natsTest(name: string, fn: () => Promise<void>): void {
@@ -455,14 +477,7 @@ natsTest(
   "close({ signal }) of a sender while the server is down gives up waiting when the signal aborts, lets the connection go and rejects with its reason",
   async () => {
     await using server = await natsServer();
-    const tx = await natsSender<number>("down", {
-      servers: server.url,
-      reconnectTimeWait: 20,
-    });
-    await tx.send(1);
-    await tx.flush({ signal: AbortSignal.timeout(10_000) });
-    await server.stop();
-    await tx.send(2);
+    const tx = await senderHolding(server, "down");
     const closing = tx.close({ signal: AbortSignal.timeout(300) });
     await assert.rejects(
       withTimeout(closing, 10_000, "the close given up"),
@@ -579,14 +594,7 @@ natsTest(
   "close({ signal }) given up fails only the call whose signal aborted: a plain close() made with it resolves, and later ones too",
   async () => {
     await using server = await natsServer();
-    const tx = await natsSender<number>("down2", {
-      servers: server.url,
-      reconnectTimeWait: 20,
-    });
-    await tx.send(1);
-    await tx.flush({ signal: AbortSignal.timeout(10_000) });
-    await server.stop();
-    await tx.send(2);
+    const tx = await senderHolding(server, "down2");
     const plain = tx.close();
     const bounded = tx.close({ signal: AbortSignal.timeout(300) });
     await assert.rejects(

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { Mutex, Semaphore, SharedMemory, spawn } from "../mod.ts";
 import { libc } from "../ffi/libc.ts";
 import { waitPoolBusy } from "../shm/wait.ts";
-import { Lines, syncChild } from "./_shm_sync_util.ts";
+import { type Child, Lines, syncChild } from "./_shm_sync_util.ts";
 import {
   DENO,
   fixture,
@@ -34,6 +34,23 @@ function inFutexWaitv(pid: number): boolean {
       `${FUTEX_WAITV} `,
     ) ?? false
   );
+}
+
+/**
+ * A child that waits to acquire the semaphore at offset 0 behind this
+ * process's one waiter: resolves once both are counted and the child sleeps
+ * in `futex_waitv`.
+ */
+async function childAcquiring(mem: SharedMemory): Promise<Child> {
+  const taker = syncChild(mem, "acquire", "0", "1");
+  const words = new Int32Array(mem.buffer);
+  await until(() => Atomics.load(words, 1) === 2, 20_000, "both waiting");
+  await until(
+    () => inFutexWaitv(taker.child.pid),
+    20_000,
+    "the child in futex_waitv",
+  );
+  return taker;
 }
 
 /** Whether `pid` holds a pidfd (a lock that looked at its holder does). */
@@ -80,14 +97,7 @@ test(
     // gives up, and the child gets the unit.
     const third = new AbortController();
     const mine = semaphore.acquire({ signal: third.signal });
-    await using taker = syncChild(mem, "acquire", "0", "1");
-    const words = new Int32Array(mem.buffer);
-    await until(() => Atomics.load(words, 1) === 2, 20_000, "both waiting");
-    await until(
-      () => inFutexWaitv(taker.child.pid),
-      20_000,
-      "the child in futex_waitv",
-    );
+    await using taker = await childAcquiring(mem);
     semaphore.release();
     third.abort();
     await assert.rejects(mine, (e: Error) => e.name === "AbortError");
@@ -102,14 +112,7 @@ test(
     using mem = SharedMemory.create(4096);
     const semaphore = Semaphore.create(mem, 0, { value: 0 });
     const mine = semaphore.acquire();
-    await using taker = syncChild(mem, "acquire", "0", "1");
-    const words = new Int32Array(mem.buffer);
-    await until(() => Atomics.load(words, 1) === 2, 20_000, "both waiting");
-    await until(
-      () => inFutexWaitv(taker.child.pid),
-      20_000,
-      "the child in futex_waitv",
-    );
+    await using taker = await childAcquiring(mem);
     semaphore.release();
     mem.close();
     await assert.rejects(mine, Deno.errors.BadResource);
