@@ -71,7 +71,9 @@ export class FrameParser {
     if (bytes < HEADER) throw invalid("bad frame header");
     if (buf[1] !== VERSION) {
       throw invalid(
-        `wire version ${buf[1]}, where this end speaks ${VERSION} (both ends need the same version of this module)`,
+        `wire version ${
+          buf[1]
+        }, where this end speaks ${VERSION} (both ends need the same version of this module)`,
       );
     }
     const a = getU32(buf, 4);
