@@ -252,7 +252,9 @@ export class NatsSender<T> implements AsyncDisposable {
 
   /** Throws unless sends can go out (`closing`: queued before close). */
   #assertUsable(closing = false): void {
-    if (this.#closed && !closing) throw closedError("NatsSender");
+    if (this.#closed && (!closing || this.#giveUpClose.signal.aborted)) {
+      throw closedError("NatsSender");
+    }
     if (this.#failure !== undefined) throw this.#failure;
     const closed = this.#link.closedError;
     if (closed !== undefined) throw closed;
@@ -566,13 +568,16 @@ export class NatsSender<T> implements AsyncDisposable {
         }
       } catch {
         // The connection or the stream failed, or the close was given
-        // up: nothing more can go out.
+        // up: nothing more can go out. A signal that aborts after this
+        // point gave nothing up.
+        this.#gaveUp = giveUp.aborted;
       } finally {
         this.#stop.abort();
         this.#ackSub?.unsubscribe();
+        // Sends and flushes still waiting (for room the server will not
+        // make now) reject once the close is given up.
         this.#wakeAll();
         await this.#link.release(this.#listener);
-        this.#gaveUp = giveUp.aborted;
         this.#closeDone = true;
       }
     })();

@@ -71,10 +71,12 @@ async function removing(remove: () => Promise<unknown>): Promise<void> {
 async function senderHolding(
   server: NatsServer,
   subject: string,
+  capacity?: number,
 ): Promise<NatsSender<number>> {
   const tx = await natsSender<number>(subject, {
     servers: server.url,
     reconnectTimeWait: 20,
+    capacity,
   });
   await tx.send(1);
   await tx.flush({ signal: AbortSignal.timeout(10_000) });
@@ -477,14 +479,21 @@ natsTest(
   "close({ signal }) of a sender while the server is down gives up waiting when the signal aborts, lets the connection go and rejects with its reason",
   async () => {
     await using server = await natsServer();
-    const tx = await senderHolding(server, "down");
+    const tx = await senderHolding(server, "down", 1);
+    // With a capacity of 1, this one waits for room the server will not
+    // make: giving the close up rejects it too.
+    const waiting = tx.send(3);
     const closing = tx.close({ signal: AbortSignal.timeout(300) });
     await assert.rejects(
       withTimeout(closing, 10_000, "the close given up"),
       (error: Error) => error.name === "TimeoutError",
     );
+    await assert.rejects(
+      withTimeout(waiting, 10_000, "the send waiting for room"),
+      Deno.errors.BadResource,
+    );
     assert.equal(tx.closed, true);
-    await assert.rejects(tx.send(3), Deno.errors.BadResource);
+    await assert.rejects(tx.send(4), Deno.errors.BadResource);
     // The nats client's pause between reconnection attempts (20 ms here)
     // outlives its close(): let it end before the sanitizer looks.
     await new Promise((resolve) => setTimeout(resolve, 100));
