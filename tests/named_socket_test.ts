@@ -728,7 +728,8 @@ test(
 
 /**
  * Swaps `argv[1]` for a symlink to `argv[2]` over and over, until stdin
- * closes; prints how many swaps it made.
+ * closes; says "swapping" after its first swap, and at the end how many
+ * swaps it made.
  */
 const SYMLINK_SWAPPER = `
 import os, select, sys
@@ -742,6 +743,8 @@ while not select.select([sys.stdin], [], [], 0)[0]:
     try:
         os.symlink(target, path)
         swaps += 1
+        if swaps == 1:
+            print("swapping", flush=True)
     except OSError:
         pass
 print("swaps", swaps, flush=True)
@@ -763,6 +766,10 @@ test(
         Deno.chmodSync(target, 0o600);
         const path = `${shared}/app.sock`;
         await using swapper = spawnOtherUser(SYMLINK_SWAPPER, [path, target]);
+        const lines = lineReader(swapper.stdout!, "the swapper");
+        // The listens start once the other user swaps (on a busy machine
+        // it may take a while to get a CPU).
+        assert.equal(await lines(), "swapping");
         let listened = 0;
         for (let i = 0; i < 200; i++) {
           try {
@@ -782,8 +789,7 @@ test(
           assert.equal(Deno.statSync(target).mode! & 0o777, 0o600);
         }
         swapper.stdin!.close();
-        const swaps = lineReader(swapper.stdout!, "the swapper");
-        assert.match(await swaps(), /^swaps [1-9]/);
+        assert.match(await lines(), /^swaps [1-9]/);
         await withTimeout(swapper.status, 20_000, "the swapper exits");
         assert.ok(listened > 0, "some listens got through");
         assert.equal(Deno.statSync(target).mode! & 0o777, 0o600);
