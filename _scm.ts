@@ -245,10 +245,10 @@ function recvInto(
   const n = recvRaw(area, fd, offered, wait);
   if (n < 0) return null;
   const flags = area.flags(0);
-  if (!keepBytes) return { bytes: n, fds: fdsOf(area, offered, maxFds), flags };
   try {
     return { bytes: n, fds: fdsOf(area, offered, maxFds), flags };
   } catch (error) {
+    if (!keepBytes) throw error;
     return { bytes: n, fds: [], flags, refused: error };
   }
 }

@@ -165,23 +165,25 @@ export class Place {
       : AbortSignal.any([signal, this.closer.signal]);
   }
 
-  /**
-   * Waits on word 0. A wait woken (`"ok"`) whose signal has aborted by the
-   * time it resumes is given up by its caller: the wake it took (a
-   * `release()` or `unlock()` wakes one waiter, here or in another
-   * process) is passed on to the next waiter.
-   */
-  async wait(
+  /** Waits on word 0. */
+  wait(
     expected: number,
     signal: AbortSignal,
     timeout?: number,
   ): Promise<WaitResult> {
-    const result = await this.mem.wait(this.index, expected, {
-      signal,
-      timeout,
-    });
-    if (result === "ok" && signal.aborted && !this.mem.closed) this.notify(1);
-    return result;
+    return this.mem.wait(this.index, expected, { signal, timeout });
+  }
+
+  /**
+   * The give-up point of a wait loop: throws the reason of `stop` when it
+   * aborted. A wait `woken` just before (`"ok"`) took a wake that a
+   * `release()` or `unlock()` meant for one waiter, here or in another
+   * process: it is passed on to the next first, or it would be lost.
+   */
+  giveUpIf(stop: AbortSignal, woken: boolean): void {
+    if (!stop.aborted) return;
+    if (woken && !this.mem.closed) this.notify(1);
+    stop.throwIfAborted();
   }
 
   notify(count?: number): number {

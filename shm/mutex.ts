@@ -429,9 +429,12 @@ export class Mutex implements Disposable {
       else watch?.unref();
     };
     place.mem[refWatchers].add(followRef);
+    // Whether the last wait was woken: giving up then passes the wake on.
+    let woken = false;
     try {
       for (;;) {
-        stop.throwIfAborted();
+        place.giveUpIf(stop, woken);
+        woken = false;
         place.assertOpen();
         if (++turns % TURNS_PER_YIELD === 0) await macrotask();
         const v = Atomics.load(wide, 0);
@@ -452,7 +455,7 @@ export class Mutex implements Disposable {
         const self = this.#self;
         if (owner.pid === self.pid && owner.start === self.start) {
           // Another task of this process holds it: its unlock wakes us.
-          await place.wait(word, stop);
+          woken = await place.wait(word, stop) === "ok";
           continue;
         }
         if (
@@ -471,7 +474,8 @@ export class Mutex implements Disposable {
         if (!looked) {
           const waited = performance.now() - since;
           if (waited < LOOK_AFTER_MS) {
-            await place.wait(word, stop, LOOK_AFTER_MS - waited);
+            woken = await place.wait(word, stop, LOOK_AFTER_MS - waited) ===
+              "ok";
             continue;
           }
           const seen = lookAt(owner);
@@ -490,10 +494,19 @@ export class Mutex implements Disposable {
           }
         }
         const fd = watch;
-        const again = fd === undefined
-          ? await place.wait(word, stop, RELOOK_MS) === "timed-out"
-          : await either(
-            (signal) => place.wait(word, signal),
+        let again: boolean;
+        if (fd === undefined) {
+          const result = await place.wait(word, stop, RELOOK_MS);
+          woken = result === "ok";
+          again = result === "timed-out";
+        } else {
+          again = await either(
+            // A wake that comes once the other wait has won is passed on.
+            (signal) =>
+              place.wait(word, signal).then((result) => {
+                if (result === "ok" && signal.aborted) place.notify(1);
+                return result;
+              }),
             (signal) =>
               Promise.race([
                 fd.wait("read", signal),
@@ -501,6 +514,8 @@ export class Mutex implements Disposable {
               ]),
             stop,
           ) === 1;
+          woken = !again;
+        }
         if (again) {
           // The holder exited (its pidfd is readable), the lock word names
           // another process now, or the holder has no pidfd and is due for

@@ -211,8 +211,9 @@ export class Semaphore implements Disposable {
     const stop = place.stop(options.signal);
     const words = place.words;
     let turns = 0;
+    let woken = false;
     for (;;) {
-      stop.throwIfAborted();
+      place.giveUpIf(stop, woken);
       place.assertOpen();
       if (++turns % TURNS_PER_YIELD === 0) await macrotask();
       if (this.#take()) return;
@@ -220,7 +221,7 @@ export class Semaphore implements Disposable {
       // announcement or its new count is seen here.
       Atomics.add(words, 1, 1);
       try {
-        await place.wait(0, stop);
+        woken = await place.wait(0, stop) === "ok";
       } finally {
         if (!place.mem.closed) Atomics.sub(words, 1, 1);
       }

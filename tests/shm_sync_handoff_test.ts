@@ -74,6 +74,19 @@ test(
     await assert.rejects(first, (e: Error) => e.name === "AbortError");
     await withTimeout(second, 10_000, "the second acquire");
     assert.equal(semaphore.value, 0);
+    // The abort comes a few jobs later, before the woken acquire resumes.
+    const late = new AbortController();
+    const given = semaphore.acquire({ signal: late.signal });
+    const kept = semaphore.acquire();
+    await until(() => waitPoolBusy(), 5000, "the acquires in the kernel");
+    semaphore.release();
+    queueMicrotask(() => queueMicrotask(() => late.abort()));
+    // Resumed before the abort, it took the unit; else the unit is passed on.
+    const outcome = await given.then(() => "took", (e: Error) => e.name);
+    if (outcome === "took") semaphore.release();
+    else assert.equal(outcome, "AbortError");
+    await withTimeout(kept, 10_000, "the acquire behind it");
+    assert.equal(semaphore.value, 0);
 
     const mutex = Mutex.create(mem, 16);
     const guard = mutex.tryLock()!;
